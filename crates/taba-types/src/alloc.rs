@@ -1,0 +1,256 @@
+//! Allocations: one instance of a task group bound to a node, with what the
+//! servers want (`desired_status`) and what the agent observes
+//! (`client_status`, `task_states`).
+
+use crate::ids::{AllocId, EvalId, NodeId};
+use crate::job::{JobType, Resources, TaskGroupSpec};
+use crate::units::ByteSize;
+use crate::UnixMillis;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// What the servers want of an allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredStatus {
+    /// Keep it running.
+    #[default]
+    Run,
+    /// Stop it.
+    Stop,
+    /// Stop it to make room (preemption).
+    Evict,
+}
+
+/// What the agent observes of an allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientStatus {
+    /// Placed, not running yet.
+    #[default]
+    Pending,
+    /// All tasks running.
+    Running,
+    /// All tasks finished successfully (or were stopped).
+    Complete,
+    /// A task failed and will not be restarted on this node.
+    Failed,
+    /// Its node went down.
+    Lost,
+}
+
+impl ClientStatus {
+    /// Complete, failed or lost.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Complete | Self::Failed | Self::Lost)
+    }
+}
+
+impl fmt::Display for ClientStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Complete => "complete",
+            Self::Failed => "failed",
+            Self::Lost => "lost",
+        })
+    }
+}
+
+impl fmt::Display for DesiredStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Run => "run",
+            Self::Stop => "stop",
+            Self::Evict => "evict",
+        })
+    }
+}
+
+/// Lifecycle of one task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Not started yet, or waiting to restart.
+    #[default]
+    Pending,
+    /// Running.
+    Running,
+    /// Finished; `failed` says how.
+    Dead,
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Dead => "dead",
+        })
+    }
+}
+
+/// One event in a task's life (kept to the last few).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// When.
+    pub time: UnixMillis,
+    /// `Received`, `Started`, `Terminated`, `Restarting`, `Killing`,
+    /// `Killed`, `OOM Killed`, `Not Restarting`, `Driver Failure`, ...
+    pub kind: String,
+    /// Details.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Observed state of one task.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskState {
+    /// Lifecycle.
+    pub state: TaskStatus,
+    /// Ended in failure.
+    #[serde(default)]
+    pub failed: bool,
+    /// Restarts so far on this node.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Exit code of the last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal that ended the last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The last run was killed by the kernel's OOM killer.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Host PID of the workload's main process while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// When the current (or last) run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<UnixMillis>,
+    /// When the task finished for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<UnixMillis>,
+    /// Most recent events, oldest first.
+    #[serde(default)]
+    pub events: Vec<TaskEvent>,
+}
+
+/// Events kept per task.
+pub const MAX_TASK_EVENTS: usize = 10;
+
+impl TaskState {
+    /// Append an event, keeping the last [`MAX_TASK_EVENTS`].
+    pub fn push_event(&mut self, time: UnixMillis, kind: &str, message: impl Into<String>) {
+        self.events.push(TaskEvent {
+            time,
+            kind: kind.to_string(),
+            message: message.into(),
+        });
+        if self.events.len() > MAX_TASK_EVENTS {
+            let extra = self.events.len() - MAX_TASK_EVENTS;
+            self.events.drain(..extra);
+        }
+    }
+}
+
+/// Measured usage of an allocation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllocUsage {
+    /// CPU in use, MHz (averaged over the last sampling interval).
+    pub cpu_mhz: u64,
+    /// CPU time consumed in total, nanoseconds.
+    pub cpu_total_ns: u64,
+    /// Memory in use (cgroup usage minus page cache where the kernel tells).
+    pub memory: ByteSize,
+    /// Peak memory.
+    pub memory_max: ByteSize,
+    /// When measured.
+    pub at: UnixMillis,
+}
+
+/// An allocation record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Id.
+    pub id: AllocId,
+    /// Namespace of the job.
+    pub namespace: String,
+    /// Job name.
+    pub job: String,
+    /// Job version this allocation runs.
+    pub job_version: u64,
+    /// Job type.
+    pub job_type: JobType,
+    /// Job priority (for preemption).
+    pub priority: u32,
+    /// Task group name.
+    pub group: String,
+    /// `job.group[index]`.
+    pub name: String,
+    /// Index within the group (0..count).
+    pub index: u32,
+    /// The group spec this allocation runs (copied so the agent needs nothing else).
+    pub group_spec: TaskGroupSpec,
+    /// Node it is placed on.
+    pub node_id: NodeId,
+    /// That node's name.
+    pub node_name: String,
+    /// Reserved resources (sum of the tasks').
+    pub resources: Resources,
+    /// What the servers want.
+    pub desired_status: DesiredStatus,
+    /// Why (e.g. "alloc is being updated", "job stopped").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub desired_description: String,
+    /// What the agent observes.
+    pub client_status: ClientStatus,
+    /// Details of the client status.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_description: String,
+    /// Per-task state.
+    #[serde(default)]
+    pub task_states: BTreeMap<String, TaskState>,
+    /// Last measured usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<AllocUsage>,
+    /// The evaluation that placed it.
+    pub eval_id: EvalId,
+    /// The allocation it replaces (reschedule or update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_alloc: Option<AllocId>,
+    /// Times of reschedules in this allocation's lineage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reschedule_times: Vec<UnixMillis>,
+    /// A replacement has been placed for this (failed/lost) allocation.
+    #[serde(default)]
+    pub replaced: bool,
+    /// Creation time.
+    pub create_time: UnixMillis,
+    /// Last change time.
+    pub modify_time: UnixMillis,
+    /// Store index at creation.
+    #[serde(default)]
+    pub create_index: u64,
+    /// Store index of the last change.
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
+impl Allocation {
+    /// Desired to run and not terminal on the client: it holds resources.
+    pub fn is_live(&self) -> bool {
+        self.desired_status == DesiredStatus::Run && !self.client_status.is_terminal()
+    }
+    /// Still consuming node resources: not terminal on the client.
+    pub fn holds_resources(&self) -> bool {
+        !self.client_status.is_terminal()
+    }
+    /// Memory reserved.
+    pub fn memory(&self) -> ByteSize {
+        self.resources.memory
+    }
+}

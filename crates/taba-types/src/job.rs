@@ -1,0 +1,532 @@
+//! Jobs as users write them (`JobSpec`, `TaskGroupSpec`, `TaskSpec`) and the
+//! record the control plane keeps for each registered version (`Job`).
+//!
+//! Field names follow the job file: `[[group]]` and `[[group.task]]` in TOML,
+//! `group` and `task` arrays in JSON. Unknown fields are rejected so typos are
+//! caught at submission.
+
+use crate::units::{ByteSize, DurationSpec};
+use crate::UnixMillis;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// What kind of job: keep `count` running, run to completion, or one per node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobType {
+    /// Long-running; keep `count` instances running.
+    #[default]
+    Service,
+    /// Run to completion; record exit codes; retry per policy.
+    Batch,
+    /// One instance per eligible node.
+    System,
+}
+
+impl fmt::Display for JobType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JobType::Service => "service",
+            JobType::Batch => "batch",
+            JobType::System => "system",
+        })
+    }
+}
+
+/// A job as submitted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Unique name within its namespace.
+    pub name: String,
+    /// Job type.
+    #[serde(rename = "type", default)]
+    pub job_type: JobType,
+    /// Namespace (quotas and fair share are per namespace).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// 1 (lowest) to 100 (highest); 50 by default.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Constraints every task of the job must satisfy.
+    #[serde(default, rename = "constraint", skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    /// How updates replace allocations.
+    #[serde(default)]
+    pub update: UpdatePolicy,
+    /// Free-form metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    /// Task groups.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<TaskGroupSpec>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+fn default_priority() -> u32 {
+    50
+}
+
+/// Rolling update settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePolicy {
+    /// How many allocations of a group are replaced at once.
+    #[serde(default = "one")]
+    pub max_parallel: u32,
+    /// How long a new allocation must run before the next batch proceeds.
+    #[serde(default = "default_min_healthy")]
+    pub min_healthy_time: DurationSpec,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_min_healthy() -> DurationSpec {
+    DurationSpec(1000)
+}
+
+impl Default for UpdatePolicy {
+    fn default() -> Self {
+        Self {
+            max_parallel: 1,
+            min_healthy_time: default_min_healthy(),
+        }
+    }
+}
+
+/// A set of tasks placed together on one node, `count` times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskGroupSpec {
+    /// Unique name within the job.
+    pub name: String,
+    /// Number of instances (ignored for system jobs).
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Constraints for this group.
+    #[serde(default, rename = "constraint", skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    /// Restart policy for tasks on their node; defaults by job type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+    /// Reschedule policy for failed allocations; defaults by job type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reschedule: Option<ReschedulePolicy>,
+    /// Networking for the group's tasks.
+    #[serde(default)]
+    pub network: NetworkSpec,
+    /// Free-form metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    /// The tasks.
+    #[serde(default, rename = "task")]
+    pub tasks: Vec<TaskSpec>,
+}
+
+impl TaskGroupSpec {
+    /// The restart policy in force: the group's, or the default for `job_type`.
+    pub fn restart_policy(&self, job_type: JobType) -> RestartPolicy {
+        self.restart
+            .clone()
+            .unwrap_or_else(|| RestartPolicy::default_for(job_type))
+    }
+    /// The reschedule policy in force.
+    pub fn reschedule_policy(&self, job_type: JobType) -> ReschedulePolicy {
+        self.reschedule
+            .clone()
+            .unwrap_or_else(|| ReschedulePolicy::default_for(job_type))
+    }
+    /// Sum of the group's task resources.
+    pub fn total_resources(&self) -> Resources {
+        let mut r = Resources::zero();
+        for t in &self.tasks {
+            r.add(&t.resources);
+        }
+        r
+    }
+}
+
+/// What happens when the restart budget is spent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartMode {
+    /// Mark the task failed (the allocation may be rescheduled elsewhere).
+    Fail,
+    /// Wait until the interval has passed, then restart again.
+    Delay,
+}
+
+/// Restarts of a task on the same node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `interval`.
+    pub attempts: u32,
+    /// The window in which `attempts` are counted.
+    pub interval: DurationSpec,
+    /// Wait before each restart.
+    pub delay: DurationSpec,
+    /// What to do when attempts are exhausted.
+    pub mode: RestartMode,
+}
+
+impl RestartPolicy {
+    /// Nomad's defaults: services 2 in 30m, batch 3 in 24h, 15s delay, fail.
+    pub fn default_for(job_type: JobType) -> Self {
+        match job_type {
+            JobType::Batch => Self {
+                attempts: 3,
+                interval: DurationSpec::secs(24 * 3600),
+                delay: DurationSpec::secs(15),
+                mode: RestartMode::Fail,
+            },
+            JobType::Service | JobType::System => Self {
+                attempts: 2,
+                interval: DurationSpec::secs(30 * 60),
+                delay: DurationSpec::secs(15),
+                mode: RestartMode::Fail,
+            },
+        }
+    }
+}
+
+/// Replacement of failed allocations on other nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReschedulePolicy {
+    /// Reschedules allowed within `interval` (ignored when `unlimited`).
+    #[serde(default)]
+    pub attempts: u32,
+    /// The window in which `attempts` are counted.
+    #[serde(default = "default_resched_interval")]
+    pub interval: DurationSpec,
+    /// Wait before a replacement is placed.
+    #[serde(default = "default_resched_delay")]
+    pub delay: DurationSpec,
+    /// Reschedule without limit.
+    #[serde(default)]
+    pub unlimited: bool,
+}
+
+fn default_resched_interval() -> DurationSpec {
+    DurationSpec::secs(3600)
+}
+fn default_resched_delay() -> DurationSpec {
+    DurationSpec::secs(30)
+}
+
+impl ReschedulePolicy {
+    /// Services reschedule without limit after 30s; batch once a day; system never.
+    pub fn default_for(job_type: JobType) -> Self {
+        match job_type {
+            JobType::Service => Self {
+                attempts: 0,
+                interval: DurationSpec(0),
+                delay: DurationSpec::secs(30),
+                unlimited: true,
+            },
+            JobType::Batch => Self {
+                attempts: 1,
+                interval: DurationSpec::secs(24 * 3600),
+                delay: DurationSpec::secs(5),
+                unlimited: false,
+            },
+            JobType::System => Self {
+                attempts: 0,
+                interval: DurationSpec(0),
+                delay: DurationSpec(0),
+                unlimited: false,
+            },
+        }
+    }
+}
+
+/// Network mode of a group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// A private network namespace with only loopback.
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
+    /// A namespace on the node's bridge (not available yet).
+    Bridge,
+}
+
+/// Networking of a group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Network mode; `none` unless set. Exec tasks always use the host's.
+    #[serde(default)]
+    pub mode: NetworkMode,
+}
+
+/// One process (or container, or VM) of a group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Unique name within the group.
+    pub name: String,
+    /// `exec`, `container`, `system` or `vm`.
+    pub driver: String,
+    /// Image reference (container drivers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Replaces the image's entrypoint (container drivers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// The command and its arguments (exec), or the image's cmd replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Environment variables, added to the image's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// User to run as (`name`, `uid` or `uid:gid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Resources reserved for the task and enforced as limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Constraints for this task.
+    #[serde(default, rename = "constraint", skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    /// Signal sent to stop the task.
+    #[serde(default = "default_kill_signal")]
+    pub kill_signal: String,
+    /// Time between the stop signal and SIGKILL.
+    #[serde(default = "default_kill_timeout")]
+    pub kill_timeout: DurationSpec,
+}
+
+fn default_kill_signal() -> String {
+    "SIGTERM".into()
+}
+fn default_kill_timeout() -> DurationSpec {
+    DurationSpec::secs(5)
+}
+
+/// Compute resources. `cpu` is in MHz (as Nomad); memory and disk in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU share in MHz.
+    #[serde(default = "default_cpu")]
+    pub cpu: u64,
+    /// Memory, a hard limit.
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// Scratch disk reserved on the node.
+    #[serde(default)]
+    pub disk: ByteSize,
+    /// Maximum number of processes.
+    #[serde(default = "default_pids")]
+    pub pids: u64,
+}
+
+fn default_cpu() -> u64 {
+    100
+}
+fn default_memory() -> ByteSize {
+    ByteSize::mib(256)
+}
+fn default_pids() -> u64 {
+    1024
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpu: default_cpu(),
+            memory: default_memory(),
+            disk: ByteSize(0),
+            pids: default_pids(),
+        }
+    }
+}
+
+impl Resources {
+    /// No resources at all.
+    pub fn zero() -> Self {
+        Self {
+            cpu: 0,
+            memory: ByteSize(0),
+            disk: ByteSize(0),
+            pids: 0,
+        }
+    }
+    /// Add `o` to `self`, saturating.
+    pub fn add(&mut self, o: &Resources) {
+        self.cpu = self.cpu.saturating_add(o.cpu);
+        self.memory = ByteSize(self.memory.0.saturating_add(o.memory.0));
+        self.disk = ByteSize(self.disk.0.saturating_add(o.disk.0));
+        self.pids = self.pids.saturating_add(o.pids);
+    }
+    /// Subtract `o` from `self`, saturating at zero.
+    pub fn sub(&mut self, o: &Resources) {
+        self.cpu = self.cpu.saturating_sub(o.cpu);
+        self.memory = ByteSize(self.memory.0.saturating_sub(o.memory.0));
+        self.disk = ByteSize(self.disk.0.saturating_sub(o.disk.0));
+        self.pids = self.pids.saturating_sub(o.pids);
+    }
+    /// The first dimension (`cpu`, `memory`, `disk`) where `self` exceeds `cap`.
+    pub fn exceeds(&self, cap: &Resources) -> Option<&'static str> {
+        if self.cpu > cap.cpu {
+            Some("cpu")
+        } else if self.memory > cap.memory {
+            Some("memory")
+        } else if self.disk > cap.disk {
+            Some("disk")
+        } else {
+            None
+        }
+    }
+}
+
+/// A constraint on node attributes: `attribute operator value`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constraint {
+    /// Left-hand side, usually an interpolation: `${node.name}`,
+    /// `${node.id}`, `${attr.kernel.version}`, `${meta.rack}`.
+    #[serde(default)]
+    pub attribute: String,
+    /// The comparison.
+    #[serde(default)]
+    pub operator: ConstraintOperator,
+    /// Right-hand side (may also be an interpolation).
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Constraint operators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConstraintOperator {
+    /// Equal (string).
+    #[default]
+    #[serde(rename = "=", alias = "==")]
+    Eq,
+    /// Not equal.
+    #[serde(rename = "!=")]
+    Ne,
+    /// Less than (numeric when both sides parse as numbers, else lexical).
+    #[serde(rename = "<")]
+    Lt,
+    /// Less than or equal.
+    #[serde(rename = "<=")]
+    Le,
+    /// Greater than.
+    #[serde(rename = ">")]
+    Gt,
+    /// Greater than or equal.
+    #[serde(rename = ">=")]
+    Ge,
+    /// The attribute matches the regular expression `value`.
+    #[serde(rename = "regexp")]
+    Regexp,
+    /// The attribute, a version, satisfies the requirement `value` (">= 6.0, < 7").
+    #[serde(rename = "version", alias = "semver")]
+    Version,
+    /// The attribute, a comma-separated set, contains every item of `value`.
+    #[serde(rename = "set_contains")]
+    SetContains,
+    /// No two allocations of the job (or group) on one node.
+    #[serde(rename = "distinct_hosts")]
+    DistinctHosts,
+    /// At most `value` (default 1) allocations per distinct value of the attribute.
+    #[serde(rename = "distinct_property")]
+    DistinctProperty,
+    /// The attribute is set.
+    #[serde(rename = "is_set")]
+    IsSet,
+    /// The attribute is not set.
+    #[serde(rename = "is_not_set")]
+    IsNotSet,
+}
+
+impl fmt::Display for ConstraintOperator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Eq => "=",
+            Self::Ne => "!=",
+            Self::Lt => "<",
+            Self::Le => "<=",
+            Self::Gt => ">",
+            Self::Ge => ">=",
+            Self::Regexp => "regexp",
+            Self::Version => "version",
+            Self::SetContains => "set_contains",
+            Self::DistinctHosts => "distinct_hosts",
+            Self::DistinctProperty => "distinct_property",
+            Self::IsSet => "is_set",
+            Self::IsNotSet => "is_not_set",
+        })
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.attribute, self.operator, self.value)
+    }
+}
+
+/// The lifecycle of a registered job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Registered, nothing running yet.
+    #[default]
+    Pending,
+    /// At least one allocation is running or pending.
+    Running,
+    /// Stopped, or every allocation has finished.
+    Dead,
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Dead => "dead",
+        })
+    }
+}
+
+/// A registered job version as the control plane stores it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The spec as submitted (after defaults).
+    pub spec: JobSpec,
+    /// Starts at 0; a changed spec makes a new version.
+    pub version: u64,
+    /// Observed status.
+    pub status: JobStatus,
+    /// Set by `job stop`.
+    pub stopped: bool,
+    /// When this version was submitted.
+    pub submit_time: UnixMillis,
+    /// Store index at creation of the job (version 0).
+    pub create_index: u64,
+    /// Store index of the last change.
+    pub modify_index: u64,
+}
+
+impl Job {
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+    /// Look up a group by name.
+    pub fn group(&self, name: &str) -> Option<&TaskGroupSpec> {
+        self.spec.groups.iter().find(|g| g.name == name)
+    }
+}

@@ -1,0 +1,33 @@
+//! taba's shared domain model.
+//!
+//! Everything the server, the agent, the scheduler, the CLI and the tests agree
+//! on lives here: job specs as users write them, the records the control plane
+//! keeps (jobs, allocations, nodes, evaluations, plans), the agent<->server wire
+//! messages, and validation of user input with field paths.
+//!
+//! This crate performs no I/O and has almost no dependencies, so every other
+//! crate can use it (kube-rs's `kube-core` is the model).
+#![forbid(unsafe_code)]
+
+pub mod alloc;
+pub mod eval;
+pub mod ids;
+pub mod job;
+pub mod node;
+pub mod parse;
+pub mod plan;
+pub mod units;
+pub mod validate;
+pub mod wire;
+
+pub use alloc::*;
+pub use eval::*;
+pub use ids::*;
+pub use job::*;
+pub use node::*;
+pub use plan::*;
+pub use units::{ByteSize, DurationSpec};
+pub use validate::{FieldError, ValidationErrors};
+
+/// Milliseconds since the Unix epoch, the one time representation on the wire.
+pub type UnixMillis = u64;

@@ -1,0 +1,168 @@
+//! Nodes: hosts that run an agent, as fingerprinted and as tracked by the
+//! control plane.
+
+use crate::ids::NodeId;
+use crate::job::Resources;
+use crate::units::ByteSize;
+use crate::UnixMillis;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Liveness of a node as the servers see it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Registered, first heartbeat pending.
+    #[default]
+    Initializing,
+    /// Heartbeating.
+    Ready,
+    /// Missed its heartbeat TTL; its allocations are lost.
+    Down,
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeStatus::Initializing => "initializing",
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+        })
+    }
+}
+
+/// Whether the scheduler may place new work on the node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Eligibility {
+    /// New placements allowed.
+    #[default]
+    Eligible,
+    /// No new placements (draining or disabled by an operator).
+    Ineligible,
+}
+
+/// What a driver reports about itself on a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverInfo {
+    /// The driver's prerequisites exist on the host.
+    pub detected: bool,
+    /// The driver can start workloads now.
+    pub healthy: bool,
+    /// Why not, or a short description.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// Total capacity of a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// Logical CPU cores.
+    pub cores: u32,
+    /// CPU in MHz: cores x MHz per core.
+    pub cpu: u64,
+    /// Physical memory.
+    pub memory: ByteSize,
+    /// Disk available for allocations under the agent's data dir.
+    pub disk: ByteSize,
+}
+
+impl NodeResources {
+    /// As schedulable `Resources` (pids unlimited).
+    pub fn as_resources(&self) -> Resources {
+        Resources {
+            cpu: self.cpu,
+            memory: self.memory,
+            disk: self.disk,
+            pids: u64::MAX,
+        }
+    }
+}
+
+/// A node record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Persistent id (kept in the agent's data dir).
+    pub id: NodeId,
+    /// Human name, unique in practice (hostname by default).
+    pub name: String,
+    /// Datacenter label.
+    #[serde(default = "default_dc")]
+    pub datacenter: String,
+    /// Liveness.
+    #[serde(default)]
+    pub status: NodeStatus,
+    /// Scheduling eligibility.
+    #[serde(default)]
+    pub eligibility: Eligibility,
+    /// Being drained.
+    #[serde(default)]
+    pub drain: bool,
+    /// Address of the agent's own HTTP API (logs, exec, stats), `host:port`.
+    #[serde(default)]
+    pub http_addr: String,
+    /// Fingerprinted attributes: `kernel.version`, `cpu.cores`, `cgroup.version`,
+    /// `driver.container`, `unique.hostname`, `os.name`, ...
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Operator-set metadata (`${meta.rack}`).
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Capacity.
+    pub resources: NodeResources,
+    /// Held back for the host itself.
+    #[serde(default)]
+    pub reserved: NodeResources,
+    /// Drivers by name.
+    #[serde(default)]
+    pub drivers: BTreeMap<String, DriverInfo>,
+    /// Last heartbeat received.
+    #[serde(default)]
+    pub last_heartbeat: UnixMillis,
+    /// Last reported utilization.
+    #[serde(default)]
+    pub usage: NodeUsage,
+    /// Store index at registration.
+    #[serde(default)]
+    pub create_index: u64,
+    /// Store index of the last change.
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
+fn default_dc() -> String {
+    "dc1".into()
+}
+
+impl Node {
+    /// Capacity left for allocations: total minus reserved.
+    pub fn allocatable(&self) -> Resources {
+        let mut r = self.resources.as_resources();
+        r.sub(&self.reserved.as_resources());
+        r.pids = u64::MAX;
+        r
+    }
+    /// Whether `driver` is detected and healthy here.
+    pub fn has_driver(&self, driver: &str) -> bool {
+        self.drivers
+            .get(driver)
+            .map(|d| d.detected && d.healthy)
+            .unwrap_or(false)
+    }
+    /// Ready and eligible for new placements.
+    pub fn schedulable(&self) -> bool {
+        self.status == NodeStatus::Ready && self.eligibility == Eligibility::Eligible && !self.drain
+    }
+}
+
+/// Measured utilization of a node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeUsage {
+    /// CPU in use, MHz.
+    pub cpu_mhz: u64,
+    /// Memory in use by allocations.
+    pub memory: ByteSize,
+    /// When measured.
+    pub at: UnixMillis,
+}

@@ -1,0 +1,329 @@
+//! Validation of job specs. Every error names the field path
+//! (`group[0].task[1].resources.memory`) and the reason; all errors are
+//! collected, not just the first.
+
+use crate::job::{
+    Constraint, ConstraintOperator, JobSpec, JobType, NetworkMode, TaskGroupSpec, TaskSpec,
+};
+use crate::units::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// One invalid field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// Path from the job's root, e.g. `group[0].task[1].resources.memory`.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// All the invalid fields of one spec.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+impl ValidationErrors {
+    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Drivers taba knows. Whether a node has one is a scheduling question.
+pub const KNOWN_DRIVERS: &[&str] = &["exec", "container", "system", "vm"];
+
+/// Largest `count` of one group.
+pub const MAX_COUNT: u32 = 100_000;
+/// Largest CPU ask of one task, MHz.
+pub const MAX_CPU_MHZ: u64 = 4_000_000;
+/// Largest memory ask of one task.
+pub const MAX_MEMORY: ByteSize = ByteSize(64 << 40);
+/// Smallest memory limit of one task.
+pub const MIN_MEMORY: ByteSize = ByteSize(4 << 20);
+/// Largest disk ask of one task.
+pub const MAX_DISK: ByteSize = ByteSize(1 << 50);
+/// Longest name (jobs, groups, tasks).
+pub const MAX_NAME: usize = 128;
+
+fn check_name(errs: &mut ValidationErrors, path: &str, name: &str) {
+    if name.is_empty() {
+        errs.push(path, "must not be empty");
+    } else if name.len() > MAX_NAME {
+        errs.push(path, format!("longer than {MAX_NAME} characters"));
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        errs.push(
+            path,
+            format!("invalid character {c:?}; use letters, digits, '-', '_' and '.'"),
+        );
+    } else if name.starts_with('.') {
+        errs.push(path, "must not start with '.'");
+    }
+}
+
+fn check_constraints(errs: &mut ValidationErrors, base: &str, cs: &[Constraint]) {
+    for (i, c) in cs.iter().enumerate() {
+        let p = format!("{base}constraint[{i}]");
+        let needs_attr = !matches!(c.operator, ConstraintOperator::DistinctHosts);
+        if needs_attr && c.attribute.trim().is_empty() {
+            errs.push(format!("{p}.attribute"), "must not be empty");
+        }
+        if !c.attribute.is_empty() {
+            if let Err(e) = check_interpolation(&c.attribute) {
+                errs.push(format!("{p}.attribute"), e);
+            }
+        }
+        if let Err(e) = check_interpolation(&c.value) {
+            errs.push(format!("{p}.value"), e);
+        }
+        match c.operator {
+            ConstraintOperator::Regexp if c.value.is_empty() => {
+                errs.push(format!("{p}.value"), "a regular expression is required")
+            }
+            ConstraintOperator::Version | ConstraintOperator::SetContains
+                if c.value.trim().is_empty() =>
+            {
+                errs.push(format!("{p}.value"), "must not be empty for this operator")
+            }
+            ConstraintOperator::DistinctProperty
+                if !c.value.is_empty() && c.value.parse::<u32>().map_or(true, |n| n == 0) =>
+            {
+                errs.push(format!("{p}.value"), "must be a positive integer (the limit per value)")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `${...}` references must be closed and name a known root.
+fn check_interpolation(s: &str) -> Result<(), String> {
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated interpolation in {s:?}"))?;
+        let key = &after[..end];
+        let known = matches!(key, "node.name" | "node.id" | "node.datacenter" | "node.class")
+            || key.starts_with("attr.")
+            || key.starts_with("meta.");
+        if !known || key.ends_with('.') {
+            return Err(format!(
+                "unknown interpolation ${{{key}}}; use ${{node.name}}, ${{node.id}}, ${{node.datacenter}}, ${{attr.NAME}} or ${{meta.NAME}}"
+            ));
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(())
+}
+
+fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
+    check_name(errs, &format!("{p}.name"), &t.name);
+    if !KNOWN_DRIVERS.contains(&t.driver.as_str()) {
+        errs.push(
+            format!("{p}.driver"),
+            format!(
+                "unknown driver {:?}; known drivers: {}",
+                t.driver,
+                KNOWN_DRIVERS.join(", ")
+            ),
+        );
+    }
+    match t.driver.as_str() {
+        "exec" => {
+            if t.command.is_empty() {
+                errs.push(format!("{p}.command"), "the exec driver needs a command");
+            }
+            if t.image.is_some() {
+                errs.push(format!("{p}.image"), "the exec driver takes no image");
+            }
+        }
+        "container" | "system" => match &t.image {
+            None => errs.push(format!("{p}.image"), "the container driver needs an image"),
+            Some(i) if i.trim().is_empty() => errs.push(format!("{p}.image"), "must not be empty"),
+            Some(i) if i.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                errs.push(format!("{p}.image"), "must not contain whitespace")
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+    if let Some(e) = &t.entrypoint {
+        if e.is_empty() {
+            errs.push(format!("{p}.entrypoint"), "must not be an empty list");
+        }
+    }
+    for (i, arg) in t.command.iter().enumerate() {
+        if arg.contains('\0') {
+            errs.push(format!("{p}.command[{i}]"), "must not contain NUL");
+        }
+    }
+    if t.command.first().is_some_and(|c| c.is_empty()) {
+        errs.push(format!("{p}.command[0]"), "must not be empty");
+    }
+    for (k, v) in &t.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            errs.push(format!("{p}.env"), format!("invalid variable name {k:?}"));
+        }
+        if v.contains('\0') {
+            errs.push(format!("{p}.env.{k}"), "must not contain NUL");
+        }
+    }
+    if let Some(u) = &t.user {
+        if u.is_empty() || u.contains('\0') || u.len() > 64 {
+            errs.push(format!("{p}.user"), "must be a user name, uid or uid:gid");
+        }
+    }
+    if let Some(w) = &t.workdir {
+        if !w.starts_with('/') {
+            errs.push(format!("{p}.workdir"), "must be an absolute path");
+        }
+    }
+    let r = &t.resources;
+    let rp = format!("{p}.resources");
+    if r.cpu == 0 {
+        errs.push(format!("{rp}.cpu"), "must be at least 1 MHz");
+    } else if r.cpu > MAX_CPU_MHZ {
+        errs.push(format!("{rp}.cpu"), format!("{} MHz is more than any node has", r.cpu));
+    }
+    if r.memory < MIN_MEMORY {
+        errs.push(format!("{rp}.memory"), format!("{} is below the minimum of {MIN_MEMORY}", r.memory));
+    } else if r.memory > MAX_MEMORY {
+        errs.push(format!("{rp}.memory"), format!("{} is more than any node has", r.memory));
+    }
+    if r.disk > MAX_DISK {
+        errs.push(format!("{rp}.disk"), format!("{} is more than any node has", r.disk));
+    }
+    if r.pids == 0 {
+        errs.push(format!("{rp}.pids"), "must be at least 1");
+    } else if r.pids > 4_194_304 {
+        errs.push(format!("{rp}.pids"), "must be at most 4194304 (the kernel's pid_max)");
+    }
+    if crate_signal_number(&t.kill_signal).is_none() {
+        errs.push(format!("{p}.kill_signal"), format!("unknown signal {:?}", t.kill_signal));
+    }
+    if t.kill_timeout.0 > 3_600_000 {
+        errs.push(format!("{p}.kill_timeout"), "must be at most 1h");
+    }
+    check_constraints(errs, &format!("{p}."), &t.constraints);
+}
+
+/// The number of a signal name (`SIGTERM`, `TERM`, `15`), for the signals
+/// that make sense to stop a workload.
+pub fn crate_signal_number(name: &str) -> Option<i32> {
+    let n = name.trim().trim_start_matches("SIG");
+    let num = match n {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        "CONT" => 18,
+        "STOP" => 19,
+        "WINCH" => 28,
+        "PWR" => 30,
+        _ => return n.parse().ok().filter(|v| (1..=64).contains(v)),
+    };
+    Some(num)
+}
+
+fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type: JobType) {
+    check_name(errs, &format!("{p}.name"), &g.name);
+    if g.count > MAX_COUNT {
+        errs.push(format!("{p}.count"), format!("must be at most {MAX_COUNT}"));
+    }
+    if g.tasks.is_empty() {
+        errs.push(format!("{p}.task"), "a group needs at least one task");
+    }
+    if let Some(r) = &g.restart {
+        if r.attempts > 10_000 {
+            errs.push(format!("{p}.restart.attempts"), "must be at most 10000");
+        }
+        if r.attempts > 0 && r.interval.0 == 0 {
+            errs.push(format!("{p}.restart.interval"), "must be positive when attempts > 0");
+        }
+        if r.attempts > 0 && r.delay.0 > r.interval.0 {
+            errs.push(format!("{p}.restart.delay"), "must not be longer than the interval");
+        }
+    }
+    if let Some(r) = &g.reschedule {
+        if job_type == JobType::System && (r.unlimited || r.attempts > 0) {
+            errs.push(format!("{p}.reschedule"), "system jobs are not rescheduled");
+        }
+        if r.attempts > 10_000 {
+            errs.push(format!("{p}.reschedule.attempts"), "must be at most 10000");
+        }
+    }
+    if g.network.mode == NetworkMode::Bridge {
+        errs.push(
+            format!("{p}.network.mode"),
+            "bridge networking is not available yet; use \"none\" or \"host\"",
+        );
+    }
+    check_constraints(errs, &format!("{p}."), &g.constraints);
+    let mut seen = BTreeSet::new();
+    for (i, t) in g.tasks.iter().enumerate() {
+        let tp = format!("{p}.task[{i}]");
+        if !seen.insert(t.name.as_str()) {
+            errs.push(format!("{tp}.name"), format!("duplicate task name {:?}", t.name));
+        }
+        check_task(errs, &tp, t);
+    }
+}
+
+/// Validate a whole job spec.
+pub fn validate_job(spec: &JobSpec) -> Result<(), ValidationErrors> {
+    let mut errs = ValidationErrors::default();
+    check_name(&mut errs, "name", &spec.name);
+    check_name(&mut errs, "namespace", &spec.namespace);
+    if !(1..=100).contains(&spec.priority) {
+        errs.push("priority", "must be between 1 and 100");
+    }
+    if spec.update.max_parallel == 0 {
+        errs.push("update.max_parallel", "must be at least 1");
+    }
+    check_constraints(&mut errs, "", &spec.constraints);
+    if spec.groups.is_empty() {
+        errs.push("group", "a job needs at least one group");
+    }
+    let mut seen = BTreeSet::new();
+    for (i, g) in spec.groups.iter().enumerate() {
+        let p = format!("group[{i}]");
+        if !seen.insert(g.name.as_str()) {
+            errs.push(format!("{p}.name"), format!("duplicate group name {:?}", g.name));
+        }
+        check_group(&mut errs, &p, g, spec.job_type);
+    }
+    if errs.0.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}

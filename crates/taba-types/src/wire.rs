@@ -1,0 +1,106 @@
+//! Agent <-> server messages. Every message carries the protocol version so a
+//! server and an agent one minor version apart keep talking: a receiver accepts
+//! any version in `MIN_PROTOCOL..=PROTOCOL`, ignores fields it does not know
+//! (no `deny_unknown_fields` here, unlike user input), and rejects the rest
+//! with a clear error.
+
+use crate::alloc::{AllocUsage, Allocation, ClientStatus, TaskState};
+use crate::ids::{AllocId, NodeId};
+use crate::node::{Node, NodeUsage};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL: u32 = 1;
+/// The oldest protocol version this build accepts.
+pub const MIN_PROTOCOL: u32 = 1;
+
+/// Check a peer's protocol version.
+pub fn check_protocol(v: u32) -> Result<(), String> {
+    if (MIN_PROTOCOL..=PROTOCOL).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "protocol version {v} is not supported; this build speaks {MIN_PROTOCOL}..={PROTOCOL}"
+        ))
+    }
+}
+
+/// Agent -> server: register (or re-register after a restart).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Protocol version.
+    pub protocol: u32,
+    /// The fingerprinted node.
+    pub node: Node,
+}
+
+/// Server -> agent: registration accepted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// Protocol version.
+    pub protocol: u32,
+    /// Heartbeat within this many milliseconds or be marked down.
+    pub heartbeat_ttl_ms: u64,
+}
+
+/// Agent -> server: still alive.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// Protocol version.
+    pub protocol: u32,
+    /// Who.
+    pub node_id: NodeId,
+    /// Node utilization.
+    #[serde(default)]
+    pub usage: NodeUsage,
+}
+
+/// Server -> agent: heartbeat accepted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Protocol version.
+    pub protocol: u32,
+    /// Next heartbeat due within this many milliseconds.
+    pub heartbeat_ttl_ms: u64,
+}
+
+/// Server -> agent: the allocations assigned to a node (blocking query).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeAllocations {
+    /// Protocol version.
+    pub protocol: u32,
+    /// Store index the list reflects; pass it back to wait for changes.
+    pub index: u64,
+    /// Allocations on the node that are not garbage-collected.
+    pub allocs: Vec<Allocation>,
+}
+
+/// One allocation's observed state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AllocUpdate {
+    /// Which.
+    pub id: AllocId,
+    /// Observed status.
+    pub client_status: ClientStatus,
+    /// Details.
+    #[serde(default)]
+    pub client_description: String,
+    /// Per task.
+    #[serde(default)]
+    pub task_states: BTreeMap<String, TaskState>,
+    /// Usage.
+    #[serde(default)]
+    pub usage: Option<AllocUsage>,
+}
+
+/// Agent -> server: allocation state changes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AllocUpdateRequest {
+    /// Protocol version.
+    pub protocol: u32,
+    /// Sender.
+    pub node_id: NodeId,
+    /// Updates.
+    pub updates: Vec<AllocUpdate>,
+}
