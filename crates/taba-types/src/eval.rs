@@ -82,10 +82,16 @@ impl PlacementFailure {
             parts.push("no ready, eligible nodes".to_string());
         }
         for (reason, n) in &self.filtered {
-            parts.push(format!("{reason} filtered {n} of {} nodes", self.nodes_evaluated));
+            parts.push(format!(
+                "{reason} filtered {n} of {} nodes",
+                self.nodes_evaluated
+            ));
         }
         for (dim, n) in &self.exhausted {
-            parts.push(format!("{dim} exhausted on {n} of {} nodes", self.nodes_evaluated));
+            parts.push(format!(
+                "{dim} exhausted on {n} of {} nodes",
+                self.nodes_evaluated
+            ));
         }
         if parts.is_empty() {
             parts.push("no node fits".into());

@@ -73,7 +73,12 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..offset];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -186,7 +191,10 @@ count = 2
     fn type_error_has_path_and_position() {
         let bad = HELLO.replace("\"64MiB\"", "\"lots\"");
         let err = parse_job_toml(bad.as_bytes()).unwrap_err();
-        assert_eq!(err.path().as_deref(), Some("group[0].task[0].resources.memory"));
+        assert_eq!(
+            err.path().as_deref(),
+            Some("group[0].task[0].resources.memory")
+        );
         let msg = err.to_string();
         assert!(msg.contains("line 12"), "{msg}");
     }
@@ -202,7 +210,10 @@ count = 2
     fn not_utf8() {
         let mut b = HELLO.as_bytes().to_vec();
         b[3] = 0xff;
-        assert!(matches!(parse_job_toml(&b), Err(JobParseError::NotUtf8 { offset: 3 })));
+        assert!(matches!(
+            parse_job_toml(&b),
+            Err(JobParseError::NotUtf8 { offset: 3 })
+        ));
     }
 
     #[test]
@@ -215,6 +226,9 @@ count = 2
     #[test]
     fn json_path() {
         let err = parse_job_json(br#"{"name":"a","group":[{"name":"g","task":[{"name":"t","driver":"exec","command":["x"],"resources":{"cpu":-1}}]}]}"#).unwrap_err();
-        assert_eq!(err.path().as_deref(), Some("group[0].task[0].resources.cpu"));
+        assert_eq!(
+            err.path().as_deref(),
+            Some("group[0].task[0].resources.cpu")
+        );
     }
 }

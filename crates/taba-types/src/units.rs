@@ -31,7 +31,9 @@ impl ByteSize {
             .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         if num.is_empty() {
-            return Err(format!("{s:?} is not a size; write e.g. \"64MiB\" or \"1GiB\""));
+            return Err(format!(
+                "{s:?} is not a size; write e.g. \"64MiB\" or \"1GiB\""
+            ));
         }
         let unit = unit.trim();
         let mult: u64 = match unit.to_ascii_lowercase().as_str() {
@@ -45,7 +47,11 @@ impl ByteSize {
             "gib" => GIB,
             "t" | "tb" => 1000 * 1000 * 1000 * 1000,
             "tib" => TIB,
-            _ => return Err(format!("unknown size unit {unit:?}; use B, KiB, MiB, GiB or TiB")),
+            _ => {
+                return Err(format!(
+                    "unknown size unit {unit:?}; use B, KiB, MiB, GiB or TiB"
+                ))
+            }
         };
         let value: f64 = num
             .parse()
@@ -99,7 +105,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 self.visit_u64(v as u64)
             }
             fn visit_f64<E: de::Error>(self, _v: f64) -> Result<ByteSize, E> {
-                Err(E::custom("size must be an integer number of MiB or a string like \"64MiB\""))
+                Err(E::custom(
+                    "size must be an integer number of MiB or a string like \"64MiB\"",
+                ))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 ByteSize::parse(v).map_err(E::custom)
@@ -132,15 +140,21 @@ impl DurationSpec {
         let mut total: u64 = 0;
         let mut rest = t;
         while !rest.is_empty() {
-            let n_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let n_end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if n_end == 0 {
-                return Err(format!("{s:?} is not a duration; write e.g. \"15s\" or \"500ms\""));
+                return Err(format!(
+                    "{s:?} is not a duration; write e.g. \"15s\" or \"500ms\""
+                ));
             }
             let n: u64 = rest[..n_end]
                 .parse()
                 .map_err(|_| format!("{s:?} is too large"))?;
             rest = &rest[n_end..];
-            let u_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let u_end = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit = &rest[..u_end];
             rest = &rest[u_end..];
             let mult = match unit {

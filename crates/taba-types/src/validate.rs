@@ -113,7 +113,10 @@ fn check_constraints(errs: &mut ValidationErrors, base: &str, cs: &[Constraint])
             ConstraintOperator::DistinctProperty
                 if !c.value.is_empty() && c.value.parse::<u32>().map_or(true, |n| n == 0) =>
             {
-                errs.push(format!("{p}.value"), "must be a positive integer (the limit per value)")
+                errs.push(
+                    format!("{p}.value"),
+                    "must be a positive integer (the limit per value)",
+                )
             }
             _ => {}
         }
@@ -129,8 +132,10 @@ fn check_interpolation(s: &str) -> Result<(), String> {
             .find('}')
             .ok_or_else(|| format!("unterminated interpolation in {s:?}"))?;
         let key = &after[..end];
-        let known = matches!(key, "node.name" | "node.id" | "node.datacenter" | "node.class")
-            || key.starts_with("attr.")
+        let known = matches!(
+            key,
+            "node.name" | "node.id" | "node.datacenter" | "node.class"
+        ) || key.starts_with("attr.")
             || key.starts_with("meta.");
         if !known || key.ends_with('.') {
             return Err(format!(
@@ -209,23 +214,41 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
     if r.cpu == 0 {
         errs.push(format!("{rp}.cpu"), "must be at least 1 MHz");
     } else if r.cpu > MAX_CPU_MHZ {
-        errs.push(format!("{rp}.cpu"), format!("{} MHz is more than any node has", r.cpu));
+        errs.push(
+            format!("{rp}.cpu"),
+            format!("{} MHz is more than any node has", r.cpu),
+        );
     }
     if r.memory < MIN_MEMORY {
-        errs.push(format!("{rp}.memory"), format!("{} is below the minimum of {MIN_MEMORY}", r.memory));
+        errs.push(
+            format!("{rp}.memory"),
+            format!("{} is below the minimum of {MIN_MEMORY}", r.memory),
+        );
     } else if r.memory > MAX_MEMORY {
-        errs.push(format!("{rp}.memory"), format!("{} is more than any node has", r.memory));
+        errs.push(
+            format!("{rp}.memory"),
+            format!("{} is more than any node has", r.memory),
+        );
     }
     if r.disk > MAX_DISK {
-        errs.push(format!("{rp}.disk"), format!("{} is more than any node has", r.disk));
+        errs.push(
+            format!("{rp}.disk"),
+            format!("{} is more than any node has", r.disk),
+        );
     }
     if r.pids == 0 {
         errs.push(format!("{rp}.pids"), "must be at least 1");
     } else if r.pids > 4_194_304 {
-        errs.push(format!("{rp}.pids"), "must be at most 4194304 (the kernel's pid_max)");
+        errs.push(
+            format!("{rp}.pids"),
+            "must be at most 4194304 (the kernel's pid_max)",
+        );
     }
     if crate_signal_number(&t.kill_signal).is_none() {
-        errs.push(format!("{p}.kill_signal"), format!("unknown signal {:?}", t.kill_signal));
+        errs.push(
+            format!("{p}.kill_signal"),
+            format!("unknown signal {:?}", t.kill_signal),
+        );
     }
     if t.kill_timeout.0 > 3_600_000 {
         errs.push(format!("{p}.kill_timeout"), "must be at most 1h");
@@ -267,10 +290,16 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
             errs.push(format!("{p}.restart.attempts"), "must be at most 10000");
         }
         if r.attempts > 0 && r.interval.0 == 0 {
-            errs.push(format!("{p}.restart.interval"), "must be positive when attempts > 0");
+            errs.push(
+                format!("{p}.restart.interval"),
+                "must be positive when attempts > 0",
+            );
         }
         if r.attempts > 0 && r.delay.0 > r.interval.0 {
-            errs.push(format!("{p}.restart.delay"), "must not be longer than the interval");
+            errs.push(
+                format!("{p}.restart.delay"),
+                "must not be longer than the interval",
+            );
         }
     }
     if let Some(r) = &g.reschedule {
@@ -292,7 +321,10 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
     for (i, t) in g.tasks.iter().enumerate() {
         let tp = format!("{p}.task[{i}]");
         if !seen.insert(t.name.as_str()) {
-            errs.push(format!("{tp}.name"), format!("duplicate task name {:?}", t.name));
+            errs.push(
+                format!("{tp}.name"),
+                format!("duplicate task name {:?}", t.name),
+            );
         }
         check_task(errs, &tp, t);
     }
@@ -317,7 +349,10 @@ pub fn validate_job(spec: &JobSpec) -> Result<(), ValidationErrors> {
     for (i, g) in spec.groups.iter().enumerate() {
         let p = format!("group[{i}]");
         if !seen.insert(g.name.as_str()) {
-            errs.push(format!("{p}.name"), format!("duplicate group name {:?}", g.name));
+            errs.push(
+                format!("{p}.name"),
+                format!("duplicate group name {:?}", g.name),
+            );
         }
         check_group(&mut errs, &p, g, spec.job_type);
     }
