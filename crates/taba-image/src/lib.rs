@@ -1,1 +1,765 @@
-//! placeholder
+//! The node's image store for container workloads.
+//!
+//! It imports `docker save` tars and OCI image-layout tars, unpacks every layer once into a
+//! content-addressed directory shared by all images that use it, resolves references, and
+//! mounts overlayfs root filesystems for containers. It knows nothing of jobs or runtimes.
+//!
+//! # On disk
+//!
+//! ```text
+//! <root>/lock                      flock: exclusive for commits and removals, shared for mounts
+//! <root>/refs.json                 canonical reference -> image id (replaced atomically)
+//! <root>/images/<id>.json          image record: config, diff_ids, size (one per image)
+//! <root>/layers/<diff_id>/fs/      an unpacked layer, keyed by the sha256 of its tar
+//! <root>/layers/<diff_id>/layer.json
+//! <root>/l/<16 hex>                short symlinks to layers, for mount(2) on old kernels
+//! <root>/leases/<hash>.json        which container dir has which image mounted
+//! <root>/tmp/<n>/ + <n>.lock       staging of an import in progress (flock'd while alive)
+//! ```
+//!
+//! An import unpacks into its own staging dir without holding the store lock, then commits
+//! under the exclusive lock with renames: layers first, then the image record, then
+//! `refs.json`. A failed or killed import leaves only a staging dir, which the next
+//! [`ImageStore::open`] deletes (its lock is free); a crash between renames leaves at most
+//! unreferenced layers, which the next `open` or `remove` collects. Two processes may share a
+//! store: all mutations take the lock file.
+//!
+//! The image id is the sha256 of the image config, as Docker computes it, so the same image
+//! has the same id whichever format it came in.
+
+mod archive;
+mod error;
+mod mount;
+mod reference;
+mod unpack;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::FlockOperation;
+use serde::{Deserialize, Serialize};
+
+pub use error::ImageError;
+
+use archive::{sha256_digest, OuterArchive};
+use error::io_ctx;
+use mount::Lease;
+use reference::Lookup;
+
+/// A short description of a stored image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// `sha256:<hex>` of the image config.
+    pub id: String,
+    /// References to it, in short form (`busybox:latest`).
+    pub refs: Vec<String>,
+    /// Bytes of file content in its layers, unpacked.
+    pub size: u64,
+    /// Number of layers.
+    pub layers: usize,
+    /// When the image was built, as its config says (RFC 3339).
+    pub created: Option<String>,
+}
+
+/// How to run the image, from its config. Empty lists mean "not set".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
+    /// `Env`, as `NAME=value`.
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: Option<String>,
+    /// `User` (`name`, `uid`, `uid:gid`, ...).
+    pub user: Option<String>,
+    /// `ExposedPorts` keys (`80/tcp`).
+    pub exposed_ports: Vec<String>,
+    /// `Labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A stored image, ready to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// `sha256:<hex>` of the image config.
+    pub id: String,
+    /// References to it, in short form.
+    pub refs: Vec<String>,
+    /// How to run it.
+    pub config: ImageConfig,
+    /// The unpacked layer directories, bottom to top.
+    pub layers: Vec<PathBuf>,
+}
+
+const RECORD_VERSION: u32 = 1;
+
+/// `images/<id>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ImageRecord {
+    version: u32,
+    id: String,
+    /// Hex diff_ids, bottom to top.
+    diff_ids: Vec<String>,
+    config: ImageConfig,
+    created: Option<String>,
+    size: u64,
+}
+
+/// `layers/<diff_id>/layer.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LayerRecord {
+    version: u32,
+    diff_id: String,
+    size: u64,
+}
+
+/// `refs.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RefsFile {
+    version: u32,
+    refs: BTreeMap<String, String>,
+}
+
+/// The image store under one root directory. Cheap to share between threads (`Send + Sync`);
+/// several processes may open the same root.
+#[derive(Debug)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+/// A held flock on `<root>/lock` (released on drop).
+struct StoreLock {
+    _file: File,
+}
+
+/// A staging dir of an import in progress, removed on drop.
+struct Staging {
+    dir: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_file(&self.lock_path);
+    }
+}
+
+static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let dir = path.parent().expect("store paths have a parent");
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(io_ctx(|| format!("create {}", tmp.display())))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(io_ctx(|| format!("write {}", tmp.display())))?;
+        fs::rename(&tmp, path).map_err(io_ctx(|| format!("rename to {}", path.display())))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_ctx(|| format!("sync {}", dir.display())))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, ImageError> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| ImageError::Io {
+                context: format!("parse {}", path.display()),
+                source: e.into(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_ctx(|| format!("read {}", path.display()))(e)),
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(v).expect("store records serialise")
+}
+
+impl ImageStore {
+    /// Opens (creating if needed) the store at `root`, and cleans up what crashed imports left.
+    pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
+        for sub in ["", "images", "layers", "l", "leases", "tmp"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(io_ctx(|| format!("create {}", d.display())))?;
+        }
+        let root =
+            fs::canonicalize(root).map_err(io_ctx(|| format!("resolve {}", root.display())))?;
+        let store = ImageStore { root };
+        {
+            let _lock = store.lock(true)?;
+            store.clean_staging()?;
+            store.collect_layers()?;
+        }
+        Ok(store)
+    }
+
+    /// The root directory of the store.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<StoreLock, ImageError> {
+        let path = self.root.join("lock");
+        // A new open file description per acquisition: flock then excludes other threads of
+        // this process as well as other processes.
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_ctx(|| format!("open {}", path.display())))?;
+        let op = if exclusive {
+            FlockOperation::LockExclusive
+        } else {
+            FlockOperation::LockShared
+        };
+        rustix::fs::flock(file.as_fd(), op)
+            .map_err(io_ctx(|| format!("lock {}", path.display())))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    fn layer_dir(&self, diff_id: &str) -> PathBuf {
+        self.root.join("layers").join(diff_id)
+    }
+
+    fn image_path(&self, id_hex: &str) -> PathBuf {
+        self.root.join("images").join(format!("{id_hex}.json"))
+    }
+
+    /// Removes staging dirs whose import is no longer alive (their lock file is free).
+    fn clean_staging(&self) -> Result<(), ImageError> {
+        let tmp = self.root.join("tmp");
+        let entries = fs::read_dir(&tmp).map_err(io_ctx(|| format!("list {}", tmp.display())))?;
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "lock") {
+                continue;
+            }
+            let lock_path = path.with_extension("lock");
+            let alive = match File::open(&lock_path) {
+                Ok(f) => {
+                    rustix::fs::flock(f.as_fd(), FlockOperation::NonBlockingLockExclusive).is_err()
+                }
+                Err(_) => false,
+            };
+            if !alive {
+                if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                        .map_err(io_ctx(|| format!("remove {}", path.display())))?;
+                } else {
+                    let _ = fs::remove_file(&path);
+                }
+                let _ = fs::remove_file(&lock_path);
+            }
+        }
+        Ok(())
+    }
+
+    fn new_staging(&self) -> Result<Staging, ImageError> {
+        let tmp = self.root.join("tmp");
+        loop {
+            let n = format!(
+                "{}-{}-{}",
+                std::process::id(),
+                STAGING_SEQ.fetch_add(1, Ordering::Relaxed),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos())
+            );
+            let lock_path = tmp.join(format!("{n}.lock"));
+            let lock = File::create(&lock_path)
+                .map_err(io_ctx(|| format!("create {}", lock_path.display())))?;
+            rustix::fs::flock(lock.as_fd(), FlockOperation::LockExclusive)
+                .map_err(io_ctx(|| format!("lock {}", lock_path.display())))?;
+            let dir = tmp.join(&n);
+            match fs::create_dir(&dir) {
+                Ok(()) => {
+                    return Ok(Staging {
+                        dir,
+                        lock_path,
+                        _lock: lock,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_ctx(|| format!("create {}", dir.display()))(e)),
+            }
+        }
+    }
+
+    fn load_refs(&self) -> Result<RefsFile, ImageError> {
+        Ok(
+            read_json(&self.root.join("refs.json"))?.unwrap_or(RefsFile {
+                version: RECORD_VERSION,
+                refs: BTreeMap::new(),
+            }),
+        )
+    }
+
+    fn save_refs(&self, refs: &RefsFile) -> Result<(), ImageError> {
+        write_atomic(&self.root.join("refs.json"), &to_json(refs))
+    }
+
+    fn load_images(&self) -> Result<Vec<ImageRecord>, ImageError> {
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_ctx(|| format!("list {}", dir.display())))? {
+            let path = e
+                .map_err(io_ctx(|| format!("list {}", dir.display())))?
+                .path();
+            if path.extension().is_some_and(|x| x == "json")
+                && !path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                if let Some(r) = read_json::<ImageRecord>(&path)? {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_image(&self, id_hex: &str) -> Result<Option<ImageRecord>, ImageError> {
+        read_json(&self.image_path(id_hex))
+    }
+
+    /// Moves layer dirs that no image uses into tmp/ and deletes them. Call under the lock.
+    fn collect_layers(&self) -> Result<(), ImageError> {
+        let used: BTreeSet<String> = self
+            .load_images()?
+            .into_iter()
+            .flat_map(|r| r.diff_ids)
+            .collect();
+        let dir = self.root.join("layers");
+        for e in fs::read_dir(&dir).map_err(io_ctx(|| format!("list {}", dir.display())))? {
+            let e = e.map_err(io_ctx(|| format!("list {}", dir.display())))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if used.contains(&name) {
+                continue;
+            }
+            let _ = fs::remove_file(self.short_link(&name));
+            let trash = self.root.join("tmp").join(format!("gc-{name}"));
+            let _ = fs::remove_dir_all(&trash);
+            fs::rename(e.path(), &trash).map_err(io_ctx(|| {
+                format!("move {} to {}", e.path().display(), trash.display())
+            }))?;
+            fs::remove_dir_all(&trash).map_err(io_ctx(|| format!("remove {}", trash.display())))?;
+        }
+        Ok(())
+    }
+
+    fn short_link(&self, diff_id: &str) -> PathBuf {
+        self.root.join("l").join(&diff_id[..16])
+    }
+
+    /// Imports an image from a `docker save` tar or an OCI image-layout tar (plain or gzip).
+    /// Layers already in the store are not read again; the references in the archive are
+    /// pointed at the image (moved from another image if they named one).
+    pub fn import(&self, tar: &Path) -> Result<ImageSummary, ImageError> {
+        let staging = self.new_staging()?;
+        let outer = OuterArchive::open(tar, &staging.dir)?;
+        let plan = archive::plan(&outer)?;
+        let id = sha256_digest(&plan.config_bytes);
+        let run = plan.config.config.unwrap_or_default();
+        let config = ImageConfig {
+            entrypoint: run.entrypoint.unwrap_or_default(),
+            cmd: run.cmd.unwrap_or_default(),
+            env: run.env.unwrap_or_default(),
+            working_dir: run.working_dir.filter(|w| !w.is_empty()),
+            user: run.user.filter(|u| !u.is_empty()),
+            exposed_ports: run.exposed_ports.unwrap_or_default().into_keys().collect(),
+            labels: run.labels.unwrap_or_default(),
+        };
+        let staged_layers = staging.dir.join("layers");
+        fs::create_dir(&staged_layers)
+            .map_err(io_ctx(|| format!("create {}", staged_layers.display())))?;
+        let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
+        let mut staged: BTreeSet<String> = BTreeSet::new();
+        // A layer that was in the store when we looked may be collected by a concurrent
+        // remove before we commit; then unpack it and try again.
+        for _attempt in 0..3 {
+            for layer in &plan.layers {
+                if sizes.contains_key(&layer.diff_id) {
+                    continue;
+                }
+                if let Some(rec) =
+                    read_json::<LayerRecord>(&self.layer_dir(&layer.diff_id).join("layer.json"))?
+                {
+                    sizes.insert(layer.diff_id.clone(), rec.size);
+                    continue;
+                }
+                let dest = staged_layers.join(&layer.diff_id);
+                fs::create_dir(&dest).map_err(io_ctx(|| format!("create {}", dest.display())))?;
+                let src = outer.open_member(&layer.member)?;
+                let unpacked = unpack::unpack_layer(
+                    src,
+                    &dest.join("fs"),
+                    layer.blob.as_deref(),
+                    &layer.diff_id,
+                )?;
+                write_atomic(
+                    &dest.join("layer.json"),
+                    &to_json(&LayerRecord {
+                        version: RECORD_VERSION,
+                        diff_id: layer.diff_id.clone(),
+                        size: unpacked.size,
+                    }),
+                )?;
+                sizes.insert(layer.diff_id.clone(), unpacked.size);
+                staged.insert(layer.diff_id.clone());
+            }
+            if !staged.is_empty() {
+                let d = File::open(&staged_layers)
+                    .map_err(io_ctx(|| format!("open {}", staged_layers.display())))?;
+                rustix::fs::syncfs(&d)
+                    .map_err(io_ctx(|| format!("sync {}", staged_layers.display())))?;
+            }
+            let _lock = self.lock(true)?;
+            let missing: Vec<String> = plan
+                .layers
+                .iter()
+                .map(|l| l.diff_id.clone())
+                .filter(|d| !staged.contains(d) && !self.layer_dir(d).join("layer.json").exists())
+                .collect();
+            if !missing.is_empty() {
+                for d in missing {
+                    sizes.remove(&d);
+                }
+                continue;
+            }
+            for d in &staged {
+                let to = self.layer_dir(d);
+                if to.exists() {
+                    continue; // a concurrent import committed the same layer first
+                }
+                let from = staged_layers.join(d);
+                fs::rename(&from, &to).map_err(io_ctx(|| {
+                    format!("move {} to {}", from.display(), to.display())
+                }))?;
+            }
+            for layer in &plan.layers {
+                let link = self.short_link(&layer.diff_id);
+                if fs::symlink_metadata(&link).is_err() {
+                    let target = Path::new("../layers").join(&layer.diff_id).join("fs");
+                    std::os::unix::fs::symlink(&target, &link)
+                        .map_err(io_ctx(|| format!("symlink {}", link.display())))?;
+                }
+            }
+            let diff_ids: Vec<String> = plan.layers.iter().map(|l| l.diff_id.clone()).collect();
+            let record = ImageRecord {
+                version: RECORD_VERSION,
+                id: id.clone(),
+                size: diff_ids.iter().map(|d| sizes[d]).sum(),
+                diff_ids,
+                config,
+                created: plan.config.created.clone(),
+            };
+            write_atomic(&self.image_path(&id[7..]), &to_json(&record))?;
+            let mut refs = self.load_refs()?;
+            for r in &plan.refs {
+                refs.refs.insert(r.clone(), id.clone());
+            }
+            self.save_refs(&refs)?;
+            return Ok(self.summary(&record, &refs));
+        }
+        Err(ImageError::Io {
+            context: "import: layers kept disappearing under concurrent removals".into(),
+            source: std::io::Error::from(std::io::ErrorKind::Interrupted),
+        })
+    }
+
+    fn refs_of(refs: &RefsFile, id: &str) -> Vec<String> {
+        refs.refs
+            .iter()
+            .filter(|(_, v)| v.as_str() == id)
+            .map(|(k, _)| reference::familiar(k))
+            .collect()
+    }
+
+    fn summary(&self, r: &ImageRecord, refs: &RefsFile) -> ImageSummary {
+        ImageSummary {
+            id: r.id.clone(),
+            refs: Self::refs_of(refs, &r.id),
+            size: r.size,
+            layers: r.diff_ids.len(),
+            created: r.created.clone(),
+        }
+    }
+
+    /// All images, sorted by their first reference (untagged ones last, by id).
+    pub fn list(&self) -> Result<Vec<ImageSummary>, ImageError> {
+        let refs = self.load_refs()?;
+        let mut out: Vec<ImageSummary> = self
+            .load_images()?
+            .iter()
+            .map(|r| self.summary(r, &refs))
+            .collect();
+        out.sort_by(|a, b| {
+            (a.refs.is_empty(), a.refs.first(), &a.id).cmp(&(
+                b.refs.is_empty(),
+                b.refs.first(),
+                &b.id,
+            ))
+        });
+        Ok(out)
+    }
+
+    /// Finds the image id a reference names: a reference, `sha256:<id or prefix>`, or a bare
+    /// hex id prefix of at least 4 digits when no reference has that name.
+    fn find(
+        &self,
+        reference: &str,
+        refs: &RefsFile,
+    ) -> Result<Option<(String, Option<String>)>, ImageError> {
+        let by_prefix = |prefix: &str| -> Result<Option<String>, ImageError> {
+            let ids: Vec<String> = self
+                .load_images()?
+                .into_iter()
+                .map(|r| r.id)
+                .filter(|id| id[7..].starts_with(prefix))
+                .collect();
+            match ids.len() {
+                0 => Ok(None),
+                1 => Ok(ids.into_iter().next()),
+                n => Err(ImageError::InvalidReference {
+                    reference: reference.to_string(),
+                    reason: format!("id prefix matches {n} images; give more digits"),
+                }),
+            }
+        };
+        match reference::lookup(reference)? {
+            Lookup::Id(prefix) => Ok(by_prefix(&prefix)?.map(|id| (id, None))),
+            Lookup::Name {
+                canonical,
+                id_prefix,
+            } => {
+                if let Some(id) = refs.refs.get(&canonical) {
+                    return Ok(Some((id.clone(), Some(canonical))));
+                }
+                match id_prefix {
+                    Some(p) => Ok(by_prefix(&p)?.map(|id| (id, None))),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Looks an image up by reference (`busybox`, `busybox:latest`,
+    /// `docker.io/library/busybox:latest`), `sha256:<id>` or an id prefix.
+    pub fn resolve(&self, reference: &str) -> Result<Option<Image>, ImageError> {
+        let refs = self.load_refs()?;
+        let Some((id, _)) = self.find(reference, &refs)? else {
+            return Ok(None);
+        };
+        let Some(record) = self.load_image(&id[7..])? else {
+            return Ok(None);
+        };
+        Ok(Some(Image {
+            refs: Self::refs_of(&refs, &id),
+            layers: record
+                .diff_ids
+                .iter()
+                .map(|d| self.layer_dir(d).join("fs"))
+                .collect(),
+            id,
+            config: record.config,
+        }))
+    }
+
+    /// Removes a reference; an image left without references is deleted, and so are the
+    /// layers no other image uses. An id (`sha256:...`) removes the image and all its
+    /// references. Fails with [`ImageError::InUse`] (changing nothing) if the image would be
+    /// deleted while a mounted container rootfs uses it.
+    pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        let _lock = self.lock(true)?;
+        let mut refs = self.load_refs()?;
+        let Some((id, canonical)) = self.find(reference, &refs)? else {
+            return Err(ImageError::NotFound(reference.to_string()));
+        };
+        match &canonical {
+            Some(c) => {
+                refs.refs.remove(c);
+            }
+            None => refs.refs.retain(|_, v| *v != id),
+        }
+        let delete = !refs.refs.values().any(|v| *v == id);
+        if delete {
+            if let Some(lease) = self.live_leases()?.into_iter().find(|l| l.image == id) {
+                return Err(ImageError::InUse {
+                    image: id,
+                    container_dir: lease.container_dir,
+                });
+            }
+        }
+        self.save_refs(&refs)?;
+        if delete {
+            let path = self.image_path(&id[7..]);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_ctx(|| format!("remove {}", path.display()))(e)),
+            }
+            self.collect_layers()?;
+        }
+        Ok(())
+    }
+
+    fn lease_path(&self, container_dir: &Path) -> Result<PathBuf, ImageError> {
+        let abs = mount::absolute(container_dir)?;
+        let h = sha256_digest(abs.as_os_str().as_encoded_bytes());
+        Ok(self.root.join("leases").join(format!("{}.json", &h[7..39])))
+    }
+
+    /// Leases whose rootfs is still mounted; stale ones are deleted. Call under the lock.
+    fn live_leases(&self) -> Result<Vec<Lease>, ImageError> {
+        let dir = self.root.join("leases");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_ctx(|| format!("list {}", dir.display())))? {
+            let path = e
+                .map_err(io_ctx(|| format!("list {}", dir.display())))?
+                .path();
+            let Ok(Some(lease)) = read_json::<Lease>(&path) else {
+                continue;
+            };
+            if mount::is_mount_point(&mount::rootfs_of(&lease.container_dir))? {
+                out.push(lease);
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mounts the image's root filesystem at `container_dir/rootfs` (an overlay with its
+    /// writable `upper` and `work` dirs in `container_dir`) and records a lease that keeps the
+    /// image from being removed. Already mounted with this image: returns the path as is
+    /// (as after an agent restart).
+    pub fn mount_rootfs(&self, image: &Image, container_dir: &Path) -> Result<PathBuf, ImageError> {
+        let _lock = self.lock(false)?;
+        let id_hex = image.id.strip_prefix("sha256:").unwrap_or(&image.id);
+        let record = self
+            .load_image(id_hex)?
+            .ok_or_else(|| ImageError::NotFound(image.id.clone()))?;
+        for sub in ["rootfs", "upper", "work"] {
+            let d = container_dir.join(sub);
+            fs::create_dir_all(&d).map_err(io_ctx(|| format!("create {}", d.display())))?;
+        }
+        let container_dir = fs::canonicalize(container_dir)
+            .map_err(io_ctx(|| format!("resolve {}", container_dir.display())))?;
+        let rootfs = container_dir.join("rootfs");
+        let lease_path = self.lease_path(&container_dir)?;
+        let lease = Lease {
+            version: RECORD_VERSION,
+            container_dir: container_dir.clone(),
+            image: record.id.clone(),
+        };
+        if mount::is_mount_point(&rootfs)? {
+            match read_json::<Lease>(&lease_path)? {
+                Some(l) if l.image != record.id => {
+                    return Err(ImageError::RootfsConflict {
+                        container_dir,
+                        mounted: l.image,
+                        requested: record.id,
+                    })
+                }
+                Some(_) => {}
+                None => write_atomic(&lease_path, &to_json(&lease))?,
+            }
+            return Ok(rootfs);
+        }
+        let lowers: Vec<PathBuf> = record
+            .diff_ids
+            .iter()
+            .rev()
+            .map(|d| self.layer_dir(d).join("fs"))
+            .collect();
+        if let Some(missing) = lowers.iter().find(|l| !l.is_dir()) {
+            return Err(ImageError::NotFound(format!(
+                "{} (layer {})",
+                record.id,
+                missing.display()
+            )));
+        }
+        write_atomic(&lease_path, &to_json(&lease))?;
+        let short = || {
+            Ok(record
+                .diff_ids
+                .iter()
+                .rev()
+                .map(|d| self.short_link(d))
+                .collect())
+        };
+        let mounted = mount::mount_overlay(
+            &lowers,
+            short,
+            &container_dir.join("upper"),
+            &container_dir.join("work"),
+            &rootfs,
+        );
+        if let Err(e) = mounted {
+            let _ = fs::remove_file(&lease_path);
+            return Err(e);
+        }
+        Ok(rootfs)
+    }
+
+    /// Unmounts `container_dir/rootfs` (detached: lazily, open files keep working) and drops
+    /// its lease. Not mounted: nothing to do. The upper dir is kept; deleting the container dir
+    /// is the caller's.
+    pub fn unmount_rootfs(&self, container_dir: &Path) -> Result<(), ImageError> {
+        let _lock = self.lock(false)?;
+        mount::unmount_all(&mount::rootfs_of(container_dir))?;
+        let lease = self
+            .lease_path(&fs::canonicalize(container_dir).unwrap_or(container_dir.to_path_buf()))?;
+        match fs::remove_file(&lease) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_ctx(|| format!("remove {}", lease.display()))(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<ImageStore>();
+    }
+
+    #[test]
+    fn ids_and_refs_resolve_on_an_empty_store() {
+        let d = tempfile::tempdir().unwrap();
+        let s = ImageStore::open(d.path()).unwrap();
+        assert!(s.resolve("busybox").unwrap().is_none());
+        assert!(s.resolve("sha256:abcd").unwrap().is_none());
+        assert!(matches!(s.remove("busybox"), Err(ImageError::NotFound(r)) if r == "busybox"));
+        assert!(matches!(
+            s.resolve("Bad Ref"),
+            Err(ImageError::InvalidReference { .. })
+        ));
+        assert!(s.list().unwrap().is_empty());
+    }
+}
