@@ -1,1 +1,21 @@
-//! placeholder
+//! Workload drivers: the [`Driver`] trait and the `exec` and `container`
+//! drivers.
+//!
+//! The trait follows Nomad's `DriverPlugin`: capabilities, fingerprint,
+//! start, wait, stop, destroy, inspect, stats, signal, exec and recover
+//! (re-attach after an agent restart). Every method is blocking; the agent
+//! calls them from blocking threads. Optional abilities that only some
+//! drivers have (live migration, checkpoint/restore) will be separate traits
+//! so this one stays small.
+//!
+//! Both drivers here run their workload under a task shim (`taba shim run`,
+//! from `taba-runtime`) so the workload outlives an agent restart; they differ
+//! in what the shim starts: a host process (`exec`) or an OCI bundle built
+//! from an image (`container`).
+
+mod common;
+pub mod shimmed;
+pub mod container;
+pub mod exec;
+
+pub use common::*;

@@ -1,8 +1,31 @@
 //! `taba dev`, `taba server`, `taba agent`: the long-running modes.
+//!
+//! `taba dev` runs a server and an agent in one process with an embedded
+//! store under one data dir:
+//!
+//! ```text
+//! <data-dir>/server/state.redb   the store
+//! <data-dir>/images/             the image store (shared by server and agent)
+//! <data-dir>/agent/              the agent's node id, allocations and logs
+//! ```
+//!
+//! Stopping it (Ctrl-C, SIGTERM, or even kill -9) leaves workloads running:
+//! the next start re-attaches to them. `taba job stop` stops workloads.
 
 use super::GlobalArgs;
-use std::path::PathBuf;
+use anyhow::Context;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use taba_agent::AgentConfig;
+use taba_driver::Driver;
+use taba_image::ImageStore;
+use taba_server::{Server, ServerConfig};
+use taba_store::{RedbStore, Store};
 
 /// Arguments of `taba dev`.
 #[derive(clap::Args, Debug)]
@@ -12,13 +35,23 @@ pub struct DevArgs {
     pub data_dir: PathBuf,
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:4646")]
-    pub http: String,
+    pub http: SocketAddr,
+    /// Node name of the built-in agent (the hostname by default).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Heartbeat TTL of nodes, e.g. "10s".
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_ttl: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    taba_types::DurationSpec::parse(s).map(|d| d.as_duration())
 }
 
 /// Arguments of `taba server`.
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
-    /// Configuration file (TOML).
+    /// Configuration file (TOML); see docs/configuration.md.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -26,22 +59,194 @@ pub struct ServerArgs {
 /// Arguments of `taba agent`.
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    /// Configuration file (TOML).
+    /// Configuration file (TOML); see docs/configuration.md.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
 
+/// `taba server` configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    #[serde(default = "default_server_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "default_http")]
+    http: SocketAddr,
+    #[serde(default)]
+    heartbeat_ttl: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    workers: Option<usize>,
+}
+
+/// `taba agent` configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    #[serde(default = "default_agent_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "default_server_url")]
+    server: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    datacenter: Option<String>,
+    #[serde(default = "default_agent_http")]
+    http: SocketAddr,
+    #[serde(default)]
+    meta: BTreeMap<String, String>,
+    #[serde(default)]
+    images_dir: Option<PathBuf>,
+}
+
+fn default_server_dir() -> PathBuf {
+    "/var/lib/taba/server".into()
+}
+fn default_agent_dir() -> PathBuf {
+    "/var/lib/taba/agent".into()
+}
+fn default_http() -> SocketAddr {
+    "127.0.0.1:4646".parse().expect("static address")
+}
+fn default_agent_http() -> SocketAddr {
+    "127.0.0.1:4647".parse().expect("static address")
+}
+fn default_server_url() -> String {
+    "http://127.0.0.1:4646".into()
+}
+
+fn read_config<T: serde::de::DeserializeOwned>(path: Option<&Path>) -> anyhow::Result<T> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading configuration {}", p.display()))?,
+        None => String::new(),
+    };
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "configuration {}: {}",
+            path.map(|p| p.display().to_string()).unwrap_or_default(),
+            e.message()
+        )
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TABA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(256)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn drivers(images: Arc<ImageStore>) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
+    let exe = std::env::current_exe().context("locating the taba binary for task shims")?;
+    Ok(vec![
+        Arc::new(taba_driver::exec::ExecDriver::new(exe.clone())),
+        Arc::new(taba_driver::container::ContainerDriver::new(exe, images)),
+    ])
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// Run `taba dev`.
-pub fn run_dev(_g: &GlobalArgs, _a: DevArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("taba dev is not built yet")
+pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let rt = runtime()?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&a.data_dir)
+            .with_context(|| format!("creating {}", a.data_dir.display()))?;
+        let store_path = a.data_dir.join("server").join("state.redb");
+        std::fs::create_dir_all(store_path.parent().expect("has a parent"))?;
+        let store: Arc<dyn Store> = Arc::new(
+            RedbStore::open(&store_path)
+                .with_context(|| format!("opening the store {}", store_path.display()))?,
+        );
+        let images = Arc::new(
+            ImageStore::open(&a.data_dir.join("images")).context("opening the image store")?,
+        );
+        let mut sc = ServerConfig::new(a.data_dir.join("server"), a.http);
+        sc.heartbeat_ttl = a.heartbeat_ttl;
+        let server = Server::start(sc, store, images.clone())
+            .await
+            .context("starting the server")?;
+        let addr = server.addr();
+        let mut ac = AgentConfig::new(a.data_dir.join("agent"), format!("http://{addr}"));
+        ac.name = a.node_name.clone();
+        let agent = taba_agent::start(ac, drivers(images)?)
+            .await
+            .context("starting the agent")?;
+        eprintln!("taba dev: API on http://{addr}; node {} ready", agent.node_id);
+        shutdown_signal().await;
+        eprintln!("taba dev: shutting down (workloads keep running)");
+        agent.shutdown().await;
+        server.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Run `taba server`.
-pub fn run_server(_g: &GlobalArgs, _a: ServerArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("taba server is not built yet")
+pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let cfg: ServerFile = read_config(a.config.as_deref())?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("state.redb"))?);
+        let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?);
+        let mut sc = ServerConfig::new(cfg.data_dir.clone(), cfg.http);
+        if let Some(t) = cfg.heartbeat_ttl {
+            sc.heartbeat_ttl = t.as_duration();
+        }
+        if let Some(w) = cfg.workers {
+            sc.num_workers = w.max(1);
+        }
+        let server = Server::start(sc, store, images).await?;
+        eprintln!("taba server: API on http://{}", server.addr());
+        shutdown_signal().await;
+        server.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Run `taba agent`.
-pub fn run_agent(_g: &GlobalArgs, _a: AgentArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("taba agent is not built yet")
+pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let cfg: AgentFile = read_config(a.config.as_deref())?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let images_dir = cfg
+            .images_dir
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("images"));
+        let images = Arc::new(ImageStore::open(&images_dir)?);
+        let mut ac = AgentConfig::new(cfg.data_dir.clone(), cfg.server.clone());
+        ac.name = cfg.name.clone();
+        if let Some(dc) = cfg.datacenter.clone() {
+            ac.datacenter = dc;
+        }
+        ac.http_addr = cfg.http;
+        ac.meta = cfg.meta.clone();
+        let agent = taba_agent::start(ac, drivers(images)?).await?;
+        eprintln!("taba agent: node {} (API {})", agent.node_id, agent.http_addr);
+        shutdown_signal().await;
+        agent.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -1,0 +1,278 @@
+//! The `container` driver: an application container from an OCI image.
+//!
+//! The image's layers are shared read-only through overlayfs with a writable
+//! upper dir per task (`taba-image`); the driver writes an OCI runtime bundle
+//! (`config.json` built with `oci-spec` from the runtime's Docker-like
+//! defaults: default capability set, seccomp allowlist, no_new_privs, masked
+//! /proc paths, read-only /sys) and the task shim runs it with the embedded
+//! runtime (`taba-runtime`). Mount, pid, uts and ipc namespaces always; a
+//! network namespace with only loopback in mode `none`, the host's in `host`.
+
+use crate::shimmed::{resolve_user, Shimmed};
+use crate::{
+    Capabilities, Driver, DriverError, ExitResult, Recovered, TaskConfig, TaskHandle, TaskStats,
+};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use taba_image::{Image, ImageStore};
+use taba_runtime::shim::{ExecSpec, Workload};
+use taba_types::{DriverInfo, NetworkMode};
+
+/// The `container` driver.
+pub struct ContainerDriver {
+    shim: Shimmed,
+    images: Arc<ImageStore>,
+}
+
+impl ContainerDriver {
+    /// Run shims with the `taba` binary at `exe`, images from `images`.
+    pub fn new(exe: PathBuf, images: Arc<ImageStore>) -> Self {
+        Self {
+            shim: Shimmed::new(exe),
+            images,
+        }
+    }
+}
+
+/// The command line: Docker's rules for entrypoint and cmd.
+pub fn command_line(cfg: &TaskConfig, image: &Image) -> Result<Vec<String>, DriverError> {
+    let entrypoint = cfg
+        .task
+        .entrypoint
+        .clone()
+        .unwrap_or_else(|| image.config.entrypoint.clone());
+    let cmd = if !cfg.task.command.is_empty() {
+        cfg.task.command.clone()
+    } else if cfg.task.entrypoint.is_some() {
+        Vec::new()
+    } else {
+        image.config.cmd.clone()
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(DriverError::Start(
+            "no command: the image has no entrypoint or cmd and the task sets no command".into(),
+        ));
+    }
+    Ok(args)
+}
+
+/// Environment: the image's, then taba's, then the task's (later wins).
+pub fn environment(cfg: &TaskConfig, image: &Image) -> Vec<String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut set = |k: &str, v: &str| {
+        if env.insert(k.to_string(), v.to_string()).is_none() {
+            order.push(k.to_string());
+        }
+    };
+    set(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    for kv in &image.config.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            set(k, v);
+        }
+    }
+    for (k, v) in &cfg.env {
+        set(k, v);
+    }
+    for (k, v) in &cfg.task.env {
+        set(k, v);
+    }
+    order.iter().map(|k| format!("{k}={}", env[k])).collect()
+}
+
+fn bundle_err(e: impl std::fmt::Display) -> DriverError {
+    DriverError::Bundle(e.to_string())
+}
+
+impl ContainerDriver {
+    fn build_spec(
+        &self,
+        cfg: &TaskConfig,
+        image: &Image,
+        rootfs: &std::path::Path,
+    ) -> Result<Spec, DriverError> {
+        let hostname: String = cfg.alloc_id.as_str().chars().take(12).collect();
+        let mut spec = taba_runtime::container::default_spec(&hostname).map_err(bundle_err)?;
+        let args = command_line(cfg, image)?;
+        let user = cfg.task.user.clone().or_else(|| image.config.user.clone());
+        let (uid, gid, extra) = match user.as_deref() {
+            Some(u) if !u.is_empty() => resolve_user(rootfs, u)?,
+            _ => (0, 0, Vec::new()),
+        };
+        let cwd = cfg
+            .task
+            .workdir
+            .clone()
+            .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into());
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(args));
+        process.set_env(Some(environment(cfg, image)));
+        process.set_cwd(PathBuf::from(cwd));
+        let mut u = process.user().clone();
+        u.set_uid(uid);
+        u.set_gid(gid);
+        u.set_additional_gids((!extra.is_empty()).then_some(extra));
+        process.set_user(u);
+        spec.set_process(Some(process));
+        let mut root = spec.root().clone().unwrap_or_default();
+        root.set_path(rootfs.to_path_buf());
+        root.set_readonly(Some(false));
+        spec.set_root(Some(root));
+        if let Some(mut linux) = spec.linux().clone() {
+            let mut ns = linux.namespaces().clone().unwrap_or_default();
+            ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
+            if cfg.network_mode != NetworkMode::Host {
+                let mut n = oci_spec::runtime::LinuxNamespace::default();
+                n.set_typ(LinuxNamespaceType::Network);
+                ns.push(n);
+            }
+            linux.set_namespaces(Some(ns));
+            spec.set_linux(Some(linux));
+        }
+        Ok(spec)
+    }
+}
+
+impl Driver for ContainerDriver {
+    fn name(&self) -> &'static str {
+        "container"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            send_signals: true,
+            exec: true,
+            image_rootfs: true,
+            network_modes: vec![NetworkMode::None, NetworkMode::Host],
+        }
+    }
+
+    fn fingerprint(&self) -> DriverInfo {
+        let overlay = std::fs::read_to_string("/proc/filesystems")
+            .map(|s| s.lines().any(|l| l.ends_with("overlay")))
+            .unwrap_or(false);
+        match (&self.shim.layout, overlay) {
+            (Ok(_), true) => DriverInfo {
+                detected: true,
+                healthy: true,
+                description: "OCI containers (embedded runtime, overlayfs)".into(),
+            },
+            (Err(e), _) => DriverInfo {
+                detected: true,
+                healthy: false,
+                description: format!("cgroups not usable: {e}"),
+            },
+            (_, false) => DriverInfo {
+                detected: false,
+                healthy: false,
+                description: "the kernel has no overlayfs".into(),
+            },
+        }
+    }
+
+    fn start(&self, cfg: &TaskConfig) -> Result<TaskHandle, DriverError> {
+        let reference = cfg
+            .task
+            .image
+            .clone()
+            .ok_or_else(|| DriverError::Start("the container driver needs an image".into()))?;
+        let image = self
+            .images
+            .resolve(&reference)?
+            .ok_or_else(|| DriverError::ImageNotFound(reference.clone()))?;
+        let bundle = cfg.task_dir.join("bundle");
+        std::fs::create_dir_all(&bundle).map_err(|source| DriverError::Io {
+            path: bundle.clone(),
+            source,
+        })?;
+        let rootfs = self.images.mount_rootfs(&image, &bundle)?;
+        let result = (|| {
+            let spec = self.build_spec(cfg, &image, &rootfs)?;
+            spec.save(bundle.join("config.json")).map_err(bundle_err)?;
+            let cg = self.shim.make_cgroup(cfg)?;
+            self.shim
+                .spawn(
+                    self.name(),
+                    cfg,
+                    &cg,
+                    Workload::Container {
+                        bundle: bundle.clone(),
+                    },
+                    Some(bundle.clone()),
+                )
+                .inspect_err(|_| {
+                    let _ = cg.destroy();
+                })
+        })();
+        if result.is_err() {
+            let _ = self.images.unmount_rootfs(&bundle);
+        }
+        result
+    }
+
+    fn wait(&self, h: &TaskHandle) -> Result<ExitResult, DriverError> {
+        self.shim.wait(h)
+    }
+
+    fn stop(&self, h: &TaskHandle, signal: i32, timeout: Duration) -> Result<(), DriverError> {
+        self.shim.stop(h, signal, timeout)
+    }
+
+    fn destroy(&self, h: &TaskHandle) -> Result<(), DriverError> {
+        self.shim.destroy_cgroup(h)?;
+        if let Some(b) = &h.rootfs_dir {
+            self.images.unmount_rootfs(b)?;
+        }
+        Ok(())
+    }
+
+    fn inspect(&self, h: &TaskHandle) -> Result<bool, DriverError> {
+        Ok(self.shim.inspect(h))
+    }
+
+    fn stats(&self, h: &TaskHandle) -> Result<TaskStats, DriverError> {
+        self.shim.stats(h)
+    }
+
+    fn signal(&self, h: &TaskHandle, signal: i32) -> Result<(), DriverError> {
+        self.shim.signal(h, signal)
+    }
+
+    fn exec_command(
+        &self,
+        h: &TaskHandle,
+        cmd: &[String],
+    ) -> Result<std::process::Command, DriverError> {
+        let bundle = h
+            .rootfs_dir
+            .clone()
+            .ok_or_else(|| DriverError::Start("the task has no bundle".into()))?;
+        let sc = taba_runtime::shim::ShimConfig::read(&h.task_dir)
+            .map_err(|e| DriverError::Start(format!("reading the task's shim config: {e}")))?;
+        let spec = Spec::load(bundle.join("config.json")).map_err(bundle_err)?;
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(cmd.to_vec()));
+        process.set_terminal(Some(false));
+        let exec = ExecSpec {
+            pid: h.pid,
+            workload: Workload::ContainerExec {
+                process: Box::new(process),
+                linux: spec.linux().clone().map(Box::new),
+            },
+            cgroup_procs: sc.cgroup_procs,
+        };
+        self.shim.exec_command(h, &exec)
+    }
+
+    fn recover(&self, h: &TaskHandle) -> Result<Recovered, DriverError> {
+        self.shim.recover(h)
+    }
+}

@@ -1,0 +1,294 @@
+//! What the `exec` and `container` drivers share: a cgroup per task run made
+//! by the driver, and a task shim (`taba shim run`) that starts the workload
+//! in it, keeps its logs and records its exit.
+
+use crate::{now_ms, DriverError, ExitResult, Recovered, TaskConfig, TaskHandle, TaskStats};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use taba_cgroups::{AnyCgroup, Layout, Limits};
+use taba_runtime::shim::{self, ShimConfig, Workload};
+
+/// Current format version of [`TaskHandle`].
+pub const HANDLE_VERSION: u32 = 1;
+
+/// Cgroups and shims of one driver.
+pub struct Shimmed {
+    /// The `taba` binary that runs shims.
+    pub exe: PathBuf,
+    /// The host's cgroup layout, if usable.
+    pub layout: Result<Layout, String>,
+}
+
+impl Shimmed {
+    /// For `exe` on this host.
+    pub fn new(exe: PathBuf) -> Self {
+        Self {
+            exe,
+            layout: Layout::detect().map_err(|e| e.to_string()),
+        }
+    }
+
+    fn layout(&self) -> Result<&Layout, DriverError> {
+        self.layout
+            .as_ref()
+            .map_err(|e| DriverError::Start(format!("cgroups are not usable on this host: {e}")))
+    }
+
+    /// Create the task's cgroup with the task's limits.
+    pub fn make_cgroup(&self, cfg: &TaskConfig) -> Result<AnyCgroup, DriverError> {
+        let layout = self.layout()?;
+        // A cgroup left by a previous run of the same task is reused.
+        let cg = layout.create(&cfg.cgroup)?;
+        let r = &cfg.task.resources;
+        cg.apply(&Limits {
+            cpu_mhz: r.cpu,
+            cpu_max_cores: None,
+            memory_bytes: r.memory.0,
+            pids_max: r.pids,
+        })?;
+        Ok(cg)
+    }
+
+    /// Write `shim.json` and start the shim; returns the handle once the
+    /// workload runs.
+    pub fn spawn(
+        &self,
+        driver: &str,
+        cfg: &TaskConfig,
+        cg: &AnyCgroup,
+        workload: Workload,
+        rootfs_dir: Option<PathBuf>,
+    ) -> Result<TaskHandle, DriverError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DriverError::Io { path, source }
+        };
+        std::fs::create_dir_all(&cfg.task_dir).map_err(io(&cfg.task_dir))?;
+        std::fs::create_dir_all(&cfg.log_dir).map_err(io(&cfg.log_dir))?;
+        // Files of a previous run must not be mistaken for this one's.
+        for f in ["exit.json", "state.json"] {
+            let p = cfg.task_dir.join(f);
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(io(&p))?;
+            }
+        }
+        let sc = ShimConfig {
+            version: shim::SHIM_CONFIG_VERSION,
+            workload,
+            cgroup_procs: cg.procs_files(),
+            log_dir: cfg.log_dir.clone(),
+            log_name: cfg.task.name.clone(),
+            log_max_bytes: cfg.log_max_bytes,
+            log_max_files: cfg.log_max_files,
+        };
+        sc.write(&cfg.task_dir)?;
+        let started = shim::spawn(&self.exe, &cfg.task_dir)?;
+        Ok(TaskHandle {
+            version: HANDLE_VERSION,
+            driver: driver.to_string(),
+            task_dir: cfg.task_dir.clone(),
+            cgroup: cfg.cgroup.clone(),
+            pid: started.pid,
+            pid_start_time: started.pid_start_time,
+            shim_pid: started.shim_pid,
+            started_at: started.started_at,
+            rootfs_dir,
+        })
+    }
+
+    fn cgroup(&self, h: &TaskHandle) -> Option<AnyCgroup> {
+        self.layout.as_ref().ok()?.open(&h.cgroup).ok()
+    }
+
+    fn exit_result(&self, h: &TaskHandle, st: shim::ExitStatus) -> ExitResult {
+        let oom = self.cgroup(h).map(|c| c.oom_killed()).unwrap_or(false);
+        ExitResult {
+            exit_code: st.exit_code,
+            signal: st.signal,
+            // The kernel's OOM killer sends SIGKILL; only then is it an OOM kill.
+            oom_killed: oom && st.signal == Some(libc::SIGKILL),
+            start_error: st.start_error,
+            finished_at: if st.finished_at > 0 {
+                st.finished_at
+            } else {
+                now_ms()
+            },
+        }
+    }
+
+    /// Block until the workload ends.
+    pub fn wait(&self, h: &TaskHandle) -> Result<ExitResult, DriverError> {
+        let st = shim::wait_exit(&h.task_dir, h.shim_pid)?;
+        Ok(self.exit_result(h, st))
+    }
+
+    fn alive(&self, h: &TaskHandle) -> bool {
+        shim::is_alive(h.pid, h.pid_start_time)
+    }
+
+    /// Signal, then kill the whole cgroup after `timeout`.
+    pub fn stop(&self, h: &TaskHandle, signal: i32, timeout: Duration) -> Result<(), DriverError> {
+        if self.alive(h) {
+            shim::signal(h.pid, h.pid_start_time, signal)?;
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.alive(h) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(cg) = self.cgroup(h) {
+            cg.kill_all()?;
+        }
+        Ok(())
+    }
+
+    /// Remove the cgroup (killing anything left in it).
+    pub fn destroy_cgroup(&self, h: &TaskHandle) -> Result<(), DriverError> {
+        if let Ok(layout) = self.layout.as_ref() {
+            layout.destroy(&h.cgroup)?;
+        }
+        Ok(())
+    }
+
+    /// Running?
+    pub fn inspect(&self, h: &TaskHandle) -> bool {
+        self.alive(h)
+    }
+
+    /// Usage from the cgroup.
+    pub fn stats(&self, h: &TaskHandle) -> Result<TaskStats, DriverError> {
+        let cg = self
+            .cgroup(h)
+            .ok_or_else(|| DriverError::Start("the task's cgroup is gone".into()))?;
+        let s = cg.stats()?;
+        Ok(TaskStats {
+            cpu_usage_ns: s.cpu_usage_ns,
+            memory: s.memory_usage,
+            memory_max: s.memory_max_usage,
+        })
+    }
+
+    /// Deliver a signal.
+    pub fn signal(&self, h: &TaskHandle, sig: i32) -> Result<(), DriverError> {
+        Ok(shim::signal(h.pid, h.pid_start_time, sig)?)
+    }
+
+    /// After an agent restart.
+    pub fn recover(&self, h: &TaskHandle) -> Result<Recovered, DriverError> {
+        if let Some(st) = shim::read_exit(&h.task_dir)? {
+            return Ok(Recovered::Exited(self.exit_result(h, st)));
+        }
+        if self.alive(h) {
+            return Ok(Recovered::Running);
+        }
+        // Neither running nor an exit record: the shim died with it.
+        Ok(Recovered::Exited(ExitResult {
+            start_error: Some("the task and its shim ended without recording an exit status".into()),
+            finished_at: now_ms(),
+            ..Default::default()
+        }))
+    }
+
+    /// `taba shim exec` into the running task with `spec`.
+    pub fn exec_command(
+        &self,
+        h: &TaskHandle,
+        spec: &shim::ExecSpec,
+    ) -> Result<std::process::Command, DriverError> {
+        if !self.alive(h) {
+            return Err(DriverError::Start("the task is not running".into()));
+        }
+        let path = h.task_dir.join(format!("exec-{}.json", now_ms()));
+        spec.write(&path)?;
+        let mut c = std::process::Command::new(&self.exe);
+        c.arg("shim").arg("exec").arg("--spec").arg(&path);
+        Ok(c)
+    }
+}
+
+/// Resolve `user` (`name`, `uid`, `uid:gid`, `name:group`) against the
+/// passwd and group files under `root` ("/" for host processes).
+pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), DriverError> {
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_default();
+    let passwd = read("etc/passwd");
+    let group = read("etc/group");
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let (uid, primary_gid, name) = if let Ok(n) = u.parse::<u32>() {
+        let entry = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2] == u);
+        match entry {
+            Some(f) => (n, f[3].parse().unwrap_or(n), Some(f[0].to_string())),
+            None => (n, n, None),
+        }
+    } else {
+        let f = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[0] == u)
+            .ok_or_else(|| DriverError::Start(format!("user {u:?} not found in /etc/passwd")))?;
+        let uid = f[2]
+            .parse()
+            .map_err(|_| DriverError::Start(format!("user {u:?} has an invalid uid")))?;
+        (uid, f[3].parse().unwrap_or(uid), Some(u.to_string()))
+    };
+    let gid = match g {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| DriverError::Start(format!("group {g:?} not found in /etc/group")))?,
+        },
+    };
+    let mut extra = Vec::new();
+    if let Some(name) = name {
+        for f in group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+            if f.len() > 3 && f[3].split(',').any(|m| m == name) {
+                if let Ok(n) = f[2].parse::<u32>() {
+                    if n != gid {
+                        extra.push(n);
+                    }
+                }
+            }
+        }
+    }
+    Ok((uid, gid, extra))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\nweb:x:1000:1000::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nnogroup:x:65534:\nweb:x:1000:\nwheel:x:10:web\n",
+        )
+        .unwrap();
+        assert_eq!(resolve_user(d.path(), "root").unwrap(), (0, 0, vec![]));
+        assert_eq!(resolve_user(d.path(), "web").unwrap(), (1000, 1000, vec![10]));
+        assert_eq!(resolve_user(d.path(), "1000:10").unwrap(), (1000, 10, vec![]));
+        assert_eq!(resolve_user(d.path(), "4242").unwrap(), (4242, 4242, vec![]));
+        assert_eq!(resolve_user(d.path(), "web:nogroup").unwrap().1, 65534);
+        assert!(resolve_user(d.path(), "ghost").is_err());
+        assert!(resolve_user(d.path(), "web:ghosts").is_err());
+    }
+}

@@ -1,0 +1,201 @@
+//! Harness of the end-to-end tests: a real `taba dev` process on a random
+//! port with a temporary data dir, driven through the real API client and the
+//! real CLI. Needs root (cgroups, namespaces, overlayfs) and the busybox image
+//! that `scripts/setup.sh` builds; fails loudly when either is missing.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use taba_client::Client;
+
+/// The `taba` binary under test.
+pub fn taba_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_taba"))
+}
+
+/// Fail unless we are root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    #[allow(unsafe_code)]
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "this test needs root (cgroups, namespaces, mounts); run scripts/test.sh as root");
+}
+
+/// The busybox image tar, built by `scripts/setup.sh`.
+pub fn busybox_tar() -> PathBuf {
+    let dir = std::env::var("TABA_IMAGE_DIR").unwrap_or_else(|_| "/var/cache/taba/images".into());
+    let p = Path::new(&dir).join("busybox.tar");
+    if !p.exists() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-busybox-image.sh");
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("bash").arg(script).arg(&p).status().expect("running build-busybox-image.sh");
+        assert!(st.success(), "building the busybox image failed; run scripts/setup.sh");
+    }
+    p
+}
+
+/// A running `taba dev`.
+pub struct Dev {
+    pub child: Option<Child>,
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub addr: String,
+    pub client: Client,
+    pub log: PathBuf,
+}
+
+impl Dev {
+    /// Start `taba dev` on a fresh temporary data dir.
+    pub fn start() -> Dev {
+        require_root();
+        let tmp = tempfile::Builder::new().prefix("taba-e2e-").tempdir_in("/var/tmp").unwrap();
+        let data = tmp.path().to_path_buf();
+        let mut d = Dev::start_on(&data, &[]);
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// Start `taba dev` on `data` with extra args.
+    pub fn start_on(data: &Path, extra: &[&str]) -> Dev {
+        require_root();
+        let log = data.join("taba-dev.log");
+        std::fs::create_dir_all(data).unwrap();
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut child = Command::new(taba_bin())
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--http")
+            .arg("127.0.0.1:0")
+            .arg("--node-name")
+            .arg("n1")
+            .args(extra)
+            .env("TABA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting taba dev");
+        // The first stderr line naming the API tells the port.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut logf = logf;
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(logf, "{line}");
+                if !sent {
+                    if let Some(rest) = line.split("API on ").nth(1) {
+                        let addr = rest.split(';').next().unwrap().trim().to_string();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("taba dev did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        };
+        let client = Client::new(&addr, None);
+        let d = Dev { child: Some(child), data: data.to_path_buf(), _tmp: None, addr, client, log };
+        d.wait_for("node ready", Duration::from_secs(30), || {
+            d.client.list_nodes().ok().is_some_and(|n| n.iter().any(|n| n.status.to_string() == "ready"))
+        });
+        d
+    }
+
+    /// Poll `f` until true; panic with the log after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; taba dev log:\n{}", self.log_tail());
+    }
+
+    /// The last lines of the log.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Run the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(taba_bin())
+            .args(args)
+            .env("TABA_ADDR", &self.addr)
+            .output()
+            .expect("running taba")
+    }
+
+    /// Import the busybox image.
+    pub fn import_busybox(&self) {
+        self.client.import_image(&busybox_tar()).expect("importing busybox");
+    }
+
+    /// kill -9 the process (workloads keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop every job and wait until nothing runs, then stop the process.
+    pub fn shutdown(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        if let Ok(jobs) = self.client.list_jobs() {
+            for j in jobs.iter().filter(|j| !j.stopped) {
+                let _ = self.client.stop_job(&j.name);
+            }
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                let busy = self.client.list_jobs().ok().is_some_and(|jobs| {
+                    jobs.iter().any(|j| {
+                        self.client.job_status(&j.name).ok().is_some_and(|s| {
+                            s.allocations.iter().any(|a| !a.status.is_terminal())
+                        })
+                    })
+                });
+                if !busy {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Write a job file into a temp dir and return its path.
+pub fn job_file(dir: &Path, name: &str, toml: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, toml).unwrap();
+    p
+}

@@ -1,0 +1,331 @@
+//! End-to-end: the real `taba` binary in `taba dev` mode running real
+//! containers and host processes on this machine.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use taba_client::api::AllocListEntry;
+
+fn wait_allocs(dev: &Dev, job: &str, what: &str, pred: impl Fn(&[AllocListEntry]) -> bool) -> Vec<AllocListEntry> {
+    let mut last = Vec::new();
+    dev.wait_for(what, Duration::from_secs(60), || {
+        if let Ok(s) = dev.client.job_status(job) {
+            last = s.allocations;
+            pred(&last)
+        } else {
+            false
+        }
+    });
+    last
+}
+
+fn running(allocs: &[AllocListEntry], n: usize) -> bool {
+    allocs.iter().filter(|a| a.status.to_string() == "running").count() == n
+}
+
+fn read_cg(controller: &str, alloc: &str, task: &str, file: &str) -> String {
+    let p = format!("/sys/fs/cgroup/{controller}/taba/{alloc}/{task}/{file}");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {p}: {e}")).trim().to_string()
+}
+
+#[test]
+fn root_container_and_exec_jobs_run_log_exec_and_stop() {
+    let dev = Dev::start();
+    dev.import_busybox();
+    let tmp = tempfile::tempdir().unwrap();
+    let web = job_file(
+        tmp.path(),
+        "web",
+        r#"
+name = "web"
+[[group]]
+name = "web"
+  [[group.task]]
+  name = "httpd"
+  driver = "container"
+  image = "busybox"
+  command = ["httpd", "-f", "-p", "8080", "-h", "/etc"]
+  resources = { cpu = 100, memory = "64MiB", pids = 64 }
+"#,
+    );
+    let out = dev.cli(&["job", "run", web.to_str().unwrap()]);
+    assert!(out.status.success(), "job run failed: {}\n{}", String::from_utf8_lossy(&out.stderr), dev.log_tail());
+    let tool = job_file(
+        tmp.path(),
+        "tool",
+        r#"
+name = "tool"
+[[group]]
+name = "g"
+  [[group.task]]
+  name = "sh"
+  driver = "exec"
+  command = ["/bin/sh", "-c", "echo hello-from-exec; echo oops >&2; exec sleep 1000"]
+  env = { GREETING = "hi" }
+  resources = { cpu = 50, memory = "32MiB" }
+"#,
+    );
+    let out = dev.cli(&["job", "run", "--detach", tool.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let web_allocs = wait_allocs(&dev, "web", "web running", |a| running(a, 1));
+    let tool_allocs = wait_allocs(&dev, "tool", "tool running", |a| running(a, 1));
+    let web_id = web_allocs[0].id.to_string();
+    let tool_id = tool_allocs[0].id.to_string();
+    assert_eq!(web_allocs[0].node, "n1");
+
+    // The cgroup limits are really set.
+    assert_eq!(read_cg("memory", &web_id, "httpd", "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    assert_eq!(read_cg("pids", &web_id, "httpd", "pids.max"), "64");
+    assert_eq!(read_cg("cpu", &web_id, "httpd", "cpu.shares"), "100");
+    assert_eq!(read_cg("memory", &tool_id, "sh", "memory.limit_in_bytes"), (32u64 << 20).to_string());
+    let pid = web_allocs[0].task_states["httpd"].pid.expect("running task has a pid");
+    let procs = read_cg("memory", &web_id, "httpd", "cgroup.procs");
+    assert!(procs.lines().any(|l| l == pid.to_string()), "pid {pid} not in its cgroup: {procs}");
+
+    // Logs of the exec task, both streams, via the CLI.
+    let mut got = String::new();
+    dev.wait_for("exec task output", Duration::from_secs(10), || {
+        let out = dev.cli(&["alloc", "logs", &tool_id]);
+        got = String::from_utf8_lossy(&out.stdout).to_string();
+        got.contains("hello-from-exec")
+    });
+    let out = dev.cli(&["alloc", "logs", "--stderr", &tool_id]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("oops"));
+
+    // exec into the container: its own hostname, network and root filesystem.
+    let out = dev.cli(&["alloc", "exec", &web_id, "--", "hostname"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let host = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(web_id.starts_with(&host), "hostname {host:?} is not the alloc id prefix");
+    let out = dev.cli(&["alloc", "exec", &web_id, "--", "wget", "-qO-", "http://127.0.0.1:8080/passwd"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("root:"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = dev.cli(&["alloc", "exec", &web_id, "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    // exec into the exec task sees its env.
+    let out = dev.cli(&["alloc", "exec", &tool_id, "--", "/bin/sh", "-c", "echo $GREETING"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hi");
+
+    // JSON shapes promised by the CLI.
+    let out = dev.cli(&["job", "status", "web", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job status --json is JSON");
+    let a = &v["allocations"][0];
+    assert_eq!(a["id"], web_id.as_str());
+    assert_eq!(a["node"], "n1");
+    assert_eq!(a["status"], "running");
+    assert!(a["task_states"]["httpd"].is_object());
+    let out = dev.cli(&["alloc", "status", &web_id[..8], "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["id", "job", "node", "status"] {
+        assert!(!v[k].is_null(), "alloc status --json lacks {k}");
+    }
+    let out = dev.cli(&["node", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["name"], "n1");
+    assert_eq!(v[0]["status"], "ready");
+
+    // Stop: processes gone, cgroups removed.
+    let out = dev.cli(&["job", "stop", "web"]);
+    assert!(out.status.success());
+    wait_allocs(&dev, "web", "web stopped", |a| a.iter().all(|a| a.status.to_string() == "complete"));
+    dev.wait_for("httpd gone", Duration::from_secs(10), || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    dev.wait_for("cgroup removed", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/sys/fs/cgroup/memory/taba/{web_id}/httpd")).exists()
+    });
+}
+
+#[test]
+fn root_memory_hog_is_reported_oom_killed() {
+    let dev = Dev::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = job_file(
+        tmp.path(),
+        "hog",
+        r#"
+name = "hog"
+type = "batch"
+[[group]]
+name = "g"
+restart = { attempts = 0, interval = "1m", delay = "1s", mode = "fail" }
+reschedule = { attempts = 0 }
+  [[group.task]]
+  name = "hog"
+  driver = "exec"
+  command = ["/bin/sh", "-c", "head -c 300M /dev/zero | tail"]
+  resources = { memory = "16MiB" }
+"#,
+    );
+    assert!(dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]).status.success());
+    let allocs = wait_allocs(&dev, "hog", "hog failed", |a| a.iter().any(|a| a.status.to_string() == "failed"));
+    let t = &allocs[0].task_states["hog"];
+    assert!(t.oom_killed, "task state: {t:?}");
+    assert!(t.events.iter().any(|e| e.kind == "OOM Killed"), "events: {:?}", t.events);
+}
+
+#[test]
+fn root_batch_exit_codes_and_restart_policy() {
+    let dev = Dev::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = job_file(
+        tmp.path(),
+        "codes",
+        r#"
+name = "codes"
+type = "batch"
+[[group]]
+name = "ok"
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/sh", "-c", "echo done"]
+[[group]]
+name = "bad"
+restart = { attempts = 2, interval = "1m", delay = "1s", mode = "fail" }
+reschedule = { attempts = 0 }
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/sh", "-c", "date +%s%N; exit 3"]
+"#,
+    );
+    assert!(dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]).status.success());
+    let allocs = wait_allocs(&dev, "codes", "both groups finished", |a| {
+        a.len() == 2 && a.iter().all(|a| a.status.is_terminal())
+    });
+    let ok = allocs.iter().find(|a| a.group == "ok").unwrap();
+    let bad = allocs.iter().find(|a| a.group == "bad").unwrap();
+    assert_eq!(ok.status.to_string(), "complete");
+    assert_eq!(ok.task_states["t"].exit_code, Some(0));
+    assert_eq!(bad.status.to_string(), "failed");
+    let t = &bad.task_states["t"];
+    assert_eq!(t.exit_code, Some(3));
+    assert_eq!(t.restarts, 2, "{t:?}");
+    assert_eq!(t.events.iter().filter(|e| e.kind == "Restarting").count(), 2);
+    assert!(t.events.iter().any(|e| e.kind == "Not Restarting"));
+    // Each run printed its start time: the restarts waited at least the delay.
+    let out = dev.cli(&["alloc", "logs", bad.id.as_str()]);
+    let times: Vec<u128> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(times.len(), 3, "three runs expected: {times:?}");
+    for w in times.windows(2) {
+        assert!(w[1] - w[0] >= 1_000_000_000, "restart came before its 1s delay: {times:?}");
+    }
+    // The CLI exit code of a failing deployment is 1.
+    let out = dev.cli(&["job", "status", "codes"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn root_kill9_during_500_registrations_loses_nothing_and_keeps_containers() {
+    let tmp = tempfile::Builder::new().prefix("taba-e2e-").tempdir_in("/var/tmp").unwrap();
+    let mut dev = Dev::start_on(tmp.path(), &[]);
+    dev.import_busybox();
+    let f = job_file(
+        tmp.path(),
+        "keep",
+        r#"
+name = "keep"
+[[group]]
+name = "g"
+  [[group.task]]
+  name = "sleeper"
+  driver = "container"
+  image = "busybox:latest"
+  command = ["sleep", "100000"]
+  resources = { memory = "16MiB" }
+"#,
+    );
+    assert!(dev.cli(&["job", "run", f.to_str().unwrap()]).status.success());
+    let allocs = wait_allocs(&dev, "keep", "keep running", |a| running(a, 1));
+    let keep_id = allocs[0].id.to_string();
+    let pid = allocs[0].task_states["sleeper"].pid.unwrap();
+
+    // 500 registrations from 8 threads; kill -9 the server half way.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let addr = dev.addr.clone();
+    let mut threads = Vec::new();
+    for t in 0..8 {
+        let acked = acked.clone();
+        let addr = addr.clone();
+        threads.push(std::thread::spawn(move || {
+            let c = taba_client::Client::new(&addr, None);
+            for i in (t..500).step_by(8) {
+                let name = format!("reg-{i:03}");
+                // Constrained to no node: registrations only, nothing runs.
+                let toml = format!(
+                    "name = \"{name}\"\n[[group]]\nname = \"g\"\nconstraint = [{{ attribute = \"${{node.name}}\", value = \"nowhere\" }}]\n  [[group.task]]\n  name = \"t\"\n  driver = \"exec\"\n  command = [\"/bin/true\"]\n"
+                );
+                match c.register_job_toml(toml.as_bytes()) {
+                    Ok(_) => acked.lock().unwrap().push(name),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    dev.wait_for("250 acknowledged registrations", Duration::from_secs(60), || acked.lock().unwrap().len() >= 250);
+    dev.kill9();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 250 && acked.len() < 500, "kill -9 came too late to test anything: {}", acked.len());
+
+    // The workload survived the kill.
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "container died with taba dev");
+
+    let dev2 = Dev::start_on(tmp.path(), &[]);
+    let jobs = dev2.client.list_jobs().unwrap();
+    let mut names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).filter(|n| n.starts_with("reg-")).collect();
+    let total = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), total, "a job is listed twice");
+    for a in &acked {
+        assert!(names.contains(&a.as_str()), "acknowledged job {a} lost");
+    }
+    // Every job has exactly one version: nothing was applied twice.
+    for a in acked.iter().take(20) {
+        assert_eq!(dev2.client.job_history(a).unwrap().versions.len(), 1);
+    }
+    // The container was re-adopted, not restarted.
+    dev2.wait_for("keep re-adopted", Duration::from_secs(30), || {
+        dev2.client.alloc(&keep_id).ok().is_some_and(|a| {
+            a.status.to_string() == "running" && a.allocation.task_states["sleeper"].pid == Some(pid)
+        })
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let a = dev2.client.alloc(&keep_id).unwrap();
+    assert_eq!(a.allocation.task_states["sleeper"].restarts, 0);
+    assert_eq!(a.allocation.task_states["sleeper"].pid, Some(pid));
+    drop(dev2);
+    drop(dev);
+}
+
+#[test]
+fn root_cli_rejects_bad_job_files_with_position_and_field() {
+    let dev = Dev::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("syntax", "name = \"x\"\n[[group]\nname = \"g\"\n", "line 2"),
+        ("memory", "name = \"x\"\n[[group]]\nname = \"g\"\n  [[group.task]]\n  name = \"t\"\n  driver = \"exec\"\n  command = [\"true\"]\n  resources = { memory = \"lots\" }\n", "group[0].task[0].resources.memory"),
+        ("driver", "name = \"x\"\n[[group]]\nname = \"g\"\n  [[group.task]]\n  name = \"t\"\n  driver = \"docker\"\n  command = [\"true\"]\n", "group[0].task[0].driver"),
+        ("image", "name = \"x\"\n[[group]]\nname = \"g\"\n  [[group.task]]\n  name = \"t\"\n  driver = \"container\"\n  image = \"nope:1\"\n", "group[0].task[0].image"),
+    ];
+    for (name, body, needle) in cases {
+        let f = job_file(tmp.path(), name, body);
+        let out = dev.cli(&["job", "run", f.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(needle), "{name}: {err:?} does not mention {needle}");
+    }
+    // Non-UTF-8.
+    let f = tmp.path().join("bin.toml");
+    std::fs::write(&f, b"name = \"\xff\"\n").unwrap();
+    let out = dev.cli(&["job", "run", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
+    // Usage errors exit 2.
+    assert_eq!(dev.cli(&["job", "run"]).status.code(), Some(2));
+    // Nothing was registered.
+    assert!(dev.client.list_jobs().unwrap().is_empty());
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what taba's build, dev mode and tests need on a Debian (bookworm)
+# host, and builds the local test images. Idempotent: safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(busybox-static crun iproute2 procps ca-certificates python3 util-linux e2fsprogs)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo is not installed (install Rust first)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "setup: taba's workloads need root (cgroups, namespaces, mounts)" >&2; exit 1; }
+
+# The local busybox image, in both archive formats taba imports.
+IMAGES="${TABA_IMAGE_DIR:-/var/cache/taba/images}"
+mkdir -p "$IMAGES"
+[ -s "$IMAGES/busybox.tar" ] || scripts/build-busybox-image.sh "$IMAGES/busybox.tar"
+[ -s "$IMAGES/busybox-oci.tar" ] || scripts/build-busybox-image.sh "$IMAGES/busybox-oci.tar" --oci
+echo "setup: ok (images in $IMAGES)"
