@@ -213,7 +213,10 @@ mod tests {
     fn keyed_reports_a_bad_value_with_the_path() {
         let err = keyed(Path::new("/x/memory.stat"), "cache lots\n", "cache").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("/x/memory.stat") && msg.contains("lots"), "{msg}");
+        assert!(
+            msg.contains("/x/memory.stat") && msg.contains("lots"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -103,7 +103,10 @@ impl Layout {
     /// co-mounted `cpu,cpuacct` with symlinks `cpu` and `cpuacct`), plus
     /// `unified/` for hybrid; for v2, `root` itself is the hierarchy.
     /// Used by tests on fake trees, and by hosts with an unusual mount point.
-    pub fn from_root(root: impl AsRef<Path>, version: CgroupVersion) -> Result<Layout, CgroupError> {
+    pub fn from_root(
+        root: impl AsRef<Path>,
+        version: CgroupVersion,
+    ) -> Result<Layout, CgroupError> {
         let root = root.as_ref();
         if !root.is_dir() {
             return Err(CgroupError::NotMounted {
@@ -322,7 +325,9 @@ fn check_rel(rel: &str) -> Result<&str, CgroupError> {
         }
     }
     if trimmed.contains("//") || trimmed.contains('\n') || trimmed.contains('\0') {
-        return Err(bad("must not contain empty components or control characters"));
+        return Err(bad(
+            "must not contain empty components or control characters",
+        ));
     }
     Ok(trimmed)
 }
@@ -412,7 +417,9 @@ fn unescape(s: &str) -> String {
         if b[i] == b'\\' && i + 3 < b.len() {
             let oct = &b[i + 1..i + 4];
             if oct.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                let v = oct.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                let v = oct
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
                 if let Ok(v) = u8::try_from(v) {
                     out.push(v);
                     i += 4;
@@ -522,12 +529,17 @@ mod tests {
 
     #[test]
     fn missing_required_controller_is_named() {
-        let only_memory =
-            "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let only_memory = "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
         let l = Layout::from_mountinfo(only_memory).unwrap();
         let err = l.create("taba/x").unwrap_err();
         assert!(
-            matches!(err, CgroupError::MissingController { controller: "cpu", .. }),
+            matches!(
+                err,
+                CgroupError::MissingController {
+                    controller: "cpu",
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }
@@ -541,7 +553,15 @@ mod tests {
 
     #[test]
     fn relative_paths_are_checked() {
-        for bad in ["", "/", "/taba/x", "taba/../etc", "./taba", "taba//x", "a\nb"] {
+        for bad in [
+            "",
+            "/",
+            "/taba/x",
+            "taba/../etc",
+            "./taba",
+            "taba//x",
+            "a\nb",
+        ] {
             assert!(
                 matches!(check_rel(bad), Err(CgroupError::InvalidPath { .. })),
                 "{bad:?} accepted"

@@ -120,7 +120,9 @@ pub struct Stats {
 /// skipped, because signalling 0 would hit our own process group.
 pub(crate) fn sigkill_all(pids: &[u32], procs_path: &Path) -> Result<(), CgroupError> {
     for &pid in pids {
-        let Ok(raw) = i32::try_from(pid) else { continue };
+        let Ok(raw) = i32::try_from(pid) else {
+            continue;
+        };
         if raw <= 0 {
             continue;
         }
@@ -174,7 +176,13 @@ mod tests {
         for cores in [0.0, -1.0, f64::NAN, f64::INFINITY, 0.001, 1e9] {
             let err = limits(1, Some(cores)).validate().unwrap_err();
             assert!(
-                matches!(err, CgroupError::InvalidLimit { field: "cpu_max_cores", .. }),
+                matches!(
+                    err,
+                    CgroupError::InvalidLimit {
+                        field: "cpu_max_cores",
+                        ..
+                    }
+                ),
                 "{cores}: {err:?}"
             );
         }
@@ -182,7 +190,10 @@ mod tests {
         l.memory_bytes = 0;
         assert!(matches!(
             l.validate(),
-            Err(CgroupError::InvalidLimit { field: "memory_bytes", .. })
+            Err(CgroupError::InvalidLimit {
+                field: "memory_bytes",
+                ..
+            })
         ));
         limits(1, Some(2.0)).validate().unwrap();
     }

@@ -83,7 +83,11 @@ impl V1Cgroup {
             .map(|d| d.path.as_path())
             .ok_or_else(|| CgroupError::MissingController {
                 controller,
-                path: self.dirs.first().map(|d| d.mount.clone()).unwrap_or_default(),
+                path: self
+                    .dirs
+                    .first()
+                    .map(|d| d.mount.clone())
+                    .unwrap_or_default(),
             })
     }
 
@@ -223,10 +227,9 @@ impl V1Cgroup {
             if fz.is_dir() {
                 let state = fz.join("freezer.state");
                 fs::write(&state, "FROZEN")?;
-                let killed = fs::poll_until(FREEZE_WAIT, || {
-                    Ok(fs::read(&state)?.trim() == "FROZEN")
-                })
-                .and_then(|_| sigkill_all(&self.pids()?, &procs));
+                let killed =
+                    fs::poll_until(FREEZE_WAIT, || Ok(fs::read(&state)?.trim() == "FROZEN"))
+                        .and_then(|_| sigkill_all(&self.pids()?, &procs));
                 let thawed = fs::write(&state, "THAWED");
                 killed?;
                 thawed?;

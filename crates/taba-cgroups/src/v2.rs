@@ -138,12 +138,13 @@ impl V2Cgroup {
     pub fn stats(&self) -> Result<Stats, CgroupError> {
         let p = &self.path;
         let cpu_path = p.join("cpu.stat");
-        let usage_usec = fs::keyed(&cpu_path, &fs::read(&cpu_path)?, "usage_usec")?.ok_or_else(
-            || CgroupError::Parse {
-                path: cpu_path.clone(),
-                reason: "no usage_usec line".into(),
-            },
-        )?;
+        let usage_usec =
+            fs::keyed(&cpu_path, &fs::read(&cpu_path)?, "usage_usec")?.ok_or_else(|| {
+                CgroupError::Parse {
+                    path: cpu_path.clone(),
+                    reason: "no usage_usec line".into(),
+                }
+            })?;
         let current = fs::read_u64(&p.join("memory.current"))?;
         let stat_path = p.join("memory.stat");
         let inactive = fs::keyed(&stat_path, &fs::read(&stat_path)?, "inactive_file")?.unwrap_or(0);
