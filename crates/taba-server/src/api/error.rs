@@ -1,0 +1,162 @@
+//! The one place where errors become HTTP status codes. Every error reply has
+//! the body `{"error": {"message": ..., "field": <path or null>}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use taba_client::api::{ErrorBody, ErrorDetail};
+
+/// An error an API handler returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed input: bad syntax, wrong types, unknown fields, bad UTF-8.
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong.
+        message: String,
+        /// Where.
+        field: Option<String>,
+    },
+    /// Well-formed input that cannot be accepted (validation, unknown image).
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong.
+        message: String,
+        /// Where.
+        field: Option<String>,
+    },
+    /// The body is larger than the route accepts.
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The content type is not one the route reads.
+    #[error("unsupported content type {0:?}; send application/json or application/toml")]
+    UnsupportedMediaType(String),
+    /// The caller is not who it claims (e.g. an unknown node id).
+    #[error("{message}")]
+    Forbidden {
+        /// What is wrong.
+        message: String,
+        /// Where.
+        field: Option<String>,
+    },
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the state (e.g. an ambiguous id prefix).
+    #[error("{0}")]
+    Conflict(String),
+    /// No such route.
+    #[error("no route for {method} {path}")]
+    NoRoute {
+        /// Method.
+        method: String,
+        /// Path.
+        path: String,
+    },
+    /// The route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A node's agent could not be reached or failed.
+    #[error("{0}")]
+    Agent(String),
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// A failure of the server itself (store, internal invariant).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 naming a field.
+    pub fn bad(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+    /// A 422 naming a field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+    /// A 403 naming a field.
+    pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Forbidden {
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    /// The status code of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Agent(_) => StatusCode::BAD_GATEWAY,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            Self::BadRequest { field, .. }
+            | Self::Invalid { field, .. }
+            | Self::Forbidden { field, .. } => field.clone(),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::state::StateError> for ApiError {
+    fn from(e: crate::state::StateError) -> Self {
+        use crate::state::StateError as S;
+        match e {
+            S::NotFound(m) => Self::NotFound(m),
+            S::Ambiguous(m) => Self::Conflict(m),
+            S::Invalid { field, message } => Self::Invalid {
+                message,
+                field: Some(field),
+            },
+            S::Forbidden { field, message } => Self::Forbidden {
+                message,
+                field: Some(field),
+            },
+            S::ShuttingDown => Self::ShuttingDown,
+            other => {
+                let mut msg = other.to_string();
+                let mut src = std::error::Error::source(&other);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                tracing::error!(error = %msg, "request failed");
+                Self::Internal(msg)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.to_string(),
+                field: self.field(),
+            },
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

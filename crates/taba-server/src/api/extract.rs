@@ -1,0 +1,82 @@
+//! Reading request bodies and queries so that every failure is an
+//! [`ApiError`] naming the field and the reason (never axum's plain-text
+//! rejections).
+
+use super::error::ApiError;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+/// Largest JSON body of ordinary routes.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+
+/// Read a whole body, refusing more than `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ApiError::TooLarge { limit };
+            }
+            src = s.source();
+        }
+        ApiError::BadRequest {
+            message: format!("cannot read request body: {e}"),
+            field: None,
+        }
+    })
+}
+
+/// Decode a JSON body: UTF-8 first, then types with the failing field's path.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ApiError::BadRequest {
+        message: format!("body is not valid UTF-8 at byte {}", e.valid_up_to()),
+        field: None,
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = strip_position(&inner.to_string());
+        let field = (path != "." && !path.is_empty()).then_some(path);
+        if inner.is_data() {
+            ApiError::Invalid { message, field }
+        } else {
+            ApiError::BadRequest { message, field }
+        }
+    })?;
+    de.end().map_err(|e| ApiError::BadRequest {
+        message: strip_position(&e.to_string()),
+        field: None,
+    })?;
+    Ok(value)
+}
+
+fn strip_position(s: &str) -> String {
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+/// A query string decoded into `T`; a bad one is a 400 naming the parameter.
+pub struct Q<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Q<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Q(v)),
+            Err(e) => Err(ApiError::BadRequest {
+                message: format!("bad query string: {}", e.body_text()),
+                field: Some("query".into()),
+            }),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! How a server is set up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the server keeps files of its own (image uploads in flight).
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API; port 0 picks a free port.
+    pub http_addr: SocketAddr,
+    /// A node that does not heartbeat within this is marked down.
+    pub heartbeat_ttl: Duration,
+    /// Scheduler workers.
+    pub num_workers: usize,
+    /// Longest wait of a blocking query.
+    pub max_blocking_wait: Duration,
+    /// Attempts to commit a plan for one evaluation before it is failed.
+    pub max_plan_attempts: u32,
+}
+
+impl ServerConfig {
+    /// Defaults for a server keeping files in `data_dir`, listening on `http_addr`.
+    pub fn new(data_dir: impl Into<PathBuf>, http_addr: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            http_addr,
+            heartbeat_ttl: Duration::from_secs(10),
+            num_workers: 2,
+            max_blocking_wait: Duration::from_secs(300),
+            max_plan_attempts: 5,
+        }
+    }
+}

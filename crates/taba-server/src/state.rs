@@ -1,0 +1,1041 @@
+//! The server's state and every change to it.
+//!
+//! All records live in the [`Store`] and, for reads and scheduling, in one
+//! in-memory [`ClusterState`] (plus the evaluations) behind a lock. Every
+//! change follows one order: take the per-job/per-node write locks, compute
+//! the new records from memory, write them through the store (durable), then
+//! apply exactly those records to memory, then wake blocking queries and the
+//! evaluation broker. A reply is sent only after that, so an acknowledged
+//! change survives a crash.
+
+use crate::broker::{now_ms, Broker};
+use crate::config::ServerConfig;
+use crate::locks::{job_key, node_key, KeyLocks};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+use taba_client::api::{
+    AllocListEntry, EvalSummary, JobListEntry, JobStatusResponse, RegisterJobResponse,
+};
+use taba_image::ImageStore;
+use taba_scheduler::ClusterState;
+use taba_store::{Store, StoreError, Table, Txn};
+use taba_types::wire::AllocUpdate;
+use taba_types::{
+    AllocId, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger, Evaluation,
+    Job, JobSpec, JobStatus, JobType, Node, NodeId, NodeStatus, NodeUsage, SchedulerOutcome,
+};
+use tokio::sync::watch;
+
+/// Why a change or lookup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No such record.
+    #[error("{0}")]
+    NotFound(String),
+    /// An id prefix matches several records.
+    #[error("{0}")]
+    Ambiguous(String),
+    /// The input cannot be accepted.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Field path.
+        field: String,
+        /// Reason.
+        message: String,
+    },
+    /// The caller may not do this (e.g. an unknown node id).
+    #[error("{field}: {message}")]
+    Forbidden {
+        /// Field path.
+        field: String,
+        /// Reason.
+        message: String,
+    },
+    /// The store failed.
+    #[error("store write failed")]
+    Store(#[from] StoreError),
+    /// A stored record could not be decoded.
+    #[error("cannot decode stored {table} record {key:?}")]
+    Decode {
+        /// Table.
+        table: Table,
+        /// Key.
+        key: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+/// Key of a job record.
+pub fn job_record_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Key of a job version record.
+pub fn version_record_key(namespace: &str, name: &str, version: u64) -> String {
+    format!("{namespace}/{name}/{version:020}")
+}
+
+/// Shared server state.
+pub struct ServerState {
+    /// Settings.
+    pub config: ServerConfig,
+    /// Durable records.
+    pub store: Arc<dyn Store>,
+    /// Container images.
+    pub images: Arc<ImageStore>,
+    cluster: RwLock<ClusterState>,
+    evals: RwLock<HashMap<EvalId, Evaluation>>,
+    heartbeats: Mutex<HashMap<NodeId, Instant>>,
+    node_usage: Mutex<HashMap<NodeId, NodeUsage>>,
+    locks: KeyLocks,
+    /// Pending evaluations.
+    pub broker: Broker,
+    index: watch::Sender<u64>,
+    /// Set when the server shuts down.
+    pub shutdown: watch::Sender<bool>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    table: Table,
+    rec: &taba_store::Record,
+) -> Result<T, StateError> {
+    rec.decode().map_err(|source| StateError::Decode {
+        table,
+        key: rec.key.clone(),
+        source,
+    })
+}
+
+impl ServerState {
+    /// Load every table into memory.
+    pub fn load(
+        config: ServerConfig,
+        store: Arc<dyn Store>,
+        images: Arc<ImageStore>,
+    ) -> Result<Self, StateError> {
+        let mut cluster = ClusterState::new();
+        for rec in store.scan(Table::Nodes, "")? {
+            let mut n: Node = decode(Table::Nodes, &rec)?;
+            n.create_index = rec.create_index;
+            n.modify_index = rec.mod_index;
+            cluster.upsert_node(n);
+        }
+        for rec in store.scan(Table::Jobs, "")? {
+            let mut j: Job = decode(Table::Jobs, &rec)?;
+            if j.create_index == 0 {
+                j.create_index = rec.create_index;
+            }
+            j.modify_index = rec.mod_index;
+            cluster.upsert_job(j);
+        }
+        for rec in store.scan(Table::Allocs, "")? {
+            let mut a: Allocation = decode(Table::Allocs, &rec)?;
+            a.create_index = rec.create_index;
+            a.modify_index = rec.mod_index;
+            cluster.upsert_alloc(a);
+        }
+        let mut evals = HashMap::new();
+        for rec in store.scan(Table::Evals, "")? {
+            let mut e: Evaluation = decode(Table::Evals, &rec)?;
+            e.create_index = rec.create_index;
+            e.modify_index = rec.mod_index;
+            evals.insert(e.id.clone(), e);
+        }
+        let index = store.index()?;
+        cluster.set_index(index);
+        let broker = Broker::new();
+        let mut pending: Vec<&Evaluation> = evals.values().collect();
+        pending.sort_by_key(|e| e.create_index);
+        for e in pending {
+            match e.status {
+                EvalStatus::Pending => broker.enqueue(e.clone()),
+                EvalStatus::Blocked => broker.block(e.clone()),
+                _ => {}
+            }
+        }
+        Ok(Self {
+            config,
+            store,
+            images,
+            cluster: RwLock::new(cluster),
+            evals: RwLock::new(evals),
+            heartbeats: Mutex::new(HashMap::new()),
+            node_usage: Mutex::new(HashMap::new()),
+            locks: KeyLocks::default(),
+            broker,
+            index: watch::channel(index).0,
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    /// Read access to the cluster state.
+    pub fn cluster(&self) -> RwLockReadGuard<'_, ClusterState> {
+        self.cluster.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cluster_mut(&self) -> RwLockWriteGuard<'_, ClusterState> {
+        self.cluster.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An evaluation by id.
+    pub fn eval(&self, id: &str) -> Option<Evaluation> {
+        self.evals
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&EvalId::from(id))
+            .cloned()
+    }
+
+    /// The last index applied to memory.
+    pub fn index(&self) -> u64 {
+        *self.index.borrow()
+    }
+
+    /// Subscribe to index changes (blocking queries).
+    pub fn watch_index(&self) -> watch::Receiver<u64> {
+        self.index.subscribe()
+    }
+
+    /// Write `txn` through the store (on a blocking thread); returns its index.
+    async fn commit(&self, txn: Txn) -> Result<u64, StateError> {
+        if *self.shutdown.borrow() {
+            return Err(StateError::ShuttingDown);
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.apply(txn))
+            .await
+            .map_err(|_| StateError::ShuttingDown)?
+            .map_err(StateError::Store)
+    }
+
+    /// Apply committed records to memory, then wake watchers.
+    fn apply(
+        &self,
+        index: u64,
+        jobs: Vec<Job>,
+        allocs: Vec<Allocation>,
+        nodes: Vec<Node>,
+        evals: Vec<Evaluation>,
+    ) {
+        {
+            let mut c = self.cluster_mut();
+            for mut n in nodes {
+                if n.create_index == 0 {
+                    n.create_index = index;
+                }
+                n.modify_index = index;
+                c.upsert_node(n);
+            }
+            for mut j in jobs {
+                if j.create_index == 0 {
+                    j.create_index = index;
+                }
+                j.modify_index = index;
+                c.upsert_job(j);
+            }
+            for mut a in allocs {
+                if a.create_index == 0 {
+                    a.create_index = index;
+                }
+                a.modify_index = index;
+                c.upsert_alloc(a);
+            }
+            if index > c.index() {
+                c.set_index(index);
+            }
+        }
+        {
+            let mut m = self.evals.write().unwrap_or_else(|p| p.into_inner());
+            for mut e in evals {
+                if e.create_index == 0 {
+                    e.create_index = index;
+                }
+                e.modify_index = index;
+                m.insert(e.id.clone(), e);
+            }
+        }
+        self.index.send_modify(|i| *i = (*i).max(index));
+    }
+
+    fn new_eval(job: &Job, trigger: EvalTrigger, node: Option<NodeId>) -> Evaluation {
+        Evaluation {
+            id: EvalId::generate(),
+            namespace: job.spec.namespace.clone(),
+            job: job.spec.name.clone(),
+            job_type: job.spec.job_type,
+            priority: job.spec.priority,
+            triggered_by: trigger,
+            node_id: node,
+            status: EvalStatus::Pending,
+            status_description: String::new(),
+            failed_groups: BTreeMap::new(),
+            queued: BTreeMap::new(),
+            wait_until: None,
+            previous_eval: None,
+            create_time: now_ms(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn put_job(txn: Txn, job: &Job) -> Txn {
+        txn.put_encoded(
+            Table::Jobs,
+            job_record_key(&job.spec.namespace, &job.spec.name),
+            job,
+        )
+    }
+
+    // ---- jobs ----
+
+    /// Register a validated spec: a new version when it changed (or the job
+    /// was stopped), and an evaluation in any case.
+    pub async fn register_job(&self, spec: JobSpec) -> Result<RegisterJobResponse, StateError> {
+        let ns = spec.namespace.clone();
+        let name = spec.name.clone();
+        let _held = self.locks.lock(vec![job_key(&ns, &name)]).await;
+        let existing = self.cluster().job(&ns, &name).cloned();
+        let now = now_ms();
+        let (job, changed) = match existing {
+            Some(j) if j.spec == spec && !j.stopped => (j, false),
+            Some(j) => (
+                Job {
+                    spec,
+                    version: j.version + 1,
+                    status: JobStatus::Pending,
+                    stopped: false,
+                    submit_time: now,
+                    create_index: j.create_index,
+                    modify_index: j.modify_index,
+                },
+                true,
+            ),
+            None => (
+                Job {
+                    spec,
+                    version: 0,
+                    status: JobStatus::Pending,
+                    stopped: false,
+                    submit_time: now,
+                    create_index: 0,
+                    modify_index: 0,
+                },
+                true,
+            ),
+        };
+        let eval = Self::new_eval(&job, EvalTrigger::JobRegister, None);
+        let mut txn = Txn::new().put_encoded(Table::Evals, eval.id.as_str(), &eval);
+        if changed {
+            txn = Self::put_job(txn, &job).put_encoded(
+                Table::JobVersions,
+                version_record_key(&ns, &name, job.version),
+                &job,
+            );
+        }
+        let index = self.commit(txn).await?;
+        let version = job.version;
+        let jobs = if changed { vec![job] } else { vec![] };
+        self.apply(index, jobs, vec![], vec![], vec![eval.clone()]);
+        let eval_id = eval.id.clone();
+        self.broker.enqueue(eval);
+        Ok(RegisterJobResponse {
+            namespace: ns,
+            job: name,
+            version,
+            changed,
+            eval_id,
+            index,
+        })
+    }
+
+    /// Stop a job: mark it stopped and let an evaluation stop its allocations.
+    pub async fn stop_job(&self, ns: &str, name: &str) -> Result<(EvalId, u64), StateError> {
+        let _held = self.locks.lock(vec![job_key(ns, name)]).await;
+        let mut job = self
+            .cluster()
+            .job(ns, name)
+            .cloned()
+            .ok_or_else(|| StateError::NotFound(format!("job {name:?} not found")))?;
+        job.stopped = true;
+        job.status = JobStatus::Dead;
+        let eval = Self::new_eval(&job, EvalTrigger::JobDeregister, None);
+        let txn =
+            Self::put_job(Txn::new(), &job).put_encoded(Table::Evals, eval.id.as_str(), &eval);
+        let index = self.commit(txn).await?;
+        let id = eval.id.clone();
+        self.apply(index, vec![job], vec![], vec![], vec![eval.clone()]);
+        self.broker.enqueue(eval);
+        Ok((id, index))
+    }
+
+    /// Every stored version of a job, newest first.
+    pub async fn job_versions(&self, ns: &str, name: &str) -> Result<Vec<Job>, StateError> {
+        let store = self.store.clone();
+        let prefix = format!("{ns}/{name}/");
+        let recs = tokio::task::spawn_blocking(move || store.scan(Table::JobVersions, &prefix))
+            .await
+            .map_err(|_| StateError::ShuttingDown)??;
+        let mut out = Vec::with_capacity(recs.len());
+        for r in &recs {
+            out.push(decode::<Job>(Table::JobVersions, r)?);
+        }
+        out.sort_by_key(|a| std::cmp::Reverse(a.version));
+        if out.is_empty() {
+            return Err(StateError::NotFound(format!("job {name:?} not found")));
+        }
+        Ok(out)
+    }
+
+    /// The most recent evaluation of a job.
+    fn latest_eval(&self, ns: &str, name: &str) -> Option<Evaluation> {
+        self.evals
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| e.namespace == ns && e.job == name)
+            .max_by_key(|e| (e.create_index, e.create_time))
+            .cloned()
+    }
+
+    /// The last evaluation of a job that placed or failed to place something.
+    fn latest_scheduling_eval(&self, ns: &str, name: &str) -> Option<Evaluation> {
+        self.evals
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| {
+                e.namespace == ns
+                    && e.job == name
+                    && matches!(
+                        e.status,
+                        EvalStatus::Complete | EvalStatus::Blocked | EvalStatus::Failed
+                    )
+            })
+            .max_by_key(|e| (e.modify_index, e.create_index))
+            .cloned()
+    }
+
+    /// The job's observed status: `pending` until something runs, `running`,
+    /// `dead` when stopped or finished.
+    pub fn job_status_of(job: &Job, allocs: &[&Allocation]) -> JobStatus {
+        if job.stopped {
+            return JobStatus::Dead;
+        }
+        let current: Vec<_> = allocs
+            .iter()
+            .filter(|a| a.desired_status == DesiredStatus::Run)
+            .collect();
+        if current
+            .iter()
+            .any(|a| a.client_status == ClientStatus::Running)
+        {
+            return JobStatus::Running;
+        }
+        if job.spec.job_type == JobType::Batch {
+            let wanted: u32 = job.spec.groups.iter().map(|g| g.count).sum();
+            let complete = current
+                .iter()
+                .filter(|a| a.client_status == ClientStatus::Complete)
+                .count() as u32;
+            if wanted > 0 && complete >= wanted {
+                return JobStatus::Dead;
+            }
+        }
+        JobStatus::Pending
+    }
+
+    /// `job list`.
+    pub fn list_jobs(&self, ns: Option<&str>) -> Vec<JobListEntry> {
+        let c = self.cluster();
+        let mut out: Vec<JobListEntry> = c
+            .jobs()
+            .filter(|j| ns.is_none_or(|n| j.spec.namespace == n))
+            .map(|j| {
+                let allocs: Vec<&Allocation> =
+                    c.allocs_for_job(&j.spec.namespace, &j.spec.name).collect();
+                let mut counts = BTreeMap::new();
+                for a in allocs.iter().filter(|a| !a.replaced) {
+                    *counts.entry(a.client_status.to_string()).or_insert(0) += 1;
+                }
+                JobListEntry {
+                    namespace: j.spec.namespace.clone(),
+                    name: j.spec.name.clone(),
+                    job_type: j.spec.job_type,
+                    priority: j.spec.priority,
+                    version: j.version,
+                    status: Self::job_status_of(j, &allocs),
+                    stopped: j.stopped,
+                    allocs: counts,
+                    submit_time: j.submit_time,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+
+    /// A job's current version.
+    pub fn job(&self, ns: &str, name: &str) -> Result<Job, StateError> {
+        self.cluster()
+            .job(ns, name)
+            .cloned()
+            .ok_or_else(|| StateError::NotFound(format!("job {name:?} not found")))
+    }
+
+    /// `job status`.
+    pub fn job_status(&self, ns: &str, name: &str) -> Result<JobStatusResponse, StateError> {
+        let (job, mut allocs) = {
+            let c = self.cluster();
+            let job = c
+                .job(ns, name)
+                .cloned()
+                .ok_or_else(|| StateError::NotFound(format!("job {name:?} not found")))?;
+            let allocs: Vec<Allocation> = c.allocs_for_job(ns, name).cloned().collect();
+            (job, allocs)
+        };
+        allocs.sort_by(|a, b| b.create_time.cmp(&a.create_time).then(a.name.cmp(&b.name)));
+        let refs: Vec<&Allocation> = allocs.iter().collect();
+        let status = Self::job_status_of(&job, &refs);
+        let summary = |e: &Evaluation| EvalSummary {
+            id: e.id.clone(),
+            status: e.status,
+            description: e.status_description.clone(),
+            failures: e
+                .failed_groups
+                .iter()
+                .map(|(g, f)| (g.clone(), f.summary()))
+                .collect(),
+            queued: e.queued.clone(),
+        };
+        let latest = self.latest_eval(ns, name);
+        let placement_failures = if job.stopped {
+            BTreeMap::new()
+        } else {
+            self.latest_scheduling_eval(ns, name)
+                .map(|e| summary(&e).failures)
+                .unwrap_or_default()
+        };
+        Ok(JobStatusResponse {
+            namespace: job.spec.namespace.clone(),
+            name: job.spec.name.clone(),
+            job_type: job.spec.job_type,
+            version: job.version,
+            status,
+            stopped: job.stopped,
+            allocations: allocs.iter().map(AllocListEntry::from_alloc).collect(),
+            latest_eval: latest.as_ref().map(summary),
+            placement_failures,
+        })
+    }
+
+    // ---- allocations ----
+
+    /// An allocation by id or unique id prefix.
+    pub fn find_alloc(&self, id: &str) -> Result<Allocation, StateError> {
+        let c = self.cluster();
+        if let Some(a) = c.alloc(&AllocId::from(id)) {
+            return Ok(a.clone());
+        }
+        if id.is_empty() {
+            return Err(StateError::NotFound("allocation id is empty".into()));
+        }
+        let matches: Vec<&Allocation> = c
+            .allocs()
+            .filter(|a| a.id.as_str().starts_with(id))
+            .collect();
+        match matches.len() {
+            0 => Err(StateError::NotFound(format!("allocation {id:?} not found"))),
+            1 => Ok(matches[0].clone()),
+            n => Err(StateError::Ambiguous(format!(
+                "allocation prefix {id:?} matches {n} allocations; give more characters"
+            ))),
+        }
+    }
+
+    /// Every allocation, newest first.
+    pub fn list_allocs(&self) -> Vec<AllocListEntry> {
+        let c = self.cluster();
+        let mut v: Vec<&Allocation> = c.allocs().collect();
+        v.sort_by_key(|a| std::cmp::Reverse(a.create_time));
+        v.into_iter().map(AllocListEntry::from_alloc).collect()
+    }
+
+    /// `alloc stop`: stop it; the job's evaluation places a replacement.
+    pub async fn stop_alloc(&self, id: &str) -> Result<(EvalId, u64), StateError> {
+        let a = self.find_alloc(id)?;
+        let _held = self.locks.lock(vec![job_key(&a.namespace, &a.job)]).await;
+        let mut a = self.find_alloc(a.id.as_str())?;
+        let job = self.job(&a.namespace, &a.job)?;
+        a.desired_status = DesiredStatus::Stop;
+        a.desired_description = "alloc stopped by user".into();
+        a.modify_time = now_ms();
+        let eval = Self::new_eval(&job, EvalTrigger::AllocFailure, None);
+        let txn = Txn::new()
+            .put_encoded(Table::Allocs, a.id.as_str(), &a)
+            .put_encoded(Table::Evals, eval.id.as_str(), &eval);
+        let index = self.commit(txn).await?;
+        let eid = eval.id.clone();
+        self.apply(index, vec![], vec![a], vec![], vec![eval.clone()]);
+        self.broker.enqueue(eval);
+        Ok((eid, index))
+    }
+
+    /// Merge an agent's observations into allocations; create evaluations
+    /// where the scheduler must act (failure, loss, a rolling update waiting
+    /// for a new allocation to run); wake blocked evaluations when resources
+    /// were freed.
+    pub async fn update_allocs(
+        &self,
+        node_id: &NodeId,
+        updates: Vec<AllocUpdate>,
+    ) -> Result<u64, StateError> {
+        self.known_node(node_id)?;
+        let mut keys = vec![];
+        {
+            let c = self.cluster();
+            for (i, u) in updates.iter().enumerate() {
+                let a = c.alloc(&u.id).ok_or_else(|| StateError::Invalid {
+                    field: format!("updates[{i}].id"),
+                    message: format!("unknown allocation {}", u.id),
+                })?;
+                if &a.node_id != node_id {
+                    return Err(StateError::Forbidden {
+                        field: format!("updates[{i}].id"),
+                        message: format!("allocation {} is not placed on node {node_id}", u.id),
+                    });
+                }
+                keys.push(job_key(&a.namespace, &a.job));
+            }
+        }
+        let _held = self.locks.lock(keys).await;
+        let now = now_ms();
+        let mut changed = Vec::new();
+        let mut eval_jobs: BTreeMap<(String, String), EvalTrigger> = BTreeMap::new();
+        let mut freed = false;
+        {
+            let c = self.cluster();
+            for u in updates {
+                let Some(old) = c.alloc(&u.id) else { continue };
+                let mut a = old.clone();
+                a.client_status = u.client_status;
+                a.client_description = u.client_description;
+                a.task_states = u.task_states;
+                if u.usage.is_some() {
+                    a.usage = u.usage;
+                }
+                if a == *old {
+                    continue;
+                }
+                a.modify_time = now;
+                let became_terminal =
+                    a.client_status.is_terminal() && !old.client_status.is_terminal();
+                if became_terminal {
+                    freed = true;
+                    if a.desired_status == DesiredStatus::Run {
+                        eval_jobs.insert(
+                            (a.namespace.clone(), a.job.clone()),
+                            EvalTrigger::AllocFailure,
+                        );
+                    }
+                }
+                if a.client_status == ClientStatus::Running
+                    && old.client_status != ClientStatus::Running
+                {
+                    let rolling = c.job(&a.namespace, &a.job).is_some_and(|j| {
+                        c.allocs_for_job(&a.namespace, &a.job)
+                            .any(|o| o.is_live() && o.job_version < j.version)
+                    });
+                    if rolling {
+                        eval_jobs
+                            .entry((a.namespace.clone(), a.job.clone()))
+                            .or_insert(EvalTrigger::RollingUpdate);
+                    }
+                }
+                changed.push(a);
+            }
+        }
+        if changed.is_empty() {
+            return Ok(self.index());
+        }
+        let mut evals = Vec::new();
+        for ((ns, job), trigger) in eval_jobs {
+            if let Ok(j) = self.job(&ns, &job) {
+                evals.push(Self::new_eval(&j, trigger, Some(node_id.clone())));
+            }
+        }
+        let mut txn = Txn::new();
+        for a in &changed {
+            txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
+        }
+        for e in &evals {
+            txn = txn.put_encoded(Table::Evals, e.id.as_str(), e);
+        }
+        let index = self.commit(txn).await?;
+        self.apply(index, vec![], changed, vec![], evals.clone());
+        for e in evals {
+            self.broker.enqueue(e);
+        }
+        if freed {
+            self.broker.unblock_all();
+        }
+        Ok(index)
+    }
+
+    // ---- nodes ----
+
+    fn known_node(&self, id: &NodeId) -> Result<Node, StateError> {
+        self.cluster()
+            .node(id)
+            .cloned()
+            .ok_or_else(|| StateError::Forbidden {
+                field: "node_id".into(),
+                message: format!("unknown node {id}; register first"),
+            })
+    }
+
+    /// A node by id, unique id prefix or name, with its last usage.
+    pub fn find_node(&self, key: &str) -> Result<Node, StateError> {
+        let c = self.cluster();
+        let found = if let Some(n) = c.node(&NodeId::from(key)) {
+            n.clone()
+        } else if let Some(n) = c.node_by_name(key) {
+            n.clone()
+        } else {
+            let m: Vec<&Node> = c
+                .nodes()
+                .filter(|n| !key.is_empty() && n.id.as_str().starts_with(key))
+                .collect();
+            match m.len() {
+                1 => m[0].clone(),
+                0 => return Err(StateError::NotFound(format!("node {key:?} not found"))),
+                n => {
+                    return Err(StateError::Ambiguous(format!(
+                        "node prefix {key:?} matches {n} nodes"
+                    )))
+                }
+            }
+        };
+        Ok(self.with_usage(found))
+    }
+
+    fn with_usage(&self, mut n: Node) -> Node {
+        if let Some(u) = self
+            .node_usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&n.id)
+        {
+            n.usage = u.clone();
+        }
+        if let Some(t) = self
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&n.id)
+        {
+            n.last_heartbeat = now_ms().saturating_sub(t.elapsed().as_millis() as u64);
+        }
+        n
+    }
+
+    /// Every node.
+    pub fn list_nodes(&self) -> Vec<(Node, u32)> {
+        let nodes: Vec<(Node, u32)> = {
+            let c = self.cluster();
+            c.nodes()
+                .map(|n| {
+                    let live = c
+                        .allocs_for_node(&n.id)
+                        .filter(|a| a.holds_resources())
+                        .count() as u32;
+                    (n.clone(), live)
+                })
+                .collect()
+        };
+        let mut v: Vec<(Node, u32)> = nodes
+            .into_iter()
+            .map(|(n, c)| (self.with_usage(n), c))
+            .collect();
+        v.sort_by(|a, b| a.0.name.cmp(&b.0.name).then(a.0.id.cmp(&b.0.id)));
+        v
+    }
+
+    /// The allocations on a node.
+    pub fn node_allocs(&self, id: &NodeId) -> Vec<Allocation> {
+        self.cluster().allocs_for_node(id).cloned().collect()
+    }
+
+    /// Evaluations for every system job, and for jobs with blocked evaluations,
+    /// when a node joins or comes back.
+    fn node_evals(&self, node: &NodeId) -> Vec<Evaluation> {
+        let c = self.cluster();
+        c.jobs()
+            .filter(|j| j.spec.job_type == JobType::System && !j.stopped)
+            .map(|j| Self::new_eval(j, EvalTrigger::NodeUpdate, Some(node.clone())))
+            .collect()
+    }
+
+    /// An agent registers (or re-registers after a restart).
+    pub async fn register_node(&self, mut node: Node) -> Result<u64, StateError> {
+        let _held = self.locks.lock(vec![node_key(node.id.as_str())]).await;
+        let existing = self.cluster().node(&node.id).cloned();
+        if let Some(old) = &existing {
+            node.create_index = old.create_index;
+            node.eligibility = old.eligibility;
+            node.drain = old.drain;
+        } else {
+            node.create_index = 0;
+        }
+        node.status = NodeStatus::Ready;
+        node.last_heartbeat = now_ms();
+        let evals = self.node_evals(&node.id);
+        let mut txn = Txn::new().put_encoded(Table::Nodes, node.id.as_str(), &node);
+        for e in &evals {
+            txn = txn.put_encoded(Table::Evals, e.id.as_str(), e);
+        }
+        let index = self.commit(txn).await?;
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.id.clone(), Instant::now());
+        self.apply(index, vec![], vec![], vec![node], evals.clone());
+        for e in evals {
+            self.broker.enqueue(e);
+        }
+        self.broker.unblock_all();
+        Ok(index)
+    }
+
+    /// A heartbeat: refresh the TTL; a node that was down is ready again.
+    pub async fn heartbeat(&self, id: &NodeId, usage: NodeUsage) -> Result<(), StateError> {
+        let node = self.known_node(id)?;
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Instant::now());
+        self.node_usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), usage);
+        if node.status != NodeStatus::Ready {
+            let _held = self.locks.lock(vec![node_key(id.as_str())]).await;
+            let mut node = self.known_node(id)?;
+            if node.status == NodeStatus::Ready {
+                return Ok(());
+            }
+            node.status = NodeStatus::Ready;
+            node.last_heartbeat = now_ms();
+            let evals = self.node_evals(id);
+            let mut txn = Txn::new().put_encoded(Table::Nodes, id.as_str(), &node);
+            for e in &evals {
+                txn = txn.put_encoded(Table::Evals, e.id.as_str(), e);
+            }
+            let index = self.commit(txn).await?;
+            self.apply(index, vec![], vec![], vec![node], evals.clone());
+            for e in evals {
+                self.broker.enqueue(e);
+            }
+            self.broker.unblock_all();
+        }
+        Ok(())
+    }
+
+    /// Nodes whose heartbeat is older than the TTL. Nodes never heard from
+    /// since this server started get a full TTL from now.
+    pub fn expired_nodes(&self) -> Vec<NodeId> {
+        let ttl = self.config.heartbeat_ttl;
+        let ids: Vec<NodeId> = self
+            .cluster()
+            .nodes()
+            .filter(|n| n.status != NodeStatus::Down)
+            .map(|n| n.id.clone())
+            .collect();
+        let mut hb = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        ids.into_iter()
+            .filter(|id| now.duration_since(*hb.entry(id.clone()).or_insert(now)) > ttl)
+            .collect()
+    }
+
+    /// Mark a node down: its allocations that still run are lost, and their
+    /// jobs get evaluations so replacements are placed elsewhere.
+    pub async fn mark_node_down(&self, id: &NodeId) -> Result<(), StateError> {
+        let jobs: Vec<String> = self
+            .node_allocs(id)
+            .iter()
+            .map(|a| job_key(&a.namespace, &a.job))
+            .collect();
+        let mut keys = jobs;
+        keys.push(node_key(id.as_str()));
+        let _held = self.locks.lock(keys).await;
+        let Ok(mut node) = self.known_node(id) else {
+            return Ok(());
+        };
+        if node.status == NodeStatus::Down {
+            return Ok(());
+        }
+        // A heartbeat may have arrived while we waited for the locks.
+        if !self.expired_nodes().contains(id) {
+            return Ok(());
+        }
+        node.status = NodeStatus::Down;
+        let now = now_ms();
+        let mut lost = Vec::new();
+        let mut jobs: BTreeMap<(String, String), ()> = BTreeMap::new();
+        for mut a in self.node_allocs(id) {
+            if a.client_status.is_terminal() {
+                continue;
+            }
+            a.client_status = ClientStatus::Lost;
+            a.client_description = "node is down".into();
+            a.modify_time = now;
+            if a.desired_status == DesiredStatus::Run {
+                jobs.insert((a.namespace.clone(), a.job.clone()), ());
+            }
+            lost.push(a);
+        }
+        let mut evals = Vec::new();
+        for (ns, job) in jobs.keys() {
+            if let Ok(j) = self.job(ns, job) {
+                evals.push(Self::new_eval(
+                    &j,
+                    EvalTrigger::NodeUpdate,
+                    Some(id.clone()),
+                ));
+            }
+        }
+        let mut txn = Txn::new().put_encoded(Table::Nodes, id.as_str(), &node);
+        for a in &lost {
+            txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
+        }
+        for e in &evals {
+            txn = txn.put_encoded(Table::Evals, e.id.as_str(), e);
+        }
+        let index = self.commit(txn).await?;
+        tracing::warn!(node = %id, lost = lost.len(), "node missed its heartbeat; marked down");
+        self.apply(index, vec![], lost, vec![node], evals.clone());
+        for e in evals {
+            self.broker.enqueue(e);
+        }
+        Ok(())
+    }
+
+    // ---- plans ----
+
+    /// Commit a scheduler outcome for `eval`: verify against the latest
+    /// state, persist allocations, the evaluation's result and follow-up
+    /// evaluations in one transaction, then apply them to memory. `Ok(false)`
+    /// when the plan no longer fits (retry on fresh state).
+    pub async fn commit_plan(
+        &self,
+        eval: &Evaluation,
+        outcome: SchedulerOutcome,
+    ) -> Result<Result<u64, String>, StateError> {
+        let plan = &outcome.plan;
+        let mut keys = vec![job_key(&eval.namespace, &eval.job)];
+        {
+            let c = self.cluster();
+            for s in &plan.stops {
+                if let Some(a) = c.alloc(&s.alloc_id) {
+                    keys.push(job_key(&a.namespace, &a.job));
+                }
+            }
+            for a in plan.updates.iter().chain(plan.placements.iter()) {
+                keys.push(job_key(&a.namespace, &a.job));
+            }
+        }
+        let _held = self.locks.lock(keys).await;
+        let now = now_ms();
+        let mut allocs: Vec<Allocation> = Vec::new();
+        {
+            let c = self.cluster();
+            if let Err(e) = taba_scheduler::verify_plan(&c, plan) {
+                return Ok(Err(e.to_string()));
+            }
+            let mut touched: BTreeMap<AllocId, Allocation> = BTreeMap::new();
+            for a in &plan.placements {
+                touched.insert(a.id.clone(), a.clone());
+            }
+            // Mirrors taba_scheduler::apply_plan: updates change only the
+            // scheduler's fields, so client status reported meanwhile is kept.
+            for u in &plan.updates {
+                if let Some(mut a) = c.alloc(&u.id).cloned() {
+                    a.job_version = u.job_version;
+                    a.group_spec = u.group_spec.clone();
+                    a.priority = u.priority;
+                    a.resources = u.resources.clone();
+                    a.modify_time = u.modify_time;
+                    touched.insert(a.id.clone(), a);
+                }
+            }
+            for s in &plan.stops {
+                let cur = touched
+                    .get(&s.alloc_id)
+                    .cloned()
+                    .or_else(|| c.alloc(&s.alloc_id).cloned());
+                if let Some(mut a) = cur {
+                    a.desired_status = s.desired_status;
+                    a.desired_description = s.description.clone();
+                    a.modify_time = now;
+                    touched.insert(a.id.clone(), a);
+                }
+            }
+            for id in &plan.replaced {
+                let cur = touched.get(id).cloned().or_else(|| c.alloc(id).cloned());
+                if let Some(mut a) = cur {
+                    a.replaced = true;
+                    a.modify_time = now;
+                    touched.insert(a.id.clone(), a);
+                }
+            }
+            allocs.extend(touched.into_values());
+        }
+        let mut done = self.eval(eval.id.as_str()).unwrap_or_else(|| eval.clone());
+        done.status = outcome.status;
+        done.status_description = outcome.status_description.clone();
+        done.failed_groups = outcome.failed_groups.clone();
+        done.queued = outcome.queued.clone();
+        let mut follow_ups = outcome.follow_ups.clone();
+        for f in &mut follow_ups {
+            f.status = EvalStatus::Pending;
+            f.previous_eval.get_or_insert_with(|| eval.id.clone());
+            f.create_index = 0;
+        }
+        let mut txn = Txn::new().put_encoded(Table::Evals, done.id.as_str(), &done);
+        for a in &allocs {
+            txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
+        }
+        for f in &follow_ups {
+            txn = txn.put_encoded(Table::Evals, f.id.as_str(), f);
+        }
+        let index = self.commit(txn).await?;
+        let mut evals = follow_ups.clone();
+        evals.push(done.clone());
+        self.apply(index, vec![], allocs, vec![], evals);
+        for f in follow_ups {
+            self.broker.enqueue(f);
+        }
+        if done.status == EvalStatus::Blocked {
+            self.broker.block(done);
+        }
+        Ok(Ok(index))
+    }
+
+    /// Record that an evaluation could not be processed.
+    pub async fn fail_eval(&self, eval: &Evaluation, why: String) -> Result<(), StateError> {
+        let mut e = self.eval(eval.id.as_str()).unwrap_or_else(|| eval.clone());
+        e.status = EvalStatus::Failed;
+        e.status_description = why;
+        let index = self
+            .commit(Txn::new().put_encoded(Table::Evals, e.id.as_str(), &e))
+            .await?;
+        self.apply(index, vec![], vec![], vec![], vec![e]);
+        Ok(())
+    }
+}

@@ -1,0 +1,284 @@
+//! Test harness: a real server on 127.0.0.1:0 with a redb store in a temp dir,
+//! driven through the real blocking client, and a fake agent that speaks the
+//! agent protocol over real HTTP (register, heartbeat, blocking query, alloc
+//! status updates) without running workloads.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use taba_client::Client;
+use taba_image::ImageStore;
+use taba_server::{Server, ServerConfig};
+use taba_store::{RedbStore, Store};
+use taba_types::wire::{
+    AllocUpdate, AllocUpdateRequest, HeartbeatRequest, RegisterRequest, PROTOCOL,
+};
+use taba_types::{
+    Allocation, ByteSize, ClientStatus, DriverInfo, Node, NodeId, NodeResources, TaskState,
+    TaskStatus,
+};
+
+/// A server running on its own runtime thread.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub dir: PathBuf,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start(dir: &Path, ttl: Duration) -> Self {
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.join("state.redb")).expect("open store"));
+        Self::start_with(dir, ttl, store)
+    }
+
+    pub fn start_with(dir: &Path, ttl: Duration, store: Arc<dyn Store>) -> Self {
+        let images = Arc::new(ImageStore::open(&dir.join("images")).expect("open image store"));
+        let mut config = ServerConfig::new(dir.join("server"), "127.0.0.1:0".parse().unwrap());
+        config.heartbeat_ttl = ttl;
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let st = store.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let handle = Server::start(config, st, images)
+                    .await
+                    .expect("server starts");
+                addr_tx.send(handle.addr()).unwrap();
+                let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                handle.shutdown().await;
+            });
+        });
+        let addr = addr_rx.recv().expect("server address");
+        Self {
+            addr,
+            store,
+            dir: dir.to_path_buf(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.addr.to_string(), None)
+    }
+
+    pub fn index(&self) -> u64 {
+        self.store.index().unwrap()
+    }
+
+    /// Shut down and wait; returns the store so a restart can reuse it.
+    pub fn stop(mut self) -> Arc<dyn Store> {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.thread.take().unwrap().join().unwrap();
+        self.store.clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn node(name: &str, memory_mib: u64) -> Node {
+    let mut drivers = BTreeMap::new();
+    for d in ["exec", "container"] {
+        drivers.insert(
+            d.to_string(),
+            DriverInfo {
+                detected: true,
+                healthy: true,
+                description: String::new(),
+            },
+        );
+    }
+    Node {
+        id: NodeId::generate(),
+        name: name.into(),
+        datacenter: "dc1".into(),
+        status: Default::default(),
+        eligibility: Default::default(),
+        drain: false,
+        http_addr: String::new(),
+        attributes: BTreeMap::new(),
+        meta: BTreeMap::new(),
+        resources: NodeResources {
+            cores: 4,
+            cpu: 8000,
+            memory: ByteSize::mib(memory_mib),
+            disk: ByteSize::mib(100_000),
+        },
+        reserved: NodeResources::default(),
+        drivers,
+        last_heartbeat: 0,
+        usage: Default::default(),
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+/// An agent over real HTTP that reports what the test tells it to.
+pub struct FakeAgent {
+    pub client: Client,
+    pub node: Node,
+    beating: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeAgent {
+    pub fn register(client: Client, node: Node) -> Self {
+        client
+            .agent_register(&RegisterRequest {
+                protocol: PROTOCOL,
+                node: node.clone(),
+            })
+            .expect("register");
+        let beating = Arc::new(AtomicBool::new(true));
+        let b = beating.clone();
+        let c = client.clone();
+        let id = node.id.clone();
+        let thread = std::thread::spawn(move || {
+            while b.load(Ordering::SeqCst) {
+                let _ = c.agent_heartbeat(&HeartbeatRequest {
+                    protocol: PROTOCOL,
+                    node_id: id.clone(),
+                    usage: Default::default(),
+                });
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self {
+            client,
+            node,
+            beating,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop_heartbeats(&mut self) {
+        self.beating.store(false, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    /// The node's allocations via the blocking query.
+    pub fn allocs(&self, index: u64) -> (u64, Vec<Allocation>) {
+        let r = self
+            .client
+            .agent_allocations(&self.node.id, index, Duration::from_secs(2))
+            .expect("blocking query");
+        (r.index, r.allocs)
+    }
+
+    pub fn report(&self, alloc: &Allocation, status: ClientStatus) {
+        let state = match status {
+            ClientStatus::Running => TaskStatus::Running,
+            ClientStatus::Pending => TaskStatus::Pending,
+            _ => TaskStatus::Dead,
+        };
+        let task_states = alloc
+            .group_spec
+            .tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    TaskState {
+                        state,
+                        failed: status == ClientStatus::Failed,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        self.client
+            .agent_update_allocs(&AllocUpdateRequest {
+                protocol: PROTOCOL,
+                node_id: self.node.id.clone(),
+                updates: vec![AllocUpdate {
+                    id: alloc.id.clone(),
+                    client_status: status,
+                    client_description: String::new(),
+                    task_states,
+                    usage: None,
+                }],
+            })
+            .expect("alloc update");
+    }
+
+    /// Like an agent: report every allocation it should run as running and
+    /// every one it should stop as complete.
+    pub fn converge(&self) {
+        let (_, allocs) = self.allocs(0);
+        for a in allocs {
+            if a.client_status.is_terminal() {
+                continue;
+            }
+            if a.desired_status == taba_types::DesiredStatus::Run {
+                if a.client_status != ClientStatus::Running {
+                    self.report(&a, ClientStatus::Running);
+                }
+            } else {
+                self.report(&a, ClientStatus::Complete);
+            }
+        }
+    }
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        self.stop_heartbeats();
+    }
+}
+
+/// Poll `f` until it returns `Some`, for at most 30 s.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn exec_job(name: &str, count: u32, arg: &str, memory: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+type = "service"
+[update]
+max_parallel = 1
+min_healthy_time = "0s"
+[[group]]
+name = "g"
+count = {count}
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/sleep", "{arg}"]
+  resources = {{ cpu = 100, memory = "{memory}" }}
+"#
+    )
+}

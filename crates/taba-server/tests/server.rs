@@ -1,0 +1,269 @@
+//! The server end to end over HTTP: job lifecycle with a fake agent, rolling
+//! updates, jobs that do not fit, node failure, restart on the same data dir,
+//! and the OpenAPI document against the real routes.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use taba_types::{ClientStatus, DesiredStatus, JobStatus, NodeStatus};
+
+#[test]
+fn register_place_run_update_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(10));
+    let c = srv.client();
+    let agent = FakeAgent::register(c.clone(), node("n1", 4096));
+
+    let reply = c
+        .register_job_toml(exec_job("web", 2, "100", "64MiB").as_bytes())
+        .unwrap();
+    assert_eq!(reply.version, 0);
+    assert!(reply.changed);
+
+    // Placement shows up in the node's blocking query.
+    let allocs = eventually("2 placements", || {
+        let (_, a) = agent.allocs(0);
+        (a.len() == 2).then_some(a)
+    });
+    assert!(allocs.iter().all(|a| a.node_id == agent.node.id));
+    let st = c.job_status("web").unwrap();
+    assert_eq!(st.status, JobStatus::Pending);
+    assert_eq!(st.allocations.len(), 2);
+    assert!(st.allocations.iter().all(|a| a.node == "n1"));
+
+    // A blocking query with the current index waits, then returns on change.
+    let (index, _) = agent.allocs(0);
+    for a in &allocs {
+        agent.report(a, ClientStatus::Running);
+    }
+    let (after, _) = agent.allocs(index);
+    assert!(after > index);
+    let st = c.job_status("web").unwrap();
+    assert_eq!(st.status, JobStatus::Running);
+    assert!(st
+        .allocations
+        .iter()
+        .all(|a| a.status == ClientStatus::Running
+            && a.task_states["t"].state == taba_types::TaskStatus::Running));
+
+    // The same spec again: no new version.
+    let again = c
+        .register_job_toml(exec_job("web", 2, "100", "64MiB").as_bytes())
+        .unwrap();
+    assert_eq!(again.version, 0);
+    assert!(!again.changed);
+
+    // A changed spec: version 1, allocations replaced one at a time.
+    let upd = c
+        .register_job_toml(exec_job("web", 2, "200", "64MiB").as_bytes())
+        .unwrap();
+    assert_eq!(upd.version, 1);
+    assert!(upd.changed);
+    eventually("rolling update to finish", || {
+        agent.converge();
+        let st = c.job_status("web").unwrap();
+        let new_running = st
+            .allocations
+            .iter()
+            .filter(|a| {
+                a.job_version == 1
+                    && a.status == ClientStatus::Running
+                    && a.desired_status == DesiredStatus::Run
+            })
+            .count();
+        let old_live = st
+            .allocations
+            .iter()
+            .filter(|a| a.job_version == 0 && a.desired_status == DesiredStatus::Run)
+            .count();
+        (new_running == 2 && old_live == 0).then_some(())
+    });
+    let hist = c.job_history("web").unwrap();
+    assert_eq!(
+        hist.versions.iter().map(|j| j.version).collect::<Vec<_>>(),
+        vec![1, 0]
+    );
+
+    // Stop: every allocation is told to stop; the job is dead.
+    c.stop_job("web").unwrap();
+    eventually("allocations stopped", || {
+        let st = c.job_status("web").unwrap();
+        st.allocations
+            .iter()
+            .all(|a| a.desired_status != DesiredStatus::Run)
+            .then_some(())
+    });
+    assert_eq!(c.job_status("web").unwrap().status, JobStatus::Dead);
+    let list = c.list_jobs().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].status, JobStatus::Dead);
+
+    // Alloc lookup by unique prefix.
+    let a = &allocs[0];
+    let got = c.alloc(&a.id.as_str()[..8]).unwrap();
+    assert_eq!(got.id, a.id);
+    assert_eq!(got.node, "n1");
+}
+
+#[test]
+fn job_that_does_not_fit_stays_pending_with_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(10));
+    let c = srv.client();
+    let _agent = FakeAgent::register(c.clone(), node("n1", 1024));
+    c.register_job_toml(exec_job("big", 1, "1", "8GiB").as_bytes())
+        .unwrap();
+    let st = eventually("placement failure", || {
+        let st = c.job_status("big").unwrap();
+        (!st.placement_failures.is_empty()).then_some(st)
+    });
+    assert_eq!(st.status, JobStatus::Pending);
+    assert!(st.allocations.is_empty());
+    let why = &st.placement_failures["g"];
+    assert!(why.contains("memory exhausted on 1 of 1 nodes"), "{why}");
+
+    // Capacity arrives: the blocked evaluation is re-run and places it.
+    let big = FakeAgent::register(c.clone(), node("n2", 16384));
+    eventually("placement on the new node", || {
+        let (_, a) = big.allocs(0);
+        (a.len() == 1).then_some(())
+    });
+}
+
+#[test]
+fn node_missing_heartbeats_goes_down_and_allocs_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_millis(500));
+    let c = srv.client();
+    let mut a1 = FakeAgent::register(c.clone(), node("n1", 4096));
+    let job = r#"
+name = "svc"
+[[group]]
+name = "g"
+count = 1
+reschedule = { unlimited = true, delay = "0s" }
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/sleep", "1000"]
+  resources = { cpu = 100, memory = "64MiB" }
+"#;
+    c.register_job_toml(job.as_bytes()).unwrap();
+    let first = eventually("placement on n1", || {
+        let (_, a) = a1.allocs(0);
+        a.into_iter().next()
+    });
+    a1.report(&first, ClientStatus::Running);
+    let a2 = FakeAgent::register(c.clone(), node("n2", 4096));
+
+    a1.stop_heartbeats();
+    eventually("n1 down", || {
+        let n = c.node("n1").unwrap();
+        (n.status == NodeStatus::Down).then_some(())
+    });
+    let lost = c.alloc(first.id.as_str()).unwrap();
+    assert_eq!(lost.status, ClientStatus::Lost);
+    let replacement = eventually("replacement on n2", || {
+        let (_, a) = a2.allocs(0);
+        a.into_iter()
+            .find(|a| a.desired_status == DesiredStatus::Run)
+    });
+    assert_eq!(replacement.previous_alloc.as_ref(), Some(&first.id));
+    let nodes = c.list_nodes().unwrap();
+    let n1 = nodes.iter().find(|n| n.name == "n1").unwrap();
+    assert_eq!(n1.status, NodeStatus::Down);
+}
+
+#[test]
+fn restart_on_same_data_dir_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(10));
+    let c = srv.client();
+    let agent = FakeAgent::register(c.clone(), node("n1", 4096));
+    c.register_job_toml(exec_job("keep", 2, "1", "64MiB").as_bytes())
+        .unwrap();
+    c.register_job_toml(exec_job("keep", 2, "2", "64MiB").as_bytes())
+        .unwrap();
+    eventually("placements", || {
+        let (_, a) = agent.allocs(0);
+        (a.iter()
+            .filter(|a| a.desired_status == DesiredStatus::Run)
+            .count()
+            == 2)
+            .then_some(())
+    });
+    agent.converge();
+    let before = c.job_status("keep").unwrap();
+    let nodes_before = c.list_nodes().unwrap();
+    drop(agent);
+    let store = srv.stop();
+    drop(store);
+
+    let srv = TestServer::start(dir.path(), Duration::from_secs(10));
+    let c = srv.client();
+    let after = c.job_status("keep").unwrap();
+    assert_eq!(after.version, before.version);
+    let ids = |s: &taba_client::api::JobStatusResponse| {
+        let mut v: Vec<_> = s
+            .allocations
+            .iter()
+            .map(|a| (a.id.clone(), a.status, a.desired_status))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(c.job_history("keep").unwrap().versions.len(), 2);
+    let nodes_after = c.list_nodes().unwrap();
+    assert_eq!(
+        nodes_after.iter().map(|n| &n.id).collect::<Vec<_>>(),
+        nodes_before.iter().map(|n| &n.id).collect::<Vec<_>>()
+    );
+    let e = c.eval(before.latest_eval.as_ref().unwrap().id.as_str());
+    assert!(e.is_ok());
+}
+
+#[test]
+fn openapi_lists_exactly_the_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(10));
+    let c = srv.client();
+    let doc = c.openapi().unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let mut documented = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut table: Vec<(String, String)> = taba_server::api::routes()
+        .iter()
+        .map(|r| (r.method.to_string(), taba_server::api::openapi_path(r.path)))
+        .collect();
+    table.sort();
+    assert_eq!(documented, table);
+
+    // Every documented route is served by the router (anything but "no route"
+    // or "method not allowed"), and an undocumented one is not.
+    for (method, path) in &documented {
+        let concrete: String = path
+            .split('/')
+            .map(|s| if s.starts_with('{') { "x" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        let r = c
+            .raw(method, &concrete, Some("application/json"), b"{}")
+            .unwrap();
+        assert_ne!(r.status, 405, "{method} {path}");
+        let msg = r.error().map(|e| e.message).unwrap_or_default();
+        assert!(!msg.starts_with("no route"), "{method} {path}: {msg}");
+    }
+    let r = c.raw("GET", "/v1/nope", None, b"").unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.error().unwrap().message.starts_with("no route"));
+    let r = c.raw("PUT", "/v1/jobs", None, b"").unwrap();
+    assert_eq!(r.status, 405);
+    assert!(r.error().is_some());
+}
