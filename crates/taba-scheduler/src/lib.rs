@@ -1,1 +1,36 @@
-//! placeholder
+//! taba's scheduler.
+//!
+//! This crate owns three things and performs no I/O:
+//!
+//! - [`ClusterState`]: the in-memory, indexed copy of the cluster the server
+//!   keeps (nodes, jobs, allocations, per-node usage, a capacity index).
+//! - [`schedule`]: a pure function from a state snapshot and an evaluation to
+//!   a [`SchedulerOutcome`] (a plan plus what becomes of the evaluation).
+//! - [`verify_plan`] and [`apply_plan`]: the plan applier's checks
+//!   (optimistic concurrency: a plan made on a stale view that no longer fits
+//!   is rejected whole) and its in-memory commit.
+//!
+//! The server holds one `ClusterState` under a lock: workers call `schedule`
+//! under a read lock, concurrently; one plan applier calls `verify_plan`,
+//! persists the plan, then `apply_plan` under the write lock.
+//!
+//! Determinism: the same state, evaluation and time give the same outcome.
+//! Ids of new allocations and follow-up evaluations are derived from the
+//! evaluation id, the state's index and a counter (see [`ids`]), and no hash
+//! map iteration order reaches a plan.
+#![forbid(unsafe_code)]
+
+mod feasibility;
+pub mod ids;
+mod place;
+mod plan;
+mod schedule;
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use feasibility::{constraint_holds, resolve_interpolation};
+pub use plan::{apply_plan, verify_plan, PlanRejection};
+pub use schedule::schedule;
+pub use state::ClusterState;
+pub use taba_types::{Plan, SchedulerOutcome};

@@ -1,0 +1,172 @@
+//! The plan applier's half of the scheduler: `verify_plan` checks a plan
+//! against the latest state (optimistic concurrency: a plan made on a stale
+//! view that no longer fits is rejected whole), and `apply_plan` commits a
+//! verified, persisted plan to the in-memory state.
+
+use crate::state::{ClusterState, Res};
+use std::collections::{BTreeMap, BTreeSet};
+use taba_types::{AllocId, Plan};
+
+/// Why a plan was rejected. The evaluation should be retried on a fresh
+/// snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanRejection {
+    /// A stop, update or replace names an allocation that is gone.
+    #[error("allocation {0} no longer exists")]
+    AllocGone(AllocId),
+    /// An update moves an allocation to another node.
+    #[error("update of allocation {0} changes its node")]
+    UpdateMovesAlloc(AllocId),
+    /// A placement reuses an existing (or repeated) allocation id.
+    #[error("allocation id {0} is already in use")]
+    DuplicateAlloc(AllocId),
+    /// A placement's node is unknown.
+    #[error("node {node} of allocation {alloc} no longer exists")]
+    NodeGone {
+        /// The allocation.
+        alloc: AllocId,
+        /// Its node id.
+        node: String,
+    },
+    /// A placement's node no longer takes new work (down, ineligible, draining).
+    #[error("node {0} is no longer schedulable")]
+    NodeNotSchedulable(String),
+    /// A node would be overcommitted.
+    #[error("{dimension} exhausted on node {node}")]
+    NodeExhausted {
+        /// Node name.
+        node: String,
+        /// `cpu`, `memory` or `disk`.
+        dimension: &'static str,
+    },
+    /// The job was stopped, removed or changed version since the snapshot.
+    #[error("job {0} changed since the plan was made")]
+    JobChanged(String),
+}
+
+/// Check `plan` against `state`, all or nothing: every stopped, updated and
+/// replaced allocation still exists; every placement's job is still at the
+/// version planned for and not stopped; every placement's node exists, is
+/// schedulable, and has room given its current usage, the plan's own stops
+/// and the plan's other placements.
+pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejection> {
+    let mut freed: BTreeMap<u32, Res> = BTreeMap::new();
+    let mut added: BTreeMap<u32, Res> = BTreeMap::new();
+    let mut stopped: BTreeSet<&AllocId> = BTreeSet::new();
+    for s in &plan.stops {
+        let a = state
+            .alloc(&s.alloc_id)
+            .ok_or_else(|| PlanRejection::AllocGone(s.alloc_id.clone()))?;
+        if stopped.insert(&a.id) && a.holds_resources() {
+            if let Some(slot) = state.node_slot(&a.node_id) {
+                freed.entry(slot).or_default().add(Res::of(&a.resources));
+            }
+        }
+    }
+    for u in &plan.updates {
+        let a = state
+            .alloc(&u.id)
+            .ok_or_else(|| PlanRejection::AllocGone(u.id.clone()))?;
+        if a.node_id != u.node_id {
+            return Err(PlanRejection::UpdateMovesAlloc(u.id.clone()));
+        }
+        if a.holds_resources() && !stopped.contains(&a.id) && a.resources != u.resources {
+            if let Some(slot) = state.node_slot(&a.node_id) {
+                freed.entry(slot).or_default().add(Res::of(&a.resources));
+                added.entry(slot).or_default().add(Res::of(&u.resources));
+            }
+        }
+    }
+    for id in &plan.replaced {
+        if state.alloc(id).is_none() {
+            return Err(PlanRejection::AllocGone(id.clone()));
+        }
+    }
+    let mut new_ids: BTreeSet<&AllocId> = BTreeSet::new();
+    let mut jobs_checked: BTreeSet<(&str, &str, u64)> = BTreeSet::new();
+    for p in &plan.placements {
+        if state.alloc(&p.id).is_some() || !new_ids.insert(&p.id) {
+            return Err(PlanRejection::DuplicateAlloc(p.id.clone()));
+        }
+        if jobs_checked.insert((&p.namespace, &p.job, p.job_version)) {
+            match state.job(&p.namespace, &p.job) {
+                Some(j) if !j.stopped && j.version == p.job_version => {}
+                _ => return Err(PlanRejection::JobChanged(p.job.clone())),
+            }
+        }
+        let slot = state
+            .node_slot(&p.node_id)
+            .ok_or_else(|| PlanRejection::NodeGone {
+                alloc: p.id.clone(),
+                node: p.node_id.to_string(),
+            })?;
+        let e = state.entry(slot);
+        let node = e.node.as_ref().ok_or_else(|| PlanRejection::NodeGone {
+            alloc: p.id.clone(),
+            node: p.node_id.to_string(),
+        })?;
+        if !node.schedulable() {
+            return Err(PlanRejection::NodeNotSchedulable(node.name.clone()));
+        }
+        added.entry(slot).or_default().add(Res::of(&p.resources));
+    }
+    for (slot, add) in &added {
+        let e = state.entry(*slot);
+        let mut used = e.used;
+        if let Some(f) = freed.get(slot) {
+            used.sub(*f);
+        }
+        used.add(*add);
+        let zero = Res::default();
+        if let Some(dimension) = used.minus(e.allocatable).exceeds(&zero) {
+            let node = e.node.as_ref().map(|n| n.name.clone()).unwrap_or_default();
+            return Err(PlanRejection::NodeExhausted { node, dimension });
+        }
+    }
+    Ok(())
+}
+
+/// Commit a verified plan (already persisted by the server at `index`) to
+/// the state. Stops and replacements change only the scheduler's fields of
+/// the stored allocation, so client status reported meanwhile is kept;
+/// updates change only the job version, group spec, priority and resources.
+pub fn apply_plan(state: &mut ClusterState, plan: &Plan, index: u64) {
+    for s in &plan.stops {
+        if let Some(slot) = state.alloc_slot(&s.alloc_id) {
+            state.modify_alloc(slot, |a| {
+                a.desired_status = s.desired_status;
+                a.desired_description = s.description.clone();
+                a.modify_index = index;
+            });
+        }
+    }
+    for u in &plan.updates {
+        if let Some(slot) = state.alloc_slot(&u.id) {
+            state.modify_alloc(slot, |a| {
+                a.job_version = u.job_version;
+                a.group_spec = u.group_spec.clone();
+                a.priority = u.priority;
+                a.resources = u.resources.clone();
+                a.modify_time = u.modify_time;
+                a.modify_index = index;
+            });
+        }
+    }
+    for id in &plan.replaced {
+        if let Some(slot) = state.alloc_slot(id) {
+            state.modify_alloc(slot, |a| {
+                a.replaced = true;
+                a.modify_index = index;
+            });
+        }
+    }
+    for p in &plan.placements {
+        let mut a = p.clone();
+        a.create_index = index;
+        a.modify_index = index;
+        state.upsert_alloc(a);
+    }
+    if index > state.index() {
+        state.set_index(index);
+    }
+}

@@ -1,0 +1,659 @@
+//! `schedule`: one evaluation in, a plan and the evaluation's fate out.
+//!
+//! The reconciler compares what a job asks for with the allocations it has
+//! and decides stops, in-place updates and placements; the placer
+//! ([`crate::place`]) picks nodes. Nothing here mutates the state.
+//!
+//! Rules, per job type:
+//! - a missing or stopped job: stop every live allocation ("job stopped");
+//! - service: keep `count` allocations per group at indexes `0..count`;
+//!   scale down stops the highest indexes; failed allocations are
+//!   rescheduled per the group's reschedule policy (a follow-up evaluation
+//!   waits out the delay); lost ones (node down) are replaced at once;
+//! - batch: like service, but an index that completed successfully is done
+//!   and never placed again;
+//! - system: one allocation per schedulable node that passes feasibility;
+//!   allocations on nodes that no longer qualify (ineligible, draining,
+//!   filtered) are stopped, those on down nodes are left to be marked lost;
+//! - updates: an allocation of an older job version whose group changed in a
+//!   placement-relevant way is replaced (stop + place in one plan), at most
+//!   `update.max_parallel` per group at a time, the next batch only once the
+//!   new allocations have run for `min_healthy_time` (a follow-up evaluation
+//!   is created); otherwise it is updated in place.
+
+use crate::feasibility::GroupFilter;
+use crate::ids::IdStream;
+use crate::place::{GroupCtx, Placer};
+use crate::state::{ClusterState, Res};
+use std::collections::{BTreeMap, BTreeSet};
+use taba_types::{
+    AllocId, AllocStop, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger,
+    Evaluation, Job, JobType, NodeStatus, PlacementFailure, Plan, SchedulerOutcome, TaskGroupSpec,
+    UnixMillis,
+};
+
+/// Reschedule times kept per allocation lineage when attempts are unlimited.
+const MAX_RESCHEDULE_TIMES: usize = 16;
+
+/// Decide what to do for `eval` on the snapshot `state` at time `now`.
+pub fn schedule(state: &ClusterState, eval: &Evaluation, now: UnixMillis) -> SchedulerOutcome {
+    let mut s = Scheduler {
+        state,
+        eval,
+        now,
+        plan: Plan {
+            eval_id: Some(eval.id.clone()),
+            snapshot_index: state.index(),
+            ..Plan::default()
+        },
+        placer: Placer::default(),
+        ids: IdStream::new(eval.id.as_str(), state.index()),
+        failed_groups: BTreeMap::new(),
+        queued: BTreeMap::new(),
+        reschedule_at: None,
+        rolling_at: None,
+        stopped: BTreeSet::new(),
+    };
+    match state.job(&eval.namespace, &eval.job) {
+        Some(job) if !job.stopped => {
+            let allocs = s.job_allocs();
+            for a in allocs.iter().filter(|a| a.is_live()) {
+                s.placer.count_live(state, a);
+            }
+            match job.spec.job_type {
+                JobType::Service | JobType::Batch => s.reconcile_counted(job, &allocs),
+                JobType::System => s.reconcile_system(job, &allocs),
+            }
+        }
+        _ => {
+            for a in s.job_allocs() {
+                if a.is_live() {
+                    s.stop(a, "job stopped");
+                }
+            }
+        }
+    }
+    s.finish()
+}
+
+/// Placement wanted for one index of a group.
+struct Req<'a> {
+    index: u32,
+    previous: Option<&'a Allocation>,
+    /// Counts as a reschedule attempt (a failed allocation's replacement).
+    reschedule: bool,
+    /// `previous` is marked replaced (failed, lost, completed service).
+    replaces: bool,
+}
+
+enum Reschedule {
+    Now,
+    At(UnixMillis),
+    Exhausted,
+}
+
+struct Scheduler<'a> {
+    state: &'a ClusterState,
+    eval: &'a Evaluation,
+    now: UnixMillis,
+    plan: Plan,
+    placer: Placer,
+    ids: IdStream,
+    failed_groups: BTreeMap<String, PlacementFailure>,
+    queued: BTreeMap<String, u32>,
+    reschedule_at: Option<UnixMillis>,
+    rolling_at: Option<UnixMillis>,
+    stopped: BTreeSet<AllocId>,
+}
+
+fn earliest(slot: &mut Option<UnixMillis>, t: UnixMillis) {
+    *slot = Some(slot.map_or(t, |s| s.min(t)));
+}
+
+impl<'a> Scheduler<'a> {
+    /// The job's allocations in a stable order (group, index, age, id).
+    fn job_allocs(&self) -> Vec<&'a Allocation> {
+        let mut v: Vec<&Allocation> = self
+            .state
+            .allocs_for_job(&self.eval.namespace, &self.eval.job)
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.group, a.index, a.create_index, a.create_time, &a.id).cmp(&(
+                &b.group,
+                b.index,
+                b.create_index,
+                b.create_time,
+                &b.id,
+            ))
+        });
+        v
+    }
+
+    fn stop(&mut self, a: &Allocation, why: &str) {
+        if !self.stopped.insert(a.id.clone()) {
+            return;
+        }
+        self.placer.release(self.state, a, a.is_live());
+        self.plan.stops.push(AllocStop {
+            alloc_id: a.id.clone(),
+            node_id: a.node_id.clone(),
+            desired_status: DesiredStatus::Stop,
+            description: why.to_string(),
+        });
+    }
+
+    fn node_down(&self, a: &Allocation) -> bool {
+        self.state
+            .node(&a.node_id)
+            .is_none_or(|n| n.status == NodeStatus::Down)
+    }
+
+    fn reschedule_decision(&self, a: &Allocation, job: &Job, g: &TaskGroupSpec) -> Reschedule {
+        let policy = g.reschedule_policy(job.spec.job_type);
+        if !policy.unlimited {
+            let since = self.now.saturating_sub(policy.interval.0);
+            let recent = a.reschedule_times.iter().filter(|t| **t >= since).count();
+            if recent >= policy.attempts as usize {
+                return Reschedule::Exhausted;
+            }
+        }
+        let ready = a.modify_time.saturating_add(policy.delay.0);
+        if ready > self.now {
+            Reschedule::At(ready)
+        } else {
+            Reschedule::Now
+        }
+    }
+
+    /// When a new allocation counts as healthy for rolling updates: running
+    /// for `min_healthy_time`. Ok(()) when healthy, Err(Some(t)) when it
+    /// will be at t, Err(None) when it is not running.
+    fn healthy(&self, a: &Allocation, job: &Job) -> Result<(), Option<UnixMillis>> {
+        if a.client_status != ClientStatus::Running {
+            return Err(None);
+        }
+        let since = a
+            .task_states
+            .values()
+            .filter_map(|t| t.started_at)
+            .max()
+            .unwrap_or(a.modify_time);
+        let at = since.saturating_add(job.spec.update.min_healthy_time.0);
+        if self.now >= at {
+            Ok(())
+        } else {
+            Err(Some(at))
+        }
+    }
+
+    fn update_in_place(&mut self, a: &Allocation, job: &Job, g: &TaskGroupSpec) {
+        let mut u = a.clone();
+        u.job_version = job.version;
+        u.priority = job.spec.priority;
+        u.group_spec = g.clone();
+        u.resources = g.total_resources();
+        u.modify_time = self.now;
+        self.plan.updates.push(u);
+    }
+
+    fn reconcile_counted(&mut self, job: &'a Job, allocs: &[&'a Allocation]) {
+        let batch = job.spec.job_type == JobType::Batch;
+        for a in allocs {
+            if a.is_live() && job.group(&a.group).is_none() {
+                self.stop(a, "group removed from job");
+            }
+        }
+        for g in &job.spec.groups {
+            let mine: Vec<&'a Allocation> = allocs
+                .iter()
+                .copied()
+                .filter(|a| a.group == g.name)
+                .collect();
+            let count = g.count;
+            let mut occupied = vec![false; count as usize];
+            let mut reqs: Vec<Req<'a>> = Vec::new();
+            let mut destructive: Vec<&'a Allocation> = Vec::new();
+            let mut in_flight = 0u32;
+            for a in &mine {
+                if a.desired_status != DesiredStatus::Run {
+                    continue;
+                }
+                let idx = a.index as usize;
+                let in_range = a.index < count;
+                match a.client_status {
+                    ClientStatus::Pending | ClientStatus::Running => {
+                        if !in_range {
+                            self.stop(a, "scaled down");
+                            continue;
+                        }
+                        if occupied[idx] {
+                            self.stop(a, "duplicate allocation index");
+                            continue;
+                        }
+                        occupied[idx] = true;
+                        if self.node_down(a) {
+                            self.stop(a, "node down: allocation lost");
+                            reqs.push(Req {
+                                index: a.index,
+                                previous: Some(a),
+                                reschedule: false,
+                                replaces: true,
+                            });
+                            continue;
+                        }
+                        if a.job_version != job.version {
+                            if placement_changed(&a.group_spec, g) {
+                                destructive.push(a);
+                            } else {
+                                self.update_in_place(a, job, g);
+                            }
+                        } else if a.previous_alloc.is_some() {
+                            if let Err(at) = self.healthy(a, job) {
+                                in_flight += 1;
+                                if let Some(at) = at {
+                                    earliest(&mut self.rolling_at, at);
+                                }
+                            }
+                        }
+                    }
+                    ClientStatus::Complete => {
+                        if !in_range || occupied[idx] || a.replaced {
+                            continue;
+                        }
+                        occupied[idx] = true;
+                        if !batch {
+                            // A service is meant to keep running: replace it.
+                            reqs.push(Req {
+                                index: a.index,
+                                previous: Some(a),
+                                reschedule: false,
+                                replaces: true,
+                            });
+                        }
+                    }
+                    ClientStatus::Failed => {
+                        if !in_range || occupied[idx] || a.replaced {
+                            continue;
+                        }
+                        occupied[idx] = true;
+                        match self.reschedule_decision(a, job, g) {
+                            Reschedule::Now => reqs.push(Req {
+                                index: a.index,
+                                previous: Some(a),
+                                reschedule: true,
+                                replaces: true,
+                            }),
+                            Reschedule::At(t) => earliest(&mut self.reschedule_at, t),
+                            Reschedule::Exhausted => {}
+                        }
+                    }
+                    ClientStatus::Lost => {
+                        if !in_range || occupied[idx] || a.replaced {
+                            continue;
+                        }
+                        occupied[idx] = true;
+                        reqs.push(Req {
+                            index: a.index,
+                            previous: Some(a),
+                            reschedule: false,
+                            replaces: true,
+                        });
+                    }
+                }
+            }
+            for (i, taken) in occupied.iter().enumerate() {
+                if !taken {
+                    reqs.push(Req {
+                        index: i as u32,
+                        previous: None,
+                        reschedule: false,
+                        replaces: false,
+                    });
+                }
+            }
+            let budget = job
+                .spec
+                .update
+                .max_parallel
+                .max(1)
+                .saturating_sub(in_flight) as usize;
+            destructive.sort_by_key(|a| a.index);
+            let now_batch = destructive.len().min(budget);
+            for a in &destructive[..now_batch] {
+                self.stop(a, "alloc is being updated");
+                reqs.push(Req {
+                    index: a.index,
+                    previous: Some(a),
+                    reschedule: false,
+                    replaces: false,
+                });
+            }
+            if destructive.len() > now_batch {
+                let next = self.now.saturating_add(job.spec.update.min_healthy_time.0);
+                earliest(&mut self.rolling_at, next);
+            }
+            reqs.sort_by_key(|r| r.index);
+            self.place_group(job, g, reqs);
+        }
+    }
+
+    fn place_group(&mut self, job: &Job, g: &TaskGroupSpec, reqs: Vec<Req<'a>>) {
+        if reqs.is_empty() {
+            return;
+        }
+        let filter = GroupFilter::new(job, g);
+        let ctx = GroupCtx {
+            name: &g.name,
+            filter: &filter,
+            res: Res::of(&g.total_resources()),
+        };
+        let slots = self.placer.place_many(self.state, &ctx, reqs.len());
+        let missing = reqs.len() - slots.len();
+        for (r, slot) in reqs.iter().zip(slots) {
+            let a = self.new_alloc(job, g, r, slot);
+            self.plan.placements.push(a);
+        }
+        if missing > 0 {
+            self.record_failure(&ctx, missing as u32);
+        }
+    }
+
+    fn record_failure(&mut self, ctx: &GroupCtx, missing: u32) {
+        let mut f = self.placer.explain(self.state, ctx);
+        let entry = self.failed_groups.entry(ctx.name.to_string());
+        match entry {
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                o.get_mut().coalesced += missing;
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                f.coalesced = missing - 1;
+                v.insert(f);
+            }
+        }
+        *self.queued.entry(ctx.name.to_string()).or_default() += missing;
+    }
+
+    fn new_alloc(&mut self, job: &Job, g: &TaskGroupSpec, r: &Req, slot: u32) -> Allocation {
+        let node = self
+            .state
+            .entry(slot)
+            .node
+            .as_ref()
+            .expect("the placer only picks known nodes");
+        let mut reschedule_times = r
+            .previous
+            .map(|p| p.reschedule_times.clone())
+            .unwrap_or_default();
+        if r.reschedule {
+            let policy = g.reschedule_policy(job.spec.job_type);
+            if !policy.unlimited {
+                let since = self.now.saturating_sub(policy.interval.0);
+                reschedule_times.retain(|t| *t >= since);
+            }
+            reschedule_times.push(self.now);
+            if reschedule_times.len() > MAX_RESCHEDULE_TIMES {
+                let extra = reschedule_times.len() - MAX_RESCHEDULE_TIMES;
+                reschedule_times.drain(..extra);
+            }
+        }
+        if let Some(p) = r.previous.filter(|_| r.replaces) {
+            if !self.plan.replaced.contains(&p.id) {
+                self.plan.replaced.push(p.id.clone());
+            }
+        }
+        Allocation {
+            id: AllocId(self.ids.next_uuid()),
+            namespace: job.spec.namespace.clone(),
+            job: job.spec.name.clone(),
+            job_version: job.version,
+            job_type: job.spec.job_type,
+            priority: job.spec.priority,
+            group: g.name.clone(),
+            name: format!("{}.{}[{}]", job.spec.name, g.name, r.index),
+            index: r.index,
+            group_spec: g.clone(),
+            node_id: node.id.clone(),
+            node_name: node.name.clone(),
+            resources: g.total_resources(),
+            desired_status: DesiredStatus::Run,
+            desired_description: String::new(),
+            client_status: ClientStatus::Pending,
+            client_description: String::new(),
+            task_states: BTreeMap::new(),
+            usage: None,
+            eval_id: self.eval.id.clone(),
+            previous_alloc: r.previous.map(|p| p.id.clone()),
+            reschedule_times,
+            replaced: false,
+            create_time: self.now,
+            modify_time: self.now,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn reconcile_system(&mut self, job: &'a Job, allocs: &[&'a Allocation]) {
+        for a in allocs {
+            if a.is_live() && job.group(&a.group).is_none() {
+                self.stop(a, "group removed from job");
+            }
+        }
+        let mut nodes: Vec<(u32, &'a taba_types::Node)> = self
+            .state
+            .node_entries()
+            .filter_map(|(slot, e)| e.node.as_ref().map(|n| (slot, n)))
+            .collect();
+        nodes.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+        for g in &job.spec.groups {
+            let filter = GroupFilter::new(job, g);
+            let ctx = GroupCtx {
+                name: &g.name,
+                filter: &filter,
+                res: Res::of(&g.total_resources()),
+            };
+            let mut by_node: BTreeMap<&taba_types::NodeId, Vec<&'a Allocation>> = BTreeMap::new();
+            for a in allocs.iter().copied().filter(|a| a.group == g.name) {
+                by_node.entry(&a.node_id).or_default().push(a);
+            }
+            let mut destructive: Vec<&'a Allocation> = Vec::new();
+            let mut in_flight = 0u32;
+            let mut failure: Option<PlacementFailure> = None;
+            let mut missing = 0u32;
+            for (slot, node) in &nodes {
+                let here: Vec<&'a Allocation> = by_node.get(&node.id).cloned().unwrap_or_default();
+                let live: Vec<&'a Allocation> =
+                    here.iter().copied().filter(|a| a.is_live()).collect();
+                if node.status == NodeStatus::Down {
+                    continue; // its allocations are lost, not stopped
+                }
+                if node.status != NodeStatus::Ready {
+                    continue; // initializing: wait for it
+                }
+                let reason = if !node.schedulable() {
+                    Some("node is not eligible".to_string())
+                } else {
+                    filter.reject_reason(node)
+                };
+                if let Some(reason) = reason {
+                    for a in &live {
+                        self.stop(a, &format!("node no longer qualifies: {reason}"));
+                    }
+                    continue;
+                }
+                for extra in live.iter().skip(1) {
+                    self.stop(extra, "duplicate allocation on node");
+                }
+                if let Some(a) = live.first() {
+                    if a.job_version != job.version {
+                        if placement_changed(&a.group_spec, g) {
+                            destructive.push(a);
+                        } else {
+                            self.update_in_place(a, job, g);
+                        }
+                    } else if a.previous_alloc.is_some() {
+                        if let Err(at) = self.healthy(a, job) {
+                            in_flight += 1;
+                            if let Some(at) = at {
+                                earliest(&mut self.rolling_at, at);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                // Nothing live here: is the node's share done, waiting, or to place?
+                let latest = here
+                    .iter()
+                    .copied()
+                    .filter(|a| a.desired_status == DesiredStatus::Run && !a.replaced)
+                    .max_by_key(|a| (a.create_index, a.create_time));
+                let mut req = Req {
+                    index: 0,
+                    previous: None,
+                    reschedule: false,
+                    replaces: false,
+                };
+                match latest.map(|a| (a, a.client_status)) {
+                    Some((_, ClientStatus::Complete)) => continue,
+                    Some((a, ClientStatus::Failed)) => match self.reschedule_decision(a, job, g) {
+                        Reschedule::Now => {
+                            req.previous = Some(a);
+                            req.reschedule = true;
+                            req.replaces = true;
+                        }
+                        Reschedule::At(t) => {
+                            earliest(&mut self.reschedule_at, t);
+                            continue;
+                        }
+                        Reschedule::Exhausted => continue,
+                    },
+                    Some((a, ClientStatus::Lost)) => {
+                        req.previous = Some(a);
+                        req.replaces = true;
+                    }
+                    _ => {}
+                }
+                match self.placer.place_on(self.state, &ctx, *slot) {
+                    Ok(()) => {
+                        let a = self.new_alloc(job, g, &req, *slot);
+                        self.plan.placements.push(a);
+                    }
+                    Err(dim) => {
+                        missing += 1;
+                        let f = failure.get_or_insert_with(PlacementFailure::default);
+                        *f.exhausted.entry(dim).or_default() += 1;
+                    }
+                }
+            }
+            let budget = job
+                .spec
+                .update
+                .max_parallel
+                .max(1)
+                .saturating_sub(in_flight) as usize;
+            let now_batch = destructive.len().min(budget);
+            for a in &destructive[..now_batch] {
+                self.stop(a, "alloc is being updated");
+                let slot = self
+                    .state
+                    .node_slot(&a.node_id)
+                    .expect("allocation's node is known");
+                let req = Req {
+                    index: 0,
+                    previous: Some(a),
+                    reschedule: false,
+                    replaces: false,
+                };
+                match self.placer.place_on(self.state, &ctx, slot) {
+                    Ok(()) => {
+                        let n = self.new_alloc(job, g, &req, slot);
+                        self.plan.placements.push(n);
+                    }
+                    Err(dim) => {
+                        missing += 1;
+                        let f = failure.get_or_insert_with(PlacementFailure::default);
+                        *f.exhausted.entry(dim).or_default() += 1;
+                    }
+                }
+            }
+            if destructive.len() > now_batch {
+                let next = self.now.saturating_add(job.spec.update.min_healthy_time.0);
+                earliest(&mut self.rolling_at, next);
+            }
+            if let Some(mut f) = failure {
+                let ready = nodes.iter().filter(|(_, n)| n.schedulable()).count() as u32;
+                f.nodes_evaluated = ready;
+                f.nodes_available = ready;
+                f.coalesced = missing - 1;
+                self.failed_groups.insert(g.name.clone(), f);
+                *self.queued.entry(g.name.clone()).or_default() += missing;
+            }
+        }
+    }
+
+    fn follow_up(&mut self, trigger: EvalTrigger, at: UnixMillis, why: &str) -> Evaluation {
+        Evaluation {
+            id: EvalId(self.ids.next_uuid()),
+            namespace: self.eval.namespace.clone(),
+            job: self.eval.job.clone(),
+            job_type: self.eval.job_type,
+            priority: self.eval.priority,
+            triggered_by: trigger,
+            node_id: None,
+            status: EvalStatus::Pending,
+            status_description: why.to_string(),
+            failed_groups: BTreeMap::new(),
+            queued: BTreeMap::new(),
+            wait_until: Some(at),
+            previous_eval: Some(self.eval.id.clone()),
+            create_time: self.now,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    fn finish(mut self) -> SchedulerOutcome {
+        let mut follow_ups = Vec::new();
+        if let Some(at) = self.reschedule_at {
+            follow_ups.push(self.follow_up(EvalTrigger::Retry, at, "delayed reschedule"));
+        }
+        if let Some(at) = self.rolling_at {
+            follow_ups.push(self.follow_up(
+                EvalTrigger::RollingUpdate,
+                at,
+                "next rolling update batch",
+            ));
+        }
+        let (status, status_description) = if self.failed_groups.is_empty() {
+            (EvalStatus::Complete, String::new())
+        } else {
+            let parts: Vec<String> = self
+                .failed_groups
+                .iter()
+                .map(|(g, f)| format!("{g}: {}", f.summary()))
+                .collect();
+            (
+                EvalStatus::Blocked,
+                format!("placements failed: {}", parts.join("; ")),
+            )
+        };
+        SchedulerOutcome {
+            plan: self.plan,
+            status,
+            status_description,
+            failed_groups: self.failed_groups,
+            queued: self.queued,
+            follow_ups,
+        }
+    }
+}
+
+/// Whether moving from `old` to `new` needs new allocations (anything but
+/// `count` changed).
+fn placement_changed(old: &TaskGroupSpec, new: &TaskGroupSpec) -> bool {
+    if old.count == new.count {
+        return old != new;
+    }
+    let mut o = old.clone();
+    o.count = new.count;
+    o != *new
+}
