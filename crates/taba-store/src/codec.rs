@@ -124,9 +124,15 @@ mod tests {
             ),
             "{err:?}"
         );
-        assert!(err.to_string().contains("version 2 is not supported"), "{err}");
+        assert!(
+            err.to_string().contains("version 2 is not supported"),
+            "{err}"
+        );
         let err = decode::<Job>(br#"{"v":0,"data":{}}"#).unwrap_err();
-        assert!(matches!(err, StoreError::UnsupportedVersion { version: 0, .. }));
+        assert!(matches!(
+            err,
+            StoreError::UnsupportedVersion { version: 0, .. }
+        ));
     }
 
     #[test]

@@ -83,8 +83,15 @@ fn assert_conflict(result: Result<u64, StoreError>, table: Table, key: &str) -> 
 
 /// Put, get, overwrite and delete single records.
 pub fn put_get_delete<S: Store + ?Sized>(store: &S) {
-    assert_eq!(get(store, Table::Jobs, "web"), None, "fresh store has no records");
-    let i1 = must(store.apply(Txn::new().put(Table::Jobs, "web", b"v1".to_vec())), "put");
+    assert_eq!(
+        get(store, Table::Jobs, "web"),
+        None,
+        "fresh store has no records"
+    );
+    let i1 = must(
+        store.apply(Txn::new().put(Table::Jobs, "web", b"v1".to_vec())),
+        "put",
+    );
     let rec = get(store, Table::Jobs, "web").expect("record after put");
     assert_eq!(
         rec,
@@ -95,28 +102,53 @@ pub fn put_get_delete<S: Store + ?Sized>(store: &S) {
             mod_index: i1
         }
     );
-    let i2 = must(store.apply(Txn::new().put(Table::Jobs, "web", b"v2".to_vec())), "overwrite");
+    let i2 = must(
+        store.apply(Txn::new().put(Table::Jobs, "web", b"v2".to_vec())),
+        "overwrite",
+    );
     assert_eq!(get(store, Table::Jobs, "web").unwrap().value, b"v2");
     let i3 = must(store.apply(Txn::new().delete(Table::Jobs, "web")), "delete");
     assert!(i1 < i2 && i2 < i3, "indexes {i1} {i2} {i3} must increase");
-    assert_eq!(get(store, Table::Jobs, "web"), None, "deleted record is gone");
+    assert_eq!(
+        get(store, Table::Jobs, "web"),
+        None,
+        "deleted record is gone"
+    );
     assert_eq!(must(store.scan(Table::Jobs, ""), "scan"), vec![]);
     // An empty value is a value, not an absence.
-    must(store.apply(Txn::new().put(Table::Jobs, "empty", Vec::new())), "put empty");
+    must(
+        store.apply(Txn::new().put(Table::Jobs, "empty", Vec::new())),
+        "put empty",
+    );
     assert_eq!(get(store, Table::Jobs, "empty").unwrap().value, b"");
 }
 
 /// `create_index` stays when a record is replaced; `mod_index` moves to the new commit; a record
 /// re-created after a delete gets a new `create_index`.
 pub fn put_keeps_create_index_and_advances_mod_index<S: Store + ?Sized>(store: &S) {
-    let created = must(store.apply(Txn::new().put(Table::Nodes, "n1", b"a".to_vec())), "put");
-    must(store.apply(Txn::new().put(Table::Nodes, "other", b"x".to_vec())), "put other");
-    let updated = must(store.apply(Txn::new().put(Table::Nodes, "n1", b"b".to_vec())), "put");
+    let created = must(
+        store.apply(Txn::new().put(Table::Nodes, "n1", b"a".to_vec())),
+        "put",
+    );
+    must(
+        store.apply(Txn::new().put(Table::Nodes, "other", b"x".to_vec())),
+        "put other",
+    );
+    let updated = must(
+        store.apply(Txn::new().put(Table::Nodes, "n1", b"b".to_vec())),
+        "put",
+    );
     let rec = get(store, Table::Nodes, "n1").unwrap();
     assert_eq!((rec.create_index, rec.mod_index), (created, updated));
-    assert_eq!(get(store, Table::Nodes, "other").unwrap().mod_index, created + 1);
+    assert_eq!(
+        get(store, Table::Nodes, "other").unwrap().mod_index,
+        created + 1
+    );
     must(store.apply(Txn::new().delete(Table::Nodes, "n1")), "delete");
-    let recreated = must(store.apply(Txn::new().put(Table::Nodes, "n1", b"c".to_vec())), "put");
+    let recreated = must(
+        store.apply(Txn::new().put(Table::Nodes, "n1", b"c".to_vec())),
+        "put",
+    );
     let rec = get(store, Table::Nodes, "n1").unwrap();
     assert_eq!((rec.create_index, rec.mod_index), (recreated, recreated));
 }
@@ -165,7 +197,10 @@ pub fn tables_are_separate<S: Store + ?Sized>(store: &S) {
     }
     must(store.apply(Txn::new().delete(Table::Jobs, "k")), "delete");
     assert_eq!(get(store, Table::Jobs, "k"), None);
-    assert!(get(store, Table::JobVersions, "k").is_some(), "other table untouched");
+    assert!(
+        get(store, Table::JobVersions, "k").is_some(),
+        "other table untouched"
+    );
     let names: BTreeSet<&str> = Table::ALL.iter().map(Table::name).collect();
     assert_eq!(names.len(), Table::ALL.len(), "table names are distinct");
     for table in Table::ALL {
@@ -176,19 +211,19 @@ pub fn tables_are_separate<S: Store + ?Sized>(store: &S) {
 /// `Check::Absent` passes for a missing key and fails with `Exists` for a present one.
 pub fn check_absent<S: Store + ?Sized>(store: &S) {
     let i = must(
-        store.apply(
-            Txn::new()
-                .check_absent(Table::Jobs, "web")
-                .put(Table::Jobs, "web", b"1".to_vec()),
-        ),
+        store.apply(Txn::new().check_absent(Table::Jobs, "web").put(
+            Table::Jobs,
+            "web",
+            b"1".to_vec(),
+        )),
         "create if absent",
     );
     let reason = assert_conflict(
-        store.apply(
-            Txn::new()
-                .check_absent(Table::Jobs, "web")
-                .put(Table::Jobs, "web", b"2".to_vec()),
-        ),
+        store.apply(Txn::new().check_absent(Table::Jobs, "web").put(
+            Table::Jobs,
+            "web",
+            b"2".to_vec(),
+        )),
         Table::Jobs,
         "web",
     );
@@ -196,32 +231,35 @@ pub fn check_absent<S: Store + ?Sized>(store: &S) {
     assert_eq!(get(store, Table::Jobs, "web").unwrap().value, b"1");
     // The check looks at its own table only.
     must(
-        store.apply(
-            Txn::new()
-                .check_absent(Table::Nodes, "web")
-                .put(Table::Nodes, "web", b"n".to_vec()),
-        ),
+        store.apply(Txn::new().check_absent(Table::Nodes, "web").put(
+            Table::Nodes,
+            "web",
+            b"n".to_vec(),
+        )),
         "absent in another table",
     );
 }
 
 /// `Check::ModIndex` passes at the record's mod index and fails otherwise, also when absent.
 pub fn check_mod_index<S: Store + ?Sized>(store: &S) {
-    let i1 = must(store.apply(Txn::new().put(Table::Evals, "e", b"1".to_vec())), "put");
+    let i1 = must(
+        store.apply(Txn::new().put(Table::Evals, "e", b"1".to_vec())),
+        "put",
+    );
     let i2 = must(
-        store.apply(
-            Txn::new()
-                .check_mod_index(Table::Evals, "e", i1)
-                .put(Table::Evals, "e", b"2".to_vec()),
-        ),
+        store.apply(Txn::new().check_mod_index(Table::Evals, "e", i1).put(
+            Table::Evals,
+            "e",
+            b"2".to_vec(),
+        )),
         "compare and set",
     );
     let reason = assert_conflict(
-        store.apply(
-            Txn::new()
-                .check_mod_index(Table::Evals, "e", i1)
-                .put(Table::Evals, "e", b"3".to_vec()),
-        ),
+        store.apply(Txn::new().check_mod_index(Table::Evals, "e", i1).put(
+            Table::Evals,
+            "e",
+            b"3".to_vec(),
+        )),
         Table::Evals,
         "e",
     );
@@ -233,11 +271,11 @@ pub fn check_mod_index<S: Store + ?Sized>(store: &S) {
         }
     );
     let reason = assert_conflict(
-        store.apply(
-            Txn::new()
-                .check_mod_index(Table::Evals, "missing", i2)
-                .put(Table::Evals, "x", b"".to_vec()),
-        ),
+        store.apply(Txn::new().check_mod_index(Table::Evals, "missing", i2).put(
+            Table::Evals,
+            "x",
+            b"".to_vec(),
+        )),
         Table::Evals,
         "missing",
     );
@@ -260,11 +298,11 @@ pub fn check_mod_index<S: Store + ?Sized>(store: &S) {
 /// not consume an index.
 pub fn failed_check_applies_nothing<S: Store + ?Sized>(store: &S) {
     let base = must(
-        store.apply(
-            Txn::new()
-                .put(Table::Jobs, "a", b"a".to_vec())
-                .put(Table::Jobs, "b", b"b".to_vec()),
-        ),
+        store.apply(Txn::new().put(Table::Jobs, "a", b"a".to_vec()).put(
+            Table::Jobs,
+            "b",
+            b"b".to_vec(),
+        )),
         "setup",
     );
     let result = store.apply(
@@ -278,13 +316,20 @@ pub fn failed_check_applies_nothing<S: Store + ?Sized>(store: &S) {
             .put(Table::Allocs, "x", b"x".to_vec()),
     );
     assert_conflict(result, Table::Jobs, "b");
-    assert_eq!(must(store.index(), "index"), base, "a failed txn takes no index");
+    assert_eq!(
+        must(store.index(), "index"),
+        base,
+        "a failed txn takes no index"
+    );
     assert_eq!(get(store, Table::Jobs, "a").unwrap().value, b"a");
     assert_eq!(get(store, Table::Jobs, "a").unwrap().mod_index, base);
     assert_eq!(get(store, Table::Jobs, "b").unwrap().value, b"b");
     assert_eq!(get(store, Table::Jobs, "new"), None);
     assert_eq!(get(store, Table::Allocs, "x"), None);
-    let next = must(store.apply(Txn::new().put(Table::Meta, "m", b"m".to_vec())), "next");
+    let next = must(
+        store.apply(Txn::new().put(Table::Meta, "m", b"m".to_vec())),
+        "next",
+    );
     assert_eq!(next, base + 1, "the next commit takes the next index");
 }
 
@@ -314,7 +359,10 @@ pub fn checks_see_the_state_before_the_txn<S: Store + ?Sized>(store: &S) {
 /// All operations of a transaction land together with one index; a later op on the same key
 /// wins.
 pub fn multi_op_txn_is_atomic<S: Store + ?Sized>(store: &S) {
-    must(store.apply(Txn::new().put(Table::Allocs, "old", b"o".to_vec())), "setup");
+    must(
+        store.apply(Txn::new().put(Table::Allocs, "old", b"o".to_vec())),
+        "setup",
+    );
     let i = must(
         store.apply(
             Txn::new()
@@ -347,7 +395,10 @@ pub fn multi_op_txn_is_atomic<S: Store + ?Sized>(store: &S) {
 /// Deleting an absent key is not an error and still commits (takes an index).
 pub fn delete_of_absent_key_commits<S: Store + ?Sized>(store: &S) {
     let before = must(store.index(), "index");
-    let i = must(store.apply(Txn::new().delete(Table::Nodes, "nope")), "delete absent");
+    let i = must(
+        store.apply(Txn::new().delete(Table::Nodes, "nope")),
+        "delete absent",
+    );
     assert_eq!(i, before + 1);
     assert_eq!(get(store, Table::Nodes, "nope"), None);
 }
@@ -387,9 +438,11 @@ pub fn invalid_txns_are_rejected_without_an_index<S: Store + ?Sized>(store: &S) 
         ),
         (
             "long",
-            Txn::new()
-                .put(Table::Jobs, "ok", b"v".to_vec())
-                .put(Table::Jobs, long.clone(), b"v".to_vec()),
+            Txn::new().put(Table::Jobs, "ok", b"v".to_vec()).put(
+                Table::Jobs,
+                long.clone(),
+                b"v".to_vec(),
+            ),
         ),
     ] {
         match store.apply(bad_txn) {
@@ -405,7 +458,10 @@ pub fn invalid_txns_are_rejected_without_an_index<S: Store + ?Sized>(store: &S) 
         store.apply(Txn::new().put(Table::Jobs, at_limit.clone(), b"v".to_vec())),
         "key at the length limit",
     );
-    must(store.apply(Txn::new().delete(Table::Jobs, at_limit)), "delete it");
+    must(
+        store.apply(Txn::new().delete(Table::Jobs, at_limit)),
+        "delete it",
+    );
     let before = before + 2;
 
     match store.apply(Txn::new().put(Table::Jobs, "big", vec![0u8; MAX_VALUE_BYTES + 1])) {
@@ -424,7 +480,11 @@ pub fn invalid_txns_are_rejected_without_an_index<S: Store + ?Sized>(store: &S) 
         matches!(store.apply(txn), Err(StoreError::TooLarge { .. })),
         "a transaction over MAX_TXN_BYTES is refused"
     );
-    assert_eq!(must(store.index(), "index"), before, "refused txns take no index");
+    assert_eq!(
+        must(store.index(), "index"),
+        before,
+        "refused txns take no index"
+    );
     assert_eq!(must(store.scan(Table::Jobs, ""), "scan"), vec![]);
 }
 
@@ -444,21 +504,33 @@ pub fn large_values<S: Store + ?Sized>(store: &S) {
     let one_mib = pattern(1 << 20, 1);
     let max = pattern(MAX_VALUE_BYTES, 2);
     must(
-        store.apply(
-            Txn::new()
-                .put(Table::Allocs, "one", one_mib.clone())
-                .put(Table::Allocs, "small", b"s".to_vec()),
-        ),
+        store.apply(Txn::new().put(Table::Allocs, "one", one_mib.clone()).put(
+            Table::Allocs,
+            "small",
+            b"s".to_vec(),
+        )),
         "put 1 MiB",
     );
-    must(store.apply(Txn::new().put(Table::Allocs, "max", max.clone())), "put max");
-    assert!(get(store, Table::Allocs, "one").unwrap().value == one_mib, "1 MiB value");
-    assert!(get(store, Table::Allocs, "max").unwrap().value == max, "max-size value");
+    must(
+        store.apply(Txn::new().put(Table::Allocs, "max", max.clone())),
+        "put max",
+    );
+    assert!(
+        get(store, Table::Allocs, "one").unwrap().value == one_mib,
+        "1 MiB value"
+    );
+    assert!(
+        get(store, Table::Allocs, "max").unwrap().value == max,
+        "max-size value"
+    );
     let scanned = must(store.scan(Table::Allocs, ""), "scan");
     assert_eq!(keys(&scanned), ["max", "one", "small"]);
     assert!(scanned[0].value == max && scanned[1].value == one_mib);
     let replacement = pattern(3 << 20, 3);
-    must(store.apply(Txn::new().put(Table::Allocs, "max", replacement.clone())), "shrink");
+    must(
+        store.apply(Txn::new().put(Table::Allocs, "max", replacement.clone())),
+        "shrink",
+    );
     assert!(get(store, Table::Allocs, "max").unwrap().value == replacement);
 }
 
@@ -497,8 +569,14 @@ pub fn unicode_keys<S: Store + ?Sized>(store: &S) {
         keys(&must(store.scan(Table::Jobs, "ジョ"), "scan")),
         ["ジョ", "ジョブ/ウェブ", "ジョブ/バッチ"]
     );
-    assert_eq!(keys(&must(store.scan(Table::Jobs, "e"), "scan")), ["e\u{301}"]);
-    assert_eq!(keys(&must(store.scan(Table::Jobs, "🚀"), "scan")), ["🚀/launch"]);
+    assert_eq!(
+        keys(&must(store.scan(Table::Jobs, "e"), "scan")),
+        ["e\u{301}"]
+    );
+    assert_eq!(
+        keys(&must(store.scan(Table::Jobs, "🚀"), "scan")),
+        ["🚀/launch"]
+    );
     assert_eq!(get(store, Table::Jobs, "ジョブ"), None);
 }
 
@@ -542,8 +620,15 @@ pub fn concurrent_applies_land_exactly_once<S: Store + ?Sized>(store: &S) {
     let allocs = must(store.scan(Table::Allocs, ""), "scan");
     assert_eq!(allocs.len(), total);
     for rec in &allocs {
-        assert_eq!(rec.mod_index, returned[&rec.key], "mod index of {}", rec.key);
-        assert_eq!(get(store, Table::Evals, &rec.key).unwrap().mod_index, rec.mod_index);
+        assert_eq!(
+            rec.mod_index, returned[&rec.key],
+            "mod index of {}",
+            rec.key
+        );
+        assert_eq!(
+            get(store, Table::Evals, &rec.key).unwrap().mod_index,
+            rec.mod_index
+        );
     }
 }
 
@@ -551,7 +636,10 @@ pub fn concurrent_applies_land_exactly_once<S: Store + ?Sized>(store: &S) {
 pub fn concurrent_compare_and_set_loses_no_update<S: Store + ?Sized>(store: &S) {
     const WRITERS: usize = 8;
     const INCREMENTS: u64 = 25;
-    must(store.apply(Txn::new().put(Table::Meta, "counter", b"0".to_vec())), "setup");
+    must(
+        store.apply(Txn::new().put(Table::Meta, "counter", b"0".to_vec())),
+        "setup",
+    );
     std::thread::scope(|scope| {
         for _ in 0..WRITERS {
             scope.spawn(|| {
@@ -572,7 +660,10 @@ pub fn concurrent_compare_and_set_loses_no_update<S: Store + ?Sized>(store: &S) 
         }
     });
     let rec = get(store, Table::Meta, "counter").unwrap();
-    assert_eq!(rec.value, (WRITERS as u64 * INCREMENTS).to_string().as_bytes());
+    assert_eq!(
+        rec.value,
+        (WRITERS as u64 * INCREMENTS).to_string().as_bytes()
+    );
 }
 
 /// Threads racing to create the same key: exactly one wins, the others get a conflict.
@@ -584,9 +675,11 @@ pub fn racing_creates_have_one_winner<S: Store + ?Sized>(store: &S) {
             for t in 0..THREADS {
                 let (key, winners) = (&key, &winners);
                 scope.spawn(move || {
-                    let txn = Txn::new()
-                        .check_absent(Table::Meta, key.clone())
-                        .put(Table::Meta, key.clone(), vec![t as u8]);
+                    let txn = Txn::new().check_absent(Table::Meta, key.clone()).put(
+                        Table::Meta,
+                        key.clone(),
+                        vec![t as u8],
+                    );
                     match store.apply(txn) {
                         Ok(index) => winners.lock().unwrap().push((t, index)),
                         Err(err) if err.is_conflict() => {}

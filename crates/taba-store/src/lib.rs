@@ -53,6 +53,21 @@ pub trait Store: Send + Sync + 'static {
     fn index(&self) -> Result<u64, StoreError>;
 }
 
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn apply(&self, txn: Txn) -> Result<u64, StoreError> {
+        (**self).apply(txn)
+    }
+    fn get(&self, table: Table, key: &str) -> Result<Option<Record>, StoreError> {
+        (**self).get(table, key)
+    }
+    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<Record>, StoreError> {
+        (**self).scan(table, prefix)
+    }
+    fn index(&self) -> Result<u64, StoreError> {
+        (**self).index()
+    }
+}
+
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn apply(&self, txn: Txn) -> Result<u64, StoreError> {
         (**self).apply(txn)

@@ -185,7 +185,9 @@ impl RedbStore {
     }
 
     fn read_txn(&self) -> Result<redb::ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(engine("begin read transaction"))
+        self.db
+            .begin_read()
+            .map_err(engine("begin read transaction"))
     }
 }
 
@@ -373,7 +375,8 @@ impl Store for RedbStore {
         let row = rows
             .get(key)
             .map_err(engine(format!("read {table}/{key}")))?;
-        row.map(|row| to_record(table, key, row.value())).transpose()
+        row.map(|row| to_record(table, key, row.value()))
+            .transpose()
     }
 
     fn scan(&self, table: Table, prefix: &str) -> Result<Vec<Record>, StoreError> {

@@ -58,9 +58,14 @@ fn child(path: &Path) {
         for writer in 0..WRITERS {
             let store = &store;
             scope.spawn(move || {
-                let counter = store.get(Table::Meta, &counter_key(writer)).expect("read counter");
+                let counter = store
+                    .get(Table::Meta, &counter_key(writer))
+                    .expect("read counter");
                 let (mut n, mut counter_index) = match counter {
-                    Some(rec) => (decode::<u64>(&rec.value).expect("counter"), Some(rec.mod_index)),
+                    Some(rec) => (
+                        decode::<u64>(&rec.value).expect("counter"),
+                        Some(rec.mod_index),
+                    ),
                     None => (0, None),
                 };
                 for _ in 0..1_000_000 {
@@ -78,7 +83,10 @@ fn child(path: &Path) {
                     counter_index = Some(index);
                     let mut out = std::io::stdout().lock();
                     // The parent closing the pipe ends the child.
-                    if writeln!(out, "{writer} {n} {index}").and_then(|_| out.flush()).is_err() {
+                    if writeln!(out, "{writer} {n} {index}")
+                        .and_then(|_| out.flush())
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -107,7 +115,9 @@ fn run_and_kill(path: &Path, after_acks: usize) -> Vec<Ack> {
     let mut line = Vec::new();
     loop {
         line.clear();
-        let read = stdout.read_until(b'\n', &mut line).expect("read child stdout");
+        let read = stdout
+            .read_until(b'\n', &mut line)
+            .expect("read child stdout");
         if read == 0 {
             break;
         }
@@ -132,7 +142,10 @@ fn run_and_kill(path: &Path, after_acks: usize) -> Vec<Ack> {
         }
     }
     let status = child.wait().expect("wait child");
-    assert!(killed, "child ended by itself ({status}) before {after_acks} acks");
+    assert!(
+        killed,
+        "child ended by itself ({status}) before {after_acks} acks"
+    );
     assert!(!status.success(), "child was killed, not exited: {status}");
     acks
 }
@@ -167,8 +180,15 @@ fn verify(path: &Path, acked: &[Ack]) -> usize {
         let rec = by_key
             .get(key.as_str())
             .unwrap_or_else(|| panic!("acknowledged {key} (index {}) is missing", ack.index));
-        assert_eq!((rec.create_index, rec.mod_index), (ack.index, ack.index), "{key}");
-        assert_eq!(decode::<(u32, u64)>(&rec.value).unwrap(), (ack.writer, ack.n));
+        assert_eq!(
+            (rec.create_index, rec.mod_index),
+            (ack.index, ack.index),
+            "{key}"
+        );
+        assert_eq!(
+            decode::<(u32, u64)>(&rec.value).unwrap(),
+            (ack.writer, ack.n)
+        );
     }
 
     // Each writer's jobs are exactly 1..=counter: nothing lost, nothing doubled, no torn txn.
@@ -182,10 +202,19 @@ fn verify(path: &Path, acked: &[Ack]) -> usize {
         let mine = store.scan(Table::Jobs, &prefix).unwrap();
         let want: Vec<String> = (1..=counter).map(|n| job_key(writer, n)).collect();
         let got: Vec<&str> = mine.iter().map(|r| r.key.as_str()).collect();
-        assert_eq!(got, want, "writer {writer}'s jobs against its counter {counter}");
+        assert_eq!(
+            got, want,
+            "writer {writer}'s jobs against its counter {counter}"
+        );
         if let Some(last) = mine.last() {
-            let counter_rec = store.get(Table::Meta, &counter_key(writer)).unwrap().unwrap();
-            assert_eq!(counter_rec.mod_index, last.mod_index, "counter moved with its job");
+            let counter_rec = store
+                .get(Table::Meta, &counter_key(writer))
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                counter_rec.mod_index, last.mod_index,
+                "counter moved with its job"
+            );
         }
         total += mine.len();
     }
@@ -194,8 +223,16 @@ fn verify(path: &Path, acked: &[Ack]) -> usize {
     // One job per committed txn: the index counts them, and each took its own index.
     let indexes: BTreeSet<u64> = jobs.iter().map(|r| r.mod_index).collect();
     assert_eq!(indexes.len(), jobs.len(), "distinct indexes");
-    assert_eq!(index, jobs.len() as u64, "index equals the number of commits");
-    assert_eq!(indexes.last().copied().unwrap_or(0), index, "index is the newest commit");
+    assert_eq!(
+        index,
+        jobs.len() as u64,
+        "index equals the number of commits"
+    );
+    assert_eq!(
+        indexes.last().copied().unwrap_or(0),
+        index,
+        "index is the newest commit"
+    );
     assert!(acked.len() <= jobs.len());
     jobs.len()
 }

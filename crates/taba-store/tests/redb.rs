@@ -58,7 +58,11 @@ fn second_open_of_the_same_file_fails() {
 fn open_fails_clearly_on_a_file_that_is_not_a_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    std::fs::write(&path, b"this is not a redb file, just some text".repeat(200)).unwrap();
+    std::fs::write(
+        &path,
+        b"this is not a redb file, just some text".repeat(200),
+    )
+    .unwrap();
     let err = RedbStore::open(&path).unwrap_err();
     assert!(err.to_string().contains("open database"), "{err}");
 }
@@ -108,7 +112,9 @@ fn corrupt_rows_are_reported_not_misread() {
     let path = dir.path().join("state.redb");
     {
         let store = RedbStore::open(&path).unwrap();
-        store.apply(Txn::new().put(Table::Jobs, "ok", b"v".to_vec())).unwrap();
+        store
+            .apply(Txn::new().put(Table::Jobs, "ok", b"v".to_vec()))
+            .unwrap();
     }
     {
         let db = redb::Database::open(&path).unwrap();
@@ -129,12 +135,21 @@ fn corrupt_rows_are_reported_not_misread() {
         assert!(matches!(err, StoreError::Corrupt { .. }), "{key}: {err:?}");
         assert!(err.to_string().contains(&format!("jobs/{key}")), "{err}");
     }
-    assert!(matches!(store.scan(Table::Jobs, ""), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.scan(Table::Jobs, ""),
+        Err(StoreError::Corrupt { .. })
+    ));
     assert_eq!(store.get(Table::Jobs, "ok").unwrap().unwrap().value, b"v");
     // A write whose check reads a corrupt row fails; the store keeps working.
     let err = store
-        .apply(Txn::new().check_absent(Table::Jobs, "short").put(Table::Jobs, "x", b"".to_vec()))
+        .apply(
+            Txn::new()
+                .check_absent(Table::Jobs, "short")
+                .put(Table::Jobs, "x", b"".to_vec()),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("commit batch"), "{err}");
-    assert!(store.apply(Txn::new().put(Table::Jobs, "y", b"".to_vec())).is_ok());
+    assert!(store
+        .apply(Txn::new().put(Table::Jobs, "y", b"".to_vec()))
+        .is_ok());
 }
