@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -103,6 +103,8 @@ impl OuterArchive {
             })?;
             File::open(&plain).map_err(io_ctx(|| format!("open {}", plain.display())))?
         } else {
+            file.seek(io::SeekFrom::Start(0))
+                .map_err(io_ctx(|| format!("seek {}", path.display())))?;
             file
         };
         let len = file
@@ -214,6 +216,20 @@ pub(crate) fn copy_split(
         dst.write_all(&buf[..n])
             .map_err(|e| CopyError::Write(io_ctx(|| format!("write {}", what()))(e)))?;
         total += n as u64;
+    }
+}
+
+/// Hex sha256 of a member's bytes.
+pub(crate) fn member_digest(archive: &OuterArchive, name: &str) -> Result<String, ImageError> {
+    let mut hasher = Sha256::new();
+    let mut r = archive.open_member(name)?;
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(hex(&hasher.finalize())),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) => return Err(ImageError::archive(format!("read {name}: {e}"))),
+        }
     }
 }
 

@@ -411,12 +411,27 @@ impl ImageStore {
                 let dest = staged_layers.join(&layer.diff_id);
                 fs::create_dir(&dest).map_err(io_ctx(|| format!("create {}", dest.display())))?;
                 let src = outer.open_member(&layer.member)?;
-                let unpacked = unpack::unpack_layer(
+                let unpacked = match unpack::unpack_layer(
                     src,
                     &dest.join("fs"),
                     layer.blob.as_deref(),
                     &layer.diff_id,
-                )?;
+                ) {
+                    Ok(u) => u,
+                    // A tampered compressed blob usually fails to decode before its digest is
+                    // known; when the format states one, report the mismatch.
+                    Err(ImageError::InvalidArchive { reason }) if layer.blob.is_some() => {
+                        let expected = layer.blob.as_deref().expect("checked");
+                        return Err(match archive::member_digest(&outer, &layer.member) {
+                            Ok(actual) if actual != expected => ImageError::DigestMismatch {
+                                expected: format!("sha256:{expected}"),
+                                actual: format!("sha256:{actual}"),
+                            },
+                            _ => ImageError::InvalidArchive { reason },
+                        });
+                    }
+                    Err(e) => return Err(e),
+                };
                 write_atomic(
                     &dest.join("layer.json"),
                     &to_json(&LayerRecord {
