@@ -1,0 +1,399 @@
+//! The embedded OCI container runtime: start the process of an OCI bundle.
+//!
+//! [`Container::load`] reads `<bundle>/config.json` once and turns it into a
+//! start plan (mount list, namespace flags, capability masks, compiled seccomp
+//! filters...), validating everything it can in the caller's process.
+//! [`Container::start`] then makes ONE `clone` with the new namespaces; the
+//! child joins the cgroups, joins namespaces given by path, sets the hostname,
+//! builds the root filesystem (mounts, default devices, pivot_root, masked and
+//! read-only paths), writes sysctls, and finally becomes the process (rlimits,
+//! user, capabilities, no_new_privs, seccomp, execve). Any failure in the child
+//! comes back to the caller as a message over a close-on-exec pipe; an empty
+//! pipe means the exec succeeded. The process is pid 1 of its pid namespace.
+//!
+//! Not supported (rejected with an error): user namespaces, the time
+//! namespace, hooks, terminal mode. Cgroups are not created here: the caller
+//! (the agent) makes them and passes their `cgroup.procs` files.
+
+mod defaults;
+mod rootfs;
+pub mod seccomp;
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+pub use defaults::{default_spec, DefaultSpecOptions, DEFAULT_CAPABILITIES};
+
+use crate::launch::{ExecPlan, LaunchError};
+use crate::sys::{self, ChildFailure};
+
+/// Errors loading or starting a container.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// config.json could not be read or parsed.
+    #[error("read bundle config {path}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    /// A required part of the spec is missing.
+    #[error("config.json has no {0}")]
+    Missing(&'static str),
+    /// A field has a value this runtime cannot use.
+    #[error("config.json {field}: {reason}")]
+    Invalid {
+        /// The field (`mounts[2].destination`, `linux.namespaces`...).
+        field: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// The process section is invalid.
+    #[error("config.json process")]
+    Process(#[from] LaunchError),
+    /// The clone or the error pipe failed.
+    #[error("start container process")]
+    Spawn(#[source] std::io::Error),
+    /// The container process failed before its exec; the message says where.
+    #[error("start container: {0}")]
+    Start(String),
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ContainerError {
+    ContainerError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The standard streams of the container process.
+#[derive(Debug, Clone, Copy)]
+pub struct Stdio<'a> {
+    /// Its standard input.
+    pub stdin: BorrowedFd<'a>,
+    /// Its standard output.
+    pub stdout: BorrowedFd<'a>,
+    /// Its standard error.
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// One mount to make, resolved against the bundle.
+#[derive(Debug)]
+pub(crate) struct MountPlan {
+    /// Destination inside the container (absolute, normalised).
+    pub destination: PathBuf,
+    pub source: Option<CString>,
+    pub fstype: Option<CString>,
+    pub flags: libc::c_ulong,
+    pub data: Option<CString>,
+    /// MS_SHARED / MS_PRIVATE / ... (+ MS_REC), applied after the mount.
+    pub propagation: libc::c_ulong,
+    pub bind: bool,
+    /// A bind mount of a non-directory: the target is created as a file.
+    pub file_bind: bool,
+}
+
+/// A device node to create in the container's /dev.
+#[derive(Debug)]
+pub(crate) struct DevicePlan {
+    pub path: PathBuf,
+    pub mode: libc::mode_t,
+    pub dev: libc::dev_t,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A bundle read and checked, ready to start (possibly several times).
+#[derive(Debug)]
+pub struct Container {
+    pub(crate) rootfs: PathBuf,
+    pub(crate) root_readonly: bool,
+    clone_flags: libc::c_ulong,
+    /// Namespaces joined by path in the child (all but pid).
+    join: Vec<(libc::c_int, PathBuf)>,
+    /// A pid namespace to join (setns in the parent affects only its children).
+    join_pid: Option<PathBuf>,
+    hostname: Option<CString>,
+    pub(crate) mounts: Vec<MountPlan>,
+    pub(crate) devices: Vec<DevicePlan>,
+    pub(crate) masked: Vec<PathBuf>,
+    pub(crate) readonly: Vec<PathBuf>,
+    pub(crate) sysctl: Vec<(PathBuf, String)>,
+    pub(crate) propagation: libc::c_ulong,
+    exec: ExecPlan,
+}
+
+/// Normalise an absolute path inside the container; `..` is rejected.
+fn container_path(field: &str, p: &Path) -> Result<PathBuf, ContainerError> {
+    if !p.is_absolute() {
+        return Err(invalid(
+            field,
+            format!("{} is not an absolute path", p.display()),
+        ));
+    }
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(invalid(
+                    field,
+                    format!("{} must not contain '..'", p.display()),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn cstring(field: &str, s: &str) -> Result<CString, ContainerError> {
+    CString::new(s).map_err(|_| invalid(field, "contains a NUL byte"))
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> libc::c_int {
+    match t {
+        LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+        LinuxNamespaceType::User => libc::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+        LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+        LinuxNamespaceType::Time => libc::CLONE_NEWTIME,
+    }
+}
+
+impl Container {
+    /// Read `<bundle>/config.json` and build the start plan.
+    pub fn load(bundle: &Path) -> Result<Container, ContainerError> {
+        let path = bundle.join("config.json");
+        let spec = Spec::load(&path).map_err(|source| ContainerError::Config { path, source })?;
+        Self::from_spec(bundle, &spec)
+    }
+
+    /// Build the start plan from an already parsed spec; relative paths are
+    /// resolved against `bundle`.
+    pub fn from_spec(bundle: &Path, spec: &Spec) -> Result<Container, ContainerError> {
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or(ContainerError::Missing("root"))?;
+        let rootfs = bundle.join(root.path());
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or(ContainerError::Missing("process"))?;
+        if process.terminal().unwrap_or(false) {
+            return Err(invalid(
+                "process.terminal",
+                "terminal mode is not supported",
+            ));
+        }
+        if spec.hooks().is_some() {
+            return Err(invalid("hooks", "hooks are not supported"));
+        }
+        let linux = spec
+            .linux()
+            .as_ref()
+            .ok_or(ContainerError::Missing("linux"))?;
+
+        let mut clone_flags: libc::c_int = 0;
+        let mut join = Vec::new();
+        let mut join_pid = None;
+        for (i, ns) in linux
+            .namespaces()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let field = format!("linux.namespaces[{i}]");
+            if matches!(
+                ns.typ(),
+                LinuxNamespaceType::User | LinuxNamespaceType::Time
+            ) {
+                return Err(invalid(
+                    field,
+                    format!("{:?} namespaces are not supported", ns.typ()),
+                ));
+            }
+            let flag = ns_flag(ns.typ());
+            match ns.path() {
+                None => clone_flags |= flag,
+                Some(p) if ns.typ() == LinuxNamespaceType::Pid => join_pid = Some(p.clone()),
+                Some(p) => join.push((flag, p.clone())),
+            }
+        }
+        let new_mount_ns = clone_flags & libc::CLONE_NEWNS != 0;
+        if !new_mount_ns {
+            return Err(invalid(
+                "linux.namespaces",
+                "a new mount namespace is required",
+            ));
+        }
+        let hostname = match spec.hostname() {
+            Some(h) if !h.is_empty() => {
+                if clone_flags & libc::CLONE_NEWUTS == 0 {
+                    return Err(invalid("hostname", "setting it needs a new uts namespace"));
+                }
+                Some(cstring("hostname", h)?)
+            }
+            _ => None,
+        };
+
+        let mut mounts = Vec::new();
+        for (i, m) in spec
+            .mounts()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            mounts.push(rootfs::plan_mount(bundle, i, m)?);
+        }
+        let mut devices = Vec::new();
+        for (i, d) in linux
+            .devices()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            devices.push(rootfs::plan_device(i, d)?);
+        }
+        let masked = linux
+            .masked_paths()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| container_path(&format!("linux.maskedPaths[{i}]"), Path::new(p)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let readonly = linux
+            .readonly_paths()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| container_path(&format!("linux.readonlyPaths[{i}]"), Path::new(p)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut sysctl = Vec::new();
+        for (k, v) in linux.sysctl().iter().flatten() {
+            if k.is_empty() || k.contains("..") || k.contains('/') {
+                return Err(invalid(format!("linux.sysctl.{k}"), "not a sysctl name"));
+            }
+            sysctl.push((
+                PathBuf::from("/proc/sys").join(k.replace('.', "/")),
+                v.clone(),
+            ));
+        }
+        let propagation = match linux.rootfs_propagation().as_deref() {
+            None | Some("") | Some("rprivate") => libc::MS_PRIVATE | libc::MS_REC,
+            Some("private") => libc::MS_PRIVATE,
+            Some("rslave") => libc::MS_SLAVE | libc::MS_REC,
+            Some("slave") => libc::MS_SLAVE,
+            Some("rshared") => libc::MS_SHARED | libc::MS_REC,
+            Some("shared") => libc::MS_SHARED,
+            Some("runbindable") => libc::MS_UNBINDABLE | libc::MS_REC,
+            Some("unbindable") => libc::MS_UNBINDABLE,
+            Some(other) => {
+                return Err(invalid(
+                    "linux.rootfsPropagation",
+                    format!("unknown value {other:?}"),
+                ))
+            }
+        };
+        let exec = ExecPlan::from_oci(process, linux.seccomp().as_ref())?;
+        Ok(Container {
+            rootfs,
+            root_readonly: root.readonly().unwrap_or(false),
+            clone_flags: clone_flags as libc::c_ulong,
+            join,
+            join_pid,
+            hostname,
+            mounts,
+            devices,
+            masked,
+            readonly,
+            sysctl,
+            propagation,
+            exec,
+        })
+    }
+
+    /// Start the container process with `stdio` as its standard streams, after
+    /// joining it to the cgroups whose `cgroup.procs` files are given. Returns
+    /// its host pid once it has exec'd.
+    ///
+    /// Must be called from a single-threaded process. The caller's own pid
+    /// namespace for children changes if the spec joins a pid namespace by path.
+    pub fn start(
+        &self,
+        stdio: Stdio<'_>,
+        cgroup_procs: &[PathBuf],
+    ) -> Result<libc::pid_t, ContainerError> {
+        if let Some(p) = &self.join_pid {
+            join_ns(p, libc::CLONE_NEWPID).map_err(ContainerError::Start)?;
+        }
+        let result = sys::spawn_child(self.clone_flags, || {
+            join_cgroups(cgroup_procs)?;
+            for (flag, path) in &self.join {
+                join_ns(path, *flag)?;
+            }
+            set_stdio(stdio)?;
+            // Modes of created files and devices are set explicitly.
+            // SAFETY: umask cannot fail.
+            unsafe { libc::umask(0o022) };
+            if let Some(h) = &self.hostname {
+                // SAFETY: pointer and length of a valid C string.
+                sys::check(unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) })
+                    .map_err(|e| format!("set hostname {}: {e}", h.to_string_lossy()))?;
+            }
+            rootfs::setup(self)?;
+            self.exec.exec()
+        });
+        result.map_err(|e| match e {
+            ChildFailure::Os(e) => ContainerError::Spawn(e),
+            ChildFailure::Child(msg) => ContainerError::Start(msg),
+        })
+    }
+}
+
+/// Join the calling process to each cgroup (write "0": "myself").
+pub(crate) fn join_cgroups(cgroup_procs: &[PathBuf]) -> Result<(), String> {
+    for p in cgroup_procs {
+        sys::write_file(p, b"0").map_err(|e| format!("join cgroup {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// `setns` into the namespace file at `path`.
+pub(crate) fn join_ns(path: &Path, flag: libc::c_int) -> Result<(), String> {
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("open namespace {}: {e}", path.display()))?;
+    // SAFETY: a valid open fd and a namespace type flag.
+    sys::check(unsafe { libc::setns(f.as_raw_fd(), flag) })
+        .map_err(|e| format!("join namespace {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Make the three streams the process's fds 0, 1 and 2.
+pub(crate) fn set_stdio(stdio: Stdio<'_>) -> Result<(), String> {
+    for (fd, target) in [(stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)] {
+        let fd = fd.as_raw_fd();
+        if fd == target {
+            // Already in place: just make sure it survives exec.
+            // SAFETY: fcntl on an open fd.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        } else {
+            sys::dup2(fd, target).map_err(|e| format!("set up fd {target}: {e}"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! The container's root filesystem, built in the child inside its new mount
+//! namespace: mounts from the spec, default devices and /dev symlinks,
+//! pivot_root, masked and read-only paths, sysctls.
+//!
+//! `plan_*` run in the parent (validation); `setup` runs in the child and
+//! returns an error message naming the step and path that failed.
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount};
+
+use super::{container_path, cstring, invalid, Container, ContainerError, DevicePlan, MountPlan};
+use crate::sys;
+
+/// Translate one OCI mount (`mounts[i]`).
+pub(crate) fn plan_mount(bundle: &Path, i: usize, m: &Mount) -> Result<MountPlan, ContainerError> {
+    let field = format!("mounts[{i}]");
+    let destination = container_path(&format!("{field}.destination"), m.destination())?;
+    let mut flags: libc::c_ulong = 0;
+    let mut propagation: libc::c_ulong = 0;
+    let mut data: Vec<&str> = Vec::new();
+    for o in m.options().as_deref().unwrap_or_default() {
+        let (set, clear): (libc::c_ulong, libc::c_ulong) = match o.as_str() {
+            "defaults" => (0, 0),
+            "ro" => (libc::MS_RDONLY, 0),
+            "rw" => (0, libc::MS_RDONLY),
+            "nosuid" => (libc::MS_NOSUID, 0),
+            "suid" => (0, libc::MS_NOSUID),
+            "nodev" => (libc::MS_NODEV, 0),
+            "dev" => (0, libc::MS_NODEV),
+            "noexec" => (libc::MS_NOEXEC, 0),
+            "exec" => (0, libc::MS_NOEXEC),
+            "sync" => (libc::MS_SYNCHRONOUS, 0),
+            "async" => (0, libc::MS_SYNCHRONOUS),
+            "dirsync" => (libc::MS_DIRSYNC, 0),
+            "mand" => (libc::MS_MANDLOCK, 0),
+            "nomand" => (0, libc::MS_MANDLOCK),
+            "atime" => (0, libc::MS_NOATIME),
+            "noatime" => (libc::MS_NOATIME, 0),
+            "diratime" => (0, libc::MS_NODIRATIME),
+            "nodiratime" => (libc::MS_NODIRATIME, 0),
+            "relatime" => (libc::MS_RELATIME, 0),
+            "norelatime" => (0, libc::MS_RELATIME),
+            "strictatime" => (libc::MS_STRICTATIME, 0),
+            "bind" => (libc::MS_BIND, 0),
+            "rbind" => (libc::MS_BIND | libc::MS_REC, 0),
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
+                propagation = match o.as_str() {
+                    "private" => libc::MS_PRIVATE,
+                    "rprivate" => libc::MS_PRIVATE | libc::MS_REC,
+                    "shared" => libc::MS_SHARED,
+                    "rshared" => libc::MS_SHARED | libc::MS_REC,
+                    "slave" => libc::MS_SLAVE,
+                    "rslave" => libc::MS_SLAVE | libc::MS_REC,
+                    "unbindable" => libc::MS_UNBINDABLE,
+                    _ => libc::MS_UNBINDABLE | libc::MS_REC,
+                };
+                (0, 0)
+            }
+            other => {
+                data.push(other);
+                (0, 0)
+            }
+        };
+        flags = (flags | set) & !clear;
+    }
+    let bind = flags & libc::MS_BIND != 0 || m.typ().as_deref() == Some("bind");
+    if bind {
+        flags |= libc::MS_BIND;
+    }
+    let source = m.source().as_ref().map(|s| {
+        if bind && s.is_relative() {
+            bundle.join(s)
+        } else {
+            s.clone()
+        }
+    });
+    let file_bind = bind
+        && match &source {
+            Some(s) => std::fs::metadata(s).map(|md| !md.is_dir()).unwrap_or(false),
+            None => {
+                return Err(invalid(
+                    format!("{field}.source"),
+                    "a bind mount needs a source",
+                ))
+            }
+        };
+    let source = source
+        .map(|s| sys::path_cstr(&s))
+        .transpose()
+        .map_err(|_| invalid(format!("{field}.source"), "contains a NUL byte"))?;
+    let fstype = match m.typ().as_deref() {
+        None | Some("bind") | Some("none") if bind => None,
+        None => {
+            return Err(invalid(
+                format!("{field}.type"),
+                "missing (and not a bind mount)",
+            ))
+        }
+        Some(t) => Some(cstring(&format!("{field}.type"), t)?),
+    };
+    let data = if data.is_empty() {
+        None
+    } else {
+        Some(cstring(&format!("{field}.options"), &data.join(","))?)
+    };
+    Ok(MountPlan {
+        destination,
+        source,
+        fstype,
+        flags,
+        data,
+        propagation,
+        bind,
+        file_bind,
+    })
+}
+
+/// Translate one OCI device (`linux.devices[i]`).
+pub(crate) fn plan_device(i: usize, d: &LinuxDevice) -> Result<DevicePlan, ContainerError> {
+    let field = format!("linux.devices[{i}]");
+    let path = container_path(&format!("{field}.path"), d.path())?;
+    let kind = match d.typ() {
+        LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
+        LinuxDeviceType::B => libc::S_IFBLK,
+        LinuxDeviceType::P => libc::S_IFIFO,
+        LinuxDeviceType::A => {
+            return Err(invalid(format!("{field}.type"), "'a' is not a device type"))
+        }
+    };
+    let major =
+        u32::try_from(d.major()).map_err(|_| invalid(format!("{field}.major"), "out of range"))?;
+    let minor =
+        u32::try_from(d.minor()).map_err(|_| invalid(format!("{field}.minor"), "out of range"))?;
+    Ok(DevicePlan {
+        path,
+        mode: kind | d.file_mode().unwrap_or(0o666) as libc::mode_t,
+        dev: libc::makedev(major, minor),
+        uid: d.uid().unwrap_or(0),
+        gid: d.gid().unwrap_or(0),
+    })
+}
+
+/// The devices every container gets (OCI "default devices").
+const DEFAULT_DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+const DEV_SYMLINKS: &[(&str, &str)] = &[
+    ("/proc/self/fd", "fd"),
+    ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"),
+    ("/proc/kcore", "core"),
+    ("pts/ptmx", "ptmx"),
+];
+
+fn c(p: &Path) -> Result<CString, String> {
+    sys::path_cstr(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn mount(
+    src: Option<&CString>,
+    target: &Path,
+    fstype: Option<&CString>,
+    flags: libc::c_ulong,
+    data: Option<&CString>,
+) -> io::Result<()> {
+    let t = sys::path_cstr(target)?;
+    let p = |o: Option<&CString>| o.map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: all pointers are NULL or valid NUL-terminated strings that outlive the call.
+    sys::check(unsafe { libc::mount(p(src), t.as_ptr(), p(fstype), flags, p(data).cast()) })
+        .map(|_| ())
+}
+
+/// `rootfs` + an absolute container path.
+fn under(rootfs: &Path, p: &Path) -> PathBuf {
+    rootfs.join(p.strip_prefix("/").unwrap_or(p))
+}
+
+/// Build the root filesystem and pivot into it. Runs in the child.
+pub(crate) fn setup(c: &Container) -> Result<(), String> {
+    let root = &c.rootfs;
+    // Keep our mounts out of the host's namespace (and make pivot_root legal).
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+    .map_err(|e| format!("make / private: {e}"))?;
+    let root_c = self::c(root)?;
+    mount(
+        Some(&root_c),
+        root,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(|e| format!("bind rootfs {}: {e}", root.display()))?;
+    for m in &c.mounts {
+        do_mount(root, m)?;
+    }
+    make_devices(c)?;
+    pivot_root(root)?;
+    if c.propagation != libc::MS_PRIVATE | libc::MS_REC {
+        mount(None, Path::new("/"), None, c.propagation, None)
+            .map_err(|e| format!("set rootfs propagation: {e}"))?;
+    }
+    for p in &c.masked {
+        mask(p)?;
+    }
+    for p in &c.readonly {
+        remount_readonly(p, true)?;
+    }
+    for (path, value) in &c.sysctl {
+        sys::write_file(path, value.as_bytes())
+            .map_err(|e| format!("set sysctl {}: {e}", path.display()))?;
+    }
+    if c.root_readonly {
+        remount_readonly(Path::new("/"), false)?;
+    }
+    Ok(())
+}
+
+fn do_mount(root: &Path, m: &MountPlan) -> Result<(), String> {
+    let target = under(root, &m.destination);
+    let what = || {
+        format!(
+            "mount {} on {}",
+            m.fstype
+                .as_ref()
+                .map_or("bind".into(), |t| t.to_string_lossy()),
+            m.destination.display()
+        )
+    };
+    if m.file_bind {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("{}: create {}: {e}", what(), parent.display()))?;
+        }
+        if std::fs::symlink_metadata(&target).is_err() {
+            std::fs::File::create(&target)
+                .map_err(|e| format!("{}: create target: {e}", what()))?;
+        }
+    } else {
+        std::fs::create_dir_all(&target).map_err(|e| format!("{}: create target: {e}", what()))?;
+    }
+    if m.bind {
+        let rec = m.flags & libc::MS_REC;
+        mount(m.source.as_ref(), &target, None, libc::MS_BIND | rec, None)
+            .map_err(|e| format!("{}: {e}", what()))?;
+        let extra = m.flags & !(libc::MS_BIND | libc::MS_REC);
+        if extra != 0 {
+            mount(
+                None,
+                &target,
+                None,
+                libc::MS_BIND | libc::MS_REMOUNT | extra,
+                None,
+            )
+            .map_err(|e| format!("{}: remount with options: {e}", what()))?;
+        }
+    } else {
+        let r = mount(
+            m.source.as_ref(),
+            &target,
+            m.fstype.as_ref(),
+            m.flags,
+            m.data.as_ref(),
+        );
+        if let Err(e) = r {
+            // sysfs of a network namespace we do not own (host network): bind the
+            // host's /sys instead, read-only like the spec asks.
+            let is_sysfs = m.fstype.as_ref().map(|t| t.as_bytes()) == Some(b"sysfs");
+            if is_sysfs && e.raw_os_error() == Some(libc::EPERM) {
+                let sys_c = CString::new("/sys").expect("no NUL");
+                mount(
+                    Some(&sys_c),
+                    &target,
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                )
+                .map_err(|e| format!("{} (bind of host /sys): {e}", what()))?;
+                mount(
+                    None,
+                    &target,
+                    None,
+                    libc::MS_BIND | libc::MS_REMOUNT | m.flags,
+                    None,
+                )
+                .map_err(|e| format!("{} (remount of host /sys): {e}", what()))?;
+            } else {
+                return Err(format!("{}: {e}", what()));
+            }
+        }
+    }
+    if m.propagation != 0 {
+        mount(None, &target, None, m.propagation, None)
+            .map_err(|e| format!("{}: set propagation: {e}", what()))?;
+    }
+    Ok(())
+}
+
+fn mknod(
+    path: &Path,
+    mode: libc::mode_t,
+    dev: libc::dev_t,
+    uid: u32,
+    gid: u32,
+) -> Result<(), String> {
+    let p = c(path)?;
+    // SAFETY: valid C string path.
+    if let Err(e) = sys::check(unsafe { libc::mknod(p.as_ptr(), mode, dev) }) {
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(format!("create device {}: {e}", path.display()));
+        }
+    }
+    // mknod applies the umask: set the exact mode and owner.
+    // SAFETY: valid C string path.
+    sys::check(unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) })
+        .and_then(|_| {
+            // SAFETY: valid C string path.
+            sys::check(unsafe { libc::chown(p.as_ptr(), uid, gid) })
+        })
+        .map_err(|e| format!("set mode of device {}: {e}", path.display()))?;
+    Ok(())
+}
+
+fn make_devices(c: &Container) -> Result<(), String> {
+    let dev = c.rootfs.join("dev");
+    std::fs::create_dir_all(&dev).map_err(|e| format!("create /dev: {e}"))?;
+    for (name, major, minor) in DEFAULT_DEVICES {
+        mknod(
+            &dev.join(name),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(*major, *minor),
+            0,
+            0,
+        )?;
+    }
+    for d in &c.devices {
+        let p = under(&c.rootfs, &d.path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("create {}: {e}", parent.display()))?;
+        }
+        mknod(&p, d.mode, d.dev, d.uid, d.gid)?;
+    }
+    for (target, name) in DEV_SYMLINKS {
+        match std::os::unix::fs::symlink(target, dev.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("create /dev/{name}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn pivot_root(root: &Path) -> Result<(), String> {
+    std::env::set_current_dir(root).map_err(|e| format!("chdir to rootfs: {e}"))?;
+    let dot = CString::new(".").expect("no NUL");
+    // SAFETY: valid C strings; pivot_root(".", ".") stacks the old root on top
+    // of the new one, and the umount below detaches it.
+    sys::check(unsafe {
+        libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int
+    })
+    .map_err(|e| format!("pivot_root to {}: {e}", root.display()))?;
+    // SAFETY: valid C string.
+    sys::check(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) })
+        .map_err(|e| format!("detach old root: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir to /: {e}"))?;
+    Ok(())
+}
+
+/// Hide a path: a read-only empty tmpfs over a directory, /dev/null over a file.
+fn mask(p: &Path) -> Result<(), String> {
+    let md = match std::fs::metadata(p) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("mask {}: {e}", p.display())),
+    };
+    let r = if md.is_dir() {
+        let tmpfs = CString::new("tmpfs").expect("no NUL");
+        mount(Some(&tmpfs), p, Some(&tmpfs), libc::MS_RDONLY, None)
+    } else {
+        let null = CString::new("/dev/null").expect("no NUL");
+        mount(Some(&null), p, None, libc::MS_BIND, None)
+    };
+    r.map_err(|e| format!("mask {}: {e}", p.display()))
+}
+
+/// Make a path read-only, keeping its other mount flags.
+fn remount_readonly(p: &Path, bind_first: bool) -> Result<(), String> {
+    if bind_first {
+        match std::fs::symlink_metadata(p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("make {} read-only: {e}", p.display())),
+            Ok(_) => {}
+        }
+        let pc = c(p)?;
+        mount(Some(&pc), p, None, libc::MS_BIND | libc::MS_REC, None)
+            .map_err(|e| format!("make {} read-only: bind: {e}", p.display()))?;
+    }
+    let pc = c(p)?;
+    let mut st: libc::statvfs = unsafe_zeroed_statvfs();
+    // SAFETY: valid path and a statvfs struct to fill.
+    sys::check(unsafe { libc::statvfs(pc.as_ptr(), &mut st) })
+        .map_err(|e| format!("make {} read-only: statvfs: {e}", p.display()))?;
+    let keep = st.f_flag
+        & (libc::ST_NOSUID
+            | libc::ST_NODEV
+            | libc::ST_NOEXEC
+            | libc::ST_NOATIME
+            | libc::ST_NODIRATIME
+            | libc::ST_RELATIME);
+    // ST_* and MS_* share their values for these flags.
+    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep as libc::c_ulong;
+    mount(None, p, None, flags, None)
+        .map_err(|e| format!("make {} read-only: {e}", p.display()))?;
+    Ok(())
+}
+
+fn unsafe_zeroed_statvfs() -> libc::statvfs {
+    // SAFETY: statvfs is a plain C struct for which all-zero bytes are valid.
+    unsafe { std::mem::zeroed() }
+}

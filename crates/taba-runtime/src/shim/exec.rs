@@ -1,0 +1,251 @@
+//! `taba shim exec --pid <pid> --spec <file>`: run a command inside a running
+//! task (for `taba alloc exec`).
+//!
+//! For a container, the exec process joins the cgroups in the spec, then the
+//! ipc, uts, net, pid and mount namespaces of the container's init (those that
+//! differ from its own), forks so the child is inside the pid namespace, and
+//! the child takes the same user, capabilities, no_new_privs and seccomp
+//! filter as the container's process, changes directory and execs the command
+//! with the exec process's own stdin/stdout/stderr. For a plain process
+//! workload it only joins the cgroups and takes the user and directory. The
+//! exec process exits with the command's status (128+N when signal N killed
+//! it); the child is killed if the exec process dies first.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
+use serde::{Deserialize, Serialize};
+
+use super::{ProcessWorkload, SHIM_FILES_VERSION};
+use crate::container;
+use crate::launch::{ExecPlan, LaunchError};
+use crate::sys::{self, ChildFailure};
+
+/// Exit code of `shim exec` when it failed before running the command.
+pub const EXEC_SETUP_FAILED: i32 = 125;
+/// Exit code of `shim exec` when the command could not be started.
+pub const EXEC_START_FAILED: i32 = 127;
+
+/// Errors of `shim exec`.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The spec file could not be read.
+    #[error("read exec spec {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spec file is not a valid [`ExecSpec`].
+    #[error("parse exec spec {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The spec has another version.
+    #[error("exec spec has version {0}, expected {SHIM_FILES_VERSION}")]
+    Version(u32),
+    /// The bundle's config.json could not be read.
+    #[error("read bundle config {path}")]
+    Bundle {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    /// The bundle has no process section.
+    #[error("bundle config has no process")]
+    NoProcess,
+    /// The process is invalid.
+    #[error("exec process")]
+    Launch(#[from] LaunchError),
+    /// Joining the task's cgroups or namespaces failed.
+    #[error("join task: {0}")]
+    Join(String),
+    /// Forking the command failed.
+    #[error("fork command")]
+    Fork(#[source] std::io::Error),
+    /// The command failed before its exec (not found, bad directory...).
+    #[error("start command: {0}")]
+    Start(String),
+}
+
+/// What to run: the file passed as `--spec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSpec {
+    /// Always [`SHIM_FILES_VERSION`].
+    pub version: u32,
+    /// The target: a container or a plain process.
+    pub target: ExecTarget,
+    /// `cgroup.procs` files to join (the task's cgroups).
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// How to run the command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecTarget {
+    /// Inside a container: its namespaces, and this OCI process (command,
+    /// env, cwd, user, capabilities, no_new_privs, rlimits) with this seccomp profile.
+    Container {
+        /// The process to run.
+        process: Box<Process>,
+        /// The container's seccomp profile.
+        seccomp: Option<LinuxSeccomp>,
+    },
+    /// Next to a plain process: no namespaces to join.
+    Process(ProcessWorkload),
+}
+
+impl ExecSpec {
+    /// Run `args` in the container of `bundle` as its own process runs
+    /// (user, env, cwd, capabilities, no_new_privs, seccomp).
+    pub fn for_container(
+        bundle: &Path,
+        args: Vec<String>,
+        cgroup_procs: Vec<PathBuf>,
+    ) -> Result<ExecSpec, ExecError> {
+        let path = bundle.join("config.json");
+        let spec = Spec::load(&path).map_err(|source| ExecError::Bundle { path, source })?;
+        let mut process = spec.process().clone().ok_or(ExecError::NoProcess)?;
+        process.set_args(Some(args));
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        Ok(ExecSpec {
+            version: SHIM_FILES_VERSION,
+            target: ExecTarget::Container {
+                process: Box::new(process),
+                seccomp,
+            },
+            cgroup_procs,
+        })
+    }
+
+    /// Run `args` next to a plain process workload, as its user and in its directory.
+    pub fn for_process(
+        workload: &ProcessWorkload,
+        args: Vec<String>,
+        cgroup_procs: Vec<PathBuf>,
+    ) -> ExecSpec {
+        let mut w = workload.clone();
+        w.args = args;
+        ExecSpec {
+            version: SHIM_FILES_VERSION,
+            target: ExecTarget::Process(w),
+            cgroup_procs,
+        }
+    }
+
+    /// Write the spec to `path`.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(self).expect("plain data serializes");
+        sys::write_atomic(path, &bytes, false)
+    }
+}
+
+/// The command that runs `taba shim exec` (stdio left to the caller).
+pub fn exec_command(taba_exe: &Path, pid: i32, spec: &Path) -> Command {
+    let mut c = Command::new(taba_exe);
+    c.args(["shim", "exec", "--pid"])
+        .arg(pid.to_string())
+        .arg("--spec")
+        .arg(spec);
+    c
+}
+
+/// Namespaces joined for a container exec, mount last (it changes the root).
+const NAMESPACES: &[(&str, libc::c_int)] = &[
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("net", libc::CLONE_NEWNET),
+    ("pid", libc::CLONE_NEWPID),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("mnt", libc::CLONE_NEWNS),
+];
+
+fn same_ns(pid: i32, name: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(format!("/proc/self/ns/{name}")),
+        std::fs::metadata(format!("/proc/{pid}/ns/{name}")),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+/// Run the exec described by `spec_path` against the task whose (container
+/// init or process) pid is `pid`; returns the command's exit code. Call it in
+/// a fresh, single-threaded process.
+pub fn main_exec(pid: i32, spec_path: &Path) -> Result<i32, ExecError> {
+    let bytes = std::fs::read(spec_path).map_err(|source| ExecError::Read {
+        path: spec_path.to_owned(),
+        source,
+    })?;
+    let spec: ExecSpec = serde_json::from_slice(&bytes).map_err(|source| ExecError::Parse {
+        path: spec_path.to_owned(),
+        source,
+    })?;
+    if spec.version != SHIM_FILES_VERSION {
+        return Err(ExecError::Version(spec.version));
+    }
+    let (plan, join_ns) = match &spec.target {
+        ExecTarget::Container { process, seccomp } => {
+            (ExecPlan::from_oci(process, seccomp.as_ref())?, true)
+        }
+        ExecTarget::Process(p) => (
+            ExecPlan::plain(
+                &p.args,
+                &p.env,
+                p.cwd.as_deref(),
+                p.uid,
+                p.gid,
+                &p.additional_gids,
+            )?,
+            false,
+        ),
+    };
+    container::join_cgroups(&spec.cgroup_procs).map_err(ExecError::Join)?;
+    if join_ns {
+        // Open every namespace first: /proc changes meaning once we join.
+        let mut files = Vec::new();
+        for (name, flag) in NAMESPACES {
+            if !same_ns(pid, name) {
+                let p = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+                let f = std::fs::File::open(&p)
+                    .map_err(|e| ExecError::Join(format!("open {}: {e}", p.display())))?;
+                files.push((p, f, *flag));
+            }
+        }
+        for (p, f, flag) in files {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid namespace fd and its type.
+            sys::check(unsafe { libc::setns(f.as_raw_fd(), flag) })
+                .map_err(|e| ExecError::Join(format!("join namespace {}: {e}", p.display())))?;
+        }
+    }
+    let child = sys::spawn_child(0, || {
+        // SAFETY: prctl with integer arguments.
+        sys::check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
+            .map_err(|e| format!("set parent-death signal: {e}"))?;
+        plan.exec()
+    });
+    let child = child.map_err(|e| match e {
+        ChildFailure::Os(e) => ExecError::Fork(e),
+        ChildFailure::Child(msg) => ExecError::Start(msg),
+    })?;
+    let status = sys::wait_pid(child).map_err(ExecError::Fork)?;
+    Ok(match sys::decode_wait_status(status) {
+        (Some(code), _) => code,
+        (_, Some(sig)) => 128 + sig,
+        _ => EXEC_SETUP_FAILED,
+    })
+}

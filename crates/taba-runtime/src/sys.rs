@@ -1,0 +1,244 @@
+//! Thin wrappers over the system calls the shim and the runtime share: pipes,
+//! fork/clone with an error channel, pidfds, `/proc` reads, atomic files.
+//! Every `unsafe` block of the crate that is not specific to one feature lives here.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Turn an `io::Result`-style libc return value into a `Result`.
+pub(crate) fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A path as a C string (paths with an interior NUL are rejected).
+pub(crate) fn path_cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// A pipe whose both ends are close-on-exec: (read, write).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Read a file descriptor to its end.
+pub(crate) fn read_all(fd: OwnedFd) -> io::Result<Vec<u8>> {
+    let mut f = File::from(fd);
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Why starting a child failed.
+#[derive(Debug)]
+pub(crate) enum ChildFailure {
+    /// The fork/clone (or the error pipe) failed in the parent.
+    Os(io::Error),
+    /// The child reported an error before it could exec.
+    Child(String),
+}
+
+/// Fork (a raw `clone` with `flags` plus `SIGCHLD`) and run `child` in the new
+/// process. `child` either execs (never returns) or returns an error message,
+/// which is sent to the parent over a close-on-exec pipe; the child then exits
+/// with 127. Returns the child's pid once it has exec'd (the pipe closed empty).
+///
+/// The caller must be single-threaded: the child runs arbitrary Rust code.
+pub(crate) fn spawn_child<F>(flags: libc::c_ulong, child: F) -> Result<libc::pid_t, ChildFailure>
+where
+    F: FnOnce() -> Result<Infallible, String>,
+{
+    let (err_r, err_w) = pipe().map_err(ChildFailure::Os)?;
+    // SAFETY: a raw clone without a new stack behaves like fork: the child gets a
+    // copy of the address space. The process is single-threaded (documented
+    // contract), so no lock is held by a thread that does not exist in the child.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(ChildFailure::Os(io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(err_r);
+        let msg = match child() {
+            Ok(never) => match never {},
+            Err(msg) => msg,
+        };
+        let mut w = File::from(err_w);
+        let _ = w.write_all(msg.as_bytes());
+        // SAFETY: _exit is always safe; it skips atexit handlers that belong to the parent.
+        unsafe { libc::_exit(127) };
+    }
+    drop(err_w);
+    let pid = pid as libc::pid_t;
+    let msg = read_all(err_r).map_err(ChildFailure::Os)?;
+    if msg.is_empty() {
+        return Ok(pid);
+    }
+    // The child exits right after writing; reap it so no zombie is left behind.
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid status pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    Err(ChildFailure::Child(
+        String::from_utf8_lossy(&msg).into_owned(),
+    ))
+}
+
+/// `pidfd_open(2)`.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Block until `fd` is readable (for a pidfd: until the process has exited).
+pub(crate) fn poll_readable(fd: &OwnedFd, timeout_ms: libc::c_int) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(rc > 0);
+    }
+}
+
+/// One process's view in `/proc/<pid>/stat`: its state letter and start time
+/// (field 22, in clock ticks since boot).
+pub(crate) fn proc_stat(pid: libc::pid_t) -> io::Result<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unexpected /proc/<pid>/stat format",
+        )
+    };
+    // The command name (field 2) may hold spaces and parentheses: fields after it
+    // start after the last ')'.
+    let rest = &text[text.rfind(')').ok_or_else(bad)? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields
+        .first()
+        .and_then(|s| s.chars().next())
+        .ok_or_else(bad)?;
+    // fields[0] is field 3, so field 22 is fields[19].
+    let start = fields
+        .get(19)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((state, start))
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same directory,
+/// optionally fsync'd, then renamed over `path`.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    if sync {
+        f.sync_all()?;
+    }
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// Write the whole buffer to a raw fd (used in children, where `File` ownership is awkward).
+pub(crate) fn write_fd(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable slice for its length.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Write `data` to an existing file (cgroup.procs, /proc files) in one write.
+pub(crate) fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all(data)
+}
+
+/// `dup2(2)`.
+pub(crate) fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on integer fds.
+    check(unsafe { libc::dup2(from, to) }).map(|_| ())
+}
+
+/// Describe a wait status the way the shim records it: (exit code, signal).
+pub(crate) fn decode_wait_status(status: libc::c_int) -> (Option<i32>, Option<i32>) {
+    if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    }
+}
+
+/// `waitpid(pid, 0)`, retried on EINTR.
+pub(crate) fn wait_pid(pid: libc::pid_t) -> io::Result<libc::c_int> {
+    let mut status = 0;
+    loop {
+        // SAFETY: valid status pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(status);
+    }
+}
