@@ -228,6 +228,57 @@ mod tests {
         assert!(!is_mount_point(&fs::canonicalize(d.path()).unwrap()).unwrap());
     }
 
+    fn overlay_case(mount: impl Fn(&[PathBuf], &Path, &Path, &Path)) {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root (overlay mounts)"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let dir = |n: &str| {
+            let p = d.path().join(n);
+            fs::create_dir(&p).unwrap();
+            p
+        };
+        let (low1, low2, upper, work, target) =
+            (dir("l1"), dir("l2"), dir("u"), dir("w"), dir("t"));
+        fs::write(low1.join("f"), b"bottom").unwrap();
+        fs::write(low1.join("g"), b"g").unwrap();
+        fs::write(low2.join("f"), b"top").unwrap();
+        mount(&[low2, low1], &upper, &work, &target);
+        let target = fs::canonicalize(&target).unwrap();
+        assert!(is_mount_point(&target).unwrap());
+        assert_eq!(fs::read(target.join("f")).unwrap(), b"top");
+        assert_eq!(fs::read(target.join("g")).unwrap(), b"g");
+        unmount_all(&target).unwrap();
+        assert!(!is_mount_point(&target).unwrap());
+        unmount_all(&target).unwrap();
+    }
+
+    #[test]
+    fn root_legacy_mount_path_works() {
+        overlay_case(|lowers, upper, work, target| {
+            mount_legacy(lowers, upper, work, target).unwrap()
+        });
+    }
+
+    #[test]
+    fn root_new_mount_api_path_works() {
+        overlay_case(|lowers, upper, work, target| {
+            mount_new_api(lowers, upper, work, target).unwrap()
+        });
+    }
+
+    #[test]
+    fn legacy_mount_refuses_options_over_a_page() {
+        let long: Vec<PathBuf> = (0..100)
+            .map(|i| PathBuf::from(format!("/{}/{i}", "x".repeat(60))))
+            .collect();
+        let e = mount_legacy(&long, Path::new("/u"), Path::new("/w"), Path::new("/t")).unwrap_err();
+        assert!(e.to_string().contains("4096"), "{e}");
+        let colon = vec![PathBuf::from("/a:b")];
+        assert!(mount_legacy(&colon, Path::new("/u"), Path::new("/w"), Path::new("/t")).is_err());
+    }
+
     #[test]
     fn absolute_normalises_lexically() {
         assert_eq!(

@@ -240,7 +240,7 @@ fn root_oci_layers_plain_gzip_and_zstd() {
         let tar = write(
             d.path(),
             &format!("{i}.tar"),
-            &oci(&[l], comp, &format!("comp:{i}"), &tweak),
+            &oci(&[l], comp, &format!("comp:{i}"), tweak),
         );
         let sum = s.import(&tar).unwrap();
         assert_eq!(sum.refs, vec![format!("comp:{i}")]);
@@ -255,7 +255,7 @@ fn root_oci_names_from_containerd_annotation_and_image_index_picks_amd64() {
     let l = layer(&[E::File("amd64", b"yes", 0o644)]);
     // Docker 25+ style: the ref.name annotation is only a tag; the name is containerd's.
     let members = oci_members(
-        &[l.clone()],
+        std::slice::from_ref(&l),
         Comp::Gzip,
         json!({"org.opencontainers.image.ref.name": "1.0", "io.containerd.image.name": "docker.io/alice/app:1.0"}),
         "x",
@@ -372,7 +372,7 @@ fn root_a_moved_tag_leaves_the_old_image_untagged() {
         .import(&write(
             d.path(),
             "1.tar",
-            &docker_save(&[l.clone()], &["app"], "v1"),
+            &docker_save(std::slice::from_ref(&l), &["app"], "v1"),
         ))
         .unwrap();
     let new = s
