@@ -25,7 +25,7 @@ use std::time::Duration;
 use taba_driver::Driver;
 use taba_types::wire::{AllocUpdate, AllocUpdateRequest, RegisterRequest, PROTOCOL};
 use taba_types::{
-    AllocId, AllocUsage, ByteSize, ClientStatus, DriverInfo, Eligibility, Node, NodeId,
+    AllocId, AllocUsage, ByteSize, DriverInfo, Eligibility, Node, NodeId,
     NodeResources, NodeStatus, NodeUsage,
 };
 use tokio::sync::{mpsc, watch};

@@ -338,8 +338,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// Wait for a stop request; returns its reason.
 async fn stopped(s: &Shared) -> String {
     let mut rx = s.stop.subscribe();
-    match rx.wait_for(|v| v.is_some()).await {
-        Ok(v) => v.clone().unwrap_or_default(),
+    let reason = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone());
+    match reason {
+        Ok(v) => v.unwrap_or_default(),
         Err(_) => std::future::pending().await,
     }
 }

@@ -12,13 +12,15 @@ use crate::shimmed::{resolve_user, Shimmed};
 use crate::{
     Capabilities, Driver, DriverError, ExitResult, Recovered, TaskConfig, TaskHandle, TaskStats,
 };
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use taba_image::{Image, ImageStore};
-use taba_runtime::shim::{ExecSpec, Workload};
+use taba_runtime::container::{default_spec, DefaultSpecOptions};
+use taba_runtime::shim::exec::ExecSpec;
+use taba_runtime::shim::Workload;
 use taba_types::{DriverInfo, NetworkMode};
 
 /// The `container` driver.
@@ -98,11 +100,8 @@ impl ContainerDriver {
         image: &Image,
         rootfs: &std::path::Path,
     ) -> Result<Spec, DriverError> {
-        let hostname: String = cfg.alloc_id.as_str().chars().take(12).collect();
-        let mut spec = taba_runtime::container::default_spec(&hostname).map_err(bundle_err)?;
-        let args = command_line(cfg, image)?;
         let user = cfg.task.user.clone().or_else(|| image.config.user.clone());
-        let (uid, gid, extra) = match user.as_deref() {
+        let (uid, gid, additional_gids) = match user.as_deref() {
             Some(u) if !u.is_empty() => resolve_user(rootfs, u)?,
             _ => (0, 0, Vec::new()),
         };
@@ -112,32 +111,18 @@ impl ContainerDriver {
             .clone()
             .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into());
-        let mut process = spec.process().clone().unwrap_or_default();
-        process.set_args(Some(args));
-        process.set_env(Some(environment(cfg, image)));
-        process.set_cwd(PathBuf::from(cwd));
-        let mut u = process.user().clone();
-        u.set_uid(uid);
-        u.set_gid(gid);
-        u.set_additional_gids((!extra.is_empty()).then_some(extra));
-        process.set_user(u);
-        spec.set_process(Some(process));
-        let mut root = spec.root().clone().unwrap_or_default();
-        root.set_path(rootfs.to_path_buf());
-        root.set_readonly(Some(false));
-        spec.set_root(Some(root));
-        if let Some(mut linux) = spec.linux().clone() {
-            let mut ns = linux.namespaces().clone().unwrap_or_default();
-            ns.retain(|n| n.typ() != LinuxNamespaceType::Network);
-            if cfg.network_mode != NetworkMode::Host {
-                let mut n = oci_spec::runtime::LinuxNamespace::default();
-                n.set_typ(LinuxNamespaceType::Network);
-                ns.push(n);
-            }
-            linux.set_namespaces(Some(ns));
-            spec.set_linux(Some(linux));
-        }
-        Ok(spec)
+        Ok(default_spec(&DefaultSpecOptions {
+            rootfs: rootfs.to_path_buf(),
+            readonly_rootfs: false,
+            args: command_line(cfg, image)?,
+            env: environment(cfg, image),
+            cwd: PathBuf::from(cwd),
+            uid,
+            gid,
+            additional_gids,
+            hostname: Some(cfg.alloc_id.as_str().chars().take(12).collect()),
+            host_network: cfg.network_mode == NetworkMode::Host,
+        }))
     }
 }
 
@@ -255,20 +240,9 @@ impl Driver for ContainerDriver {
             .rootfs_dir
             .clone()
             .ok_or_else(|| DriverError::Start("the task has no bundle".into()))?;
-        let sc = taba_runtime::shim::ShimConfig::read(&h.task_dir)
-            .map_err(|e| DriverError::Start(format!("reading the task's shim config: {e}")))?;
-        let spec = Spec::load(bundle.join("config.json")).map_err(bundle_err)?;
-        let mut process = spec.process().clone().unwrap_or_default();
-        process.set_args(Some(cmd.to_vec()));
-        process.set_terminal(Some(false));
-        let exec = ExecSpec {
-            pid: h.pid,
-            workload: Workload::ContainerExec {
-                process: Box::new(process),
-                linux: spec.linux().clone().map(Box::new),
-            },
-            cgroup_procs: sc.cgroup_procs,
-        };
+        let sc = taba_runtime::shim::read_config(&h.task_dir)?;
+        let exec = ExecSpec::for_container(&bundle, cmd.to_vec(), sc.cgroup_procs)
+            .map_err(bundle_err)?;
         self.shim.exec_command(h, &exec)
     }
 

@@ -9,7 +9,8 @@ use crate::{
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use taba_runtime::shim::{ExecSpec, ProcessSpec, Workload};
+use taba_runtime::shim::exec::ExecSpec;
+use taba_runtime::shim::{ProcessWorkload, Workload};
 use taba_types::{DriverInfo, NetworkMode};
 
 /// The `exec` driver.
@@ -28,7 +29,7 @@ impl ExecDriver {
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn process_spec(cfg: &TaskConfig, args: Vec<String>) -> Result<ProcessSpec, DriverError> {
+fn process_spec(cfg: &TaskConfig, args: Vec<String>) -> Result<ProcessWorkload, DriverError> {
     let (uid, gid, additional_gids) = match &cfg.task.user {
         Some(u) => resolve_user(Path::new("/"), u)?,
         None => (0, 0, Vec::new()),
@@ -43,10 +44,10 @@ fn process_spec(cfg: &TaskConfig, args: Vec<String>) -> Result<ProcessSpec, Driv
         .clone()
         .map(PathBuf::from)
         .unwrap_or_else(|| cfg.task_dir.clone());
-    Ok(ProcessSpec {
+    Ok(ProcessWorkload {
         args,
         env,
-        cwd,
+        cwd: Some(cwd),
         uid,
         gid,
         additional_gids,
@@ -130,19 +131,11 @@ impl Driver for ExecDriver {
         h: &TaskHandle,
         cmd: &[String],
     ) -> Result<std::process::Command, DriverError> {
-        let cfg_path = h.task_dir.join("shim.json");
-        let sc = taba_runtime::shim::ShimConfig::read(&h.task_dir).map_err(|e| {
-            DriverError::Start(format!("reading {}: {e}", cfg_path.display()))
-        })?;
-        let Workload::Process(mut p) = sc.workload else {
+        let sc = taba_runtime::shim::read_config(&h.task_dir)?;
+        let Workload::Process(p) = &sc.workload else {
             return Err(DriverError::Start("not an exec task".into()));
         };
-        p.args = cmd.to_vec();
-        let spec = ExecSpec {
-            pid: h.pid,
-            workload: Workload::Process(p),
-            cgroup_procs: sc.cgroup_procs,
-        };
+        let spec = ExecSpec::for_process(p, cmd.to_vec(), sc.cgroup_procs.clone());
         self.shim.exec_command(h, &spec)
     }
 

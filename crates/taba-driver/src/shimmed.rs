@@ -6,7 +6,7 @@ use crate::{now_ms, DriverError, ExitResult, Recovered, TaskConfig, TaskHandle, 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use taba_cgroups::{AnyCgroup, Layout, Limits};
-use taba_runtime::shim::{self, ShimConfig, Workload};
+use taba_runtime::shim::{self, ShimConfig, ShimState, Workload};
 
 /// Current format version of [`TaskHandle`].
 pub const HANDLE_VERSION: u32 = 1;
@@ -37,7 +37,9 @@ impl Shimmed {
     /// Create the task's cgroup with the task's limits.
     pub fn make_cgroup(&self, cfg: &TaskConfig) -> Result<AnyCgroup, DriverError> {
         let layout = self.layout()?;
-        // A cgroup left by a previous run of the same task is reused.
+        // A fresh cgroup per run: counters such as v1's oom_kill cannot be
+        // reset, and a previous run's must not be blamed on this one.
+        layout.destroy(&cfg.cgroup)?;
         let cg = layout.create(&cfg.cgroup)?;
         let r = &cfg.task.resources;
         cg.apply(&Limits {
@@ -73,7 +75,7 @@ impl Shimmed {
             }
         }
         let sc = ShimConfig {
-            version: shim::SHIM_CONFIG_VERSION,
+            version: shim::SHIM_FILES_VERSION,
             workload,
             cgroup_procs: cg.procs_files(),
             log_dir: cfg.log_dir.clone(),
@@ -81,16 +83,19 @@ impl Shimmed {
             log_max_bytes: cfg.log_max_bytes,
             log_max_files: cfg.log_max_files,
         };
-        sc.write(&cfg.task_dir)?;
+        shim::write_config(&cfg.task_dir, &sc)?;
         let started = shim::spawn(&self.exe, &cfg.task_dir)?;
+        let pid_start_time = shim::read_state(&cfg.task_dir)?
+            .map(|s| s.pid_start_time)
+            .unwrap_or(0);
         Ok(TaskHandle {
             version: HANDLE_VERSION,
             driver: driver.to_string(),
             task_dir: cfg.task_dir.clone(),
             cgroup: cfg.cgroup.clone(),
-            pid: started.pid,
-            pid_start_time: started.pid_start_time,
-            shim_pid: started.shim_pid,
+            pid: started.pid as u32,
+            pid_start_time,
+            shim_pid: started.shim_pid as u32,
             started_at: started.started_at,
             rootfs_dir,
         })
@@ -118,18 +123,29 @@ impl Shimmed {
 
     /// Block until the workload ends.
     pub fn wait(&self, h: &TaskHandle) -> Result<ExitResult, DriverError> {
-        let st = shim::wait_exit(&h.task_dir, h.shim_pid)?;
+        let st = shim::wait_exit(&h.task_dir, h.shim_pid as i32)?;
         Ok(self.exit_result(h, st))
     }
 
+    /// The shim's record of the running workload, if it is this handle's.
+    fn state(&self, h: &TaskHandle) -> Option<ShimState> {
+        shim::read_state(&h.task_dir)
+            .ok()
+            .flatten()
+            .filter(|s| s.pid as u32 == h.pid)
+    }
+
     fn alive(&self, h: &TaskHandle) -> bool {
-        shim::is_alive(h.pid, h.pid_start_time)
+        self.state(h).is_some_and(|s| shim::is_alive(&s))
     }
 
     /// Signal, then kill the whole cgroup after `timeout`.
     pub fn stop(&self, h: &TaskHandle, signal: i32, timeout: Duration) -> Result<(), DriverError> {
-        if self.alive(h) {
-            shim::signal(h.pid, h.pid_start_time, signal)?;
+        if let Some(st) = self.state(h).filter(shim::is_alive) {
+            match shim::signal(&st, signal) {
+                Ok(()) | Err(shim::ShimError::NotRunning(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -172,7 +188,10 @@ impl Shimmed {
 
     /// Deliver a signal.
     pub fn signal(&self, h: &TaskHandle, sig: i32) -> Result<(), DriverError> {
-        Ok(shim::signal(h.pid, h.pid_start_time, sig)?)
+        let st = self
+            .state(h)
+            .ok_or_else(|| DriverError::Start("the task is not running".into()))?;
+        Ok(shim::signal(&st, sig)?)
     }
 
     /// After an agent restart.
@@ -195,16 +214,21 @@ impl Shimmed {
     pub fn exec_command(
         &self,
         h: &TaskHandle,
-        spec: &shim::ExecSpec,
+        spec: &shim::exec::ExecSpec,
     ) -> Result<std::process::Command, DriverError> {
         if !self.alive(h) {
             return Err(DriverError::Start("the task is not running".into()));
         }
-        let path = h.task_dir.join(format!("exec-{}.json", now_ms()));
-        spec.write(&path)?;
-        let mut c = std::process::Command::new(&self.exe);
-        c.arg("shim").arg("exec").arg("--spec").arg(&path);
-        Ok(c)
+        let path = h.task_dir.join(format!(
+            "exec-{}-{}.json",
+            now_ms(),
+            std::process::id()
+        ));
+        spec.write(&path).map_err(|source| DriverError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(shim::exec::exec_command(&self.exe, h.pid as i32, &path))
     }
 }
 
