@@ -157,6 +157,13 @@ impl IntoResponse for ApiError {
                 field: self.field(),
             },
         };
-        (status, axum::Json(body)).into_response()
+        // The request body may be unread (too large, or rejected early);
+        // closing the connection keeps a pooling client from reusing it.
+        (
+            status,
+            [(axum::http::header::CONNECTION, "close")],
+            axum::Json(body),
+        )
+            .into_response()
     }
 }

@@ -29,6 +29,8 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// Decode a JSON body: UTF-8 first, then types with the failing field's path.
+/// Syntax, type and unknown-field errors are all 400 (as for job files);
+/// 422 is for well-formed input that fails validation.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|e| ApiError::BadRequest {
         message: format!("body is not valid UTF-8 at byte {}", e.valid_up_to()),
@@ -40,11 +42,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = e.into_inner();
         let message = strip_position(&inner.to_string());
         let field = (path != "." && !path.is_empty()).then_some(path);
-        if inner.is_data() {
-            ApiError::Invalid { message, field }
-        } else {
-            ApiError::BadRequest { message, field }
-        }
+        ApiError::BadRequest { message, field }
     })?;
     de.end().map_err(|e| ApiError::BadRequest {
         message: strip_position(&e.to_string()),

@@ -1,0 +1,112 @@
+//! `alloc logs` and `alloc exec` are proxied to the agent API at the node's
+//! `http_addr`. The agent here is a small real HTTP server that implements
+//! the agent's side of the contract.
+
+mod common;
+
+use axum::extract::{Path, Query};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::*;
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::Duration;
+use taba_client::api::{b64, ExecRequest, ExecResponse};
+
+fn start_agent_api() -> std::net::SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = Router::new()
+                .route(
+                    "/v1/client/allocations/{id}/logs",
+                    get(
+                        |Path(id): Path<String>, Query(q): Query<HashMap<String, String>>| async move {
+                            format!(
+                                "logs of {} task={} type={} follow={} offset={}\n",
+                                id, q["task"], q["type"], q["follow"], q["offset"]
+                            )
+                        },
+                    ),
+                )
+                .route(
+                    "/v1/client/allocations/{id}/exec",
+                    post(
+                        |Query(q): Query<HashMap<String, String>>, Json(req): Json<ExecRequest>| async move {
+                            let mut stdin = b64::decode(&req.stdin_b64).unwrap();
+                            stdin.reverse();
+                            Json(ExecResponse {
+                                exit_code: 3,
+                                stdout_b64: b64::encode(&stdin),
+                                stderr_b64: b64::encode(
+                                    format!("{} in {}", req.command.join(" "), q["task"]).as_bytes(),
+                                ),
+                            })
+                        },
+                    ),
+                );
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+#[test]
+fn logs_and_exec_are_proxied_to_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(30));
+    let c = srv.client();
+    let agent_api = start_agent_api();
+    let mut n = node("n1", 4096);
+    n.http_addr = agent_api.to_string();
+    let agent = FakeAgent::register(c.clone(), n);
+    c.register_job_toml(exec_job("p", 1, "1", "64MiB").as_bytes())
+        .unwrap();
+    let a = eventually("placement", || agent.allocs(0).1.into_iter().next());
+
+    let mut logs = String::new();
+    c.alloc_logs(&a.id.as_str()[..8], None, true, false, 5)
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert_eq!(
+        logs,
+        format!(
+            "logs of {} task=t type=stderr follow=false offset=5\n",
+            a.id
+        )
+    );
+
+    let out = c
+        .alloc_exec(a.id.as_str(), Some("t"), &["cat".into()], b"abc")
+        .unwrap();
+    assert_eq!(out.exit_code, 3);
+    assert_eq!(b64::decode(&out.stdout_b64).unwrap(), b"cba");
+    assert_eq!(b64::decode(&out.stderr_b64).unwrap(), b"cat in t");
+}
+
+#[test]
+fn unreachable_agent_is_a_bad_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(30));
+    let c = srv.client();
+    let mut n = node("n1", 4096);
+    // A port nothing listens on.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    n.http_addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    let agent = FakeAgent::register(c.clone(), n);
+    c.register_job_toml(exec_job("p", 1, "1", "64MiB").as_bytes())
+        .unwrap();
+    let a = eventually("placement", || agent.allocs(0).1.into_iter().next());
+    let err = c
+        .alloc_exec(a.id.as_str(), None, &["ls".into()], b"")
+        .unwrap_err();
+    assert_eq!(err.status(), Some(502));
+}
