@@ -85,7 +85,7 @@ pub struct ImageConfig {
 }
 
 /// A stored image, ready to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     /// `sha256:<hex>` of the image config.
     pub id: String,
@@ -154,7 +154,8 @@ impl Drop for Staging {
 
 static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+/// Replaces `path` with `bytes` by rename; `durable` also fsyncs the file and its directory.
+fn write_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), ImageError> {
     let dir = path.parent().expect("store paths have a parent");
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
@@ -165,9 +166,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let result = (|| {
         let mut f = File::create(&tmp).map_err(io_ctx(|| format!("create {}", tmp.display())))?;
         f.write_all(bytes)
-            .and_then(|()| f.sync_all())
+            .and_then(|()| if durable { f.sync_all() } else { Ok(()) })
             .map_err(io_ctx(|| format!("write {}", tmp.display())))?;
         fs::rename(&tmp, path).map_err(io_ctx(|| format!("rename to {}", path.display())))?;
+        if !durable {
+            return Ok(());
+        }
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_ctx(|| format!("sync {}", dir.display())))
@@ -176,6 +180,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    write_file(path, bytes, true)
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, ImageError> {
@@ -432,13 +440,15 @@ impl ImageStore {
                     }
                     Err(e) => return Err(e),
                 };
-                write_atomic(
+                // Synced with the whole staging dir (syncfs) before the commit.
+                write_file(
                     &dest.join("layer.json"),
                     &to_json(&LayerRecord {
                         version: RECORD_VERSION,
                         diff_id: layer.diff_id.clone(),
                         size: unpacked.size,
                     }),
+                    false,
                 )?;
                 sizes.insert(layer.diff_id.clone(), unpacked.size);
                 staged.insert(layer.diff_id.clone());
@@ -489,12 +499,18 @@ impl ImageStore {
                 config,
                 created: plan.config.created.clone(),
             };
-            write_atomic(&self.image_path(&id[7..]), &to_json(&record))?;
-            let mut refs = self.load_refs()?;
-            for r in &plan.refs {
-                refs.refs.insert(r.clone(), id.clone());
+            let image_path = self.image_path(&id[7..]);
+            if !image_path.exists() {
+                write_atomic(&image_path, &to_json(&record))?;
             }
-            self.save_refs(&refs)?;
+            let mut refs = self.load_refs()?;
+            let mut changed = false;
+            for r in &plan.refs {
+                changed |= refs.refs.insert(r.clone(), id.clone()).as_ref() != Some(&id);
+            }
+            if changed {
+                self.save_refs(&refs)?;
+            }
             return Ok(self.summary(&record, &refs));
         }
         Err(ImageError::Io {
@@ -698,7 +714,7 @@ impl ImageStore {
                     })
                 }
                 Some(_) => {}
-                None => write_atomic(&lease_path, &to_json(&lease))?,
+                None => write_file(&lease_path, &to_json(&lease), false)?,
             }
             return Ok(rootfs);
         }
@@ -715,7 +731,9 @@ impl ImageStore {
                 missing.display()
             )));
         }
-        write_atomic(&lease_path, &to_json(&lease))?;
+        // Not fsync'd: a lease only matters while its mount exists, and no mount outlives a
+        // crash of the host.
+        write_file(&lease_path, &to_json(&lease), false)?;
         let short = || {
             Ok(record
                 .diff_ids
