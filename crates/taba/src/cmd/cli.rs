@@ -1,34 +1,824 @@
-//! Client commands: `job`, `alloc`, `node`, `image`.
+//! Client commands: `job`, `alloc`, `node`, `image`. Each talks to a server
+//! through `taba_client::Client` and prints aligned tables, or JSON with
+//! `--json`. Exit codes: 0 ok, 1 failure, 2 usage (clap).
 
 use super::GlobalArgs;
+use anyhow::Context;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use taba_client::api::{b64, AllocListEntry, JobStatusResponse};
+use taba_client::Client;
+use taba_types::parse::{parse_job_toml, JobParseError};
+use taba_types::{ClientStatus, DesiredStatus, EvalStatus, JobType, UnixMillis};
 
 /// `taba job ...`
 #[derive(clap::Subcommand, Debug)]
-pub enum JobCommand {}
+pub enum JobCommand {
+    /// Submit a job file and follow its deployment.
+    Run {
+        /// The job file (TOML).
+        file: PathBuf,
+        /// Return once the job is registered instead of following it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Status of one job, or of every job.
+    Status {
+        /// Job name.
+        job: Option<String>,
+    },
+    /// Stop a job.
+    Stop {
+        /// Job name.
+        job: String,
+    },
+    /// List jobs.
+    List,
+    /// Show the job's current version as registered.
+    Inspect {
+        /// Job name.
+        job: String,
+    },
+    /// List every version of a job.
+    History {
+        /// Job name.
+        job: String,
+    },
+}
+
 /// `taba alloc ...`
 #[derive(clap::Subcommand, Debug)]
-pub enum AllocCommand {}
+pub enum AllocCommand {
+    /// Status of an allocation (id or unique prefix).
+    Status {
+        /// Allocation id or prefix.
+        id: String,
+    },
+    /// Print a task's output.
+    Logs {
+        /// Allocation id or prefix.
+        id: String,
+        /// Keep printing new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Print stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Task (needed when the group has several).
+        #[arg(long)]
+        task: Option<String>,
+    },
+    /// Run a command in a task; stdin is forwarded, its exit code returned.
+    Exec {
+        /// Allocation id or prefix.
+        id: String,
+        /// Task (needed when the group has several).
+        #[arg(long)]
+        task: Option<String>,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop an allocation (a replacement is placed).
+    Stop {
+        /// Allocation id or prefix.
+        id: String,
+    },
+}
+
 /// `taba node ...`
 #[derive(clap::Subcommand, Debug)]
-pub enum NodeCommand {}
+pub enum NodeCommand {
+    /// List nodes.
+    List,
+    /// Status of a node (id, id prefix or name) and its allocations.
+    Status {
+        /// Node id, prefix or name.
+        node: String,
+    },
+}
+
 /// `taba image ...`
 #[derive(clap::Subcommand, Debug)]
-pub enum ImageCommand {}
+pub enum ImageCommand {
+    /// Import a `docker save` or OCI-layout tar.
+    Import {
+        /// The tar file.
+        file: PathBuf,
+    },
+    /// List images.
+    List,
+    /// Remove an image.
+    Rm {
+        /// Reference (`busybox:latest`) or id.
+        reference: String,
+    },
+}
+
+fn client(g: &GlobalArgs) -> Client {
+    Client::new(&g.addr, g.token.clone())
+}
+
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print rows as columns aligned under `headers`.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let n = cells.len();
+        let mut s = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                s.push_str(&c);
+            } else {
+                let pad = widths[i] - c.chars().count();
+                s.push_str(&c);
+                s.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn now_ms() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn age(t: UnixMillis) -> String {
+    if t == 0 {
+        return "-".into();
+    }
+    let s = now_ms().saturating_sub(t) / 1000;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+fn alloc_rows(allocs: &[AllocListEntry]) -> Vec<Vec<String>> {
+    allocs
+        .iter()
+        .map(|a| {
+            vec![
+                short(a.id.as_str()),
+                a.node.clone(),
+                a.group.clone(),
+                a.job_version.to_string(),
+                a.desired_status.to_string(),
+                a.status.to_string(),
+                age(a.modify_time),
+            ]
+        })
+        .collect()
+}
+
+const ALLOC_HEADERS: &[&str] = &[
+    "ID", "NODE", "GROUP", "VERSION", "DESIRED", "STATUS", "MODIFIED",
+];
+
+// ---- job ----
 
 /// Run a job command.
-pub fn job(_g: &GlobalArgs, c: JobCommand) -> anyhow::Result<ExitCode> {
-    match c {}
+pub fn job(g: &GlobalArgs, c: JobCommand) -> anyhow::Result<ExitCode> {
+    let api = client(g);
+    match c {
+        JobCommand::Run { file, detach } => job_run(g, &api, &file, detach),
+        JobCommand::Status { job: None } | JobCommand::List => {
+            let jobs = api.list_jobs()?;
+            if g.json {
+                return print_json(&jobs);
+            }
+            if jobs.is_empty() {
+                println!("No jobs");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = jobs
+                .iter()
+                .map(|j| {
+                    let allocs = j
+                        .allocs
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    vec![
+                        j.name.clone(),
+                        j.job_type.to_string(),
+                        j.priority.to_string(),
+                        j.version.to_string(),
+                        j.status.to_string(),
+                        if allocs.is_empty() {
+                            "-".into()
+                        } else {
+                            allocs
+                        },
+                        age(j.submit_time),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "NAME",
+                    "TYPE",
+                    "PRIORITY",
+                    "VERSION",
+                    "STATUS",
+                    "ALLOCS",
+                    "SUBMITTED",
+                ],
+                &rows,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Status { job: Some(name) } => {
+            let st = api.job_status(&name)?;
+            if g.json {
+                return print_json(&st);
+            }
+            print_job_status(&st);
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Stop { job } => {
+            let r = api.stop_job(&job)?;
+            if g.json {
+                return print_json(&r);
+            }
+            println!(
+                "Job {job:?} stopped (evaluation {})",
+                short(r.eval_id.as_str())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Inspect { job } => print_json(&api.job(&job)?),
+        JobCommand::History { job } => {
+            let h = api.job_history(&job)?;
+            if g.json {
+                return print_json(&h);
+            }
+            let rows: Vec<Vec<String>> = h
+                .versions
+                .iter()
+                .map(|j| {
+                    let groups = j
+                        .spec
+                        .groups
+                        .iter()
+                        .map(|g| format!("{}x{}", g.name, g.count))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    vec![
+                        j.version.to_string(),
+                        age(j.submit_time),
+                        if j.stopped { "yes".into() } else { "no".into() },
+                        groups,
+                    ]
+                })
+                .collect();
+            table(&["VERSION", "SUBMITTED", "STOPPED", "GROUPS"], &rows);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
+
+fn print_job_status(st: &JobStatusResponse) {
+    println!("Name      = {}", st.name);
+    println!("Namespace = {}", st.namespace);
+    println!("Type      = {}", st.job_type);
+    println!("Version   = {}", st.version);
+    println!("Status    = {}", st.status);
+    if !st.placement_failures.is_empty() {
+        println!();
+        println!("Placement failures");
+        for (g, why) in &st.placement_failures {
+            println!("  group {g:?}: {why}");
+        }
+    }
+    println!();
+    println!("Allocations");
+    if st.allocations.is_empty() {
+        println!("  none");
+    } else {
+        table(ALLOC_HEADERS, &alloc_rows(&st.allocations));
+    }
+}
+
+/// Print a local job-file error as `file:line:column: field: message`.
+fn local_parse_error(file: &std::path::Path, e: &JobParseError) -> String {
+    let f = file.display();
+    match e {
+        JobParseError::Syntax {
+            line,
+            column,
+            path,
+            message,
+        } => {
+            let pos = match (line, column) {
+                (Some(l), Some(c)) => format!("{f}:{l}:{c}"),
+                _ => f.to_string(),
+            };
+            match path {
+                Some(p) => format!("{pos}: {p}: {message}"),
+                None => format!("{pos}: {message}"),
+            }
+        }
+        JobParseError::Invalid(errs) => errs
+            .0
+            .iter()
+            .map(|fe| format!("{f}: {}: {}", fe.path, fe.reason))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => format!("{f}: {other}"),
+    }
+}
+
+fn job_run(
+    g: &GlobalArgs,
+    api: &Client,
+    file: &std::path::Path,
+    detach: bool,
+) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let spec = match parse_job_toml(&bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}", local_parse_error(file, &e));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let reg = api.register_job_toml(&bytes)?;
+    if g.json && detach {
+        return print_json(&reg);
+    }
+    if !g.json {
+        println!(
+            "==> Job {:?} version {} {} (evaluation {})",
+            reg.job,
+            reg.version,
+            if reg.changed {
+                "registered"
+            } else {
+                "unchanged"
+            },
+            short(reg.eval_id.as_str())
+        );
+    }
+    if detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let wanted: u32 = spec.groups.iter().map(|g| g.count).sum();
+    let batch = spec.job_type == JobType::Batch;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
+    loop {
+        let eval = api.eval(reg.eval_id.as_str())?;
+        let st = api.job_status(&reg.job)?;
+        let current: Vec<&AllocListEntry> = st
+            .allocations
+            .iter()
+            .filter(|a| a.job_version == reg.version && a.desired_status == DesiredStatus::Run)
+            .collect();
+        for a in &current {
+            if seen.insert(a.id.to_string()) && !g.json {
+                println!(
+                    "    placed {} ({}) on node {}",
+                    short(a.id.as_str()),
+                    a.name,
+                    a.node
+                );
+            }
+            if !g.json
+                && a.status != ClientStatus::Pending
+                && reported.insert((a.id.to_string(), a.status.to_string()))
+            {
+                println!("    {} {}", short(a.id.as_str()), a.status);
+            }
+        }
+        let fail = |msg: String| -> anyhow::Result<ExitCode> {
+            if g.json {
+                print_json(&st)?;
+            }
+            eprintln!("error: {msg}");
+            Ok(ExitCode::from(1))
+        };
+        if let Some(a) = current
+            .iter()
+            .find(|a| matches!(a.status, ClientStatus::Failed | ClientStatus::Lost))
+        {
+            let why = a
+                .task_states
+                .iter()
+                .filter_map(|(t, s)| {
+                    s.events
+                        .last()
+                        .map(|e| format!("task {t}: {} {}", e.kind, e.message))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return fail(format!(
+                "allocation {} {}{}{}",
+                short(a.id.as_str()),
+                a.status,
+                if a.description.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", a.description)
+                },
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({why})")
+                }
+            ));
+        }
+        let evaluated = !matches!(eval.status, EvalStatus::Pending);
+        if evaluated && !st.placement_failures.is_empty() {
+            let reasons = st
+                .placement_failures
+                .iter()
+                .map(|(g, why)| format!("group {g:?}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return fail(format!("job stays pending: {reasons}"));
+        }
+        if eval.status == EvalStatus::Failed {
+            return fail(format!("evaluation failed: {}", eval.status_description));
+        }
+        let target = if spec.job_type == JobType::System {
+            current.len() as u32
+        } else {
+            wanted
+        };
+        let done = current
+            .iter()
+            .filter(|a| {
+                if batch {
+                    a.status == ClientStatus::Complete
+                } else {
+                    a.status == ClientStatus::Running
+                }
+            })
+            .count() as u32;
+        let old_live = st
+            .allocations
+            .iter()
+            .filter(|a| {
+                a.job_version != reg.version
+                    && a.desired_status == DesiredStatus::Run
+                    && !a.status.is_terminal()
+            })
+            .count();
+        if evaluated
+            && done >= target
+            && current.len() as u32 >= target
+            && old_live == 0
+            && target > 0
+        {
+            if g.json {
+                return print_json(&st);
+            }
+            println!(
+                "==> Deployment of {:?} version {} complete: {done} allocation(s) {}",
+                reg.job,
+                reg.version,
+                if batch { "complete" } else { "running" }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if evaluated && target == 0 {
+            if g.json {
+                return print_json(&st);
+            }
+            println!("==> Nothing to place");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() > deadline {
+            return fail("deployment did not finish within 10 minutes".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---- alloc ----
+
 /// Run an alloc command.
-pub fn alloc(_g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
-    match c {}
+pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
+    let api = client(g);
+    match c {
+        AllocCommand::Status { id } => {
+            let d = api.alloc(&id)?;
+            if g.json {
+                return print_json(&d);
+            }
+            let a = &d.allocation;
+            println!("ID          = {}", a.id);
+            println!("Name        = {}", a.name);
+            println!("Job         = {} (version {})", a.job, a.job_version);
+            println!(
+                "Node        = {} ({})",
+                a.node_name,
+                short(a.node_id.as_str())
+            );
+            println!(
+                "Desired     = {}{}",
+                a.desired_status,
+                suffix(&a.desired_description)
+            );
+            println!(
+                "Status      = {}{}",
+                a.client_status,
+                suffix(&a.client_description)
+            );
+            println!("Created     = {}", age(a.create_time));
+            println!("Modified    = {}", age(a.modify_time));
+            if let Some(u) = &a.usage {
+                println!("CPU         = {} MHz", u.cpu_mhz);
+                println!("Memory      = {} (peak {})", u.memory, u.memory_max);
+            }
+            println!();
+            let rows: Vec<Vec<String>> = a
+                .task_states
+                .iter()
+                .map(|(t, s)| {
+                    vec![
+                        t.clone(),
+                        s.state.to_string(),
+                        if s.failed { "yes".into() } else { "no".into() },
+                        s.restarts.to_string(),
+                        s.exit_code
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        if s.oom_killed {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        s.events
+                            .last()
+                            .map(|e| format!("{} {}", e.kind, e.message).trim().to_string())
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "TASK",
+                    "STATE",
+                    "FAILED",
+                    "RESTARTS",
+                    "EXIT",
+                    "OOM",
+                    "LAST EVENT",
+                ],
+                &rows,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AllocCommand::Logs {
+            id,
+            follow,
+            stderr,
+            task,
+        } => {
+            let mut stream = api.alloc_logs(&id, task.as_deref(), stderr, follow, 0)?;
+            let mut out = std::io::stdout().lock();
+            let mut buf = [0u8; 16 << 10];
+            loop {
+                let n = stream.read(&mut buf).context("log stream broke")?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n])?;
+                out.flush()?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AllocCommand::Exec { id, task, command } => {
+            let mut stdin = Vec::new();
+            if !std::io::stdin().is_terminal() {
+                std::io::stdin()
+                    .read_to_end(&mut stdin)
+                    .context("cannot read stdin")?;
+            }
+            let r = api.alloc_exec(&id, task.as_deref(), &command, &stdin)?;
+            let out = b64::decode(&r.stdout_b64).map_err(anyhow::Error::msg)?;
+            let err = b64::decode(&r.stderr_b64).map_err(anyhow::Error::msg)?;
+            std::io::stdout().write_all(&out)?;
+            std::io::stdout().flush()?;
+            std::io::stderr().write_all(&err)?;
+            Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8))
+        }
+        AllocCommand::Stop { id } => {
+            let r = api.stop_alloc(&id)?;
+            if g.json {
+                return print_json(&r);
+            }
+            println!(
+                "Allocation {id} stopped (evaluation {})",
+                short(r.eval_id.as_str())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
+
+fn suffix(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(" ({s})")
+    }
+}
+
+// ---- node ----
+
 /// Run a node command.
-pub fn node(_g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
-    match c {}
+pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
+    let api = client(g);
+    match c {
+        NodeCommand::List => {
+            let nodes = api.list_nodes()?;
+            if g.json {
+                return print_json(&nodes);
+            }
+            if nodes.is_empty() {
+                println!("No nodes");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        short(n.id.as_str()),
+                        n.name.clone(),
+                        n.datacenter.clone(),
+                        n.status.to_string(),
+                        if n.eligible {
+                            "eligible".into()
+                        } else {
+                            "ineligible".into()
+                        },
+                        n.drivers.join(","),
+                        n.allocs.to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "ID",
+                    "NAME",
+                    "DC",
+                    "STATUS",
+                    "ELIGIBILITY",
+                    "DRIVERS",
+                    "ALLOCS",
+                ],
+                &rows,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Status { node } => {
+            let d = api.node(&node)?;
+            if g.json {
+                return print_json(&d);
+            }
+            let n = &d.node;
+            println!("ID         = {}", n.id);
+            println!("Name       = {}", n.name);
+            println!("Datacenter = {}", n.datacenter);
+            println!("Status     = {}", n.status);
+            println!(
+                "Address    = {}",
+                if n.http_addr.is_empty() {
+                    "-"
+                } else {
+                    &n.http_addr
+                }
+            );
+            println!("Heartbeat  = {}", age(n.last_heartbeat));
+            println!(
+                "Resources  = {} cores, {} MHz, {} memory, {} disk",
+                n.resources.cores, n.resources.cpu, n.resources.memory, n.resources.disk
+            );
+            let drivers: Vec<String> = n
+                .drivers
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        if v.detected && v.healthy {
+                            "healthy"
+                        } else {
+                            "unavailable"
+                        }
+                    )
+                })
+                .collect();
+            println!("Drivers    = {}", drivers.join(", "));
+            println!();
+            println!("Allocations");
+            if d.allocations.is_empty() {
+                println!("  none");
+            } else {
+                let rows: Vec<Vec<String>> = d
+                    .allocations
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            short(a.id.as_str()),
+                            a.job.clone(),
+                            a.group.clone(),
+                            a.desired_status.to_string(),
+                            a.status.to_string(),
+                            age(a.modify_time),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["ID", "JOB", "GROUP", "DESIRED", "STATUS", "MODIFIED"],
+                    &rows,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
+
+// ---- image ----
+
 /// Run an image command.
-pub fn image(_g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
-    match c {}
+pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
+    let api = client(g);
+    match c {
+        ImageCommand::Import { file } => {
+            let i = api.import_image(&file)?;
+            if g.json {
+                return print_json(&i);
+            }
+            println!("Imported {} as {}", short_image(&i.id), i.refs.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::List => {
+            let list = api.list_images()?;
+            if g.json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|i| {
+                    vec![
+                        short_image(&i.id),
+                        if i.refs.is_empty() {
+                            "<none>".into()
+                        } else {
+                            i.refs.join(",")
+                        },
+                        taba_types::ByteSize(i.size).to_string(),
+                        i.layers.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "REFERENCES", "SIZE", "LAYERS"], &rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Rm { reference } => {
+            let i = api.remove_image(&reference)?;
+            if g.json {
+                return print_json(&i);
+            }
+            println!("Removed {} ({})", reference, short_image(&i.id));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn short_image(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
 }
