@@ -105,6 +105,16 @@ impl AllocRunner {
                     *n
                 };
                 if left == 0 {
+                    // The tasks' cgroups are gone; remove the allocation's parent.
+                    let rel = format!("taba/{}", s.id);
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Ok(layout) = taba_cgroups::Layout::detect() {
+                            if let Err(e) = layout.destroy(&rel) {
+                                tracing::warn!("removing cgroup {rel}: {e}");
+                            }
+                        }
+                    })
+                    .await;
                     s.finished.send_replace(true);
                 }
                 s.persist_and_notify();
