@@ -25,12 +25,13 @@ pub mod ids;
 mod place;
 mod plan;
 mod schedule;
+pub mod sim;
 mod state;
 #[cfg(test)]
 mod tests;
 
 pub use feasibility::{constraint_holds, resolve_interpolation};
-pub use plan::{apply_plan, verify_plan, PlanRejection};
-pub use schedule::schedule;
+pub use plan::{apply_plan, apply_plan_owned, verify_plan, PlanRejection};
+pub use schedule::{schedule, schedule_with, ScheduleOptions};
 pub use state::ClusterState;
 pub use taba_types::{Plan, SchedulerOutcome};

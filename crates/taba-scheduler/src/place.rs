@@ -38,12 +38,21 @@ pub(crate) struct Placer {
     job_on_node: BTreeMap<u32, u32>,
     /// Live allocations per (group, node).
     group_on_node: BTreeMap<(String, u32), u32>,
+    /// Only nodes with slot % n == i for `place_many`.
+    shard: Option<(u32, u32)>,
 }
 
 /// Counts per value of a `distinct_property` attribute.
 type PropCounts = Vec<BTreeMap<String, u32>>;
 
 impl Placer {
+    pub fn with_shard(shard: Option<(u32, u32)>) -> Self {
+        Self {
+            shard: shard.filter(|(_, n)| *n > 1),
+            ..Self::default()
+        }
+    }
+
     /// Effective free capacity of a node: state minus this plan's changes.
     pub fn free(&self, state: &ClusterState, slot: u32) -> Res {
         let e = state.entry(slot);
@@ -182,6 +191,11 @@ impl Placer {
 
     /// How many of the group's allocations `slot` can take now (0: none).
     fn room(&self, state: &ClusterState, g: &GroupCtx, slot: u32, props: &PropCounts) -> u64 {
+        if let Some((i, n)) = self.shard {
+            if slot % n != i {
+                return 0;
+            }
+        }
         let e = state.entry(slot);
         let Some(node) = &e.node else { return 0 };
         if !node.schedulable() || !g.res.fits_in(&self.free(state, slot)) || !g.filter.accepts(node)

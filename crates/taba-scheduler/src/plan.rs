@@ -4,8 +4,8 @@
 //! verified, persisted plan to the in-memory state.
 
 use crate::state::{ClusterState, Res};
-use std::collections::{BTreeMap, BTreeSet};
-use taba_types::{AllocId, Plan};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use taba_types::{AllocId, NodeId, Plan};
 
 /// Why a plan was rejected. The evaluation should be retried on a fresh
 /// snapshot.
@@ -82,32 +82,45 @@ pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejectio
             return Err(PlanRejection::AllocGone(id.clone()));
         }
     }
-    let mut new_ids: BTreeSet<&AllocId> = BTreeSet::new();
-    let mut jobs_checked: BTreeSet<(&str, &str, u64)> = BTreeSet::new();
+    let mut new_ids: HashSet<&AllocId> = HashSet::with_capacity(plan.placements.len());
+    let mut last_job: Option<(&str, &str, u64)> = None;
+    let mut last_node: Option<(&NodeId, u32)> = None;
     for p in &plan.placements {
-        if state.alloc(&p.id).is_some() || !new_ids.insert(&p.id) {
+        if !new_ids.insert(&p.id) || state.alloc_slot(&p.id).is_some() {
             return Err(PlanRejection::DuplicateAlloc(p.id.clone()));
         }
-        if jobs_checked.insert((&p.namespace, &p.job, p.job_version)) {
+        let job = (p.namespace.as_str(), p.job.as_str(), p.job_version);
+        if last_job != Some(job) {
             match state.job(&p.namespace, &p.job) {
-                Some(j) if !j.stopped && j.version == p.job_version => {}
+                Some(j) if !j.stopped && j.version == p.job_version => last_job = Some(job),
                 _ => return Err(PlanRejection::JobChanged(p.job.clone())),
             }
         }
-        let slot = state
-            .node_slot(&p.node_id)
-            .ok_or_else(|| PlanRejection::NodeGone {
-                alloc: p.id.clone(),
-                node: p.node_id.to_string(),
-            })?;
-        let e = state.entry(slot);
-        let node = e.node.as_ref().ok_or_else(|| PlanRejection::NodeGone {
-            alloc: p.id.clone(),
-            node: p.node_id.to_string(),
-        })?;
-        if !node.schedulable() {
-            return Err(PlanRejection::NodeNotSchedulable(node.name.clone()));
-        }
+        let slot = match last_node {
+            Some((id, slot)) if *id == p.node_id => slot,
+            _ => {
+                let slot = state
+                    .node_slot(&p.node_id)
+                    .ok_or_else(|| PlanRejection::NodeGone {
+                        alloc: p.id.clone(),
+                        node: p.node_id.to_string(),
+                    })?;
+                let node =
+                    state
+                        .entry(slot)
+                        .node
+                        .as_ref()
+                        .ok_or_else(|| PlanRejection::NodeGone {
+                            alloc: p.id.clone(),
+                            node: p.node_id.to_string(),
+                        })?;
+                if !node.schedulable() {
+                    return Err(PlanRejection::NodeNotSchedulable(node.name.clone()));
+                }
+                last_node = Some((&p.node_id, slot));
+                slot
+            }
+        };
         added.entry(slot).or_default().add(Res::of(&p.resources));
     }
     for (slot, add) in &added {
@@ -131,6 +144,31 @@ pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejectio
 /// the stored allocation, so client status reported meanwhile is kept;
 /// updates change only the job version, group spec, priority and resources.
 pub fn apply_plan(state: &mut ClusterState, plan: &Plan, index: u64) {
+    apply_changes(state, plan, index);
+    state.insert_many(plan.placements.iter().map(|p| placed(p.clone(), index)));
+    finish(state, index);
+}
+
+/// [`apply_plan`] taking the plan by value (no copy of its placements).
+pub fn apply_plan_owned(state: &mut ClusterState, mut plan: Plan, index: u64) {
+    apply_changes(state, &plan, index);
+    state.insert_many(plan.placements.drain(..).map(|p| placed(p, index)));
+    finish(state, index);
+}
+
+fn placed(mut a: taba_types::Allocation, index: u64) -> taba_types::Allocation {
+    a.create_index = index;
+    a.modify_index = index;
+    a
+}
+
+fn finish(state: &mut ClusterState, index: u64) {
+    if index > state.index() {
+        state.set_index(index);
+    }
+}
+
+fn apply_changes(state: &mut ClusterState, plan: &Plan, index: u64) {
     for s in &plan.stops {
         if let Some(slot) = state.alloc_slot(&s.alloc_id) {
             state.modify_alloc(slot, |a| {
@@ -159,14 +197,5 @@ pub fn apply_plan(state: &mut ClusterState, plan: &Plan, index: u64) {
                 a.modify_index = index;
             });
         }
-    }
-    for p in &plan.placements {
-        let mut a = p.clone();
-        a.create_index = index;
-        a.modify_index = index;
-        state.upsert_alloc(a);
-    }
-    if index > state.index() {
-        state.set_index(index);
     }
 }

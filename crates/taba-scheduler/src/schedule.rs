@@ -35,8 +35,27 @@ use taba_types::{
 /// Reschedule times kept per allocation lineage when attempts are unlimited.
 const MAX_RESCHEDULE_TIMES: usize = 16;
 
+/// Knobs of one scheduling pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScheduleOptions {
+    /// `Some((i, n))`: place new allocations of service and batch jobs only
+    /// on nodes whose slot is `i` modulo `n`. Concurrent workers given
+    /// different shards make plans that do not conflict.
+    pub node_shard: Option<(u32, u32)>,
+}
+
 /// Decide what to do for `eval` on the snapshot `state` at time `now`.
 pub fn schedule(state: &ClusterState, eval: &Evaluation, now: UnixMillis) -> SchedulerOutcome {
+    schedule_with(state, eval, now, &ScheduleOptions::default())
+}
+
+/// [`schedule`] with options.
+pub fn schedule_with(
+    state: &ClusterState,
+    eval: &Evaluation,
+    now: UnixMillis,
+    opts: &ScheduleOptions,
+) -> SchedulerOutcome {
     let mut s = Scheduler {
         state,
         eval,
@@ -46,7 +65,7 @@ pub fn schedule(state: &ClusterState, eval: &Evaluation, now: UnixMillis) -> Sch
             snapshot_index: state.index(),
             ..Plan::default()
         },
-        placer: Placer::default(),
+        placer: Placer::with_shard(opts.node_shard),
         ids: IdStream::new(eval.id.as_str(), state.index()),
         failed_groups: BTreeMap::new(),
         queued: BTreeMap::new(),

@@ -14,11 +14,24 @@
 //!   only when no node in use fits, and then the largest one, so few nodes
 //!   are used).
 //!
+//! Allocations are stored compactly: a record the scheduler just placed (no
+//! client-side details yet, UUID ids, the usual name) is kept as ~100 bytes
+//! pointing at a shared copy of its job's group spec, and the full
+//! [`Allocation`] is rebuilt on first read and cached until the record
+//! changes. Records with more in them are kept whole. Either way readers get
+//! exactly what was stored. This is what keeps a million allocations within a
+//! few hundred MiB.
+//!
 //! It owns no I/O; the server persists everything it applies here.
 
+use crate::ids::{format_uuid, parse_uuid};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use taba_types::{AllocId, Allocation, Job, Node, NodeId, Resources};
+use std::sync::OnceLock;
+use taba_types::{
+    AllocId, Allocation, ClientStatus, DesiredStatus, EvalId, Job, JobType, Node, NodeId,
+    Resources, TaskGroupSpec,
+};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -106,8 +119,10 @@ enum Indexed {
 }
 
 /// Per-node bookkeeping.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct NodeEntry {
+    /// The node's id (known even before its record).
+    pub id: NodeId,
     /// The record (None for a node only known from allocations so far).
     pub node: Option<Node>,
     /// Capacity for allocations (total minus reserved).
@@ -136,6 +151,86 @@ struct JobEntry {
     allocs: BTreeSet<u32>,
 }
 
+/// One job version's group, shared by its compact allocations.
+#[derive(Clone, Debug)]
+struct SpecEntry {
+    namespace: String,
+    job: String,
+    version: u64,
+    job_type: JobType,
+    group_spec: TaskGroupSpec,
+    resources: Resources,
+    res: Res,
+    refs: u32,
+}
+
+/// An allocation as the scheduler placed it, in ~100 bytes.
+#[derive(Clone, Debug)]
+struct CompactAlloc {
+    id: u128,
+    eval: u128,
+    spec: u32,
+    index: u32,
+    priority: u32,
+    desired: DesiredStatus,
+    client: ClientStatus,
+    create_time: u64,
+    modify_time: u64,
+    create_index: u64,
+    modify_index: u64,
+    /// The full record, built on first read.
+    cache: OnceLock<Box<Allocation>>,
+}
+
+#[derive(Clone, Debug, Default)]
+enum Stored {
+    #[default]
+    Vacant,
+    Full(Box<Allocation>),
+    Compact(CompactAlloc),
+}
+
+/// Hashes UUID keys cheaply: they are random already, so a multiply that
+/// spreads their bits is enough (SipHash costs more than the lookup).
+#[derive(Clone, Copy, Debug, Default)]
+struct UuidHasher(u64);
+
+impl std::hash::Hasher for UuidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = ((v as u64) ^ ((v >> 64) as u64) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type BuildUuidHasher = std::hash::BuildHasherDefault<UuidHasher>;
+
+/// `job.group[index]`, checked without allocating.
+fn is_standard_name(a: &Allocation) -> bool {
+    let Some(rest) = a.name.strip_prefix(a.job.as_str()) else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix('.') else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(a.group.as_str()) else {
+        return false;
+    };
+    let Some(num) = rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
+        return false;
+    };
+    !num.is_empty()
+        && (num == "0" || !num.starts_with('0'))
+        && num.bytes().all(|b| b.is_ascii_digit())
+        && num.parse::<u32>() == Ok(a.index)
+}
+
 /// The in-memory, indexed state of the cluster. See the module docs.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
@@ -144,10 +239,15 @@ pub struct ClusterState {
     node_slots: HashMap<NodeId, u32>,
     node_names: BTreeSet<(String, u32)>,
     jobs: BTreeMap<String, BTreeMap<String, JobEntry>>,
-    allocs: Vec<Option<Allocation>>,
+    allocs: Vec<Stored>,
     alloc_node: Vec<u32>,
     free_alloc_slots: Vec<u32>,
-    alloc_slots: HashMap<AllocId, u32>,
+    ids_uuid: HashMap<u128, u32, BuildUuidHasher>,
+    ids_other: HashMap<AllocId, u32>,
+    specs: Vec<Option<SpecEntry>>,
+    free_specs: Vec<u32>,
+    spec_index: HashMap<(String, String, u64, String), u32>,
+    last_spec: Option<u32>,
     used_index: BTreeSet<(u64, u32)>,
     empty_index: BTreeSet<(Reverse<u64>, u32)>,
 }
@@ -175,7 +275,15 @@ impl ClusterState {
             return *s;
         }
         let slot = self.nodes.len() as u32;
-        self.nodes.push(NodeEntry::default());
+        self.nodes.push(NodeEntry {
+            id: id.clone(),
+            node: None,
+            allocatable: Res::default(),
+            used: Res::default(),
+            holders: 0,
+            allocs: BTreeSet::new(),
+            indexed: None,
+        });
         self.node_slots.insert(id.clone(), slot);
         slot
     }
@@ -183,6 +291,18 @@ impl ClusterState {
     /// Insert or replace a node record.
     pub fn upsert_node(&mut self, node: Node) {
         let slot = self.node_slot_or_insert(&node.id);
+        let renamed = self.nodes[slot as usize]
+            .node
+            .as_ref()
+            .is_some_and(|old| old.name != node.name);
+        if renamed {
+            // Compact records take the node name from the node: keep the
+            // stored name by storing them whole.
+            let slots: Vec<u32> = self.nodes[slot as usize].allocs.iter().copied().collect();
+            for a in slots {
+                self.expand(a);
+            }
+        }
         let entry = &mut self.nodes[slot as usize];
         if let Some(old) = &entry.node {
             self.node_names.remove(&(old.name.clone(), slot));
@@ -273,70 +393,206 @@ impl ClusterState {
 
     // ---- allocations ----
 
+    fn alloc_slot_of(&self, id: &AllocId) -> Option<u32> {
+        match parse_uuid(id.as_str()) {
+            Some(u) => self.ids_uuid.get(&u).copied(),
+            None => self.ids_other.get(id).copied(),
+        }
+    }
+
     /// Insert or replace an allocation, keeping per-node usage and the
     /// indexes right.
     pub fn upsert_alloc(&mut self, alloc: Allocation) {
-        if let Some(slot) = self.alloc_slots.get(&alloc.id).copied() {
-            self.modify_alloc(slot, |a| *a = alloc);
-            return;
+        if let Some(slot) = self.alloc_slot_of(&alloc.id) {
+            let same_place = {
+                let (ns, job, node) = self.identity(slot);
+                ns == alloc.namespace && job == alloc.job && *node == alloc.node_id
+            };
+            if same_place {
+                self.account(slot, false);
+                self.release(slot);
+                self.allocs[slot as usize] = Stored::Vacant;
+                self.store(slot, alloc);
+                self.account(slot, true);
+                return;
+            }
+            self.remove_slot(slot);
         }
         let node_slot = self.node_slot_or_insert(&alloc.node_id);
         let slot = match self.free_alloc_slots.pop() {
             Some(s) => s,
             None => {
-                self.allocs.push(None);
+                self.allocs.push(Stored::Vacant);
                 self.alloc_node.push(0);
                 (self.allocs.len() - 1) as u32
             }
         };
-        self.alloc_slots.insert(alloc.id.clone(), slot);
-        self.jobs
-            .entry(alloc.namespace.clone())
-            .or_default()
-            .entry(alloc.job.clone())
-            .or_default()
-            .allocs
-            .insert(slot);
+        match parse_uuid(alloc.id.as_str()) {
+            Some(u) => self.ids_uuid.insert(u, slot),
+            None => self.ids_other.insert(alloc.id.clone(), slot),
+        };
+        match self.jobs.get_mut(alloc.namespace.as_str()) {
+            Some(m) => match m.get_mut(alloc.job.as_str()) {
+                Some(e) => {
+                    e.allocs.insert(slot);
+                }
+                None => {
+                    m.entry(alloc.job.clone()).or_default().allocs.insert(slot);
+                }
+            },
+            None => {
+                self.jobs
+                    .entry(alloc.namespace.clone())
+                    .or_default()
+                    .entry(alloc.job.clone())
+                    .or_default()
+                    .allocs
+                    .insert(slot);
+            }
+        }
         self.nodes[node_slot as usize].allocs.insert(slot);
         self.alloc_node[slot as usize] = node_slot;
-        self.allocs[slot as usize] = Some(alloc);
+        self.store(slot, alloc);
         self.account(slot, true);
     }
 
-    /// Change an allocation in place through `f` (its id, job and node must
-    /// not change; use remove + upsert for that).
+    /// Insert allocations, reindexing each touched node once (the plan
+    /// applier's fast path for placements). Records whose id exists already
+    /// are upserted one by one.
+    pub(crate) fn insert_many(&mut self, allocs: impl IntoIterator<Item = Allocation>) {
+        let mut touched: Vec<u32> = Vec::new();
+        let mut last_node: Option<u32> = None;
+        let mut job_slots: Vec<u32> = Vec::new();
+        let mut job_key: Option<(String, String)> = None;
+        for a in allocs {
+            let uuid = parse_uuid(a.id.as_str());
+            let exists = match uuid {
+                Some(u) => self.ids_uuid.contains_key(&u),
+                None => self.ids_other.contains_key(&a.id),
+            };
+            if exists {
+                self.upsert_alloc(a);
+                continue;
+            }
+            let node_slot = match last_node {
+                Some(n) if self.nodes[n as usize].id == a.node_id => n,
+                _ => self.node_slot_or_insert(&a.node_id),
+            };
+            last_node = Some(node_slot);
+            let slot = match self.free_alloc_slots.pop() {
+                Some(s) => s,
+                None => {
+                    self.allocs.push(Stored::Vacant);
+                    self.alloc_node.push(0);
+                    (self.allocs.len() - 1) as u32
+                }
+            };
+            match uuid {
+                Some(u) => self.ids_uuid.insert(u, slot),
+                None => self.ids_other.insert(a.id.clone(), slot),
+            };
+            let same_job = job_key
+                .as_ref()
+                .is_some_and(|(ns, job)| *ns == a.namespace && *job == a.job);
+            if !same_job {
+                self.link_job_slots(job_key.take(), &mut job_slots);
+                job_key = Some((a.namespace.clone(), a.job.clone()));
+            }
+            job_slots.push(slot);
+            self.nodes[node_slot as usize].allocs.insert(slot);
+            self.alloc_node[slot as usize] = node_slot;
+            self.store(slot, a);
+            if let Some(r) = self.holding(slot) {
+                let e = &mut self.nodes[node_slot as usize];
+                e.used.add(r);
+                e.holders += 1;
+                if touched.last() != Some(&node_slot) {
+                    touched.push(node_slot);
+                }
+            }
+        }
+        self.link_job_slots(job_key, &mut job_slots);
+        touched.sort_unstable();
+        touched.dedup();
+        for n in touched {
+            self.reindex(n);
+        }
+    }
+
+    fn link_job_slots(&mut self, key: Option<(String, String)>, slots: &mut Vec<u32>) {
+        if let Some((ns, job)) = key {
+            self.jobs
+                .entry(ns)
+                .or_default()
+                .entry(job)
+                .or_default()
+                .allocs
+                .extend(slots.drain(..));
+        }
+    }
+
+    /// Change an allocation in place through `f`.
     pub(crate) fn modify_alloc(&mut self, slot: u32, f: impl FnOnce(&mut Allocation)) {
-        self.account(slot, false);
-        let Some(a) = self.allocs[slot as usize].as_mut() else {
+        let id = self.id_of(slot);
+        let (ns, job, node) = {
+            let (ns, job, node) = self.identity(slot);
+            (ns.to_string(), job.to_string(), node.clone())
+        };
+        let Some(mut a) = self.take(slot) else {
             return;
         };
-        let (id, ns, job, node) = (
-            a.id.clone(),
-            a.namespace.clone(),
-            a.job.clone(),
-            a.node_id.clone(),
-        );
-        f(a);
-        let moved = a.id != id || a.namespace != ns || a.job != job || a.node_id != node;
-        if moved {
-            // Rare (an upsert that changed identity fields): re-insert.
-            let a = self.allocs[slot as usize].take().expect("checked above");
+        f(&mut a);
+        if a.id == id && a.namespace == ns && a.job == job && a.node_id == node {
+            self.store(slot, a);
+            self.account(slot, true);
+        } else {
+            // Identity changed: unlink the old record, insert the new one.
             self.unlink(slot, &id, &ns, &job);
             self.upsert_alloc(a);
-        } else {
-            self.account(slot, true);
+        }
+    }
+
+    fn id_of(&self, slot: u32) -> AllocId {
+        match &self.allocs[slot as usize] {
+            Stored::Full(a) => a.id.clone(),
+            Stored::Compact(c) => AllocId(format_uuid(c.id)),
+            Stored::Vacant => AllocId(String::new()),
+        }
+    }
+
+    /// The namespace, job and node of a stored allocation.
+    fn identity(&self, slot: u32) -> (&str, &str, &NodeId) {
+        let node = &self.nodes[self.alloc_node[slot as usize] as usize].id;
+        match &self.allocs[slot as usize] {
+            Stored::Full(a) => (&a.namespace, &a.job, node),
+            Stored::Compact(c) => {
+                let sp = self.spec(c.spec);
+                (&sp.namespace, &sp.job, node)
+            }
+            Stored::Vacant => ("", "", node),
+        }
+    }
+
+    fn spec(&self, id: u32) -> &SpecEntry {
+        self.specs[id as usize]
+            .as_ref()
+            .expect("compact allocations hold a reference to their spec")
+    }
+
+    /// Resources the slot's allocation holds on its node, if any.
+    fn holding(&self, slot: u32) -> Option<Res> {
+        match &self.allocs[slot as usize] {
+            Stored::Full(a) => a.holds_resources().then(|| Res::of(&a.resources)),
+            Stored::Compact(c) => (!c.client.is_terminal()).then(|| self.spec(c.spec).res),
+            Stored::Vacant => None,
         }
     }
 
     /// Add (`add`) or remove the slot's contribution to its node's usage.
     fn account(&mut self, slot: u32, add: bool) {
-        let Some(a) = self.allocs[slot as usize].as_ref() else {
+        let Some(r) = self.holding(slot) else {
             return;
         };
-        if !a.holds_resources() {
-            return;
-        }
-        let r = Res::of(&a.resources);
         let node_slot = self.alloc_node[slot as usize];
         let e = &mut self.nodes[node_slot as usize];
         if add {
@@ -349,8 +605,211 @@ impl ClusterState {
         self.reindex(node_slot);
     }
 
+    /// Drop the slot's reference to its shared spec (before it is overwritten).
+    fn release(&mut self, slot: u32) {
+        if let Stored::Compact(c) = &self.allocs[slot as usize] {
+            let id = c.spec;
+            let gone = {
+                let sp = self.specs[id as usize].as_mut().expect("referenced spec");
+                sp.refs -= 1;
+                sp.refs == 0
+            };
+            if gone {
+                let sp = self.specs[id as usize].take().expect("referenced spec");
+                self.spec_index
+                    .remove(&(sp.namespace, sp.job, sp.version, sp.group_spec.name));
+                self.free_specs.push(id);
+                if self.last_spec == Some(id) {
+                    self.last_spec = None;
+                }
+            }
+        }
+    }
+
+    /// Take the record out of a linked slot (usage removed, slot left vacant).
+    fn take(&mut self, slot: u32) -> Option<Allocation> {
+        self.account(slot, false);
+        let node_slot = self.alloc_node[slot as usize];
+        let built = match &self.allocs[slot as usize] {
+            Stored::Compact(c) if c.cache.get().is_none() => Some(self.materialize(c, node_slot)),
+            _ => None,
+        };
+        self.release(slot);
+        match std::mem::replace(&mut self.allocs[slot as usize], Stored::Vacant) {
+            Stored::Vacant => None,
+            Stored::Full(a) => Some(*a),
+            Stored::Compact(mut c) => built.or_else(|| c.cache.take().map(|a| *a)),
+        }
+    }
+
+    /// Store the record in `slot`, compactly when possible.
+    fn store(&mut self, slot: u32, a: Allocation) {
+        let node_slot = self.alloc_node[slot as usize];
+        self.allocs[slot as usize] = match self.compact(&a, node_slot) {
+            Some(c) => Stored::Compact(c),
+            None => Stored::Full(Box::new(a)),
+        };
+    }
+
+    /// Store a compact record whole (e.g. before its node is renamed).
+    fn expand(&mut self, slot: u32) {
+        if matches!(self.allocs[slot as usize], Stored::Compact(_)) {
+            if let Some(a) = self.take(slot) {
+                self.allocs[slot as usize] = Stored::Full(Box::new(a));
+                self.account(slot, true);
+            }
+        }
+    }
+
+    fn compact(&mut self, a: &Allocation, node_slot: u32) -> Option<CompactAlloc> {
+        if !(a.desired_description.is_empty()
+            && a.client_description.is_empty()
+            && a.task_states.is_empty()
+            && a.usage.is_none()
+            && a.previous_alloc.is_none()
+            && a.reschedule_times.is_empty()
+            && !a.replaced)
+        {
+            return None;
+        }
+        let id = parse_uuid(a.id.as_str())?;
+        let eval = parse_uuid(a.eval_id.as_str())?;
+        let node = self.nodes[node_slot as usize].node.as_ref()?;
+        if node.name != a.node_name || node.id != a.node_id || !is_standard_name(a) {
+            return None;
+        }
+        let spec = self.intern_spec(a)?;
+        Some(CompactAlloc {
+            id,
+            eval,
+            spec,
+            index: a.index,
+            priority: a.priority,
+            desired: a.desired_status,
+            client: a.client_status,
+            create_time: a.create_time,
+            modify_time: a.modify_time,
+            create_index: a.create_index,
+            modify_index: a.modify_index,
+            cache: OnceLock::new(),
+        })
+    }
+
+    /// The shared spec entry for `a`'s (job, version, group), if `a` matches
+    /// it exactly (or a new one).
+    fn intern_spec(&mut self, a: &Allocation) -> Option<u32> {
+        let matches = |sp: &SpecEntry| {
+            sp.version == a.job_version
+                && sp.job == a.job
+                && sp.namespace == a.namespace
+                && sp.group_spec.name == a.group
+        };
+        let found = match self.last_spec {
+            Some(id) if self.specs[id as usize].as_ref().is_some_and(matches) => Some(id),
+            _ => self
+                .spec_index
+                .get(&(
+                    a.namespace.clone(),
+                    a.job.clone(),
+                    a.job_version,
+                    a.group.clone(),
+                ))
+                .copied(),
+        };
+        let id = match found {
+            Some(id) => {
+                let sp = self.spec(id);
+                if sp.job_type != a.job_type
+                    || sp.resources != a.resources
+                    || sp.group_spec != a.group_spec
+                {
+                    return None;
+                }
+                id
+            }
+            None => {
+                let entry = SpecEntry {
+                    namespace: a.namespace.clone(),
+                    job: a.job.clone(),
+                    version: a.job_version,
+                    job_type: a.job_type,
+                    group_spec: a.group_spec.clone(),
+                    res: Res::of(&a.resources),
+                    resources: a.resources.clone(),
+                    refs: 0,
+                };
+                let id = match self.free_specs.pop() {
+                    Some(id) => {
+                        self.specs[id as usize] = Some(entry);
+                        id
+                    }
+                    None => {
+                        self.specs.push(Some(entry));
+                        (self.specs.len() - 1) as u32
+                    }
+                };
+                self.spec_index.insert(
+                    (
+                        a.namespace.clone(),
+                        a.job.clone(),
+                        a.job_version,
+                        a.group.clone(),
+                    ),
+                    id,
+                );
+                id
+            }
+        };
+        self.specs[id as usize].as_mut().expect("just found").refs += 1;
+        self.last_spec = Some(id);
+        Some(id)
+    }
+
+    fn materialize(&self, c: &CompactAlloc, node_slot: u32) -> Allocation {
+        let sp = self.spec(c.spec);
+        let node = &self.nodes[node_slot as usize];
+        let node_name = node
+            .node
+            .as_ref()
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        Allocation {
+            id: AllocId(format_uuid(c.id)),
+            namespace: sp.namespace.clone(),
+            job: sp.job.clone(),
+            job_version: sp.version,
+            job_type: sp.job_type,
+            priority: c.priority,
+            group: sp.group_spec.name.clone(),
+            name: format!("{}.{}[{}]", sp.job, sp.group_spec.name, c.index),
+            index: c.index,
+            group_spec: sp.group_spec.clone(),
+            node_id: node.id.clone(),
+            node_name,
+            resources: sp.resources.clone(),
+            desired_status: c.desired,
+            desired_description: String::new(),
+            client_status: c.client,
+            client_description: String::new(),
+            task_states: BTreeMap::new(),
+            usage: None,
+            eval_id: EvalId(format_uuid(c.eval)),
+            previous_alloc: None,
+            reschedule_times: Vec::new(),
+            replaced: false,
+            create_time: c.create_time,
+            modify_time: c.modify_time,
+            create_index: c.create_index,
+            modify_index: c.modify_index,
+        }
+    }
+
+    /// Remove a (vacated) slot from the id map, its job and its node; free it.
     fn unlink(&mut self, slot: u32, id: &AllocId, ns: &str, job: &str) {
-        self.alloc_slots.remove(id);
+        match parse_uuid(id.as_str()) {
+            Some(u) => self.ids_uuid.remove(&u),
+            None => self.ids_other.remove(id),
+        };
         if let Some(nsm) = self.jobs.get_mut(ns) {
             if let Some(e) = nsm.get_mut(job) {
                 e.allocs.remove(&slot);
@@ -367,22 +826,40 @@ impl ClusterState {
         self.free_alloc_slots.push(slot);
     }
 
+    /// Remove a linked slot completely.
+    fn remove_slot(&mut self, slot: u32) {
+        let id = self.id_of(slot);
+        let (ns, job) = {
+            let (ns, job, _) = self.identity(slot);
+            (ns.to_string(), job.to_string())
+        };
+        self.account(slot, false);
+        self.release(slot);
+        self.allocs[slot as usize] = Stored::Vacant;
+        self.unlink(slot, &id, &ns, &job);
+    }
+
+    fn get(&self, slot: u32) -> Option<&Allocation> {
+        match &self.allocs[slot as usize] {
+            Stored::Vacant => None,
+            Stored::Full(a) => Some(a),
+            Stored::Compact(c) => Some(
+                c.cache
+                    .get_or_init(|| Box::new(self.materialize(c, self.alloc_node[slot as usize]))),
+            ),
+        }
+    }
+
     /// An allocation by id.
     pub fn alloc(&self, id: &AllocId) -> Option<&Allocation> {
-        let slot = *self.alloc_slots.get(id)?;
-        self.allocs[slot as usize].as_ref()
+        self.get(self.alloc_slot_of(id)?)
     }
 
     /// Forget an allocation.
     pub fn remove_alloc(&mut self, id: &AllocId) {
-        let Some(slot) = self.alloc_slots.get(id).copied() else {
-            return;
-        };
-        self.account(slot, false);
-        let Some(a) = self.allocs[slot as usize].take() else {
-            return;
-        };
-        self.unlink(slot, &a.id, &a.namespace, &a.job);
+        if let Some(slot) = self.alloc_slot_of(id) {
+            self.remove_slot(slot);
+        }
     }
 
     /// The allocations of one job (every version, every status).
@@ -392,7 +869,7 @@ impl ClusterState {
             .and_then(|m| m.get(job))
             .into_iter()
             .flat_map(|e| e.allocs.iter())
-            .filter_map(|s| self.allocs[*s as usize].as_ref())
+            .filter_map(|s| self.get(*s))
     }
 
     /// The allocations placed on one node.
@@ -401,17 +878,17 @@ impl ClusterState {
             .get(node)
             .into_iter()
             .flat_map(|s| self.nodes[*s as usize].allocs.iter())
-            .filter_map(|s| self.allocs[*s as usize].as_ref())
+            .filter_map(|s| self.get(*s))
     }
 
     /// Every allocation.
     pub fn allocs(&self) -> impl Iterator<Item = &Allocation> {
-        self.allocs.iter().filter_map(Option::as_ref)
+        (0..self.allocs.len() as u32).filter_map(|s| self.get(s))
     }
 
     /// Number of allocations kept.
     pub fn alloc_count(&self) -> usize {
-        self.alloc_slots.len()
+        self.ids_uuid.len() + self.ids_other.len()
     }
 
     // ---- the capacity indexes ----
@@ -469,7 +946,7 @@ impl ClusterState {
         self.empty_index.iter().map(|(_, s)| *s)
     }
     pub(crate) fn alloc_slot(&self, id: &AllocId) -> Option<u32> {
-        self.alloc_slots.get(id).copied()
+        self.alloc_slot_of(id)
     }
 }
 
@@ -477,7 +954,7 @@ impl ClusterState {
 mod tests {
     use super::*;
     use crate::tests::{alloc_on, node};
-    use taba_types::ClientStatus;
+    use taba_types::{ClientStatus, DesiredStatus, EvalId};
 
     #[test]
     fn usage_follows_client_status_and_indexes_move() {
@@ -500,6 +977,54 @@ mod tests {
         assert_eq!(s.allocs().count(), 0);
         assert_eq!(s.allocs_for_node(&n1).count(), 0);
         assert!(s.alloc(&a.id).is_none());
+    }
+
+    /// A record as the scheduler places it: stored compactly.
+    fn compactable(s: &ClusterState, index: u32) -> Allocation {
+        let mut a = alloc_on(s, "web", index, "n1", 100, 64);
+        a.id = AllocId(crate::ids::IdStream::new("a", u64::from(index)).next_uuid());
+        a.eval_id = EvalId(crate::ids::IdStream::new("e", 0).next_uuid());
+        a.client_status = ClientStatus::Pending;
+        a
+    }
+
+    #[test]
+    fn compact_records_read_back_exactly() {
+        let mut s = ClusterState::new();
+        s.upsert_node(node("n1", 4000, 4096));
+        let a = compactable(&s, 0);
+        let b = compactable(&s, 1);
+        s.upsert_alloc(a.clone());
+        s.upsert_alloc(b.clone());
+        assert!(matches!(s.allocs[0], Stored::Compact(_)));
+        assert_eq!(s.specs.iter().flatten().count(), 1, "one shared spec");
+        assert_eq!(s.alloc(&a.id), Some(&a));
+        assert_eq!(s.allocs_for_job("default", "web").count(), 2);
+        assert_eq!(s.node_used(&a.node_id).cpu, 200);
+        // A change the compact form cannot hold: stored whole, still exact.
+        let mut a2 = a.clone();
+        a2.client_status = ClientStatus::Running;
+        a2.client_description = "started".into();
+        s.upsert_alloc(a2.clone());
+        assert!(matches!(s.allocs[0], Stored::Full(_)));
+        assert_eq!(s.alloc(&a.id), Some(&a2));
+        // Stop through the applier's path keeps the rest.
+        let slot = s.alloc_slot(&b.id).unwrap();
+        s.modify_alloc(slot, |x| x.desired_status = DesiredStatus::Stop);
+        let mut b2 = b.clone();
+        b2.desired_status = DesiredStatus::Stop;
+        assert_eq!(s.alloc(&b.id), Some(&b2));
+        // Renaming the node keeps the stored node name.
+        let mut n = s.node_by_name("n1").unwrap().clone();
+        n.name = "renamed".into();
+        s.upsert_node(n);
+        assert_eq!(s.alloc(&b.id), Some(&b2));
+        assert_eq!(s.node_used(&a.node_id).cpu, 200);
+        s.remove_alloc(&a.id);
+        s.remove_alloc(&b.id);
+        assert_eq!(s.alloc_count(), 0);
+        assert_eq!(s.specs.iter().flatten().count(), 0, "specs are freed");
+        assert_eq!(s.node_used(&a.node_id).cpu, 0);
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub(crate) fn job(name: &str, job_type: JobType, groups: Vec<TaskGroupSpec>) -> 
 
 pub(crate) fn eval_for(j: &Job, n: u32) -> Evaluation {
     Evaluation {
-        id: EvalId(format!("eval-{}-{n}", j.spec.name)),
+        id: EvalId(crate::ids::IdStream::new(&j.spec.name, u64::from(n)).next_uuid()),
         namespace: j.spec.namespace.clone(),
         job: j.spec.name.clone(),
         job_type: j.spec.job_type,
@@ -300,10 +300,7 @@ fn failed_alloc_waits_out_the_delay_then_is_replaced() {
     assert!(o.plan.placements.is_empty(), "not before the delay");
     assert_eq!(o.follow_ups.len(), 1);
     assert_eq!(o.follow_ups[0].wait_until, Some(40_000));
-    assert_eq!(
-        o.follow_ups[0].previous_eval.as_ref().unwrap().as_str(),
-        "eval-web-2"
-    );
+    assert_eq!(o.follow_ups[0].previous_eval, Some(eval_for(&j, 2).id));
     let o = c.run_commit(&j, 40_000);
     assert_eq!(o.plan.placements.len(), 1);
     let p = &o.plan.placements[0];

@@ -1,0 +1,625 @@
+//! The simulator behind `taba sim`: the real [`schedule`], [`verify_plan`]
+//! and [`apply_plan`] against a [`ClusterState`] of synthetic nodes, with
+//! synthetic jobs of varied sizes, shapes, constraints and priorities.
+//!
+//! Pipeline: evaluations (one per job, highest priority first) are taken by
+//! `workers` scheduler threads, each planning under a read lock on the
+//! shared state; one plan applier (the calling thread) verifies each plan
+//! under the write lock and applies it whole, or rejects it whole when it was
+//! made on a view that went stale, and puts the evaluation back to be
+//! retried. Workers plan on disjoint halves of the node set first (by node
+//! slot parity) so that concurrent plans rarely touch the same nodes; when
+//! their half has no room they fall back to every node.
+//!
+//! Everything here is deterministic given the seed except the interleaving
+//! of the workers (which plan is applied first); with one worker the whole
+//! run is deterministic.
+
+use crate::ids::IdStream;
+use crate::{apply_plan_owned, schedule_with, verify_plan, ClusterState, ScheduleOptions};
+use std::collections::{BTreeMap, VecDeque};
+use std::str::FromStr;
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::Instant;
+use taba_types::*;
+
+/// Why a simulation could not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// `--mix` is malformed.
+    #[error("invalid --mix {0:?}: {1}")]
+    BadMix(String, &'static str),
+    /// A size argument is out of range.
+    #[error("invalid --{0}: {1}")]
+    BadArg(&'static str, &'static str),
+}
+
+/// Share of the tasks per job type, in percent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mix {
+    /// Service tasks.
+    pub service: u32,
+    /// Batch tasks.
+    pub batch: u32,
+    /// System tasks (each system job places one per node).
+    pub system: u32,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Self {
+            service: 65,
+            batch: 35,
+            system: 0,
+        }
+    }
+}
+
+impl FromStr for Mix {
+    type Err = SimError;
+    /// `service=60,batch=35,system=5` (weights; missing types are 0).
+    fn from_str(s: &str) -> Result<Self, SimError> {
+        let bad = |why| SimError::BadMix(s.to_string(), why);
+        let mut m = Mix {
+            service: 0,
+            batch: 0,
+            system: 0,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad("write type=weight, e.g. service=60,batch=40"))?;
+            let v: u32 = v
+                .trim()
+                .parse()
+                .map_err(|_| bad("weights must be non-negative integers"))?;
+            match k.trim() {
+                "service" => m.service = v,
+                "batch" => m.batch = v,
+                "system" => m.system = v,
+                _ => return Err(bad("types are service, batch and system")),
+            }
+        }
+        if m.service + m.batch + m.system == 0 {
+            return Err(bad("at least one weight must be positive"));
+        }
+        Ok(m)
+    }
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Synthetic nodes.
+    pub nodes: u32,
+    /// Tasks to place (one task per allocation).
+    pub tasks: u64,
+    /// Seed of the synthetic cluster and workload.
+    pub seed: u64,
+    /// Job types.
+    pub mix: Mix,
+    /// Scheduler worker threads.
+    pub workers: usize,
+    /// Demand as a share of the cluster's capacity in its binding resource.
+    pub fill: f64,
+}
+
+/// What a simulation measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SimReport {
+    /// Nodes simulated.
+    pub nodes: u32,
+    /// Jobs submitted.
+    pub jobs: u32,
+    /// Tasks asked for.
+    pub tasks: u64,
+    /// Allocations placed.
+    pub placed: u64,
+    /// Wall time of scheduling and applying, seconds.
+    pub seconds: f64,
+    /// Plans applied.
+    pub plans_applied: u64,
+    /// Plans rejected as stale and retried.
+    pub plans_rejected: u64,
+    /// Evaluations that ended blocked (not everything fit).
+    pub evals_blocked: u64,
+    /// Nodes holding at least one allocation.
+    pub nodes_used: u64,
+    /// Fewest nodes that could hold the placed work by its binding resource.
+    pub lower_bound: u64,
+    /// Which resource binds the lower bound.
+    pub binding: &'static str,
+    /// Evaluation latency (from start of the run to applied), p50 and p99, ms.
+    pub eval_latency_ms: (f64, f64),
+    /// Time spent in `schedule`, summed over workers, seconds.
+    pub schedule_seconds: f64,
+    /// Time spent verifying and applying plans, seconds.
+    pub apply_seconds: f64,
+}
+
+impl SimReport {
+    /// Placements per second.
+    pub fn placements_per_s(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.placed as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+    /// The exact last line `taba sim` prints.
+    pub fn last_line(&self, rss_mib: u64) -> String {
+        format!(
+            "placed={} seconds={:.3} placements_per_s={:.0} nodes_used={} lower_bound={} rss_mib={}",
+            self.placed,
+            self.seconds,
+            self.placements_per_s(),
+            self.nodes_used,
+            self.lower_bound,
+            rss_mib
+        )
+    }
+}
+
+/// A small deterministic RNG (SplitMix64 underneath).
+struct Rng(IdStream);
+
+impl Rng {
+    fn new(seed: u64, stream: &str) -> Self {
+        Self(IdStream::new(stream, seed))
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0.next_u64() % n.max(1)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+const KERNELS: [&str; 3] = ["5.10.0-28-amd64", "6.1.0-13-amd64", "6.12.9-amd64"];
+
+/// The synthetic node `i`.
+pub fn synthetic_node(rng_seed: u64, i: u32) -> Node {
+    let mut r = Rng::new(rng_seed, &format!("node-{i}"));
+    // (cores, MHz per core, memory GiB), weighted towards the middle.
+    let shapes = [
+        (8u64, 2400u64, 32u64),
+        (16, 2600, 64),
+        (16, 2600, 64),
+        (32, 2800, 128),
+        (32, 2800, 128),
+        (64, 3000, 256),
+    ];
+    let (cores, mhz, gib) = *r.pick(&shapes);
+    let mut attributes = BTreeMap::new();
+    let k = match r.below(10) {
+        0 | 1 => KERNELS[0],
+        2..=7 => KERNELS[1],
+        _ => KERNELS[2],
+    };
+    attributes.insert("kernel.version".to_string(), k.to_string());
+    let arch = if r.below(20) == 0 { "arm64" } else { "amd64" };
+    attributes.insert("cpu.arch".to_string(), arch.to_string());
+    attributes.insert("cpu.cores".to_string(), cores.to_string());
+    attributes.insert("os.name".to_string(), "debian".to_string());
+    let mut meta = BTreeMap::new();
+    meta.insert("rack".to_string(), format!("r{}", i % 50));
+    let mut drivers = BTreeMap::new();
+    for d in ["exec", "container"] {
+        drivers.insert(
+            d.to_string(),
+            DriverInfo {
+                detected: true,
+                healthy: true,
+                description: String::new(),
+            },
+        );
+    }
+    Node {
+        id: NodeId(IdStream::new("node-id", u64::from(i) ^ rng_seed.rotate_left(32)).next_uuid()),
+        name: format!("sim-{i:05}"),
+        datacenter: format!("dc{}", 1 + i % 4),
+        status: NodeStatus::Ready,
+        eligibility: Eligibility::Eligible,
+        drain: false,
+        http_addr: String::new(),
+        attributes,
+        meta,
+        resources: NodeResources {
+            cores: cores as u32,
+            cpu: cores * mhz,
+            memory: ByteSize::mib(gib * 1024),
+            disk: ByteSize::mib(500 * 1024),
+        },
+        reserved: NodeResources::default(),
+        drivers,
+        last_heartbeat: 0,
+        usage: NodeUsage::default(),
+        create_index: 1,
+        modify_index: 1,
+    }
+}
+
+fn constraint(attribute: &str, operator: ConstraintOperator, value: &str) -> Constraint {
+    Constraint {
+        attribute: attribute.to_string(),
+        operator,
+        value: value.to_string(),
+    }
+}
+
+/// A group shape before scaling: relative CPU and memory per MHz.
+struct Shape {
+    count: u32,
+    cpu: f64,
+    mem_per_mhz: f64,
+}
+
+/// Build the synthetic cluster and one evaluation per job (highest priority
+/// first).
+pub fn build(cfg: &SimConfig) -> Result<(ClusterState, Vec<Evaluation>), SimError> {
+    if cfg.nodes == 0 {
+        return Err(SimError::BadArg("nodes", "must be at least 1"));
+    }
+    if !(cfg.fill > 0.0 && cfg.fill <= 1.0) {
+        return Err(SimError::BadArg("fill", "must be in (0, 1]"));
+    }
+    let mut state = ClusterState::new();
+    let (mut cap_cpu, mut cap_mem) = (0f64, 0f64);
+    for i in 0..cfg.nodes {
+        let n = synthetic_node(cfg.seed, i);
+        cap_cpu += n.resources.cpu as f64;
+        cap_mem += n.resources.memory.as_mib() as f64;
+        state.upsert_node(n);
+    }
+    let mut r = Rng::new(cfg.seed, "jobs");
+    let total_w = f64::from(cfg.mix.service + cfg.mix.batch + cfg.mix.system);
+    let system_tasks = (cfg.tasks as f64 * f64::from(cfg.mix.system) / total_w) as u64;
+    let system_jobs = system_tasks / u64::from(cfg.nodes);
+    let other_tasks = cfg.tasks - system_jobs * u64::from(cfg.nodes);
+    let batch_share =
+        f64::from(cfg.mix.batch) / f64::from((cfg.mix.service + cfg.mix.batch).max(1));
+    // Draw job shapes first; scale resources to the wanted fill afterwards.
+    let mut jobs: Vec<(JobType, Vec<Shape>)> = Vec::new();
+    let mut left = other_tasks;
+    let (mut dem_cpu, mut dem_mem) = (0f64, 0f64);
+    while left > 0 {
+        let size = match r.below(100) {
+            0..=49 => r.range(1, 10),
+            50..=79 => r.range(10, 100),
+            80..=94 => r.range(100, 1000),
+            _ => r.range(1000, 5000),
+        }
+        .min(left);
+        left -= size;
+        let job_type = if r.unit() < batch_share {
+            JobType::Batch
+        } else {
+            JobType::Service
+        };
+        let groups = match r.below(20) {
+            0..=13 => 1,
+            14..=18 => 2,
+            _ => 3,
+        }
+        .min(size);
+        let mut shapes = Vec::new();
+        let mut rest = size;
+        for g in 0..groups {
+            let count = if g + 1 == groups {
+                rest
+            } else {
+                (rest / (groups - g)).max(1)
+            };
+            rest -= count;
+            let cpu =
+                *r.pick(&[100.0, 250.0, 500.0, 500.0, 1000.0, 2000.0]) * (0.75 + 0.5 * r.unit());
+            let mem_per_mhz = 0.9 + 1.2 * r.unit();
+            dem_cpu += cpu * count as f64;
+            dem_mem += cpu * mem_per_mhz * count as f64;
+            shapes.push(Shape {
+                count: count as u32,
+                cpu,
+                mem_per_mhz,
+            });
+        }
+        jobs.push((job_type, shapes));
+    }
+    let scale = if dem_cpu > 0.0 {
+        (cfg.fill * cap_cpu / dem_cpu).min(cfg.fill * cap_mem / dem_mem)
+    } else {
+        1.0
+    };
+    let mut evals = Vec::new();
+    let mut add_job = |state: &mut ClusterState,
+                       r: &mut Rng,
+                       name: String,
+                       job_type: JobType,
+                       groups: Vec<TaskGroupSpec>| {
+        let priority = r.range(10, 90) as u32;
+        let mut spec = JobSpec {
+            name: name.clone(),
+            job_type,
+            namespace: "default".to_string(),
+            priority,
+            constraints: Vec::new(),
+            update: UpdatePolicy::default(),
+            meta: BTreeMap::new(),
+            groups,
+        };
+        match r.below(100) {
+            0..=4 => spec.constraints.push(constraint(
+                "${attr.kernel.version}",
+                ConstraintOperator::Version,
+                ">= 6.0",
+            )),
+            5..=7 => spec.constraints.push(constraint(
+                "${attr.cpu.arch}",
+                ConstraintOperator::Eq,
+                "amd64",
+            )),
+            8..=9 => {
+                spec.constraints
+                    .push(constraint("${meta.rack}", ConstraintOperator::Ne, "r7"))
+            }
+            10 => spec.constraints.push(constraint(
+                "${node.datacenter}",
+                ConstraintOperator::Regexp,
+                "^dc[12]$",
+            )),
+            _ => {}
+        }
+        evals.push(Evaluation {
+            id: EvalId(IdStream::new(&name, 0).next_uuid()),
+            namespace: spec.namespace.clone(),
+            job: name,
+            job_type,
+            priority,
+            triggered_by: EvalTrigger::JobRegister,
+            node_id: None,
+            status: EvalStatus::Pending,
+            status_description: String::new(),
+            failed_groups: BTreeMap::new(),
+            queued: BTreeMap::new(),
+            wait_until: None,
+            previous_eval: None,
+            create_time: 0,
+            create_index: 1,
+            modify_index: 1,
+        });
+        state.upsert_job(Job {
+            spec,
+            version: 0,
+            status: JobStatus::Pending,
+            stopped: false,
+            submit_time: 0,
+            create_index: 1,
+            modify_index: 1,
+        });
+    };
+    for s in 0..system_jobs {
+        let g = task_group("agent", 1, 100, 128);
+        add_job(
+            &mut state,
+            &mut r,
+            format!("system-{s}"),
+            JobType::System,
+            vec![g],
+        );
+    }
+    for (j, (job_type, shapes)) in jobs.into_iter().enumerate() {
+        let groups = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let cpu = (s.cpu * scale).max(10.0) as u64;
+                let mem = ((s.cpu * scale * s.mem_per_mhz) as u64).max(16);
+                task_group(&format!("g{i}"), s.count, cpu, mem)
+            })
+            .collect();
+        add_job(&mut state, &mut r, format!("job-{j:06}"), job_type, groups);
+    }
+    // The broker hands out higher priorities first.
+    evals.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.job.cmp(&b.job)));
+    state.set_index(1);
+    Ok((state, evals))
+}
+
+fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
+    TaskGroupSpec {
+        name: name.to_string(),
+        count,
+        constraints: Vec::new(),
+        restart: None,
+        reschedule: None,
+        network: NetworkSpec::default(),
+        meta: BTreeMap::new(),
+        tasks: vec![TaskSpec {
+            name: "main".to_string(),
+            driver: "exec".to_string(),
+            image: None,
+            entrypoint: None,
+            command: vec!["/bin/app".to_string()],
+            env: BTreeMap::new(),
+            user: None,
+            workdir: None,
+            resources: Resources {
+                cpu,
+                memory: ByteSize::mib(mem_mib),
+                disk: ByteSize(0),
+                pids: 1024,
+            },
+            constraints: Vec::new(),
+            kill_signal: "SIGTERM".to_string(),
+            kill_timeout: DurationSpec::secs(5),
+        }],
+    }
+}
+
+struct Queue {
+    evals: VecDeque<(Evaluation, u32)>,
+    /// Evaluations not yet applied.
+    pending: usize,
+}
+
+/// Run the whole simulation.
+pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
+    let (state, evals) = build(cfg)?;
+    let mut report = SimReport {
+        nodes: cfg.nodes,
+        jobs: evals.len() as u32,
+        tasks: cfg.tasks,
+        ..SimReport::default()
+    };
+    let workers = cfg.workers.max(1);
+    let queue = Mutex::new(Queue {
+        pending: evals.len(),
+        evals: evals.into_iter().map(|e| (e, 0)).collect(),
+    });
+    let ready = Condvar::new();
+    let state = RwLock::new(state);
+    let start = Instant::now();
+    let mut latencies: Vec<f64> = Vec::new();
+    std::thread::scope(|scope| {
+        type Reply = std::sync::mpsc::SyncSender<bool>;
+        type Msg = (Evaluation, u32, SchedulerOutcome, Reply, f64);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(workers);
+        for w in 0..workers {
+            let tx = tx.clone();
+            let (queue, ready, state) = (&queue, &ready, &state);
+            scope.spawn(move || loop {
+                let (eval, tries) = {
+                    let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                    loop {
+                        if let Some(e) = q.evals.pop_front() {
+                            break e;
+                        }
+                        if q.pending == 0 {
+                            return;
+                        }
+                        q = ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                    }
+                };
+                // First try on this worker's share of the nodes; a retry (or a
+                // full share) uses every node.
+                let opts = ScheduleOptions {
+                    node_shard: (workers > 1 && tries == 0).then_some((w as u32, workers as u32)),
+                };
+                let t0 = Instant::now();
+                let out = {
+                    let s = state.read().unwrap_or_else(|p| p.into_inner());
+                    let out = schedule_with(&s, &eval, 0, &opts);
+                    if out.status == EvalStatus::Blocked && opts.node_shard.is_some() {
+                        schedule_with(&s, &eval, 0, &ScheduleOptions::default())
+                    } else {
+                        out
+                    }
+                };
+                // Like a Nomad worker: wait for the verdict, so the next plan
+                // is made on a state that includes this one.
+                let (reply, verdict) = std::sync::mpsc::sync_channel(1);
+                let took = t0.elapsed().as_secs_f64();
+                if tx.send((eval, tries, out, reply, took)).is_err() || verdict.recv().is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        // The plan applier.
+        for (eval, tries, out, reply, took) in rx.iter() {
+            report.schedule_seconds += took;
+            let t0 = Instant::now();
+            let status = out.status;
+            let verdict = {
+                let mut s = state.write().unwrap_or_else(|p| p.into_inner());
+                match verify_plan(&s, &out.plan) {
+                    Ok(()) => {
+                        let index = s.index() + 1;
+                        report.placed += out.plan.placements.len() as u64;
+                        apply_plan_owned(&mut s, out.plan, index);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            };
+            report.apply_seconds += t0.elapsed().as_secs_f64();
+            let _ = reply.send(verdict);
+            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            if verdict {
+                report.plans_applied += 1;
+                if status == EvalStatus::Blocked {
+                    report.evals_blocked += 1;
+                }
+                latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+                q.pending -= 1;
+                if q.pending == 0 {
+                    ready.notify_all();
+                    break;
+                }
+            } else {
+                report.plans_rejected += 1;
+                q.evals.push_front((eval, tries + 1));
+                ready.notify_one();
+            }
+        }
+        let _q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        ready.notify_all();
+    });
+    report.seconds = start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    if !latencies.is_empty() {
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        report.eval_latency_ms = (at(0.5), at(0.99));
+    }
+    let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (used, lb, binding) = packing(&state);
+    report.nodes_used = used;
+    report.lower_bound = lb;
+    report.binding = binding;
+    Ok(report)
+}
+
+/// Nodes in use, and the fewest nodes (largest first) whose capacity could
+/// hold the work placed, in the binding resource.
+pub fn packing(state: &ClusterState) -> (u64, u64, &'static str) {
+    let mut used_nodes = 0;
+    let (mut dem_cpu, mut dem_mem) = (0u128, 0u128);
+    let mut caps_cpu = Vec::new();
+    let mut caps_mem = Vec::new();
+    for n in state.nodes() {
+        let u = state.node_used(&n.id);
+        if u.cpu > 0 || u.memory.0 > 0 {
+            used_nodes += 1;
+        }
+        dem_cpu += u128::from(u.cpu);
+        dem_mem += u128::from(u.memory.0);
+        let a = n.allocatable();
+        caps_cpu.push(u128::from(a.cpu));
+        caps_mem.push(u128::from(a.memory.0));
+    }
+    let need = |mut caps: Vec<u128>, demand: u128| -> u64 {
+        caps.sort_unstable_by(|a, b| b.cmp(a));
+        let mut sum = 0u128;
+        let mut n = 0u64;
+        for c in caps {
+            if sum >= demand {
+                break;
+            }
+            sum += c;
+            n += 1;
+        }
+        n
+    };
+    let by_cpu = need(caps_cpu, dem_cpu);
+    let by_mem = need(caps_mem, dem_mem);
+    if by_cpu >= by_mem {
+        (used_nodes, by_cpu, "cpu")
+    } else {
+        (used_nodes, by_mem, "memory")
+    }
+}
