@@ -110,8 +110,8 @@ impl Shimmed {
         ExitResult {
             exit_code: st.exit_code,
             signal: st.signal,
-            // The kernel's OOM killer sends SIGKILL; only then is it an OOM kill.
-            oom_killed: oom && st.signal == Some(libc::SIGKILL),
+            // The cgroup is fresh for every run, so its OOM counter is this run's.
+            oom_killed: oom,
             start_error: st.start_error,
             finished_at: if st.finished_at > 0 {
                 st.finished_at

@@ -306,7 +306,7 @@ fn root_cli_rejects_bad_job_files_with_position_and_field() {
     let dev = Dev::start();
     let tmp = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str, &str)] = &[
-        ("syntax", "name = \"x\"\n[[group]\nname = \"g\"\n", "line 2"),
+        ("syntax", "name = \"x\"\n[[group]\nname = \"g\"\n", "syntax.toml:2:"),
         ("memory", "name = \"x\"\n[[group]]\nname = \"g\"\n  [[group.task]]\n  name = \"t\"\n  driver = \"exec\"\n  command = [\"true\"]\n  resources = { memory = \"lots\" }\n", "group[0].task[0].resources.memory"),
         ("driver", "name = \"x\"\n[[group]]\nname = \"g\"\n  [[group.task]]\n  name = \"t\"\n  driver = \"docker\"\n  command = [\"true\"]\n", "group[0].task[0].driver"),
         ("image", "name = \"x\"\n[[group]]\nname = \"g\"\n  [[group.task]]\n  name = \"t\"\n  driver = \"container\"\n  image = \"nope:1\"\n", "group[0].task[0].image"),
