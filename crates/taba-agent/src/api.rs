@@ -92,7 +92,10 @@ async fn logs_handler(
         Some("stderr") => Stream::Stderr,
         Some(o) => return Err(bad(format!("type: {o:?} is not stdout or stderr"))),
     };
-    let dir = inner.state_dir().alloc_dir(runner.id().as_str()).join("logs");
+    let dir = inner
+        .state_dir()
+        .alloc_dir(runner.id().as_str())
+        .join("logs");
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let follow = q.follow.unwrap_or(false);
     let offset = q.offset.unwrap_or(0);
@@ -159,12 +162,9 @@ async fn exec_handler(
         .runner(&id)
         .ok_or_else(|| not_found(format!("allocation {id} is not on this node")))?;
     let task = pick_task(&runner.task_names(), q.task.as_deref())?;
-    let handle = runner.handle(&task).ok_or_else(|| {
-        ApiError(
-            StatusCode::CONFLICT,
-            format!("task {task} is not running"),
-        )
-    })?;
+    let handle = runner
+        .handle(&task)
+        .ok_or_else(|| ApiError(StatusCode::CONFLICT, format!("task {task} is not running")))?;
     let driver = runner
         .driver_of(&task)
         .ok_or_else(|| bad(format!("task {task} has no driver on this node")))?;

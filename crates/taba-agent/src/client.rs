@@ -75,7 +75,9 @@ impl ServerClient {
                 message,
             });
         }
-        resp.json().await.map_err(|source| ClientError::Http { url, source })
+        resp.json()
+            .await
+            .map_err(|source| ClientError::Http { url, source })
     }
 
     /// Register (or re-register) the node.

@@ -30,7 +30,9 @@ fn cpu() -> (u32, u64, String) {
     let mut mhz = 0f64;
     let mut model = String::new();
     for line in info.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         match k.trim() {
             "processor" => cores += 1,
             "cpu MHz" if mhz == 0.0 => mhz = v.trim().parse().unwrap_or(0.0),
@@ -67,7 +69,9 @@ fn disk_free(path: &Path) -> u64 {
     if rc != 0 {
         return 0;
     }
-    st.f_bavail as u64 * st.f_frsize as u64
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    free
 }
 
 fn unsafe_zeroed_statvfs() -> libc::statvfs {
@@ -89,10 +93,38 @@ fn os_release() -> (String, String) {
     (get("ID"), get("VERSION_ID"))
 }
 
-/// Whether /dev/kvm answers KVM_GET_API_VERSION. Whether a guest really boots
-/// is the VM driver's probe (on some hosts it does not).
-fn kvm_present() -> bool {
-    Path::new("/dev/kvm").exists()
+/// What /dev/kvm answers: (present, API version, KVM_CREATE_VM works).
+/// Whether a guest really boots on it is the VM driver's probe: on some hosts
+/// (a paravirtual `kvm_pvm` module, for one) VMs can be created but a Linux
+/// guest never boots.
+fn kvm_probe() -> (bool, Option<i32>, bool) {
+    use std::os::fd::AsRawFd;
+    const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    else {
+        return (Path::new("/dev/kvm").exists(), None, false);
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int.
+    let api = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if api < 0 {
+        return (true, None, false);
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: KVM_CREATE_VM with machine type 0 returns a new fd or -1.
+    let vm = unsafe { libc::ioctl(f.as_raw_fd(), KVM_CREATE_VM, 0) };
+    if vm >= 0 {
+        #[allow(unsafe_code)]
+        // SAFETY: `vm` is a file descriptor we own and close once.
+        unsafe {
+            libc::close(vm);
+        }
+    }
+    (true, Some(api), vm >= 0)
 }
 
 /// Fingerprint this host; `data_dir` is where allocations will live (disk).
@@ -115,7 +147,12 @@ pub fn fingerprint(data_dir: &Path) -> Fingerprint {
     a.insert("cpu.total_mhz".into(), (cores as u64 * mhz).to_string());
     a.insert("memory.total".into(), memory.to_string());
     a.insert("unique.hostname".into(), hostname.clone());
-    a.insert("kvm.present".into(), kvm_present().to_string());
+    let (kvm, kvm_api, kvm_vm) = kvm_probe();
+    a.insert("kvm.present".into(), kvm.to_string());
+    if let Some(v) = kvm_api {
+        a.insert("kvm.api_version".into(), v.to_string());
+    }
+    a.insert("kvm.create_vm".into(), kvm_vm.to_string());
     match taba_cgroups::Layout::detect() {
         Ok(l) => {
             a.insert("cgroup.version".into(), l.version_name().to_string());
@@ -148,7 +185,11 @@ mod tests {
         assert!(f.resources.cores >= 1);
         assert!(f.resources.memory.0 > 64 << 20);
         assert!(f.resources.cpu >= f.resources.cores as u64);
-        assert!(f.attributes["kernel.version"].chars().next().unwrap().is_ascii_digit());
+        assert!(f.attributes["kernel.version"]
+            .chars()
+            .next()
+            .unwrap()
+            .is_ascii_digit());
         assert!(!f.hostname.is_empty());
     }
 }

@@ -25,8 +25,8 @@ use std::time::Duration;
 use taba_driver::Driver;
 use taba_types::wire::{AllocUpdate, AllocUpdateRequest, RegisterRequest, PROTOCOL};
 use taba_types::{
-    AllocId, AllocUsage, ByteSize, DriverInfo, Eligibility, Node, NodeId,
-    NodeResources, NodeStatus, NodeUsage,
+    AllocId, AllocUsage, ByteSize, DriverInfo, Eligibility, Node, NodeId, NodeResources,
+    NodeStatus, NodeUsage,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -103,16 +103,13 @@ impl AgentInner {
     /// The runner of an allocation on this node.
     pub fn runner(&self, id: &str) -> Option<Arc<AllocRunner>> {
         let runners = self.runners.lock().unwrap();
-        runners
-            .get(&AllocId(id.to_string()))
-            .cloned()
-            .or_else(|| {
-                let mut m = runners.iter().filter(|(k, _)| k.as_str().starts_with(id));
-                match (m.next(), m.next()) {
-                    (Some((_, r)), None) => Some(r.clone()),
-                    _ => None,
-                }
-            })
+        runners.get(&AllocId(id.to_string())).cloned().or_else(|| {
+            let mut m = runners.iter().filter(|(k, _)| k.as_str().starts_with(id));
+            match (m.next(), m.next()) {
+                (Some((_, r)), None) => Some(r.clone()),
+                _ => None,
+            }
+        })
     }
     /// The agent's data dir.
     pub fn state_dir(&self) -> &StateDir {
@@ -226,9 +223,20 @@ pub async fn start(
         node,
         ttl.clone(),
     )));
-    tasks.push(tokio::spawn(heartbeat_loop(inner.clone(), client.clone(), ttl)));
-    tasks.push(tokio::spawn(sync_loop(inner.clone(), client.clone(), changed_rx)));
-    tasks.push(tokio::spawn(stats_loop(inner.clone(), config.stats_interval)));
+    tasks.push(tokio::spawn(heartbeat_loop(
+        inner.clone(),
+        client.clone(),
+        ttl,
+    )));
+    tasks.push(tokio::spawn(sync_loop(
+        inner.clone(),
+        client.clone(),
+        changed_rx,
+    )));
+    tasks.push(tokio::spawn(stats_loop(
+        inner.clone(),
+        config.stats_interval,
+    )));
     let app = api::router(inner.clone());
     let mut srx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {

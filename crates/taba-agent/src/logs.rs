@@ -4,7 +4,7 @@
 //! across rotations until the task has ended and everything is read.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -118,10 +118,7 @@ pub fn pump(
         if tx.is_closed() {
             return;
         }
+        // A read past the end of a regular file sees what was appended since.
         std::thread::sleep(Duration::from_millis(150));
-        if let Some((f, _)) = current.as_mut() {
-            // Re-seek to our position so growth is seen on every platform.
-            let _ = f.seek(SeekFrom::Current(0));
-        }
     }
 }

@@ -88,11 +88,17 @@ impl AllocRunner {
             running_tasks: Mutex::new(tasks.len()),
             finished,
         });
-        if let Err(e) = shared.ctx.state_dir.save_alloc(&shared.alloc.lock().unwrap()) {
+        if let Err(e) = shared
+            .ctx
+            .state_dir
+            .save_alloc(&shared.alloc.lock().unwrap())
+        {
             tracing::error!(alloc = %shared.id, "saving allocation: {e}");
         }
         if desired_stop {
-            shared.stop.send_replace(Some("allocation is not desired to run".into()));
+            shared
+                .stop
+                .send_replace(Some("allocation is not desired to run".into()));
         }
         shared.persist_and_notify();
         for task in tasks {
@@ -444,7 +450,8 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                             r.state.exit_code = None;
                             r.state.signal = None;
                             r.state.oom_killed = false;
-                            r.state.push_event(now, "Started", format!("task started (pid {pid})"));
+                            r.state
+                                .push_event(now, "Started", format!("task started (pid {pid})"));
                         });
                         (Some(h), None)
                     }
@@ -489,7 +496,10 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                 match r {
                     Ok(Ok(r)) => r,
                     Ok(Err(e)) => ExitResult {
-                        start_error: Some(format!("waiting for the task failed: {}", error_chain(&e))),
+                        start_error: Some(format!(
+                            "waiting for the task failed: {}",
+                            error_chain(&e)
+                        )),
                         finished_at: now_ms(),
                         ..Default::default()
                     },
@@ -505,7 +515,11 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
             }
         }
         let now = now_ms();
-        let kind = if result.oom_killed { "OOM Killed" } else { "Terminated" };
+        let kind = if result.oom_killed {
+            "OOM Killed"
+        } else {
+            "Terminated"
+        };
         let desc = result.describe();
         s.update_task(&name, |r| {
             r.state.exit_code = result.exit_code;

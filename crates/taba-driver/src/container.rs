@@ -241,8 +241,8 @@ impl Driver for ContainerDriver {
             .clone()
             .ok_or_else(|| DriverError::Start("the task has no bundle".into()))?;
         let sc = taba_runtime::shim::read_config(&h.task_dir)?;
-        let exec = ExecSpec::for_container(&bundle, cmd.to_vec(), sc.cgroup_procs)
-            .map_err(bundle_err)?;
+        let exec =
+            ExecSpec::for_container(&bundle, cmd.to_vec(), sc.cgroup_procs).map_err(bundle_err)?;
         self.shim.exec_command(h, &exec)
     }
 

@@ -14,8 +14,8 @@
 //! from an image (`container`).
 
 mod common;
-pub mod shimmed;
 pub mod container;
 pub mod exec;
+pub mod shimmed;
 
 pub use common::*;

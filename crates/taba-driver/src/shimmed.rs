@@ -204,7 +204,9 @@ impl Shimmed {
         }
         // Neither running nor an exit record: the shim died with it.
         Ok(Recovered::Exited(ExitResult {
-            start_error: Some("the task and its shim ended without recording an exit status".into()),
+            start_error: Some(
+                "the task and its shim ended without recording an exit status".into(),
+            ),
             finished_at: now_ms(),
             ..Default::default()
         }))
@@ -219,11 +221,9 @@ impl Shimmed {
         if !self.alive(h) {
             return Err(DriverError::Start("the task is not running".into()));
         }
-        let path = h.task_dir.join(format!(
-            "exec-{}-{}.json",
-            now_ms(),
-            std::process::id()
-        ));
+        let path = h
+            .task_dir
+            .join(format!("exec-{}-{}.json", now_ms(), std::process::id()));
         spec.write(&path).map_err(|source| DriverError::Io {
             path: path.clone(),
             source,
@@ -271,7 +271,9 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), Dri
                 .map(|l| l.split(':').collect::<Vec<_>>())
                 .find(|f| f.len() > 2 && f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| DriverError::Start(format!("group {g:?} not found in /etc/group")))?,
+                .ok_or_else(|| {
+                    DriverError::Start(format!("group {g:?} not found in /etc/group"))
+                })?,
         },
     };
     let mut extra = Vec::new();
@@ -308,9 +310,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(resolve_user(d.path(), "root").unwrap(), (0, 0, vec![]));
-        assert_eq!(resolve_user(d.path(), "web").unwrap(), (1000, 1000, vec![10]));
-        assert_eq!(resolve_user(d.path(), "1000:10").unwrap(), (1000, 10, vec![]));
-        assert_eq!(resolve_user(d.path(), "4242").unwrap(), (4242, 4242, vec![]));
+        assert_eq!(
+            resolve_user(d.path(), "web").unwrap(),
+            (1000, 1000, vec![10])
+        );
+        assert_eq!(
+            resolve_user(d.path(), "1000:10").unwrap(),
+            (1000, 10, vec![])
+        );
+        assert_eq!(
+            resolve_user(d.path(), "4242").unwrap(),
+            (4242, 4242, vec![])
+        );
         assert_eq!(resolve_user(d.path(), "web:nogroup").unwrap().1, 65534);
         assert!(resolve_user(d.path(), "ghost").is_err());
         assert!(resolve_user(d.path(), "web:ghosts").is_err());

@@ -67,11 +67,11 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= GIB && b % GIB == 0 {
+        if b >= GIB && b.is_multiple_of(GIB) {
             write!(f, "{}GiB", b / GIB)
-        } else if b >= MIB && b % MIB == 0 {
+        } else if b >= MIB && b.is_multiple_of(MIB) {
             write!(f, "{}MiB", b / MIB)
-        } else if b >= KIB && b % KIB == 0 {
+        } else if b >= KIB && b.is_multiple_of(KIB) {
             write!(f, "{}KiB", b / KIB)
         } else {
             write!(f, "{b}B")
@@ -177,11 +177,11 @@ impl DurationSpec {
 impl fmt::Display for DurationSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
-        if ms % 3_600_000 == 0 && ms > 0 {
+        if ms.is_multiple_of(3_600_000) && ms > 0 {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 && ms > 0 {
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
