@@ -122,3 +122,66 @@ pub fn pump(
         std::thread::sleep(Duration::from_millis(150));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(
+        dir: &Path,
+        offset: u64,
+        follow: bool,
+        finished: impl Fn() -> bool + Send + 'static,
+    ) -> Vec<u8> {
+        let (tx, mut rx) = mpsc::channel(64);
+        let d = dir.to_path_buf();
+        let h = std::thread::spawn(move || {
+            pump(d, "t".into(), Stream::Stdout, offset, follow, finished, tx)
+        });
+        let mut out = Vec::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            out.extend(chunk.unwrap());
+        }
+        h.join().unwrap();
+        out
+    }
+
+    #[test]
+    fn reads_rotated_files_oldest_first_with_offset() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("t.stdout.0"), b"one\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(d.path().join("t.stdout.1"), b"two\n").unwrap();
+        std::fs::write(d.path().join("t.stderr.0"), b"err\n").unwrap();
+        std::fs::write(d.path().join("other.stdout.0"), b"x\n").unwrap();
+        assert_eq!(collect(d.path(), 0, false, || true), b"one\ntwo\n");
+        assert_eq!(collect(d.path(), 5, false, || true), b"wo\n");
+    }
+
+    #[test]
+    fn follow_sees_appends_and_new_files_until_finished() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("t.stdout.0");
+        std::fs::write(&path, b"a").unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (dir, done2) = (d.path().to_path_buf(), done.clone());
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            std::thread::sleep(Duration::from_millis(300));
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("t.stdout.0"))
+                .unwrap();
+            f.write_all(b"b").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::write(dir.join("t.stdout.1"), b"c").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            done2.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let out = collect(d.path(), 0, true, move || {
+            done.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        writer.join().unwrap();
+        assert_eq!(out, b"abc");
+    }
+}

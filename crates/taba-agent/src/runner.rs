@@ -539,35 +539,24 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
             return;
         }
         let rec = s.record(&name);
-        let window_start = now.saturating_sub(policy.interval.0);
-        let mut recent: Vec<u64> = rec
-            .restart_times
-            .iter()
-            .copied()
-            .filter(|t| *t >= window_start)
-            .collect();
-        let delay = if (recent.len() as u32) < policy.attempts {
-            policy.delay.as_duration()
-        } else if policy.mode == RestartMode::Delay && policy.attempts > 0 {
-            // Wait for the oldest restart to leave the window.
-            let oldest = recent.first().copied().unwrap_or(now);
-            Duration::from_millis((oldest + policy.interval.0).saturating_sub(now))
-                .max(policy.delay.as_duration())
-        } else {
-            let msg = format!(
-                "exceeded {} restarts in {}; last run: {desc}",
-                policy.attempts, policy.interval
-            );
-            mark_dead(&s, &name, true, "Not Restarting", msg);
-            s.stop.send_if_modified(|cur| {
-                if cur.is_none() {
-                    *cur = Some(format!("sibling task {name} failed"));
-                    true
-                } else {
-                    false
-                }
-            });
-            return;
+        let (delay, mut recent) = match after_exit(&policy, &rec.restart_times, now) {
+            AfterExit::Restart { delay, recent } => (delay, recent),
+            AfterExit::Fail => {
+                let msg = format!(
+                    "exceeded {} restarts in {}; last run: {desc}",
+                    policy.attempts, policy.interval
+                );
+                mark_dead(&s, &name, true, "Not Restarting", msg);
+                s.stop.send_if_modified(|cur| {
+                    if cur.is_none() {
+                        *cur = Some(format!("sibling task {name} failed"));
+                        true
+                    } else {
+                        false
+                    }
+                });
+                return;
+            }
         };
         recent.push(now + delay.as_millis() as u64);
         s.update_task(&name, |r| {
@@ -588,6 +577,45 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
     }
 }
 
+/// What the restart policy says after a run that did not simply complete.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AfterExit {
+    /// Restart after `delay`; `recent` are the restarts still in the window.
+    Restart {
+        /// Wait this long first.
+        delay: Duration,
+        /// Earlier restarts within the policy's interval.
+        recent: Vec<u64>,
+    },
+    /// The restart budget is spent: the task fails.
+    Fail,
+}
+
+/// Apply `policy` given the times of earlier restarts (when each restarted
+/// run was due to start) and the time now.
+pub fn after_exit(policy: &taba_types::RestartPolicy, restarts: &[u64], now: u64) -> AfterExit {
+    let window_start = now.saturating_sub(policy.interval.0);
+    let recent: Vec<u64> = restarts
+        .iter()
+        .copied()
+        .filter(|t| *t >= window_start)
+        .collect();
+    if (recent.len() as u32) < policy.attempts {
+        return AfterExit::Restart {
+            delay: policy.delay.as_duration(),
+            recent,
+        };
+    }
+    if policy.mode == RestartMode::Delay && policy.attempts > 0 {
+        // Wait until the oldest restart leaves the window.
+        let oldest = recent.first().copied().unwrap_or(now);
+        let delay = Duration::from_millis((oldest + policy.interval.0).saturating_sub(now))
+            .max(policy.delay.as_duration());
+        return AfterExit::Restart { delay, recent };
+    }
+    AfterExit::Fail
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -597,4 +625,85 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taba_types::{DurationSpec, RestartPolicy};
+
+    fn policy(attempts: u32, mode: RestartMode) -> RestartPolicy {
+        RestartPolicy {
+            attempts,
+            interval: DurationSpec::secs(60),
+            delay: DurationSpec::secs(2),
+            mode,
+        }
+    }
+
+    #[test]
+    fn restarts_until_attempts_then_fails() {
+        let p = policy(2, RestartMode::Fail);
+        let now = 1_000_000;
+        assert_eq!(
+            after_exit(&p, &[], now),
+            AfterExit::Restart {
+                delay: Duration::from_secs(2),
+                recent: vec![]
+            }
+        );
+        assert!(matches!(
+            after_exit(&p, &[now - 5_000], now),
+            AfterExit::Restart { .. }
+        ));
+        assert_eq!(
+            after_exit(&p, &[now - 5_000, now - 1_000], now),
+            AfterExit::Fail
+        );
+        // Restarts older than the interval no longer count.
+        assert!(matches!(
+            after_exit(&p, &[now - 120_000, now - 1_000], now),
+            AfterExit::Restart { .. }
+        ));
+        assert_eq!(
+            after_exit(&policy(0, RestartMode::Fail), &[], now),
+            AfterExit::Fail
+        );
+    }
+
+    #[test]
+    fn delay_mode_waits_for_the_window() {
+        let p = policy(1, RestartMode::Delay);
+        let now = 1_000_000;
+        match after_exit(&p, &[now - 10_000], now) {
+            AfterExit::Restart { delay, .. } => assert_eq!(delay, Duration::from_secs(50)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn task(state: TaskStatus, failed: bool) -> TaskState {
+        TaskState {
+            state,
+            failed,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn alloc_status_from_tasks() {
+        let mut m = BTreeMap::new();
+        m.insert("a".to_string(), task(TaskStatus::Running, false));
+        m.insert("b".to_string(), task(TaskStatus::Pending, false));
+        assert_eq!(client_status(&m).0, ClientStatus::Pending);
+        m.insert("b".to_string(), task(TaskStatus::Running, false));
+        assert_eq!(client_status(&m).0, ClientStatus::Running);
+        m.insert("b".to_string(), task(TaskStatus::Dead, false));
+        assert_eq!(client_status(&m).0, ClientStatus::Running);
+        m.insert("a".to_string(), task(TaskStatus::Dead, false));
+        assert_eq!(client_status(&m).0, ClientStatus::Complete);
+        m.insert("a".to_string(), task(TaskStatus::Dead, true));
+        let (st, why) = client_status(&m);
+        assert_eq!(st, ClientStatus::Failed);
+        assert!(why.contains("task a failed"));
+    }
 }
