@@ -169,6 +169,7 @@ impl ExecPlan {
     /// Become the process and exec it. Only returns on failure, with a message
     /// that says what failed.
     pub(crate) fn exec(&self) -> Result<Infallible, String> {
+        reset_signals();
         if let Some(adj) = self.oom_score_adj {
             sys::write_file(
                 "/proc/self/oom_score_adj".as_ref(),
@@ -296,6 +297,23 @@ impl ExecPlan {
             Some(e) => format!("exec {name}: {e}"),
             None => format!("exec {name}: not found in PATH {}", self.path),
         }
+    }
+}
+
+/// Ignored signals stay ignored across exec (the shim ignores SIGPIPE): give
+/// the workload default dispositions and an empty signal mask.
+fn reset_signals() {
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: restoring the default disposition of a valid signal number.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+    // SAFETY: an empty, initialised signal set passed to sigprocmask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
 }
 

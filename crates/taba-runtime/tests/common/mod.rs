@@ -1,0 +1,124 @@
+//! Helpers for the root tests: busybox bundles, task directories, cgroups.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use taba_runtime::container::{default_spec, DefaultSpecOptions};
+use taba_runtime::shim::{self, ShimConfig, Workload, SHIM_FILES_VERSION};
+
+/// The stand-in for `taba` built from this crate.
+pub fn shim_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_taba-runtime-test-shim"))
+}
+
+/// Fail loudly unless we are root and busybox is installed.
+pub fn require_root_and_busybox() {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    assert_eq!(uid, 0, "this test needs root");
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "this test needs /bin/busybox (apt-get install busybox-static)"
+    );
+}
+
+/// A busybox root filesystem with every applet linked in /bin.
+pub fn busybox_rootfs(rootfs: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    let out = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(out.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+        }
+    }
+}
+
+/// A bundle at `dir/bundle` with a busybox rootfs and a default spec
+/// running `args` with `hostname`.
+pub fn bundle(dir: &Path, args: &[&str], hostname: &str) -> PathBuf {
+    let bundle = dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    busybox_rootfs(&rootfs);
+    let opts = DefaultSpecOptions {
+        rootfs: rootfs.clone(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        hostname: Some(hostname.to_owned()),
+        ..Default::default()
+    };
+    default_spec(&opts)
+        .save(bundle.join("config.json"))
+        .unwrap();
+    bundle
+}
+
+/// A task directory at `dir/task` with `shim.json`; logs in `dir/logs`.
+pub fn make_task(
+    dir: &Path,
+    workload: Workload,
+    cgroup_procs: Vec<PathBuf>,
+    max_bytes: u64,
+    max_files: u32,
+) -> PathBuf {
+    let task = dir.join("task");
+    std::fs::create_dir_all(&task).unwrap();
+    let config = ShimConfig {
+        version: SHIM_FILES_VERSION,
+        workload,
+        cgroup_procs,
+        log_dir: dir.join("logs"),
+        log_name: "t".into(),
+        log_max_bytes: max_bytes,
+        log_max_files: max_files,
+    };
+    shim::write_config(&task, &config).unwrap();
+    task
+}
+
+/// The whole current stdout (or stderr) log of the task at `dir`.
+pub fn log(dir: &Path, stream: &str) -> String {
+    let logs = dir.join("logs");
+    let mut out = String::new();
+    for i in shim::logs::log_indices(&logs, "t", stream).unwrap() {
+        out.push_str(
+            &std::fs::read_to_string(shim::logs::log_path(&logs, "t", stream, i)).unwrap(),
+        );
+    }
+    out
+}
+
+/// A v1 pids cgroup for one test, removed on drop.
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> TestCgroup {
+        let p = PathBuf::from(format!(
+            "/sys/fs/cgroup/pids/taba-test-{tag}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&p).expect("create a test cgroup under /sys/fs/cgroup/pids");
+        TestCgroup(p)
+    }
+
+    pub fn procs(&self) -> PathBuf {
+        self.0.join("cgroup.procs")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
