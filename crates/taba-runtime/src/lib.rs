@@ -18,6 +18,8 @@
 #![allow(unsafe_code)]
 
 pub mod container;
+/// The OCI spec types the runtime reads, re-exported for bundle builders.
+pub use oci_spec;
 mod launch;
 pub mod shim;
 mod sys;

@@ -7,7 +7,10 @@
 //! | --- | --- | --- |
 //! | `shim.json` ([`ShimConfig`]) | the agent | before [`spawn`] |
 //! | `state.json` ([`ShimState`]) | the shim, atomically | once the workload has exec'd |
-//! | `exit.json` ([`ExitStatus`]) | the shim, atomically, fsync'd | when the workload has ended, or could not start |
+//! | `exit.json` ([`ExitStatus`]) | the shim, atomically | when the workload has ended, or could not start |
+//!
+//! Nothing is fsync'd: these files describe processes, which a host crash
+//! ends anyway; after a reboot a task dir without `exit.json` means "lost".
 //!
 //! Logs go to `<log_dir>/<log_name>.stdout.N` and `.stderr.N`; see [`logs`]
 //! for the numbering and rotation.
@@ -455,7 +458,7 @@ pub fn main_run(task_dir: &Path) -> i32 {
                 finished_at: sys::now_ms(),
                 start_error: Some(error.clone()),
             };
-            let error = match write_json(&task_dir.join(EXIT_FILE), &exit, true) {
+            let error = match write_json(&task_dir.join(EXIT_FILE), &exit, false) {
                 Ok(()) => error,
                 Err(e) => format!("{error}; and writing {EXIT_FILE} failed: {e}"),
             };
@@ -654,7 +657,7 @@ impl Shim {
             finished_at: sys::now_ms(),
             start_error: None,
         };
-        let _ = write_json(&self.task_dir.join(EXIT_FILE), &exit, true);
+        let _ = write_json(&self.task_dir.join(EXIT_FILE), &exit, false);
     }
 }
 

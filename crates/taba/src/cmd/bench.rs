@@ -1,12 +1,305 @@
 //! `taba bench ...`: benchmarks that need the real binary and the real host.
+//!
+//! `taba bench container-start` times full lifecycles of `/bin/true` in one
+//! busybox bundle (one `config.json`, made by `taba_runtime::container::default_spec`),
+//! side by side and interleaved:
+//! - `crun run --bundle B ID`: crun creates the container's cgroups from
+//!   `linux.cgroupsPath` (one per v1 hierarchy), runs, waits, deletes.
+//! - taba: what the agent does per task run: make the task's cgroups (one per
+//!   v1 hierarchy, like crun), write `shim.json`, `taba_runtime::shim::spawn`
+//!   (which returns once the process runs: the "create -> running" time), then
+//!   `wait_exit`, then remove the cgroups.
+//!
+//! Same namespaces (pid, ipc, uts, mount, network), mounts, masked paths,
+//! capabilities, no_new_privs and seccomp profile on both sides. Differences:
+//! crun also writes its state under /run/crun and applies the (empty) device
+//! cgroup rules; taba's shim also copies the (empty) output into log files and
+//! writes state.json/exit.json. crun refuses this host's hybrid cgroup layout
+//! unless hugetlb is mounted as a v1 hierarchy: the bench mounts it
+//! (idempotently) and says so.
 
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use taba_runtime::container::{default_spec, DefaultSpecOptions};
+use taba_runtime::shim::{self, ShimConfig, Workload, SHIM_FILES_VERSION};
 
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// Container start: taba's shim + embedded runtime vs `crun run`, same bundle.
+    ContainerStart {
+        /// Lifecycles per runtime.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Keep the bundle and task directories (their path is printed).
+        #[arg(long)]
+        keep: bool,
+    },
+}
 
 /// Run a benchmark.
 pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
-    match c {}
+    match c {
+        BenchCommand::ContainerStart { runs, keep } => container_start(runs, keep),
+    }
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// v1 cgroup hierarchies mounted under /sys/fs/cgroup (directory names).
+fn v1_hierarchies() -> anyhow::Result<Vec<String>> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.get(dash + 1) != Some(&"cgroup") {
+            continue;
+        }
+        if let Some(name) = fields[4].strip_prefix("/sys/fs/cgroup/") {
+            out.push(name.to_owned());
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// crun needs hugetlb as a v1 hierarchy on this hybrid host.
+fn ensure_hugetlb_v1() -> anyhow::Result<()> {
+    if v1_hierarchies()?.iter().any(|h| h == "hugetlb") {
+        return Ok(());
+    }
+    let dir = Path::new(CGROUP_ROOT).join("hugetlb");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let st = Command::new("mount")
+        .args(["-t", "cgroup", "-o", "hugetlb", "cgroup"])
+        .arg(&dir)
+        .status()
+        .context("run mount")?;
+    if !st.success() {
+        bail!(
+            "mount hugetlb v1 hierarchy at {} failed ({st})",
+            dir.display()
+        );
+    }
+    println!(
+        "note: mounted the hugetlb cgroup v1 hierarchy at {} (crun refuses hybrid mode without it)",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn busybox_rootfs(rootfs: &Path) -> anyhow::Result<()> {
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .context("copy /bin/busybox (apt-get install busybox-static)")?;
+    let out = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .context("busybox --list")?;
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
+        }
+    }
+    Ok(())
+}
+
+/// The task's cgroups, one per hierarchy, made like the agent makes them.
+struct TaskCgroups(Vec<PathBuf>);
+
+impl TaskCgroups {
+    fn create(hierarchies: &[String], name: &str) -> anyhow::Result<TaskCgroups> {
+        let mut dirs = Vec::new();
+        for h in hierarchies {
+            let dir = Path::new(CGROUP_ROOT).join(h).join(name);
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            if h == "cpuset" {
+                // A v1 cpuset starts empty: copy the parent's cpus and mems.
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let v = std::fs::read(Path::new(CGROUP_ROOT).join(h).join(f))?;
+                    std::fs::write(dir.join(f), v)?;
+                }
+            }
+            dirs.push(dir);
+        }
+        Ok(TaskCgroups(dirs))
+    }
+
+    fn procs(&self) -> Vec<PathBuf> {
+        self.0.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    fn remove(self) -> anyhow::Result<()> {
+        for d in &self.0 {
+            std::fs::remove_dir(d).with_context(|| format!("remove {}", d.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn crun_once(bundle: &Path, id: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let st = Command::new("crun")
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("run crun (apt-get install crun)")?;
+    let d = t.elapsed();
+    if !st.status.success() {
+        let _ = Command::new("crun").args(["delete", "-f", id]).output();
+        bail!(
+            "crun run failed ({}): {}",
+            st.status,
+            String::from_utf8_lossy(&st.stderr).trim()
+        );
+    }
+    Ok(d)
+}
+
+/// One taba lifecycle: (total, create -> running).
+fn taba_once(
+    exe: &Path,
+    bundle: &Path,
+    work: &Path,
+    hierarchies: &[String],
+    i: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let task_dir = work.join(format!("task-{i}"));
+    let t = Instant::now();
+    let cgroups = TaskCgroups::create(
+        hierarchies,
+        &format!("taba-bench-{}-{i}", std::process::id()),
+    )?;
+    std::fs::create_dir_all(&task_dir)?;
+    let config = ShimConfig {
+        version: SHIM_FILES_VERSION,
+        workload: Workload::Container {
+            bundle: bundle.to_owned(),
+        },
+        cgroup_procs: cgroups.procs(),
+        log_dir: task_dir.join("logs"),
+        log_name: "true".into(),
+        log_max_bytes: 1 << 20,
+        log_max_files: 2,
+    };
+    shim::write_config(&task_dir, &config)?;
+    let started = shim::spawn(exe, &task_dir)?;
+    let running = t.elapsed();
+    let exit = shim::wait_exit(&task_dir, started.shim_pid)?;
+    cgroups.remove()?;
+    let total = t.elapsed();
+    if exit.exit_code != Some(0) {
+        bail!("taba run {i}: /bin/true ended with {exit:?}");
+    }
+    Ok((total, running))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn container_start(runs: usize, keep: bool) -> anyhow::Result<ExitCode> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    ensure_hugetlb_v1()?;
+    let hierarchies = v1_hierarchies()?;
+    let exe = std::env::current_exe().context("find the taba executable")?;
+    let work = std::env::temp_dir().join(format!("taba-bench-{}", std::process::id()));
+    let bundle = work.join("bundle");
+    busybox_rootfs(&bundle.join("rootfs"))?;
+    let mut spec = default_spec(&DefaultSpecOptions {
+        rootfs: "rootfs".into(),
+        args: vec!["/bin/true".into()],
+        hostname: Some("bench".into()),
+        ..Default::default()
+    });
+    // For crun only: taba's shim ignores cgroupsPath (the agent makes the cgroups).
+    if let Some(linux) = spec.linux_mut().as_mut() {
+        linux.set_cgroups_path(Some(PathBuf::from(format!(
+            "/taba-bench-crun-{}",
+            std::process::id()
+        ))));
+    }
+    spec.save(bundle.join("config.json"))
+        .context("write config.json")?;
+
+    // One warm-up each (page cache, first cgroup writes), not counted.
+    crun_once(&bundle, &format!("taba-bench-warm-{}", std::process::id()))?;
+    taba_once(&exe, &bundle, &work, &hierarchies, usize::MAX)?;
+
+    let mut crun = Vec::with_capacity(runs);
+    let mut taba = Vec::with_capacity(runs);
+    let mut taba_running = Vec::with_capacity(runs);
+    for i in 0..runs {
+        // Alternate who goes first, so neither always follows the other.
+        let id = format!("taba-bench-{}-{i}", std::process::id());
+        if i % 2 == 0 {
+            crun.push(crun_once(&bundle, &id)?);
+            let (t, r) = taba_once(&exe, &bundle, &work, &hierarchies, i)?;
+            taba.push(t);
+            taba_running.push(r);
+        } else {
+            let (t, r) = taba_once(&exe, &bundle, &work, &hierarchies, i)?;
+            taba.push(t);
+            taba_running.push(r);
+            crun.push(crun_once(&bundle, &id)?);
+        }
+    }
+    for v in [&mut crun, &mut taba, &mut taba_running] {
+        v.sort();
+    }
+    let (c50, c90) = (percentile(&crun, 0.5), percentile(&crun, 0.9));
+    let (t50, t90) = (percentile(&taba, 0.5), percentile(&taba, 0.9));
+    let (r50, r90) = (
+        percentile(&taba_running, 0.5),
+        percentile(&taba_running, 0.9),
+    );
+    println!("container start, full lifecycle of /bin/true, {runs} runs each, interleaved");
+    println!(
+        "cgroup hierarchies per container: {}",
+        hierarchies.join(",")
+    );
+    println!("{:<34} {:>10} {:>10}", "", "median ms", "p90 ms");
+    println!("{:<34} {:>10.2} {:>10.2}", "crun run", ms(c50), ms(c90));
+    println!(
+        "{:<34} {:>10.2} {:>10.2}",
+        "taba shim (spawn + wait_exit)",
+        ms(t50),
+        ms(t90)
+    );
+    println!(
+        "{:<34} {:>10.2} {:>10.2}",
+        "taba create -> running (spawn)",
+        ms(r50),
+        ms(r90)
+    );
+    println!(
+        "ratio taba/crun (median): {:.2}x (target <= 1.00x)",
+        ms(t50) / ms(c50)
+    );
+    if keep {
+        println!("kept: {}", work.display());
+    } else {
+        std::fs::remove_dir_all(&work).with_context(|| format!("remove {}", work.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,10 @@
-//! `taba shim`: the per-task supervisor (see `taba_runtime::shim`). Started by
-//! the agent, never by users.
+//! `taba shim`: the per-task supervisor and `alloc exec` helper, started by
+//! the agent (see `taba_runtime::shim`). Hidden from users.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use taba_runtime::shim;
 
 /// Arguments of the hidden `shim` subcommand.
 #[derive(clap::Args, Debug)]
@@ -13,32 +15,40 @@ pub struct ShimArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum ShimCommand {
-    /// Supervise the task described by `<task_dir>/shim.json`.
+    /// Supervise one task run: start the workload described by
+    /// `<task_dir>/shim.json`, keep its logs, write its exit status.
     Run {
-        /// The task directory.
+        /// The task directory holding `shim.json`.
         task_dir: PathBuf,
     },
-    /// Run a command inside a running task.
+    /// Run a command inside a running task (`taba alloc exec`), with this
+    /// process's stdin/stdout/stderr; exits with the command's status.
     Exec {
-        /// Host pid of the task's workload.
+        /// Host pid of the task's workload (a container's init).
         #[arg(long)]
         pid: i32,
-        /// The exec spec file.
+        /// The exec spec (JSON, `taba_runtime::shim::exec::ExecSpec`).
         #[arg(long)]
         spec: PathBuf,
     },
 }
 
-/// Run the shim. It must stay single-threaded: it forks the workload.
+/// Run the shim. Must stay single-threaded: it forks the workload.
 pub fn run(args: ShimArgs) -> anyhow::Result<ExitCode> {
-    match args.command {
-        ShimCommand::Run { task_dir } => {
-            let code = taba_runtime::shim::main_run(&task_dir);
-            Ok(ExitCode::from(code.clamp(0, 255) as u8))
-        }
-        ShimCommand::Exec { pid, spec } => {
-            let code = taba_runtime::shim::exec::main_exec(pid, &spec)?;
-            Ok(ExitCode::from(code.clamp(0, 255) as u8))
-        }
-    }
+    let code = match args.command {
+        ShimCommand::Run { task_dir } => shim::main_run(&task_dir),
+        ShimCommand::Exec { pid, spec } => match shim::exec::main_exec(pid, &spec) {
+            Ok(code) => code,
+            Err(e) => {
+                let start = matches!(e, shim::exec::ExecError::Start(_));
+                eprintln!("error: {:#}", anyhow::Error::from(e));
+                if start {
+                    shim::exec::EXEC_START_FAILED
+                } else {
+                    shim::exec::EXEC_SETUP_FAILED
+                }
+            }
+        },
+    };
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
