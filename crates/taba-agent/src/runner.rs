@@ -138,9 +138,10 @@ impl AllocRunner {
     pub fn update_if_changed(&self, alloc: Allocation) {
         let changed = {
             let cur = self.shared.alloc.lock().unwrap();
-            cur.modify_index != alloc.modify_index
-                || cur.desired_status != alloc.desired_status
+            cur.desired_status != alloc.desired_status
+                || cur.desired_description != alloc.desired_description
                 || cur.job_version != alloc.job_version
+                || cur.group_spec != alloc.group_spec
         };
         if changed {
             self.update(alloc);

@@ -147,12 +147,8 @@ impl Shimmed {
                 Err(e) => return Err(e.into()),
             }
         }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if !self.alive(h) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if wait_gone(h.pid, timeout) {
+            return Ok(());
         }
         if let Some(cg) = self.cgroup(h) {
             cg.kill_all()?;
@@ -230,6 +226,43 @@ impl Shimmed {
         })?;
         Ok(shim::exec::exec_command(&self.exe, h.pid as i32, &path))
     }
+}
+
+/// Wait up to `timeout` for process `pid` to end, without polling /proc:
+/// a pidfd becomes readable when the process exits. True when it is gone.
+fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    #[allow(unsafe_code)]
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+    if fd < 0 {
+        // ESRCH: already gone. Anything else: fall back to polling.
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return false;
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    #[allow(unsafe_code)]
+    // SAFETY: one valid pollfd; the fd is ours and closed right after.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    #[allow(unsafe_code)]
+    // SAFETY: closing the pidfd opened above.
+    unsafe {
+        libc::close(fd);
+    }
+    n > 0
 }
 
 /// Resolve `user` (`name`, `uid`, `uid:gid`, `name:group`) against the

@@ -92,6 +92,11 @@ pub struct ServerState {
     cluster: RwLock<ClusterState>,
     evals: RwLock<HashMap<EvalId, Evaluation>>,
     heartbeats: Mutex<HashMap<NodeId, Instant>>,
+    /// Per allocation, the index of its last server-side change (placement,
+    /// desired status, job version): what an agent's blocking query waits
+    /// on, so the agent's own status reports do not wake it. In memory only;
+    /// after a restart it starts at each allocation's modify index.
+    alloc_server_index: Mutex<HashMap<AllocId, u64>>,
     node_usage: Mutex<HashMap<NodeId, NodeUsage>>,
     locks: KeyLocks,
     /// Pending evaluations.
@@ -140,6 +145,10 @@ impl ServerState {
             a.modify_index = rec.mod_index;
             cluster.upsert_alloc(a);
         }
+        let alloc_server_index: HashMap<AllocId, u64> = cluster
+            .allocs()
+            .map(|a| (a.id.clone(), a.modify_index))
+            .collect();
         let mut evals = HashMap::new();
         for rec in store.scan(Table::Evals, "")? {
             let mut e: Evaluation = decode(Table::Evals, &rec)?;
@@ -166,6 +175,7 @@ impl ServerState {
             cluster: RwLock::new(cluster),
             evals: RwLock::new(evals),
             heartbeats: Mutex::new(HashMap::new()),
+            alloc_server_index: Mutex::new(alloc_server_index),
             node_usage: Mutex::new(HashMap::new()),
             locks: KeyLocks::default(),
             broker,
@@ -239,11 +249,28 @@ impl ServerState {
                 j.modify_index = index;
                 c.upsert_job(j);
             }
+            let mut server_index = self
+                .alloc_server_index
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for mut a in allocs {
                 if a.create_index == 0 {
                     a.create_index = index;
                 }
                 a.modify_index = index;
+                let server_side = match c.alloc(&a.id) {
+                    None => true,
+                    Some(old) => {
+                        old.desired_status != a.desired_status
+                            || old.desired_description != a.desired_description
+                            || old.job_version != a.job_version
+                            || old.node_id != a.node_id
+                            || old.group_spec != a.group_spec
+                    }
+                };
+                if server_side {
+                    server_index.insert(a.id.clone(), index);
+                }
                 c.upsert_alloc(a);
             }
             if index > c.index() {
@@ -769,6 +796,26 @@ impl ServerState {
     /// The allocations on a node.
     pub fn node_allocs(&self, id: &NodeId) -> Vec<Allocation> {
         self.cluster().allocs_for_node(id).cloned().collect()
+    }
+
+    /// The highest server-side change index of a node's allocations (what
+    /// the agent's blocking query waits on), without copying them.
+    pub fn node_allocs_index(&self, id: &NodeId) -> u64 {
+        let server_index = self
+            .alloc_server_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.cluster()
+            .allocs_for_node(id)
+            .map(|a| {
+                server_index
+                    .get(&a.id)
+                    .copied()
+                    .unwrap_or(a.modify_index)
+                    .max(a.create_index)
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Evaluations for every system job, and for jobs with blocked evaluations,

@@ -355,6 +355,9 @@ impl Container {
                 sys::check(unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) })
                     .map_err(|e| format!("set hostname {}: {e}", h.to_string_lossy()))?;
             }
+            if self.clone_flags & libc::CLONE_NEWNET as libc::c_ulong != 0 {
+                loopback_up()?;
+            }
             rootfs::setup(self)?;
             self.exec.exec()
         });
@@ -363,6 +366,42 @@ impl Container {
             ChildFailure::Child(msg) => ContainerError::Start(msg),
         })
     }
+}
+
+/// Bring up `lo` in a network namespace the container just created: a new
+/// namespace has its loopback down, and programs expect 127.0.0.1 to work
+/// (Docker's `--network none` has it up too).
+fn loopback_up() -> Result<(), String> {
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "loopback: socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, a valid ifreq.
+    let result = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            Err("get flags")
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+                Err("set flags")
+            } else {
+                Ok(())
+            }
+        }
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the socket opened above.
+    unsafe { libc::close(fd) };
+    result.map_err(|what| format!("loopback: {what} of lo: {err}"))
 }
 
 /// Join the calling process to each cgroup (write "0": "myself").

@@ -43,9 +43,7 @@ pub mod logs;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
@@ -371,44 +369,136 @@ pub fn wait_exit(task_dir: &Path, shim_pid: i32) -> Result<ExitStatus, ShimError
 /// workload runs, or with the reason it could not start (also in `exit.json`).
 /// `shim.json` must already be in `task_dir`.
 pub fn spawn(taba_exe: &Path, task_dir: &Path) -> Result<Started, ShimError> {
-    let (ready_r, ready_w) = sys::pipe().map_err(|e| ShimError::Os("create readiness pipe", e))?;
-    let w = ready_w.as_raw_fd();
-    let mut cmd = Command::new(taba_exe);
-    cmd.arg("shim")
-        .arg("run")
-        .arg(task_dir)
-        .env(READY_FD_ENV, "3")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: the closure only makes async-signal-safe calls (dup2, fcntl).
-    unsafe {
-        cmd.pre_exec(move || {
-            if w == 3 {
-                sys::check(libc::fcntl(3, libc::F_SETFD, 0))?;
-            } else {
-                sys::dup2(w, 3)?;
-            }
-            Ok(())
-        });
+    let (ready_r, mut ready_w) =
+        sys::pipe().map_err(|e| ShimError::Os("create readiness pipe", e))?;
+    if ready_w.as_raw_fd() == 3 {
+        // dup2(3, 3) would leave close-on-exec set on some libcs: move it.
+        // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd we own.
+        let fd = unsafe { libc::fcntl(ready_w.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 4) };
+        if fd < 0 {
+            return Err(ShimError::Os(
+                "move readiness pipe",
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `fd` was just returned by fcntl and is owned by nobody else.
+        ready_w = unsafe { OwnedFd::from_raw_fd(fd) };
     }
-    let mut child = cmd.spawn().map_err(|source| ShimError::Spawn {
-        exe: taba_exe.to_owned(),
-        source,
-    })?;
+    let launcher = posix_spawn_launcher(taba_exe, task_dir, ready_w.as_raw_fd())?;
     drop(ready_w);
     // The process we started forks the real shim and exits at once.
-    let status = child
-        .wait()
-        .map_err(|e| ShimError::Os("wait for shim launcher", e))?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: waiting for the child we just spawned; `status` is a valid out-parameter.
+    let rc = unsafe { libc::waitpid(launcher, &mut status, 0) };
+    if rc < 0 {
+        return Err(ShimError::Os(
+            "wait for shim launcher",
+            io::Error::last_os_error(),
+        ));
+    }
     let msg = sys::read_all(ready_r).map_err(|e| ShimError::Os("read shim readiness", e))?;
     if msg.is_empty() {
-        return Err(ShimError::NoReadiness(format!("launcher {status}")));
+        let (code, sig) = sys::decode_wait_status(status);
+        return Err(ShimError::NoReadiness(format!(
+            "launcher exit code {code:?}, signal {sig:?}"
+        )));
     }
     match serde_json::from_slice::<Ready>(&msg) {
         Ok(Ready::Running(s)) => Ok(s),
         Ok(Ready::Failed { error }) => Err(ShimError::Start(error)),
         Err(e) => Err(ShimError::NoReadiness(format!("bad message: {e}"))),
+    }
+}
+
+/// Start `<taba_exe> shim run <task_dir>` with `ready_w` as its fd 3 and
+/// /dev/null as stdio, through posix_spawn: glibc's posix_spawn shares the
+/// caller's memory until the exec (CLONE_VM | CLONE_VFORK), so a large,
+/// multi-threaded agent does not pay for copying its page tables on every
+/// task start, as fork + exec would.
+fn posix_spawn_launcher(
+    taba_exe: &Path,
+    task_dir: &Path,
+    ready_w: RawFd,
+) -> Result<libc::pid_t, ShimError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let spawn_err = |source: io::Error| ShimError::Spawn {
+        exe: taba_exe.to_owned(),
+        source,
+    };
+    let cstr = |b: &[u8]| {
+        CString::new(b).map_err(|_| {
+            spawn_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "argument contains a NUL byte",
+            ))
+        })
+    };
+    let exe = cstr(taba_exe.as_os_str().as_bytes())?;
+    let args = [
+        exe.clone(),
+        cstr(b"shim")?,
+        cstr(b"run")?,
+        cstr(task_dir.as_os_str().as_bytes())?,
+    ];
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k.as_bytes() != READY_FD_ENV.as_bytes())
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    env.push(cstr(format!("{READY_FD_ENV}=3").as_bytes())?);
+    let mut argv: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr() as *mut _).collect();
+    argv.push(std::ptr::null_mut());
+    let mut envp: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr() as *mut _).collect();
+    envp.push(std::ptr::null_mut());
+    let devnull = cstr(b"/dev/null")?;
+
+    // SAFETY: the file-actions object is initialised before use and destroyed
+    // on every path; every pointer passed (paths, argv, envp) points into
+    // CStrings and vectors that outlive the posix_spawn call.
+    unsafe {
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let rc = libc::posix_spawn_file_actions_init(&mut fa);
+        if rc != 0 {
+            return Err(spawn_err(io::Error::from_raw_os_error(rc)));
+        }
+        let mut rc = 0;
+        for fd in 0..3 {
+            if rc == 0 {
+                let flags = if fd == 0 {
+                    libc::O_RDONLY
+                } else {
+                    libc::O_WRONLY
+                };
+                rc =
+                    libc::posix_spawn_file_actions_addopen(&mut fa, fd, devnull.as_ptr(), flags, 0);
+            }
+        }
+        if rc == 0 {
+            // dup2 onto fd 3 clears close-on-exec on the copy (the pipe is
+            // never fd 3 itself here).
+            rc = libc::posix_spawn_file_actions_adddup2(&mut fa, ready_w, 3);
+        }
+        let mut pid: libc::pid_t = 0;
+        if rc == 0 {
+            rc = libc::posix_spawn(
+                &mut pid,
+                exe.as_ptr(),
+                &fa,
+                std::ptr::null(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+            );
+        }
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        if rc != 0 {
+            return Err(spawn_err(io::Error::from_raw_os_error(rc)));
+        }
+        Ok(pid)
     }
 }
 

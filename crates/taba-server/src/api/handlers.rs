@@ -554,25 +554,24 @@ pub async fn agent_allocations(
     let mut stop = state.shutdown.subscribe();
     loop {
         changes.borrow_and_update();
-        let allocs = state.node_allocs(&id);
-        let index = allocs
-            .iter()
-            .map(|a| a.modify_index)
-            .max()
-            .unwrap_or(0)
-            .max(node.create_index);
+        // Only server-side changes wake the agent, not its own status reports.
+        let index = state.node_allocs_index(&id).max(node.create_index);
         if after == 0 || index > after || *stop.borrow() {
             return Ok(Json(NodeAllocations {
                 protocol: PROTOCOL,
                 index,
-                allocs,
+                allocs: state.node_allocs(&id),
             }));
         }
         tokio::select! {
             _ = changes.changed() => {}
             _ = stop.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(Json(NodeAllocations { protocol: PROTOCOL, index: index.max(after), allocs }));
+                return Ok(Json(NodeAllocations {
+                    protocol: PROTOCOL,
+                    index: index.max(after),
+                    allocs: state.node_allocs(&id),
+                }));
             }
         }
     }
