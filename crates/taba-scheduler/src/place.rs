@@ -38,9 +38,14 @@ pub(crate) struct Placer {
     job_on_node: BTreeMap<u32, u32>,
     /// Live allocations per (group, node).
     group_on_node: BTreeMap<(String, u32), u32>,
-    /// Only nodes with slot % n == i for `place_many`.
+    /// Only nodes whose shard is i modulo n, for `place_many`.
     shard: Option<(u32, u32)>,
 }
+
+/// A group takes at most 1/FILL_SHARE of a node's room for it on a first
+/// visit, so nodes end up with a mix of shapes (CPU-heavy next to
+/// memory-heavy) and less capacity is stranded in one dimension.
+const FILL_SHARE: u64 = 2;
 
 /// Counts per value of a `distinct_property` attribute.
 type PropCounts = Vec<BTreeMap<String, u32>>;
@@ -191,12 +196,12 @@ impl Placer {
 
     /// How many of the group's allocations `slot` can take now (0: none).
     fn room(&self, state: &ClusterState, g: &GroupCtx, slot: u32, props: &PropCounts) -> u64 {
+        let e = state.entry(slot);
         if let Some((i, n)) = self.shard {
-            if slot % n != i {
+            if e.shard % n != i {
                 return 0;
             }
         }
-        let e = state.entry(slot);
         let Some(node) = &e.node else { return 0 };
         if !node.schedulable() || !g.res.fits_in(&self.free(state, slot)) || !g.filter.accepts(node)
         {
@@ -218,12 +223,17 @@ impl Placer {
         let lb = g.res.key();
         let mut used = state.used_from(lb).peekable();
         let mut empty = state.empty_largest_first().peekable();
+        // Nodes this group already took its share of; revisited only when
+        // nothing else fits.
+        let mut visited: BTreeSet<u32> = BTreeSet::new();
+        let mut revisit = false;
         while out.len() < n {
+            let skip = |s: u32| !revisit && visited.contains(&s);
             let touched = self
                 .touched
                 .range((lb, 0)..)
                 .copied()
-                .find(|&(_, s)| self.room(state, g, s, &props) > 0);
+                .find(|&(_, s)| !skip(s) && self.room(state, g, s, &props) > 0);
             let base = loop {
                 match used.peek().copied() {
                     Some((k, s))
@@ -246,26 +256,40 @@ impl Placer {
                 (Some(t), None) => t.1,
                 (None, None) => {
                     let found = loop {
-                        match empty.next() {
+                        match empty.peek().copied() {
                             Some(s)
                                 if !self.delta.contains_key(&s)
                                     && self.room(state, g, s, &props) > 0 =>
                             {
                                 break Some(s)
                             }
-                            Some(_) => continue,
+                            Some(_) => {
+                                empty.next();
+                            }
                             None => break None,
                         }
                     };
                     match found {
-                        Some(s) => s,
+                        Some(s) => {
+                            empty.next();
+                            s
+                        }
+                        None if !revisit && !visited.is_empty() => {
+                            revisit = true;
+                            continue;
+                        }
                         None => break,
                     }
                 }
             };
-            let k = self
-                .room(state, g, chosen, &props)
-                .min((n - out.len()) as u64);
+            let room = self.room(state, g, chosen, &props);
+            let share = if revisit {
+                room
+            } else {
+                room.div_ceil(FILL_SHARE)
+            };
+            let k = share.min((n - out.len()) as u64);
+            visited.insert(chosen);
             self.take(state, g, chosen, k, &mut props);
             out.extend(std::iter::repeat_n(chosen, k as usize));
         }

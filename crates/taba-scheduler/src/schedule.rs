@@ -39,8 +39,9 @@ const MAX_RESCHEDULE_TIMES: usize = 16;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScheduleOptions {
     /// `Some((i, n))`: place new allocations of service and batch jobs only
-    /// on nodes whose slot is `i` modulo `n`. Concurrent workers given
-    /// different shards make plans that do not conflict.
+    /// on nodes whose shard is `i` modulo `n` (see
+    /// [`ClusterState::balance_shards`]). Concurrent workers given different
+    /// shards make plans that do not conflict.
     pub node_shard: Option<(u32, u32)>,
 }
 

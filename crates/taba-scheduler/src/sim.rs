@@ -7,9 +7,10 @@
 //! shared state; one plan applier (the calling thread) verifies each plan
 //! under the write lock and applies it whole, or rejects it whole when it was
 //! made on a view that went stale, and puts the evaluation back to be
-//! retried. Workers plan on disjoint halves of the node set first (by node
-//! slot parity) so that concurrent plans rarely touch the same nodes; when
-//! their half has no room they fall back to every node.
+//! retried. Workers plan on disjoint shards of the node set first (shards of
+//! alike capacity, [`ClusterState::balance_shards`]) so that concurrent plans
+//! do not touch the same nodes; when their shard has no room they fall back to
+//! every node. A worker waits for its plan's verdict before it plans again.
 //!
 //! Everything here is deterministic given the seed except the interleaving
 //! of the workers (which plan is applied first); with one worker the whole
@@ -131,6 +132,8 @@ pub struct SimReport {
     pub binding: &'static str,
     /// Evaluation latency (from start of the run to applied), p50 and p99, ms.
     pub eval_latency_ms: (f64, f64),
+    /// CPU and memory in use on the nodes in use, as shares of their capacity.
+    pub used_fill: (f64, f64),
     /// Time spent in `schedule`, summed over workers, seconds.
     pub schedule_seconds: f64,
     /// Time spent verifying and applying plans, seconds.
@@ -469,14 +472,15 @@ struct Queue {
 
 /// Run the whole simulation.
 pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
-    let (state, evals) = build(cfg)?;
+    let (mut state, evals) = build(cfg)?;
+    let workers = cfg.workers.max(1);
+    state.balance_shards(workers as u32);
     let mut report = SimReport {
         nodes: cfg.nodes,
         jobs: evals.len() as u32,
         tasks: cfg.tasks,
         ..SimReport::default()
     };
-    let workers = cfg.workers.max(1);
     let queue = Mutex::new(Queue {
         pending: evals.len(),
         evals: evals.into_iter().map(|e| (e, 0)).collect(),
@@ -578,6 +582,20 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
     }
     let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
     let (used, lb, binding) = packing(&state);
+    let (mut uc, mut um, mut cc, mut cm) = (0f64, 0f64, 0f64, 0f64);
+    for n in state.nodes() {
+        let u = state.node_used(&n.id);
+        if u.cpu > 0 || u.memory.0 > 0 {
+            let a = n.allocatable();
+            uc += u.cpu as f64;
+            um += u.memory.0 as f64;
+            cc += a.cpu as f64;
+            cm += a.memory.0 as f64;
+        }
+    }
+    if cc > 0.0 && cm > 0.0 {
+        report.used_fill = (uc / cc, um / cm);
+    }
     report.nodes_used = used;
     report.lower_bound = lb;
     report.binding = binding;
@@ -621,5 +639,47 @@ pub fn packing(state: &ClusterState) -> (u64, u64, &'static str) {
         (used_nodes, by_cpu, "cpu")
     } else {
         (used_nodes, by_mem, "memory")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_parses_and_rejects_nonsense() {
+        let m: Mix = "service=60, batch=30,system=10".parse().unwrap();
+        assert_eq!((m.service, m.batch, m.system), (60, 30, 10));
+        assert!("bogus".parse::<Mix>().is_err());
+        assert!("vm=3".parse::<Mix>().is_err());
+        assert!("service=-1".parse::<Mix>().is_err());
+        assert!("service=0".parse::<Mix>().is_err());
+    }
+
+    #[test]
+    fn a_small_run_places_everything_and_reports_packing() {
+        let cfg = SimConfig {
+            nodes: 100,
+            tasks: 5000,
+            seed: 7,
+            mix: Mix::default(),
+            workers: 2,
+            fill: 0.6,
+        };
+        let r = run(&cfg).unwrap();
+        assert_eq!(r.placed, 5000);
+        assert_eq!(r.evals_blocked, 0);
+        assert!(r.lower_bound > 0 && r.nodes_used >= r.lower_bound);
+        assert!(
+            r.nodes_used < 100,
+            "bin-packing leaves nodes empty at 60% fill"
+        );
+        let line = r.last_line(12);
+        assert!(line.starts_with("placed=5000 seconds="), "{line}");
+        assert!(line.ends_with(" rss_mib=12"), "{line}");
+        assert!(matches!(
+            run(&SimConfig { nodes: 0, ..cfg }),
+            Err(SimError::BadArg("nodes", _))
+        ));
     }
 }

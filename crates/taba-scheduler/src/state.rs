@@ -35,6 +35,10 @@ use taba_types::{
 
 const MIB: u64 = 1024 * 1024;
 
+/// Memory per MHz of CPU on a typical host, times two (4 GiB per 2.7 GHz
+/// core is about 1.5 MiB per MHz).
+const MIB_PER_MHZ_X2: u64 = 3;
+
 /// Resources as the scheduler counts them: CPU in MHz, memory and disk in
 /// bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,12 +106,13 @@ impl Res {
         }
         n
     }
-    /// The scalar the capacity indexes order by: the smaller of CPU (MHz)
-    /// and memory (MiB). A node fits a request only if its key is at least
+    /// The scalar the capacity indexes order by: the smaller of CPU and
+    /// memory, with CPU weighted by `MIB_PER_MHZ_X2 / 2` so that both count alike
+    /// on a typical host. A node fits a request only if its key is at least
     /// the request's key, so a range query from the request's key skips
     /// every node that is too small in both dimensions.
     pub fn key(&self) -> u64 {
-        self.cpu.min(self.mem / MIB)
+        (self.cpu.saturating_mul(MIB_PER_MHZ_X2) / 2).min(self.mem / MIB)
     }
 }
 
@@ -133,6 +138,8 @@ pub(crate) struct NodeEntry {
     pub holders: u32,
     /// Every allocation on this node (slots).
     pub allocs: BTreeSet<u32>,
+    /// Shard for concurrent scheduling (see [`ClusterState::balance_shards`]).
+    pub shard: u32,
     indexed: Option<Indexed>,
 }
 
@@ -282,6 +289,7 @@ impl ClusterState {
             used: Res::default(),
             holders: 0,
             allocs: BTreeSet::new(),
+            shard: slot,
             indexed: None,
         });
         self.node_slots.insert(id.clone(), slot);
@@ -311,6 +319,24 @@ impl ClusterState {
         entry.allocatable = Res::of(&node.allocatable());
         entry.node = Some(node);
         self.reindex(slot);
+    }
+
+    /// Split the nodes into `n` shards of alike capacity (nodes ranked by
+    /// size, dealt out in turn), for workers that schedule concurrently on
+    /// disjoint shards ([`crate::ScheduleOptions::node_shard`]). Without it
+    /// a node's shard is its registration order modulo `n`.
+    pub fn balance_shards(&mut self, n: u32) {
+        let n = n.max(1);
+        let mut order: Vec<(Reverse<u64>, u32)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (Reverse(e.allocatable.key()), i as u32))
+            .collect();
+        order.sort_unstable();
+        for (rank, (_, slot)) in order.into_iter().enumerate() {
+            self.nodes[slot as usize].shard = rank as u32 % n;
+        }
     }
 
     /// A node by id.
