@@ -11,6 +11,7 @@ fn main() {
         mix: taba_scheduler::sim::Mix::default(),
         workers: num(4, 2) as usize,
         fill: 0.7,
+        shards: num(5, 1) == 1,
     };
     let r = taba_scheduler::sim::run(&cfg).expect("simulation runs");
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -224,11 +224,14 @@ impl<'a> Scheduler<'a> {
             }
         }
         for g in &job.spec.groups {
-            let mine: Vec<&'a Allocation> = allocs
+            let mut mine: Vec<&'a Allocation> = allocs
                 .iter()
                 .copied()
                 .filter(|a| a.group == g.name)
                 .collect();
+            // Live allocations claim their index first, so a terminal one
+            // that was already replaced never competes with its replacement.
+            mine.sort_by_key(|a| a.client_status.is_terminal());
             let count = g.count;
             let mut occupied = vec![false; count as usize];
             let mut reqs: Vec<Req<'a>> = Vec::new();

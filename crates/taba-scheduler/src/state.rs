@@ -339,6 +339,11 @@ impl ClusterState {
         }
     }
 
+    /// The shard of a node (see [`ClusterState::balance_shards`]).
+    pub fn node_shard(&self, id: &NodeId) -> Option<u32> {
+        Some(self.nodes[*self.node_slots.get(id)? as usize].shard)
+    }
+
     /// A node by id.
     pub fn node(&self, id: &NodeId) -> Option<&Node> {
         let slot = *self.node_slots.get(id)?;

@@ -743,3 +743,25 @@ fn apply_keeps_client_status_reported_meanwhile() {
         .all(|a| a.client_status == ClientStatus::Running && a.job_version == 1));
     assert_eq!(c.node_of(&c.live("web")[0]), "n1");
 }
+
+#[test]
+fn a_failed_alloc_never_displaces_its_live_replacement() {
+    let mut c = Cluster::new(&[("n1", 8000, 8192)]);
+    let j = c.register(job(
+        "web",
+        JobType::Service,
+        vec![group("web", 1, 500, 256)],
+    ));
+    let first = c.run_commit(&j, 0).plan.placements[0].clone();
+    c.set_client(&first.id, ClientStatus::Failed, 10);
+    // A replacement exists but the failed one was not marked replaced
+    // (e.g. restored from an older snapshot).
+    let mut repl = first.clone();
+    repl.id = AllocId(crate::ids::IdStream::new("r", 0).next_uuid());
+    repl.client_status = ClientStatus::Running;
+    repl.create_index = 99;
+    repl.previous_alloc = Some(first.id.clone());
+    c.s.upsert_alloc(repl);
+    let o = c.run(&j, 100_000);
+    assert!(o.plan.is_empty(), "{:?}", o.plan);
+}

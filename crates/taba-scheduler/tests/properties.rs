@@ -390,6 +390,7 @@ proptest! {
             mix: Mix { service: 60, batch: 30, system: 10 },
             workers: 1,
             fill: 0.8,
+            shards: true,
         };
         let (s1, e1) = sim::build(&cfg).unwrap();
         let (s2, e2) = sim::build(&cfg).unwrap();

@@ -28,6 +28,10 @@ pub struct SimArgs {
     /// Demand as a share of the cluster's capacity in its binding resource.
     #[arg(long, default_value_t = 0.7)]
     pub fill: f64,
+    /// Let all workers plan on every node (no shards): conflicting plans are
+    /// then rejected by the applier and retried.
+    #[arg(long)]
+    pub no_shards: bool,
 }
 
 /// Run a simulation.
@@ -43,6 +47,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         mix,
         workers: args.workers,
         fill: args.fill,
+        shards: !args.no_shards,
     };
     let r = match sim::run(&cfg) {
         Ok(r) => r,
