@@ -801,11 +801,13 @@ impl ServerState {
     /// The highest server-side change index of a node's allocations (what
     /// the agent's blocking query waits on), without copying them.
     pub fn node_allocs_index(&self, id: &NodeId) -> u64 {
+        // Lock order: the cluster first, then the index map (as `apply` does).
+        let cluster = self.cluster();
         let server_index = self
             .alloc_server_index
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        self.cluster()
+        cluster
             .allocs_for_node(id)
             .map(|a| {
                 server_index

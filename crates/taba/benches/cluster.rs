@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
@@ -82,11 +85,18 @@ count = 100
 "#;
     let submitted = now_ms();
     let t0 = Instant::now();
-    dev.client.register_job_toml(toml.as_bytes()).expect("register");
+    dev.client
+        .register_job_toml(toml.as_bytes())
+        .expect("register");
     let mut allocs = Vec::new();
     while t0.elapsed() < Duration::from_secs(120) {
         allocs = dev.client.job_status("hundred").unwrap().allocations;
-        if allocs.iter().filter(|a| a.status.to_string() == "running").count() == 100 {
+        if allocs
+            .iter()
+            .filter(|a| a.status.to_string() == "running")
+            .count()
+            == 100
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -127,7 +137,10 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn idle_rss() {
-    let tmp = tempfile::Builder::new().prefix("taba-bench-").tempdir_in("/var/tmp").unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-bench-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -135,7 +148,10 @@ fn idle_rss() {
     let scfg = tmp.path().join("server.toml");
     std::fs::write(
         &scfg,
-        format!("data_dir = \"{}/server\"\nhttp = \"127.0.0.1:{port}\"\n", tmp.path().display()),
+        format!(
+            "data_dir = \"{}/server\"\nhttp = \"127.0.0.1:{port}\"\n",
+            tmp.path().display()
+        ),
     )
     .unwrap();
     let acfg = tmp.path().join("agent.toml");

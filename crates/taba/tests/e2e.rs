@@ -7,7 +7,12 @@ use common::*;
 use std::time::Duration;
 use taba_client::api::AllocListEntry;
 
-fn wait_allocs(dev: &Dev, job: &str, what: &str, pred: impl Fn(&[AllocListEntry]) -> bool) -> Vec<AllocListEntry> {
+fn wait_allocs(
+    dev: &Dev,
+    job: &str,
+    what: &str,
+    pred: impl Fn(&[AllocListEntry]) -> bool,
+) -> Vec<AllocListEntry> {
     let mut last = Vec::new();
     dev.wait_for(what, Duration::from_secs(60), || {
         if let Ok(s) = dev.client.job_status(job) {
@@ -21,12 +26,19 @@ fn wait_allocs(dev: &Dev, job: &str, what: &str, pred: impl Fn(&[AllocListEntry]
 }
 
 fn running(allocs: &[AllocListEntry], n: usize) -> bool {
-    allocs.iter().filter(|a| a.status.to_string() == "running").count() == n
+    allocs
+        .iter()
+        .filter(|a| a.status.to_string() == "running")
+        .count()
+        == n
 }
 
 fn read_cg(controller: &str, alloc: &str, task: &str, file: &str) -> String {
     let p = format!("/sys/fs/cgroup/{controller}/taba/{alloc}/{task}/{file}");
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {p}: {e}")).trim().to_string()
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("reading {p}: {e}"))
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -50,7 +62,12 @@ name = "web"
 "#,
     );
     let out = dev.cli(&["job", "run", web.to_str().unwrap()]);
-    assert!(out.status.success(), "job run failed: {}\n{}", String::from_utf8_lossy(&out.stderr), dev.log_tail());
+    assert!(
+        out.status.success(),
+        "job run failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dev.log_tail()
+    );
     let tool = job_file(
         tmp.path(),
         "tool",
@@ -67,7 +84,11 @@ name = "g"
 "#,
     );
     let out = dev.cli(&["job", "run", "--detach", tool.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let web_allocs = wait_allocs(&dev, "web", "web running", |a| running(a, 1));
     let tool_allocs = wait_allocs(&dev, "tool", "tool running", |a| running(a, 1));
@@ -76,13 +97,24 @@ name = "g"
     assert_eq!(web_allocs[0].node, "n1");
 
     // The cgroup limits are really set.
-    assert_eq!(read_cg("memory", &web_id, "httpd", "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    assert_eq!(
+        read_cg("memory", &web_id, "httpd", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
     assert_eq!(read_cg("pids", &web_id, "httpd", "pids.max"), "64");
     assert_eq!(read_cg("cpu", &web_id, "httpd", "cpu.shares"), "100");
-    assert_eq!(read_cg("memory", &tool_id, "sh", "memory.limit_in_bytes"), (32u64 << 20).to_string());
-    let pid = web_allocs[0].task_states["httpd"].pid.expect("running task has a pid");
+    assert_eq!(
+        read_cg("memory", &tool_id, "sh", "memory.limit_in_bytes"),
+        (32u64 << 20).to_string()
+    );
+    let pid = web_allocs[0].task_states["httpd"]
+        .pid
+        .expect("running task has a pid");
     let procs = read_cg("memory", &web_id, "httpd", "cgroup.procs");
-    assert!(procs.lines().any(|l| l == pid.to_string()), "pid {pid} not in its cgroup: {procs}");
+    assert!(
+        procs.lines().any(|l| l == pid.to_string()),
+        "pid {pid} not in its cgroup: {procs}"
+    );
 
     // Logs of the exec task, both streams, via the CLI.
     let mut got = String::new();
@@ -96,20 +128,48 @@ name = "g"
 
     // exec into the container: its own hostname, network and root filesystem.
     let out = dev.cli(&["alloc", "exec", &web_id, "--", "hostname"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let host = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(web_id.starts_with(&host), "hostname {host:?} is not the alloc id prefix");
-    let out = dev.cli(&["alloc", "exec", &web_id, "--", "wget", "-qO-", "http://127.0.0.1:8080/passwd"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("root:"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        web_id.starts_with(&host),
+        "hostname {host:?} is not the alloc id prefix"
+    );
+    let out = dev.cli(&[
+        "alloc",
+        "exec",
+        &web_id,
+        "--",
+        "wget",
+        "-qO-",
+        "http://127.0.0.1:8080/passwd",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("root:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = dev.cli(&["alloc", "exec", &web_id, "--", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));
     // exec into the exec task sees its env.
-    let out = dev.cli(&["alloc", "exec", &tool_id, "--", "/bin/sh", "-c", "echo $GREETING"]);
+    let out = dev.cli(&[
+        "alloc",
+        "exec",
+        &tool_id,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $GREETING",
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hi");
 
     // JSON shapes promised by the CLI.
     let out = dev.cli(&["job", "status", "web", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job status --json is JSON");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("job status --json is JSON");
     let a = &v["allocations"][0];
     assert_eq!(a["id"], web_id.as_str());
     assert_eq!(a["node"], "n1");
@@ -128,8 +188,12 @@ name = "g"
     // Stop: processes gone, cgroups removed.
     let out = dev.cli(&["job", "stop", "web"]);
     assert!(out.status.success());
-    wait_allocs(&dev, "web", "web stopped", |a| a.iter().all(|a| a.status.to_string() == "complete"));
-    dev.wait_for("httpd gone", Duration::from_secs(10), || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    wait_allocs(&dev, "web", "web stopped", |a| {
+        a.iter().all(|a| a.status.to_string() == "complete")
+    });
+    dev.wait_for("httpd gone", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
     dev.wait_for("cgroup removed", Duration::from_secs(10), || {
         !std::path::Path::new(&format!("/sys/fs/cgroup/memory/taba/{web_id}/httpd")).exists()
     });
@@ -156,11 +220,20 @@ reschedule = { attempts = 0 }
   resources = { memory = "16MiB" }
 "#,
     );
-    assert!(dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]).status.success());
-    let allocs = wait_allocs(&dev, "hog", "hog failed", |a| a.iter().any(|a| a.status.to_string() == "failed"));
+    assert!(dev
+        .cli(&["job", "run", "--detach", f.to_str().unwrap()])
+        .status
+        .success());
+    let allocs = wait_allocs(&dev, "hog", "hog failed", |a| {
+        a.iter().any(|a| a.status.to_string() == "failed")
+    });
     let t = &allocs[0].task_states["hog"];
     assert!(t.oom_killed, "task state: {t:?}");
-    assert!(t.events.iter().any(|e| e.kind == "OOM Killed"), "events: {:?}", t.events);
+    assert!(
+        t.events.iter().any(|e| e.kind == "OOM Killed"),
+        "events: {:?}",
+        t.events
+    );
 }
 
 #[test]
@@ -189,7 +262,10 @@ reschedule = { attempts = 0 }
   command = ["/bin/sh", "-c", "date +%s%N; exit 3"]
 "#,
     );
-    assert!(dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]).status.success());
+    assert!(dev
+        .cli(&["job", "run", "--detach", f.to_str().unwrap()])
+        .status
+        .success());
     let allocs = wait_allocs(&dev, "codes", "both groups finished", |a| {
         a.len() == 2 && a.iter().all(|a| a.status.is_terminal())
     });
@@ -201,14 +277,23 @@ reschedule = { attempts = 0 }
     let t = &bad.task_states["t"];
     assert_eq!(t.exit_code, Some(3));
     assert_eq!(t.restarts, 2, "{t:?}");
-    assert_eq!(t.events.iter().filter(|e| e.kind == "Restarting").count(), 2);
+    assert_eq!(
+        t.events.iter().filter(|e| e.kind == "Restarting").count(),
+        2
+    );
     assert!(t.events.iter().any(|e| e.kind == "Not Restarting"));
     // Each run printed its start time: the restarts waited at least the delay.
     let out = dev.cli(&["alloc", "logs", bad.id.as_str()]);
-    let times: Vec<u128> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let times: Vec<u128> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
     assert_eq!(times.len(), 3, "three runs expected: {times:?}");
     for w in times.windows(2) {
-        assert!(w[1] - w[0] >= 1_000_000_000, "restart came before its 1s delay: {times:?}");
+        assert!(
+            w[1] - w[0] >= 1_000_000_000,
+            "restart came before its 1s delay: {times:?}"
+        );
     }
     // The CLI exit code of a failing deployment is 1.
     let out = dev.cli(&["job", "status", "codes"]);
@@ -217,7 +302,10 @@ reschedule = { attempts = 0 }
 
 #[test]
 fn root_kill9_during_500_registrations_loses_nothing_and_keeps_containers() {
-    let tmp = tempfile::Builder::new().prefix("taba-e2e-").tempdir_in("/var/tmp").unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-e2e-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let mut dev = Dev::start_on(tmp.path(), &[]);
     dev.import_busybox();
     let f = job_file(
@@ -235,7 +323,10 @@ name = "g"
   resources = { memory = "16MiB" }
 "#,
     );
-    assert!(dev.cli(&["job", "run", f.to_str().unwrap()]).status.success());
+    assert!(dev
+        .cli(&["job", "run", f.to_str().unwrap()])
+        .status
+        .success());
     let allocs = wait_allocs(&dev, "keep", "keep running", |a| running(a, 1));
     let keep_id = allocs[0].id.to_string();
     let pid = allocs[0].task_states["sleeper"].pid.unwrap();
@@ -262,20 +353,35 @@ name = "g"
             }
         }));
     }
-    dev.wait_for("250 acknowledged registrations", Duration::from_secs(60), || acked.lock().unwrap().len() >= 250);
+    dev.wait_for(
+        "250 acknowledged registrations",
+        Duration::from_secs(60),
+        || acked.lock().unwrap().len() >= 250,
+    );
     dev.kill9();
     for t in threads {
         t.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 250 && acked.len() < 500, "kill -9 came too late to test anything: {}", acked.len());
+    assert!(
+        acked.len() >= 250 && acked.len() < 500,
+        "kill -9 came too late to test anything: {}",
+        acked.len()
+    );
 
     // The workload survived the kill.
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "container died with taba dev");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "container died with taba dev"
+    );
 
     let dev2 = Dev::start_on(tmp.path(), &[]);
     let jobs = dev2.client.list_jobs().unwrap();
-    let mut names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).filter(|n| n.starts_with("reg-")).collect();
+    let mut names: Vec<&str> = jobs
+        .iter()
+        .map(|j| j.name.as_str())
+        .filter(|n| n.starts_with("reg-"))
+        .collect();
     let total = names.len();
     names.sort();
     names.dedup();
@@ -290,7 +396,8 @@ name = "g"
     // The container was re-adopted, not restarted.
     dev2.wait_for("keep re-adopted", Duration::from_secs(30), || {
         dev2.client.alloc(&keep_id).ok().is_some_and(|a| {
-            a.status.to_string() == "running" && a.allocation.task_states["sleeper"].pid == Some(pid)
+            a.status.to_string() == "running"
+                && a.allocation.task_states["sleeper"].pid == Some(pid)
         })
     });
     std::thread::sleep(Duration::from_secs(1));
@@ -316,7 +423,10 @@ fn root_cli_rejects_bad_job_files_with_position_and_field() {
         let out = dev.cli(&["job", "run", f.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {err}");
-        assert!(err.contains(needle), "{name}: {err:?} does not mention {needle}");
+        assert!(
+            err.contains(needle),
+            "{name}: {err:?} does not mention {needle}"
+        );
     }
     // Non-UTF-8.
     let f = tmp.path().join("bin.toml");

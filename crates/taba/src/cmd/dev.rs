@@ -138,6 +138,18 @@ fn init_logging() {
         .try_init();
 }
 
+/// Run `f` on a fresh runtime, then drop the runtime without waiting for
+/// blocking threads: those that wait on running workloads never end on their
+/// own, and the workloads keep running for the next start to re-attach.
+fn run_async<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let result = rt.block_on(f);
+    rt.shutdown_background();
+    result
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -167,8 +179,7 @@ async fn shutdown_signal() {
 /// Run `taba dev`.
 pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
     init_logging();
-    let rt = runtime()?;
-    rt.block_on(async move {
+    run_async(async move {
         std::fs::create_dir_all(&a.data_dir)
             .with_context(|| format!("creating {}", a.data_dir.display()))?;
         let store_path = a.data_dir.join("server").join("state.redb");
@@ -191,7 +202,10 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         let agent = taba_agent::start(ac, drivers(images)?)
             .await
             .context("starting the agent")?;
-        eprintln!("taba dev: API on http://{addr}; node {} ready", agent.node_id);
+        eprintln!(
+            "taba dev: API on http://{addr}; node {} ready",
+            agent.node_id
+        );
         shutdown_signal().await;
         eprintln!("taba dev: shutting down (workloads keep running)");
         agent.shutdown().await;
@@ -204,8 +218,7 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
 pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let cfg: ServerFile = read_config(a.config.as_deref())?;
-    let rt = runtime()?;
-    rt.block_on(async move {
+    run_async(async move {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("state.redb"))?);
@@ -229,8 +242,7 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
 pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let cfg: AgentFile = read_config(a.config.as_deref())?;
-    let rt = runtime()?;
-    rt.block_on(async move {
+    run_async(async move {
         let images_dir = cfg
             .images_dir
             .clone()
@@ -244,7 +256,10 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
         ac.http_addr = cfg.http;
         ac.meta = cfg.meta.clone();
         let agent = taba_agent::start(ac, drivers(images)?).await?;
-        eprintln!("taba agent: node {} (API {})", agent.node_id, agent.http_addr);
+        eprintln!(
+            "taba agent: node {} (API {})",
+            agent.node_id, agent.http_addr
+        );
         shutdown_signal().await;
         agent.shutdown().await;
         Ok(ExitCode::SUCCESS)

@@ -20,7 +20,10 @@ pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     #[allow(unsafe_code)]
     let uid = unsafe { libc::geteuid() };
-    assert_eq!(uid, 0, "this test needs root (cgroups, namespaces, mounts); run scripts/test.sh as root");
+    assert_eq!(
+        uid, 0,
+        "this test needs root (cgroups, namespaces, mounts); run scripts/test.sh as root"
+    );
 }
 
 /// The busybox image tar, built by `scripts/setup.sh`.
@@ -28,10 +31,18 @@ pub fn busybox_tar() -> PathBuf {
     let dir = std::env::var("TABA_IMAGE_DIR").unwrap_or_else(|_| "/var/cache/taba/images".into());
     let p = Path::new(&dir).join("busybox.tar");
     if !p.exists() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-busybox-image.sh");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-busybox-image.sh");
         std::fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("bash").arg(script).arg(&p).status().expect("running build-busybox-image.sh");
-        assert!(st.success(), "building the busybox image failed; run scripts/setup.sh");
+        let st = Command::new("bash")
+            .arg(script)
+            .arg(&p)
+            .status()
+            .expect("running build-busybox-image.sh");
+        assert!(
+            st.success(),
+            "building the busybox image failed; run scripts/setup.sh"
+        );
     }
     p
 }
@@ -50,7 +61,10 @@ impl Dev {
     /// Start `taba dev` on a fresh temporary data dir.
     pub fn start() -> Dev {
         require_root();
-        let tmp = tempfile::Builder::new().prefix("taba-e2e-").tempdir_in("/var/tmp").unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("taba-e2e-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
         let data = tmp.path().to_path_buf();
         let mut d = Dev::start_on(&data, &[]);
         d._tmp = Some(tmp);
@@ -62,7 +76,11 @@ impl Dev {
         require_root();
         let log = data.join("taba-dev.log");
         std::fs::create_dir_all(data).unwrap();
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut child = Command::new(taba_bin())
             .arg("dev")
             .arg("--data-dir")
@@ -100,13 +118,26 @@ impl Dev {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!("taba dev did not start; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "taba dev did not start; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
         };
         let client = Client::new(&addr, None);
-        let d = Dev { child: Some(child), data: data.to_path_buf(), _tmp: None, addr, client, log };
+        let d = Dev {
+            child: Some(child),
+            data: data.to_path_buf(),
+            _tmp: None,
+            addr,
+            client,
+            log,
+        };
         d.wait_for("node ready", Duration::from_secs(30), || {
-            d.client.list_nodes().ok().is_some_and(|n| n.iter().any(|n| n.status.to_string() == "ready"))
+            d.client
+                .list_nodes()
+                .ok()
+                .is_some_and(|n| n.iter().any(|n| n.status.to_string() == "ready"))
         });
         d
     }
@@ -120,7 +151,10 @@ impl Dev {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("timed out waiting for {what}; taba dev log:\n{}", self.log_tail());
+        panic!(
+            "timed out waiting for {what}; taba dev log:\n{}",
+            self.log_tail()
+        );
     }
 
     /// The last lines of the log.
@@ -141,7 +175,9 @@ impl Dev {
 
     /// Import the busybox image.
     pub fn import_busybox(&self) {
-        self.client.import_image(&busybox_tar()).expect("importing busybox");
+        self.client
+            .import_image(&busybox_tar())
+            .expect("importing busybox");
     }
 
     /// kill -9 the process (workloads keep running).
@@ -165,9 +201,10 @@ impl Dev {
             while start.elapsed() < Duration::from_secs(30) {
                 let busy = self.client.list_jobs().ok().is_some_and(|jobs| {
                     jobs.iter().any(|j| {
-                        self.client.job_status(&j.name).ok().is_some_and(|s| {
-                            s.allocations.iter().any(|a| !a.status.is_terminal())
-                        })
+                        self.client
+                            .job_status(&j.name)
+                            .ok()
+                            .is_some_and(|s| s.allocations.iter().any(|a| !a.status.is_terminal()))
                     })
                 });
                 if !busy {
