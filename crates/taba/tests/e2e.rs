@@ -306,6 +306,7 @@ fn root_kill9_during_500_registrations_loses_nothing_and_keeps_containers() {
         .prefix("taba-e2e-")
         .tempdir_in("/var/tmp")
         .unwrap();
+    let _cleanup = CleanupGuard(tmp.path().to_path_buf());
     let mut dev = Dev::start_on(tmp.path(), &[]);
     dev.import_busybox();
     let f = job_file(

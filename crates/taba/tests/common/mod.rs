@@ -227,7 +227,114 @@ impl Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         self.shutdown();
+        // Whatever a failed test left: workloads, mounts and cgroups.
+        if self._tmp.is_some() {
+            force_cleanup(&self.data);
+        }
     }
+}
+
+/// Kill every shim and workload of the data dir `data`, unmount what is
+/// mounted under it and remove its allocations' cgroups. Used when a test
+/// fails before its jobs were stopped.
+pub fn force_cleanup(data: &Path) {
+    let data_s = data.to_string_lossy().to_string();
+    let allocs = data.join("agent").join("allocs");
+    // Shims name their task dir on the command line; their workloads are in state.json.
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("shim run") && cmd.contains(&data_s) {
+                // SAFETY: kill(2) with a pid read from /proc.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+    let ids: Vec<String> = std::fs::read_dir(&allocs)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in &ids {
+        for entry in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dir = entry.path().join("taba").join(id);
+            if !dir.exists() {
+                continue;
+            }
+            for procs in walk_dirs(&dir).iter().map(|d| d.join("cgroup.procs")) {
+                for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
+                    if let Ok(pid) = pid.trim().parse::<i32>() {
+                        // SAFETY: kill(2) with a pid read from the task's cgroup.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&data_s))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = Command::new("umount").arg("-l").arg(m).status();
+    }
+    for id in &ids {
+        for entry in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dir = entry.path().join("taba").join(id);
+            let mut dirs = walk_dirs(&dir);
+            dirs.reverse();
+            for d in dirs {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+/// Runs [`force_cleanup`] on a data dir when dropped, even after a panic.
+pub struct CleanupGuard(pub PathBuf);
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        force_cleanup(&self.0);
+    }
+}
+
+/// `dir` and every directory below it, parents first.
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if dir.is_dir() {
+        out.push(dir.to_path_buf());
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(walk_dirs(&e.path()));
+            }
+        }
+    }
+    out
 }
 
 /// Write a job file into a temp dir and return its path.
