@@ -109,12 +109,12 @@ fn root_detect_real_mountinfo_is_hybrid() {
     assert_eq!(layout.version_name(), "hybrid", "this machine is hybrid");
     let info = taba_cgroups::fingerprint();
     assert_eq!(info.version, "hybrid");
-    for c in [
-        "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "hugetlb",
-    ] {
+    // hugetlb is on the v2 mount here, unless something (crun's benchmark
+    // setup) has mounted it as a v1 hierarchy; taba uses it in neither case.
+    for c in ["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer"] {
         assert!(info.controllers.iter().any(|x| x == c), "{c} in {info:?}");
     }
-    assert_eq!(layout.roots().len(), 8, "{:?}", layout.roots());
+    assert!(layout.roots().len() >= 8, "{:?}", layout.roots());
 }
 
 #[test]

@@ -32,13 +32,14 @@ fn register_place_run_update_stop() {
     assert_eq!(st.allocations.len(), 2);
     assert!(st.allocations.iter().all(|a| a.node == "n1"));
 
-    // A blocking query with the current index waits, then returns on change.
+    // The agent's own status reports do not wake its blocking query: it
+    // waits out its wait time and returns the same index.
     let (index, _) = agent.allocs(0);
     for a in &allocs {
         agent.report(a, ClientStatus::Running);
     }
     let (after, _) = agent.allocs(index);
-    assert!(after > index);
+    assert_eq!(after, index);
     let st = c.job_status("web").unwrap();
     assert_eq!(st.status, JobStatus::Running);
     assert!(st
@@ -85,8 +86,26 @@ fn register_place_run_update_stop() {
         vec![1, 0]
     );
 
-    // Stop: every allocation is told to stop; the job is dead.
+    // Stop: every allocation is told to stop; the job is dead. A server-side
+    // change wakes the agent's blocking query with a higher index.
+    let (before_stop, _) = agent.allocs(0);
+    let waiter = {
+        let agent_client = taba_client::Client::new(&c.base_url().to_string(), None);
+        let node = agent.node.id.clone();
+        std::thread::spawn(move || {
+            agent_client
+                .agent_allocations(&node, before_stop, std::time::Duration::from_secs(20))
+                .expect("blocking query")
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
     c.stop_job("web").unwrap();
+    let woken = waiter.join().unwrap();
+    assert!(woken.index > before_stop);
+    assert!(woken
+        .allocs
+        .iter()
+        .any(|a| a.desired_status != DesiredStatus::Run));
     eventually("allocations stopped", || {
         let st = c.job_status("web").unwrap();
         st.allocations
