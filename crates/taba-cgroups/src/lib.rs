@@ -91,6 +91,18 @@ impl AnyCgroup {
         each!(self, cg => cg.apply(limits))
     }
 
+    /// Allow only the devices in `allow` (`"c 1:3 rwm"` rules, as the v1
+    /// `devices.allow` file takes them) after denying all. Returns false when
+    /// this cgroup version has no devices controller file to write (v2 filters
+    /// devices with an eBPF program, which taba does not attach yet): callers
+    /// must then withhold CAP_MKNOD instead.
+    pub fn restrict_devices(&self, allow: &[&str]) -> Result<bool, CgroupError> {
+        match self {
+            AnyCgroup::V1(cg) => cg.restrict_devices(allow),
+            AnyCgroup::V2(_) => Ok(false),
+        }
+    }
+
     /// Reads the limits the kernel holds now.
     pub fn limits(&self) -> Result<AppliedLimits, CgroupError> {
         each!(self, cg => cg.limits())

@@ -160,6 +160,19 @@ impl V1Cgroup {
         })
     }
 
+    /// Deny every device, then allow `allow`; false when the devices
+    /// hierarchy is not mounted.
+    pub fn restrict_devices(&self, allow: &[&str]) -> Result<bool, CgroupError> {
+        let Ok(dir) = self.dir("devices") else {
+            return Ok(false);
+        };
+        fs::write(&dir.join("devices.deny"), "a")?;
+        for rule in allow {
+            fs::write(&dir.join("devices.allow"), rule)?;
+        }
+        Ok(true)
+    }
+
     /// The `cgroup.procs` file of every hierarchy.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs

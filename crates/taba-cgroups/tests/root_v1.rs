@@ -395,3 +395,18 @@ fn root_destroy_removes_nested_cgroups_and_running_processes() {
         assert!(!root.join(&scope.top).exists());
     }
 }
+
+#[test]
+fn root_restrict_devices_denies_all_but_the_allowlist() {
+    let scope = Scope::new("devices");
+    let cg = scope.create("alloc/task");
+    let devices = dir_of(&cg, "devices");
+    assert_eq!(read(devices.join("devices.list")), "a *:* rwm");
+    assert!(cg.restrict_devices(&["c 1:3 rwm", "c 136:* rwm"]).unwrap());
+    let list = read(devices.join("devices.list"));
+    let rules: Vec<&str> = list.lines().collect();
+    assert_eq!(rules, ["c 1:3 rwm", "c 136:* rwm"], "{list}");
+    // A rule the kernel refuses is an error naming the file.
+    let err = cg.restrict_devices(&["not a rule"]).unwrap_err();
+    assert!(err.to_string().contains("devices.allow"), "{err}");
+}

@@ -39,6 +39,52 @@ impl ContainerDriver {
     }
 }
 
+/// Devices a container may use (v1 `devices.allow` rules, after "deny all"):
+/// the nodes the runtime creates in its /dev, ptys, and making (not opening)
+/// any node, as Docker and runc allow.
+pub const CONTAINER_DEVICES: &[&str] = &[
+    "c 1:3 rwm",   // null
+    "c 1:5 rwm",   // zero
+    "c 1:7 rwm",   // full
+    "c 1:8 rwm",   // random
+    "c 1:9 rwm",   // urandom
+    "c 5:0 rwm",   // tty
+    "c 5:2 rwm",   // ptmx
+    "c 136:* rwm", // pts
+    "c *:* m",
+    "b *:* m",
+];
+
+/// Remove CAP_MKNOD from every capability set of `spec`.
+fn without_mknod(spec: &mut Spec) {
+    use oci_spec::runtime::Capability;
+    let Some(mut process) = spec.process().clone() else {
+        return;
+    };
+    if let Some(mut caps) = process.capabilities().clone() {
+        let strip = |set: &Option<oci_spec::runtime::Capabilities>| {
+            set.clone().map(|mut s| {
+                s.remove(&Capability::Mknod);
+                s
+            })
+        };
+        let (b, e, p, i, a) = (
+            strip(caps.bounding()),
+            strip(caps.effective()),
+            strip(caps.permitted()),
+            strip(caps.inheritable()),
+            strip(caps.ambient()),
+        );
+        caps.set_bounding(b)
+            .set_effective(e)
+            .set_permitted(p)
+            .set_inheritable(i)
+            .set_ambient(a);
+        process.set_capabilities(Some(caps));
+    }
+    spec.set_process(Some(process));
+}
+
 /// The command line: Docker's rules for entrypoint and cmd.
 pub fn command_line(cfg: &TaskConfig, image: &Image) -> Result<Vec<String>, DriverError> {
     let entrypoint = cfg
@@ -180,9 +226,19 @@ impl Driver for ContainerDriver {
         })?;
         let rootfs = self.images.mount_rootfs(&image, &bundle)?;
         let result = (|| {
-            let spec = self.build_spec(cfg, &image, &rootfs)?;
-            spec.save(bundle.join("config.json")).map_err(bundle_err)?;
             let cg = self.shim.make_cgroup(cfg)?;
+            let mut spec = self.build_spec(cfg, &image, &rootfs)?;
+            match cg.restrict_devices(CONTAINER_DEVICES) {
+                Ok(true) => {}
+                // No devices cgroup to fence device nodes: the container may
+                // not make any.
+                Ok(false) => without_mknod(&mut spec),
+                Err(e) => {
+                    let _ = cg.destroy();
+                    return Err(e.into());
+                }
+            }
+            spec.save(bundle.join("config.json")).map_err(bundle_err)?;
             self.shim
                 .spawn(
                     self.name(),
@@ -248,5 +304,41 @@ impl Driver for ContainerDriver {
 
     fn recover(&self, h: &TaskHandle) -> Result<Recovered, DriverError> {
         self.shim.recover(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::Capability;
+
+    #[test]
+    fn mknod_is_removed_from_every_set() {
+        let mut spec = default_spec(&DefaultSpecOptions::default());
+        let before = spec
+            .process()
+            .clone()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        assert!(before
+            .effective()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::Mknod));
+        without_mknod(&mut spec);
+        let caps = spec
+            .process()
+            .clone()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            let set = set.as_ref().unwrap();
+            assert!(!set.contains(&Capability::Mknod));
+            assert!(set.contains(&Capability::Chown));
+        }
     }
 }

@@ -107,6 +107,14 @@ name = "g"
         read_cg("memory", &tool_id, "sh", "memory.limit_in_bytes"),
         (32u64 << 20).to_string()
     );
+    // Containers may only use the default devices; exec tasks are not fenced.
+    let devices = read_cg("devices", &web_id, "httpd", "devices.list");
+    assert!(devices.lines().any(|l| l == "c 1:3 rwm"), "{devices}");
+    assert!(!devices.lines().any(|l| l == "a *:* rwm"), "{devices}");
+    assert!(
+        !devices.lines().any(|l| l.starts_with("b 254")),
+        "{devices}"
+    );
     let pid = web_allocs[0].task_states["httpd"]
         .pid
         .expect("running task has a pid");
