@@ -30,7 +30,7 @@ cat <<MSG
 
 taba dev is running (pid $(cat "$DATA/taba-dev.pid" 2>/dev/null || echo '?'), API $TABA_ADDR).
 Try:   taba job status hello
-       taba alloc exec <alloc-id> -- wget -qO- http://127.0.0.1:8080/hostname
+       taba alloc exec <alloc-id> -- wget -qO- http://127.0.0.1:8080/passwd
        taba alloc logs <alloc-id>
 Stop:  kill \$(cat $DATA/taba-dev.pid)   (workloads keep running; 'taba job stop hello' stops them)
 MSG
