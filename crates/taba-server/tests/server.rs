@@ -90,7 +90,7 @@ fn register_place_run_update_stop() {
     // change wakes the agent's blocking query with a higher index.
     let (before_stop, _) = agent.allocs(0);
     let waiter = {
-        let agent_client = taba_client::Client::new(&c.base_url().to_string(), None);
+        let agent_client = taba_client::Client::new(c.base_url(), None);
         let node = agent.node.id.clone();
         std::thread::spawn(move || {
             agent_client
@@ -204,15 +204,25 @@ fn restart_on_same_data_dir_keeps_everything() {
         .unwrap();
     c.register_job_toml(exec_job("keep", 2, "2", "64MiB").as_bytes())
         .unwrap();
-    eventually("placements", || {
+    // Wait for the rolling update to version 1 to finish: nothing may move
+    // between the snapshot and the restart.
+    eventually("rolling update done", || {
+        agent.converge();
         let (_, a) = agent.allocs(0);
-        (a.iter()
+        let live: Vec<_> = a
+            .iter()
             .filter(|a| a.desired_status == DesiredStatus::Run)
-            .count()
-            == 2)
-            .then_some(())
+            .collect();
+        let settled = a
+            .iter()
+            .all(|a| a.desired_status == DesiredStatus::Run || a.client_status.is_terminal());
+        (live.len() == 2
+            && settled
+            && live
+                .iter()
+                .all(|a| a.job_version == 1 && a.client_status == ClientStatus::Running))
+        .then_some(())
     });
-    agent.converge();
     let before = c.job_status("keep").unwrap();
     let nodes_before = c.list_nodes().unwrap();
     drop(agent);
