@@ -448,3 +448,115 @@ fn root_cli_rejects_bad_job_files_with_position_and_field() {
     // Nothing was registered.
     assert!(dev.client.list_jobs().unwrap().is_empty());
 }
+
+#[test]
+fn root_system_job_and_rolling_update_and_follow_logs() {
+    let dev = Dev::start();
+    let tmp = tempfile::tempdir().unwrap();
+    // A system job: one allocation per eligible node (here: n1).
+    let sys = job_file(
+        tmp.path(),
+        "sys",
+        r#"
+name = "sys"
+type = "system"
+[[group]]
+name = "g"
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/sh", "-c", "exec sleep 1000"]
+  resources = { memory = "16MiB" }
+"#,
+    );
+    assert!(dev
+        .cli(&["job", "run", sys.to_str().unwrap()])
+        .status
+        .success());
+    let allocs = wait_allocs(&dev, "sys", "system alloc running", |a| running(a, 1));
+    assert_eq!(allocs[0].node, "n1");
+
+    // A service that prints its version; an update replaces it.
+    let body = |v: &str| {
+        format!(
+            r#"
+name = "upd"
+update = {{ max_parallel = 1, min_healthy_time = "1s" }}
+[[group]]
+name = "g"
+count = 2
+restart = {{ attempts = 0, interval = "1m", delay = "1s", mode = "fail" }}
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/sh", "-c", "echo version-$V; i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done"]
+  env = {{ V = "{v}" }}
+  resources = {{ memory = "16MiB" }}
+"#
+        )
+    };
+    let f = job_file(tmp.path(), "upd", &body("one"));
+    assert!(dev
+        .cli(&["job", "run", f.to_str().unwrap()])
+        .status
+        .success());
+    let v1 = wait_allocs(&dev, "upd", "v1 running", |a| running(a, 2));
+
+    // `alloc logs -f` streams new output while the task runs.
+    let mut follow = std::process::Command::new(taba_bin())
+        .args(["alloc", "logs", "-f", v1[0].id.as_str()])
+        .env("TABA_ADDR", &dev.addr)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while !seen.contains("tick-8") {
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        seen
+    });
+    let seen = reader.join().unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        seen.contains("version-one") && seen.contains("tick-8"),
+        "{seen}"
+    );
+
+    let f = job_file(tmp.path(), "upd", &body("two"));
+    let out = dev.cli(&["job", "run", f.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = wait_allocs(&dev, "upd", "v2 running", |a| {
+        a.iter()
+            .filter(|a| a.job_version == 1 && a.status.to_string() == "running")
+            .count()
+            == 2
+            && a.iter()
+                .filter(|a| a.job_version == 0)
+                .all(|a| a.status.is_terminal())
+    });
+    let old: Vec<_> = after.iter().filter(|a| a.job_version == 0).collect();
+    assert_eq!(old.len(), 2, "both old allocations were replaced");
+    let hist = dev.cli(&["job", "history", "upd", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&hist.stdout).unwrap();
+    assert_eq!(v["versions"].as_array().map(|a| a.len()), Some(2), "{v}");
+    let new_id = after
+        .iter()
+        .find(|a| a.job_version == 1)
+        .unwrap()
+        .id
+        .to_string();
+    let logs = dev.cli(&["alloc", "logs", &new_id]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("version-two"));
+}
