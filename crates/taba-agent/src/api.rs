@@ -16,11 +16,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::Arc;
+use taba_client::api::{b64, ExecRequest, ExecResponse};
 
 /// Largest exec request.
 const MAX_EXEC_BODY: usize = 12 << 20;
@@ -126,21 +126,6 @@ struct ExecQuery {
     task: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecRequest {
-    command: Vec<String>,
-    #[serde(default)]
-    stdin_b64: String,
-}
-
-#[derive(Serialize)]
-struct ExecResponse {
-    exit_code: i32,
-    stdout_b64: String,
-    stderr_b64: String,
-}
-
 async fn exec_handler(
     State(inner): State<Arc<AgentInner>>,
     Path(id): Path<String>,
@@ -155,9 +140,7 @@ async fn exec_handler(
     if req.command.iter().any(|a| a.contains('\0')) {
         return Err(bad("command: must not contain NUL"));
     }
-    let stdin = base64::engine::general_purpose::STANDARD
-        .decode(&req.stdin_b64)
-        .map_err(|e| bad(format!("stdin_b64: {e}")))?;
+    let stdin = b64::decode(&req.stdin_b64).map_err(|e| bad(format!("stdin_b64: {e}")))?;
     let runner = inner
         .runner(&id)
         .ok_or_else(|| not_found(format!("allocation {id} is not on this node")))?;
@@ -190,11 +173,10 @@ async fn exec_handler(
         .code()
         .or_else(|| out.status.signal().map(|s| 128 + s))
         .unwrap_or(1);
-    let enc = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     Ok(Json(ExecResponse {
         exit_code,
-        stdout_b64: enc(&out.stdout),
-        stderr_b64: enc(&out.stderr),
+        stdout_b64: b64::encode(&out.stdout),
+        stderr_b64: b64::encode(&out.stderr),
     }))
 }
 

@@ -136,13 +136,12 @@ impl AllocRunner {
 
     /// The servers sent the allocation again: apply it if it changed.
     pub fn update_if_changed(&self, alloc: Allocation) {
-        let changed = {
-            let cur = self.shared.alloc.lock().unwrap();
-            cur.desired_status != alloc.desired_status
-                || cur.desired_description != alloc.desired_description
-                || cur.job_version != alloc.job_version
-                || cur.group_spec != alloc.group_spec
-        };
+        let changed = self
+            .shared
+            .alloc
+            .lock()
+            .unwrap()
+            .server_side_differs(&alloc);
         if changed {
             self.update(alloc);
         }

@@ -118,6 +118,26 @@ pub struct Stats {
 /// Sends SIGKILL to every pid. A pid that is already gone is fine; pid 0
 /// (a process outside our pid namespace, as `cgroup.procs` shows it) is
 /// skipped, because signalling 0 would hit our own process group.
+/// SIGKILL whatever `pids` lists until it lists nothing (at most
+/// `KILL_WAIT`); `StillPopulated` naming `procs_path` otherwise.
+pub(crate) fn kill_until_empty(
+    pids: impl Fn() -> Result<Vec<u32>, CgroupError>,
+    procs_path: &Path,
+) -> Result<(), CgroupError> {
+    let empty = crate::fs::poll_until(crate::v1::KILL_WAIT, || {
+        let now = pids()?;
+        sigkill_all(&now, procs_path)?;
+        Ok(now.is_empty())
+    })?;
+    if !empty {
+        return Err(CgroupError::StillPopulated {
+            path: procs_path.to_path_buf(),
+            remaining: pids()?.len(),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn sigkill_all(pids: &[u32], procs_path: &Path) -> Result<(), CgroupError> {
     for &pid in pids {
         let Ok(raw) = i32::try_from(pid) else {

@@ -4,7 +4,7 @@
 //! inheritance, the freezer); never touches the v2 mount of a hybrid host.
 
 use crate::fs;
-use crate::limits::{sigkill_all, AppliedLimits, Limits, Stats, CPU_PERIOD_US};
+use crate::limits::{kill_until_empty, sigkill_all, AppliedLimits, Limits, Stats, CPU_PERIOD_US};
 use crate::CgroupError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -250,18 +250,7 @@ impl V1Cgroup {
         }
         // Without a freezer, and for anything that slipped through: kill
         // until the cgroup is empty.
-        let empty = fs::poll_until(KILL_WAIT, || {
-            let pids = self.pids()?;
-            sigkill_all(&pids, &procs)?;
-            Ok(pids.is_empty())
-        })?;
-        if !empty {
-            return Err(CgroupError::StillPopulated {
-                path: procs,
-                remaining: self.pids()?.len(),
-            });
-        }
-        Ok(())
+        kill_until_empty(|| self.pids(), &procs)
     }
 
     /// Kills what is left, then removes the directories, children first,

@@ -5,8 +5,7 @@
 
 use crate::fs;
 use crate::layout::V2_REQUIRED;
-use crate::limits::{sigkill_all, AppliedLimits, Limits, Stats, CPU_PERIOD_US};
-use crate::v1::KILL_WAIT;
+use crate::limits::{kill_until_empty, sigkill_all, AppliedLimits, Limits, Stats, CPU_PERIOD_US};
 use crate::CgroupError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -190,18 +189,7 @@ impl V2Cgroup {
             killed?;
             thawed?;
         }
-        let empty = fs::poll_until(KILL_WAIT, || {
-            let pids = self.pids()?;
-            sigkill_all(&pids, &procs)?;
-            Ok(pids.is_empty())
-        })?;
-        if !empty {
-            return Err(CgroupError::StillPopulated {
-                path: procs,
-                remaining: self.pids()?.len(),
-            });
-        }
-        Ok(())
+        kill_until_empty(|| self.pids(), &procs)
     }
 
     /// Kills what is left, then removes the directory and those below it,

@@ -258,17 +258,7 @@ impl ServerState {
                     a.create_index = index;
                 }
                 a.modify_index = index;
-                let server_side = match c.alloc(&a.id) {
-                    None => true,
-                    Some(old) => {
-                        old.desired_status != a.desired_status
-                            || old.desired_description != a.desired_description
-                            || old.job_version != a.job_version
-                            || old.node_id != a.node_id
-                            || old.group_spec != a.group_spec
-                    }
-                };
-                if server_side {
+                if c.alloc(&a.id).is_none_or(|old| old.server_side_differs(&a)) {
                     server_index.insert(a.id.clone(), index);
                 }
                 c.upsert_alloc(a);

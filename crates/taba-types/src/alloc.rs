@@ -241,6 +241,17 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// Whether `other` differs from `self` in what the servers decide
+    /// (desired status, job version, node, group spec), as opposed to what
+    /// the agent reports.
+    pub fn server_side_differs(&self, other: &Allocation) -> bool {
+        self.desired_status != other.desired_status
+            || self.desired_description != other.desired_description
+            || self.job_version != other.job_version
+            || self.node_id != other.node_id
+            || self.group_spec != other.group_spec
+    }
+
     /// Desired to run and not terminal on the client: it holds resources.
     pub fn is_live(&self) -> bool {
         self.desired_status == DesiredStatus::Run && !self.client_status.is_terminal()
