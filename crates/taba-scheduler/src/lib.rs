@@ -24,6 +24,7 @@ mod feasibility;
 pub mod ids;
 mod place;
 mod plan;
+pub mod preempt;
 mod schedule;
 pub mod sim;
 mod state;
@@ -32,6 +33,7 @@ mod tests;
 
 pub use feasibility::{constraint_holds, resolve_interpolation};
 pub use plan::{apply_plan, apply_plan_owned, verify_plan, PlanRejection};
+pub use preempt::{PreemptionConfig, PREEMPTION_PRIORITY_DELTA};
 pub use schedule::{schedule, schedule_with, ScheduleOptions};
 pub use state::ClusterState;
 pub use taba_types::{Plan, SchedulerOutcome};

@@ -69,6 +69,34 @@ impl Placer {
         e.allocatable.minus(used)
     }
 
+    /// Resources held on a node counting this plan's changes; more than its
+    /// capacity while stopped allocations are still winding down.
+    pub fn used(&self, state: &ClusterState, slot: u32) -> Res {
+        let mut used = state.entry(slot).used;
+        if let Some(d) = self.delta.get(&slot) {
+            used.sub(d.freed);
+            used.add(d.add);
+        }
+        used
+    }
+
+    /// Whether `slot` is in this pass's shard (always, without shards).
+    pub fn in_shard(&self, state: &ClusterState, slot: u32) -> bool {
+        self.shard
+            .is_none_or(|(i, n)| state.entry(slot).shard % n == i)
+    }
+
+    /// Whether `slot` may take one of the group's allocations if it had the
+    /// room: a schedulable node, feasibility, distinct rules.
+    pub fn can_host(&self, state: &ClusterState, g: &GroupCtx, slot: u32) -> bool {
+        let Some(node) = &state.entry(slot).node else {
+            return false;
+        };
+        node.schedulable()
+            && g.filter.accepts(node)
+            && self.distinct_cap(state, g, slot, &self.prop_counts(state, g)) > 0
+    }
+
     fn change(&mut self, state: &ClusterState, slot: u32, f: impl FnOnce(&mut Delta)) {
         let old_key = self.free(state, slot).key();
         f(self.delta.entry(slot).or_default());

@@ -5,7 +5,7 @@
 
 use crate::state::{ClusterState, Res};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use taba_types::{AllocId, NodeId, Plan};
+use taba_types::{AllocId, DesiredStatus, NodeId, Plan};
 
 /// Why a plan was rejected. The evaluation should be retried on a fresh
 /// snapshot.
@@ -39,13 +39,19 @@ pub enum PlanRejection {
         /// `cpu`, `memory` or `disk`.
         dimension: &'static str,
     },
+    /// An eviction names an allocation that is no longer live (stopped,
+    /// finished, already evicted) or no longer on the node planned for.
+    #[error("allocation {0} to evict is no longer live on its node")]
+    StaleEviction(AllocId),
     /// The job was stopped, removed or changed version since the snapshot.
     #[error("job {0} changed since the plan was made")]
     JobChanged(String),
 }
 
 /// Check `plan` against `state`, all or nothing: every stopped, updated and
-/// replaced allocation still exists; every placement's job is still at the
+/// replaced allocation still exists; every evicted one is still live on
+/// the node planned for (its resources then count as freed for the plan's
+/// placements); every placement's job is still at the
 /// version planned for and not stopped; every placement's node exists, is
 /// schedulable, and has room given its current usage, the plan's own stops
 /// and the plan's other placements.
@@ -57,6 +63,9 @@ pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejectio
         let a = state
             .alloc(&s.alloc_id)
             .ok_or_else(|| PlanRejection::AllocGone(s.alloc_id.clone()))?;
+        if s.desired_status == DesiredStatus::Evict && (!a.is_live() || a.node_id != s.node_id) {
+            return Err(PlanRejection::StaleEviction(a.id.clone()));
+        }
         if stopped.insert(&a.id) && a.holds_resources() {
             if let Some(slot) = state.node_slot(&a.node_id) {
                 freed.entry(slot).or_default().add(Res::of(&a.resources));
@@ -140,7 +149,8 @@ pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejectio
 }
 
 /// Commit a verified plan (already persisted by the server at `index`) to
-/// the state. Stops and replacements change only the scheduler's fields of
+/// the state. Stops (evictions with the allocation that evicted them) and
+/// replacements change only the scheduler's fields of
 /// the stored allocation, so client status reported meanwhile is kept;
 /// updates change only the job version, group spec, priority and resources.
 pub fn apply_plan(state: &mut ClusterState, plan: &Plan, index: u64) {
@@ -174,6 +184,9 @@ fn apply_changes(state: &mut ClusterState, plan: &Plan, index: u64) {
             state.modify_alloc(slot, |a| {
                 a.desired_status = s.desired_status;
                 a.desired_description = s.description.clone();
+                if s.preempted_by.is_some() {
+                    a.preempted_by = s.preempted_by.clone();
+                }
                 a.modify_index = index;
             });
         }

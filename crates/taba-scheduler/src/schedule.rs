@@ -24,6 +24,7 @@
 use crate::feasibility::GroupFilter;
 use crate::ids::IdStream;
 use crate::place::{GroupCtx, Placer};
+use crate::preempt::{self, Choice, PreemptionConfig, Preemptor, Search};
 use crate::state::{ClusterState, Res};
 use std::collections::{BTreeMap, BTreeSet};
 use taba_types::{
@@ -43,6 +44,9 @@ pub struct ScheduleOptions {
     /// [`ClusterState::balance_shards`]). Concurrent workers given different
     /// shards make plans that do not conflict.
     pub node_shard: Option<(u32, u32)>,
+    /// Which job types may evict lower-priority allocations when theirs fit
+    /// nowhere (see [`crate::preempt`]).
+    pub preemption: PreemptionConfig,
 }
 
 /// Decide what to do for `eval` on the snapshot `state` at time `now`.
@@ -67,6 +71,7 @@ pub fn schedule_with(
             ..Plan::default()
         },
         placer: Placer::with_shard(opts.node_shard),
+        preemption: opts.preemption,
         ids: IdStream::new(eval.id.as_str(), state.index()),
         failed_groups: BTreeMap::new(),
         queued: BTreeMap::new(),
@@ -118,6 +123,7 @@ struct Scheduler<'a> {
     now: UnixMillis,
     plan: Plan,
     placer: Placer,
+    preemption: PreemptionConfig,
     ids: IdStream,
     failed_groups: BTreeMap<String, PlacementFailure>,
     queued: BTreeMap<String, u32>,
@@ -159,6 +165,7 @@ impl<'a> Scheduler<'a> {
             node_id: a.node_id.clone(),
             desired_status: DesiredStatus::Stop,
             description: why.to_string(),
+            preempted_by: None,
         });
     }
 
@@ -371,13 +378,113 @@ impl<'a> Scheduler<'a> {
             res: Res::of(&g.total_resources()),
         };
         let slots = self.placer.place_many(self.state, &ctx, reqs.len());
-        let missing = reqs.len() - slots.len();
+        let placed = slots.len();
+        let mut missing = reqs.len() - placed;
         for (r, slot) in reqs.iter().zip(slots) {
             let a = self.new_alloc(job, g, r, slot);
             self.plan.placements.push(a);
         }
+        if missing > 0 && self.preemption.allows(job.spec.job_type) {
+            missing -= self.place_by_preemption(job, g, &ctx, &reqs[placed..]);
+        }
         if missing > 0 {
             self.record_failure(&ctx, missing as u32);
+        }
+    }
+
+    /// Place what the normal placement could not by evicting lower-priority
+    /// allocations (see [`crate::preempt`]); returns how many were placed.
+    fn place_by_preemption(
+        &mut self,
+        job: &Job,
+        g: &TaskGroupSpec,
+        ctx: &GroupCtx,
+        reqs: &[Req<'a>],
+    ) -> usize {
+        let Some(who) = preemptor(job) else {
+            return 0;
+        };
+        let mut search = Search::new(self.state, &self.placer, ctx, &who, &self.stopped);
+        let mut placed = 0;
+        for r in reqs {
+            let Some(choice) = search.best(self.state, &self.placer, ctx) else {
+                break;
+            };
+            let slot = choice.slot;
+            let Some(a) = self.evict_and_place(job, g, ctx, r, choice) else {
+                break;
+            };
+            self.plan.placements.push(a);
+            placed += 1;
+            search.refresh(self.state, &self.placer, ctx, &who, &self.stopped, slot);
+        }
+        placed
+    }
+
+    /// Evict `choice.victims` and place one allocation on `choice.slot`.
+    fn evict_and_place(
+        &mut self,
+        job: &Job,
+        g: &TaskGroupSpec,
+        ctx: &GroupCtx,
+        r: &Req,
+        choice: Choice,
+    ) -> Option<Allocation> {
+        let mut victims = Vec::with_capacity(choice.victims.len());
+        for v in &choice.victims {
+            let a = self.state.alloc(&v.id)?;
+            victims.push(a);
+        }
+        for a in &victims {
+            self.stopped.insert(a.id.clone());
+            self.placer.release(self.state, a, false);
+        }
+        // The search made sure the evictions make room.
+        self.placer.place_on(self.state, ctx, choice.slot).ok()?;
+        let mut placed = self.new_alloc(job, g, r, choice.slot);
+        for a in victims {
+            self.plan.stops.push(AllocStop {
+                alloc_id: a.id.clone(),
+                node_id: a.node_id.clone(),
+                desired_status: DesiredStatus::Evict,
+                description: format!(
+                    "preempted by job {} (priority {}) for allocation {}",
+                    job.spec.name, job.spec.priority, placed.name
+                ),
+                preempted_by: Some(placed.id.clone()),
+            });
+            placed.preempted_allocs.push(a.id.clone());
+        }
+        Some(placed)
+    }
+
+    /// Place one allocation on a given node (system jobs), evicting
+    /// lower-priority allocations there if it does not fit and the job may
+    /// preempt. Err names the exhausted dimension or the distinct rule.
+    fn place_on_node(
+        &mut self,
+        job: &Job,
+        g: &TaskGroupSpec,
+        ctx: &GroupCtx,
+        slot: u32,
+        r: &Req,
+    ) -> Result<Allocation, String> {
+        let dim = match self.placer.place_on(self.state, ctx, slot) {
+            Ok(()) => return Ok(self.new_alloc(job, g, r, slot)),
+            Err(dim) => dim,
+        };
+        if dim == "distinct" || !self.preemption.allows(job.spec.job_type) {
+            return Err(dim);
+        }
+        let Some(who) = preemptor(job) else {
+            return Err(dim);
+        };
+        let found = preempt::best_on_node(self.state, &self.placer, ctx, &who, &self.stopped, slot);
+        match found {
+            Some((_, victims)) => self
+                .evict_and_place(job, g, ctx, r, Choice { slot, victims })
+                .ok_or(dim),
+            None => Err(dim),
         }
     }
 
@@ -448,6 +555,8 @@ impl<'a> Scheduler<'a> {
             previous_alloc: r.previous.map(|p| p.id.clone()),
             reschedule_times,
             replaced: false,
+            preempted_allocs: Vec::new(),
+            preempted_by: None,
             create_time: self.now,
             modify_time: self.now,
             create_index: 0,
@@ -555,11 +664,8 @@ impl<'a> Scheduler<'a> {
                     }
                     _ => {}
                 }
-                match self.placer.place_on(self.state, &ctx, *slot) {
-                    Ok(()) => {
-                        let a = self.new_alloc(job, g, &req, *slot);
-                        self.plan.placements.push(a);
-                    }
+                match self.place_on_node(job, g, &ctx, *slot, &req) {
+                    Ok(a) => self.plan.placements.push(a),
                     Err(dim) => {
                         missing += 1;
                         let f = failure.get_or_insert_with(PlacementFailure::default);
@@ -586,11 +692,8 @@ impl<'a> Scheduler<'a> {
                     reschedule: false,
                     replaces: false,
                 };
-                match self.placer.place_on(self.state, &ctx, slot) {
-                    Ok(()) => {
-                        let n = self.new_alloc(job, g, &req, slot);
-                        self.plan.placements.push(n);
-                    }
+                match self.place_on_node(job, g, &ctx, slot, &req) {
+                    Ok(n) => self.plan.placements.push(n),
                     Err(dim) => {
                         missing += 1;
                         let f = failure.get_or_insert_with(PlacementFailure::default);
@@ -654,10 +757,11 @@ impl<'a> Scheduler<'a> {
                 .iter()
                 .map(|(g, f)| format!("{g}: {}", f.summary()))
                 .collect();
-            (
-                EvalStatus::Blocked,
-                format!("placements failed: {}", parts.join("; ")),
-            )
+            let mut why = format!("placements failed: {}", parts.join("; "));
+            if self.eval.triggered_by == EvalTrigger::Preemption {
+                why.push_str("; the job's allocations were preempted by higher-priority work");
+            }
+            (EvalStatus::Blocked, why)
         };
         SchedulerOutcome {
             plan: self.plan,
@@ -668,6 +772,16 @@ impl<'a> Scheduler<'a> {
             follow_ups,
         }
     }
+}
+
+/// The job as a preemptor, if it could evict anything at all.
+fn preemptor(job: &Job) -> Option<Preemptor<'_>> {
+    Preemptor::new(
+        &job.spec.namespace,
+        &job.spec.name,
+        job.spec.job_type,
+        job.spec.priority,
+    )
 }
 
 /// Whether moving from `old` to `new` needs new allocations (anything but

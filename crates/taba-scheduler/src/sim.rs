@@ -580,6 +580,7 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
                 };
                 let opts = ScheduleOptions {
                     node_shard: shard.map(|k| (k, n_shards as u32)),
+                    ..ScheduleOptions::default()
                 };
                 let t0 = Instant::now();
                 let out = {

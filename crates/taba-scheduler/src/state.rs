@@ -25,6 +25,7 @@
 //! It owns no I/O; the server persists everything it applies here.
 
 use crate::ids::{format_uuid, parse_uuid};
+use crate::preempt::LiveByPriority;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::OnceLock;
@@ -116,6 +117,15 @@ impl Res {
     }
 }
 
+/// A live allocation as preemption sees it.
+pub(crate) struct LiveView<'a> {
+    pub namespace: &'a str,
+    pub job: &'a str,
+    pub priority: u32,
+    pub system: bool,
+    pub res: Res,
+}
+
 /// Where a node sits in the capacity indexes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Indexed {
@@ -138,6 +148,8 @@ pub(crate) struct NodeEntry {
     pub holders: u32,
     /// Every allocation on this node (slots).
     pub allocs: BTreeSet<u32>,
+    /// Resources of live allocations per priority (preemption's bound).
+    pub live: LiveByPriority,
     /// Shard for concurrent scheduling (see [`ClusterState::balance_shards`]).
     pub shard: u32,
     indexed: Option<Indexed>,
@@ -289,6 +301,7 @@ impl ClusterState {
             used: Res::default(),
             holders: 0,
             allocs: BTreeSet::new(),
+            live: LiveByPriority::default(),
             shard: slot,
             indexed: None,
         });
@@ -533,10 +546,14 @@ impl ClusterState {
             self.nodes[node_slot as usize].allocs.insert(slot);
             self.alloc_node[slot as usize] = node_slot;
             self.store(slot, a);
+            let live = self.live_priority(slot);
             if let Some(r) = self.holding(slot) {
                 let e = &mut self.nodes[node_slot as usize];
                 e.used.add(r);
                 e.holders += 1;
+                if let Some((p, system, r)) = live {
+                    e.live.add(p, system, r);
+                }
                 if touched.last() != Some(&node_slot) {
                     touched.push(node_slot);
                 }
@@ -619,11 +636,32 @@ impl ClusterState {
         }
     }
 
+    /// Priority, system job or not, and resources of the slot's allocation
+    /// if it is live (desired to run, not terminal): what preemption may evict.
+    fn live_priority(&self, slot: u32) -> Option<(u32, bool, Res)> {
+        match &self.allocs[slot as usize] {
+            Stored::Full(a) => a.is_live().then(|| {
+                (
+                    a.priority,
+                    a.job_type == JobType::System,
+                    Res::of(&a.resources),
+                )
+            }),
+            Stored::Compact(c) => (c.desired == DesiredStatus::Run && !c.client.is_terminal())
+                .then(|| {
+                    let sp = self.spec(c.spec);
+                    (c.priority, sp.job_type == JobType::System, sp.res)
+                }),
+            Stored::Vacant => None,
+        }
+    }
+
     /// Add (`add`) or remove the slot's contribution to its node's usage.
     fn account(&mut self, slot: u32, add: bool) {
         let Some(r) = self.holding(slot) else {
             return;
         };
+        let live = self.live_priority(slot);
         let node_slot = self.alloc_node[slot as usize];
         let e = &mut self.nodes[node_slot as usize];
         if add {
@@ -632,6 +670,13 @@ impl ClusterState {
         } else {
             e.used.sub(r);
             e.holders = e.holders.saturating_sub(1);
+        }
+        if let Some((p, system, r)) = live {
+            if add {
+                e.live.add(p, system, r);
+            } else {
+                e.live.remove(p, system, r);
+            }
         }
         self.reindex(node_slot);
     }
@@ -699,7 +744,9 @@ impl ClusterState {
             && a.usage.is_none()
             && a.previous_alloc.is_none()
             && a.reschedule_times.is_empty()
-            && !a.replaced)
+            && !a.replaced
+            && a.preempted_allocs.is_empty()
+            && a.preempted_by.is_none())
         {
             return None;
         }
@@ -828,6 +875,8 @@ impl ClusterState {
             previous_alloc: None,
             reschedule_times: Vec::new(),
             replaced: false,
+            preempted_allocs: Vec::new(),
+            preempted_by: None,
             create_time: c.create_time,
             modify_time: c.modify_time,
             create_index: c.create_index,
@@ -978,6 +1027,23 @@ impl ClusterState {
     }
     pub(crate) fn alloc_slot(&self, id: &AllocId) -> Option<u32> {
         self.alloc_slot_of(id)
+    }
+    /// The id of the allocation in a slot.
+    pub(crate) fn alloc_id_at(&self, slot: u32) -> AllocId {
+        self.id_of(slot)
+    }
+    /// What preemption needs of a live allocation, without building the
+    /// full record; `None` when the slot's allocation is not live.
+    pub(crate) fn live_view(&self, slot: u32) -> Option<LiveView<'_>> {
+        let (priority, system, res) = self.live_priority(slot)?;
+        let (namespace, job, _) = self.identity(slot);
+        Some(LiveView {
+            namespace,
+            job,
+            priority,
+            system,
+            res,
+        })
     }
 }
 

@@ -228,6 +228,12 @@ pub struct Allocation {
     /// A replacement has been placed for this (failed/lost) allocation.
     #[serde(default)]
     pub replaced: bool,
+    /// Allocations this one evicted to make room for itself (preemption).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preempted_allocs: Vec<AllocId>,
+    /// The allocation whose placement evicted this one (preemption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted_by: Option<AllocId>,
     /// Creation time.
     pub create_time: UnixMillis,
     /// Last change time.

@@ -25,6 +25,9 @@ pub enum EvalTrigger {
     Retry,
     /// A rolling update proceeds to the next batch.
     RollingUpdate,
+    /// Allocations of the job were evicted to make room for
+    /// higher-priority work; their work is placed again (or waits).
+    Preemption,
 }
 
 /// State of an evaluation.

@@ -18,6 +18,9 @@ pub struct AllocStop {
     pub desired_status: DesiredStatus,
     /// Why.
     pub description: String,
+    /// For an eviction: the new allocation it makes room for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted_by: Option<AllocId>,
 }
 
 /// What a scheduler decided for one evaluation.
