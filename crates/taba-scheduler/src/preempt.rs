@@ -242,7 +242,8 @@ impl Search {
                 .remove(&(rank, state.entry(slot).id.clone(), slot));
         }
         if let Some((rank, victims)) = best_on_node(state, placer, g, who, stopped, slot) {
-            self.ranked.insert((rank, state.entry(slot).id.clone(), slot));
+            self.ranked
+                .insert((rank, state.entry(slot).id.clone(), slot));
             self.sets.insert(slot, (rank, victims));
         }
     }
@@ -342,7 +343,9 @@ fn gain(r: Res, rem: Res, need: Res) -> u64 {
         }
         (u128::from(have.min(rem)) * 1_000_000 / u128::from(need)) as u64
     };
-    part(r.cpu, rem.cpu, need.cpu) + part(r.mem, rem.mem, need.mem) + part(r.disk, rem.disk, need.disk)
+    part(r.cpu, rem.cpu, need.cpu)
+        + part(r.mem, rem.mem, need.mem)
+        + part(r.disk, rem.disk, need.disk)
 }
 
 fn covers(freed: Res, need: Res) -> bool {
@@ -418,6 +421,318 @@ fn choose(mut candidates: Vec<Victim>, need: Res) -> Option<Vec<Victim>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::{eval_for, group, job, node};
+    use crate::{apply_plan, schedule_with, verify_plan, PlanRejection, ScheduleOptions};
+    use taba_types::{ClientStatus, DesiredStatus, EvalStatus, EvalTrigger, Job, SchedulerOutcome};
+
+    fn cluster(nodes: &[(&str, u64, u64)]) -> ClusterState {
+        let mut s = ClusterState::new();
+        for (n, cpu, mem) in nodes {
+            s.upsert_node(node(n, *cpu, *mem));
+        }
+        s.set_index(1);
+        s
+    }
+
+    /// A job of one group "g" (`count` x `cpu` MHz / `mem` MiB) at `priority`.
+    fn job_p(name: &str, t: JobType, priority: u32, count: u32, cpu: u64, mem: u64) -> Job {
+        let mut j = job(name, t, vec![group("g", count, cpu, mem)]);
+        j.spec.priority = priority;
+        j
+    }
+
+    fn run_with(s: &ClusterState, j: &Job, opts: &ScheduleOptions) -> SchedulerOutcome {
+        let n = s.index() as u32;
+        schedule_with(s, &eval_for(j, n), 0, opts)
+    }
+
+    fn run(s: &ClusterState, j: &Job) -> SchedulerOutcome {
+        run_with(s, j, &ScheduleOptions::default())
+    }
+
+    /// Register `j`, schedule it with `opts`, verify and apply the plan.
+    fn submit_with(s: &mut ClusterState, j: &Job, opts: &ScheduleOptions) -> SchedulerOutcome {
+        s.upsert_job(j.clone());
+        let o = run_with(s, j, opts);
+        verify_plan(s, &o.plan).expect("a fresh plan verifies");
+        let idx = s.index() + 1;
+        apply_plan(s, &o.plan, idx);
+        o
+    }
+
+    fn submit(s: &mut ClusterState, j: &Job) -> SchedulerOutcome {
+        submit_with(s, j, &ScheduleOptions::default())
+    }
+
+    fn evictions(o: &SchedulerOutcome) -> Vec<&taba_types::AllocStop> {
+        o.plan
+            .stops
+            .iter()
+            .filter(|st| st.desired_status == DesiredStatus::Evict)
+            .collect()
+    }
+
+    fn node_name(s: &ClusterState, id: &NodeId) -> String {
+        s.node(id).unwrap().name.clone()
+    }
+
+    #[test]
+    fn service_evicts_lower_priority_batch_on_a_full_node() {
+        let mut s = cluster(&[("n1", 4000, 4096)]);
+        let batch = job_p("crunch", JobType::Batch, 20, 4, 1000, 1024);
+        assert_eq!(submit(&mut s, &batch).plan.placements.len(), 4);
+        let web = job_p("web", JobType::Service, 70, 1, 1000, 1024);
+        let o = submit(&mut s, &web);
+        assert_eq!(o.status, EvalStatus::Complete);
+        assert_eq!(o.plan.placements.len(), 1);
+        let placed = &o.plan.placements[0];
+        let ev = evictions(&o);
+        assert_eq!(ev.len(), 1, "one batch allocation makes room");
+        assert_eq!(
+            ev[0].description,
+            "preempted by job web (priority 70) for allocation web.g[0]"
+        );
+        assert_eq!(ev[0].preempted_by.as_ref(), Some(&placed.id));
+        assert_eq!(placed.preempted_allocs, vec![ev[0].alloc_id.clone()]);
+        // Applied: the victim is marked evicted with the reason and its evictor.
+        let victim = s.alloc(&ev[0].alloc_id).unwrap();
+        assert_eq!(victim.job, "crunch");
+        assert_eq!(victim.desired_status, DesiredStatus::Evict);
+        assert_eq!(victim.desired_description, ev[0].description);
+        assert_eq!(victim.preempted_by.as_ref(), Some(&placed.id));
+        assert_eq!(s.alloc(&placed.id).unwrap().preempted_allocs.len(), 1);
+
+        // The batch job's next evaluation wants the index back, cannot
+        // place it (the victim still holds its resources until it stops,
+        // then the service does) and does not preempt: blocked, saying why.
+        let mut e = eval_for(&batch, 99);
+        e.triggered_by = EvalTrigger::Preemption;
+        let again = schedule_with(&s, &e, 0, &ScheduleOptions::default());
+        assert_eq!(again.status, EvalStatus::Blocked);
+        assert!(again.plan.placements.is_empty());
+        assert!(evictions(&again).is_empty());
+        assert!(
+            again
+                .status_description
+                .contains("memory exhausted on 1 of 1 nodes")
+                || again
+                    .status_description
+                    .contains("cpu exhausted on 1 of 1 nodes"),
+            "{}",
+            again.status_description
+        );
+        assert!(again
+            .status_description
+            .contains("preempted by higher-priority work"));
+        assert_eq!(again.queued["g"], 1);
+    }
+
+    #[test]
+    fn no_eviction_of_equal_or_nearly_equal_priority() {
+        for (low, evicts) in [(70, false), (61, false), (60, true)] {
+            let mut s = cluster(&[("n1", 4000, 4096)]);
+            submit(&mut s, &job_p("b", JobType::Batch, low, 4, 1000, 1024));
+            let o = submit(&mut s, &job_p("web", JobType::Service, 70, 1, 1000, 1024));
+            assert_eq!(!evictions(&o).is_empty(), evicts, "priority {low} vs 70");
+            assert_eq!(o.plan.placements.len(), usize::from(evicts));
+            let status = if evicts {
+                EvalStatus::Complete
+            } else {
+                EvalStatus::Blocked
+            };
+            assert_eq!(o.status, status);
+        }
+    }
+
+    #[test]
+    fn least_eviction_set_wins_among_nodes() {
+        // n1: two small allocations at 20; n2: one big at 30; n3: one big at
+        // 25 next to one at 90 (not evictable); n4: one big at 25.
+        let mut s = cluster(&[
+            ("n1", 2000, 2048),
+            ("n2", 2000, 2048),
+            ("n3", 3000, 3072),
+            ("n4", 2000, 2048),
+        ]);
+        let put = |s: &mut ClusterState, name: &str, p: u32, n: &str, cpu: u64, mem: u64| {
+            let j = job_p(name, JobType::Batch, p, 1, cpu, mem);
+            s.upsert_job(j.clone());
+            let mut a = crate::tests::alloc_on(s, name, 0, n, cpu, mem);
+            a.job_type = JobType::Batch;
+            a.priority = p;
+            a.group = "g".into();
+            a.name = format!("{name}.g[0]");
+            s.upsert_alloc(a);
+        };
+        put(&mut s, "s1", 20, "n1", 1000, 1024);
+        put(&mut s, "s2", 20, "n1", 1000, 1024);
+        put(&mut s, "big2", 30, "n2", 2000, 2048);
+        put(&mut s, "big3", 25, "n3", 2000, 2048);
+        put(&mut s, "keep3", 90, "n3", 1000, 1024);
+        put(&mut s, "big4", 25, "n4", 2000, 2048);
+        let web = job_p("web", JobType::Service, 70, 1, 2000, 2048);
+        let o = submit(&mut s, &web);
+        let ev = evictions(&o);
+        // One eviction beats two; priority 25 beats 30; n3 and n4 tie on
+        // count, priority and excess (none): the smaller node id wins.
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].alloc_id.as_str(), "big3-0-n3");
+        assert_eq!(node_name(&s, &o.plan.placements[0].node_id), "n3");
+
+        // Three more: n3 is full now (keep3 at 90 is not evictable by 70),
+        // so next are n4 (one at 25), n2 (one at 30), then n1 (two at 20).
+        let mut web2 = web.clone();
+        web2.spec.groups[0].count = 4;
+        web2.version = 1;
+        let o = submit(&mut s, &web2);
+        let nodes: Vec<String> = o
+            .plan
+            .placements
+            .iter()
+            .map(|a| node_name(&s, &a.node_id))
+            .collect();
+        assert_eq!(nodes, ["n4", "n2", "n1"]);
+        assert_eq!(evictions(&o).len(), 4, "one each on n4 and n2, two on n1");
+        assert_eq!(o.status, EvalStatus::Complete);
+    }
+
+    #[test]
+    fn a_job_never_evicts_its_own_allocations() {
+        let mut s = cluster(&[("n1", 4000, 4096)]);
+        let v0 = job_p("web", JobType::Service, 20, 4, 1000, 1024);
+        submit(&mut s, &v0);
+        // Same job, now at priority 70 and one more: its own allocations at
+        // priority 20 are not victims.
+        let mut v1 = job_p("web", JobType::Service, 70, 5, 1000, 1024);
+        v1.version = 1;
+        let o = submit(&mut s, &v1);
+        assert!(evictions(&o).is_empty());
+        assert_eq!(o.status, EvalStatus::Blocked);
+    }
+
+    #[test]
+    fn batch_does_not_preempt_by_default() {
+        let mut s = cluster(&[("n1", 4000, 4096)]);
+        submit(&mut s, &job_p("low", JobType::Batch, 10, 4, 1000, 1024));
+        let high = job_p("high", JobType::Batch, 90, 1, 1000, 1024);
+        s.upsert_job(high.clone());
+        let o = run(&s, &high);
+        assert!(evictions(&o).is_empty());
+        assert_eq!(o.status, EvalStatus::Blocked);
+        // Allowed by configuration, it does.
+        let opts = ScheduleOptions {
+            preemption: PreemptionConfig {
+                batch: true,
+                ..PreemptionConfig::default()
+            },
+            ..ScheduleOptions::default()
+        };
+        let o = run_with(&s, &high, &opts);
+        assert_eq!(evictions(&o).len(), 1);
+        assert_eq!(o.status, EvalStatus::Complete);
+    }
+
+    #[test]
+    fn preemption_can_be_disabled() {
+        let mut s = cluster(&[("n1", 4000, 4096)]);
+        submit(&mut s, &job_p("low", JobType::Batch, 10, 4, 1000, 1024));
+        let web = job_p("web", JobType::Service, 90, 1, 1000, 1024);
+        s.upsert_job(web.clone());
+        let off = ScheduleOptions {
+            preemption: PreemptionConfig::disabled(),
+            ..ScheduleOptions::default()
+        };
+        let o = run_with(&s, &web, &off);
+        assert!(evictions(&o).is_empty());
+        assert_eq!(o.status, EvalStatus::Blocked);
+        assert_eq!(evictions(&run(&s, &web)).len(), 1);
+    }
+
+    #[test]
+    fn system_allocations_are_evicted_only_for_system_jobs() {
+        let mut s = cluster(&[("n1", 4000, 4096)]);
+        submit(&mut s, &job_p("agentd", JobType::System, 20, 1, 4000, 4096));
+        let web = job_p("web", JobType::Service, 90, 1, 1000, 1024);
+        let o = submit(&mut s, &web);
+        assert!(evictions(&o).is_empty());
+        assert_eq!(o.status, EvalStatus::Blocked);
+        // A system job of higher priority takes the node from it.
+        let o = submit(&mut s, &job_p("logd", JobType::System, 80, 1, 1000, 1024));
+        let ev = evictions(&o);
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0]
+            .description
+            .starts_with("preempted by job logd (priority 80)"));
+        assert_eq!(o.plan.placements.len(), 1);
+    }
+
+    #[test]
+    fn allocations_already_stopping_are_not_evicted_and_still_count() {
+        let mut s = cluster(&[("n1", 4000, 4096)]);
+        let low = job_p("low", JobType::Batch, 10, 4, 1000, 1024);
+        let placed = submit(&mut s, &low).plan.placements;
+        // Two are stopping (desired stop, still running on the node).
+        for a in &placed[..2] {
+            let mut a = s.alloc(&a.id).unwrap().clone();
+            a.desired_status = DesiredStatus::Stop;
+            s.upsert_alloc(a);
+        }
+        // 3 GiB needed: the two stopping ones still hold theirs, so both
+        // live ones must go, and not the stopping ones.
+        let web = job_p("web", JobType::Service, 90, 1, 2000, 2048);
+        let o = submit(&mut s, &web);
+        let mut ev: Vec<&AllocId> = evictions(&o).iter().map(|e| &e.alloc_id).collect();
+        ev.sort();
+        let mut want: Vec<&AllocId> = placed[2..].iter().map(|a| &a.id).collect();
+        want.sort();
+        assert_eq!(ev, want);
+        // Once everything stopping has stopped, the node is not overcommitted.
+        for a in placed.iter() {
+            let mut a = s.alloc(&a.id).unwrap().clone();
+            a.client_status = ClientStatus::Complete;
+            s.upsert_alloc(a);
+        }
+        let n1 = s.node_by_name("n1").unwrap().id.clone();
+        assert_eq!(s.node_used(&n1).cpu, 2000);
+    }
+
+    #[test]
+    fn verify_rejects_an_eviction_that_went_stale() {
+        let mut s = cluster(&[("n1", 4000, 4096)]);
+        let low = job_p("low", JobType::Batch, 10, 4, 1000, 1024);
+        submit(&mut s, &low);
+        let web = job_p("web", JobType::Service, 90, 1, 1000, 1024);
+        s.upsert_job(web.clone());
+        let o = run(&s, &web);
+        let victim = evictions(&o)[0].alloc_id.clone();
+        verify_plan(&s, &o.plan).unwrap();
+        // Meanwhile the victim finished on its own.
+        let mut a = s.alloc(&victim).unwrap().clone();
+        a.client_status = ClientStatus::Complete;
+        s.upsert_alloc(a.clone());
+        assert_eq!(
+            verify_plan(&s, &o.plan),
+            Err(PlanRejection::StaleEviction(victim.clone()))
+        );
+        // Or was stopped by someone else (still running: not live either).
+        a.client_status = ClientStatus::Running;
+        a.desired_status = DesiredStatus::Stop;
+        s.upsert_alloc(a.clone());
+        assert_eq!(
+            verify_plan(&s, &o.plan),
+            Err(PlanRejection::StaleEviction(victim.clone()))
+        );
+        // Live again but the plan names another node: stale too.
+        a.desired_status = DesiredStatus::Run;
+        s.upsert_alloc(a);
+        let mut moved = o.plan.clone();
+        moved.stops[0].node_id = NodeId("elsewhere".into());
+        assert_eq!(
+            verify_plan(&s, &moved),
+            Err(PlanRejection::StaleEviction(victim))
+        );
+        verify_plan(&s, &o.plan).unwrap();
+    }
 
     fn v(id: &str, priority: u32, cpu: u64, mem_mib: u64) -> Victim {
         Victim {

@@ -1,11 +1,15 @@
 //! Property tests of the scheduler: on random clusters and workloads, no node
-//! is ever overcommitted, every constraint holds for every placement, and the
-//! same input (or the same simulator seed) gives the same plan.
+//! is ever overcommitted, every constraint holds for every placement,
+//! preemption evicts only lower priority (by the delta) of other jobs, and
+//! the same input (or the same simulator seed) gives the same plan.
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use taba_scheduler::sim::{self, Mix, SimConfig};
-use taba_scheduler::{apply_plan, constraint_holds, schedule, verify_plan, ClusterState};
+use taba_scheduler::{
+    apply_plan, constraint_holds, schedule, schedule_with, verify_plan, ClusterState,
+    ScheduleOptions, PREEMPTION_PRIORITY_DELTA,
+};
 use taba_types::*;
 
 #[derive(Clone, Debug)]
@@ -372,6 +376,57 @@ proptest! {
             if verify_plan(&s, &p.plan).is_ok() {
                 let idx = s.index() + 1;
                 apply_plan(&mut s, &p.plan, idx);
+            }
+            check_invariants(&s)?;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn preemption_evicts_only_lower_priority_by_delta_and_never_overcommits(
+        nodes in prop::collection::vec(node_gen(), 1..4),
+        jobs in prop::collection::vec((job_gen(), 1u32..=100), 2..10),
+    ) {
+        let mut s = ClusterState::new();
+        for (i, n) in nodes.iter().enumerate() {
+            s.upsert_node(make_node(i, n));
+        }
+        let opts = ScheduleOptions::default();
+        for (i, (g, priority)) in jobs.iter().enumerate() {
+            let mut j = make_job(i, g);
+            j.spec.priority = *priority;
+            s.upsert_job(j.clone());
+            let out = schedule_with(&s, &eval(&j, 1), 1000, &opts);
+            prop_assert!(verify_plan(&s, &out.plan).is_ok(), "fresh plan rejected: {:?}", verify_plan(&s, &out.plan));
+            for st in out.plan.stops.iter().filter(|st| st.desired_status == DesiredStatus::Evict) {
+                let v = s.alloc(&st.alloc_id).expect("evicts an existing allocation");
+                prop_assert!(opts.preemption.allows(j.spec.job_type), "{:?} job preempted", j.spec.job_type);
+                prop_assert!(v.is_live(), "evicted {} was not live", v.name);
+                prop_assert!(v.job != j.spec.name, "evicted its own {}", v.name);
+                prop_assert!(
+                    v.priority + PREEMPTION_PRIORITY_DELTA <= j.spec.priority,
+                    "priority {} evicted {} at priority {}", j.spec.priority, v.name, v.priority
+                );
+                prop_assert!(
+                    v.job_type != JobType::System || j.spec.job_type == JobType::System,
+                    "{:?} job evicted system allocation {}", j.spec.job_type, v.name
+                );
+                let by = st.preempted_by.as_ref().expect("eviction names its evictor");
+                let placed = out.plan.placements.iter().find(|p| &p.id == by).expect("evictor is placed");
+                prop_assert_eq!(&placed.node_id, &v.node_id);
+                prop_assert!(placed.preempted_allocs.contains(&v.id));
+            }
+            let idx = s.index() + 1;
+            apply_plan(&mut s, &out.plan, idx);
+            // The agents stop what was stopped or evicted: then nothing is
+            // overcommitted and every constraint still holds.
+            for st in &out.plan.stops {
+                let mut a = s.alloc(&st.alloc_id).unwrap().clone();
+                a.client_status = ClientStatus::Complete;
+                s.upsert_alloc(a);
             }
             check_invariants(&s)?;
         }
