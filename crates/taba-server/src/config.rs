@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use taba_scheduler::PreemptionConfig;
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -19,6 +20,9 @@ pub struct ServerConfig {
     pub max_blocking_wait: Duration,
     /// Attempts to commit a plan for one evaluation before it is failed.
     pub max_plan_attempts: u32,
+    /// Which job types may evict lower-priority allocations
+    /// (`[scheduler] preemption` in the configuration file).
+    pub preemption: PreemptionConfig,
 }
 
 impl ServerConfig {
@@ -31,6 +35,7 @@ impl ServerConfig {
             num_workers: 2,
             max_blocking_wait: Duration::from_secs(300),
             max_plan_attempts: 5,
+            preemption: PreemptionConfig::default(),
         }
     }
 }

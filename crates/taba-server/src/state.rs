@@ -23,7 +23,7 @@ use taba_store::{Store, StoreError, Table, Txn};
 use taba_types::wire::AllocUpdate;
 use taba_types::{
     AllocId, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger, Evaluation,
-    Job, JobSpec, JobStatus, JobType, Node, NodeId, NodeStatus, NodeUsage, SchedulerOutcome,
+    Job, JobSpec, JobStatus, JobType, Node, NodeId, NodeStatus, NodeUsage, Plan, SchedulerOutcome,
 };
 use tokio::sync::watch;
 
@@ -992,6 +992,7 @@ impl ServerState {
         let _held = self.locks.lock(keys).await;
         let now = now_ms();
         let mut allocs: Vec<Allocation> = Vec::new();
+        let preempted: Vec<Evaluation>;
         {
             let c = self.cluster();
             if let Err(e) = taba_scheduler::verify_plan(&c, plan) {
@@ -1021,10 +1022,14 @@ impl ServerState {
                 if let Some(mut a) = cur {
                     a.desired_status = s.desired_status;
                     a.desired_description = s.description.clone();
+                    if s.preempted_by.is_some() {
+                        a.preempted_by = s.preempted_by.clone();
+                    }
                     a.modify_time = now;
                     touched.insert(a.id.clone(), a);
                 }
             }
+            preempted = Self::preemption_evals(&c, eval, plan);
             for id in &plan.replaced {
                 let cur = touched.get(id).cloned().or_else(|| c.alloc(id).cloned());
                 if let Some(mut a) = cur {
@@ -1046,6 +1051,7 @@ impl ServerState {
             f.previous_eval.get_or_insert_with(|| eval.id.clone());
             f.create_index = 0;
         }
+        follow_ups.extend(preempted);
         let mut txn = Txn::new().put_encoded(Table::Evals, done.id.as_str(), &done);
         for a in &allocs {
             txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
@@ -1064,6 +1070,32 @@ impl ServerState {
             self.broker.block(done);
         }
         Ok(Ok(index))
+    }
+
+    /// One evaluation per job that `plan` evicts allocations of, so that
+    /// their work is placed again elsewhere or waits, blocked, for room.
+    fn preemption_evals(c: &ClusterState, eval: &Evaluation, plan: &Plan) -> Vec<Evaluation> {
+        let mut jobs: BTreeMap<(&str, &str), &NodeId> = BTreeMap::new();
+        for s in &plan.stops {
+            if s.desired_status != DesiredStatus::Evict {
+                continue;
+            }
+            if let Some(a) = c.alloc(&s.alloc_id) {
+                jobs.entry((&a.namespace, &a.job)).or_insert(&a.node_id);
+            }
+        }
+        jobs.into_iter()
+            .filter_map(|((ns, name), node)| {
+                let job = c.job(ns, name)?;
+                let mut e = Self::new_eval(job, EvalTrigger::Preemption, Some(node.clone()));
+                e.status_description = format!(
+                    "allocations preempted by job {} (priority {})",
+                    eval.job, eval.priority
+                );
+                e.previous_eval = Some(eval.id.clone());
+                Some(e)
+            })
+            .collect()
     }
 
     /// Record that an evaluation could not be processed.

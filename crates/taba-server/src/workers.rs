@@ -65,7 +65,11 @@ async fn process(state: &Arc<ServerState>, plans: &PlanQueue, eval: &Evaluation)
         let cur = current.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let c = st.cluster();
-            taba_scheduler::schedule(&c, &cur, now_ms())
+            let opts = taba_scheduler::ScheduleOptions {
+                preemption: st.config.preemption,
+                ..Default::default()
+            };
+            taba_scheduler::schedule_with(&c, &cur, now_ms(), &opts)
         })
         .await;
         let outcome = match outcome {

@@ -556,6 +556,17 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 a.client_status,
                 suffix(&a.client_description)
             );
+            if let Some(by) = &a.preempted_by {
+                println!("Evicted by  = allocation {}", short(by.as_str()));
+            }
+            if !a.preempted_allocs.is_empty() {
+                let ids: Vec<String> = a
+                    .preempted_allocs
+                    .iter()
+                    .map(|i| short(i.as_str()))
+                    .collect();
+                println!("Preempted   = {}", ids.join(", "));
+            }
             println!("Created     = {}", age(a.create_time));
             println!("Modified    = {}", age(a.modify_time));
             if let Some(u) = &a.usage {

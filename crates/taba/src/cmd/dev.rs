@@ -76,6 +76,37 @@ struct ServerFile {
     heartbeat_ttl: Option<taba_types::DurationSpec>,
     #[serde(default)]
     workers: Option<usize>,
+    #[serde(default)]
+    scheduler: SchedulerFile,
+}
+
+/// `[scheduler]` of the server configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulerFile {
+    /// `preemption = { service = true, batch = false, system = true }`.
+    #[serde(default)]
+    preemption: PreemptionFile,
+}
+
+/// Which job types may preempt; an omitted one keeps its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreemptionFile {
+    service: Option<bool>,
+    batch: Option<bool>,
+    system: Option<bool>,
+}
+
+impl PreemptionFile {
+    fn config(&self) -> taba_scheduler::PreemptionConfig {
+        let d = taba_scheduler::PreemptionConfig::default();
+        taba_scheduler::PreemptionConfig {
+            service: self.service.unwrap_or(d.service),
+            batch: self.batch.unwrap_or(d.batch),
+            system: self.system.unwrap_or(d.system),
+        }
+    }
 }
 
 /// `taba agent` configuration file.
@@ -230,6 +261,7 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         if let Some(w) = cfg.workers {
             sc.num_workers = w.max(1);
         }
+        sc.preemption = cfg.scheduler.preemption.config();
         let server = Server::start(sc, store, images).await?;
         eprintln!("taba server: API on http://{}", server.addr());
         shutdown_signal().await;
@@ -264,4 +296,25 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
         agent.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_file_reads_preemption_settings() {
+        let cfg: ServerFile = toml::from_str("").unwrap();
+        assert_eq!(
+            cfg.scheduler.preemption.config(),
+            taba_scheduler::PreemptionConfig::default()
+        );
+        let cfg: ServerFile =
+            toml::from_str("[scheduler]\npreemption = { batch = true, system = false }\n").unwrap();
+        let p = cfg.scheduler.preemption.config();
+        assert!(p.service && p.batch && !p.system);
+        let err = toml::from_str::<ServerFile>("[scheduler]\npreemption = { services = true }\n")
+            .unwrap_err();
+        assert!(err.message().contains("unknown field `services`"), "{err}");
+    }
 }
