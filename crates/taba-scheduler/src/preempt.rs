@@ -30,7 +30,7 @@
 //! changed.
 
 use crate::place::{GroupCtx, Placer};
-use crate::state::{ClusterState, Res};
+use crate::state::{ClusterState, IdKey, Res};
 use std::collections::{BTreeMap, BTreeSet};
 use taba_types::{AllocId, JobType, NodeId};
 
@@ -185,6 +185,14 @@ impl<'a> Preemptor<'a> {
 pub(crate) struct Victim {
     pub id: AllocId,
     pub priority: u32,
+}
+
+/// An allocation that may be evicted: its slot in the state.
+#[derive(Clone, Debug)]
+struct Cand {
+    slot: u32,
+    key: IdKey,
+    priority: u32,
     res: Res,
 }
 
@@ -206,13 +214,14 @@ pub(crate) struct Search {
 
 impl Search {
     /// Scan every node for one allocation of `g`, skipping those that could
-    /// not make room even by evicting everything allowed.
+    /// not make room even by evicting everything allowed. `evicted`: slots
+    /// of the allocations this plan evicts already.
     pub fn new(
         state: &ClusterState,
         placer: &Placer,
         g: &GroupCtx,
         who: &Preemptor,
-        stopped: &BTreeSet<AllocId>,
+        evicted: &BTreeSet<u32>,
     ) -> Self {
         let mut s = Self {
             ranked: BTreeSet::new(),
@@ -221,7 +230,7 @@ impl Search {
         let slots: Vec<u32> = state.node_entries().map(|(slot, _)| slot).collect();
         for slot in slots {
             if placer.in_shard(state, slot) {
-                s.refresh(state, placer, g, who, stopped, slot);
+                s.refresh(state, placer, g, who, evicted, slot);
             }
         }
         s
@@ -234,14 +243,14 @@ impl Search {
         placer: &Placer,
         g: &GroupCtx,
         who: &Preemptor,
-        stopped: &BTreeSet<AllocId>,
+        evicted: &BTreeSet<u32>,
         slot: u32,
     ) {
         if let Some((rank, _)) = self.sets.remove(&slot) {
             self.ranked
                 .remove(&(rank, state.entry(slot).id.clone(), slot));
         }
-        if let Some((rank, victims)) = best_on_node(state, placer, g, who, stopped, slot) {
+        if let Some((rank, victims)) = best_on_node(state, placer, g, who, evicted, slot) {
             self.ranked
                 .insert((rank, state.entry(slot).id.clone(), slot));
             self.sets.insert(slot, (rank, victims));
@@ -265,13 +274,13 @@ impl Search {
 
 /// The best eviction set on one node for one allocation of `g`, with its
 /// rank; `None` when the node cannot host the group or evictions cannot
-/// make room.
+/// make room. `evicted`: slots of the allocations this plan evicts already.
 pub(crate) fn best_on_node(
     state: &ClusterState,
     placer: &Placer,
     g: &GroupCtx,
     who: &Preemptor,
-    stopped: &BTreeSet<AllocId>,
+    evicted: &BTreeSet<u32>,
     slot: u32,
 ) -> Option<(Rank, Vec<Victim>)> {
     let e = state.entry(slot);
@@ -288,39 +297,38 @@ pub(crate) fn best_on_node(
     if !placer.can_host(state, g, slot) {
         return None;
     }
-    let mut candidates: Vec<Victim> = Vec::new();
-    for a in e.allocs.iter().copied() {
-        let Some(v) = state.live_view(a) else {
-            continue;
-        };
-        if v.priority > who.max_priority
-            || (v.system && !who.evicts_system())
-            || (v.namespace == who.namespace && v.job == who.job)
-            || gain(v.res, need, need) == 0
-        {
-            continue;
-        }
-        let id = state.alloc_id_at(a);
-        if stopped.contains(&id) {
-            continue;
-        }
-        candidates.push(Victim {
-            id,
+    let candidates = e.allocs.iter().filter_map(|&a| {
+        let v = state.live_view(a)?;
+        let allowed = v.priority <= who.max_priority
+            && (!v.system || who.evicts_system())
+            && !(v.namespace == who.namespace && v.job == who.job)
+            && gain(v.res, need, need) > 0
+            && !evicted.contains(&a);
+        allowed.then(|| Cand {
+            slot: a,
+            key: state.alloc_id_key(a),
             priority: v.priority,
             res: v.res,
-        });
-    }
-    let victims = choose(candidates, need)?;
+        })
+    });
+    let chosen = choose(candidates, need)?;
     let mut freed = Res::default();
-    for v in &victims {
-        freed.add(v.res);
+    for c in &chosen {
+        freed.add(c.res);
     }
     let rank = (
-        victims.len(),
-        victims.iter().map(|v| v.priority).max().unwrap_or(0),
-        victims.iter().map(|v| u64::from(v.priority)).sum(),
+        chosen.len(),
+        chosen.iter().map(|c| c.priority).max().unwrap_or(0),
+        chosen.iter().map(|c| u64::from(c.priority)).sum(),
         weight(freed.minus(need)),
     );
+    let victims = chosen
+        .iter()
+        .map(|c| Victim {
+            id: state.alloc_id_at(c.slot),
+            priority: c.priority,
+        })
+        .collect();
     Some((rank, victims))
 }
 
@@ -353,68 +361,69 @@ fn covers(freed: Res, need: Res) -> bool {
 }
 
 /// Pick the victims among `candidates` that free `need`: one allocation if
-/// any is enough alone (the lowest priority, then the least excess);
-/// otherwise greedily the one covering most of what is still missing, then
-/// drop any that turned out unnecessary (highest priority first). `None`
-/// when all of them together are not enough.
-fn choose(mut candidates: Vec<Victim>, need: Res) -> Option<Vec<Victim>> {
-    candidates.sort_by(|a, b| (a.priority, &a.id).cmp(&(b.priority, &b.id)));
-    let single = candidates
-        .iter()
-        .filter(|c| covers(c.res, need))
-        .min_by(|a, b| {
-            (a.priority, weight(a.res.minus(need)), &a.id).cmp(&(
-                b.priority,
-                weight(b.res.minus(need)),
-                &b.id,
-            ))
-        });
-    if let Some(v) = single {
-        return Some(vec![v.clone()]);
+/// any is enough alone (the lowest priority, then the least excess, then
+/// the smaller id); otherwise greedily the one covering most of what is
+/// still missing (then the lowest priority, then the smaller id), then drop
+/// any that turned out unnecessary (highest priority first). `None` when
+/// all of them together are not enough. One pass, without building a list,
+/// when a single allocation is enough (the common case).
+fn choose(candidates: impl Iterator<Item = Cand> + Clone, need: Res) -> Option<Vec<Cand>> {
+    let mut single: Option<(u32, u64, Cand)> = None;
+    for c in candidates.clone().filter(|c| covers(c.res, need)) {
+        let excess = weight(c.res.minus(need));
+        let better = match &single {
+            None => true,
+            Some((p, x, s)) => (c.priority, excess, &c.key) < (*p, *x, &s.key),
+        };
+        if better {
+            single = Some((c.priority, excess, c));
+        }
     }
+    if let Some((_, _, c)) = single {
+        return Some(vec![c]);
+    }
+    let mut candidates: Vec<Cand> = candidates.collect();
     let mut rem = need;
-    let mut chosen: Vec<Victim> = Vec::new();
+    let mut chosen: Vec<Cand> = Vec::new();
     while rem != Res::default() {
-        // Candidates are sorted by (priority, id): on equal gain the first
-        // one found, the lowest priority, wins.
-        let (i, g) = candidates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (i, gain(c.res, rem, need)))
-            .fold(None::<(usize, u64)>, |best, (i, g)| match best {
-                Some((_, bg)) if bg >= g => best,
-                _ => Some((i, g)),
-            })?;
+        let mut best: Option<(usize, u64)> = None;
+        for (i, c) in candidates.iter().enumerate() {
+            let g = gain(c.res, rem, need);
+            let better = match best {
+                None => true,
+                Some((j, bg)) => {
+                    let b = &candidates[j];
+                    g > bg || (g == bg && (c.priority, &c.key) < (b.priority, &b.key))
+                }
+            };
+            if better {
+                best = Some((i, g));
+            }
+        }
+        let (i, g) = best?;
         if g == 0 {
             return None;
         }
-        let v = candidates.remove(i);
+        let v = candidates.swap_remove(i);
         rem.sub(v.res);
         chosen.push(v);
     }
     // Drop victims the others make unnecessary, highest priority first.
-    let mut order: Vec<usize> = (0..chosen.len()).collect();
-    order.sort_by(|a, b| {
-        (chosen[*b].priority, &chosen[*b].id).cmp(&(chosen[*a].priority, &chosen[*a].id))
-    });
-    let mut keep = vec![true; chosen.len()];
+    chosen.sort_by(|a, b| (b.priority, &b.key).cmp(&(a.priority, &a.key)));
     let mut total = Res::default();
     for v in &chosen {
         total.add(v.res);
     }
-    for i in order {
-        let without = total.minus(chosen[i].res);
+    let mut out: Vec<Cand> = Vec::with_capacity(chosen.len());
+    for v in chosen {
+        let without = total.minus(v.res);
         if covers(without, need) {
-            keep[i] = false;
             total = without;
+        } else {
+            out.push(v);
         }
     }
-    let mut out: Vec<Victim> = chosen
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(v, k)| k.then_some(v))
-        .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.sort_by(|a, b| a.key.cmp(&b.key));
     Some(out)
 }
 
@@ -734,15 +743,13 @@ mod tests {
         verify_plan(&s, &o.plan).unwrap();
     }
 
-    fn v(id: &str, priority: u32, cpu: u64, mem_mib: u64) -> Victim {
-        Victim {
-            id: AllocId(id.into()),
+    /// A candidate whose id orders like `slot`.
+    fn v(slot: u32, priority: u32, cpu: u64, mem_mib: u64) -> Cand {
+        Cand {
+            slot,
+            key: IdKey::Uuid(u128::from(slot)),
             priority,
-            res: Res {
-                cpu,
-                mem: mem_mib << 20,
-                disk: 0,
-            },
+            res: need(cpu, mem_mib),
         }
     }
 
@@ -754,34 +761,42 @@ mod tests {
         }
     }
 
-    fn ids(vs: &[Victim]) -> Vec<&str> {
-        vs.iter().map(|v| v.id.as_str()).collect()
+    fn pick(c: Vec<Cand>, need: Res) -> Option<Vec<u32>> {
+        choose(c.into_iter(), need).map(|v| v.iter().map(|c| c.slot).collect())
     }
 
     #[test]
     fn one_victim_if_one_is_enough_lowest_priority_then_least_excess() {
         let c = vec![
-            v("a", 30, 2000, 2048),
-            v("b", 20, 4000, 4096),
-            v("c", 20, 1000, 1024),
-            v("d", 10, 500, 512),
+            v(1, 30, 2000, 2048),
+            v(2, 20, 4000, 4096),
+            v(3, 20, 1000, 1024),
+            v(4, 10, 500, 512),
+            v(5, 20, 1000, 1024),
         ];
-        // c and b both cover alone at priority 20; c frees less beyond.
-        assert_eq!(ids(&choose(c, need(1000, 1024)).unwrap()), ["c"]);
+        // 2, 3 and 5 cover alone at priority 20; 3 and 5 free less beyond
+        // the need than 2; 3 has the smaller id.
+        assert_eq!(pick(c, need(1000, 1024)), Some(vec![3]));
     }
 
     #[test]
     fn fewest_victims_then_unneeded_ones_dropped() {
         let c = vec![
-            v("a", 10, 500, 512),
-            v("b", 10, 500, 512),
-            v("c", 20, 1000, 1024),
-            v("d", 20, 1000, 1024),
+            v(1, 10, 500, 512),
+            v(2, 10, 500, 512),
+            v(3, 20, 1000, 1024),
+            v(4, 20, 1000, 1024),
         ];
-        let got = choose(c, need(2000, 2048)).unwrap();
-        assert_eq!(ids(&got), ["c", "d"]);
+        assert_eq!(pick(c, need(2000, 2048)), Some(vec![3, 4]));
+        // CPU from the one CPU-heavy allocation, memory from two others.
+        let c = vec![
+            v(1, 10, 100, 1024),
+            v(2, 10, 100, 1024),
+            v(3, 20, 2000, 100),
+        ];
+        assert_eq!(pick(c, need(1500, 1500)), Some(vec![1, 2, 3]));
         // Not enough in total.
-        assert!(choose(vec![v("a", 10, 500, 512)], need(1000, 1)).is_none());
+        assert_eq!(pick(vec![v(1, 10, 500, 512)], need(1000, 1)), None);
     }
 
     #[test]

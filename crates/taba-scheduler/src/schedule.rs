@@ -78,6 +78,7 @@ pub fn schedule_with(
         reschedule_at: None,
         rolling_at: None,
         stopped: BTreeSet::new(),
+        evicted: BTreeSet::new(),
     };
     match state.job(&eval.namespace, &eval.job) {
         Some(job) if !job.stopped => {
@@ -130,6 +131,8 @@ struct Scheduler<'a> {
     reschedule_at: Option<UnixMillis>,
     rolling_at: Option<UnixMillis>,
     stopped: BTreeSet<AllocId>,
+    /// Slots of the allocations this plan evicts.
+    evicted: BTreeSet<u32>,
 }
 
 fn earliest(slot: &mut Option<UnixMillis>, t: UnixMillis) {
@@ -404,7 +407,7 @@ impl<'a> Scheduler<'a> {
         let Some(who) = preemptor(job) else {
             return 0;
         };
-        let mut search = Search::new(self.state, &self.placer, ctx, &who, &self.stopped);
+        let mut search = Search::new(self.state, &self.placer, ctx, &who, &self.evicted);
         let mut placed = 0;
         for r in reqs {
             let Some(choice) = search.best(self.state, &self.placer, ctx) else {
@@ -416,7 +419,7 @@ impl<'a> Scheduler<'a> {
             };
             self.plan.placements.push(a);
             placed += 1;
-            search.refresh(self.state, &self.placer, ctx, &who, &self.stopped, slot);
+            search.refresh(self.state, &self.placer, ctx, &who, &self.evicted, slot);
         }
         placed
     }
@@ -437,6 +440,9 @@ impl<'a> Scheduler<'a> {
         }
         for a in &victims {
             self.stopped.insert(a.id.clone());
+            if let Some(slot) = self.state.alloc_slot(&a.id) {
+                self.evicted.insert(slot);
+            }
             self.placer.release(self.state, a, false);
         }
         // The search made sure the evictions make room.
@@ -479,7 +485,7 @@ impl<'a> Scheduler<'a> {
         let Some(who) = preemptor(job) else {
             return Err(dim);
         };
-        let found = preempt::best_on_node(self.state, &self.placer, ctx, &who, &self.stopped, slot);
+        let found = preempt::best_on_node(self.state, &self.placer, ctx, &who, &self.evicted, slot);
         match found {
             Some((_, victims)) => self
                 .evict_and_place(job, g, ctx, r, Choice { slot, victims })

@@ -117,6 +117,38 @@ impl Res {
     }
 }
 
+/// An allocation id that compares like its string without formatting
+/// UUIDs (the canonical form orders like its value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum IdKey {
+    Uuid(u128),
+    Other(AllocId),
+}
+
+impl Ord for IdKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self, other) {
+            (IdKey::Uuid(a), IdKey::Uuid(b)) => a.cmp(b),
+            _ => self.text().cmp(&other.text()),
+        }
+    }
+}
+
+impl PartialOrd for IdKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl IdKey {
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            IdKey::Uuid(u) => format_uuid(*u).into(),
+            IdKey::Other(id) => id.as_str().into(),
+        }
+    }
+}
+
 /// A live allocation as preemption sees it.
 pub(crate) struct LiveView<'a> {
     pub namespace: &'a str,
@@ -1031,6 +1063,17 @@ impl ClusterState {
     /// The id of the allocation in a slot.
     pub(crate) fn alloc_id_at(&self, slot: u32) -> AllocId {
         self.id_of(slot)
+    }
+    /// A key that orders the allocation's id like the id string, cheaply.
+    pub(crate) fn alloc_id_key(&self, slot: u32) -> IdKey {
+        match &self.allocs[slot as usize] {
+            Stored::Compact(c) => IdKey::Uuid(c.id),
+            Stored::Full(a) => match parse_uuid(a.id.as_str()) {
+                Some(u) => IdKey::Uuid(u),
+                None => IdKey::Other(a.id.clone()),
+            },
+            Stored::Vacant => IdKey::Other(AllocId(String::new())),
+        }
     }
     /// What preemption needs of a live allocation, without building the
     /// full record; `None` when the slot's allocation is not live.
