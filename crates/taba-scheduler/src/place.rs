@@ -40,6 +40,8 @@ pub(crate) struct Placer {
     group_on_node: BTreeMap<(String, u32), u32>,
     /// Only nodes whose shard is i modulo n, for `place_many`.
     shard: Option<(u32, u32)>,
+    /// A node `place_many` must not pick (the source of a move).
+    avoid: Option<u32>,
 }
 
 /// A group takes at most 1/FILL_SHARE of a node's room for it on a first
@@ -56,6 +58,11 @@ impl Placer {
             shard: shard.filter(|(_, n)| *n > 1),
             ..Self::default()
         }
+    }
+
+    /// Keep `place_many` off `slot` until set back to `None`.
+    pub fn set_avoid(&mut self, slot: Option<u32>) {
+        self.avoid = slot;
     }
 
     /// Effective free capacity of a node: state minus this plan's changes.
@@ -196,6 +203,9 @@ impl Placer {
 
     /// How many of the group's allocations `slot` can take now (0: none).
     fn room(&self, state: &ClusterState, g: &GroupCtx, slot: u32, props: &PropCounts) -> u64 {
+        if self.avoid == Some(slot) {
+            return 0;
+        }
         let e = state.entry(slot);
         if let Some((i, n)) = self.shard {
             if e.shard % n != i {

@@ -142,7 +142,8 @@ pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejectio
 /// Commit a verified plan (already persisted by the server at `index`) to
 /// the state. Stops and replacements change only the scheduler's fields of
 /// the stored allocation, so client status reported meanwhile is kept;
-/// updates change only the job version, group spec, priority and resources.
+/// updates change only the job version, group spec, priority, resources and
+/// the move request.
 pub fn apply_plan(state: &mut ClusterState, plan: &Plan, index: u64) {
     apply_changes(state, plan, index);
     state.insert_many(plan.placements.iter().map(|p| placed(p.clone(), index)));
@@ -185,6 +186,7 @@ fn apply_changes(state: &mut ClusterState, plan: &Plan, index: u64) {
                 a.group_spec = u.group_spec.clone();
                 a.priority = u.priority;
                 a.resources = u.resources.clone();
+                a.migrate = u.migrate.clone();
                 a.modify_time = u.modify_time;
                 a.modify_index = index;
             });

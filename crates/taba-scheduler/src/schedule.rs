@@ -72,6 +72,7 @@ pub fn schedule_with(
         queued: BTreeMap::new(),
         reschedule_at: None,
         rolling_at: None,
+        migrate_at: None,
         stopped: BTreeSet::new(),
     };
     match state.job(&eval.namespace, &eval.job) {
@@ -123,6 +124,8 @@ struct Scheduler<'a> {
     queued: BTreeMap<String, u32>,
     reschedule_at: Option<UnixMillis>,
     rolling_at: Option<UnixMillis>,
+    /// When the next batch of requested moves may proceed.
+    migrate_at: Option<UnixMillis>,
     stopped: BTreeSet<AllocId>,
 }
 
@@ -189,6 +192,11 @@ impl<'a> Scheduler<'a> {
     /// for `min_healthy_time`. Ok(()) when healthy, Err(Some(t)) when it
     /// will be at t, Err(None) when it is not running.
     fn healthy(&self, a: &Allocation, job: &Job) -> Result<(), Option<UnixMillis>> {
+        self.healthy_for(a, job.spec.update.min_healthy_time.0)
+    }
+
+    /// [`Self::healthy`] with an explicit minimum running time.
+    fn healthy_for(&self, a: &Allocation, min_healthy: u64) -> Result<(), Option<UnixMillis>> {
         if a.client_status != ClientStatus::Running {
             return Err(None);
         }
@@ -198,7 +206,7 @@ impl<'a> Scheduler<'a> {
             .filter_map(|t| t.started_at)
             .max()
             .unwrap_or(a.modify_time);
-        let at = since.saturating_add(job.spec.update.min_healthy_time.0);
+        let at = since.saturating_add(min_healthy);
         if self.now >= at {
             Ok(())
         } else {
@@ -237,6 +245,8 @@ impl<'a> Scheduler<'a> {
             let mut reqs: Vec<Req<'a>> = Vec::new();
             let mut destructive: Vec<&'a Allocation> = Vec::new();
             let mut in_flight = 0u32;
+            let mut migrating: Vec<&'a Allocation> = Vec::new();
+            let mut moves_in_flight = 0u32;
             for a in &mine {
                 if a.desired_status != DesiredStatus::Run {
                     continue;
@@ -270,12 +280,17 @@ impl<'a> Scheduler<'a> {
                             } else {
                                 self.update_in_place(a, job, g);
                             }
+                        } else if a.migrate.is_some() {
+                            migrating.push(a);
                         } else if a.previous_alloc.is_some() {
                             if let Err(at) = self.healthy(a, job) {
                                 in_flight += 1;
                                 if let Some(at) = at {
                                     earliest(&mut self.rolling_at, at);
                                 }
+                            }
+                            if self.healthy_for(a, g.migrate.min_healthy_time.0).is_err() {
+                                moves_in_flight += 1;
                             }
                         }
                     }
@@ -357,6 +372,83 @@ impl<'a> Scheduler<'a> {
             }
             reqs.sort_by_key(|r| r.index);
             self.place_group(job, g, reqs);
+            self.migrate_group(job, g, migrating, moves_in_flight);
+        }
+    }
+
+    /// Carry out the group's requested moves, at most `migrate.max_parallel`
+    /// in flight: each is a replacement placed on the requested node (or the
+    /// best other node) and the old allocation stopped, in this one plan. A
+    /// move with nowhere to go is dropped (its request cleared): the
+    /// allocation keeps running where it is.
+    fn migrate_group(
+        &mut self,
+        job: &Job,
+        g: &TaskGroupSpec,
+        mut migrating: Vec<&'a Allocation>,
+        in_flight: u32,
+    ) {
+        if migrating.is_empty() {
+            return;
+        }
+        migrating.sort_by_key(|a| a.index);
+        let budget = g.migrate.max_parallel.max(1).saturating_sub(in_flight) as usize;
+        let now_batch = migrating.len().min(budget);
+        if migrating.len() > now_batch {
+            let next = self.now.saturating_add(g.migrate.min_healthy_time.0);
+            earliest(&mut self.migrate_at, next);
+        }
+        let filter = GroupFilter::new(job, g);
+        let ctx = GroupCtx {
+            name: &g.name,
+            filter: &filter,
+            res: Res::of(&g.total_resources()),
+        };
+        for a in &migrating[..now_batch] {
+            let Some(req) = a.migrate.as_ref() else {
+                continue;
+            };
+            let from = self.state.node_slot(&a.node_id);
+            let target = req
+                .to
+                .as_ref()
+                .and_then(|id| self.state.node_slot(id))
+                .filter(|s| Some(*s) != from)
+                .filter(|s| {
+                    self.state
+                        .entry(*s)
+                        .node
+                        .as_ref()
+                        .is_some_and(|n| n.schedulable() && filter.accepts(n))
+                });
+            let slot = match target {
+                Some(t) if self.placer.place_on(self.state, &ctx, t).is_ok() => Some(t),
+                _ => {
+                    self.placer.set_avoid(from);
+                    let placed = self.placer.place_many(self.state, &ctx, 1);
+                    self.placer.set_avoid(None);
+                    placed.first().copied()
+                }
+            };
+            match slot {
+                Some(slot) => {
+                    self.stop(a, &format!("moved to another node: {}", req.reason));
+                    let r = Req {
+                        index: a.index,
+                        previous: Some(a),
+                        reschedule: false,
+                        replaces: false,
+                    };
+                    let n = self.new_alloc(job, g, &r, slot);
+                    self.plan.placements.push(n);
+                }
+                None => {
+                    let mut u = (*a).clone();
+                    u.migrate = None;
+                    u.modify_time = self.now;
+                    self.plan.updates.push(u);
+                }
+            }
         }
     }
 
@@ -448,6 +540,7 @@ impl<'a> Scheduler<'a> {
             previous_alloc: r.previous.map(|p| p.id.clone()),
             reschedule_times,
             replaced: false,
+            migrate: None,
             create_time: self.now,
             modify_time: self.now,
             create_index: 0,
@@ -638,6 +731,9 @@ impl<'a> Scheduler<'a> {
         let mut follow_ups = Vec::new();
         if let Some(at) = self.reschedule_at {
             follow_ups.push(self.follow_up(EvalTrigger::Retry, at, "delayed reschedule"));
+        }
+        if let Some(at) = self.migrate_at {
+            follow_ups.push(self.follow_up(EvalTrigger::Rebalance, at, "next batch of moves"));
         }
         if let Some(at) = self.rolling_at {
             follow_ups.push(self.follow_up(

@@ -449,6 +449,7 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
         restart: None,
         reschedule: None,
         network: NetworkSpec::default(),
+        migrate: Default::default(),
         meta: BTreeMap::new(),
         tasks: vec![TaskSpec {
             name: "main".to_string(),

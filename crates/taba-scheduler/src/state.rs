@@ -699,7 +699,8 @@ impl ClusterState {
             && a.usage.is_none()
             && a.previous_alloc.is_none()
             && a.reschedule_times.is_empty()
-            && !a.replaced)
+            && !a.replaced
+            && a.migrate.is_none())
         {
             return None;
         }
@@ -828,6 +829,7 @@ impl ClusterState {
             previous_alloc: None,
             reschedule_times: Vec::new(),
             replaced: false,
+            migrate: None,
             create_time: c.create_time,
             modify_time: c.modify_time,
             create_index: c.create_index,

@@ -121,6 +121,7 @@ pub(crate) fn alloc_on(
         previous_alloc: None,
         reschedule_times: Vec::new(),
         replaced: false,
+        migrate: None,
         create_time: 0,
         modify_time: 0,
         create_index: 0,

@@ -179,6 +179,7 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                 restart: None,
                 reschedule: None,
                 network: NetworkSpec::default(),
+                migrate: Default::default(),
                 meta: BTreeMap::new(),
                 tasks: vec![TaskSpec {
                     name: "t".into(),

@@ -1009,6 +1009,7 @@ impl ServerState {
                     a.group_spec = u.group_spec.clone();
                     a.priority = u.priority;
                     a.resources = u.resources.clone();
+                    a.migrate = u.migrate.clone();
                     a.modify_time = u.modify_time;
                     touched.insert(a.id.clone(), a);
                 }

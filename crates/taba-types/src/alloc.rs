@@ -157,6 +157,22 @@ impl TaskState {
     }
 }
 
+/// A request to move an allocation to another node: the one "move"
+/// primitive of rebalancing (and, later, drains and `alloc migrate`). The
+/// scheduler places a replacement (on `to` when it is given and fits, else
+/// on the best other node) and stops this allocation in the same plan,
+/// within the group's `migrate.max_parallel`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    /// Why, shown as the stopped allocation's desired description.
+    pub reason: String,
+    /// The node to move to, if chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<NodeId>,
+    /// When it was asked for.
+    pub requested_at: UnixMillis,
+}
+
 /// Measured usage of an allocation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AllocUsage {
@@ -228,6 +244,9 @@ pub struct Allocation {
     /// A replacement has been placed for this (failed/lost) allocation.
     #[serde(default)]
     pub replaced: bool,
+    /// A move the servers asked for; the job's next evaluation carries it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<MigrateRequest>,
     /// Creation time.
     pub create_time: UnixMillis,
     /// Last change time.
@@ -250,6 +269,7 @@ impl Allocation {
             || self.job_version != other.job_version
             || self.node_id != other.node_id
             || self.group_spec != other.group_spec
+            || self.migrate != other.migrate
     }
 
     /// Desired to run and not terminal on the client: it holds resources.

@@ -25,6 +25,8 @@ pub enum EvalTrigger {
     Retry,
     /// A rolling update proceeds to the next batch.
     RollingUpdate,
+    /// The rebalancer asked for allocations of the job to move.
+    Rebalance,
 }
 
 /// State of an evaluation.

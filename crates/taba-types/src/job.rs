@@ -119,6 +119,9 @@ pub struct TaskGroupSpec {
     /// Networking for the group's tasks.
     #[serde(default)]
     pub network: NetworkSpec,
+    /// How allocations move between nodes (rebalancing; drains later).
+    #[serde(default)]
+    pub migrate: MigratePolicy,
     /// Free-form metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
@@ -147,6 +150,42 @@ impl TaskGroupSpec {
             r.add(&t.resources);
         }
         r
+    }
+}
+
+/// How a group's allocations are moved to other nodes by the servers (the
+/// rebalancer today; node drains and `alloc migrate` use the same policy).
+/// A move of a container or exec allocation is a restart elsewhere: the
+/// replacement is placed and the old allocation stopped in one plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigratePolicy {
+    /// Disruption budget: allocations of the group moving at once (a moved
+    /// allocation counts until its replacement has run `min_healthy_time`).
+    #[serde(default = "one")]
+    pub max_parallel: u32,
+    /// How long a replacement must run before it stops counting as moving.
+    #[serde(default = "default_migrate_healthy")]
+    pub min_healthy_time: DurationSpec,
+    /// Whether the rebalancer may move the group's allocations off hot nodes.
+    #[serde(default = "yes")]
+    pub rebalance: bool,
+}
+
+fn default_migrate_healthy() -> DurationSpec {
+    DurationSpec::secs(10)
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for MigratePolicy {
+    fn default() -> Self {
+        Self {
+            max_parallel: 1,
+            min_healthy_time: default_migrate_healthy(),
+            rebalance: true,
+        }
     }
 }
 

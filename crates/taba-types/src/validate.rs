@@ -285,6 +285,15 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
     if g.tasks.is_empty() {
         errs.push(format!("{p}.task"), "a group needs at least one task");
     }
+    if g.migrate.max_parallel == 0 {
+        errs.push(format!("{p}.migrate.max_parallel"), "must be at least 1");
+    }
+    if g.migrate.min_healthy_time.0 > 24 * 3600 * 1000 {
+        errs.push(
+            format!("{p}.migrate.min_healthy_time"),
+            "must be at most 24h",
+        );
+    }
     if let Some(r) = &g.restart {
         if r.attempts > 10_000 {
             errs.push(format!("{p}.restart.attempts"), "must be at most 10000");
