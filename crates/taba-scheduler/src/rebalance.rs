@@ -176,11 +176,16 @@ fn movable(a: &Allocation) -> bool {
         && a.migrate.is_none()
 }
 
-/// Moves in flight per (namespace, job, group): requested moves not yet
-/// carried out, and replacements that have not run `min_healthy_time`.
-fn in_flight(state: &ClusterState, now: UnixMillis) -> BTreeMap<(String, String, String), u32> {
-    let mut out: BTreeMap<(String, String, String), u32> = BTreeMap::new();
-    for a in state.allocs() {
+/// Moves in flight per group of `a`'s job: requested moves not yet carried
+/// out, and replacements that have not run the group's `min_healthy_time`.
+fn in_flight_of_job(
+    state: &ClusterState,
+    namespace: &str,
+    job: &str,
+    now: UnixMillis,
+) -> BTreeMap<String, u32> {
+    let mut out: BTreeMap<String, u32> = BTreeMap::new();
+    for a in state.allocs_for_job(namespace, job) {
         if !a.is_live() {
             continue;
         }
@@ -196,8 +201,7 @@ fn in_flight(state: &ClusterState, now: UnixMillis) -> BTreeMap<(String, String,
                     || now < since.saturating_add(a.group_spec.migrate.min_healthy_time.0)
             });
         if moving {
-            *out.entry((a.namespace.clone(), a.job.clone(), a.group.clone()))
-                .or_default() += 1;
+            *out.entry(a.group.clone()).or_default() += 1;
         }
     }
     out
@@ -243,7 +247,8 @@ pub fn plan_moves(
         return Vec::new();
     }
     hot.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let mut budget_used = in_flight(state, now);
+    // Moves in flight per job and group, counted when a job is first met.
+    let mut budget_used: BTreeMap<(String, String), BTreeMap<String, u32>> = BTreeMap::new();
     let mut touched: BTreeSet<u32> = BTreeSet::new();
     let mut moves = Vec::new();
     let mut filters: BTreeMap<(String, String, String), GroupFilter> = BTreeMap::new();
@@ -293,12 +298,21 @@ pub fn plan_moves(
                 let (c, m) = utilization(*l, cap);
                 (if need.cpu_mhz > 0 { c } else { 0.0 }) + (if need.memory > 0 { m } else { 0.0 })
             };
-            let within_budget = |a: &Allocation, used: &BTreeMap<_, u32>| {
-                let key = (a.namespace.clone(), a.job.clone(), a.group.clone());
-                used.get(&key).copied().unwrap_or(0) < a.group_spec.migrate.max_parallel.max(1)
+            for (a, _) in &candidates {
+                budget_used
+                    .entry((a.namespace.clone(), a.job.clone()))
+                    .or_insert_with(|| in_flight_of_job(state, &a.namespace, &a.job, now));
+            }
+            let within_budget = |a: &Allocation| {
+                let used = budget_used
+                    .get(&(a.namespace.clone(), a.job.clone()))
+                    .and_then(|g| g.get(&a.group))
+                    .copied()
+                    .unwrap_or(0);
+                used < a.group_spec.migrate.max_parallel.max(1)
             };
             let mut order: Vec<usize> = (0..candidates.len())
-                .filter(|i| within_budget(candidates[*i].0, &budget_used))
+                .filter(|i| within_budget(candidates[*i].0))
                 .filter(|i| weight(&candidates[*i].1) > 0.0)
                 .collect();
             if order.is_empty() {
@@ -340,7 +354,9 @@ pub fn plan_moves(
             load.get_mut(&dst).expect("targets have a load").add(l);
             reserved.entry(dst).or_default().add(Res::of(&a.resources));
             *budget_used
-                .entry((a.namespace.clone(), a.job.clone(), a.group.clone()))
+                .entry((a.namespace.clone(), a.job.clone()))
+                .or_default()
+                .entry(a.group.clone())
                 .or_default() += 1;
             touched.insert(dst);
             moved_off = true;

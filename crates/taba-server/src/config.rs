@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use taba_scheduler::rebalance::RebalanceConfig;
 
 /// Server settings.
 #[derive(Clone, Debug)]
@@ -19,6 +20,29 @@ pub struct ServerConfig {
     pub max_blocking_wait: Duration,
     /// Attempts to commit a plan for one evaluation before it is failed.
     pub max_plan_attempts: u32,
+    /// Load-aware rebalancing.
+    pub rebalance: RebalanceSettings,
+}
+
+/// Settings of the rebalancer (see `taba_scheduler::rebalance`).
+#[derive(Clone, Debug)]
+pub struct RebalanceSettings {
+    /// On by default; operators can turn it off.
+    pub enabled: bool,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Thresholds, moves per round and per-node cooldown.
+    pub plan: RebalanceConfig,
+}
+
+impl Default for RebalanceSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(30),
+            plan: RebalanceConfig::default(),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -31,6 +55,7 @@ impl ServerConfig {
             num_workers: 2,
             max_blocking_wait: Duration::from_secs(300),
             max_plan_attempts: 5,
+            rebalance: RebalanceSettings::default(),
         }
     }
 }

@@ -23,7 +23,8 @@ use taba_store::{Store, StoreError, Table, Txn};
 use taba_types::wire::AllocUpdate;
 use taba_types::{
     AllocId, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger, Evaluation,
-    Job, JobSpec, JobStatus, JobType, Node, NodeId, NodeStatus, NodeUsage, SchedulerOutcome,
+    Job, JobSpec, JobStatus, JobType, MigrateRequest, Node, NodeId, NodeStatus, NodeUsage,
+    SchedulerOutcome,
 };
 use tokio::sync::watch;
 
@@ -852,8 +853,10 @@ impl ServerState {
     }
 
     /// A heartbeat: refresh the TTL; a node that was down is ready again.
-    pub async fn heartbeat(&self, id: &NodeId, usage: NodeUsage) -> Result<(), StateError> {
+    pub async fn heartbeat(&self, id: &NodeId, mut usage: NodeUsage) -> Result<(), StateError> {
         let node = self.known_node(id)?;
+        // Staleness is judged by when the report arrived (agents' clocks may differ).
+        usage.at = now_ms();
         self.heartbeats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -963,6 +966,86 @@ impl ServerState {
             self.broker.enqueue(e);
         }
         Ok(())
+    }
+
+    // ---- rebalancing ----
+
+    /// Measured use of each node whose last report is at most `max_age_ms`
+    /// old (reports are refreshed by every heartbeat).
+    pub fn node_loads(&self, max_age_ms: u64) -> BTreeMap<NodeId, taba_scheduler::rebalance::Load> {
+        let now = now_ms();
+        self.node_usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, u)| now.saturating_sub(u.at) <= max_age_ms)
+            .map(|(id, u)| {
+                let l = taba_scheduler::rebalance::Load {
+                    cpu_mhz: u.cpu_mhz,
+                    memory: u.memory.0,
+                };
+                (id.clone(), l)
+            })
+            .collect()
+    }
+
+    /// Ask for moves: each allocation gets its [`MigrateRequest`] and each
+    /// job an evaluation (trigger `rebalance`) that carries them out. Moves
+    /// of allocations that changed meanwhile (no longer live, already
+    /// moving, on another node) are skipped. Returns how many were asked.
+    pub async fn request_moves(
+        &self,
+        moves: &[taba_scheduler::rebalance::Move],
+    ) -> Result<usize, StateError> {
+        let keys: Vec<String> = moves
+            .iter()
+            .map(|m| job_key(&m.namespace, &m.job))
+            .collect();
+        let _held = self.locks.lock(keys).await;
+        let now = now_ms();
+        let mut allocs = Vec::new();
+        let mut evals = Vec::new();
+        {
+            let c = self.cluster();
+            let mut jobs: BTreeMap<(String, String), ()> = BTreeMap::new();
+            for m in moves {
+                let Some(a) = c.alloc(&m.alloc) else { continue };
+                if !a.is_live() || a.migrate.is_some() || a.node_id != m.from {
+                    continue;
+                }
+                let mut a = a.clone();
+                a.migrate = Some(MigrateRequest {
+                    reason: m.reason.clone(),
+                    to: Some(m.to.clone()),
+                    requested_at: now,
+                });
+                a.modify_time = now;
+                allocs.push(a);
+                jobs.insert((m.namespace.clone(), m.job.clone()), ());
+            }
+            for (ns, job) in jobs.keys() {
+                if let Some(j) = c.job(ns, job).filter(|j| !j.stopped) {
+                    evals.push(Self::new_eval(j, EvalTrigger::Rebalance, None));
+                }
+            }
+        }
+        if allocs.is_empty() {
+            return Ok(0);
+        }
+        let mut txn = Txn::new();
+        for a in &allocs {
+            txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
+        }
+        for e in &evals {
+            txn = txn.put_encoded(Table::Evals, e.id.as_str(), e);
+        }
+        let index = self.commit(txn).await?;
+        let n = allocs.len();
+        self.apply(index, vec![], allocs, vec![], evals.clone());
+        for e in evals {
+            self.broker.enqueue(e);
+        }
+        Ok(n)
     }
 
     // ---- plans ----

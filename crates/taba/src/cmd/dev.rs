@@ -42,6 +42,9 @@ pub struct DevArgs {
     /// Heartbeat TTL of nodes, e.g. "10s".
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub heartbeat_ttl: Duration,
+    /// Turn off the rebalancer (on by default).
+    #[arg(long)]
+    pub no_rebalance: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -76,6 +79,65 @@ struct ServerFile {
     heartbeat_ttl: Option<taba_types::DurationSpec>,
     #[serde(default)]
     workers: Option<usize>,
+    #[serde(default)]
+    rebalance: Option<RebalanceFile>,
+}
+
+/// `[rebalance]` of the server's configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebalanceFile {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    interval: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    high_water: Option<f64>,
+    #[serde(default)]
+    target: Option<f64>,
+    #[serde(default)]
+    max_moves: Option<usize>,
+    #[serde(default)]
+    cooldown: Option<taba_types::DurationSpec>,
+}
+
+impl RebalanceFile {
+    /// Apply to `s`, checking ranges; errors name the key.
+    fn apply(&self, s: &mut taba_server::RebalanceSettings) -> anyhow::Result<()> {
+        if let Some(e) = self.enabled {
+            s.enabled = e;
+        }
+        if let Some(i) = self.interval {
+            anyhow::ensure!(i.0 >= 1000, "rebalance.interval: must be at least 1s");
+            s.interval = i.as_duration();
+        }
+        if let Some(h) = self.high_water {
+            s.plan.high_water = h;
+        }
+        if let Some(t) = self.target {
+            s.plan.target = t;
+        }
+        anyhow::ensure!(
+            s.plan.high_water > 0.0 && s.plan.high_water <= 1.0,
+            "rebalance.high_water: must be a share in (0, 1], e.g. 0.85"
+        );
+        anyhow::ensure!(
+            s.plan.target > 0.0 && s.plan.target < s.plan.high_water,
+            "rebalance.target: must be a share above 0 and below high_water ({})",
+            s.plan.high_water
+        );
+        if let Some(m) = self.max_moves {
+            anyhow::ensure!(
+                (1..=10_000).contains(&m),
+                "rebalance.max_moves: must be between 1 and 10000"
+            );
+            s.plan.max_moves = m;
+        }
+        if let Some(c) = self.cooldown {
+            s.plan.cooldown_ms = c.0;
+        }
+        Ok(())
+    }
 }
 
 /// `taba agent` configuration file.
@@ -193,6 +255,7 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         );
         let mut sc = ServerConfig::new(a.data_dir.join("server"), a.http);
         sc.heartbeat_ttl = a.heartbeat_ttl;
+        sc.rebalance.enabled = !a.no_rebalance;
         let server = Server::start(sc, store, images.clone())
             .await
             .context("starting the server")?;
@@ -229,6 +292,9 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(w) = cfg.workers {
             sc.num_workers = w.max(1);
+        }
+        if let Some(r) = &cfg.rebalance {
+            r.apply(&mut sc.rebalance)?;
         }
         let server = Server::start(sc, store, images).await?;
         eprintln!("taba server: API on http://{}", server.addr());
