@@ -9,6 +9,7 @@
 pub mod api;
 mod client;
 pub mod fingerprint;
+pub mod host;
 pub mod logs;
 pub mod runner;
 pub mod state;
@@ -97,6 +98,10 @@ pub struct AgentInner {
     runners: Mutex<HashMap<AllocId, Arc<AllocRunner>>>,
     usage: Mutex<HashMap<AllocId, AllocUsage>>,
     mhz_per_core: u64,
+    /// The node's total MHz (cores x MHz).
+    total_mhz: u64,
+    /// The host's last CPU times sample and its measured use.
+    host: Mutex<(Option<host::CpuTimes>, Option<NodeUsage>)>,
 }
 
 impl AgentInner {
@@ -208,6 +213,8 @@ pub async fn start(
         runners: Mutex::new(HashMap::new()),
         usage: Mutex::new(HashMap::new()),
         mhz_per_core: fp.mhz_per_core.max(1),
+        total_mhz: fp.resources.cpu,
+        host: Mutex::new((None, None)),
     });
 
     // Resume what a previous agent left running before talking to anyone.
@@ -399,14 +406,16 @@ async fn heartbeat_loop(inner: Arc<AgentInner>, client: ServerClient, ttl: Arc<M
     loop {
         let period = *ttl.lock().unwrap() / 3;
         tokio::time::sleep(period.max(Duration::from_millis(50))).await;
-        let usage = {
+        // The host's real use; the sum of the allocations' until it is sampled.
+        let host = inner.host.lock().unwrap().1.clone();
+        let usage = host.unwrap_or_else(|| {
             let u = inner.usage.lock().unwrap();
             NodeUsage {
                 cpu_mhz: u.values().map(|x| x.cpu_mhz).sum(),
                 memory: ByteSize(u.values().map(|x| x.memory.0).sum()),
                 at: taba_driver::now_ms(),
             }
-        };
+        });
         match client.heartbeat(&inner.node_id, usage).await {
             Ok(r) => *ttl.lock().unwrap() = Duration::from_millis(r.heartbeat_ttl_ms.max(100)),
             Err(e) => tracing::warn!("heartbeat: {e}"),
@@ -469,6 +478,17 @@ async fn sync_loop(
 async fn stats_loop(inner: Arc<AgentInner>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
+        if let Some((cpu, memory)) = host::sample(std::path::Path::new("/proc")) {
+            let mut h = inner.host.lock().unwrap();
+            if let Some(prev) = h.0 {
+                h.1 = Some(NodeUsage {
+                    cpu_mhz: host::cpu_mhz_between(prev, cpu, inner.total_mhz),
+                    memory: ByteSize(memory),
+                    at: taba_driver::now_ms(),
+                });
+            }
+            h.0 = Some(cpu);
+        }
         let runners: Vec<Arc<AllocRunner>> =
             inner.runners.lock().unwrap().values().cloned().collect();
         for r in runners {
