@@ -25,6 +25,7 @@ pub mod ids;
 mod place;
 mod plan;
 mod schedule;
+mod scoring;
 pub mod sim;
 mod state;
 #[cfg(test)]

@@ -24,6 +24,7 @@
 use crate::feasibility::GroupFilter;
 use crate::ids::IdStream;
 use crate::place::{GroupCtx, Placer};
+use crate::scoring::Preferences;
 use crate::state::{ClusterState, Res};
 use std::collections::{BTreeMap, BTreeSet};
 use taba_types::{
@@ -370,7 +371,10 @@ impl<'a> Scheduler<'a> {
             filter: &filter,
             res: Res::of(&g.total_resources()),
         };
-        let slots = self.placer.place_many(self.state, &ctx, reqs.len());
+        let slots = match Preferences::of(job, g) {
+            Some(prefs) => prefs.place(&mut self.placer, self.state, &ctx, reqs.len()),
+            None => self.placer.place_many(self.state, &ctx, reqs.len()),
+        };
         let missing = reqs.len() - slots.len();
         for (r, slot) in reqs.iter().zip(slots) {
             let a = self.new_alloc(job, g, r, slot);
