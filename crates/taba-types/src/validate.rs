@@ -471,6 +471,7 @@ fn check_affinities(errs: &mut ValidationErrors, base: &str, affinities: &[Affin
                         format!("{p}.attribute"),
                         "must not be empty; an affinity names a node attribute (with operator and value) or a job",
                     );
+                    continue;
                 }
                 let value = a.value.as_deref().unwrap_or("");
                 if let Err(e) = check_interpolation(value) {
