@@ -346,3 +346,25 @@ affinity = [{ job = "cache", group = "redis", weight = 80 }, { job = "web", attr
         );
     }
 }
+
+#[cfg(test)]
+mod doc_example {
+    use crate::parse::parse_job_toml;
+
+    /// The example in docs/jobs.md parses and validates (with the task's
+    /// elided fields filled in).
+    #[test]
+    fn docs_example_is_valid() {
+        let doc = include_str!("../../../docs/jobs.md");
+        let section = &doc[doc.find("## Spread, affinities").expect("section")..];
+        let start = section.find("```toml").expect("example") + "```toml".len();
+        let end = start + section[start..].find("```").expect("end of example");
+        let example = section[start..end].replace(
+            "  # ...\n",
+            "  driver = \"exec\"\n  command = [\"/bin/httpd\"]\n",
+        );
+        let spec = parse_job_toml(example.as_bytes()).unwrap();
+        assert_eq!(spec.groups[0].affinity.len(), 2);
+        assert_eq!(spec.groups[0].tasks[0].affinity[0].weight, 20);
+    }
+}
