@@ -2,7 +2,9 @@
 //!
 //! The reconciler compares what a job asks for with the allocations it has
 //! and decides stops, in-place updates and placements; the placer
-//! ([`crate::place`]) picks nodes. Nothing here mutates the state.
+//! ([`crate::place`]) picks nodes, or [`crate::scoring`] for groups with
+//! spreads, affinities or `scoring = "spread"`. Nothing here mutates the
+//! state.
 //!
 //! Rules, per job type:
 //! - a missing or stopped job: stop every live allocation ("job stopped");
