@@ -26,6 +26,7 @@ mod place;
 mod plan;
 pub mod rebalance;
 mod schedule;
+mod scoring;
 pub mod sim;
 mod state;
 #[cfg(test)]

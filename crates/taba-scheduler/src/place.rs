@@ -50,7 +50,7 @@ pub(crate) struct Placer {
 const FILL_SHARE: u64 = 2;
 
 /// Counts per value of a `distinct_property` attribute.
-type PropCounts = Vec<BTreeMap<String, u32>>;
+pub(crate) type PropCounts = Vec<BTreeMap<String, u32>>;
 
 impl Placer {
     pub fn with_shard(shard: Option<(u32, u32)>) -> Self {
@@ -111,7 +111,7 @@ impl Placer {
         }
     }
 
-    fn take(
+    pub(crate) fn take(
         &mut self,
         state: &ClusterState,
         g: &GroupCtx,
@@ -136,7 +136,7 @@ impl Placer {
         }
     }
 
-    fn distinct_cap(
+    pub(crate) fn distinct_cap(
         &self,
         state: &ClusterState,
         g: &GroupCtx,
@@ -175,7 +175,7 @@ impl Placer {
     }
 
     /// Counts of the job's (or group's) live allocations per property value.
-    fn prop_counts(&self, state: &ClusterState, g: &GroupCtx) -> PropCounts {
+    pub(crate) fn prop_counts(&self, state: &ClusterState, g: &GroupCtx) -> PropCounts {
         g.filter
             .distinct_properties
             .iter()
@@ -199,6 +199,28 @@ impl Placer {
                 counts
             })
             .collect()
+    }
+
+    /// Whether `slot` may be picked in this pass: in its shard (always,
+    /// without shards) and not the node being avoided.
+    pub(crate) fn in_shard(&self, state: &ClusterState, slot: u32) -> bool {
+        self.avoid != Some(slot)
+            && self
+                .shard
+                .is_none_or(|(i, n)| state.entry(slot).shard % n == i)
+    }
+
+    /// Live allocations (staying, plus this plan's placements) per node
+    /// slot: the job's, or only those of `group`.
+    pub(crate) fn live_per_node(&self, group: Option<&str>) -> Vec<(u32, u32)> {
+        match group {
+            None => self.job_on_node.iter().map(|(s, n)| (*s, *n)).collect(),
+            Some(g) => self
+                .group_on_node
+                .range((g.to_string(), 0)..=(g.to_string(), u32::MAX))
+                .map(|((_, s), n)| (*s, *n))
+                .collect(),
+        }
     }
 
     /// How many of the group's allocations `slot` can take now (0: none).

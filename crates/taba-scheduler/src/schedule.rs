@@ -2,7 +2,9 @@
 //!
 //! The reconciler compares what a job asks for with the allocations it has
 //! and decides stops, in-place updates and placements; the placer
-//! ([`crate::place`]) picks nodes. Nothing here mutates the state.
+//! ([`crate::place`]) picks nodes, or [`crate::scoring`] for groups with
+//! spreads, affinities or `scoring = "spread"`. Nothing here mutates the
+//! state.
 //!
 //! Rules, per job type:
 //! - a missing or stopped job: stop every live allocation ("job stopped");
@@ -24,6 +26,7 @@
 use crate::feasibility::GroupFilter;
 use crate::ids::IdStream;
 use crate::place::{GroupCtx, Placer};
+use crate::scoring::Preferences;
 use crate::state::{ClusterState, Res};
 use std::collections::{BTreeMap, BTreeSet};
 use taba_types::{
@@ -425,7 +428,10 @@ impl<'a> Scheduler<'a> {
                 Some(t) if self.placer.place_on(self.state, &ctx, t).is_ok() => Some(t),
                 _ => {
                     self.placer.set_avoid(from);
-                    let placed = self.placer.place_many(self.state, &ctx, 1);
+                    let placed = match Preferences::of(job, g) {
+                        Some(prefs) => prefs.place(&mut self.placer, self.state, &ctx, 1),
+                        None => self.placer.place_many(self.state, &ctx, 1),
+                    };
                     self.placer.set_avoid(None);
                     placed.first().copied()
                 }
@@ -462,7 +468,10 @@ impl<'a> Scheduler<'a> {
             filter: &filter,
             res: Res::of(&g.total_resources()),
         };
-        let slots = self.placer.place_many(self.state, &ctx, reqs.len());
+        let slots = match Preferences::of(job, g) {
+            Some(prefs) => prefs.place(&mut self.placer, self.state, &ctx, reqs.len()),
+            None => self.placer.place_many(self.state, &ctx, reqs.len()),
+        };
         let missing = reqs.len() - slots.len();
         for (r, slot) in reqs.iter().zip(slots) {
             let a = self.new_alloc(job, g, r, slot);

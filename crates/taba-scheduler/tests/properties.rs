@@ -24,6 +24,8 @@ struct GroupGen {
     mem_mib: u64,
     container: bool,
     constraint: Option<u8>,
+    /// Soft preferences (see `preferences`), often none.
+    prefs: Option<u8>,
 }
 
 #[derive(Clone, Debug)]
@@ -32,6 +34,7 @@ struct JobGen {
     groups: Vec<GroupGen>,
     job_constraint: Option<u8>,
     distinct_hosts: bool,
+    spread_scoring: bool,
 }
 
 fn node_gen() -> impl Strategy<Value = NodeGen> {
@@ -58,14 +61,18 @@ fn group_gen() -> impl Strategy<Value = GroupGen> {
         32u64..3000,
         prop::bool::weighted(0.3),
         prop::option::of(0u8..5),
+        prop::option::weighted(0.4, 0u8..8),
     )
-        .prop_map(|(count, cpu, mem_mib, container, constraint)| GroupGen {
-            count,
-            cpu,
-            mem_mib,
-            container,
-            constraint,
-        })
+        .prop_map(
+            |(count, cpu, mem_mib, container, constraint, prefs)| GroupGen {
+                count,
+                cpu,
+                mem_mib,
+                container,
+                constraint,
+                prefs,
+            },
+        )
 }
 
 fn job_gen() -> impl Strategy<Value = JobGen> {
@@ -74,13 +81,15 @@ fn job_gen() -> impl Strategy<Value = JobGen> {
         prop::collection::vec(group_gen(), 1..3),
         prop::option::of(0u8..5),
         prop::bool::weighted(0.2),
+        prop::bool::weighted(0.2),
     )
         .prop_map(
-            |(job_type, groups, job_constraint, distinct_hosts)| JobGen {
+            |(job_type, groups, job_constraint, distinct_hosts, spread_scoring)| JobGen {
                 job_type,
                 groups,
                 job_constraint,
                 distinct_hosts,
+                spread_scoring,
             },
         )
 }
@@ -101,6 +110,57 @@ fn constraint(k: u8) -> Constraint {
         attribute: attribute.into(),
         operator,
         value: value.into(),
+    }
+}
+
+/// Spreads and affinities of a generated group, by kind.
+fn preferences(k: u8) -> (Vec<Spread>, Vec<Affinity>) {
+    let spread = |targets: Vec<(&str, u32)>| Spread {
+        attribute: "${meta.rack}".into(),
+        weight: 50,
+        targets: targets
+            .into_iter()
+            .map(|(value, percent)| SpreadTarget {
+                value: value.into(),
+                percent,
+            })
+            .collect(),
+    };
+    let node_aff = |value: &str, weight: i32| Affinity {
+        attribute: "${meta.rack}".into(),
+        operator: None,
+        value: Some(value.into()),
+        job: None,
+        group: None,
+        weight,
+    };
+    let alloc_aff = |job: &str, attribute: &str, weight: i32| Affinity {
+        attribute: attribute.into(),
+        operator: None,
+        value: None,
+        job: Some(job.into()),
+        group: None,
+        weight,
+    };
+    match k {
+        0 => (vec![spread(vec![])], vec![]),
+        1 => (vec![spread(vec![("r1", 70), ("r2", 30)])], vec![]),
+        2 => (vec![], vec![node_aff("r1", 100)]),
+        3 => (vec![], vec![node_aff("r2", -100), node_aff("r3", 40)]),
+        4 => (vec![], vec![alloc_aff("job0", "", 80)]),
+        5 => (vec![], vec![alloc_aff("job0", "${meta.rack}", -60)]),
+        6 => (
+            vec![spread(vec![("r0", 50)])],
+            vec![alloc_aff("job1", "", -100)],
+        ),
+        _ => (
+            vec![Spread {
+                attribute: "${node.datacenter}".into(),
+                weight: 10,
+                targets: Vec::new(),
+            }],
+            vec![node_aff("r0", 20)],
+        ),
     }
 }
 
@@ -130,7 +190,7 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
     Node {
         id: NodeId(format!("node-{i}")),
         name: format!("n{i}"),
-        datacenter: "dc1".into(),
+        datacenter: format!("dc{}", i % 2 + 1),
         status: NodeStatus::Ready,
         eligibility: if g.eligible {
             Eligibility::Eligible
@@ -172,10 +232,17 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     value: String::new(),
                 });
             }
+            // System jobs take no preferences (validation rejects them).
+            let (spread, affinity) = match gg.prefs {
+                Some(p) if job_type != JobType::System => preferences(p),
+                _ => (Vec::new(), Vec::new()),
+            };
             TaskGroupSpec {
                 name: format!("g{k}"),
                 count: gg.count,
                 constraints,
+                spread,
+                affinity,
                 restart: None,
                 reschedule: None,
                 network: NetworkSpec::default(),
@@ -184,7 +251,7 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                 tasks: vec![TaskSpec {
                     name: "t".into(),
                     driver: if gg.container { "container" } else { "exec" }.into(),
-                    image: None,
+                    image: gg.container.then(|| "busybox:latest".into()),
                     entrypoint: None,
                     command: vec!["/bin/true".into()],
                     env: BTreeMap::new(),
@@ -197,6 +264,7 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                         pids: 64,
                     },
                     constraints: Vec::new(),
+                    affinity: Vec::new(),
                     kill_signal: "SIGTERM".into(),
                     kill_timeout: DurationSpec::secs(1),
                 }],
@@ -210,6 +278,13 @@ fn make_job(i: usize, g: &JobGen) -> Job {
             namespace: "default".into(),
             priority: 50,
             constraints: g.job_constraint.map(constraint).into_iter().collect(),
+            scoring: if g.spread_scoring && job_type != JobType::System {
+                Scoring::Spread
+            } else {
+                Scoring::Binpack
+            },
+            spread: Vec::new(),
+            affinity: Vec::new(),
             update: UpdatePolicy::default(),
             meta: BTreeMap::new(),
             groups,
@@ -326,6 +401,9 @@ proptest! {
             check_invariants(s)
         };
         let mut registered: Vec<Job> = jobs.iter().enumerate().map(|(i, g)| make_job(i, g)).collect();
+        for j in &registered {
+            prop_assert!(validate::validate_job(&j.spec).is_ok(), "generated job invalid: {:?}", validate::validate_job(&j.spec));
+        }
         for j in &registered {
             s.upsert_job(j.clone());
             run(&mut s, j)?;

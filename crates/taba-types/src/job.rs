@@ -5,6 +5,7 @@
 //! `group` and `task` arrays in JSON. Unknown fields are rejected so typos are
 //! caught at submission.
 
+use crate::placement::{Affinity, Scoring, Spread};
 use crate::units::{ByteSize, DurationSpec};
 use crate::UnixMillis;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,15 @@ pub struct JobSpec {
     /// Constraints every task of the job must satisfy.
     #[serde(default, rename = "constraint", skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// How nodes are ranked: `binpack` (default) or `spread`.
+    #[serde(default, skip_serializing_if = "Scoring::is_binpack")]
+    pub scoring: Scoring,
+    /// Spreads every group of the job follows (a group's own add to these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<Spread>,
+    /// Affinities of every group of the job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<Affinity>,
     /// How updates replace allocations.
     #[serde(default)]
     pub update: UpdatePolicy,
@@ -110,6 +120,12 @@ pub struct TaskGroupSpec {
     /// Constraints for this group.
     #[serde(default, rename = "constraint", skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// Spreads of this group, added to the job's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<Spread>,
+    /// Affinities of this group, added to the job's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<Affinity>,
     /// Restart policy for tasks on their node; defaults by job type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartPolicy>,
@@ -338,6 +354,9 @@ pub struct TaskSpec {
     /// Constraints for this task.
     #[serde(default, rename = "constraint", skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// Affinities of this task, added to its group's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<Affinity>,
     /// Signal sent to stop the task.
     #[serde(default = "default_kill_signal")]
     pub kill_signal: String,
