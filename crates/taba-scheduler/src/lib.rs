@@ -24,6 +24,7 @@ mod feasibility;
 pub mod ids;
 mod place;
 mod plan;
+mod ports;
 mod schedule;
 pub mod sim;
 mod state;

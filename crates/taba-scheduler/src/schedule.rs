@@ -24,6 +24,7 @@
 use crate::feasibility::GroupFilter;
 use crate::ids::IdStream;
 use crate::place::{GroupCtx, Placer};
+use crate::ports::GroupPorts;
 use crate::state::{ClusterState, Res};
 use std::collections::{BTreeMap, BTreeSet};
 use taba_types::{
@@ -365,15 +366,18 @@ impl<'a> Scheduler<'a> {
             return;
         }
         let filter = GroupFilter::new(job, g);
+        let ports = GroupPorts::of(g);
         let ctx = GroupCtx {
             name: &g.name,
             filter: &filter,
             res: Res::of(&g.total_resources()),
+            ports: &ports,
         };
         let slots = self.placer.place_many(self.state, &ctx, reqs.len());
         let missing = reqs.len() - slots.len();
         for (r, slot) in reqs.iter().zip(slots) {
-            let a = self.new_alloc(job, g, r, slot);
+            let mut a = self.new_alloc(job, g, r, slot);
+            a.ports = self.placer.next_ports();
             self.plan.placements.push(a);
         }
         if missing > 0 {
@@ -438,6 +442,7 @@ impl<'a> Scheduler<'a> {
             node_id: node.id.clone(),
             node_name: node.name.clone(),
             resources: g.total_resources(),
+            ports: Vec::new(),
             desired_status: DesiredStatus::Run,
             desired_description: String::new(),
             client_status: ClientStatus::Pending,
@@ -469,10 +474,12 @@ impl<'a> Scheduler<'a> {
         nodes.sort_by(|a, b| a.1.id.cmp(&b.1.id));
         for g in &job.spec.groups {
             let filter = GroupFilter::new(job, g);
+            let ports = GroupPorts::of(g);
             let ctx = GroupCtx {
                 name: &g.name,
                 filter: &filter,
                 res: Res::of(&g.total_resources()),
+                ports: &ports,
             };
             let mut by_node: BTreeMap<&taba_types::NodeId, Vec<&'a Allocation>> = BTreeMap::new();
             for a in allocs.iter().copied().filter(|a| a.group == g.name) {
@@ -557,7 +564,8 @@ impl<'a> Scheduler<'a> {
                 }
                 match self.placer.place_on(self.state, &ctx, *slot) {
                     Ok(()) => {
-                        let a = self.new_alloc(job, g, &req, *slot);
+                        let mut a = self.new_alloc(job, g, &req, *slot);
+                        a.ports = self.placer.next_ports();
                         self.plan.placements.push(a);
                     }
                     Err(dim) => {
@@ -588,7 +596,8 @@ impl<'a> Scheduler<'a> {
                 };
                 match self.placer.place_on(self.state, &ctx, slot) {
                     Ok(()) => {
-                        let n = self.new_alloc(job, g, &req, slot);
+                        let mut n = self.new_alloc(job, g, &req, slot);
+                        n.ports = self.placer.next_ports();
                         self.plan.placements.push(n);
                     }
                     Err(dim) => {

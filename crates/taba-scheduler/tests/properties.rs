@@ -148,6 +148,8 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
             disk: ByteSize::mib(10_000),
         },
         reserved: NodeResources::default(),
+        reserved_ports: PortRanges::default(),
+        dynamic_ports: PortRange::default(),
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),

@@ -16,6 +16,7 @@ pub mod job;
 pub mod node;
 pub mod parse;
 pub mod plan;
+pub mod ports;
 pub mod units;
 pub mod validate;
 pub mod wire;
@@ -26,6 +27,7 @@ pub use ids::*;
 pub use job::*;
 pub use node::*;
 pub use plan::*;
+pub use ports::{AllocatedPort, PortRange, PortRanges, PortSpec};
 pub use units::{ByteSize, DurationSpec};
 pub use validate::{FieldError, ValidationErrors};
 

@@ -18,8 +18,8 @@ use taba_types::wire::{
     AllocUpdate, AllocUpdateRequest, HeartbeatRequest, RegisterRequest, PROTOCOL,
 };
 use taba_types::{
-    Allocation, ByteSize, ClientStatus, DriverInfo, Node, NodeId, NodeResources, TaskState,
-    TaskStatus,
+    Allocation, ByteSize, ClientStatus, DriverInfo, Node, NodeId, NodeResources, PortRange,
+    PortRanges, TaskState, TaskStatus,
 };
 
 /// A server running on its own runtime thread.
@@ -126,6 +126,8 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
             disk: ByteSize::mib(100_000),
         },
         reserved: NodeResources::default(),
+        reserved_ports: PortRanges::default(),
+        dynamic_ports: PortRange::default(),
         drivers,
         last_heartbeat: 0,
         usage: Default::default(),
