@@ -97,14 +97,15 @@ impl PortOverlay {
     /// Whether `port` on node `slot` is reserved, held, or taken by the plan.
     fn in_use(&self, state: &ClusterState, slot: u32, port: u16) -> bool {
         let e = state.entry(slot);
-        if e.node.as_ref().is_some_and(|n| n.reserved_ports.contains(port)) {
+        if e.node
+            .as_ref()
+            .is_some_and(|n| n.reserved_ports.contains(port))
+        {
             return true;
         }
         let held = e.ports.count(port);
         match self.nodes.get(&slot) {
-            Some(d) => {
-                d.taken.contains(&port) || held > d.freed.get(&port).copied().unwrap_or(0)
-            }
+            Some(d) => d.taken.contains(&port) || held > d.freed.get(&port).copied().unwrap_or(0),
             None => held > 0,
         }
     }
@@ -161,11 +162,7 @@ impl PortOverlay {
             return (Some("dynamic ports".into()), 0);
         };
         let mut room = u64::MAX;
-        if let Some((_, p)) = g
-            .statics
-            .iter()
-            .find(|(_, p)| self.in_use(state, slot, *p))
-        {
+        if let Some((_, p)) = g.statics.iter().find(|(_, p)| self.in_use(state, slot, *p)) {
             return (Some(format!("port {p}")), 0);
         }
         if !g.statics.is_empty() {
@@ -292,4 +289,322 @@ pub(crate) fn verify_ports(state: &ClusterState, plan: &Plan) -> Result<(), Plan
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tests::{eval_for, group, job, node};
+    use crate::{apply_plan, schedule, verify_plan, ClusterState, PlanRejection};
+    use taba_types::*;
+
+    fn cluster(nodes: &[Node]) -> ClusterState {
+        let mut s = ClusterState::new();
+        for n in nodes {
+            s.upsert_node(n.clone());
+        }
+        s.set_index(1);
+        s
+    }
+
+    /// A group asking for `ports`: `Some(p)` static, `None` dynamic.
+    fn port_group(name: &str, count: u32, ports: &[(&str, Option<u32>)]) -> TaskGroupSpec {
+        let mut g = group(name, count, 100, 64);
+        g.network.ports = ports
+            .iter()
+            .map(|(l, p)| PortSpec {
+                label: l.to_string(),
+                static_port: *p,
+            })
+            .collect();
+        g
+    }
+
+    fn register(s: &mut ClusterState, name: &str, groups: Vec<TaskGroupSpec>) -> Job {
+        let mut j = job(name, JobType::Service, groups);
+        if let Some(old) = s.job("default", name) {
+            j.version = old.version + 1;
+        }
+        s.upsert_job(j.clone());
+        j
+    }
+
+    fn run(s: &ClusterState, j: &Job) -> SchedulerOutcome {
+        schedule(s, &eval_for(j, s.index() as u32), 0)
+    }
+
+    fn commit(s: &mut ClusterState, o: &SchedulerOutcome) {
+        verify_plan(s, &o.plan).expect("plan verifies");
+        let idx = s.index() + 1;
+        apply_plan(s, &o.plan, idx);
+    }
+
+    fn run_commit(s: &mut ClusterState, j: &Job) -> SchedulerOutcome {
+        let o = run(s, j);
+        commit(s, &o);
+        o
+    }
+
+    fn set_client(s: &mut ClusterState, id: &AllocId, st: ClientStatus) {
+        let mut a = s.alloc(id).unwrap().clone();
+        a.client_status = st;
+        s.upsert_alloc(a);
+    }
+
+    fn values(a: &Allocation) -> Vec<u16> {
+        a.ports.iter().map(|p| p.value).collect()
+    }
+
+    #[test]
+    fn static_port_in_use_filters_the_node_and_explains() {
+        let mut s = cluster(&[node("big", 8000, 8192), node("small", 4000, 4096)]);
+        let a = register(
+            &mut s,
+            "a",
+            vec![port_group("web", 1, &[("http", Some(8080))])],
+        );
+        let o = run_commit(&mut s, &a);
+        assert_eq!(o.plan.placements[0].node_name, "big");
+        assert_eq!(
+            o.plan.placements[0].ports,
+            [AllocatedPort {
+                label: "http".into(),
+                value: 8080,
+                dynamic: false
+            }]
+        );
+        // Bin-packing would put both on "big"; its port 8080 is taken, and
+        // a group gets one allocation per node for each static port.
+        let b = register(
+            &mut s,
+            "b",
+            vec![port_group("web", 2, &[("http", Some(8080))])],
+        );
+        let o = run_commit(&mut s, &b);
+        assert_eq!(o.plan.placements.len(), 1);
+        assert_eq!(o.plan.placements[0].node_name, "small");
+        assert_eq!(o.status, EvalStatus::Blocked);
+        let f = &o.failed_groups["web"];
+        assert_eq!(f.exhausted.get("port 8080"), Some(&2), "{f:?}");
+        assert!(
+            o.status_description
+                .contains("port 8080 in use on 2 of 2 nodes"),
+            "{}",
+            o.status_description
+        );
+    }
+
+    #[test]
+    fn two_groups_wanting_the_same_static_port_on_one_node() {
+        let mut s = cluster(&[node("n1", 8000, 8192)]);
+        let j = register(
+            &mut s,
+            "j",
+            vec![
+                port_group("a", 1, &[("http", Some(8080))]),
+                port_group("b", 1, &[("web", Some(8080))]),
+            ],
+        );
+        let o = run_commit(&mut s, &j);
+        assert_eq!(o.plan.placements.len(), 1);
+        assert_eq!(o.plan.placements[0].group, "a");
+        assert_eq!(o.queued.get("b"), Some(&1));
+        assert_eq!(
+            o.failed_groups["b"].summary(),
+            "port 8080 in use on 1 of 1 nodes"
+        );
+        // System jobs explain the same way.
+        let mut sys = job(
+            "sys",
+            JobType::System,
+            vec![port_group("s", 1, &[("http", Some(8080))])],
+        );
+        sys.version = 0;
+        s.upsert_job(sys.clone());
+        let o = run(&s, &sys);
+        assert!(o.plan.placements.is_empty());
+        assert_eq!(
+            o.failed_groups["s"].summary(),
+            "port 8080 in use on 1 of 1 nodes"
+        );
+    }
+
+    #[test]
+    fn dynamic_ports_are_unique_skip_reserved_and_run_out() {
+        let mut n = node("n1", 8000, 8192);
+        n.dynamic_ports = PortRange::parse("20000-20009").unwrap();
+        n.reserved_ports = PortRanges::parse("20001,20003").unwrap();
+        let mut s = cluster(&[n]);
+        let a = register(
+            &mut s,
+            "a",
+            vec![port_group("web", 3, &[("http", None), ("admin", None)])],
+        );
+        let o = run_commit(&mut s, &a);
+        let got: Vec<Vec<u16>> = o.plan.placements.iter().map(values).collect();
+        // Lowest free first, never a reserved one, unique within the plan.
+        assert_eq!(
+            got,
+            [[20000, 20002], [20004, 20005], [20006, 20007]],
+            "{got:?}"
+        );
+        assert!(o.plan.placements[0].ports.iter().all(|p| p.dynamic));
+        assert_eq!(o.plan.placements[0].ports[1].label, "admin");
+        // A later plan continues after what is held.
+        let b = register(&mut s, "b", vec![port_group("web", 2, &[("http", None)])]);
+        let o = run_commit(&mut s, &b);
+        let got: Vec<Vec<u16>> = o.plan.placements.iter().map(values).collect();
+        assert_eq!(got, [[20008], [20009]]);
+        // The range is used up.
+        let c = register(&mut s, "c", vec![port_group("web", 1, &[("http", None)])]);
+        let o = run(&s, &c);
+        assert!(o.plan.placements.is_empty());
+        assert_eq!(
+            o.failed_groups["web"].summary(),
+            "dynamic ports exhausted on 1 of 1 nodes"
+        );
+    }
+
+    #[test]
+    fn static_ports_inside_the_dynamic_range_are_not_handed_out_twice() {
+        let mut n = node("n1", 8000, 8192);
+        n.dynamic_ports = PortRange::parse("20000-20002").unwrap();
+        let mut s = cluster(&[n]);
+        let a = register(
+            &mut s,
+            "a",
+            vec![port_group(
+                "web",
+                1,
+                &[("x", None), ("fixed", Some(20000)), ("y", None)],
+            )],
+        );
+        let o = run_commit(&mut s, &a);
+        assert_eq!(values(&o.plan.placements[0]), [20000, 20001, 20002]);
+        assert_eq!(o.plan.placements[0].ports[0].label, "fixed");
+        // Two dynamic ports and a static one in a 3-port range leave none.
+        let b = register(&mut s, "b", vec![port_group("web", 1, &[("x", None)])]);
+        assert!(run(&s, &b).plan.placements.is_empty());
+    }
+
+    #[test]
+    fn reserved_ports_are_never_given() {
+        let mut n = node("n1", 8000, 8192);
+        n.reserved_ports = PortRanges::parse("22,8000-8100").unwrap();
+        let mut s = cluster(&[n]);
+        let j = register(
+            &mut s,
+            "j",
+            vec![port_group("web", 1, &[("http", Some(8080))])],
+        );
+        let o = run(&s, &j);
+        assert!(o.plan.placements.is_empty());
+        assert_eq!(
+            o.failed_groups["web"].summary(),
+            "port 8080 in use on 1 of 1 nodes"
+        );
+    }
+
+    #[test]
+    fn ports_are_freed_when_the_allocation_ends() {
+        let mut s = cluster(&[node("n1", 8000, 8192)]);
+        let a = register(
+            &mut s,
+            "a",
+            vec![port_group("web", 1, &[("http", Some(8080)), ("m", None)])],
+        );
+        let placed = run_commit(&mut s, &a).plan.placements[0].clone();
+        assert_eq!(values(&placed), [8080, 20000]);
+        let b = register(
+            &mut s,
+            "b",
+            vec![port_group("web", 1, &[("http", Some(8080)), ("m", None)])],
+        );
+        assert!(run(&s, &b).plan.placements.is_empty());
+        // Stopping: the port stays held until the agent reports the end.
+        let mut stopped = s.job("default", "a").unwrap().clone();
+        stopped.stopped = true;
+        s.upsert_job(stopped.clone());
+        let o = run_commit(&mut s, &stopped);
+        assert_eq!(o.plan.stops.len(), 1);
+        assert!(run(&s, &b).plan.placements.is_empty());
+        set_client(&mut s, &placed.id, ClientStatus::Complete);
+        let o = run_commit(&mut s, &b);
+        assert_eq!(values(&o.plan.placements[0]), [8080, 20000]);
+    }
+
+    #[test]
+    fn an_update_reuses_the_ports_it_frees_in_the_same_plan() {
+        let mut s = cluster(&[node("n1", 8000, 8192)]);
+        let a = register(
+            &mut s,
+            "a",
+            vec![port_group("web", 1, &[("http", Some(8080))])],
+        );
+        let old = run_commit(&mut s, &a).plan.placements[0].clone();
+        set_client(&mut s, &old.id, ClientStatus::Running);
+        let mut g = port_group("web", 1, &[("http", Some(8080))]);
+        g.tasks[0].env.insert("V".into(), "2".into());
+        let a2 = register(&mut s, "a", vec![g]);
+        let o = run_commit(&mut s, &a2);
+        assert_eq!(o.plan.stops.len(), 1);
+        assert_eq!(values(&o.plan.placements[0]), [8080]);
+    }
+
+    #[test]
+    fn verify_rejects_a_stale_plan_whose_ports_collide() {
+        let mut s = cluster(&[node("n1", 8000, 8192)]);
+        let a = register(
+            &mut s,
+            "a",
+            vec![port_group("web", 1, &[("http", Some(8080))])],
+        );
+        let b = register(
+            &mut s,
+            "b",
+            vec![port_group("web", 1, &[("http", Some(8080))])],
+        );
+        let c = register(&mut s, "c", vec![port_group("web", 1, &[("m", None)])]);
+        let d = register(&mut s, "d", vec![port_group("web", 1, &[("m", None)])]);
+        // All planned on the same snapshot.
+        let (pa, pb, pc, pd) = (run(&s, &a), run(&s, &b), run(&s, &c), run(&s, &d));
+        verify_plan(&s, &pb.plan).unwrap();
+        commit(&mut s, &pa);
+        commit(&mut s, &pc);
+        let want = |port| {
+            Err(PlanRejection::PortInUse {
+                node: "n1".into(),
+                port,
+            })
+        };
+        assert_eq!(verify_plan(&s, &pb.plan), want(8080));
+        assert_eq!(verify_plan(&s, &pd.plan), want(20000));
+        // Retried on the fresh state: b is blocked, d takes the next port.
+        assert!(run(&s, &b).plan.placements.is_empty());
+        let pd = run_commit(&mut s, &d);
+        assert_eq!(values(&pd.plan.placements[0]), [20001]);
+        // A plan giving one port twice on a node is rejected too.
+        let e = register(&mut s, "e", vec![port_group("w", 2, &[("m", None)])]);
+        let mut twice = run(&s, &e).plan;
+        let first = twice.placements[0].ports.clone();
+        twice.placements[1].ports = first;
+        assert_eq!(verify_plan(&s, &twice), want(20002));
+    }
+
+    #[test]
+    fn records_with_ports_read_back_exactly() {
+        let mut s = cluster(&[node("n1", 8000, 8192)]);
+        let a = register(&mut s, "a", vec![port_group("web", 2, &[("m", None)])]);
+        let o = run_commit(&mut s, &a);
+        for p in &o.plan.placements {
+            let mut want = p.clone();
+            want.create_index = 2;
+            want.modify_index = 2;
+            assert_eq!(s.alloc(&p.id), Some(&want));
+        }
+        let slot = s.node_slot(&o.plan.placements[0].node_id).unwrap();
+        assert_eq!(s.entry(slot).ports.count(20000), 1);
+        assert_eq!(s.entry(slot).ports.count(20001), 1);
+        s.remove_alloc(&o.plan.placements[0].id);
+        assert_eq!(s.entry(slot).ports.count(20000), 0);
+    }
 }

@@ -94,7 +94,10 @@ impl PlacementFailure {
             } else {
                 "exhausted"
             };
-            parts.push(format!("{dim} {verb} on {n} of {} nodes", self.nodes_evaluated));
+            parts.push(format!(
+                "{dim} {verb} on {n} of {} nodes",
+                self.nodes_evaluated
+            ));
         }
         if parts.is_empty() {
             parts.push("no node fits".into());

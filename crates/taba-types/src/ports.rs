@@ -82,12 +82,7 @@ pub(crate) fn check_group_ports(errs: &mut ValidationErrors, p: &str, g: &TaskGr
         }
     }
     if !g.network.ports.is_empty() && g.network.mode == NetworkMode::None {
-        if let Some((i, t)) = g
-            .tasks
-            .iter()
-            .enumerate()
-            .find(|(_, t)| t.driver != "exec")
-        {
+        if let Some((i, t)) = g.tasks.iter().enumerate().find(|(_, t)| t.driver != "exec") {
             errs.push(
                 format!("{p}.network.mode"),
                 format!(
@@ -108,7 +103,10 @@ pub fn port_env(ports: &[AllocatedPort], ip: &str) -> Vec<(String, String)> {
     for p in ports {
         env.push((format!("TABA_PORT_{}", p.label), p.value.to_string()));
         env.push((format!("TABA_HOST_PORT_{}", p.label), p.value.to_string()));
-        env.push((format!("TABA_ADDR_{}", p.label), format!("{ip}:{}", p.value)));
+        env.push((
+            format!("TABA_ADDR_{}", p.label),
+            format!("{ip}:{}", p.value),
+        ));
     }
     env
 }
@@ -410,12 +408,24 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].0, "group[0].network.mode");
         assert!(e[0].1.contains("set mode = \"host\""), "{e:?}");
-        let e = errors(r#"{ mode = "bridge", ports = [{ label = "http" }] }"#, "container");
-        assert!(e[0].1.contains("bridge networking is not available yet"), "{e:?}");
+        let e = errors(
+            r#"{ mode = "bridge", ports = [{ label = "http" }] }"#,
+            "container",
+        );
+        assert!(
+            e[0].1.contains("bridge networking is not available yet"),
+            "{e:?}"
+        );
         // Unknown fields and wrong types are caught with their path.
-        let e = errors(r#"{ mode = "host", ports = [{ label = "a", statik = 1 }] }"#, "container");
+        let e = errors(
+            r#"{ mode = "host", ports = [{ label = "a", statik = 1 }] }"#,
+            "container",
+        );
         assert_eq!(e[0].0, "group[0].network.ports[0].statik", "{e:?}");
-        let e = errors(r#"{ mode = "host", ports = [{ label = "a", static = -1 }] }"#, "container");
+        let e = errors(
+            r#"{ mode = "host", ports = [{ label = "a", static = -1 }] }"#,
+            "container",
+        );
         assert_eq!(e[0].0, "group[0].network.ports[0].static", "{e:?}");
     }
 
