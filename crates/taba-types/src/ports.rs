@@ -14,6 +14,7 @@ use crate::validate::ValidationErrors;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
 /// One port a group asks for: `{ label = "http", static = 8080 }`, or
 /// `{ label = "metrics" }` for a dynamic one.
@@ -97,15 +98,15 @@ pub(crate) fn check_group_ports(errs: &mut ValidationErrors, p: &str, g: &TaskGr
 /// The environment that tells a task its ports: `TABA_PORT_<label>` (the
 /// port to listen on), `TABA_HOST_PORT_<label>` (the port on the host; the
 /// same in host networking) and `TABA_ADDR_<label>` (`<ip>:<port>`, `ip`
-/// being the node's address).
-pub fn port_env(ports: &[AllocatedPort], ip: &str) -> Vec<(String, String)> {
+/// being the node's address; IPv6 in brackets).
+pub fn port_env(ports: &[AllocatedPort], ip: IpAddr) -> Vec<(String, String)> {
     let mut env = Vec::with_capacity(ports.len() * 3);
     for p in ports {
         env.push((format!("TABA_PORT_{}", p.label), p.value.to_string()));
         env.push((format!("TABA_HOST_PORT_{}", p.label), p.value.to_string()));
         env.push((
             format!("TABA_ADDR_{}", p.label),
-            format!("{ip}:{}", p.value),
+            SocketAddr::new(ip, p.value).to_string(),
         ));
     }
     env
@@ -482,7 +483,7 @@ mod tests {
                 value: 8080,
                 dynamic: false,
             }],
-            "10.0.0.5",
+            "10.0.0.5".parse().unwrap(),
         );
         assert_eq!(
             env,
@@ -492,5 +493,14 @@ mod tests {
                 ("TABA_ADDR_http".to_string(), "10.0.0.5:8080".to_string()),
             ]
         );
+        let v6 = port_env(
+            &[AllocatedPort {
+                label: "m".into(),
+                value: 20000,
+                dynamic: true,
+            }],
+            "::1".parse().unwrap(),
+        );
+        assert_eq!(v6[2].1, "[::1]:20000");
     }
 }
