@@ -156,7 +156,8 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
         },
         reserved: NodeResources::default(),
         // Small ranges so that dynamic ports run out and collide if they can.
-        reserved_ports: PortRanges::parse(if i.is_multiple_of(2) { "22,20002" } else { "" }).unwrap(),
+        reserved_ports: PortRanges::parse(if i.is_multiple_of(2) { "22,20002" } else { "" })
+            .unwrap(),
         dynamic_ports: PortRange::parse("20000-20007").unwrap(),
         drivers,
         last_heartbeat: 0,

@@ -605,7 +605,9 @@ network = {{ mode = "host", ports = [{{ label = "http", static = {PORT} }}, {{ l
     let out = dev.cli(&["--json", "alloc", "status", &id]);
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ports = v["allocation"]["ports"].as_array().expect("ports in --json");
+    let ports = v["allocation"]["ports"]
+        .as_array()
+        .expect("ports in --json");
     assert_eq!(ports.len(), 2, "{ports:?}");
     assert_eq!(ports[0]["label"], "http");
     assert_eq!(ports[0]["value"], PORT);
@@ -665,8 +667,12 @@ network = {{ mode = "host", ports = [{{ label = "http", static = {PORT} }}, {{ l
         status["allocations"].as_array().unwrap().is_empty(),
         "{status}"
     );
-    // Clean up: stop both (the harness waits for every workload to end).
-    for j in ["ports2", "ports1"] {
-        assert!(dev.cli(&["job", "stop", j]).status.success());
-    }
+    // Once the first job's container has ended, its port is free and the
+    // second job is placed on it.
+    assert!(dev.cli(&["job", "stop", "ports1"]).status.success());
+    let allocs = wait_allocs(&dev, "ports2", "ports2 running", |a| running(a, 1));
+    let d = dev.client.alloc(allocs[0].id.as_str()).unwrap();
+    assert_eq!(d.allocation.ports[0].value, PORT);
+    // Clean up (the harness also waits for every workload to end).
+    assert!(dev.cli(&["job", "stop", "ports2"]).status.success());
 }

@@ -128,15 +128,16 @@ struct PortsFile {
 
 impl AgentFile {
     /// Apply the `[reserved]` and `[ports]` tables; errors name the key.
-    fn apply_reserved(&self, ac: &mut AgentConfig) -> anyhow::Result<()> {
+    fn apply_reserved(&self, ac: &mut AgentConfig, file: Option<&Path>) -> anyhow::Result<()> {
+        let file = file.map(|p| p.display().to_string()).unwrap_or_default();
         ac.reserved.cpu = self.reserved.cpu;
         ac.reserved.memory = self.reserved.memory;
         ac.reserved.disk = self.reserved.disk;
         ac.reserved_ports = taba_types::PortRanges::parse(&self.reserved.ports)
-            .context("configuration: reserved.ports")?;
+            .with_context(|| format!("configuration {file}: reserved.ports"))?;
         if let Some(d) = &self.ports.dynamic {
-            ac.dynamic_ports =
-                taba_types::PortRange::parse(d).context("configuration: ports.dynamic")?;
+            ac.dynamic_ports = taba_types::PortRange::parse(d)
+                .with_context(|| format!("configuration {file}: ports.dynamic"))?;
         }
         Ok(())
     }
@@ -299,7 +300,7 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
         }
         ac.http_addr = cfg.http;
         ac.meta = cfg.meta.clone();
-        cfg.apply_reserved(&mut ac)?;
+        cfg.apply_reserved(&mut ac, a.config.as_deref())?;
         let agent = taba_agent::start(ac, drivers(images)?).await?;
         eprintln!(
             "taba agent: node {} (API {})",
