@@ -27,7 +27,7 @@ use taba_driver::Driver;
 use taba_types::wire::{AllocUpdate, AllocUpdateRequest, RegisterRequest, PROTOCOL};
 use taba_types::{
     AllocId, AllocUsage, ByteSize, DriverInfo, Eligibility, Node, NodeId, NodeResources,
-    NodeStatus, NodeUsage,
+    NodeStatus, NodeUsage, PortRange, PortRanges,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -65,6 +65,10 @@ pub struct AgentConfig {
     pub meta: BTreeMap<String, String>,
     /// Resources held back for the host.
     pub reserved: NodeResources,
+    /// Host ports never given to allocations.
+    pub reserved_ports: PortRanges,
+    /// Where the scheduler picks dynamic ports on this node.
+    pub dynamic_ports: PortRange,
     /// Largest log file before rotation.
     pub log_max_bytes: u64,
     /// Rotated log files kept per stream.
@@ -84,6 +88,8 @@ impl AgentConfig {
             http_addr: "127.0.0.1:0".parse().expect("static address"),
             meta: BTreeMap::new(),
             reserved: NodeResources::default(),
+            reserved_ports: PortRanges::default(),
+            dynamic_ports: PortRange::default(),
             log_max_bytes: 10 << 20,
             log_max_files: 3,
             stats_interval: Duration::from_secs(5),
@@ -192,6 +198,8 @@ pub async fn start(
         meta: config.meta.clone(),
         resources: fp.resources.clone(),
         reserved: config.reserved.clone(),
+        reserved_ports: config.reserved_ports.clone(),
+        dynamic_ports: config.dynamic_ports,
         drivers: driver_infos,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
@@ -206,6 +214,7 @@ pub async fn start(
         changed: changed_tx,
         log_max_bytes: config.log_max_bytes,
         log_max_files: config.log_max_files,
+        node_ip: node_ip(http_addr),
     });
     let inner = Arc::new(AgentInner {
         node_id: node_id.clone(),
@@ -260,6 +269,17 @@ pub async fn start(
         shutdown,
         tasks,
     })
+}
+
+/// The node's address as tasks see it: the IP of the agent's API address
+/// (the address the servers reach the node at), or loopback when the API
+/// listens on every address.
+fn node_ip(http_addr: SocketAddr) -> std::net::IpAddr {
+    match http_addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    }
 }
 
 fn recover(inner: &Arc<AgentInner>) {

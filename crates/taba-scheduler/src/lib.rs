@@ -24,6 +24,7 @@ mod feasibility;
 pub mod ids;
 mod place;
 mod plan;
+mod ports;
 pub mod rebalance;
 mod schedule;
 mod scoring;

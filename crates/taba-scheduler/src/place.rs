@@ -11,9 +11,10 @@
 //! own, keyed by their effective free capacity.
 
 use crate::feasibility::{resolve_interpolation, GroupFilter, Scope};
+use crate::ports::{GroupPorts, PortOverlay};
 use crate::state::{ClusterState, Res};
-use std::collections::{BTreeMap, BTreeSet};
-use taba_types::{Allocation, PlacementFailure};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use taba_types::{AllocatedPort, Allocation, PlacementFailure};
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Delta {
@@ -26,6 +27,8 @@ pub(crate) struct GroupCtx<'a> {
     pub name: &'a str,
     pub filter: &'a GroupFilter,
     pub res: Res,
+    /// Host ports each allocation holds (see [`crate::ports`]).
+    pub ports: &'a GroupPorts,
 }
 
 /// Placement state of one scheduling pass.
@@ -42,6 +45,10 @@ pub(crate) struct Placer {
     shard: Option<(u32, u32)>,
     /// A node `place_many` must not pick (the source of a move).
     avoid: Option<u32>,
+    /// Host ports this plan took and freed.
+    ports: PortOverlay,
+    /// Ports given to placements not yet built, in placement order.
+    assigned: VecDeque<Vec<AllocatedPort>>,
 }
 
 /// A group takes at most 1/FILL_SHARE of a node's room for it on a first
@@ -108,7 +115,21 @@ impl Placer {
         if a.holds_resources() {
             let r = Res::of(&a.resources);
             self.change(state, slot, |d| d.freed.add(r));
+            if !a.ports.is_empty() {
+                self.ports.release(slot, &a.ports);
+            }
         }
+    }
+
+    /// Whether `slot` has the group's host ports free (always, without ports).
+    pub(crate) fn ports_free(&self, state: &ClusterState, slot: u32, g: &GroupCtx) -> bool {
+        g.ports.is_empty() || self.ports.room(state, slot, g.ports) > 0
+    }
+
+    /// The host ports of the next placement made (in order), empty for a
+    /// group without ports.
+    pub fn next_ports(&mut self) -> Vec<AllocatedPort> {
+        self.assigned.pop_front().unwrap_or_default()
     }
 
     pub(crate) fn take(
@@ -121,6 +142,10 @@ impl Placer {
     ) {
         let r = g.res.times(n);
         self.change(state, slot, |d| d.add.add(r));
+        if !g.ports.is_empty() {
+            let taken = self.ports.take(state, slot, g.ports, n);
+            self.assigned.extend(taken);
+        }
         let n32 = n as u32;
         *self.job_on_node.entry(slot).or_default() += n32;
         *self
@@ -239,9 +264,14 @@ impl Placer {
         {
             return 0;
         }
-        self.free(state, slot)
+        let mut room = self
+            .free(state, slot)
             .how_many(&g.res)
-            .min(self.distinct_cap(state, g, slot, props))
+            .min(self.distinct_cap(state, g, slot, props));
+        if !g.ports.is_empty() && room > 0 {
+            room = room.min(self.ports.room(state, slot, g.ports));
+        }
+        room
     }
 
     /// Place up to `n` allocations of a group; returns the chosen node slot
@@ -343,6 +373,9 @@ impl Placer {
         if self.distinct_cap(state, g, slot, &props) == 0 {
             return Err("distinct".into());
         }
+        if let Some(port) = self.ports.conflict(state, slot, g.ports) {
+            return Err(port);
+        }
         self.take(state, g, slot, 1, &mut props);
         Ok(())
     }
@@ -368,6 +401,8 @@ impl Placer {
                     "distinct_property".to_string()
                 };
                 *f.filtered.entry(reason).or_default() += 1;
+            } else if let Some(port) = self.ports.conflict(state, slot, g.ports) {
+                *f.exhausted.entry(port).or_default() += 1;
             } else if let Some(dim) = g.res.exceeds(&self.free(state, slot)) {
                 *f.exhausted.entry(dim.to_string()).or_default() += 1;
             }

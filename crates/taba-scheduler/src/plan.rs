@@ -39,6 +39,15 @@ pub enum PlanRejection {
         /// `cpu`, `memory` or `disk`.
         dimension: &'static str,
     },
+    /// A placement's host port is reserved or taken on its node (since the
+    /// snapshot, or twice in the plan).
+    #[error("port {port} is already in use on node {node}")]
+    PortInUse {
+        /// Node name.
+        node: String,
+        /// The port.
+        port: u16,
+    },
     /// The job was stopped, removed or changed version since the snapshot.
     #[error("job {0} changed since the plan was made")]
     JobChanged(String),
@@ -48,7 +57,7 @@ pub enum PlanRejection {
 /// replaced allocation still exists; every placement's job is still at the
 /// version planned for and not stopped; every placement's node exists, is
 /// schedulable, and has room given its current usage, the plan's own stops
-/// and the plan's other placements.
+/// and the plan's other placements, host ports included.
 pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejection> {
     let mut freed: BTreeMap<u32, Res> = BTreeMap::new();
     let mut added: BTreeMap<u32, Res> = BTreeMap::new();
@@ -136,7 +145,7 @@ pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejectio
             return Err(PlanRejection::NodeExhausted { node, dimension });
         }
     }
-    Ok(())
+    crate::ports::verify_ports(state, plan)
 }
 
 /// Commit a verified plan (already persisted by the server at `index`) to

@@ -26,6 +26,7 @@
 use crate::feasibility::GroupFilter;
 use crate::ids::IdStream;
 use crate::place::{GroupCtx, Placer};
+use crate::ports::GroupPorts;
 use crate::scoring::Preferences;
 use crate::state::{ClusterState, Res};
 use std::collections::{BTreeMap, BTreeSet};
@@ -402,10 +403,12 @@ impl<'a> Scheduler<'a> {
             earliest(&mut self.migrate_at, next);
         }
         let filter = GroupFilter::new(job, g);
+        let ports = GroupPorts::of(g);
         let ctx = GroupCtx {
             name: &g.name,
             filter: &filter,
             res: Res::of(&g.total_resources()),
+            ports: &ports,
         };
         for a in &migrating[..now_batch] {
             let Some(req) = a.migrate.as_ref() else {
@@ -445,7 +448,8 @@ impl<'a> Scheduler<'a> {
                         reschedule: false,
                         replaces: false,
                     };
-                    let n = self.new_alloc(job, g, &r, slot);
+                    let mut n = self.new_alloc(job, g, &r, slot);
+                    n.ports = self.placer.next_ports();
                     self.plan.placements.push(n);
                 }
                 None => {
@@ -463,10 +467,12 @@ impl<'a> Scheduler<'a> {
             return;
         }
         let filter = GroupFilter::new(job, g);
+        let ports = GroupPorts::of(g);
         let ctx = GroupCtx {
             name: &g.name,
             filter: &filter,
             res: Res::of(&g.total_resources()),
+            ports: &ports,
         };
         let slots = match Preferences::of(job, g) {
             Some(prefs) => prefs.place(&mut self.placer, self.state, &ctx, reqs.len()),
@@ -474,7 +480,8 @@ impl<'a> Scheduler<'a> {
         };
         let missing = reqs.len() - slots.len();
         for (r, slot) in reqs.iter().zip(slots) {
-            let a = self.new_alloc(job, g, r, slot);
+            let mut a = self.new_alloc(job, g, r, slot);
+            a.ports = self.placer.next_ports();
             self.plan.placements.push(a);
         }
         if missing > 0 {
@@ -539,6 +546,7 @@ impl<'a> Scheduler<'a> {
             node_id: node.id.clone(),
             node_name: node.name.clone(),
             resources: g.total_resources(),
+            ports: Vec::new(),
             desired_status: DesiredStatus::Run,
             desired_description: String::new(),
             client_status: ClientStatus::Pending,
@@ -571,10 +579,12 @@ impl<'a> Scheduler<'a> {
         nodes.sort_by(|a, b| a.1.id.cmp(&b.1.id));
         for g in &job.spec.groups {
             let filter = GroupFilter::new(job, g);
+            let ports = GroupPorts::of(g);
             let ctx = GroupCtx {
                 name: &g.name,
                 filter: &filter,
                 res: Res::of(&g.total_resources()),
+                ports: &ports,
             };
             let mut by_node: BTreeMap<&taba_types::NodeId, Vec<&'a Allocation>> = BTreeMap::new();
             for a in allocs.iter().copied().filter(|a| a.group == g.name) {
@@ -659,7 +669,8 @@ impl<'a> Scheduler<'a> {
                 }
                 match self.placer.place_on(self.state, &ctx, *slot) {
                     Ok(()) => {
-                        let a = self.new_alloc(job, g, &req, *slot);
+                        let mut a = self.new_alloc(job, g, &req, *slot);
+                        a.ports = self.placer.next_ports();
                         self.plan.placements.push(a);
                     }
                     Err(dim) => {
@@ -690,7 +701,8 @@ impl<'a> Scheduler<'a> {
                 };
                 match self.placer.place_on(self.state, &ctx, slot) {
                     Ok(()) => {
-                        let n = self.new_alloc(job, g, &req, slot);
+                        let mut n = self.new_alloc(job, g, &req, slot);
+                        n.ports = self.placer.next_ports();
                         self.plan.placements.push(n);
                     }
                     Err(dim) => {

@@ -371,7 +371,7 @@ impl<'a> Preferences<'a> {
         while out.len() < n {
             let mut best: Option<(f64, usize)> = None;
             for (i, c) in cands.iter().enumerate() {
-                if !c.in_shard || !g.res.fits_in(&c.free) {
+                if !c.in_shard || !g.res.fits_in(&c.free) || !placer.ports_free(state, c.slot, g) {
                     continue;
                 }
                 if distinct && placer.distinct_cap(state, g, c.slot, &props) == 0 {

@@ -249,6 +249,8 @@ pub fn synthetic_node(rng_seed: u64, i: u32) -> Node {
             disk: ByteSize::mib(500 * 1024),
         },
         reserved: NodeResources::default(),
+        reserved_ports: PortRanges::default(),
+        dynamic_ports: PortRange::default(),
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),

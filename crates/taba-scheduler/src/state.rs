@@ -25,6 +25,7 @@
 //! It owns no I/O; the server persists everything it applies here.
 
 use crate::ids::{format_uuid, parse_uuid};
+use crate::ports::HeldPorts;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::OnceLock;
@@ -138,6 +139,8 @@ pub(crate) struct NodeEntry {
     pub holders: u32,
     /// Every allocation on this node (slots).
     pub allocs: BTreeSet<u32>,
+    /// Host ports held by allocations holding resources here.
+    pub ports: HeldPorts,
     /// Shard for concurrent scheduling (see [`ClusterState::balance_shards`]).
     pub shard: u32,
     indexed: Option<Indexed>,
@@ -289,6 +292,7 @@ impl ClusterState {
             used: Res::default(),
             holders: 0,
             allocs: BTreeSet::new(),
+            ports: HeldPorts::default(),
             shard: slot,
             indexed: None,
         });
@@ -534,6 +538,7 @@ impl ClusterState {
             self.alloc_node[slot as usize] = node_slot;
             self.store(slot, a);
             if let Some(r) = self.holding(slot) {
+                self.account_ports(slot, true);
                 let e = &mut self.nodes[node_slot as usize];
                 e.used.add(r);
                 e.holders += 1;
@@ -624,6 +629,7 @@ impl ClusterState {
         let Some(r) = self.holding(slot) else {
             return;
         };
+        self.account_ports(slot, add);
         let node_slot = self.alloc_node[slot as usize];
         let e = &mut self.nodes[node_slot as usize];
         if add {
@@ -634,6 +640,21 @@ impl ClusterState {
             e.holders = e.holders.saturating_sub(1);
         }
         self.reindex(node_slot);
+    }
+
+    /// Add or remove the host ports of the slot's allocation (which holds
+    /// resources) on its node. Compact records have none.
+    fn account_ports(&mut self, slot: u32, add: bool) {
+        if let Stored::Full(a) = &self.allocs[slot as usize] {
+            if !a.ports.is_empty() {
+                let held = &mut self.nodes[self.alloc_node[slot as usize] as usize].ports;
+                if add {
+                    held.add(&a.ports);
+                } else {
+                    held.remove(&a.ports);
+                }
+            }
+        }
     }
 
     /// Drop the slot's reference to its shared spec (before it is overwritten).
@@ -700,7 +721,8 @@ impl ClusterState {
             && a.previous_alloc.is_none()
             && a.reschedule_times.is_empty()
             && !a.replaced
-            && a.migrate.is_none())
+            && a.migrate.is_none()
+            && a.ports.is_empty())
         {
             return None;
         }
@@ -819,6 +841,7 @@ impl ClusterState {
             node_id: node.id.clone(),
             node_name,
             resources: sp.resources.clone(),
+            ports: Vec::new(),
             desired_status: c.desired,
             desired_description: String::new(),
             client_status: c.client,

@@ -40,6 +40,8 @@ fn node(name: &str, dc: &str, rack: &str, cpu: u64, mem: u64) -> Node {
             disk: ByteSize::mib(100 * 1024),
         },
         reserved: NodeResources::default(),
+        reserved_ports: PortRanges::default(),
+        dynamic_ports: PortRange::default(),
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),

@@ -1,6 +1,7 @@
 //! Property tests of the scheduler: on random clusters and workloads, no node
-//! is ever overcommitted, every constraint holds for every placement, and the
-//! same input (or the same simulator seed) gives the same plan.
+//! is ever overcommitted, every constraint holds for every placement, no two
+//! live allocations on a node share a host port, and the same input (or the
+//! same simulator seed) gives the same plan.
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ struct GroupGen {
     constraint: Option<u8>,
     /// Soft preferences (see `preferences`), often none.
     prefs: Option<u8>,
+    /// 0: no ports; 1: static 8080; 2: one dynamic; 3: static 9000 + two dynamic.
+    ports: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -62,15 +65,17 @@ fn group_gen() -> impl Strategy<Value = GroupGen> {
         prop::bool::weighted(0.3),
         prop::option::of(0u8..5),
         prop::option::weighted(0.4, 0u8..8),
+        prop_oneof![3 => Just(0u8), 1 => 1u8..4],
     )
         .prop_map(
-            |(count, cpu, mem_mib, container, constraint, prefs)| GroupGen {
+            |(count, cpu, mem_mib, container, constraint, prefs, ports)| GroupGen {
                 count,
                 cpu,
                 mem_mib,
                 container,
                 constraint,
                 prefs,
+                ports,
             },
         )
 }
@@ -208,11 +213,28 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
             disk: ByteSize::mib(10_000),
         },
         reserved: NodeResources::default(),
+        // Small ranges so that dynamic ports run out and collide if they can.
+        reserved_ports: PortRanges::parse(if i.is_multiple_of(2) { "22,20002" } else { "" })
+            .unwrap(),
+        dynamic_ports: PortRange::parse("20000-20007").unwrap(),
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
         create_index: 0,
         modify_index: 0,
+    }
+}
+
+fn port_specs(kind: u8) -> Vec<PortSpec> {
+    let p = |label: &str, static_port: Option<u32>| PortSpec {
+        label: label.into(),
+        static_port,
+    };
+    match kind {
+        1 => vec![p("http", Some(8080))],
+        2 => vec![p("m", None)],
+        3 => vec![p("a", None), p("fixed", Some(9000)), p("b", None)],
+        _ => Vec::new(),
     }
 }
 
@@ -245,7 +267,10 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                 affinity,
                 restart: None,
                 reschedule: None,
-                network: NetworkSpec::default(),
+                network: NetworkSpec {
+                    mode: NetworkMode::Host,
+                    ports: port_specs(gg.ports),
+                },
                 migrate: Default::default(),
                 meta: BTreeMap::new(),
                 tasks: vec![TaskSpec {
@@ -364,6 +389,42 @@ fn check_invariants(s: &ClusterState) -> Result<(), TestCaseError> {
     }
     for (k, v) in per_node_job {
         prop_assert!(v <= 1, "distinct_hosts broken: {k:?} has {v}");
+    }
+    // Host ports: never shared by two live allocations of a node, never
+    // reserved, dynamic ones inside the node's range, one per label asked.
+    let mut ports: BTreeMap<(String, u16), String> = BTreeMap::new();
+    for a in s.allocs().filter(|a| a.is_live()) {
+        let n = s.node(&a.node_id).expect("placed on a known node");
+        prop_assert_eq!(
+            a.ports.len(),
+            a.group_spec.network.ports.len(),
+            "{} ports",
+            a.name
+        );
+        for p in &a.ports {
+            prop_assert!(
+                !n.reserved_ports.contains(p.value),
+                "{} got reserved port {}",
+                a.name,
+                p.value
+            );
+            prop_assert!(
+                !p.dynamic || n.dynamic_ports.contains(p.value),
+                "{} port {} out of range",
+                a.name,
+                p.value
+            );
+            if let Some(other) = ports.insert((n.name.clone(), p.value), a.name.clone()) {
+                prop_assert!(
+                    false,
+                    "port {} on {} held by {} and {}",
+                    p.value,
+                    n.name,
+                    other,
+                    a.name
+                );
+            }
+        }
     }
     Ok(())
 }

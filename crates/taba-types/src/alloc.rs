@@ -4,6 +4,7 @@
 
 use crate::ids::{AllocId, EvalId, NodeId};
 use crate::job::{JobType, Resources, TaskGroupSpec};
+use crate::ports::AllocatedPort;
 use crate::units::ByteSize;
 use crate::UnixMillis;
 use serde::{Deserialize, Serialize};
@@ -217,6 +218,9 @@ pub struct Allocation {
     pub node_name: String,
     /// Reserved resources (sum of the tasks').
     pub resources: Resources,
+    /// Host ports held on the node (the group's `network.ports`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<AllocatedPort>,
     /// What the servers want.
     pub desired_status: DesiredStatus,
     /// Why (e.g. "alloc is being updated", "job stopped").

@@ -68,7 +68,8 @@ pub struct PlacementFailure {
     /// Filter reason -> nodes removed (`constraint ${node.name} != n1`, `missing driver vm`).
     #[serde(default)]
     pub filtered: BTreeMap<String, u32>,
-    /// Resource dimension -> nodes on which it ran out (`memory`, `cpu`, `disk`).
+    /// Resource dimension -> nodes on which it ran out (`memory`, `cpu`,
+    /// `disk`, `port 8080` for a static port in use, `dynamic ports`).
     #[serde(default)]
     pub exhausted: BTreeMap<String, u32>,
     /// Further placements of the group that failed the same way.
@@ -90,8 +91,13 @@ impl PlacementFailure {
             ));
         }
         for (dim, n) in &self.exhausted {
+            let verb = if dim.starts_with("port ") {
+                "in use"
+            } else {
+                "exhausted"
+            };
             parts.push(format!(
-                "{dim} exhausted on {n} of {} nodes",
+                "{dim} {verb} on {n} of {} nodes",
                 self.nodes_evaluated
             ));
         }

@@ -320,6 +320,9 @@ pub struct NetworkSpec {
     /// Network mode; `none` unless set. Exec tasks always use the host's.
     #[serde(default)]
     pub mode: NetworkMode,
+    /// Host ports the group's allocations hold (static or dynamic).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::ports::PortSpec>,
 }
 
 /// One process (or container, or VM) of a group.

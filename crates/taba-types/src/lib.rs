@@ -17,6 +17,7 @@ pub mod node;
 pub mod parse;
 pub mod placement;
 pub mod plan;
+pub mod ports;
 pub mod units;
 pub mod validate;
 pub mod wire;
@@ -28,6 +29,7 @@ pub use job::*;
 pub use node::*;
 pub use placement::*;
 pub use plan::*;
+pub use ports::{AllocatedPort, PortRange, PortRanges, PortSpec};
 pub use units::{ByteSize, DurationSpec};
 pub use validate::{FieldError, ValidationErrors};
 

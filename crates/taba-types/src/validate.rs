@@ -45,7 +45,7 @@ impl fmt::Display for ValidationErrors {
 impl std::error::Error for ValidationErrors {}
 
 impl ValidationErrors {
-    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             reason: reason.into(),
@@ -327,6 +327,7 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
             "bridge networking is not available yet; use \"none\" or \"host\"",
         );
     }
+    crate::ports::check_group_ports(errs, p, g);
     check_constraints(errs, &format!("{p}."), &g.constraints);
     check_spreads(errs, &format!("{p}."), &g.spread);
     check_affinities(errs, &format!("{p}."), &g.affinity);

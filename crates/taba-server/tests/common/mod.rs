@@ -19,7 +19,7 @@ use taba_types::wire::{
 };
 use taba_types::{
     Allocation, ByteSize, ClientStatus, DriverInfo, Node, NodeId, NodeResources, NodeUsage,
-    TaskState, TaskStatus,
+    PortRange, PortRanges, TaskState, TaskStatus,
 };
 
 /// A server running on its own runtime thread.
@@ -135,6 +135,8 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
             disk: ByteSize::mib(100_000),
         },
         reserved: NodeResources::default(),
+        reserved_ports: PortRanges::default(),
+        dynamic_ports: PortRange::default(),
         drivers,
         last_heartbeat: 0,
         usage: Default::default(),

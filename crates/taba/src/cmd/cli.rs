@@ -556,6 +556,17 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 a.client_status,
                 suffix(&a.client_description)
             );
+            if !a.ports.is_empty() {
+                let ports: Vec<String> = a
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let kind = if p.dynamic { "dynamic" } else { "static" };
+                        format!("{}={} ({kind})", p.label, p.value)
+                    })
+                    .collect();
+                println!("Ports       = {}", ports.join(", "));
+            }
             println!("Created     = {}", age(a.create_time));
             println!("Modified    = {}", age(a.modify_time));
             if let Some(u) = &a.usage {
@@ -727,6 +738,18 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 "Resources  = {} cores, {} MHz, {} memory, {} disk",
                 n.resources.cores, n.resources.cpu, n.resources.memory, n.resources.disk
             );
+            println!(
+                "Reserved   = {} MHz, {} memory, {} disk, ports {}",
+                n.reserved.cpu,
+                n.reserved.memory,
+                n.reserved.disk,
+                if n.reserved_ports.is_empty() {
+                    "none".to_string()
+                } else {
+                    n.reserved_ports.to_string()
+                }
+            );
+            println!("Dynamic    = ports {}", n.dynamic_ports);
             let drivers: Vec<String> = n
                 .drivers
                 .iter()

@@ -158,6 +158,51 @@ struct AgentFile {
     meta: BTreeMap<String, String>,
     #[serde(default)]
     images_dir: Option<PathBuf>,
+    #[serde(default)]
+    reserved: ReservedFile,
+    #[serde(default)]
+    ports: PortsFile,
+}
+
+/// `[reserved]` of the agent file: what the host keeps for itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReservedFile {
+    #[serde(default)]
+    cpu: u64,
+    #[serde(default)]
+    memory: taba_types::ByteSize,
+    #[serde(default)]
+    disk: taba_types::ByteSize,
+    /// `"22,80,8000-8100"`.
+    #[serde(default)]
+    ports: String,
+}
+
+/// `[ports]` of the agent file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortsFile {
+    /// `"20000-32000"`.
+    #[serde(default)]
+    dynamic: Option<String>,
+}
+
+impl AgentFile {
+    /// Apply the `[reserved]` and `[ports]` tables; errors name the key.
+    fn apply_reserved(&self, ac: &mut AgentConfig, file: Option<&Path>) -> anyhow::Result<()> {
+        let file = file.map(|p| p.display().to_string()).unwrap_or_default();
+        ac.reserved.cpu = self.reserved.cpu;
+        ac.reserved.memory = self.reserved.memory;
+        ac.reserved.disk = self.reserved.disk;
+        ac.reserved_ports = taba_types::PortRanges::parse(&self.reserved.ports)
+            .with_context(|| format!("configuration {file}: reserved.ports"))?;
+        if let Some(d) = &self.ports.dynamic {
+            ac.dynamic_ports = taba_types::PortRange::parse(d)
+                .with_context(|| format!("configuration {file}: ports.dynamic"))?;
+        }
+        Ok(())
+    }
 }
 
 fn default_server_dir() -> PathBuf {
@@ -321,6 +366,7 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
         }
         ac.http_addr = cfg.http;
         ac.meta = cfg.meta.clone();
+        cfg.apply_reserved(&mut ac, a.config.as_deref())?;
         let agent = taba_agent::start(ac, drivers(images)?).await?;
         eprintln!(
             "taba agent: node {} (API {})",
