@@ -44,7 +44,7 @@ impl fmt::Display for ValidationErrors {
 impl std::error::Error for ValidationErrors {}
 
 impl ValidationErrors {
-    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             reason: reason.into(),
@@ -68,7 +68,7 @@ pub const MAX_DISK: ByteSize = ByteSize(1 << 50);
 /// Longest name (jobs, groups, tasks).
 pub const MAX_NAME: usize = 128;
 
-fn check_name(errs: &mut ValidationErrors, path: &str, name: &str) {
+pub(crate) fn check_name(errs: &mut ValidationErrors, path: &str, name: &str) {
     if name.is_empty() {
         errs.push(path, "must not be empty");
     } else if name.len() > MAX_NAME {
