@@ -42,13 +42,21 @@ pub enum PlanRejection {
     /// The job was stopped, removed or changed version since the snapshot.
     #[error("job {0} changed since the plan was made")]
     JobChanged(String),
+    /// A namespace would hold more than its quota allows.
+    #[error("quota of namespace {namespace} exceeded: {dimension}")]
+    QuotaExceeded {
+        /// The namespace.
+        namespace: String,
+        /// `cpu`, `memory` or `allocations`.
+        dimension: &'static str,
+    },
 }
 
 /// Check `plan` against `state`, all or nothing: every stopped, updated and
 /// replaced allocation still exists; every placement's job is still at the
 /// version planned for and not stopped; every placement's node exists, is
 /// schedulable, and has room given its current usage, the plan's own stops
-/// and the plan's other placements.
+/// and the plan's other placements; no namespace goes past its quota.
 pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejection> {
     let mut freed: BTreeMap<u32, Res> = BTreeMap::new();
     let mut added: BTreeMap<u32, Res> = BTreeMap::new();
@@ -136,7 +144,7 @@ pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejectio
             return Err(PlanRejection::NodeExhausted { node, dimension });
         }
     }
-    Ok(())
+    crate::quota::verify(state, plan)
 }
 
 /// Commit a verified plan (already persisted by the server at `index`) to
