@@ -327,8 +327,8 @@ mod tests {
             memory,
         };
         let usage: BTreeMap<String, (u64, u64)> = [
-            ("a".to_string(), (500, 0)),  // 0.5 of the cpu
-            ("b".to_string(), (0, 250)),  // 0.25 of the memory
+            ("a".to_string(), (500, 0)), // 0.5 of the cpu
+            ("b".to_string(), (0, 250)), // 0.25 of the memory
         ]
         .into();
         let demands = vec![
@@ -343,8 +343,15 @@ mod tests {
         // first; b is then at 0.35 < 0.5, so b again; then a.
         assert_eq!(got, vec![4, 3, 2, 1, 0]);
         // Equal shares: higher priority first, then the older.
-        let even = vec![d("x", 10, 1, 0, 0), d("y", 20, 2, 0, 0), d("z", 20, 0, 0, 0)];
-        assert_eq!(order_demands(&BTreeMap::new(), (1, 1), &even), vec![2, 1, 0]);
+        let even = vec![
+            d("x", 10, 1, 0, 0),
+            d("y", 20, 2, 0, 0),
+            d("z", 20, 0, 0, 0),
+        ];
+        assert_eq!(
+            order_demands(&BTreeMap::new(), (1, 1), &even),
+            vec![2, 1, 0]
+        );
         assert!(order_demands(&usage, (0, 0), &[]).is_empty());
     }
 }

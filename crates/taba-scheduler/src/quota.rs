@@ -176,11 +176,7 @@ impl<'a> Tracker<'a> {
         let mut n = u64::MAX;
         let dims = [
             (self.quota.cpu, self.used.res.cpu, each.cpu),
-            (
-                self.quota.memory.map(|m| m.0),
-                self.used.res.mem,
-                each.mem,
-            ),
+            (self.quota.memory.map(|m| m.0), self.used.res.mem, each.mem),
             (self.quota.allocations.map(u64::from), self.used.allocs, 1),
         ];
         for (limit, used, need) in dims {
@@ -205,7 +201,10 @@ impl<'a> Tracker<'a> {
     pub fn reason(&self, each: Res) -> String {
         let q = self.quota;
         let u = &self.used;
-        let what = if q.cpu.is_some_and(|c| u.res.cpu.saturating_add(each.cpu) > c) {
+        let what = if q
+            .cpu
+            .is_some_and(|c| u.res.cpu.saturating_add(each.cpu) > c)
+        {
             format!("cpu {} MHz of {} MHz used", u.res.cpu, q.cpu.unwrap_or(0))
         } else if q
             .memory
@@ -306,7 +305,12 @@ mod tests {
     fn placements_stop_exactly_at_the_memory_quota() {
         let mut s = cluster();
         s.set_quota("team-a", quota(None, Some(4096), None));
-        let j = in_ns("team-a", "crunch", JobType::Batch, group("g", 10, 100, 1024));
+        let j = in_ns(
+            "team-a",
+            "crunch",
+            JobType::Batch,
+            group("g", 10, 100, 1024),
+        );
         s.upsert_job(j.clone());
         let o = schedule(&s, &eval_for(&j, 1), 0);
         assert_eq!(o.plan.placements.len(), 4, "4 x 1GiB fill a 4GiB quota");
@@ -318,12 +322,22 @@ mod tests {
             "quota exceeded in namespace team-a: memory 4GiB of 4GiB used"
         );
         assert_eq!(f.coalesced, 5);
-        assert!(f.summary().starts_with("quota exceeded in namespace team-a"));
+        assert!(f
+            .summary()
+            .starts_with("quota exceeded in namespace team-a"));
         commit(&mut s, &o);
         let u = s.namespace_usage("team-a");
-        assert_eq!((u.cpu, u.memory, u.allocations), (400, ByteSize::mib(4096), 4));
+        assert_eq!(
+            (u.cpu, u.memory, u.allocations),
+            (400, ByteSize::mib(4096), 4)
+        );
         // The cluster had room: other namespaces are not limited.
-        let other = in_ns("default", "other", JobType::Batch, group("g", 10, 100, 1024));
+        let other = in_ns(
+            "default",
+            "other",
+            JobType::Batch,
+            group("g", 10, 100, 1024),
+        );
         s.upsert_job(other.clone());
         let o = schedule(&s, &eval_for(&other, 2), 0);
         assert_eq!(o.plan.placements.len(), 10);
@@ -388,7 +402,11 @@ mod tests {
         j3.version = 2;
         s.upsert_job(j3.clone());
         let o = schedule(&s, &eval_for(&j3, 3), 0);
-        assert!(o.failed_groups["g"].quota.contains("cpu"), "{:?}", o.failed_groups);
+        assert!(
+            o.failed_groups["g"].quota.contains("cpu"),
+            "{:?}",
+            o.failed_groups
+        );
     }
 
     #[test]

@@ -371,9 +371,9 @@ impl<'a> Scheduler<'a> {
             res: Res::of(&g.total_resources()),
         };
         let mut quota = crate::quota::Tracker::new(self.state, &self.plan, &job.spec.namespace);
-        let allowed = quota
-            .as_ref()
-            .map_or(reqs.len(), |q| q.how_many(ctx.res).min(reqs.len() as u64) as usize);
+        let allowed = quota.as_ref().map_or(reqs.len(), |q| {
+            q.how_many(ctx.res).min(reqs.len() as u64) as usize
+        });
         let slots = self.placer.place_many(self.state, &ctx, allowed);
         let missing = reqs.len() - slots.len();
         let by_quota = slots.len() == allowed && allowed < reqs.len();
@@ -511,8 +511,7 @@ impl<'a> Scheduler<'a> {
                 filter: &filter,
                 res: Res::of(&g.total_resources()),
             };
-            let mut quota =
-                crate::quota::Tracker::new(self.state, &self.plan, &job.spec.namespace);
+            let mut quota = crate::quota::Tracker::new(self.state, &self.plan, &job.spec.namespace);
             let mut by_node: BTreeMap<&taba_types::NodeId, Vec<&'a Allocation>> = BTreeMap::new();
             for a in allocs.iter().copied().filter(|a| a.group == g.name) {
                 by_node.entry(&a.node_id).or_default().push(a);
