@@ -332,6 +332,19 @@ impl Client {
         ))
     }
 
+    /// `DELETE /v1/jobs/{name}?namespace=NS`.
+    pub fn stop_job_in(&self, namespace: &str, name: &str) -> Result<EvalResponse, ClientError> {
+        Self::json(
+            self.finish(
+                self.req(
+                    "DELETE",
+                    &format!("/v1/jobs/{}?namespace={}", seg(name), seg(namespace)),
+                )
+                .call(),
+            )?,
+        )
+    }
+
     // ---- namespaces ----
 
     /// `GET /v1/namespaces`.
