@@ -51,13 +51,22 @@ pub enum PlanRejection {
     /// The job was stopped, removed or changed version since the snapshot.
     #[error("job {0} changed since the plan was made")]
     JobChanged(String),
+    /// A namespace would hold more than its quota allows.
+    #[error("quota of namespace {namespace} exceeded: {dimension}")]
+    QuotaExceeded {
+        /// The namespace.
+        namespace: String,
+        /// `cpu`, `memory` or `allocations`.
+        dimension: &'static str,
+    },
 }
 
 /// Check `plan` against `state`, all or nothing: every stopped, updated and
 /// replaced allocation still exists; every placement's job is still at the
 /// version planned for and not stopped; every placement's node exists, is
 /// schedulable, and has room given its current usage, the plan's own stops
-/// and the plan's other placements, host ports included.
+/// and the plan's other placements, host ports included; no namespace goes
+/// past its quota.
 pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejection> {
     let mut freed: BTreeMap<u32, Res> = BTreeMap::new();
     let mut added: BTreeMap<u32, Res> = BTreeMap::new();
@@ -145,7 +154,8 @@ pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejectio
             return Err(PlanRejection::NodeExhausted { node, dimension });
         }
     }
-    crate::ports::verify_ports(state, plan)
+    crate::ports::verify_ports(state, plan)?;
+    crate::quota::verify(state, plan)
 }
 
 /// Commit a verified plan (already persisted by the server at `index`) to

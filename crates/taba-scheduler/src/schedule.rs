@@ -474,19 +474,56 @@ impl<'a> Scheduler<'a> {
             res: Res::of(&g.total_resources()),
             ports: &ports,
         };
+        let mut quota = crate::quota::Tracker::new(self.state, &self.plan, &job.spec.namespace);
+        let allowed = quota.as_ref().map_or(reqs.len(), |q| {
+            q.how_many(ctx.res).min(reqs.len() as u64) as usize
+        });
         let slots = match Preferences::of(job, g) {
-            Some(prefs) => prefs.place(&mut self.placer, self.state, &ctx, reqs.len()),
-            None => self.placer.place_many(self.state, &ctx, reqs.len()),
+            Some(prefs) => prefs.place(&mut self.placer, self.state, &ctx, allowed),
+            None => self.placer.place_many(self.state, &ctx, allowed),
         };
         let missing = reqs.len() - slots.len();
+        let by_quota = slots.len() == allowed && allowed < reqs.len();
+        if let Some(q) = quota.as_mut().filter(|_| by_quota) {
+            q.take(ctx.res, allowed as u64);
+            let reason = q.reason(ctx.res);
+            self.record_quota_failure(&ctx, missing as u32, reason);
+        }
         for (r, slot) in reqs.iter().zip(slots) {
             let mut a = self.new_alloc(job, g, r, slot);
             a.ports = self.placer.next_ports();
             self.plan.placements.push(a);
         }
-        if missing > 0 {
+        if missing > 0 && !by_quota {
             self.record_failure(&ctx, missing as u32);
         }
+    }
+
+    /// Why the namespace's quota refuses one more allocation of `res` (system jobs).
+    fn quota_refuses(&self, quota: &mut Option<crate::quota::Tracker>, res: Res) -> Option<String> {
+        let q = quota.as_mut()?;
+        q.catch_up(self.state, &self.plan);
+        (q.how_many(res) == 0).then(|| q.reason(res))
+    }
+
+    /// The group's last `missing` placements were refused by the namespace's quota.
+    fn record_quota_failure(&mut self, ctx: &GroupCtx, missing: u32, reason: String) {
+        let ready = self
+            .state
+            .node_entries()
+            .filter(|(_, e)| e.schedulable())
+            .count() as u32;
+        let f = self
+            .failed_groups
+            .entry(ctx.name.to_string())
+            .or_insert_with(|| PlacementFailure {
+                nodes_evaluated: ready,
+                nodes_available: ready,
+                coalesced: missing - 1,
+                ..PlacementFailure::default()
+            });
+        f.quota = reason;
+        *self.queued.entry(ctx.name.to_string()).or_default() += missing;
     }
 
     fn record_failure(&mut self, ctx: &GroupCtx, missing: u32) {
@@ -586,6 +623,7 @@ impl<'a> Scheduler<'a> {
                 res: Res::of(&g.total_resources()),
                 ports: &ports,
             };
+            let mut quota = crate::quota::Tracker::new(self.state, &self.plan, &job.spec.namespace);
             let mut by_node: BTreeMap<&taba_types::NodeId, Vec<&'a Allocation>> = BTreeMap::new();
             for a in allocs.iter().copied().filter(|a| a.group == g.name) {
                 by_node.entry(&a.node_id).or_default().push(a);
@@ -667,6 +705,11 @@ impl<'a> Scheduler<'a> {
                     }
                     _ => {}
                 }
+                if let Some(why) = self.quota_refuses(&mut quota, ctx.res) {
+                    missing += 1;
+                    failure.get_or_insert_with(PlacementFailure::default).quota = why;
+                    continue;
+                }
                 match self.placer.place_on(self.state, &ctx, *slot) {
                     Ok(()) => {
                         let mut a = self.new_alloc(job, g, &req, *slot);
@@ -699,6 +742,11 @@ impl<'a> Scheduler<'a> {
                     reschedule: false,
                     replaces: false,
                 };
+                if let Some(why) = self.quota_refuses(&mut quota, ctx.res) {
+                    missing += 1;
+                    failure.get_or_insert_with(PlacementFailure::default).quota = why;
+                    continue;
+                }
                 match self.placer.place_on(self.state, &ctx, slot) {
                     Ok(()) => {
                         let mut n = self.new_alloc(job, g, &req, slot);

@@ -260,6 +260,10 @@ pub struct ClusterState {
     last_spec: Option<u32>,
     used_index: BTreeSet<(u64, u32)>,
     empty_index: BTreeSet<(Reverse<u64>, u32)>,
+    /// Per namespace: what its allocations hold (see [`crate::quota`]).
+    pub(crate) ns_usage: BTreeMap<String, crate::quota::NsUsage>,
+    /// Quotas the server set, per namespace.
+    pub(crate) quotas: BTreeMap<String, taba_types::Quota>,
 }
 
 impl ClusterState {
@@ -545,6 +549,7 @@ impl ClusterState {
                 if touched.last() != Some(&node_slot) {
                     touched.push(node_slot);
                 }
+                self.ns_account(slot, r, true);
             }
         }
         self.link_job_slots(job_key, &mut job_slots);
@@ -630,6 +635,7 @@ impl ClusterState {
             return;
         };
         self.account_ports(slot, add);
+        self.ns_account(slot, r, add);
         let node_slot = self.alloc_node[slot as usize];
         let e = &mut self.nodes[node_slot as usize];
         if add {
@@ -654,6 +660,28 @@ impl ClusterState {
                     held.remove(&a.ports);
                 }
             }
+        }
+    }
+
+    /// Add (`add`) or remove `r`, held by the slot's allocation, to or from
+    /// its namespace's usage.
+    fn ns_account(&mut self, slot: u32, r: Res, add: bool) {
+        let ns: &str = match &self.allocs[slot as usize] {
+            Stored::Full(a) => &a.namespace,
+            Stored::Compact(c) => match &self.specs[c.spec as usize] {
+                Some(sp) => &sp.namespace,
+                None => return,
+            },
+            Stored::Vacant => return,
+        };
+        match self.ns_usage.get_mut(ns) {
+            Some(u) => u.change(r, add),
+            None if add => {
+                let mut u = crate::quota::NsUsage::default();
+                u.change(r, true);
+                self.ns_usage.insert(ns.to_string(), u);
+            }
+            None => {}
         }
     }
 

@@ -23,10 +23,12 @@ use taba_store::{Store, StoreError, Table, Txn};
 use taba_types::wire::AllocUpdate;
 use taba_types::{
     AllocId, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger, Evaluation,
-    Job, JobSpec, JobStatus, JobType, MigrateRequest, Node, NodeId, NodeStatus, NodeUsage,
-    SchedulerOutcome,
+    Job, JobSpec, JobStatus, JobType, MigrateRequest, Namespace, Node, NodeId, NodeStatus,
+    NodeUsage, SchedulerOutcome,
 };
 use tokio::sync::watch;
+
+mod namespaces;
 
 /// Why a change or lookup failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,9 @@ pub enum StateError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The change conflicts with the state (e.g. removing a namespace in use).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Key of a job record.
@@ -100,6 +105,10 @@ pub struct ServerState {
     alloc_server_index: Mutex<HashMap<AllocId, u64>>,
     node_usage: Mutex<HashMap<NodeId, NodeUsage>>,
     locks: KeyLocks,
+    /// Namespaces other than the implicit `default` (unless it was set).
+    /// Registrations hold it shared while they commit, so a namespace
+    /// cannot be removed under a job being registered in it.
+    namespaces: tokio::sync::RwLock<BTreeMap<String, Namespace>>,
     /// Pending evaluations.
     pub broker: Broker,
     index: watch::Sender<u64>,
@@ -146,6 +155,12 @@ impl ServerState {
             a.modify_index = rec.mod_index;
             cluster.upsert_alloc(a);
         }
+        let mut namespaces = BTreeMap::new();
+        for rec in store.scan(Table::Namespaces, "")? {
+            let ns: Namespace = decode(Table::Namespaces, &rec)?;
+            cluster.set_quota(&ns.name, ns.quota.clone());
+            namespaces.insert(ns.name.clone(), ns);
+        }
         let alloc_server_index: HashMap<AllocId, u64> = cluster
             .allocs()
             .map(|a| (a.id.clone(), a.modify_index))
@@ -179,6 +194,7 @@ impl ServerState {
             alloc_server_index: Mutex::new(alloc_server_index),
             node_usage: Mutex::new(HashMap::new()),
             locks: KeyLocks::default(),
+            namespaces: tokio::sync::RwLock::new(namespaces),
             broker,
             index: watch::channel(index).0,
             shutdown: watch::channel(false).0,
@@ -317,6 +333,8 @@ impl ServerState {
     pub async fn register_job(&self, spec: JobSpec) -> Result<RegisterJobResponse, StateError> {
         let ns = spec.namespace.clone();
         let name = spec.name.clone();
+        let namespaces = self.namespaces.read().await;
+        Self::check_namespace(&namespaces, &ns)?;
         let _held = self.locks.lock(vec![job_key(&ns, &name)]).await;
         let existing = self.cluster().job(&ns, &name).cloned();
         let now = now_ms();
@@ -700,7 +718,7 @@ impl ServerState {
             self.broker.enqueue(e);
         }
         if freed {
-            self.broker.unblock_all();
+            self.unblock(None);
         }
         Ok(index)
     }
@@ -848,7 +866,7 @@ impl ServerState {
         for e in evals {
             self.broker.enqueue(e);
         }
-        self.broker.unblock_all();
+        self.unblock(None);
         Ok(index)
     }
 
@@ -883,7 +901,7 @@ impl ServerState {
             for e in evals {
                 self.broker.enqueue(e);
             }
-            self.broker.unblock_all();
+            self.unblock(None);
         }
         Ok(())
     }

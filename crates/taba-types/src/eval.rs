@@ -75,13 +75,20 @@ pub struct PlacementFailure {
     /// Further placements of the group that failed the same way.
     #[serde(default)]
     pub coalesced: u32,
+    /// Set when the namespace's quota, not the nodes, stopped the placements:
+    /// `quota exceeded in namespace team-a: memory 4GiB of 4GiB used`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub quota: String,
 }
 
 impl PlacementFailure {
     /// One line: `memory exhausted on 1 of 1 nodes; constraint ... filtered 2 nodes`.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
-        if self.nodes_available == 0 && self.nodes_evaluated == 0 {
+        if !self.quota.is_empty() {
+            parts.push(self.quota.clone());
+        }
+        if self.nodes_available == 0 && self.nodes_evaluated == 0 && self.quota.is_empty() {
             parts.push("no ready, eligible nodes".to_string());
         }
         for (reason, n) in &self.filtered {

@@ -69,7 +69,7 @@ pub const MAX_DISK: ByteSize = ByteSize(1 << 50);
 /// Longest name (jobs, groups, tasks).
 pub const MAX_NAME: usize = 128;
 
-fn check_name(errs: &mut ValidationErrors, path: &str, name: &str) {
+pub(crate) fn check_name(errs: &mut ValidationErrors, path: &str, name: &str) {
     if name.is_empty() {
         errs.push(path, "must not be empty");
     } else if name.len() > MAX_NAME {

@@ -676,3 +676,75 @@ network = {{ mode = "host", ports = [{{ label = "http", static = {PORT} }}, {{ l
     // Clean up (the harness also waits for every workload to end).
     assert!(dev.cli(&["job", "stop", "ports2"]).status.success());
 }
+
+#[test]
+fn root_namespace_quota_cli() {
+    let dev = Dev::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = |ns: &str| {
+        format!(
+            "name = \"sleepy\"\nnamespace = \"{ns}\"\n[[group]]\nname = \"g\"\ncount = 3\n  [[group.task]]\n  name = \"t\"\n  driver = \"exec\"\n  command = [\"/bin/sleep\", \"300\"]\n  resources = {{ cpu = 100, memory = \"64MiB\" }}\n"
+        )
+    };
+    let f = job_file(tmp.path(), "sleepy", &job("team-a"));
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    // No such namespace yet: rejected, naming the field.
+    let out = dev.cli(&["job", "run", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("namespace"), "{}", stderr(&out));
+    // Bad flag values are usage errors.
+    let out = dev.cli(&["namespace", "apply", "team-a", "--memory", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = dev.cli(&[
+        "namespace",
+        "apply",
+        "team-a",
+        "--memory",
+        "1GiB",
+        "--allocations",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Two of three placed; `job run` stops following with the quota reason.
+    let out = dev.cli(&["job", "run", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("quota exceeded in namespace team-a: allocations 2 of 2 used"),
+        "{}",
+        stderr(&out)
+    );
+    let out = dev.cli(&["--json", "namespace", "status", "team-a"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["usage"]["allocations"], 2);
+    assert_eq!(st["quota"]["memory"], "1GiB");
+    let out = dev.cli(&["namespace", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.contains("team-a") && text.contains("2/2"), "{text}");
+    // In use: not removable.
+    let out = dev.cli(&["namespace", "rm", "team-a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("stop them first"), "{}", stderr(&out));
+    // Raised: the third is placed.
+    let out = dev.cli(&[
+        "namespace",
+        "apply",
+        "team-a",
+        "--memory",
+        "1GiB",
+        "--allocations",
+        "3",
+    ]);
+    assert!(out.status.success());
+    dev.wait_for("third placement", Duration::from_secs(30), || {
+        dev.client
+            .job_status_in("team-a", "sleepy")
+            .is_ok_and(|s| s.allocations.len() == 3 && s.placement_failures.is_empty())
+    });
+    assert!(dev
+        .cli(&["job", "stop", "-n", "team-a", "sleepy"])
+        .status
+        .success());
+    let out = dev.cli(&["namespace", "rm", "team-a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
