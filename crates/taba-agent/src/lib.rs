@@ -9,6 +9,7 @@
 pub mod api;
 mod client;
 pub mod fingerprint;
+pub mod host;
 pub mod logs;
 pub mod runner;
 pub mod state;
@@ -26,7 +27,7 @@ use taba_driver::Driver;
 use taba_types::wire::{AllocUpdate, AllocUpdateRequest, RegisterRequest, PROTOCOL};
 use taba_types::{
     AllocId, AllocUsage, ByteSize, DriverInfo, Eligibility, Node, NodeId, NodeResources,
-    NodeStatus, NodeUsage,
+    NodeStatus, NodeUsage, PortRange, PortRanges,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -64,6 +65,10 @@ pub struct AgentConfig {
     pub meta: BTreeMap<String, String>,
     /// Resources held back for the host.
     pub reserved: NodeResources,
+    /// Host ports never given to allocations.
+    pub reserved_ports: PortRanges,
+    /// Where the scheduler picks dynamic ports on this node.
+    pub dynamic_ports: PortRange,
     /// Largest log file before rotation.
     pub log_max_bytes: u64,
     /// Rotated log files kept per stream.
@@ -83,6 +88,8 @@ impl AgentConfig {
             http_addr: "127.0.0.1:0".parse().expect("static address"),
             meta: BTreeMap::new(),
             reserved: NodeResources::default(),
+            reserved_ports: PortRanges::default(),
+            dynamic_ports: PortRange::default(),
             log_max_bytes: 10 << 20,
             log_max_files: 3,
             stats_interval: Duration::from_secs(5),
@@ -97,6 +104,10 @@ pub struct AgentInner {
     runners: Mutex<HashMap<AllocId, Arc<AllocRunner>>>,
     usage: Mutex<HashMap<AllocId, AllocUsage>>,
     mhz_per_core: u64,
+    /// The node's total MHz (cores x MHz).
+    total_mhz: u64,
+    /// The host's last CPU times sample and its measured use.
+    host: Mutex<(Option<host::CpuTimes>, Option<NodeUsage>)>,
 }
 
 impl AgentInner {
@@ -187,6 +198,8 @@ pub async fn start(
         meta: config.meta.clone(),
         resources: fp.resources.clone(),
         reserved: config.reserved.clone(),
+        reserved_ports: config.reserved_ports.clone(),
+        dynamic_ports: config.dynamic_ports,
         drivers: driver_infos,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
@@ -201,6 +214,7 @@ pub async fn start(
         changed: changed_tx,
         log_max_bytes: config.log_max_bytes,
         log_max_files: config.log_max_files,
+        node_ip: node_ip(http_addr),
     });
     let inner = Arc::new(AgentInner {
         node_id: node_id.clone(),
@@ -208,6 +222,8 @@ pub async fn start(
         runners: Mutex::new(HashMap::new()),
         usage: Mutex::new(HashMap::new()),
         mhz_per_core: fp.mhz_per_core.max(1),
+        total_mhz: fp.resources.cpu,
+        host: Mutex::new((None, None)),
     });
 
     // Resume what a previous agent left running before talking to anyone.
@@ -253,6 +269,17 @@ pub async fn start(
         shutdown,
         tasks,
     })
+}
+
+/// The node's address as tasks see it: the IP of the agent's API address
+/// (the address the servers reach the node at), or loopback when the API
+/// listens on every address.
+fn node_ip(http_addr: SocketAddr) -> std::net::IpAddr {
+    match http_addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    }
 }
 
 fn recover(inner: &Arc<AgentInner>) {
@@ -399,14 +426,16 @@ async fn heartbeat_loop(inner: Arc<AgentInner>, client: ServerClient, ttl: Arc<M
     loop {
         let period = *ttl.lock().unwrap() / 3;
         tokio::time::sleep(period.max(Duration::from_millis(50))).await;
-        let usage = {
+        // The host's real use; the sum of the allocations' until it is sampled.
+        let host = inner.host.lock().unwrap().1.clone();
+        let usage = host.unwrap_or_else(|| {
             let u = inner.usage.lock().unwrap();
             NodeUsage {
                 cpu_mhz: u.values().map(|x| x.cpu_mhz).sum(),
                 memory: ByteSize(u.values().map(|x| x.memory.0).sum()),
                 at: taba_driver::now_ms(),
             }
-        };
+        });
         match client.heartbeat(&inner.node_id, usage).await {
             Ok(r) => *ttl.lock().unwrap() = Duration::from_millis(r.heartbeat_ttl_ms.max(100)),
             Err(e) => tracing::warn!("heartbeat: {e}"),
@@ -469,6 +498,17 @@ async fn sync_loop(
 async fn stats_loop(inner: Arc<AgentInner>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
+        if let Some((cpu, memory)) = host::sample(std::path::Path::new("/proc")) {
+            let mut h = inner.host.lock().unwrap();
+            if let Some(prev) = h.0 {
+                h.1 = Some(NodeUsage {
+                    cpu_mhz: host::cpu_mhz_between(prev, cpu, inner.total_mhz),
+                    memory: ByteSize(memory),
+                    at: taba_driver::now_ms(),
+                });
+            }
+            h.0 = Some(cpu);
+        }
         let runners: Vec<Arc<AllocRunner>> =
             inner.runners.lock().unwrap().values().cloned().collect();
         for r in runners {

@@ -36,6 +36,8 @@ pub struct RunnerCtx {
     pub log_max_bytes: u64,
     /// Rotated log files kept.
     pub log_max_files: u32,
+    /// This node's address, for `TABA_ADDR_<label>`.
+    pub node_ip: std::net::IpAddr,
 }
 
 struct Shared {
@@ -320,7 +322,7 @@ pub fn client_status(tasks: &BTreeMap<String, TaskState>) -> (ClientStatus, Stri
 fn task_config(s: &Shared, task: &TaskSpec) -> TaskConfig {
     let alloc = s.alloc.lock().unwrap();
     let alloc_dir = s.ctx.state_dir.alloc_dir(alloc.id.as_str());
-    let env = vec![
+    let mut env = vec![
         ("TABA_ALLOC_ID".to_string(), alloc.id.to_string()),
         ("TABA_ALLOC_NAME".to_string(), alloc.name.clone()),
         ("TABA_ALLOC_INDEX".to_string(), alloc.index.to_string()),
@@ -329,6 +331,7 @@ fn task_config(s: &Shared, task: &TaskSpec) -> TaskConfig {
         ("TABA_TASK_NAME".to_string(), task.name.clone()),
         ("TABA_NODE_NAME".to_string(), alloc.node_name.clone()),
     ];
+    env.extend(taba_types::ports::port_env(&alloc.ports, s.ctx.node_ip));
     TaskConfig {
         alloc_id: alloc.id.clone(),
         job: alloc.job.clone(),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use taba_types::{
     AllocId, AllocUsage, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, Job,
-    JobStatus, JobType, Node, NodeId, NodeStatus, TaskState, UnixMillis,
+    JobStatus, JobType, NamespaceUsage, Node, NodeId, NodeStatus, Quota, TaskState, UnixMillis,
 };
 
 /// Every error reply: `{"error": {"message": ..., "field": ...}}`.
@@ -264,6 +264,36 @@ pub struct NodeDetail {
     pub node: Node,
     /// Allocations on the node, newest first.
     pub allocations: Vec<AllocListEntry>,
+}
+
+/// A namespace with what it holds now: a row of `GET /v1/namespaces`, the
+/// reply to `GET /v1/namespaces/{name}` and to `PUT`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceStatus {
+    /// Name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Limits; none when unset.
+    #[serde(default)]
+    pub quota: Option<Quota>,
+    /// What its allocations whose client status is not terminal hold.
+    pub usage: NamespaceUsage,
+    /// Its dominant share of the cluster (max of cpu and memory usage over
+    /// what the schedulable nodes hold), 0.0 to 1.0.
+    pub dominant_share: f64,
+    /// Jobs in it that are not stopped.
+    pub jobs: u32,
+}
+
+/// Reply to `DELETE /v1/namespaces/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteNamespaceResponse {
+    /// The namespace removed.
+    pub name: String,
+    /// Store index of the write.
+    pub index: u64,
 }
 
 /// Reply to `GET /v1/jobs/{name}/versions`.

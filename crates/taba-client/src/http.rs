@@ -10,7 +10,7 @@ use taba_types::wire::{
     AllocUpdateRequest, HeartbeatRequest, HeartbeatResponse, NodeAllocations, RegisterRequest,
     RegisterResponse,
 };
-use taba_types::{Evaluation, Job, JobSpec, NodeId};
+use taba_types::{Evaluation, Job, JobSpec, Namespace, NodeId};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +314,59 @@ impl Client {
         Self::json(
             self.finish(
                 self.req("DELETE", &format!("/v1/jobs/{}", seg(name)))
+                    .call(),
+            )?,
+        )
+    }
+
+    /// `GET /v1/jobs/{name}/status?namespace=NS`.
+    pub fn job_status_in(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<JobStatusResponse, ClientError> {
+        self.get(&format!(
+            "/v1/jobs/{}/status?namespace={}",
+            seg(name),
+            seg(namespace)
+        ))
+    }
+
+    /// `DELETE /v1/jobs/{name}?namespace=NS`.
+    pub fn stop_job_in(&self, namespace: &str, name: &str) -> Result<EvalResponse, ClientError> {
+        Self::json(
+            self.finish(
+                self.req(
+                    "DELETE",
+                    &format!("/v1/jobs/{}?namespace={}", seg(name), seg(namespace)),
+                )
+                .call(),
+            )?,
+        )
+    }
+
+    // ---- namespaces ----
+
+    /// `GET /v1/namespaces`.
+    pub fn list_namespaces(&self) -> Result<Vec<NamespaceStatus>, ClientError> {
+        self.get("/v1/namespaces")
+    }
+
+    /// `GET /v1/namespaces/{name}`.
+    pub fn namespace(&self, name: &str) -> Result<NamespaceStatus, ClientError> {
+        self.get(&format!("/v1/namespaces/{}", seg(name)))
+    }
+
+    /// `PUT /v1/namespaces/{name}`: create or update.
+    pub fn apply_namespace(&self, ns: &Namespace) -> Result<NamespaceStatus, ClientError> {
+        self.send("PUT", &format!("/v1/namespaces/{}", seg(&ns.name)), ns)
+    }
+
+    /// `DELETE /v1/namespaces/{name}`.
+    pub fn delete_namespace(&self, name: &str) -> Result<DeleteNamespaceResponse, ClientError> {
+        Self::json(
+            self.finish(
+                self.req("DELETE", &format!("/v1/namespaces/{}", seg(name)))
                     .call(),
             )?,
         )

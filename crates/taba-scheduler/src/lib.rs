@@ -9,6 +9,8 @@
 //! - [`verify_plan`] and [`apply_plan`]: the plan applier's checks
 //!   (optimistic concurrency: a plan made on a stale view that no longer fits
 //!   is rejected whole) and its in-memory commit.
+//! - Namespace quotas (usage per namespace, placements refused past a quota)
+//!   and [`drf`], the fair-share order of evaluations waiting for capacity.
 //!
 //! The server holds one `ClusterState` under a lock: workers call `schedule`
 //! under a read lock, concurrently; one plan applier calls `verify_plan`,
@@ -20,12 +22,17 @@
 //! map iteration order reaches a plan.
 #![forbid(unsafe_code)]
 
+pub mod drf;
 mod feasibility;
 pub mod ids;
 mod place;
 mod plan;
+mod ports;
 pub mod preempt;
+mod quota;
+pub mod rebalance;
 mod schedule;
+mod scoring;
 pub mod sim;
 mod state;
 #[cfg(test)]

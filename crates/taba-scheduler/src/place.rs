@@ -11,9 +11,10 @@
 //! own, keyed by their effective free capacity.
 
 use crate::feasibility::{resolve_interpolation, GroupFilter, Scope};
+use crate::ports::{GroupPorts, PortOverlay};
 use crate::state::{ClusterState, Res};
-use std::collections::{BTreeMap, BTreeSet};
-use taba_types::{Allocation, PlacementFailure};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use taba_types::{AllocatedPort, Allocation, PlacementFailure};
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Delta {
@@ -26,6 +27,8 @@ pub(crate) struct GroupCtx<'a> {
     pub name: &'a str,
     pub filter: &'a GroupFilter,
     pub res: Res,
+    /// Host ports each allocation holds (see [`crate::ports`]).
+    pub ports: &'a GroupPorts,
 }
 
 /// Placement state of one scheduling pass.
@@ -40,6 +43,12 @@ pub(crate) struct Placer {
     group_on_node: BTreeMap<(String, u32), u32>,
     /// Only nodes whose shard is i modulo n, for `place_many`.
     shard: Option<(u32, u32)>,
+    /// A node `place_many` must not pick (the source of a move).
+    avoid: Option<u32>,
+    /// Host ports this plan took and freed.
+    ports: PortOverlay,
+    /// Ports given to placements not yet built, in placement order.
+    assigned: VecDeque<Vec<AllocatedPort>>,
 }
 
 /// A group takes at most 1/FILL_SHARE of a node's room for it on a first
@@ -48,7 +57,7 @@ pub(crate) struct Placer {
 const FILL_SHARE: u64 = 2;
 
 /// Counts per value of a `distinct_property` attribute.
-type PropCounts = Vec<BTreeMap<String, u32>>;
+pub(crate) type PropCounts = Vec<BTreeMap<String, u32>>;
 
 impl Placer {
     pub fn with_shard(shard: Option<(u32, u32)>) -> Self {
@@ -56,6 +65,11 @@ impl Placer {
             shard: shard.filter(|(_, n)| *n > 1),
             ..Self::default()
         }
+    }
+
+    /// Keep `place_many` off `slot` until set back to `None`.
+    pub fn set_avoid(&mut self, slot: Option<u32>) {
+        self.avoid = slot;
     }
 
     /// Effective free capacity of a node: state minus this plan's changes.
@@ -80,14 +94,9 @@ impl Placer {
         used
     }
 
-    /// Whether `slot` is in this pass's shard (always, without shards).
-    pub fn in_shard(&self, state: &ClusterState, slot: u32) -> bool {
-        self.shard
-            .is_none_or(|(i, n)| state.entry(slot).shard % n == i)
-    }
-
     /// Whether `slot` may take one of the group's allocations if it had the
-    /// room: a schedulable node, feasibility, distinct rules.
+    /// room in cpu, memory and disk: a schedulable node, feasibility,
+    /// distinct rules, its host ports free.
     pub fn can_host(&self, state: &ClusterState, g: &GroupCtx, slot: u32) -> bool {
         let Some(node) = &state.entry(slot).node else {
             return false;
@@ -95,6 +104,7 @@ impl Placer {
         node.schedulable()
             && g.filter.accepts(node)
             && self.distinct_cap(state, g, slot, &self.prop_counts(state, g)) > 0
+            && self.ports_free(state, slot, g)
     }
 
     fn change(&mut self, state: &ClusterState, slot: u32, f: impl FnOnce(&mut Delta)) {
@@ -129,10 +139,24 @@ impl Placer {
         if a.holds_resources() {
             let r = Res::of(&a.resources);
             self.change(state, slot, |d| d.freed.add(r));
+            if !a.ports.is_empty() {
+                self.ports.release(slot, &a.ports);
+            }
         }
     }
 
-    fn take(
+    /// Whether `slot` has the group's host ports free (always, without ports).
+    pub(crate) fn ports_free(&self, state: &ClusterState, slot: u32, g: &GroupCtx) -> bool {
+        g.ports.is_empty() || self.ports.room(state, slot, g.ports) > 0
+    }
+
+    /// The host ports of the next placement made (in order), empty for a
+    /// group without ports.
+    pub fn next_ports(&mut self) -> Vec<AllocatedPort> {
+        self.assigned.pop_front().unwrap_or_default()
+    }
+
+    pub(crate) fn take(
         &mut self,
         state: &ClusterState,
         g: &GroupCtx,
@@ -142,6 +166,10 @@ impl Placer {
     ) {
         let r = g.res.times(n);
         self.change(state, slot, |d| d.add.add(r));
+        if !g.ports.is_empty() {
+            let taken = self.ports.take(state, slot, g.ports, n);
+            self.assigned.extend(taken);
+        }
         let n32 = n as u32;
         *self.job_on_node.entry(slot).or_default() += n32;
         *self
@@ -157,7 +185,7 @@ impl Placer {
         }
     }
 
-    fn distinct_cap(
+    pub(crate) fn distinct_cap(
         &self,
         state: &ClusterState,
         g: &GroupCtx,
@@ -196,7 +224,7 @@ impl Placer {
     }
 
     /// Counts of the job's (or group's) live allocations per property value.
-    fn prop_counts(&self, state: &ClusterState, g: &GroupCtx) -> PropCounts {
+    pub(crate) fn prop_counts(&self, state: &ClusterState, g: &GroupCtx) -> PropCounts {
         g.filter
             .distinct_properties
             .iter()
@@ -222,8 +250,33 @@ impl Placer {
             .collect()
     }
 
+    /// Whether `slot` may be picked in this pass: in its shard (always,
+    /// without shards) and not the node being avoided.
+    pub(crate) fn in_shard(&self, state: &ClusterState, slot: u32) -> bool {
+        self.avoid != Some(slot)
+            && self
+                .shard
+                .is_none_or(|(i, n)| state.entry(slot).shard % n == i)
+    }
+
+    /// Live allocations (staying, plus this plan's placements) per node
+    /// slot: the job's, or only those of `group`.
+    pub(crate) fn live_per_node(&self, group: Option<&str>) -> Vec<(u32, u32)> {
+        match group {
+            None => self.job_on_node.iter().map(|(s, n)| (*s, *n)).collect(),
+            Some(g) => self
+                .group_on_node
+                .range((g.to_string(), 0)..=(g.to_string(), u32::MAX))
+                .map(|((_, s), n)| (*s, *n))
+                .collect(),
+        }
+    }
+
     /// How many of the group's allocations `slot` can take now (0: none).
     fn room(&self, state: &ClusterState, g: &GroupCtx, slot: u32, props: &PropCounts) -> u64 {
+        if self.avoid == Some(slot) {
+            return 0;
+        }
         let e = state.entry(slot);
         if let Some((i, n)) = self.shard {
             if e.shard % n != i {
@@ -235,9 +288,14 @@ impl Placer {
         {
             return 0;
         }
-        self.free(state, slot)
+        let mut room = self
+            .free(state, slot)
             .how_many(&g.res)
-            .min(self.distinct_cap(state, g, slot, props))
+            .min(self.distinct_cap(state, g, slot, props));
+        if !g.ports.is_empty() && room > 0 {
+            room = room.min(self.ports.room(state, slot, g.ports));
+        }
+        room
     }
 
     /// Place up to `n` allocations of a group; returns the chosen node slot
@@ -339,6 +397,9 @@ impl Placer {
         if self.distinct_cap(state, g, slot, &props) == 0 {
             return Err("distinct".into());
         }
+        if let Some(port) = self.ports.conflict(state, slot, g.ports) {
+            return Err(port);
+        }
         self.take(state, g, slot, 1, &mut props);
         Ok(())
     }
@@ -364,6 +425,8 @@ impl Placer {
                     "distinct_property".to_string()
                 };
                 *f.filtered.entry(reason).or_default() += 1;
+            } else if let Some(port) = self.ports.conflict(state, slot, g.ports) {
+                *f.exhausted.entry(port).or_default() += 1;
             } else if let Some(dim) = g.res.exceeds(&self.free(state, slot)) {
                 *f.exhausted.entry(dim.to_string()).or_default() += 1;
             }

@@ -43,9 +43,26 @@ pub enum PlanRejection {
     /// finished, already evicted) or no longer on the node planned for.
     #[error("allocation {0} to evict is no longer live on its node")]
     StaleEviction(AllocId),
+    /// A placement's host port is reserved or taken on its node (since the
+    /// snapshot, or twice in the plan).
+    #[error("port {port} is already in use on node {node}")]
+    PortInUse {
+        /// Node name.
+        node: String,
+        /// The port.
+        port: u16,
+    },
     /// The job was stopped, removed or changed version since the snapshot.
     #[error("job {0} changed since the plan was made")]
     JobChanged(String),
+    /// A namespace would hold more than its quota allows.
+    #[error("quota of namespace {namespace} exceeded: {dimension}")]
+    QuotaExceeded {
+        /// The namespace.
+        namespace: String,
+        /// `cpu`, `memory` or `allocations`.
+        dimension: &'static str,
+    },
 }
 
 /// Check `plan` against `state`, all or nothing: every stopped, updated and
@@ -54,7 +71,8 @@ pub enum PlanRejection {
 /// placements); every placement's job is still at the
 /// version planned for and not stopped; every placement's node exists, is
 /// schedulable, and has room given its current usage, the plan's own stops
-/// and the plan's other placements.
+/// and the plan's other placements, host ports included; no namespace goes
+/// past its quota.
 pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejection> {
     let mut freed: BTreeMap<u32, Res> = BTreeMap::new();
     let mut added: BTreeMap<u32, Res> = BTreeMap::new();
@@ -145,14 +163,16 @@ pub fn verify_plan(state: &ClusterState, plan: &Plan) -> Result<(), PlanRejectio
             return Err(PlanRejection::NodeExhausted { node, dimension });
         }
     }
-    Ok(())
+    crate::ports::verify_ports(state, plan)?;
+    crate::quota::verify(state, plan)
 }
 
 /// Commit a verified plan (already persisted by the server at `index`) to
 /// the state. Stops (evictions with the allocation that evicted them) and
 /// replacements change only the scheduler's fields of
 /// the stored allocation, so client status reported meanwhile is kept;
-/// updates change only the job version, group spec, priority and resources.
+/// updates change only the job version, group spec, priority, resources and
+/// the move request.
 pub fn apply_plan(state: &mut ClusterState, plan: &Plan, index: u64) {
     apply_changes(state, plan, index);
     state.insert_many(plan.placements.iter().map(|p| placed(p.clone(), index)));
@@ -198,6 +218,7 @@ fn apply_changes(state: &mut ClusterState, plan: &Plan, index: u64) {
                 a.group_spec = u.group_spec.clone();
                 a.priority = u.priority;
                 a.resources = u.resources.clone();
+                a.migrate = u.migrate.clone();
                 a.modify_time = u.modify_time;
                 a.modify_index = index;
             });

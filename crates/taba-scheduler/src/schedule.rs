@@ -2,7 +2,9 @@
 //!
 //! The reconciler compares what a job asks for with the allocations it has
 //! and decides stops, in-place updates and placements; the placer
-//! ([`crate::place`]) picks nodes. Nothing here mutates the state.
+//! ([`crate::place`]) picks nodes, or [`crate::scoring`] for groups with
+//! spreads, affinities or `scoring = "spread"`. Nothing here mutates the
+//! state.
 //!
 //! Rules, per job type:
 //! - a missing or stopped job: stop every live allocation ("job stopped");
@@ -24,7 +26,9 @@
 use crate::feasibility::GroupFilter;
 use crate::ids::IdStream;
 use crate::place::{GroupCtx, Placer};
+use crate::ports::GroupPorts;
 use crate::preempt::{self, Choice, PreemptionConfig, Preemptor, Search};
+use crate::scoring::Preferences;
 use crate::state::{ClusterState, Res};
 use std::collections::{BTreeMap, BTreeSet};
 use taba_types::{
@@ -77,6 +81,7 @@ pub fn schedule_with(
         queued: BTreeMap::new(),
         reschedule_at: None,
         rolling_at: None,
+        migrate_at: None,
         stopped: BTreeSet::new(),
         evicted: BTreeSet::new(),
     };
@@ -130,6 +135,8 @@ struct Scheduler<'a> {
     queued: BTreeMap<String, u32>,
     reschedule_at: Option<UnixMillis>,
     rolling_at: Option<UnixMillis>,
+    /// When the next batch of requested moves may proceed.
+    migrate_at: Option<UnixMillis>,
     stopped: BTreeSet<AllocId>,
     /// Slots of the allocations this plan evicts.
     evicted: BTreeSet<u32>,
@@ -199,6 +206,11 @@ impl<'a> Scheduler<'a> {
     /// for `min_healthy_time`. Ok(()) when healthy, Err(Some(t)) when it
     /// will be at t, Err(None) when it is not running.
     fn healthy(&self, a: &Allocation, job: &Job) -> Result<(), Option<UnixMillis>> {
+        self.healthy_for(a, job.spec.update.min_healthy_time.0)
+    }
+
+    /// [`Self::healthy`] with an explicit minimum running time.
+    fn healthy_for(&self, a: &Allocation, min_healthy: u64) -> Result<(), Option<UnixMillis>> {
         if a.client_status != ClientStatus::Running {
             return Err(None);
         }
@@ -208,7 +220,7 @@ impl<'a> Scheduler<'a> {
             .filter_map(|t| t.started_at)
             .max()
             .unwrap_or(a.modify_time);
-        let at = since.saturating_add(job.spec.update.min_healthy_time.0);
+        let at = since.saturating_add(min_healthy);
         if self.now >= at {
             Ok(())
         } else {
@@ -247,6 +259,8 @@ impl<'a> Scheduler<'a> {
             let mut reqs: Vec<Req<'a>> = Vec::new();
             let mut destructive: Vec<&'a Allocation> = Vec::new();
             let mut in_flight = 0u32;
+            let mut migrating: Vec<&'a Allocation> = Vec::new();
+            let mut moves_in_flight = 0u32;
             for a in &mine {
                 if a.desired_status != DesiredStatus::Run {
                     continue;
@@ -280,12 +294,17 @@ impl<'a> Scheduler<'a> {
                             } else {
                                 self.update_in_place(a, job, g);
                             }
+                        } else if a.migrate.is_some() {
+                            migrating.push(a);
                         } else if a.previous_alloc.is_some() {
                             if let Err(at) = self.healthy(a, job) {
                                 in_flight += 1;
                                 if let Some(at) = at {
                                     earliest(&mut self.rolling_at, at);
                                 }
+                            }
+                            if self.healthy_for(a, g.migrate.min_healthy_time.0).is_err() {
+                                moves_in_flight += 1;
                             }
                         }
                     }
@@ -367,6 +386,89 @@ impl<'a> Scheduler<'a> {
             }
             reqs.sort_by_key(|r| r.index);
             self.place_group(job, g, reqs);
+            self.migrate_group(job, g, migrating, moves_in_flight);
+        }
+    }
+
+    /// Carry out the group's requested moves, at most `migrate.max_parallel`
+    /// in flight: each is a replacement placed on the requested node (or the
+    /// best other node) and the old allocation stopped, in this one plan. A
+    /// move with nowhere to go is dropped (its request cleared): the
+    /// allocation keeps running where it is.
+    fn migrate_group(
+        &mut self,
+        job: &Job,
+        g: &TaskGroupSpec,
+        mut migrating: Vec<&'a Allocation>,
+        in_flight: u32,
+    ) {
+        if migrating.is_empty() {
+            return;
+        }
+        migrating.sort_by_key(|a| a.index);
+        let budget = g.migrate.max_parallel.max(1).saturating_sub(in_flight) as usize;
+        let now_batch = migrating.len().min(budget);
+        if migrating.len() > now_batch {
+            let next = self.now.saturating_add(g.migrate.min_healthy_time.0);
+            earliest(&mut self.migrate_at, next);
+        }
+        let filter = GroupFilter::new(job, g);
+        let ports = GroupPorts::of(g);
+        let ctx = GroupCtx {
+            name: &g.name,
+            filter: &filter,
+            res: Res::of(&g.total_resources()),
+            ports: &ports,
+        };
+        for a in &migrating[..now_batch] {
+            let Some(req) = a.migrate.as_ref() else {
+                continue;
+            };
+            let from = self.state.node_slot(&a.node_id);
+            let target = req
+                .to
+                .as_ref()
+                .and_then(|id| self.state.node_slot(id))
+                .filter(|s| Some(*s) != from)
+                .filter(|s| {
+                    self.state
+                        .entry(*s)
+                        .node
+                        .as_ref()
+                        .is_some_and(|n| n.schedulable() && filter.accepts(n))
+                });
+            let slot = match target {
+                Some(t) if self.placer.place_on(self.state, &ctx, t).is_ok() => Some(t),
+                _ => {
+                    self.placer.set_avoid(from);
+                    let placed = match Preferences::of(job, g) {
+                        Some(prefs) => prefs.place(&mut self.placer, self.state, &ctx, 1),
+                        None => self.placer.place_many(self.state, &ctx, 1),
+                    };
+                    self.placer.set_avoid(None);
+                    placed.first().copied()
+                }
+            };
+            match slot {
+                Some(slot) => {
+                    self.stop(a, &format!("moved to another node: {}", req.reason));
+                    let r = Req {
+                        index: a.index,
+                        previous: Some(a),
+                        reschedule: false,
+                        replaces: false,
+                    };
+                    let mut n = self.new_alloc(job, g, &r, slot);
+                    n.ports = self.placer.next_ports();
+                    self.plan.placements.push(n);
+                }
+                None => {
+                    let mut u = (*a).clone();
+                    u.migrate = None;
+                    u.modify_time = self.now;
+                    self.plan.updates.push(u);
+                }
+            }
         }
     }
 
@@ -375,22 +477,39 @@ impl<'a> Scheduler<'a> {
             return;
         }
         let filter = GroupFilter::new(job, g);
+        let ports = GroupPorts::of(g);
         let ctx = GroupCtx {
             name: &g.name,
             filter: &filter,
             res: Res::of(&g.total_resources()),
+            ports: &ports,
         };
-        let slots = self.placer.place_many(self.state, &ctx, reqs.len());
+        let mut quota = crate::quota::Tracker::new(self.state, &self.plan, &job.spec.namespace);
+        let allowed = quota.as_ref().map_or(reqs.len(), |q| {
+            q.how_many(ctx.res).min(reqs.len() as u64) as usize
+        });
+        let slots = match Preferences::of(job, g) {
+            Some(prefs) => prefs.place(&mut self.placer, self.state, &ctx, allowed),
+            None => self.placer.place_many(self.state, &ctx, allowed),
+        };
         let placed = slots.len();
         let mut missing = reqs.len() - placed;
+        let by_quota = slots.len() == allowed && allowed < reqs.len();
+        if let Some(q) = quota.as_mut().filter(|_| by_quota) {
+            q.take(ctx.res, allowed as u64);
+            let reason = q.reason(ctx.res);
+            self.record_quota_failure(&ctx, missing as u32, reason);
+        }
         for (r, slot) in reqs.iter().zip(slots) {
-            let a = self.new_alloc(job, g, r, slot);
+            let mut a = self.new_alloc(job, g, r, slot);
+            a.ports = self.placer.next_ports();
             self.plan.placements.push(a);
         }
-        if missing > 0 && self.preemption.allows(job.spec.job_type) {
-            missing -= self.place_by_preemption(job, g, &ctx, &reqs[placed..]);
+        if missing > 0 && !by_quota && self.preemption.allows(job.spec.job_type) {
+            // Only what the quota allows; preemption makes room, not quota.
+            missing -= self.place_by_preemption(job, g, &ctx, &reqs[placed..allowed]);
         }
-        if missing > 0 {
+        if missing > 0 && !by_quota {
             self.record_failure(&ctx, missing as u32);
         }
     }
@@ -448,6 +567,7 @@ impl<'a> Scheduler<'a> {
         // The search made sure the evictions make room.
         self.placer.place_on(self.state, ctx, choice.slot).ok()?;
         let mut placed = self.new_alloc(job, g, r, choice.slot);
+        placed.ports = self.placer.next_ports();
         for a in victims {
             self.plan.stops.push(AllocStop {
                 alloc_id: a.id.clone(),
@@ -476,7 +596,11 @@ impl<'a> Scheduler<'a> {
         r: &Req,
     ) -> Result<Allocation, String> {
         let dim = match self.placer.place_on(self.state, ctx, slot) {
-            Ok(()) => return Ok(self.new_alloc(job, g, r, slot)),
+            Ok(()) => {
+                let mut a = self.new_alloc(job, g, r, slot);
+                a.ports = self.placer.next_ports();
+                return Ok(a);
+            }
             Err(dim) => dim,
         };
         if dim == "distinct" || !self.preemption.allows(job.spec.job_type) {
@@ -492,6 +616,33 @@ impl<'a> Scheduler<'a> {
                 .ok_or(dim),
             None => Err(dim),
         }
+    }
+
+    /// Why the namespace's quota refuses one more allocation of `res` (system jobs).
+    fn quota_refuses(&self, quota: &mut Option<crate::quota::Tracker>, res: Res) -> Option<String> {
+        let q = quota.as_mut()?;
+        q.catch_up(self.state, &self.plan);
+        (q.how_many(res) == 0).then(|| q.reason(res))
+    }
+
+    /// The group's last `missing` placements were refused by the namespace's quota.
+    fn record_quota_failure(&mut self, ctx: &GroupCtx, missing: u32, reason: String) {
+        let ready = self
+            .state
+            .node_entries()
+            .filter(|(_, e)| e.schedulable())
+            .count() as u32;
+        let f = self
+            .failed_groups
+            .entry(ctx.name.to_string())
+            .or_insert_with(|| PlacementFailure {
+                nodes_evaluated: ready,
+                nodes_available: ready,
+                coalesced: missing - 1,
+                ..PlacementFailure::default()
+            });
+        f.quota = reason;
+        *self.queued.entry(ctx.name.to_string()).or_default() += missing;
     }
 
     fn record_failure(&mut self, ctx: &GroupCtx, missing: u32) {
@@ -551,6 +702,7 @@ impl<'a> Scheduler<'a> {
             node_id: node.id.clone(),
             node_name: node.name.clone(),
             resources: g.total_resources(),
+            ports: Vec::new(),
             desired_status: DesiredStatus::Run,
             desired_description: String::new(),
             client_status: ClientStatus::Pending,
@@ -563,6 +715,7 @@ impl<'a> Scheduler<'a> {
             replaced: false,
             preempted_allocs: Vec::new(),
             preempted_by: None,
+            migrate: None,
             create_time: self.now,
             modify_time: self.now,
             create_index: 0,
@@ -584,11 +737,14 @@ impl<'a> Scheduler<'a> {
         nodes.sort_by(|a, b| a.1.id.cmp(&b.1.id));
         for g in &job.spec.groups {
             let filter = GroupFilter::new(job, g);
+            let ports = GroupPorts::of(g);
             let ctx = GroupCtx {
                 name: &g.name,
                 filter: &filter,
                 res: Res::of(&g.total_resources()),
+                ports: &ports,
             };
+            let mut quota = crate::quota::Tracker::new(self.state, &self.plan, &job.spec.namespace);
             let mut by_node: BTreeMap<&taba_types::NodeId, Vec<&'a Allocation>> = BTreeMap::new();
             for a in allocs.iter().copied().filter(|a| a.group == g.name) {
                 by_node.entry(&a.node_id).or_default().push(a);
@@ -670,6 +826,11 @@ impl<'a> Scheduler<'a> {
                     }
                     _ => {}
                 }
+                if let Some(why) = self.quota_refuses(&mut quota, ctx.res) {
+                    missing += 1;
+                    failure.get_or_insert_with(PlacementFailure::default).quota = why;
+                    continue;
+                }
                 match self.place_on_node(job, g, &ctx, *slot, &req) {
                     Ok(a) => self.plan.placements.push(a),
                     Err(dim) => {
@@ -698,6 +859,11 @@ impl<'a> Scheduler<'a> {
                     reschedule: false,
                     replaces: false,
                 };
+                if let Some(why) = self.quota_refuses(&mut quota, ctx.res) {
+                    missing += 1;
+                    failure.get_or_insert_with(PlacementFailure::default).quota = why;
+                    continue;
+                }
                 match self.place_on_node(job, g, &ctx, slot, &req) {
                     Ok(n) => self.plan.placements.push(n),
                     Err(dim) => {
@@ -747,6 +913,9 @@ impl<'a> Scheduler<'a> {
         let mut follow_ups = Vec::new();
         if let Some(at) = self.reschedule_at {
             follow_ups.push(self.follow_up(EvalTrigger::Retry, at, "delayed reschedule"));
+        }
+        if let Some(at) = self.migrate_at {
+            follow_ups.push(self.follow_up(EvalTrigger::Rebalance, at, "next batch of moves"));
         }
         if let Some(at) = self.rolling_at {
             follow_ups.push(self.follow_up(

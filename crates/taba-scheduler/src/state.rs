@@ -25,6 +25,7 @@
 //! It owns no I/O; the server persists everything it applies here.
 
 use crate::ids::{format_uuid, parse_uuid};
+use crate::ports::HeldPorts;
 use crate::preempt::LiveByPriority;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -182,6 +183,8 @@ pub(crate) struct NodeEntry {
     pub allocs: BTreeSet<u32>,
     /// Resources of live allocations per priority (preemption's bound).
     pub live: LiveByPriority,
+    /// Host ports held by allocations holding resources here.
+    pub ports: HeldPorts,
     /// Shard for concurrent scheduling (see [`ClusterState::balance_shards`]).
     pub shard: u32,
     indexed: Option<Indexed>,
@@ -301,6 +304,10 @@ pub struct ClusterState {
     last_spec: Option<u32>,
     used_index: BTreeSet<(u64, u32)>,
     empty_index: BTreeSet<(Reverse<u64>, u32)>,
+    /// Per namespace: what its allocations hold (see [`crate::quota`]).
+    pub(crate) ns_usage: BTreeMap<String, crate::quota::NsUsage>,
+    /// Quotas the server set, per namespace.
+    pub(crate) quotas: BTreeMap<String, taba_types::Quota>,
 }
 
 impl ClusterState {
@@ -334,6 +341,7 @@ impl ClusterState {
             holders: 0,
             allocs: BTreeSet::new(),
             live: LiveByPriority::default(),
+            ports: HeldPorts::default(),
             shard: slot,
             indexed: None,
         });
@@ -580,6 +588,7 @@ impl ClusterState {
             self.store(slot, a);
             let live = self.live_priority(slot);
             if let Some(r) = self.holding(slot) {
+                self.account_ports(slot, true);
                 let e = &mut self.nodes[node_slot as usize];
                 e.used.add(r);
                 e.holders += 1;
@@ -589,6 +598,7 @@ impl ClusterState {
                 if touched.last() != Some(&node_slot) {
                     touched.push(node_slot);
                 }
+                self.ns_account(slot, r, true);
             }
         }
         self.link_job_slots(job_key, &mut job_slots);
@@ -694,6 +704,8 @@ impl ClusterState {
             return;
         };
         let live = self.live_priority(slot);
+        self.account_ports(slot, add);
+        self.ns_account(slot, r, add);
         let node_slot = self.alloc_node[slot as usize];
         let e = &mut self.nodes[node_slot as usize];
         if add {
@@ -711,6 +723,43 @@ impl ClusterState {
             }
         }
         self.reindex(node_slot);
+    }
+
+    /// Add or remove the host ports of the slot's allocation (which holds
+    /// resources) on its node. Compact records have none.
+    fn account_ports(&mut self, slot: u32, add: bool) {
+        if let Stored::Full(a) = &self.allocs[slot as usize] {
+            if !a.ports.is_empty() {
+                let held = &mut self.nodes[self.alloc_node[slot as usize] as usize].ports;
+                if add {
+                    held.add(&a.ports);
+                } else {
+                    held.remove(&a.ports);
+                }
+            }
+        }
+    }
+
+    /// Add (`add`) or remove `r`, held by the slot's allocation, to or from
+    /// its namespace's usage.
+    fn ns_account(&mut self, slot: u32, r: Res, add: bool) {
+        let ns: &str = match &self.allocs[slot as usize] {
+            Stored::Full(a) => &a.namespace,
+            Stored::Compact(c) => match &self.specs[c.spec as usize] {
+                Some(sp) => &sp.namespace,
+                None => return,
+            },
+            Stored::Vacant => return,
+        };
+        match self.ns_usage.get_mut(ns) {
+            Some(u) => u.change(r, add),
+            None if add => {
+                let mut u = crate::quota::NsUsage::default();
+                u.change(r, true);
+                self.ns_usage.insert(ns.to_string(), u);
+            }
+            None => {}
+        }
     }
 
     /// Drop the slot's reference to its shared spec (before it is overwritten).
@@ -778,7 +827,9 @@ impl ClusterState {
             && a.reschedule_times.is_empty()
             && !a.replaced
             && a.preempted_allocs.is_empty()
-            && a.preempted_by.is_none())
+            && a.preempted_by.is_none()
+            && a.migrate.is_none()
+            && a.ports.is_empty())
         {
             return None;
         }
@@ -897,6 +948,7 @@ impl ClusterState {
             node_id: node.id.clone(),
             node_name,
             resources: sp.resources.clone(),
+            ports: Vec::new(),
             desired_status: c.desired,
             desired_description: String::new(),
             client_status: c.client,
@@ -909,6 +961,7 @@ impl ClusterState {
             replaced: false,
             preempted_allocs: Vec::new(),
             preempted_by: None,
+            migrate: None,
             create_time: c.create_time,
             modify_time: c.modify_time,
             create_index: c.create_index,

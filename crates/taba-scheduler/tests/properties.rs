@@ -1,7 +1,8 @@
 //! Property tests of the scheduler: on random clusters and workloads, no node
-//! is ever overcommitted, every constraint holds for every placement,
-//! preemption evicts only lower priority (by the delta) of other jobs, and
-//! the same input (or the same simulator seed) gives the same plan.
+//! is ever overcommitted, every constraint holds for every placement, no two
+//! live allocations on a node share a host port, preemption evicts only lower
+//! priority (by the delta) of other jobs, and the same input (or the same
+//! simulator seed) gives the same plan.
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -28,6 +29,10 @@ struct GroupGen {
     mem_mib: u64,
     container: bool,
     constraint: Option<u8>,
+    /// Soft preferences (see `preferences`), often none.
+    prefs: Option<u8>,
+    /// 0: no ports; 1: static 8080; 2: one dynamic; 3: static 9000 + two dynamic.
+    ports: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -36,6 +41,7 @@ struct JobGen {
     groups: Vec<GroupGen>,
     job_constraint: Option<u8>,
     distinct_hosts: bool,
+    spread_scoring: bool,
 }
 
 fn node_gen() -> impl Strategy<Value = NodeGen> {
@@ -62,14 +68,20 @@ fn group_gen() -> impl Strategy<Value = GroupGen> {
         32u64..3000,
         prop::bool::weighted(0.3),
         prop::option::of(0u8..5),
+        prop::option::weighted(0.4, 0u8..8),
+        prop_oneof![3 => Just(0u8), 1 => 1u8..4],
     )
-        .prop_map(|(count, cpu, mem_mib, container, constraint)| GroupGen {
-            count,
-            cpu,
-            mem_mib,
-            container,
-            constraint,
-        })
+        .prop_map(
+            |(count, cpu, mem_mib, container, constraint, prefs, ports)| GroupGen {
+                count,
+                cpu,
+                mem_mib,
+                container,
+                constraint,
+                prefs,
+                ports,
+            },
+        )
 }
 
 fn job_gen() -> impl Strategy<Value = JobGen> {
@@ -78,13 +90,15 @@ fn job_gen() -> impl Strategy<Value = JobGen> {
         prop::collection::vec(group_gen(), 1..3),
         prop::option::of(0u8..5),
         prop::bool::weighted(0.2),
+        prop::bool::weighted(0.2),
     )
         .prop_map(
-            |(job_type, groups, job_constraint, distinct_hosts)| JobGen {
+            |(job_type, groups, job_constraint, distinct_hosts, spread_scoring)| JobGen {
                 job_type,
                 groups,
                 job_constraint,
                 distinct_hosts,
+                spread_scoring,
             },
         )
 }
@@ -105,6 +119,57 @@ fn constraint(k: u8) -> Constraint {
         attribute: attribute.into(),
         operator,
         value: value.into(),
+    }
+}
+
+/// Spreads and affinities of a generated group, by kind.
+fn preferences(k: u8) -> (Vec<Spread>, Vec<Affinity>) {
+    let spread = |targets: Vec<(&str, u32)>| Spread {
+        attribute: "${meta.rack}".into(),
+        weight: 50,
+        targets: targets
+            .into_iter()
+            .map(|(value, percent)| SpreadTarget {
+                value: value.into(),
+                percent,
+            })
+            .collect(),
+    };
+    let node_aff = |value: &str, weight: i32| Affinity {
+        attribute: "${meta.rack}".into(),
+        operator: None,
+        value: Some(value.into()),
+        job: None,
+        group: None,
+        weight,
+    };
+    let alloc_aff = |job: &str, attribute: &str, weight: i32| Affinity {
+        attribute: attribute.into(),
+        operator: None,
+        value: None,
+        job: Some(job.into()),
+        group: None,
+        weight,
+    };
+    match k {
+        0 => (vec![spread(vec![])], vec![]),
+        1 => (vec![spread(vec![("r1", 70), ("r2", 30)])], vec![]),
+        2 => (vec![], vec![node_aff("r1", 100)]),
+        3 => (vec![], vec![node_aff("r2", -100), node_aff("r3", 40)]),
+        4 => (vec![], vec![alloc_aff("job0", "", 80)]),
+        5 => (vec![], vec![alloc_aff("job0", "${meta.rack}", -60)]),
+        6 => (
+            vec![spread(vec![("r0", 50)])],
+            vec![alloc_aff("job1", "", -100)],
+        ),
+        _ => (
+            vec![Spread {
+                attribute: "${node.datacenter}".into(),
+                weight: 10,
+                targets: Vec::new(),
+            }],
+            vec![node_aff("r0", 20)],
+        ),
     }
 }
 
@@ -134,7 +199,7 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
     Node {
         id: NodeId(format!("node-{i}")),
         name: format!("n{i}"),
-        datacenter: "dc1".into(),
+        datacenter: format!("dc{}", i % 2 + 1),
         status: NodeStatus::Ready,
         eligibility: if g.eligible {
             Eligibility::Eligible
@@ -152,11 +217,28 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
             disk: ByteSize::mib(10_000),
         },
         reserved: NodeResources::default(),
+        // Small ranges so that dynamic ports run out and collide if they can.
+        reserved_ports: PortRanges::parse(if i.is_multiple_of(2) { "22,20002" } else { "" })
+            .unwrap(),
+        dynamic_ports: PortRange::parse("20000-20007").unwrap(),
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
         create_index: 0,
         modify_index: 0,
+    }
+}
+
+fn port_specs(kind: u8) -> Vec<PortSpec> {
+    let p = |label: &str, static_port: Option<u32>| PortSpec {
+        label: label.into(),
+        static_port,
+    };
+    match kind {
+        1 => vec![p("http", Some(8080))],
+        2 => vec![p("m", None)],
+        3 => vec![p("a", None), p("fixed", Some(9000)), p("b", None)],
+        _ => Vec::new(),
     }
 }
 
@@ -176,18 +258,29 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     value: String::new(),
                 });
             }
+            // System jobs take no preferences (validation rejects them).
+            let (spread, affinity) = match gg.prefs {
+                Some(p) if job_type != JobType::System => preferences(p),
+                _ => (Vec::new(), Vec::new()),
+            };
             TaskGroupSpec {
                 name: format!("g{k}"),
                 count: gg.count,
                 constraints,
+                spread,
+                affinity,
                 restart: None,
                 reschedule: None,
-                network: NetworkSpec::default(),
+                network: NetworkSpec {
+                    mode: NetworkMode::Host,
+                    ports: port_specs(gg.ports),
+                },
+                migrate: Default::default(),
                 meta: BTreeMap::new(),
                 tasks: vec![TaskSpec {
                     name: "t".into(),
                     driver: if gg.container { "container" } else { "exec" }.into(),
-                    image: None,
+                    image: gg.container.then(|| "busybox:latest".into()),
                     entrypoint: None,
                     command: vec!["/bin/true".into()],
                     env: BTreeMap::new(),
@@ -200,6 +293,7 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                         pids: 64,
                     },
                     constraints: Vec::new(),
+                    affinity: Vec::new(),
                     kill_signal: "SIGTERM".into(),
                     kill_timeout: DurationSpec::secs(1),
                 }],
@@ -213,6 +307,13 @@ fn make_job(i: usize, g: &JobGen) -> Job {
             namespace: "default".into(),
             priority: 50,
             constraints: g.job_constraint.map(constraint).into_iter().collect(),
+            scoring: if g.spread_scoring && job_type != JobType::System {
+                Scoring::Spread
+            } else {
+                Scoring::Binpack
+            },
+            spread: Vec::new(),
+            affinity: Vec::new(),
             update: UpdatePolicy::default(),
             meta: BTreeMap::new(),
             groups,
@@ -293,6 +394,42 @@ fn check_invariants(s: &ClusterState) -> Result<(), TestCaseError> {
     for (k, v) in per_node_job {
         prop_assert!(v <= 1, "distinct_hosts broken: {k:?} has {v}");
     }
+    // Host ports: never shared by two live allocations of a node, never
+    // reserved, dynamic ones inside the node's range, one per label asked.
+    let mut ports: BTreeMap<(String, u16), String> = BTreeMap::new();
+    for a in s.allocs().filter(|a| a.is_live()) {
+        let n = s.node(&a.node_id).expect("placed on a known node");
+        prop_assert_eq!(
+            a.ports.len(),
+            a.group_spec.network.ports.len(),
+            "{} ports",
+            a.name
+        );
+        for p in &a.ports {
+            prop_assert!(
+                !n.reserved_ports.contains(p.value),
+                "{} got reserved port {}",
+                a.name,
+                p.value
+            );
+            prop_assert!(
+                !p.dynamic || n.dynamic_ports.contains(p.value),
+                "{} port {} out of range",
+                a.name,
+                p.value
+            );
+            if let Some(other) = ports.insert((n.name.clone(), p.value), a.name.clone()) {
+                prop_assert!(
+                    false,
+                    "port {} on {} held by {} and {}",
+                    p.value,
+                    n.name,
+                    other,
+                    a.name
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -329,6 +466,9 @@ proptest! {
             check_invariants(s)
         };
         let mut registered: Vec<Job> = jobs.iter().enumerate().map(|(i, g)| make_job(i, g)).collect();
+        for j in &registered {
+            prop_assert!(validate::validate_job(&j.spec).is_ok(), "generated job invalid: {:?}", validate::validate_job(&j.spec));
+        }
         for j in &registered {
             s.upsert_job(j.clone());
             run(&mut s, j)?;

@@ -4,8 +4,10 @@
 //!   with one in flight waits until it is acked.
 //! - Evaluations with `wait_until` in the future are held until then.
 //! - Blocked evaluations (placements that did not fit) are parked, one per
-//!   job, and re-run when capacity changes ([`Broker::unblock_all`]); a newer
-//!   evaluation of the same job supersedes the parked one.
+//!   job, and re-run when capacity changes or a quota is raised, in the
+//!   order the server gives ([`Broker::unblock_ordered`]: DRF fair share
+//!   between namespaces); a newer evaluation of the same job supersedes the
+//!   parked one.
 //!
 //! The broker is memory only: on start the server re-enqueues the pending and
 //! blocked evaluations it loads from the store.
@@ -98,15 +100,31 @@ impl Broker {
         g.blocked.insert(job_of(&eval), eval);
     }
 
-    /// Re-run every parked blocked evaluation.
+    /// Re-run every parked blocked evaluation, oldest first.
     pub fn unblock_all(&self) {
+        self.unblock_ordered(|parked| (0..parked.len()).collect());
+    }
+
+    /// Re-run parked blocked evaluations in the order `order` gives: it
+    /// gets them oldest first (by store index, then id) and returns the
+    /// indexes to release, in order; the others stay parked. `order` runs
+    /// without the broker's lock; one superseded meanwhile is not released.
+    pub fn unblock_ordered(&self, order: impl FnOnce(&[Evaluation]) -> Vec<usize>) {
+        let mut parked: Vec<Evaluation> = self.lock().blocked.values().cloned().collect();
+        if parked.is_empty() {
+            return;
+        }
+        parked.sort_by(|a, b| (a.create_index, &a.id).cmp(&(b.create_index, &b.id)));
+        let picked = order(&parked);
         {
             let mut g = self.lock();
-            if g.blocked.is_empty() {
-                return;
-            }
-            let parked: Vec<_> = g.blocked.drain().map(|(_, e)| e).collect();
-            for e in parked {
+            for i in picked {
+                let Some(e) = parked.get(i) else { continue };
+                let key = job_of(e);
+                if g.blocked.get(&key).is_none_or(|b| b.id != e.id) {
+                    continue;
+                }
+                let e = g.blocked.remove(&key).expect("checked above");
                 if !g.ready.iter().any(|r| r.id == e.id) {
                     g.ready.push_back(e);
                 }
@@ -258,6 +276,38 @@ mod tests {
         assert_eq!(b.blocked_of("default", "x"), Some(blocked.id.clone()));
         b.unblock_all();
         assert_eq!(b.dequeue().await.unwrap().id, blocked.id);
+        b.close();
+        assert!(b.dequeue().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn unblock_ordered_releases_in_the_given_order_and_keeps_the_rest() {
+        let b = Broker::new();
+        let mut parked = Vec::new();
+        for (i, job) in ["a", "b", "c"].into_iter().enumerate() {
+            let mut e = eval(job, None);
+            e.create_index = i as u64 + 1;
+            b.block(e.clone());
+            parked.push(e);
+        }
+        // Given oldest first; release c then a; b stays parked.
+        b.unblock_ordered(|evals| {
+            let jobs: Vec<&str> = evals.iter().map(|e| e.job.as_str()).collect();
+            assert_eq!(jobs, vec!["a", "b", "c"]);
+            vec![2, 0]
+        });
+        assert_eq!(b.dequeue().await.unwrap().id, parked[2].id);
+        assert_eq!(b.dequeue().await.unwrap().id, parked[0].id);
+        assert_eq!(b.blocked_of("default", "b"), Some(parked[1].id.clone()));
+        // Superseded while the order is computed: not released, the newer runs.
+        let newer = eval("b", None);
+        b.unblock_ordered(|_| {
+            b.enqueue(newer.clone());
+            vec![0]
+        });
+        assert!(b.blocked_of("default", "b").is_none());
+        assert_eq!(b.dequeue().await.unwrap().id, newer.id);
+        assert_eq!(b.stats().0, 0, "the superseded one is not queued");
         b.close();
         assert!(b.dequeue().await.is_none());
     }

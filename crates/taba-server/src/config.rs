@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use taba_scheduler::rebalance::RebalanceConfig;
 use taba_scheduler::PreemptionConfig;
 
 /// Server settings.
@@ -23,6 +24,29 @@ pub struct ServerConfig {
     /// Which job types may evict lower-priority allocations
     /// (`[scheduler] preemption` in the configuration file).
     pub preemption: PreemptionConfig,
+    /// Load-aware rebalancing.
+    pub rebalance: RebalanceSettings,
+}
+
+/// Settings of the rebalancer (see `taba_scheduler::rebalance`).
+#[derive(Clone, Debug)]
+pub struct RebalanceSettings {
+    /// On by default; operators can turn it off.
+    pub enabled: bool,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Thresholds, moves per round and per-node cooldown.
+    pub plan: RebalanceConfig,
+}
+
+impl Default for RebalanceSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(30),
+            plan: RebalanceConfig::default(),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -36,6 +60,7 @@ impl ServerConfig {
             max_blocking_wait: Duration::from_secs(300),
             max_plan_attempts: 5,
             preemption: PreemptionConfig::default(),
+            rebalance: RebalanceSettings::default(),
         }
     }
 }

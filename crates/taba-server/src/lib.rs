@@ -20,7 +20,7 @@ mod locks;
 pub mod state;
 pub mod workers;
 
-pub use config::ServerConfig;
+pub use config::{RebalanceSettings, ServerConfig};
 pub use state::{ServerState, StateError};
 
 use std::net::SocketAddr;
@@ -101,6 +101,9 @@ impl Server {
         }
         drop(plans);
         tasks.push(workers::spawn_heartbeat_monitor(state.clone()));
+        if state.config.rebalance.enabled {
+            tasks.push(workers::spawn_rebalancer(state.clone()));
+        }
         let app = api::router(state.clone());
         let mut stop = state.shutdown.subscribe();
         let http = tokio::spawn(async move {

@@ -23,9 +23,12 @@ use taba_store::{Store, StoreError, Table, Txn};
 use taba_types::wire::AllocUpdate;
 use taba_types::{
     AllocId, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger, Evaluation,
-    Job, JobSpec, JobStatus, JobType, Node, NodeId, NodeStatus, NodeUsage, Plan, SchedulerOutcome,
+    Job, JobSpec, JobStatus, JobType, MigrateRequest, Namespace, Node, NodeId, NodeStatus,
+    NodeUsage, Plan, SchedulerOutcome,
 };
 use tokio::sync::watch;
+
+mod namespaces;
 
 /// Why a change or lookup failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,9 @@ pub enum StateError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The change conflicts with the state (e.g. removing a namespace in use).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Key of a job record.
@@ -99,6 +105,10 @@ pub struct ServerState {
     alloc_server_index: Mutex<HashMap<AllocId, u64>>,
     node_usage: Mutex<HashMap<NodeId, NodeUsage>>,
     locks: KeyLocks,
+    /// Namespaces other than the implicit `default` (unless it was set).
+    /// Registrations hold it shared while they commit, so a namespace
+    /// cannot be removed under a job being registered in it.
+    namespaces: tokio::sync::RwLock<BTreeMap<String, Namespace>>,
     /// Pending evaluations.
     pub broker: Broker,
     index: watch::Sender<u64>,
@@ -145,6 +155,12 @@ impl ServerState {
             a.modify_index = rec.mod_index;
             cluster.upsert_alloc(a);
         }
+        let mut namespaces = BTreeMap::new();
+        for rec in store.scan(Table::Namespaces, "")? {
+            let ns: Namespace = decode(Table::Namespaces, &rec)?;
+            cluster.set_quota(&ns.name, ns.quota.clone());
+            namespaces.insert(ns.name.clone(), ns);
+        }
         let alloc_server_index: HashMap<AllocId, u64> = cluster
             .allocs()
             .map(|a| (a.id.clone(), a.modify_index))
@@ -178,6 +194,7 @@ impl ServerState {
             alloc_server_index: Mutex::new(alloc_server_index),
             node_usage: Mutex::new(HashMap::new()),
             locks: KeyLocks::default(),
+            namespaces: tokio::sync::RwLock::new(namespaces),
             broker,
             index: watch::channel(index).0,
             shutdown: watch::channel(false).0,
@@ -316,6 +333,8 @@ impl ServerState {
     pub async fn register_job(&self, spec: JobSpec) -> Result<RegisterJobResponse, StateError> {
         let ns = spec.namespace.clone();
         let name = spec.name.clone();
+        let namespaces = self.namespaces.read().await;
+        Self::check_namespace(&namespaces, &ns)?;
         let _held = self.locks.lock(vec![job_key(&ns, &name)]).await;
         let existing = self.cluster().job(&ns, &name).cloned();
         let now = now_ms();
@@ -699,7 +718,7 @@ impl ServerState {
             self.broker.enqueue(e);
         }
         if freed {
-            self.broker.unblock_all();
+            self.unblock(None);
         }
         Ok(index)
     }
@@ -847,13 +866,15 @@ impl ServerState {
         for e in evals {
             self.broker.enqueue(e);
         }
-        self.broker.unblock_all();
+        self.unblock(None);
         Ok(index)
     }
 
     /// A heartbeat: refresh the TTL; a node that was down is ready again.
-    pub async fn heartbeat(&self, id: &NodeId, usage: NodeUsage) -> Result<(), StateError> {
+    pub async fn heartbeat(&self, id: &NodeId, mut usage: NodeUsage) -> Result<(), StateError> {
         let node = self.known_node(id)?;
+        // Staleness is judged by when the report arrived (agents' clocks may differ).
+        usage.at = now_ms();
         self.heartbeats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -880,7 +901,7 @@ impl ServerState {
             for e in evals {
                 self.broker.enqueue(e);
             }
-            self.broker.unblock_all();
+            self.unblock(None);
         }
         Ok(())
     }
@@ -965,6 +986,86 @@ impl ServerState {
         Ok(())
     }
 
+    // ---- rebalancing ----
+
+    /// Measured use of each node whose last report is at most `max_age_ms`
+    /// old (reports are refreshed by every heartbeat).
+    pub fn node_loads(&self, max_age_ms: u64) -> BTreeMap<NodeId, taba_scheduler::rebalance::Load> {
+        let now = now_ms();
+        self.node_usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, u)| now.saturating_sub(u.at) <= max_age_ms)
+            .map(|(id, u)| {
+                let l = taba_scheduler::rebalance::Load {
+                    cpu_mhz: u.cpu_mhz,
+                    memory: u.memory.0,
+                };
+                (id.clone(), l)
+            })
+            .collect()
+    }
+
+    /// Ask for moves: each allocation gets its [`MigrateRequest`] and each
+    /// job an evaluation (trigger `rebalance`) that carries them out. Moves
+    /// of allocations that changed meanwhile (no longer live, already
+    /// moving, on another node) are skipped. Returns how many were asked.
+    pub async fn request_moves(
+        &self,
+        moves: &[taba_scheduler::rebalance::Move],
+    ) -> Result<usize, StateError> {
+        let keys: Vec<String> = moves
+            .iter()
+            .map(|m| job_key(&m.namespace, &m.job))
+            .collect();
+        let _held = self.locks.lock(keys).await;
+        let now = now_ms();
+        let mut allocs = Vec::new();
+        let mut evals = Vec::new();
+        {
+            let c = self.cluster();
+            let mut jobs: BTreeMap<(String, String), ()> = BTreeMap::new();
+            for m in moves {
+                let Some(a) = c.alloc(&m.alloc) else { continue };
+                if !a.is_live() || a.migrate.is_some() || a.node_id != m.from {
+                    continue;
+                }
+                let mut a = a.clone();
+                a.migrate = Some(MigrateRequest {
+                    reason: m.reason.clone(),
+                    to: Some(m.to.clone()),
+                    requested_at: now,
+                });
+                a.modify_time = now;
+                allocs.push(a);
+                jobs.insert((m.namespace.clone(), m.job.clone()), ());
+            }
+            for (ns, job) in jobs.keys() {
+                if let Some(j) = c.job(ns, job).filter(|j| !j.stopped) {
+                    evals.push(Self::new_eval(j, EvalTrigger::Rebalance, None));
+                }
+            }
+        }
+        if allocs.is_empty() {
+            return Ok(0);
+        }
+        let mut txn = Txn::new();
+        for a in &allocs {
+            txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
+        }
+        for e in &evals {
+            txn = txn.put_encoded(Table::Evals, e.id.as_str(), e);
+        }
+        let index = self.commit(txn).await?;
+        let n = allocs.len();
+        self.apply(index, vec![], allocs, vec![], evals.clone());
+        for e in evals {
+            self.broker.enqueue(e);
+        }
+        Ok(n)
+    }
+
     // ---- plans ----
 
     /// Commit a scheduler outcome for `eval`: verify against the latest
@@ -1010,6 +1111,7 @@ impl ServerState {
                     a.group_spec = u.group_spec.clone();
                     a.priority = u.priority;
                     a.resources = u.resources.clone();
+                    a.migrate = u.migrate.clone();
                     a.modify_time = u.modify_time;
                     touched.insert(a.id.clone(), a);
                 }

@@ -1,5 +1,6 @@
-//! Background work: scheduler workers, the one plan applier, and the
-//! heartbeat monitor. Each is a loop that ends when the server shuts down.
+//! Background work: scheduler workers, the one plan applier, the heartbeat
+//! monitor and the rebalancer. Each is a loop that ends when the server
+//! shuts down.
 //!
 //! Flow of one evaluation: the broker hands it to a worker; the worker runs
 //! the pure scheduler on a blocking thread under the state's read lock; the
@@ -129,6 +130,64 @@ pub fn spawn_heartbeat_monitor(state: Arc<ServerState>) -> tokio::task::JoinHand
                     tracing::error!(node = %id, error = %e, "cannot mark node down");
                 }
             }
+        }
+    })
+}
+
+/// The rebalancer: every `rebalance.interval`, plan moves off hot nodes from
+/// the measured use agents report ([`taba_scheduler::rebalance`]) and ask
+/// for them; the jobs' evaluations carry them out. Each node that gave or
+/// took a move cools down before it is considered again.
+pub fn spawn_rebalancer(state: Arc<ServerState>) -> tokio::task::JoinHandle<()> {
+    let settings = state.config.rebalance.clone();
+    let tick = settings.interval.max(Duration::from_millis(50));
+    let mut stop = state.shutdown.subscribe();
+    tokio::spawn(async move {
+        let mut recent: std::collections::BTreeMap<taba_types::NodeId, u64> = Default::default();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            // Reports older than three heartbeat TTLs say nothing of now.
+            let max_age = (state.config.heartbeat_ttl * 3).as_millis() as u64;
+            let loads = state.node_loads(max_age);
+            let now = now_ms();
+            let moves = {
+                let c = state.cluster();
+                taba_scheduler::rebalance::plan_moves(
+                    &c,
+                    &loads,
+                    |a| {
+                        a.usage.as_ref().map(|u| taba_scheduler::rebalance::Load {
+                            cpu_mhz: u.cpu_mhz,
+                            memory: u.memory.0,
+                        })
+                    },
+                    &recent,
+                    &settings.plan,
+                    now,
+                )
+            };
+            if moves.is_empty() {
+                continue;
+            }
+            match state.request_moves(&moves).await {
+                Ok(n) => {
+                    for m in &moves {
+                        recent.insert(m.from.clone(), now);
+                        recent.insert(m.to.clone(), now);
+                        tracing::info!(alloc = %m.alloc, from = %m.from, to = %m.to, reason = %m.reason, "rebalance move");
+                    }
+                    tracing::info!(asked = n, "rebalancer asked for moves");
+                }
+                Err(StateError::ShuttingDown) => return,
+                Err(e) => tracing::error!(error = %e, "rebalancer cannot record moves"),
+            }
+            recent.retain(|_, t| now < t.saturating_add(settings.plan.cooldown_ms));
         }
     })
 }

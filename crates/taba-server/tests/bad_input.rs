@@ -240,6 +240,26 @@ fn bad_input_corpus_is_rejected_without_writes() {
         json_case("image import empty", "POST", "/v1/images", "", 400, Some("body")),
         json_case("image import garbage", "POST", "/v1/images", "this is not a tar", 422, Some("body")),
         json_case("remove unknown image", "DELETE", "/v1/images/nothere:latest", "", 404, None),
+        // Namespaces.
+        toml_case("job in unknown namespace", good_with("name = \"ok\"", "name = \"ok\"\nnamespace = \"nowhere\""), 422, Some("namespace")),
+        toml_case("job namespace with space", good_with("name = \"ok\"", "name = \"ok\"\nnamespace = \"a b\""), 422, Some("namespace")),
+        json_case("namespace cpu wrong type", "PUT", "/v1/namespaces/team-a", r#"{"quota":{"cpu":"lots"}}"#, 400, Some("quota.cpu")),
+        json_case("namespace cpu negative", "PUT", "/v1/namespaces/team-a", r#"{"quota":{"cpu":-5}}"#, 400, Some("quota.cpu")),
+        json_case("namespace cpu absurd", "PUT", "/v1/namespaces/team-a", r#"{"quota":{"cpu":999999999999999}}"#, 422, Some("quota.cpu")),
+        json_case("namespace memory garbage", "PUT", "/v1/namespaces/team-a", r#"{"quota":{"memory":"lots"}}"#, 400, Some("quota.memory")),
+        json_case("namespace memory absurd", "PUT", "/v1/namespaces/team-a", r#"{"quota":{"memory":"5000000TiB"}}"#, 422, Some("quota.memory")),
+        json_case("namespace allocations negative", "PUT", "/v1/namespaces/team-a", r#"{"quota":{"allocations":-1}}"#, 400, Some("quota.allocations")),
+        json_case("namespace allocations absurd", "PUT", "/v1/namespaces/team-a", r#"{"quota":{"allocations":4000000000}}"#, 422, Some("quota.allocations")),
+        json_case("namespace unknown quota field", "PUT", "/v1/namespaces/team-a", r#"{"quota":{"gpus":1}}"#, 400, Some("quota")),
+        json_case("namespace unknown field", "PUT", "/v1/namespaces/team-a", r#"{"owner":"me"}"#, 400, None),
+        json_case("namespace not an object", "PUT", "/v1/namespaces/team-a", "[]", 400, None),
+        json_case("namespace empty body", "PUT", "/v1/namespaces/team-a", "", 400, None),
+        json_case("namespace name mismatch", "PUT", "/v1/namespaces/team-a", r#"{"name":"team-b"}"#, 422, Some("name")),
+        json_case("namespace bad name", "PUT", "/v1/namespaces/a%20b", "{}", 422, Some("name")),
+        json_case("namespace description too long", "PUT", "/v1/namespaces/team-a", &format!("{{\"description\":\"{}\"}}", "d".repeat(2000)), 422, Some("description")),
+        json_case("unknown namespace", "GET", "/v1/namespaces/nope", "", 404, None),
+        json_case("remove unknown namespace", "DELETE", "/v1/namespaces/nope", "", 404, None),
+        json_case("remove default namespace", "DELETE", "/v1/namespaces/default", "", 409, None),
     ];
     assert!(cases.len() >= 50, "corpus has {} cases", cases.len());
 

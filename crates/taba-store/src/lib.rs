@@ -1,7 +1,7 @@
 //! taba's state store.
 //!
 //! The control plane keeps all its state (jobs, job versions, allocations, nodes, evaluations,
-//! cluster metadata) in a [`Store`]: a fixed set of [`Table`]s of keyed [`Record`]s, a global
+//! namespaces, cluster metadata) in a [`Store`]: a fixed set of [`Table`]s of keyed [`Record`]s, a global
 //! index that every committed transaction advances, atomic transactions ([`Txn`]) guarded by
 //! compare [`Check`]s, and prefix scans. The shape is etcd's, so a later etcd backend fits
 //! behind the same trait.

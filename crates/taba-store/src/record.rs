@@ -18,17 +18,20 @@ pub enum Table {
     Evals,
     /// Small cluster-wide records (settings, ids, leader bookkeeping).
     Meta,
+    /// Namespaces (description and quota), keyed by name.
+    Namespaces,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Jobs,
         Table::JobVersions,
         Table::Allocs,
         Table::Nodes,
         Table::Evals,
         Table::Meta,
+        Table::Namespaces,
     ];
 
     /// The table's stable name, used on disk and in keys of remote backends.
@@ -40,6 +43,7 @@ impl Table {
             Table::Nodes => "nodes",
             Table::Evals => "evals",
             Table::Meta => "meta",
+            Table::Namespaces => "namespaces",
         }
     }
 

@@ -4,6 +4,7 @@
 
 use crate::ids::{AllocId, EvalId, NodeId};
 use crate::job::{JobType, Resources, TaskGroupSpec};
+use crate::ports::AllocatedPort;
 use crate::units::ByteSize;
 use crate::UnixMillis;
 use serde::{Deserialize, Serialize};
@@ -157,6 +158,22 @@ impl TaskState {
     }
 }
 
+/// A request to move an allocation to another node: the one "move"
+/// primitive of rebalancing (and, later, drains and `alloc migrate`). The
+/// scheduler places a replacement (on `to` when it is given and fits, else
+/// on the best other node) and stops this allocation in the same plan,
+/// within the group's `migrate.max_parallel`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    /// Why, shown as the stopped allocation's desired description.
+    pub reason: String,
+    /// The node to move to, if chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<NodeId>,
+    /// When it was asked for.
+    pub requested_at: UnixMillis,
+}
+
 /// Measured usage of an allocation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AllocUsage {
@@ -201,6 +218,9 @@ pub struct Allocation {
     pub node_name: String,
     /// Reserved resources (sum of the tasks').
     pub resources: Resources,
+    /// Host ports held on the node (the group's `network.ports`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<AllocatedPort>,
     /// What the servers want.
     pub desired_status: DesiredStatus,
     /// Why (e.g. "alloc is being updated", "job stopped").
@@ -234,6 +254,9 @@ pub struct Allocation {
     /// The allocation whose placement evicted this one (preemption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preempted_by: Option<AllocId>,
+    /// A move the servers asked for; the job's next evaluation carries it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<MigrateRequest>,
     /// Creation time.
     pub create_time: UnixMillis,
     /// Last change time.
@@ -256,6 +279,7 @@ impl Allocation {
             || self.job_version != other.job_version
             || self.node_id != other.node_id
             || self.group_spec != other.group_spec
+            || self.migrate != other.migrate
     }
 
     /// Desired to run and not terminal on the client: it holds resources.

@@ -28,6 +28,8 @@ pub enum EvalTrigger {
     /// Allocations of the job were evicted to make room for
     /// higher-priority work; their work is placed again (or waits).
     Preemption,
+    /// The rebalancer asked for allocations of the job to move.
+    Rebalance,
 }
 
 /// State of an evaluation.
@@ -69,19 +71,27 @@ pub struct PlacementFailure {
     /// Filter reason -> nodes removed (`constraint ${node.name} != n1`, `missing driver vm`).
     #[serde(default)]
     pub filtered: BTreeMap<String, u32>,
-    /// Resource dimension -> nodes on which it ran out (`memory`, `cpu`, `disk`).
+    /// Resource dimension -> nodes on which it ran out (`memory`, `cpu`,
+    /// `disk`, `port 8080` for a static port in use, `dynamic ports`).
     #[serde(default)]
     pub exhausted: BTreeMap<String, u32>,
     /// Further placements of the group that failed the same way.
     #[serde(default)]
     pub coalesced: u32,
+    /// Set when the namespace's quota, not the nodes, stopped the placements:
+    /// `quota exceeded in namespace team-a: memory 4GiB of 4GiB used`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub quota: String,
 }
 
 impl PlacementFailure {
     /// One line: `memory exhausted on 1 of 1 nodes; constraint ... filtered 2 nodes`.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
-        if self.nodes_available == 0 && self.nodes_evaluated == 0 {
+        if !self.quota.is_empty() {
+            parts.push(self.quota.clone());
+        }
+        if self.nodes_available == 0 && self.nodes_evaluated == 0 && self.quota.is_empty() {
             parts.push("no ready, eligible nodes".to_string());
         }
         for (reason, n) in &self.filtered {
@@ -91,8 +101,13 @@ impl PlacementFailure {
             ));
         }
         for (dim, n) in &self.exhausted {
+            let verb = if dim.starts_with("port ") {
+                "in use"
+            } else {
+                "exhausted"
+            };
             parts.push(format!(
-                "{dim} exhausted on {n} of {} nodes",
+                "{dim} {verb} on {n} of {} nodes",
                 self.nodes_evaluated
             ));
         }

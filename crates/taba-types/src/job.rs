@@ -5,6 +5,7 @@
 //! `group` and `task` arrays in JSON. Unknown fields are rejected so typos are
 //! caught at submission.
 
+use crate::placement::{Affinity, Scoring, Spread};
 use crate::units::{ByteSize, DurationSpec};
 use crate::UnixMillis;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,15 @@ pub struct JobSpec {
     /// Constraints every task of the job must satisfy.
     #[serde(default, rename = "constraint", skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// How nodes are ranked: `binpack` (default) or `spread`.
+    #[serde(default, skip_serializing_if = "Scoring::is_binpack")]
+    pub scoring: Scoring,
+    /// Spreads every group of the job follows (a group's own add to these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<Spread>,
+    /// Affinities of every group of the job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<Affinity>,
     /// How updates replace allocations.
     #[serde(default)]
     pub update: UpdatePolicy,
@@ -110,6 +120,12 @@ pub struct TaskGroupSpec {
     /// Constraints for this group.
     #[serde(default, rename = "constraint", skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// Spreads of this group, added to the job's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<Spread>,
+    /// Affinities of this group, added to the job's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<Affinity>,
     /// Restart policy for tasks on their node; defaults by job type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartPolicy>,
@@ -119,6 +135,9 @@ pub struct TaskGroupSpec {
     /// Networking for the group's tasks.
     #[serde(default)]
     pub network: NetworkSpec,
+    /// How allocations move between nodes (rebalancing; drains later).
+    #[serde(default)]
+    pub migrate: MigratePolicy,
     /// Free-form metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
@@ -147,6 +166,42 @@ impl TaskGroupSpec {
             r.add(&t.resources);
         }
         r
+    }
+}
+
+/// How a group's allocations are moved to other nodes by the servers (the
+/// rebalancer today; node drains and `alloc migrate` use the same policy).
+/// A move of a container or exec allocation is a restart elsewhere: the
+/// replacement is placed and the old allocation stopped in one plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigratePolicy {
+    /// Disruption budget: allocations of the group moving at once (a moved
+    /// allocation counts until its replacement has run `min_healthy_time`).
+    #[serde(default = "one")]
+    pub max_parallel: u32,
+    /// How long a replacement must run before it stops counting as moving.
+    #[serde(default = "default_migrate_healthy")]
+    pub min_healthy_time: DurationSpec,
+    /// Whether the rebalancer may move the group's allocations off hot nodes.
+    #[serde(default = "yes")]
+    pub rebalance: bool,
+}
+
+fn default_migrate_healthy() -> DurationSpec {
+    DurationSpec::secs(10)
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for MigratePolicy {
+    fn default() -> Self {
+        Self {
+            max_parallel: 1,
+            min_healthy_time: default_migrate_healthy(),
+            rebalance: true,
+        }
     }
 }
 
@@ -265,6 +320,9 @@ pub struct NetworkSpec {
     /// Network mode; `none` unless set. Exec tasks always use the host's.
     #[serde(default)]
     pub mode: NetworkMode,
+    /// Host ports the group's allocations hold (static or dynamic).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::ports::PortSpec>,
 }
 
 /// One process (or container, or VM) of a group.
@@ -299,6 +357,9 @@ pub struct TaskSpec {
     /// Constraints for this task.
     #[serde(default, rename = "constraint", skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// Affinities of this task, added to its group's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<Affinity>,
     /// Signal sent to stop the task.
     #[serde(default = "default_kill_signal")]
     pub kill_signal: String,

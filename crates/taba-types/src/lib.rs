@@ -2,8 +2,9 @@
 //!
 //! Everything the server, the agent, the scheduler, the CLI and the tests agree
 //! on lives here: job specs as users write them, the records the control plane
-//! keeps (jobs, allocations, nodes, evaluations, plans), the agent<->server wire
-//! messages, and validation of user input with field paths.
+//! keeps (jobs, allocations, nodes, evaluations, plans, namespaces with
+//! quotas), the agent<->server wire messages, and validation of user input
+//! with field paths.
 //!
 //! This crate performs no I/O and has almost no dependencies, so every other
 //! crate can use it (kube-rs's `kube-core` is the model).
@@ -13,9 +14,12 @@ pub mod alloc;
 pub mod eval;
 pub mod ids;
 pub mod job;
+pub mod namespace;
 pub mod node;
 pub mod parse;
+pub mod placement;
 pub mod plan;
+pub mod ports;
 pub mod units;
 pub mod validate;
 pub mod wire;
@@ -24,8 +28,11 @@ pub use alloc::*;
 pub use eval::*;
 pub use ids::*;
 pub use job::*;
+pub use namespace::{Namespace, NamespaceUsage, Quota, DEFAULT_NAMESPACE};
 pub use node::*;
+pub use placement::*;
 pub use plan::*;
+pub use ports::{AllocatedPort, PortRange, PortRanges, PortSpec};
 pub use units::{ByteSize, DurationSpec};
 pub use validate::{FieldError, ValidationErrors};
 

@@ -3,6 +3,7 @@
 
 use crate::ids::NodeId;
 use crate::job::Resources;
+use crate::ports::{PortRange, PortRanges};
 use crate::units::ByteSize;
 use crate::UnixMillis;
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,12 @@ pub struct Node {
     /// Held back for the host itself.
     #[serde(default)]
     pub reserved: NodeResources,
+    /// Host ports never given to allocations (`"22,80,8000-8100"`).
+    #[serde(default, skip_serializing_if = "PortRanges::is_empty")]
+    pub reserved_ports: PortRanges,
+    /// Where dynamic ports are picked from (`"20000-32000"` by default).
+    #[serde(default)]
+    pub dynamic_ports: PortRange,
     /// Drivers by name.
     #[serde(default)]
     pub drivers: BTreeMap<String, DriverInfo>,

@@ -5,6 +5,7 @@
 use crate::job::{
     Constraint, ConstraintOperator, JobSpec, JobType, NetworkMode, TaskGroupSpec, TaskSpec,
 };
+use crate::placement::{Affinity, Spread};
 use crate::units::ByteSize;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -44,7 +45,7 @@ impl fmt::Display for ValidationErrors {
 impl std::error::Error for ValidationErrors {}
 
 impl ValidationErrors {
-    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             reason: reason.into(),
@@ -68,7 +69,7 @@ pub const MAX_DISK: ByteSize = ByteSize(1 << 50);
 /// Longest name (jobs, groups, tasks).
 pub const MAX_NAME: usize = 128;
 
-fn check_name(errs: &mut ValidationErrors, path: &str, name: &str) {
+pub(crate) fn check_name(errs: &mut ValidationErrors, path: &str, name: &str) {
     if name.is_empty() {
         errs.push(path, "must not be empty");
     } else if name.len() > MAX_NAME {
@@ -254,6 +255,7 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
         errs.push(format!("{p}.kill_timeout"), "must be at most 1h");
     }
     check_constraints(errs, &format!("{p}."), &t.constraints);
+    check_affinities(errs, &format!("{p}."), &t.affinity);
 }
 
 /// The number of a signal name (`SIGTERM`, `TERM`, `15`), for the signals
@@ -284,6 +286,15 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
     }
     if g.tasks.is_empty() {
         errs.push(format!("{p}.task"), "a group needs at least one task");
+    }
+    if g.migrate.max_parallel == 0 {
+        errs.push(format!("{p}.migrate.max_parallel"), "must be at least 1");
+    }
+    if g.migrate.min_healthy_time.0 > 24 * 3600 * 1000 {
+        errs.push(
+            format!("{p}.migrate.min_healthy_time"),
+            "must be at most 24h",
+        );
     }
     if let Some(r) = &g.restart {
         if r.attempts > 10_000 {
@@ -316,7 +327,13 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
             "bridge networking is not available yet; use \"none\" or \"host\"",
         );
     }
+    crate::ports::check_group_ports(errs, p, g);
     check_constraints(errs, &format!("{p}."), &g.constraints);
+    check_spreads(errs, &format!("{p}."), &g.spread);
+    check_affinities(errs, &format!("{p}."), &g.affinity);
+    if job_type == JobType::System {
+        no_preferences_in_system_job(errs, p, g);
+    }
     let mut seen = BTreeSet::new();
     for (i, t) in g.tasks.iter().enumerate() {
         let tp = format!("{p}.task[{i}]");
@@ -342,6 +359,20 @@ pub fn validate_job(spec: &JobSpec) -> Result<(), ValidationErrors> {
         errs.push("update.max_parallel", "must be at least 1");
     }
     check_constraints(&mut errs, "", &spec.constraints);
+    check_spreads(&mut errs, "", &spec.spread);
+    check_affinities(&mut errs, "", &spec.affinity);
+    if spec.job_type == JobType::System {
+        let system = "system jobs run on every eligible node; it does not apply";
+        if !spec.scoring.is_binpack() {
+            errs.push("scoring", system);
+        }
+        if !spec.spread.is_empty() {
+            errs.push("spread", system);
+        }
+        if !spec.affinity.is_empty() {
+            errs.push("affinity", system);
+        }
+    }
     if spec.groups.is_empty() {
         errs.push("group", "a job needs at least one group");
     }
@@ -360,5 +391,141 @@ pub fn validate_job(spec: &JobSpec) -> Result<(), ValidationErrors> {
         Ok(())
     } else {
         Err(errs)
+    }
+}
+
+/// Spreads: attribute, weight 1..=100, unique target values whose
+/// percentages sum to at most 100.
+fn check_spreads(errs: &mut ValidationErrors, base: &str, spreads: &[Spread]) {
+    let mut attributes = BTreeSet::new();
+    for (i, sp) in spreads.iter().enumerate() {
+        let p = format!("{base}spread[{i}]");
+        if sp.attribute.trim().is_empty() {
+            errs.push(format!("{p}.attribute"), "must not be empty");
+        } else if let Err(e) = check_interpolation(&sp.attribute) {
+            errs.push(format!("{p}.attribute"), e);
+        } else if !attributes.insert(sp.attribute.as_str()) {
+            errs.push(
+                format!("{p}.attribute"),
+                format!("{:?} is spread over twice; merge the two", sp.attribute),
+            );
+        }
+        if !(1..=100).contains(&sp.weight) {
+            errs.push(format!("{p}.weight"), "must be between 1 and 100");
+        }
+        let mut values = BTreeSet::new();
+        let mut sum = 0u64;
+        for (k, t) in sp.targets.iter().enumerate() {
+            let tp = format!("{p}.target[{k}]");
+            if t.value.is_empty() {
+                errs.push(format!("{tp}.value"), "must not be empty");
+            } else if !values.insert(t.value.as_str()) {
+                errs.push(
+                    format!("{tp}.value"),
+                    format!("duplicate target value {:?}", t.value),
+                );
+            }
+            if t.percent > 100 {
+                errs.push(format!("{tp}.percent"), "must be between 0 and 100");
+            }
+            sum += u64::from(t.percent);
+        }
+        if sum > 100 {
+            errs.push(
+                format!("{p}.target"),
+                format!("percentages sum to {sum}; they must sum to at most 100"),
+            );
+        }
+    }
+}
+
+/// Affinities: exactly one form per entry, weight -100..=100 and not 0.
+fn check_affinities(errs: &mut ValidationErrors, base: &str, affinities: &[Affinity]) {
+    for (i, a) in affinities.iter().enumerate() {
+        let p = format!("{base}affinity[{i}]");
+        if a.weight == 0 || !(-100..=100).contains(&a.weight) {
+            errs.push(
+                format!("{p}.weight"),
+                "must be between -100 and 100 and not 0 (negative: anti-affinity)",
+            );
+        }
+        if !a.attribute.is_empty() {
+            if let Err(e) = check_interpolation(&a.attribute) {
+                errs.push(format!("{p}.attribute"), e);
+            }
+        }
+        match &a.job {
+            Some(job) => {
+                let alloc_form = "not allowed in an allocation affinity (one that names a job); \
+                                  use attribute, operator and value without job for a node affinity";
+                if a.operator.is_some() {
+                    errs.push(format!("{p}.operator"), alloc_form);
+                }
+                if a.value.is_some() {
+                    errs.push(format!("{p}.value"), alloc_form);
+                }
+                check_name(errs, &format!("{p}.job"), job);
+                if let Some(g) = &a.group {
+                    check_name(errs, &format!("{p}.group"), g);
+                }
+            }
+            None => {
+                if a.group.is_some() {
+                    errs.push(
+                        format!("{p}.group"),
+                        "needs job: an allocation affinity names the job whose group it means",
+                    );
+                }
+                if a.attribute.trim().is_empty() {
+                    errs.push(
+                        format!("{p}.attribute"),
+                        "must not be empty; an affinity names a node attribute (with operator and value) or a job",
+                    );
+                    continue;
+                }
+                let value = a.value.as_deref().unwrap_or("");
+                if let Err(e) = check_interpolation(value) {
+                    errs.push(format!("{p}.value"), e);
+                }
+                match a.operator_or_default() {
+                    ConstraintOperator::DistinctHosts | ConstraintOperator::DistinctProperty => {
+                        errs.push(
+                            format!("{p}.operator"),
+                            "distinct_hosts and distinct_property are constraints, not affinities",
+                        )
+                    }
+                    ConstraintOperator::IsSet | ConstraintOperator::IsNotSet => {}
+                    _ if a.value.is_none() => {
+                        errs.push(format!("{p}.value"), "is required for this operator")
+                    }
+                    ConstraintOperator::Regexp if value.is_empty() => {
+                        errs.push(format!("{p}.value"), "a regular expression is required")
+                    }
+                    ConstraintOperator::Version | ConstraintOperator::SetContains
+                        if value.trim().is_empty() =>
+                    {
+                        errs.push(format!("{p}.value"), "must not be empty for this operator")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// System jobs place one allocation per node: spreads and affinities have
+/// nothing to choose between.
+fn no_preferences_in_system_job(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec) {
+    let system = "system jobs run on every eligible node; it does not apply";
+    if !g.spread.is_empty() {
+        errs.push(format!("{p}.spread"), system);
+    }
+    if !g.affinity.is_empty() {
+        errs.push(format!("{p}.affinity"), system);
+    }
+    for (i, t) in g.tasks.iter().enumerate() {
+        if !t.affinity.is_empty() {
+            errs.push(format!("{p}.task[{i}].affinity"), system);
+        }
     }
 }

@@ -36,6 +36,9 @@ enum Command {
     /// Manage container images.
     #[command(subcommand)]
     Image(cmd::cli::ImageCommand),
+    /// Manage namespaces and their quotas.
+    #[command(subcommand)]
+    Namespace(cmd::cli::NamespaceCommand),
     /// Drive the real scheduler against a simulated cluster.
     Sim(cmd::sim::SimArgs),
     /// Benchmarks that need the real binary.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Alloc(c) => cmd::cli::alloc(&cli.global, c),
         Command::Node(c) => cmd::cli::node(&cli.global, c),
         Command::Image(c) => cmd::cli::image(&cli.global, c),
+        Command::Namespace(c) => cmd::cli::namespace(&cli.global, c),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Bench(c) => cmd::bench::run(c),
     };

@@ -566,3 +566,185 @@ restart = {{ attempts = 0, interval = "1m", delay = "1s", mode = "fail" }}
     let logs = dev.cli(&["alloc", "logs", &new_id]);
     assert!(String::from_utf8_lossy(&logs.stdout).contains("version-two"));
 }
+
+#[test]
+fn root_container_serves_on_its_static_port_and_a_second_job_waits_for_it() {
+    use std::io::{Read, Write};
+    const PORT: u16 = 18473;
+    let dev = Dev::start();
+    dev.import_busybox();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = |name: &str| {
+        format!(
+            r#"
+name = "{name}"
+[[group]]
+name = "web"
+network = {{ mode = "host", ports = [{{ label = "http", static = {PORT} }}, {{ label = "metrics" }}] }}
+  [[group.task]]
+  name = "httpd"
+  driver = "container"
+  image = "busybox"
+  command = ["sh", "-c", "mkdir -p /tmp/www && echo \"$TABA_PORT_http $TABA_HOST_PORT_http $TABA_ADDR_http $TABA_PORT_metrics\" > /tmp/www/index.html && exec httpd -f -p $TABA_PORT_http -h /tmp/www"]
+  resources = {{ cpu = 100, memory = "64MiB" }}
+"#
+        )
+    };
+    let f = job_file(tmp.path(), "ports1", &job("ports1"));
+    let out = dev.cli(&["job", "run", f.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "job run failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        dev.log_tail()
+    );
+    let allocs = wait_allocs(&dev, "ports1", "ports1 running", |a| running(a, 1));
+    let id = allocs[0].id.to_string();
+
+    // The allocation records its ports; the CLI shows them.
+    let out = dev.cli(&["--json", "alloc", "status", &id]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ports = v["allocation"]["ports"]
+        .as_array()
+        .expect("ports in --json");
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert_eq!(ports[0]["label"], "http");
+    assert_eq!(ports[0]["value"], PORT);
+    assert_eq!(ports[0]["dynamic"], false);
+    assert_eq!(ports[1]["label"], "metrics");
+    assert_eq!(ports[1]["dynamic"], true);
+    let metrics = ports[1]["value"].as_u64().unwrap();
+    assert!((20000..=32000).contains(&metrics), "{metrics}");
+    let human = String::from_utf8_lossy(&dev.cli(&["alloc", "status", &id]).stdout).to_string();
+    assert!(
+        human.contains(&format!(
+            "Ports       = http={PORT} (static), metrics={metrics} (dynamic)"
+        )),
+        "{human}"
+    );
+
+    // The container listens in the host's network on the port it was told.
+    let mut body = String::new();
+    dev.wait_for("httpd answering", Duration::from_secs(30), || {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", PORT)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").is_err() {
+            return false;
+        }
+        body.clear();
+        s.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1.")
+    });
+    assert!(body.contains(" 200 "), "{body}");
+    assert!(
+        body.contains(&format!("{PORT} {PORT} 127.0.0.1:{PORT} {metrics}")),
+        "{body}"
+    );
+
+    // A second job asking for the same static port stays pending and says why.
+    let f = job_file(tmp.path(), "ports2", &job("ports2"));
+    let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut status = serde_json::Value::Null;
+    dev.wait_for("ports2 blocked", Duration::from_secs(30), || {
+        let out = dev.cli(&["--json", "job", "status", "ports2"]);
+        status = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["placement_failures"]["web"].is_string()
+    });
+    assert_eq!(
+        status["placement_failures"]["web"],
+        format!("port {PORT} in use on 1 of 1 nodes"),
+        "{status}"
+    );
+    assert_eq!(status["status"], "pending", "{status}");
+    assert!(
+        status["allocations"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    // Once the first job's container has ended, its port is free and the
+    // second job is placed on it.
+    assert!(dev.cli(&["job", "stop", "ports1"]).status.success());
+    let allocs = wait_allocs(&dev, "ports2", "ports2 running", |a| running(a, 1));
+    let d = dev.client.alloc(allocs[0].id.as_str()).unwrap();
+    assert_eq!(d.allocation.ports[0].value, PORT);
+    // Clean up (the harness also waits for every workload to end).
+    assert!(dev.cli(&["job", "stop", "ports2"]).status.success());
+}
+
+#[test]
+fn root_namespace_quota_cli() {
+    let dev = Dev::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = |ns: &str| {
+        format!(
+            "name = \"sleepy\"\nnamespace = \"{ns}\"\n[[group]]\nname = \"g\"\ncount = 3\n  [[group.task]]\n  name = \"t\"\n  driver = \"exec\"\n  command = [\"/bin/sleep\", \"300\"]\n  resources = {{ cpu = 100, memory = \"64MiB\" }}\n"
+        )
+    };
+    let f = job_file(tmp.path(), "sleepy", &job("team-a"));
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    // No such namespace yet: rejected, naming the field.
+    let out = dev.cli(&["job", "run", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("namespace"), "{}", stderr(&out));
+    // Bad flag values are usage errors.
+    let out = dev.cli(&["namespace", "apply", "team-a", "--memory", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = dev.cli(&[
+        "namespace",
+        "apply",
+        "team-a",
+        "--memory",
+        "1GiB",
+        "--allocations",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Two of three placed; `job run` stops following with the quota reason.
+    let out = dev.cli(&["job", "run", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("quota exceeded in namespace team-a: allocations 2 of 2 used"),
+        "{}",
+        stderr(&out)
+    );
+    let out = dev.cli(&["--json", "namespace", "status", "team-a"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["usage"]["allocations"], 2);
+    assert_eq!(st["quota"]["memory"], "1GiB");
+    let out = dev.cli(&["namespace", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.contains("team-a") && text.contains("2/2"), "{text}");
+    // In use: not removable.
+    let out = dev.cli(&["namespace", "rm", "team-a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("stop them first"), "{}", stderr(&out));
+    // Raised: the third is placed.
+    let out = dev.cli(&[
+        "namespace",
+        "apply",
+        "team-a",
+        "--memory",
+        "1GiB",
+        "--allocations",
+        "3",
+    ]);
+    assert!(out.status.success());
+    dev.wait_for("third placement", Duration::from_secs(30), || {
+        dev.client
+            .job_status_in("team-a", "sleepy")
+            .is_ok_and(|s| s.allocations.len() == 3 && s.placement_failures.is_empty())
+    });
+    assert!(dev
+        .cli(&["job", "stop", "-n", "team-a", "sleepy"])
+        .status
+        .success());
+    let out = dev.cli(&["namespace", "rm", "team-a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

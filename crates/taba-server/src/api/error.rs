@@ -134,6 +134,7 @@ impl From<crate::state::StateError> for ApiError {
                 field: Some(field),
             },
             S::ShuttingDown => Self::ShuttingDown,
+            S::Conflict(m) => Self::Conflict(m),
             other => {
                 let mut msg = other.to_string();
                 let mut src = std::error::Error::source(&other);

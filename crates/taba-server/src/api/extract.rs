@@ -29,7 +29,9 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             message: format!("cannot read request body: {e}"),
             field: None,
         })?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         seen = seen.saturating_add(data.len());
         if seen <= limit {
             buf.extend_from_slice(&data);

@@ -4,9 +4,10 @@
 pub mod error;
 pub mod extract;
 mod handlers;
+mod namespaces;
 
 use crate::state::ServerState;
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -100,6 +101,10 @@ pub fn routes() -> Vec<Route> {
         r("GET", "/v1/images", "List images", None, &[], "ImageInfo[]", get(h::list_images)),
         r("POST", "/v1/images", "Import a docker-save or OCI-layout tar (the request body)", Tar, &[], "ImageInfo", post(h::import_image)),
         r("DELETE", "/v1/images/{*reference}", "Remove an image by reference or id", None, &[], "ImageInfo", delete(h::remove_image)),
+        r("GET", "/v1/namespaces", "List namespaces with their quota and usage", None, &[], "NamespaceStatus[]", get(namespaces::list)),
+        r("GET", "/v1/namespaces/{name}", "A namespace: quota and usage (cpu, memory, live allocations)", None, &[], "NamespaceStatus", get(namespaces::get)),
+        r("PUT", "/v1/namespaces/{name}", "Create or update a namespace (JSON Namespace: description, quota)", Json("Namespace"), &[], "NamespaceStatus", put(namespaces::put)),
+        r("DELETE", "/v1/namespaces/{name}", "Remove a namespace (409 while it has jobs that are not stopped)", None, &[], "DeleteNamespaceResponse", delete(namespaces::delete)),
         r("GET", "/v1/evaluations/{id}", "An evaluation", None, &[], "Evaluation", get(h::get_eval)),
         r("GET", "/v1/openapi.json", "This document", None, &[], "OpenAPI", get(h::openapi)),
         r("POST", "/v1/agent/register", "Agent: register a node", Json("RegisterRequest"), &[], "RegisterResponse", post(h::agent_register)),

@@ -18,8 +18,8 @@ use taba_types::wire::{
     AllocUpdate, AllocUpdateRequest, HeartbeatRequest, RegisterRequest, PROTOCOL,
 };
 use taba_types::{
-    Allocation, ByteSize, ClientStatus, DriverInfo, Node, NodeId, NodeResources, TaskState,
-    TaskStatus,
+    Allocation, ByteSize, ClientStatus, DriverInfo, Node, NodeId, NodeResources, NodeUsage,
+    PortRange, PortRanges, TaskState, TaskStatus,
 };
 
 /// A server running on its own runtime thread.
@@ -39,9 +39,18 @@ impl TestServer {
     }
 
     pub fn start_with(dir: &Path, ttl: Duration, store: Arc<dyn Store>) -> Self {
+        Self::start_configured(dir, store, |c| c.heartbeat_ttl = ttl)
+    }
+
+    /// A server whose configuration `setup` adjusts.
+    pub fn start_configured(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        setup: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let images = Arc::new(ImageStore::open(&dir.join("images")).expect("open image store"));
         let mut config = ServerConfig::new(dir.join("server"), "127.0.0.1:0".parse().unwrap());
-        config.heartbeat_ttl = ttl;
+        setup(&mut config);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let st = store.clone();
@@ -126,6 +135,8 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
             disk: ByteSize::mib(100_000),
         },
         reserved: NodeResources::default(),
+        reserved_ports: PortRanges::default(),
+        dynamic_ports: PortRange::default(),
         drivers,
         last_heartbeat: 0,
         usage: Default::default(),
@@ -138,6 +149,8 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
 pub struct FakeAgent {
     pub client: Client,
     pub node: Node,
+    /// What the heartbeats report as the node's use.
+    usage: Arc<std::sync::Mutex<NodeUsage>>,
     beating: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -151,15 +164,18 @@ impl FakeAgent {
             })
             .expect("register");
         let beating = Arc::new(AtomicBool::new(true));
+        let usage = Arc::new(std::sync::Mutex::new(NodeUsage::default()));
         let b = beating.clone();
         let c = client.clone();
         let id = node.id.clone();
+        let u = usage.clone();
         let thread = std::thread::spawn(move || {
             while b.load(Ordering::SeqCst) {
+                let usage = u.lock().unwrap().clone();
                 let _ = c.agent_heartbeat(&HeartbeatRequest {
                     protocol: PROTOCOL,
                     node_id: id.clone(),
-                    usage: Default::default(),
+                    usage,
                 });
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -167,6 +183,7 @@ impl FakeAgent {
         Self {
             client,
             node,
+            usage,
             beating,
             thread: Some(thread),
         }
@@ -188,7 +205,26 @@ impl FakeAgent {
         (r.index, r.allocs)
     }
 
+    /// Report the node's use in the following heartbeats.
+    pub fn set_usage(&self, cpu_mhz: u64, memory: ByteSize) {
+        *self.usage.lock().unwrap() = NodeUsage {
+            cpu_mhz,
+            memory,
+            at: 0,
+        };
+    }
+
     pub fn report(&self, alloc: &Allocation, status: ClientStatus) {
+        self.report_with_usage(alloc, status, None);
+    }
+
+    /// [`Self::report`] with the allocation's measured use.
+    pub fn report_with_usage(
+        &self,
+        alloc: &Allocation,
+        status: ClientStatus,
+        usage: Option<taba_types::AllocUsage>,
+    ) {
         let state = match status {
             ClientStatus::Running => TaskStatus::Running,
             ClientStatus::Pending => TaskStatus::Pending,
@@ -218,7 +254,7 @@ impl FakeAgent {
                     client_status: status,
                     client_description: String::new(),
                     task_states,
-                    usage: None,
+                    usage,
                 }],
             })
             .expect("alloc update");

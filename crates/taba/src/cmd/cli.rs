@@ -1,4 +1,4 @@
-//! Client commands: `job`, `alloc`, `node`, `image`. Each talks to a server
+//! Client commands: `job`, `alloc`, `node`, `image`, `namespace`. Each talks to a server
 //! through `taba_client::Client` and prints aligned tables, or JSON with
 //! `--json`. Exit codes: 0 ok, 1 failure, 2 usage (clap).
 
@@ -10,10 +10,12 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use taba_client::api::{b64, AllocListEntry, JobStatusResponse};
+use taba_client::api::{b64, AllocListEntry, JobStatusResponse, NamespaceStatus};
 use taba_client::Client;
 use taba_types::parse::{parse_job_toml, JobParseError};
-use taba_types::{ClientStatus, DesiredStatus, EvalStatus, JobType, UnixMillis};
+use taba_types::{
+    ByteSize, ClientStatus, DesiredStatus, EvalStatus, JobType, Namespace, Quota, UnixMillis,
+};
 
 /// `taba job ...`
 #[derive(clap::Subcommand, Debug)]
@@ -30,11 +32,17 @@ pub enum JobCommand {
     Status {
         /// Job name.
         job: Option<String>,
+        /// The job's namespace.
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
     },
     /// Stop a job.
     Stop {
         /// Job name.
         job: String,
+        /// The job's namespace.
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
     },
     /// List jobs.
     List,
@@ -100,6 +108,45 @@ pub enum NodeCommand {
         /// Node id, prefix or name.
         node: String,
     },
+}
+
+/// `taba namespace ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum NamespaceCommand {
+    /// Create or update a namespace: it becomes exactly what the flags say
+    /// (a quota dimension left out is unlimited).
+    Apply {
+        /// Namespace name.
+        name: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// CPU quota in MHz.
+        #[arg(long)]
+        cpu: Option<u64>,
+        /// Memory quota (`4GiB`, `512MiB`).
+        #[arg(long, value_parser = parse_size)]
+        memory: Option<ByteSize>,
+        /// Quota on allocations holding resources.
+        #[arg(long)]
+        allocations: Option<u32>,
+    },
+    /// List namespaces with their usage and quota.
+    List,
+    /// Quota and usage of one namespace.
+    Status {
+        /// Namespace name.
+        name: String,
+    },
+    /// Remove a namespace (refused while it has jobs that are not stopped).
+    Rm {
+        /// Namespace name.
+        name: String,
+    },
+}
+
+fn parse_size(s: &str) -> Result<ByteSize, String> {
+    ByteSize::parse(s)
 }
 
 /// `taba image ...`
@@ -210,7 +257,7 @@ pub fn job(g: &GlobalArgs, c: JobCommand) -> anyhow::Result<ExitCode> {
     let api = client(g);
     match c {
         JobCommand::Run { file, detach } => job_run(g, &api, &file, detach),
-        JobCommand::Status { job: None } | JobCommand::List => {
+        JobCommand::Status { job: None, .. } | JobCommand::List => {
             let jobs = api.list_jobs()?;
             if g.json {
                 return print_json(&jobs);
@@ -257,16 +304,19 @@ pub fn job(g: &GlobalArgs, c: JobCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        JobCommand::Status { job: Some(name) } => {
-            let st = api.job_status(&name)?;
+        JobCommand::Status {
+            job: Some(name),
+            namespace,
+        } => {
+            let st = api.job_status_in(&namespace, &name)?;
             if g.json {
                 return print_json(&st);
             }
             print_job_status(&st);
             Ok(ExitCode::SUCCESS)
         }
-        JobCommand::Stop { job } => {
-            let r = api.stop_job(&job)?;
+        JobCommand::Stop { job, namespace } => {
+            let r = api.stop_job_in(&namespace, &job)?;
             if g.json {
                 return print_json(&r);
             }
@@ -399,7 +449,7 @@ fn job_run(
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
         let eval = api.eval(reg.eval_id.as_str())?;
-        let st = api.job_status(&reg.job)?;
+        let st = api.job_status_in(&reg.namespace, &reg.job)?;
         let current: Vec<&AllocListEntry> = st
             .allocations
             .iter()
@@ -566,6 +616,17 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                     .map(|i| short(i.as_str()))
                     .collect();
                 println!("Preempted   = {}", ids.join(", "));
+            }
+            if !a.ports.is_empty() {
+                let ports: Vec<String> = a
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let kind = if p.dynamic { "dynamic" } else { "static" };
+                        format!("{}={} ({kind})", p.label, p.value)
+                    })
+                    .collect();
+                println!("Ports       = {}", ports.join(", "));
             }
             println!("Created     = {}", age(a.create_time));
             println!("Modified    = {}", age(a.modify_time));
@@ -738,6 +799,18 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 "Resources  = {} cores, {} MHz, {} memory, {} disk",
                 n.resources.cores, n.resources.cpu, n.resources.memory, n.resources.disk
             );
+            println!(
+                "Reserved   = {} MHz, {} memory, {} disk, ports {}",
+                n.reserved.cpu,
+                n.reserved.memory,
+                n.reserved.disk,
+                if n.reserved_ports.is_empty() {
+                    "none".to_string()
+                } else {
+                    n.reserved_ports.to_string()
+                }
+            );
+            println!("Dynamic    = ports {}", n.dynamic_ports);
             let drivers: Vec<String> = n
                 .drivers
                 .iter()
@@ -832,4 +905,124 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
 
 fn short_image(id: &str) -> String {
     id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+// ---- namespace ----
+
+/// `used/limit`, `-` for no limit.
+fn of(used: String, limit: Option<String>) -> String {
+    format!("{used}/{}", limit.unwrap_or_else(|| "-".into()))
+}
+
+fn ns_cells(n: &NamespaceStatus) -> [String; 3] {
+    let q = n.quota.clone().unwrap_or_default();
+    [
+        of(n.usage.cpu.to_string(), q.cpu.map(|c| c.to_string())),
+        of(n.usage.memory.to_string(), q.memory.map(|m| m.to_string())),
+        of(
+            n.usage.allocations.to_string(),
+            q.allocations.map(|a| a.to_string()),
+        ),
+    ]
+}
+
+/// Run a namespace command.
+pub fn namespace(g: &GlobalArgs, c: NamespaceCommand) -> anyhow::Result<ExitCode> {
+    let api = client(g);
+    match c {
+        NamespaceCommand::Apply {
+            name,
+            description,
+            cpu,
+            memory,
+            allocations,
+        } => {
+            let quota = Quota {
+                cpu,
+                memory,
+                allocations,
+            };
+            let ns = Namespace {
+                name,
+                description,
+                quota: (!quota.is_unlimited()).then_some(quota),
+            };
+            let st = api.apply_namespace(&ns)?;
+            if g.json {
+                return print_json(&st);
+            }
+            println!(
+                "Namespace {:?} applied: quota {}",
+                st.name,
+                st.quota.unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        NamespaceCommand::List => {
+            let list = api.list_namespaces()?;
+            if g.json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|n| {
+                    let [cpu, mem, allocs] = ns_cells(n);
+                    vec![
+                        n.name.clone(),
+                        n.jobs.to_string(),
+                        cpu,
+                        mem,
+                        allocs,
+                        format!("{:.2}", n.dominant_share),
+                        n.description.lines().next().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "NAME",
+                    "JOBS",
+                    "CPU MHZ",
+                    "MEMORY",
+                    "ALLOCS",
+                    "SHARE",
+                    "DESCRIPTION",
+                ],
+                &rows,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        NamespaceCommand::Status { name } => {
+            let n = api.namespace(&name)?;
+            if g.json {
+                return print_json(&n);
+            }
+            let [cpu, mem, allocs] = ns_cells(&n);
+            println!("Name        = {}", n.name);
+            if !n.description.is_empty() {
+                println!("Description = {}", n.description);
+            }
+            println!("Jobs        = {}", n.jobs);
+            println!("Quota       = {}", n.quota.clone().unwrap_or_default());
+            println!();
+            table(
+                &["RESOURCE", "USED/QUOTA"],
+                &[
+                    vec!["cpu (MHz)".into(), cpu],
+                    vec!["memory".into(), mem],
+                    vec!["allocations".into(), allocs],
+                    vec!["dominant share".into(), format!("{:.3}", n.dominant_share)],
+                ],
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        NamespaceCommand::Rm { name } => {
+            let r = api.delete_namespace(&name)?;
+            if g.json {
+                return print_json(&r);
+            }
+            println!("Namespace {name:?} removed");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -42,6 +42,9 @@ pub struct DevArgs {
     /// Heartbeat TTL of nodes, e.g. "10s".
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub heartbeat_ttl: Duration,
+    /// Turn off the rebalancer (on by default).
+    #[arg(long)]
+    pub no_rebalance: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -78,6 +81,8 @@ struct ServerFile {
     workers: Option<usize>,
     #[serde(default)]
     scheduler: SchedulerFile,
+    #[serde(default)]
+    rebalance: Option<RebalanceFile>,
 }
 
 /// `[scheduler]` of the server configuration file.
@@ -109,6 +114,63 @@ impl PreemptionFile {
     }
 }
 
+/// `[rebalance]` of the server's configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebalanceFile {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    interval: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    high_water: Option<f64>,
+    #[serde(default)]
+    target: Option<f64>,
+    #[serde(default)]
+    max_moves: Option<usize>,
+    #[serde(default)]
+    cooldown: Option<taba_types::DurationSpec>,
+}
+
+impl RebalanceFile {
+    /// Apply to `s`, checking ranges; errors name the key.
+    fn apply(&self, s: &mut taba_server::RebalanceSettings) -> anyhow::Result<()> {
+        if let Some(e) = self.enabled {
+            s.enabled = e;
+        }
+        if let Some(i) = self.interval {
+            anyhow::ensure!(i.0 >= 1000, "rebalance.interval: must be at least 1s");
+            s.interval = i.as_duration();
+        }
+        if let Some(h) = self.high_water {
+            s.plan.high_water = h;
+        }
+        if let Some(t) = self.target {
+            s.plan.target = t;
+        }
+        anyhow::ensure!(
+            s.plan.high_water > 0.0 && s.plan.high_water <= 1.0,
+            "rebalance.high_water: must be a share in (0, 1], e.g. 0.85"
+        );
+        anyhow::ensure!(
+            s.plan.target > 0.0 && s.plan.target < s.plan.high_water,
+            "rebalance.target: must be a share above 0 and below high_water ({})",
+            s.plan.high_water
+        );
+        if let Some(m) = self.max_moves {
+            anyhow::ensure!(
+                (1..=10_000).contains(&m),
+                "rebalance.max_moves: must be between 1 and 10000"
+            );
+            s.plan.max_moves = m;
+        }
+        if let Some(c) = self.cooldown {
+            s.plan.cooldown_ms = c.0;
+        }
+        Ok(())
+    }
+}
+
 /// `taba agent` configuration file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +189,51 @@ struct AgentFile {
     meta: BTreeMap<String, String>,
     #[serde(default)]
     images_dir: Option<PathBuf>,
+    #[serde(default)]
+    reserved: ReservedFile,
+    #[serde(default)]
+    ports: PortsFile,
+}
+
+/// `[reserved]` of the agent file: what the host keeps for itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReservedFile {
+    #[serde(default)]
+    cpu: u64,
+    #[serde(default)]
+    memory: taba_types::ByteSize,
+    #[serde(default)]
+    disk: taba_types::ByteSize,
+    /// `"22,80,8000-8100"`.
+    #[serde(default)]
+    ports: String,
+}
+
+/// `[ports]` of the agent file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortsFile {
+    /// `"20000-32000"`.
+    #[serde(default)]
+    dynamic: Option<String>,
+}
+
+impl AgentFile {
+    /// Apply the `[reserved]` and `[ports]` tables; errors name the key.
+    fn apply_reserved(&self, ac: &mut AgentConfig, file: Option<&Path>) -> anyhow::Result<()> {
+        let file = file.map(|p| p.display().to_string()).unwrap_or_default();
+        ac.reserved.cpu = self.reserved.cpu;
+        ac.reserved.memory = self.reserved.memory;
+        ac.reserved.disk = self.reserved.disk;
+        ac.reserved_ports = taba_types::PortRanges::parse(&self.reserved.ports)
+            .with_context(|| format!("configuration {file}: reserved.ports"))?;
+        if let Some(d) = &self.ports.dynamic {
+            ac.dynamic_ports = taba_types::PortRange::parse(d)
+                .with_context(|| format!("configuration {file}: ports.dynamic"))?;
+        }
+        Ok(())
+    }
 }
 
 fn default_server_dir() -> PathBuf {
@@ -224,6 +331,7 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         );
         let mut sc = ServerConfig::new(a.data_dir.join("server"), a.http);
         sc.heartbeat_ttl = a.heartbeat_ttl;
+        sc.rebalance.enabled = !a.no_rebalance;
         let server = Server::start(sc, store, images.clone())
             .await
             .context("starting the server")?;
@@ -262,6 +370,9 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
             sc.num_workers = w.max(1);
         }
         sc.preemption = cfg.scheduler.preemption.config();
+        if let Some(r) = &cfg.rebalance {
+            r.apply(&mut sc.rebalance)?;
+        }
         let server = Server::start(sc, store, images).await?;
         eprintln!("taba server: API on http://{}", server.addr());
         shutdown_signal().await;
@@ -287,6 +398,7 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
         }
         ac.http_addr = cfg.http;
         ac.meta = cfg.meta.clone();
+        cfg.apply_reserved(&mut ac, a.config.as_deref())?;
         let agent = taba_agent::start(ac, drivers(images)?).await?;
         eprintln!(
             "taba agent: node {} (API {})",

@@ -32,6 +32,18 @@ pub struct SimArgs {
     /// then rejected by the applier and retried.
     #[arg(long)]
     pub no_shards: bool,
+    /// `place` (default): place the workload. `rebalance`: place it, give
+    /// every allocation a synthetic measured load (one job in eight runs hot),
+    /// then run the rebalancer round after round and report the utilization
+    /// spread before and after, and the moves made.
+    #[arg(long, default_value = "place", value_parser = ["place", "rebalance"])]
+    pub scenario: String,
+    /// Most rebalancing rounds (`--scenario rebalance`).
+    #[arg(long, default_value_t = 50)]
+    pub rounds: u32,
+    /// Moves per rebalancing round (`--scenario rebalance`).
+    #[arg(long, default_value_t = 64)]
+    pub moves_per_round: usize,
 }
 
 /// Run a simulation.
@@ -49,9 +61,20 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         fill: args.fill,
         shards: !args.no_shards,
     };
-    let r = match sim::run(&cfg) {
-        Ok(r) => r,
-        Err(e) => return usage(e),
+    let (r, rebalance) = if args.scenario == "rebalance" {
+        let rcfg = taba_scheduler::rebalance::RebalanceConfig {
+            max_moves: args.moves_per_round.max(1),
+            ..Default::default()
+        };
+        match sim::run_rebalance(&cfg, &rcfg, args.rounds.max(1)) {
+            Ok((r, rb)) => (r, Some(rb)),
+            Err(e) => return usage(e),
+        }
+    } else {
+        match sim::run(&cfg) {
+            Ok(r) => (r, None),
+            Err(e) => return usage(e),
+        }
     };
     println!(
         "nodes={} jobs={} tasks={} workers={} plans_applied={} plans_rejected={} evals_blocked={}",
@@ -67,6 +90,24 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         r.used_fill.0,
         r.used_fill.1
     );
+    if let Some(rb) = rebalance {
+        for (when, sp) in [("before", rb.before), ("after", rb.after)] {
+            println!(
+                "rebalance {when}: nodes={} hot={} utilization max={:.3} min={:.3} spread={:.3} mean={:.3} stddev={:.3}",
+                sp.nodes,
+                sp.hot,
+                sp.max,
+                sp.min,
+                sp.max - sp.min,
+                sp.mean,
+                sp.stddev
+            );
+        }
+        println!(
+            "rebalance moves={} dropped={} rounds={} seconds={:.3}",
+            rb.moves, rb.moves_dropped, rb.rounds, rb.seconds
+        );
+    }
     println!("{}", r.last_line(peak_rss_mib()));
     Ok(ExitCode::SUCCESS)
 }
