@@ -1,16 +1,23 @@
 //! taba's scheduler.
 //!
-//! This crate owns three things and performs no I/O:
+//! This crate performs no I/O. It owns:
 //!
 //! - [`ClusterState`]: the in-memory, indexed copy of the cluster the server
-//!   keeps (nodes, jobs, allocations, per-node usage, a capacity index).
+//!   keeps (nodes, jobs, allocations, per-node usage and host ports, a
+//!   capacity index).
 //! - [`schedule`]: a pure function from a state snapshot and an evaluation to
-//!   a [`SchedulerOutcome`] (a plan plus what becomes of the evaluation).
+//!   a [`SchedulerOutcome`] (a plan plus what becomes of the evaluation):
+//!   feasibility (drivers, constraints, resources, host ports, distinct
+//!   rules), bin-packing or scored placement (spread, affinities:
+//!   `scoring`), [`preempt`]ion of lower-priority work, and the moves asked
+//!   for on allocations.
 //! - [`verify_plan`] and [`apply_plan`]: the plan applier's checks
 //!   (optimistic concurrency: a plan made on a stale view that no longer fits
 //!   is rejected whole) and its in-memory commit.
 //! - Namespace quotas (usage per namespace, placements refused past a quota)
 //!   and [`drf`], the fair-share order of evaluations waiting for capacity.
+//! - [`rebalance`]: which allocations to move off hot nodes, and where.
+//! - [`sim`]: the simulator behind `taba sim`.
 //!
 //! The server holds one `ClusterState` under a lock: workers call `schedule`
 //! under a read lock, concurrently; one plan applier calls `verify_plan`,
