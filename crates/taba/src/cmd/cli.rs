@@ -606,6 +606,13 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 a.client_status,
                 suffix(&a.client_description)
             );
+            if let Some(m) = &a.migrate {
+                let to =
+                    m.to.as_ref()
+                        .map(|n| format!(" to node {}", short(n.as_str())))
+                        .unwrap_or_default();
+                println!("Moving      = requested{to}: {}", m.reason);
+            }
             if let Some(by) = &a.preempted_by {
                 println!("Evicted by  = allocation {}", short(by.as_str()));
             }
