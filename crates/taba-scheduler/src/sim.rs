@@ -829,6 +829,21 @@ pub fn run_rebalance(
                 .iter()
                 .filter(|a| a.migrate.is_none())
                 .count() as u64;
+            // Keep the nodes' loads up to date from what the plan changes.
+            for st in &out.plan.stops {
+                if let (Some(a), Some(l)) = (state.alloc(&st.alloc_id), loads.get_mut(&st.node_id))
+                {
+                    let x = synthetic_load(seed, a);
+                    l.cpu_mhz = l.cpu_mhz.saturating_sub(x.cpu_mhz);
+                    l.memory = l.memory.saturating_sub(x.memory);
+                }
+            }
+            for a in &out.plan.placements {
+                let x = synthetic_load(seed, a);
+                let l = loads.entry(a.node_id.clone()).or_default();
+                l.cpu_mhz += x.cpu_mhz;
+                l.memory += x.memory;
+            }
             let index = state.index() + 1;
             apply_plan_owned(&mut state, out.plan, index);
             for id in placed {
@@ -839,7 +854,6 @@ pub fn run_rebalance(
                 }
             }
         }
-        loads = loads_of(&state);
     }
     rb.seconds = start.elapsed().as_secs_f64();
     rb.after = spread(&state, &loads, rcfg);
