@@ -28,7 +28,7 @@ fn base_layer() -> Vec<u8> {
 }
 
 fn run_script(out: &Path, oci: bool) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-busybox-image.sh");
+    let script = manifest_dir().join("../../scripts/build-busybox-image.sh");
     let mut cmd = std::process::Command::new("bash");
     cmd.arg(&script).arg(out);
     if oci {
@@ -644,4 +644,13 @@ fn root_reopen_cleans_dead_staging_and_orphan_layers() {
     assert!(names(&root, "tmp").is_empty());
     assert_eq!(names(&root, "layers").len(), 1);
     assert!(s.resolve("keep").unwrap().is_some());
+}
+
+/// This package's directory, read when the test runs (cargo sets it for
+/// test processes): a test binary reused from a build in another checkout
+/// must not run that checkout's scripts.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

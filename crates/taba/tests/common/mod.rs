@@ -31,8 +31,7 @@ pub fn busybox_tar() -> PathBuf {
     let dir = std::env::var("TABA_IMAGE_DIR").unwrap_or_else(|_| "/var/cache/taba/images".into());
     let p = Path::new(&dir).join("busybox.tar");
     if !p.exists() {
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-busybox-image.sh");
+        let script = manifest_dir().join("../../scripts/build-busybox-image.sh");
         std::fs::create_dir_all(&dir).unwrap();
         let st = Command::new("bash")
             .arg(script)
@@ -342,4 +341,13 @@ pub fn job_file(dir: &Path, name: &str, toml: &str) -> PathBuf {
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, toml).unwrap();
     p
+}
+
+/// This package's directory, read when the test runs (cargo sets it for
+/// test processes): a test binary reused from a build in another checkout
+/// must not run that checkout's scripts.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
