@@ -69,11 +69,11 @@ pub struct Load {
 }
 
 impl Load {
-    fn add(&mut self, o: Load) {
+    pub(crate) fn add(&mut self, o: Load) {
         self.cpu_mhz = self.cpu_mhz.saturating_add(o.cpu_mhz);
         self.memory = self.memory.saturating_add(o.memory);
     }
-    fn sub(&mut self, o: Load) {
+    pub(crate) fn sub(&mut self, o: Load) {
         self.cpu_mhz = self.cpu_mhz.saturating_sub(o.cpu_mhz);
         self.memory = self.memory.saturating_sub(o.memory);
     }
@@ -189,17 +189,10 @@ fn in_flight_of_job(
         if !a.is_live() {
             continue;
         }
-        let moving = a.migrate.is_some()
-            || (a.previous_alloc.is_some() && {
-                let since = a
-                    .task_states
-                    .values()
-                    .filter_map(|t| t.started_at)
-                    .max()
-                    .unwrap_or(a.modify_time);
-                a.client_status != ClientStatus::Running
-                    || now < since.saturating_add(a.group_spec.migrate.min_healthy_time.0)
-            });
+        let healthy = a
+            .running_since()
+            .is_some_and(|t| now >= t.saturating_add(a.group_spec.migrate.min_healthy_time.0));
+        let moving = a.migrate.is_some() || (a.previous_alloc.is_some() && !healthy);
         if moving {
             *out.entry(a.group.clone()).or_default() += 1;
         }

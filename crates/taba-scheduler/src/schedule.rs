@@ -107,6 +107,32 @@ pub fn schedule_with(
     s.finish()
 }
 
+/// What a group's placements are checked against, prepared once per group.
+struct GroupRules {
+    filter: GroupFilter,
+    ports: GroupPorts,
+    res: Res,
+}
+
+impl GroupRules {
+    fn new(job: &Job, g: &TaskGroupSpec) -> Self {
+        Self {
+            filter: GroupFilter::new(job, g),
+            ports: GroupPorts::of(g),
+            res: Res::of(&g.total_resources()),
+        }
+    }
+
+    fn ctx<'x>(&'x self, g: &'x TaskGroupSpec) -> GroupCtx<'x> {
+        GroupCtx {
+            name: &g.name,
+            filter: &self.filter,
+            res: self.res,
+            ports: &self.ports,
+        }
+    }
+}
+
 /// Placement wanted for one index of a group.
 struct Req<'a> {
     index: u32,
@@ -211,16 +237,7 @@ impl<'a> Scheduler<'a> {
 
     /// [`Self::healthy`] with an explicit minimum running time.
     fn healthy_for(&self, a: &Allocation, min_healthy: u64) -> Result<(), Option<UnixMillis>> {
-        if a.client_status != ClientStatus::Running {
-            return Err(None);
-        }
-        let since = a
-            .task_states
-            .values()
-            .filter_map(|t| t.started_at)
-            .max()
-            .unwrap_or(a.modify_time);
-        let at = since.saturating_add(min_healthy);
+        let at = a.running_since().ok_or(None)?.saturating_add(min_healthy);
         if self.now >= at {
             Ok(())
         } else {
@@ -412,14 +429,9 @@ impl<'a> Scheduler<'a> {
             let next = self.now.saturating_add(g.migrate.min_healthy_time.0);
             earliest(&mut self.migrate_at, next);
         }
-        let filter = GroupFilter::new(job, g);
-        let ports = GroupPorts::of(g);
-        let ctx = GroupCtx {
-            name: &g.name,
-            filter: &filter,
-            res: Res::of(&g.total_resources()),
-            ports: &ports,
-        };
+        let rules = GroupRules::new(job, g);
+        let ctx = rules.ctx(g);
+        let filter = &rules.filter;
         for a in &migrating[..now_batch] {
             let Some(req) = a.migrate.as_ref() else {
                 continue;
@@ -441,10 +453,7 @@ impl<'a> Scheduler<'a> {
                 Some(t) if self.placer.place_on(self.state, &ctx, t).is_ok() => Some(t),
                 _ => {
                     self.placer.set_avoid(from);
-                    let placed = match Preferences::of(job, g) {
-                        Some(prefs) => prefs.place(&mut self.placer, self.state, &ctx, 1),
-                        None => self.placer.place_many(self.state, &ctx, 1),
-                    };
+                    let placed = self.place_n(job, g, &ctx, 1);
                     self.placer.set_avoid(None);
                     placed.first().copied()
                 }
@@ -472,26 +481,26 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// Pick nodes for up to `n` allocations: the scored path for groups with
+    /// soft preferences, the bin-pack walk otherwise.
+    fn place_n(&mut self, job: &Job, g: &TaskGroupSpec, ctx: &GroupCtx, n: usize) -> Vec<u32> {
+        match Preferences::of(job, g) {
+            Some(prefs) => prefs.place(&mut self.placer, self.state, ctx, n),
+            None => self.placer.place_many(self.state, ctx, n),
+        }
+    }
+
     fn place_group(&mut self, job: &Job, g: &TaskGroupSpec, reqs: Vec<Req<'a>>) {
         if reqs.is_empty() {
             return;
         }
-        let filter = GroupFilter::new(job, g);
-        let ports = GroupPorts::of(g);
-        let ctx = GroupCtx {
-            name: &g.name,
-            filter: &filter,
-            res: Res::of(&g.total_resources()),
-            ports: &ports,
-        };
+        let rules = GroupRules::new(job, g);
+        let ctx = rules.ctx(g);
         let mut quota = crate::quota::Tracker::new(self.state, &self.plan, &job.spec.namespace);
         let allowed = quota.as_ref().map_or(reqs.len(), |q| {
             q.how_many(ctx.res).min(reqs.len() as u64) as usize
         });
-        let slots = match Preferences::of(job, g) {
-            Some(prefs) => prefs.place(&mut self.placer, self.state, &ctx, allowed),
-            None => self.placer.place_many(self.state, &ctx, allowed),
-        };
+        let slots = self.place_n(job, g, &ctx, allowed);
         let placed = slots.len();
         let mut missing = reqs.len() - placed;
         let by_quota = slots.len() == allowed && allowed < reqs.len();
@@ -736,14 +745,9 @@ impl<'a> Scheduler<'a> {
             .collect();
         nodes.sort_by(|a, b| a.1.id.cmp(&b.1.id));
         for g in &job.spec.groups {
-            let filter = GroupFilter::new(job, g);
-            let ports = GroupPorts::of(g);
-            let ctx = GroupCtx {
-                name: &g.name,
-                filter: &filter,
-                res: Res::of(&g.total_resources()),
-                ports: &ports,
-            };
+            let rules = GroupRules::new(job, g);
+            let ctx = rules.ctx(g);
+            let filter = &rules.filter;
             let mut quota = crate::quota::Tracker::new(self.state, &self.plan, &job.spec.namespace);
             let mut by_node: BTreeMap<&taba_types::NodeId, Vec<&'a Allocation>> = BTreeMap::new();
             for a in allocs.iter().copied().filter(|a| a.group == g.name) {

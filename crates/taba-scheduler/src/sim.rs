@@ -744,9 +744,7 @@ pub fn run_rebalance(
         for n in state.nodes() {
             let mut l = Load::default();
             for a in state.allocs_for_node(&n.id).filter(|a| a.is_live()) {
-                let x = synthetic_load(seed, a);
-                l.cpu_mhz += x.cpu_mhz;
-                l.memory += x.memory;
+                l.add(synthetic_load(seed, a));
             }
             out.insert(n.id.clone(), l);
         }
@@ -833,16 +831,14 @@ pub fn run_rebalance(
             for st in &out.plan.stops {
                 if let (Some(a), Some(l)) = (state.alloc(&st.alloc_id), loads.get_mut(&st.node_id))
                 {
-                    let x = synthetic_load(seed, a);
-                    l.cpu_mhz = l.cpu_mhz.saturating_sub(x.cpu_mhz);
-                    l.memory = l.memory.saturating_sub(x.memory);
+                    l.sub(synthetic_load(seed, a));
                 }
             }
             for a in &out.plan.placements {
-                let x = synthetic_load(seed, a);
-                let l = loads.entry(a.node_id.clone()).or_default();
-                l.cpu_mhz += x.cpu_mhz;
-                l.memory += x.memory;
+                loads
+                    .entry(a.node_id.clone())
+                    .or_default()
+                    .add(synthetic_load(seed, a));
             }
             let index = state.index() + 1;
             apply_plan_owned(&mut state, out.plan, index);

@@ -290,6 +290,17 @@ impl Allocation {
     pub fn holds_resources(&self) -> bool {
         !self.client_status.is_terminal()
     }
+    /// When it started running (its tasks' latest start, else its last
+    /// change); `None` unless the agent reports it running.
+    pub fn running_since(&self) -> Option<UnixMillis> {
+        (self.client_status == ClientStatus::Running).then(|| {
+            self.task_states
+                .values()
+                .filter_map(|t| t.started_at)
+                .max()
+                .unwrap_or(self.modify_time)
+        })
+    }
     /// Memory reserved.
     pub fn memory(&self) -> ByteSize {
         self.resources.memory
