@@ -3,20 +3,26 @@
 //! The control plane keeps all its state (jobs, job versions, allocations, nodes, evaluations,
 //! namespaces, cluster metadata) in a [`Store`]: a fixed set of [`Table`]s of keyed [`Record`]s, a global
 //! index that every committed transaction advances, atomic transactions ([`Txn`]) guarded by
-//! compare [`Check`]s, and prefix scans. The shape is etcd's, so a later etcd backend fits
+//! compare [`Check`]s, and prefix scans. The shape is etcd's, so the etcd backend fits
 //! behind the same trait.
 //!
 //! Backends:
 //! - [`RedbStore`]: the default, an embedded crash-safe database (redb) with group commit, so
 //!   many concurrent durable writes share one fsync.
+//! - [`EtcdStore`]: an etcd cluster shared by several servers (high availability); its
+//!   revisions are the store's indexes, and it offers the lease and watch primitives the
+//!   servers' leader election uses.
 //! - [`MemoryStore`]: in memory, for the scheduler simulator and unit tests.
 //!
-//! Both pass the [`conformance`] suite. Record values are versioned JSON ([`encode`],
+//! All pass the [`conformance`] suite. Record values are versioned JSON ([`encode`],
 //! [`decode`]). This crate knows nothing about jobs or scheduling.
 
 mod codec;
 pub mod conformance;
 mod error;
+mod etcd_store;
+#[cfg(feature = "testing")]
+pub mod etcd_testing;
 mod memory;
 mod record;
 mod redb_store;
@@ -24,6 +30,7 @@ mod txn;
 
 pub use codec::{decode, encode, try_encode, FORMAT_VERSION};
 pub use error::{ConflictReason, StoreError};
+pub use etcd_store::{Created, EtcdConfig, EtcdStore, KeyChange};
 pub use memory::MemoryStore;
 pub use record::{Record, Table};
 pub use redb_store::RedbStore;
