@@ -16,11 +16,13 @@ pub mod api;
 pub mod broker;
 mod config;
 mod images;
+pub mod leader;
 mod locks;
 pub mod state;
 pub mod workers;
 
 pub use config::{RebalanceSettings, ServerConfig};
+pub use leader::{HaConfig, HaServerHandle};
 pub use state::{ServerState, StateError};
 
 use std::net::SocketAddr;
@@ -94,16 +96,7 @@ impl Server {
             .map_err(|e| ServerError::Load(StateError::NotFound(e.to_string())))?
             .map_err(ServerError::Load)?;
         let state = Arc::new(st);
-        let (plans, applier) = workers::spawn_applier(state.clone());
-        let mut tasks = vec![applier];
-        for _ in 0..workers {
-            tasks.push(workers::spawn_worker(state.clone(), plans.clone()));
-        }
-        drop(plans);
-        tasks.push(workers::spawn_heartbeat_monitor(state.clone()));
-        if state.config.rebalance.enabled {
-            tasks.push(workers::spawn_rebalancer(state.clone()));
-        }
+        let tasks = spawn_background(&state, workers);
         let app = api::router(state.clone());
         let mut stop = state.shutdown.subscribe();
         let http = tokio::spawn(async move {
@@ -123,6 +116,36 @@ impl Server {
             http,
             tasks,
         })
+    }
+}
+
+/// Starts the leader's background work on `state`: the plan applier, `workers` scheduler
+/// workers, the heartbeat monitor and the rebalancer.
+pub(crate) fn spawn_background(state: &Arc<ServerState>, workers: usize) -> Vec<JoinHandle<()>> {
+    let (plans, applier) = workers::spawn_applier(state.clone());
+    let mut tasks = vec![applier];
+    for _ in 0..workers {
+        tasks.push(workers::spawn_worker(state.clone(), plans.clone()));
+    }
+    drop(plans);
+    tasks.push(workers::spawn_heartbeat_monitor(state.clone()));
+    if state.config.rebalance.enabled {
+        tasks.push(workers::spawn_rebalancer(state.clone()));
+    }
+    tasks
+}
+
+/// Stops the background work of `state` (up to 5 s per task, then aborts it).
+pub(crate) async fn stop_background(state: &ServerState, tasks: Vec<JoinHandle<()>>) {
+    state.shutdown.send_replace(true);
+    state.broker.close();
+    for mut t in tasks {
+        if tokio::time::timeout(Duration::from_secs(5), &mut t)
+            .await
+            .is_err()
+        {
+            t.abort();
+        }
     }
 }
 
@@ -149,13 +172,6 @@ impl ServerHandle {
         {
             http.abort();
         }
-        for mut t in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(5), &mut t)
-                .await
-                .is_err()
-            {
-                t.abort();
-            }
-        }
+        stop_background(&self.state, self.tasks).await;
     }
 }

@@ -125,6 +125,10 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// A [`crate::FencedStore`]'s fence record changed: this server lost its leadership and
+    /// its write was refused whole.
+    #[error("this server is no longer the leader; its write was not committed")]
+    NotLeader,
     /// The store has shut down (its committer stopped) and accepts no more writes.
     #[error("store is closed")]
     Closed,

@@ -23,6 +23,7 @@ mod error;
 mod etcd_store;
 #[cfg(feature = "testing")]
 pub mod etcd_testing;
+mod fenced;
 mod memory;
 mod record;
 mod redb_store;
@@ -31,6 +32,7 @@ mod txn;
 pub use codec::{decode, encode, try_encode, FORMAT_VERSION};
 pub use error::{ConflictReason, StoreError};
 pub use etcd_store::{Created, EtcdConfig, EtcdStore, KeyChange};
+pub use fenced::FencedStore;
 pub use memory::MemoryStore;
 pub use record::{Record, Table};
 pub use redb_store::RedbStore;

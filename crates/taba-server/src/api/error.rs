@@ -64,6 +64,10 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// No leader can take the request now (an election is under way, or this server just
+    /// lost its leadership); the client retries.
+    #[error("{0}")]
+    Unavailable(String),
     /// A failure of the server itself (store, internal invariant).
     #[error("{0}")]
     Internal(String),
@@ -104,7 +108,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Agent(_) => StatusCode::BAD_GATEWAY,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -135,6 +139,9 @@ impl From<crate::state::StateError> for ApiError {
             },
             S::ShuttingDown => Self::ShuttingDown,
             S::Conflict(m) => Self::Conflict(m),
+            S::Store(taba_store::StoreError::NotLeader) => Self::Unavailable(
+                "this server lost its leadership; nothing was changed, retry".to_owned(),
+            ),
             other => {
                 let mut msg = other.to_string();
                 let mut src = std::error::Error::source(&other);

@@ -12,6 +12,7 @@
 //! Stopping it (Ctrl-C, SIGTERM, or even kill -9) leaves workloads running:
 //! the next start re-attaches to them. `taba job stop` stops workloads.
 
+use super::store_config::OpenedStore;
 use super::GlobalArgs;
 use anyhow::Context;
 use serde::Deserialize;
@@ -83,6 +84,11 @@ struct ServerFile {
     scheduler: SchedulerFile,
     #[serde(default)]
     rebalance: Option<RebalanceFile>,
+    /// The API address other servers forward to (HA); default: `http://<http>`.
+    #[serde(default)]
+    advertise: Option<String>,
+    #[serde(default)]
+    store: super::store_config::StoreFile,
 }
 
 /// `[scheduler]` of the server configuration file.
@@ -356,11 +362,22 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
 /// Run `taba server`.
 pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
     init_logging();
-    let cfg: ServerFile = read_config(a.config.as_deref())?;
+    let mut cfg: ServerFile = read_config(a.config.as_deref())?;
+    cfg.store.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "configuration {}: {e}",
+            a.config
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )
+    })?;
     run_async(async move {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("state.redb"))?);
+        let data_dir = cfg.data_dir.clone();
+        let store_file = std::mem::take(&mut cfg.store);
+        let opened = tokio::task::spawn_blocking(move || store_file.open(&data_dir)).await??;
         let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?);
         let mut sc = ServerConfig::new(cfg.data_dir.clone(), cfg.http);
         if let Some(t) = cfg.heartbeat_ttl {
@@ -373,10 +390,24 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         if let Some(r) = &cfg.rebalance {
             r.apply(&mut sc.rebalance)?;
         }
-        let server = Server::start(sc, store, images).await?;
-        eprintln!("taba server: API on http://{}", server.addr());
-        shutdown_signal().await;
-        server.shutdown().await;
+        match opened {
+            OpenedStore::Redb(store) => {
+                let server = Server::start(sc, Arc::new(store), images).await?;
+                eprintln!("taba server: API on http://{}", server.addr());
+                shutdown_signal().await;
+                server.shutdown().await;
+            }
+            OpenedStore::Etcd(store, lease_ttl) => {
+                let ha = taba_server::HaConfig {
+                    lease_ttl,
+                    advertise: cfg.advertise.clone().unwrap_or_default(),
+                };
+                let server = Server::start_ha(sc, ha, Arc::new(store), images).await?;
+                eprintln!("taba server: API on http://{} (HA on etcd)", server.addr());
+                shutdown_signal().await;
+                server.shutdown().await;
+            }
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod dev;
 pub mod shim;
 pub mod sim;
+pub mod store_config;
 
 /// Options every client command takes.
 #[derive(clap::Args, Debug, Clone)]

@@ -4,6 +4,8 @@
 //! that `scripts/setup.sh` builds; fails loudly when either is missing.
 #![allow(dead_code)]
 
+pub mod ha;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

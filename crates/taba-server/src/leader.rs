@@ -1,0 +1,501 @@
+//! Several servers on one etcd: leader election, fencing and forwarding.
+//!
+//! Every server of an HA cluster serves the API. One of them, the leader, holds the leader
+//! key `meta/leader` in the store, bound to an etcd lease it renews; only the leader loads the
+//! state and runs the evaluation broker, the scheduler workers, the plan applier, the
+//! heartbeat monitor and the rebalancer. The others forward every request to the leader's
+//! advertised API address, which the leader key holds (reads too: followers keep no copy of
+//! the state yet).
+//!
+//! ```text
+//!  server A (leader)                 etcd                      server B (follower)
+//!   grant lease, create meta/leader --> created at index L
+//!   load state (fenced on L) <--------- scan
+//!   run broker, workers, applier
+//!   every ttl/3: renew lease ---------> ok                       <-- watch meta/leader
+//!   write txn + check mod(meta/leader) == L                       request -> forward to A
+//!        ... A dies: no renewals ...
+//!                                      lease expires, key deleted --> B: campaign, wins at L'
+//!                                                                     load state (fenced on L')
+//!                                                                     run broker ... (leader)
+//! ```
+//!
+//! Fencing: the leader's writes go through a [`FencedStore`] that adds the check "the leader
+//! key still has mod index L" to every transaction, inside etcd's own atomic transaction. A
+//! deposed leader (paused, partitioned, or slow to notice) cannot commit anything once its key
+//! expired or another server took it; its requests get a 503 and nothing changes.
+//!
+//! A leader steps down when its key changes or vanishes, or when it could not renew its lease
+//! for a whole TTL; it stops its background work and campaigns again. A server that shuts
+//! down revokes its lease, so the next leader takes over at once.
+
+use crate::api::{self, ApiError};
+use crate::config::ServerConfig;
+use crate::state::ServerState;
+use crate::{spawn_background, stop_background, ServerError};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use taba_image::ImageStore;
+use taba_store::{Created, EtcdStore, FencedStore, KeyChange, Record, Store, Table};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+
+/// The key of the leader record in [`Table::Meta`].
+pub const LEADER_KEY: &str = "leader";
+/// Header marking a request forwarded by a follower (a forwarded request is never forwarded
+/// again, so two servers that disagree about the leader cannot bounce it between them).
+pub const FORWARDED_HEADER: &str = "x-taba-forwarded";
+/// Longest time a request waits for an election to finish before it gets a 503.
+const ELECTION_WAIT: Duration = Duration::from_secs(5);
+/// How long a follower waits on one watch of the leader key before it watches again.
+const FOLLOWER_WATCH: Duration = Duration::from_secs(5);
+
+/// HA settings of a server (`[store] backend = "etcd"`).
+#[derive(Clone, Debug)]
+pub struct HaConfig {
+    /// TTL of the leader's lease: a leader that stops renewing it is replaced after this.
+    pub lease_ttl: Duration,
+    /// The API address other servers forward to (`http://host:port`).
+    pub advertise: String,
+}
+
+/// What the leader key holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// A random id of the leading server process.
+    pub id: String,
+    /// Its advertised API address (`http://host:port`).
+    pub api: String,
+}
+
+/// The server's part in the cluster right now.
+#[derive(Clone)]
+enum Role {
+    /// Between terms or elections: requests wait for a leader.
+    Unknown,
+    /// Another server leads; requests go there.
+    Follower { leader: LeaderRecord },
+    /// This server leads: its router serves requests.
+    Leader { app: Router },
+}
+
+/// Leadership as the API sees it (`GET /v1/status/leader`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderStatus {
+    /// The leader's API address, when one is known.
+    pub leader: Option<String>,
+    /// True when this server is the leader.
+    pub is_leader: bool,
+    /// This server's advertised API address.
+    pub this: String,
+}
+
+struct Ha {
+    config: ServerConfig,
+    ha: HaConfig,
+    store: Arc<EtcdStore>,
+    images: Arc<ImageStore>,
+    me: LeaderRecord,
+    role: watch::Sender<Role>,
+    http: reqwest::Client,
+    stop: watch::Sender<bool>,
+}
+
+/// A running server of an HA cluster.
+pub struct HaServerHandle {
+    addr: SocketAddr,
+    ha: Arc<Ha>,
+    http: JoinHandle<()>,
+    election: JoinHandle<()>,
+}
+
+impl crate::Server {
+    /// Starts a server that shares `store` with the others: binds the API, then campaigns
+    /// for leadership in the background (see the [module docs](self)).
+    pub async fn start_ha(
+        config: ServerConfig,
+        ha: HaConfig,
+        store: Arc<EtcdStore>,
+        images: Arc<ImageStore>,
+    ) -> Result<HaServerHandle, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+        let mut ha_config = ha;
+        if ha_config.advertise.is_empty() {
+            ha_config.advertise = format!("http://{addr}");
+        }
+        let me = LeaderRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            api: ha_config.advertise.trim_end_matches('/').to_owned(),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default();
+        let ha = Arc::new(Ha {
+            config,
+            ha: ha_config,
+            store,
+            images,
+            me,
+            role: watch::channel(Role::Unknown).0,
+            http,
+            stop: watch::channel(false).0,
+        });
+        let election = tokio::spawn(run_election(ha.clone()));
+        let app = Router::new().fallback(dispatch).with_state(ha.clone());
+        let mut stop = ha.stop.subscribe();
+        let http = tokio::spawn(async move {
+            let res = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+        tracing::info!(%addr, advertise = %ha.me.api, "server listening (HA on etcd)");
+        Ok(HaServerHandle {
+            addr,
+            ha,
+            http,
+            election,
+        })
+    }
+}
+
+impl HaServerHandle {
+    /// The bound address of the API.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// True while this server leads.
+    pub fn is_leader(&self) -> bool {
+        matches!(*self.ha.role.borrow(), Role::Leader { .. })
+    }
+
+    /// Steps down (revoking the lease, so another server takes over at once), stops the API.
+    pub async fn shutdown(self) {
+        self.ha.stop.send_replace(true);
+        let mut election = self.election;
+        if tokio::time::timeout(Duration::from_secs(10), &mut election)
+            .await
+            .is_err()
+        {
+            election.abort();
+        }
+        let mut http = self.http;
+        if tokio::time::timeout(Duration::from_secs(5), &mut http)
+            .await
+            .is_err()
+        {
+            http.abort();
+        }
+    }
+}
+
+// ---- election ----
+
+enum Campaign {
+    Won { index: u64, lease: i64 },
+    Lost { holder: Record },
+}
+
+fn stopped(ha: &Ha) -> bool {
+    *ha.stop.borrow()
+}
+
+/// Sleeps `d` unless the server stops first.
+async fn pause(ha: &Ha, d: Duration) {
+    let mut stop = ha.stop.subscribe();
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+}
+
+async fn run_election(ha: Arc<Ha>) {
+    while !stopped(&ha) {
+        match campaign(&ha).await {
+            Ok(Campaign::Won { index, lease }) => lead(&ha, index, lease).await,
+            Ok(Campaign::Lost { holder }) => follow(&ha, holder).await,
+            Err(e) => {
+                ha.role.send_replace(Role::Unknown);
+                tracing::warn!(error = %e, "leader election: cannot reach the store");
+                pause(&ha, Duration::from_millis(300)).await;
+            }
+        }
+    }
+    ha.role.send_replace(Role::Unknown);
+}
+
+async fn campaign(ha: &Ha) -> Result<Campaign, taba_store::StoreError> {
+    let lease = ha.store.grant_lease(ha.ha.lease_ttl).await?;
+    let value = taba_store::encode(&ha.me);
+    match ha
+        .store
+        .create_with_lease(Table::Meta, LEADER_KEY, value, lease)
+        .await
+    {
+        Ok(Created::Won(index)) => Ok(Campaign::Won { index, lease }),
+        Ok(Created::Held(holder)) => {
+            let _ = ha.store.revoke_lease(lease).await;
+            Ok(Campaign::Lost { holder })
+        }
+        Err(e) => {
+            let _ = ha.store.revoke_lease(lease).await;
+            Err(e)
+        }
+    }
+}
+
+fn follower_role(ha: &Ha, holder: &Record) -> Role {
+    match holder.decode::<LeaderRecord>() {
+        // Our own key from an earlier term whose lease has not expired yet: wait it out.
+        Ok(leader) if leader.id == ha.me.id => Role::Unknown,
+        Ok(leader) => Role::Follower { leader },
+        Err(e) => {
+            tracing::error!(error = %e, "leader key holds no leader record");
+            Role::Unknown
+        }
+    }
+}
+
+/// Follows the holder of the leader key until the key goes; then returns to campaign.
+async fn follow(ha: &Ha, mut holder: Record) {
+    let role = follower_role(ha, &holder);
+    if let Role::Follower { leader } = &role {
+        tracing::info!(leader = %leader.api, "following");
+    }
+    ha.role.send_replace(role);
+    while !stopped(ha) {
+        let change = tokio::select! {
+            c = ha.store.watch_key(Table::Meta, LEADER_KEY, holder.mod_index, FOLLOWER_WATCH) => c,
+            _ = async { let mut s = ha.stop.subscribe(); let _ = s.wait_for(|s| *s).await; } => return,
+        };
+        match change {
+            Ok(KeyChange::Unchanged) => {}
+            Ok(KeyChange::Put(next)) => {
+                ha.role.send_replace(follower_role(ha, &next));
+                holder = next;
+            }
+            Ok(KeyChange::Deleted) => {
+                tracing::info!("leader key gone; campaigning");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the leader key");
+                pause(ha, Duration::from_millis(200)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// One term as leader: load the state fenced on the leader key, run the background work,
+/// renew the lease until it is lost or the server stops; then stop everything.
+async fn lead(ha: &Ha, index: u64, lease: i64) {
+    let started = Instant::now();
+    ha.role.send_replace(Role::Unknown);
+    let fenced: Arc<dyn Store> = Arc::new(FencedStore::new(
+        ha.store.clone(),
+        Table::Meta,
+        LEADER_KEY,
+        index,
+    ));
+    let (config, images) = (ha.config.clone(), ha.images.clone());
+    let loaded =
+        tokio::task::spawn_blocking(move || ServerState::load(config, fenced, images)).await;
+    let state = match loaded {
+        Ok(Ok(state)) => Arc::new(state),
+        Ok(Err(e)) => return resign(ha, lease, &e.to_string()).await,
+        Err(e) => return resign(ha, lease, &e.to_string()).await,
+    };
+    let tasks = spawn_background(&state, ha.config.num_workers.max(1));
+    ha.role.send_replace(Role::Leader {
+        app: api::router(state.clone()),
+    });
+    tracing::info!(
+        index,
+        took_ms = started.elapsed().as_millis() as u64,
+        "leading: state loaded"
+    );
+    let why = hold(ha, index, lease).await;
+    ha.role.send_replace(Role::Unknown);
+    tracing::warn!(reason = why, "stepping down");
+    stop_background(&state, tasks).await;
+    let _ = ha.store.revoke_lease(lease).await;
+}
+
+/// Keeps the lease alive while the leader key is ours; returns why leadership ended.
+async fn hold(ha: &Ha, index: u64, lease: i64) -> &'static str {
+    let ttl = ha.ha.lease_ttl;
+    let tick = (ttl / 3).max(Duration::from_millis(100));
+    let mut renewed = Instant::now();
+    loop {
+        let change = tokio::select! {
+            c = ha.store.watch_key(Table::Meta, LEADER_KEY, index, tick) => c,
+            _ = async { let mut s = ha.stop.subscribe(); let _ = s.wait_for(|s| *s).await; } => {
+                return "server stopping";
+            }
+        };
+        match change {
+            Ok(KeyChange::Unchanged) => {}
+            Ok(_) => return "the leader key changed",
+            Err(e) => tracing::warn!(error = %e, "cannot watch the leader key"),
+        }
+        match ha.store.keep_lease_alive(lease).await {
+            Ok(true) => renewed = Instant::now(),
+            Ok(false) => return "the lease expired",
+            Err(e) => tracing::warn!(error = %e, "cannot renew the leader lease"),
+        }
+        if renewed.elapsed() >= ttl {
+            return "the lease could not be renewed for a whole TTL";
+        }
+    }
+}
+
+async fn resign(ha: &Ha, lease: i64, why: &str) {
+    tracing::error!(error = why, "cannot load the state as leader; resigning");
+    ha.role.send_replace(Role::Unknown);
+    let _ = ha.store.revoke_lease(lease).await;
+    pause(ha, Duration::from_millis(500)).await;
+}
+
+// ---- requests ----
+
+/// Waits (bounded) until the role is known.
+async fn current_role(ha: &Ha) -> Role {
+    let mut role = ha.role.subscribe();
+    let known = tokio::time::timeout(
+        ELECTION_WAIT,
+        role.wait_for(|r| !matches!(r, Role::Unknown)),
+    )
+    .await;
+    match known {
+        Ok(Ok(r)) => r.clone(),
+        _ => Role::Unknown,
+    }
+}
+
+async fn dispatch(State(ha): State<Arc<Ha>>, req: Request) -> Response {
+    if req.uri().path() == "/v1/status/leader" {
+        return leader_status(&ha).await;
+    }
+    let forwarded = req.headers().contains_key(FORWARDED_HEADER);
+    match current_role(&ha).await {
+        Role::Leader { app } => match app.oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        },
+        Role::Follower { leader } if !forwarded => forward(&ha, &leader.api, req).await,
+        Role::Follower { .. } => {
+            ApiError::Unavailable("forwarded to a server that is not the leader; retry".into())
+                .into_response()
+        }
+        Role::Unknown => ApiError::Unavailable(format!(
+            "no leader elected within {}s; retry",
+            ELECTION_WAIT.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
+async fn leader_status(ha: &Ha) -> Response {
+    let status = match &*ha.role.borrow() {
+        Role::Leader { .. } => LeaderStatus {
+            leader: Some(ha.me.api.clone()),
+            is_leader: true,
+            this: ha.me.api.clone(),
+        },
+        Role::Follower { leader } => LeaderStatus {
+            leader: Some(leader.api.clone()),
+            is_leader: false,
+            this: ha.me.api.clone(),
+        },
+        Role::Unknown => LeaderStatus {
+            leader: None,
+            is_leader: false,
+            this: ha.me.api.clone(),
+        },
+    };
+    axum::Json(status).into_response()
+}
+
+/// Headers that describe one hop of a connection, not the request (RFC 9110 7.6.1).
+fn hop_by_hop(name: &axum::http::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+/// Sends `req` to the leader at `leader` and streams its answer back (blocking queries and
+/// followed logs stream through unchanged).
+async fn forward(ha: &Ha, leader: &str, req: Request) -> Response {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let (parts, body) = req.into_parts();
+    let mut out = ha
+        .http
+        .request(parts.method.clone(), format!("{leader}{path}"))
+        .header(FORWARDED_HEADER, "1");
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            out = out.header(name, value);
+        }
+    }
+    let out = out.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    match out.send().await {
+        Ok(resp) => {
+            let mut back = Response::builder().status(resp.status());
+            for (name, value) in resp.headers() {
+                if !hop_by_hop(name) {
+                    back = back.header(name, value);
+                }
+            }
+            back.body(Body::from_stream(resp.bytes_stream()))
+                .unwrap_or_else(|e| {
+                    ApiError::Internal(format!("cannot relay the leader's answer: {e}"))
+                        .into_response()
+                })
+        }
+        Err(e) => {
+            tracing::warn!(%leader, error = %e, "cannot forward to the leader");
+            ApiError::Unavailable(format!("the leader at {leader} cannot be reached; retry"))
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! High availability with real processes: a 3-member etcd cluster on loopback, three
+//! `taba server`s sharing it and `taba agent`s running exec workloads. Needs root (the
+//! agents' cgroups) and Debian's etcd (scripts/setup.sh).
+//!
+//! - the leader killed with SIGKILL: jobs submitted before and after are all there and
+//!   scheduled;
+//! - one etcd member killed: the service goes on;
+//! - every server restarted one by one while 200 jobs are submitted: each is there once.
+
+mod common;
+
+use common::ha::HaCluster;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use taba_client::Client;
+
+fn service_job(name: &str) -> String {
+    format!(
+        r#"name = "{name}"
+type = "service"
+[[group]]
+name = "g"
+count = 1
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/sleep", "600"]
+  resources = {{ cpu = 10, memory = "16MiB" }}
+"#
+    )
+}
+
+fn batch_job(name: &str) -> String {
+    format!(
+        r#"name = "{name}"
+type = "batch"
+[[group]]
+name = "g"
+count = 1
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/true"]
+  resources = {{ cpu = 10, memory = "16MiB" }}
+"#
+    )
+}
+
+/// Submits `toml` through the clients in turn until one acknowledges it (bounded by time:
+/// servers may be down or electing). Returns which client took it.
+fn submit(clients: &[Client], toml: &str, timeout: Duration) -> usize {
+    let start = Instant::now();
+    let mut n = 0;
+    loop {
+        let at = n % clients.len();
+        match clients[at].register_job_toml(toml.as_bytes()) {
+            Ok(_) => return at,
+            Err(e) if start.elapsed() > timeout => panic!("job not acknowledged in time: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+        n += 1;
+    }
+}
+
+/// Every job of the cluster, name -> version, read through any server that answers.
+fn jobs(cluster: &HaCluster) -> Option<BTreeMap<String, u64>> {
+    cluster.clients().iter().find_map(|c| {
+        c.list_jobs()
+            .ok()
+            .map(|jobs| jobs.into_iter().map(|j| (j.name, j.version)).collect())
+    })
+}
+
+/// Whether job `name` has exactly one allocation and it is `status`.
+fn one_alloc(cluster: &HaCluster, name: &str, statuses: &[&str]) -> bool {
+    cluster.clients().iter().any(|c| {
+        c.job_status(name).ok().is_some_and(|s| {
+            s.allocations.len() == 1
+                && statuses.contains(&s.allocations[0].status.to_string().as_str())
+        })
+    })
+}
+
+/// The index of a running server that does not lead.
+fn a_follower(cluster: &HaCluster, leader: usize) -> usize {
+    (0..cluster.servers.len())
+        .find(|&n| n != leader && cluster.servers[n].child.is_some())
+        .expect("a follower")
+}
+
+#[test]
+fn root_ha_leader_killed_keeps_jobs_before_and_after_and_schedules_again() {
+    let mut cluster = HaCluster::start(3);
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let follower = a_follower(&cluster, leader);
+    cluster.add_agent("n1", follower);
+    let client = cluster.servers[follower].client();
+    for n in 0..5 {
+        submit(
+            std::slice::from_ref(&client),
+            &service_job(&format!("before{n}")),
+            Duration::from_secs(30),
+        );
+    }
+    cluster.wait_for("jobs before running", Duration::from_secs(60), |c| {
+        (0..5).all(|n| one_alloc(c, &format!("before{n}"), &["running"]))
+    });
+
+    cluster.servers[leader].kill9();
+    for n in 0..5 {
+        submit(
+            &cluster.clients(),
+            &service_job(&format!("after{n}")),
+            Duration::from_secs(60),
+        );
+    }
+    let new_leader = cluster.wait_leader(Duration::from_secs(30));
+    assert_ne!(new_leader, leader, "a killed server cannot lead");
+    cluster.wait_for("every job running once", Duration::from_secs(60), |c| {
+        (0..5).all(|n| {
+            one_alloc(c, &format!("before{n}"), &["running"])
+                && one_alloc(c, &format!("after{n}"), &["running"])
+        })
+    });
+    let all = jobs(&cluster).expect("job list");
+    assert_eq!(all.len(), 10, "{all:?}");
+
+    // The old leader comes back as a follower and serves the same state.
+    cluster.restart_server(leader);
+    cluster.wait_for("old leader serving again", Duration::from_secs(30), |c| {
+        c.servers[leader]
+            .client()
+            .list_jobs()
+            .is_ok_and(|j| j.len() == 10)
+    });
+    assert_eq!(cluster.wait_leader(Duration::from_secs(10)), new_leader);
+}
+
+#[test]
+fn root_ha_one_etcd_member_lost_service_continues() {
+    let mut cluster = HaCluster::start(3);
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let follower = a_follower(&cluster, leader);
+    cluster.add_agent("n1", follower);
+    submit(
+        &cluster.clients(),
+        &service_job("one"),
+        Duration::from_secs(30),
+    );
+    cluster.wait_for("first job running", Duration::from_secs(60), |c| {
+        one_alloc(c, "one", &["running"])
+    });
+    cluster.etcd.kill(0);
+    submit(
+        &cluster.clients(),
+        &service_job("two"),
+        Duration::from_secs(60),
+    );
+    cluster.wait_for(
+        "second job running with an etcd member down",
+        Duration::from_secs(60),
+        |c| one_alloc(c, "two", &["running"]) && one_alloc(c, "one", &["running"]),
+    );
+    // The node keeps heartbeating through it all.
+    let nodes = cluster.clients()[0].list_nodes().expect("nodes");
+    assert!(
+        nodes.iter().all(|n| n.status.to_string() == "ready"),
+        "{nodes:?}"
+    );
+    cluster.etcd.restart(0);
+}
+
+#[test]
+fn root_ha_rolling_restart_during_200_submissions_keeps_each_job_once() {
+    const JOBS: usize = 200;
+    let mut cluster = HaCluster::start(3);
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let follower = a_follower(&cluster, leader);
+    cluster.add_agent("n1", follower);
+    let urls: Vec<String> = cluster.servers.iter().map(|s| s.url.clone()).collect();
+    let submitter = std::thread::spawn(move || {
+        let clients: Vec<Client> = urls.iter().map(|u| Client::new(u, None)).collect();
+        for n in 0..JOBS {
+            submit(
+                &clients,
+                &batch_job(&format!("job{n:03}")),
+                Duration::from_secs(90),
+            );
+        }
+    });
+    // Restart every server in turn while the submissions go on (bounded: three restarts).
+    for n in 0..cluster.servers.len() {
+        std::thread::sleep(Duration::from_millis(1500));
+        cluster.restart_server(n);
+        cluster.wait_leader(Duration::from_secs(30));
+    }
+    submitter.join().expect("every job acknowledged");
+    let all = jobs(&cluster).expect("job list");
+    assert_eq!(all.len(), JOBS, "every acknowledged job is there");
+    for (name, version) in &all {
+        assert_eq!(*version, 0, "{name} registered once (no second version)");
+    }
+    cluster.wait_for(
+        "every batch job ran exactly once",
+        Duration::from_secs(180),
+        |c| (0..JOBS).all(|n| one_alloc(c, &format!("job{n:03}"), &["complete"])),
+    );
+}
