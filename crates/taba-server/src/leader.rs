@@ -219,7 +219,7 @@ impl HaServerHandle {
 
 enum Campaign {
     Won { index: u64, lease: i64 },
-    Lost { holder: Record },
+    Lost { holder: Record, at: u64 },
 }
 
 fn stopped(ha: &Ha) -> bool {
@@ -239,7 +239,7 @@ async fn run_election(ha: Arc<Ha>) {
     while !stopped(&ha) {
         match campaign(&ha).await {
             Ok(Campaign::Won { index, lease }) => lead(&ha, index, lease).await,
-            Ok(Campaign::Lost { holder }) => follow(&ha, holder).await,
+            Ok(Campaign::Lost { holder, at }) => follow(&ha, holder, at).await,
             Err(e) => {
                 ha.role.send_replace(Role::Unknown);
                 tracing::warn!(error = %e, "leader election: cannot reach the store");
@@ -259,9 +259,9 @@ async fn campaign(ha: &Ha) -> Result<Campaign, taba_store::StoreError> {
         .await
     {
         Ok(Created::Won(index)) => Ok(Campaign::Won { index, lease }),
-        Ok(Created::Held(holder)) => {
+        Ok(Created::Held { holder, at }) => {
             let _ = ha.store.revoke_lease(lease).await;
-            Ok(Campaign::Lost { holder })
+            Ok(Campaign::Lost { holder, at })
         }
         Err(e) => {
             let _ = ha.store.revoke_lease(lease).await;
@@ -283,7 +283,9 @@ fn follower_role(ha: &Ha, holder: &Record) -> Role {
 }
 
 /// Follows the holder of the leader key until the key goes; then returns to campaign.
-async fn follow(ha: &Ha, mut holder: Record) {
+/// Watches from `at`, the index the holder was read at (not the holder's own index, which
+/// etcd may have compacted away).
+async fn follow(ha: &Ha, holder: Record, mut at: u64) {
     let role = follower_role(ha, &holder);
     if let Role::Follower { leader } = &role {
         tracing::info!(leader = %leader.api, "following");
@@ -291,14 +293,14 @@ async fn follow(ha: &Ha, mut holder: Record) {
     ha.role.send_replace(role);
     while !stopped(ha) {
         let change = tokio::select! {
-            c = ha.store.watch_key(Table::Meta, LEADER_KEY, holder.mod_index, FOLLOWER_WATCH) => c,
+            c = ha.store.watch_key(Table::Meta, LEADER_KEY, at, FOLLOWER_WATCH) => c,
             _ = async { let mut s = ha.stop.subscribe(); let _ = s.wait_for(|s| *s).await; } => return,
         };
         match change {
             Ok(KeyChange::Unchanged) => {}
             Ok(KeyChange::Put(next)) => {
                 ha.role.send_replace(follower_role(ha, &next));
-                holder = next;
+                at = next.mod_index;
             }
             Ok(KeyChange::Deleted) => {
                 tracing::info!("leader key gone; campaigning");
@@ -363,7 +365,19 @@ async fn hold(ha: &Ha, index: u64, lease: i64) -> &'static str {
         match change {
             Ok(KeyChange::Unchanged) => {}
             Ok(_) => return "the leader key changed",
-            Err(e) => tracing::warn!(error = %e, "cannot watch the leader key"),
+            Err(e) => {
+                // A watch from an index etcd compacted away fails: read the key instead.
+                tracing::debug!(error = %e, "cannot watch the leader key; reading it");
+                let store = ha.store.clone();
+                let read =
+                    tokio::task::spawn_blocking(move || store.get(Table::Meta, LEADER_KEY)).await;
+                match read {
+                    Ok(Ok(Some(rec))) if rec.mod_index == index => {}
+                    Ok(Ok(_)) => return "the leader key changed",
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the leader key"),
+                    Err(_) => return "server stopping",
+                }
+            }
         }
         match ha.store.keep_lease_alive(lease).await {
             Ok(true) => renewed = Instant::now(),

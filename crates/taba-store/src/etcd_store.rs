@@ -89,7 +89,12 @@ pub enum Created {
     /// The key was absent and is now ours, created at this index.
     Won(u64),
     /// The key exists (held by someone else, or by us under an older lease).
-    Held(Record),
+    Held {
+        /// The record that holds it.
+        holder: Record,
+        /// The store's index when it was read: watch for changes after this one.
+        at: u64,
+    },
 }
 
 /// What [`EtcdStore::watch_key`] saw.
@@ -292,9 +297,11 @@ impl EtcdStore {
                 if resp.succeeded() {
                     return Ok(Created::Won(revision(resp.header())?));
                 }
+                let at = revision(resp.header())?;
                 if let Some(TxnOpResponse::Get(get)) = resp.op_responses().into_iter().next() {
                     if let Some(kv) = get.kvs().first() {
-                        return Ok(Created::Held(to_record(&strip, kv)?));
+                        let holder = to_record(&strip, kv)?;
+                        return Ok(Created::Held { holder, at });
                     }
                 }
             }

@@ -85,9 +85,10 @@ fn lease_keys_are_exclusive_watched_and_expire() {
             .await
             .unwrap()
         {
-            Created::Held(rec) => {
-                assert_eq!(rec.value, b"one");
-                assert_eq!(rec.mod_index, won);
+            Created::Held { holder, at } => {
+                assert_eq!(holder.value, b"one");
+                assert_eq!(holder.mod_index, won);
+                assert!(at >= won);
             }
             other => panic!("second campaign must see the holder: {other:?}"),
         }
