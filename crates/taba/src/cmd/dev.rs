@@ -402,7 +402,7 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
                     lease_ttl,
                     advertise: cfg.advertise.clone().unwrap_or_default(),
                 };
-                let server = Server::start_ha(sc, ha, Arc::new(store), images).await?;
+                let server = Server::start_ha(sc, ha, Arc::new(*store), images).await?;
                 eprintln!("taba server: API on http://{} (HA on etcd)", server.addr());
                 shutdown_signal().await;
                 server.shutdown().await;

@@ -44,7 +44,7 @@ pub enum OpenedStore {
     /// Embedded.
     Redb(RedbStore),
     /// etcd, with the leader's lease TTL.
-    Etcd(EtcdStore, Duration),
+    Etcd(Box<EtcdStore>, Duration),
 }
 
 /// Default TTL of the leader's lease.
@@ -105,7 +105,7 @@ impl StoreFile {
                     .lease_ttl
                     .map(|t| t.as_duration())
                     .unwrap_or(DEFAULT_LEASE_TTL);
-                Ok(OpenedStore::Etcd(store, ttl))
+                Ok(OpenedStore::Etcd(Box::new(store), ttl))
             }
         }
     }

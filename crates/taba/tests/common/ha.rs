@@ -77,9 +77,7 @@ impl ServerProc {
 
     /// Whether this server says it leads (`GET /v1/status/leader`).
     pub fn leader_status(&self) -> Option<serde_json::Value> {
-        if self.child.is_none() {
-            return None;
-        }
+        self.child.as_ref()?;
         let resp = self
             .client()
             .raw("GET", "/v1/status/leader", None, b"")
