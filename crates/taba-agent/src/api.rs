@@ -20,7 +20,7 @@ use serde::Deserialize;
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::Arc;
-use taba_client::api::{b64, ExecRequest, ExecResponse};
+use taba_types::api::{b64, ExecRequest, ExecResponse};
 
 /// Largest exec request.
 const MAX_EXEC_BODY: usize = 12 << 20;

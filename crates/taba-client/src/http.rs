@@ -1,7 +1,9 @@
-//! The blocking client over `ureq`. One method per route; all JSON in and out
-//! except job files (TOML), image tars and log streams.
+//! The blocking client over `reqwest` (rustls). One method per route; all
+//! JSON in and out except job files (TOML), image tars and log streams.
 
 use crate::api::*;
+use reqwest::blocking::{Body, RequestBuilder, Response};
+use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::Read;
@@ -32,7 +34,7 @@ pub enum ClientError {
         addr: String,
         /// Why.
         #[source]
-        source: Box<ureq::Transport>,
+        source: reqwest::Error,
     },
     /// The reply could not be read or decoded.
     #[error("unreadable reply from the server")]
@@ -106,8 +108,10 @@ impl Read for LogStream {
 pub struct Client {
     base: String,
     token: Option<String>,
-    agent: ureq::Agent,
-    streaming: ureq::Agent,
+    /// Requests that end within two minutes.
+    http: reqwest::blocking::Client,
+    /// Streams (logs, exec, uploads, blocking queries): no overall timeout.
+    streaming: reqwest::blocking::Client,
 }
 
 impl std::fmt::Debug for Client {
@@ -129,6 +133,13 @@ fn seg(s: &str) -> String {
     out
 }
 
+fn builder(timeout: Option<Duration>) -> reqwest::blocking::ClientBuilder {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .tls_built_in_root_certs(false)
+}
+
 impl Client {
     /// A client for the server at `addr` (`http://host:port` or `host:port`).
     pub fn new(addr: &str, token: Option<String>) -> Self {
@@ -138,18 +149,16 @@ impl Client {
         } else {
             format!("http://{addr}")
         };
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .timeout_read(Duration::from_secs(120))
-            .timeout_write(Duration::from_secs(120))
-            .build();
-        let streaming = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .build();
+        // Building fails only when the TLS backend cannot start; fall back
+        // to reqwest's defaults then, which report the same on first use.
+        let http = builder(Some(Duration::from_secs(120)))
+            .build()
+            .unwrap_or_default();
+        let streaming = builder(None).build().unwrap_or_default();
         Self {
             base,
             token,
-            agent,
+            http,
             streaming,
         }
     }
@@ -159,65 +168,69 @@ impl Client {
         &self.base
     }
 
-    fn req(&self, method: &str, path: &str) -> ureq::Request {
-        self.req_with(&self.agent, method, path)
+    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.req_with(&self.http, method, path)
     }
 
-    fn req_with(&self, agent: &ureq::Agent, method: &str, path: &str) -> ureq::Request {
-        let mut r = agent.request(method, &format!("{}{}", self.base, path));
+    fn req_with(
+        &self,
+        http: &reqwest::blocking::Client,
+        method: Method,
+        path: &str,
+    ) -> RequestBuilder {
+        let mut r = http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
-            r = r.set("Authorization", &format!("Bearer {t}"));
+            r = r.bearer_auth(t);
         }
         r
     }
 
-    fn finish(
-        &self,
-        res: Result<ureq::Response, ureq::Error>,
-    ) -> Result<ureq::Response, ClientError> {
-        match res {
-            Ok(r) => Ok(r),
-            Err(ureq::Error::Status(status, resp)) => {
-                let mut body = Vec::new();
-                let _ = resp.into_reader().take(1 << 20).read_to_end(&mut body);
-                let (message, field) = match serde_json::from_slice::<ErrorBody>(&body) {
-                    Ok(b) => (b.error.message, b.error.field),
-                    Err(_) => (
-                        format!(
-                            "server answered {status}: {}",
-                            String::from_utf8_lossy(&body).trim()
-                        ),
-                        None,
-                    ),
-                };
-                Err(ClientError::Api {
-                    status,
-                    message,
-                    field,
-                })
-            }
-            Err(ureq::Error::Transport(t)) => Err(ClientError::Transport {
-                addr: self.base.clone(),
-                source: Box::new(t),
-            }),
+    fn transport(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Transport {
+            addr: self.base.clone(),
+            source,
         }
     }
 
-    fn json<T: DeserializeOwned>(resp: ureq::Response) -> Result<T, ClientError> {
+    /// Send; an error status becomes [`ClientError::Api`].
+    fn finish(&self, req: RequestBuilder) -> Result<Response, ClientError> {
+        let resp = req.send().map_err(|e| self.transport(e))?;
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
         let mut body = Vec::new();
-        resp.into_reader()
-            .read_to_end(&mut body)
-            .map_err(ClientError::Decode)?;
+        let _ = resp.take(1 << 20).read_to_end(&mut body);
+        let (message, field) = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(b) => (b.error.message, b.error.field),
+            Err(_) => (
+                format!(
+                    "server answered {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ),
+                None,
+            ),
+        };
+        Err(ClientError::Api {
+            status,
+            message,
+            field,
+        })
+    }
+
+    fn json<T: DeserializeOwned>(mut resp: Response) -> Result<T, ClientError> {
+        let mut body = Vec::new();
+        resp.read_to_end(&mut body).map_err(ClientError::Decode)?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.into()))
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        Self::json(self.finish(self.req("GET", path).call())?)
+        Self::json(self.finish(self.req(Method::GET, path))?)
     }
 
     fn send<B: Serialize, T: DeserializeOwned>(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
@@ -225,8 +238,8 @@ impl Client {
         Self::json(
             self.finish(
                 self.req(method, path)
-                    .set("Content-Type", "application/json")
-                    .send_bytes(&bytes),
+                    .header("Content-Type", "application/json")
+                    .body(bytes),
             )?,
         )
     }
@@ -239,31 +252,27 @@ impl Client {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<RawResponse, ClientError> {
-        let mut r = self.req(method, path);
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Input {
+            what: "the HTTP method".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        let mut r = self.req(method.clone(), path);
         if let Some(ct) = content_type {
-            r = r.set("Content-Type", ct);
+            r = r.header("Content-Type", ct);
         }
-        let res = if method == "GET" || method == "DELETE" && body.is_empty() {
-            r.call()
-        } else {
-            r.send_bytes(body)
-        };
-        let resp = match res {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(ureq::Error::Transport(t)) => {
-                return Err(ClientError::Transport {
-                    addr: self.base.clone(),
-                    source: Box::new(t),
-                })
-            }
-        };
-        let status = resp.status();
-        let content_type = resp.content_type().to_string();
+        if !(method == Method::GET || method == Method::DELETE && body.is_empty()) {
+            r = r.body(body.to_vec());
+        }
+        let mut resp = r.send().map_err(|e| self.transport(e))?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+            .unwrap_or_default();
         let mut body = Vec::new();
-        resp.into_reader()
-            .read_to_end(&mut body)
-            .map_err(ClientError::Decode)?;
+        resp.read_to_end(&mut body).map_err(ClientError::Decode)?;
         Ok(RawResponse {
             status,
             content_type,
@@ -277,16 +286,16 @@ impl Client {
     pub fn register_job_toml(&self, toml: &[u8]) -> Result<RegisterJobResponse, ClientError> {
         Self::json(
             self.finish(
-                self.req("POST", "/v1/jobs")
-                    .set("Content-Type", "application/toml")
-                    .send_bytes(toml),
+                self.req(Method::POST, "/v1/jobs")
+                    .header("Content-Type", "application/toml")
+                    .body(toml.to_vec()),
             )?,
         )
     }
 
     /// `POST /v1/jobs` with a JSON spec.
     pub fn register_job(&self, spec: &JobSpec) -> Result<RegisterJobResponse, ClientError> {
-        self.send("POST", "/v1/jobs", spec)
+        self.send(Method::POST, "/v1/jobs", spec)
     }
 
     /// `GET /v1/jobs`.
@@ -313,8 +322,7 @@ impl Client {
     pub fn stop_job(&self, name: &str) -> Result<EvalResponse, ClientError> {
         Self::json(
             self.finish(
-                self.req("DELETE", &format!("/v1/jobs/{}", seg(name)))
-                    .call(),
+                self.req(Method::DELETE, &format!("/v1/jobs/{}", seg(name))),
             )?,
         )
     }
@@ -337,10 +345,9 @@ impl Client {
         Self::json(
             self.finish(
                 self.req(
-                    "DELETE",
+                    Method::DELETE,
                     &format!("/v1/jobs/{}?namespace={}", seg(name), seg(namespace)),
-                )
-                .call(),
+                ),
             )?,
         )
     }
@@ -359,15 +366,14 @@ impl Client {
 
     /// `PUT /v1/namespaces/{name}`: create or update.
     pub fn apply_namespace(&self, ns: &Namespace) -> Result<NamespaceStatus, ClientError> {
-        self.send("PUT", &format!("/v1/namespaces/{}", seg(&ns.name)), ns)
+        self.send(Method::PUT, &format!("/v1/namespaces/{}", seg(&ns.name)), ns)
     }
 
     /// `DELETE /v1/namespaces/{name}`.
     pub fn delete_namespace(&self, name: &str) -> Result<DeleteNamespaceResponse, ClientError> {
         Self::json(
             self.finish(
-                self.req("DELETE", &format!("/v1/namespaces/{}", seg(name)))
-                    .call(),
+                self.req(Method::DELETE, &format!("/v1/namespaces/{}", seg(name))),
             )?,
         )
     }
@@ -388,8 +394,7 @@ impl Client {
     pub fn stop_alloc(&self, id: &str) -> Result<EvalResponse, ClientError> {
         Self::json(
             self.finish(
-                self.req("POST", &format!("/v1/allocations/{}/stop", seg(id)))
-                    .send_bytes(b""),
+                self.req(Method::POST, &format!("/v1/allocations/{}/stop", seg(id))),
             )?,
         )
     }
@@ -407,17 +412,19 @@ impl Client {
         let mut r = self
             .req_with(
                 &self.streaming,
-                "GET",
+                Method::GET,
                 &format!("/v1/allocations/{}/logs", seg(id)),
             )
-            .query("type", if stderr { "stderr" } else { "stdout" })
-            .query("follow", if follow { "true" } else { "false" })
-            .query("offset", &offset.to_string());
+            .query(&[
+                ("type", if stderr { "stderr" } else { "stdout" }),
+                ("follow", if follow { "true" } else { "false" }),
+            ])
+            .query(&[("offset", offset)]);
         if let Some(t) = task {
-            r = r.query("task", t);
+            r = r.query(&[("task", t)]);
         }
-        let resp = self.finish(r.call())?;
-        Ok(LogStream(Box::new(resp.into_reader())))
+        let resp = self.finish(r)?;
+        Ok(LogStream(Box::new(resp)))
     }
 
     /// `POST /v1/allocations/{id}/exec`: run `command` in the task with `stdin`,
@@ -437,14 +444,15 @@ impl Client {
         let mut r = self
             .req_with(
                 &self.streaming,
-                "POST",
+                Method::POST,
                 &format!("/v1/allocations/{}/exec", seg(id)),
             )
-            .set("Content-Type", "application/json");
+            .header("Content-Type", "application/json")
+            .body(bytes);
         if let Some(t) = task {
-            r = r.query("task", t);
+            r = r.query(&[("task", t)]);
         }
-        Self::json(self.finish(r.send_bytes(&bytes))?)
+        Self::json(self.finish(r)?)
     }
 
     // ---- nodes ----
@@ -469,9 +477,9 @@ impl Client {
         })?;
         Self::json(
             self.finish(
-                self.req_with(&self.streaming, "POST", "/v1/images")
-                    .set("Content-Type", "application/x-tar")
-                    .send(file),
+                self.req_with(&self.streaming, Method::POST, "/v1/images")
+                    .header("Content-Type", "application/x-tar")
+                    .body(Body::new(file)),
             )?,
         )
     }
@@ -485,8 +493,7 @@ impl Client {
     pub fn remove_image(&self, reference: &str) -> Result<ImageInfo, ClientError> {
         Self::json(
             self.finish(
-                self.req("DELETE", &format!("/v1/images/{}", seg(reference)))
-                    .call(),
+                self.req(Method::DELETE, &format!("/v1/images/{}", seg(reference))),
             )?,
         )
     }
@@ -507,7 +514,7 @@ impl Client {
 
     /// `POST /v1/agent/register`.
     pub fn agent_register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        self.send("POST", "/v1/agent/register", req)
+        self.send(Method::POST, "/v1/agent/register", req)
     }
 
     /// `POST /v1/agent/heartbeat`.
@@ -515,7 +522,7 @@ impl Client {
         &self,
         req: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse, ClientError> {
-        self.send("POST", "/v1/agent/heartbeat", req)
+        self.send(Method::POST, "/v1/agent/heartbeat", req)
     }
 
     /// `GET /v1/agent/allocations/{node_id}?index=N&wait=W`: blocks until the
@@ -530,20 +537,19 @@ impl Client {
             self.finish(
                 self.req_with(
                     &self.streaming,
-                    "GET",
+                    Method::GET,
                     &format!("/v1/agent/allocations/{}", seg(node.as_str())),
                 )
-                .query("index", &index.to_string())
-                .query("wait", &format!("{}ms", wait.as_millis()))
-                .timeout(wait + Duration::from_secs(30))
-                .call(),
+                .query(&[("index", index.to_string())])
+                .query(&[("wait", format!("{}ms", wait.as_millis()))])
+                .timeout(wait + Duration::from_secs(30)),
             )?,
         )
     }
 
     /// `POST /v1/agent/allocations`.
     pub fn agent_update_allocs(&self, req: &AllocUpdateRequest) -> Result<(), ClientError> {
-        let _: serde_json::Value = self.send("POST", "/v1/agent/allocations", req)?;
+        let _: serde_json::Value = self.send(Method::POST, "/v1/agent/allocations", req)?;
         Ok(())
     }
 }

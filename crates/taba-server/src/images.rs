@@ -4,7 +4,7 @@
 
 use crate::api::ApiError;
 use std::path::Path;
-use taba_client::api::ImageInfo;
+use taba_types::api::ImageInfo;
 use taba_image::{ImageError, ImageStore, ImageSummary};
 
 fn info(s: ImageSummary) -> ImageInfo {

@@ -14,7 +14,7 @@ use crate::locks::{job_key, node_key, KeyLocks};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
-use taba_client::api::{
+use taba_types::api::{
     AllocListEntry, EvalSummary, JobListEntry, JobStatusResponse, RegisterJobResponse,
 };
 use taba_image::ImageStore;

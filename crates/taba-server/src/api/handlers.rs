@@ -14,7 +14,7 @@ use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
-use taba_client::api::*;
+use taba_types::api::*;
 use taba_types::parse::{parse_job_json, parse_job_toml, JobParseError, MAX_JOB_BYTES};
 use taba_types::wire::{
     check_protocol, AllocUpdateRequest, HeartbeatRequest, HeartbeatResponse, NodeAllocations,

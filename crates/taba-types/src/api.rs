@@ -1,11 +1,11 @@
 //! Request and response bodies of the `/v1/` HTTP API that are not domain
-//! records themselves. The server builds them, the client reads them; both
-//! depend on this module so the two cannot drift apart.
+//! records themselves. The server builds them, the agent and the client read
+//! them; all depend on this module so the two sides cannot drift apart.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use taba_types::{
+use crate::{
     AllocId, AllocUsage, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, Job,
     JobStatus, JobType, NamespaceUsage, Node, NodeId, NodeStatus, Quota, TaskState, UnixMillis,
 };
