@@ -35,6 +35,27 @@ pub fn router(inner: Arc<AgentInner>) -> Router {
         .with_state(inner)
 }
 
+/// Under TLS: only servers may call the agent API (the handshake already
+/// required a certificate of the cluster CA). Refusals are logged.
+pub async fn require_server(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<taba_tls::TlsPeer>()
+        .and_then(|p| p.0.clone());
+    match peer {
+        Some(p) if p.is_server() => next.run(req).await,
+        other => {
+            let who = other.map(|p| p.describe()).unwrap_or_else(|| "a client without a certificate".into());
+            tracing::warn!("refused {who}: only servers may call the agent API");
+            ApiError(
+                StatusCode::FORBIDDEN,
+                format!("{who} may not call the agent API; only servers may"),
+            )
+            .into_response()
+        }
+    }
+}
+
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {

@@ -7,6 +7,8 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use taba_types::wire::{
     AllocUpdateRequest, HeartbeatRequest, HeartbeatResponse, NodeAllocations, RegisterRequest,
@@ -103,11 +105,37 @@ impl Read for LogStream {
     }
 }
 
+/// TLS for a client: the cluster CA to trust and, optionally, the client's
+/// certificate and key (one PEM text, certificate first).
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    /// The cluster CA certificate, PEM.
+    pub ca_pem: Vec<u8>,
+    /// Certificate then private key, PEM.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+/// How a [`Client`] is set up.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// Server addresses (`http(s)://host:port` or `host:port`), tried in
+    /// turn when one cannot be connected to.
+    pub addrs: Vec<String>,
+    /// API token.
+    pub token: Option<String>,
+    /// TLS material.
+    pub tls: Option<TlsOptions>,
+}
+
 /// A blocking API client.
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    bases: Arc<Vec<String>>,
+    /// Index in `bases` of the server that answered last.
+    current: Arc<AtomicUsize>,
     token: Option<String>,
+    /// A node's secret, sent on every request (agent routes over plain HTTP).
+    node_secret: Option<String>,
     /// Requests that end within two minutes.
     http: reqwest::blocking::Client,
     /// Streams (logs, exec, uploads, blocking queries): no overall timeout.
@@ -116,7 +144,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("base", &self.base).finish()
+        f.debug_struct("Client").field("bases", &self.bases).finish()
     }
 }
 
@@ -140,32 +168,73 @@ fn builder(timeout: Option<Duration>) -> reqwest::blocking::ClientBuilder {
         .tls_built_in_root_certs(false)
 }
 
+fn base_of(addr: &str) -> String {
+    let addr = addr.trim().trim_end_matches('/');
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+fn with_tls(
+    b: reqwest::blocking::ClientBuilder,
+    tls: Option<&TlsOptions>,
+) -> Result<reqwest::blocking::ClientBuilder, reqwest::Error> {
+    let Some(t) = tls else { return Ok(b) };
+    let mut b = b.add_root_certificate(reqwest::Certificate::from_pem(&t.ca_pem)?);
+    if let Some(id) = &t.identity_pem {
+        b = b.identity(reqwest::Identity::from_pem(id)?);
+    }
+    Ok(b)
+}
+
 impl Client {
-    /// A client for the server at `addr` (`http://host:port` or `host:port`).
+    /// A client for the server at `addr` (`http://host:port` or `host:port`;
+    /// several separated by commas).
     pub fn new(addr: &str, token: Option<String>) -> Self {
-        let addr = addr.trim().trim_end_matches('/');
-        let base = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        // Building fails only when the TLS backend cannot start; fall back
-        // to reqwest's defaults then, which report the same on first use.
-        let http = builder(Some(Duration::from_secs(120)))
-            .build()
-            .unwrap_or_default();
-        let streaming = builder(None).build().unwrap_or_default();
-        Self {
-            base,
+        Self::with_options(ClientOptions {
+            addrs: addr.split(',').map(str::to_string).collect(),
             token,
-            http,
-            streaming,
-        }
+            tls: None,
+        })
+        .expect("a client without TLS material always builds")
     }
 
-    /// The server's base URL.
+    /// A client as `o` says. Fails on unusable TLS material.
+    pub fn with_options(o: ClientOptions) -> Result<Self, ClientError> {
+        let mut bases: Vec<String> = o
+            .addrs
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| base_of(a))
+            .collect();
+        if bases.is_empty() {
+            bases.push("http://127.0.0.1:4646".into());
+        }
+        let tls_err = |e: reqwest::Error| ClientError::Input {
+            what: "the TLS certificates".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        };
+        let http = with_tls(builder(Some(Duration::from_secs(120))), o.tls.as_ref())
+            .and_then(|b| b.build())
+            .map_err(tls_err)?;
+        let streaming = with_tls(builder(None), o.tls.as_ref())
+            .and_then(|b| b.build())
+            .map_err(tls_err)?;
+        Ok(Self {
+            bases: Arc::new(bases),
+            current: Arc::new(AtomicUsize::new(0)),
+            token: o.token,
+            node_secret: None,
+            http,
+            streaming,
+        })
+    }
+
+    /// The base URL of the server in use.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
     fn req(&self, method: Method, path: &str) -> RequestBuilder {
@@ -178,23 +247,71 @@ impl Client {
         method: Method,
         path: &str,
     ) -> RequestBuilder {
-        let mut r = http.request(method, format!("{}{}", self.base, path));
+        let mut r = http.request(method, format!("{}{}", self.base_url(), path));
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
+        }
+        if let Some(s) = &self.node_secret {
+            r = r.header(taba_types::wire::NODE_SECRET_HEADER, s);
         }
         r
     }
 
-    fn transport(&self, source: reqwest::Error) -> ClientError {
-        ClientError::Transport {
-            addr: self.base.clone(),
+    /// The same client sending a node's secret with every request (what an
+    /// agent does over plain HTTP after its first registration).
+    pub fn with_node_secret(&self, secret: Option<String>) -> Self {
+        let mut c = self.clone();
+        c.node_secret = secret;
+        c
+    }
+
+    /// Send to the server in use; while a server cannot be connected to,
+    /// to the next (requests with a streamed body go to one server only).
+    /// The server that answered is used from then on.
+    fn execute(&self, req: RequestBuilder) -> Result<Response, ClientError> {
+        let (http, req) = req.build_split();
+        let req = req.map_err(|source| ClientError::Transport {
+            addr: self.base_url().to_string(),
             source,
+        })?;
+        let n = self.bases.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let url = req.url().as_str().to_string();
+        let mut attempt = Some(req);
+        let mut i = 0;
+        loop {
+            let k = (start + i) % n;
+            let Some(r) = attempt.take() else {
+                unreachable!("an attempt is prepared before each try")
+            };
+            let next = if i + 1 < n { r.try_clone() } else { None };
+            match http.execute(r) {
+                Ok(resp) => {
+                    self.current.store(k, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(source) if source.is_connect() && next.is_some() => {
+                    i += 1;
+                    let mut nr = next.expect("checked");
+                    let moved = url.replacen(&self.bases[start], &self.bases[(start + i) % n], 1);
+                    if let Ok(u) = reqwest::Url::parse(&moved) {
+                        *nr.url_mut() = u;
+                    }
+                    attempt = Some(nr);
+                }
+                Err(source) => {
+                    return Err(ClientError::Transport {
+                        addr: self.bases[k].clone(),
+                        source,
+                    })
+                }
+            }
         }
     }
 
     /// Send; an error status becomes [`ClientError::Api`].
     fn finish(&self, req: RequestBuilder) -> Result<Response, ClientError> {
-        let resp = req.send().map_err(|e| self.transport(e))?;
+        let resp = self.execute(req)?;
         let status = resp.status().as_u16();
         if resp.status().is_success() {
             return Ok(resp);
@@ -263,7 +380,7 @@ impl Client {
         if !(method == Method::GET || method == Method::DELETE && body.is_empty()) {
             r = r.body(body.to_vec());
         }
-        let mut resp = r.send().map_err(|e| self.transport(e))?;
+        let mut resp = self.execute(r)?;
         let status = resp.status().as_u16();
         let content_type = resp
             .headers()
@@ -465,6 +582,22 @@ impl Client {
     /// `GET /v1/nodes/{id-or-name}`.
     pub fn node(&self, id_or_name: &str) -> Result<NodeDetail, ClientError> {
         self.get(&format!("/v1/nodes/{}", seg(id_or_name)))
+    }
+
+    /// `POST /v1/nodes/tokens`: a one-time join token valid for `ttl` (`1h`).
+    pub fn create_join_token(&self, ttl: &str) -> Result<JoinTokenResponse, ClientError> {
+        self.send(
+            Method::POST,
+            "/v1/nodes/tokens",
+            &JoinTokenRequest {
+                ttl: Some(ttl.to_string()),
+            },
+        )
+    }
+
+    /// `POST /v1/tls/revoke`.
+    pub fn revoke_cert(&self, req: &RevokeCertRequest) -> Result<RevokeCertResponse, ClientError> {
+        self.send(Method::POST, "/v1/tls/revoke", req)
     }
 
     // ---- images ----

@@ -10,4 +10,4 @@ pub use taba_types::api;
 
 mod http;
 
-pub use http::{Client, ClientError, LogStream, RawResponse};
+pub use http::{Client, ClientError, ClientOptions, LogStream, RawResponse, TlsOptions};

@@ -111,6 +111,8 @@ pub struct ServerState {
     namespaces: tokio::sync::RwLock<BTreeMap<String, Namespace>>,
     /// Pending evaluations.
     pub broker: Broker,
+    /// Node credentials, join tokens, revoked certificates.
+    pub credentials: crate::credentials::Credentials,
     index: watch::Sender<u64>,
     /// Set when the server shuts down.
     pub shutdown: watch::Sender<bool>,
@@ -184,10 +186,17 @@ impl ServerState {
                 _ => {}
             }
         }
+        let credentials = crate::credentials::Credentials::load(store.clone()).map_err(|e| {
+            match e {
+                crate::credentials::CredentialError::Store(s) => StateError::Store(s),
+                other => StateError::Conflict(other.to_string()),
+            }
+        })?;
         Ok(Self {
             config,
             store,
             images,
+            credentials,
             cluster: RwLock::new(cluster),
             evals: RwLock::new(evals),
             heartbeats: Mutex::new(HashMap::new()),

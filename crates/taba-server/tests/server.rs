@@ -90,7 +90,7 @@ fn register_place_run_update_stop() {
     // change wakes the agent's blocking query with a higher index.
     let (before_stop, _) = agent.allocs(0);
     let waiter = {
-        let agent_client = taba_client::Client::new(c.base_url(), None);
+        let agent_client = agent.client.clone();
         let node = agent.node.id.clone();
         std::thread::spawn(move || {
             agent_client

@@ -363,3 +363,42 @@ pub mod b64 {
 
 /// Most bytes an exec's stdin may carry.
 pub const MAX_EXEC_STDIN: usize = 8 << 20;
+
+/// Body of `POST /v1/nodes/tokens`: a join token for new agents.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    /// How long the token can be used, e.g. `1h` (default 1h, at most 30 days).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// Reply to `POST /v1/nodes/tokens`. The token is shown only here: the
+/// server keeps its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenResponse {
+    /// The token, for an agent's `join_token`.
+    pub token: String,
+    /// When it expires.
+    pub expires: UnixMillis,
+}
+
+/// Body of `POST /v1/tls/revoke`: revoke a certificate by fingerprint, or
+/// the certificate bound to a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCertRequest {
+    /// SHA-256 of the DER certificate, hex.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// A node name or id: revoke the certificate it registered with.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// Reply to `POST /v1/tls/revoke`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeCertResponse {
+    /// The fingerprints now revoked.
+    pub revoked: Vec<String>,
+}
