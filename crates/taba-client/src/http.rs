@@ -275,7 +275,23 @@ impl Client {
             source,
         })?;
         let n = self.bases.len();
-        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut start = self.current.load(Ordering::Relaxed) % n;
+        let mut req = req;
+        if n > 1 && req.try_clone().is_none() {
+            // A streamed body is sent once: pick a server that accepts
+            // connections first.
+            let live = self.first_reachable(start);
+            if live != start {
+                let moved = req
+                    .url()
+                    .as_str()
+                    .replacen(&self.bases[start], &self.bases[live], 1);
+                if let Ok(u) = reqwest::Url::parse(&moved) {
+                    *req.url_mut() = u;
+                    start = live;
+                }
+            }
+        }
         let url = req.url().as_str().to_string();
         let mut attempt = Some(req);
         let mut i = 0;
@@ -307,6 +323,25 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// The first server from `start` on that accepts a TCP connection
+    /// (`start` when none does).
+    fn first_reachable(&self, start: usize) -> usize {
+        let n = self.bases.len();
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&k| {
+                reqwest::Url::parse(&self.bases[k])
+                    .ok()
+                    .and_then(|u| u.socket_addrs(|| None).ok())
+                    .is_some_and(|addrs| {
+                        addrs.iter().any(|a| {
+                            std::net::TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok()
+                        })
+                    })
+            })
+            .unwrap_or(start)
     }
 
     /// Send; an error status becomes [`ClientError::Api`].
