@@ -287,3 +287,25 @@ fn tls_join_token_is_exchanged_once_for_an_agent_certificate() {
     // Without a certificate nothing but the join route answers.
     refused(anon.list_nodes(), "client certificate");
 }
+
+#[test]
+fn plain_http_off_loopback_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store: std::sync::Arc<dyn taba_store::Store> =
+        std::sync::Arc::new(taba_store::MemoryStore::new());
+    let images =
+        std::sync::Arc::new(taba_image::ImageStore::open(&dir.path().join("images")).unwrap());
+    let cfg = taba_server::ServerConfig::new(dir.path().join("s"), "0.0.0.0:0".parse().unwrap());
+    let err = rt
+        .block_on(taba_server::Server::start(cfg, store, images))
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("refusing to serve plain HTTP on 0.0.0.0:0"),
+        "{err}"
+    );
+}
