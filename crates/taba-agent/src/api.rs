@@ -45,7 +45,9 @@ pub async fn require_server(req: axum::extract::Request, next: axum::middleware:
     match peer {
         Some(p) if p.is_server() => next.run(req).await,
         other => {
-            let who = other.map(|p| p.describe()).unwrap_or_else(|| "a client without a certificate".into());
+            let who = other
+                .map(|p| p.describe())
+                .unwrap_or_else(|| "a client without a certificate".into());
             tracing::warn!("refused {who}: only servers may call the agent API");
             ApiError(
                 StatusCode::FORBIDDEN,

@@ -64,10 +64,7 @@ pub fn normalize_base(s: &str) -> String {
 impl ServerClient {
     /// Talk to the servers at `bases` (`http://host:port` or
     /// `https://host:port`), trusting `tls`'s CA and presenting its identity.
-    pub fn new(
-        bases: &[String],
-        tls: Option<&taba_tls::ClientTls>,
-    ) -> Result<Self, ClientError> {
+    pub fn new(bases: &[String], tls: Option<&taba_tls::ClientTls>) -> Result<Self, ClientError> {
         if bases.is_empty() {
             return Err(ClientError::NoServers);
         }
@@ -110,7 +107,11 @@ impl ServerClient {
     ) -> Result<T, ClientError> {
         let n = self.bases.len();
         let start = self.current.load(Ordering::Relaxed);
-        let secret = self.secret.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let secret = self
+            .secret
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut last = None;
         for i in 0..n {
             let k = (start + i) % n;
@@ -161,7 +162,8 @@ impl ServerClient {
 
     /// Exchange a join token for a credential.
     pub async fn join(&self, req: &JoinRequest) -> Result<JoinResponse, ClientError> {
-        self.send("/v1/agent/join", |c, u| c.post(u).json(req)).await
+        self.send("/v1/agent/join", |c, u| c.post(u).json(req))
+            .await
     }
 
     /// Register (or re-register) the node.
@@ -197,8 +199,10 @@ impl ServerClient {
             node_id,
             wait.as_millis()
         );
-        self.send(&path, |c, u| c.get(u).timeout(wait + Duration::from_secs(10)))
-            .await
+        self.send(&path, |c, u| {
+            c.get(u).timeout(wait + Duration::from_secs(10))
+        })
+        .await
     }
 
     /// Report allocation state changes.

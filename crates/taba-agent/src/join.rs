@@ -92,7 +92,8 @@ pub async fn credentials(
         join_tls(config, files, token, node_id, name).await?;
     }
     let cert_pem = taba_tls::config::read(&files.cert)?;
-    let id = PeerIdentity::from_pem(&cert_pem).map_err(|_| JoinError::NotAgent(files.cert.clone()))?;
+    let id =
+        PeerIdentity::from_pem(&cert_pem).map_err(|_| JoinError::NotAgent(files.cert.clone()))?;
     let cert_name = id
         .agent_name()
         .ok_or_else(|| JoinError::NotAgent(files.cert.clone()))?
@@ -138,13 +139,17 @@ async fn join_tls(
 ) -> Result<(), JoinError> {
     let req = pki::signing_request(&Role::Agent(name.to_string()))?;
     // Trust the CA; no identity yet.
-    let ca = ClientTls::load(&files.ca_cert, None).map_err(|_| JoinError::NoCert(files.ca_cert.clone()))?;
+    let ca = ClientTls::load(&files.ca_cert, None)
+        .map_err(|_| JoinError::NoCert(files.ca_cert.clone()))?;
     let client = ServerClient::new(&config.servers, Some(&ca))?;
     let resp = client
         .join(&join_request(token, node_id, name, Some(req.cert_pem)))
         .await?;
     let cert = resp.cert_pem.ok_or(JoinError::Empty("certificate"))?;
-    for dir in [files.cert.parent(), files.key.parent()].into_iter().flatten() {
+    for dir in [files.cert.parent(), files.key.parent()]
+        .into_iter()
+        .flatten()
+    {
         std::fs::create_dir_all(dir).map_err(|source| pki::PkiError::Write {
             path: dir.to_path_buf(),
             source,

@@ -381,7 +381,9 @@ async fn register_and_watch(
             Ok(resp) => {
                 if let Some(secret) = &resp.node_secret {
                     if let Err(e) = inner.ctx.state_dir.save_node_secret(secret) {
-                        tracing::error!("keeping the node secret: {e}; a restarted agent will be refused");
+                        tracing::error!(
+                            "keeping the node secret: {e}; a restarted agent will be refused"
+                        );
                     }
                     client.set_secret(Some(secret.clone()));
                 }

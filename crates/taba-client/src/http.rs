@@ -144,7 +144,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("bases", &self.bases).finish()
+        f.debug_struct("Client")
+            .field("bases", &self.bases)
+            .finish()
     }
 }
 
@@ -472,11 +474,7 @@ impl Client {
 
     /// `DELETE /v1/jobs/{name}`.
     pub fn stop_job(&self, name: &str) -> Result<EvalResponse, ClientError> {
-        Self::json(
-            self.finish(
-                self.req(Method::DELETE, &format!("/v1/jobs/{}", seg(name))),
-            )?,
-        )
+        Self::json(self.finish(self.req(Method::DELETE, &format!("/v1/jobs/{}", seg(name))))?)
     }
 
     /// `GET /v1/jobs/{name}/status?namespace=NS`.
@@ -494,14 +492,10 @@ impl Client {
 
     /// `DELETE /v1/jobs/{name}?namespace=NS`.
     pub fn stop_job_in(&self, namespace: &str, name: &str) -> Result<EvalResponse, ClientError> {
-        Self::json(
-            self.finish(
-                self.req(
-                    Method::DELETE,
-                    &format!("/v1/jobs/{}?namespace={}", seg(name), seg(namespace)),
-                ),
-            )?,
-        )
+        Self::json(self.finish(self.req(
+            Method::DELETE,
+            &format!("/v1/jobs/{}?namespace={}", seg(name), seg(namespace)),
+        ))?)
     }
 
     // ---- namespaces ----
@@ -518,16 +512,16 @@ impl Client {
 
     /// `PUT /v1/namespaces/{name}`: create or update.
     pub fn apply_namespace(&self, ns: &Namespace) -> Result<NamespaceStatus, ClientError> {
-        self.send(Method::PUT, &format!("/v1/namespaces/{}", seg(&ns.name)), ns)
+        self.send(
+            Method::PUT,
+            &format!("/v1/namespaces/{}", seg(&ns.name)),
+            ns,
+        )
     }
 
     /// `DELETE /v1/namespaces/{name}`.
     pub fn delete_namespace(&self, name: &str) -> Result<DeleteNamespaceResponse, ClientError> {
-        Self::json(
-            self.finish(
-                self.req(Method::DELETE, &format!("/v1/namespaces/{}", seg(name))),
-            )?,
-        )
+        Self::json(self.finish(self.req(Method::DELETE, &format!("/v1/namespaces/{}", seg(name))))?)
     }
 
     // ---- allocations ----
@@ -545,9 +539,7 @@ impl Client {
     /// `POST /v1/allocations/{id}/stop`.
     pub fn stop_alloc(&self, id: &str) -> Result<EvalResponse, ClientError> {
         Self::json(
-            self.finish(
-                self.req(Method::POST, &format!("/v1/allocations/{}/stop", seg(id))),
-            )?,
+            self.finish(self.req(Method::POST, &format!("/v1/allocations/{}/stop", seg(id))))?,
         )
     }
 
@@ -660,9 +652,7 @@ impl Client {
     /// `DELETE /v1/images/{ref}`.
     pub fn remove_image(&self, reference: &str) -> Result<ImageInfo, ClientError> {
         Self::json(
-            self.finish(
-                self.req(Method::DELETE, &format!("/v1/images/{}", seg(reference))),
-            )?,
+            self.finish(self.req(Method::DELETE, &format!("/v1/images/{}", seg(reference))))?,
         )
     }
 

@@ -98,7 +98,11 @@ pub fn new_secret() -> String {
 
 /// Equal without an early exit.
 pub fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn now_ms() -> UnixMillis {
@@ -189,7 +193,8 @@ impl Credentials {
     /// Forget `id`'s credential (a removed node); revokes its certificate.
     pub async fn forget(&self, id: &NodeId) -> Result<(), CredentialError> {
         if let Some(NodeCredential::Cert { fingerprint, .. }) = self.binding(id) {
-            self.revoke(&fingerprint, &format!("node {id} removed")).await?;
+            self.revoke(&fingerprint, &format!("node {id} removed"))
+                .await?;
         }
         self.apply(Txn::new().delete(Table::Meta, format!("{NODE_PREFIX}{id}")))
             .await?;

@@ -14,12 +14,12 @@ use crate::locks::{job_key, node_key, KeyLocks};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
-use taba_types::api::{
-    AllocListEntry, EvalSummary, JobListEntry, JobStatusResponse, RegisterJobResponse,
-};
 use taba_image::ImageStore;
 use taba_scheduler::ClusterState;
 use taba_store::{Store, StoreError, Table, Txn};
+use taba_types::api::{
+    AllocListEntry, EvalSummary, JobListEntry, JobStatusResponse, RegisterJobResponse,
+};
 use taba_types::wire::AllocUpdate;
 use taba_types::{
     AllocId, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger, Evaluation,
@@ -186,12 +186,11 @@ impl ServerState {
                 _ => {}
             }
         }
-        let credentials = crate::credentials::Credentials::load(store.clone()).map_err(|e| {
-            match e {
+        let credentials =
+            crate::credentials::Credentials::load(store.clone()).map_err(|e| match e {
                 crate::credentials::CredentialError::Store(s) => StateError::Store(s),
                 other => StateError::Conflict(other.to_string()),
-            }
-        })?;
+            })?;
         Ok(Self {
             config,
             store,

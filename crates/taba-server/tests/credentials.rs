@@ -12,14 +12,20 @@ use taba_client::api::RevokeCertRequest;
 use taba_tls::pki::{self, CertAuthority, Extra, Role, Validity};
 use taba_types::wire::{HeartbeatRequest, JoinRequest, RegisterRequest, PROTOCOL};
 
-fn register(c: &taba_client::Client, n: &taba_types::Node) -> Result<taba_types::wire::RegisterResponse, taba_client::ClientError> {
+fn register(
+    c: &taba_client::Client,
+    n: &taba_types::Node,
+) -> Result<taba_types::wire::RegisterResponse, taba_client::ClientError> {
     c.agent_register(&RegisterRequest {
         protocol: PROTOCOL,
         node: n.clone(),
     })
 }
 
-fn heartbeat(c: &taba_client::Client, n: &taba_types::Node) -> Result<(), taba_client::ClientError> {
+fn heartbeat(
+    c: &taba_client::Client,
+    n: &taba_types::Node,
+) -> Result<(), taba_client::ClientError> {
     c.agent_heartbeat(&HeartbeatRequest {
         protocol: PROTOCOL,
         node_id: n.id.clone(),
@@ -43,7 +49,10 @@ fn plain_node_secret_binds_the_node_id_at_first_registration() {
     let srv = TestServer::start(dir.path(), Duration::from_secs(30));
     let c = srv.client();
     let n1 = node("n1", 4096);
-    let secret = register(&c, &n1).unwrap().node_secret.expect("a secret at first registration");
+    let secret = register(&c, &n1)
+        .unwrap()
+        .node_secret
+        .expect("a secret at first registration");
     assert_eq!(secret.len(), 64);
     let agent = c.with_node_secret(Some(secret.clone()));
     heartbeat(&agent, &n1).unwrap();
@@ -61,7 +70,10 @@ fn plain_node_secret_binds_the_node_id_at_first_registration() {
     // The server stays up and the node is still n1.
     assert_eq!(c.node(n1.id.as_str()).unwrap().name, "n1");
     // The hash, not the secret, is what the store holds.
-    let recs = srv.store.scan(taba_store::Table::Meta, "node-credential/").unwrap();
+    let recs = srv
+        .store
+        .scan(taba_store::Table::Meta, "node-credential/")
+        .unwrap();
     assert_eq!(recs.len(), 1);
     assert!(!String::from_utf8_lossy(&recs[0].value).contains(&secret));
 }
@@ -78,7 +90,12 @@ fn agent_one_protocol_version_older_registers_and_heartbeats() {
     node_json["name"] = "old1".into();
     let register = serde_json::json!({"protocol": 1, "node": node_json}).to_string();
     let r = c
-        .raw("POST", "/v1/agent/register", Some("application/json"), register.as_bytes())
+        .raw(
+            "POST",
+            "/v1/agent/register",
+            Some("application/json"),
+            register.as_bytes(),
+        )
         .unwrap();
     assert_eq!(r.status, 200, "{:?}", r.error());
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -89,18 +106,33 @@ fn agent_one_protocol_version_older_registers_and_heartbeats() {
         n.id
     );
     let r = c
-        .raw("POST", "/v1/agent/heartbeat", Some("application/json"), hb.as_bytes())
+        .raw(
+            "POST",
+            "/v1/agent/heartbeat",
+            Some("application/json"),
+            hb.as_bytes(),
+        )
         .unwrap();
     assert_eq!(r.status, 200, "{:?}", r.error());
     let r = c
-        .raw("GET", &format!("/v1/agent/allocations/{}?index=0", n.id), None, b"")
+        .raw(
+            "GET",
+            &format!("/v1/agent/allocations/{}?index=0", n.id),
+            None,
+            b"",
+        )
         .unwrap();
     assert_eq!(r.status, 200, "{:?}", r.error());
     // Two versions older, or newer than this build: refused, naming the field.
     for v in [PROTOCOL - 2, PROTOCOL + 1] {
         let hb = format!(r#"{{"protocol":{v},"node_id":"{}"}}"#, n.id);
         let r = c
-            .raw("POST", "/v1/agent/heartbeat", Some("application/json"), hb.as_bytes())
+            .raw(
+                "POST",
+                "/v1/agent/heartbeat",
+                Some("application/json"),
+                hb.as_bytes(),
+            )
             .unwrap();
         assert_eq!(r.status, 400);
         assert_eq!(r.error().unwrap().field.as_deref(), Some("protocol"));
@@ -170,18 +202,27 @@ fn tls_api_needs_a_client_certificate_of_the_cluster_ca() {
     // A certificate of another CA, or an expired one, fails the handshake.
     let other = test_pki(&dir.path().join("other"), &[]);
     let foreign = tls_client(&srv, &pki.ca_cert, Some((&other.cli.cert, &other.cli.key)));
-    assert!(matches!(foreign.list_jobs(), Err(taba_client::ClientError::Transport { .. })));
+    assert!(matches!(
+        foreign.list_jobs(),
+        Err(taba_client::ClientError::Transport { .. })
+    ));
     let ca = CertAuthority::load(&pki.ca_cert, &pki.ca_key).unwrap();
     let old = ca
         .issue(
             &Role::Cli,
-            Validity::between(taba_tls::time::Duration::days(-10), taba_tls::time::Duration::days(-1)),
+            Validity::between(
+                taba_tls::time::Duration::days(-10),
+                taba_tls::time::Duration::days(-1),
+            ),
             &Extra::default(),
         )
         .unwrap();
     let (cert, key) = pki::write_pair(&dir.path().join("tls"), "expired-cli", &old).unwrap();
     let expired = tls_client(&srv, &pki.ca_cert, Some((&cert, &key)));
-    assert!(matches!(expired.list_jobs(), Err(taba_client::ClientError::Transport { .. })));
+    assert!(matches!(
+        expired.list_jobs(),
+        Err(taba_client::ClientError::Transport { .. })
+    ));
     // Plain HTTP to a TLS listener does not get through either.
     let plain = taba_client::Client::new(&srv.addr.to_string(), None);
     assert!(plain.list_jobs().is_err());
@@ -204,10 +245,16 @@ fn tls_node_ids_are_bound_to_agent_certificates_and_revocation_holds() {
     let mut forged = node("n2", 4096);
     forged.id = n1.id.clone();
     refused(register(&a2, &forged), "belongs to agent n1");
-    refused(register(&a2, &node("n1", 4096)), "certificate is for agent n2");
+    refused(
+        register(&a2, &node("n1", 4096)),
+        "certificate is for agent n2",
+    );
     refused(heartbeat(&a2, &n1), "belongs to agent n1");
     // The CLI's certificate is no agent's.
-    refused(register(&cli, &node("cli", 4096)), "may not act as an agent");
+    refused(
+        register(&cli, &node("cli", 4096)),
+        "may not act as an agent",
+    );
     // Revoke n1's certificate: n1 is refused from then on, everywhere.
     let r = cli
         .revoke_cert(&RevokeCertRequest {
@@ -274,10 +321,14 @@ fn tls_join_token_is_exchanged_once_for_an_agent_certificate() {
     assert_eq!(r.status, 403, "{:?}", r.error());
     assert!(r.error().unwrap().message.contains("already used"));
     // The certificate works as n3's credential.
-    let (c, k) = pki::write_pair(&dir.path().join("tls"), "agent-n3", &taba_tls::CertPair {
-        cert_pem: cert,
-        key_pem: csr.key_pem.clone(),
-    })
+    let (c, k) = pki::write_pair(
+        &dir.path().join("tls"),
+        "agent-n3",
+        &taba_tls::CertPair {
+            cert_pem: cert,
+            key_pem: csr.key_pem.clone(),
+        },
+    )
     .unwrap();
     let a3 = tls_client(&srv, &pki.ca_cert, Some((&c, &k)));
     let mut n3 = node("n3", 1024);
@@ -305,7 +356,8 @@ fn plain_http_off_loopback_refuses_to_start() {
         .err()
         .expect("refused");
     assert!(
-        err.to_string().contains("refusing to serve plain HTTP on 0.0.0.0:0"),
+        err.to_string()
+            .contains("refusing to serve plain HTTP on 0.0.0.0:0"),
         "{err}"
     );
 }

@@ -27,11 +27,7 @@ pub struct DevPki {
 /// Create `dir` (0700) with a fresh CA, a server certificate `server`
 /// valid also for `server_ips`, and certificates for `agents` and the CLI,
 /// all valid for 30 days.
-pub fn create(
-    dir: &Path,
-    server_ips: &[IpAddr],
-    agents: &[String],
-) -> Result<DevPki, PkiError> {
+pub fn create(dir: &Path, server_ips: &[IpAddr], agents: &[String]) -> Result<DevPki, PkiError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -63,7 +59,12 @@ pub fn create(
     )?;
     let agents = agents
         .iter()
-        .map(|n| Ok((n.clone(), files(&Role::Agent(n.clone()), &Extra::default())?)))
+        .map(|n| {
+            Ok((
+                n.clone(),
+                files(&Role::Agent(n.clone()), &Extra::default())?,
+            ))
+        })
         .collect::<Result<Vec<_>, PkiError>>()?;
     let cli = files(&Role::Cli, &Extra::default())?;
     Ok(DevPki {

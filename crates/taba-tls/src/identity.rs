@@ -71,8 +71,8 @@ impl PeerIdentity {
     /// Read the first certificate of a PEM text.
     pub fn from_pem(pem: &[u8]) -> Result<Self, IdentityError> {
         use rustls_pki_types::pem::PemObject as _;
-        let der =
-            rustls_pki_types::CertificateDer::from_pem_slice(pem).map_err(|_| IdentityError::Pem)?;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem)
+            .map_err(|_| IdentityError::Pem)?;
         Self::from_der(&der)
     }
 
@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn one_role_per_certificate() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(role_of(&s(&["n1.agent.taba"]), "n1"), Some(Role::Agent("n1".into())));
+        assert_eq!(
+            role_of(&s(&["n1.agent.taba"]), "n1"),
+            Some(Role::Agent("n1".into()))
+        );
         assert_eq!(role_of(&s(&["cli.taba"]), "cli"), Some(Role::Cli));
         assert_eq!(
             role_of(&s(&["server.taba", "localhost"]), "s1"),

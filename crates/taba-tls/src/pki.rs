@@ -352,14 +352,13 @@ impl CertAuthority {
         role: &Role,
         validity: Validity,
     ) -> Result<String, PkiError> {
-        let csr =
-            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|source| {
-                PkiError::BadPem {
-                    what: "csr_pem".into(),
-                    kind: "certificate signing request",
-                    source,
-                }
-            })?;
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|source| {
+            PkiError::BadPem {
+                what: "csr_pem".into(),
+                kind: "certificate signing request",
+                source,
+            }
+        })?;
         let cert = role
             .params(&validity, &Extra::default())?
             .signed_by(&csr.public_key, &self.issuer, &self.key)
@@ -463,12 +462,22 @@ mod tests {
     fn issued_certificates_name_their_role() {
         let ca = CertAuthority::create("test CA", Validity::days(10)).unwrap();
         let s = ca
-            .issue(&Role::Server("s1".into()), Validity::days(1), &Extra::default())
+            .issue(
+                &Role::Server("s1".into()),
+                Validity::days(1),
+                &Extra::default(),
+            )
             .unwrap();
         let a = ca
-            .issue(&Role::Agent("n1".into()), Validity::days(1), &Extra::default())
+            .issue(
+                &Role::Agent("n1".into()),
+                Validity::days(1),
+                &Extra::default(),
+            )
             .unwrap();
-        let c = ca.issue(&Role::Cli, Validity::days(1), &Extra::default()).unwrap();
+        let c = ca
+            .issue(&Role::Cli, Validity::days(1), &Extra::default())
+            .unwrap();
         let id = |p: &CertPair| PeerIdentity::from_der(&der(&p.cert_pem)).unwrap();
         assert_eq!(id(&s).role, Some(Role::Server("s1".into())));
         assert_eq!(id(&a).role, Some(Role::Agent("n1".into())));
@@ -481,15 +490,25 @@ mod tests {
         let ca = CertAuthority::create("test CA", Validity::days(10)).unwrap();
         let again = CertAuthority::from_pem(ca.cert_pem(), &ca.key_pem(), "ca").unwrap();
         let a = again
-            .issue(&Role::Agent("n1".into()), Validity::days(1), &Extra::default())
+            .issue(
+                &Role::Agent("n1".into()),
+                Validity::days(1),
+                &Extra::default(),
+            )
             .unwrap();
         crate::config::verify_chain(ca.cert_pem().as_bytes(), a.cert_pem.as_bytes()).unwrap();
         // A different CA's certificate does not chain.
         let other = CertAuthority::create("other", Validity::days(10)).unwrap();
         let b = other
-            .issue(&Role::Agent("n1".into()), Validity::days(1), &Extra::default())
+            .issue(
+                &Role::Agent("n1".into()),
+                Validity::days(1),
+                &Extra::default(),
+            )
             .unwrap();
-        assert!(crate::config::verify_chain(ca.cert_pem().as_bytes(), b.cert_pem.as_bytes()).is_err());
+        assert!(
+            crate::config::verify_chain(ca.cert_pem().as_bytes(), b.cert_pem.as_bytes()).is_err()
+        );
     }
 
     #[test]
@@ -512,7 +531,11 @@ mod tests {
         let ca = CertAuthority::create("test CA", Validity::days(10)).unwrap();
         for bad in ["", "a.b", "-x", "a b", &"x".repeat(64)] {
             let e = ca
-                .issue(&Role::Agent(bad.into()), Validity::days(1), &Extra::default())
+                .issue(
+                    &Role::Agent(bad.into()),
+                    Validity::days(1),
+                    &Extra::default(),
+                )
                 .unwrap_err();
             assert!(e.to_string().contains("invalid agent name"), "{e}");
         }
@@ -530,7 +553,9 @@ mod tests {
     fn keys_are_private_and_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertAuthority::create("test CA", Validity::days(10)).unwrap();
-        let p = ca.issue(&Role::Cli, Validity::days(1), &Extra::default()).unwrap();
+        let p = ca
+            .issue(&Role::Cli, Validity::days(1), &Extra::default())
+            .unwrap();
         let (cert, key) = write_pair(dir.path(), "cli", &p).unwrap();
         let mode = |f: &Path| std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&key), 0o600);

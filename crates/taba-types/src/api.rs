@@ -2,13 +2,13 @@
 //! records themselves. The server builds them, the agent and the client read
 //! them; all depend on this module so the two sides cannot drift apart.
 
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use crate::{
     AllocId, AllocUsage, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, Job,
     JobStatus, JobType, NamespaceUsage, Node, NodeId, NodeStatus, Quota, TaskState, UnixMillis,
 };
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Every error reply: `{"error": {"message": ..., "field": ...}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

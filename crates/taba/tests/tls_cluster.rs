@@ -37,7 +37,10 @@ fn wait(what: &str, logs: &[&Proc], mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
     let tails: Vec<String> = logs.iter().map(|p| p.log_tail()).collect();
-    panic!("timed out waiting for {what}; logs:\n{}", tails.join("\n----\n"));
+    panic!(
+        "timed out waiting for {what}; logs:\n{}",
+        tails.join("\n----\n")
+    );
 }
 
 fn write(path: &Path, text: &str) {
@@ -55,18 +58,34 @@ fn root_server_and_agents_over_mutual_tls_run_log_exec_and_join() {
     let tls = d.join("tls");
     let t = tls.to_str().unwrap();
     ok(taba(&["tls", "ca", "create", "--dir", t]), "tls ca create");
-    ok(taba(&["tls", "cert", "create", "--server", "s1", "--dir", t]), "server cert");
-    ok(taba(&["tls", "cert", "create", "--agent", "n1", "--dir", t]), "agent cert");
-    ok(taba(&["tls", "cert", "create", "--cli", "--dir", t]), "cli cert");
+    ok(
+        taba(&["tls", "cert", "create", "--server", "s1", "--dir", t]),
+        "server cert",
+    );
+    ok(
+        taba(&["tls", "cert", "create", "--agent", "n1", "--dir", t]),
+        "agent cert",
+    );
+    ok(
+        taba(&["tls", "cert", "create", "--cli", "--dir", t]),
+        "cli cert",
+    );
     let mode = |f: &str| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(tls.join(f)).unwrap().permissions().mode() & 0o777
     };
-    for key in ["taba-ca-key.pem", "server-s1-key.pem", "agent-n1-key.pem", "cli-key.pem"] {
+    for key in [
+        "taba-ca-key.pem",
+        "server-s1-key.pem",
+        "agent-n1-key.pem",
+        "cli-key.pem",
+    ] {
         assert_eq!(mode(key), 0o600, "{key}");
     }
     // Creating the same certificate again refuses to overwrite it.
-    assert!(!taba(&["tls", "cert", "create", "--cli", "--dir", t]).status.success());
+    assert!(!taba(&["tls", "cert", "create", "--cli", "--dir", t])
+        .status
+        .success());
 
     let server_dir = d.join("server");
     write(
@@ -78,7 +97,11 @@ fn root_server_and_agents_over_mutual_tls_run_log_exec_and_join() {
         ),
     );
     let (server, api) = Proc::start(
-        &["server", "--config", d.join("server.toml").to_str().unwrap()],
+        &[
+            "server",
+            "--config",
+            d.join("server.toml").to_str().unwrap(),
+        ],
         &d.join("server.log"),
         "API on ",
     );
@@ -148,7 +171,10 @@ fn root_server_and_agents_over_mutual_tls_run_log_exec_and_join() {
     );
 
     // A second agent joins with a one-time token: it has only the CA.
-    let token = ok(cli(&["node", "token", "create", "--ttl", "10m"]), "token create");
+    let token = ok(
+        cli(&["node", "token", "create", "--ttl", "10m"]),
+        "token create",
+    );
     let token = token.trim();
     assert_eq!(token.len(), 64);
     write(
@@ -166,7 +192,10 @@ fn root_server_and_agents_over_mutual_tls_run_log_exec_and_join() {
     let procs = [&server, &agent1, &agent2];
     wait("n2 ready", &procs, || {
         let out = cli(&["node", "list"]);
-        String::from_utf8_lossy(&out.stdout).matches("ready").count() == 2
+        String::from_utf8_lossy(&out.stdout)
+            .matches("ready")
+            .count()
+            == 2
     });
     assert_eq!(mode("../n2/tls/agent-key.pem"), 0o600);
 
@@ -190,7 +219,10 @@ constraint = [{ attribute = "${node.name}", value = "n1" }]
   resources = { cpu = 50, memory = "32MiB" }
 "#,
     );
-    ok(cli(&["job", "run", "--detach", job.to_str().unwrap()]), "job run");
+    ok(
+        cli(&["job", "run", "--detach", job.to_str().unwrap()]),
+        "job run",
+    );
     let mut alloc = String::new();
     wait("hello running", &procs, || {
         let out = cli(&["job", "status", "hello", "--json"]);
@@ -209,7 +241,10 @@ constraint = [{ attribute = "${node.name}", value = "n1" }]
     wait("logs over TLS", &procs, || {
         String::from_utf8_lossy(&cli(&["alloc", "logs", &alloc]).stdout).contains("hello-over-tls")
     });
-    let out = ok(cli(&["alloc", "exec", &alloc, "--", "echo", "exec-over-tls"]), "alloc exec");
+    let out = ok(
+        cli(&["alloc", "exec", &alloc, "--", "echo", "exec-over-tls"]),
+        "alloc exec",
+    );
     assert!(out.contains("exec-over-tls"), "{out}");
 
     ok(cli(&["job", "stop", "hello"]), "job stop");
@@ -218,7 +253,10 @@ constraint = [{ attribute = "${node.name}", value = "n1" }]
         serde_json::from_slice::<serde_json::Value>(&out.stdout)
             .ok()
             .and_then(|v| v["allocations"].as_array().cloned())
-            .is_some_and(|a| a.iter().all(|a| a["status"] != "running" && a["status"] != "pending"))
+            .is_some_and(|a| {
+                a.iter()
+                    .all(|a| a["status"] != "running" && a["status"] != "pending")
+            })
     });
     drop(agent2);
     drop(agent1);

@@ -61,7 +61,12 @@ impl AgentClients {
         let host = taba_tls::agent_dns(&node.name);
         let base = format!("https://{host}:{}", addr.port());
         let key = (node.name.clone(), addr);
-        if let Some(c) = self.by_node.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(c) = self
+            .by_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok((c.clone(), base));
         }
         let bad = |e: reqwest::Error| ApiError::Internal(format!("server TLS material: {e}"));

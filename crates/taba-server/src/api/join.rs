@@ -71,12 +71,15 @@ pub async fn agent_join(State(app): State<AppState>, body: Body) -> R<JoinRespon
         let cred = NodeCredential::Secret {
             sha256: sha256_hex(&secret),
         };
-        creds.bind(&req.node_id, cred, false).await.map_err(|e| match e {
-            CredentialError::AlreadyBound(id) => {
-                refuse("node_id", format!("node {id} already has a credential"))
-            }
-            e => ApiError::Internal(e.to_string()),
-        })?;
+        creds
+            .bind(&req.node_id, cred, false)
+            .await
+            .map_err(|e| match e {
+                CredentialError::AlreadyBound(id) => {
+                    refuse("node_id", format!("node {id} already has a credential"))
+                }
+                e => ApiError::Internal(e.to_string()),
+            })?;
         tracing::info!(node = %req.node_id, "node joined with a token (node secret)");
         return Ok(Json(JoinResponse {
             protocol: PROTOCOL,
@@ -144,7 +147,11 @@ pub async fn create_token(State(app): State<AppState>, body: Body) -> R<JoinToke
         parse_json(&bytes)?
     };
     let ttl = match &req.ttl {
-        Some(t) => DurationSpec::parse(t).map_err(|e| ApiError::invalid("ttl", e))?.0,
+        Some(t) => {
+            DurationSpec::parse(t)
+                .map_err(|e| ApiError::invalid("ttl", e))?
+                .0
+        }
         None => 3600 * 1000,
     };
     if ttl == 0 || ttl > MAX_TOKEN_TTL_MS {

@@ -328,20 +328,13 @@ pub fn test_pki(dir: &Path, names: &[&str]) -> taba_tls::dev::DevPki {
 }
 
 /// A server with TLS from `pki` (and its CA key when `ca_key`).
-pub fn start_tls_server(
-    dir: &Path,
-    pki: &taba_tls::dev::DevPki,
-    ca_key: bool,
-) -> TestServer {
+pub fn start_tls_server(dir: &Path, pki: &taba_tls::dev::DevPki, ca_key: bool) -> TestServer {
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&dir.join("state.redb")).expect("open store"));
     let files = pki.server.clone();
     let key = ca_key.then(|| pki.ca_key.clone());
     TestServer::start_configured(dir, store, move |c| {
-        c.tls = Some(taba_server::ServerTls {
-            files,
-            ca_key: key,
-        })
+        c.tls = Some(taba_server::ServerTls { files, ca_key: key })
     })
 }
 

@@ -762,7 +762,7 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 return print_json(&t);
             }
             println!("{}", t.token);
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
         NodeCommand::List => {
             let nodes = api.list_nodes()?;

@@ -12,7 +12,10 @@ impl GlobalArgs {
     /// those in ~/.taba/tls/ that exist, when an address is https.
     pub fn tls_options(&self) -> anyhow::Result<Option<taba_client::TlsOptions>> {
         use anyhow::Context as _;
-        let https = self.addr.split(',').any(|a| a.trim().starts_with("https://"));
+        let https = self
+            .addr
+            .split(',')
+            .any(|a| a.trim().starts_with("https://"));
         let home = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".taba/tls"));
         let found = |given: &Option<std::path::PathBuf>, file: &str| {
             given.clone().or_else(|| {
@@ -46,11 +49,13 @@ impl GlobalArgs {
 
     /// The API client these options describe.
     pub fn client(&self) -> anyhow::Result<taba_client::Client> {
-        Ok(taba_client::Client::with_options(taba_client::ClientOptions {
-            addrs: self.addr.split(',').map(str::to_string).collect(),
-            token: self.token.clone(),
-            tls: self.tls_options()?,
-        })?)
+        Ok(taba_client::Client::with_options(
+            taba_client::ClientOptions {
+                addrs: self.addr.split(',').map(str::to_string).collect(),
+                token: self.token.clone(),
+                tls: self.tls_options()?,
+            },
+        )?)
     }
 }
 

@@ -165,8 +165,14 @@ fn cert_create(a: CertCreateArgs) -> anyhow::Result<ExitCode> {
         a.dns.is_empty() || matches!(role, Role::Server(_)),
         "--dns: only server certificates take extra names"
     );
-    let ca_cert = a.ca_cert.clone().unwrap_or_else(|| a.dir.join(pki::CA_CERT_FILE));
-    let ca_key = a.ca_key.clone().unwrap_or_else(|| a.dir.join(pki::CA_KEY_FILE));
+    let ca_cert = a
+        .ca_cert
+        .clone()
+        .unwrap_or_else(|| a.dir.join(pki::CA_CERT_FILE));
+    let ca_key = a
+        .ca_key
+        .clone()
+        .unwrap_or_else(|| a.dir.join(pki::CA_KEY_FILE));
     let ca = CertAuthority::load(&ca_cert, &ca_key)
         .context("loading the CA (create one with `taba tls ca create`)")?;
     let extra = Extra {
