@@ -199,7 +199,8 @@ fn tls_api_needs_a_client_certificate_of_the_cluster_ca() {
     // An agent's certificate may only call agent routes.
     let agent = tls_client_as(&srv, &pki.agents[0].1);
     refused(agent.list_jobs(), "agent routes");
-    // A certificate of another CA, or an expired one, fails the handshake.
+    // A certificate of another CA fails the handshake; an expired one of
+    // this CA is refused with the reason (403).
     let other = test_pki(&dir.path().join("other"), &[]);
     let foreign = tls_client(&srv, &pki.ca_cert, Some((&other.cli.cert, &other.cli.key)));
     assert!(matches!(
@@ -219,8 +220,37 @@ fn tls_api_needs_a_client_certificate_of_the_cluster_ca() {
         .unwrap();
     let (cert, key) = pki::write_pair(&dir.path().join("tls"), "expired-cli", &old).unwrap();
     let expired = tls_client(&srv, &pki.ca_cert, Some((&cert, &key)));
+    refused(expired.list_jobs(), "expired");
+    // An expired agent certificate cannot register either.
+    let old_agent = ca
+        .issue(
+            &Role::Agent("n1".into()),
+            Validity::between(
+                taba_tls::time::Duration::days(-10),
+                taba_tls::time::Duration::days(-1),
+            ),
+            &Extra::default(),
+        )
+        .unwrap();
+    let (cert, key) = pki::write_pair(&dir.path().join("tls"), "expired-n1", &old_agent).unwrap();
+    let expired_agent = tls_client(&srv, &pki.ca_cert, Some((&cert, &key)));
+    refused(register(&expired_agent, &node("n1", 1024)), "expired");
+    // Expired and of another CA: still the handshake fails.
+    let other_ca = CertAuthority::load(&other.ca_cert, &other.ca_key).unwrap();
+    let old_foreign = other_ca
+        .issue(
+            &Role::Cli,
+            Validity::between(
+                taba_tls::time::Duration::days(-10),
+                taba_tls::time::Duration::days(-1),
+            ),
+            &Extra::default(),
+        )
+        .unwrap();
+    let (cert, key) =
+        pki::write_pair(&dir.path().join("tls"), "expired-foreign", &old_foreign).unwrap();
     assert!(matches!(
-        expired.list_jobs(),
+        tls_client(&srv, &pki.ca_cert, Some((&cert, &key))).list_jobs(),
         Err(taba_client::ClientError::Transport { .. })
     ));
     // Plain HTTP to a TLS listener does not get through either.

@@ -1,7 +1,9 @@
 //! rustls configurations of taba's listeners, and the PEM files they read.
 
-use rustls::server::danger::ClientCertVerifier;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use std::path::{Path, PathBuf};
@@ -127,8 +129,70 @@ pub enum ClientAuth {
     /// Every client (the agent's API: only servers call it).
     Required,
     /// Clients may come without one; the routes decide (the server's API:
-    /// an agent with a join token has no certificate yet).
+    /// an agent with a join token has no certificate yet). An expired
+    /// certificate that otherwise chains to the CA completes the handshake,
+    /// so that the server can refuse it with a 403 that says so (the
+    /// [`crate::PeerIdentity`] carries `not_after`; the routes check it).
     Optional,
+}
+
+/// A verifier that lets an expired certificate through when it chains to
+/// the CA at the end of its validity; the caller refuses it by `not_after`.
+#[derive(Debug)]
+struct ReportExpired(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for ReportExpired {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.0.verify_client_cert(end_entity, intermediates, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            )) => {
+                let id = crate::PeerIdentity::from_der(end_entity).map_err(|_| {
+                    rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
+                })?;
+                let at = u64::try_from(id.not_after.saturating_sub(1)).unwrap_or(0);
+                self.0.verify_client_cert(
+                    end_entity,
+                    intermediates,
+                    UnixTime::since_unix_epoch(std::time::Duration::from_secs(at)),
+                )
+            }
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 fn roots(ca: &Path) -> Result<rustls::RootCertStore, ConfigError> {
@@ -145,11 +209,16 @@ fn verifier(
     auth: ClientAuth,
 ) -> Result<Arc<dyn ClientCertVerifier>, ConfigError> {
     let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::provider());
-    let b = match auth {
-        ClientAuth::Required => b,
-        ClientAuth::Optional => b.allow_unauthenticated(),
-    };
-    b.build().map_err(ConfigError::Verifier)
+    match auth {
+        ClientAuth::Required => b.build().map_err(ConfigError::Verifier),
+        ClientAuth::Optional => {
+            let inner = b
+                .allow_unauthenticated()
+                .build()
+                .map_err(ConfigError::Verifier)?;
+            Ok(Arc::new(ReportExpired(inner)))
+        }
+    }
 }
 
 /// The configuration of a listener presenting `files.cert` and verifying

@@ -89,6 +89,20 @@ impl PeerIdentity {
         matches!(self.role, Some(Role::Server(_)))
     }
 
+    /// Whether its validity ended (seconds since the Unix epoch `now`).
+    pub fn expired_at(&self, now: i64) -> bool {
+        self.not_after < now
+    }
+
+    /// Whether its validity has ended now.
+    pub fn is_expired(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.expired_at(now)
+    }
+
     /// A short description for messages: `agent n1`, `server s1`, `cli`.
     pub fn describe(&self) -> String {
         match &self.role {

@@ -60,6 +60,11 @@ pub async fn tls_gate(State(app): State<AppState>, req: Request, next: Next) -> 
              (`taba tls cert create --cli`; pass it with --client-cert and --client-key)",
             req.method()
         ))),
+        Some(p) if p.is_expired() => Err(refuse(format!(
+            "{path}: the certificate of {} expired at {} (unix time); issue a new one with `taba tls cert create`",
+            p.describe(),
+            p.not_after
+        ))),
         Some(p) if app.state.credentials.is_revoked(&p.fingerprint) => Err(refuse(format!(
             "{}: the certificate of {} (fingerprint {}) is revoked",
             path,
@@ -183,6 +188,12 @@ async fn verify_cert(
             "node {id}: agent routes need the agent's certificate"
         )));
     };
+    if peer.is_expired() {
+        return Err(refuse_node(format!(
+            "node {id}: the certificate of {} expired",
+            peer.describe()
+        )));
+    }
     if state.credentials.is_revoked(&peer.fingerprint) {
         return Err(refuse_node(format!(
             "node {id}: the certificate of {} is revoked",
