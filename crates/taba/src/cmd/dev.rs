@@ -484,6 +484,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn agent_file_reads_servers_tls_and_join_token() {
+        let cfg: AgentFile = toml::from_str("").unwrap();
+        assert_eq!(cfg.server_list(), vec!["http://127.0.0.1:4646".to_string()]);
+        let cfg: AgentFile = toml::from_str(
+            "data_dir = \"/d\"\nservers = [\"https://a:1\", \"https://b:2\"]\njoin_token = \"t\"\n\
+             [tls]\nca_cert = \"/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.server_list(), vec!["https://a:1", "https://b:2"]);
+        let files = cfg
+            .tls
+            .as_ref()
+            .unwrap()
+            .files(Some(Path::new("/d/tls")))
+            .unwrap();
+        assert_eq!(files.cert, Path::new("/d/tls/agent.pem"));
+        assert_eq!(files.key, Path::new("/d/tls/agent-key.pem"));
+        // A server needs its certificate named.
+        let cfg: ServerFile = toml::from_str("[tls]\nca_cert = \"/ca.pem\"\n").unwrap();
+        let e = cfg.tls.as_ref().unwrap().files(None).unwrap_err();
+        assert!(e.to_string().contains("tls.cert: required"), "{e}");
+        let e = toml::from_str::<AgentFile>("[tls]\nca_cert = \"/c\"\ncert_file = \"/x\"\n")
+            .unwrap_err();
+        assert!(e.message().contains("unknown field `cert_file`"), "{e}");
+    }
+
+    #[test]
     fn server_file_reads_preemption_settings() {
         let cfg: ServerFile = toml::from_str("").unwrap();
         assert_eq!(
