@@ -32,7 +32,7 @@
 use crate::api::{self, ApiError};
 use crate::config::ServerConfig;
 use crate::state::ServerState;
-use crate::{spawn_background, stop_background, ServerError};
+use crate::{spawn_background, stop_background, Listener, ServerError};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taba_image::ImageStore;
 use taba_store::{Created, EtcdStore, FencedStore, KeyChange, Record, Store, Table};
+use taba_tls::{PeerIdentity, TlsPeer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
@@ -52,6 +53,11 @@ pub const LEADER_KEY: &str = "leader";
 /// Header marking a request forwarded by a follower (a forwarded request is never forwarded
 /// again, so two servers that disagree about the leader cannot bounce it between them).
 pub const FORWARDED_HEADER: &str = "x-taba-forwarded";
+/// Header in which a follower under TLS passes the client certificate it verified (DER,
+/// hex; `none` when the client presented none). The leader trusts it only from a peer that
+/// presents a valid, unrevoked server certificate of the cluster CA; a follower always
+/// replaces whatever the client sent in it.
+pub const FORWARDED_PEER_HEADER: &str = "x-taba-forwarded-peer";
 /// Longest time a request waits for an election to finish before it gets a 503.
 const ELECTION_WAIT: Duration = Duration::from_secs(5);
 /// How long a follower waits on one watch of the leader key before it watches again.
@@ -83,7 +89,10 @@ enum Role {
     /// Another server leads; requests go there.
     Follower { leader: LeaderRecord },
     /// This server leads: its router serves requests.
-    Leader { app: Router },
+    Leader {
+        app: Router,
+        state: Arc<ServerState>,
+    },
 }
 
 /// Leadership as the API sees it (`GET /v1/status/leader`).
@@ -125,32 +134,17 @@ impl crate::Server {
         store: Arc<EtcdStore>,
         images: Arc<ImageStore>,
     ) -> Result<HaServerHandle, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-        let listener = tokio::net::TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.http_addr,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.http_addr,
-            source,
-        })?;
+        let listener = Listener::bind(&config).await?;
+        let addr = listener.addr;
         let mut ha_config = ha;
         if ha_config.advertise.is_empty() {
-            ha_config.advertise = format!("http://{addr}");
+            ha_config.advertise = format!("{}://{addr}", listener.scheme());
         }
         let me = LeaderRecord {
             id: uuid::Uuid::new_v4().to_string(),
             api: ha_config.advertise.trim_end_matches('/').to_owned(),
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
+        let http = peer_client(&config)?;
         let ha = Arc::new(Ha {
             config,
             ha: ha_config,
@@ -164,17 +158,10 @@ impl crate::Server {
         let election = tokio::spawn(run_election(ha.clone()));
         let app = Router::new().fallback(dispatch).with_state(ha.clone());
         let mut stop = ha.stop.subscribe();
-        let http = tokio::spawn(async move {
-            let res = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "http server failed");
-            }
+        let http = listener.serve(app, async move {
+            let _ = stop.wait_for(|s| *s).await;
         });
-        tracing::info!(%addr, advertise = %ha.me.api, "server listening (HA on etcd)");
+        tracing::info!(%addr, advertise = %ha.me.api, "HA on etcd: campaigning");
         Ok(HaServerHandle {
             addr,
             ha,
@@ -334,9 +321,14 @@ async fn lead(ha: &Ha, index: u64, lease: i64) {
         Ok(Err(e)) => return resign(ha, lease, &e.to_string()).await,
         Err(e) => return resign(ha, lease, &e.to_string()).await,
     };
+    let app = match api::router(state.clone()) {
+        Ok(app) => app,
+        Err(e) => return resign(ha, lease, &e.to_string()).await,
+    };
     let tasks = spawn_background(&state, ha.config.num_workers.max(1));
     ha.role.send_replace(Role::Leader {
-        app: api::router(state.clone()),
+        app,
+        state: state.clone(),
     });
     tracing::info!(
         index,
@@ -419,9 +411,12 @@ async fn dispatch(State(ha): State<Arc<Ha>>, req: Request) -> Response {
     }
     let forwarded = req.headers().contains_key(FORWARDED_HEADER);
     match current_role(&ha).await {
-        Role::Leader { app } => match app.oneshot(req).await {
-            Ok(resp) => resp,
-            Err(never) => match never {},
+        Role::Leader { app, state } => match trust_forwarded_peer(&state, req) {
+            Ok(req) => match app.oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            },
+            Err(e) => e.into_response(),
         },
         Role::Follower { leader } if !forwarded => forward(&ha, &leader.api, req).await,
         Role::Follower { .. } => {
@@ -457,6 +452,87 @@ async fn leader_status(ha: &Ha) -> Response {
     axum::Json(status).into_response()
 }
 
+/// On the leader: a request a follower forwarded under TLS carries the client certificate the
+/// follower verified at its handshake ([`FORWARDED_PEER_HEADER`]). Taken as the request's
+/// [`TlsPeer`] only when the connection's own peer is a valid, unrevoked server certificate of
+/// the cluster CA; the API's TLS gate and the node credential checks then see the original
+/// client, so they apply exactly as if it had connected here. From any other caller the header
+/// is refused (403). Without TLS the header is dropped.
+fn trust_forwarded_peer(state: &ServerState, mut req: Request) -> Result<Request, ApiError> {
+    let Some(value) = req.headers_mut().remove(FORWARDED_PEER_HEADER) else {
+        return Ok(req);
+    };
+    if state.config.tls.is_none() {
+        return Ok(req);
+    }
+    let sender = req.extensions().get::<TlsPeer>().and_then(|p| p.0.clone());
+    let trusted = sender.as_ref().is_some_and(|p| {
+        p.is_server() && !p.is_expired() && !state.credentials.is_revoked(&p.fingerprint)
+    });
+    if !trusted {
+        let who = sender.map_or_else(|| "a client without a certificate".into(), |p| p.describe());
+        tracing::warn!("refused: {who} sent {FORWARDED_PEER_HEADER} (only servers may)");
+        return Err(ApiError::Forbidden {
+            message: format!("{FORWARDED_PEER_HEADER}: only a server of the cluster may send it"),
+            field: None,
+        });
+    }
+    let bad = |why: &str| ApiError::BadRequest {
+        message: format!("{FORWARDED_PEER_HEADER}: {why}"),
+        field: None,
+    };
+    let text = value.to_str().map_err(|_| bad("not ASCII"))?;
+    let peer = if text == "none" {
+        None
+    } else {
+        let der = hex_decode(text).ok_or_else(|| bad("not hex"))?;
+        let id = PeerIdentity::from_der(&der).map_err(|e| bad(&e.to_string()))?;
+        Some(Arc::new(id))
+    };
+    req.extensions_mut().insert(TlsPeer(peer));
+    Ok(req)
+}
+
+/// On a follower under TLS: the value of [`FORWARDED_PEER_HEADER`] for the client certificate
+/// this server's handshake verified (none without TLS).
+fn forwarded_peer(ha: &Ha, req: &Request) -> Option<String> {
+    ha.config.tls.as_ref()?;
+    let peer = req.extensions().get::<TlsPeer>().and_then(|p| p.0.clone());
+    Some(match peer {
+        Some(p) => p.der.iter().map(|b| format!("{b:02x}")).collect(),
+        None => "none".to_owned(),
+    })
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The client of forwarded requests: under TLS it trusts only the cluster CA (the leader must
+/// present a server certificate valid for its advertised address) and presents this server's
+/// certificate, so the leader knows the request comes from a server of the cluster.
+fn peer_client(config: &ServerConfig) -> Result<reqwest::Client, ServerError> {
+    let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(2));
+    if let Some(t) = &config.tls {
+        let tls = taba_tls::ClientTls::from_files(&t.files).map_err(ServerError::Tls)?;
+        let bad = |e: reqwest::Error| ServerError::PeerClient(e.to_string());
+        b = b
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&tls.ca_pem).map_err(bad)?);
+        if let Some(id) = &tls.identity_pem {
+            b = b.identity(reqwest::Identity::from_pem(id).map_err(bad)?);
+        }
+    }
+    b.build()
+        .map_err(|e| ServerError::PeerClient(e.to_string()))
+}
+
 /// Headers that describe one hop of a connection, not the request (RFC 9110 7.6.1).
 fn hop_by_hop(name: &axum::http::HeaderName) -> bool {
     matches!(
@@ -481,15 +557,19 @@ async fn forward(ha: &Ha, leader: &str, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
+    let peer = forwarded_peer(ha, &req);
     let (parts, body) = req.into_parts();
     let mut out = ha
         .http
         .request(parts.method.clone(), format!("{leader}{path}"))
         .header(FORWARDED_HEADER, "1");
     for (name, value) in &parts.headers {
-        if !hop_by_hop(name) {
+        if !hop_by_hop(name) && name.as_str() != FORWARDED_PEER_HEADER {
             out = out.header(name, value);
         }
+    }
+    if let Some(peer) = peer {
+        out = out.header(FORWARDED_PEER_HEADER, peer);
     }
     let out = out.body(reqwest::Body::wrap_stream(body.into_data_stream()));
     match out.send().await {

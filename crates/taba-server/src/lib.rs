@@ -15,13 +15,14 @@
 pub mod api;
 pub mod broker;
 mod config;
+pub mod credentials;
 mod images;
 pub mod leader;
 mod locks;
 pub mod state;
 pub mod workers;
 
-pub use config::{RebalanceSettings, ServerConfig};
+pub use config::{RebalanceSettings, ServerConfig, ServerTls};
 pub use leader::{HaConfig, HaServerHandle};
 pub use state::{ServerState, StateError};
 
@@ -56,6 +57,21 @@ pub enum ServerError {
     /// State could not be loaded from the store.
     #[error("cannot load state from the store")]
     Load(#[source] StateError),
+    /// Plain HTTP was asked for off loopback.
+    #[error(
+        "refusing to serve plain HTTP on {addr}: off loopback the API needs TLS \
+         ([tls] ca_cert, cert and key; see docs/configuration.md)"
+    )]
+    PlainOffLoopback {
+        /// Address.
+        addr: SocketAddr,
+    },
+    /// The TLS files could not be used.
+    #[error("TLS configuration")]
+    Tls(#[source] taba_tls::ConfigError),
+    /// The client that forwards requests to the leader could not be built.
+    #[error("cannot build the client that forwards to the leader: {0}")]
+    PeerClient(String),
 }
 
 /// The server.
@@ -76,6 +92,53 @@ impl Server {
         store: Arc<dyn Store>,
         images: Arc<ImageStore>,
     ) -> Result<ServerHandle, ServerError> {
+        let listener = Listener::bind(&config).await?;
+        let addr = listener.addr;
+        let workers = config.num_workers.max(1);
+        let st = tokio::task::spawn_blocking(move || ServerState::load(config, store, images))
+            .await
+            .map_err(|e| ServerError::Load(StateError::NotFound(e.to_string())))?
+            .map_err(ServerError::Load)?;
+        let state = Arc::new(st);
+        let app = api::router(state.clone()).map_err(ServerError::Tls)?;
+        let tasks = spawn_background(&state, workers);
+        let mut stop = state.shutdown.subscribe();
+        let http = listener.serve(app, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        Ok(ServerHandle {
+            addr,
+            state,
+            http,
+            tasks,
+        })
+    }
+}
+
+/// The API's bound listener and its TLS configuration (none: plain HTTP on loopback).
+pub(crate) struct Listener {
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<taba_tls::rustls::ServerConfig>>,
+    /// The bound address.
+    pub(crate) addr: SocketAddr,
+}
+
+impl Listener {
+    /// Checks the TLS settings (plain HTTP only on loopback), reads the TLS files, creates
+    /// the data dir and binds `config.http_addr`.
+    pub(crate) async fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
+        if config.tls.is_none() && !config.http_addr.ip().is_loopback() {
+            return Err(ServerError::PlainOffLoopback {
+                addr: config.http_addr,
+            });
+        }
+        let tls = match &config.tls {
+            Some(t) => Some(
+                taba_tls::config::server_config(&t.files, taba_tls::config::ClientAuth::Optional)
+                    .map_err(ServerError::Tls)?,
+            ),
+            None => None,
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -90,32 +153,41 @@ impl Server {
             addr: config.http_addr,
             source,
         })?;
-        let workers = config.num_workers.max(1);
-        let st = tokio::task::spawn_blocking(move || ServerState::load(config, store, images))
-            .await
-            .map_err(|e| ServerError::Load(StateError::NotFound(e.to_string())))?
-            .map_err(ServerError::Load)?;
-        let state = Arc::new(st);
-        let tasks = spawn_background(&state, workers);
-        let app = api::router(state.clone());
-        let mut stop = state.shutdown.subscribe();
-        let http = tokio::spawn(async move {
-            let res = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "http server failed");
-            }
-        });
-        tracing::info!(%addr, "server listening");
-        Ok(ServerHandle {
+        Ok(Self {
+            listener,
+            tls,
             addr,
-            state,
-            http,
-            tasks,
         })
+    }
+
+    /// The scheme clients use to reach it.
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Serves `app` (over TLS when configured) until `stopped` completes.
+    pub(crate) fn serve(
+        self,
+        app: axum::Router,
+        stopped: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
+        let (addr, scheme) = (self.addr, self.scheme());
+        tracing::info!(%addr, scheme, "server listening");
+        match self.tls {
+            Some(cfg) => tokio::spawn(taba_tls::serve::serve(self.listener, cfg, app, stopped)),
+            None => tokio::spawn(async move {
+                let res = axum::serve(self.listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            }),
+        }
     }
 }
 
