@@ -5,11 +5,13 @@
 //! - the leader killed with SIGKILL: jobs submitted before and after are all there and
 //!   scheduled;
 //! - one etcd member killed: the service goes on;
-//! - every server restarted one by one while 200 jobs are submitted: each is there once.
+//! - every server restarted one by one while 200 jobs are submitted: each is there once;
+//! - under TLS, an agent and the CLI that talk to a follower keep their certificates' rights
+//!   at the leader, and only a server may pass on a client's identity.
 
 mod common;
 
-use common::ha::HaCluster;
+use common::ha::{tls_options, HaCluster};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use taba_client::Client;
@@ -205,4 +207,63 @@ fn root_ha_rolling_restart_during_200_submissions_keeps_each_job_once() {
         Duration::from_secs(180),
         |c| (0..JOBS).all(|n| one_alloc(c, &format!("job{n:03}"), &["complete"])),
     );
+}
+
+#[test]
+fn root_ha_tls_agent_and_cli_through_a_follower_keep_their_certificates() {
+    let mut cluster = HaCluster::start_tls(2, &["n1"]);
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let follower = a_follower(&cluster, leader);
+    // The agent talks only to the follower: registering, heartbeats and the blocking query
+    // reach the leader with the agent's certificate as the follower verified it.
+    cluster.add_agent("n1", follower);
+    let client = cluster.servers[follower].client();
+    submit(
+        std::slice::from_ref(&client),
+        &service_job("tls0"),
+        Duration::from_secs(30),
+    );
+    cluster.wait_for("tls0 running", Duration::from_secs(60), |c| {
+        one_alloc(c, "tls0", &["running"])
+    });
+
+    let pki = cluster.pki.clone().expect("TLS cluster");
+    // Through the follower, the leader's TLS gate sees the original callers.
+    let anon = cluster.servers[follower].client_with(Some(taba_client::TlsOptions {
+        ca_pem: tls_options(&pki.cli).ca_pem,
+        identity_pem: None,
+    }));
+    let r = anon.raw("GET", "/v1/jobs", None, b"").expect("request");
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("client certificate"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let n1 = &pki.agents.iter().find(|(n, _)| n == "n1").expect("n1").1;
+    let as_agent = cluster.servers[follower].client_with(Some(tls_options(n1)));
+    let r = as_agent.raw("GET", "/v1/jobs", None, b"").expect("request");
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("agent routes"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let jobs = client.list_jobs().expect("jobs through the follower");
+    assert!(jobs.iter().any(|j| j.name == "tls0"), "{jobs:?}");
+
+    // Only a server may speak for a client: the CLI's certificate claiming to forward for
+    // agent n1 is refused by the leader.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&pki.cli.ca_cert)
+        .arg("--cert")
+        .arg(&pki.cli.cert)
+        .arg("--key")
+        .arg(&pki.cli.key)
+        .args(["-H", "x-taba-forwarded-peer: none"])
+        .arg(format!("{}/v1/jobs", cluster.servers[leader].url))
+        .output()
+        .expect("curl (scripts/setup.sh)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{out:?}");
 }

@@ -42,12 +42,24 @@ pub struct ServerProc {
     pub config: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Under TLS: the CLI's certificate of the cluster CA.
+    pub tls: Option<taba_client::TlsOptions>,
 }
 
 impl ServerProc {
-    /// A client of this server's API.
+    /// A client of this server's API (with the CLI certificate under TLS).
     pub fn client(&self) -> Client {
-        Client::new(&self.url, None)
+        self.client_with(self.tls.clone())
+    }
+
+    /// A client of this server's API with `tls` (under TLS: the CA, and maybe an identity).
+    pub fn client_with(&self, tls: Option<taba_client::TlsOptions>) -> Client {
+        Client::with_options(taba_client::ClientOptions {
+            addrs: vec![self.url.clone()],
+            token: None,
+            tls,
+        })
+        .expect("API client")
     }
 
     fn start(&mut self) {
@@ -109,12 +121,41 @@ pub struct HaCluster {
     pub etcd: EtcdCluster,
     pub servers: Vec<ServerProc>,
     pub agents: Vec<AgentProc>,
+    /// Under TLS: the cluster's CA and certificates (one server certificate for all servers).
+    pub pki: Option<taba_tls::dev::DevPki>,
     pub dir: tempfile::TempDir,
+}
+
+/// The `[tls]` section for `files`.
+fn tls_section(files: &taba_tls::TlsFiles) -> String {
+    format!(
+        "[tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n",
+        files.ca_cert, files.cert, files.key
+    )
+}
+
+/// What a client needs to present `files` (and trust their CA).
+pub fn tls_options(files: &taba_tls::TlsFiles) -> taba_client::TlsOptions {
+    let t = taba_tls::ClientTls::from_files(files).expect("TLS files");
+    taba_client::TlsOptions {
+        ca_pem: t.ca_pem,
+        identity_pem: t.identity_pem,
+    }
 }
 
 impl HaCluster {
     /// Starts a 3-member etcd and `servers` servers; waits until one leads.
     pub fn start(servers: usize) -> HaCluster {
+        Self::start_with(servers, &[], false)
+    }
+
+    /// Like [`HaCluster::start`], every server and agent over TLS under one dev CA, with
+    /// certificates for the agents `agents` and for the CLI.
+    pub fn start_tls(servers: usize, agents: &[&str]) -> HaCluster {
+        Self::start_with(servers, agents, true)
+    }
+
+    fn start_with(servers: usize, agent_names: &[&str], tls: bool) -> HaCluster {
         require_root();
         let etcd = EtcdCluster::start(3);
         let dir = tempfile::Builder::new()
@@ -127,12 +168,23 @@ impl HaCluster {
             .map(|e| format!("{e:?}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let pki = tls.then(|| {
+            let names: Vec<String> = agent_names.iter().map(|n| n.to_string()).collect();
+            taba_tls::dev::create(&dir.path().join("tls"), &[], &names).expect("dev PKI")
+        });
         let mut cluster = HaCluster {
             etcd,
             servers: Vec::new(),
             agents: Vec::new(),
+            pki,
             dir,
         };
+        let scheme = if tls { "https" } else { "http" };
+        let tls_toml = cluster
+            .pki
+            .as_ref()
+            .map(|p| tls_section(&p.server))
+            .unwrap_or_default();
         for n in 0..servers {
             let port = free_port();
             let data = cluster.dir.path().join(format!("server{n}"));
@@ -144,15 +196,16 @@ impl HaCluster {
                     "data_dir = {data:?}\nhttp = \"127.0.0.1:{port}\"\n\
                      [rebalance]\nenabled = false\n\
                      [store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\n\
-                     prefix = \"/taba-test\"\nlease_ttl = \"{LEASE_TTL}\"\n"
+                     prefix = \"/taba-test\"\nlease_ttl = \"{LEASE_TTL}\"\n{tls_toml}"
                 ),
             )
             .unwrap();
             let mut server = ServerProc {
-                url: format!("http://127.0.0.1:{port}"),
+                url: format!("{scheme}://127.0.0.1:{port}"),
                 config,
                 log: data.join("server.log"),
                 child: None,
+                tls: cluster.pki.as_ref().map(|p| tls_options(&p.cli)),
             };
             server.start();
             cluster.servers.push(server);
@@ -166,10 +219,22 @@ impl HaCluster {
         let data = self.dir.path().join(format!("agent-{name}"));
         std::fs::create_dir_all(&data).unwrap();
         let config = data.join("agent.toml");
+        let tls_toml = match &self.pki {
+            Some(p) => {
+                let files = p
+                    .agents
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, f)| f)
+                    .expect("an agent certificate made at start_tls");
+                tls_section(files)
+            }
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\nserver = {:?}\nname = {name:?}\nhttp = \"127.0.0.1:{}\"\n",
+                "data_dir = {data:?}\nserver = {:?}\nname = {name:?}\nhttp = \"127.0.0.1:{}\"\n{tls_toml}",
                 self.servers[server].url,
                 free_port()
             ),
