@@ -192,7 +192,7 @@ pub async fn start(
         datacenter: config.datacenter.clone(),
         status: NodeStatus::Initializing,
         eligibility: Eligibility::Eligible,
-        drain: false,
+        drain: None,
         http_addr: http_addr.to_string(),
         attributes,
         meta: config.meta.clone(),

@@ -238,7 +238,7 @@ impl NodeListEntry {
             datacenter: n.datacenter.clone(),
             status: n.status,
             eligible: n.schedulable() || n.status != NodeStatus::Ready,
-            drain: n.drain,
+            drain: n.draining(),
             http_addr: n.http_addr.clone(),
             drivers: n
                 .drivers

@@ -238,7 +238,7 @@ pub fn synthetic_node(rng_seed: u64, i: u32) -> Node {
         datacenter: format!("dc{}", 1 + i % 4),
         status: NodeStatus::Ready,
         eligibility: Eligibility::Eligible,
-        drain: false,
+        drain: None,
         http_addr: String::new(),
         attributes,
         meta,

@@ -29,7 +29,7 @@ fn node(name: &str, dc: &str, rack: &str, cpu: u64, mem: u64) -> Node {
         datacenter: dc.into(),
         status: NodeStatus::Ready,
         eligibility: Eligibility::Eligible,
-        drain: false,
+        drain: None,
         http_addr: String::new(),
         attributes: BTreeMap::new(),
         meta,

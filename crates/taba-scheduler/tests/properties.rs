@@ -206,7 +206,7 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
         } else {
             Eligibility::Ineligible
         },
-        drain: false,
+        drain: None,
         http_addr: String::new(),
         attributes,
         meta,

@@ -124,7 +124,7 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
         datacenter: "dc1".into(),
         status: Default::default(),
         eligibility: Default::default(),
-        drain: false,
+        drain: None,
         http_addr: String::new(),
         attributes: BTreeMap::new(),
         meta: BTreeMap::new(),
