@@ -193,6 +193,7 @@ pub async fn start(
         status: NodeStatus::Initializing,
         eligibility: Eligibility::Eligible,
         drain: None,
+        drained_at: None,
         http_addr: http_addr.to_string(),
         attributes,
         meta: config.meta.clone(),

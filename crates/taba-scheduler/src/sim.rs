@@ -239,6 +239,7 @@ pub fn synthetic_node(rng_seed: u64, i: u32) -> Node {
         status: NodeStatus::Ready,
         eligibility: Eligibility::Eligible,
         drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes,
         meta,

@@ -23,6 +23,7 @@ pub(crate) fn node(name: &str, cpu: u64, mem_mib: u64) -> Node {
         status: NodeStatus::Ready,
         eligibility: Eligibility::Eligible,
         drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes: BTreeMap::new(),
         meta: BTreeMap::new(),

@@ -30,6 +30,7 @@ fn node(name: &str, dc: &str, rack: &str, cpu: u64, mem: u64) -> Node {
         status: NodeStatus::Ready,
         eligibility: Eligibility::Eligible,
         drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes: BTreeMap::new(),
         meta,

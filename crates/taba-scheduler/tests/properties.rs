@@ -207,6 +207,7 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
             Eligibility::Ineligible
         },
         drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes,
         meta,

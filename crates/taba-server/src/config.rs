@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub preemption: PreemptionConfig,
     /// Load-aware rebalancing.
     pub rebalance: RebalanceSettings,
+    /// Time between the drainer's rounds over draining nodes.
+    pub drain_interval: Duration,
 }
 
 /// Settings of the rebalancer (see `taba_scheduler::rebalance`).
@@ -61,6 +63,7 @@ impl ServerConfig {
             max_plan_attempts: 5,
             preemption: PreemptionConfig::default(),
             rebalance: RebalanceSettings::default(),
+            drain_interval: Duration::from_millis(500),
         }
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! A [`Server`] loads every record from the [`Store`] into memory, serves the
 //! HTTP/JSON API under `/v1/` ([`api`]), runs the evaluation [`broker`],
-//! scheduler workers, the one plan applier and the heartbeat monitor
-//! ([`workers`]). Every change is written through the store before it is
+//! scheduler workers, the one plan applier, the heartbeat monitor, the
+//! rebalancer and the drainer ([`workers`]). Every change is written through the store before it is
 //! applied in memory and before the reply ([`state`]). It runs no workloads.
 //!
 //! ```text
@@ -101,6 +101,7 @@ impl Server {
         }
         drop(plans);
         tasks.push(workers::spawn_heartbeat_monitor(state.clone()));
+        tasks.push(workers::spawn_drainer(state.clone()));
         if state.config.rebalance.enabled {
             tasks.push(workers::spawn_rebalancer(state.clone()));
         }

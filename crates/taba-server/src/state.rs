@@ -28,7 +28,10 @@ use taba_types::{
 };
 use tokio::sync::watch;
 
+mod drain;
 mod namespaces;
+
+pub use drain::DRAIN_REASON;
 
 /// Why a change or lookup failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,8 @@ pub struct ServerState {
     namespaces: tokio::sync::RwLock<BTreeMap<String, Namespace>>,
     /// Pending evaluations.
     pub broker: Broker,
+    /// Wakes the drainer early (a drain started).
+    pub drain_wake: tokio::sync::Notify,
     index: watch::Sender<u64>,
     /// Set when the server shuts down.
     pub shutdown: watch::Sender<bool>,
@@ -196,6 +201,7 @@ impl ServerState {
             locks: KeyLocks::default(),
             namespaces: tokio::sync::RwLock::new(namespaces),
             broker,
+            drain_wake: tokio::sync::Notify::new(),
             index: watch::channel(index).0,
             shutdown: watch::channel(false).0,
         })
@@ -692,6 +698,12 @@ impl ServerState {
                             .entry((a.namespace.clone(), a.job.clone()))
                             .or_insert(EvalTrigger::RollingUpdate);
                     }
+                    // A batch of moves waits for its replacements to run.
+                    if let Some(trigger) = Self::moves_waiting(&c, &a) {
+                        eval_jobs
+                            .entry((a.namespace.clone(), a.job.clone()))
+                            .or_insert(trigger);
+                    }
                 }
                 changed.push(a);
             }
@@ -721,6 +733,23 @@ impl ServerState {
             self.unblock(None);
         }
         Ok(index)
+    }
+
+    /// When `a` starts running: the trigger of an evaluation that carries
+    /// on with its job's waiting moves, if it has any (a drain's moves when
+    /// one of them is on a draining node).
+    fn moves_waiting(c: &ClusterState, a: &Allocation) -> Option<EvalTrigger> {
+        let mut waiting = c
+            .allocs_for_job(&a.namespace, &a.job)
+            .filter(|o| o.is_live() && o.migrate.is_some())
+            .peekable();
+        waiting.peek()?;
+        let draining = waiting.any(|o| c.node(&o.node_id).is_some_and(|n| n.draining()));
+        Some(if draining {
+            EvalTrigger::NodeDrain
+        } else {
+            EvalTrigger::Rebalance
+        })
     }
 
     // ---- nodes ----
@@ -846,7 +875,8 @@ impl ServerState {
         if let Some(old) = &existing {
             node.create_index = old.create_index;
             node.eligibility = old.eligibility;
-            node.drain = old.drain;
+            node.drain = old.drain.clone();
+            node.drained_at = old.drained_at;
         } else {
             node.create_index = 0;
         }

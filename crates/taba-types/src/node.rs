@@ -106,6 +106,10 @@ pub struct Node {
         skip_serializing_if = "Option::is_none"
     )]
     pub drain: Option<DrainStrategy>,
+    /// When the last drain completed (cleared when a new one starts; a
+    /// cancelled drain leaves it unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_at: Option<UnixMillis>,
     /// Address of the agent's own HTTP API (logs, exec, stats), `host:port`.
     #[serde(default)]
     pub http_addr: String,

@@ -125,6 +125,7 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
         status: Default::default(),
         eligibility: Default::default(),
         drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes: BTreeMap::new(),
         meta: BTreeMap::new(),
