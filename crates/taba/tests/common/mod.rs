@@ -351,3 +351,221 @@ fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
+
+/// A `taba` process (server or agent) whose stderr goes to a log file.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Start `taba ARGS`; wait (up to 60 s) for the first stderr line
+    /// containing `marker` and return what follows it up to `;`, or the end.
+    pub fn spawn(args: &[&str], log: &Path, marker: &str) -> (Proc, String) {
+        let logf = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(taba_bin())
+            .args(args)
+            .env("TABA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting taba");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let marker = marker.to_string();
+        std::thread::spawn(move || {
+            let mut logf = logf;
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(logf, "{line}");
+                if !sent {
+                    if let Some(rest) = line.split(marker.as_str()).nth(1) {
+                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let mut p = Proc {
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(found) => (p, found),
+            Err(_) => {
+                p.stop();
+                panic!(
+                    "taba {args:?} did not start; log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// The last lines of the log.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A real `taba server` and real `taba agent` processes on loopback, each
+/// with its own data dir under one temporary dir (the agents share the
+/// server's image store until agents fetch images from the servers).
+pub struct ProcCluster {
+    pub dir: PathBuf,
+    pub addr: String,
+    pub client: Client,
+    pub agents: Vec<Proc>,
+    pub server: Proc,
+    _tmp: tempfile::TempDir,
+}
+
+impl ProcCluster {
+    /// Start the server, then agents named `names`; wait until all are ready.
+    pub fn start(names: &[&str]) -> ProcCluster {
+        require_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("taba-e2e-cluster-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let server_dir = dir.join("server");
+        let cfg = dir.join("server.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[rebalance]\nenabled = false\n",
+                server_dir
+            ),
+        )
+        .unwrap();
+        let (server, addr) = Proc::spawn(
+            &["server", "--config", cfg.to_str().unwrap()],
+            &dir.join("server.log"),
+            "API on ",
+        );
+        let mut agents = Vec::new();
+        for name in names {
+            let cfg = dir.join(format!("{name}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "data_dir = {:?}\nserver = {addr:?}\nname = {name:?}\nhttp = \"127.0.0.1:0\"\nimages_dir = {:?}\n",
+                    dir.join(name).join("agent"),
+                    server_dir.join("images"),
+                ),
+            )
+            .unwrap();
+            let (agent, _) = Proc::spawn(
+                &["agent", "--config", cfg.to_str().unwrap()],
+                &dir.join(format!("{name}.log")),
+                "taba agent: node ",
+            );
+            agents.push(agent);
+        }
+        let client = Client::new(&addr, None);
+        let c = ProcCluster {
+            dir,
+            addr,
+            client,
+            agents,
+            server,
+            _tmp: tmp,
+        };
+        c.wait_for("every node ready", Duration::from_secs(30), || {
+            c.client.list_nodes().ok().is_some_and(|n| {
+                n.len() == names.len() && n.iter().all(|n| n.status.to_string() == "ready")
+            })
+        });
+        c
+    }
+
+    /// Poll `f` until true; panic with the logs after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; logs:\n{}", self.logs());
+    }
+
+    /// The last lines of every process's log.
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- server\n{}\n", self.server.log_tail());
+        for (i, a) in self.agents.iter().enumerate() {
+            s.push_str(&format!("--- agent {i}\n{}\n", a.log_tail()));
+        }
+        s
+    }
+
+    /// Run the CLI against the server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(taba_bin())
+            .args(args)
+            .env("TABA_ADDR", &self.addr)
+            .output()
+            .expect("running taba")
+    }
+
+    /// Stop every job, wait until nothing runs, stop the processes, and
+    /// clean up whatever is left of the agents' workloads.
+    pub fn shutdown(&mut self) {
+        if let Ok(jobs) = self.client.list_jobs() {
+            for j in jobs.iter().filter(|j| !j.stopped) {
+                let _ = self.client.stop_job(&j.name);
+            }
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let busy = self
+                .client
+                .list_allocs()
+                .map(|v| v.iter().any(|a| !a.status.is_terminal()))
+                .unwrap_or(false);
+            if !busy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for a in &mut self.agents {
+            a.stop();
+        }
+        self.server.stop();
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if e.path().join("agent").is_dir() {
+                force_cleanup(&e.path());
+            }
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
