@@ -465,11 +465,7 @@ impl Client {
         id_or_name: &str,
         req: &DrainRequest,
     ) -> Result<DrainStatus, ClientError> {
-        self.send(
-            "POST",
-            &format!("/v1/nodes/{}/drain", seg(id_or_name)),
-            req,
-        )
+        self.send("POST", &format!("/v1/nodes/{}/drain", seg(id_or_name)), req)
     }
 
     /// `GET /v1/nodes/{id-or-name}/drain`: what the drain has left to do.

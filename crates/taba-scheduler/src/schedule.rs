@@ -448,7 +448,11 @@ impl<'a> Scheduler<'a> {
             return;
         }
         migrating.sort_by_key(|a| a.index);
-        let budget = g.migrate.max_parallel.max(1).saturating_sub(in_flight.count) as usize;
+        let budget = g
+            .migrate
+            .max_parallel
+            .max(1)
+            .saturating_sub(in_flight.count) as usize;
         let now_batch = migrating.len().min(budget);
         if migrating.len() > now_batch {
             if let Some(at) = in_flight.healthy_at {

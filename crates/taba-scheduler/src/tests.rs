@@ -796,12 +796,11 @@ fn drain(c: &mut Cluster, name: &str) {
     });
     let id = n.id.clone();
     c.s.upsert_node(n);
-    let on: Vec<Allocation> = c
-        .s
-        .allocs_for_node(&id)
-        .filter(|a| a.is_live() && a.job_type != JobType::System)
-        .cloned()
-        .collect();
+    let on: Vec<Allocation> =
+        c.s.allocs_for_node(&id)
+            .filter(|a| a.is_live() && a.job_type != JobType::System)
+            .cloned()
+            .collect();
     for mut a in on {
         a.migrate = Some(MigrateRequest {
             reason: "node drain".into(),
@@ -831,7 +830,10 @@ fn a_drain_moves_a_group_in_batches_of_max_parallel_each_after_the_last_ran() {
         let o = c.run_commit(&j, now);
         if o.plan.placements.is_empty() {
             // Everything moved: no further batch is due.
-            let moves = o.follow_ups.iter().filter(|f| f.triggered_by == EvalTrigger::Rebalance);
+            let moves = o
+                .follow_ups
+                .iter()
+                .filter(|f| f.triggered_by == EvalTrigger::Rebalance);
             assert_eq!(moves.count(), 0, "round {round}: {:?}", o.follow_ups);
             break;
         }
@@ -844,7 +846,10 @@ fn a_drain_moves_a_group_in_batches_of_max_parallel_each_after_the_last_ran() {
         // The batch in flight holds the next one back...
         let o = c.run(&j, now + 1);
         assert!(o.plan.placements.is_empty(), "round {round}: waits");
-        let timed = o.follow_ups.iter().filter(|f| f.triggered_by == EvalTrigger::Rebalance);
+        let timed = o
+            .follow_ups
+            .iter()
+            .filter(|f| f.triggered_by == EvalTrigger::Rebalance);
         assert_eq!(timed.count(), 0, "not running yet: no time to wait for");
         // ...until its replacements run.
         now += 1000;
@@ -873,7 +878,10 @@ fn a_drain_move_with_nowhere_to_go_waits_blocked_instead_of_being_dropped() {
     assert!(o.plan.is_empty(), "{:?}", o.plan);
     assert_eq!(o.status, EvalStatus::Blocked);
     let after = c.s.alloc(&a.id).unwrap();
-    assert!(after.is_live() && after.migrate.is_some(), "the request stays");
+    assert!(
+        after.is_live() && after.migrate.is_some(),
+        "the request stays"
+    );
     // Room appears: the blocked evaluation, run again, moves it.
     c.s.upsert_node(node("n2", 8000, 8192));
     let o = c.run_commit(&j, 2000);
@@ -890,6 +898,11 @@ fn system_allocations_stay_on_a_draining_node_and_none_are_placed_there() {
     c.s.upsert_node(node("n3", 8000, 8192));
     let o = c.run_commit(&j, 1000);
     assert!(o.plan.stops.is_empty(), "the drainer stops them, last");
-    let on: Vec<&str> = o.plan.placements.iter().map(|p| p.node_name.as_str()).collect();
+    let on: Vec<&str> = o
+        .plan
+        .placements
+        .iter()
+        .map(|p| p.node_name.as_str())
+        .collect();
     assert_eq!(on, ["n3"]);
 }

@@ -98,7 +98,11 @@ fn a_service_drains_in_batches_of_max_parallel_each_waiting_for_its_replacements
         batches.push(new);
         // The batch is not running yet: nothing more moves meanwhile.
         std::thread::sleep(Duration::from_millis(400));
-        assert_eq!(live(&n2).len(), on_n2.len(), "round {round}: waits for its replacements");
+        assert_eq!(
+            live(&n2).len(),
+            on_n2.len(),
+            "round {round}: waits for its replacements"
+        );
         let st = c.drain_status("n1").unwrap();
         assert_eq!(st.starting as usize, new, "{st:?}");
         assert_eq!(st.left as usize, 6 - on_n2.len(), "{st:?}");
@@ -116,7 +120,11 @@ fn a_service_drains_in_batches_of_max_parallel_each_waiting_for_its_replacements
     assert!(live(&n1).is_empty());
     for a in n1.allocs(0).1 {
         assert_eq!(a.desired_status, DesiredStatus::Stop);
-        assert!(a.desired_description.contains("node drain"), "{}", a.desired_description);
+        assert!(
+            a.desired_description.contains("node drain"),
+            "{}",
+            a.desired_description
+        );
     }
     let detail = c.node("n1").unwrap();
     assert!(detail.drain.is_none() && detail.node.drained_at.is_some());
@@ -168,15 +176,24 @@ fn disable_cancels_the_drain_and_makes_the_node_eligible() {
     assert!(c.node("n1").unwrap().drain.is_some());
 
     let st = c
-        .drain_node("n1", &DrainRequest { disable: true, ..Default::default() })
+        .drain_node(
+            "n1",
+            &DrainRequest {
+                disable: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert!(st.eligible && st.strategy.is_none() && !st.done, "{st:?}");
     let a = &live(&n1)[0];
     assert!(a.migrate.is_none(), "the waiting move is withdrawn");
     assert_eq!(a.client_status, ClientStatus::Running);
     // New work may land on it again.
-    c.register_job_toml(service("more", 1, 1).as_bytes()).unwrap();
-    eventually("placed on the node again", || (live(&n1).len() == 2).then_some(()));
+    c.register_job_toml(service("more", 1, 1).as_bytes())
+        .unwrap();
+    eventually("placed on the node again", || {
+        (live(&n1).len() == 2).then_some(())
+    });
 }
 
 #[test]
@@ -206,8 +223,15 @@ fn system_allocations_are_stopped_last_or_left_with_ignore_system() {
     assert_eq!(on_n1[0].job, "agentd");
     n2.converge();
     n1.converge();
-    eventually("drain complete", || c.drain_status("n1").unwrap().done.then_some(()));
-    let sys = n1.allocs(0).1.into_iter().find(|a| a.job == "agentd").unwrap();
+    eventually("drain complete", || {
+        c.drain_status("n1").unwrap().done.then_some(())
+    });
+    let sys = n1
+        .allocs(0)
+        .1
+        .into_iter()
+        .find(|a| a.job == "agentd")
+        .unwrap();
     assert_eq!(sys.desired_status, DesiredStatus::Stop);
     assert_eq!(sys.desired_description, "node drained");
 
@@ -217,7 +241,9 @@ fn system_allocations_are_stopped_last_or_left_with_ignore_system() {
     n2.converge();
     eventually("web stopped", || (live(&n2).len() == 1).then_some(()));
     drain(&c, "n2", "1h", true);
-    eventually("drain complete", || c.drain_status("n2").unwrap().done.then_some(()));
+    eventually("drain complete", || {
+        c.drain_status("n2").unwrap().done.then_some(())
+    });
     let left = live(&n2);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].job, "agentd");

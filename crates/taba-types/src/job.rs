@@ -135,7 +135,7 @@ pub struct TaskGroupSpec {
     /// Networking for the group's tasks.
     #[serde(default)]
     pub network: NetworkSpec,
-    /// How allocations move between nodes (rebalancing; drains later).
+    /// How allocations move between nodes (rebalancing, node drains).
     #[serde(default)]
     pub migrate: MigratePolicy,
     /// Free-form metadata.
@@ -170,7 +170,7 @@ impl TaskGroupSpec {
 }
 
 /// How a group's allocations are moved to other nodes by the servers (the
-/// rebalancer today; node drains and `alloc migrate` use the same policy).
+/// rebalancer and node drains; `alloc migrate` will use the same policy).
 /// A move of a container or exec allocation is a restart elsewhere: the
 /// replacement is placed and the old allocation stopped in one plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -87,7 +87,11 @@ fn root_drain_moves_every_container_to_the_other_node_and_the_cli_waits_for_it()
         .collect();
     assert_eq!(moved.len(), before);
     for a in &moved {
-        let why = c.alloc(a.id.as_str()).unwrap().allocation.desired_description;
+        let why = c
+            .alloc(a.id.as_str())
+            .unwrap()
+            .allocation
+            .desired_description;
         assert!(why.contains("node drain"), "{why}");
     }
 

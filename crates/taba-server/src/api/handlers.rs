@@ -392,10 +392,16 @@ pub async fn drain_node(
     let req: DrainRequest = parse_json(&bytes)?;
     if req.disable {
         if req.deadline.is_some() {
-            return Err(ApiError::invalid("deadline", "cannot be given with disable"));
+            return Err(ApiError::invalid(
+                "deadline",
+                "cannot be given with disable",
+            ));
         }
         if req.ignore_system {
-            return Err(ApiError::invalid("ignore_system", "cannot be given with disable"));
+            return Err(ApiError::invalid(
+                "ignore_system",
+                "cannot be given with disable",
+            ));
         }
         return Ok(Json(app.state.cancel_drain(&key).await?));
     }

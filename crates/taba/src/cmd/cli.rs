@@ -838,13 +838,20 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             println!("Drivers    = {}", drivers.join(", "));
-            println!("Eligible   = {}", n.eligibility == taba_types::Eligibility::Eligible);
+            println!(
+                "Eligible   = {}",
+                n.eligibility == taba_types::Eligibility::Eligible
+            );
             match (&d.drain, &n.drain) {
                 (Some(st), Some(s)) => println!(
                     "Drain      = started {}, deadline in {}{}: {}",
                     age(s.started_at),
                     DurationSpec(s.deadline.saturating_sub(now_ms()) / 1000 * 1000),
-                    if s.ignore_system { ", system jobs stay" } else { "" },
+                    if s.ignore_system {
+                        ", system jobs stay"
+                    } else {
+                        ""
+                    },
                     super::drain::group_summary(st)
                 ),
                 _ => match n.drained_at {

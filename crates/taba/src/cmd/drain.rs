@@ -49,7 +49,10 @@ pub fn run(g: &GlobalArgs, api: &Client, a: DrainArgs) -> anyhow::Result<ExitCod
         if g.json {
             return super::cli::print_json(&st);
         }
-        println!("==> Node {} is eligible again; no drain in progress", st.node);
+        println!(
+            "==> Node {} is eligible again; no drain in progress",
+            st.node
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let req = DrainRequest {
@@ -111,7 +114,10 @@ fn follow(
             if tty {
                 println!();
             }
-            eprintln!("error: the drain of node {} is not complete past its deadline", st.node);
+            eprintln!(
+                "error: the drain of node {} is not complete past its deadline",
+                st.node
+            );
             return Ok(ExitCode::from(1));
         }
         std::thread::sleep(POLL);
@@ -201,7 +207,10 @@ mod tests {
     #[test]
     fn the_bar_fills_as_allocations_leave() {
         let line = progress_line(&status(4, 2), 6);
-        assert!(line.starts_with("[--------------------] 4 left, 2 starting"), "{line}");
+        assert!(
+            line.starts_with("[--------------------] 4 left, 2 starting"),
+            "{line}"
+        );
         assert!(line.ends_with("web.g: 4 left, 2 starting"), "{line}");
         let line = progress_line(&status(1, 1), 6);
         assert!(line.starts_with("[#############-------]"), "{line}");
