@@ -159,6 +159,8 @@ fn bad_input_corpus_is_rejected_without_writes() {
         toml_case("bridge network", good_with("count = 1", "count = 1\nnetwork = { mode = \"bridge\" }"), 422, Some("group[0].network.mode")),
         toml_case("restart delay over interval", good_with("count = 1", "count = 1\nrestart = { attempts = 2, interval = \"1s\", delay = \"5s\", mode = \"fail\" }"), 422, Some("group[0].restart.delay")),
         toml_case("bad duration", good_with("count = 1", "count = 1\nrestart = { attempts = 2, interval = \"soon\", delay = \"5s\", mode = \"fail\" }"), 400, Some("group[0].restart.interval")),
+        toml_case("migrate.drain on a system job", good_with("name = \"ok\"", "name = \"ok\"\ntype = \"system\"").replace("count = 1", "count = 1\nmigrate = { drain = \"move\" }"), 422, Some("group[0].migrate.drain")),
+        toml_case("bad migrate.drain", good_with("count = 1", "count = 1\nmigrate = { drain = \"teleport\" }"), 400, Some("group[0].migrate.drain")),
         toml_case("max_parallel zero", good_with("name = \"ok\"", "name = \"ok\"\nupdate = { max_parallel = 0 }"), 422, Some("update.max_parallel")),
         toml_case("env key with =", good_with("command = [\"/bin/true\"]", "command = [\"/bin/true\"]\n  env = { \"A=B\" = \"c\" }"), 422, Some("group[0].task[0].env")),
         toml_case("oversized", format!("{GOOD}\n# {}\n", "x".repeat(2 << 20)), 413, None),
