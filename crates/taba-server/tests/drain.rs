@@ -174,6 +174,14 @@ fn disable_cancels_the_drain_and_makes_the_node_eligible() {
     });
     assert_eq!(st.left, 1);
     assert!(c.node("n1").unwrap().drain.is_some());
+    // Nothing new is placed on a draining node.
+    c.register_job_toml(service("more", 1, 1).as_bytes())
+        .unwrap();
+    eventually("the new job's evaluation is blocked", || {
+        let e = c.job_status("more").unwrap().latest_eval?;
+        (e.status == taba_types::EvalStatus::Blocked).then_some(())
+    });
+    assert_eq!(live(&n1).len(), 1);
 
     let st = c
         .drain_node(
@@ -185,12 +193,10 @@ fn disable_cancels_the_drain_and_makes_the_node_eligible() {
         )
         .unwrap();
     assert!(st.eligible && st.strategy.is_none() && !st.done, "{st:?}");
-    let a = &live(&n1)[0];
+    let a = live(&n1).into_iter().find(|a| a.job == "web").unwrap();
     assert!(a.migrate.is_none(), "the waiting move is withdrawn");
     assert_eq!(a.client_status, ClientStatus::Running);
-    // New work may land on it again.
-    c.register_job_toml(service("more", 1, 1).as_bytes())
-        .unwrap();
+    // The blocked job lands on it now.
     eventually("placed on the node again", || {
         (live(&n1).len() == 2).then_some(())
     });
