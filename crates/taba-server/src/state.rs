@@ -689,20 +689,11 @@ impl ServerState {
                 if a.client_status == ClientStatus::Running
                     && old.client_status != ClientStatus::Running
                 {
-                    let rolling = c.job(&a.namespace, &a.job).is_some_and(|j| {
-                        c.allocs_for_job(&a.namespace, &a.job)
-                            .any(|o| o.is_live() && o.job_version < j.version)
-                    });
-                    if rolling {
-                        eval_jobs
-                            .entry((a.namespace.clone(), a.job.clone()))
-                            .or_insert(EvalTrigger::RollingUpdate);
-                    }
-                    // A batch of moves waits for its replacements to run.
-                    if let Some(trigger) = Self::moves_waiting(&c, &a) {
-                        eval_jobs
-                            .entry((a.namespace.clone(), a.job.clone()))
-                            .or_insert(trigger);
+                    let key = (a.namespace.clone(), a.job.clone());
+                    if let std::collections::btree_map::Entry::Vacant(v) = eval_jobs.entry(key) {
+                        if let Some(trigger) = Self::work_waiting(&c, &a) {
+                            v.insert(trigger);
+                        }
                     }
                 }
                 changed.push(a);
@@ -736,20 +727,30 @@ impl ServerState {
     }
 
     /// When `a` starts running: the trigger of an evaluation that carries
-    /// on with its job's waiting moves, if it has any (a drain's moves when
-    /// one of them is on a draining node).
-    fn moves_waiting(c: &ClusterState, a: &Allocation) -> Option<EvalTrigger> {
-        let mut waiting = c
+    /// on with work of its job that waited for it, if any: the next batch of
+    /// a rolling update (a live allocation of an older version), or of moves
+    /// (a live allocation with a move asked for; a drain's when one of them
+    /// is on a draining node). One pass over the job's allocations.
+    fn work_waiting(c: &ClusterState, a: &Allocation) -> Option<EvalTrigger> {
+        let version = c.job(&a.namespace, &a.job)?.version;
+        let mut found = None;
+        for o in c
             .allocs_for_job(&a.namespace, &a.job)
-            .filter(|o| o.is_live() && o.migrate.is_some())
-            .peekable();
-        waiting.peek()?;
-        let draining = waiting.any(|o| c.node(&o.node_id).is_some_and(|n| n.draining()));
-        Some(if draining {
-            EvalTrigger::NodeDrain
-        } else {
-            EvalTrigger::Rebalance
-        })
+            .filter(|o| o.is_live())
+        {
+            if o.job_version < version {
+                return Some(EvalTrigger::RollingUpdate);
+            }
+            if o.migrate.is_some() && found != Some(EvalTrigger::NodeDrain) {
+                let draining = c.node(&o.node_id).is_some_and(|n| n.draining());
+                found = Some(if draining {
+                    EvalTrigger::NodeDrain
+                } else {
+                    EvalTrigger::Rebalance
+                });
+            }
+        }
+        found
     }
 
     // ---- nodes ----
