@@ -28,6 +28,19 @@ pub struct ServerConfig {
     pub rebalance: RebalanceSettings,
     /// Time between the drainer's rounds over draining nodes.
     pub drain_interval: Duration,
+    /// TLS of the API (and of the server's calls to agents). Without it the
+    /// server listens only on loopback.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS settings of a server (`[tls]` in its configuration file).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// CA certificate, the server's certificate and key.
+    pub files: taba_tls::TlsFiles,
+    /// The CA's key: lets the server sign certificates for agents that join
+    /// with a token. Without it join tokens are refused under TLS.
+    pub ca_key: Option<PathBuf>,
 }
 
 /// Settings of the rebalancer (see `taba_scheduler::rebalance`).
@@ -64,6 +77,7 @@ impl ServerConfig {
             preemption: PreemptionConfig::default(),
             rebalance: RebalanceSettings::default(),
             drain_interval: Duration::from_millis(500),
+            tls: None,
         }
     }
 }

@@ -30,8 +30,8 @@ use crate::broker::now_ms;
 use crate::locks::{job_key, node_key};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use taba_client::api::{DrainGroupProgress, DrainStatus};
 use taba_store::{Table, Txn};
+use taba_types::api::{DrainGroupProgress, DrainStatus};
 use taba_types::{
     AllocId, Allocation, ClientStatus, DesiredStatus, DrainStrategy, Eligibility, EvalTrigger,
     Evaluation, JobType, MigrateRequest, Node, NodeId, NodeStatus,

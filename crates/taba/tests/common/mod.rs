@@ -352,17 +352,21 @@ fn manifest_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-/// A `taba` process (server or agent) whose stderr goes to a log file.
+/// A `taba` process (server or agent) whose stderr goes to `log`.
 pub struct Proc {
     pub child: Option<Child>,
     pub log: PathBuf,
 }
 
 impl Proc {
-    /// Start `taba ARGS`; wait (up to 60 s) for the first stderr line
-    /// containing `marker` and return what follows it up to `;`, or the end.
-    pub fn spawn(args: &[&str], log: &Path, marker: &str) -> (Proc, String) {
-        let logf = std::fs::File::create(log).unwrap();
+    /// Start `taba ARGS`; wait for the stderr line containing `marker` and
+    /// return the text after it (up to `;` or the end).
+    pub fn start(args: &[&str], log: &Path, marker: &str) -> (Proc, String) {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let mut child = Command::new(taba_bin())
             .args(args)
             .env("TABA_LOG", "info")
@@ -388,20 +392,24 @@ impl Proc {
                 }
             }
         });
-        let mut p = Proc {
+        let proc = Proc {
             child: Some(child),
             log: log.to_path_buf(),
         };
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(found) => (p, found),
-            Err(_) => {
-                p.stop();
-                panic!(
-                    "taba {args:?} did not start; log:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
+            Ok(found) => (proc, found),
+            Err(_) => panic!(
+                "taba {args:?} did not start; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
         }
+    }
+
+    /// The last lines of the log.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// SIGTERM and wait.
@@ -414,13 +422,6 @@ impl Proc {
             }
             let _ = c.wait();
         }
-    }
-
-    /// The last lines of the log.
-    pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 }
 
@@ -461,7 +462,7 @@ impl ProcCluster {
             ),
         )
         .unwrap();
-        let (server, addr) = Proc::spawn(
+        let (server, addr) = Proc::start(
             &["server", "--config", cfg.to_str().unwrap()],
             &dir.join("server.log"),
             "API on ",
@@ -478,7 +479,7 @@ impl ProcCluster {
                 ),
             )
             .unwrap();
-            let (agent, _) = Proc::spawn(
+            let (agent, _) = Proc::start(
                 &["agent", "--config", cfg.to_str().unwrap()],
                 &dir.join(format!("{name}.log")),
                 "taba agent: node ",
