@@ -611,6 +611,24 @@ impl Client {
         self.get(&format!("/v1/nodes/{}", seg(id_or_name)))
     }
 
+    /// `POST /v1/nodes/{id-or-name}/drain`: start, change or cancel a drain.
+    pub fn drain_node(
+        &self,
+        id_or_name: &str,
+        req: &DrainRequest,
+    ) -> Result<DrainStatus, ClientError> {
+        self.send(
+            Method::POST,
+            &format!("/v1/nodes/{}/drain", seg(id_or_name)),
+            req,
+        )
+    }
+
+    /// `GET /v1/nodes/{id-or-name}/drain`: what the drain has left to do.
+    pub fn drain_status(&self, id_or_name: &str) -> Result<DrainStatus, ClientError> {
+        self.get(&format!("/v1/nodes/{}/drain", seg(id_or_name)))
+    }
+
     /// `POST /v1/nodes/tokens`: a one-time join token valid for `ttl` (`1h`).
     pub fn create_join_token(&self, ttl: &str) -> Result<JoinTokenResponse, ClientError> {
         self.send(

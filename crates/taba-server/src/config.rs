@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub preemption: PreemptionConfig,
     /// Load-aware rebalancing.
     pub rebalance: RebalanceSettings,
+    /// Time between the drainer's rounds over draining nodes.
+    pub drain_interval: Duration,
     /// TLS of the API (and of the server's calls to agents). Without it the
     /// server listens only on loopback.
     pub tls: Option<ServerTls>,
@@ -74,6 +76,7 @@ impl ServerConfig {
             max_plan_attempts: 5,
             preemption: PreemptionConfig::default(),
             rebalance: RebalanceSettings::default(),
+            drain_interval: Duration::from_millis(500),
             tls: None,
         }
     }

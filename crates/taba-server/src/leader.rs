@@ -3,7 +3,7 @@
 //! Every server of an HA cluster serves the API. One of them, the leader, holds the leader
 //! key `meta/leader` in the store, bound to an etcd lease it renews; only the leader loads the
 //! state and runs the evaluation broker, the scheduler workers, the plan applier, the
-//! heartbeat monitor and the rebalancer. The others forward every request to the leader's
+//! heartbeat monitor, the drainer and the rebalancer. The others forward every request to the leader's
 //! advertised API address, which the leader key holds (reads too: followers keep no copy of
 //! the state yet).
 //!

@@ -2,8 +2,8 @@
 //!
 //! A [`Server`] loads every record from the [`Store`] into memory, serves the
 //! HTTP/JSON API under `/v1/` ([`api`]), runs the evaluation [`broker`],
-//! scheduler workers, the one plan applier and the heartbeat monitor
-//! ([`workers`]). Every change is written through the store before it is
+//! scheduler workers, the one plan applier, the heartbeat monitor, the
+//! rebalancer and the drainer ([`workers`]). Every change is written through the store before it is
 //! applied in memory and before the reply ([`state`]). It runs no workloads.
 //!
 //! ```text
@@ -192,7 +192,7 @@ impl Listener {
 }
 
 /// Starts the leader's background work on `state`: the plan applier, `workers` scheduler
-/// workers, the heartbeat monitor and the rebalancer.
+/// workers, the heartbeat monitor, the drainer and the rebalancer.
 pub(crate) fn spawn_background(state: &Arc<ServerState>, workers: usize) -> Vec<JoinHandle<()>> {
     let (plans, applier) = workers::spawn_applier(state.clone());
     let mut tasks = vec![applier];
@@ -201,6 +201,7 @@ pub(crate) fn spawn_background(state: &Arc<ServerState>, workers: usize) -> Vec<
     }
     drop(plans);
     tasks.push(workers::spawn_heartbeat_monitor(state.clone()));
+    tasks.push(workers::spawn_drainer(state.clone()));
     if state.config.rebalance.enabled {
         tasks.push(workers::spawn_rebalancer(state.clone()));
     }

@@ -28,7 +28,10 @@ use taba_types::{
 };
 use tokio::sync::watch;
 
+mod drain;
 mod namespaces;
+
+pub use drain::DRAIN_REASON;
 
 /// Why a change or lookup failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,8 @@ pub struct ServerState {
     namespaces: tokio::sync::RwLock<BTreeMap<String, Namespace>>,
     /// Pending evaluations.
     pub broker: Broker,
+    /// Wakes the drainer early (a drain started).
+    pub drain_wake: tokio::sync::Notify,
     /// Node credentials, join tokens, revoked certificates.
     pub credentials: crate::credentials::Credentials,
     index: watch::Sender<u64>,
@@ -204,6 +209,7 @@ impl ServerState {
             locks: KeyLocks::default(),
             namespaces: tokio::sync::RwLock::new(namespaces),
             broker,
+            drain_wake: tokio::sync::Notify::new(),
             index: watch::channel(index).0,
             shutdown: watch::channel(false).0,
         })
@@ -691,14 +697,11 @@ impl ServerState {
                 if a.client_status == ClientStatus::Running
                     && old.client_status != ClientStatus::Running
                 {
-                    let rolling = c.job(&a.namespace, &a.job).is_some_and(|j| {
-                        c.allocs_for_job(&a.namespace, &a.job)
-                            .any(|o| o.is_live() && o.job_version < j.version)
-                    });
-                    if rolling {
-                        eval_jobs
-                            .entry((a.namespace.clone(), a.job.clone()))
-                            .or_insert(EvalTrigger::RollingUpdate);
+                    let key = (a.namespace.clone(), a.job.clone());
+                    if let std::collections::btree_map::Entry::Vacant(v) = eval_jobs.entry(key) {
+                        if let Some(trigger) = Self::work_waiting(&c, &a) {
+                            v.insert(trigger);
+                        }
                     }
                 }
                 changed.push(a);
@@ -729,6 +732,33 @@ impl ServerState {
             self.unblock(None);
         }
         Ok(index)
+    }
+
+    /// When `a` starts running: the trigger of an evaluation that carries
+    /// on with work of its job that waited for it, if any: the next batch of
+    /// a rolling update (a live allocation of an older version), or of moves
+    /// (a live allocation with a move asked for; a drain's when one of them
+    /// is on a draining node). One pass over the job's allocations.
+    fn work_waiting(c: &ClusterState, a: &Allocation) -> Option<EvalTrigger> {
+        let version = c.job(&a.namespace, &a.job)?.version;
+        let mut found = None;
+        for o in c
+            .allocs_for_job(&a.namespace, &a.job)
+            .filter(|o| o.is_live())
+        {
+            if o.job_version < version {
+                return Some(EvalTrigger::RollingUpdate);
+            }
+            if o.migrate.is_some() && found != Some(EvalTrigger::NodeDrain) {
+                let draining = c.node(&o.node_id).is_some_and(|n| n.draining());
+                found = Some(if draining {
+                    EvalTrigger::NodeDrain
+                } else {
+                    EvalTrigger::Rebalance
+                });
+            }
+        }
+        found
     }
 
     // ---- nodes ----
@@ -854,7 +884,8 @@ impl ServerState {
         if let Some(old) = &existing {
             node.create_index = old.create_index;
             node.eligibility = old.eligibility;
-            node.drain = old.drain;
+            node.drain = old.drain.clone();
+            node.drained_at = old.drained_at;
         } else {
             node.create_index = 0;
         }

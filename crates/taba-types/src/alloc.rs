@@ -159,7 +159,7 @@ impl TaskState {
 }
 
 /// A request to move an allocation to another node: the one "move"
-/// primitive of rebalancing (and, later, drains and `alloc migrate`). The
+/// primitive of rebalancing and node drains (and, later, `alloc migrate`). The
 /// scheduler places a replacement (on `to` when it is given and fits, else
 /// on the best other node) and stops this allocation in the same plan,
 /// within the group's `migrate.max_parallel`.

@@ -369,13 +369,64 @@ pub async fn get_node(State(app): State<AppState>, Path(key): Path<String>) -> R
     let node = app.state.find_node(&key)?;
     let mut allocs = app.state.node_allocs(&node.id);
     allocs.sort_by_key(|a| std::cmp::Reverse(a.create_time));
+    let drain = match node.draining() {
+        true => Some(app.state.drain_status(node.id.as_str())?),
+        false => None,
+    };
     Ok(Json(NodeDetail {
         id: node.id.clone(),
         name: node.name.clone(),
         status: node.status,
         allocations: allocs.iter().map(AllocListEntry::from_alloc).collect(),
         node,
+        drain,
     }))
+}
+
+pub async fn drain_status(State(app): State<AppState>, Path(key): Path<String>) -> R<DrainStatus> {
+    Ok(Json(app.state.drain_status(&key)?))
+}
+
+pub async fn drain_node(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+    body: Body,
+) -> R<DrainStatus> {
+    let bytes = read_body(body, MAX_JSON_BODY).await?;
+    if !bytes.trim_ascii_start().starts_with(b"{") {
+        return Err(ApiError::BadRequest {
+            message: "the body must be a JSON object: {\"deadline\": \"1h\", \"ignore_system\": false} or {\"disable\": true}".into(),
+            field: None,
+        });
+    }
+    let req: DrainRequest = parse_json(&bytes)?;
+    if req.disable {
+        if req.deadline.is_some() {
+            return Err(ApiError::invalid(
+                "deadline",
+                "cannot be given with disable",
+            ));
+        }
+        if req.ignore_system {
+            return Err(ApiError::invalid(
+                "ignore_system",
+                "cannot be given with disable",
+            ));
+        }
+        return Ok(Json(app.state.cancel_drain(&key).await?));
+    }
+    let deadline = req.deadline.unwrap_or(DEFAULT_DRAIN_DEADLINE);
+    if deadline > MAX_DRAIN_DEADLINE {
+        return Err(ApiError::invalid(
+            "deadline",
+            format!("must be at most {MAX_DRAIN_DEADLINE}"),
+        ));
+    }
+    let status = app
+        .state
+        .start_drain(&key, deadline.as_duration(), req.ignore_system)
+        .await?;
+    Ok(Json(status))
 }
 
 // ---- images ----

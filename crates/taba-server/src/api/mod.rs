@@ -103,6 +103,8 @@ pub fn routes() -> Vec<Route> {
           &[("task", "task name (optional when the group has one task)")], "ExecResponse", post(h::alloc_exec)),
         r("GET", "/v1/nodes", "List nodes", None, &[], "NodeListEntry[]", get(h::list_nodes)),
         r("GET", "/v1/nodes/{node}", "A node by id, id prefix or name, with its allocations", None, &[], "NodeDetail", get(h::get_node)),
+        r("GET", "/v1/nodes/{node}/drain", "What the node's drain has left to do, per task group", None, &[], "DrainStatus", get(h::drain_status)),
+        r("POST", "/v1/nodes/{node}/drain", "Drain a node (JSON DrainRequest: deadline, ignore_system), or cancel its drain (disable)", Json("DrainRequest"), &[], "DrainStatus", post(h::drain_node)),
         r("GET", "/v1/images", "List images", None, &[], "ImageInfo[]", get(h::list_images)),
         r("POST", "/v1/images", "Import a docker-save or OCI-layout tar (the request body)", Tar, &[], "ImageInfo", post(h::import_image)),
         r("DELETE", "/v1/images/{*reference}", "Remove an image by reference or id", None, &[], "ImageInfo", delete(h::remove_image)),

@@ -124,7 +124,8 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
         datacenter: "dc1".into(),
         status: Default::default(),
         eligibility: Default::default(),
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes: BTreeMap::new(),
         meta: BTreeMap::new(),
@@ -227,6 +228,14 @@ impl FakeAgent {
         status: ClientStatus,
         usage: Option<taba_types::AllocUsage>,
     ) {
+        self.send(vec![Self::update(alloc, status, usage)]);
+    }
+
+    fn update(
+        alloc: &Allocation,
+        status: ClientStatus,
+        usage: Option<taba_types::AllocUsage>,
+    ) -> AllocUpdate {
         let state = match status {
             ClientStatus::Running => TaskStatus::Running,
             ClientStatus::Pending => TaskStatus::Pending,
@@ -247,36 +256,45 @@ impl FakeAgent {
                 )
             })
             .collect();
+        AllocUpdate {
+            id: alloc.id.clone(),
+            client_status: status,
+            client_description: String::new(),
+            task_states,
+            usage,
+        }
+    }
+
+    fn send(&self, updates: Vec<AllocUpdate>) {
         self.client
             .agent_update_allocs(&AllocUpdateRequest {
                 protocol: PROTOCOL,
                 node_id: self.node.id.clone(),
-                updates: vec![AllocUpdate {
-                    id: alloc.id.clone(),
-                    client_status: status,
-                    client_description: String::new(),
-                    task_states,
-                    usage,
-                }],
+                updates,
             })
             .expect("alloc update");
     }
 
     /// Like an agent: report every allocation it should run as running and
-    /// every one it should stop as complete.
+    /// every one it should stop as complete, in one coalesced update (as
+    /// the real agent sends what changed together).
     pub fn converge(&self) {
         let (_, allocs) = self.allocs(0);
+        let mut updates = Vec::new();
         for a in allocs {
             if a.client_status.is_terminal() {
                 continue;
             }
             if a.desired_status == taba_types::DesiredStatus::Run {
                 if a.client_status != ClientStatus::Running {
-                    self.report(&a, ClientStatus::Running);
+                    updates.push(Self::update(&a, ClientStatus::Running, None));
                 }
             } else {
-                self.report(&a, ClientStatus::Complete);
+                updates.push(Self::update(&a, ClientStatus::Complete, None));
             }
+        }
+        if !updates.is_empty() {
+            self.send(updates);
         }
     }
 }

@@ -14,7 +14,8 @@ use taba_client::api::{b64, AllocListEntry, JobStatusResponse, NamespaceStatus};
 use taba_client::Client;
 use taba_types::parse::{parse_job_toml, JobParseError};
 use taba_types::{
-    ByteSize, ClientStatus, DesiredStatus, EvalStatus, JobType, Namespace, Quota, UnixMillis,
+    ByteSize, ClientStatus, DesiredStatus, DurationSpec, EvalStatus, JobType, Namespace, Quota,
+    UnixMillis,
 };
 
 /// `taba job ...`
@@ -108,6 +109,9 @@ pub enum NodeCommand {
         /// Node id, prefix or name.
         node: String,
     },
+    /// Move every allocation off a node (it becomes ineligible) and follow
+    /// the drain until it is done; `--disable` cancels it.
+    Drain(super::drain::DrainArgs),
     /// Join tokens for new agents.
     #[command(subcommand)]
     Token(NodeTokenCommand),
@@ -184,7 +188,7 @@ fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
     g.client()
 }
 
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
+pub(super) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -805,6 +809,7 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        NodeCommand::Drain(args) => super::drain::run(g, &api, args),
         NodeCommand::Status { node } => {
             let d = api.node(&node)?;
             if g.json {
@@ -855,6 +860,27 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             println!("Drivers    = {}", drivers.join(", "));
+            println!(
+                "Eligible   = {}",
+                n.eligibility == taba_types::Eligibility::Eligible
+            );
+            match (&d.drain, &n.drain) {
+                (Some(st), Some(s)) => println!(
+                    "Drain      = started {}, deadline in {}{}: {}",
+                    age(s.started_at),
+                    DurationSpec(s.deadline.saturating_sub(now_ms()) / 1000 * 1000),
+                    if s.ignore_system {
+                        ", system jobs stay"
+                    } else {
+                        ""
+                    },
+                    super::drain::group_summary(st)
+                ),
+                _ => match n.drained_at {
+                    Some(t) => println!("Drain      = none; last drain completed {}", age(t)),
+                    None => println!("Drain      = none"),
+                },
+            }
             println!();
             println!("Allocations");
             if d.allocations.is_empty() {

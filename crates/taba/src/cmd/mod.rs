@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod cli;
 pub mod dev;
+pub mod drain;
 pub mod shim;
 pub mod sim;
 pub mod store_config;
