@@ -955,6 +955,7 @@ impl ClusterState {
             client_description: String::new(),
             task_states: BTreeMap::new(),
             usage: None,
+            events: Vec::new(),
             eval_id: EvalId(format_uuid(c.eval)),
             previous_alloc: None,
             reschedule_times: Vec::new(),

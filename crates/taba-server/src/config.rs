@@ -26,6 +26,22 @@ pub struct ServerConfig {
     pub preemption: PreemptionConfig,
     /// Load-aware rebalancing.
     pub rebalance: RebalanceSettings,
+    /// Access control.
+    pub acl: AclSettings,
+}
+
+/// `[acl]` of the server's configuration.
+#[derive(Clone, Debug)]
+pub struct AclSettings {
+    /// Enforce ACL tokens on every route (on by default). When off, every
+    /// user route is open to anyone who reaches the API.
+    pub enabled: bool,
+}
+
+impl Default for AclSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// Settings of the rebalancer (see `taba_scheduler::rebalance`).
@@ -61,6 +77,7 @@ impl ServerConfig {
             max_plan_attempts: 5,
             preemption: PreemptionConfig::default(),
             rebalance: RebalanceSettings::default(),
+            acl: AclSettings::default(),
         }
     }
 }

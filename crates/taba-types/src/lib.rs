@@ -10,6 +10,7 @@
 //! crate can use it (kube-rs's `kube-core` is the model).
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod alloc;
 pub mod eval;
 pub mod ids;
