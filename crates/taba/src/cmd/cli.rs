@@ -166,17 +166,19 @@ pub enum ImageCommand {
     },
 }
 
-fn client(g: &GlobalArgs) -> Client {
-    Client::new(&g.addr, g.token.clone())
+/// The API client of a command, with the token it should send
+/// (`--token`, `TABA_TOKEN`, or the token file for `--addr`).
+pub(crate) fn client(g: &GlobalArgs) -> Client {
+    Client::new(&g.addr, super::acl::resolve_token(g))
 }
 
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Print rows as columns aligned under `headers`.
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -225,7 +227,7 @@ fn age(t: UnixMillis) -> String {
     }
 }
 
-fn short(id: &str) -> String {
+pub(crate) fn short(id: &str) -> String {
     id.chars().take(8).collect()
 }
 

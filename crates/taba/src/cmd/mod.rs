@@ -1,5 +1,6 @@
 //! Subcommands. Each module owns one group of commands.
 
+pub mod acl;
 pub mod bench;
 pub mod cli;
 pub mod dev;
@@ -17,7 +18,7 @@ pub struct GlobalArgs {
         default_value = "http://127.0.0.1:4646"
     )]
     pub addr: String,
-    /// API token.
+    /// API token (by default the token file `taba dev` wrote for --addr; see `taba acl`).
     #[arg(long, global = true, env = "TABA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print JSON instead of tables.
