@@ -823,6 +823,7 @@ impl ClusterState {
             && a.client_description.is_empty()
             && a.task_states.is_empty()
             && a.usage.is_none()
+            && a.events.is_empty()
             && a.previous_alloc.is_none()
             && a.reschedule_times.is_empty()
             && !a.replaced

@@ -51,6 +51,21 @@ impl TestServer {
         store: Arc<dyn Store>,
         setup: impl FnOnce(&mut ServerConfig),
     ) -> Self {
+        Self::start_inner(dir, store, setup, true)
+    }
+
+    /// A server as `taba server` starts: ACLs not bootstrapped unless the
+    /// store says so; `token` is empty.
+    pub fn start_unbootstrapped(dir: &Path, store: Arc<dyn Store>) -> Self {
+        Self::start_inner(dir, store, |_| {}, false)
+    }
+
+    fn start_inner(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        setup: impl FnOnce(&mut ServerConfig),
+        bootstrap: bool,
+    ) -> Self {
         let images = Arc::new(ImageStore::open(&dir.join("images")).expect("open image store"));
         let mut config = ServerConfig::new(dir.join("server"), "127.0.0.1:0".parse().unwrap());
         setup(&mut config);
@@ -67,11 +82,16 @@ impl TestServer {
                 let handle = Server::start(config, st, images)
                     .await
                     .expect("server starts");
-                let (_, token) = handle
-                    .state()
-                    .issue_management_token("test")
-                    .await
-                    .expect("management token");
+                let token = if bootstrap {
+                    let (_, token) = handle
+                        .state()
+                        .issue_management_token("test")
+                        .await
+                        .expect("management token");
+                    token
+                } else {
+                    String::new()
+                };
                 addr_tx.send((handle.addr(), token)).unwrap();
                 let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                 handle.shutdown().await;

@@ -680,6 +680,16 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 ],
                 &rows,
             );
+            if !a.events.is_empty() {
+                println!();
+                println!("Events (audit)");
+                let rows: Vec<Vec<String>> = a
+                    .events
+                    .iter()
+                    .map(|e| vec![age(e.time), e.kind.clone(), e.actor.clone(), e.message.clone()])
+                    .collect();
+                table(&["WHEN", "KIND", "BY", "WHAT"], &rows);
+            }
             Ok(ExitCode::SUCCESS)
         }
         AllocCommand::Logs {
