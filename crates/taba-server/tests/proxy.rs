@@ -115,7 +115,7 @@ fn logs_and_exec_are_proxied_to_the_agent() {
         .alloc_exec(a.id.as_str(), Some("t"), &["id".into()], b"")
         .unwrap_err();
     assert_eq!(err.status(), Some(403));
-    assert!(err.to_string().contains("Exec"), "{err}");
+    assert!(err.to_string().contains("lacks \"exec\""), "{err}");
     assert_eq!(c.alloc(a.id.as_str()).unwrap().allocation.events.len(), events.len());
 }
 

@@ -181,8 +181,9 @@ impl Caller {
             return Ok(());
         }
         Err(Denied(format!(
-            "permission denied: {} lacks {cap:?} in namespace {ns:?}",
-            self.actor()
+            "permission denied: {} lacks {:?} in namespace {ns:?}",
+            self.actor(),
+            cap.to_string()
         )))
     }
 }

@@ -189,9 +189,26 @@ fn expires(t: &AclTokenInfo) -> String {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            format!("in {}", DurationSpec((at.saturating_sub(now) / 1000) * 1000))
+            format!("in {}", human(at.saturating_sub(now) / 1000))
         }
     }
+}
+
+/// `1d2h`, `5h3m`, `4m10s`, `9s`: the two largest units.
+fn human(secs: u64) -> String {
+    let units = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    let mut parts = vec![];
+    let mut rest = secs;
+    for (size, name) in units {
+        if rest >= size || (parts.is_empty() && size == 1) {
+            parts.push(format!("{}{name}", rest / size));
+            rest %= size;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.join("")
 }
 
 fn token_row(t: &AclTokenInfo) -> Vec<String> {
@@ -336,6 +353,14 @@ pub async fn dev_management_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_is_shown_in_two_units() {
+        assert_eq!(human(86_399), "23h59m");
+        assert_eq!(human(90_061), "1d1h");
+        assert_eq!(human(61), "1m1s");
+        assert_eq!(human(0), "0s");
+    }
 
     #[test]
     fn addresses_map_to_one_file_name() {

@@ -2,6 +2,7 @@
 
 pub mod acl;
 pub mod bench;
+pub mod bench_acl;
 pub mod cli;
 pub mod dev;
 pub mod shim;
