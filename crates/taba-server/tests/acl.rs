@@ -27,7 +27,9 @@ capabilities = ["read", "write", "exec", "host"]
 "#;
 
 fn job_in(ns: &str, name: &str, user: Option<&str>) -> String {
-    let user = user.map(|u| format!("  user = \"{u}\"\n")).unwrap_or_default();
+    let user = user
+        .map(|u| format!("  user = \"{u}\"\n"))
+        .unwrap_or_default();
     format!(
         "name = \"{name}\"\nnamespace = \"{ns}\"\n[[group]]\nname = \"g\"\n  [[group.task]]\n  name = \"t\"\n  driver = \"exec\"\n  command = [\"/bin/sleep\", \"60\"]\n{user}  resources = {{ cpu = 100, memory = \"64MiB\" }}\n"
     )
@@ -115,9 +117,10 @@ fn body(kind: BodyKind) -> (Option<&'static str>, Vec<u8>) {
             Some("application/json"),
             br#"{"command":["id"],"stdin_b64":""}"#.to_vec(),
         ),
-        BodyKind::Json("CreateTokenRequest") => {
-            (Some("application/json"), br#"{"policies":["a-all"]}"#.to_vec())
-        }
+        BodyKind::Json("CreateTokenRequest") => (
+            Some("application/json"),
+            br#"{"policies":["a-all"]}"#.to_vec(),
+        ),
         BodyKind::Json(_) => (Some("application/json"), b"{}".to_vec()),
     }
 }
@@ -159,7 +162,11 @@ fn every_route_refuses_missing_revoked_expired_and_foreign_tokens() {
         a_accessor,
     };
     let table = routes();
-    assert!(table.len() >= 30, "the route table has {} routes", table.len());
+    assert!(
+        table.len() >= 30,
+        "the route table has {} routes",
+        table.len()
+    );
     let mut failures = Vec::new();
     for rt in &table {
         let path = world.path(rt);
@@ -230,9 +237,8 @@ fn every_route_refuses_missing_revoked_expired_and_foreign_tokens() {
 #[test]
 fn bootstrap_once_policies_tokens_host_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let store: std::sync::Arc<dyn taba_store::Store> = std::sync::Arc::new(
-        taba_store::RedbStore::open(&dir.path().join("state.redb")).unwrap(),
-    );
+    let store: std::sync::Arc<dyn taba_store::Store> =
+        std::sync::Arc::new(taba_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
     let srv = TestServer::start_unbootstrapped(dir.path(), store);
     let anon = srv.anonymous();
     let e = anon.list_jobs().unwrap_err();
@@ -242,9 +248,15 @@ fn bootstrap_once_policies_tokens_host_and_restart() {
     let boot = anon.acl_bootstrap().unwrap();
     let again = anon.acl_bootstrap().unwrap_err();
     assert_eq!(again.status(), Some(409));
-    assert!(again.to_string().contains("already bootstrapped"), "{again}");
+    assert!(
+        again.to_string().contains("already bootstrapped"),
+        "{again}"
+    );
     let m = anon.with_token(Some(boot.secret.clone()));
-    assert_eq!(m.acl_token_self().unwrap().accessor_id, boot.token.accessor_id);
+    assert_eq!(
+        m.acl_token_self().unwrap().accessor_id,
+        boot.token.accessor_id
+    );
 
     // A bad policy names the field and the line.
     let bad = m
@@ -319,17 +331,23 @@ fn bootstrap_once_policies_tokens_host_and_restart() {
     let raw = std::fs::read(dir.path().join("state.redb")).unwrap();
     let contains = |s: &str| raw.windows(s.len()).any(|w| w == s.as_bytes());
     assert!(contains(&dev_accessor), "the store file holds the tokens");
-    assert!(!contains(&boot.secret) && !contains(&dev_secret), "the store holds a secret");
+    assert!(
+        !contains(&boot.secret) && !contains(&dev_secret),
+        "the store holds a secret"
+    );
 }
 
 #[test]
 fn with_acls_off_every_user_route_is_open() {
     let dir = tempfile::tempdir().unwrap();
-    let store: std::sync::Arc<dyn taba_store::Store> = std::sync::Arc::new(
-        taba_store::RedbStore::open(&dir.path().join("state.redb")).unwrap(),
-    );
+    let store: std::sync::Arc<dyn taba_store::Store> =
+        std::sync::Arc::new(taba_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
     let srv = TestServer::start_configured(dir.path(), store, |c| c.acl.enabled = false);
     let anon = srv.anonymous();
     assert!(anon.list_jobs().unwrap().is_empty());
-    assert!(anon.list_namespaces().unwrap().iter().any(|n| n.name == "default"));
+    assert!(anon
+        .list_namespaces()
+        .unwrap()
+        .iter()
+        .any(|n| n.name == "default"));
 }

@@ -116,7 +116,10 @@ fn logs_and_exec_are_proxied_to_the_agent() {
         .unwrap_err();
     assert_eq!(err.status(), Some(403));
     assert!(err.to_string().contains("lacks \"exec\""), "{err}");
-    assert_eq!(c.alloc(a.id.as_str()).unwrap().allocation.events.len(), events.len());
+    assert_eq!(
+        c.alloc(a.id.as_str()).unwrap().allocation.events.len(),
+        events.len()
+    );
 }
 
 #[test]

@@ -101,7 +101,11 @@ pub struct AclPolicy {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// Rights per namespace (`*` for every namespace).
-    #[serde(default, rename = "namespace", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        rename = "namespace",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub namespaces: BTreeMap<String, NamespaceRule>,
     /// Access to nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,7 +234,10 @@ pub fn parse_policy_toml(name: &str, bytes: &[u8]) -> Result<AclPolicy, PolicyPa
         let mut errs = ValidationErrors::default();
         errs.push(
             "name",
-            format!("{:?} differs from the policy being applied ({name:?})", policy.name),
+            format!(
+                "{:?} differs from the policy being applied ({name:?})",
+                policy.name
+            ),
         );
         return Err(PolicyParseError::Invalid(errs));
     }
@@ -308,10 +315,7 @@ pub fn validate_token_request(
         errs.push("policies", "name at least one policy");
     }
     if policies.len() > MAX_TOKEN_POLICIES {
-        errs.push(
-            "policies",
-            format!("at most {MAX_TOKEN_POLICIES} policies"),
-        );
+        errs.push("policies", format!("at most {MAX_TOKEN_POLICIES} policies"));
     }
     for (i, p) in policies.iter().enumerate() {
         check_name(&mut errs, &format!("policies[{i}]"), p);
@@ -366,9 +370,12 @@ capabilities = ["read"]
 
     #[test]
     fn typos_and_empty_policies_are_refused() {
-        let err = parse_policy_toml("x", b"[namespaces.a]\ncapabilities = [\"read\"]\n")
-            .unwrap_err();
-        assert!(err.to_string().contains("unknown field `namespaces`"), "{err}");
+        let err =
+            parse_policy_toml("x", b"[namespaces.a]\ncapabilities = [\"read\"]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `namespaces`"),
+            "{err}"
+        );
         let err = parse_policy_toml("x", b"description = \"nothing\"\n").unwrap_err();
         assert_eq!(err.path().as_deref(), Some("namespace"));
         let err = parse_policy_toml("x", b"[namespace.a]\ncapabilities = []\n").unwrap_err();
@@ -386,8 +393,8 @@ capabilities = ["read"]
         assert_eq!(e.0[0].path, "policies");
         let e = validate_token_request("ci", &["a".into()], true, None).unwrap_err();
         assert_eq!(e.0[0].path, "policies");
-        let e = validate_token_request("ci", &["a".into()], false, Some(DurationSpec(10)))
-            .unwrap_err();
+        let e =
+            validate_token_request("ci", &["a".into()], false, Some(DurationSpec(10))).unwrap_err();
         assert_eq!(e.0[0].path, "ttl");
         assert!(Access::Write.grants(Access::Read) && !Access::Read.grants(Access::Write));
     }

@@ -28,7 +28,11 @@ fn root_acl_cli_another_namespaces_token_and_exec_audit() {
     // Bootstrapping again is refused.
     let again = dev.cli(&["acl", "bootstrap"]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(stderr(&again).contains("already bootstrapped"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already bootstrapped"),
+        "{}",
+        stderr(&again)
+    );
     // A token from elsewhere is refused, never ignored.
     let bogus = dev
         .cli_command(&["job", "list"])
@@ -36,7 +40,11 @@ fn root_acl_cli_another_namespaces_token_and_exec_audit() {
         .output()
         .unwrap();
     assert_eq!(bogus.status.code(), Some(1));
-    assert!(stderr(&bogus).contains("token not found"), "{}", stderr(&bogus));
+    assert!(
+        stderr(&bogus).contains("token not found"),
+        "{}",
+        stderr(&bogus)
+    );
 
     for ns in ["team-a", "team-b"] {
         assert!(dev.cli(&["namespace", "apply", ns]).status.success());
@@ -64,14 +72,22 @@ fn root_acl_cli_another_namespaces_token_and_exec_audit() {
     let out = dev.cli(&["job", "run", job.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut alloc = String::new();
-    dev.wait_for("team-a's allocation running", Duration::from_secs(60), || {
-        dev.client
-            .job_status_in("team-a", "secret")
-            .ok()
-            .and_then(|s| s.allocations.into_iter().find(|a| a.status.to_string() == "running"))
-            .map(|a| alloc = a.id.to_string())
-            .is_some()
-    });
+    dev.wait_for(
+        "team-a's allocation running",
+        Duration::from_secs(60),
+        || {
+            dev.client
+                .job_status_in("team-a", "secret")
+                .ok()
+                .and_then(|s| {
+                    s.allocations
+                        .into_iter()
+                        .find(|a| a.status.to_string() == "running")
+                })
+                .map(|a| alloc = a.id.to_string())
+                .is_some()
+        },
+    );
 
     // Bob (team-b) can do nothing to team-a's job.
     let as_bob = |args: &[&str]| {
@@ -104,20 +120,36 @@ fn root_acl_cli_another_namespaces_token_and_exec_audit() {
     assert!(!stdout(&out).contains("team-a"), "{}", stdout(&out));
 
     // The management token may exec; the exec is audited.
-    let out = dev.cli(&["alloc", "exec", alloc.as_str(), "--", "/bin/echo", "audited"]);
+    let out = dev.cli(&[
+        "alloc",
+        "exec",
+        alloc.as_str(),
+        "--",
+        "/bin/echo",
+        "audited",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "audited\n");
     let out = dev.cli(&["alloc", "status", alloc.as_str()]);
     let text = stdout(&out);
     assert!(text.contains("Events (audit)"), "{text}");
-    assert!(text.contains("Exec") && text.contains("\"taba dev\""), "{text}");
-    assert!(text.contains(r#"task t: ["/bin/echo", "audited"]"#), "{text}");
+    assert!(
+        text.contains("Exec") && text.contains("\"taba dev\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"task t: ["/bin/echo", "audited"]"#),
+        "{text}"
+    );
     // Bob's failed tries left no event.
     assert_eq!(text.matches("Exec ").count(), 1, "{text}");
 
     // Revoked: refused from the next request on.
     let accessor = created["token"]["accessor_id"].as_str().unwrap();
-    assert!(dev.cli(&["acl", "token", "revoke", accessor]).status.success());
+    assert!(dev
+        .cli(&["acl", "token", "revoke", accessor])
+        .status
+        .success());
     let out = as_bob(&["job", "list"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("token not found"), "{}", stderr(&out));
@@ -126,9 +158,13 @@ fn root_acl_cli_another_namespaces_token_and_exec_audit() {
         .cli(&["job", "stop", "-n", "team-a", "secret"])
         .status
         .success());
-    dev.wait_for("team-a's allocation stopped", Duration::from_secs(30), || {
-        dev.client
-            .job_status_in("team-a", "secret")
-            .is_ok_and(|s| s.allocations.iter().all(|a| a.status.is_terminal()))
-    });
+    dev.wait_for(
+        "team-a's allocation stopped",
+        Duration::from_secs(30),
+        || {
+            dev.client
+                .job_status_in("team-a", "secret")
+                .is_ok_and(|s| s.allocations.iter().all(|a| a.status.is_terminal()))
+        },
+    );
 }

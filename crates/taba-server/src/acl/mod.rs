@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use taba_store::{Store, Table};
-use taba_types::acl::{AclPolicy, AclToken, Access, Capability, TokenType, ANY_NAMESPACE};
+use taba_types::acl::{Access, AclPolicy, AclToken, Capability, TokenType, ANY_NAMESPACE};
 use taba_types::UnixMillis;
 
 /// Key of the bootstrap marker in the `meta` table.

@@ -79,7 +79,10 @@ pub async fn put_policy(
             } else if p.name != name {
                 return Err(ApiError::invalid(
                     "name",
-                    format!("{:?} differs from the policy in the path ({name:?})", p.name),
+                    format!(
+                        "{:?} differs from the policy in the path ({name:?})",
+                        p.name
+                    ),
                 ));
             }
             validate_policy(&p).map_err(invalid)?;

@@ -16,12 +16,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 use taba_client::api::*;
+use taba_types::acl::Capability;
 use taba_types::parse::{parse_job_json, parse_job_toml, JobParseError, MAX_JOB_BYTES};
 use taba_types::wire::{
     check_protocol, AllocUpdateRequest, HeartbeatRequest, HeartbeatResponse, NodeAllocations,
     RegisterRequest, RegisterResponse, PROTOCOL,
 };
-use taba_types::acl::Capability;
 use taba_types::{AllocEvent, Allocation, DurationSpec, JobSpec, Node, NodeId};
 use tokio::io::AsyncWriteExt;
 
@@ -220,7 +220,12 @@ pub async fn list_allocs(State(app): State<AppState>, auth: Auth) -> R<Vec<Alloc
 }
 
 /// The allocation `id` names, if the caller holds `cap` in its namespace.
-fn alloc_for(app: &AppState, auth: &Auth, id: &str, cap: Capability) -> Result<Allocation, ApiError> {
+fn alloc_for(
+    app: &AppState,
+    auth: &Auth,
+    id: &str,
+    cap: Capability,
+) -> Result<Allocation, ApiError> {
     let a = app.state.find_alloc(id)?;
     auth.require(&a.namespace, cap)?;
     Ok(a)

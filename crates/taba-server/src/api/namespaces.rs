@@ -9,8 +9,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::Json;
 use taba_client::api::{DeleteNamespaceResponse, NamespaceStatus};
-use taba_types::namespace::validate_namespace;
 use taba_types::acl::Access;
+use taba_types::namespace::validate_namespace;
 use taba_types::Namespace;
 
 type R<T> = Result<Json<T>, ApiError>;

@@ -142,12 +142,8 @@ impl ServerState {
             }
         }
         let (token, secret) = mint(&t);
-        self.commit(Txn::new().put_encoded(
-            Table::AclTokens,
-            token.accessor_id.clone(),
-            &token,
-        ))
-        .await?;
+        self.commit(Txn::new().put_encoded(Table::AclTokens, token.accessor_id.clone(), &token))
+            .await?;
         self.acl.put_token(token.clone());
         Ok((token, secret))
     }
@@ -177,7 +173,9 @@ impl ServerState {
             .collect();
         match m.len() {
             1 => Ok(m[0].clone()),
-            0 => Err(StateError::NotFound(format!("token {accessor:?} not found"))),
+            0 => Err(StateError::NotFound(format!(
+                "token {accessor:?} not found"
+            ))),
             n => Err(StateError::Ambiguous(format!(
                 "token prefix {accessor:?} matches {n} tokens; give more characters"
             ))),

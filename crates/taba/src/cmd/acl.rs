@@ -111,7 +111,12 @@ pub fn run(g: &GlobalArgs, c: AclCommand) -> anyhow::Result<ExitCode> {
             }
             let rows: Vec<Vec<String>> = list
                 .iter()
-                .map(|p| vec![p.name.clone(), p.description.lines().next().unwrap_or("").into()])
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.description.lines().next().unwrap_or("").into(),
+                    ]
+                })
                 .collect();
             table(&["NAME", "DESCRIPTION"], &rows);
             Ok(ExitCode::SUCCESS)
@@ -214,9 +219,17 @@ fn human(secs: u64) -> String {
 fn token_row(t: &AclTokenInfo) -> Vec<String> {
     vec![
         short(&t.accessor_id),
-        if t.name.is_empty() { "-".into() } else { t.name.clone() },
+        if t.name.is_empty() {
+            "-".into()
+        } else {
+            t.name.clone()
+        },
         t.token_type.to_string(),
-        if t.policies.is_empty() { "-".into() } else { t.policies.join(",") },
+        if t.policies.is_empty() {
+            "-".into()
+        } else {
+            t.policies.join(",")
+        },
         expires(t),
     ]
 }
@@ -258,7 +271,13 @@ fn addr_key(addr: &str) -> String {
     let a = a.split_once("://").map(|(_, r)| r).unwrap_or(a);
     let a = a.split('/').next().unwrap_or(a).to_ascii_lowercase();
     a.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -379,7 +398,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "taba_abc\n");
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dmode = std::fs::metadata(p.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        let dmode = std::fs::metadata(p.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dmode, 0o700);
     }
 }

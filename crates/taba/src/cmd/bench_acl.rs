@@ -85,7 +85,8 @@ fn round(client: &Client, requests: usize, clients: usize) -> anyhow::Result<f64
         }));
     }
     for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
     }
     Ok((per * clients) as f64 / start.elapsed().as_secs_f64())
 }
@@ -144,7 +145,10 @@ pub fn api_acl(requests: usize, rounds: usize, clients: usize) -> anyhow::Result
     );
     println!("{:<44} {:>12}", "", "median req/s");
     println!("{:<44} {:>12.0}", "ACLs off", m_off);
-    println!("{:<44} {:>12.0}", "ACLs on (client token, policy: read default)", m_on);
+    println!(
+        "{:<44} {:>12.0}",
+        "ACLs on (client token, policy: read default)", m_on
+    );
     let slower = (1.0 - m_on / m_off) * 100.0;
     println!("ACLs on vs off: {slower:+.1}% slower (target <= 5%)");
     Ok(ExitCode::SUCCESS)

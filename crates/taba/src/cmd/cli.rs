@@ -686,7 +686,14 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 let rows: Vec<Vec<String>> = a
                     .events
                     .iter()
-                    .map(|e| vec![age(e.time), e.kind.clone(), e.actor.clone(), e.message.clone()])
+                    .map(|e| {
+                        vec![
+                            age(e.time),
+                            e.kind.clone(),
+                            e.actor.clone(),
+                            e.message.clone(),
+                        ]
+                    })
                     .collect();
                 table(&["WHEN", "KIND", "BY", "WHAT"], &rows);
             }

@@ -363,8 +363,7 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
             .context("starting the server")?;
         let addr = server.addr();
         let secret =
-            super::acl::dev_management_token(server.state(), &a.data_dir.join("dev-token"))
-                .await?;
+            super::acl::dev_management_token(server.state(), &a.data_dir.join("dev-token")).await?;
         for f in super::acl::write_token_files(addr, &secret)? {
             eprintln!("taba dev: management token in {}", f.display());
         }
@@ -410,7 +409,9 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         eprintln!("taba server: API on http://{}", server.addr());
         let acl = &server.state().acl;
         if !acl.enabled() {
-            tracing::warn!("ACLs are off ([acl] enabled = false): anyone who reaches the API may do anything");
+            tracing::warn!(
+                "ACLs are off ([acl] enabled = false): anyone who reaches the API may do anything"
+            );
         } else if !acl.bootstrapped() {
             eprintln!("taba server: ACLs are not bootstrapped; only `taba acl bootstrap` is answered until then");
         }
