@@ -154,6 +154,11 @@ impl Client {
         }
     }
 
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The server's base URL.
     pub fn base_url(&self) -> &str {
         &self.base

@@ -386,7 +386,7 @@ mod tests {
         assert_eq!(addr_key("http://127.0.0.1:4646/"), "127.0.0.1_4646");
         assert_eq!(addr_key("127.0.0.1:4646"), "127.0.0.1_4646");
         assert_eq!(addr_key("https://Node-1.example:443"), "node-1.example_443");
-        assert_eq!(addr_key("http://[::1]:4646"), "__1__4646");
+        assert_eq!(addr_key("http://[::1]:4646"), "___1__4646");
     }
 
     #[test]
