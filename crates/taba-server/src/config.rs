@@ -28,6 +28,19 @@ pub struct ServerConfig {
     pub rebalance: RebalanceSettings,
     /// Access control.
     pub acl: AclSettings,
+    /// TLS of the API (and of the server's calls to agents). Without it the
+    /// server listens only on loopback.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS settings of a server (`[tls]` in its configuration file).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// CA certificate, the server's certificate and key.
+    pub files: taba_tls::TlsFiles,
+    /// The CA's key: lets the server sign certificates for agents that join
+    /// with a token. Without it join tokens are refused under TLS.
+    pub ca_key: Option<PathBuf>,
 }
 
 /// `[acl]` of the server's configuration.
@@ -78,6 +91,7 @@ impl ServerConfig {
             preemption: PreemptionConfig::default(),
             rebalance: RebalanceSettings::default(),
             acl: AclSettings::default(),
+            tls: None,
         }
     }
 }

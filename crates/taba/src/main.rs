@@ -42,6 +42,9 @@ enum Command {
     /// Access control: bootstrap, policies, tokens.
     #[command(subcommand)]
     Acl(cmd::acl::AclCommand),
+    /// The cluster CA and certificates.
+    #[command(subcommand)]
+    Tls(cmd::tls::TlsCommand),
     /// Drive the real scheduler against a simulated cluster.
     Sim(cmd::sim::SimArgs),
     /// Benchmarks that need the real binary.
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Image(c) => cmd::cli::image(&cli.global, c),
         Command::Namespace(c) => cmd::cli::namespace(&cli.global, c),
         Command::Acl(c) => cmd::acl::run(&cli.global, c),
+        Command::Tls(c) => cmd::tls::run(&cli.global, c),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Bench(c) => cmd::bench::run(c),
     };

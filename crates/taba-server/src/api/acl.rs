@@ -11,11 +11,11 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use taba_client::api::{AclDeleteResponse, AclTokenCreated, AclTokenInfo, CreateTokenRequest};
 use taba_types::acl::{
     parse_policy_toml, validate_policy, validate_token_request, AclPolicy, AclToken,
     PolicyParseError, TokenType, MAX_POLICY_BYTES,
 };
+use taba_types::api::{AclDeleteResponse, AclTokenCreated, AclTokenInfo, CreateTokenRequest};
 use taba_types::ValidationErrors;
 
 type R<T> = Result<Json<T>, ApiError>;

@@ -8,8 +8,8 @@ use crate::acl::Auth;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::Json;
-use taba_client::api::{DeleteNamespaceResponse, NamespaceStatus};
 use taba_types::acl::Access;
+use taba_types::api::{DeleteNamespaceResponse, NamespaceStatus};
 use taba_types::namespace::validate_namespace;
 use taba_types::Namespace;
 

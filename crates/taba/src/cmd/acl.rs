@@ -86,7 +86,7 @@ pub enum TokenCommand {
 
 /// Run an ACL command.
 pub fn run(g: &GlobalArgs, c: AclCommand) -> anyhow::Result<ExitCode> {
-    let api = super::cli::client(g);
+    let api = super::cli::client(g)?;
     match c {
         AclCommand::Bootstrap => {
             let t = api.acl_bootstrap()?;
@@ -292,7 +292,7 @@ pub fn resolve_token(g: &GlobalArgs) -> Option<String> {
     if let Some(t) = g.token.as_ref().filter(|t| !t.is_empty()) {
         return Some(t.clone());
     }
-    let path = token_file(&g.addr)?;
+    let path = token_file(g.addr.split(',').next().unwrap_or_default())?;
     let t = std::fs::read_to_string(path).ok()?;
     let t = t.trim();
     (!t.is_empty()).then(|| t.to_string())

@@ -1,14 +1,14 @@
 //! Request and response bodies of the `/v1/` HTTP API that are not domain
-//! records themselves. The server builds them, the client reads them; both
-//! depend on this module so the two cannot drift apart.
+//! records themselves. The server builds them, the agent and the client read
+//! them; all depend on this module so the two sides cannot drift apart.
 
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use taba_types::{
+use crate::{
     AllocId, AllocUsage, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, Job,
     JobStatus, JobType, NamespaceUsage, Node, NodeId, NodeStatus, Quota, TaskState, UnixMillis,
 };
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Every error reply: `{"error": {"message": ..., "field": ...}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,7 +311,7 @@ pub struct CreateTokenRequest {
     pub management: bool,
     /// Lifetime (`"24h"`); unlimited when unset.
     #[serde(default)]
-    pub ttl: Option<taba_types::DurationSpec>,
+    pub ttl: Option<crate::DurationSpec>,
 }
 
 /// A token as listed: never its secret nor the secret's hash.
@@ -323,7 +323,7 @@ pub struct AclTokenInfo {
     pub name: String,
     /// Client or management.
     #[serde(rename = "type")]
-    pub token_type: taba_types::acl::TokenType,
+    pub token_type: crate::acl::TokenType,
     /// Policies by name.
     pub policies: Vec<String>,
     /// Creation time.
@@ -336,7 +336,7 @@ pub struct AclTokenInfo {
 
 impl AclTokenInfo {
     /// The listed view of a stored token at time `now`.
-    pub fn from_token(t: &taba_types::acl::AclToken, now: UnixMillis) -> Self {
+    pub fn from_token(t: &crate::acl::AclToken, now: UnixMillis) -> Self {
         Self {
             accessor_id: t.accessor_id.clone(),
             name: t.name.clone(),
@@ -435,3 +435,42 @@ pub mod b64 {
 
 /// Most bytes an exec's stdin may carry.
 pub const MAX_EXEC_STDIN: usize = 8 << 20;
+
+/// Body of `POST /v1/nodes/tokens`: a join token for new agents.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    /// How long the token can be used, e.g. `1h` (default 1h, at most 30 days).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// Reply to `POST /v1/nodes/tokens`. The token is shown only here: the
+/// server keeps its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenResponse {
+    /// The token, for an agent's `join_token`.
+    pub token: String,
+    /// When it expires.
+    pub expires: UnixMillis,
+}
+
+/// Body of `POST /v1/tls/revoke`: revoke a certificate by fingerprint, or
+/// the certificate bound to a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCertRequest {
+    /// SHA-256 of the DER certificate, hex.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// A node name or id: revoke the certificate it registered with.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// Reply to `POST /v1/tls/revoke`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeCertResponse {
+    /// The fingerprints now revoked.
+    pub revoked: Vec<String>,
+}
