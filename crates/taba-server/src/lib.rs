@@ -12,6 +12,7 @@
 //!         agents <- blocking query GET /v1/agent/allocations/{node} <--------+
 //! ```
 
+pub mod acl;
 pub mod api;
 pub mod broker;
 mod config;
@@ -21,7 +22,7 @@ mod locks;
 pub mod state;
 pub mod workers;
 
-pub use config::{RebalanceSettings, ServerConfig, ServerTls};
+pub use config::{AclSettings, RebalanceSettings, ServerConfig, ServerTls};
 pub use state::{ServerState, StateError};
 
 use std::net::SocketAddr;
