@@ -209,6 +209,61 @@ pub(crate) fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
     f.write_all(data)
 }
 
+/// Mark every file descriptor from `first` up close-on-exec
+/// (`close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`, Linux 5.11+), so that
+/// nothing the agent or the shim had open reaches the workload, while the
+/// error pipe of [`spawn_child`] keeps working until the exec. Falls back
+/// to setting `FD_CLOEXEC` on each fd listed in `/proc/self/fd`.
+pub(crate) fn cloexec_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range with integer arguments only changes fd flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on an integer fd; a closed one just fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+/// Close every file descriptor from 3 up except `keep` (the shim does this
+/// first thing, so it holds none of the agent's descriptors).
+pub(crate) fn close_all_but_stdio(keep: Option<RawFd>) {
+    let close = |lo: RawFd, hi: RawFd| {
+        if lo <= hi {
+            // SAFETY: close_range with integer arguments; closing fds this
+            // process does not use (nothing else in it owns them yet).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    lo as libc::c_uint,
+                    hi as libc::c_uint,
+                    0,
+                )
+            };
+        }
+    };
+    match keep {
+        Some(k) if k >= 3 => {
+            close(3, k - 1);
+            close(k + 1, RawFd::MAX);
+        }
+        _ => close(3, RawFd::MAX),
+    }
+}
+
 /// `dup2(2)`.
 pub(crate) fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
     // SAFETY: plain syscall on integer fds.
