@@ -76,10 +76,14 @@ impl StateDir {
     /// Use (and create) `root`.
     pub fn open(root: &Path) -> Result<Self, StateError> {
         let allocs = root.join("allocs");
-        std::fs::create_dir_all(&allocs).map_err(|source| StateError::Io {
-            path: allocs.clone(),
-            source,
-        })?;
+        // 0700: allocation dirs hold environments (secrets), logs, and the
+        // image-backed root filesystems, with their setuid binaries.
+        for d in [root, &allocs] {
+            private_dir(d).map_err(|source| StateError::Io {
+                path: d.to_path_buf(),
+                source,
+            })?;
+        }
         Ok(Self {
             root: root.to_path_buf(),
         })
@@ -125,7 +129,7 @@ impl StateDir {
     /// Save the allocation record.
     pub fn save_alloc(&self, alloc: &Allocation) -> Result<(), StateError> {
         let dir = self.alloc_dir(alloc.id.as_str());
-        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+        private_dir(&dir).map_err(|source| StateError::Io {
             path: dir.clone(),
             source,
         })?;
@@ -195,15 +199,67 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> 
     }
 }
 
-/// Write `bytes` to `path` via a temporary file and a rename.
+/// Create `dir` if needed and make it 0700 (only the agent's user reads it).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Write `bytes` to `path` (mode 0600) via a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
     let io = |source| StateError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn data_dir_is_private_and_state_files_are_0600() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("agent");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let st = StateDir::open(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("allocs")), 0o700);
+        st.node_id().unwrap();
+        assert_eq!(mode(&root.join("node-id")), 0o600);
+        let f = root.join("allocs/x.json");
+        std::fs::write(&f, "old").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&f, b"{}").unwrap();
+        assert_eq!(mode(&f), 0o600, "a rewritten file is 0600 too");
+        st.save_runner("a1", &RunnerState::default()).unwrap_err();
+        private_dir(&st.alloc_dir("a1")).unwrap();
+        st.save_runner("a1", &RunnerState::default()).unwrap();
+        assert_eq!(mode(&st.alloc_dir("a1")), 0o700);
+        assert_eq!(mode(&st.alloc_dir("a1").join("runner.json")), 0o600);
+    }
 }

@@ -238,7 +238,8 @@ impl Driver for ContainerDriver {
                     return Err(e.into());
                 }
             }
-            spec.save(bundle.join("config.json")).map_err(bundle_err)?;
+            taba_runtime::container::save_spec(&spec, &bundle.join("config.json"))
+                .map_err(bundle_err)?;
             self.shim
                 .spawn(
                     self.name(),

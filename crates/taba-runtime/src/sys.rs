@@ -172,18 +172,36 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Write `bytes` to `path` atomically: a temporary file in the same directory,
-/// optionally fsync'd, then renamed over `path`.
+/// optionally fsync'd, then renamed over `path`. The file is 0600: task files
+/// hold environments, which hold secrets.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let mut f = File::create(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    // An older file of the same name keeps its mode on open: set it.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(bytes)?;
     if sync {
         f.sync_all()?;
     }
     drop(f);
     std::fs::rename(&tmp, path)
+}
+
+/// Create `dir` (and missing parents) readable only by its owner (0700).
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Write the whole buffer to a raw fd (used in children, where `File` ownership is awkward).

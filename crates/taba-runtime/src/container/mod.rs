@@ -368,6 +368,13 @@ impl Container {
     }
 }
 
+/// Write `spec` as `path` (a bundle's `config.json`), readable only by its
+/// owner: the process environment in it holds the job's secrets.
+pub fn save_spec(spec: &Spec, path: &Path) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
+    sys::write_atomic(path, &bytes, false)
+}
+
 /// Bring up `lo` in a network namespace the container just created: a new
 /// namespace has its loopback down, and programs expect 127.0.0.1 to work
 /// (Docker's `--network none` has it up too).

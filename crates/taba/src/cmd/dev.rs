@@ -318,7 +318,7 @@ async fn shutdown_signal() {
 pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     run_async(async move {
-        std::fs::create_dir_all(&a.data_dir)
+        taba_agent::state::private_dir(&a.data_dir)
             .with_context(|| format!("creating {}", a.data_dir.display()))?;
         let store_path = a.data_dir.join("server").join("state.redb");
         std::fs::create_dir_all(store_path.parent().expect("has a parent"))?;
@@ -358,7 +358,7 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let cfg: ServerFile = read_config(a.config.as_deref())?;
     run_async(async move {
-        std::fs::create_dir_all(&cfg.data_dir)
+        taba_agent::state::private_dir(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("state.redb"))?);
         let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?);
