@@ -205,3 +205,37 @@ pub fn spec_options(dir: &Path, args: &[&str]) -> DefaultSpecOptions {
         ..Default::default()
     }
 }
+
+/// A v1 devices cgroup for one test that allows only the standard devices
+/// (as the container driver does), removed on drop.
+pub fn devices_cgroup(tag: &str) -> TestCgroup {
+    let p = PathBuf::from(format!(
+        "/sys/fs/cgroup/devices/taba-test-{tag}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&p).expect("create a test cgroup under /sys/fs/cgroup/devices");
+    std::fs::write(p.join("devices.deny"), "a").unwrap();
+    for rule in [
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 1:7 rwm",
+        "c 1:8 rwm",
+        "c 1:9 rwm",
+        "c 5:0 rwm",
+        "c 5:1 rwm",
+        "c 5:2 rwm",
+        "c 136:* rwm",
+        "c *:* m",
+        "b *:* m",
+    ] {
+        std::fs::write(p.join("devices.allow"), rule).unwrap();
+    }
+    TestCgroup(p)
+}
+
+/// Major and minor of the block device holding the host's `/`.
+pub fn host_root_disk() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata("/").unwrap().dev();
+    (libc::major(dev), libc::minor(dev))
+}
