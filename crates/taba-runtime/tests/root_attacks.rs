@@ -140,3 +140,197 @@ fn root_attack_volume_symlink_out_of_the_root() {
     // The host directory the symlink names got nothing mounted or created.
     assert!(std::fs::read_dir(host.path()).unwrap().next().is_none());
 }
+
+/// System calls Docker's default profile refuses, refused with its errno
+/// (EPERM), whatever the kernel would have said.
+#[test]
+fn root_attack_forbidden_syscalls_fail_with_eperm() {
+    for call in [
+        "io-uring",
+        "bpf",
+        "keyctl",
+        "perf",
+        "userfaultfd",
+        "init-module",
+        "unshare-user",
+        "unshare-mnt",
+        "clone-user",
+        "mount",
+    ] {
+        assert_eq!(attack(&[call]), (Some(1), "err EPERM".into()), "{call}");
+    }
+}
+
+/// /proc/sysrq-trigger and /proc/sys are read-only.
+#[test]
+fn root_attack_write_proc() {
+    for path in ["/proc/sysrq-trigger", "/proc/sys/kernel/domainname"] {
+        // A kernel without CONFIG_MAGIC_SYSRQ (this test machine's) has no
+        // trigger file at all.
+        let expected = if std::path::Path::new(path).exists() {
+            "err EROFS"
+        } else {
+            "err ENOENT"
+        };
+        assert_eq!(
+            attack(&["open", path, "w"]),
+            (Some(1), expected.into()),
+            "{path}"
+        );
+    }
+}
+
+/// The host's cgroups are out of reach: no cgroup filesystem in the
+/// container, and with the host's network (its /sys bound in) the cgroup
+/// mounts under /sys are not carried along.
+#[test]
+fn root_attack_host_cgroups() {
+    let target = "/sys/fs/cgroup/pids/cgroup.procs";
+    assert_eq!(
+        attack(&["open", target, "w"]),
+        (Some(1), "err ENOENT".into())
+    );
+    let host_net = attack_with(
+        &["open", target, "w"],
+        |_| {},
+        |spec| {
+            let mut linux = spec.linux().clone().unwrap();
+            let ns: Vec<_> = linux
+                .namespaces()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter(|n| n.typ() != taba_runtime::oci_spec::runtime::LinuxNamespaceType::Network)
+                .collect();
+            linux.set_namespaces(Some(ns));
+            spec.set_linux(Some(linux));
+        },
+    );
+    assert_eq!(host_net, (Some(1), "err ENOENT".into()));
+}
+
+/// A host process cannot be traced (seccomp refuses ptrace; the pid is not
+/// even in the container's pid namespace).
+#[test]
+fn root_attack_ptrace_a_host_process() {
+    let mut victim = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = victim.id().to_string();
+    let out = attack(&["ptrace", &pid]);
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert_eq!(out, (Some(1), "err EPERM".into()));
+}
+
+fn as_nobody(nnp: bool) -> impl FnOnce(&mut taba_runtime::oci_spec::runtime::Spec) {
+    move |spec| {
+        let mut p = spec.process().clone().unwrap();
+        let mut u = p.user().clone();
+        u.set_uid(65534).set_gid(65534);
+        p.set_user(u).set_no_new_privileges(Some(nnp));
+        spec.set_process(Some(p));
+    }
+}
+
+fn setuid_copy(rootfs: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    install_binary(rootfs, &attack_exe(), "/bin/attack-suid");
+    std::fs::set_permissions(
+        rootfs.join("bin/attack-suid"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+}
+
+/// A non-root user holds no capability and cannot become root by asking;
+/// with no_new_privileges a setuid-root binary does not make it root either.
+/// Without it, setuid works as in Docker (root of the container, within the
+/// bounding set).
+#[test]
+fn root_attack_become_root_as_a_non_root_user() {
+    let caps = attack_with(&["read", "/proc/self/status"], |_| {}, as_nobody(false));
+    assert_eq!(caps.0, Some(0), "{}", caps.1);
+    let status = attack_with(&["setuid0"], |_| {}, as_nobody(false));
+    assert_eq!(status, (Some(1), "err EPERM".into()));
+    let d = tempfile::tempdir().unwrap();
+    let rootfs = d.path().join("bundle/rootfs");
+    attack_rootfs(&rootfs);
+    let mut spec = default_spec(&spec_options(
+        d.path(),
+        &["grep", "^Cap", "/proc/self/status"],
+    ));
+    as_nobody(false)(&mut spec);
+    let (code, out) = run_spec(d.path(), &spec, vec![]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("CapPrm:\t0000000000000000"), "{out}");
+    assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
+
+    let suid = |nnp| {
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path().join("bundle/rootfs");
+        attack_rootfs(&rootfs);
+        setuid_copy(&rootfs);
+        let mut spec = default_spec(&spec_options(d.path(), &["/bin/attack-suid", "ids"]));
+        as_nobody(nnp)(&mut spec);
+        let (code, out) = run_spec(d.path(), &spec, vec![]);
+        (code, out.trim().to_string())
+    };
+    assert_eq!(suid(true), (Some(0), "ok uid=65534 euid=65534".into()));
+    assert_eq!(suid(false), (Some(0), "ok uid=65534 euid=0".into()));
+}
+
+/// Another allocation's files (a sibling directory on the host) cannot be
+/// named from inside: the container's root is its own.
+#[test]
+fn root_attack_read_another_allocations_files() {
+    let other = tempfile::tempdir().unwrap();
+    let secret = other.path().join("alloc.json");
+    std::fs::write(&secret, "{\"env\":{\"TOKEN\":\"s3cret\"}}\n").unwrap();
+    let out = attack(&["read", secret.to_str().unwrap()]);
+    assert_eq!(out, (Some(1), "err ENOENT".into()));
+}
+
+/// With network "none" the container has only its own loopback: the
+/// agent's API on the host's 127.0.0.1 is not reachable.
+#[test]
+fn root_attack_call_the_agent_api_from_a_none_network_container() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let out = attack(&["connect", &addr]);
+    assert_eq!(out, (Some(1), "err ECONNREFUSED".into()));
+}
+
+/// rlimits and oom_score_adj are the spec's, not inherited from the shim;
+/// sysctls are written before /proc/sys becomes read-only.
+#[test]
+fn root_explicit_limits_and_sysctls() {
+    require_root_and_busybox();
+    let d = tempfile::tempdir().unwrap();
+    let rootfs = d.path().join("bundle/rootfs");
+    attack_rootfs(&rootfs);
+    let script = "echo nofile=$(ulimit -n); echo core=$(ulimit -c); \
+                  echo oom=$(cat /proc/self/oom_score_adj); \
+                  echo domain=$(cat /proc/sys/kernel/domainname)";
+    let mut opts = spec_options(d.path(), &["sh", "-c", script]);
+    opts.oom_score_adj = 500;
+    opts.rlimits.push((
+        taba_runtime::oci_spec::runtime::PosixRlimitType::RlimitCore,
+        0,
+        0,
+    ));
+    let mut spec = default_spec(&opts);
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_sysctl(Some(
+        [("kernel.domainname".to_string(), "taba-test".to_string())].into(),
+    ));
+    spec.set_linux(Some(linux));
+    let (code, out) = run_spec(d.path(), &spec, vec![]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("nofile=1024\n"), "{out}");
+    assert!(out.contains("core=0\n"), "{out}");
+    assert!(out.contains("oom=500\n"), "{out}");
+    assert!(out.contains("domain=taba-test"), "{out}");
+}

@@ -325,14 +325,11 @@ fn do_mount(root: BorrowedFd<'_>, m: &MountPlan) -> Result<(), String> {
             let is_sysfs = m.fstype.as_ref().map(|t| t.as_bytes()) == Some(b"sysfs");
             if is_sysfs && e.raw_os_error() == Some(libc::EPERM) {
                 let sys_c = CString::new("/sys").expect("no NUL");
-                mount(
-                    Some(&sys_c),
-                    &target,
-                    None,
-                    libc::MS_BIND | libc::MS_REC,
-                    None,
-                )
-                .map_err(|e| format!("{} (bind of host /sys): {e}", what()))?;
+                // Not recursive: the host's cgroup, debugfs, securityfs...
+                // mounts under /sys stay out (a recursive bind would keep
+                // them writable under the read-only top).
+                mount(Some(&sys_c), &target, None, libc::MS_BIND, None)
+                    .map_err(|e| format!("{} (bind of host /sys): {e}", what()))?;
                 mount(
                     None,
                     &reopened()?,
