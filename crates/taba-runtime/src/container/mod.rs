@@ -25,7 +25,10 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-pub use defaults::{default_spec, DefaultSpecOptions, DEFAULT_CAPABILITIES};
+pub use defaults::{
+    current_hard_limit, default_nofile, default_spec, DefaultSpecOptions, DEFAULT_CAPABILITIES,
+    DEFAULT_NOFILE,
+};
 
 use crate::launch::{ExecPlan, LaunchError};
 use crate::sys::{self, ChildFailure};

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use taba_agent::AgentConfig;
-use taba_driver::Driver;
+use taba_driver::{Driver, IsolationPolicy};
 use taba_image::ImageStore;
 use taba_server::{Server, ServerConfig};
 use taba_store::{RedbStore, Store};
@@ -193,6 +193,60 @@ struct AgentFile {
     reserved: ReservedFile,
     #[serde(default)]
     ports: PortsFile,
+    #[serde(default)]
+    isolation: IsolationFile,
+}
+
+/// `[isolation]` of the agent file: what this node grants workloads.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IsolationFile {
+    /// Capabilities tasks may add (`cap_add`); Docker's default set if unset.
+    #[serde(default)]
+    cap_add_allowed: Option<Vec<String>>,
+    /// Whether `exec` tasks may run as root.
+    #[serde(default = "yes")]
+    allow_root_exec: bool,
+}
+
+impl Default for IsolationFile {
+    fn default() -> Self {
+        Self {
+            cap_add_allowed: None,
+            allow_root_exec: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl IsolationFile {
+    /// The policy; unknown capability names are an error naming the key.
+    fn policy(&self, file: Option<&Path>) -> anyhow::Result<IsolationPolicy> {
+        let mut p = IsolationPolicy {
+            allow_root_exec: self.allow_root_exec,
+            ..IsolationPolicy::default()
+        };
+        if let Some(list) = &self.cap_add_allowed {
+            p.cap_add_allowed = Vec::new();
+            for (i, c) in list.iter().enumerate() {
+                if c.eq_ignore_ascii_case("ALL") {
+                    p.cap_add_allowed.push("ALL".into());
+                    continue;
+                }
+                let name = taba_types::security::capability(c).with_context(|| {
+                    format!(
+                        "configuration {}: isolation.cap_add_allowed[{i}]: unknown capability {c:?}",
+                        file.map(|p| p.display().to_string()).unwrap_or_default()
+                    )
+                })?;
+                p.cap_add_allowed.push(name.to_string());
+            }
+        }
+        Ok(p)
+    }
 }
 
 /// `[reserved]` of the agent file: what the host keeps for itself.
@@ -297,11 +351,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn drivers(images: Arc<ImageStore>) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
+fn drivers(
+    images: Arc<ImageStore>,
+    policy: IsolationPolicy,
+) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
     let exe = std::env::current_exe().context("locating the taba binary for task shims")?;
     Ok(vec![
-        Arc::new(taba_driver::exec::ExecDriver::new(exe.clone())),
-        Arc::new(taba_driver::container::ContainerDriver::new(exe, images)),
+        Arc::new(taba_driver::exec::ExecDriver::new(exe.clone()).with_policy(policy.clone())),
+        Arc::new(taba_driver::container::ContainerDriver::new(exe, images).with_policy(policy)),
     ])
 }
 
@@ -338,7 +395,7 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         let addr = server.addr();
         let mut ac = AgentConfig::new(a.data_dir.join("agent"), format!("http://{addr}"));
         ac.name = a.node_name.clone();
-        let agent = taba_agent::start(ac, drivers(images)?)
+        let agent = taba_agent::start(ac, drivers(images, IsolationPolicy::default())?)
             .await
             .context("starting the agent")?;
         eprintln!(
@@ -399,7 +456,8 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
         ac.http_addr = cfg.http;
         ac.meta = cfg.meta.clone();
         cfg.apply_reserved(&mut ac, a.config.as_deref())?;
-        let agent = taba_agent::start(ac, drivers(images)?).await?;
+        let policy = cfg.isolation.policy(a.config.as_deref())?;
+        let agent = taba_agent::start(ac, drivers(images, policy)?).await?;
         eprintln!(
             "taba agent: node {} (API {})",
             agent.node_id, agent.http_addr
@@ -413,6 +471,28 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_file_reads_isolation_policy() {
+        let cfg: AgentFile = toml::from_str(
+            "[isolation]\ncap_add_allowed = [\"net_admin\", \"CAP_SYS_PTRACE\"]\nallow_root_exec = false\n",
+        )
+        .unwrap();
+        let p = cfg.isolation.policy(None).unwrap();
+        assert_eq!(p.cap_add_allowed, vec!["NET_ADMIN", "SYS_PTRACE"]);
+        assert!(!p.allow_root_exec);
+        let cfg: AgentFile = toml::from_str("").unwrap();
+        assert_eq!(
+            cfg.isolation.policy(None).unwrap(),
+            IsolationPolicy::default()
+        );
+        let cfg: AgentFile = toml::from_str("[isolation]\ncap_add_allowed = [\"FLY\"]\n").unwrap();
+        let e = cfg.isolation.policy(None).unwrap_err().to_string();
+        assert!(
+            e.contains("isolation.cap_add_allowed[0]: unknown capability"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn server_file_reads_preemption_settings() {
