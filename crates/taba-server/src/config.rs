@@ -26,6 +26,11 @@ pub struct ServerConfig {
     pub preemption: PreemptionConfig,
     /// Load-aware rebalancing.
     pub rebalance: RebalanceSettings,
+    /// Longest wait for an agent's `alloc exec` answer (the agent's own
+    /// timeout, 5 minutes by default, plus a margin).
+    pub exec_timeout: Duration,
+    /// Largest output of one `alloc exec` stream the server relays, bytes.
+    pub exec_max_output: u64,
 }
 
 /// Settings of the rebalancer (see `taba_scheduler::rebalance`).
@@ -61,6 +66,8 @@ impl ServerConfig {
             max_plan_attempts: 5,
             preemption: PreemptionConfig::default(),
             rebalance: RebalanceSettings::default(),
+            exec_timeout: Duration::from_secs(310),
+            exec_max_output: 16 << 20,
         }
     }
 }

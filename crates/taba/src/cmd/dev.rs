@@ -83,6 +83,12 @@ struct ServerFile {
     scheduler: SchedulerFile,
     #[serde(default)]
     rebalance: Option<RebalanceFile>,
+    /// Longest wait for an agent's `alloc exec` answer.
+    #[serde(default)]
+    exec_timeout: Option<taba_types::DurationSpec>,
+    /// Largest `alloc exec` output relayed, per stream.
+    #[serde(default)]
+    exec_max_output: Option<taba_types::ByteSize>,
 }
 
 /// `[scheduler]` of the server configuration file.
@@ -195,6 +201,12 @@ struct AgentFile {
     ports: PortsFile,
     #[serde(default)]
     isolation: IsolationFile,
+    /// Longest `alloc exec` run.
+    #[serde(default)]
+    exec_timeout: Option<taba_types::DurationSpec>,
+    /// Largest `alloc exec` output kept, per stream.
+    #[serde(default)]
+    exec_max_output: Option<taba_types::ByteSize>,
 }
 
 /// `[isolation]` of the agent file: what this node grants workloads.
@@ -426,6 +438,12 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         if let Some(w) = cfg.workers {
             sc.num_workers = w.max(1);
         }
+        if let Some(t) = cfg.exec_timeout {
+            sc.exec_timeout = t.as_duration();
+        }
+        if let Some(m) = cfg.exec_max_output {
+            sc.exec_max_output = m.0;
+        }
         sc.preemption = cfg.scheduler.preemption.config();
         if let Some(r) = &cfg.rebalance {
             r.apply(&mut sc.rebalance)?;
@@ -457,6 +475,12 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
         ac.meta = cfg.meta.clone();
         cfg.apply_reserved(&mut ac, a.config.as_deref())?;
         let policy = cfg.isolation.policy(a.config.as_deref())?;
+        if let Some(t) = cfg.exec_timeout {
+            ac.exec_limits.timeout = t.as_duration();
+        }
+        if let Some(m) = cfg.exec_max_output {
+            ac.exec_limits.max_output = m.0;
+        }
         let agent = taba_agent::start(ac, drivers(images, policy)?).await?;
         eprintln!(
             "taba agent: node {} (API {})",
