@@ -143,6 +143,12 @@ fn without_mknod(spec: &mut Spec) {
     spec.set_process(Some(process));
 }
 
+/// The OCI capability of a canonical name (`NET_ADMIN`).
+pub fn oci_capability(name: &str) -> Result<oci_spec::runtime::Capability, DriverError> {
+    name.parse::<oci_spec::runtime::Capability>()
+        .map_err(|e| DriverError::Start(format!("capability {name}: {e}")))
+}
+
 /// The command line: Docker's rules for entrypoint and cmd.
 pub fn command_line(cfg: &TaskConfig, image: &Image) -> Result<Vec<String>, DriverError> {
     let entrypoint = cfg
@@ -219,11 +225,7 @@ impl ContainerDriver {
             .policy
             .capabilities(&cfg.task.cap_add, &cfg.task.cap_drop)?
             .into_iter()
-            .map(|c| {
-                format!("CAP_{c}")
-                    .parse::<oci_spec::runtime::Capability>()
-                    .map_err(|e| DriverError::Start(format!("capability {c}: {e}")))
-            })
+            .map(oci_capability)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(default_spec(&DefaultSpecOptions {
             capabilities: Some(capabilities),
@@ -384,6 +386,18 @@ impl Driver for ContainerDriver {
 mod tests {
     use super::*;
     use oci_spec::runtime::Capability;
+
+    #[test]
+    fn every_capability_name_maps_to_its_oci_capability() {
+        for (n, name) in taba_types::security::CAPABILITIES.iter().enumerate() {
+            let c = oci_capability(name).unwrap();
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                serde_json::json!(format!("CAP_{name}")),
+                "capability {n}"
+            );
+        }
+    }
 
     #[test]
     fn mknod_is_removed_from_every_set() {
