@@ -304,8 +304,8 @@ impl Driver for ContainerDriver {
             let mut spec = self.build_spec(cfg, &image, &rootfs)?;
             match cg.restrict_devices(CONTAINER_DEVICES) {
                 Ok(true) => {}
-                // No devices cgroup to fence device nodes: the container may
-                // not make any.
+                // No devices hierarchy (a v1 layout without it) to fence
+                // device nodes: the container may not make any.
                 Ok(false) => without_mknod(&mut spec),
                 Err(e) => {
                     let _ = cg.destroy();
