@@ -10,7 +10,6 @@
 
 #![allow(unsafe_code)]
 
-use nix::libc;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 

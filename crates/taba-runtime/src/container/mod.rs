@@ -334,9 +334,15 @@ impl Container {
     /// joining it to the cgroups whose `cgroup.procs` files are given. Returns
     /// its host pid once it has exec'd.
     ///
-    /// Must be called from a single-threaded process. The caller's own pid
-    /// namespace for children changes if the spec joins a pid namespace by path.
-    pub fn start(
+    /// # Safety
+    ///
+    /// The calling process must be single-threaded (a fresh process such as
+    /// `taba shim run`): the child of the `clone` runs Rust code (allocation,
+    /// formatting, file I/O) until its `execve`, which is only sound when no
+    /// other thread could hold a lock (the allocator's, stdio's) at the fork.
+    /// The caller's own pid namespace for children changes if the spec joins
+    /// a pid namespace by path, so the caller should start nothing else after.
+    pub unsafe fn start(
         &self,
         stdio: Stdio<'_>,
         cgroup_procs: &[PathBuf],

@@ -639,8 +639,9 @@ impl Shim {
             }
             Workload::Container { bundle } => {
                 let c = Container::load(bundle).map_err(|e| error_chain(&e))?;
-                c.start(stdio, &config.cgroup_procs)
-                    .map_err(|e| error_chain(&e))?
+                // SAFETY: the shim is a fresh single-threaded process
+                // (`main_run`'s contract) and starts one workload.
+                unsafe { c.start(stdio, &config.cgroup_procs) }.map_err(|e| error_chain(&e))?
             }
         };
         let started_at = sys::now_ms();
