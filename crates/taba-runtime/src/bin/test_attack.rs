@@ -87,12 +87,12 @@ fn open_rw(path: &str, mode: &str) {
     // SAFETY: a valid C string path.
     let fd = check(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) } as _) as i32;
     let mut b = [0u8; 1];
-    // SAFETY: reading into / writing from a one-byte buffer.
     let n = if mode == "w" {
         b[0] = b'0';
+        // SAFETY: writing from a one-byte buffer.
         unsafe { libc::write(fd, b.as_ptr().cast(), 1) }
     } else {
-        // SAFETY: as above.
+        // SAFETY: reading into a one-byte buffer.
         unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) }
     };
     check(n as _);
