@@ -164,15 +164,53 @@ impl StateDir {
         Ok(st)
     }
 
-    /// Remove an allocation's directory.
+    /// Remove an allocation's directory, after detaching whatever is still
+    /// mounted under it (a container rootfs left by an agent killed
+    /// mid-start): deleting through a mount would delete the mounted tree.
     pub fn remove_alloc(&self, id: &str) -> Result<(), StateError> {
         let dir = self.alloc_dir(id);
+        unmount_under(&dir).map_err(|source| StateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StateError::Io { path: dir, source }),
         }
     }
+}
+
+/// Detach (lazily) every mount at or under `dir`, deepest first.
+fn unmount_under(dir: &Path) -> std::io::Result<()> {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Ok(());
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: umount2 with a valid C string path and a flag.
+        let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            // EINVAL: no longer a mount point (detached with its parent).
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
@@ -238,6 +276,33 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// An allocation dir with a rootfs still mounted (an agent killed
+    /// mid-start) is removed without deleting through the mount.
+    #[test]
+    fn root_remove_alloc_detaches_leftover_mounts() {
+        let d = tempfile::tempdir().unwrap();
+        let st = StateDir::open(d.path()).unwrap();
+        let rootfs = st.alloc_dir("a1").join("t/bundle/rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        let lower = d.path().join("lower");
+        std::fs::create_dir(&lower).unwrap();
+        std::fs::write(lower.join("keep"), "image file").unwrap();
+        let st_out = std::process::Command::new("mount")
+            .args(["--bind"])
+            .arg(&lower)
+            .arg(&rootfs)
+            .status()
+            .unwrap();
+        assert!(st_out.success(), "this test needs root (mount --bind)");
+        st.remove_alloc("a1").unwrap();
+        assert!(!st.alloc_dir("a1").exists());
+        assert_eq!(
+            std::fs::read_to_string(lower.join("keep")).unwrap(),
+            "image file",
+            "nothing deleted through the mount"
+        );
     }
 
     #[test]
