@@ -31,6 +31,19 @@ pub struct ServerConfig {
     pub exec_timeout: Duration,
     /// Largest output of one `alloc exec` stream the server relays, bytes.
     pub exec_max_output: u64,
+    /// TLS of the API (and of the server's calls to agents). Without it the
+    /// server listens only on loopback.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS settings of a server (`[tls]` in its configuration file).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// CA certificate, the server's certificate and key.
+    pub files: taba_tls::TlsFiles,
+    /// The CA's key: lets the server sign certificates for agents that join
+    /// with a token. Without it join tokens are refused under TLS.
+    pub ca_key: Option<PathBuf>,
 }
 
 /// Settings of the rebalancer (see `taba_scheduler::rebalance`).
@@ -68,6 +81,7 @@ impl ServerConfig {
             rebalance: RebalanceSettings::default(),
             exec_timeout: Duration::from_secs(310),
             exec_max_output: 16 << 20,
+            tls: None,
         }
     }
 }
