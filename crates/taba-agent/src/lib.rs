@@ -103,6 +103,8 @@ pub struct AgentConfig {
     pub log_max_files: u32,
     /// How often usage is sampled.
     pub stats_interval: Duration,
+    /// Caps of `alloc exec` (output size, duration).
+    pub exec_limits: api::ExecLimits,
 }
 
 impl AgentConfig {
@@ -123,6 +125,7 @@ impl AgentConfig {
             log_max_bytes: 10 << 20,
             log_max_files: 3,
             stats_interval: Duration::from_secs(5),
+            exec_limits: api::ExecLimits::default(),
         }
     }
 }
@@ -138,6 +141,8 @@ pub struct AgentInner {
     total_mhz: u64,
     /// The host's last CPU times sample and its measured use.
     host: Mutex<(Option<host::CpuTimes>, Option<NodeUsage>)>,
+    /// Caps of `alloc exec`.
+    exec_limits: api::ExecLimits,
 }
 
 impl AgentInner {
@@ -263,6 +268,7 @@ pub async fn start(
         mhz_per_core: fp.mhz_per_core.max(1),
         total_mhz: fp.resources.cpu,
         host: Mutex::new((None, None)),
+        exec_limits: config.exec_limits,
     });
 
     // Resume what a previous agent left running before talking to anyone.

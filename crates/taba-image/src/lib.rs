@@ -210,6 +210,13 @@ impl ImageStore {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io_ctx(|| format!("create {}", d.display())))?;
         }
+        // 0700: no local user may reach the layers (setuid binaries, device
+        // nodes of images) through the store.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(io_ctx(|| format!("make {} private", root.display())))?;
+        }
         let root =
             fs::canonicalize(root).map_err(io_ctx(|| format!("resolve {}", root.display())))?;
         let store = ImageStore { root };

@@ -404,19 +404,49 @@ pub async fn alloc_exec(
         .record_alloc_event(&a.id, exec_event(&auth, &task, &req.command))
         .await?;
     let url = format!("{base}/v1/client/allocations/{}/exec", a.id);
+    let (timeout, max_output) = (
+        app.state.config.exec_timeout,
+        app.state.config.exec_max_output,
+    );
+    let timed_out = || {
+        ApiError::ExecLimit(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the agent at {addr} did not answer the exec within {timeout:?} (server option exec_timeout)"),
+        )
+    };
     let resp = http
         .post(url)
         .query(&[("task", task.as_str())])
         .json(&req)
+        .timeout(timeout)
         .send()
         .await
-        .map_err(|e| ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e))))?;
-    if !resp.status().is_success() {
+        .map_err(|e| {
+            if e.is_timeout() {
+                timed_out()
+            } else {
+                ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e)))
+            }
+        })?;
+    let status = resp.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_TIMEOUT {
+        let e = agent_failure(resp).await;
+        return Err(ApiError::ExecLimit(status, e.to_string()));
+    }
+    if !status.is_success() {
         return Err(agent_failure(resp).await);
     }
-    let out: ExecResponse = resp
-        .json()
-        .await
+    // Both streams base64-encoded, plus the JSON around them.
+    let cap = (max_output.saturating_mul(2) / 3 * 4 + (64 << 10)) as usize;
+    let body = read_capped(resp, cap).await.map_err(|e| match e {
+        Capped::Over => ApiError::ExecLimit(
+            StatusCode::BAD_GATEWAY,
+            format!("the exec reply is larger than {cap} bytes (server option exec_max_output)"),
+        ),
+        Capped::Err(e) if e.is_timeout() => timed_out(),
+        Capped::Err(e) => ApiError::Agent(format!("reading the exec reply from the agent: {e}")),
+    })?;
+    let out: ExecResponse = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Agent(format!("unreadable exec reply from the agent: {e}")))?;
     Ok(Json(out))
 }
@@ -440,6 +470,23 @@ fn exec_event(auth: &Auth, task: &str, command: &[String]) -> AllocEvent {
         actor: auth.actor(),
         message: format!("task {task}: {cmd}"),
     }
+}
+
+enum Capped {
+    Over,
+    Err(reqwest::Error),
+}
+
+/// The whole body of `resp`, unless it is larger than `cap` bytes.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, Capped> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Capped::Err)? {
+        if buf.len() + chunk.len() > cap {
+            return Err(Capped::Over);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }
 
 // ---- nodes ----
