@@ -113,6 +113,8 @@ pub fn routes() -> Vec<Route> {
           &[("index", "return when the allocations change past this index"), ("wait", "longest wait, e.g. 30s")],
           "NodeAllocations", get(h::agent_allocations)),
         r("POST", "/v1/agent/allocations", "Agent: allocation status updates", Json("AllocUpdateRequest"), &[], "AllocUpdateResponse", post(h::agent_update_allocs)),
+        r("GET", "/v1/agent/images/manifests/{*reference}", "Agent: what an image is made of (config and layer blobs with digests and sizes)", None, &[], "ImageManifest", get(h::agent_image_manifest)),
+        r("GET", "/v1/agent/images/blobs/{digest}", "Agent: one image blob by digest (sha256:<hex>), streamed", None, &[], "application/octet-stream", get(h::agent_image_blob)),
     ]
 }
 
