@@ -58,6 +58,19 @@ impl ServerClient {
         req: reqwest::RequestBuilder,
         url: String,
     ) -> Result<T, ClientError> {
+        let resp = self.send_raw(req, &url).await?;
+        resp.json()
+            .await
+            .map_err(|source| ClientError::Http { url, source })
+    }
+
+    /// Sends `req`; a reply that is not a success becomes [`ClientError::Status`].
+    async fn send_raw(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = url.to_string();
         let resp = req.send().await.map_err(|source| ClientError::Http {
             url: url.clone(),
             source,
@@ -75,9 +88,7 @@ impl ServerClient {
                 message,
             });
         }
-        resp.json()
-            .await
-            .map_err(|source| ClientError::Http { url, source })
+        Ok(resp)
     }
 
     /// Register (or re-register) the node.
@@ -124,4 +135,38 @@ impl ServerClient {
         let _: serde_json::Value = self.send(self.http.post(&url).json(req), url).await?;
         Ok(())
     }
+
+    /// What the image `reference` is made of (config and layer blobs).
+    pub async fn image_manifest(&self, reference: &str) -> Result<ImageManifest, ClientError> {
+        let url = format!(
+            "{}/v1/agent/images/manifests/{}",
+            self.base,
+            path_escape(reference)
+        );
+        self.send(self.http.get(&url).timeout(Duration::from_secs(30)), url)
+            .await
+    }
+
+    /// One image blob by digest: the response, to be read chunk by chunk.
+    pub async fn image_blob(&self, digest: &str) -> Result<reqwest::Response, ClientError> {
+        let url = format!(
+            "{}/v1/agent/images/blobs/{}",
+            self.base,
+            path_escape(digest)
+        );
+        self.send_raw(self.http.get(&url), &url).await
+    }
+}
+
+/// Percent-encodes what is not plain in a path: references keep their `/`, `:` and `@`.
+fn path_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/:@+".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -89,9 +89,8 @@ impl ImageStore {
         let blobs = self.blobs_dir();
         let mut seen = BTreeSet::new();
         let mut needed = Vec::new();
-        let all = std::iter::once((&manifest.config.digest, manifest.config.size)).chain(
-            manifest.layers.iter().map(|l| (&l.digest, l.size)),
-        );
+        let all = std::iter::once((&manifest.config.digest, manifest.config.size))
+            .chain(manifest.layers.iter().map(|l| (&l.digest, l.size)));
         for (digest, size) in all {
             let hex = &digest[7..];
             if seen.insert(hex) && !crate::blobs::blob_path(&blobs, hex).exists() {
@@ -124,7 +123,10 @@ impl Fetch {
     /// A writer for one needed blob. It checks size and digest before the blob is used.
     pub fn writer(&self, blob: &BlobDescriptor) -> Result<BlobWriter, ImageError> {
         if !self.needed.contains(blob) {
-            return Err(bad(format!("blob {} is not one this fetch needs", blob.digest)));
+            return Err(bad(format!(
+                "blob {} is not one this fetch needs",
+                blob.digest
+            )));
         }
         let hex = parse_digest(&blob.digest)?;
         BlobWriter::create(&ImageStore::staged_blobs(&self.staging), hex, blob.size)

@@ -18,8 +18,8 @@ use crate::blobs::{blob_path, Tee};
 use crate::error::{io_ctx, ImageError};
 use crate::unpack::{self, Compression};
 use crate::{
-    read_json, to_json, write_file, BlobRecord, ImageConfig, ImageRecord, ImageStore,
-    ImageSummary, LayerRecord, Staging, RECORD_VERSION,
+    read_json, to_json, write_file, BlobRecord, ImageConfig, ImageRecord, ImageStore, ImageSummary,
+    LayerRecord, Staging, RECORD_VERSION,
 };
 
 /// Where the bytes of the layers come from.
@@ -60,7 +60,11 @@ impl ImageStore {
     }
 
     /// Opens blob `hex`, staged or in the store.
-    pub(crate) fn open_present_blob(&self, staging: &Staging, hex: &str) -> Result<File, ImageError> {
+    pub(crate) fn open_present_blob(
+        &self,
+        staging: &Staging,
+        hex: &str,
+    ) -> Result<File, ImageError> {
         for p in [
             blob_path(&Self::staged_blobs(staging), hex),
             blob_path(&self.blobs_dir(), hex),
@@ -163,9 +167,11 @@ impl ImageStore {
             return Ok(());
         }
         let staged_blobs = Self::staged_blobs(staging);
-        let copy_to = blob_size
-            .is_none()
-            .then(|| staged_blobs.join("sha256").join(format!(".{diff}.{i}.part")));
+        let copy_to = blob_size.is_none().then(|| {
+            staged_blobs
+                .join("sha256")
+                .join(format!(".{diff}.{i}.part"))
+        });
         let mut tee = Tee::new(self.open_layer(staging, source, layer)?, copy_to)?;
         let dest = staging.dir.join("layers").join(diff);
         let result = if layer_known {
@@ -283,8 +289,9 @@ impl ImageStore {
                 continue; // a concurrent import committed the same layer first
             }
             let from = staging.dir.join("layers").join(d);
-            fs::rename(&from, &to)
-                .map_err(io_ctx(|| format!("move {} to {}", from.display(), to.display())))?;
+            fs::rename(&from, &to).map_err(io_ctx(|| {
+                format!("move {} to {}", from.display(), to.display())
+            }))?;
         }
         for layer in &plan.layers {
             let link = self.short_link(&layer.diff_id);

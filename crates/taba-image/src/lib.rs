@@ -54,10 +54,10 @@ pub use error::ImageError;
 pub use fetch::Fetch;
 
 use archive::{sha256_digest, OuterArchive, RunConfig};
-use taba_types::wire::{BlobDescriptor, ImageManifest, LayerDescriptor};
 use error::io_ctx;
 use mount::Lease;
 use reference::Lookup;
+use taba_types::wire::{BlobDescriptor, ImageManifest, LayerDescriptor};
 
 /// A short description of a stored image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,7 +68,11 @@ fn root_imports_keep_the_original_blobs_bit_for_bit() {
         assert_eq!(l.diff_id, format!("sha256:{}", sha(raw)));
         assert_eq!(l.size, gz.len() as u64);
         assert_eq!(l.media_type, "application/vnd.oci.image.layer.v1.tar+gzip");
-        assert_eq!(blob_bytes(&s, &l.digest), gz, "the blob as it was in the archive");
+        assert_eq!(
+            blob_bytes(&s, &l.digest),
+            gz,
+            "the blob as it was in the archive"
+        );
     }
     // The OCI manifest is kept as well.
     let (_, manifest) = members
@@ -92,7 +96,10 @@ fn root_imports_keep_the_original_blobs_bit_for_bit() {
     let m = s.manifest("plain:1").unwrap().unwrap();
     assert_eq!(m.id, docker.id);
     assert_eq!(m.layers[0].digest, m.layers[0].diff_id);
-    assert_eq!(m.layers[0].media_type, "application/vnd.oci.image.layer.v1.tar");
+    assert_eq!(
+        m.layers[0].media_type,
+        "application/vnd.oci.image.layer.v1.tar"
+    );
     assert_eq!(blob_bytes(&s, &m.layers[0].digest), base_layer());
 
     // Unknown and malformed digests.
@@ -307,7 +314,10 @@ fn root_images_from_before_blobs_were_kept_say_so_and_reimport_fixes_them() {
     );
     let img = s.import(&tar).unwrap();
     // Rewrite the record as version 1 wrote it: no blobs.
-    let path = s.root().join("images").join(format!("{}.json", &img.id[7..]));
+    let path = s
+        .root()
+        .join("images")
+        .join(format!("{}.json", &img.id[7..]));
     let mut rec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     for k in ["blobs", "config_size", "manifest"] {
         rec.as_object_mut().unwrap().remove(k);

@@ -37,7 +37,11 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
 
     // The manifest, by any form of the reference.
     let mut manifests = Vec::new();
-    for r in ["busybox", "busybox:latest", "docker.io/library/busybox:latest"] {
+    for r in [
+        "busybox",
+        "busybox:latest",
+        "docker.io/library/busybox:latest",
+    ] {
         let resp = c
             .raw("GET", &format!("/v1/agent/images/manifests/{r}"), None, b"")
             .unwrap();
@@ -56,7 +60,12 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
         .chain(m.layers.iter().map(|l| (l.digest.clone(), l.size)));
     for (digest, size) in blobs {
         let resp = c
-            .raw("GET", &format!("/v1/agent/images/blobs/{digest}"), None, b"")
+            .raw(
+                "GET",
+                &format!("/v1/agent/images/blobs/{digest}"),
+                None,
+                b"",
+            )
             .unwrap();
         assert_eq!(resp.status, 200, "{digest}: {:?}", resp.error());
         assert_eq!(resp.content_type, "application/octet-stream");
@@ -68,11 +77,19 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
     // Unknown things are 404 with a message that says what.
     let unknown = format!("sha256:{}", "0".repeat(64));
     let resp = c
-        .raw("GET", &format!("/v1/agent/images/blobs/{unknown}"), None, b"")
+        .raw(
+            "GET",
+            &format!("/v1/agent/images/blobs/{unknown}"),
+            None,
+            b"",
+        )
         .unwrap();
     assert_eq!(resp.status, 404);
     let e = resp.error().unwrap();
-    assert!(e.message.contains(&unknown) && e.message.contains("not found"), "{e:?}");
+    assert!(
+        e.message.contains(&unknown) && e.message.contains("not found"),
+        "{e:?}"
+    );
     let resp = c
         .raw("GET", "/v1/agent/images/manifests/nothere:1", None, b"")
         .unwrap();
@@ -100,7 +117,11 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
             .raw("GET", &format!("/v1/agent/images/blobs/{bad}"), None, b"")
             .unwrap();
         assert_eq!(resp.status, 400, "{bad}: {:?}", resp.error());
-        assert_eq!(resp.error().unwrap().field.as_deref(), Some("digest"), "{bad}");
+        assert_eq!(
+            resp.error().unwrap().field.as_deref(),
+            Some("digest"),
+            "{bad}"
+        );
     }
     for bad in [
         "/v1/agent/images/blobs/../../images",
@@ -113,7 +134,11 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
             "{bad}: {}",
             resp.status
         );
-        assert!(resp.error().is_some(), "{bad}: served {} bytes", resp.body.len());
+        assert!(
+            resp.error().is_some(),
+            "{bad}: served {} bytes",
+            resp.body.len()
+        );
     }
     // Still serving.
     assert_eq!(c.list_images().unwrap().len(), 1);

@@ -351,3 +351,78 @@ fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
+
+/// A `taba server` or `taba agent` process of its own, its stderr in a log file; stopped with
+/// SIGTERM when dropped (workloads keep running, as after a real agent stop).
+pub struct TabaProcess {
+    child: Option<Child>,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+impl TabaProcess {
+    /// Runs `taba ARGS` and waits (up to 60 s) for a stderr line containing `marker`; returns
+    /// the process and the rest of that line after the marker.
+    pub fn start(args: &[&str], log: &Path, marker: &str) -> (TabaProcess, String) {
+        require_root();
+        let logf = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(taba_bin())
+            .args(args)
+            .env("TABA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting taba");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let marker = marker.to_string();
+        std::thread::spawn(move || {
+            let mut logf = logf;
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(logf, "{line}");
+                if !sent {
+                    if let Some(rest) = line.split(&marker).nth(1) {
+                        let _ = tx.send(rest.to_string());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let p = TabaProcess {
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(rest) => (p, rest),
+            Err(_) => panic!("taba {args:?} did not start; log:\n{}", p.log_tail()),
+        }
+    }
+
+    /// The last lines of the log.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for TabaProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
