@@ -72,6 +72,8 @@ pub struct Fetched {
     pub blobs: usize,
     /// Bytes downloaded.
     pub bytes: u64,
+    /// From asking for the manifest to the image committed.
+    pub elapsed: Duration,
 }
 
 /// Fetches images into the node's store; one per agent, shared by all allocations.
@@ -113,6 +115,7 @@ impl ImageFetcher {
     /// Fetches the image `reference` names from the servers; layers the store has are not
     /// fetched again, and concurrent calls for one image download it once.
     pub async fn fetch(&self, reference: &str) -> Result<Fetched, FetchError> {
+        let started = std::time::Instant::now();
         let manifest = self
             .client
             .image_manifest(reference)
@@ -133,7 +136,11 @@ impl ImageFetcher {
             let store = self.store.clone();
             let fetch = blocking(move || store.fetch(&manifest)).await?;
             self.download_and_commit(fetch).await
-        };
+        }
+        .map(|f| Fetched {
+            elapsed: started.elapsed(),
+            ..f
+        });
         drop(lock);
         self.inflight
             .lock()
@@ -160,6 +167,7 @@ impl ImageFetcher {
             id,
             blobs: needed.len(),
             bytes: bytes.iter().sum(),
+            elapsed: Duration::ZERO,
         })
     }
 }

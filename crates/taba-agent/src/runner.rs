@@ -645,8 +645,11 @@ async fn prepare_image(s: &Shared, task: &TaskSpec, driver: &Arc<dyn Driver>) ->
                 )
             } else {
                 format!(
-                    "fetched image {image} ({}) from the servers: {} blobs, {} bytes",
-                    f.id, f.blobs, f.bytes
+                    "fetched image {image} ({}) from the servers: {} blobs, {} bytes in {} ms",
+                    f.id,
+                    f.blobs,
+                    f.bytes,
+                    f.elapsed.as_millis()
                 )
             };
             tracing::info!(alloc = %s.id, task = %name, "{msg}");
