@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use taba_image::{BlobWriter, Fetch, ImageError, ImageStore};
 use taba_types::wire::BlobDescriptor;
+use taba_types::NodeId;
 
 /// How long a blob download may stall between two chunks.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -80,6 +81,7 @@ pub struct Fetched {
 pub struct ImageFetcher {
     store: Arc<ImageStore>,
     client: ServerClient,
+    node_id: NodeId,
     parallel: usize,
     /// One lock per image id being fetched.
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -95,11 +97,18 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl ImageFetcher {
-    /// Fetch into `store` from the servers `client` talks to, at most `parallel` blobs at once.
-    pub fn new(store: Arc<ImageStore>, client: ServerClient, parallel: usize) -> Self {
+    /// Fetch into `store` from the servers `client` talks to, as node `node_id`, at most
+    /// `parallel` blobs at once.
+    pub fn new(
+        store: Arc<ImageStore>,
+        client: ServerClient,
+        node_id: NodeId,
+        parallel: usize,
+    ) -> Self {
         Self {
             store,
             client,
+            node_id,
             parallel: parallel.max(1),
             inflight: Mutex::new(HashMap::new()),
         }
@@ -118,7 +127,7 @@ impl ImageFetcher {
         let started = std::time::Instant::now();
         let manifest = self
             .client
-            .image_manifest(reference)
+            .image_manifest(&self.node_id, reference)
             .await
             .map_err(|source| FetchError::Manifest {
                 reference: reference.to_string(),
@@ -156,8 +165,9 @@ impl ImageFetcher {
             .map(|b| Ok((fetch.writer(b)?, b.digest.clone())))
             .collect::<Result<Vec<_>, ImageError>>()?;
         let client = self.client.clone();
+        let node = self.node_id.clone();
         let bytes: Vec<u64> = futures_util::stream::iter(jobs)
-            .map(|(writer, digest)| download(client.clone(), writer, digest))
+            .map(|(writer, digest)| download(client.clone(), node.clone(), writer, digest))
             .buffer_unordered(self.parallel)
             .try_collect()
             .await?;
@@ -175,16 +185,18 @@ impl ImageFetcher {
 /// Streams one blob into its writer; the disk writes run on a blocking thread.
 async fn download(
     client: ServerClient,
+    node: NodeId,
     mut writer: BlobWriter,
     digest: String,
 ) -> Result<u64, FetchError> {
-    let mut resp = client
-        .image_blob(&digest)
-        .await
-        .map_err(|source| FetchError::Download {
-            digest: digest.clone(),
-            source,
-        })?;
+    let mut resp =
+        client
+            .image_blob(&node, &digest)
+            .await
+            .map_err(|source| FetchError::Download {
+                digest: digest.clone(),
+                source,
+            })?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
     let d = digest.clone();
     let disk = tokio::task::spawn_blocking(move || -> Result<u64, ImageError> {

@@ -9,6 +9,37 @@ use taba_agent::ServerClient;
 use taba_image::ImageStore;
 use taba_server::{Server, ServerConfig};
 use taba_store::{RedbStore, Store};
+use taba_types::wire::{RegisterRequest, PROTOCOL};
+use taba_types::{ByteSize, Node, NodeId, NodeResources};
+
+/// A node as an agent registers it (the image routes serve registered nodes only).
+fn node(name: &str) -> Node {
+    Node {
+        id: NodeId::generate(),
+        name: name.into(),
+        datacenter: "dc1".into(),
+        status: Default::default(),
+        eligibility: Default::default(),
+        drain: false,
+        http_addr: "127.0.0.1:1".into(),
+        attributes: Default::default(),
+        meta: Default::default(),
+        resources: NodeResources {
+            cores: 2,
+            cpu: 4000,
+            memory: ByteSize::mib(1024),
+            disk: ByteSize::mib(10_000),
+        },
+        reserved: NodeResources::default(),
+        reserved_ports: Default::default(),
+        dynamic_ports: Default::default(),
+        drivers: Default::default(),
+        last_heartbeat: 0,
+        usage: Default::default(),
+        create_index: 0,
+        modify_index: 0,
+    }
+}
 
 fn require_root() {
     let uid = std::fs::read_to_string("/proc/self/status")
@@ -75,9 +106,32 @@ async fn root_concurrent_fetches_share_one_download_and_failures_leave_nothing()
     )
     .await
     .unwrap();
-    let client = ServerClient::new(&format!("http://{}", server.addr()));
+    let client = ServerClient::new(&[format!("http://{}", server.addr())], None).unwrap();
     let node_store = Arc::new(ImageStore::open(&dir.path().join("node-images")).unwrap());
-    let fetcher = Arc::new(ImageFetcher::new(node_store.clone(), client, 4));
+
+    // A node that never registered is refused.
+    let stranger = ImageFetcher::new(node_store.clone(), client.clone(), NodeId::generate(), 4);
+    let msg = chain(&stranger.fetch("busybox").await.unwrap_err());
+    assert!(
+        msg.contains("403") && msg.contains("register first"),
+        "{msg}"
+    );
+
+    let n = node("fetch-n1");
+    let reg = client
+        .register(&RegisterRequest {
+            protocol: PROTOCOL,
+            node: n.clone(),
+        })
+        .await
+        .unwrap();
+    client.set_secret(reg.node_secret);
+    let fetcher = Arc::new(ImageFetcher::new(
+        node_store.clone(),
+        client,
+        n.id.clone(),
+        4,
+    ));
 
     assert!(!fetcher.is_present("busybox").await.unwrap());
     let (a, b) = tokio::join!(fetcher.fetch("busybox"), fetcher.fetch("busybox:latest"));
@@ -107,7 +161,8 @@ async fn root_concurrent_fetches_share_one_download_and_failures_leave_nothing()
     server.shutdown().await;
     let gone = ImageFetcher::new(
         Arc::new(ImageStore::open(&dir.path().join("other-node")).unwrap()),
-        ServerClient::new("http://127.0.0.1:9"),
+        ServerClient::new(&["http://127.0.0.1:9".to_string()], None).unwrap(),
+        n.id.clone(),
         4,
     );
     let e = gone.fetch("busybox").await.unwrap_err();

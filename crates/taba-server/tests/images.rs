@@ -34,6 +34,27 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
     let tar = dir.path().join("busybox-oci.tar");
     busybox_oci_tar(&tar);
     let info = c.import_image(&tar).unwrap();
+    // Agent routes: a registered node with its credential (the node secret).
+    let agent = FakeAgent::register(c.clone(), node("n1", 4096));
+    let id = agent.node.id.clone();
+    let q = format!("?node_id={id}");
+    let c = agent.client.clone();
+
+    // Without a node id, or as a node that never registered: refused.
+    let resp = c
+        .raw("GET", "/v1/agent/images/manifests/busybox", None, b"")
+        .unwrap();
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.error().unwrap().field.as_deref(), Some("node_id"));
+    let resp = c
+        .raw(
+            "GET",
+            "/v1/agent/images/manifests/busybox?node_id=forged",
+            None,
+            b"",
+        )
+        .unwrap();
+    assert_eq!(resp.status, 403, "{:?}", resp.error());
 
     // The manifest, by any form of the reference.
     let mut manifests = Vec::new();
@@ -43,7 +64,12 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
         "docker.io/library/busybox:latest",
     ] {
         let resp = c
-            .raw("GET", &format!("/v1/agent/images/manifests/{r}"), None, b"")
+            .raw(
+                "GET",
+                &format!("/v1/agent/images/manifests/{r}{q}"),
+                None,
+                b"",
+            )
             .unwrap();
         assert_eq!(resp.status, 200, "{r}: {:?}", resp.error());
         let m: ImageManifest = serde_json::from_slice(&resp.body).unwrap();
@@ -62,7 +88,7 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
         let resp = c
             .raw(
                 "GET",
-                &format!("/v1/agent/images/blobs/{digest}"),
+                &format!("/v1/agent/images/blobs/{digest}{q}"),
                 None,
                 b"",
             )
@@ -79,7 +105,7 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
     let resp = c
         .raw(
             "GET",
-            &format!("/v1/agent/images/blobs/{unknown}"),
+            &format!("/v1/agent/images/blobs/{unknown}{q}"),
             None,
             b"",
         )
@@ -91,14 +117,24 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
         "{e:?}"
     );
     let resp = c
-        .raw("GET", "/v1/agent/images/manifests/nothere:1", None, b"")
+        .raw(
+            "GET",
+            &format!("/v1/agent/images/manifests/nothere:1{q}"),
+            None,
+            b"",
+        )
         .unwrap();
     assert_eq!(resp.status, 404);
     assert!(resp.error().unwrap().message.contains("nothere:1"));
 
     // A malformed reference is a 400 naming it.
     let resp = c
-        .raw("GET", "/v1/agent/images/manifests/Bad%20Ref", None, b"")
+        .raw(
+            "GET",
+            &format!("/v1/agent/images/manifests/Bad%20Ref{q}"),
+            None,
+            b"",
+        )
         .unwrap();
     assert_eq!(resp.status, 400);
     assert_eq!(resp.error().unwrap().field.as_deref(), Some("reference"));
@@ -114,7 +150,12 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
         "%2Fetc%2Fpasswd",
     ] {
         let resp = c
-            .raw("GET", &format!("/v1/agent/images/blobs/{bad}"), None, b"")
+            .raw(
+                "GET",
+                &format!("/v1/agent/images/blobs/{bad}{q}"),
+                None,
+                b"",
+            )
             .unwrap();
         assert_eq!(resp.status, 400, "{bad}: {:?}", resp.error());
         assert_eq!(
@@ -128,7 +169,7 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
         "/v1/agent/images/blobs/sha256/../../refs.json",
         "/v1/agent/images/blobs/%2E%2E/%2E%2E/refs.json",
     ] {
-        let resp = c.raw("GET", bad, None, b"").unwrap();
+        let resp = c.raw("GET", &format!("{bad}{q}"), None, b"").unwrap();
         assert!(
             resp.status == 400 || resp.status == 404,
             "{bad}: {}",

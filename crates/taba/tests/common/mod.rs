@@ -352,20 +352,21 @@ fn manifest_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-/// A `taba server` or `taba agent` process of its own, its stderr in a log file; stopped with
-/// SIGTERM when dropped (workloads keep running, as after a real agent stop).
-pub struct TabaProcess {
-    child: Option<Child>,
-    /// Its log.
+/// A `taba` process (server or agent) whose stderr goes to `log`.
+pub struct Proc {
+    pub child: Option<Child>,
     pub log: PathBuf,
 }
 
-impl TabaProcess {
-    /// Runs `taba ARGS` and waits (up to 60 s) for a stderr line containing `marker`; returns
-    /// the process and the rest of that line after the marker.
-    pub fn start(args: &[&str], log: &Path, marker: &str) -> (TabaProcess, String) {
-        require_root();
-        let logf = std::fs::File::create(log).unwrap();
+impl Proc {
+    /// Start `taba ARGS`; wait for the stderr line containing `marker` and
+    /// return the text after it (up to `;` or the end).
+    pub fn start(args: &[&str], log: &Path, marker: &str) -> (Proc, String) {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let mut child = Command::new(taba_bin())
             .args(args)
             .env("TABA_LOG", "info")
@@ -384,20 +385,23 @@ impl TabaProcess {
                 use std::io::Write;
                 let _ = writeln!(logf, "{line}");
                 if !sent {
-                    if let Some(rest) = line.split(&marker).nth(1) {
-                        let _ = tx.send(rest.to_string());
+                    if let Some(rest) = line.split(marker.as_str()).nth(1) {
+                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
                         sent = true;
                     }
                 }
             }
         });
-        let p = TabaProcess {
+        let proc = Proc {
             child: Some(child),
             log: log.to_path_buf(),
         };
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(rest) => (p, rest),
-            Err(_) => panic!("taba {args:?} did not start; log:\n{}", p.log_tail()),
+            Ok(found) => (proc, found),
+            Err(_) => panic!(
+                "taba {args:?} did not start; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
         }
     }
 
@@ -405,7 +409,7 @@ impl TabaProcess {
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// SIGTERM and wait.
@@ -421,7 +425,7 @@ impl TabaProcess {
     }
 }
 
-impl Drop for TabaProcess {
+impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
     }
