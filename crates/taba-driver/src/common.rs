@@ -12,7 +12,7 @@ pub enum DriverError {
     #[error("start failed: {0}")]
     Start(String),
     /// The image the task names is not in the node's image store.
-    #[error("image {0:?} not found on this node; import it with `taba image import`")]
+    #[error("image {0:?} not found in this node's image store (agents fetch images from the servers; is it imported there with `taba image import`?)")]
     ImageNotFound(String),
     /// Cgroup setup or control failed.
     #[error("cgroup")]

@@ -643,6 +643,98 @@ pub async fn remove_image(
     Ok(Json(out))
 }
 
+/// `?node_id=` of the image routes: who is asking.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeQuery {
+    node_id: Option<String>,
+}
+
+/// The "agent" class check of the image routes: a registered node holding its credential.
+async fn verify_image_caller(
+    state: &ServerState,
+    caller: &AgentCaller,
+    q: &NodeQuery,
+) -> Result<(), ApiError> {
+    let Some(node_id) = q.node_id.as_deref().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::bad(
+            "node_id",
+            "the asking node's id is required (?node_id=)",
+        ));
+    };
+    let id = NodeId::from(node_id);
+    verify_agent(state, caller, &id, None).await?;
+    if state.cluster().node(&id).is_none() {
+        return Err(ApiError::forbidden(
+            "node_id",
+            format!("unknown node {id}; register first"),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /v1/agent/images/manifests/{*reference}`: what an image is made of.
+pub async fn agent_image_manifest(
+    State(app): State<AppState>,
+    caller: AgentCaller,
+    Path(reference): Path<String>,
+    Q(q): Q<NodeQuery>,
+) -> R<taba_types::wire::ImageManifest> {
+    verify_image_caller(&app.state, &caller, &q).await?;
+    let images = app.state.images.clone();
+    let reference = reference.trim_start_matches('/').to_string();
+    let m = tokio::task::spawn_blocking(move || crate::images::manifest(&images, &reference))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)??;
+    Ok(Json(m))
+}
+
+/// Chunks of an open file, read as the client takes them (never the whole file in memory).
+fn file_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+/// `GET /v1/agent/images/blobs/{digest}`: one blob, streamed.
+pub async fn agent_image_blob(
+    State(app): State<AppState>,
+    caller: AgentCaller,
+    Path(digest): Path<String>,
+    Q(q): Q<NodeQuery>,
+) -> Result<Response, ApiError> {
+    verify_image_caller(&app.state, &caller, &q).await?;
+    let images = app.state.images.clone();
+    let d = digest.clone();
+    let (file, len) = tokio::task::spawn_blocking(move || crate::images::open_blob(&images, &d))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)??;
+    let body = Body::from_stream(file_stream(tokio::fs::File::from_std(file)));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 // ---- evaluations ----
 
 pub async fn get_eval(

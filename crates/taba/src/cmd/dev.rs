@@ -6,6 +6,10 @@
 //! ```text
 //! <data-dir>/server/state.redb   the store
 //! <data-dir>/images/             the image store (shared by server and agent)
+//!
+//! `taba agent` keeps its own image store (`images_dir`, by default
+//! `<data_dir>/images`) and fetches the images its tasks need from the
+//! servers; nothing needs to be shared between hosts.
 //! <data-dir>/agent/              the agent's node id, allocations and logs
 //! <data-dir>/dev-token           the management token (0600)
 //! ```
@@ -486,6 +490,7 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         }
         let mut ac = AgentConfig::new(a.data_dir.join("agent"), format!("http://{addr}"));
         ac.name = a.node_name.clone();
+        ac.images = Some(images.clone());
         let agent = taba_agent::start(ac, drivers(images, IsolationPolicy::default())?)
             .await
             .context("starting the agent")?;
@@ -560,8 +565,12 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
             .images_dir
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("images"));
-        let images = Arc::new(ImageStore::open(&images_dir)?);
+        let images = Arc::new(
+            ImageStore::open(&images_dir)
+                .with_context(|| format!("opening the image store {}", images_dir.display()))?,
+        );
         let mut ac = AgentConfig::new(cfg.data_dir.clone(), String::new());
+        ac.images = Some(images.clone());
         ac.servers = cfg.server_list();
         ac.join_token = cfg.join_token.clone();
         if let Some(t) = &cfg.tls {
