@@ -754,6 +754,7 @@ impl<'a> Scheduler<'a> {
             client_description: String::new(),
             task_states: BTreeMap::new(),
             usage: None,
+            events: Vec::new(),
             eval_id: self.eval.id.clone(),
             previous_alloc: r.previous.map(|p| p.id.clone()),
             reschedule_times,

@@ -121,6 +121,7 @@ pub(crate) fn alloc_on(
         client_description: String::new(),
         task_states: BTreeMap::new(),
         usage: None,
+        events: Vec::new(),
         eval_id: EvalId("e".into()),
         previous_alloc: None,
         reschedule_times: Vec::new(),

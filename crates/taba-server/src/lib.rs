@@ -12,6 +12,7 @@
 //!         agents <- blocking query GET /v1/agent/allocations/{node} <--------+
 //! ```
 
+pub mod acl;
 pub mod api;
 pub mod broker;
 mod config;
@@ -22,7 +23,7 @@ mod locks;
 pub mod state;
 pub mod workers;
 
-pub use config::{RebalanceSettings, ServerConfig, ServerTls};
+pub use config::{AclSettings, RebalanceSettings, ServerConfig, ServerTls};
 pub use leader::{HaConfig, HaServerHandle};
 pub use state::{ServerState, StateError};
 
@@ -139,10 +140,23 @@ impl Listener {
             ),
             None => None,
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&config.data_dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &config.data_dir,
+                        std::fs::Permissions::from_mode(0o700),
+                    )
+                })
+                .map_err(|source| ServerError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                })?;
+        }
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| ServerError::Bind {

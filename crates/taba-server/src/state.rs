@@ -28,9 +28,11 @@ use taba_types::{
 };
 use tokio::sync::watch;
 
+mod acl;
 mod drain;
 mod namespaces;
 
+pub use acl::NewToken;
 pub use drain::DRAIN_REASON;
 
 /// Why a change or lookup failed.
@@ -78,6 +80,9 @@ pub enum StateError {
     /// The change conflicts with the state (e.g. removing a namespace in use).
     #[error("{0}")]
     Conflict(String),
+    /// ACL records could not be loaded.
+    #[error("cannot load ACL records")]
+    Acl(#[from] crate::acl::AclLoadError),
 }
 
 /// Key of a job record.
@@ -112,6 +117,8 @@ pub struct ServerState {
     /// Registrations hold it shared while they commit, so a namespace
     /// cannot be removed under a job being registered in it.
     namespaces: tokio::sync::RwLock<BTreeMap<String, Namespace>>,
+    /// ACL tokens and policies.
+    pub acl: crate::acl::AclState,
     /// Pending evaluations.
     pub broker: Broker,
     /// Wakes the drainer early (a drain started).
@@ -179,6 +186,7 @@ impl ServerState {
             e.modify_index = rec.mod_index;
             evals.insert(e.id.clone(), e);
         }
+        let acl = crate::acl::AclState::load(&*store, config.acl.enabled)?;
         let index = store.index()?;
         cluster.set_index(index);
         let broker = Broker::new();
@@ -208,6 +216,7 @@ impl ServerState {
             node_usage: Mutex::new(HashMap::new()),
             locks: KeyLocks::default(),
             namespaces: tokio::sync::RwLock::new(namespaces),
+            acl,
             broker,
             drain_wake: tokio::sync::Notify::new(),
             index: watch::channel(index).0,
@@ -608,10 +617,10 @@ impl ServerState {
         }
     }
 
-    /// Every allocation, newest first.
-    pub fn list_allocs(&self) -> Vec<AllocListEntry> {
+    /// Every allocation in the namespaces `visible` accepts, newest first.
+    pub fn list_allocs(&self, visible: impl Fn(&str) -> bool) -> Vec<AllocListEntry> {
         let c = self.cluster();
-        let mut v: Vec<&Allocation> = c.allocs().collect();
+        let mut v: Vec<&Allocation> = c.allocs().filter(|a| visible(&a.namespace)).collect();
         v.sort_by_key(|a| std::cmp::Reverse(a.create_time));
         v.into_iter().map(AllocListEntry::from_alloc).collect()
     }
@@ -634,6 +643,24 @@ impl ServerState {
         self.apply(index, vec![], vec![a], vec![], vec![eval.clone()]);
         self.broker.enqueue(eval);
         Ok((eid, index))
+    }
+
+    /// Record an audit event on an allocation (durable before it returns),
+    /// e.g. who ran which command with `alloc exec`.
+    pub async fn record_alloc_event(
+        &self,
+        id: &AllocId,
+        event: taba_types::AllocEvent,
+    ) -> Result<u64, StateError> {
+        let a = self.find_alloc(id.as_str())?;
+        let _held = self.locks.lock(vec![job_key(&a.namespace, &a.job)]).await;
+        let mut a = self.find_alloc(id.as_str())?;
+        a.push_event(event);
+        let index = self
+            .commit(Txn::new().put_encoded(Table::Allocs, a.id.as_str(), &a))
+            .await?;
+        self.apply(index, vec![], vec![a], vec![], vec![]);
+        Ok(index)
     }
 
     /// Merge an agent's observations into allocations; create evaluations

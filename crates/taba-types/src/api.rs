@@ -371,6 +371,78 @@ pub struct DeleteNamespaceResponse {
     pub index: u64,
 }
 
+/// Body of `POST /v1/acl/tokens`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// Free text shown in lists and audit events.
+    #[serde(default)]
+    pub name: String,
+    /// Policies applied by name (none for a management token).
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// A management token: every right, ACL management included.
+    #[serde(default)]
+    pub management: bool,
+    /// Lifetime (`"24h"`); unlimited when unset.
+    #[serde(default)]
+    pub ttl: Option<crate::DurationSpec>,
+}
+
+/// A token as listed: never its secret nor the secret's hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclTokenInfo {
+    /// Public id.
+    pub accessor_id: String,
+    /// Free text.
+    pub name: String,
+    /// Client or management.
+    #[serde(rename = "type")]
+    pub token_type: crate::acl::TokenType,
+    /// Policies by name.
+    pub policies: Vec<String>,
+    /// Creation time.
+    pub create_time: UnixMillis,
+    /// Expiry, if any.
+    pub expire_time: Option<UnixMillis>,
+    /// Expired at the time of the reply.
+    pub expired: bool,
+}
+
+impl AclTokenInfo {
+    /// The listed view of a stored token at time `now`.
+    pub fn from_token(t: &crate::acl::AclToken, now: UnixMillis) -> Self {
+        Self {
+            accessor_id: t.accessor_id.clone(),
+            name: t.name.clone(),
+            token_type: t.token_type,
+            policies: t.policies.clone(),
+            create_time: t.create_time,
+            expire_time: t.expire_time,
+            expired: t.expired(now),
+        }
+    }
+}
+
+/// Reply to `POST /v1/acl/bootstrap` and `POST /v1/acl/tokens`: the secret
+/// is shown this once and never again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclTokenCreated {
+    /// The token.
+    pub token: AclTokenInfo,
+    /// The secret to send as `Authorization: Bearer <secret>`.
+    pub secret: String,
+}
+
+/// Reply to `DELETE /v1/acl/policies/{name}` and `DELETE /v1/acl/tokens/{accessor}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclDeleteResponse {
+    /// The policy name or token accessor id removed.
+    pub name: String,
+    /// Store index of the write.
+    pub index: u64,
+}
+
 /// Reply to `GET /v1/jobs/{name}/versions`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobHistory {

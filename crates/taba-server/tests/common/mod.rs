@@ -1,5 +1,6 @@
 //! Test harness: a real server on 127.0.0.1:0 with a redb store in a temp dir,
-//! driven through the real blocking client, and a fake agent that speaks the
+//! ACLs on and bootstrapped, driven through the real blocking client with a
+//! management token (`TestServer::client`), and a fake agent that speaks the
 //! agent protocol over real HTTP (register, heartbeat, blocking query, alloc
 //! status updates) without running workloads.
 
@@ -27,6 +28,8 @@ pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub store: Arc<dyn Store>,
     pub dir: PathBuf,
+    /// A management token.
+    pub token: String,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -48,6 +51,21 @@ impl TestServer {
         store: Arc<dyn Store>,
         setup: impl FnOnce(&mut ServerConfig),
     ) -> Self {
+        Self::start_inner(dir, store, setup, true)
+    }
+
+    /// A server as `taba server` starts: ACLs not bootstrapped unless the
+    /// store says so; `token` is empty.
+    pub fn start_unbootstrapped(dir: &Path, store: Arc<dyn Store>) -> Self {
+        Self::start_inner(dir, store, |_| {}, false)
+    }
+
+    fn start_inner(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        setup: impl FnOnce(&mut ServerConfig),
+        bootstrap: bool,
+    ) -> Self {
         let images = Arc::new(ImageStore::open(&dir.join("images")).expect("open image store"));
         let mut config = ServerConfig::new(dir.join("server"), "127.0.0.1:0".parse().unwrap());
         setup(&mut config);
@@ -64,14 +82,25 @@ impl TestServer {
                 let handle = Server::start(config, st, images)
                     .await
                     .expect("server starts");
-                addr_tx.send(handle.addr()).unwrap();
+                let token = if bootstrap {
+                    let (_, token) = handle
+                        .state()
+                        .issue_management_token("test")
+                        .await
+                        .expect("management token");
+                    token
+                } else {
+                    String::new()
+                };
+                addr_tx.send((handle.addr(), token)).unwrap();
                 let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                 handle.shutdown().await;
             });
         });
-        let addr = addr_rx.recv().expect("server address");
+        let (addr, token) = addr_rx.recv().expect("server address");
         Self {
             addr,
+            token,
             store,
             dir: dir.to_path_buf(),
             stop: Some(stop_tx),
@@ -79,7 +108,13 @@ impl TestServer {
         }
     }
 
+    /// A client with the management token.
     pub fn client(&self) -> Client {
+        Client::new(&self.addr.to_string(), Some(self.token.clone()))
+    }
+
+    /// A client without a token (what agents send today).
+    pub fn anonymous(&self) -> Client {
         Client::new(&self.addr.to_string(), None)
     }
 
@@ -157,7 +192,10 @@ pub struct FakeAgent {
 }
 
 impl FakeAgent {
+    /// Register over `client`'s server as an agent (user tokens are
+    /// refused on agent routes, so none is sent).
     pub fn register(client: Client, node: Node) -> Self {
+        let client = client.with_token(None);
         let resp = client
             .agent_register(&RegisterRequest {
                 protocol: PROTOCOL,
@@ -337,6 +375,26 @@ count = {count}
   resources = {{ cpu = 100, memory = "{memory}" }}
 "#
     )
+}
+
+/// Builds the busybox image as an OCI-layout tar (gzip layer) at `out` with the project's
+/// script (needs Debian's busybox-static, which `scripts/setup.sh` installs).
+pub fn busybox_oci_tar(out: &Path) {
+    let script = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../../scripts/build-busybox-image.sh");
+    let res = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(out)
+        .arg("--oci")
+        .output()
+        .expect("run build-busybox-image.sh");
+    assert!(
+        res.status.success(),
+        "build-busybox-image.sh failed (it needs Debian's busybox-static): {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 }
 
 /// A development PKI (CA, server, agents `names`, CLI) in `dir/tls`.

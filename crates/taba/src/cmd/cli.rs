@@ -184,17 +184,19 @@ pub enum ImageCommand {
     },
 }
 
-fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
+/// The API client of a command, with the token it should send
+/// (`--token`, `TABA_TOKEN`, or the token file for `--addr`).
+pub(crate) fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
     g.client()
 }
 
-pub(super) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Print rows as columns aligned under `headers`.
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -243,7 +245,7 @@ fn age(t: UnixMillis) -> String {
     }
 }
 
-fn short(id: &str) -> String {
+pub(crate) fn short(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
@@ -696,6 +698,23 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 ],
                 &rows,
             );
+            if !a.events.is_empty() {
+                println!();
+                println!("Events (audit)");
+                let rows: Vec<Vec<String>> = a
+                    .events
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            age(e.time),
+                            e.kind.clone(),
+                            e.actor.clone(),
+                            e.message.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["WHEN", "KIND", "BY", "WHAT"], &rows);
+            }
             Ok(ExitCode::SUCCESS)
         }
         AllocCommand::Logs {

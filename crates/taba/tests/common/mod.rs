@@ -1,6 +1,10 @@
 //! Harness of the end-to-end tests: a real `taba dev` process on a random
 //! port with a temporary data dir, driven through the real API client and the
-//! real CLI. Needs root (cgroups, namespaces, overlayfs) and the busybox image
+//! real CLI. `taba dev` starts with ACLs bootstrapped: the harness reads its
+//! management token from `<data>/dev-token` for the API client, and the CLI
+//! finds it by itself in the token file `taba dev` wrote under
+//! `TABA_CONFIG_DIR=<data>/config` (as it does under `~/.config/taba`
+//! outside tests). Needs root (cgroups, namespaces, overlayfs) and the busybox image
 //! that `scripts/setup.sh` builds; fails loudly when either is missing.
 #![allow(dead_code)]
 
@@ -56,6 +60,8 @@ pub struct Dev {
     pub addr: String,
     pub client: Client,
     pub log: PathBuf,
+    /// The management token `taba dev` wrote.
+    pub token: String,
 }
 
 impl Dev {
@@ -92,6 +98,7 @@ impl Dev {
             .arg("n1")
             .args(extra)
             .env("TABA_LOG", "info")
+            .env("TABA_CONFIG_DIR", data.join("config"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -125,7 +132,11 @@ impl Dev {
                 );
             }
         };
-        let client = Client::new(&addr, None);
+        let token = std::fs::read_to_string(data.join("dev-token"))
+            .expect("taba dev writes its management token before it prints its address")
+            .trim()
+            .to_string();
+        let client = Client::new(&addr, Some(token.clone()));
         let d = Dev {
             child: Some(child),
             data: data.to_path_buf(),
@@ -133,6 +144,7 @@ impl Dev {
             addr,
             client,
             log,
+            token,
         };
         d.wait_for("node ready", Duration::from_secs(30), || {
             d.client
@@ -165,13 +177,19 @@ impl Dev {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// The CLI against this server, finding the token on its own.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(taba_bin());
+        c.args(args)
+            .env("TABA_ADDR", &self.addr)
+            .env("TABA_CONFIG_DIR", self.data.join("config"))
+            .env_remove("TABA_TOKEN");
+        c
+    }
+
     /// Run the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(taba_bin())
-            .args(args)
-            .env("TABA_ADDR", &self.addr)
-            .output()
-            .expect("running taba")
+        self.cli_command(args).output().expect("running taba")
     }
 
     /// Import the busybox image.
