@@ -1,8 +1,11 @@
 //! Subcommands. Each module owns one group of commands.
 
+pub mod agent;
 pub mod bench;
 pub mod cli;
+mod daemon;
 pub mod dev;
+pub mod server;
 pub mod shim;
 pub mod sim;
 

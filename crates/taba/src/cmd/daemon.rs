@@ -1,0 +1,74 @@
+//! What the long-running modes (`taba dev`, `taba server`, `taba agent`)
+//! share: logging, the async runtime, the drivers, the stop signal and
+//! reading a configuration file.
+
+use anyhow::Context;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use taba_driver::Driver;
+use taba_image::ImageStore;
+
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
+    path: Option<&Path>,
+) -> anyhow::Result<T> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading configuration {}", p.display()))?,
+        None => String::new(),
+    };
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "configuration {}: {}",
+            path.map(|p| p.display().to_string()).unwrap_or_default(),
+            e.message()
+        )
+    })
+}
+
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TABA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run `f` on a fresh runtime, then drop the runtime without waiting for
+/// blocking threads: those that wait on running workloads never end on their
+/// own, and the workloads keep running for the next start to re-attach.
+pub(crate) fn run_async<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let result = rt.block_on(f);
+    rt.shutdown_background();
+    result
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(256)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub(crate) fn drivers(images: Arc<ImageStore>) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
+    let exe = std::env::current_exe().context("locating the taba binary for task shims")?;
+    Ok(vec![
+        Arc::new(taba_driver::exec::ExecDriver::new(exe.clone())),
+        Arc::new(taba_driver::container::ContainerDriver::new(exe, images)),
+    ])
+}
+
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

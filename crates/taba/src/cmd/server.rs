@@ -1,0 +1,183 @@
+//! `taba server --config F`: the control plane on its own, with the
+//! embedded store under `data_dir`. The configuration file is documented in
+//! docs/configuration.md.
+
+use super::daemon::{init_logging, read_config, run_async, shutdown_signal};
+use super::GlobalArgs;
+use anyhow::Context;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use taba_image::ImageStore;
+use taba_server::{Server, ServerConfig};
+use taba_store::{RedbStore, Store};
+
+/// Arguments of `taba server`.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Configuration file (TOML); see docs/configuration.md.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `taba server` configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    #[serde(default = "default_server_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "default_http")]
+    http: SocketAddr,
+    #[serde(default)]
+    heartbeat_ttl: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    workers: Option<usize>,
+    #[serde(default)]
+    scheduler: SchedulerFile,
+    #[serde(default)]
+    rebalance: Option<RebalanceFile>,
+}
+
+/// `[scheduler]` of the server configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulerFile {
+    /// `preemption = { service = true, batch = false, system = true }`.
+    #[serde(default)]
+    preemption: PreemptionFile,
+}
+
+/// Which job types may preempt; an omitted one keeps its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreemptionFile {
+    service: Option<bool>,
+    batch: Option<bool>,
+    system: Option<bool>,
+}
+
+impl PreemptionFile {
+    fn config(&self) -> taba_scheduler::PreemptionConfig {
+        let d = taba_scheduler::PreemptionConfig::default();
+        taba_scheduler::PreemptionConfig {
+            service: self.service.unwrap_or(d.service),
+            batch: self.batch.unwrap_or(d.batch),
+            system: self.system.unwrap_or(d.system),
+        }
+    }
+}
+
+/// `[rebalance]` of the server's configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebalanceFile {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    interval: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    high_water: Option<f64>,
+    #[serde(default)]
+    target: Option<f64>,
+    #[serde(default)]
+    max_moves: Option<usize>,
+    #[serde(default)]
+    cooldown: Option<taba_types::DurationSpec>,
+}
+
+impl RebalanceFile {
+    /// Apply to `s`, checking ranges; errors name the key.
+    fn apply(&self, s: &mut taba_server::RebalanceSettings) -> anyhow::Result<()> {
+        if let Some(e) = self.enabled {
+            s.enabled = e;
+        }
+        if let Some(i) = self.interval {
+            anyhow::ensure!(i.0 >= 1000, "rebalance.interval: must be at least 1s");
+            s.interval = i.as_duration();
+        }
+        if let Some(h) = self.high_water {
+            s.plan.high_water = h;
+        }
+        if let Some(t) = self.target {
+            s.plan.target = t;
+        }
+        anyhow::ensure!(
+            s.plan.high_water > 0.0 && s.plan.high_water <= 1.0,
+            "rebalance.high_water: must be a share in (0, 1], e.g. 0.85"
+        );
+        anyhow::ensure!(
+            s.plan.target > 0.0 && s.plan.target < s.plan.high_water,
+            "rebalance.target: must be a share above 0 and below high_water ({})",
+            s.plan.high_water
+        );
+        if let Some(m) = self.max_moves {
+            anyhow::ensure!(
+                (1..=10_000).contains(&m),
+                "rebalance.max_moves: must be between 1 and 10000"
+            );
+            s.plan.max_moves = m;
+        }
+        if let Some(c) = self.cooldown {
+            s.plan.cooldown_ms = c.0;
+        }
+        Ok(())
+    }
+}
+
+fn default_server_dir() -> PathBuf {
+    "/var/lib/taba/server".into()
+}
+fn default_http() -> SocketAddr {
+    "127.0.0.1:4646".parse().expect("static address")
+}
+
+/// Run `taba server`.
+pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let cfg: ServerFile = read_config(a.config.as_deref())?;
+    run_async(async move {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("state.redb"))?);
+        let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?);
+        let mut sc = ServerConfig::new(cfg.data_dir.clone(), cfg.http);
+        if let Some(t) = cfg.heartbeat_ttl {
+            sc.heartbeat_ttl = t.as_duration();
+        }
+        if let Some(w) = cfg.workers {
+            sc.num_workers = w.max(1);
+        }
+        sc.preemption = cfg.scheduler.preemption.config();
+        if let Some(r) = &cfg.rebalance {
+            r.apply(&mut sc.rebalance)?;
+        }
+        let server = Server::start(sc, store, images).await?;
+        eprintln!("taba server: API on http://{}", server.addr());
+        shutdown_signal().await;
+        server.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_file_reads_preemption_settings() {
+        let cfg: ServerFile = toml::from_str("").unwrap();
+        assert_eq!(
+            cfg.scheduler.preemption.config(),
+            taba_scheduler::PreemptionConfig::default()
+        );
+        let cfg: ServerFile =
+            toml::from_str("[scheduler]\npreemption = { batch = true, system = false }\n").unwrap();
+        let p = cfg.scheduler.preemption.config();
+        assert!(p.service && p.batch && !p.system);
+        let err = toml::from_str::<ServerFile>("[scheduler]\npreemption = { services = true }\n")
+            .unwrap_err();
+        assert!(err.message().contains("unknown field `services`"), "{err}");
+    }
+}
