@@ -37,6 +37,15 @@ pub enum AgentError {
     /// The data dir is unusable.
     #[error("agent state")]
     State(#[from] state::StateError),
+    /// The API listens on every address and no address to advertise could be
+    /// found from the route to the server.
+    #[error("http: {listen} listens on every address and no route to the server {server} names one; set `advertise` to the address the servers reach this node at")]
+    NoAdvertise {
+        /// The listen address.
+        listen: SocketAddr,
+        /// The server URL.
+        server: String,
+    },
     /// The agent API could not listen.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -46,6 +55,58 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What the node offers, overriding the fingerprint's whole-host figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// CPU, MHz.
+    pub cpu: Option<u64>,
+    /// Memory.
+    pub memory: Option<ByteSize>,
+}
+
+impl Capacity {
+    /// The fingerprinted resources with these overrides applied. Cores
+    /// follow the CPU share (at least one, at most the host's).
+    pub fn apply(&self, host: &NodeResources, mhz_per_core: u64) -> NodeResources {
+        let mut r = host.clone();
+        if let Some(cpu) = self.cpu {
+            r.cpu = cpu;
+            let cores = cpu
+                .div_ceil(mhz_per_core.max(1))
+                .clamp(1, u64::from(host.cores.max(1)));
+            r.cores = cores as u32;
+        }
+        if let Some(m) = self.memory {
+            r.memory = m;
+        }
+        r
+    }
+}
+
+/// Where an agent's measured use (reported in heartbeats; the rebalancer
+/// reads it) comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The whole host: `/proc/stat` and `/proc/meminfo`. Right when the
+    /// agent is alone on its host: everything that runs there loads it.
+    #[default]
+    Host,
+    /// The sum of this node's allocations, from their cgroups. Right when
+    /// several agents share a host (`taba dev --agents N`).
+    Allocations,
+}
+
+impl std::str::FromStr for UsageSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host" => Ok(Self::Host),
+            "allocations" => Ok(Self::Allocations),
+            _ => Err(format!("{s:?} is not \"host\" or \"allocations\"")),
+        }
+    }
 }
 
 /// How an agent is set up.
@@ -61,6 +122,18 @@ pub struct AgentConfig {
     pub datacenter: String,
     /// Address for the agent's own API.
     pub http_addr: SocketAddr,
+    /// The address the servers reach the agent's API at (and tasks see as the
+    /// node's). Port 0: the port the API is bound to. None: the listen
+    /// address, or when that is unspecified (`0.0.0.0`) the local address of
+    /// the route to the server.
+    pub advertise: Option<SocketAddr>,
+    /// CPU (MHz) and memory the node offers; None: the whole host. Agents
+    /// that share a host each offer a part of it.
+    pub capacity: Capacity,
+    /// Where the node's measured use comes from.
+    pub usage_source: UsageSource,
+    /// Cgroup under which the allocations' cgroups are made (`taba`).
+    pub cgroup_parent: String,
     /// Operator metadata (`${meta.X}`).
     pub meta: BTreeMap<String, String>,
     /// Resources held back for the host.
@@ -86,6 +159,10 @@ impl AgentConfig {
             name: None,
             datacenter: "dc1".into(),
             http_addr: "127.0.0.1:0".parse().expect("static address"),
+            advertise: None,
+            capacity: Capacity::default(),
+            usage_source: UsageSource::Host,
+            cgroup_parent: "taba".into(),
             meta: BTreeMap::new(),
             reserved: NodeResources::default(),
             reserved_ports: PortRanges::default(),
@@ -108,6 +185,8 @@ pub struct AgentInner {
     total_mhz: u64,
     /// The host's last CPU times sample and its measured use.
     host: Mutex<(Option<host::CpuTimes>, Option<NodeUsage>)>,
+    /// Where the node's measured use comes from.
+    usage_source: UsageSource,
 }
 
 impl AgentInner {
@@ -134,6 +213,8 @@ pub struct AgentHandle {
     pub node_id: NodeId,
     /// Where the agent API listens.
     pub http_addr: SocketAddr,
+    /// The address the servers reach the agent API at.
+    pub advertise: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -185,6 +266,8 @@ pub async fn start(
         addr: config.http_addr,
         source,
     })?;
+    let advertised = advertise_addr(&config, http_addr)?;
+    let resources = config.capacity.apply(&fp.resources, fp.mhz_per_core);
 
     let node = Node {
         id: node_id.clone(),
@@ -193,10 +276,10 @@ pub async fn start(
         status: NodeStatus::Initializing,
         eligibility: Eligibility::Eligible,
         drain: false,
-        http_addr: http_addr.to_string(),
+        http_addr: advertised.to_string(),
         attributes,
         meta: config.meta.clone(),
-        resources: fp.resources.clone(),
+        resources: resources.clone(),
         reserved: config.reserved.clone(),
         reserved_ports: config.reserved_ports.clone(),
         dynamic_ports: config.dynamic_ports,
@@ -214,7 +297,8 @@ pub async fn start(
         changed: changed_tx,
         log_max_bytes: config.log_max_bytes,
         log_max_files: config.log_max_files,
-        node_ip: node_ip(http_addr),
+        node_ip: advertised.ip(),
+        cgroup_parent: config.cgroup_parent.clone(),
     });
     let inner = Arc::new(AgentInner {
         node_id: node_id.clone(),
@@ -222,8 +306,9 @@ pub async fn start(
         runners: Mutex::new(HashMap::new()),
         usage: Mutex::new(HashMap::new()),
         mhz_per_core: fp.mhz_per_core.max(1),
-        total_mhz: fp.resources.cpu,
+        total_mhz: resources.cpu,
         host: Mutex::new((None, None)),
+        usage_source: config.usage_source,
     });
 
     // Resume what a previous agent left running before talking to anyone.
@@ -266,20 +351,53 @@ pub async fn start(
     Ok(AgentHandle {
         node_id,
         http_addr,
+        advertise: advertised,
         shutdown,
         tasks,
     })
 }
 
-/// The node's address as tasks see it: the IP of the agent's API address
-/// (the address the servers reach the node at), or loopback when the API
-/// listens on every address.
-fn node_ip(http_addr: SocketAddr) -> std::net::IpAddr {
-    match http_addr.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
+/// The address the servers reach this node's API at, which tasks also see
+/// as the node's: `advertise` (its port 0 = the bound port), else the bound
+/// address, else, when that is unspecified (`0.0.0.0`), the local address of
+/// the route to the server. Never an unspecified address.
+fn advertise_addr(config: &AgentConfig, bound: SocketAddr) -> Result<SocketAddr, AgentError> {
+    let with_port = |mut a: SocketAddr| {
+        if a.port() == 0 {
+            a.set_port(bound.port());
+        }
+        a
+    };
+    if let Some(a) = config.advertise {
+        return Ok(with_port(a));
     }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound);
+    }
+    route_to(&config.server)
+        .map(|ip| SocketAddr::new(ip, bound.port()))
+        .ok_or_else(|| AgentError::NoAdvertise {
+            listen: config.http_addr,
+            server: config.server.clone(),
+        })
+}
+
+/// The local address the kernel would use to reach the server at `url`
+/// (`http://host:port`): a UDP socket "connected" to it sends nothing.
+fn route_to(url: &str) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.split('/').next()?;
+    let target = hostport.to_socket_addrs().ok()?.next()?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let sock = std::net::UdpSocket::bind(bind).ok()?;
+    sock.connect(target).ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 fn recover(inner: &Arc<AgentInner>) {
@@ -426,7 +544,8 @@ async fn heartbeat_loop(inner: Arc<AgentInner>, client: ServerClient, ttl: Arc<M
     loop {
         let period = *ttl.lock().unwrap() / 3;
         tokio::time::sleep(period.max(Duration::from_millis(50))).await;
-        // The host's real use; the sum of the allocations' until it is sampled.
+        // The host's real use; the sum of the allocations' until it is
+        // sampled, or always when so configured.
         let host = inner.host.lock().unwrap().1.clone();
         let usage = host.unwrap_or_else(|| {
             let u = inner.usage.lock().unwrap();
@@ -498,7 +617,11 @@ async fn sync_loop(
 async fn stats_loop(inner: Arc<AgentInner>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        if let Some((cpu, memory)) = host::sample(std::path::Path::new("/proc")) {
+        let sample = match inner.usage_source {
+            UsageSource::Host => host::sample(std::path::Path::new("/proc")),
+            UsageSource::Allocations => None,
+        };
+        if let Some((cpu, memory)) = sample {
             let mut h = inner.host.lock().unwrap();
             if let Some(prev) = h.0 {
                 h.1 = Some(NodeUsage {
@@ -530,5 +653,69 @@ async fn stats_loop(inner: Arc<AgentInner>, every: Duration) {
             usage.insert(r.id().clone(), u);
             let _ = inner.ctx.changed.send(r.id().clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(http: &str, server: &str, advertise: Option<&str>) -> AgentConfig {
+        let mut c = AgentConfig::new("/nonexistent".into(), server.into());
+        c.http_addr = http.parse().unwrap();
+        c.advertise = advertise.map(|a| a.parse().unwrap());
+        c
+    }
+
+    #[test]
+    fn advertises_never_an_unspecified_address() {
+        let bound: SocketAddr = "0.0.0.0:4700".parse().unwrap();
+        // Derived from the route to the server.
+        let c = cfg("0.0.0.0:0", "http://127.0.0.1:4646", None);
+        assert_eq!(
+            advertise_addr(&c, bound).unwrap(),
+            "127.0.0.1:4700".parse::<SocketAddr>().unwrap()
+        );
+        // Given: its port 0 takes the bound port.
+        let c = cfg("0.0.0.0:0", "http://127.0.0.1:4646", Some("10.1.2.3:0"));
+        assert_eq!(
+            advertise_addr(&c, bound).unwrap(),
+            "10.1.2.3:4700".parse::<SocketAddr>().unwrap()
+        );
+        let c = cfg("0.0.0.0:0", "http://127.0.0.1:4646", Some("10.1.2.3:9000"));
+        assert_eq!(advertise_addr(&c, bound).unwrap().port(), 9000);
+        // A specific listen address is advertised as is.
+        let c = cfg("127.0.0.2:0", "http://127.0.0.1:4646", None);
+        let b: SocketAddr = "127.0.0.2:4701".parse().unwrap();
+        assert_eq!(advertise_addr(&c, b).unwrap(), b);
+        // No route and nothing given: refused, naming the keys.
+        let c = cfg("0.0.0.0:0", "http://no-such-host.invalid:4646", None);
+        let e = advertise_addr(&c, bound).unwrap_err().to_string();
+        assert!(e.contains("advertise") && e.contains("http:"), "{e}");
+    }
+
+    #[test]
+    fn capacity_overrides_the_host() {
+        let host = NodeResources {
+            cores: 2,
+            cpu: 4000,
+            memory: ByteSize(8 << 30),
+            disk: ByteSize(100 << 30),
+        };
+        assert_eq!(Capacity::default().apply(&host, 2000), host);
+        let c = Capacity {
+            cpu: Some(1333),
+            memory: Some(ByteSize(2 << 30)),
+        };
+        let r = c.apply(&host, 2000);
+        assert_eq!(
+            (r.cores, r.cpu, r.memory, r.disk),
+            (1, 1333, ByteSize(2 << 30), host.disk)
+        );
+        assert_eq!("allocations".parse(), Ok(UsageSource::Allocations));
+        assert!("hosts"
+            .parse::<UsageSource>()
+            .unwrap_err()
+            .contains("\"hosts\""));
     }
 }

@@ -38,6 +38,8 @@ pub struct RunnerCtx {
     pub log_max_files: u32,
     /// This node's address, for `TABA_ADDR_<label>`.
     pub node_ip: std::net::IpAddr,
+    /// Cgroup (relative to each hierarchy) under which allocations get theirs.
+    pub cgroup_parent: String,
 }
 
 struct Shared {
@@ -114,7 +116,7 @@ impl AllocRunner {
                 };
                 if left == 0 {
                     // The tasks' cgroups are gone; remove the allocation's parent.
-                    let rel = format!("taba/{}", s.id);
+                    let rel = format!("{}/{}", s.ctx.cgroup_parent, s.id);
                     let _ = tokio::task::spawn_blocking(move || {
                         if let Ok(layout) = taba_cgroups::Layout::detect() {
                             if let Err(e) = layout.destroy(&rel) {
@@ -342,7 +344,7 @@ fn task_config(s: &Shared, task: &TaskSpec) -> TaskConfig {
         log_dir: alloc_dir.join("logs"),
         log_max_bytes: s.ctx.log_max_bytes,
         log_max_files: s.ctx.log_max_files,
-        cgroup: format!("taba/{}/{}", alloc.id, task.name),
+        cgroup: format!("{}/{}/{}", s.ctx.cgroup_parent, alloc.id, task.name),
         env,
     }
 }

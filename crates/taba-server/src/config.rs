@@ -13,6 +13,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Address of the HTTP API; port 0 picks a free port.
     pub http_addr: SocketAddr,
+    /// More addresses the same API listens on (`taba dev --agents`: the
+    /// bridge the agents reach it through); port 0 takes `http_addr`'s port.
+    pub extra_http: Vec<SocketAddr>,
     /// A node that does not heartbeat within this is marked down.
     pub heartbeat_ttl: Duration,
     /// Scheduler workers.
@@ -55,6 +58,7 @@ impl ServerConfig {
         Self {
             data_dir: data_dir.into(),
             http_addr,
+            extra_http: Vec::new(),
             heartbeat_ttl: Duration::from_secs(10),
             num_workers: 2,
             max_blocking_wait: Duration::from_secs(300),

@@ -88,6 +88,17 @@ impl Server {
             addr: config.http_addr,
             source,
         })?;
+        let mut extra = Vec::new();
+        for a in &config.extra_http {
+            let mut a = *a;
+            if a.port() == 0 {
+                a.set_port(addr.port());
+            }
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|source| ServerError::Bind { addr: a, source })?;
+            extra.push(l);
+        }
         let workers = config.num_workers.max(1);
         let st = tokio::task::spawn_blocking(move || ServerState::load(config, store, images))
             .await
@@ -105,6 +116,17 @@ impl Server {
             tasks.push(workers::spawn_rebalancer(state.clone()));
         }
         let app = api::router(state.clone());
+        for l in extra {
+            let app = app.clone();
+            let mut stop = state.shutdown.subscribe();
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+            }));
+        }
         let mut stop = state.shutdown.subscribe();
         let http = tokio::spawn(async move {
             let res = axum::serve(listener, app)

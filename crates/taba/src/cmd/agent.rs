@@ -35,14 +35,36 @@ struct AgentFile {
     datacenter: Option<String>,
     #[serde(default = "default_agent_http")]
     http: SocketAddr,
+    /// `"10.0.0.5"` or `"10.0.0.5:4647"`.
+    #[serde(default)]
+    advertise: Option<String>,
+    /// `"host"` or `"allocations"`.
+    #[serde(default)]
+    usage: Option<String>,
+    #[serde(default)]
+    cgroup_parent: Option<String>,
     #[serde(default)]
     meta: BTreeMap<String, String>,
     #[serde(default)]
     images_dir: Option<PathBuf>,
     #[serde(default)]
+    resources: ResourcesFile,
+    #[serde(default)]
     reserved: ReservedFile,
     #[serde(default)]
     ports: PortsFile,
+}
+
+/// `[resources]` of the agent file: what the node offers, when not the
+/// whole host.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourcesFile {
+    /// MHz.
+    #[serde(default)]
+    cpu: Option<u64>,
+    #[serde(default)]
+    memory: Option<taba_types::ByteSize>,
 }
 
 /// `[reserved]` of the agent file: what the host keeps for itself.
@@ -70,27 +92,96 @@ struct PortsFile {
 }
 
 impl AgentFile {
-    /// Apply the `[reserved]` and `[ports]` tables; errors name the key.
-    fn apply_reserved(&self, ac: &mut AgentConfig, file: Option<&Path>) -> anyhow::Result<()> {
+    /// The agent's configuration; errors name the file and the key.
+    fn agent_config(&self, file: Option<&Path>) -> anyhow::Result<AgentConfig> {
         let file = file.map(|p| p.display().to_string()).unwrap_or_default();
+        let key = |k: &str| format!("configuration {file}: {k}");
+        let mut ac = AgentConfig::new(self.data_dir.clone(), self.server.clone());
+        ac.name = self.name.clone();
+        if let Some(dc) = self.datacenter.clone() {
+            ac.datacenter = dc;
+        }
+        ac.http_addr = self.http;
+        ac.meta = self.meta.clone();
+        if let Some(a) = &self.advertise {
+            ac.advertise = Some(parse_advertise(a).with_context(|| key("advertise"))?);
+        }
+        if let Some(u) = &self.usage {
+            ac.usage_source = u
+                .parse()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| key("usage"))?;
+        }
+        if let Some(p) = &self.cgroup_parent {
+            anyhow::ensure!(
+                !p.is_empty()
+                    && p.split('/').all(|c| {
+                        !c.is_empty()
+                            && c != "."
+                            && c != ".."
+                            && c.chars()
+                                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+                    }),
+                "{}: {p:?} is not a relative cgroup path of letters, digits, '-', '_', '.'",
+                key("cgroup_parent")
+            );
+            ac.cgroup_parent = p.clone();
+        }
         ac.reserved.cpu = self.reserved.cpu;
         ac.reserved.memory = self.reserved.memory;
         ac.reserved.disk = self.reserved.disk;
-        ac.reserved_ports = taba_types::PortRanges::parse(&self.reserved.ports)
-            .with_context(|| format!("configuration {file}: reserved.ports"))?;
-        if let Some(d) = &self.ports.dynamic {
-            ac.dynamic_ports = taba_types::PortRange::parse(d)
-                .with_context(|| format!("configuration {file}: ports.dynamic"))?;
+        if let Some(cpu) = self.resources.cpu {
+            anyhow::ensure!(
+                cpu > self.reserved.cpu,
+                "{}: {cpu} MHz leaves nothing above reserved.cpu ({} MHz)",
+                key("resources.cpu"),
+                self.reserved.cpu
+            );
         }
-        Ok(())
+        if let Some(m) = self.resources.memory {
+            anyhow::ensure!(
+                m.0 > self.reserved.memory.0,
+                "{}: {m} leaves nothing above reserved.memory ({})",
+                key("resources.memory"),
+                self.reserved.memory
+            );
+        }
+        ac.capacity = taba_agent::Capacity {
+            cpu: self.resources.cpu,
+            memory: self.resources.memory,
+        };
+        ac.reserved_ports = taba_types::PortRanges::parse(&self.reserved.ports)
+            .with_context(|| key("reserved.ports"))?;
+        if let Some(d) = &self.ports.dynamic {
+            ac.dynamic_ports =
+                taba_types::PortRange::parse(d).with_context(|| key("ports.dynamic"))?;
+        }
+        Ok(ac)
     }
+}
+
+/// `"10.0.0.5"` (the API's port) or `"10.0.0.5:4647"`; never unspecified.
+fn parse_advertise(s: &str) -> anyhow::Result<SocketAddr> {
+    let addr: SocketAddr = match s.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, 0),
+        Err(_) => s
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{s:?} is not an IP address or IP:port"))?,
+    };
+    anyhow::ensure!(
+        !addr.ip().is_unspecified(),
+        "{s:?} is no address others can reach; give this node's own address"
+    );
+    Ok(addr)
 }
 
 fn default_agent_dir() -> PathBuf {
     "/var/lib/taba/agent".into()
 }
 fn default_agent_http() -> SocketAddr {
-    "127.0.0.1:4647".parse().expect("static address")
+    // A free port: agents sharing a host never collide; the server learns the
+    // port when the agent registers.
+    "127.0.0.1:0".parse().expect("static address")
 }
 fn default_server_url() -> String {
     "http://127.0.0.1:4646".into()
@@ -100,27 +191,80 @@ fn default_server_url() -> String {
 pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let cfg: AgentFile = read_config(a.config.as_deref())?;
+    let ac = cfg.agent_config(a.config.as_deref())?;
     run_async(async move {
         let images_dir = cfg
             .images_dir
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("images"));
         let images = Arc::new(ImageStore::open(&images_dir)?);
-        let mut ac = AgentConfig::new(cfg.data_dir.clone(), cfg.server.clone());
-        ac.name = cfg.name.clone();
-        if let Some(dc) = cfg.datacenter.clone() {
-            ac.datacenter = dc;
-        }
-        ac.http_addr = cfg.http;
-        ac.meta = cfg.meta.clone();
-        cfg.apply_reserved(&mut ac, a.config.as_deref())?;
         let agent = taba_agent::start(ac, drivers(images)?).await?;
         eprintln!(
-            "taba agent: node {} (API {})",
-            agent.node_id, agent.http_addr
+            "taba agent: node {} (API {}, advertised as {})",
+            agent.node_id, agent.http_addr, agent.advertise
         );
         shutdown_signal().await;
         agent.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> anyhow::Result<AgentConfig> {
+        let f: AgentFile = toml::from_str(text)?;
+        f.agent_config(Some(Path::new("agent.toml")))
+    }
+
+    #[test]
+    fn agent_file_reads_advertise_capacity_and_usage() {
+        let c = config(
+            "http = \"0.0.0.0:4700\"\nadvertise = \"10.0.0.5\"\nusage = \"allocations\"\n\
+             cgroup_parent = \"taba/dev-n1\"\n[resources]\ncpu = 1500\nmemory = \"2GiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.advertise, Some("10.0.0.5:0".parse().unwrap()));
+        assert_eq!(c.usage_source, taba_agent::UsageSource::Allocations);
+        assert_eq!(c.capacity.cpu, Some(1500));
+        assert_eq!(c.capacity.memory, Some(taba_types::ByteSize(2 << 30)));
+        assert_eq!(c.cgroup_parent, "taba/dev-n1");
+        // Defaults: a free port on loopback, the whole host, measured from the host.
+        let d = config("").unwrap();
+        assert_eq!(d.http_addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(d.capacity, taba_agent::Capacity::default());
+        assert_eq!(d.usage_source, taba_agent::UsageSource::Host);
+        assert_eq!(d.cgroup_parent, "taba");
+    }
+
+    #[test]
+    fn agent_file_errors_name_the_key() {
+        for (text, want) in [
+            (
+                "advertise = \"0.0.0.0\"",
+                "advertise: \"0.0.0.0\" is no address",
+            ),
+            (
+                "advertise = \"node-1\"",
+                "advertise: \"node-1\" is not an IP address",
+            ),
+            ("usage = \"hosts\"", "usage: \"hosts\" is not"),
+            ("cgroup_parent = \"../x\"", "cgroup_parent: \"../x\""),
+            (
+                "[resources]\ncpu = 0",
+                "resources.cpu: 0 MHz leaves nothing",
+            ),
+            (
+                "[reserved]\nmemory = \"1GiB\"\n[resources]\nmemory = \"512MiB\"",
+                "resources.memory: 512MiB leaves nothing above reserved.memory",
+            ),
+        ] {
+            let e = format!("{:#}", config(text).unwrap_err());
+            assert!(
+                e.contains("configuration agent.toml: ") && e.contains(want),
+                "{text}: {e}"
+            );
+        }
+    }
 }

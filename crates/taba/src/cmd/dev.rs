@@ -9,6 +9,9 @@
 //!
 //! Stopping it (Ctrl-C, SIGTERM, or even kill -9) leaves workloads running:
 //! the next start re-attaches to them. `taba job stop` stops workloads.
+//!
+//! `taba dev --agents N` runs a server and N agents as separate processes
+//! instead ([`super::devcluster`]).
 
 use super::daemon::{drivers, init_logging, run_async, shutdown_signal};
 use super::GlobalArgs;
@@ -41,6 +44,26 @@ pub struct DevArgs {
     /// Turn off the rebalancer (on by default).
     #[arg(long)]
     pub no_rebalance: bool,
+    /// Time between rebalancer rounds, e.g. "30s" (the server's default).
+    #[arg(long, value_parser = parse_duration)]
+    pub rebalance_interval: Option<Duration>,
+    /// Run one server and N agents as separate processes, each agent in its
+    /// own network namespace (needs root); see docs/clustering.md.
+    #[arg(long, value_name = "N")]
+    pub agents: Option<u32>,
+    /// CPU of each agent, MHz (default: an equal share of the host).
+    #[arg(long, value_name = "MHZ", requires = "agents")]
+    pub agent_cpu: Option<u64>,
+    /// Memory of each agent, e.g. "2GiB" (default: an equal share of the host).
+    #[arg(long, value_name = "SIZE", requires = "agents")]
+    pub agent_memory: Option<String>,
+    /// Private subnet of the bridge that joins the agents to the server.
+    #[arg(long, default_value = "10.213.0.0/24", requires = "agents")]
+    pub subnet: String,
+    /// Prefix of the names of the namespaces, bridge and veths (tests run
+    /// several clusters at once).
+    #[arg(long, hide = true, env = "TABA_DEV_NET_PREFIX", default_value = "taba")]
+    pub net_prefix: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -50,6 +73,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Run `taba dev`.
 pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
     init_logging();
+    if let Some(n) = a.agents {
+        return super::devcluster::run(&a, n);
+    }
     run_async(async move {
         std::fs::create_dir_all(&a.data_dir)
             .with_context(|| format!("creating {}", a.data_dir.display()))?;
@@ -65,6 +91,9 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         let mut sc = ServerConfig::new(a.data_dir.join("server"), a.http);
         sc.heartbeat_ttl = a.heartbeat_ttl;
         sc.rebalance.enabled = !a.no_rebalance;
+        if let Some(i) = a.rebalance_interval {
+            sc.rebalance.interval = i;
+        }
         let server = Server::start(sc, store, images.clone())
             .await
             .context("starting the server")?;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 mod daemon;
 pub mod dev;
+mod devcluster;
 pub mod server;
 pub mod shim;
 pub mod sim;

@@ -30,6 +30,9 @@ struct ServerFile {
     data_dir: PathBuf,
     #[serde(default = "default_http")]
     http: SocketAddr,
+    /// More addresses the API listens on; port 0 takes `http`'s port.
+    #[serde(default)]
+    extra_http: Vec<SocketAddr>,
     #[serde(default)]
     heartbeat_ttl: Option<taba_types::DurationSpec>,
     #[serde(default)]
@@ -143,6 +146,7 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("state.redb"))?);
         let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?);
         let mut sc = ServerConfig::new(cfg.data_dir.clone(), cfg.http);
+        sc.extra_http = cfg.extra_http.clone();
         if let Some(t) = cfg.heartbeat_ttl {
             sc.heartbeat_ttl = t.as_duration();
         }
@@ -154,7 +158,26 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
             r.apply(&mut sc.rebalance)?;
         }
         let server = Server::start(sc, store, images).await?;
-        eprintln!("taba server: API on http://{}", server.addr());
+        let also: Vec<String> = cfg
+            .extra_http
+            .iter()
+            .map(|a| {
+                let mut a = *a;
+                if a.port() == 0 {
+                    a.set_port(server.addr().port());
+                }
+                format!("http://{a}")
+            })
+            .collect();
+        if also.is_empty() {
+            eprintln!("taba server: API on http://{}", server.addr());
+        } else {
+            eprintln!(
+                "taba server: API on http://{} (also {})",
+                server.addr(),
+                also.join(", ")
+            );
+        }
         shutdown_signal().await;
         server.shutdown().await;
         Ok(ExitCode::SUCCESS)
