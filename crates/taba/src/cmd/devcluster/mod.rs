@@ -192,7 +192,7 @@ impl Cluster {
         let cfg = format!(
             "data_dir = {}\nserver = \"{server_url}\"\nname = \"n{k}\"\nhttp = \"{}:4647\"\n\
              images_dir = {}\nusage = \"allocations\"\ncgroup_parent = \"{}\"\n\
-             [resources]\ncpu = {cpu}\nmemory = \"{}\"\n",
+             [resources]\ncpu = {cpu}\nmemory = \"{}B\"\n",
             toml_str(&dir),
             self.plan.agent_ip(k),
             toml_str(&self.data.join("server").join("images")),
