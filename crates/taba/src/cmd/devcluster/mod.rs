@@ -69,9 +69,9 @@ pub fn run(a: &DevArgs, agents: u32) -> anyhow::Result<ExitCode> {
     };
     let api = cluster.start(a, agents, cpu, memory)?;
     eprintln!(
-        "taba dev: API on http://{api}; agents n1..n{agents} ready ({} MHz, {} each; namespaces {}..{}, bridge {} {}, logs in {})",
+        "taba dev: API on http://{api}; agents n1..n{agents} ready ({} MHz, {:.1}GiB each; namespaces {}..{}, bridge {} {}, logs in {})",
         cpu,
-        memory,
+        memory.0 as f64 / f64::from(1u32 << 30),
         cluster.plan.netns(1),
         cluster.plan.netns(agents),
         cluster.plan.bridge(),
