@@ -447,6 +447,9 @@ fn job_run(
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
+    // Poll quickly at first (a container on an idle node runs within
+    // ~100 ms), then every 200 ms.
+    let mut pause = Duration::from_millis(10);
     loop {
         let eval = api.eval(reg.eval_id.as_str())?;
         let st = api.job_status_in(&reg.namespace, &reg.job)?;
@@ -572,7 +575,8 @@ fn job_run(
         if Instant::now() > deadline {
             return fail("deployment did not finish within 10 minutes".into());
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(pause);
+        pause = (pause * 3 / 2).min(Duration::from_millis(200));
     }
 }
 
