@@ -375,6 +375,7 @@ fn advertise_addr(config: &AgentConfig, bound: SocketAddr) -> Result<SocketAddr,
         return Ok(bound);
     }
     route_to(&config.server)
+        .filter(|ip| ip.is_ipv4() == bound.is_ipv4())
         .map(|ip| SocketAddr::new(ip, bound.port()))
         .ok_or_else(|| AgentError::NoAdvertise {
             listen: config.http_addr,
@@ -688,8 +689,9 @@ mod tests {
         let c = cfg("127.0.0.2:0", "http://127.0.0.1:4646", None);
         let b: SocketAddr = "127.0.0.2:4701".parse().unwrap();
         assert_eq!(advertise_addr(&c, b).unwrap(), b);
-        // No route and nothing given: refused, naming the keys.
-        let c = cfg("0.0.0.0:0", "http://no-such-host.invalid:4646", None);
+        // No route (the port is out of range: nothing is looked up or sent)
+        // and nothing given: refused, naming the keys.
+        let c = cfg("0.0.0.0:0", "http://127.0.0.1:99999", None);
         let e = advertise_addr(&c, bound).unwrap_err().to_string();
         assert!(e.contains("advertise") && e.contains("http:"), "{e}");
     }

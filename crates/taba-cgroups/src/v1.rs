@@ -246,7 +246,7 @@ impl V1Cgroup {
                 // Thaw the whole subtree: a descendant frozen on its own (by
                 // an agent that died in the middle of a kill) would keep its
                 // processes, SIGKILL pending, frozen forever.
-                let thawed = thaw_tree(&fz);
+                let thawed = thaw_tree(fz);
                 killed?;
                 thawed?;
             }

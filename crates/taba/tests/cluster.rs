@@ -289,3 +289,39 @@ count = 2
     let after = c.host_footprint();
     assert!(after.is_empty(), "left after stop: {after:#?}");
 }
+
+#[test]
+fn agent_refuses_an_address_it_cannot_advertise_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().display();
+    for (cfg, want) in [
+        (
+            format!("data_dir = \"{dir}/a\"\nadvertise = \"0.0.0.0\"\n"),
+            "advertise: \"0.0.0.0\" is no address others can reach",
+        ),
+        (
+            // Listens everywhere, and the server address names no route (a port
+            // out of range: nothing is looked up or sent).
+            format!(
+                "data_dir = \"{dir}/b\"\nhttp = \"0.0.0.0:0\"\nserver = \"http://127.0.0.1:99999\"\n"
+            ),
+            "set `advertise` to the address the servers reach this node at",
+        ),
+        (
+            format!("data_dir = \"{dir}/c\"\n[resources]\nmemory = \"0MiB\"\n"),
+            "resources.memory: 0B leaves nothing above reserved.memory",
+        ),
+    ] {
+        let f = tmp.path().join("agent.toml");
+        std::fs::write(&f, &cfg).unwrap();
+        let out = std::process::Command::new(taba_bin())
+            .args(["agent", "--config"])
+            .arg(&f)
+            .env("TABA_LOG", "error")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cfg}: {err}");
+        assert!(err.contains(want), "{cfg}: {err}");
+    }
+}

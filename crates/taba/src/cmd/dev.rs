@@ -36,7 +36,7 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:4646")]
     pub http: SocketAddr,
     /// Node name of the built-in agent (the hostname by default).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "agents")]
     pub node_name: Option<String>,
     /// Heartbeat TTL of nodes, e.g. "10s".
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
