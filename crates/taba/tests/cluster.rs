@@ -142,7 +142,7 @@ fn root_cluster_spreads_a_job_and_serves_logs_and_exec_across_namespaces() {
 
 #[test]
 fn root_cluster_agent_killed_its_allocations_run_on_the_others() {
-    let c = Cluster::start(3, &["--heartbeat-ttl", "2s"]);
+    let c = Cluster::start(3, &["--heartbeat-ttl", "3s"]);
     run_job(&c, "where", &SPREAD_JOB.replace("count = 3", "count = 2"));
     let allocs = wait_allocs(&c, "where", "2 running", Duration::from_secs(60), |a| {
         running(a).len() == 2

@@ -264,7 +264,8 @@ mod tests {
             ("verylongname", "10.213.0.0/24", 3, "net prefix"),
             ("taba", "10.213.0.0", 3, "--subnet"),
             ("taba", "8.8.8.0/24", 3, "private"),
-            ("taba", "10.213.0.0/29", 6, "too small"),
+            ("taba", "10.213.0.0/28", 14, "too small"),
+            ("taba", "10.213.0.0/29", 3, "between 8 and 28"),
         ] {
             let e = format!("{:#}", NetPlan::new(prefix, subnet, n).unwrap_err());
             assert!(e.contains(want), "{prefix} {subnet}: {e}");
