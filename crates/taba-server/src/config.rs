@@ -29,6 +29,23 @@ pub struct ServerConfig {
     pub preemption: PreemptionConfig,
     /// Load-aware rebalancing.
     pub rebalance: RebalanceSettings,
+    /// TLS of the API (and of the server's calls to agents). Without it the
+    /// server listens only on loopback.
+    pub tls: Option<ServerTls>,
+    /// Under TLS, listeners on loopback addresses serve plain HTTP to local
+    /// callers (`[tls] plain_loopback`; the CLI of `taba dev --agents`);
+    /// agent routes still need a certificate, so agents use the others.
+    pub plain_loopback: bool,
+}
+
+/// TLS settings of a server (`[tls]` in its configuration file).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// CA certificate, the server's certificate and key.
+    pub files: taba_tls::TlsFiles,
+    /// The CA's key: lets the server sign certificates for agents that join
+    /// with a token. Without it join tokens are refused under TLS.
+    pub ca_key: Option<PathBuf>,
 }
 
 /// Settings of the rebalancer (see `taba_scheduler::rebalance`).
@@ -65,6 +82,8 @@ impl ServerConfig {
             max_plan_attempts: 5,
             preemption: PreemptionConfig::default(),
             rebalance: RebalanceSettings::default(),
+            tls: None,
+            plain_loopback: false,
         }
     }
 }

@@ -15,12 +15,13 @@
 pub mod api;
 pub mod broker;
 mod config;
+pub mod credentials;
 mod images;
 mod locks;
 pub mod state;
 pub mod workers;
 
-pub use config::{RebalanceSettings, ServerConfig};
+pub use config::{RebalanceSettings, ServerConfig, ServerTls};
 pub use state::{ServerState, StateError};
 
 use std::net::SocketAddr;
@@ -54,6 +55,18 @@ pub enum ServerError {
     /// State could not be loaded from the store.
     #[error("cannot load state from the store")]
     Load(#[source] StateError),
+    /// Plain HTTP was asked for off loopback.
+    #[error(
+        "refusing to serve plain HTTP on {addr}: off loopback the API needs TLS \
+         ([tls] ca_cert, cert and key; see docs/configuration.md)"
+    )]
+    PlainOffLoopback {
+        /// Address.
+        addr: SocketAddr,
+    },
+    /// The TLS files could not be used.
+    #[error("TLS configuration")]
+    Tls(#[source] taba_tls::ConfigError),
 }
 
 /// The server.
@@ -74,6 +87,19 @@ impl Server {
         store: Arc<dyn Store>,
         images: Arc<ImageStore>,
     ) -> Result<ServerHandle, ServerError> {
+        if config.tls.is_none() {
+            let all = std::iter::once(&config.http_addr).chain(&config.extra_http);
+            if let Some(a) = all.into_iter().find(|a| !a.ip().is_loopback()) {
+                return Err(ServerError::PlainOffLoopback { addr: *a });
+            }
+        }
+        let tls = match &config.tls {
+            Some(t) => Some(
+                taba_tls::config::server_config(&t.files, taba_tls::config::ClientAuth::Optional)
+                    .map_err(ServerError::Tls)?,
+            ),
+            None => None,
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -88,7 +114,7 @@ impl Server {
             addr: config.http_addr,
             source,
         })?;
-        let mut extra = Vec::new();
+        let mut listeners = vec![(listener, addr)];
         for a in &config.extra_http {
             let mut a = *a;
             if a.port() == 0 {
@@ -97,7 +123,7 @@ impl Server {
             let l = tokio::net::TcpListener::bind(a)
                 .await
                 .map_err(|source| ServerError::Bind { addr: a, source })?;
-            extra.push(l);
+            listeners.push((l, a));
         }
         let workers = config.num_workers.max(1);
         let st = tokio::task::spawn_blocking(move || ServerState::load(config, store, images))
@@ -115,36 +141,66 @@ impl Server {
         if state.config.rebalance.enabled {
             tasks.push(workers::spawn_rebalancer(state.clone()));
         }
-        let app = api::router(state.clone());
-        for l in extra {
-            let app = app.clone();
-            let mut stop = state.shutdown.subscribe();
-            tasks.push(tokio::spawn(async move {
-                let _ = axum::serve(l, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-            }));
-        }
-        let mut stop = state.shutdown.subscribe();
-        let http = tokio::spawn(async move {
-            let res = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "http server failed");
+        let app = match api::router(state.clone()) {
+            Ok(app) => app,
+            Err(e) => {
+                state.shutdown.send_replace(true);
+                state.broker.close();
+                for t in tasks {
+                    t.abort();
+                }
+                return Err(ServerError::Tls(e));
             }
-        });
-        tracing::info!(%addr, "server listening");
+        };
+        let plain_loopback = state.config.plain_loopback;
+        let mut served = Vec::new();
+        for (l, local) in listeners {
+            let cfg = tls
+                .clone()
+                .filter(|_| !(plain_loopback && local.ip().is_loopback()));
+            let scheme = if cfg.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %local, scheme, "server listening");
+            served.push(tokio::spawn(serve_listener(
+                l,
+                cfg,
+                app.clone(),
+                state.shutdown.subscribe(),
+            )));
+        }
+        let http = served.remove(0);
+        tasks.extend(served);
         Ok(ServerHandle {
             addr,
             state,
             http,
             tasks,
         })
+    }
+}
+
+/// Serve `app` on one listener until shutdown: over TLS with `tls`, else
+/// plain HTTP (loopback only, checked at start), where requests carry
+/// [`api::peer::PlainLocal`].
+async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<taba_tls::rustls::ServerConfig>>,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(cfg) => taba_tls::serve::serve(listener, cfg, app, stopped).await,
+        None => {
+            let app = app.layer(axum::Extension(api::peer::PlainLocal));
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!(error = %e, "http server failed");
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! `taba agent --config F`: one node. The configuration file is documented
 //! in docs/configuration.md.
 
-use super::daemon::{drivers, init_logging, read_config, run_async, shutdown_signal};
+use super::daemon::{drivers, init_logging, read_config, run_async, shutdown_signal, TlsFile};
 use super::GlobalArgs;
 use anyhow::Context;
 use serde::Deserialize;
@@ -27,8 +27,15 @@ pub struct AgentArgs {
 struct AgentFile {
     #[serde(default = "default_agent_dir")]
     data_dir: PathBuf,
-    #[serde(default = "default_server_url")]
-    server: String,
+    /// One server (the older key); `servers` lists several.
+    #[serde(default)]
+    server: Option<String>,
+    #[serde(default)]
+    servers: Vec<String>,
+    #[serde(default)]
+    join_token: Option<String>,
+    #[serde(default)]
+    tls: Option<TlsFile>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -96,7 +103,23 @@ impl AgentFile {
     fn agent_config(&self, file: Option<&Path>) -> anyhow::Result<AgentConfig> {
         let file = file.map(|p| p.display().to_string()).unwrap_or_default();
         let key = |k: &str| format!("configuration {file}: {k}");
-        let mut ac = AgentConfig::new(self.data_dir.clone(), self.server.clone());
+        let mut ac = AgentConfig::new(self.data_dir.clone(), String::new());
+        ac.servers = self.server_list();
+        ac.join_token = self.join_token.clone();
+        if let Some(t) = &self.tls {
+            anyhow::ensure!(
+                t.ca_key.is_none(),
+                "{}: only servers hold the CA key",
+                key("tls.ca_key")
+            );
+            anyhow::ensure!(
+                !t.plain_loopback,
+                "{}: only servers have it",
+                key("tls.plain_loopback")
+            );
+            let dir = self.data_dir.join("tls");
+            ac.tls = Some(t.files(Some(&dir))?);
+        }
         ac.name = self.name.clone();
         if let Some(dc) = self.datacenter.clone() {
             ac.datacenter = dc;
@@ -160,6 +183,18 @@ impl AgentFile {
     }
 }
 
+impl AgentFile {
+    /// `server` and `servers`, else the local default.
+    fn server_list(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.server.iter().cloned().collect();
+        v.extend(self.servers.iter().cloned());
+        if v.is_empty() {
+            v.push(default_server_url());
+        }
+        v
+    }
+}
+
 /// `"10.0.0.5"` (the API's port) or `"10.0.0.5:4647"`; never unspecified.
 fn parse_advertise(s: &str) -> anyhow::Result<SocketAddr> {
     let addr: SocketAddr = match s.parse::<std::net::IpAddr>() {
@@ -216,6 +251,44 @@ mod tests {
     fn config(text: &str) -> anyhow::Result<AgentConfig> {
         let f: AgentFile = toml::from_str(text)?;
         f.agent_config(Some(Path::new("agent.toml")))
+    }
+
+    #[test]
+    fn agent_file_reads_servers_tls_and_join_token() {
+        let cfg: AgentFile = toml::from_str("").unwrap();
+        assert_eq!(cfg.server_list(), vec!["http://127.0.0.1:4646".to_string()]);
+        let cfg: AgentFile = toml::from_str(
+            "data_dir = \"/d\"\nservers = [\"https://a:1\", \"https://b:2\"]\njoin_token = \"t\"\n\
+             [tls]\nca_cert = \"/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.server_list(), vec!["https://a:1", "https://b:2"]);
+        let files = cfg
+            .tls
+            .as_ref()
+            .unwrap()
+            .files(Some(Path::new("/d/tls")))
+            .unwrap();
+        assert_eq!(files.cert, Path::new("/d/tls/agent.pem"));
+        assert_eq!(files.key, Path::new("/d/tls/agent-key.pem"));
+        let ac = cfg.agent_config(None).unwrap();
+        assert_eq!(ac.servers, vec!["https://a:1", "https://b:2"]);
+        assert_eq!(ac.join_token.as_deref(), Some("t"));
+        assert_eq!(ac.tls.unwrap().cert, Path::new("/d/tls/agent.pem"));
+        // Server-only keys are refused by name.
+        for (text, want) in [
+            ("[tls]\nca_cert = \"/c\"\nca_key = \"/k\"", "tls.ca_key"),
+            (
+                "[tls]\nca_cert = \"/c\"\nplain_loopback = true",
+                "tls.plain_loopback",
+            ),
+        ] {
+            let e = format!("{:#}", config(text).unwrap_err());
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        let e = toml::from_str::<AgentFile>("[tls]\nca_cert = \"/c\"\ncert_file = \"/x\"\n")
+            .unwrap_err();
+        assert!(e.message().contains("unknown field `cert_file`"), "{e}");
     }
 
     #[test]

@@ -72,3 +72,38 @@ pub(crate) async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// `[tls]` of the server and agent files (docs/configuration.md, "TLS").
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    pub(crate) ca_cert: std::path::PathBuf,
+    /// Optional for an agent with a join_token (default <data_dir>/tls/agent.pem).
+    #[serde(default)]
+    pub(crate) cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub(crate) key: Option<std::path::PathBuf>,
+    /// Server only: the CA key, to sign certificates for agents that join.
+    #[serde(default)]
+    pub(crate) ca_key: Option<std::path::PathBuf>,
+    /// Server only: listeners on loopback addresses serve plain HTTP to
+    /// local callers (the CLI of `taba dev --agents`); the others TLS.
+    #[serde(default)]
+    pub(crate) plain_loopback: bool,
+}
+
+impl TlsFile {
+    /// The files, with defaults under `dir` for an agent that joins.
+    pub(crate) fn files(&self, default_dir: Option<&Path>) -> anyhow::Result<taba_tls::TlsFiles> {
+        let pick = |v: &Option<std::path::PathBuf>, name: &str, key: &str| match (v, default_dir) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(d)) => Ok(d.join(name)),
+            (None, None) => Err(anyhow::anyhow!("configuration: tls.{key}: required")),
+        };
+        Ok(taba_tls::TlsFiles {
+            ca_cert: self.ca_cert.clone(),
+            cert: pick(&self.cert, "agent.pem", "cert")?,
+            key: pick(&self.key, "agent-key.pem", "key")?,
+        })
+    }
+}

@@ -2,7 +2,7 @@
 //! embedded store under `data_dir`. The configuration file is documented in
 //! docs/configuration.md.
 
-use super::daemon::{init_logging, read_config, run_async, shutdown_signal};
+use super::daemon::{init_logging, read_config, run_async, shutdown_signal, TlsFile};
 use super::GlobalArgs;
 use anyhow::Context;
 use serde::Deserialize;
@@ -41,6 +41,8 @@ struct ServerFile {
     scheduler: SchedulerFile,
     #[serde(default)]
     rebalance: Option<RebalanceFile>,
+    #[serde(default)]
+    tls: Option<TlsFile>,
 }
 
 /// `[scheduler]` of the server configuration file.
@@ -129,6 +131,16 @@ impl RebalanceFile {
     }
 }
 
+impl ServerFile {
+    /// The scheme the server serves on `a` (see `Server::start`).
+    fn scheme(&self, a: SocketAddr) -> &'static str {
+        match &self.tls {
+            Some(t) if !(t.plain_loopback && a.ip().is_loopback()) => "https",
+            _ => "http",
+        }
+    }
+}
+
 fn default_server_dir() -> PathBuf {
     "/var/lib/taba/server".into()
 }
@@ -157,25 +169,31 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         if let Some(r) = &cfg.rebalance {
             r.apply(&mut sc.rebalance)?;
         }
+        if let Some(t) = &cfg.tls {
+            sc.tls = Some(taba_server::ServerTls {
+                files: t.files(None)?,
+                ca_key: t.ca_key.clone(),
+            });
+            sc.plain_loopback = t.plain_loopback;
+        }
         let server = Server::start(sc, store, images).await?;
-        let also: Vec<String> = cfg
-            .extra_http
-            .iter()
-            .map(|a| {
+        let urls: Vec<String> = std::iter::once(server.addr())
+            .chain(cfg.extra_http.iter().map(|a| {
                 let mut a = *a;
                 if a.port() == 0 {
                     a.set_port(server.addr().port());
                 }
-                format!("http://{a}")
-            })
+                a
+            }))
+            .map(|a| format!("{}://{a}", cfg.scheme(a)))
             .collect();
-        if also.is_empty() {
-            eprintln!("taba server: API on http://{}", server.addr());
+        if urls.len() == 1 {
+            eprintln!("taba server: API on {}", urls[0]);
         } else {
             eprintln!(
-                "taba server: API on http://{} (also {})",
-                server.addr(),
-                also.join(", ")
+                "taba server: API on {} (also {})",
+                urls[0],
+                urls[1..].join(", ")
             );
         }
         shutdown_signal().await;
@@ -187,6 +205,26 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_file_reads_tls() {
+        // A server needs its certificate named.
+        let cfg: ServerFile = toml::from_str("[tls]\nca_cert = \"/ca.pem\"\n").unwrap();
+        let e = cfg.tls.as_ref().unwrap().files(None).unwrap_err();
+        assert!(e.to_string().contains("tls.cert: required"), "{e}");
+        let cfg: ServerFile = toml::from_str(
+            "http = \"127.0.0.1:4646\"\nextra_http = [\"10.0.0.1:0\"]\n[tls]\n\
+             ca_cert = \"/ca.pem\"\ncert = \"/s.pem\"\nkey = \"/s-key.pem\"\nplain_loopback = true\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.scheme("127.0.0.1:4646".parse().unwrap()), "http");
+        assert_eq!(cfg.scheme("10.0.0.1:4646".parse().unwrap()), "https");
+        let cfg: ServerFile = toml::from_str(
+            "[tls]\nca_cert = \"/ca.pem\"\ncert = \"/s.pem\"\nkey = \"/s-key.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.scheme("127.0.0.1:4646".parse().unwrap()), "https");
+    }
 
     #[test]
     fn server_file_reads_preemption_settings() {
