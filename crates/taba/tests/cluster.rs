@@ -101,6 +101,30 @@ fn root_cluster_spreads_a_job_and_serves_logs_and_exec_across_namespaces() {
         * 1024;
     let sum: u64 = nodes.iter().map(|n| n.node.resources.memory.0).sum();
     assert!(sum <= host_mem && sum > host_mem / 2, "{sum} of {host_mem}");
+    // The bridge is TLS: plain HTTP fails there, the dev PKI's CLI
+    // certificate is admitted; agents hold their own certificates (0600 keys).
+    let plain = c.bridge_url().replacen("https://", "http://", 1);
+    assert!(
+        taba_client::Client::new(&plain, None).list_nodes().is_err(),
+        "plain HTTP on {plain}"
+    );
+    let out = c.cli_tls(&["node", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("n3"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = std::fs::read_to_string(c.data.join("agents/n1.toml")).unwrap();
+    assert!(
+        cfg.contains(&format!("servers = [\"{}\"]", c.bridge_url())),
+        "{cfg}"
+    );
+    let key = std::fs::metadata(c.data.join("tls/agent-n1-key.pem")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
 
     run_job(&c, "where", SPREAD_JOB);
     let allocs = wait_allocs(&c, "where", "3 running", Duration::from_secs(60), |a| {
@@ -294,6 +318,25 @@ count = 2
 fn agent_refuses_an_address_it_cannot_advertise_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().display();
+    // Off loopback an agent needs TLS before anything else is checked.
+    let tls = tmp.path().join("tls");
+    for args in [
+        &["tls", "ca", "create"][..],
+        &["tls", "cert", "create", "--agent", "n1"][..],
+    ] {
+        let out = std::process::Command::new(taba_bin())
+            .args(args)
+            .arg("--dir")
+            .arg(&tls)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let t = tls.display();
     for (cfg, want) in [
         (
             format!("data_dir = \"{dir}/a\"\nadvertise = \"0.0.0.0\"\n"),
@@ -303,7 +346,9 @@ fn agent_refuses_an_address_it_cannot_advertise_naming_the_key() {
             // Listens everywhere, and the server address names no route (a port
             // out of range: nothing is looked up or sent).
             format!(
-                "data_dir = \"{dir}/b\"\nhttp = \"0.0.0.0:0\"\nserver = \"http://127.0.0.1:99999\"\n"
+                "data_dir = \"{dir}/b\"\nname = \"n1\"\nhttp = \"0.0.0.0:0\"\n\
+                 servers = [\"https://127.0.0.1:99999\"]\n[tls]\nca_cert = \"{t}/taba-ca.pem\"\n\
+                 cert = \"{t}/agent-n1.pem\"\nkey = \"{t}/agent-n1-key.pem\"\n"
             ),
             "set `advertise` to the address the servers reach this node at",
         ),

@@ -8,7 +8,13 @@
 //! <data-dir>/server.toml, server/        the server's configuration, store and images
 //! <data-dir>/agents/nK.toml, agents/nK/  agent nK's configuration and state
 //! <data-dir>/logs/server.log, nK.log     what each process writes
+//! <data-dir>/tls/                        the dev PKI (taba_tls::dev), made anew each start
 //! ```
+//!
+//! Agents and the server talk over mutual TLS on the bridge (the server's
+//! certificate names the bridge address and 127.0.0.1; agent nK holds
+//! `nK.agent.taba`). The server also listens on `--http` (loopback) in
+//! plain HTTP (`[tls] plain_loopback`), so the CLI works without flags.
 //!
 //! Stopping it (SIGINT, SIGTERM) stops the agents, their workloads and the
 //! server, and removes every namespace, bridge, veth, cgroup and mount it
@@ -37,6 +43,8 @@ struct Cluster {
     made: Vec<Made>,
     server: Option<Child>,
     agents: Vec<(u32, Child)>,
+    /// The dev PKI under `<data-dir>/tls` (made in `start`).
+    pki: Option<taba_tls::dev::DevPki>,
 }
 
 /// Run `taba dev --agents N` until SIGINT or SIGTERM.
@@ -66,16 +74,18 @@ pub fn run(a: &DevArgs, agents: u32) -> anyhow::Result<ExitCode> {
         made: Vec::new(),
         server: None,
         agents: Vec::new(),
+        pki: None,
     };
     let api = cluster.start(a, agents, cpu, memory)?;
     eprintln!(
-        "taba dev: API on http://{api}; agents n1..n{agents} ready ({} MHz, {:.1}GiB each; namespaces {}..{}, bridge {} {}, logs in {})",
+        "taba dev: API on http://{api}; agents n1..n{agents} ready ({} MHz, {:.1}GiB each; namespaces {}..{}, bridge {} {} over TLS, certificates in {}, logs in {})",
         cpu,
         memory.0 as f64 / f64::from(1u32 << 30),
         cluster.plan.netns(1),
         cluster.plan.netns(agents),
         cluster.plan.bridge(),
         cluster.plan.subnet(),
+        a.data_dir.join("tls").display(),
         a.data_dir.join("logs").display()
     );
     rt.block_on(async {
@@ -126,14 +136,46 @@ impl Cluster {
         memory: ByteSize,
     ) -> anyhow::Result<std::net::SocketAddr> {
         self.plan.make_bridge(&mut self.made)?;
+        self.make_pki(agents)?;
         let api = self.start_server(a)?;
-        let server_url = format!("http://{}:{}", self.plan.bridge_ip(), api.port());
+        let server_url = format!("https://{}:{}", self.plan.bridge_ip(), api.port());
         for k in 1..=agents {
             self.plan.make_agent_net(k, &mut self.made)?;
             self.start_agent(k, &server_url, cpu, memory)?;
         }
         self.wait_ready(&format!("http://{api}"), agents)?;
         Ok(api)
+    }
+
+    /// A fresh dev PKI in `<data-dir>/tls` (keys 0600): a CA, the server's
+    /// certificate for the bridge address and 127.0.0.1, one certificate per
+    /// agent, one for the CLI. The previous run's is replaced.
+    fn make_pki(&mut self, agents: u32) -> anyhow::Result<()> {
+        let dir = self.data.join("tls");
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
+        let names: Vec<String> = (1..=agents).map(|k| format!("n{k}")).collect();
+        let ips = [
+            std::net::IpAddr::V4(self.plan.bridge_ip()),
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        ];
+        let pki = taba_tls::dev::create(&dir, &ips, &names)
+            .with_context(|| format!("creating the dev PKI in {}", dir.display()))?;
+        self.pki = Some(pki);
+        Ok(())
+    }
+
+    /// `[tls]` of a generated configuration file.
+    fn tls_table(files: &taba_tls::TlsFiles, extra: &str) -> String {
+        format!(
+            "[tls]\nca_cert = {}\ncert = {}\nkey = {}\n{extra}",
+            toml_str(&files.ca_cert),
+            toml_str(&files.cert),
+            toml_str(&files.key)
+        )
     }
 
     fn start_server(&mut self, a: &DevArgs) -> anyhow::Result<std::net::SocketAddr> {
@@ -149,6 +191,15 @@ impl Cluster {
         if let Some(i) = a.rebalance_interval {
             cfg.push_str(&format!("interval = \"{}ms\"\n", i.as_millis()));
         }
+        // TLS on the bridge; plain HTTP for local callers on loopback.
+        let pki = self.pki.as_ref().context("the dev PKI is made first")?;
+        cfg.push_str(&Self::tls_table(
+            &pki.server,
+            &format!(
+                "ca_key = {}\nplain_loopback = true\n",
+                toml_str(&pki.ca_key)
+            ),
+        ));
         let path = self.data.join("server.toml");
         write_private(&path, &cfg)?;
         let log = self.data.join("logs").join("server.log");
@@ -189,15 +240,23 @@ impl Cluster {
         memory: ByteSize,
     ) -> anyhow::Result<()> {
         let dir = self.data.join("agents").join(format!("n{k}"));
+        let name = format!("n{k}");
+        let files = self
+            .pki
+            .as_ref()
+            .and_then(|p| p.agents.iter().find(|(n, _)| *n == name))
+            .map(|(_, f)| f.clone())
+            .with_context(|| format!("no dev certificate for agent {name}"))?;
         let cfg = format!(
-            "data_dir = {}\nserver = \"{server_url}\"\nname = \"n{k}\"\nhttp = \"{}:4647\"\n\
+            "data_dir = {}\nservers = [\"{server_url}\"]\nname = \"{name}\"\nhttp = \"{}:4647\"\n\
              images_dir = {}\nusage = \"allocations\"\ncgroup_parent = \"{}\"\n\
-             [resources]\ncpu = {cpu}\nmemory = \"{}B\"\n",
+             [resources]\ncpu = {cpu}\nmemory = \"{}B\"\n{}",
             toml_str(&dir),
             self.plan.agent_ip(k),
             toml_str(&self.data.join("server").join("images")),
             self.plan.cgroup_parent(k),
             memory.0,
+            Self::tls_table(&files, ""),
         );
         let path = self.data.join("agents").join(format!("n{k}.toml"));
         write_private(&path, &cfg)?;
