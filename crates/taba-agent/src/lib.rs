@@ -203,6 +203,7 @@ pub async fn start(
         drivers: driver_infos,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
+        unusable_reason: String::new(),
         create_index: 0,
         modify_index: 0,
     };

@@ -257,6 +257,13 @@ pub struct Allocation {
     /// A move the servers asked for; the job's next evaluation carries it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrate: Option<MigrateRequest>,
+    /// What happened to the allocation as a whole, oldest first, the last
+    /// [`MAX_ALLOC_EVENTS`]: `Lost` (its node went down), `Reconnected` (its
+    /// node reported it alive after that), `Duplicate` (stopped because
+    /// another instance of its index runs), `Fenced` (its agent stopped it
+    /// after losing contact with the servers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<TaskEvent>,
     /// Creation time.
     pub create_time: UnixMillis,
     /// Last change time.
@@ -269,7 +276,23 @@ pub struct Allocation {
     pub modify_index: u64,
 }
 
+/// Allocation events kept per allocation.
+pub const MAX_ALLOC_EVENTS: usize = 20;
+
 impl Allocation {
+    /// Append an allocation event, keeping the last [`MAX_ALLOC_EVENTS`].
+    pub fn push_event(&mut self, time: UnixMillis, kind: &str, message: impl Into<String>) {
+        self.events.push(TaskEvent {
+            time,
+            kind: kind.to_string(),
+            message: message.into(),
+        });
+        if self.events.len() > MAX_ALLOC_EVENTS {
+            let extra = self.events.len() - MAX_ALLOC_EVENTS;
+            self.events.drain(..extra);
+        }
+    }
+
     /// Whether `other` differs from `self` in what the servers decide
     /// (desired status, job version, node, group spec), as opposed to what
     /// the agent reports.

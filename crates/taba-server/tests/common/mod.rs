@@ -140,6 +140,7 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
         drivers,
         last_heartbeat: 0,
         usage: Default::default(),
+        unusable_reason: String::new(),
         create_index: 0,
         modify_index: 0,
     }
