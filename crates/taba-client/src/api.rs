@@ -71,7 +71,9 @@ pub struct JobListEntry {
     pub status: JobStatus,
     /// Stopped by `job stop`.
     pub stopped: bool,
-    /// Allocations by client status (only those not replaced or stopped).
+    /// Allocations by client status: every one not replaced, and every
+    /// replaced one that is not terminal (a duplicate still running is
+    /// counted, never hidden).
     pub allocs: BTreeMap<String, u32>,
     /// Submission time of the current version.
     pub submit_time: UnixMillis,
@@ -217,6 +219,10 @@ pub struct NodeListEntry {
     pub datacenter: String,
     /// Liveness.
     pub status: NodeStatus,
+    /// The state users see: `ready`, `draining`, `ineligible`,
+    /// `disconnected`, `down`, `unusable`, `initializing`.
+    #[serde(default)]
+    pub display_status: String,
     /// Eligible for placements.
     pub eligible: bool,
     /// Being drained.
@@ -237,6 +243,7 @@ impl NodeListEntry {
             name: n.name.clone(),
             datacenter: n.datacenter.clone(),
             status: n.status,
+            display_status: n.display_status(),
             eligible: n.schedulable() || n.status != NodeStatus::Ready,
             drain: n.drain,
             http_addr: n.http_addr.clone(),
@@ -260,10 +267,30 @@ pub struct NodeDetail {
     pub name: String,
     /// Liveness.
     pub status: NodeStatus,
-    /// The full record.
+    /// The state users see (see [`NodeListEntry::display_status`]).
+    #[serde(default)]
+    pub display_status: String,
+    /// The full record (`last_heartbeat` and `usage` as of now).
     pub node: Node,
     /// Allocations on the node, newest first.
     pub allocations: Vec<AllocListEntry>,
+}
+
+/// Reply to `DELETE /v1/nodes/{node}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveNodeResponse {
+    /// The node's name.
+    pub name: String,
+    /// Its allocations marked lost (and replaced) by the removal.
+    pub lost: usize,
+}
+
+/// Body of `POST /v1/nodes/{node}/eligibility`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EligibilityRequest {
+    /// Whether new allocations may be placed on the node.
+    pub eligible: bool,
 }
 
 /// A namespace with what it holds now: a row of `GET /v1/namespaces`, the

@@ -459,6 +459,24 @@ impl Client {
         self.get(&format!("/v1/nodes/{}", seg(id_or_name)))
     }
 
+    /// `DELETE /v1/nodes/{id-or-name}[?force=true]`.
+    pub fn remove_node(&self, id_or_name: &str, force: bool) -> Result<RemoveNodeResponse, ClientError> {
+        let mut r = self.req("DELETE", &format!("/v1/nodes/{}", seg(id_or_name)));
+        if force {
+            r = r.query("force", "true");
+        }
+        Self::json(self.finish(r.call())?)
+    }
+
+    /// `POST /v1/nodes/{id-or-name}/eligibility`.
+    pub fn node_eligibility(&self, id_or_name: &str, eligible: bool) -> Result<NodeDetail, ClientError> {
+        self.send(
+            "POST",
+            &format!("/v1/nodes/{}/eligibility", seg(id_or_name)),
+            &EligibilityRequest { eligible },
+        )
+    }
+
     // ---- images ----
 
     /// `POST /v1/images`: import a `docker save` or OCI-layout tar.

@@ -13,8 +13,14 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Address of the HTTP API; port 0 picks a free port.
     pub http_addr: SocketAddr,
-    /// A node that does not heartbeat within this is marked down.
+    /// A node not heard from within this is `disconnected`: nothing new
+    /// is placed on it. Its agent heartbeats every third of it.
     pub heartbeat_ttl: Duration,
+    /// ... and `down` this much later: its allocations are lost and
+    /// replaced elsewhere at once. Down after TTL + grace (7 s by default).
+    pub heartbeat_grace: Duration,
+    /// A node down for this long (since its last heartbeat) is removed.
+    pub node_gc_after: Duration,
     /// Scheduler workers.
     pub num_workers: usize,
     /// Longest wait of a blocking query.
@@ -55,7 +61,9 @@ impl ServerConfig {
         Self {
             data_dir: data_dir.into(),
             http_addr,
-            heartbeat_ttl: Duration::from_secs(10),
+            heartbeat_ttl: Duration::from_secs(5),
+            heartbeat_grace: Duration::from_secs(2),
+            node_gc_after: Duration::from_secs(24 * 3600),
             num_workers: 2,
             max_blocking_wait: Duration::from_secs(300),
             max_plan_attempts: 5,

@@ -47,6 +47,14 @@ pub enum ApiError {
     /// The request conflicts with the state (e.g. an ambiguous id prefix).
     #[error("{0}")]
     Conflict(String),
+    /// A unique value (a node name) is held by another record.
+    #[error("{message}")]
+    Taken {
+        /// What is wrong.
+        message: String,
+        /// Where.
+        field: Option<String>,
+    },
     /// No such route.
     #[error("no route for {method} {path}")]
     NoRoute {
@@ -101,7 +109,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Agent(_) => StatusCode::BAD_GATEWAY,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -113,7 +121,8 @@ impl ApiError {
         match self {
             Self::BadRequest { field, .. }
             | Self::Invalid { field, .. }
-            | Self::Forbidden { field, .. } => field.clone(),
+            | Self::Forbidden { field, .. }
+            | Self::Taken { field, .. } => field.clone(),
             _ => None,
         }
     }
@@ -135,6 +144,10 @@ impl From<crate::state::StateError> for ApiError {
             },
             S::ShuttingDown => Self::ShuttingDown,
             S::Conflict(m) => Self::Conflict(m),
+            S::Taken { field, message } => Self::Taken {
+                message,
+                field: Some(field),
+            },
             other => {
                 let mut msg = other.to_string();
                 let mut src = std::error::Error::source(&other);

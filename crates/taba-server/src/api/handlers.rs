@@ -355,17 +355,49 @@ pub async fn list_nodes(State(app): State<AppState>) -> R<Vec<NodeListEntry>> {
     ))
 }
 
-pub async fn get_node(State(app): State<AppState>, Path(key): Path<String>) -> R<NodeDetail> {
-    let node = app.state.find_node(&key)?;
-    let mut allocs = app.state.node_allocs(&node.id);
+fn node_detail(state: &ServerState, node: Node) -> NodeDetail {
+    let mut allocs = state.node_allocs(&node.id);
     allocs.sort_by_key(|a| std::cmp::Reverse(a.create_time));
-    Ok(Json(NodeDetail {
+    NodeDetail {
         id: node.id.clone(),
         name: node.name.clone(),
         status: node.status,
+        display_status: node.display_status(),
         allocations: allocs.iter().map(AllocListEntry::from_alloc).collect(),
         node,
-    }))
+    }
+}
+
+pub async fn get_node(State(app): State<AppState>, Path(key): Path<String>) -> R<NodeDetail> {
+    let node = app.state.find_node(&key)?;
+    Ok(Json(node_detail(&app.state, node)))
+}
+
+/// `DELETE /v1/nodes/{node}` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveNodeQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn remove_node(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+    Q(q): Q<RemoveNodeQuery>,
+) -> R<RemoveNodeResponse> {
+    let (name, lost) = app.state.remove_node(&key, q.force).await?;
+    Ok(Json(RemoveNodeResponse { name, lost }))
+}
+
+pub async fn node_eligibility(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+    body: Body,
+) -> R<NodeDetail> {
+    let req: EligibilityRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
+    let node = app.state.set_eligibility(&key, req.eligible).await?;
+    Ok(Json(node_detail(&app.state, node)))
 }
 
 // ---- images ----
@@ -489,6 +521,12 @@ fn check_node(n: &Node) -> Result<(), ApiError> {
                 format!("{:?} is not host:port", n.http_addr),
             ));
         }
+    }
+    if n.unusable_reason.len() > 4096 {
+        return Err(ApiError::invalid(
+            "node.unusable_reason",
+            "must be at most 4096 bytes",
+        ));
     }
     if n.resources.cpu == 0 {
         return Err(ApiError::invalid("node.resources.cpu", "must be positive"));

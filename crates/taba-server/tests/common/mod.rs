@@ -39,7 +39,10 @@ impl TestServer {
     }
 
     pub fn start_with(dir: &Path, ttl: Duration, store: Arc<dyn Store>) -> Self {
-        Self::start_configured(dir, store, |c| c.heartbeat_ttl = ttl)
+        Self::start_configured(dir, store, |c| {
+            c.heartbeat_ttl = ttl;
+            c.heartbeat_grace = ttl / 2;
+        })
     }
 
     /// A server whose configuration `setup` adjusts.
@@ -164,13 +167,29 @@ impl FakeAgent {
                 node: node.clone(),
             })
             .expect("register");
-        let beating = Arc::new(AtomicBool::new(true));
-        let usage = Arc::new(std::sync::Mutex::new(NodeUsage::default()));
-        let b = beating.clone();
-        let c = client.clone();
-        let id = node.id.clone();
-        let u = usage.clone();
-        let thread = std::thread::spawn(move || {
+        let mut agent = Self {
+            client,
+            node,
+            usage: Arc::new(std::sync::Mutex::new(NodeUsage::default())),
+            beating: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        agent.start_heartbeats();
+        agent
+    }
+
+    /// Heartbeat every 50 ms until [`Self::stop_heartbeats`] (again, after
+    /// a stop: the agent is back).
+    pub fn start_heartbeats(&mut self) {
+        if self.thread.is_some() {
+            return;
+        }
+        self.beating.store(true, Ordering::SeqCst);
+        let b = self.beating.clone();
+        let c = self.client.clone();
+        let id = self.node.id.clone();
+        let u = self.usage.clone();
+        self.thread = Some(std::thread::spawn(move || {
             while b.load(Ordering::SeqCst) {
                 let usage = u.lock().unwrap().clone();
                 let _ = c.agent_heartbeat(&HeartbeatRequest {
@@ -180,14 +199,7 @@ impl FakeAgent {
                 });
                 std::thread::sleep(Duration::from_millis(50));
             }
-        });
-        Self {
-            client,
-            node,
-            usage,
-            beating,
-            thread: Some(thread),
-        }
+        }));
     }
 
     pub fn stop_heartbeats(&mut self) {
