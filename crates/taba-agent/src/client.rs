@@ -35,6 +35,14 @@ pub struct ServerClient {
     http: reqwest::Client,
 }
 
+impl ClientError {
+    /// The server does not know this node (removed, garbage-collected, or
+    /// its state lost): the agent must register again.
+    pub fn is_unknown_node(&self) -> bool {
+        matches!(self, Self::Status { status: 403 | 404, message, .. } if message.contains("unknown node"))
+    }
+}
+
 impl ServerClient {
     /// Talk to the server at `base` (`http://host:port`).
     pub fn new(base: &str) -> Self {
@@ -86,11 +94,13 @@ impl ServerClient {
         self.send(self.http.post(&url).json(req), url).await
     }
 
-    /// Heartbeat.
+    /// Heartbeat; gives up after `timeout` (a partitioned link must not
+    /// hold back the next heartbeat).
     pub async fn heartbeat(
         &self,
         node_id: &NodeId,
         usage: NodeUsage,
+        timeout: Duration,
     ) -> Result<HeartbeatResponse, ClientError> {
         let url = format!("{}/v1/agent/heartbeat", self.base);
         let req = HeartbeatRequest {
@@ -98,7 +108,8 @@ impl ServerClient {
             node_id: node_id.clone(),
             usage,
         };
-        self.send(self.http.post(&url).json(&req), url).await
+        self.send(self.http.post(&url).json(&req).timeout(timeout), url)
+            .await
     }
 
     /// The node's allocations, blocking until they change past `index`.
@@ -121,7 +132,8 @@ impl ServerClient {
     /// Report allocation state changes.
     pub async fn update_allocs(&self, req: &AllocUpdateRequest) -> Result<(), ClientError> {
         let url = format!("{}/v1/agent/allocations", self.base);
-        let _: serde_json::Value = self.send(self.http.post(&url).json(req), url).await?;
+        let req = self.http.post(&url).json(req).timeout(Duration::from_secs(30));
+        let _: serde_json::Value = self.send(req, url).await?;
         Ok(())
     }
 }

@@ -22,14 +22,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use taba_driver::Driver;
 use taba_types::wire::{AllocUpdate, AllocUpdateRequest, RegisterRequest, PROTOCOL};
 use taba_types::{
     AllocId, AllocUsage, ByteSize, DriverInfo, Eligibility, Node, NodeId, NodeResources,
     NodeStatus, NodeUsage, PortRange, PortRanges,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// Errors starting the agent.
 #[derive(Debug, thiserror::Error)]
@@ -108,9 +108,27 @@ pub struct AgentInner {
     total_mhz: u64,
     /// The host's last CPU times sample and its measured use.
     host: Mutex<(Option<host::CpuTimes>, Option<NodeUsage>)>,
+    /// When the last request that a server answered was sent (or the
+    /// agent started): what fencing (`stop_after_disconnect`) counts from.
+    last_contact: Mutex<Instant>,
+    /// Woken when a server says it does not know this node: register again.
+    reregister: Notify,
 }
 
 impl AgentInner {
+    /// A server answered a request sent at `sent`.
+    fn contact(&self, sent: Instant) {
+        let mut last = self.last_contact.lock().unwrap();
+        if sent > *last {
+            *last = sent;
+        }
+    }
+
+    /// How long since a server last answered.
+    pub fn since_contact(&self) -> Duration {
+        self.last_contact.lock().unwrap().elapsed()
+    }
+
     /// The runner of an allocation on this node.
     pub fn runner(&self, id: &str) -> Option<Arc<AllocRunner>> {
         let runners = self.runners.lock().unwrap();
@@ -175,6 +193,14 @@ pub async fn start(
         by_name.insert(d.name().to_string(), d);
     }
 
+    let unusable_reason = unusable_reason(&fp, &driver_infos);
+    if !unusable_reason.is_empty() {
+        tracing::error!(
+            reason = %unusable_reason,
+            "this node cannot run workloads; it registers as unusable and nothing is placed on it"
+        );
+    }
+
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| AgentError::Listen {
@@ -203,7 +229,7 @@ pub async fn start(
         drivers: driver_infos,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
-        unusable_reason: String::new(),
+        unusable_reason,
         create_index: 0,
         modify_index: 0,
     };
@@ -225,6 +251,8 @@ pub async fn start(
         mhz_per_core: fp.mhz_per_core.max(1),
         total_mhz: fp.resources.cpu,
         host: Mutex::new((None, None)),
+        last_contact: Mutex::new(Instant::now()),
+        reregister: Notify::new(),
     });
 
     // Resume what a previous agent left running before talking to anyone.
@@ -250,6 +278,7 @@ pub async fn start(
         client.clone(),
         changed_rx,
     )));
+    tasks.push(tokio::spawn(fence_loop(inner.clone())));
     tasks.push(tokio::spawn(stats_loop(
         inner.clone(),
         config.stats_interval,
@@ -332,8 +361,10 @@ async fn register_and_watch(
             protocol: PROTOCOL,
             node: node.clone(),
         };
+        let sent = Instant::now();
         match client.register(&req).await {
             Ok(resp) => {
+                inner.contact(sent);
                 *ttl.lock().unwrap() = Duration::from_millis(resp.heartbeat_ttl_ms.max(100));
                 backoff = Duration::from_millis(100);
                 // Everything we run gets reported after a (re-)registration.
@@ -351,16 +382,23 @@ async fn register_and_watch(
         }
         let mut index = 0;
         loop {
-            match client
-                .allocations(&inner.node_id, index, Duration::from_secs(30))
-                .await
-            {
+            let sent = Instant::now();
+            let resp = tokio::select! {
+                r = client.allocations(&inner.node_id, index, Duration::from_secs(30)) => r,
+                _ = inner.reregister.notified() => {
+                    tracing::warn!("the server no longer knows this node; registering again");
+                    continue 'register;
+                }
+            };
+            match resp {
                 Ok(resp) => {
+                    inner.contact(sent);
                     index = resp.index;
                     reconcile(&inner, resp.allocs).await;
                 }
-                Err(ClientError::Status { status: 404, .. }) => {
-                    // The server forgot us (e.g. lost state): register again.
+                Err(e) if e.is_unknown_node() => {
+                    // The server forgot us (removed, lost state): register again.
+                    tracing::warn!("{e}; registering again");
                     continue 'register;
                 }
                 Err(e) => {
@@ -437,8 +475,17 @@ async fn heartbeat_loop(inner: Arc<AgentInner>, client: ServerClient, ttl: Arc<M
                 at: taba_driver::now_ms(),
             }
         });
-        match client.heartbeat(&inner.node_id, usage).await {
-            Ok(r) => *ttl.lock().unwrap() = Duration::from_millis(r.heartbeat_ttl_ms.max(100)),
+        let sent = Instant::now();
+        let timeout = (period * 2).max(Duration::from_millis(500));
+        match client.heartbeat(&inner.node_id, usage, timeout).await {
+            Ok(r) => {
+                inner.contact(sent);
+                *ttl.lock().unwrap() = Duration::from_millis(r.heartbeat_ttl_ms.max(100));
+            }
+            Err(e) if e.is_unknown_node() => {
+                tracing::warn!("heartbeat: {e}");
+                inner.reregister.notify_one();
+            }
             Err(e) => tracing::warn!("heartbeat: {e}"),
         }
     }
@@ -486,14 +533,67 @@ async fn sync_loop(
             node_id: inner.node_id.clone(),
             updates,
         };
+        let sent = Instant::now();
         match client.update_allocs(&req).await {
-            Ok(()) => pending.clear(),
+            Ok(()) => {
+                inner.contact(sent);
+                pending.clear();
+            }
             Err(e) => {
                 tracing::warn!("reporting allocation status: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+}
+
+/// Fencing: every 250 ms, stop the allocations of groups with
+/// `stop_after_disconnect` once no server has answered for that long. The
+/// servers replace them only after that time (plus the kill timeout) has
+/// passed since the node's last heartbeat, so the two never run at once.
+async fn fence_loop(inner: Arc<AgentInner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let silent = inner.since_contact();
+        let runners: Vec<Arc<AllocRunner>> =
+            inner.runners.lock().unwrap().values().cloned().collect();
+        for r in runners {
+            let Some(limit) = r.stop_after_disconnect() else {
+                continue;
+            };
+            if silent < limit || r.is_finished() || r.is_fenced() {
+                continue;
+            }
+            let reason = format!(
+                "no server answered for {:.1}s (stop_after_disconnect = {}s)",
+                silent.as_secs_f64(),
+                limit.as_secs_f64()
+            );
+            tracing::warn!(alloc = %r.id(), %reason, "fencing: stopping the allocation");
+            r.fence(reason);
+        }
+    }
+}
+
+/// Why this node cannot run workloads, or empty: no usable cgroups, or no
+/// driver that can start anything.
+fn unusable_reason(fp: &fingerprint::Fingerprint, drivers: &BTreeMap<String, DriverInfo>) -> String {
+    let mut why = Vec::new();
+    if let Some(e) = &fp.cgroup_error {
+        why.push(format!(
+            "no usable cgroups ({e}); an agent started with `ip netns exec` sees a /sys \
+             remounted without them: mount the cgroup hierarchies in its mount namespace, \
+             or start it with `nsenter --net` instead"
+        ));
+    }
+    if !drivers.values().any(|d| d.detected && d.healthy) {
+        let each: Vec<String> = drivers
+            .iter()
+            .map(|(k, d)| format!("{k}: {}", d.description))
+            .collect();
+        why.push(format!("no healthy driver ({})", each.join("; ")));
+    }
+    why.join("; ")
 }
 
 async fn stats_loop(inner: Arc<AgentInner>, every: Duration) {

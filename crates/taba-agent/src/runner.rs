@@ -63,6 +63,7 @@ impl AllocRunner {
         let mut state = recovered.unwrap_or_else(|| RunnerState {
             version: RUNNER_STATE_VERSION,
             tasks: BTreeMap::new(),
+            fenced: None,
         });
         state.version = RUNNER_STATE_VERSION;
         let now = now_ms();
@@ -176,6 +177,32 @@ impl AllocRunner {
                 false
             }
         });
+    }
+
+    /// Fencing: the agent lost contact with the servers for longer than
+    /// the group's `stop_after_disconnect`; stop every task and report the
+    /// allocation `lost` with `reason` (kept across agent restarts).
+    pub fn fence(&self, reason: String) {
+        self.shared.state.lock().unwrap().fenced = Some(reason.clone());
+        self.shared.persist_and_notify();
+        self.stop(reason);
+    }
+
+    /// Whether the agent fenced the allocation.
+    pub fn is_fenced(&self) -> bool {
+        self.shared.state.lock().unwrap().fenced.is_some()
+    }
+
+    /// The group's `stop_after_disconnect`, while the allocation is
+    /// desired to run.
+    pub fn stop_after_disconnect(&self) -> Option<Duration> {
+        let a = self.shared.alloc.lock().unwrap();
+        if a.desired_status != DesiredStatus::Run {
+            return None;
+        }
+        a.group_spec
+            .stop_after_disconnect
+            .map(|d| d.as_duration())
     }
 
     /// Wait until every task loop has ended.
@@ -292,7 +319,11 @@ impl Shared {
             .iter()
             .map(|(k, v)| (k.clone(), v.state.clone()))
             .collect();
-        let (client_status, client_description) = client_status(&task_states);
+        let (mut client_status, mut client_description) = client_status(&task_states);
+        if let (Some(why), true) = (&st.fenced, client_status.is_terminal()) {
+            client_status = ClientStatus::Lost;
+            client_description = format!("stopped by its agent: {why}");
+        }
         AllocUpdate {
             id: self.id.clone(),
             client_status,
@@ -619,7 +650,7 @@ pub fn after_exit(policy: &taba_types::RestartPolicy, restarts: &[u64], now: u64
     AfterExit::Fail
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -108,6 +108,29 @@ pub enum NodeCommand {
         /// Node id, prefix or name.
         node: String,
     },
+    /// Allow (--enable) or forbid (--disable) new placements on a node;
+    /// what runs there keeps running.
+    Eligibility {
+        /// Node id, prefix or name.
+        node: String,
+        /// New allocations may be placed on the node.
+        #[arg(long, conflicts_with = "disable", required_unless_present = "disable")]
+        enable: bool,
+        /// No new allocations are placed on the node.
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Remove a node from the cluster now (down nodes are removed on their
+    /// own after the server's `node_gc_after`). Refused while the node is
+    /// not down and has allocations, unless --force: they are marked lost
+    /// and replaced elsewhere. A live agent registers again.
+    Rm {
+        /// Node id, prefix or name.
+        node: String,
+        /// Remove even a live node with allocations.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `taba namespace ...`
@@ -637,6 +660,12 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
             }
             println!("Created     = {}", age(a.create_time));
             println!("Modified    = {}", age(a.modify_time));
+            if !a.events.is_empty() {
+                println!("History");
+                for e in &a.events {
+                    println!("  {:<10} {:<12} {}", age(e.time), e.kind, e.message);
+                }
+            }
             if let Some(u) = &a.usage {
                 println!("CPU         = {} MHz", u.cpu_mhz);
                 println!("Memory      = {} (peak {})", u.memory, u.memory_max);
@@ -758,7 +787,11 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                         short(n.id.as_str()),
                         n.name.clone(),
                         n.datacenter.clone(),
-                        n.status.to_string(),
+                        if n.display_status.is_empty() {
+                            n.status.to_string()
+                        } else {
+                            n.display_status.clone()
+                        },
                         if n.eligible {
                             "eligible".into()
                         } else {
@@ -792,7 +825,14 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
             println!("ID         = {}", n.id);
             println!("Name       = {}", n.name);
             println!("Datacenter = {}", n.datacenter);
-            println!("Status     = {}", n.status);
+            println!("Status     = {}", n.display_status());
+            if !n.unusable_reason.is_empty() {
+                println!("Unusable   = {}", n.unusable_reason);
+            }
+            println!(
+                "Eligible   = {}",
+                n.eligibility == taba_types::Eligibility::Eligible
+            );
             println!(
                 "Address    = {}",
                 if n.http_addr.is_empty() {
@@ -818,6 +858,18 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 }
             );
             println!("Dynamic    = ports {}", n.dynamic_ports);
+            if n.usage.at > 0 {
+                println!(
+                    "In use     = {} MHz of {}, {} of {} memory (measured {})",
+                    n.usage.cpu_mhz,
+                    n.resources.cpu,
+                    n.usage.memory,
+                    n.resources.memory,
+                    age(n.usage.at)
+                );
+            } else {
+                println!("In use     = not measured yet");
+            }
             let drivers: Vec<String> = n
                 .drivers
                 .iter()
@@ -856,6 +908,38 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                     &["ID", "JOB", "GROUP", "DESIRED", "STATUS", "MODIFIED"],
                     &rows,
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Eligibility {
+            node,
+            enable,
+            disable: _,
+        } => {
+            let d = api.node_eligibility(&node, enable)?;
+            if g.json {
+                return print_json(&d);
+            }
+            println!(
+                "Node {} is {} for new allocations ({})",
+                d.name,
+                if enable { "eligible" } else { "ineligible" },
+                d.display_status
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Rm { node, force } => {
+            let r = api.remove_node(&node, force)?;
+            if g.json {
+                return print_json(&r);
+            }
+            if r.lost > 0 {
+                println!(
+                    "Node {} removed; {} allocations marked lost and replaced",
+                    r.name, r.lost
+                );
+            } else {
+                println!("Node {} removed", r.name);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -39,9 +39,12 @@ pub struct DevArgs {
     /// Node name of the built-in agent (the hostname by default).
     #[arg(long)]
     pub node_name: Option<String>,
-    /// Heartbeat TTL of nodes, e.g. "10s".
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// A node silent this long is disconnected (no new placements).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_ttl: Duration,
+    /// ... and down this much later: its allocations are replaced elsewhere.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub heartbeat_grace: Duration,
     /// Turn off the rebalancer (on by default).
     #[arg(long)]
     pub no_rebalance: bool,
@@ -78,11 +81,33 @@ struct ServerFile {
     #[serde(default)]
     heartbeat_ttl: Option<taba_types::DurationSpec>,
     #[serde(default)]
+    heartbeat_grace: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    node_gc_after: Option<taba_types::DurationSpec>,
+    #[serde(default)]
     workers: Option<usize>,
     #[serde(default)]
     scheduler: SchedulerFile,
     #[serde(default)]
     rebalance: Option<RebalanceFile>,
+}
+
+impl ServerFile {
+    /// Heartbeat TTL, grace and node garbage collection; errors name the key.
+    fn apply_liveness(&self, sc: &mut ServerConfig) -> anyhow::Result<()> {
+        if let Some(t) = self.heartbeat_ttl {
+            anyhow::ensure!(t.0 >= 100, "heartbeat_ttl: must be at least 100ms");
+            sc.heartbeat_ttl = t.as_duration();
+        }
+        if let Some(g) = self.heartbeat_grace {
+            sc.heartbeat_grace = g.as_duration();
+        }
+        if let Some(g) = self.node_gc_after {
+            anyhow::ensure!(g.0 >= 1000, "node_gc_after: must be at least 1s");
+            sc.node_gc_after = g.as_duration();
+        }
+        Ok(())
+    }
 }
 
 /// `[scheduler]` of the server configuration file.
@@ -331,6 +356,7 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         );
         let mut sc = ServerConfig::new(a.data_dir.join("server"), a.http);
         sc.heartbeat_ttl = a.heartbeat_ttl;
+        sc.heartbeat_grace = a.heartbeat_grace;
         sc.rebalance.enabled = !a.no_rebalance;
         let server = Server::start(sc, store, images.clone())
             .await
@@ -363,9 +389,7 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("state.redb"))?);
         let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?);
         let mut sc = ServerConfig::new(cfg.data_dir.clone(), cfg.http);
-        if let Some(t) = cfg.heartbeat_ttl {
-            sc.heartbeat_ttl = t.as_duration();
-        }
+        cfg.apply_liveness(&mut sc)?;
         if let Some(w) = cfg.workers {
             sc.num_workers = w.max(1);
         }
