@@ -462,6 +462,7 @@ async fn reconcile(inner: &Arc<AgentInner>, allocs: Vec<taba_types::Allocation>)
 }
 
 async fn heartbeat_loop(inner: Arc<AgentInner>, client: ServerClient, ttl: Arc<Mutex<Duration>>) {
+    let mut failing = false;
     loop {
         let period = *ttl.lock().unwrap() / 3;
         tokio::time::sleep(period.max(Duration::from_millis(50))).await;
@@ -481,12 +482,24 @@ async fn heartbeat_loop(inner: Arc<AgentInner>, client: ServerClient, ttl: Arc<M
             Ok(r) => {
                 inner.contact(sent);
                 *ttl.lock().unwrap() = Duration::from_millis(r.heartbeat_ttl_ms.max(100));
+                if std::mem::take(&mut failing) {
+                    // Back after a broken link: the servers may have marked
+                    // our allocations lost; report every one as it is.
+                    tracing::info!("the server answers again; reporting every allocation");
+                    let ids: Vec<AllocId> = inner.runners.lock().unwrap().keys().cloned().collect();
+                    for id in ids {
+                        let _ = inner.ctx.changed.send(id);
+                    }
+                }
             }
             Err(e) if e.is_unknown_node() => {
                 tracing::warn!("heartbeat: {e}");
                 inner.reregister.notify_one();
             }
-            Err(e) => tracing::warn!("heartbeat: {e}"),
+            Err(e) => {
+                failing = true;
+                tracing::warn!("heartbeat: {e}");
+            }
         }
     }
 }

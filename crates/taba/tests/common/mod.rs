@@ -351,3 +351,308 @@ fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
+
+/// A `taba server` and `taba agent`s as separate processes on loopback,
+/// each with its own data dir under one temporary dir (`<tmp>/server`,
+/// `<tmp>/<node>/agent`). Dropping it stops every job, kills the
+/// processes and cleans up what the agents left.
+pub struct Cluster {
+    tmp: tempfile::TempDir,
+    server: Option<Child>,
+    /// `http://127.0.0.1:PORT` of the server.
+    pub url: String,
+    /// API client.
+    pub client: Client,
+    agents: std::collections::BTreeMap<String, Child>,
+}
+
+/// Start `taba <args>` with its stderr in `log`; wait for a stderr line
+/// containing `marker` and return the text after it.
+fn spawn_logged(args: &[&str], log: &Path, marker: &str) -> (Child, String) {
+    let logf = std::fs::File::create(log).unwrap();
+    let child = Command::new(taba_bin())
+        .args(args)
+        .env("TABA_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .expect("starting taba");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.lines().find_map(|l| l.split(marker).nth(1)) {
+            return (child, rest.trim().to_string());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "taba {args:?} did not start; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+impl Cluster {
+    /// A server with `server_toml` added to its configuration file.
+    pub fn start(server_toml: &str) -> Cluster {
+        require_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("taba-cluster-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = tmp.path().join("server");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("server.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n{server_toml}\n",
+                dir.join("data")
+            ),
+        )
+        .unwrap();
+        let (server, url) = spawn_logged(
+            &["server", "--config", cfg.to_str().unwrap()],
+            &dir.join("server.log"),
+            "API on ",
+        );
+        let client = Client::new(url.trim_start_matches("http://"), None);
+        Cluster {
+            tmp,
+            server: Some(server),
+            url,
+            client,
+            agents: Default::default(),
+        }
+    }
+
+    /// The agent of node `name`'s data dir parent (what [`force_cleanup`] takes).
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Start (or restart, on the same data dir) the agent of node `name`,
+    /// talking to `server_url` (the server's, unless a test puts a proxy
+    /// between them); waits until the node is ready.
+    pub fn start_agent(&mut self, name: &str, server_url: &str) {
+        let dir = self.node_dir(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nserver = {server_url:?}\nname = {name:?}\nhttp = \"127.0.0.1:0\"\n",
+                dir.join("agent")
+            ),
+        )
+        .unwrap();
+        let (child, _) = spawn_logged(
+            &["agent", "--config", cfg.to_str().unwrap()],
+            &dir.join(format!("agent-{}.log", self.agents.len())),
+            "taba agent: node ",
+        );
+        self.agents.insert(name.to_string(), child);
+        self.wait_for(&format!("node {name} ready"), Duration::from_secs(30), || {
+            self.client
+                .node(name)
+                .is_ok_and(|n| n.status == taba_types::NodeStatus::Ready)
+        });
+    }
+
+    /// kill -9 the agent of `name` (its workloads keep running).
+    pub fn kill_agent(&mut self, name: &str) {
+        if let Some(mut c) = self.agents.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Run the CLI against the server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(taba_bin())
+            .args(args)
+            .env("TABA_ADDR", &self.url)
+            .output()
+            .expect("running taba")
+    }
+
+    /// Poll `f` until true; panic with the logs after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; logs:\n{}", self.logs());
+    }
+
+    /// The last lines of every log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for e in walk_dirs(self.tmp.path()) {
+            for f in std::fs::read_dir(&e).into_iter().flatten().flatten() {
+                let p = f.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let s = std::fs::read_to_string(&p).unwrap_or_default();
+                    let lines: Vec<&str> = s.lines().collect();
+                    out.push_str(&format!("==> {}\n", p.display()));
+                    out.push_str(&lines[lines.len().saturating_sub(30)..].join("\n"));
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// Allocation ids whose task shims run now under node `name`'s data
+    /// dir: what really runs there, whatever the servers think.
+    pub fn running_allocs(&self, name: &str) -> Vec<String> {
+        let allocs = self.node_dir(name).join("agent").join("allocs");
+        let prefix = allocs.to_string_lossy().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+                continue;
+            }
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).to_string())
+                .collect();
+            if !args.iter().any(|a| a == "shim") {
+                continue;
+            }
+            if let Some(dir) = args.iter().find(|a| a.starts_with(&prefix)) {
+                let rel = dir[prefix.len()..].trim_start_matches('/');
+                if let Some(id) = rel.split('/').next() {
+                    out.push(id.to_string());
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Ok(jobs) = self.client.list_jobs() {
+            for j in jobs.iter().filter(|j| !j.stopped) {
+                let _ = self.client.stop_job(&j.name);
+            }
+        }
+        let names: Vec<String> = std::fs::read_dir(self.tmp.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n != "server")
+            .collect();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15)
+            && names.iter().any(|n| !self.running_allocs(n).is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for (_, mut c) in std::mem::take(&mut self.agents) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in &names {
+            force_cleanup(&self.node_dir(n));
+        }
+    }
+}
+
+/// A TCP proxy on loopback between an agent and the server, so a test can
+/// cut that one agent's link (`cut`: open connections are closed, new ones
+/// are accepted and never answered, like a black-holed route) and restore it.
+pub struct LinkProxy {
+    /// `http://127.0.0.1:PORT` for the agent's `server` setting.
+    pub url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LinkProxy {
+    /// Forward to `upstream` (`http://host:port`).
+    pub fn start(upstream: &str) -> LinkProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (c, s, k) = (cut.clone(), stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((down, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = down.set_nonblocking(false);
+                if c.load(Ordering::SeqCst) {
+                    k.lock().unwrap().push(down); // black hole
+                    continue;
+                }
+                let Ok(up) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up.try_clone().unwrap(), down.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let (mut from, mut to) = (from, to);
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                let mut held = k.lock().unwrap();
+                held.push(down);
+                held.push(up);
+            }
+        });
+        LinkProxy {
+            url,
+            cut,
+            conns,
+            stop,
+        }
+    }
+
+    /// Cut the link: nothing passes until [`Self::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Restore the link (black-holed connections are closed).
+    pub fn restore(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.restore();
+    }
+}
