@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeSet;
 use std::time::Duration;
 use taba_client::api::JobListEntry;
 use taba_types::{ClientStatus, DesiredStatus};
@@ -45,16 +44,8 @@ fn run_on_n1(c: &Cluster, name: &str, toml: &str, count: usize) -> Vec<String> {
     job_allocs_running(c, name, "n1")
 }
 
-/// The job's allocations whose shims really run on `node`.
 fn job_allocs_running(c: &Cluster, job: &str, node: &str) -> Vec<String> {
-    let Ok(st) = c.client.job_status(job) else {
-        return vec![];
-    };
-    let mine: BTreeSet<String> = st.allocations.iter().map(|a| a.id.to_string()).collect();
-    c.running_allocs(node)
-        .into_iter()
-        .filter(|id| mine.contains(id))
-        .collect()
+    c.job_running_on(job, node)
 }
 
 fn listed_running(c: &Cluster, job: &str) -> u32 {

@@ -537,6 +537,21 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The job's allocations whose task shims really run on `node`.
+    pub fn job_running_on(&self, job: &str, node: &str) -> Vec<String> {
+        let Ok(st) = self.client.job_status(job) else {
+            return vec![];
+        };
+        let mine: std::collections::BTreeSet<String> =
+            st.allocations.iter().map(|a| a.id.to_string()).collect();
+        self.running_allocs(node)
+            .into_iter()
+            .filter(|id| mine.contains(id))
+            .collect()
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if let Ok(jobs) = self.client.list_jobs() {
