@@ -1,5 +1,5 @@
 //! Run the simulator without the whole `taba` binary:
-//! `cargo run --release -p taba-scheduler --example sim -- NODES TASKS [SEED] [WORKERS]`.
+//! `cargo run --release -p taba-scheduler --example sim -- NODES TASKS [SEED] [WORKERS] [SHARDS 0|1] [FEATURES 0|1]`.
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -12,6 +12,7 @@ fn main() {
         workers: num(4, 2) as usize,
         fill: 0.7,
         shards: num(5, 1) == 1,
+        features: num(6, 1) == 1,
     };
     let r = taba_scheduler::sim::run(&cfg).expect("simulation runs");
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -15,13 +15,27 @@
 //! and packs worse: it dilutes the follow-up placements that fill the nodes
 //! each group half-filled.)
 //!
+//! The workload goes through every placement path (see [`features`]):
+//! spread blocks and affinities, host ports, two namespaces with quotas (one
+//! tight enough to hold work back) and a late wave of high-priority jobs
+//! confined to a tenth of the nodes, which fits only by preempting; the
+//! jobs that lose allocations get preemption evaluations, as on a server.
+//! Stopped allocations are reported complete at once, as agents would.
+//! At the end the state is audited (`check`): exactly the reported
+//! placements minus stops are live, no node or namespace holds more than it
+//! may, no host port is given twice, every constraint holds.
+//!
 //! Everything here is deterministic given the seed except the interleaving
 //! of the workers (which plan is applied first); with one worker the whole
 //! run is deterministic.
 
+mod check;
+pub mod features;
+
 use crate::ids::IdStream;
 use crate::rebalance::{plan_moves, spread, Load, RebalanceConfig, Spread};
 use crate::{apply_plan_owned, schedule_with, verify_plan, ClusterState, ScheduleOptions};
+use features::FeatureCounts;
 use std::collections::{BTreeMap, VecDeque};
 use std::str::FromStr;
 use std::sync::{Condvar, Mutex, RwLock};
@@ -37,6 +51,9 @@ pub enum SimError {
     /// A size argument is out of range.
     #[error("invalid --{0}: {1}")]
     BadArg(&'static str, &'static str),
+    /// The final state does not back the report (a scheduler bug).
+    #[error("simulation audit failed: {0}")]
+    Audit(String),
 }
 
 /// Share of the tasks per job type, in percent.
@@ -110,6 +127,9 @@ pub struct SimConfig {
     /// Give each worker its own shard of nodes (else all workers plan on
     /// every node and conflicting plans are rejected and retried).
     pub shards: bool,
+    /// Use every placement feature (see [`features`]); without it the
+    /// workload asks only for resources and constraints.
+    pub features: bool,
 }
 
 /// What a simulation measured.
@@ -121,8 +141,14 @@ pub struct SimReport {
     pub jobs: u32,
     /// Tasks asked for.
     pub tasks: u64,
-    /// Allocations placed.
+    /// Allocations placed (replacements of evicted ones included).
     pub placed: u64,
+    /// Allocations stopped by plans (evictions by preemption).
+    pub stopped: u64,
+    /// Allocations live at the end, as audited against the state.
+    pub live: u64,
+    /// What the workload asked for beyond resources.
+    pub features: FeatureCounts,
     /// Wall time of scheduling and applying, seconds.
     pub seconds: f64,
     /// Plans applied.
@@ -275,9 +301,26 @@ struct Shape {
     mem_per_mhz: f64,
 }
 
-/// Build the synthetic cluster and one evaluation per job (highest priority
-/// first).
-pub fn build(cfg: &SimConfig) -> Result<(ClusterState, Vec<Evaluation>), SimError> {
+/// A synthetic cluster and its workload.
+pub struct Workload {
+    /// Nodes and jobs (quotas set), no allocations yet.
+    pub state: ClusterState,
+    /// One evaluation per job: the main wave highest priority first, then
+    /// the late high-priority wave (which may need preemption).
+    pub evals: Vec<Evaluation>,
+    /// What the jobs ask for beyond resources.
+    pub features: FeatureCounts,
+}
+
+/// One drawn job before its resources are scaled to the wanted fill.
+struct Drawn {
+    job_type: JobType,
+    shapes: Vec<Shape>,
+    late: bool,
+}
+
+/// Build the synthetic cluster and its workload.
+pub fn build(cfg: &SimConfig) -> Result<Workload, SimError> {
     if cfg.nodes == 0 {
         return Err(SimError::BadArg("nodes", "must be at least 1"));
     }
@@ -297,155 +340,229 @@ pub fn build(cfg: &SimConfig) -> Result<(ClusterState, Vec<Evaluation>), SimErro
     let system_tasks = (cfg.tasks as f64 * f64::from(cfg.mix.system) / total_w) as u64;
     let system_jobs = system_tasks / u64::from(cfg.nodes);
     let other_tasks = cfg.tasks - system_jobs * u64::from(cfg.nodes);
-    let batch_share =
-        f64::from(cfg.mix.batch) / f64::from((cfg.mix.service + cfg.mix.batch).max(1));
-    // Draw job shapes first; scale resources to the wanted fill afterwards.
-    let mut jobs: Vec<(JobType, Vec<Shape>)> = Vec::new();
-    let mut left = other_tasks;
-    let (mut dem_cpu, mut dem_mem) = (0f64, 0f64);
-    while left > 0 {
-        let size = match r.below(100) {
-            0..=49 => r.range(1, 10),
-            50..=79 => r.range(10, 100),
-            80..=94 => r.range(100, 1000),
-            _ => r.range(1000, 5000),
-        }
-        .min(left);
-        left -= size;
-        let job_type = if r.unit() < batch_share {
-            JobType::Batch
-        } else {
-            JobType::Service
-        };
-        let groups = match r.below(20) {
-            0..=13 => 1,
-            14..=18 => 2,
-            _ => 3,
-        }
-        .min(size);
-        let mut shapes = Vec::new();
-        let mut rest = size;
-        for g in 0..groups {
-            let count = if g + 1 == groups {
-                rest
-            } else {
-                (rest / (groups - g)).max(1)
-            };
-            rest -= count;
-            let cpu =
-                *r.pick(&[100.0, 250.0, 500.0, 500.0, 1000.0, 2000.0]) * (0.75 + 0.5 * r.unit());
-            let mem_per_mhz = 0.9 + 1.2 * r.unit();
-            dem_cpu += cpu * count as f64;
-            dem_mem += cpu * mem_per_mhz * count as f64;
-            shapes.push(Shape {
-                count: count as u32,
-                cpu,
-                mem_per_mhz,
-            });
-        }
-        jobs.push((job_type, shapes));
-    }
+    // Some tasks come late, at high priority, confined to 10% of the nodes.
+    let late_tasks = if cfg.features && cfg.mix.service > 0 {
+        other_tasks * features::LATE_PERCENT / 100
+    } else {
+        0
+    };
+    let (jobs, dem_cpu, dem_mem) = draw_jobs(&mut r, cfg, other_tasks - late_tasks, late_tasks);
     let scale = if dem_cpu > 0.0 {
         (cfg.fill * cap_cpu / dem_cpu).min(cfg.fill * cap_mem / dem_mem)
     } else {
         1.0
     };
-    let mut evals = Vec::new();
-    let mut add_job = |state: &mut ClusterState,
-                       r: &mut Rng,
-                       name: String,
-                       job_type: JobType,
-                       groups: Vec<TaskGroupSpec>| {
-        let priority = r.range(10, 90) as u32;
-        let mut spec = JobSpec {
-            name: name.clone(),
-            job_type,
-            namespace: "default".to_string(),
-            priority,
-            constraints: Vec::new(),
-            scoring: Scoring::default(),
-            spread: Vec::new(),
-            affinity: Vec::new(),
-            update: UpdatePolicy::default(),
-            meta: BTreeMap::new(),
-            groups,
-        };
-        match r.below(100) {
-            0..=4 => spec.constraints.push(constraint(
-                "${attr.kernel.version}",
-                ConstraintOperator::Version,
-                ">= 6.0",
-            )),
-            5..=7 => spec.constraints.push(constraint(
-                "${attr.cpu.arch}",
-                ConstraintOperator::Eq,
-                "amd64",
-            )),
-            8..=9 => {
-                spec.constraints
-                    .push(constraint("${meta.rack}", ConstraintOperator::Ne, "r7"))
-            }
-            10 => spec.constraints.push(constraint(
-                "${node.datacenter}",
-                ConstraintOperator::Regexp,
-                "^dc[12]$",
-            )),
-            _ => {}
-        }
-        evals.push(Evaluation {
-            id: EvalId(IdStream::new(&name, 0).next_uuid()),
-            namespace: spec.namespace.clone(),
-            job: name,
-            job_type,
-            priority,
-            triggered_by: EvalTrigger::JobRegister,
-            node_id: None,
-            status: EvalStatus::Pending,
-            status_description: String::new(),
-            failed_groups: BTreeMap::new(),
-            queued: BTreeMap::new(),
-            wait_until: None,
-            previous_eval: None,
-            create_time: 0,
-            create_index: 1,
-            modify_index: 1,
-        });
-        state.upsert_job(Job {
-            spec,
-            version: 0,
-            status: JobStatus::Pending,
-            stopped: false,
-            submit_time: 0,
-            create_index: 1,
-            modify_index: 1,
-        });
-    };
+    let mut features = FeatureCounts::default();
+    let mut main = Vec::new();
+    let mut late = Vec::new();
     for s in 0..system_jobs {
         let g = task_group("agent", 1, 100, 128);
-        add_job(
-            &mut state,
+        let spec = job_spec(
             &mut r,
             format!("system-{s}"),
             JobType::System,
+            "default",
             vec![g],
         );
+        main.push(add_job(&mut state, spec));
     }
-    for (j, (job_type, shapes)) in jobs.into_iter().enumerate() {
-        let groups = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let cpu = (s.cpu * scale).max(10.0) as u64;
-                let mem = ((s.cpu * scale * s.mem_per_mhz) as u64).max(16);
-                task_group(&format!("g{i}"), s.count, cpu, mem)
-            })
-            .collect();
-        add_job(&mut state, &mut r, format!("job-{j:06}"), job_type, groups);
+    let mut ns_demand = [(features::ROOMY, 0f64, 0f64), (features::TIGHT, 0.0, 0.0)];
+    for (j, d) in jobs.into_iter().enumerate() {
+        let name = format!("job-{j:06}");
+        let namespace = if d.late || !cfg.features {
+            "default"
+        } else {
+            features::namespace(&mut r, &mut features)
+        };
+        let mut groups = Vec::with_capacity(d.shapes.len());
+        for (i, s) in d.shapes.iter().enumerate() {
+            let cpu = (s.cpu * scale).max(10.0) as u64;
+            let mem = ((s.cpu * scale * s.mem_per_mhz) as u64).max(16);
+            let mut g = task_group(&format!("g{i}"), s.count, cpu, mem);
+            if cfg.features && !d.late {
+                features::decorate(&mut r, &mut g, &name, cfg.nodes, &mut features);
+            }
+            if let Some(e) = ns_demand.iter_mut().find(|e| e.0 == namespace) {
+                e.1 += (cpu * u64::from(s.count)) as f64;
+                e.2 += (mem * u64::from(s.count)) as f64;
+            }
+            groups.push(g);
+        }
+        let mut spec = job_spec(&mut r, name, d.job_type, namespace, groups);
+        if d.late {
+            spec.priority = features::LATE_PRIORITY;
+            spec.constraints = vec![constraint(
+                "${meta.rack}",
+                ConstraintOperator::Regexp,
+                features::LATE_RACKS,
+            )];
+            features.late_jobs += 1;
+            late.push(add_job(&mut state, spec));
+        } else {
+            main.push(add_job(&mut state, spec));
+        }
     }
-    // The broker hands out higher priorities first.
-    evals.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.job.cmp(&b.job)));
+    for (ns, q) in features::quotas(&ns_demand) {
+        state.set_quota(ns, Some(q));
+    }
+    // The broker hands out higher priorities first; the late wave comes
+    // after the cluster is filled.
+    main.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.job.cmp(&b.job)));
+    main.extend(late);
     state.set_index(1);
-    Ok((state, evals))
+    Ok(Workload {
+        state,
+        evals: main,
+        features,
+    })
+}
+
+/// Draw `tasks` main-wave tasks and `late` late-wave tasks as jobs of
+/// varied sizes and shapes; also their CPU and memory demand before scaling.
+fn draw_jobs(r: &mut Rng, cfg: &SimConfig, tasks: u64, late: u64) -> (Vec<Drawn>, f64, f64) {
+    let batch_share =
+        f64::from(cfg.mix.batch) / f64::from((cfg.mix.service + cfg.mix.batch).max(1));
+    let mut jobs = Vec::new();
+    let (mut dem_cpu, mut dem_mem) = (0f64, 0f64);
+    for (mut left, is_late) in [(tasks, false), (late, true)] {
+        while left > 0 {
+            let size = if is_late {
+                r.range(20, 200)
+            } else {
+                match r.below(100) {
+                    0..=49 => r.range(1, 10),
+                    50..=79 => r.range(10, 100),
+                    80..=94 => r.range(100, 1000),
+                    _ => r.range(1000, 5000),
+                }
+            }
+            .min(left);
+            left -= size;
+            let job_type = if !is_late && r.unit() < batch_share {
+                JobType::Batch
+            } else {
+                JobType::Service
+            };
+            let groups = match r.below(20) {
+                _ if is_late => 1,
+                0..=13 => 1,
+                14..=18 => 2,
+                _ => 3,
+            }
+            .min(size);
+            let mut shapes = Vec::new();
+            let mut rest = size;
+            for g in 0..groups {
+                let count = if g + 1 == groups {
+                    rest
+                } else {
+                    (rest / (groups - g)).max(1)
+                };
+                rest -= count;
+                let cpu = *r.pick(&[100.0, 250.0, 500.0, 500.0, 1000.0, 2000.0])
+                    * (0.75 + 0.5 * r.unit());
+                let mem_per_mhz = 0.9 + 1.2 * r.unit();
+                dem_cpu += cpu * count as f64;
+                dem_mem += cpu * mem_per_mhz * count as f64;
+                shapes.push(Shape {
+                    count: count as u32,
+                    cpu,
+                    mem_per_mhz,
+                });
+            }
+            jobs.push(Drawn {
+                job_type,
+                shapes,
+                late: is_late,
+            });
+        }
+    }
+    (jobs, dem_cpu, dem_mem)
+}
+
+/// A job spec with a random priority and, for some, a constraint.
+fn job_spec(
+    r: &mut Rng,
+    name: String,
+    job_type: JobType,
+    namespace: &str,
+    groups: Vec<TaskGroupSpec>,
+) -> JobSpec {
+    let mut spec = JobSpec {
+        name,
+        job_type,
+        namespace: namespace.to_string(),
+        priority: r.range(10, 90) as u32,
+        constraints: Vec::new(),
+        scoring: Scoring::default(),
+        spread: Vec::new(),
+        affinity: Vec::new(),
+        update: UpdatePolicy::default(),
+        meta: BTreeMap::new(),
+        groups,
+    };
+    match r.below(100) {
+        0..=4 => spec.constraints.push(constraint(
+            "${attr.kernel.version}",
+            ConstraintOperator::Version,
+            ">= 6.0",
+        )),
+        5..=7 => spec.constraints.push(constraint(
+            "${attr.cpu.arch}",
+            ConstraintOperator::Eq,
+            "amd64",
+        )),
+        8..=9 => spec
+            .constraints
+            .push(constraint("${meta.rack}", ConstraintOperator::Ne, "r7")),
+        10 => spec.constraints.push(constraint(
+            "${node.datacenter}",
+            ConstraintOperator::Regexp,
+            "^dc[12]$",
+        )),
+        _ => {}
+    }
+    spec
+}
+
+/// Record `spec` as a job in `state`; its registration evaluation.
+fn add_job(state: &mut ClusterState, spec: JobSpec) -> Evaluation {
+    let id = EvalId(IdStream::new(&spec.name, 0).next_uuid());
+    let mut eval = pending_eval(id, &spec, EvalTrigger::JobRegister, 0);
+    eval.create_index = 1;
+    eval.modify_index = 1;
+    state.upsert_job(Job {
+        spec,
+        version: 0,
+        status: JobStatus::Pending,
+        stopped: false,
+        submit_time: 0,
+        create_index: 1,
+        modify_index: 1,
+    });
+    eval
+}
+
+/// A pending evaluation of `spec`.
+fn pending_eval(id: EvalId, spec: &JobSpec, trigger: EvalTrigger, now: UnixMillis) -> Evaluation {
+    Evaluation {
+        id,
+        namespace: spec.namespace.clone(),
+        job: spec.name.clone(),
+        job_type: spec.job_type,
+        priority: spec.priority,
+        triggered_by: trigger,
+        node_id: None,
+        status: EvalStatus::Pending,
+        status_description: String::new(),
+        failed_groups: BTreeMap::new(),
+        queued: BTreeMap::new(),
+        wait_until: None,
+        previous_eval: None,
+        create_time: now,
+        create_index: 0,
+        modify_index: 0,
+    }
 }
 
 fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
@@ -543,7 +660,11 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
 
 /// [`run`], also returning the final cluster state.
 pub fn run_state(cfg: &SimConfig) -> Result<(SimReport, ClusterState), SimError> {
-    let (mut state, evals) = build(cfg)?;
+    let Workload {
+        mut state,
+        evals,
+        features,
+    } = build(cfg)?;
     let workers = cfg.workers.max(1);
     let n_shards = if cfg.shards && workers > 1 {
         workers
@@ -555,8 +676,10 @@ pub fn run_state(cfg: &SimConfig) -> Result<(SimReport, ClusterState), SimError>
         nodes: cfg.nodes,
         jobs: evals.len() as u32,
         tasks: cfg.tasks,
+        features,
         ..SimReport::default()
     };
+    let mut follow_ups = IdStream::new("preemption", cfg.seed);
     let fallbacks = std::sync::atomic::AtomicU64::new(0);
     let queue = Mutex::new(Queue {
         pending: evals.len(),
@@ -627,13 +750,17 @@ pub fn run_state(cfg: &SimConfig) -> Result<(SimReport, ClusterState), SimError>
             report.schedule_seconds += took;
             let t0 = Instant::now();
             let status = out.status;
+            let mut evicted_jobs = Vec::new();
             let verdict = {
                 let mut s = state.write().unwrap_or_else(|p| p.into_inner());
                 match verify_plan(&s, &out.plan) {
                     Ok(()) => {
                         let index = s.index() + 1;
                         report.placed += out.plan.placements.len() as u64;
+                        report.stopped += out.plan.stops.len() as u64;
+                        let stops = out.plan.stops.clone();
                         apply_plan_owned(&mut s, out.plan, index);
+                        evicted_jobs = stop_as_agents_would(&mut s, &stops);
                         true
                     }
                     Err(_) => false,
@@ -642,6 +769,19 @@ pub fn run_state(cfg: &SimConfig) -> Result<(SimReport, ClusterState), SimError>
             report.apply_seconds += t0.elapsed().as_secs_f64();
             let _ = reply.send(verdict);
             let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            // Like the server: each job that lost allocations to preemption
+            // gets an evaluation, which places them elsewhere if they fit.
+            for spec in evicted_jobs {
+                let e = pending_eval(
+                    EvalId(follow_ups.next_uuid()),
+                    &spec,
+                    EvalTrigger::Preemption,
+                    0,
+                );
+                q.pending += 1;
+                q.evals[owner].push_back((e, 0));
+            }
+            ready.notify_all();
             if verdict {
                 report.plans_applied += 1;
                 if status == EvalStatus::Blocked {
@@ -688,7 +828,32 @@ pub fn run_state(cfg: &SimConfig) -> Result<(SimReport, ClusterState), SimError>
     report.nodes_used = used;
     report.lower_bound = lb;
     report.binding = binding;
+    check::check(&state, report.placed, report.stopped).map_err(SimError::Audit)?;
+    report.live = report.placed - report.stopped;
     Ok((report, state))
+}
+
+/// What the agents do with stopped allocations: stop them and report them
+/// complete, which frees their resources. Returns the specs of the jobs
+/// that lost allocations to preemption (once each).
+fn stop_as_agents_would(state: &mut ClusterState, stops: &[AllocStop]) -> Vec<JobSpec> {
+    let mut jobs: BTreeMap<(String, String), JobSpec> = BTreeMap::new();
+    for st in stops {
+        let Some(slot) = state.alloc_slot(&st.alloc_id) else {
+            continue;
+        };
+        state.modify_alloc(slot, |a| a.client_status = ClientStatus::Complete);
+        if st.desired_status != DesiredStatus::Evict {
+            continue;
+        }
+        if let Some(a) = state.alloc(&st.alloc_id) {
+            if let Some(j) = state.job(&a.namespace, &a.job) {
+                jobs.entry((a.namespace.clone(), a.job.clone()))
+                    .or_insert_with(|| j.spec.clone());
+            }
+        }
+    }
+    jobs.into_values().collect()
 }
 
 /// What the rebalancing scenario measured.
@@ -794,24 +959,12 @@ pub fn run_rebalance(
             let Some(j) = state.job(&namespace, &job) else {
                 continue;
             };
-            let eval = Evaluation {
-                id: EvalId(evals.next_uuid()),
-                namespace: namespace.clone(),
-                job: job.clone(),
-                job_type: j.spec.job_type,
-                priority: j.spec.priority,
-                triggered_by: EvalTrigger::Rebalance,
-                node_id: None,
-                status: EvalStatus::Pending,
-                status_description: String::new(),
-                failed_groups: BTreeMap::new(),
-                queued: BTreeMap::new(),
-                wait_until: None,
-                previous_eval: None,
-                create_time: now,
-                create_index: 0,
-                modify_index: 0,
-            };
+            let eval = pending_eval(
+                EvalId(evals.next_uuid()),
+                &j.spec,
+                EvalTrigger::Rebalance,
+                now,
+            );
             let out = schedule_with(&state, &eval, now, &ScheduleOptions::default());
             if verify_plan(&state, &out.plan).is_err() {
                 continue;
@@ -922,17 +1075,28 @@ mod tests {
             workers: 2,
             fill: 0.6,
             shards: true,
+            features: true,
         };
         let r = run(&cfg).unwrap();
-        assert_eq!(r.placed, 5000);
-        assert_eq!(r.evals_blocked, 0);
+        // Everything fits but what the tight namespace's quota holds back.
+        assert!(r.placed >= 4800, "{r:?}");
+        assert_eq!(r.live, r.placed - r.stopped);
+        let f = &r.features;
+        assert!(
+            f.spread_groups > 0 && f.affinity_groups > 0 && f.port_groups > 0,
+            "{f:?}"
+        );
+        assert!(f.quota_jobs > 0 && f.late_jobs > 0, "{f:?}");
         assert!(r.lower_bound > 0 && r.nodes_used >= r.lower_bound);
         assert!(
             r.nodes_used < 100,
             "bin-packing leaves nodes empty at 60% fill"
         );
         let line = r.last_line(12);
-        assert!(line.starts_with("placed=5000 seconds="), "{line}");
+        assert!(
+            line.starts_with(&format!("placed={} seconds=", r.placed)),
+            "{line}"
+        );
         assert!(line.ends_with(" rss_mib=12"), "{line}");
         assert!(matches!(
             run(&SimConfig { nodes: 0, ..cfg }),
@@ -945,18 +1109,19 @@ mod tests {
         let cfg = SimConfig {
             nodes: 200,
             tasks: 8000,
-            seed: 3,
+            seed: 4,
             mix: Mix::default(),
             workers: 1,
             fill: 0.6,
             shards: false,
+            features: true,
         };
         let rcfg = RebalanceConfig {
             max_moves: 32,
             ..RebalanceConfig::default()
         };
         let (placed, rb) = run_rebalance(&cfg, &rcfg, 40).unwrap();
-        assert_eq!(placed.placed, 8000);
+        assert_eq!(placed.live, placed.placed - placed.stopped);
         assert!(
             rb.before.hot > 0,
             "the synthetic load makes hot nodes: {rb:?}"
@@ -968,5 +1133,58 @@ mod tests {
         // One worker: the whole run is deterministic.
         let (_, again) = run_rebalance(&cfg, &rcfg, 40).unwrap();
         assert_eq!((again.moves, again.after.hot), (rb.moves, rb.after.hot));
+    }
+
+    #[test]
+    fn the_late_wave_preempts_and_the_quota_holds_back() {
+        let cfg = SimConfig {
+            nodes: 200,
+            tasks: 20_000,
+            seed: 11,
+            mix: Mix::default(),
+            // One worker: deterministic.
+            workers: 1,
+            fill: 0.8,
+            shards: true,
+            features: true,
+        };
+        let (r, state) = run_state(&cfg).unwrap();
+        assert!(r.stopped > 0, "the late wave evicted nothing: {r:?}");
+        let late: Vec<&Job> = state
+            .jobs()
+            .filter(|j| j.spec.priority == features::LATE_PRIORITY)
+            .collect();
+        assert_eq!(late.len() as u64, r.features.late_jobs);
+        let tight = state.namespace_usage(features::TIGHT);
+        let quota = state.quota(features::TIGHT).and_then(|q| q.cpu).unwrap();
+        assert!(
+            tight.cpu <= quota && tight.cpu * 10 > quota * 9,
+            "{tight:?} of {quota}"
+        );
+    }
+
+    #[test]
+    fn the_audit_catches_a_state_the_report_does_not_back() {
+        let cfg = SimConfig {
+            nodes: 50,
+            tasks: 1000,
+            seed: 5,
+            mix: Mix::default(),
+            workers: 1,
+            fill: 0.5,
+            shards: false,
+            features: true,
+        };
+        let (r, mut state) = run_state(&cfg).unwrap();
+        assert_eq!(check::check(&state, r.placed, r.stopped), Ok(()));
+        // One placement fewer than the state holds.
+        let err = check::check(&state, r.placed - 1, r.stopped).unwrap_err();
+        assert!(err.contains("live"), "{err}");
+        // An allocation over its node's capacity.
+        let mut a = state.allocs().find(|a| a.is_live()).unwrap().clone();
+        a.resources.cpu += state.node(&a.node_id).unwrap().allocatable().cpu;
+        state.upsert_alloc(a);
+        let err = check::check(&state, r.placed, r.stopped).unwrap_err();
+        assert!(err.contains("holds"), "{err}");
     }
 }

@@ -31,8 +31,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::OnceLock;
 use taba_types::{
-    AllocId, Allocation, ClientStatus, DesiredStatus, EvalId, Job, JobType, Node, NodeId,
-    Resources, TaskGroupSpec,
+    AllocId, AllocatedPort, Allocation, ClientStatus, DesiredStatus, EvalId, Job, JobType, Node,
+    NodeId, Resources, TaskGroupSpec,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -232,6 +232,8 @@ struct CompactAlloc {
     modify_time: u64,
     create_index: u64,
     modify_index: u64,
+    /// Host ports given to it (none for most: no allocation then).
+    ports: Box<[AllocatedPort]>,
     /// The full record, built on first read.
     cache: OnceLock<Box<Allocation>>,
 }
@@ -744,16 +746,19 @@ impl ClusterState {
     }
 
     /// Add or remove the host ports of the slot's allocation (which holds
-    /// resources) on its node. Compact records have none.
+    /// resources) on its node.
     fn account_ports(&mut self, slot: u32, add: bool) {
-        if let Stored::Full(a) = &self.allocs[slot as usize] {
-            if !a.ports.is_empty() {
-                let held = &mut self.nodes[self.alloc_node[slot as usize] as usize].ports;
-                if add {
-                    held.add(&a.ports);
-                } else {
-                    held.remove(&a.ports);
-                }
+        let ports: &[AllocatedPort] = match &self.allocs[slot as usize] {
+            Stored::Full(a) => &a.ports,
+            Stored::Compact(c) => &c.ports,
+            Stored::Vacant => return,
+        };
+        if !ports.is_empty() {
+            let held = &mut self.nodes[self.alloc_node[slot as usize] as usize].ports;
+            if add {
+                held.add(ports);
+            } else {
+                held.remove(ports);
             }
         }
     }
@@ -847,8 +852,7 @@ impl ClusterState {
             && a.preempted_allocs.is_empty()
             && a.preempted_by.is_none()
             && a.migrate.is_none()
-            && a.events.is_empty()
-            && a.ports.is_empty())
+            && a.events.is_empty())
         {
             return None;
         }
@@ -871,6 +875,7 @@ impl ClusterState {
             modify_time: a.modify_time,
             create_index: a.create_index,
             modify_index: a.modify_index,
+            ports: a.ports.clone().into_boxed_slice(),
             cache: OnceLock::new(),
         })
     }
@@ -967,7 +972,7 @@ impl ClusterState {
             node_id: node.id.clone(),
             node_name,
             resources: sp.resources.clone(),
-            ports: Vec::new(),
+            ports: c.ports.to_vec(),
             desired_status: c.desired,
             desired_description: String::new(),
             client_status: c.client,
@@ -1069,6 +1074,22 @@ impl ClusterState {
     /// Every allocation.
     pub fn allocs(&self) -> impl Iterator<Item = &Allocation> {
         (0..self.allocs.len() as u32).filter_map(|s| self.get(s))
+    }
+
+    /// Visit every allocation without keeping the full form of compact
+    /// records (which [`Self::allocs`] builds once and keeps): for one pass
+    /// over millions of records.
+    pub fn for_each_alloc(&self, mut f: impl FnMut(&Allocation)) {
+        for (slot, stored) in self.allocs.iter().enumerate() {
+            match stored {
+                Stored::Vacant => {}
+                Stored::Full(a) => f(a),
+                Stored::Compact(c) => match c.cache.get() {
+                    Some(a) => f(a),
+                    None => f(&self.materialize(c, self.alloc_node[slot])),
+                },
+            }
+        }
     }
 
     /// Number of allocations kept.
@@ -1238,6 +1259,27 @@ mod tests {
         assert_eq!(s.alloc_count(), 0);
         assert_eq!(s.specs.iter().flatten().count(), 0, "specs are freed");
         assert_eq!(s.node_used(&a.node_id).cpu, 0);
+    }
+
+    #[test]
+    fn compact_records_hold_host_ports() {
+        let mut s = ClusterState::new();
+        s.upsert_node(node("n1", 4000, 4096));
+        let mut p = compactable(&s, 2);
+        p.ports = vec![taba_types::AllocatedPort {
+            label: "http".into(),
+            value: 20001,
+            dynamic: true,
+        }];
+        s.upsert_alloc(p.clone());
+        let slot = s.alloc_slot(&p.id).unwrap();
+        assert!(matches!(s.allocs[slot as usize], Stored::Compact(_)));
+        assert_eq!(s.alloc(&p.id), Some(&p));
+        let node_slot = s.alloc_node[slot as usize] as usize;
+        assert_eq!(s.nodes[node_slot].ports.count(20001), 1);
+        s.remove_alloc(&p.id);
+        assert_eq!(s.nodes[node_slot].ports.count(20001), 0);
+        assert_eq!(s.node_used(&p.node_id).cpu, 0);
     }
 
     #[test]

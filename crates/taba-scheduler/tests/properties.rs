@@ -588,15 +588,16 @@ proptest! {
             workers: 1,
             fill: 0.8,
             shards: true,
+            features: true,
         };
-        let (s1, e1) = sim::build(&cfg).unwrap();
-        let (s2, e2) = sim::build(&cfg).unwrap();
-        prop_assert_eq!(&e1, &e2);
-        for e in e1.iter().take(10) {
-            prop_assert_eq!(schedule(&s1, e, 0), schedule(&s2, e, 0));
+        let (w1, w2) = (sim::build(&cfg).unwrap(), sim::build(&cfg).unwrap());
+        prop_assert_eq!(&w1.evals, &w2.evals);
+        prop_assert_eq!(&w1.features, &w2.features);
+        for e in w1.evals.iter().take(10) {
+            prop_assert_eq!(schedule(&w1.state, e, 0), schedule(&w2.state, e, 0));
         }
         // A whole single-worker run is deterministic too.
         let (r1, r2) = (sim::run(&cfg).unwrap(), sim::run(&cfg).unwrap());
-        prop_assert_eq!((r1.placed, r1.nodes_used, r1.lower_bound), (r2.placed, r2.nodes_used, r2.lower_bound));
+        prop_assert_eq!((r1.placed, r1.stopped, r1.nodes_used, r1.lower_bound), (r2.placed, r2.stopped, r2.nodes_used, r2.lower_bound));
     }
 }

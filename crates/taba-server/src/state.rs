@@ -10,7 +10,7 @@
 
 use crate::broker::{now_ms, Broker};
 use crate::config::ServerConfig;
-use crate::locks::{job_key, node_key, KeyLocks};
+use crate::locks::{job_key, node_key, node_name_key, KeyLocks};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -865,7 +865,10 @@ impl ServerState {
 
     /// An agent registers (or re-registers after a restart).
     pub async fn register_node(&self, mut node: Node) -> Result<u64, StateError> {
-        let _held = self.locks.lock(vec![node_key(node.id.as_str())]).await;
+        let _held = self
+            .locks
+            .lock(vec![node_key(node.id.as_str()), node_name_key(&node.name)])
+            .await;
         self.check_name_free(&node)?;
         let existing = self.cluster().node(&node.id).cloned();
         if let Some(old) = &existing {

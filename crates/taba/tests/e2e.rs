@@ -303,9 +303,13 @@ reschedule = { attempts = 0 }
             "restart came before its 1s delay: {times:?}"
         );
     }
-    // The CLI exit code of a failing deployment is 1.
-    let out = dev.cli(&["job", "status", "codes"]);
-    assert!(out.status.success());
+    // Following a deployment whose allocation failed exits 1 and says which.
+    let out = dev.cli(&["job", "run", f.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("failed"), "{err}");
+    // Reading the status of that job is not an error.
+    assert!(dev.cli(&["job", "status", "codes"]).status.success());
 }
 
 #[test]

@@ -453,4 +453,20 @@ mod tests {
             .unwrap_err();
         assert!(err.message().contains("unknown field `services`"), "{err}");
     }
+
+    #[test]
+    fn server_file_reads_liveness_settings() {
+        let mut sc = ServerConfig::new("/tmp/x", "127.0.0.1:0".parse().unwrap());
+        let cfg: ServerFile = toml::from_str(
+            "heartbeat_ttl = \"3s\"\nheartbeat_grace = \"1s\"\nnode_gc_after = \"1h\"\n",
+        )
+        .unwrap();
+        cfg.apply_liveness(&mut sc).unwrap();
+        assert_eq!(sc.heartbeat_ttl, Duration::from_secs(3));
+        assert_eq!(sc.heartbeat_grace, Duration::from_secs(1));
+        assert_eq!(sc.node_gc_after, Duration::from_secs(3600));
+        let cfg: ServerFile = toml::from_str("heartbeat_ttl = \"10ms\"\n").unwrap();
+        let err = cfg.apply_liveness(&mut sc).unwrap_err();
+        assert!(err.to_string().starts_with("heartbeat_ttl:"), "{err}");
+    }
 }

@@ -2,6 +2,8 @@
 //! cluster (see `taba_scheduler::sim`). Prints what happened, and as its last
 //! line exactly
 //! `placed=<n> seconds=<s> placements_per_s=<r> nodes_used=<u> lower_bound=<l> rss_mib=<m>`.
+//! Before it prints anything the run is audited against its final state
+//! (`taba_scheduler::sim` `check`): a report the state does not back exits 1.
 
 use std::process::ExitCode;
 use taba_scheduler::sim::{self, Mix, SimConfig};
@@ -32,6 +34,11 @@ pub struct SimArgs {
     /// then rejected by the applier and retried.
     #[arg(long)]
     pub no_shards: bool,
+    /// Ask only for resources and constraints: no spreads, affinities,
+    /// ports, quotas or late high-priority wave (by default the workload
+    /// uses them all).
+    #[arg(long)]
+    pub plain: bool,
     /// `place` (default): place the workload. `rebalance`: place it, give
     /// every allocation a synthetic measured load (one job in eight runs hot),
     /// then run the rebalancer round after round and report the utilization
@@ -60,6 +67,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         workers: args.workers,
         fill: args.fill,
         shards: !args.no_shards,
+        features: !args.plain,
     };
     let (r, rebalance) = if args.scenario == "rebalance" {
         let rcfg = taba_scheduler::rebalance::RebalanceConfig {
@@ -79,6 +87,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     println!(
         "nodes={} jobs={} tasks={} workers={} plans_applied={} plans_rejected={} evals_blocked={}",
         r.nodes, r.jobs, r.tasks, cfg.workers, r.plans_applied, r.plans_rejected, r.evals_blocked
+    );
+    let f = &r.features;
+    println!(
+        "features: spread_groups={} affinity_groups={} port_groups={} quota_jobs={} late_jobs={} evicted={} live={}",
+        f.spread_groups, f.affinity_groups, f.port_groups, f.quota_jobs, f.late_jobs, r.stopped, r.live
     );
     println!(
         "eval_latency_ms p50={:.1} p99={:.1} schedule_s={:.3} apply_s={:.3} binding={} used_fill_cpu={:.3} used_fill_memory={:.3}",
@@ -114,7 +127,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
 
 fn usage(e: sim::SimError) -> anyhow::Result<ExitCode> {
     eprintln!("error: {e}");
-    Ok(ExitCode::from(2))
+    // A failed audit is a scheduler bug, not a usage error.
+    Ok(ExitCode::from(if matches!(e, sim::SimError::Audit(_)) {
+        1
+    } else {
+        2
+    }))
 }
 
 /// Peak resident set size of this process (VmHWM), MiB; 0 if unknown.
