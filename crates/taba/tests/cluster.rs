@@ -151,3 +151,53 @@ fn root_cluster_cut_link_fences_and_reconciles() {
     let kinds: Vec<&str> = a.allocation.events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["Lost", "Reconnected", "Duplicate"]);
 }
+
+/// The finding: an agent started with `ip netns exec` (which
+/// detaches /sys and mounts a fresh sysfs without the cgroup hierarchies)
+/// registered as `ready` with no drivers. Started the same way here (a
+/// private mount namespace, /sys replaced the way `ip netns exec` does it,
+/// the host's network so it reaches the server), it says why in its log
+/// and in the node record, and registers as `unusable`.
+#[test]
+fn root_cluster_agent_without_cgroups_registers_unusable() {
+    let mut c = Cluster::start("");
+    let url = c.url.clone();
+    c.start_agent("n1", &url);
+    c.spawn_agent(
+        "n2",
+        &url,
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "umount -l /sys && mount -t sysfs sysfs /sys && exec \"$0\" \"$@\"",
+        ],
+    );
+    c.wait_for("n2 registered", Duration::from_secs(30), || c.client.node("n2").is_ok());
+    let d = c.client.node("n2").unwrap();
+    assert_eq!(d.status, taba_types::NodeStatus::Unusable, "{d:?}");
+    assert!(d.node.unusable_reason.contains("no usable cgroups"), "{}", d.node.unusable_reason);
+    assert!(d.node.unusable_reason.contains("ip netns exec"));
+    let log = std::fs::read_to_string(c.node_dir("n2").join("agent-1.log")).unwrap();
+    assert!(log.contains("cannot run workloads"), "{log}");
+    // The CLI shows it, in text and JSON.
+    let out = c.cli(&["node", "status", "n2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Status     = unusable") && text.contains("Unusable   = no usable cgroups"), "{text}");
+    let out = c.cli(&["--json", "node", "status", "n2"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["display_status"], "unusable");
+    // Nothing is placed on it: a job of 2 lands on n1 only.
+    let dir = tempfile::tempdir().unwrap();
+    let out = c.cli(&["job", "run", job_file(dir.path(), "web", &job("web", 2, "")).to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = c.client.job_status("web").unwrap();
+    assert!(st.allocations.iter().all(|a| a.node == "n1"));
+    // `node status` of a usable node shows its measured use and heartbeat.
+    let out = c.cli(&["node", "status", "n1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Status     = ready") && text.contains("Heartbeat") && text.contains("In use"), "{text}");
+}

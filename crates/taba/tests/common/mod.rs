@@ -369,8 +369,23 @@ pub struct Cluster {
 /// Start `taba <args>` with its stderr in `log`; wait for a stderr line
 /// containing `marker` and return the text after it.
 fn spawn_logged(args: &[&str], log: &Path, marker: &str) -> (Child, String) {
+    spawn_wrapped(&[], args, log, marker)
+}
+
+/// [`spawn_logged`] with `taba` run through `wrapper` (a command and its
+/// arguments that end with the program to run, e.g. `unshare ... --`).
+fn spawn_wrapped(wrapper: &[&str], args: &[&str], log: &Path, marker: &str) -> (Child, String) {
     let logf = std::fs::File::create(log).unwrap();
-    let child = Command::new(taba_bin())
+    let bin = taba_bin();
+    let mut cmd = match wrapper.split_first() {
+        Some((prog, rest)) => {
+            let mut c = Command::new(prog);
+            c.args(rest).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let child = cmd
         .args(args)
         .env("TABA_LOG", "info")
         .stdin(Stdio::null())
@@ -435,6 +450,17 @@ impl Cluster {
     /// talking to `server_url` (the server's, unless a test puts a proxy
     /// between them); waits until the node is ready.
     pub fn start_agent(&mut self, name: &str, server_url: &str) {
+        self.spawn_agent(name, server_url, &[]);
+        self.wait_for(&format!("node {name} ready"), Duration::from_secs(30), || {
+            self.client
+                .node(name)
+                .is_ok_and(|n| n.status == taba_types::NodeStatus::Ready)
+        });
+    }
+
+    /// Start the agent of node `name` through `wrapper` (see
+    /// [`spawn_wrapped`]) and return once it logged its start.
+    pub fn spawn_agent(&mut self, name: &str, server_url: &str, wrapper: &[&str]) {
         let dir = self.node_dir(name);
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("agent.toml");
@@ -446,17 +472,13 @@ impl Cluster {
             ),
         )
         .unwrap();
-        let (child, _) = spawn_logged(
+        let (child, _) = spawn_wrapped(
+            wrapper,
             &["agent", "--config", cfg.to_str().unwrap()],
             &dir.join(format!("agent-{}.log", self.agents.len())),
             "taba agent: node ",
         );
         self.agents.insert(name.to_string(), child);
-        self.wait_for(&format!("node {name} ready"), Duration::from_secs(30), || {
-            self.client
-                .node(name)
-                .is_ok_and(|n| n.status == taba_types::NodeStatus::Ready)
-        });
     }
 
     /// kill -9 the agent of `name` (its workloads keep running).
