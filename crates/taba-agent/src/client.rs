@@ -132,7 +132,11 @@ impl ServerClient {
     /// Report allocation state changes.
     pub async fn update_allocs(&self, req: &AllocUpdateRequest) -> Result<(), ClientError> {
         let url = format!("{}/v1/agent/allocations", self.base);
-        let req = self.http.post(&url).json(req).timeout(Duration::from_secs(30));
+        let req = self
+            .http
+            .post(&url)
+            .json(req)
+            .timeout(Duration::from_secs(30));
         let _: serde_json::Value = self.send(req, url).await?;
         Ok(())
     }

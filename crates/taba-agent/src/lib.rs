@@ -590,7 +590,10 @@ async fn fence_loop(inner: Arc<AgentInner>) {
 
 /// Why this node cannot run workloads, or empty: no usable cgroups, or no
 /// driver that can start anything.
-fn unusable_reason(fp: &fingerprint::Fingerprint, drivers: &BTreeMap<String, DriverInfo>) -> String {
+fn unusable_reason(
+    fp: &fingerprint::Fingerprint,
+    drivers: &BTreeMap<String, DriverInfo>,
+) -> String {
     let mut why = Vec::new();
     if let Some(e) = &fp.cgroup_error {
         why.push(format!(

@@ -200,9 +200,7 @@ impl AllocRunner {
         if a.desired_status != DesiredStatus::Run {
             return None;
         }
-        a.group_spec
-            .stop_after_disconnect
-            .map(|d| d.as_duration())
+        a.group_spec.stop_after_disconnect.map(|d| d.as_duration())
     }
 
     /// Wait until every task loop has ended.

@@ -460,7 +460,11 @@ impl Client {
     }
 
     /// `DELETE /v1/nodes/{id-or-name}[?force=true]`.
-    pub fn remove_node(&self, id_or_name: &str, force: bool) -> Result<RemoveNodeResponse, ClientError> {
+    pub fn remove_node(
+        &self,
+        id_or_name: &str,
+        force: bool,
+    ) -> Result<RemoveNodeResponse, ClientError> {
         let mut r = self.req("DELETE", &format!("/v1/nodes/{}", seg(id_or_name)));
         if force {
             r = r.query("force", "true");
@@ -469,7 +473,11 @@ impl Client {
     }
 
     /// `POST /v1/nodes/{id-or-name}/eligibility`.
-    pub fn node_eligibility(&self, id_or_name: &str, eligible: bool) -> Result<NodeDetail, ClientError> {
+    pub fn node_eligibility(
+        &self,
+        id_or_name: &str,
+        eligible: bool,
+    ) -> Result<NodeDetail, ClientError> {
         self.send(
             "POST",
             &format!("/v1/nodes/{}/eligibility", seg(id_or_name)),

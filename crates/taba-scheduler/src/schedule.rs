@@ -236,7 +236,10 @@ impl<'a> Scheduler<'a> {
         for a in mine.iter().copied().filter(|a| {
             a.desired_status == DesiredStatus::Run
                 && a.index < count
-                && matches!(a.client_status, ClientStatus::Pending | ClientStatus::Running)
+                && matches!(
+                    a.client_status,
+                    ClientStatus::Pending | ClientStatus::Running
+                )
         }) {
             keep.entry(a.index)
                 .and_modify(|k| {
@@ -257,12 +260,7 @@ impl<'a> Scheduler<'a> {
     fn fenced_until(&self, a: &Allocation, g: &TaskGroupSpec) -> Option<UnixMillis> {
         let d = g.stop_after_disconnect?;
         let last = self.state.node(&a.node_id).map(|n| n.last_heartbeat)?;
-        let kill = g
-            .tasks
-            .iter()
-            .map(|t| t.kill_timeout.0)
-            .max()
-            .unwrap_or(0);
+        let kill = g.tasks.iter().map(|t| t.kill_timeout.0).max().unwrap_or(0);
         let at = last.saturating_add(d.0 + kill + FENCE_MARGIN_MS);
         (at > self.now).then_some(at)
     }

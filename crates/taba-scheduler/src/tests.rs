@@ -818,7 +818,11 @@ fn a_returning_original_is_stopped_when_its_replacement_runs() {
     let s = &o.plan.stops[0];
     assert_eq!(s.alloc_id, first.id);
     assert_eq!(s.event.as_deref(), Some("Duplicate"));
-    assert!(s.description.contains(repl.id.as_str()), "{}", s.description);
+    assert!(
+        s.description.contains(repl.id.as_str()),
+        "{}",
+        s.description
+    );
     let live = c.live("web");
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].id, repl.id);
@@ -860,5 +864,8 @@ fn a_fenced_group_is_replaced_only_after_its_agent_has_stopped_it() {
     assert_eq!(o.follow_ups[0].wait_until, Some(due));
     let o = c.run_commit(&j, due);
     assert_eq!(o.plan.placements.len(), 1);
-    assert_eq!(o.plan.placements[0].previous_alloc.as_ref(), Some(&first.id));
+    assert_eq!(
+        o.plan.placements[0].previous_alloc.as_ref(),
+        Some(&first.id)
+    );
 }

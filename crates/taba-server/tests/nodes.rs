@@ -103,7 +103,10 @@ fn a_returning_node_never_leaves_a_duplicate_running() {
     eventually("exactly 4 running, all on n2", || {
         let (by_node, listed) = running(&c, "web");
         let total: u32 = by_node.values().sum();
-        assert_eq!(listed, total, "job list hides running allocations: {by_node:?}");
+        assert_eq!(
+            listed, total,
+            "job list hides running allocations: {by_node:?}"
+        );
         n1.converge();
         n2.converge();
         (by_node.get("n2") == Some(&4) && by_node.get("n1").is_none()).then_some(())
@@ -118,8 +121,16 @@ fn a_returning_node_never_leaves_a_duplicate_running() {
             .iter()
             .map(|e| e.kind.as_str())
             .collect();
-        assert_eq!(kinds, ["Lost", "Reconnected", "Duplicate"], "{:?}", d.allocation.events);
-        assert!(d.allocation.desired_description.contains("duplicate of allocation"));
+        assert_eq!(
+            kinds,
+            ["Lost", "Reconnected", "Duplicate"],
+            "{:?}",
+            d.allocation.events
+        );
+        assert!(d
+            .allocation
+            .desired_description
+            .contains("duplicate of allocation"));
     }
     // An evaluation with the reconnect trigger ran for the job.
     let st = c.job_status("web").unwrap();
@@ -160,9 +171,8 @@ fn a_returning_node_keeps_its_allocations_when_no_replacement_runs_yet() {
 #[test]
 fn a_silent_node_is_disconnected_then_down_then_ready_again() {
     let dir = tempfile::tempdir().unwrap();
-    let store: std::sync::Arc<dyn taba_store::Store> = std::sync::Arc::new(
-        taba_store::RedbStore::open(&dir.path().join("state.redb")).unwrap(),
-    );
+    let store: std::sync::Arc<dyn taba_store::Store> =
+        std::sync::Arc::new(taba_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
     // A long grace, so the disconnected state can be seen.
     let srv = TestServer::start_configured(dir.path(), store, |c| {
         c.heartbeat_ttl = Duration::from_millis(300);
@@ -262,9 +272,8 @@ fn node_rm_refuses_a_live_node_with_allocations_unless_forced() {
 #[test]
 fn down_nodes_are_garbage_collected() {
     let dir = tempfile::tempdir().unwrap();
-    let store: std::sync::Arc<dyn taba_store::Store> = std::sync::Arc::new(
-        taba_store::RedbStore::open(&dir.path().join("state.redb")).unwrap(),
-    );
+    let store: std::sync::Arc<dyn taba_store::Store> =
+        std::sync::Arc::new(taba_store::RedbStore::open(&dir.path().join("state.redb")).unwrap());
     let srv = TestServer::start_configured(dir.path(), store, |c| {
         c.heartbeat_ttl = Duration::from_millis(200);
         c.heartbeat_grace = Duration::from_millis(100);
@@ -278,7 +287,12 @@ fn down_nodes_are_garbage_collected() {
         (c.node("n1").unwrap().status == NodeStatus::Down).then_some(())
     });
     eventually("n1 collected", || c.node("n1").is_err().then_some(()));
-    let names: Vec<String> = c.list_nodes().unwrap().into_iter().map(|n| n.name).collect();
+    let names: Vec<String> = c
+        .list_nodes()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
     assert_eq!(names, ["n2"]);
     // Gone from the store too.
     drop(c);

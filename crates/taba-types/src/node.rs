@@ -186,9 +186,7 @@ impl Node {
     pub fn display_status(&self) -> String {
         match self.status {
             NodeStatus::Ready if self.drain => "draining".into(),
-            NodeStatus::Ready if self.eligibility == Eligibility::Ineligible => {
-                "ineligible".into()
-            }
+            NodeStatus::Ready if self.eligibility == Eligibility::Ineligible => "ineligible".into(),
             s => s.to_string(),
         }
     }

@@ -241,7 +241,10 @@ count = 2
             Some(crate::DurationSpec::secs(10))
         );
         for (value, why) in [("\"200ms\"", "at least 1s"), ("\"48h\"", "at most 24h")] {
-            let bad = HELLO.replace("count = 2", &format!("count = 2\nstop_after_disconnect = {value}"));
+            let bad = HELLO.replace(
+                "count = 2",
+                &format!("count = 2\nstop_after_disconnect = {value}"),
+            );
             let err = parse_job_toml(bad.as_bytes()).unwrap_err();
             assert_eq!(
                 err.path().as_deref(),
@@ -251,6 +254,9 @@ count = 2
         }
         let bad = HELLO.replace("count = 2", "count = 2\nstop_after_disconnect = \"soon\"");
         let err = parse_job_toml(bad.as_bytes()).unwrap_err();
-        assert_eq!(err.path().as_deref(), Some("group[0].stop_after_disconnect"));
+        assert_eq!(
+            err.path().as_deref(),
+            Some("group[0].stop_after_disconnect")
+        );
     }
 }

@@ -60,7 +60,9 @@ fn main() {
             c.job_running_on("failover", to).len() == COUNT
         });
         let took = t0.elapsed();
-        eprintln!("run {run}: agent {from} killed -> {COUNT} replacements running on {to}: {took:.2?}");
+        eprintln!(
+            "run {run}: agent {from} killed -> {COUNT} replacements running on {to}: {took:.2?}"
+        );
         times.push(took);
         // Bring the killed agent back: its returning workloads are stopped.
         c.start_agent(from, &url);

@@ -58,7 +58,8 @@ impl ServerState {
             .into_iter()
             .filter_map(|(id, status, last)| {
                 if status == NodeStatus::Down {
-                    return (now.saturating_sub(last) > gc_after).then_some((id, NodeAction::Collect));
+                    return (now.saturating_sub(last) > gc_after)
+                        .then_some((id, NodeAction::Collect));
                 }
                 let silent = self.silence(&id);
                 if silent > down_after {
@@ -73,7 +74,11 @@ impl ServerState {
     }
 
     /// Carry out one [`NodeAction`].
-    pub async fn apply_node_action(&self, id: &NodeId, action: NodeAction) -> Result<(), StateError> {
+    pub async fn apply_node_action(
+        &self,
+        id: &NodeId,
+        action: NodeAction,
+    ) -> Result<(), StateError> {
         match action {
             NodeAction::Disconnect => self.mark_node_disconnected(id).await,
             NodeAction::Down => self.mark_node_down(id).await,
@@ -183,7 +188,11 @@ impl ServerState {
     /// what it says about the link in `new`'s events. Returns true when the
     /// allocation was lost and is reported alive again (a reconnect: the
     /// job needs an evaluation so exactly `count` keep running).
-    pub(super) fn record_link_events(old: &Allocation, new: &mut Allocation, now: UnixMillis) -> bool {
+    pub(super) fn record_link_events(
+        old: &Allocation,
+        new: &mut Allocation,
+        now: UnixMillis,
+    ) -> bool {
         let alive = !new.client_status.is_terminal();
         if old.client_status == ClientStatus::Lost && alive {
             new.push_event(
@@ -196,7 +205,8 @@ impl ServerState {
             );
             return true;
         }
-        if new.client_status == ClientStatus::Lost && old.client_description != new.client_description
+        if new.client_status == ClientStatus::Lost
+            && old.client_description != new.client_description
         {
             // Only an agent that fenced itself reports `lost`.
             new.push_event(now, "Fenced", new.client_description.clone());
@@ -238,7 +248,11 @@ impl ServerState {
         }
         node.eligibility = want;
         // Eligible again: system jobs place there, blocked work may fit.
-        let evals = if eligible { self.node_evals(&id) } else { vec![] };
+        let evals = if eligible {
+            self.node_evals(&id)
+        } else {
+            vec![]
+        };
         let txn = Self::put_allocs_evals(
             Txn::new().put_encoded(Table::Nodes, id.as_str(), &node),
             &[],
@@ -286,7 +300,12 @@ impl ServerState {
 
     /// Remove the node record; allocations not terminal are lost first.
     /// `only_down`: do nothing unless the node is (still) down.
-    async fn remove_node_now(&self, id: &NodeId, why: &str, only_down: bool) -> Result<usize, StateError> {
+    async fn remove_node_now(
+        &self,
+        id: &NodeId,
+        why: &str,
+        only_down: bool,
+    ) -> Result<usize, StateError> {
         let mut keys: Vec<String> = self
             .node_allocs(id)
             .iter()
@@ -301,7 +320,8 @@ impl ServerState {
             return Ok(0);
         }
         let (lost, evals) = self.lose_allocs(id, why);
-        let txn = Self::put_allocs_evals(Txn::new().delete(Table::Nodes, id.as_str()), &lost, &evals);
+        let txn =
+            Self::put_allocs_evals(Txn::new().delete(Table::Nodes, id.as_str()), &lost, &evals);
         let index = self.commit(txn).await?;
         let n = lost.len();
         self.cluster_mut().remove_node(id);

@@ -451,11 +451,15 @@ impl Cluster {
     /// between them); waits until the node is ready.
     pub fn start_agent(&mut self, name: &str, server_url: &str) {
         self.spawn_agent(name, server_url, &[]);
-        self.wait_for(&format!("node {name} ready"), Duration::from_secs(30), || {
-            self.client
-                .node(name)
-                .is_ok_and(|n| n.status == taba_types::NodeStatus::Ready)
-        });
+        self.wait_for(
+            &format!("node {name} ready"),
+            Duration::from_secs(30),
+            || {
+                self.client
+                    .node(name)
+                    .is_ok_and(|n| n.status == taba_types::NodeStatus::Ready)
+            },
+        );
     }
 
     /// Start the agent of node `name` through `wrapper` (see
