@@ -385,7 +385,7 @@ fn spawn_wrapped(wrapper: &[&str], args: &[&str], log: &Path, marker: &str) -> (
         }
         None => Command::new(&bin),
     };
-    let child = cmd
+    let mut child = cmd
         .args(args)
         .env("TABA_LOG", "info")
         .stdin(Stdio::null())
@@ -401,6 +401,8 @@ fn spawn_wrapped(wrapper: &[&str], args: &[&str], log: &Path, marker: &str) -> (
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!(
         "taba {args:?} did not start; log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
