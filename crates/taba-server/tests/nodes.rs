@@ -321,3 +321,40 @@ fn an_unusable_node_is_never_ready() {
     });
     assert!(st.allocations.is_empty());
 }
+
+#[test]
+fn node_routes_reject_bad_input_with_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(10));
+    let c = srv.client();
+    let _n1 = FakeAgent::register(c.clone(), node("n1", 4096));
+    for (body, field) in [
+        (&br#"{"eligible": "yes"}"#[..], "eligible"),
+        (br#"{"eligible": true, "why": 1}"#, "why"),
+        (br#"{}"#, "eligible"),
+    ] {
+        let r = c
+            .raw(
+                "POST",
+                "/v1/nodes/n1/eligibility",
+                Some("application/json"),
+                body,
+            )
+            .unwrap();
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(body));
+        let e = r.error().unwrap();
+        let named = e.field.as_deref() == Some(field) || e.message.contains(field);
+        assert!(named, "{e:?}");
+    }
+    let r = c
+        .raw("DELETE", "/v1/nodes/n1?force=maybe", None, b"")
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let r = c
+        .raw("DELETE", "/v1/nodes/n1?forse=true", None, b"")
+        .unwrap();
+    assert_eq!(r.status, 400);
+    // Nothing changed.
+    let n = c.node("n1").unwrap();
+    assert_eq!(n.display_status, "ready");
+}
