@@ -91,7 +91,8 @@ impl ServerClient {
     /// Register (or re-register) the node.
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
         let url = format!("{}/v1/agent/register", self.base);
-        self.send(self.http.post(&url).json(req), url).await
+        let req = self.http.post(&url).json(req).timeout(Duration::from_secs(30));
+        self.send(req, url).await
     }
 
     /// Heartbeat; gives up after `timeout` (a partitioned link must not
