@@ -20,7 +20,7 @@ use serde::Deserialize;
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::Arc;
-use taba_client::api::{b64, ExecRequest, ExecResponse};
+use taba_types::api::{b64, ExecRequest, ExecResponse};
 
 /// Largest exec request.
 const MAX_EXEC_BODY: usize = 12 << 20;
@@ -33,6 +33,29 @@ pub fn router(inner: Arc<AgentInner>) -> Router {
         .route("/v1/client/allocations/{id}/stats", get(stats_handler))
         .layer(DefaultBodyLimit::max(MAX_EXEC_BODY))
         .with_state(inner)
+}
+
+/// Under TLS: only servers may call the agent API (the handshake already
+/// required a certificate of the cluster CA). Refusals are logged.
+pub async fn require_server(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<taba_tls::TlsPeer>()
+        .and_then(|p| p.0.clone());
+    match peer {
+        Some(p) if p.is_server() => next.run(req).await,
+        other => {
+            let who = other
+                .map(|p| p.describe())
+                .unwrap_or_else(|| "a client without a certificate".into());
+            tracing::warn!("refused {who}: only servers may call the agent API");
+            ApiError(
+                StatusCode::FORBIDDEN,
+                format!("{who} may not call the agent API; only servers may"),
+            )
+            .into_response()
+        }
+    }
 }
 
 struct ApiError(StatusCode, String);

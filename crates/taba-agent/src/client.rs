@@ -1,5 +1,13 @@
 //! The agent's side of the agent <-> server protocol (`taba_types::wire`).
+//!
+//! The agent knows several servers (`servers = [...]`): a request that
+//! cannot connect to one tries the next, and the one that answered is
+//! remembered for the following requests. Every request carries the node's
+//! credential: the agent certificate under TLS, or the node secret header
+//! over plain HTTP once the server issued one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use taba_types::wire::*;
 use taba_types::{NodeId, NodeUsage};
@@ -26,13 +34,31 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
+    /// The TLS material could not be used.
+    #[error("unusable TLS material")]
+    Tls(#[source] reqwest::Error),
+    /// No server address was given.
+    #[error("no server address configured")]
+    NoServers,
 }
 
 /// A connection to the servers.
 #[derive(Clone)]
 pub struct ServerClient {
-    base: String,
+    bases: Arc<Vec<String>>,
+    current: Arc<AtomicUsize>,
     http: reqwest::Client,
+    secret: Arc<Mutex<Option<String>>>,
+}
+
+/// `host:port` becomes `http://host:port`; a trailing slash goes.
+pub fn normalize_base(s: &str) -> String {
+    let s = s.trim().trim_end_matches('/');
+    if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    }
 }
 
 impl ClientError {
@@ -44,32 +70,86 @@ impl ClientError {
 }
 
 impl ServerClient {
-    /// Talk to the server at `base` (`http://host:port`).
-    pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .unwrap_or_default();
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            http,
+    /// Talk to the servers at `bases` (`http://host:port` or
+    /// `https://host:port`), trusting `tls`'s CA and presenting its identity.
+    pub fn new(bases: &[String], tls: Option<&taba_tls::ClientTls>) -> Result<Self, ClientError> {
+        if bases.is_empty() {
+            return Err(ClientError::NoServers);
         }
+        let mut b = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .connect_timeout(Duration::from_secs(5))
+            .tls_built_in_root_certs(false);
+        if let Some(t) = tls {
+            b = b.add_root_certificate(
+                reqwest::Certificate::from_pem(&t.ca_pem).map_err(ClientError::Tls)?,
+            );
+            if let Some(id) = &t.identity_pem {
+                b = b.identity(reqwest::Identity::from_pem(id).map_err(ClientError::Tls)?);
+            }
+        }
+        Ok(Self {
+            bases: Arc::new(bases.iter().map(|s| normalize_base(s)).collect()),
+            current: Arc::new(AtomicUsize::new(0)),
+            http: b.build().map_err(ClientError::Tls)?,
+            secret: Arc::new(Mutex::new(None)),
+        })
     }
 
-    /// The server's base URL.
+    /// The server currently used.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
+    /// Send the node secret with every request from now on.
+    pub fn set_secret(&self, secret: Option<String>) {
+        *self.secret.lock().unwrap_or_else(|p| p.into_inner()) = secret;
+    }
+
+    /// Send the request `build` makes for a base URL to the current server,
+    /// then to the others in turn while they cannot be connected to.
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
-        req: reqwest::RequestBuilder,
+        path: &str,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let n = self.bases.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let secret = self
+            .secret
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut last = None;
+        for i in 0..n {
+            let k = (start + i) % n;
+            let url = format!("{}{path}", self.bases[k]);
+            let mut req = build(&self.http, &url);
+            if let Some(s) = &secret {
+                req = req.header(NODE_SECRET_HEADER, s);
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    if k != start {
+                        tracing::info!(server = %self.bases[k], "switched to another server");
+                        self.current.store(k, Ordering::Relaxed);
+                    }
+                    return Self::finish(resp, url).await;
+                }
+                Err(source) if source.is_connect() && i + 1 < n => {
+                    tracing::warn!(server = %self.bases[k], "cannot connect; trying the next server");
+                    last = Some(ClientError::Http { url, source });
+                }
+                Err(source) => return Err(ClientError::Http { url, source }),
+            }
+        }
+        Err(last.unwrap_or(ClientError::NoServers))
+    }
+
+    async fn finish<T: serde::de::DeserializeOwned>(
+        resp: reqwest::Response,
         url: String,
     ) -> Result<T, ClientError> {
-        let resp = req.send().await.map_err(|source| ClientError::Http {
-            url: url.clone(),
-            source,
-        })?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
@@ -88,11 +168,18 @@ impl ServerClient {
             .map_err(|source| ClientError::Http { url, source })
     }
 
+    /// Exchange a join token for a credential.
+    pub async fn join(&self, req: &JoinRequest) -> Result<JoinResponse, ClientError> {
+        self.send("/v1/agent/join", |c, u| c.post(u).json(req))
+            .await
+    }
+
     /// Register (or re-register) the node.
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        let url = format!("{}/v1/agent/register", self.base);
-        let req = self.http.post(&url).json(req).timeout(Duration::from_secs(30));
-        self.send(req, url).await
+        self.send("/v1/agent/register", |c, u| {
+            c.post(u).json(req).timeout(Duration::from_secs(30))
+        })
+        .await
     }
 
     /// Heartbeat; gives up after `timeout` (a partitioned link must not
@@ -103,14 +190,15 @@ impl ServerClient {
         usage: NodeUsage,
         timeout: Duration,
     ) -> Result<HeartbeatResponse, ClientError> {
-        let url = format!("{}/v1/agent/heartbeat", self.base);
         let req = HeartbeatRequest {
             protocol: PROTOCOL,
             node_id: node_id.clone(),
             usage,
         };
-        self.send(self.http.post(&url).json(&req).timeout(timeout), url)
-            .await
+        self.send("/v1/agent/heartbeat", |c, u| {
+            c.post(u).json(&req).timeout(timeout)
+        })
+        .await
     }
 
     /// The node's allocations, blocking until they change past `index`.
@@ -120,25 +208,24 @@ impl ServerClient {
         index: u64,
         wait: Duration,
     ) -> Result<NodeAllocations, ClientError> {
-        let url = format!(
-            "{}/v1/agent/allocations/{}?index={index}&wait={}ms",
-            self.base,
+        let path = format!(
+            "/v1/agent/allocations/{}?index={index}&wait={}ms",
             node_id,
             wait.as_millis()
         );
-        let req = self.http.get(&url).timeout(wait + Duration::from_secs(10));
-        self.send(req, url).await
+        self.send(&path, |c, u| {
+            c.get(u).timeout(wait + Duration::from_secs(10))
+        })
+        .await
     }
 
     /// Report allocation state changes.
     pub async fn update_allocs(&self, req: &AllocUpdateRequest) -> Result<(), ClientError> {
-        let url = format!("{}/v1/agent/allocations", self.base);
-        let req = self
-            .http
-            .post(&url)
-            .json(req)
-            .timeout(Duration::from_secs(30));
-        let _: serde_json::Value = self.send(req, url).await?;
+        let _: serde_json::Value = self
+            .send("/v1/agent/allocations", |c, u| {
+                c.post(u).json(req).timeout(Duration::from_secs(30))
+            })
+            .await?;
         Ok(())
     }
 }

@@ -14,7 +14,9 @@ pub mod logs;
 pub mod runner;
 pub mod state;
 
-pub use client::{ClientError, ServerClient};
+pub mod join;
+
+pub use client::{normalize_base, ClientError, ServerClient};
 
 use runner::{AllocRunner, RunnerCtx};
 use state::StateDir;
@@ -46,6 +48,24 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// Plain HTTP was asked for off loopback.
+    #[error(
+        "refusing to serve the agent API over plain HTTP on {addr}: off loopback it needs TLS \
+         ([tls] ca_cert, cert and key, or a join_token; see docs/configuration.md)"
+    )]
+    PlainOffLoopback {
+        /// Address.
+        addr: SocketAddr,
+    },
+    /// The TLS files could not be used.
+    #[error("TLS configuration")]
+    Tls(#[from] taba_tls::ConfigError),
+    /// The client to the servers could not be built.
+    #[error("server client")]
+    Client(#[from] ClientError),
+    /// Joining with a token failed.
+    #[error("joining the cluster")]
+    Join(#[from] join::JoinError),
 }
 
 /// How an agent is set up.
@@ -53,8 +73,16 @@ pub enum AgentError {
 pub struct AgentConfig {
     /// Where allocations, logs and the node id live.
     pub data_dir: PathBuf,
-    /// Server API base URL, `http://host:port`.
-    pub server: String,
+    /// The servers' API base URLs (`http://host:port`, `https://host:port`),
+    /// tried in turn when one cannot be reached.
+    pub servers: Vec<String>,
+    /// TLS: the cluster CA, the agent's certificate and key. The certificate
+    /// is both the agent's client identity and its API's server identity.
+    pub tls: Option<taba_tls::TlsFiles>,
+    /// A join token (`taba node token create`), exchanged on first contact
+    /// for the agent certificate (TLS, written to `tls.cert`/`tls.key`) or
+    /// the node secret (plain HTTP).
+    pub join_token: Option<String>,
     /// Node name (the hostname by default).
     pub name: Option<String>,
     /// Datacenter.
@@ -82,7 +110,9 @@ impl AgentConfig {
     pub fn new(data_dir: PathBuf, server: String) -> Self {
         Self {
             data_dir,
-            server,
+            servers: vec![server],
+            tls: None,
+            join_token: None,
             name: None,
             datacenter: "dc1".into(),
             http_addr: "127.0.0.1:0".parse().expect("static address"),
@@ -201,6 +231,14 @@ pub async fn start(
         );
     }
 
+    if config.tls.is_none() && !config.http_addr.ip().is_loopback() {
+        return Err(AgentError::PlainOffLoopback {
+            addr: config.http_addr,
+        });
+    }
+    let name = config.name.clone().unwrap_or_else(|| fp.hostname.clone());
+    let creds = join::credentials(&config, &state_dir, &node_id, &name).await?;
+    let name = creds.name.clone().unwrap_or(name);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| AgentError::Listen {
@@ -214,7 +252,7 @@ pub async fn start(
 
     let node = Node {
         id: node_id.clone(),
-        name: config.name.clone().unwrap_or_else(|| fp.hostname.clone()),
+        name,
         datacenter: config.datacenter.clone(),
         status: NodeStatus::Initializing,
         eligibility: Eligibility::Eligible,
@@ -258,7 +296,8 @@ pub async fn start(
     // Resume what a previous agent left running before talking to anyone.
     recover(&inner);
 
-    let client = ServerClient::new(&config.server);
+    let client = ServerClient::new(&config.servers, creds.client.as_ref())?;
+    client.set_secret(creds.secret.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let ttl = Arc::new(Mutex::new(Duration::from_secs(10)));
@@ -285,13 +324,20 @@ pub async fn start(
     )));
     let app = api::router(inner.clone());
     let mut srx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = srx.wait_for(|v| *v).await;
-            })
-            .await;
-    }));
+    let stopped = async move {
+        let _ = srx.wait_for(|v| *v).await;
+    };
+    tasks.push(match creds.listener {
+        Some(cfg) => {
+            let app = app.layer(axum::middleware::from_fn(api::require_server));
+            tokio::spawn(taba_tls::serve::serve(listener, cfg, app, stopped))
+        }
+        None => tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await;
+        }),
+    });
     tracing::info!(node = %node_id, api = %http_addr, "agent started");
     Ok(AgentHandle {
         node_id,
@@ -365,6 +411,14 @@ async fn register_and_watch(
         match client.register(&req).await {
             Ok(resp) => {
                 inner.contact(sent);
+                if let Some(secret) = &resp.node_secret {
+                    if let Err(e) = inner.ctx.state_dir.save_node_secret(secret) {
+                        tracing::error!(
+                            "keeping the node secret: {e}; a restarted agent will be refused"
+                        );
+                    }
+                    client.set_secret(Some(secret.clone()));
+                }
                 *ttl.lock().unwrap() = Duration::from_millis(resp.heartbeat_ttl_ms.max(100));
                 backoff = Duration::from_millis(100);
                 // Everything we run gets reported after a (re-)registration.

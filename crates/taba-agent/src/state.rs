@@ -107,6 +107,23 @@ impl StateDir {
         }
     }
 
+    /// The node secret the server issued at the first registration (plain
+    /// HTTP only), if any: `<data>/node-secret`, 0600.
+    pub fn node_secret(&self) -> Result<Option<String>, StateError> {
+        let path = self.root.join("node-secret");
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Keep the node secret (0600).
+    pub fn save_node_secret(&self, secret: &str) -> Result<(), StateError> {
+        write_private(&self.root.join("node-secret"), secret.as_bytes())
+    }
+
     /// Directory of an allocation.
     pub fn alloc_dir(&self, id: &str) -> PathBuf {
         self.root.join("allocs").join(id)
@@ -197,6 +214,28 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> 
             source,
         }),
     }
+}
+
+/// Write `bytes` to a file only its owner can read (0600), via a
+/// temporary file and a rename.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let io = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Write `bytes` to `path` via a temporary file and a rename.

@@ -1,10 +1,14 @@
-//! The blocking client over `ureq`. One method per route; all JSON in and out
-//! except job files (TOML), image tars and log streams.
+//! The blocking client over `reqwest` (rustls). One method per route; all
+//! JSON in and out except job files (TOML), image tars and log streams.
 
 use crate::api::*;
+use reqwest::blocking::{Body, RequestBuilder, Response};
+use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use taba_types::wire::{
     AllocUpdateRequest, HeartbeatRequest, HeartbeatResponse, NodeAllocations, RegisterRequest,
@@ -32,7 +36,7 @@ pub enum ClientError {
         addr: String,
         /// Why.
         #[source]
-        source: Box<ureq::Transport>,
+        source: reqwest::Error,
     },
     /// The reply could not be read or decoded.
     #[error("unreadable reply from the server")]
@@ -101,18 +105,48 @@ impl Read for LogStream {
     }
 }
 
+/// TLS for a client: the cluster CA to trust and, optionally, the client's
+/// certificate and key (one PEM text, certificate first).
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    /// The cluster CA certificate, PEM.
+    pub ca_pem: Vec<u8>,
+    /// Certificate then private key, PEM.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
+/// How a [`Client`] is set up.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// Server addresses (`http(s)://host:port` or `host:port`), tried in
+    /// turn when one cannot be connected to.
+    pub addrs: Vec<String>,
+    /// API token.
+    pub token: Option<String>,
+    /// TLS material.
+    pub tls: Option<TlsOptions>,
+}
+
 /// A blocking API client.
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    bases: Arc<Vec<String>>,
+    /// Index in `bases` of the server that answered last.
+    current: Arc<AtomicUsize>,
     token: Option<String>,
-    agent: ureq::Agent,
-    streaming: ureq::Agent,
+    /// A node's secret, sent on every request (agent routes over plain HTTP).
+    node_secret: Option<String>,
+    /// Requests that end within two minutes.
+    http: reqwest::blocking::Client,
+    /// Streams (logs, exec, uploads, blocking queries): no overall timeout.
+    streaming: reqwest::blocking::Client,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("base", &self.base).finish()
+        f.debug_struct("Client")
+            .field("bases", &self.bases)
+            .finish()
     }
 }
 
@@ -129,95 +163,228 @@ fn seg(s: &str) -> String {
     out
 }
 
+fn builder(timeout: Option<Duration>) -> reqwest::blocking::ClientBuilder {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .tls_built_in_root_certs(false)
+}
+
+fn base_of(addr: &str) -> String {
+    let addr = addr.trim().trim_end_matches('/');
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+fn with_tls(
+    b: reqwest::blocking::ClientBuilder,
+    tls: Option<&TlsOptions>,
+) -> Result<reqwest::blocking::ClientBuilder, reqwest::Error> {
+    let Some(t) = tls else { return Ok(b) };
+    let mut b = b.add_root_certificate(reqwest::Certificate::from_pem(&t.ca_pem)?);
+    if let Some(id) = &t.identity_pem {
+        b = b.identity(reqwest::Identity::from_pem(id)?);
+    }
+    Ok(b)
+}
+
 impl Client {
-    /// A client for the server at `addr` (`http://host:port` or `host:port`).
+    /// A client for the server at `addr` (`http://host:port` or `host:port`;
+    /// several separated by commas).
     pub fn new(addr: &str, token: Option<String>) -> Self {
-        let addr = addr.trim().trim_end_matches('/');
-        let base = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .timeout_read(Duration::from_secs(120))
-            .timeout_write(Duration::from_secs(120))
-            .build();
-        let streaming = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .build();
-        Self {
-            base,
+        Self::with_options(ClientOptions {
+            addrs: addr.split(',').map(str::to_string).collect(),
             token,
-            agent,
-            streaming,
+            tls: None,
+        })
+        .expect("a client without TLS material always builds")
+    }
+
+    /// A client as `o` says. Fails on unusable TLS material.
+    pub fn with_options(o: ClientOptions) -> Result<Self, ClientError> {
+        let mut bases: Vec<String> = o
+            .addrs
+            .iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| base_of(a))
+            .collect();
+        if bases.is_empty() {
+            bases.push("http://127.0.0.1:4646".into());
         }
+        let tls_err = |e: reqwest::Error| ClientError::Input {
+            what: "the TLS certificates".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        };
+        let http = with_tls(builder(Some(Duration::from_secs(120))), o.tls.as_ref())
+            .and_then(|b| b.build())
+            .map_err(tls_err)?;
+        let streaming = with_tls(builder(None), o.tls.as_ref())
+            .and_then(|b| b.build())
+            .map_err(tls_err)?;
+        Ok(Self {
+            bases: Arc::new(bases),
+            current: Arc::new(AtomicUsize::new(0)),
+            token: o.token,
+            node_secret: None,
+            http,
+            streaming,
+        })
     }
 
-    /// The server's base URL.
+    /// The base URL of the server in use.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
-    fn req(&self, method: &str, path: &str) -> ureq::Request {
-        self.req_with(&self.agent, method, path)
+    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.req_with(&self.http, method, path)
     }
 
-    fn req_with(&self, agent: &ureq::Agent, method: &str, path: &str) -> ureq::Request {
-        let mut r = agent.request(method, &format!("{}{}", self.base, path));
+    fn req_with(
+        &self,
+        http: &reqwest::blocking::Client,
+        method: Method,
+        path: &str,
+    ) -> RequestBuilder {
+        let mut r = http.request(method, format!("{}{}", self.base_url(), path));
         if let Some(t) = &self.token {
-            r = r.set("Authorization", &format!("Bearer {t}"));
+            r = r.bearer_auth(t);
+        }
+        if let Some(s) = &self.node_secret {
+            r = r.header(taba_types::wire::NODE_SECRET_HEADER, s);
         }
         r
     }
 
-    fn finish(
-        &self,
-        res: Result<ureq::Response, ureq::Error>,
-    ) -> Result<ureq::Response, ClientError> {
-        match res {
-            Ok(r) => Ok(r),
-            Err(ureq::Error::Status(status, resp)) => {
-                let mut body = Vec::new();
-                let _ = resp.into_reader().take(1 << 20).read_to_end(&mut body);
-                let (message, field) = match serde_json::from_slice::<ErrorBody>(&body) {
-                    Ok(b) => (b.error.message, b.error.field),
-                    Err(_) => (
-                        format!(
-                            "server answered {status}: {}",
-                            String::from_utf8_lossy(&body).trim()
-                        ),
-                        None,
-                    ),
-                };
-                Err(ClientError::Api {
-                    status,
-                    message,
-                    field,
-                })
+    /// The same client sending a node's secret with every request (what an
+    /// agent does over plain HTTP after its first registration).
+    pub fn with_node_secret(&self, secret: Option<String>) -> Self {
+        let mut c = self.clone();
+        c.node_secret = secret;
+        c
+    }
+
+    /// Send to the server in use; while a server cannot be connected to,
+    /// to the next (requests with a streamed body go to one server only).
+    /// The server that answered is used from then on.
+    fn execute(&self, req: RequestBuilder) -> Result<Response, ClientError> {
+        let (http, req) = req.build_split();
+        let req = req.map_err(|source| ClientError::Transport {
+            addr: self.base_url().to_string(),
+            source,
+        })?;
+        let n = self.bases.len();
+        let mut start = self.current.load(Ordering::Relaxed) % n;
+        let mut req = req;
+        if n > 1 && req.try_clone().is_none() {
+            // A streamed body is sent once: pick a server that accepts
+            // connections first.
+            let live = self.first_reachable(start);
+            if live != start {
+                let moved = req
+                    .url()
+                    .as_str()
+                    .replacen(&self.bases[start], &self.bases[live], 1);
+                if let Ok(u) = reqwest::Url::parse(&moved) {
+                    *req.url_mut() = u;
+                    start = live;
+                }
             }
-            Err(ureq::Error::Transport(t)) => Err(ClientError::Transport {
-                addr: self.base.clone(),
-                source: Box::new(t),
-            }),
+        }
+        let url = req.url().as_str().to_string();
+        let mut attempt = Some(req);
+        let mut i = 0;
+        loop {
+            let k = (start + i) % n;
+            let Some(r) = attempt.take() else {
+                unreachable!("an attempt is prepared before each try")
+            };
+            let next = if i + 1 < n { r.try_clone() } else { None };
+            match http.execute(r) {
+                Ok(resp) => {
+                    self.current.store(k, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(source) if source.is_connect() && next.is_some() => {
+                    i += 1;
+                    let mut nr = next.expect("checked");
+                    let moved = url.replacen(&self.bases[start], &self.bases[(start + i) % n], 1);
+                    if let Ok(u) = reqwest::Url::parse(&moved) {
+                        *nr.url_mut() = u;
+                    }
+                    attempt = Some(nr);
+                }
+                Err(source) => {
+                    return Err(ClientError::Transport {
+                        addr: self.bases[k].clone(),
+                        source,
+                    })
+                }
+            }
         }
     }
 
-    fn json<T: DeserializeOwned>(resp: ureq::Response) -> Result<T, ClientError> {
+    /// The first server from `start` on that accepts a TCP connection
+    /// (`start` when none does).
+    fn first_reachable(&self, start: usize) -> usize {
+        let n = self.bases.len();
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&k| {
+                reqwest::Url::parse(&self.bases[k])
+                    .ok()
+                    .and_then(|u| u.socket_addrs(|| None).ok())
+                    .is_some_and(|addrs| {
+                        addrs.iter().any(|a| {
+                            std::net::TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok()
+                        })
+                    })
+            })
+            .unwrap_or(start)
+    }
+
+    /// Send; an error status becomes [`ClientError::Api`].
+    fn finish(&self, req: RequestBuilder) -> Result<Response, ClientError> {
+        let resp = self.execute(req)?;
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
         let mut body = Vec::new();
-        resp.into_reader()
-            .read_to_end(&mut body)
-            .map_err(ClientError::Decode)?;
+        let _ = resp.take(1 << 20).read_to_end(&mut body);
+        let (message, field) = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(b) => (b.error.message, b.error.field),
+            Err(_) => (
+                format!(
+                    "server answered {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ),
+                None,
+            ),
+        };
+        Err(ClientError::Api {
+            status,
+            message,
+            field,
+        })
+    }
+
+    fn json<T: DeserializeOwned>(mut resp: Response) -> Result<T, ClientError> {
+        let mut body = Vec::new();
+        resp.read_to_end(&mut body).map_err(ClientError::Decode)?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.into()))
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        Self::json(self.finish(self.req("GET", path).call())?)
+        Self::json(self.finish(self.req(Method::GET, path))?)
     }
 
     fn send<B: Serialize, T: DeserializeOwned>(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
@@ -225,8 +392,8 @@ impl Client {
         Self::json(
             self.finish(
                 self.req(method, path)
-                    .set("Content-Type", "application/json")
-                    .send_bytes(&bytes),
+                    .header("Content-Type", "application/json")
+                    .body(bytes),
             )?,
         )
     }
@@ -239,31 +406,27 @@ impl Client {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<RawResponse, ClientError> {
-        let mut r = self.req(method, path);
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Input {
+            what: "the HTTP method".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        let mut r = self.req(method.clone(), path);
         if let Some(ct) = content_type {
-            r = r.set("Content-Type", ct);
+            r = r.header("Content-Type", ct);
         }
-        let res = if method == "GET" || method == "DELETE" && body.is_empty() {
-            r.call()
-        } else {
-            r.send_bytes(body)
-        };
-        let resp = match res {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(ureq::Error::Transport(t)) => {
-                return Err(ClientError::Transport {
-                    addr: self.base.clone(),
-                    source: Box::new(t),
-                })
-            }
-        };
-        let status = resp.status();
-        let content_type = resp.content_type().to_string();
+        if !(method == Method::GET || method == Method::DELETE && body.is_empty()) {
+            r = r.body(body.to_vec());
+        }
+        let mut resp = self.execute(r)?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+            .unwrap_or_default();
         let mut body = Vec::new();
-        resp.into_reader()
-            .read_to_end(&mut body)
-            .map_err(ClientError::Decode)?;
+        resp.read_to_end(&mut body).map_err(ClientError::Decode)?;
         Ok(RawResponse {
             status,
             content_type,
@@ -277,16 +440,16 @@ impl Client {
     pub fn register_job_toml(&self, toml: &[u8]) -> Result<RegisterJobResponse, ClientError> {
         Self::json(
             self.finish(
-                self.req("POST", "/v1/jobs")
-                    .set("Content-Type", "application/toml")
-                    .send_bytes(toml),
+                self.req(Method::POST, "/v1/jobs")
+                    .header("Content-Type", "application/toml")
+                    .body(toml.to_vec()),
             )?,
         )
     }
 
     /// `POST /v1/jobs` with a JSON spec.
     pub fn register_job(&self, spec: &JobSpec) -> Result<RegisterJobResponse, ClientError> {
-        self.send("POST", "/v1/jobs", spec)
+        self.send(Method::POST, "/v1/jobs", spec)
     }
 
     /// `GET /v1/jobs`.
@@ -311,12 +474,7 @@ impl Client {
 
     /// `DELETE /v1/jobs/{name}`.
     pub fn stop_job(&self, name: &str) -> Result<EvalResponse, ClientError> {
-        Self::json(
-            self.finish(
-                self.req("DELETE", &format!("/v1/jobs/{}", seg(name)))
-                    .call(),
-            )?,
-        )
+        Self::json(self.finish(self.req(Method::DELETE, &format!("/v1/jobs/{}", seg(name))))?)
     }
 
     /// `GET /v1/jobs/{name}/status?namespace=NS`.
@@ -334,15 +492,10 @@ impl Client {
 
     /// `DELETE /v1/jobs/{name}?namespace=NS`.
     pub fn stop_job_in(&self, namespace: &str, name: &str) -> Result<EvalResponse, ClientError> {
-        Self::json(
-            self.finish(
-                self.req(
-                    "DELETE",
-                    &format!("/v1/jobs/{}?namespace={}", seg(name), seg(namespace)),
-                )
-                .call(),
-            )?,
-        )
+        Self::json(self.finish(self.req(
+            Method::DELETE,
+            &format!("/v1/jobs/{}?namespace={}", seg(name), seg(namespace)),
+        ))?)
     }
 
     // ---- namespaces ----
@@ -359,17 +512,16 @@ impl Client {
 
     /// `PUT /v1/namespaces/{name}`: create or update.
     pub fn apply_namespace(&self, ns: &Namespace) -> Result<NamespaceStatus, ClientError> {
-        self.send("PUT", &format!("/v1/namespaces/{}", seg(&ns.name)), ns)
+        self.send(
+            Method::PUT,
+            &format!("/v1/namespaces/{}", seg(&ns.name)),
+            ns,
+        )
     }
 
     /// `DELETE /v1/namespaces/{name}`.
     pub fn delete_namespace(&self, name: &str) -> Result<DeleteNamespaceResponse, ClientError> {
-        Self::json(
-            self.finish(
-                self.req("DELETE", &format!("/v1/namespaces/{}", seg(name)))
-                    .call(),
-            )?,
-        )
+        Self::json(self.finish(self.req(Method::DELETE, &format!("/v1/namespaces/{}", seg(name))))?)
     }
 
     // ---- allocations ----
@@ -387,10 +539,7 @@ impl Client {
     /// `POST /v1/allocations/{id}/stop`.
     pub fn stop_alloc(&self, id: &str) -> Result<EvalResponse, ClientError> {
         Self::json(
-            self.finish(
-                self.req("POST", &format!("/v1/allocations/{}/stop", seg(id)))
-                    .send_bytes(b""),
-            )?,
+            self.finish(self.req(Method::POST, &format!("/v1/allocations/{}/stop", seg(id))))?,
         )
     }
 
@@ -407,17 +556,19 @@ impl Client {
         let mut r = self
             .req_with(
                 &self.streaming,
-                "GET",
+                Method::GET,
                 &format!("/v1/allocations/{}/logs", seg(id)),
             )
-            .query("type", if stderr { "stderr" } else { "stdout" })
-            .query("follow", if follow { "true" } else { "false" })
-            .query("offset", &offset.to_string());
+            .query(&[
+                ("type", if stderr { "stderr" } else { "stdout" }),
+                ("follow", if follow { "true" } else { "false" }),
+            ])
+            .query(&[("offset", offset)]);
         if let Some(t) = task {
-            r = r.query("task", t);
+            r = r.query(&[("task", t)]);
         }
-        let resp = self.finish(r.call())?;
-        Ok(LogStream(Box::new(resp.into_reader())))
+        let resp = self.finish(r)?;
+        Ok(LogStream(Box::new(resp)))
     }
 
     /// `POST /v1/allocations/{id}/exec`: run `command` in the task with `stdin`,
@@ -437,14 +588,15 @@ impl Client {
         let mut r = self
             .req_with(
                 &self.streaming,
-                "POST",
+                Method::POST,
                 &format!("/v1/allocations/{}/exec", seg(id)),
             )
-            .set("Content-Type", "application/json");
+            .header("Content-Type", "application/json")
+            .body(bytes);
         if let Some(t) = task {
-            r = r.query("task", t);
+            r = r.query(&[("task", t)]);
         }
-        Self::json(self.finish(r.send_bytes(&bytes))?)
+        Self::json(self.finish(r)?)
     }
 
     // ---- nodes ----
@@ -465,11 +617,10 @@ impl Client {
         id_or_name: &str,
         force: bool,
     ) -> Result<RemoveNodeResponse, ClientError> {
-        let mut r = self.req("DELETE", &format!("/v1/nodes/{}", seg(id_or_name)));
-        if force {
-            r = r.query("force", "true");
-        }
-        Self::json(self.finish(r.call())?)
+        let q = if force { "?force=true" } else { "" };
+        Self::json(
+            self.finish(self.req(Method::DELETE, &format!("/v1/nodes/{}{q}", seg(id_or_name))))?,
+        )
     }
 
     /// `POST /v1/nodes/{id-or-name}/eligibility`.
@@ -479,10 +630,26 @@ impl Client {
         eligible: bool,
     ) -> Result<NodeDetail, ClientError> {
         self.send(
-            "POST",
+            Method::POST,
             &format!("/v1/nodes/{}/eligibility", seg(id_or_name)),
             &EligibilityRequest { eligible },
         )
+    }
+
+    /// `POST /v1/nodes/tokens`: a one-time join token valid for `ttl` (`1h`).
+    pub fn create_join_token(&self, ttl: &str) -> Result<JoinTokenResponse, ClientError> {
+        self.send(
+            Method::POST,
+            "/v1/nodes/tokens",
+            &JoinTokenRequest {
+                ttl: Some(ttl.to_string()),
+            },
+        )
+    }
+
+    /// `POST /v1/tls/revoke`.
+    pub fn revoke_cert(&self, req: &RevokeCertRequest) -> Result<RevokeCertResponse, ClientError> {
+        self.send(Method::POST, "/v1/tls/revoke", req)
     }
 
     // ---- images ----
@@ -495,9 +662,9 @@ impl Client {
         })?;
         Self::json(
             self.finish(
-                self.req_with(&self.streaming, "POST", "/v1/images")
-                    .set("Content-Type", "application/x-tar")
-                    .send(file),
+                self.req_with(&self.streaming, Method::POST, "/v1/images")
+                    .header("Content-Type", "application/x-tar")
+                    .body(Body::new(file)),
             )?,
         )
     }
@@ -510,10 +677,7 @@ impl Client {
     /// `DELETE /v1/images/{ref}`.
     pub fn remove_image(&self, reference: &str) -> Result<ImageInfo, ClientError> {
         Self::json(
-            self.finish(
-                self.req("DELETE", &format!("/v1/images/{}", seg(reference)))
-                    .call(),
-            )?,
+            self.finish(self.req(Method::DELETE, &format!("/v1/images/{}", seg(reference))))?,
         )
     }
 
@@ -533,7 +697,7 @@ impl Client {
 
     /// `POST /v1/agent/register`.
     pub fn agent_register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        self.send("POST", "/v1/agent/register", req)
+        self.send(Method::POST, "/v1/agent/register", req)
     }
 
     /// `POST /v1/agent/heartbeat`.
@@ -541,7 +705,7 @@ impl Client {
         &self,
         req: &HeartbeatRequest,
     ) -> Result<HeartbeatResponse, ClientError> {
-        self.send("POST", "/v1/agent/heartbeat", req)
+        self.send(Method::POST, "/v1/agent/heartbeat", req)
     }
 
     /// `GET /v1/agent/allocations/{node_id}?index=N&wait=W`: blocks until the
@@ -556,20 +720,19 @@ impl Client {
             self.finish(
                 self.req_with(
                     &self.streaming,
-                    "GET",
+                    Method::GET,
                     &format!("/v1/agent/allocations/{}", seg(node.as_str())),
                 )
-                .query("index", &index.to_string())
-                .query("wait", &format!("{}ms", wait.as_millis()))
-                .timeout(wait + Duration::from_secs(30))
-                .call(),
+                .query(&[("index", index.to_string())])
+                .query(&[("wait", format!("{}ms", wait.as_millis()))])
+                .timeout(wait + Duration::from_secs(30)),
             )?,
         )
     }
 
     /// `POST /v1/agent/allocations`.
     pub fn agent_update_allocs(&self, req: &AllocUpdateRequest) -> Result<(), ClientError> {
-        let _: serde_json::Value = self.send("POST", "/v1/agent/allocations", req)?;
+        let _: serde_json::Value = self.send(Method::POST, "/v1/agent/allocations", req)?;
         Ok(())
     }
 }

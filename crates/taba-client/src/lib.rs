@@ -1,14 +1,13 @@
 //! A typed, blocking HTTP client for taba's `/v1/` API, used by the CLI and by
-//! end-to-end tests, plus the API's request and response types ([`api`]),
-//! which the server shares.
+//! end-to-end tests.
 //!
 //! Every method maps to one route. Errors carry the server's message and the
-//! field it blames ([`ClientError::Api`]).
+//! field it blames ([`ClientError::Api`]). The request and response types
+//! live in `taba_types::api` (shared with the server and the agent); [`api`]
+//! re-exports them.
 
-pub mod api;
+pub use taba_types::api;
 
-#[cfg(feature = "http")]
 mod http;
 
-#[cfg(feature = "http")]
-pub use http::{Client, ClientError, LogStream, RawResponse};
+pub use http::{Client, ClientError, ClientOptions, LogStream, RawResponse, TlsOptions};

@@ -32,6 +32,19 @@ pub struct ServerConfig {
     pub preemption: PreemptionConfig,
     /// Load-aware rebalancing.
     pub rebalance: RebalanceSettings,
+    /// TLS of the API (and of the server's calls to agents). Without it the
+    /// server listens only on loopback.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS settings of a server (`[tls]` in its configuration file).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// CA certificate, the server's certificate and key.
+    pub files: taba_tls::TlsFiles,
+    /// The CA's key: lets the server sign certificates for agents that join
+    /// with a token. Without it join tokens are refused under TLS.
+    pub ca_key: Option<PathBuf>,
 }
 
 /// Settings of the rebalancer (see `taba_scheduler::rebalance`).
@@ -69,6 +82,7 @@ impl ServerConfig {
             max_plan_attempts: 5,
             preemption: PreemptionConfig::default(),
             rebalance: RebalanceSettings::default(),
+            tls: None,
         }
     }
 }

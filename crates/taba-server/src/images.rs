@@ -4,8 +4,8 @@
 
 use crate::api::ApiError;
 use std::path::Path;
-use taba_client::api::ImageInfo;
 use taba_image::{ImageError, ImageStore, ImageSummary};
+use taba_types::api::ImageInfo;
 
 fn info(s: ImageSummary) -> ImageInfo {
     ImageInfo {

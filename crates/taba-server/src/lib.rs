@@ -15,12 +15,13 @@
 pub mod api;
 pub mod broker;
 mod config;
+pub mod credentials;
 mod images;
 mod locks;
 pub mod state;
 pub mod workers;
 
-pub use config::{RebalanceSettings, ServerConfig};
+pub use config::{RebalanceSettings, ServerConfig, ServerTls};
 pub use state::{ServerState, StateError};
 
 use std::net::SocketAddr;
@@ -54,6 +55,18 @@ pub enum ServerError {
     /// State could not be loaded from the store.
     #[error("cannot load state from the store")]
     Load(#[source] StateError),
+    /// Plain HTTP was asked for off loopback.
+    #[error(
+        "refusing to serve plain HTTP on {addr}: off loopback the API needs TLS \
+         ([tls] ca_cert, cert and key; see docs/configuration.md)"
+    )]
+    PlainOffLoopback {
+        /// Address.
+        addr: SocketAddr,
+    },
+    /// The TLS files could not be used.
+    #[error("TLS configuration")]
+    Tls(#[source] taba_tls::ConfigError),
 }
 
 /// The server.
@@ -74,6 +87,18 @@ impl Server {
         store: Arc<dyn Store>,
         images: Arc<ImageStore>,
     ) -> Result<ServerHandle, ServerError> {
+        if config.tls.is_none() && !config.http_addr.ip().is_loopback() {
+            return Err(ServerError::PlainOffLoopback {
+                addr: config.http_addr,
+            });
+        }
+        let tls = match &config.tls {
+            Some(t) => Some(
+                taba_tls::config::server_config(&t.files, taba_tls::config::ClientAuth::Optional)
+                    .map_err(ServerError::Tls)?,
+            ),
+            None => None,
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -104,19 +129,34 @@ impl Server {
         if state.config.rebalance.enabled {
             tasks.push(workers::spawn_rebalancer(state.clone()));
         }
-        let app = api::router(state.clone());
-        let mut stop = state.shutdown.subscribe();
-        let http = tokio::spawn(async move {
-            let res = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "http server failed");
+        let app = match api::router(state.clone()) {
+            Ok(app) => app,
+            Err(e) => {
+                state.shutdown.send_replace(true);
+                state.broker.close();
+                for t in tasks {
+                    t.abort();
+                }
+                return Err(ServerError::Tls(e));
             }
-        });
-        tracing::info!(%addr, "server listening");
+        };
+        let mut stop = state.shutdown.subscribe();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let http = match tls {
+            Some(cfg) => tokio::spawn(taba_tls::serve::serve(listener, cfg, app, stopped)),
+            None => tokio::spawn(async move {
+                let res = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            }),
+        };
+        tracing::info!(%addr, scheme, "server listening");
         Ok(ServerHandle {
             addr,
             state,

@@ -14,12 +14,12 @@ use crate::locks::{job_key, node_key, node_name_key, KeyLocks};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
-use taba_client::api::{
-    AllocListEntry, EvalSummary, JobListEntry, JobStatusResponse, RegisterJobResponse,
-};
 use taba_image::ImageStore;
 use taba_scheduler::ClusterState;
 use taba_store::{Store, StoreError, Table, Txn};
+use taba_types::api::{
+    AllocListEntry, EvalSummary, JobListEntry, JobStatusResponse, RegisterJobResponse,
+};
 use taba_types::wire::AllocUpdate;
 use taba_types::{
     AllocId, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger, Evaluation,
@@ -122,6 +122,8 @@ pub struct ServerState {
     namespaces: tokio::sync::RwLock<BTreeMap<String, Namespace>>,
     /// Pending evaluations.
     pub broker: Broker,
+    /// Node credentials, join tokens, revoked certificates.
+    pub credentials: crate::credentials::Credentials,
     index: watch::Sender<u64>,
     /// Set when the server shuts down.
     pub shutdown: watch::Sender<bool>,
@@ -195,10 +197,16 @@ impl ServerState {
                 _ => {}
             }
         }
+        let credentials =
+            crate::credentials::Credentials::load(store.clone()).map_err(|e| match e {
+                crate::credentials::CredentialError::Store(s) => StateError::Store(s),
+                other => StateError::Conflict(other.to_string()),
+            })?;
         Ok(Self {
             config,
             store,
             images,
+            credentials,
             cluster: RwLock::new(cluster),
             evals: RwLock::new(evals),
             heartbeats: Mutex::new(HashMap::new()),

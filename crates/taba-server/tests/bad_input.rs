@@ -29,6 +29,8 @@ struct Case {
     body: Vec<u8>,
     status: u16,
     field: Option<&'static str>,
+    /// Send with this client (an agent's, carrying its node secret).
+    via: Option<taba_client::Client>,
 }
 
 fn toml_case(name: &'static str, body: String, status: u16, field: Option<&'static str>) -> Case {
@@ -40,6 +42,7 @@ fn toml_case(name: &'static str, body: String, status: u16, field: Option<&'stat
         body: body.into_bytes(),
         status,
         field,
+        via: None,
     }
 }
 
@@ -59,7 +62,13 @@ fn json_case(
         body: body.as_bytes().to_vec(),
         status,
         field,
+        via: None,
     }
+}
+
+fn via(mut case: Case, client: &taba_client::Client) -> Case {
+    case.via = Some(client.clone());
+    case
 }
 
 fn good_with(from: &str, to: &str) -> String {
@@ -115,6 +124,7 @@ fn bad_input_corpus_is_rejected_without_writes() {
             },
             status: 400,
             field: None,
+            via: None,
         },
         toml_case("empty body", String::new(), 400, None),
         toml_case("unknown field", good_with("count = 1", "count = 1\ncuont = 3"), 400, Some("group[0]")),
@@ -176,6 +186,7 @@ fn bad_input_corpus_is_rejected_without_writes() {
             body: b"{\"name\":\"\xff\"}".to_vec(),
             status: 400,
             field: None,
+            via: None,
         },
         Case {
             name: "unsupported content type",
@@ -185,6 +196,7 @@ fn bad_input_corpus_is_rejected_without_writes() {
             body: GOOD.as_bytes().to_vec(),
             status: 415,
             field: None,
+            via: None,
         },
         // Agent messages.
         json_case("register wrong protocol", "POST", "/v1/agent/register",
@@ -206,6 +218,7 @@ fn bad_input_corpus_is_rejected_without_writes() {
             body: vec![b' '; 2 << 20],
             status: 413,
             field: None,
+            via: None,
         },
         json_case("heartbeat forged node", "POST", "/v1/agent/heartbeat",
             &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"forged\"}}"), 403, Some("node_id")),
@@ -213,16 +226,46 @@ fn bad_input_corpus_is_rejected_without_writes() {
             &format!("{{\"protocol\":0,\"node_id\":\"{owner_id}\"}}"), 400, Some("protocol")),
         json_case("update forged node", "POST", "/v1/agent/allocations",
             &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"forged\",\"updates\":[{{\"id\":\"{aid}\",\"client_status\":\"failed\"}}]}}"), 403, Some("node_id")),
-        json_case("update unknown alloc", "POST", "/v1/agent/allocations",
-            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\",\"updates\":[{{\"id\":\"nope\",\"client_status\":\"failed\"}}]}}"), 422, Some("updates[0].id")),
-        json_case("update another node's alloc", "POST", "/v1/agent/allocations",
-            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{stranger_id}\",\"updates\":[{{\"id\":\"{aid}\",\"client_status\":\"failed\"}}]}}"), 403, Some("updates[0].id")),
+        via(json_case("update unknown alloc", "POST", "/v1/agent/allocations",
+            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\",\"updates\":[{{\"id\":\"nope\",\"client_status\":\"failed\"}}]}}"), 422, Some("updates[0].id")), &owner.client),
+        via(json_case("update another node's alloc", "POST", "/v1/agent/allocations",
+            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{stranger_id}\",\"updates\":[{{\"id\":\"{aid}\",\"client_status\":\"failed\"}}]}}"), 403, Some("updates[0].id")), &stranger.client),
+        // Node credentials: the node ids are bound to the secrets issued at registration.
+        json_case("update without the node secret", "POST", "/v1/agent/allocations",
+            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\",\"updates\":[{{\"id\":\"{aid}\",\"client_status\":\"failed\"}}]}}"), 403, Some("node_id")),
+        via(json_case("update with another node's secret", "POST", "/v1/agent/allocations",
+            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\",\"updates\":[{{\"id\":\"{aid}\",\"client_status\":\"failed\"}}]}}"), 403, Some("node_id")), &stranger.client),
+        json_case("heartbeat without the node secret", "POST", "/v1/agent/heartbeat",
+            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\"}}"), 403, Some("node_id")),
+        via(json_case("heartbeat with another node's secret", "POST", "/v1/agent/heartbeat",
+            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\"}}"), 403, Some("node_id")), &c.with_node_secret(Some("0".repeat(64)))),
+        json_case("register over another node's id", "POST", "/v1/agent/register",
+            &{ let mut n = node("thief", 1024); n.id = owner.node.id.clone(); serde_json::json!({"protocol": PROTOCOL, "node": n}).to_string() }, 403, Some("node_id")),
+        json_case("register over another node's id, old protocol", "POST", "/v1/agent/register",
+            &{ let mut n = node("thief", 1024); n.id = owner.node.id.clone(); serde_json::json!({"protocol": 1, "node": n}).to_string() }, 403, Some("node_id")),
+        json_case("blocking query without the node secret", "GET", &format!("/v1/agent/allocations/{owner_id}?index=1"), "", 403, Some("node_id")),
+        json_case("join unknown token", "POST", "/v1/agent/join",
+            &format!("{{\"protocol\":{PROTOCOL},\"token\":\"nope\",\"node_id\":\"new1\",\"name\":\"new1\"}}"), 403, Some("token")),
+        json_case("join empty token", "POST", "/v1/agent/join",
+            &format!("{{\"protocol\":{PROTOCOL},\"token\":\"\",\"node_id\":\"new1\",\"name\":\"new1\"}}"), 422, Some("token")),
+        json_case("join wrong protocol", "POST", "/v1/agent/join",
+            r#"{"protocol":0,"token":"x","node_id":"new1","name":"new1"}"#, 400, Some("protocol")),
+        json_case("join bad node id", "POST", "/v1/agent/join",
+            &format!("{{\"protocol\":{PROTOCOL},\"token\":\"x\",\"node_id\":\"a b\",\"name\":\"new1\"}}"), 422, Some("node_id")),
+        json_case("join as a bound node", "POST", "/v1/agent/join",
+            &format!("{{\"protocol\":{PROTOCOL},\"token\":\"x\",\"node_id\":\"{owner_id}\",\"name\":\"n1\"}}"), 403, Some("node_id")),
+        json_case("token ttl garbage", "POST", "/v1/nodes/tokens", r#"{"ttl":"soon"}"#, 422, Some("ttl")),
+        json_case("token ttl too long", "POST", "/v1/nodes/tokens", r#"{"ttl":"1000h"}"#, 422, Some("ttl")),
+        json_case("token unknown field", "POST", "/v1/nodes/tokens", r#"{"uses":3}"#, 400, None),
+        json_case("revoke bad fingerprint", "POST", "/v1/tls/revoke", r#"{"fingerprint":"abc"}"#, 422, Some("fingerprint")),
+        json_case("revoke nothing", "POST", "/v1/tls/revoke", "{}", 422, Some("fingerprint")),
+        json_case("revoke a node without a certificate", "POST", "/v1/tls/revoke", r#"{"node":"n1"}"#, 422, Some("node")),
         json_case("update bad status", "POST", "/v1/agent/allocations",
             &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\",\"updates\":[{{\"id\":\"{aid}\",\"client_status\":\"exploded\"}}]}}"), 400, Some("updates[0].client_status")),
         json_case("update wrong protocol", "POST", "/v1/agent/allocations",
             &format!("{{\"protocol\":7,\"node_id\":\"{owner_id}\",\"updates\":[]}}"), 400, Some("protocol")),
         json_case("blocking query forged node", "GET", "/v1/agent/allocations/forged?index=1", "", 403, Some("node_id")),
-        json_case("blocking query bad wait", "GET", &format!("/v1/agent/allocations/{owner_id}?index=1&wait=forever"), "", 400, Some("wait")),
+        via(json_case("blocking query bad wait", "GET", &format!("/v1/agent/allocations/{owner_id}?index=1&wait=forever"), "", 400, Some("wait")), &owner.client),
         json_case("blocking query bad index", "GET", &format!("/v1/agent/allocations/{owner_id}?index=abc"), "", 400, Some("query")),
         // Other routes.
         json_case("unknown alloc", "GET", "/v1/allocations/zzzz", "", 404, None),
@@ -267,7 +310,10 @@ fn bad_input_corpus_is_rejected_without_writes() {
     let jobs_before = c.list_jobs().unwrap();
     let mut failures = Vec::new();
     for case in cases.drain(..) {
-        let r = c
+        let r = case
+            .via
+            .as_ref()
+            .unwrap_or(&c)
             .raw(case.method, &case.path, case.content_type, &case.body)
             .unwrap_or_else(|e| panic!("{}: transport error {e}", case.name));
         let err = r.error();

@@ -213,11 +213,13 @@ fn node_names_are_unique() {
     assert_eq!(err.field(), Some("node.name"));
     assert!(err.to_string().contains(first.node.id.as_str()), "{err}");
     // The same node id re-registering under its own name is fine.
-    c.agent_register(&taba_types::wire::RegisterRequest {
-        protocol: taba_types::wire::PROTOCOL,
-        node: first.node.clone(),
-    })
-    .unwrap();
+    first
+        .client
+        .agent_register(&taba_types::wire::RegisterRequest {
+            protocol: taba_types::wire::PROTOCOL,
+            node: first.node.clone(),
+        })
+        .unwrap();
     assert_eq!(c.list_nodes().unwrap().len(), 1);
 }
 
@@ -256,11 +258,12 @@ fn node_rm_refuses_a_live_node_with_allocations_unless_forced() {
     // The removed node's agent is still alive: its next registration is
     // accepted and the node is back.
     n1.stop_heartbeats();
-    c.agent_register(&taba_types::wire::RegisterRequest {
-        protocol: taba_types::wire::PROTOCOL,
-        node: n1.node.clone(),
-    })
-    .unwrap();
+    n1.client
+        .agent_register(&taba_types::wire::RegisterRequest {
+            protocol: taba_types::wire::PROTOCOL,
+            node: n1.node.clone(),
+        })
+        .unwrap();
     assert_eq!(c.node("n1").unwrap().status, NodeStatus::Ready);
     // Unknown nodes: 404 naming it.
     let err = c.remove_node("nope", false).unwrap_err();

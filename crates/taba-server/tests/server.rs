@@ -90,7 +90,7 @@ fn register_place_run_update_stop() {
     // change wakes the agent's blocking query with a higher index.
     let (before_stop, _) = agent.allocs(0);
     let waiter = {
-        let agent_client = taba_client::Client::new(c.base_url(), None);
+        let agent_client = agent.client.clone();
         let node = agent.node.id.clone();
         std::thread::spawn(move || {
             agent_client
@@ -295,4 +295,23 @@ fn openapi_lists_exactly_the_routes() {
     let r = c.raw("PUT", "/v1/jobs", None, b"").unwrap();
     assert_eq!(r.status, 405);
     assert!(r.error().is_some());
+}
+
+#[test]
+fn client_fails_over_to_the_next_address_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(30));
+    // A port nobody listens on, first.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let c = taba_client::Client::new(&format!("{dead},{}", srv.addr), None);
+    assert_eq!(c.base_url(), format!("http://{dead}"));
+    assert!(c.list_jobs().unwrap().is_empty());
+    assert_eq!(c.base_url(), format!("http://{}", srv.addr));
+    // Only dead addresses: the error names the last one tried.
+    let c = taba_client::Client::new(&format!("{dead}"), None);
+    let e = c.list_jobs().unwrap_err();
+    assert!(e.to_string().contains(&dead.to_string()), "{e}");
 }

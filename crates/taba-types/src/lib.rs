@@ -3,7 +3,8 @@
 //! Everything the server, the agent, the scheduler, the CLI and the tests agree
 //! on lives here: job specs as users write them, the records the control plane
 //! keeps (jobs, allocations, nodes, evaluations, plans, namespaces with
-//! quotas), the agent<->server wire messages, and validation of user input
+//! quotas), the agent<->server wire messages, the HTTP API's request and response
+//! bodies ([`api`]), and validation of user input
 //! with field paths.
 //!
 //! This crate performs no I/O and has almost no dependencies, so every other
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alloc;
+pub mod api;
 pub mod eval;
 pub mod ids;
 pub mod job;

@@ -11,9 +11,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL: u32 = 1;
+///
+/// - 1: register, heartbeat, allocations, alloc updates.
+/// - 2: `RegisterResponse.node_secret`, `POST /v1/agent/join`
+///   ([`JoinRequest`]), the node credential on every agent request (header
+///   [`NODE_SECRET_HEADER`] over plain HTTP, the agent certificate under TLS).
+pub const PROTOCOL: u32 = 2;
 /// The oldest protocol version this build accepts.
 pub const MIN_PROTOCOL: u32 = 1;
+
+/// The header that carries a node's secret on agent requests over plain
+/// (loopback) HTTP.
+pub const NODE_SECRET_HEADER: &str = "x-taba-node-secret";
 
 /// Check a peer's protocol version.
 pub fn check_protocol(v: u32) -> Result<(), String> {
@@ -42,6 +51,41 @@ pub struct RegisterResponse {
     pub protocol: u32,
     /// Heartbeat within this many milliseconds or be marked down.
     pub heartbeat_ttl_ms: u64,
+    /// At a node's first registration over plain HTTP (protocol 2 and
+    /// later): the secret the node must send with every later request
+    /// ([`NODE_SECRET_HEADER`]). Shown once; the server keeps only a hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_secret: Option<String>,
+}
+
+/// Agent -> server, on first contact with a join token (`taba node token
+/// create`): exchange it for a credential.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Protocol version (2 or later).
+    pub protocol: u32,
+    /// The token.
+    pub token: String,
+    /// The node id the credential is for.
+    pub node_id: NodeId,
+    /// The node name (the certificate's name under TLS).
+    pub name: String,
+    /// Under TLS: a PEM certificate signing request for the agent's key.
+    #[serde(default)]
+    pub csr_pem: Option<String>,
+}
+
+/// Server -> agent: the credential a join token was exchanged for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// Protocol version.
+    pub protocol: u32,
+    /// Under TLS: the agent certificate, signed by the cluster CA.
+    #[serde(default)]
+    pub cert_pem: Option<String>,
+    /// Without TLS: the node secret.
+    #[serde(default)]
+    pub node_secret: Option<String>,
 }
 
 /// Agent -> server: still alive.

@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use taba_client::api::{ErrorBody, ErrorDetail};
+use taba_types::api::{ErrorBody, ErrorDetail};
 
 /// An error an API handler returns.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use super::extract::{parse_json, read_body, MAX_JSON_BODY, Q};
+use super::peer::{verify_agent, AgentCaller, Registration};
 use super::AppState;
 use crate::state::ServerState;
 use axum::body::Body;
@@ -14,7 +15,7 @@ use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
-use taba_client::api::*;
+use taba_types::api::*;
 use taba_types::parse::{parse_job_json, parse_job_toml, JobParseError, MAX_JOB_BYTES};
 use taba_types::wire::{
     check_protocol, AllocUpdateRequest, HeartbeatRequest, HeartbeatResponse, NodeAllocations,
@@ -215,15 +216,26 @@ fn pick_task(a: &Allocation, task: Option<String>) -> Result<String, ApiError> {
     }
 }
 
-fn agent_addr(app: &AppState, a: &Allocation) -> Result<String, ApiError> {
+/// A client for the agent of `a`'s node, its base URL and its address.
+async fn agent_of(
+    app: &AppState,
+    a: &Allocation,
+) -> Result<(reqwest::Client, String, String), ApiError> {
     let node = app.state.find_node(a.node_id.as_str())?;
-    if node.http_addr.is_empty() {
-        return Err(ApiError::Agent(format!(
-            "node {} has no agent API address",
-            node.name
-        )));
+    let (client, base) = app.agents.for_node(&node).await?;
+    Ok((client, base, node.http_addr))
+}
+
+/// An error and its causes on one line (TLS failures hide in the sources).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
     }
-    Ok(node.http_addr)
+    s
 }
 
 /// Relay an agent's error reply (status and body) as it is when it is ours.
@@ -271,12 +283,11 @@ pub async fn alloc_logs(
     if stream != "stdout" && stream != "stderr" {
         return Err(ApiError::bad("type", "must be stdout or stderr"));
     }
-    let addr = agent_addr(&app, &a)?;
-    let url = format!("http://{addr}/v1/client/allocations/{}/logs", a.id);
+    let (http, base, addr) = agent_of(&app, &a).await?;
+    let url = format!("{base}/v1/client/allocations/{}/logs", a.id);
     let follow = q.follow.unwrap_or(false);
     let offset = q.offset.unwrap_or(0).to_string();
-    let resp = app
-        .http
+    let resp = http
         .get(url)
         .query(&[
             ("task", task.as_str()),
@@ -286,7 +297,7 @@ pub async fn alloc_logs(
         ])
         .send()
         .await
-        .map_err(|e| ApiError::Agent(format!("cannot reach the agent at {addr}: {e}")))?;
+        .map_err(|e| ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e))))?;
     if !resp.status().is_success() {
         return Err(agent_failure(resp).await);
     }
@@ -323,16 +334,15 @@ pub async fn alloc_exec(
         .map_err(|e| ApiError::invalid("stdin_b64", format!("not base64: {e}")))?;
     let a = app.state.find_alloc(&id)?;
     let task = pick_task(&a, q.task)?;
-    let addr = agent_addr(&app, &a)?;
-    let url = format!("http://{addr}/v1/client/allocations/{}/exec", a.id);
-    let resp = app
-        .http
+    let (http, base, addr) = agent_of(&app, &a).await?;
+    let url = format!("{base}/v1/client/allocations/{}/exec", a.id);
+    let resp = http
         .post(url)
         .query(&[("task", task.as_str())])
         .json(&req)
         .send()
         .await
-        .map_err(|e| ApiError::Agent(format!("cannot reach the agent at {addr}: {e}")))?;
+        .map_err(|e| ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e))))?;
     if !resp.status().is_success() {
         return Err(agent_failure(resp).await);
     }
@@ -487,11 +497,14 @@ pub async fn get_eval(
 
 // ---- agent ----
 
-fn protocol(v: u32) -> Result<(), ApiError> {
-    check_protocol(v).map_err(|m| ApiError::bad("protocol", m))
+pub(super) fn protocol(v: u32) -> Result<(), ApiError> {
+    check_protocol(v).map_err(|m| {
+        tracing::warn!("refused an agent message: {m}");
+        ApiError::bad("protocol", m)
+    })
 }
 
-fn check_ident(field: &str, s: &str) -> Result<(), ApiError> {
+pub(super) fn check_ident(field: &str, s: &str) -> Result<(), ApiError> {
     if s.is_empty() || s.len() > 128 {
         return Err(ApiError::invalid(field, "must be 1 to 128 characters"));
     }
@@ -540,20 +553,37 @@ fn check_node(n: &Node) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn agent_register(State(app): State<AppState>, body: Body) -> R<RegisterResponse> {
+pub async fn agent_register(
+    State(app): State<AppState>,
+    caller: AgentCaller,
+    body: Body,
+) -> R<RegisterResponse> {
     let req: RegisterRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
     protocol(req.protocol)?;
     check_node(&req.node)?;
+    // A taken name is refused before a credential is bound to the id.
+    app.state.check_name_free(&req.node)?;
+    let reg = Registration {
+        name: &req.node.name,
+        protocol: req.protocol,
+    };
+    let node_secret = verify_agent(&app.state, &caller, &req.node.id, Some(reg)).await?;
     app.state.register_node(req.node).await?;
     Ok(Json(RegisterResponse {
         protocol: PROTOCOL,
         heartbeat_ttl_ms: app.state.config.heartbeat_ttl.as_millis() as u64,
+        node_secret,
     }))
 }
 
-pub async fn agent_heartbeat(State(app): State<AppState>, body: Body) -> R<HeartbeatResponse> {
+pub async fn agent_heartbeat(
+    State(app): State<AppState>,
+    caller: AgentCaller,
+    body: Body,
+) -> R<HeartbeatResponse> {
     let req: HeartbeatRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
     protocol(req.protocol)?;
+    verify_agent(&app.state, &caller, &req.node_id, None).await?;
     app.state.heartbeat(&req.node_id, req.usage).await?;
     Ok(Json(HeartbeatResponse {
         protocol: PROTOCOL,
@@ -571,11 +601,13 @@ pub struct BlockingQuery {
 
 pub async fn agent_allocations(
     State(app): State<AppState>,
+    caller: AgentCaller,
     Path(node_id): Path<String>,
     Q(q): Q<BlockingQuery>,
 ) -> R<NodeAllocations> {
     let state = &app.state;
     let id = NodeId::from(node_id.as_str());
+    verify_agent(state, &caller, &id, None).await?;
     let node = state.cluster().node(&id).cloned().ok_or_else(|| {
         ApiError::forbidden("node_id", format!("unknown node {id}; register first"))
     })?;
@@ -618,9 +650,14 @@ pub async fn agent_allocations(
 /// Most updates in one request.
 pub const MAX_UPDATES: usize = 10_000;
 
-pub async fn agent_update_allocs(State(app): State<AppState>, body: Body) -> R<Value> {
+pub async fn agent_update_allocs(
+    State(app): State<AppState>,
+    caller: AgentCaller,
+    body: Body,
+) -> R<Value> {
     let req: AllocUpdateRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
     protocol(req.protocol)?;
+    verify_agent(&app.state, &caller, &req.node_id, None).await?;
     if req.updates.len() > MAX_UPDATES {
         return Err(ApiError::invalid(
             "updates",

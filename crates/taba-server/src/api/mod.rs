@@ -1,10 +1,13 @@
 //! The HTTP/JSON API under `/v1/`. One table of routes ([`routes`]) builds
 //! both the axum router and the OpenAPI document, so the two cannot drift.
 
+mod agent_client;
 pub mod error;
 pub mod extract;
 mod handlers;
+mod join;
 mod namespaces;
+pub mod peer;
 
 use crate::state::ServerState;
 use axum::routing::{delete, get, post, put, MethodRouter};
@@ -12,15 +15,17 @@ use axum::Router;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
+pub use agent_client::AgentClients;
 pub use error::ApiError;
+pub use peer::{verify_agent, AgentCaller, Registration};
 
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
     /// The server's state.
     pub state: Arc<ServerState>,
-    /// Client for proxying to agents.
-    pub http: reqwest::Client,
+    /// Clients for proxying to agents.
+    pub agents: Arc<AgentClients>,
     /// The OpenAPI document.
     pub openapi: Arc<Value>,
 }
@@ -116,6 +121,9 @@ pub fn routes() -> Vec<Route> {
           &[("index", "return when the allocations change past this index"), ("wait", "longest wait, e.g. 30s")],
           "NodeAllocations", get(h::agent_allocations)),
         r("POST", "/v1/agent/allocations", "Agent: allocation status updates", Json("AllocUpdateRequest"), &[], "AllocUpdateResponse", post(h::agent_update_allocs)),
+        r("POST", "/v1/agent/join", "Agent: exchange a join token for an agent certificate (TLS) or a node secret", Json("JoinRequest"), &[], "JoinResponse", post(join::agent_join)),
+        r("POST", "/v1/nodes/tokens", "Create a join token for new agents (shown once)", Json("JoinTokenRequest"), &[], "JoinTokenResponse", post(join::create_token)),
+        r("POST", "/v1/tls/revoke", "Revoke a certificate by fingerprint or the one a node registered with", Json("RevokeCertRequest"), &[], "RevokeCertResponse", post(join::revoke_cert)),
     ]
 }
 
@@ -178,25 +186,31 @@ pub fn openapi_document(routes: &[Route]) -> Value {
     })
 }
 
-/// The router of [`routes`].
-pub fn router(state: Arc<ServerState>) -> Router {
+/// The router of [`routes`]. Under TLS (`state.config.tls`) it reads the
+/// server's certificate, key and CA to reach agents, and gates every route
+/// by the caller's certificate ([`peer::tls_gate`]).
+pub fn router(state: Arc<ServerState>) -> Result<Router, taba_tls::ConfigError> {
     let table = routes();
     let openapi = Arc::new(openapi_document(&table));
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
+    let tls = match &state.config.tls {
+        Some(t) => Some(taba_tls::ClientTls::from_files(&t.files)?),
+        None => None,
+    };
     let app = AppState {
         state,
-        http,
+        agents: Arc::new(AgentClients::new(tls)),
         openapi,
     };
     let mut router = Router::new();
     for rt in table {
         router = router.route(rt.path, rt.handler);
     }
-    router
+    Ok(router
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            peer::tls_gate,
+        ))
+        .with_state(app))
 }

@@ -7,7 +7,7 @@ use super::AppState;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::Json;
-use taba_client::api::{DeleteNamespaceResponse, NamespaceStatus};
+use taba_types::api::{DeleteNamespaceResponse, NamespaceStatus};
 use taba_types::namespace::validate_namespace;
 use taba_types::Namespace;
 

@@ -10,8 +10,8 @@
 
 use super::{ServerState, StateError};
 use std::collections::BTreeMap;
-use taba_client::api::NamespaceStatus;
 use taba_store::{Table, Txn};
+use taba_types::api::NamespaceStatus;
 use taba_types::{Evaluation, Namespace, DEFAULT_NAMESPACE};
 
 impl ServerState {

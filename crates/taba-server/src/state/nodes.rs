@@ -216,7 +216,7 @@ impl ServerState {
 
     /// Node names are unique: a registration under a name another node id
     /// holds is refused.
-    pub(super) fn check_name_free(&self, node: &Node) -> Result<(), StateError> {
+    pub(crate) fn check_name_free(&self, node: &Node) -> Result<(), StateError> {
         let c = self.cluster();
         let Some(other) = c.nodes().find(|n| n.name == node.name && n.id != node.id) else {
             return Ok(());

@@ -161,12 +161,14 @@ pub struct FakeAgent {
 
 impl FakeAgent {
     pub fn register(client: Client, node: Node) -> Self {
-        client
+        let resp = client
             .agent_register(&RegisterRequest {
                 protocol: PROTOCOL,
                 node: node.clone(),
             })
             .expect("register");
+        // From now on the node id is bound to the secret issued to it.
+        let client = client.with_node_secret(resp.node_secret);
         let mut agent = Self {
             client,
             node,
@@ -330,4 +332,40 @@ count = {count}
   resources = {{ cpu = 100, memory = "{memory}" }}
 "#
     )
+}
+
+/// A development PKI (CA, server, agents `names`, CLI) in `dir/tls`.
+pub fn test_pki(dir: &Path, names: &[&str]) -> taba_tls::dev::DevPki {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    taba_tls::dev::create(&dir.join("tls"), &[], &names).expect("dev PKI")
+}
+
+/// A server with TLS from `pki` (and its CA key when `ca_key`).
+pub fn start_tls_server(dir: &Path, pki: &taba_tls::dev::DevPki, ca_key: bool) -> TestServer {
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&dir.join("state.redb")).expect("open store"));
+    let files = pki.server.clone();
+    let key = ca_key.then(|| pki.ca_key.clone());
+    TestServer::start_configured(dir, store, move |c| {
+        c.tls = Some(taba_server::ServerTls { files, ca_key: key })
+    })
+}
+
+/// A client of a TLS server trusting `ca` and presenting `identity`.
+pub fn tls_client(srv: &TestServer, ca: &Path, identity: Option<(&Path, &Path)>) -> Client {
+    let t = taba_tls::ClientTls::load(ca, identity).expect("TLS files");
+    Client::with_options(taba_client::ClientOptions {
+        addrs: vec![format!("https://127.0.0.1:{}", srv.addr.port())],
+        token: None,
+        tls: Some(taba_client::TlsOptions {
+            ca_pem: t.ca_pem,
+            identity_pem: t.identity_pem,
+        }),
+    })
+    .expect("client")
+}
+
+/// A client presenting `files`' certificate.
+pub fn tls_client_as(srv: &TestServer, files: &taba_tls::TlsFiles) -> Client {
+    tls_client(srv, &files.ca_cert, Some((&files.cert, &files.key)))
 }

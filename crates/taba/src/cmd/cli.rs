@@ -131,6 +131,20 @@ pub enum NodeCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Join tokens for new agents.
+    #[command(subcommand)]
+    Token(NodeTokenCommand),
+}
+
+/// `taba node token ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum NodeTokenCommand {
+    /// Create a one-time join token (printed once; the server keeps its hash).
+    Create {
+        /// How long it can be used.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 /// `taba namespace ...`
@@ -189,8 +203,8 @@ pub enum ImageCommand {
     },
 }
 
-fn client(g: &GlobalArgs) -> Client {
-    Client::new(&g.addr, g.token.clone())
+fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
+    g.client()
 }
 
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
@@ -277,7 +291,7 @@ const ALLOC_HEADERS: &[&str] = &[
 
 /// Run a job command.
 pub fn job(g: &GlobalArgs, c: JobCommand) -> anyhow::Result<ExitCode> {
-    let api = client(g);
+    let api = client(g)?;
     match c {
         JobCommand::Run { file, detach } => job_run(g, &api, &file, detach),
         JobCommand::Status { job: None, .. } | JobCommand::List => {
@@ -603,7 +617,7 @@ fn job_run(
 
 /// Run an alloc command.
 pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
-    let api = client(g);
+    let api = client(g)?;
     match c {
         AllocCommand::Status { id } => {
             let d = api.alloc(&id)?;
@@ -769,8 +783,16 @@ fn suffix(s: &str) -> String {
 
 /// Run a node command.
 pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
-    let api = client(g);
+    let api = client(g)?;
     match c {
+        NodeCommand::Token(NodeTokenCommand::Create { ttl }) => {
+            let t = api.create_join_token(&ttl)?;
+            if g.json {
+                return print_json(&t);
+            }
+            println!("{}", t.token);
+            Ok(ExitCode::SUCCESS)
+        }
         NodeCommand::List => {
             let nodes = api.list_nodes()?;
             if g.json {
@@ -950,7 +972,7 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
 
 /// Run an image command.
 pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
-    let api = client(g);
+    let api = client(g)?;
     match c {
         ImageCommand::Import { file } => {
             let i = api.import_image(&file)?;
@@ -1019,7 +1041,7 @@ fn ns_cells(n: &NamespaceStatus) -> [String; 3] {
 
 /// Run a namespace command.
 pub fn namespace(g: &GlobalArgs, c: NamespaceCommand) -> anyhow::Result<ExitCode> {
-    let api = client(g);
+    let api = client(g)?;
     match c {
         NamespaceCommand::Apply {
             name,

@@ -90,6 +90,39 @@ struct ServerFile {
     scheduler: SchedulerFile,
     #[serde(default)]
     rebalance: Option<RebalanceFile>,
+    #[serde(default)]
+    tls: Option<TlsFile>,
+}
+
+/// `[tls]` of the server and agent files (docs/configuration.md, "TLS").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    ca_cert: PathBuf,
+    /// Optional for an agent with a join_token (default <data_dir>/tls/agent.pem).
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    /// Server only: the CA key, to sign certificates for agents that join.
+    #[serde(default)]
+    ca_key: Option<PathBuf>,
+}
+
+impl TlsFile {
+    /// The files, with defaults under `dir` for an agent that joins.
+    fn files(&self, default_dir: Option<&Path>) -> anyhow::Result<taba_tls::TlsFiles> {
+        let pick = |v: &Option<PathBuf>, name: &str, key: &str| match (v, default_dir) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(d)) => Ok(d.join(name)),
+            (None, None) => Err(anyhow::anyhow!("configuration: tls.{key}: required")),
+        };
+        Ok(taba_tls::TlsFiles {
+            ca_cert: self.ca_cert.clone(),
+            cert: pick(&self.cert, "agent.pem", "cert")?,
+            key: pick(&self.key, "agent-key.pem", "key")?,
+        })
+    }
 }
 
 impl ServerFile {
@@ -202,8 +235,15 @@ impl RebalanceFile {
 struct AgentFile {
     #[serde(default = "default_agent_dir")]
     data_dir: PathBuf,
-    #[serde(default = "default_server_url")]
-    server: String,
+    /// One server (the older key); `servers` lists several.
+    #[serde(default)]
+    server: Option<String>,
+    #[serde(default)]
+    servers: Vec<String>,
+    #[serde(default)]
+    join_token: Option<String>,
+    #[serde(default)]
+    tls: Option<TlsFile>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -275,6 +315,18 @@ fn default_agent_http() -> SocketAddr {
 }
 fn default_server_url() -> String {
     "http://127.0.0.1:4646".into()
+}
+
+impl AgentFile {
+    /// `servers`, else `server`, else the local default.
+    fn server_list(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.server.iter().cloned().collect();
+        v.extend(self.servers.iter().cloned());
+        if v.is_empty() {
+            v.push(default_server_url());
+        }
+        v
+    }
 }
 
 fn read_config<T: serde::de::DeserializeOwned>(path: Option<&Path>) -> anyhow::Result<T> {
@@ -397,8 +449,15 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         if let Some(r) = &cfg.rebalance {
             r.apply(&mut sc.rebalance)?;
         }
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        if let Some(t) = &cfg.tls {
+            sc.tls = Some(taba_server::ServerTls {
+                files: t.files(None)?,
+                ca_key: t.ca_key.clone(),
+            });
+        }
         let server = Server::start(sc, store, images).await?;
-        eprintln!("taba server: API on http://{}", server.addr());
+        eprintln!("taba server: API on {scheme}://{}", server.addr());
         shutdown_signal().await;
         server.shutdown().await;
         Ok(ExitCode::SUCCESS)
@@ -415,7 +474,17 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("images"));
         let images = Arc::new(ImageStore::open(&images_dir)?);
-        let mut ac = AgentConfig::new(cfg.data_dir.clone(), cfg.server.clone());
+        let mut ac = AgentConfig::new(cfg.data_dir.clone(), String::new());
+        ac.servers = cfg.server_list();
+        ac.join_token = cfg.join_token.clone();
+        if let Some(t) = &cfg.tls {
+            anyhow::ensure!(
+                t.ca_key.is_none(),
+                "configuration: tls.ca_key: only servers hold the CA key"
+            );
+            let dir = cfg.data_dir.join("tls");
+            ac.tls = Some(t.files(Some(&dir))?);
+        }
         ac.name = cfg.name.clone();
         if let Some(dc) = cfg.datacenter.clone() {
             ac.datacenter = dc;
@@ -437,6 +506,33 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_file_reads_servers_tls_and_join_token() {
+        let cfg: AgentFile = toml::from_str("").unwrap();
+        assert_eq!(cfg.server_list(), vec!["http://127.0.0.1:4646".to_string()]);
+        let cfg: AgentFile = toml::from_str(
+            "data_dir = \"/d\"\nservers = [\"https://a:1\", \"https://b:2\"]\njoin_token = \"t\"\n\
+             [tls]\nca_cert = \"/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.server_list(), vec!["https://a:1", "https://b:2"]);
+        let files = cfg
+            .tls
+            .as_ref()
+            .unwrap()
+            .files(Some(Path::new("/d/tls")))
+            .unwrap();
+        assert_eq!(files.cert, Path::new("/d/tls/agent.pem"));
+        assert_eq!(files.key, Path::new("/d/tls/agent-key.pem"));
+        // A server needs its certificate named.
+        let cfg: ServerFile = toml::from_str("[tls]\nca_cert = \"/ca.pem\"\n").unwrap();
+        let e = cfg.tls.as_ref().unwrap().files(None).unwrap_err();
+        assert!(e.to_string().contains("tls.cert: required"), "{e}");
+        let e = toml::from_str::<AgentFile>("[tls]\nca_cert = \"/c\"\ncert_file = \"/x\"\n")
+            .unwrap_err();
+        assert!(e.message().contains("unknown field `cert_file`"), "{e}");
+    }
 
     #[test]
     fn server_file_reads_preemption_settings() {

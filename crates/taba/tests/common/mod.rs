@@ -699,3 +699,82 @@ impl Drop for LinkProxy {
         self.restore();
     }
 }
+
+/// A `taba` process (server or agent) whose stderr goes to `log`.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Start `taba ARGS`; wait for the stderr line containing `marker` and
+    /// return the text after it (up to `;` or the end).
+    pub fn start(args: &[&str], log: &Path, marker: &str) -> (Proc, String) {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(taba_bin())
+            .args(args)
+            .env("TABA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting taba");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let marker = marker.to_string();
+        std::thread::spawn(move || {
+            let mut logf = logf;
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(logf, "{line}");
+                if !sent {
+                    if let Some(rest) = line.split(marker.as_str()).nth(1) {
+                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let proc = Proc {
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(found) => (proc, found),
+            Err(_) => panic!(
+                "taba {args:?} did not start; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+    }
+
+    /// The last lines of the log.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

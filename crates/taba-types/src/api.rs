@@ -1,14 +1,14 @@
 //! Request and response bodies of the `/v1/` HTTP API that are not domain
-//! records themselves. The server builds them, the client reads them; both
-//! depend on this module so the two cannot drift apart.
+//! records themselves. The server builds them, the agent and the client read
+//! them; all depend on this module so the two sides cannot drift apart.
 
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use taba_types::{
+use crate::{
     AllocId, AllocUsage, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, Job,
     JobStatus, JobType, NamespaceUsage, Node, NodeId, NodeStatus, Quota, TaskState, UnixMillis,
 };
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Every error reply: `{"error": {"message": ..., "field": ...}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,3 +390,42 @@ pub mod b64 {
 
 /// Most bytes an exec's stdin may carry.
 pub const MAX_EXEC_STDIN: usize = 8 << 20;
+
+/// Body of `POST /v1/nodes/tokens`: a join token for new agents.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    /// How long the token can be used, e.g. `1h` (default 1h, at most 30 days).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// Reply to `POST /v1/nodes/tokens`. The token is shown only here: the
+/// server keeps its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenResponse {
+    /// The token, for an agent's `join_token`.
+    pub token: String,
+    /// When it expires.
+    pub expires: UnixMillis,
+}
+
+/// Body of `POST /v1/tls/revoke`: revoke a certificate by fingerprint, or
+/// the certificate bound to a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCertRequest {
+    /// SHA-256 of the DER certificate, hex.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// A node name or id: revoke the certificate it registered with.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// Reply to `POST /v1/tls/revoke`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeCertResponse {
+    /// The fingerprints now revoked.
+    pub revoked: Vec<String>,
+}
