@@ -206,7 +206,8 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
         } else {
             Eligibility::Ineligible
         },
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes,
         meta,

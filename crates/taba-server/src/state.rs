@@ -28,10 +28,15 @@ use taba_types::{
 };
 use tokio::sync::watch;
 
+mod acl;
+mod drain;
 mod namespaces;
 mod nodes;
 
 pub use nodes::NodeAction;
+
+pub use acl::NewToken;
+pub use drain::DRAIN_REASON;
 
 /// Why a change or lookup failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +91,9 @@ pub enum StateError {
         /// Reason.
         message: String,
     },
+    /// ACL records could not be loaded.
+    #[error("cannot load ACL records")]
+    Acl(#[from] crate::acl::AclLoadError),
 }
 
 /// Key of a job record.
@@ -120,8 +128,12 @@ pub struct ServerState {
     /// Registrations hold it shared while they commit, so a namespace
     /// cannot be removed under a job being registered in it.
     namespaces: tokio::sync::RwLock<BTreeMap<String, Namespace>>,
+    /// ACL tokens and policies.
+    pub acl: crate::acl::AclState,
     /// Pending evaluations.
     pub broker: Broker,
+    /// Wakes the drainer early (a drain started).
+    pub drain_wake: tokio::sync::Notify,
     /// Node credentials, join tokens, revoked certificates.
     pub credentials: crate::credentials::Credentials,
     index: watch::Sender<u64>,
@@ -185,6 +197,7 @@ impl ServerState {
             e.modify_index = rec.mod_index;
             evals.insert(e.id.clone(), e);
         }
+        let acl = crate::acl::AclState::load(&*store, config.acl.enabled)?;
         let index = store.index()?;
         cluster.set_index(index);
         let broker = Broker::new();
@@ -214,7 +227,9 @@ impl ServerState {
             node_usage: Mutex::new(HashMap::new()),
             locks: KeyLocks::default(),
             namespaces: tokio::sync::RwLock::new(namespaces),
+            acl,
             broker,
+            drain_wake: tokio::sync::Notify::new(),
             index: watch::channel(index).0,
             shutdown: watch::channel(false).0,
         })
@@ -618,10 +633,10 @@ impl ServerState {
         }
     }
 
-    /// Every allocation, newest first.
-    pub fn list_allocs(&self) -> Vec<AllocListEntry> {
+    /// Every allocation in the namespaces `visible` accepts, newest first.
+    pub fn list_allocs(&self, visible: impl Fn(&str) -> bool) -> Vec<AllocListEntry> {
         let c = self.cluster();
-        let mut v: Vec<&Allocation> = c.allocs().collect();
+        let mut v: Vec<&Allocation> = c.allocs().filter(|a| visible(&a.namespace)).collect();
         v.sort_by_key(|a| std::cmp::Reverse(a.create_time));
         v.into_iter().map(AllocListEntry::from_alloc).collect()
     }
@@ -644,6 +659,24 @@ impl ServerState {
         self.apply(index, vec![], vec![a], vec![], vec![eval.clone()]);
         self.broker.enqueue(eval);
         Ok((eid, index))
+    }
+
+    /// Record an audit event on an allocation (durable before it returns),
+    /// e.g. who ran which command with `alloc exec`.
+    pub async fn record_alloc_event(
+        &self,
+        id: &AllocId,
+        event: taba_types::AllocEvent,
+    ) -> Result<u64, StateError> {
+        let a = self.find_alloc(id.as_str())?;
+        let _held = self.locks.lock(vec![job_key(&a.namespace, &a.job)]).await;
+        let mut a = self.find_alloc(id.as_str())?;
+        a.push_event(event);
+        let index = self
+            .commit(Txn::new().put_encoded(Table::Allocs, a.id.as_str(), &a))
+            .await?;
+        self.apply(index, vec![], vec![a], vec![], vec![]);
+        Ok(index)
     }
 
     /// Merge an agent's observations into allocations; create evaluations
@@ -715,14 +748,11 @@ impl ServerState {
                 if a.client_status == ClientStatus::Running
                     && old.client_status != ClientStatus::Running
                 {
-                    let rolling = c.job(&a.namespace, &a.job).is_some_and(|j| {
-                        c.allocs_for_job(&a.namespace, &a.job)
-                            .any(|o| o.is_live() && o.job_version < j.version)
-                    });
-                    if rolling {
-                        eval_jobs
-                            .entry((a.namespace.clone(), a.job.clone()))
-                            .or_insert(EvalTrigger::RollingUpdate);
+                    let key = (a.namespace.clone(), a.job.clone());
+                    if let std::collections::btree_map::Entry::Vacant(v) = eval_jobs.entry(key) {
+                        if let Some(trigger) = Self::work_waiting(&c, &a) {
+                            v.insert(trigger);
+                        }
                     }
                 }
                 changed.push(a);
@@ -753,6 +783,33 @@ impl ServerState {
             self.unblock(None);
         }
         Ok(index)
+    }
+
+    /// When `a` starts running: the trigger of an evaluation that carries
+    /// on with work of its job that waited for it, if any: the next batch of
+    /// a rolling update (a live allocation of an older version), or of moves
+    /// (a live allocation with a move asked for; a drain's when one of them
+    /// is on a draining node). One pass over the job's allocations.
+    fn work_waiting(c: &ClusterState, a: &Allocation) -> Option<EvalTrigger> {
+        let version = c.job(&a.namespace, &a.job)?.version;
+        let mut found = None;
+        for o in c
+            .allocs_for_job(&a.namespace, &a.job)
+            .filter(|o| o.is_live())
+        {
+            if o.job_version < version {
+                return Some(EvalTrigger::RollingUpdate);
+            }
+            if o.migrate.is_some() && found != Some(EvalTrigger::NodeDrain) {
+                let draining = c.node(&o.node_id).is_some_and(|n| n.draining());
+                found = Some(if draining {
+                    EvalTrigger::NodeDrain
+                } else {
+                    EvalTrigger::Rebalance
+                });
+            }
+        }
+        found
     }
 
     // ---- nodes ----
@@ -882,7 +939,8 @@ impl ServerState {
         if let Some(old) = &existing {
             node.create_index = old.create_index;
             node.eligibility = old.eligibility;
-            node.drain = old.drain;
+            node.drain = old.drain.clone();
+            node.drained_at = old.drained_at;
         } else {
             node.create_index = 0;
         }
@@ -1095,7 +1153,11 @@ impl ServerState {
                     a.desired_status = s.desired_status;
                     a.desired_description = s.description.clone();
                     if let Some(kind) = &s.event {
-                        a.push_event(now, kind, s.description.clone());
+                        a.push_event(taba_types::AllocEvent::system(
+                            now,
+                            kind,
+                            s.description.clone(),
+                        ));
                     }
                     if s.preempted_by.is_some() {
                         a.preempted_by = s.preempted_by.clone();

@@ -89,6 +89,37 @@ fn logs_and_exec_are_proxied_to_the_agent() {
     assert_eq!(out.exit_code, 3);
     assert_eq!(b64::decode(&out.stdout_b64).unwrap(), b"cba");
     assert_eq!(b64::decode(&out.stderr_b64).unwrap(), b"cat in t");
+
+    // The exec is audited in the allocation's events: who, what, when.
+    let events = c.alloc(a.id.as_str()).unwrap().allocation.events;
+    let e = events.last().expect("an audit event");
+    assert_eq!(e.kind, "Exec");
+    assert!(e.actor.contains("\"test\""), "{e:?}");
+    assert_eq!(e.message, "task t: [\"cat\"]");
+    assert!(e.time > 0);
+    // A token without `exec` is refused, and nothing is recorded.
+    c.apply_acl_policy_toml(
+        "reader",
+        b"[namespace.default]\ncapabilities = [\"read\"]\n",
+    )
+    .unwrap();
+    let reader = c
+        .create_acl_token(&taba_client::api::CreateTokenRequest {
+            name: "reader".into(),
+            policies: vec!["reader".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    let err = c
+        .with_token(Some(reader.secret))
+        .alloc_exec(a.id.as_str(), Some("t"), &["id".into()], b"")
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403));
+    assert!(err.to_string().contains("lacks \"exec\""), "{err}");
+    assert_eq!(
+        c.alloc(a.id.as_str()).unwrap().allocation.events.len(),
+        events.len()
+    );
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub enum EvalTrigger {
     /// An allocation marked lost (its node went down) was reported alive
     /// again by its node: the reconciler keeps exactly `count` running.
     AllocReconnect,
+    /// A node drain asked for allocations of the job to move (or stopped them).
+    NodeDrain,
 }
 
 /// State of an evaluation.

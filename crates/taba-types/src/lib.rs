@@ -11,6 +11,7 @@
 //! crate can use it (kube-rs's `kube-core` is the model).
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod alloc;
 pub mod api;
 pub mod eval;

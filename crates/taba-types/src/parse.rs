@@ -41,7 +41,7 @@ pub enum JobParseError {
     Invalid(ValidationErrors),
 }
 
-fn syntax_message(
+pub(crate) fn syntax_message(
     line: &Option<usize>,
     column: &Option<usize>,
     path: &Option<String>,
@@ -69,7 +69,7 @@ impl JobParseError {
     }
 }
 
-fn line_col(src: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..offset];
     let line = before.matches('\n').count() + 1;

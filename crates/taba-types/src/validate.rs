@@ -287,6 +287,12 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
     if g.tasks.is_empty() {
         errs.push(format!("{p}.task"), "a group needs at least one task");
     }
+    if job_type == JobType::System && g.migrate.drain.is_some() {
+        errs.push(
+            format!("{p}.migrate.drain"),
+            "system jobs are stopped by a drain, not moved; remove it",
+        );
+    }
     if g.migrate.max_parallel == 0 {
         errs.push(format!("{p}.migrate.max_parallel"), "must be at least 1");
     }

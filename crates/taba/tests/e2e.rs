@@ -346,13 +346,12 @@ name = "g"
 
     // 500 registrations from 8 threads; kill -9 the server half way.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let addr = dev.addr.clone();
     let mut threads = Vec::new();
     for t in 0..8 {
         let acked = acked.clone();
-        let addr = addr.clone();
+        let dev_client = dev.client.clone();
         threads.push(std::thread::spawn(move || {
-            let c = taba_client::Client::new(&addr, None);
+            let c = dev_client.clone();
             for i in (t..500).step_by(8) {
                 let name = format!("reg-{i:03}");
                 // Constrained to no node: registrations only, nothing runs.
@@ -513,9 +512,8 @@ restart = {{ attempts = 0, interval = "1m", delay = "1s", mode = "fail" }}
     let v1 = wait_allocs(&dev, "upd", "v1 running", |a| running(a, 2));
 
     // `alloc logs -f` streams new output while the task runs.
-    let mut follow = std::process::Command::new(taba_bin())
-        .args(["alloc", "logs", "-f", v1[0].id.as_str()])
-        .env("TABA_ADDR", &dev.addr)
+    let mut follow = dev
+        .cli_command(&["alloc", "logs", "-f", v1[0].id.as_str()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

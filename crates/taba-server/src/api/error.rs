@@ -33,7 +33,10 @@ pub enum ApiError {
     /// The content type is not one the route reads.
     #[error("unsupported content type {0:?}; send application/json or application/toml")]
     UnsupportedMediaType(String),
-    /// The caller is not who it claims (e.g. an unknown node id).
+    /// No token, or one that is not (or no longer) valid.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is not who it claims (e.g. an unknown node id), or lacks the right.
     #[error("{message}")]
     Forbidden {
         /// What is wrong.
@@ -107,6 +110,7 @@ impl ApiError {
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
@@ -124,6 +128,15 @@ impl ApiError {
             | Self::Forbidden { field, .. }
             | Self::Taken { field, .. } => field.clone(),
             _ => None,
+        }
+    }
+}
+
+impl From<crate::acl::Denied> for ApiError {
+    fn from(e: crate::acl::Denied) -> Self {
+        Self::Forbidden {
+            message: e.0,
+            field: None,
         }
     }
 }
@@ -173,11 +186,18 @@ impl IntoResponse for ApiError {
         };
         // The request body may be unread (too large, or rejected early);
         // closing the connection keeps a pooling client from reusing it.
-        (
+        let mut resp = (
             status,
             [(axum::http::header::CONNECTION, "close")],
             axum::Json(body),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }

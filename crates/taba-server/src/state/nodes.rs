@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use taba_store::{Table, Txn};
 use taba_types::{
-    Allocation, ClientStatus, DesiredStatus, Eligibility, EvalTrigger, Evaluation, Node, NodeId,
-    NodeStatus, UnixMillis,
+    AllocEvent, Allocation, ClientStatus, DesiredStatus, Eligibility, EvalTrigger, Evaluation,
+    Node, NodeId, NodeStatus, UnixMillis,
 };
 
 /// What the heartbeat monitor does to a node.
@@ -159,7 +159,7 @@ impl ServerState {
             }
             a.client_status = ClientStatus::Lost;
             a.client_description = why.to_string();
-            a.push_event(now, "Lost", why);
+            a.push_event(AllocEvent::system(now, "Lost", why));
             a.modify_time = now;
             if a.desired_status == DesiredStatus::Run {
                 jobs.insert((a.namespace.clone(), a.job.clone()), ());
@@ -174,7 +174,11 @@ impl ServerState {
         (lost, evals)
     }
 
-    fn put_allocs_evals(mut txn: Txn, allocs: &[Allocation], evals: &[Evaluation]) -> Txn {
+    pub(super) fn put_allocs_evals(
+        mut txn: Txn,
+        allocs: &[Allocation],
+        evals: &[Evaluation],
+    ) -> Txn {
         for a in allocs {
             txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
         }
@@ -195,21 +199,19 @@ impl ServerState {
     ) -> bool {
         let alive = !new.client_status.is_terminal();
         if old.client_status == ClientStatus::Lost && alive {
-            new.push_event(
-                now,
-                "Reconnected",
-                format!(
-                    "its node reported it {} after it was marked lost",
-                    new.client_status
-                ),
+            let why = format!(
+                "its node reported it {} after it was marked lost",
+                new.client_status
             );
+            new.push_event(AllocEvent::system(now, "Reconnected", why));
             return true;
         }
         if new.client_status == ClientStatus::Lost
             && old.client_description != new.client_description
         {
             // Only an agent that fenced itself reports `lost`.
-            new.push_event(now, "Fenced", new.client_description.clone());
+            let why = new.client_description.clone();
+            new.push_event(AllocEvent::system(now, "Fenced", why));
         }
         false
     }
@@ -234,24 +236,19 @@ impl ServerState {
     }
 
     /// `taba node eligibility`: allow or forbid new placements on a node.
+    /// A draining node stays ineligible until its drain is cancelled.
     pub async fn set_eligibility(&self, key: &str, eligible: bool) -> Result<Node, StateError> {
         let id = self.find_node(key)?.id;
         let _held = self.locks.lock(vec![node_key(id.as_str())]).await;
         let mut node = self.known_node(&id)?;
-        let want = if eligible {
-            Eligibility::Eligible
-        } else {
-            Eligibility::Ineligible
-        };
-        if node.eligibility == want {
-            return Ok(self.with_usage(node));
+        if eligible && node.draining() {
+            return Err(StateError::Conflict(format!(
+                "node {} is draining; cancel the drain with `taba node drain {} --disable`",
+                node.name, node.name
+            )));
         }
-        node.eligibility = want;
-        // Eligible again: system jobs place there, blocked work may fit.
-        let evals = if eligible {
-            self.node_evals(&id)
-        } else {
-            vec![]
+        let Some(evals) = self.change_eligibility(&mut node, eligible) else {
+            return Ok(self.with_usage(node));
         };
         let txn = Self::put_allocs_evals(
             Txn::new().put_encoded(Table::Nodes, id.as_str(), &node),
@@ -259,22 +256,55 @@ impl ServerState {
             &evals,
         );
         let index = self.commit(txn).await?;
-        tracing::info!(node = %id, name = %node.name, eligible, "node eligibility changed");
         self.apply(index, vec![], vec![], vec![node.clone()], evals.clone());
+        self.eligibility_changed(&node, evals);
+        Ok(self.with_usage(node))
+    }
+
+    /// Set `node`'s eligibility (the one place it changes: `taba node
+    /// eligibility`, a drain's start and its cancel). `None` when it already
+    /// was; else the evaluations to commit with the node: eligible again,
+    /// system jobs place there.
+    pub(super) fn change_eligibility(
+        &self,
+        node: &mut Node,
+        eligible: bool,
+    ) -> Option<Vec<Evaluation>> {
+        let want = if eligible {
+            Eligibility::Eligible
+        } else {
+            Eligibility::Ineligible
+        };
+        if node.eligibility == want {
+            return None;
+        }
+        node.eligibility = want;
+        Some(if eligible {
+            self.node_evals(&node.id)
+        } else {
+            vec![]
+        })
+    }
+
+    /// After a committed eligibility change: log it, queue its evaluations
+    /// and, when eligible again, retry blocked work.
+    pub(super) fn eligibility_changed(&self, node: &Node, evals: Vec<Evaluation>) {
+        let eligible = node.eligibility == Eligibility::Eligible;
+        tracing::info!(node = %node.id, name = %node.name, eligible, "node eligibility changed");
         for e in evals {
             self.broker.enqueue(e);
         }
         if eligible {
             self.unblock(None);
         }
-        Ok(self.with_usage(node))
     }
 
     /// `taba node rm`: forget a node. A node that is not down and still has
     /// allocations holding resources is refused unless `force`; with it,
     /// those allocations are lost and replaced like a node failure's. Its
-    /// agent, if alive, registers again on its next contact. Returns the
-    /// number of allocations lost.
+    /// credential is forgotten: a live agent over plain HTTP registers again
+    /// and gets a new node secret; with TLS its certificate is revoked and
+    /// it must join again. Returns the number of allocations lost.
     pub async fn remove_node(&self, key: &str, force: bool) -> Result<(String, usize), StateError> {
         let node = self.find_node(key)?;
         let busy = self
@@ -294,6 +324,15 @@ impl ServerState {
         let lost = self
             .remove_node_now(&node.id, "node removed by an operator", false)
             .await?;
+        // Its credential goes too (a certificate is revoked).
+        self.credentials
+            .forget(&node.id)
+            .await
+            .map_err(|e| match e {
+                crate::credentials::CredentialError::Store(s) => StateError::Store(s),
+                crate::credentials::CredentialError::ShuttingDown => StateError::ShuttingDown,
+                other => StateError::Conflict(other.to_string()),
+            })?;
         tracing::warn!(node = %node.id, name = %node.name, lost, force, "node removed");
         Ok((node.name, lost))
     }

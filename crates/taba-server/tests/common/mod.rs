@@ -1,5 +1,6 @@
 //! Test harness: a real server on 127.0.0.1:0 with a redb store in a temp dir,
-//! driven through the real blocking client, and a fake agent that speaks the
+//! ACLs on and bootstrapped, driven through the real blocking client with a
+//! management token (`TestServer::client`), and a fake agent that speaks the
 //! agent protocol over real HTTP (register, heartbeat, blocking query, alloc
 //! status updates) without running workloads.
 
@@ -27,6 +28,8 @@ pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub store: Arc<dyn Store>,
     pub dir: PathBuf,
+    /// A management token.
+    pub token: String,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -51,6 +54,21 @@ impl TestServer {
         store: Arc<dyn Store>,
         setup: impl FnOnce(&mut ServerConfig),
     ) -> Self {
+        Self::start_inner(dir, store, setup, true)
+    }
+
+    /// A server as `taba server` starts: ACLs not bootstrapped unless the
+    /// store says so; `token` is empty.
+    pub fn start_unbootstrapped(dir: &Path, store: Arc<dyn Store>) -> Self {
+        Self::start_inner(dir, store, |_| {}, false)
+    }
+
+    fn start_inner(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        setup: impl FnOnce(&mut ServerConfig),
+        bootstrap: bool,
+    ) -> Self {
         let images = Arc::new(ImageStore::open(&dir.join("images")).expect("open image store"));
         let mut config = ServerConfig::new(dir.join("server"), "127.0.0.1:0".parse().unwrap());
         setup(&mut config);
@@ -67,14 +85,25 @@ impl TestServer {
                 let handle = Server::start(config, st, images)
                     .await
                     .expect("server starts");
-                addr_tx.send(handle.addr()).unwrap();
+                let token = if bootstrap {
+                    let (_, token) = handle
+                        .state()
+                        .issue_management_token("test")
+                        .await
+                        .expect("management token");
+                    token
+                } else {
+                    String::new()
+                };
+                addr_tx.send((handle.addr(), token)).unwrap();
                 let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                 handle.shutdown().await;
             });
         });
-        let addr = addr_rx.recv().expect("server address");
+        let (addr, token) = addr_rx.recv().expect("server address");
         Self {
             addr,
+            token,
             store,
             dir: dir.to_path_buf(),
             stop: Some(stop_tx),
@@ -82,7 +111,13 @@ impl TestServer {
         }
     }
 
+    /// A client with the management token.
     pub fn client(&self) -> Client {
+        Client::new(&self.addr.to_string(), Some(self.token.clone()))
+    }
+
+    /// A client without a token (what agents send today).
+    pub fn anonymous(&self) -> Client {
         Client::new(&self.addr.to_string(), None)
     }
 
@@ -127,7 +162,8 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
         datacenter: "dc1".into(),
         status: Default::default(),
         eligibility: Default::default(),
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes: BTreeMap::new(),
         meta: BTreeMap::new(),
@@ -160,7 +196,10 @@ pub struct FakeAgent {
 }
 
 impl FakeAgent {
+    /// Register over `client`'s server as an agent (user tokens are
+    /// refused on agent routes, so none is sent).
     pub fn register(client: Client, node: Node) -> Self {
+        let client = client.with_token(None);
         let resp = client
             .agent_register(&RegisterRequest {
                 protocol: PROTOCOL,
@@ -240,6 +279,14 @@ impl FakeAgent {
         status: ClientStatus,
         usage: Option<taba_types::AllocUsage>,
     ) {
+        self.send(vec![Self::update(alloc, status, usage)]);
+    }
+
+    fn update(
+        alloc: &Allocation,
+        status: ClientStatus,
+        usage: Option<taba_types::AllocUsage>,
+    ) -> AllocUpdate {
         let state = match status {
             ClientStatus::Running => TaskStatus::Running,
             ClientStatus::Pending => TaskStatus::Pending,
@@ -260,36 +307,45 @@ impl FakeAgent {
                 )
             })
             .collect();
+        AllocUpdate {
+            id: alloc.id.clone(),
+            client_status: status,
+            client_description: String::new(),
+            task_states,
+            usage,
+        }
+    }
+
+    fn send(&self, updates: Vec<AllocUpdate>) {
         self.client
             .agent_update_allocs(&AllocUpdateRequest {
                 protocol: PROTOCOL,
                 node_id: self.node.id.clone(),
-                updates: vec![AllocUpdate {
-                    id: alloc.id.clone(),
-                    client_status: status,
-                    client_description: String::new(),
-                    task_states,
-                    usage,
-                }],
+                updates,
             })
             .expect("alloc update");
     }
 
     /// Like an agent: report every allocation it should run as running and
-    /// every one it should stop as complete.
+    /// every one it should stop as complete, in one coalesced update (as
+    /// the real agent sends what changed together).
     pub fn converge(&self) {
         let (_, allocs) = self.allocs(0);
+        let mut updates = Vec::new();
         for a in allocs {
             if a.client_status.is_terminal() {
                 continue;
             }
             if a.desired_status == taba_types::DesiredStatus::Run {
                 if a.client_status != ClientStatus::Running {
-                    self.report(&a, ClientStatus::Running);
+                    updates.push(Self::update(&a, ClientStatus::Running, None));
                 }
             } else {
-                self.report(&a, ClientStatus::Complete);
+                updates.push(Self::update(&a, ClientStatus::Complete, None));
             }
+        }
+        if !updates.is_empty() {
+            self.send(updates);
         }
     }
 }

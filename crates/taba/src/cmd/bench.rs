@@ -38,12 +38,29 @@ pub enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// API requests per second with ACLs on vs off, same run, on loopback.
+    ApiAcl {
+        /// Requests per round.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Rounds per server (alternating).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Client threads.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+    },
 }
 
 /// Run a benchmark.
 pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
     match c {
         BenchCommand::ContainerStart { runs, keep } => container_start(runs, keep),
+        BenchCommand::ApiAcl {
+            requests,
+            rounds,
+            clients,
+        } => super::bench_acl::api_acl(requests, rounds, clients),
     }
 }
 

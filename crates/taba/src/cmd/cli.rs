@@ -14,7 +14,8 @@ use taba_client::api::{b64, AllocListEntry, JobStatusResponse, NamespaceStatus};
 use taba_client::Client;
 use taba_types::parse::{parse_job_toml, JobParseError};
 use taba_types::{
-    ByteSize, ClientStatus, DesiredStatus, EvalStatus, JobType, Namespace, Quota, UnixMillis,
+    ByteSize, ClientStatus, DesiredStatus, DurationSpec, EvalStatus, JobType, Namespace, Quota,
+    UnixMillis,
 };
 
 /// `taba job ...`
@@ -123,7 +124,8 @@ pub enum NodeCommand {
     /// Remove a node from the cluster now (down nodes are removed on their
     /// own after the server's `node_gc_after`). Refused while the node is
     /// not down and has allocations, unless --force: they are marked lost
-    /// and replaced elsewhere. A live agent registers again.
+    /// and replaced elsewhere. Its credential is forgotten: a live agent
+    /// registers again (with TLS its certificate is revoked: it joins again).
     Rm {
         /// Node id, prefix or name.
         node: String,
@@ -131,6 +133,9 @@ pub enum NodeCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Move every allocation off a node (it becomes ineligible) and follow
+    /// the drain until it is done; `--disable` cancels it.
+    Drain(super::drain::DrainArgs),
     /// Join tokens for new agents.
     #[command(subcommand)]
     Token(NodeTokenCommand),
@@ -203,17 +208,19 @@ pub enum ImageCommand {
     },
 }
 
-fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
+/// The API client of a command, with the token it should send
+/// (`--token`, `TABA_TOKEN`, or the token file for `--addr`).
+pub(crate) fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
     g.client()
 }
 
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Print rows as columns aligned under `headers`.
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -262,7 +269,7 @@ fn age(t: UnixMillis) -> String {
     }
 }
 
-fn short(id: &str) -> String {
+pub(crate) fn short(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
@@ -674,12 +681,6 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
             }
             println!("Created     = {}", age(a.create_time));
             println!("Modified    = {}", age(a.modify_time));
-            if !a.events.is_empty() {
-                println!("History");
-                for e in &a.events {
-                    println!("  {:<10} {:<12} {}", age(e.time), e.kind, e.message);
-                }
-            }
             if let Some(u) = &a.usage {
                 println!("CPU         = {} MHz", u.cpu_mhz);
                 println!("Memory      = {} (peak {})", u.memory, u.memory_max);
@@ -721,6 +722,23 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 ],
                 &rows,
             );
+            if !a.events.is_empty() {
+                println!();
+                // What the cluster did (BY -) and what was done through the API.
+                println!("Events");
+                let rows: Vec<Vec<String>> = a
+                    .events
+                    .iter()
+                    .map(|e| {
+                        let by = match e.actor.is_empty() {
+                            true => "-".to_string(),
+                            false => e.actor.clone(),
+                        };
+                        vec![age(e.time), e.kind.clone(), by, e.message.clone()]
+                    })
+                    .collect();
+                table(&["WHEN", "KIND", "BY", "WHAT"], &rows);
+            }
             Ok(ExitCode::SUCCESS)
         }
         AllocCommand::Logs {
@@ -838,6 +856,7 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        NodeCommand::Drain(args) => super::drain::run(g, &api, args),
         NodeCommand::Status { node } => {
             let d = api.node(&node)?;
             if g.json {
@@ -907,6 +926,27 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             println!("Drivers    = {}", drivers.join(", "));
+            println!(
+                "Eligible   = {}",
+                n.eligibility == taba_types::Eligibility::Eligible
+            );
+            match (&d.drain, &n.drain) {
+                (Some(st), Some(s)) => println!(
+                    "Drain      = started {}, deadline in {}{}: {}",
+                    age(s.started_at),
+                    DurationSpec(s.deadline.saturating_sub(now_ms()) / 1000 * 1000),
+                    if s.ignore_system {
+                        ", system jobs stay"
+                    } else {
+                        ""
+                    },
+                    super::drain::group_summary(st)
+                ),
+                _ => match n.drained_at {
+                    Some(t) => println!("Drain      = none; last drain completed {}", age(t)),
+                    None => println!("Drain      = none"),
+                },
+            }
             println!();
             println!("Allocations");
             if d.allocations.is_empty() {

@@ -7,7 +7,12 @@
 //! <data-dir>/server/state.redb   the store
 //! <data-dir>/images/             the image store (shared by server and agent)
 //! <data-dir>/agent/              the agent's node id, allocations and logs
+//! <data-dir>/dev-token           the management token (0600)
 //! ```
+//!
+//! `taba dev` starts with ACLs bootstrapped: it keeps its management token
+//! in `<data-dir>/dev-token` and writes it where the CLI looks for the
+//! token of its address (see [`super::acl`]), so the CLI needs no flag.
 //!
 //! Stopping it (Ctrl-C, SIGTERM, or even kill -9) leaves workloads running:
 //! the next start re-attaches to them. `taba job stop` stops workloads.
@@ -91,7 +96,28 @@ struct ServerFile {
     #[serde(default)]
     rebalance: Option<RebalanceFile>,
     #[serde(default)]
+    acl: AclFile,
+    #[serde(default)]
     tls: Option<TlsFile>,
+}
+
+/// `[acl]` of the server's configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclFile {
+    /// Enforce tokens (on by default).
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+impl Default for AclFile {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[tls]` of the server and agent files (docs/configuration.md, "TLS").
@@ -414,6 +440,11 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("starting the server")?;
         let addr = server.addr();
+        let secret =
+            super::acl::dev_management_token(server.state(), &a.data_dir.join("dev-token")).await?;
+        for f in super::acl::write_token_files(addr, &secret)? {
+            eprintln!("taba dev: management token in {}", f.display());
+        }
         let mut ac = AgentConfig::new(a.data_dir.join("agent"), format!("http://{addr}"));
         ac.name = a.node_name.clone();
         let agent = taba_agent::start(ac, drivers(images)?)
@@ -449,6 +480,7 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         if let Some(r) = &cfg.rebalance {
             r.apply(&mut sc.rebalance)?;
         }
+        sc.acl.enabled = cfg.acl.enabled;
         let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         if let Some(t) = &cfg.tls {
             sc.tls = Some(taba_server::ServerTls {
@@ -458,6 +490,14 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         }
         let server = Server::start(sc, store, images).await?;
         eprintln!("taba server: API on {scheme}://{}", server.addr());
+        let acl = &server.state().acl;
+        if !acl.enabled() {
+            tracing::warn!(
+                "ACLs are off ([acl] enabled = false): anyone who reaches the API may do anything"
+            );
+        } else if !acl.bootstrapped() {
+            eprintln!("taba server: ACLs are not bootstrapped; only `taba acl bootstrap` is answered until then");
+        }
         shutdown_signal().await;
         server.shutdown().await;
         Ok(ExitCode::SUCCESS)
