@@ -598,6 +598,10 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
             affinity: Vec::new(),
             kill_signal: "SIGTERM".to_string(),
             kill_timeout: DurationSpec::secs(5),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            ulimits: Default::default(),
+            no_new_privileges: false,
         }],
     }
 }

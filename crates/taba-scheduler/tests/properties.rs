@@ -299,6 +299,10 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     affinity: Vec::new(),
                     kill_signal: "SIGTERM".into(),
                     kill_timeout: DurationSpec::secs(1),
+                    cap_add: Vec::new(),
+                    cap_drop: Vec::new(),
+                    ulimits: Default::default(),
+                    no_new_privileges: false,
                 }],
             }
         })

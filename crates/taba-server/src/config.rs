@@ -36,6 +36,11 @@ pub struct ServerConfig {
     pub drain_interval: Duration,
     /// Access control.
     pub acl: AclSettings,
+    /// Longest wait for an agent's `alloc exec` answer (the agent's own
+    /// timeout, 5 minutes by default, plus a margin).
+    pub exec_timeout: Duration,
+    /// Largest output of one `alloc exec` stream the server relays, bytes.
+    pub exec_max_output: u64,
     /// TLS of the API (and of the server's calls to agents). Without it the
     /// server listens only on loopback.
     pub tls: Option<ServerTls>,
@@ -102,6 +107,8 @@ impl ServerConfig {
             rebalance: RebalanceSettings::default(),
             drain_interval: Duration::from_millis(500),
             acl: AclSettings::default(),
+            exec_timeout: Duration::from_secs(310),
+            exec_max_output: 16 << 20,
             tls: None,
         }
     }

@@ -1,11 +1,13 @@
 //! The server's use of the image store (taba-image): existence checks for job
-//! submission and the import/list/remove routes, with image errors mapped to
-//! API errors.
+//! submission, the import/list/remove routes, and the agent routes that hand
+//! images out (manifest by reference, blobs by digest), with image errors
+//! mapped to API errors.
 
 use crate::api::ApiError;
 use std::path::Path;
 use taba_image::{ImageError, ImageStore, ImageSummary};
 use taba_types::api::ImageInfo;
+use taba_types::wire::ImageManifest;
 
 fn info(s: ImageSummary) -> ImageInfo {
     ImageInfo {
@@ -66,4 +68,35 @@ pub fn remove(images: &ImageStore, reference: &str) -> Result<ImageInfo, ApiErro
         layers: 0,
         created: None,
     }))
+}
+
+/// What the image `reference` is made of, for an agent that lacks it.
+pub fn manifest(images: &ImageStore, reference: &str) -> Result<ImageManifest, ApiError> {
+    match images.manifest(reference) {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(ApiError::NotFound(format!(
+            "image {reference:?} not found on this server; import it with `taba image import`"
+        ))),
+        Err(e @ ImageError::InvalidReference { .. }) => Err(ApiError::bad("reference", chain(&e))),
+        Err(e @ ImageError::NoBlobs(_)) => Err(ApiError::Conflict(chain(&e))),
+        Err(e) => Err(ApiError::Internal(format!(
+            "cannot read image {reference:?}: {}",
+            chain(&e)
+        ))),
+    }
+}
+
+/// Opens a blob by digest for streaming: the file and its length.
+pub fn open_blob(images: &ImageStore, digest: &str) -> Result<(std::fs::File, u64), ApiError> {
+    match images.open_blob(digest) {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(ApiError::NotFound(format!(
+            "blob {digest} not found on this server"
+        ))),
+        Err(e @ ImageError::InvalidDigest { .. }) => Err(ApiError::bad("digest", chain(&e))),
+        Err(e) => Err(ApiError::Internal(format!(
+            "cannot read blob {digest}: {}",
+            chain(&e)
+        ))),
+    }
 }

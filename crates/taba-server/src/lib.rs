@@ -100,10 +100,23 @@ impl Server {
             ),
             None => None,
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&config.data_dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &config.data_dir,
+                        std::fs::Permissions::from_mode(0o700),
+                    )
+                })
+                .map_err(|source| ServerError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                })?;
+        }
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| ServerError::Bind {

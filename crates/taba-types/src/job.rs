@@ -405,6 +405,20 @@ pub struct TaskSpec {
     /// Time between the stop signal and SIGKILL.
     #[serde(default = "default_kill_timeout")]
     pub kill_timeout: DurationSpec,
+    /// Capabilities added to Docker's default set (container drivers;
+    /// `"NET_ADMIN"`, `"CAP_SYS_PTRACE"`, `"ALL"`). The node must allow
+    /// them (agent option `cap_add_allowed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the default set (`"ALL"` removes all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Resource limits by rlimit name (`nofile = "1024:4096"`, `core = "0"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ulimits: BTreeMap<String, String>,
+    /// Setuid binaries and file capabilities do not raise privileges.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
 }
 
 fn default_kill_signal() -> String {

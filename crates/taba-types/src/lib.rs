@@ -23,6 +23,7 @@ pub mod parse;
 pub mod placement;
 pub mod plan;
 pub mod ports;
+pub mod security;
 pub mod units;
 pub mod validate;
 pub mod wire;

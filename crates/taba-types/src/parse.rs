@@ -200,6 +200,50 @@ count = 2
     }
 
     #[test]
+    fn isolation_fields_parse_and_bad_ones_name_their_field() {
+        let with = |extra: &str| {
+            HELLO.replace(
+                "driver = \"container\"",
+                &format!("driver = \"container\"\n  {extra}"),
+            )
+        };
+        let good = with(
+            "cap_add = [\"NET_ADMIN\"]\n  cap_drop = [\"ALL\"]\n  ulimits = { nofile = \"1024:4096\" }\n  no_new_privileges = true",
+        );
+        let spec = parse_job_toml(good.as_bytes()).unwrap();
+        let t = &spec.groups[0].tasks[0];
+        assert_eq!(t.cap_add, vec!["NET_ADMIN"]);
+        assert!(t.no_new_privileges);
+        assert_eq!(t.ulimits["nofile"], "1024:4096");
+        for (extra, path, reason) in [
+            (
+                "cap_add = [\"FLY\"]",
+                "group[0].task[0].cap_add[0]",
+                "unknown capability",
+            ),
+            (
+                "cap_drop = [\"x\", \"KILL\"]",
+                "group[0].task[0].cap_drop[0]",
+                "unknown capability",
+            ),
+            (
+                "ulimits = { files = \"1\" }",
+                "group[0].task[0].ulimits.files",
+                "unknown limit",
+            ),
+            (
+                "ulimits = { nofile = \"9:3\" }",
+                "group[0].task[0].ulimits.nofile",
+                "above the hard limit",
+            ),
+        ] {
+            let err = parse_job_toml(with(extra).as_bytes()).unwrap_err();
+            assert_eq!(err.path().as_deref(), Some(path), "{extra}");
+            assert!(err.to_string().contains(reason), "{err}");
+        }
+    }
+
+    #[test]
     fn validation_names_field() {
         let bad = HELLO.replace("driver = \"container\"", "driver = \"docker\"");
         let err = parse_job_toml(bad.as_bytes()).unwrap_err();

@@ -200,6 +200,13 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
             errs.push(format!("{p}.env.{k}"), "must not contain NUL");
         }
     }
+    crate::security::check_task_security(errs, p, &t.cap_add, &t.cap_drop, &t.ulimits);
+    if t.driver == "exec" && !(t.cap_add.is_empty() && t.cap_drop.is_empty()) {
+        errs.push(
+            format!("{p}.cap_add"),
+            "capabilities apply to container drivers; an exec task runs as its user",
+        );
+    }
     if let Some(u) = &t.user {
         if u.is_empty() || u.contains('\0') || u.len() > 64 {
             errs.push(format!("{p}.user"), "must be a user name, uid or uid:gid");

@@ -173,6 +173,19 @@ name = "g"
         "echo $GREETING",
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hi");
+    // A host process that names no user runs as nobody (it used to be root
+    // with every capability).
+    let out = dev.cli(&["alloc", "exec", &tool_id, "--", "id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
+    // No local user reaches the data dir; the allocation's files are 0600.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dev.data), 0o700);
+        let alloc_dir = dev.data.join("agent/allocs").join(&web_id);
+        assert_eq!(mode(&alloc_dir.join("alloc.json")), 0o600);
+        assert_eq!(mode(&alloc_dir.join("httpd/bundle/config.json")), 0o600);
+    }
 
     // JSON shapes promised by the CLI.
     let out = dev.cli(&["job", "status", "web", "--json"]);

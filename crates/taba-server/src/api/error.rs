@@ -72,6 +72,11 @@ pub enum ApiError {
     /// A node's agent could not be reached or failed.
     #[error("{0}")]
     Agent(String),
+    /// A cap of `alloc exec` (output size, duration) was hit, on the agent
+    /// (413, 408, relayed) or here (502 for an oversized reply, 504 when the
+    /// agent does not answer in time).
+    #[error("{1}")]
+    ExecLimit(StatusCode, String),
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -116,6 +121,7 @@ impl ApiError {
             Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Agent(_) => StatusCode::BAD_GATEWAY,
+            Self::ExecLimit(s, _) => *s,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -404,19 +404,49 @@ pub async fn alloc_exec(
         .record_alloc_event(&a.id, exec_event(&auth, &task, &req.command))
         .await?;
     let url = format!("{base}/v1/client/allocations/{}/exec", a.id);
+    let (timeout, max_output) = (
+        app.state.config.exec_timeout,
+        app.state.config.exec_max_output,
+    );
+    let timed_out = || {
+        ApiError::ExecLimit(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the agent at {addr} did not answer the exec within {timeout:?} (server option exec_timeout)"),
+        )
+    };
     let resp = http
         .post(url)
         .query(&[("task", task.as_str())])
         .json(&req)
+        .timeout(timeout)
         .send()
         .await
-        .map_err(|e| ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e))))?;
-    if !resp.status().is_success() {
+        .map_err(|e| {
+            if e.is_timeout() {
+                timed_out()
+            } else {
+                ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e)))
+            }
+        })?;
+    let status = resp.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_TIMEOUT {
+        let e = agent_failure(resp).await;
+        return Err(ApiError::ExecLimit(status, e.to_string()));
+    }
+    if !status.is_success() {
         return Err(agent_failure(resp).await);
     }
-    let out: ExecResponse = resp
-        .json()
-        .await
+    // Both streams base64-encoded, plus the JSON around them.
+    let cap = (max_output.saturating_mul(2) / 3 * 4 + (64 << 10)) as usize;
+    let body = read_capped(resp, cap).await.map_err(|e| match e {
+        Capped::Over => ApiError::ExecLimit(
+            StatusCode::BAD_GATEWAY,
+            format!("the exec reply is larger than {cap} bytes (server option exec_max_output)"),
+        ),
+        Capped::Err(e) if e.is_timeout() => timed_out(),
+        Capped::Err(e) => ApiError::Agent(format!("reading the exec reply from the agent: {e}")),
+    })?;
+    let out: ExecResponse = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Agent(format!("unreadable exec reply from the agent: {e}")))?;
     Ok(Json(out))
 }
@@ -440,6 +470,23 @@ fn exec_event(auth: &Auth, task: &str, command: &[String]) -> AllocEvent {
         actor: auth.actor(),
         message: format!("task {task}: {cmd}"),
     }
+}
+
+enum Capped {
+    Over,
+    Err(reqwest::Error),
+}
+
+/// The whole body of `resp`, unless it is larger than `cap` bytes.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, Capped> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Capped::Err)? {
+        if buf.len() + chunk.len() > cap {
+            return Err(Capped::Over);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }
 
 // ---- nodes ----
@@ -628,6 +675,98 @@ pub async fn remove_image(
         .await
         .map_err(|_| ApiError::ShuttingDown)??;
     Ok(Json(out))
+}
+
+/// `?node_id=` of the image routes: who is asking.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeQuery {
+    node_id: Option<String>,
+}
+
+/// The "agent" class check of the image routes: a registered node holding its credential.
+async fn verify_image_caller(
+    state: &ServerState,
+    caller: &AgentCaller,
+    q: &NodeQuery,
+) -> Result<(), ApiError> {
+    let Some(node_id) = q.node_id.as_deref().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::bad(
+            "node_id",
+            "the asking node's id is required (?node_id=)",
+        ));
+    };
+    let id = NodeId::from(node_id);
+    verify_agent(state, caller, &id, None).await?;
+    if state.cluster().node(&id).is_none() {
+        return Err(ApiError::forbidden(
+            "node_id",
+            format!("unknown node {id}; register first"),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /v1/agent/images/manifests/{*reference}`: what an image is made of.
+pub async fn agent_image_manifest(
+    State(app): State<AppState>,
+    caller: AgentCaller,
+    Path(reference): Path<String>,
+    Q(q): Q<NodeQuery>,
+) -> R<taba_types::wire::ImageManifest> {
+    verify_image_caller(&app.state, &caller, &q).await?;
+    let images = app.state.images.clone();
+    let reference = reference.trim_start_matches('/').to_string();
+    let m = tokio::task::spawn_blocking(move || crate::images::manifest(&images, &reference))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)??;
+    Ok(Json(m))
+}
+
+/// Chunks of an open file, read as the client takes them (never the whole file in memory).
+fn file_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+/// `GET /v1/agent/images/blobs/{digest}`: one blob, streamed.
+pub async fn agent_image_blob(
+    State(app): State<AppState>,
+    caller: AgentCaller,
+    Path(digest): Path<String>,
+    Q(q): Q<NodeQuery>,
+) -> Result<Response, ApiError> {
+    verify_image_caller(&app.state, &caller, &q).await?;
+    let images = app.state.images.clone();
+    let d = digest.clone();
+    let (file, len) = tokio::task::spawn_blocking(move || crate::images::open_blob(&images, &d))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)??;
+    let body = Body::from_stream(file_stream(tokio::fs::File::from_std(file)));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 // ---- evaluations ----

@@ -390,6 +390,26 @@ count = {count}
     )
 }
 
+/// Builds the busybox image as an OCI-layout tar (gzip layer) at `out` with the project's
+/// script (needs Debian's busybox-static, which `scripts/setup.sh` installs).
+pub fn busybox_oci_tar(out: &Path) {
+    let script = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../../scripts/build-busybox-image.sh");
+    let res = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(out)
+        .arg("--oci")
+        .output()
+        .expect("run build-busybox-image.sh");
+    assert!(
+        res.status.success(),
+        "build-busybox-image.sh failed (it needs Debian's busybox-static): {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
 /// A development PKI (CA, server, agents `names`, CLI) in `dir/tls`.
 pub fn test_pki(dir: &Path, names: &[&str]) -> taba_tls::dev::DevPki {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
