@@ -203,7 +203,9 @@ fn node_names_are_unique() {
     let c = srv.client();
     let first = FakeAgent::register(c.clone(), node("n1", 4096));
     let other = node("n1", 4096);
+    // As an agent: agent routes refuse user tokens.
     let err = c
+        .with_token(None)
         .agent_register(&taba_types::wire::RegisterRequest {
             protocol: taba_types::wire::PROTOCOL,
             node: other,
