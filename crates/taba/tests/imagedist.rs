@@ -109,7 +109,7 @@ fn root_agent_fetches_images_from_the_server_once_and_refuses_corrupt_blobs() {
     std::fs::write(
         &server_cfg,
         format!(
-            "data_dir = \"{}\"\nhttp = \"127.0.0.1:0\"\n",
+            "data_dir = \"{}\"\nhttp = \"127.0.0.1:0\"\n[acl]\nenabled = false\n",
             server_dir.display()
         ),
     )

@@ -92,7 +92,8 @@ fn root_server_and_agents_over_mutual_tls_run_log_exec_and_join() {
         &d.join("server.toml"),
         &format!(
             "data_dir = \"{sd}\"\nhttp = \"127.0.0.1:0\"\n[tls]\nca_cert = \"{t}/taba-ca.pem\"\n\
-             cert = \"{t}/server-s1.pem\"\nkey = \"{t}/server-s1-key.pem\"\nca_key = \"{t}/taba-ca-key.pem\"\n",
+             cert = \"{t}/server-s1.pem\"\nkey = \"{t}/server-s1-key.pem\"\nca_key = \"{t}/taba-ca-key.pem\"\n\
+             [acl]\nenabled = false\n",
             sd = server_dir.display()
         ),
     );

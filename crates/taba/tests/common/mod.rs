@@ -475,7 +475,7 @@ impl ProcCluster {
         std::fs::write(
             &cfg,
             format!(
-                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[rebalance]\nenabled = false\n",
+                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[rebalance]\nenabled = false\n[acl]\nenabled = false\n",
                 server_dir
             ),
         )
