@@ -449,12 +449,38 @@ impl Drop for Proc {
     }
 }
 
+/// Bootstrap the ACLs of a server as an operator does (`taba acl
+/// bootstrap`, run by `taba`: the CLI with its address and TLS settings)
+/// and return the management token's secret.
+pub fn acl_bootstrap(mut taba: Command) -> String {
+    let out = taba
+        .args(["acl", "bootstrap"])
+        .env_remove("TABA_TOKEN")
+        .output()
+        .expect("running taba acl bootstrap");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "taba acl bootstrap failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret   = "))
+        .unwrap_or_else(|| panic!("no secret in `taba acl bootstrap`'s output: {stdout}"))
+        .trim()
+        .to_string()
+}
+
 /// A real `taba server` and real `taba agent` processes on loopback, each
 /// with its own data dir under one temporary dir (the agents share the
 /// server's image store until agents fetch images from the servers).
 pub struct ProcCluster {
     pub dir: PathBuf,
     pub addr: String,
+    /// The management token `taba acl bootstrap` printed.
+    pub token: String,
     pub client: Client,
     pub agents: Vec<Proc>,
     pub server: Proc,
@@ -475,7 +501,7 @@ impl ProcCluster {
         std::fs::write(
             &cfg,
             format!(
-                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[rebalance]\nenabled = false\n[acl]\nenabled = false\n",
+                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[rebalance]\nenabled = false\n",
                 server_dir
             ),
         )
@@ -504,10 +530,14 @@ impl ProcCluster {
             );
             agents.push(agent);
         }
-        let client = Client::new(&addr, None);
+        let mut taba = Command::new(taba_bin());
+        taba.env("TABA_ADDR", &addr);
+        let token = acl_bootstrap(taba);
+        let client = Client::new(&addr, Some(token.clone()));
         let c = ProcCluster {
             dir,
             addr,
+            token,
             client,
             agents,
             server,
@@ -547,6 +577,7 @@ impl ProcCluster {
         Command::new(taba_bin())
             .args(args)
             .env("TABA_ADDR", &self.addr)
+            .env("TABA_TOKEN", &self.token)
             .output()
             .expect("running taba")
     }
