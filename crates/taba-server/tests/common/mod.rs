@@ -189,6 +189,8 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
 pub struct FakeAgent {
     pub client: Client,
     pub node: Node,
+    /// The node secret the server issued at first registration.
+    secret: Option<String>,
     /// What the heartbeats report as the node's use.
     usage: Arc<std::sync::Mutex<NodeUsage>>,
     beating: Arc<AtomicBool>,
@@ -199,7 +201,20 @@ impl FakeAgent {
     /// Register over `client`'s server as an agent (user tokens are
     /// refused on agent routes, so none is sent).
     pub fn register(client: Client, node: Node) -> Self {
-        let client = client.with_token(None);
+        Self::register_with_secret(client, node, None)
+    }
+
+    /// Register again as a node that registered before (after a server
+    /// restart), proving the id with the secret it was issued then.
+    pub fn reregister(client: Client, before: FakeAgent) -> Self {
+        let secret = before.secret.clone();
+        let node = before.node.clone();
+        drop(before);
+        Self::register_with_secret(client, node, secret)
+    }
+
+    fn register_with_secret(client: Client, node: Node, secret: Option<String>) -> Self {
+        let client = client.with_token(None).with_node_secret(secret.clone());
         let resp = client
             .agent_register(&RegisterRequest {
                 protocol: PROTOCOL,
@@ -207,10 +222,12 @@ impl FakeAgent {
             })
             .expect("register");
         // From now on the node id is bound to the secret issued to it.
-        let client = client.with_node_secret(resp.node_secret);
+        let secret = resp.node_secret.or(secret);
+        let client = client.with_node_secret(secret.clone());
         let mut agent = Self {
             client,
             node,
+            secret,
             usage: Arc::new(std::sync::Mutex::new(NodeUsage::default())),
             beating: Arc::new(AtomicBool::new(false)),
             thread: None,
@@ -444,4 +461,9 @@ pub fn tls_client(srv: &TestServer, ca: &Path, identity: Option<(&Path, &Path)>)
 /// A client presenting `files`' certificate.
 pub fn tls_client_as(srv: &TestServer, files: &taba_tls::TlsFiles) -> Client {
     tls_client(srv, &files.ca_cert, Some((&files.cert, &files.key)))
+}
+
+/// The CLI of a TLS server: the CLI certificate and the management token.
+pub fn tls_cli(srv: &TestServer, pki: &taba_tls::dev::DevPki) -> Client {
+    tls_client_as(srv, &pki.cli).with_token(Some(srv.token.clone()))
 }

@@ -376,55 +376,14 @@ fn manifest_dir() -> std::path::PathBuf {
 /// processes and cleans up what the agents left.
 pub struct Cluster {
     tmp: tempfile::TempDir,
-    server: Option<Child>,
+    server: Proc,
     /// `http://127.0.0.1:PORT` of the server.
     pub url: String,
-    /// API client.
+    /// The management token `taba acl bootstrap` printed.
+    pub token: String,
+    /// API client with the management token.
     pub client: Client,
-    agents: std::collections::BTreeMap<String, Child>,
-}
-
-/// Start `taba <args>` with its stderr in `log`; wait for a stderr line
-/// containing `marker` and return the text after it.
-fn spawn_logged(args: &[&str], log: &Path, marker: &str) -> (Child, String) {
-    spawn_wrapped(&[], args, log, marker)
-}
-
-/// [`spawn_logged`] with `taba` run through `wrapper` (a command and its
-/// arguments that end with the program to run, e.g. `unshare ... --`).
-fn spawn_wrapped(wrapper: &[&str], args: &[&str], log: &Path, marker: &str) -> (Child, String) {
-    let logf = std::fs::File::create(log).unwrap();
-    let bin = taba_bin();
-    let mut cmd = match wrapper.split_first() {
-        Some((prog, rest)) => {
-            let mut c = Command::new(prog);
-            c.args(rest).arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
-    let mut child = cmd
-        .args(args)
-        .env("TABA_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .expect("starting taba");
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(rest) = text.lines().find_map(|l| l.split(marker).nth(1)) {
-            return (child, rest.trim().to_string());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!(
-        "taba {args:?} did not start; log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    agents: std::collections::BTreeMap<String, Proc>,
 }
 
 impl Cluster {
@@ -446,19 +405,38 @@ impl Cluster {
             ),
         )
         .unwrap();
-        let (server, url) = spawn_logged(
+        let (server, url) = Proc::start(
             &["server", "--config", cfg.to_str().unwrap()],
             &dir.join("server.log"),
             "API on ",
         );
-        let client = Client::new(url.trim_start_matches("http://"), None);
+        let mut taba = Command::new(taba_bin());
+        taba.env("TABA_ADDR", &url);
+        let token = acl_bootstrap(taba);
+        let client = Client::new(url.trim_start_matches("http://"), Some(token.clone()));
         Cluster {
             tmp,
-            server: Some(server),
+            server,
             url,
+            token,
             client,
             agents: Default::default(),
         }
+    }
+
+    /// A server and agents `names`, all ready.
+    pub fn with_agents(names: &[&str]) -> Cluster {
+        let mut c = Cluster::start("");
+        let url = c.url.clone();
+        for name in names {
+            c.start_agent(name, &url);
+        }
+        c
+    }
+
+    /// The cluster's temporary dir (for job files and the like).
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
     }
 
     /// The agent of node `name`'s data dir parent (what [`force_cleanup`] takes).
@@ -496,28 +474,28 @@ impl Cluster {
             ),
         )
         .unwrap();
-        let (child, _) = spawn_wrapped(
+        let (agent, _) = Proc::start_wrapped(
             wrapper,
             &["agent", "--config", cfg.to_str().unwrap()],
             &dir.join(format!("agent-{}.log", self.agents.len())),
             "taba agent: node ",
         );
-        self.agents.insert(name.to_string(), child);
+        self.agents.insert(name.to_string(), agent);
     }
 
     /// kill -9 the agent of `name` (its workloads keep running).
     pub fn kill_agent(&mut self, name: &str) {
-        if let Some(mut c) = self.agents.remove(name) {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut a) = self.agents.remove(name) {
+            a.kill();
         }
     }
 
-    /// Run the CLI against the server.
+    /// Run the CLI against the server with the management token.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(taba_bin())
             .args(args)
             .env("TABA_ADDR", &self.url)
+            .env("TABA_TOKEN", &self.token)
             .output()
             .expect("running taba")
     }
@@ -618,14 +596,10 @@ impl Drop for Cluster {
         {
             std::thread::sleep(Duration::from_millis(200));
         }
-        for (_, mut c) in std::mem::take(&mut self.agents) {
-            let _ = c.kill();
-            let _ = c.wait();
+        for (_, mut a) in std::mem::take(&mut self.agents) {
+            a.kill();
         }
-        if let Some(mut c) = self.server.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.kill();
         for n in &names {
             force_cleanup(&self.node_dir(n));
         }
@@ -728,12 +702,32 @@ impl Proc {
     /// Start `taba ARGS`; wait for the stderr line containing `marker` and
     /// return the text after it (up to `;` or the end).
     pub fn start(args: &[&str], log: &Path, marker: &str) -> (Proc, String) {
+        Self::start_wrapped(&[], args, log, marker)
+    }
+
+    /// [`Proc::start`] with `taba` run through `wrapper` (a command and its
+    /// arguments that end with the program to run, e.g. `unshare ... --`).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        log: &Path,
+        marker: &str,
+    ) -> (Proc, String) {
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut child = Command::new(taba_bin())
+        let bin = taba_bin();
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = cmd
             .args(args)
             .env("TABA_LOG", "info")
             .stdin(Stdio::null())
@@ -778,6 +772,14 @@ impl Proc {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// kill -9 and wait (an agent's workloads keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -797,142 +799,27 @@ impl Drop for Proc {
     }
 }
 
-/// A real `taba server` and real `taba agent` processes on loopback, each
-/// with its own data dir under one temporary dir (the agents share the
-/// server's image store until agents fetch images from the servers).
-pub struct ProcCluster {
-    pub dir: PathBuf,
-    pub addr: String,
-    pub client: Client,
-    pub agents: Vec<Proc>,
-    pub server: Proc,
-    _tmp: tempfile::TempDir,
+/// Bootstrap the ACLs of a server as an operator does (`taba acl
+/// bootstrap`, run by `taba`: the CLI with its address and TLS settings)
+/// and return the management token's secret.
+pub fn acl_bootstrap(mut taba: Command) -> String {
+    let out = taba
+        .args(["acl", "bootstrap"])
+        .env_remove("TABA_TOKEN")
+        .output()
+        .expect("running taba acl bootstrap");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "taba acl bootstrap failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret   = "))
+        .unwrap_or_else(|| panic!("no secret in `taba acl bootstrap`'s output: {stdout}"))
+        .trim()
+        .to_string()
 }
 
-impl ProcCluster {
-    /// Start the server, then agents named `names`; wait until all are ready.
-    pub fn start(names: &[&str]) -> ProcCluster {
-        require_root();
-        let tmp = tempfile::Builder::new()
-            .prefix("taba-e2e-cluster-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let dir = tmp.path().to_path_buf();
-        let server_dir = dir.join("server");
-        let cfg = dir.join("server.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[rebalance]\nenabled = false\n",
-                server_dir
-            ),
-        )
-        .unwrap();
-        let (server, addr) = Proc::start(
-            &["server", "--config", cfg.to_str().unwrap()],
-            &dir.join("server.log"),
-            "API on ",
-        );
-        let mut agents = Vec::new();
-        for name in names {
-            let cfg = dir.join(format!("{name}.toml"));
-            std::fs::write(
-                &cfg,
-                format!(
-                    "data_dir = {:?}\nserver = {addr:?}\nname = {name:?}\nhttp = \"127.0.0.1:0\"\nimages_dir = {:?}\n",
-                    dir.join(name).join("agent"),
-                    server_dir.join("images"),
-                ),
-            )
-            .unwrap();
-            let (agent, _) = Proc::start(
-                &["agent", "--config", cfg.to_str().unwrap()],
-                &dir.join(format!("{name}.log")),
-                "taba agent: node ",
-            );
-            agents.push(agent);
-        }
-        let client = Client::new(&addr, None);
-        let c = ProcCluster {
-            dir,
-            addr,
-            client,
-            agents,
-            server,
-            _tmp: tmp,
-        };
-        c.wait_for("every node ready", Duration::from_secs(30), || {
-            c.client.list_nodes().ok().is_some_and(|n| {
-                n.len() == names.len() && n.iter().all(|n| n.status.to_string() == "ready")
-            })
-        });
-        c
-    }
-
-    /// Poll `f` until true; panic with the logs after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if f() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("timed out waiting for {what}; logs:\n{}", self.logs());
-    }
-
-    /// The last lines of every process's log.
-    pub fn logs(&self) -> String {
-        let mut s = format!("--- server\n{}\n", self.server.log_tail());
-        for (i, a) in self.agents.iter().enumerate() {
-            s.push_str(&format!("--- agent {i}\n{}\n", a.log_tail()));
-        }
-        s
-    }
-
-    /// Run the CLI against the server.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(taba_bin())
-            .args(args)
-            .env("TABA_ADDR", &self.addr)
-            .output()
-            .expect("running taba")
-    }
-
-    /// Stop every job, wait until nothing runs, stop the processes, and
-    /// clean up whatever is left of the agents' workloads.
-    pub fn shutdown(&mut self) {
-        if let Ok(jobs) = self.client.list_jobs() {
-            for j in jobs.iter().filter(|j| !j.stopped) {
-                let _ = self.client.stop_job(&j.name);
-            }
-        }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            let busy = self
-                .client
-                .list_allocs()
-                .map(|v| v.iter().any(|a| !a.status.is_terminal()))
-                .unwrap_or(false);
-            if !busy {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        for a in &mut self.agents {
-            a.stop();
-        }
-        self.server.stop();
-        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            if e.path().join("agent").is_dir() {
-                force_cleanup(&e.path());
-            }
-        }
-    }
-}
-
-impl Drop for ProcCluster {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
