@@ -460,11 +460,11 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                     }
                     Err(e) => {
                         let r = ExitResult {
-                            start_error: Some(error_chain(&e)),
+                            start_error: Some(taba_types::error_chain(&e)),
                             finished_at: now_ms(),
                             ..Default::default()
                         };
-                        let msg = error_chain(&e);
+                        let msg = taba_types::error_chain(&e);
                         s.update_task(&name, |rec| {
                             rec.state.push_event(now_ms(), "Driver Failure", msg);
                         });
@@ -501,7 +501,7 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                     Ok(Err(e)) => ExitResult {
                         start_error: Some(format!(
                             "waiting for the task failed: {}",
-                            error_chain(&e)
+                            taba_types::error_chain(&e)
                         )),
                         finished_at: now_ms(),
                         ..Default::default()
@@ -617,17 +617,6 @@ pub fn after_exit(policy: &taba_types::RestartPolicy, restarts: &[u64], now: u64
         return AfterExit::Restart { delay, recent };
     }
     AfterExit::Fail
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
