@@ -105,6 +105,18 @@ impl ServerClient {
         path: &str,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let (resp, url) = self.send_raw(path, build).await?;
+        resp.json()
+            .await
+            .map_err(|source| ClientError::Http { url, source })
+    }
+
+    /// As [`ServerClient::send`], but returns the successful response (and its URL) unread.
+    async fn send_raw(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, String), ClientError> {
         let n = self.bases.len();
         let start = self.current.load(Ordering::Relaxed);
         let secret = self
@@ -126,7 +138,7 @@ impl ServerClient {
                         tracing::info!(server = %self.bases[k], "switched to another server");
                         self.current.store(k, Ordering::Relaxed);
                     }
-                    return Self::finish(resp, url).await;
+                    return Self::check(resp, url).await;
                 }
                 Err(source) if source.is_connect() && i + 1 < n => {
                     tracing::warn!(server = %self.bases[k], "cannot connect; trying the next server");
@@ -138,10 +150,11 @@ impl ServerClient {
         Err(last.unwrap_or(ClientError::NoServers))
     }
 
-    async fn finish<T: serde::de::DeserializeOwned>(
+    /// A reply that is not a success becomes [`ClientError::Status`].
+    async fn check(
         resp: reqwest::Response,
         url: String,
-    ) -> Result<T, ClientError> {
+    ) -> Result<(reqwest::Response, String), ClientError> {
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
@@ -155,9 +168,7 @@ impl ServerClient {
                 message,
             });
         }
-        resp.json()
-            .await
-            .map_err(|source| ClientError::Http { url, source })
+        Ok((resp, url))
     }
 
     /// Exchange a join token for a credential.
@@ -212,4 +223,47 @@ impl ServerClient {
             .await?;
         Ok(())
     }
+
+    /// What the image `reference` is made of (config and layer blobs), asked as node `node_id`.
+    pub async fn image_manifest(
+        &self,
+        node_id: &NodeId,
+        reference: &str,
+    ) -> Result<ImageManifest, ClientError> {
+        let path = format!(
+            "/v1/agent/images/manifests/{}?node_id={}",
+            path_escape(reference),
+            path_escape(node_id.as_str())
+        );
+        self.send(&path, |c, u| c.get(u).timeout(Duration::from_secs(30)))
+            .await
+    }
+
+    /// One image blob by digest, asked as node `node_id`: the response, to be read chunk by
+    /// chunk.
+    pub async fn image_blob(
+        &self,
+        node_id: &NodeId,
+        digest: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let path = format!(
+            "/v1/agent/images/blobs/{}?node_id={}",
+            path_escape(digest),
+            path_escape(node_id.as_str())
+        );
+        Ok(self.send_raw(&path, |c, u| c.get(u)).await?.0)
+    }
+}
+
+/// Percent-encodes what is not plain in a path: references keep their `/`, `:` and `@`.
+fn path_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/:@+".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -10,6 +10,7 @@ pub mod api;
 mod client;
 pub mod fingerprint;
 pub mod host;
+pub mod images;
 pub mod logs;
 pub mod runner;
 pub mod state;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use taba_driver::Driver;
+use taba_image::ImageStore;
 use taba_types::wire::{AllocUpdate, AllocUpdateRequest, RegisterRequest, PROTOCOL};
 use taba_types::{
     AllocId, AllocUsage, ByteSize, DriverInfo, Eligibility, Node, NodeId, NodeResources,
@@ -103,6 +105,13 @@ pub struct AgentConfig {
     pub log_max_files: u32,
     /// How often usage is sampled.
     pub stats_interval: Duration,
+    /// Caps of `alloc exec` (output size, duration).
+    pub exec_limits: api::ExecLimits,
+    /// The node's image store: images that tasks name and it lacks are fetched from the
+    /// servers into it. `None`: no fetching (tasks find their images or fail).
+    pub images: Option<Arc<ImageStore>>,
+    /// Blobs of one image downloaded at once.
+    pub image_fetch_parallel: usize,
 }
 
 impl AgentConfig {
@@ -123,6 +132,9 @@ impl AgentConfig {
             log_max_bytes: 10 << 20,
             log_max_files: 3,
             stats_interval: Duration::from_secs(5),
+            exec_limits: api::ExecLimits::default(),
+            images: None,
+            image_fetch_parallel: 4,
         }
     }
 }
@@ -138,6 +150,8 @@ pub struct AgentInner {
     total_mhz: u64,
     /// The host's last CPU times sample and its measured use.
     host: Mutex<(Option<host::CpuTimes>, Option<NodeUsage>)>,
+    /// Caps of `alloc exec`.
+    exec_limits: api::ExecLimits,
 }
 
 impl AgentInner {
@@ -230,7 +244,8 @@ pub async fn start(
         datacenter: config.datacenter.clone(),
         status: NodeStatus::Initializing,
         eligibility: Eligibility::Eligible,
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: http_addr.to_string(),
         attributes,
         meta: config.meta.clone(),
@@ -246,7 +261,18 @@ pub async fn start(
     };
 
     let (changed_tx, changed_rx) = mpsc::unbounded_channel();
+    let client = ServerClient::new(&config.servers, creds.client.as_ref())?;
+    client.set_secret(creds.secret.clone());
+    let images = config.images.clone().map(|store| {
+        Arc::new(images::ImageFetcher::new(
+            store,
+            client.clone(),
+            node_id.clone(),
+            config.image_fetch_parallel,
+        ))
+    });
     let ctx = Arc::new(RunnerCtx {
+        images,
         state_dir,
         drivers: by_name,
         changed: changed_tx,
@@ -262,13 +288,12 @@ pub async fn start(
         mhz_per_core: fp.mhz_per_core.max(1),
         total_mhz: fp.resources.cpu,
         host: Mutex::new((None, None)),
+        exec_limits: config.exec_limits,
     });
 
     // Resume what a previous agent left running before talking to anyone.
     recover(&inner);
 
-    let client = ServerClient::new(&config.servers, creds.client.as_ref())?;
-    client.set_secret(creds.secret.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let ttl = Arc::new(Mutex::new(Duration::from_secs(10)));

@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, watch};
 
 /// What every runner on this node shares.
 pub struct RunnerCtx {
+    /// Fetches images the node lacks from the servers (`None`: no fetching).
+    pub images: Option<Arc<crate::images::ImageFetcher>>,
     /// The agent's data dir.
     pub state_dir: StateDir,
     /// Drivers by name.
@@ -439,37 +441,13 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                     mark_dead(&s, &name, false, "Killed", reason);
                     return;
                 }
-                let cfg = task_config(&s, &task);
-                let d = driver.clone();
-                match blocking(move || d.start(&cfg)).await {
-                    Ok(h) => {
-                        let now = now_ms();
-                        let pid = h.pid;
-                        s.update_task(&name, |r| {
-                            r.handle = Some(h.clone());
-                            r.state.state = TaskStatus::Running;
-                            r.state.pid = Some(pid);
-                            r.state.started_at = Some(h.started_at);
-                            r.state.exit_code = None;
-                            r.state.signal = None;
-                            r.state.oom_killed = false;
-                            r.state
-                                .push_event(now, "Started", format!("task started (pid {pid})"));
-                        });
-                        (Some(h), None)
+                match prepare_image(&s, &task, &driver).await {
+                    Prepared::Ready => start_workload(&s, &task, &driver).await,
+                    Prepared::Stopped(reason) => {
+                        mark_dead(&s, &name, false, "Killed", reason);
+                        return;
                     }
-                    Err(e) => {
-                        let r = ExitResult {
-                            start_error: Some(taba_types::error_chain(&e)),
-                            finished_at: now_ms(),
-                            ..Default::default()
-                        };
-                        let msg = taba_types::error_chain(&e);
-                        s.update_task(&name, |rec| {
-                            rec.state.push_event(now_ms(), "Driver Failure", msg);
-                        });
-                        (None, Some(r))
-                    }
+                    Prepared::Failed(r) => (None, Some(r)),
                 }
             }
         };
@@ -576,6 +554,123 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
             let reason = s.stop_reason().unwrap_or_default();
             mark_dead(&s, &name, false, "Killed", reason);
             return;
+        }
+    }
+}
+
+/// Starts the workload through its driver: a handle, or the start error as a result.
+async fn start_workload(
+    s: &Shared,
+    task: &TaskSpec,
+    driver: &Arc<dyn Driver>,
+) -> (Option<TaskHandle>, Option<ExitResult>) {
+    let cfg = task_config(s, task);
+    let d = driver.clone();
+    match blocking(move || d.start(&cfg)).await {
+        Ok(h) => {
+            let now = now_ms();
+            let pid = h.pid;
+            s.update_task(&task.name, |r| {
+                r.handle = Some(h.clone());
+                r.state.state = TaskStatus::Running;
+                r.state.pid = Some(pid);
+                r.state.started_at = Some(h.started_at);
+                r.state.exit_code = None;
+                r.state.signal = None;
+                r.state.oom_killed = false;
+                r.state
+                    .push_event(now, "Started", format!("task started (pid {pid})"));
+            });
+            (Some(h), None)
+        }
+        Err(e) => {
+            let r = ExitResult {
+                start_error: Some(taba_types::error_chain(&e)),
+                finished_at: now_ms(),
+                ..Default::default()
+            };
+            let msg = taba_types::error_chain(&e);
+            s.update_task(&task.name, |rec| {
+                rec.state.push_event(now_ms(), "Driver Failure", msg);
+            });
+            (None, Some(r))
+        }
+    }
+}
+
+/// What getting a task's image ready came to.
+enum Prepared {
+    /// The image is on the node (or the task needs none).
+    Ready,
+    /// It could not be fetched: the start fails with this result.
+    Failed(ExitResult),
+    /// The allocation was stopped while fetching.
+    Stopped(String),
+}
+
+/// Fetches the task's image from the servers if the driver runs images and the node lacks it;
+/// every step is a task event.
+async fn prepare_image(s: &Shared, task: &TaskSpec, driver: &Arc<dyn Driver>) -> Prepared {
+    let (Some(fetcher), Some(image)) = (s.ctx.images.clone(), task.image.clone()) else {
+        return Prepared::Ready;
+    };
+    if !driver.capabilities().image_rootfs {
+        return Prepared::Ready;
+    }
+    let name = &task.name;
+    let fetched = async {
+        if fetcher.is_present(&image).await? {
+            return Ok(None);
+        }
+        s.update_task(name, |r| {
+            r.state.push_event(
+                now_ms(),
+                "Downloading Image",
+                format!("image {image} is not on this node; fetching it from the servers"),
+            )
+        });
+        fetcher.fetch(&image).await.map(Some)
+    };
+    let result = tokio::select! {
+        r = fetched => r,
+        reason = stopped(s) => return Prepared::Stopped(reason),
+    };
+    match result {
+        Ok(None) => Prepared::Ready,
+        Ok(Some(f)) => {
+            let msg = if f.blobs == 0 {
+                format!(
+                    "image {image} ({}) was fetched by another allocation on this node",
+                    f.id
+                )
+            } else {
+                format!(
+                    "fetched image {image} ({}) from the servers: {} blobs, {} bytes in {} ms",
+                    f.id,
+                    f.blobs,
+                    f.bytes,
+                    f.elapsed.as_millis()
+                )
+            };
+            tracing::info!(alloc = %s.id, task = %name, "{msg}");
+            s.update_task(name, |r| r.state.push_event(now_ms(), "Image Fetched", msg));
+            Prepared::Ready
+        }
+        Err(e) => {
+            let msg = format!(
+                "fetching image {image} from the servers: {}",
+                taba_types::error_chain(&e)
+            );
+            tracing::warn!(alloc = %s.id, task = %name, "{msg}");
+            s.update_task(name, |r| {
+                r.state
+                    .push_event(now_ms(), "Image Fetch Failed", msg.clone())
+            });
+            Prepared::Failed(ExitResult {
+                start_error: Some(msg),
+                finished_at: now_ms(),
+                ..Default::default()
+            })
         }
     }
 }

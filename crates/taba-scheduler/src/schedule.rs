@@ -15,8 +15,14 @@
 //! - batch: like service, but an index that completed successfully is done
 //!   and never placed again;
 //! - system: one allocation per schedulable node that passes feasibility;
-//!   allocations on nodes that no longer qualify (ineligible, draining,
-//!   filtered) are stopped, those on down nodes are left to be marked lost;
+//!   allocations on nodes whose constraints no longer match are stopped,
+//!   those on ineligible or draining nodes keep running (a drain stops them
+//!   itself, last), those on down nodes are left to be marked lost;
+//! - moves (`Allocation::migrate`, asked by the rebalancer or a node drain):
+//!   at most `migrate.max_parallel` per group in flight, a move counting
+//!   until its replacement has run `migrate.min_healthy_time`; a move with
+//!   nowhere to go is dropped, unless its node is draining: then the
+//!   evaluation is blocked until capacity frees;
 //! - updates: an allocation of an older job version whose group changed in a
 //!   placement-relevant way is replaced (stop + place in one plan), at most
 //!   `update.max_parallel` per group at a time, the next batch only once the
@@ -149,6 +155,14 @@ enum Reschedule {
     Exhausted,
 }
 
+/// A group's moves whose replacements have not run `migrate.min_healthy_time` yet.
+#[derive(Default, Clone, Copy)]
+struct MovesInFlight {
+    count: u32,
+    /// When the first of those already running becomes healthy.
+    healthy_at: Option<UnixMillis>,
+}
+
 struct Scheduler<'a> {
     state: &'a ClusterState,
     eval: &'a Evaluation,
@@ -277,7 +291,7 @@ impl<'a> Scheduler<'a> {
             let mut destructive: Vec<&'a Allocation> = Vec::new();
             let mut in_flight = 0u32;
             let mut migrating: Vec<&'a Allocation> = Vec::new();
-            let mut moves_in_flight = 0u32;
+            let mut moves = MovesInFlight::default();
             for a in &mine {
                 if a.desired_status != DesiredStatus::Run {
                     continue;
@@ -320,8 +334,11 @@ impl<'a> Scheduler<'a> {
                                     earliest(&mut self.rolling_at, at);
                                 }
                             }
-                            if self.healthy_for(a, g.migrate.min_healthy_time.0).is_err() {
-                                moves_in_flight += 1;
+                            if let Err(at) = self.healthy_for(a, g.migrate.min_healthy_time.0) {
+                                moves.count += 1;
+                                if let Some(at) = at {
+                                    earliest(&mut moves.healthy_at, at);
+                                }
                             }
                         }
                     }
@@ -403,7 +420,7 @@ impl<'a> Scheduler<'a> {
             }
             reqs.sort_by_key(|r| r.index);
             self.place_group(job, g, reqs);
-            self.migrate_group(job, g, migrating, moves_in_flight);
+            self.migrate_group(job, g, migrating, moves);
         }
     }
 
@@ -411,23 +428,36 @@ impl<'a> Scheduler<'a> {
     /// in flight: each is a replacement placed on the requested node (or the
     /// best other node) and the old allocation stopped, in this one plan. A
     /// move with nowhere to go is dropped (its request cleared): the
-    /// allocation keeps running where it is.
+    /// allocation keeps running where it is; unless its node is draining,
+    /// then the request stays and the group's placement failure blocks the
+    /// evaluation until capacity frees.
+    ///
+    /// The next batch waits for this one: a follow-up evaluation at the time
+    /// the running replacements become healthy; replacements not running yet
+    /// have no such time, and the evaluation that their agent's "running"
+    /// report creates continues (the server creates one while a job has
+    /// moves waiting).
     fn migrate_group(
         &mut self,
         job: &Job,
         g: &TaskGroupSpec,
         mut migrating: Vec<&'a Allocation>,
-        in_flight: u32,
+        in_flight: MovesInFlight,
     ) {
         if migrating.is_empty() {
             return;
         }
         migrating.sort_by_key(|a| a.index);
-        let budget = g.migrate.max_parallel.max(1).saturating_sub(in_flight) as usize;
+        let budget = g
+            .migrate
+            .max_parallel
+            .max(1)
+            .saturating_sub(in_flight.count) as usize;
         let now_batch = migrating.len().min(budget);
         if migrating.len() > now_batch {
-            let next = self.now.saturating_add(g.migrate.min_healthy_time.0);
-            earliest(&mut self.migrate_at, next);
+            if let Some(at) = in_flight.healthy_at {
+                earliest(&mut self.migrate_at, at);
+            }
         }
         let rules = GroupRules::new(job, g);
         let ctx = rules.ctx(g);
@@ -471,6 +501,7 @@ impl<'a> Scheduler<'a> {
                     n.ports = self.placer.next_ports();
                     self.plan.placements.push(n);
                 }
+                None if self.source_draining(a) => self.record_failure(&ctx, 1),
                 None => {
                     let mut u = (*a).clone();
                     u.migrate = None;
@@ -479,6 +510,11 @@ impl<'a> Scheduler<'a> {
                 }
             }
         }
+    }
+
+    /// Whether `a`'s node is being drained (its moves must happen).
+    fn source_draining(&self, a: &Allocation) -> bool {
+        self.state.node(&a.node_id).is_some_and(|n| n.draining())
     }
 
     /// Pick nodes for up to `n` allocations: the scored path for groups with
@@ -718,6 +754,7 @@ impl<'a> Scheduler<'a> {
             client_description: String::new(),
             task_states: BTreeMap::new(),
             usage: None,
+            events: Vec::new(),
             eval_id: self.eval.id.clone(),
             previous_alloc: r.previous.map(|p| p.id.clone()),
             reschedule_times,
@@ -767,15 +804,15 @@ impl<'a> Scheduler<'a> {
                 if node.status != NodeStatus::Ready {
                     continue; // initializing: wait for it
                 }
-                let reason = if !node.schedulable() {
-                    Some("node is not eligible".to_string())
-                } else {
-                    filter.reject_reason(node)
-                };
-                if let Some(reason) = reason {
+                if let Some(reason) = filter.reject_reason(node) {
                     for a in &live {
                         self.stop(a, &format!("node no longer qualifies: {reason}"));
                     }
+                    continue;
+                }
+                if !node.schedulable() {
+                    // Ineligible or draining: what runs stays (a drain stops
+                    // it last), nothing new is placed.
                     continue;
                 }
                 for extra in live.iter().skip(1) {

@@ -264,7 +264,8 @@ pub fn synthetic_node(rng_seed: u64, i: u32) -> Node {
         datacenter: format!("dc{}", 1 + i % 4),
         status: NodeStatus::Ready,
         eligibility: Eligibility::Eligible,
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes,
         meta,
@@ -595,6 +596,10 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
             affinity: Vec::new(),
             kill_signal: "SIGTERM".to_string(),
             kill_timeout: DurationSpec::secs(5),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            ulimits: Default::default(),
+            no_new_privileges: false,
         }],
     }
 }

@@ -828,6 +828,7 @@ impl ClusterState {
             && a.client_description.is_empty()
             && a.task_states.is_empty()
             && a.usage.is_none()
+            && a.events.is_empty()
             && a.previous_alloc.is_none()
             && a.reschedule_times.is_empty()
             && !a.replaced
@@ -960,6 +961,7 @@ impl ClusterState {
             client_description: String::new(),
             task_states: BTreeMap::new(),
             usage: None,
+            events: Vec::new(),
             eval_id: EvalId(format_uuid(c.eval)),
             previous_alloc: None,
             reschedule_times: Vec::new(),

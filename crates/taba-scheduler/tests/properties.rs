@@ -206,7 +206,8 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
         } else {
             Eligibility::Ineligible
         },
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes,
         meta,
@@ -296,6 +297,10 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     affinity: Vec::new(),
                     kill_signal: "SIGTERM".into(),
                     kill_timeout: DurationSpec::secs(1),
+                    cap_add: Vec::new(),
+                    cap_drop: Vec::new(),
+                    ulimits: Default::default(),
+                    no_new_privileges: false,
                 }],
             }
         })

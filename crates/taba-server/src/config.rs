@@ -26,6 +26,15 @@ pub struct ServerConfig {
     pub preemption: PreemptionConfig,
     /// Load-aware rebalancing.
     pub rebalance: RebalanceSettings,
+    /// Time between the drainer's rounds over draining nodes.
+    pub drain_interval: Duration,
+    /// Access control.
+    pub acl: AclSettings,
+    /// Longest wait for an agent's `alloc exec` answer (the agent's own
+    /// timeout, 5 minutes by default, plus a margin).
+    pub exec_timeout: Duration,
+    /// Largest output of one `alloc exec` stream the server relays, bytes.
+    pub exec_max_output: u64,
     /// TLS of the API (and of the server's calls to agents). Without it the
     /// server listens only on loopback.
     pub tls: Option<ServerTls>,
@@ -39,6 +48,20 @@ pub struct ServerTls {
     /// The CA's key: lets the server sign certificates for agents that join
     /// with a token. Without it join tokens are refused under TLS.
     pub ca_key: Option<PathBuf>,
+}
+
+/// `[acl]` of the server's configuration.
+#[derive(Clone, Debug)]
+pub struct AclSettings {
+    /// Enforce ACL tokens on every route (on by default). When off, every
+    /// user route is open to anyone who reaches the API.
+    pub enabled: bool,
+}
+
+impl Default for AclSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// Settings of the rebalancer (see `taba_scheduler::rebalance`).
@@ -74,6 +97,10 @@ impl ServerConfig {
             max_plan_attempts: 5,
             preemption: PreemptionConfig::default(),
             rebalance: RebalanceSettings::default(),
+            drain_interval: Duration::from_millis(500),
+            acl: AclSettings::default(),
+            exec_timeout: Duration::from_secs(310),
+            exec_max_output: 16 << 20,
             tls: None,
         }
     }

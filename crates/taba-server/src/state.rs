@@ -28,7 +28,12 @@ use taba_types::{
 };
 use tokio::sync::watch;
 
+mod acl;
+mod drain;
 mod namespaces;
+
+pub use acl::NewToken;
+pub use drain::DRAIN_REASON;
 
 /// Why a change or lookup failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,9 @@ pub enum StateError {
     /// The change conflicts with the state (e.g. removing a namespace in use).
     #[error("{0}")]
     Conflict(String),
+    /// ACL records could not be loaded.
+    #[error("cannot load ACL records")]
+    Acl(#[from] crate::acl::AclLoadError),
 }
 
 /// Key of a job record.
@@ -109,8 +117,12 @@ pub struct ServerState {
     /// Registrations hold it shared while they commit, so a namespace
     /// cannot be removed under a job being registered in it.
     namespaces: tokio::sync::RwLock<BTreeMap<String, Namespace>>,
+    /// ACL tokens and policies.
+    pub acl: crate::acl::AclState,
     /// Pending evaluations.
     pub broker: Broker,
+    /// Wakes the drainer early (a drain started).
+    pub drain_wake: tokio::sync::Notify,
     /// Node credentials, join tokens, revoked certificates.
     pub credentials: crate::credentials::Credentials,
     index: watch::Sender<u64>,
@@ -174,6 +186,7 @@ impl ServerState {
             e.modify_index = rec.mod_index;
             evals.insert(e.id.clone(), e);
         }
+        let acl = crate::acl::AclState::load(&*store, config.acl.enabled)?;
         let index = store.index()?;
         cluster.set_index(index);
         let broker = Broker::new();
@@ -203,7 +216,9 @@ impl ServerState {
             node_usage: Mutex::new(HashMap::new()),
             locks: KeyLocks::default(),
             namespaces: tokio::sync::RwLock::new(namespaces),
+            acl,
             broker,
+            drain_wake: tokio::sync::Notify::new(),
             index: watch::channel(index).0,
             shutdown: watch::channel(false).0,
         })
@@ -602,10 +617,10 @@ impl ServerState {
         }
     }
 
-    /// Every allocation, newest first.
-    pub fn list_allocs(&self) -> Vec<AllocListEntry> {
+    /// Every allocation in the namespaces `visible` accepts, newest first.
+    pub fn list_allocs(&self, visible: impl Fn(&str) -> bool) -> Vec<AllocListEntry> {
         let c = self.cluster();
-        let mut v: Vec<&Allocation> = c.allocs().collect();
+        let mut v: Vec<&Allocation> = c.allocs().filter(|a| visible(&a.namespace)).collect();
         v.sort_by_key(|a| std::cmp::Reverse(a.create_time));
         v.into_iter().map(AllocListEntry::from_alloc).collect()
     }
@@ -628,6 +643,24 @@ impl ServerState {
         self.apply(index, vec![], vec![a], vec![], vec![eval.clone()]);
         self.broker.enqueue(eval);
         Ok((eid, index))
+    }
+
+    /// Record an audit event on an allocation (durable before it returns),
+    /// e.g. who ran which command with `alloc exec`.
+    pub async fn record_alloc_event(
+        &self,
+        id: &AllocId,
+        event: taba_types::AllocEvent,
+    ) -> Result<u64, StateError> {
+        let a = self.find_alloc(id.as_str())?;
+        let _held = self.locks.lock(vec![job_key(&a.namespace, &a.job)]).await;
+        let mut a = self.find_alloc(id.as_str())?;
+        a.push_event(event);
+        let index = self
+            .commit(Txn::new().put_encoded(Table::Allocs, a.id.as_str(), &a))
+            .await?;
+        self.apply(index, vec![], vec![a], vec![], vec![]);
+        Ok(index)
     }
 
     /// Merge an agent's observations into allocations; create evaluations
@@ -691,14 +724,11 @@ impl ServerState {
                 if a.client_status == ClientStatus::Running
                     && old.client_status != ClientStatus::Running
                 {
-                    let rolling = c.job(&a.namespace, &a.job).is_some_and(|j| {
-                        c.allocs_for_job(&a.namespace, &a.job)
-                            .any(|o| o.is_live() && o.job_version < j.version)
-                    });
-                    if rolling {
-                        eval_jobs
-                            .entry((a.namespace.clone(), a.job.clone()))
-                            .or_insert(EvalTrigger::RollingUpdate);
+                    let key = (a.namespace.clone(), a.job.clone());
+                    if let std::collections::btree_map::Entry::Vacant(v) = eval_jobs.entry(key) {
+                        if let Some(trigger) = Self::work_waiting(&c, &a) {
+                            v.insert(trigger);
+                        }
                     }
                 }
                 changed.push(a);
@@ -729,6 +759,33 @@ impl ServerState {
             self.unblock(None);
         }
         Ok(index)
+    }
+
+    /// When `a` starts running: the trigger of an evaluation that carries
+    /// on with work of its job that waited for it, if any: the next batch of
+    /// a rolling update (a live allocation of an older version), or of moves
+    /// (a live allocation with a move asked for; a drain's when one of them
+    /// is on a draining node). One pass over the job's allocations.
+    fn work_waiting(c: &ClusterState, a: &Allocation) -> Option<EvalTrigger> {
+        let version = c.job(&a.namespace, &a.job)?.version;
+        let mut found = None;
+        for o in c
+            .allocs_for_job(&a.namespace, &a.job)
+            .filter(|o| o.is_live())
+        {
+            if o.job_version < version {
+                return Some(EvalTrigger::RollingUpdate);
+            }
+            if o.migrate.is_some() && found != Some(EvalTrigger::NodeDrain) {
+                let draining = c.node(&o.node_id).is_some_and(|n| n.draining());
+                found = Some(if draining {
+                    EvalTrigger::NodeDrain
+                } else {
+                    EvalTrigger::Rebalance
+                });
+            }
+        }
+        found
     }
 
     // ---- nodes ----
@@ -854,7 +911,8 @@ impl ServerState {
         if let Some(old) = &existing {
             node.create_index = old.create_index;
             node.eligibility = old.eligibility;
-            node.drain = old.drain;
+            node.drain = old.drain.clone();
+            node.drained_at = old.drained_at;
         } else {
             node.create_index = 0;
         }

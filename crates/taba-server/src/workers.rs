@@ -1,5 +1,5 @@
 //! Background work: scheduler workers, the one plan applier, the heartbeat
-//! monitor and the rebalancer. Each is a loop that ends when the server
+//! monitor, the rebalancer and the drainer. Each is a loop that ends when the server
 //! shuts down.
 //!
 //! Flow of one evaluation: the broker hands it to a worker; the worker runs
@@ -188,6 +188,34 @@ pub fn spawn_rebalancer(state: Arc<ServerState>) -> tokio::task::JoinHandle<()> 
                 Err(e) => tracing::error!(error = %e, "rebalancer cannot record moves"),
             }
             recent.retain(|_, t| now < t.saturating_add(settings.plan.cooldown_ms));
+        }
+    })
+}
+
+/// The drainer: every `drain_interval` (or at once when a drain starts),
+/// one step of each node's drain ([`ServerState::drain_step`]): ask for the
+/// moves still to make, stop what is left at the deadline, stop system
+/// allocations last, and complete the drain.
+pub fn spawn_drainer(state: Arc<ServerState>) -> tokio::task::JoinHandle<()> {
+    let tick = state.config.drain_interval.max(Duration::from_millis(20));
+    let mut stop = state.shutdown.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = state.drain_wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            for id in state.draining_nodes() {
+                match state.drain_step(&id).await {
+                    Ok(()) => {}
+                    Err(StateError::ShuttingDown) => return,
+                    Err(e) => tracing::error!(node = %id, error = %e, "drain step failed"),
+                }
+            }
         }
     })
 }

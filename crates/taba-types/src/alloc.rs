@@ -158,8 +158,26 @@ impl TaskState {
     }
 }
 
+/// Something done to an allocation through the API, recorded by the server
+/// before it is done (the audit trail of `alloc exec`): who, what, when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocEvent {
+    /// When.
+    pub time: UnixMillis,
+    /// `Exec`.
+    pub kind: String,
+    /// Who: the token's name and accessor id (`anonymous` when ACLs are off).
+    pub actor: String,
+    /// What: the task and the command.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Audit events kept per allocation (the oldest go first).
+pub const MAX_ALLOC_EVENTS: usize = 50;
+
 /// A request to move an allocation to another node: the one "move"
-/// primitive of rebalancing (and, later, drains and `alloc migrate`). The
+/// primitive of rebalancing and node drains (and, later, `alloc migrate`). The
 /// scheduler places a replacement (on `to` when it is given and fits, else
 /// on the best other node) and stops this allocation in the same plan,
 /// within the group's `migrate.max_parallel`.
@@ -237,6 +255,9 @@ pub struct Allocation {
     /// Last measured usage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<AllocUsage>,
+    /// What was done to it through the API (audit), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<AllocEvent>,
     /// The evaluation that placed it.
     pub eval_id: EvalId,
     /// The allocation it replaces (reschedule or update).
@@ -300,6 +321,14 @@ impl Allocation {
                 .max()
                 .unwrap_or(self.modify_time)
         })
+    }
+    /// Record an audit event, keeping the last [`MAX_ALLOC_EVENTS`].
+    pub fn push_event(&mut self, event: AllocEvent) {
+        self.events.push(event);
+        if self.events.len() > MAX_ALLOC_EVENTS {
+            let extra = self.events.len() - MAX_ALLOC_EVENTS;
+            self.events.drain(..extra);
+        }
     }
     /// Memory reserved.
     pub fn memory(&self) -> ByteSize {

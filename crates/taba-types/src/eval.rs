@@ -30,6 +30,8 @@ pub enum EvalTrigger {
     Preemption,
     /// The rebalancer asked for allocations of the job to move.
     Rebalance,
+    /// A node drain asked for allocations of the job to move (or stopped them).
+    NodeDrain,
 }
 
 /// State of an evaluation.

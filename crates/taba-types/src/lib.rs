@@ -11,6 +11,7 @@
 //! crate can use it (kube-rs's `kube-core` is the model).
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod alloc;
 pub mod api;
 pub mod eval;
@@ -22,6 +23,7 @@ pub mod parse;
 pub mod placement;
 pub mod plan;
 pub mod ports;
+pub mod security;
 pub mod units;
 pub mod validate;
 pub mod wire;

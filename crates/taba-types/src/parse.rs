@@ -41,7 +41,7 @@ pub enum JobParseError {
     Invalid(ValidationErrors),
 }
 
-fn syntax_message(
+pub(crate) fn syntax_message(
     line: &Option<usize>,
     column: &Option<usize>,
     path: &Option<String>,
@@ -69,7 +69,7 @@ impl JobParseError {
     }
 }
 
-fn line_col(src: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..offset];
     let line = before.matches('\n').count() + 1;
@@ -197,6 +197,50 @@ count = 2
         );
         let msg = err.to_string();
         assert!(msg.contains("line 12"), "{msg}");
+    }
+
+    #[test]
+    fn isolation_fields_parse_and_bad_ones_name_their_field() {
+        let with = |extra: &str| {
+            HELLO.replace(
+                "driver = \"container\"",
+                &format!("driver = \"container\"\n  {extra}"),
+            )
+        };
+        let good = with(
+            "cap_add = [\"NET_ADMIN\"]\n  cap_drop = [\"ALL\"]\n  ulimits = { nofile = \"1024:4096\" }\n  no_new_privileges = true",
+        );
+        let spec = parse_job_toml(good.as_bytes()).unwrap();
+        let t = &spec.groups[0].tasks[0];
+        assert_eq!(t.cap_add, vec!["NET_ADMIN"]);
+        assert!(t.no_new_privileges);
+        assert_eq!(t.ulimits["nofile"], "1024:4096");
+        for (extra, path, reason) in [
+            (
+                "cap_add = [\"FLY\"]",
+                "group[0].task[0].cap_add[0]",
+                "unknown capability",
+            ),
+            (
+                "cap_drop = [\"x\", \"KILL\"]",
+                "group[0].task[0].cap_drop[0]",
+                "unknown capability",
+            ),
+            (
+                "ulimits = { files = \"1\" }",
+                "group[0].task[0].ulimits.files",
+                "unknown limit",
+            ),
+            (
+                "ulimits = { nofile = \"9:3\" }",
+                "group[0].task[0].ulimits.nofile",
+                "above the hard limit",
+            ),
+        ] {
+            let err = parse_job_toml(with(extra).as_bytes()).unwrap_err();
+            assert_eq!(err.path().as_deref(), Some(path), "{extra}");
+            assert!(err.to_string().contains(reason), "{err}");
+        }
     }
 
     #[test]

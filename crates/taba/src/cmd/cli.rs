@@ -14,7 +14,8 @@ use taba_client::api::{b64, AllocListEntry, JobStatusResponse, NamespaceStatus};
 use taba_client::Client;
 use taba_types::parse::{parse_job_toml, JobParseError};
 use taba_types::{
-    ByteSize, ClientStatus, DesiredStatus, EvalStatus, JobType, Namespace, Quota, UnixMillis,
+    ByteSize, ClientStatus, DesiredStatus, DurationSpec, EvalStatus, JobType, Namespace, Quota,
+    UnixMillis,
 };
 
 /// `taba job ...`
@@ -108,6 +109,9 @@ pub enum NodeCommand {
         /// Node id, prefix or name.
         node: String,
     },
+    /// Move every allocation off a node (it becomes ineligible) and follow
+    /// the drain until it is done; `--disable` cancels it.
+    Drain(super::drain::DrainArgs),
     /// Join tokens for new agents.
     #[command(subcommand)]
     Token(NodeTokenCommand),
@@ -180,17 +184,19 @@ pub enum ImageCommand {
     },
 }
 
-fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
+/// The API client of a command, with the token it should send
+/// (`--token`, `TABA_TOKEN`, or the token file for `--addr`).
+pub(crate) fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
     g.client()
 }
 
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Print rows as columns aligned under `headers`.
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -239,7 +245,7 @@ fn age(t: UnixMillis) -> String {
     }
 }
 
-fn short(id: &str) -> String {
+pub(crate) fn short(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
@@ -692,6 +698,23 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 ],
                 &rows,
             );
+            if !a.events.is_empty() {
+                println!();
+                println!("Events (audit)");
+                let rows: Vec<Vec<String>> = a
+                    .events
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            age(e.time),
+                            e.kind.clone(),
+                            e.actor.clone(),
+                            e.message.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["WHEN", "KIND", "BY", "WHAT"], &rows);
+            }
             Ok(ExitCode::SUCCESS)
         }
         AllocCommand::Logs {
@@ -805,6 +828,7 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        NodeCommand::Drain(args) => super::drain::run(g, &api, args),
         NodeCommand::Status { node } => {
             let d = api.node(&node)?;
             if g.json {
@@ -855,6 +879,27 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             println!("Drivers    = {}", drivers.join(", "));
+            println!(
+                "Eligible   = {}",
+                n.eligibility == taba_types::Eligibility::Eligible
+            );
+            match (&d.drain, &n.drain) {
+                (Some(st), Some(s)) => println!(
+                    "Drain      = started {}, deadline in {}{}: {}",
+                    age(s.started_at),
+                    DurationSpec(s.deadline.saturating_sub(now_ms()) / 1000 * 1000),
+                    if s.ignore_system {
+                        ", system jobs stay"
+                    } else {
+                        ""
+                    },
+                    super::drain::group_summary(st)
+                ),
+                _ => match n.drained_at {
+                    Some(t) => println!("Drain      = none; last drain completed {}", age(t)),
+                    None => println!("Drain      = none"),
+                },
+            }
             println!();
             println!("Allocations");
             if d.allocations.is_empty() {

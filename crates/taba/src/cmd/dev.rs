@@ -6,8 +6,17 @@
 //! ```text
 //! <data-dir>/server/state.redb   the store
 //! <data-dir>/images/             the image store (shared by server and agent)
+//!
+//! `taba agent` keeps its own image store (`images_dir`, by default
+//! `<data_dir>/images`) and fetches the images its tasks need from the
+//! servers; nothing needs to be shared between hosts.
 //! <data-dir>/agent/              the agent's node id, allocations and logs
+//! <data-dir>/dev-token           the management token (0600)
 //! ```
+//!
+//! `taba dev` starts with ACLs bootstrapped: it keeps its management token
+//! in `<data-dir>/dev-token` and writes it where the CLI looks for the
+//! token of its address (see [`super::acl`]), so the CLI needs no flag.
 //!
 //! Stopping it (Ctrl-C, SIGTERM, or even kill -9) leaves workloads running:
 //! the next start re-attaches to them. `taba job stop` stops workloads.
@@ -22,7 +31,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use taba_agent::AgentConfig;
-use taba_driver::Driver;
+use taba_driver::{Driver, IsolationPolicy};
 use taba_image::ImageStore;
 use taba_server::{Server, ServerConfig};
 use taba_store::{RedbStore, Store};
@@ -83,8 +92,35 @@ struct ServerFile {
     scheduler: SchedulerFile,
     #[serde(default)]
     rebalance: Option<RebalanceFile>,
+    /// Longest wait for an agent's `alloc exec` answer.
+    #[serde(default)]
+    exec_timeout: Option<taba_types::DurationSpec>,
+    /// Largest `alloc exec` output relayed, per stream.
+    #[serde(default)]
+    exec_max_output: Option<taba_types::ByteSize>,
+    #[serde(default)]
+    acl: AclFile,
     #[serde(default)]
     tls: Option<TlsFile>,
+}
+
+/// `[acl]` of the server's configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclFile {
+    /// Enforce tokens (on by default).
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+impl Default for AclFile {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[tls]` of the server and agent files (docs/configuration.md, "TLS").
@@ -233,6 +269,62 @@ struct AgentFile {
     reserved: ReservedFile,
     #[serde(default)]
     ports: PortsFile,
+    #[serde(default)]
+    isolation: IsolationFile,
+    /// Longest `alloc exec` run.
+    #[serde(default)]
+    exec_timeout: Option<taba_types::DurationSpec>,
+    /// Largest `alloc exec` output kept, per stream.
+    #[serde(default)]
+    exec_max_output: Option<taba_types::ByteSize>,
+}
+
+/// `[isolation]` of the agent file: what this node grants workloads.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IsolationFile {
+    /// Capabilities tasks may add (`cap_add`); Docker's default set if unset.
+    #[serde(default)]
+    cap_add_allowed: Option<Vec<String>>,
+    /// Whether `exec` tasks may run as root.
+    #[serde(default = "yes")]
+    allow_root_exec: bool,
+}
+
+impl Default for IsolationFile {
+    fn default() -> Self {
+        Self {
+            cap_add_allowed: None,
+            allow_root_exec: true,
+        }
+    }
+}
+
+impl IsolationFile {
+    /// The policy; unknown capability names are an error naming the key.
+    fn policy(&self, file: Option<&Path>) -> anyhow::Result<IsolationPolicy> {
+        let mut p = IsolationPolicy {
+            allow_root_exec: self.allow_root_exec,
+            ..IsolationPolicy::default()
+        };
+        if let Some(list) = &self.cap_add_allowed {
+            p.cap_add_allowed = Vec::new();
+            for (i, c) in list.iter().enumerate() {
+                if c.eq_ignore_ascii_case("ALL") {
+                    p.cap_add_allowed.push("ALL".into());
+                    continue;
+                }
+                let name = taba_types::security::capability(c).with_context(|| {
+                    format!(
+                        "configuration {}: isolation.cap_add_allowed[{i}]: unknown capability {c:?}",
+                        file.map(|p| p.display().to_string()).unwrap_or_default()
+                    )
+                })?;
+                p.cap_add_allowed.push(name.to_string());
+            }
+        }
+        Ok(p)
+    }
 }
 
 /// `[reserved]` of the agent file: what the host keeps for itself.
@@ -349,11 +441,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn drivers(images: Arc<ImageStore>) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
+fn drivers(
+    images: Arc<ImageStore>,
+    policy: IsolationPolicy,
+) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
     let exe = std::env::current_exe().context("locating the taba binary for task shims")?;
     Ok(vec![
-        Arc::new(taba_driver::exec::ExecDriver::new(exe.clone())),
-        Arc::new(taba_driver::container::ContainerDriver::new(exe, images)),
+        Arc::new(taba_driver::exec::ExecDriver::new(exe.clone()).with_policy(policy.clone())),
+        Arc::new(taba_driver::container::ContainerDriver::new(exe, images).with_policy(policy)),
     ])
 }
 
@@ -370,7 +465,7 @@ async fn shutdown_signal() {
 pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     run_async(async move {
-        std::fs::create_dir_all(&a.data_dir)
+        taba_agent::state::private_dir(&a.data_dir)
             .with_context(|| format!("creating {}", a.data_dir.display()))?;
         let store_path = a.data_dir.join("server").join("state.redb");
         std::fs::create_dir_all(store_path.parent().expect("has a parent"))?;
@@ -388,9 +483,15 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("starting the server")?;
         let addr = server.addr();
+        let secret =
+            super::acl::dev_management_token(server.state(), &a.data_dir.join("dev-token")).await?;
+        for f in super::acl::write_token_files(addr, &secret)? {
+            eprintln!("taba dev: management token in {}", f.display());
+        }
         let mut ac = AgentConfig::new(a.data_dir.join("agent"), format!("http://{addr}"));
         ac.name = a.node_name.clone();
-        let agent = taba_agent::start(ac, drivers(images)?)
+        ac.images = Some(images.clone());
+        let agent = taba_agent::start(ac, drivers(images, IsolationPolicy::default())?)
             .await
             .context("starting the agent")?;
         eprintln!(
@@ -410,7 +511,7 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let cfg: ServerFile = read_config(a.config.as_deref())?;
     run_async(async move {
-        std::fs::create_dir_all(&cfg.data_dir)
+        taba_agent::state::private_dir(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("state.redb"))?);
         let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?);
@@ -421,10 +522,17 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         if let Some(w) = cfg.workers {
             sc.num_workers = w.max(1);
         }
+        if let Some(t) = cfg.exec_timeout {
+            sc.exec_timeout = t.as_duration();
+        }
+        if let Some(m) = cfg.exec_max_output {
+            sc.exec_max_output = m.0;
+        }
         sc.preemption = cfg.scheduler.preemption.config();
         if let Some(r) = &cfg.rebalance {
             r.apply(&mut sc.rebalance)?;
         }
+        sc.acl.enabled = cfg.acl.enabled;
         let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         if let Some(t) = &cfg.tls {
             sc.tls = Some(taba_server::ServerTls {
@@ -434,6 +542,14 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
         }
         let server = Server::start(sc, store, images).await?;
         eprintln!("taba server: API on {scheme}://{}", server.addr());
+        let acl = &server.state().acl;
+        if !acl.enabled() {
+            tracing::warn!(
+                "ACLs are off ([acl] enabled = false): anyone who reaches the API may do anything"
+            );
+        } else if !acl.bootstrapped() {
+            eprintln!("taba server: ACLs are not bootstrapped; only `taba acl bootstrap` is answered until then");
+        }
         shutdown_signal().await;
         server.shutdown().await;
         Ok(ExitCode::SUCCESS)
@@ -449,8 +565,12 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
             .images_dir
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("images"));
-        let images = Arc::new(ImageStore::open(&images_dir)?);
+        let images = Arc::new(
+            ImageStore::open(&images_dir)
+                .with_context(|| format!("opening the image store {}", images_dir.display()))?,
+        );
         let mut ac = AgentConfig::new(cfg.data_dir.clone(), String::new());
+        ac.images = Some(images.clone());
         ac.servers = cfg.server_list();
         ac.join_token = cfg.join_token.clone();
         if let Some(t) = &cfg.tls {
@@ -468,7 +588,14 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
         ac.http_addr = cfg.http;
         ac.meta = cfg.meta.clone();
         cfg.apply_reserved(&mut ac, a.config.as_deref())?;
-        let agent = taba_agent::start(ac, drivers(images)?).await?;
+        let policy = cfg.isolation.policy(a.config.as_deref())?;
+        if let Some(t) = cfg.exec_timeout {
+            ac.exec_limits.timeout = t.as_duration();
+        }
+        if let Some(m) = cfg.exec_max_output {
+            ac.exec_limits.max_output = m.0;
+        }
+        let agent = taba_agent::start(ac, drivers(images, policy)?).await?;
         eprintln!(
             "taba agent: node {} (API {})",
             agent.node_id, agent.http_addr
@@ -482,6 +609,28 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_file_reads_isolation_policy() {
+        let cfg: AgentFile = toml::from_str(
+            "[isolation]\ncap_add_allowed = [\"net_admin\", \"CAP_SYS_PTRACE\"]\nallow_root_exec = false\n",
+        )
+        .unwrap();
+        let p = cfg.isolation.policy(None).unwrap();
+        assert_eq!(p.cap_add_allowed, vec!["NET_ADMIN", "SYS_PTRACE"]);
+        assert!(!p.allow_root_exec);
+        let cfg: AgentFile = toml::from_str("").unwrap();
+        assert_eq!(
+            cfg.isolation.policy(None).unwrap(),
+            IsolationPolicy::default()
+        );
+        let cfg: AgentFile = toml::from_str("[isolation]\ncap_add_allowed = [\"FLY\"]\n").unwrap();
+        let e = cfg.isolation.policy(None).unwrap_err().to_string();
+        assert!(
+            e.contains("isolation.cap_add_allowed[0]: unknown capability"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn agent_file_reads_servers_tls_and_join_token() {

@@ -1,6 +1,10 @@
 //! Harness of the end-to-end tests: a real `taba dev` process on a random
 //! port with a temporary data dir, driven through the real API client and the
-//! real CLI. Needs root (cgroups, namespaces, overlayfs) and the busybox image
+//! real CLI. `taba dev` starts with ACLs bootstrapped: the harness reads its
+//! management token from `<data>/dev-token` for the API client, and the CLI
+//! finds it by itself in the token file `taba dev` wrote under
+//! `TABA_CONFIG_DIR=<data>/config` (as it does under `~/.config/taba`
+//! outside tests). Needs root (cgroups, namespaces, overlayfs) and the busybox image
 //! that `scripts/setup.sh` builds; fails loudly when either is missing.
 #![allow(dead_code)]
 
@@ -54,6 +58,8 @@ pub struct Dev {
     pub addr: String,
     pub client: Client,
     pub log: PathBuf,
+    /// The management token `taba dev` wrote.
+    pub token: String,
 }
 
 impl Dev {
@@ -90,6 +96,7 @@ impl Dev {
             .arg("n1")
             .args(extra)
             .env("TABA_LOG", "info")
+            .env("TABA_CONFIG_DIR", data.join("config"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -123,7 +130,11 @@ impl Dev {
                 );
             }
         };
-        let client = Client::new(&addr, None);
+        let token = std::fs::read_to_string(data.join("dev-token"))
+            .expect("taba dev writes its management token before it prints its address")
+            .trim()
+            .to_string();
+        let client = Client::new(&addr, Some(token.clone()));
         let d = Dev {
             child: Some(child),
             data: data.to_path_buf(),
@@ -131,6 +142,7 @@ impl Dev {
             addr,
             client,
             log,
+            token,
         };
         d.wait_for("node ready", Duration::from_secs(30), || {
             d.client
@@ -163,13 +175,19 @@ impl Dev {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// The CLI against this server, finding the token on its own.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(taba_bin());
+        c.args(args)
+            .env("TABA_ADDR", &self.addr)
+            .env("TABA_CONFIG_DIR", self.data.join("config"))
+            .env_remove("TABA_TOKEN");
+        c
+    }
+
     /// Run the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(taba_bin())
-            .args(args)
-            .env("TABA_ADDR", &self.addr)
-            .output()
-            .expect("running taba")
+        self.cli_command(args).output().expect("running taba")
     }
 
     /// Import the busybox image.
@@ -428,5 +446,176 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Bootstrap the ACLs of a server as an operator does (`taba acl
+/// bootstrap`, run by `taba`: the CLI with its address and TLS settings)
+/// and return the management token's secret.
+pub fn acl_bootstrap(mut taba: Command) -> String {
+    let out = taba
+        .args(["acl", "bootstrap"])
+        .env_remove("TABA_TOKEN")
+        .output()
+        .expect("running taba acl bootstrap");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "taba acl bootstrap failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret   = "))
+        .unwrap_or_else(|| panic!("no secret in `taba acl bootstrap`'s output: {stdout}"))
+        .trim()
+        .to_string()
+}
+
+/// A real `taba server` and real `taba agent` processes on loopback, each
+/// with its own data dir under one temporary dir (the agents share the
+/// server's image store until agents fetch images from the servers).
+pub struct ProcCluster {
+    pub dir: PathBuf,
+    pub addr: String,
+    /// The management token `taba acl bootstrap` printed.
+    pub token: String,
+    pub client: Client,
+    pub agents: Vec<Proc>,
+    pub server: Proc,
+    _tmp: tempfile::TempDir,
+}
+
+impl ProcCluster {
+    /// Start the server, then agents named `names`; wait until all are ready.
+    pub fn start(names: &[&str]) -> ProcCluster {
+        require_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("taba-e2e-cluster-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let server_dir = dir.join("server");
+        let cfg = dir.join("server.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[rebalance]\nenabled = false\n",
+                server_dir
+            ),
+        )
+        .unwrap();
+        let (server, addr) = Proc::start(
+            &["server", "--config", cfg.to_str().unwrap()],
+            &dir.join("server.log"),
+            "API on ",
+        );
+        let mut agents = Vec::new();
+        for name in names {
+            let cfg = dir.join(format!("{name}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "data_dir = {:?}\nserver = {addr:?}\nname = {name:?}\nhttp = \"127.0.0.1:0\"\nimages_dir = {:?}\n",
+                    dir.join(name).join("agent"),
+                    server_dir.join("images"),
+                ),
+            )
+            .unwrap();
+            let (agent, _) = Proc::start(
+                &["agent", "--config", cfg.to_str().unwrap()],
+                &dir.join(format!("{name}.log")),
+                "taba agent: node ",
+            );
+            agents.push(agent);
+        }
+        let mut taba = Command::new(taba_bin());
+        taba.env("TABA_ADDR", &addr);
+        let token = acl_bootstrap(taba);
+        let client = Client::new(&addr, Some(token.clone()));
+        let c = ProcCluster {
+            dir,
+            addr,
+            token,
+            client,
+            agents,
+            server,
+            _tmp: tmp,
+        };
+        c.wait_for("every node ready", Duration::from_secs(30), || {
+            c.client.list_nodes().ok().is_some_and(|n| {
+                n.len() == names.len() && n.iter().all(|n| n.status.to_string() == "ready")
+            })
+        });
+        c
+    }
+
+    /// Poll `f` until true; panic with the logs after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; logs:\n{}", self.logs());
+    }
+
+    /// The last lines of every process's log.
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- server\n{}\n", self.server.log_tail());
+        for (i, a) in self.agents.iter().enumerate() {
+            s.push_str(&format!("--- agent {i}\n{}\n", a.log_tail()));
+        }
+        s
+    }
+
+    /// Run the CLI against the server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(taba_bin())
+            .args(args)
+            .env("TABA_ADDR", &self.addr)
+            .env("TABA_TOKEN", &self.token)
+            .output()
+            .expect("running taba")
+    }
+
+    /// Stop every job, wait until nothing runs, stop the processes, and
+    /// clean up whatever is left of the agents' workloads.
+    pub fn shutdown(&mut self) {
+        if let Ok(jobs) = self.client.list_jobs() {
+            for j in jobs.iter().filter(|j| !j.stopped) {
+                let _ = self.client.stop_job(&j.name);
+            }
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let busy = self
+                .client
+                .list_allocs()
+                .map(|v| v.iter().any(|a| !a.status.is_terminal()))
+                .unwrap_or(false);
+            if !busy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for a in &mut self.agents {
+            a.stop();
+        }
+        self.server.stop();
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if e.path().join("agent").is_dir() {
+                force_cleanup(&e.path());
+            }
+        }
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
