@@ -162,7 +162,7 @@ pub fn fingerprint(data_dir: &Path) -> Fingerprint {
         }
         Err(e) => {
             a.insert("cgroup.version".into(), "none".into());
-            Some(crate::runner::error_chain(&e))
+            Some(taba_types::error_chain(&e))
         }
     };
     Fingerprint {

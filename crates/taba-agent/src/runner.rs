@@ -508,7 +508,7 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                     Ok(Err(e)) => ExitResult {
                         start_error: Some(format!(
                             "waiting for the task failed: {}",
-                            error_chain(&e)
+                            taba_types::error_chain(&e)
                         )),
                         finished_at: now_ms(),
                         ..Default::default()
@@ -614,11 +614,11 @@ async fn start_workload(
         }
         Err(e) => {
             let r = ExitResult {
-                start_error: Some(error_chain(&e)),
+                start_error: Some(taba_types::error_chain(&e)),
                 finished_at: now_ms(),
                 ..Default::default()
             };
-            let msg = error_chain(&e);
+            let msg = taba_types::error_chain(&e);
             s.update_task(&task.name, |rec| {
                 rec.state.push_event(now_ms(), "Driver Failure", msg);
             });
@@ -688,7 +688,7 @@ async fn prepare_image(s: &Shared, task: &TaskSpec, driver: &Arc<dyn Driver>) ->
         Err(e) => {
             let msg = format!(
                 "fetching image {image} from the servers: {}",
-                error_chain(&e)
+                taba_types::error_chain(&e)
             );
             tracing::warn!(alloc = %s.id, task = %name, "{msg}");
             s.update_task(name, |r| {
@@ -741,17 +741,6 @@ pub fn after_exit(policy: &taba_types::RestartPolicy, restarts: &[u64], now: u64
         return AfterExit::Restart { delay, recent };
     }
     AfterExit::Fail
-}
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -288,18 +288,6 @@ async fn agent_of(
     Ok((client, base, node.http_addr))
 }
 
-/// An error and its causes on one line (TLS failures hide in the sources).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Relay an agent's error reply (status and body) as it is when it is ours.
 async fn agent_failure(resp: reqwest::Response) -> ApiError {
     let status = resp.status();
@@ -360,7 +348,12 @@ pub async fn alloc_logs(
         ])
         .send()
         .await
-        .map_err(|e| ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e))))?;
+        .map_err(|e| {
+            ApiError::Agent(format!(
+                "cannot reach the agent at {addr}: {}",
+                taba_types::error_chain(&e)
+            ))
+        })?;
     if !resp.status().is_success() {
         return Err(agent_failure(resp).await);
     }
@@ -425,7 +418,10 @@ pub async fn alloc_exec(
             if e.is_timeout() {
                 timed_out()
             } else {
-                ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e)))
+                ApiError::Agent(format!(
+                    "cannot reach the agent at {addr}: {}",
+                    taba_types::error_chain(&e)
+                ))
             }
         })?;
     let status = resp.status();
