@@ -25,6 +25,128 @@ use taba_types::api::{b64, ExecRequest, ExecResponse};
 /// Largest exec request.
 const MAX_EXEC_BODY: usize = 12 << 20;
 
+/// Caps of one `alloc exec`: a command that prints more, or runs longer, is
+/// killed and the request fails with a clear error (413 / 408), so neither
+/// the agent nor the server ever holds unbounded output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecLimits {
+    /// Largest output kept, bytes, per stream (stdout, stderr).
+    pub max_output: u64,
+    /// Longest run.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        Self {
+            max_output: 16 << 20,
+            timeout: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a capped exec failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The command could not be started or waited for.
+    #[error("exec")]
+    Io(#[from] std::io::Error),
+    /// It printed more than the cap.
+    #[error("exec output is larger than {0} bytes (agent option exec_max_output); the command was killed")]
+    TooMuchOutput(u64),
+    /// It ran longer than the cap.
+    #[error("exec ran longer than {0:?} (agent option exec_timeout); the command was killed")]
+    Timeout(std::time::Duration),
+}
+
+/// Run `cmd` with `stdin`, keeping at most `limits.max_output` bytes of
+/// each stream and at most `limits.timeout` of time; beyond either the
+/// command is killed (its `taba shim exec` kills what it started).
+pub fn run_capped(
+    mut cmd: std::process::Command,
+    stdin: Vec<u8>,
+    limits: ExecLimits,
+) -> Result<std::process::Output, ExecError> {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let over = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Vec<u8>)>();
+    let reader = |n: usize, r: Option<Box<dyn Read + Send>>| {
+        let over = over.clone();
+        let max = limits.max_output;
+        let done = done_tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(r) = r {
+                let mut r = r.take(max + 1);
+                let _ = r.read_to_end(&mut buf);
+                if buf.len() as u64 > max {
+                    over.store(true, Ordering::SeqCst);
+                    buf.truncate(max as usize);
+                }
+            }
+            let _ = done.send((n, buf));
+        });
+    };
+    reader(
+        0,
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    reader(
+        1,
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    drop(done_tx);
+    if let Some(mut si) = child.stdin.take() {
+        std::thread::spawn(move || {
+            let _ = si.write_all(&stdin);
+        });
+    }
+    let deadline = std::time::Instant::now() + limits.timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if over.load(Ordering::SeqCst) || std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // The streams end when the last holder of the pipes exits, which may be
+    // a background child of the command: wait for them up to the deadline.
+    let mut streams: [Option<Vec<u8>>; 2] = [None, None];
+    while streams.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok((n, buf)) => streams[n] = Some(buf),
+            Err(_) => break,
+        }
+    }
+    if over.load(Ordering::SeqCst) {
+        return Err(ExecError::TooMuchOutput(limits.max_output));
+    }
+    match (status, streams) {
+        (Some(status), [Some(stdout), Some(stderr)]) => Ok(std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        _ => Err(ExecError::Timeout(limits.timeout)),
+    }
+}
+
 /// The agent API router.
 pub fn router(inner: Arc<AgentInner>) -> Router {
     Router::new()
@@ -174,22 +296,26 @@ async fn exec_handler(
     let driver = runner
         .driver_of(&task)
         .ok_or_else(|| bad(format!("task {task} has no driver on this node")))?;
-    let out = tokio::task::spawn_blocking(move || -> Result<std::process::Output, String> {
-        let mut cmd = driver
+    let limits = inner.exec_limits;
+    let out = tokio::task::spawn_blocking(move || -> Result<std::process::Output, ApiError> {
+        let cmd = driver
             .exec_command(&handle, &req.command)
-            .map_err(|e| format!("exec: {e}"))?;
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("exec: {e}"))?;
-        if let Some(mut si) = child.stdin.take() {
-            let _ = si.write_all(&stdin);
-        }
-        child.wait_with_output().map_err(|e| format!("exec: {e}"))
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("exec: {e}")))?;
+        run_capped(cmd, stdin, limits).map_err(|e| {
+            let status = match e {
+                ExecError::TooMuchOutput(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                ExecError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+                ExecError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let mut msg = e.to_string();
+            if let Some(s) = std::error::Error::source(&e) {
+                msg.push_str(&format!(": {s}"));
+            }
+            ApiError(status, msg)
+        })
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     use std::os::unix::process::ExitStatusExt;
     let exit_code = out
         .status
@@ -212,4 +338,65 @@ async fn stats_handler(
         .ok_or_else(|| not_found(format!("allocation {id} is not on this node")))?;
     let usage = inner.usage.lock().unwrap().get(runner.id()).cloned();
     Ok(Json(serde_json::json!({ "usage": usage })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::time::Duration;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn output_and_exit_code_come_back() {
+        let out = run_capped(
+            sh("cat; echo err >&2; exit 4"),
+            b"in".to_vec(),
+            ExecLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(out.stdout, b"in");
+        assert_eq!(out.stderr, b"err\n");
+        assert_eq!(out.status.code(), Some(4));
+    }
+
+    /// 2 GB of output must not be held: the command is killed at the cap.
+    #[test]
+    fn huge_output_is_cut_at_the_cap_and_killed() {
+        let limits = ExecLimits {
+            max_output: 1 << 20,
+            timeout: Duration::from_secs(60),
+        };
+        let e = run_capped(sh("head -c 2G /dev/zero"), Vec::new(), limits).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("exec output is larger than 1048576 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_long_exec_is_timed_out() {
+        let limits = ExecLimits {
+            max_output: 1 << 20,
+            timeout: Duration::from_millis(300),
+        };
+        let e = run_capped(sh("exec sleep 30"), Vec::new(), limits).unwrap_err();
+        assert!(
+            e.to_string().starts_with("exec ran longer than 300ms"),
+            "{e}"
+        );
+        // A background child that keeps the output pipes open does not hold
+        // the request past the deadline either.
+        let e = run_capped(sh("sleep 30 & echo started"), Vec::new(), limits).unwrap_err();
+        assert!(
+            e.to_string().starts_with("exec ran longer than 300ms"),
+            "{e}"
+        );
+    }
 }

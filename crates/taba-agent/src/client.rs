@@ -61,6 +61,14 @@ pub fn normalize_base(s: &str) -> String {
     }
 }
 
+impl ClientError {
+    /// The server does not know this node (removed, garbage-collected, or
+    /// its state lost): the agent must register again.
+    pub fn is_unknown_node(&self) -> bool {
+        matches!(self, Self::Status { status: 403 | 404, message, .. } if message.contains("unknown node"))
+    }
+}
+
 impl ServerClient {
     /// Talk to the servers at `bases` (`http://host:port` or
     /// `https://host:port`), trusting `tls`'s CA and presenting its identity.
@@ -105,6 +113,18 @@ impl ServerClient {
         path: &str,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let (resp, url) = self.send_raw(path, build).await?;
+        resp.json()
+            .await
+            .map_err(|source| ClientError::Http { url, source })
+    }
+
+    /// As [`ServerClient::send`], but returns the successful response (and its URL) unread.
+    async fn send_raw(
+        &self,
+        path: &str,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, String), ClientError> {
         let n = self.bases.len();
         let start = self.current.load(Ordering::Relaxed);
         let secret = self
@@ -126,7 +146,7 @@ impl ServerClient {
                         tracing::info!(server = %self.bases[k], "switched to another server");
                         self.current.store(k, Ordering::Relaxed);
                     }
-                    return Self::finish(resp, url).await;
+                    return Self::check(resp, url).await;
                 }
                 Err(source) if source.is_connect() && i + 1 < n => {
                     tracing::warn!(server = %self.bases[k], "cannot connect; trying the next server");
@@ -138,10 +158,11 @@ impl ServerClient {
         Err(last.unwrap_or(ClientError::NoServers))
     }
 
-    async fn finish<T: serde::de::DeserializeOwned>(
+    /// A reply that is not a success becomes [`ClientError::Status`].
+    async fn check(
         resp: reqwest::Response,
         url: String,
-    ) -> Result<T, ClientError> {
+    ) -> Result<(reqwest::Response, String), ClientError> {
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
@@ -155,9 +176,7 @@ impl ServerClient {
                 message,
             });
         }
-        resp.json()
-            .await
-            .map_err(|source| ClientError::Http { url, source })
+        Ok((resp, url))
     }
 
     /// Exchange a join token for a credential.
@@ -168,23 +187,29 @@ impl ServerClient {
 
     /// Register (or re-register) the node.
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        self.send("/v1/agent/register", |c, u| c.post(u).json(req))
-            .await
+        self.send("/v1/agent/register", |c, u| {
+            c.post(u).json(req).timeout(Duration::from_secs(30))
+        })
+        .await
     }
 
-    /// Heartbeat.
+    /// Heartbeat; gives up after `timeout` (a partitioned link must not
+    /// hold back the next heartbeat).
     pub async fn heartbeat(
         &self,
         node_id: &NodeId,
         usage: NodeUsage,
+        timeout: Duration,
     ) -> Result<HeartbeatResponse, ClientError> {
         let req = HeartbeatRequest {
             protocol: PROTOCOL,
             node_id: node_id.clone(),
             usage,
         };
-        self.send("/v1/agent/heartbeat", |c, u| c.post(u).json(&req))
-            .await
+        self.send("/v1/agent/heartbeat", |c, u| {
+            c.post(u).json(&req).timeout(timeout)
+        })
+        .await
     }
 
     /// The node's allocations, blocking until they change past `index`.
@@ -208,8 +233,53 @@ impl ServerClient {
     /// Report allocation state changes.
     pub async fn update_allocs(&self, req: &AllocUpdateRequest) -> Result<(), ClientError> {
         let _: serde_json::Value = self
-            .send("/v1/agent/allocations", |c, u| c.post(u).json(req))
+            .send("/v1/agent/allocations", |c, u| {
+                c.post(u).json(req).timeout(Duration::from_secs(30))
+            })
             .await?;
         Ok(())
     }
+
+    /// What the image `reference` is made of (config and layer blobs), asked as node `node_id`.
+    pub async fn image_manifest(
+        &self,
+        node_id: &NodeId,
+        reference: &str,
+    ) -> Result<ImageManifest, ClientError> {
+        let path = format!(
+            "/v1/agent/images/manifests/{}?node_id={}",
+            path_escape(reference),
+            path_escape(node_id.as_str())
+        );
+        self.send(&path, |c, u| c.get(u).timeout(Duration::from_secs(30)))
+            .await
+    }
+
+    /// One image blob by digest, asked as node `node_id`: the response, to be read chunk by
+    /// chunk.
+    pub async fn image_blob(
+        &self,
+        node_id: &NodeId,
+        digest: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let path = format!(
+            "/v1/agent/images/blobs/{}?node_id={}",
+            path_escape(digest),
+            path_escape(node_id.as_str())
+        );
+        Ok(self.send_raw(&path, |c, u| c.get(u)).await?.0)
+    }
+}
+
+/// Percent-encodes what is not plain in a path: references keep their `/`, `:` and `@`.
+fn path_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/:@+".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -10,6 +10,7 @@ pub mod api;
 mod client;
 pub mod fingerprint;
 pub mod host;
+pub mod images;
 pub mod logs;
 pub mod runner;
 pub mod state;
@@ -24,14 +25,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use taba_driver::Driver;
+use taba_image::ImageStore;
 use taba_types::wire::{AllocUpdate, AllocUpdateRequest, RegisterRequest, PROTOCOL};
 use taba_types::{
     AllocId, AllocUsage, ByteSize, DriverInfo, Eligibility, Node, NodeId, NodeResources,
     NodeStatus, NodeUsage, PortRange, PortRanges,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// Errors starting the agent.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +178,13 @@ pub struct AgentConfig {
     pub log_max_files: u32,
     /// How often usage is sampled.
     pub stats_interval: Duration,
+    /// Caps of `alloc exec` (output size, duration).
+    pub exec_limits: api::ExecLimits,
+    /// The node's image store: images that tasks name and it lacks are fetched from the
+    /// servers into it. `None`: no fetching (tasks find their images or fail).
+    pub images: Option<Arc<ImageStore>>,
+    /// Blobs of one image downloaded at once.
+    pub image_fetch_parallel: usize,
 }
 
 impl AgentConfig {
@@ -200,6 +209,9 @@ impl AgentConfig {
             log_max_bytes: 10 << 20,
             log_max_files: 3,
             stats_interval: Duration::from_secs(5),
+            exec_limits: api::ExecLimits::default(),
+            images: None,
+            image_fetch_parallel: 4,
         }
     }
 }
@@ -217,9 +229,29 @@ pub struct AgentInner {
     host: Mutex<(Option<host::CpuTimes>, Option<NodeUsage>)>,
     /// Where the node's measured use comes from.
     usage_source: UsageSource,
+    /// When the last request that a server answered was sent (or the
+    /// agent started): what fencing (`stop_after_disconnect`) counts from.
+    last_contact: Mutex<Instant>,
+    /// Woken when a server says it does not know this node: register again.
+    reregister: Notify,
+    /// Caps of `alloc exec`.
+    exec_limits: api::ExecLimits,
 }
 
 impl AgentInner {
+    /// A server answered a request sent at `sent`.
+    fn contact(&self, sent: Instant) {
+        let mut last = self.last_contact.lock().unwrap();
+        if sent > *last {
+            *last = sent;
+        }
+    }
+
+    /// How long since a server last answered.
+    pub fn since_contact(&self) -> Duration {
+        self.last_contact.lock().unwrap().elapsed()
+    }
+
     /// The runner of an allocation on this node.
     pub fn runner(&self, id: &str) -> Option<Arc<AllocRunner>> {
         let runners = self.runners.lock().unwrap();
@@ -286,6 +318,14 @@ pub async fn start(
         by_name.insert(d.name().to_string(), d);
     }
 
+    let unusable_reason = unusable_reason(&fp, &driver_infos);
+    if !unusable_reason.is_empty() {
+        tracing::error!(
+            reason = %unusable_reason,
+            "this node cannot run workloads; it registers as unusable and nothing is placed on it"
+        );
+    }
+
     if config.tls.is_none() && !config.http_addr.ip().is_loopback() {
         return Err(AgentError::PlainOffLoopback {
             addr: config.http_addr,
@@ -313,7 +353,8 @@ pub async fn start(
         datacenter: config.datacenter.clone(),
         status: NodeStatus::Initializing,
         eligibility: Eligibility::Eligible,
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: advertised.to_string(),
         attributes,
         meta: config.meta.clone(),
@@ -324,12 +365,24 @@ pub async fn start(
         drivers: driver_infos,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
+        unusable_reason,
         create_index: 0,
         modify_index: 0,
     };
 
     let (changed_tx, changed_rx) = mpsc::unbounded_channel();
+    let client = ServerClient::new(&config.servers, creds.client.as_ref())?;
+    client.set_secret(creds.secret.clone());
+    let images = config.images.clone().map(|store| {
+        Arc::new(images::ImageFetcher::new(
+            store,
+            client.clone(),
+            node_id.clone(),
+            config.image_fetch_parallel,
+        ))
+    });
     let ctx = Arc::new(RunnerCtx {
+        images,
         state_dir,
         drivers: by_name,
         changed: changed_tx,
@@ -347,13 +400,14 @@ pub async fn start(
         total_mhz: resources.cpu,
         host: Mutex::new((None, None)),
         usage_source: config.usage_source,
+        last_contact: Mutex::new(Instant::now()),
+        reregister: Notify::new(),
+        exec_limits: config.exec_limits,
     });
 
     // Resume what a previous agent left running before talking to anyone.
     recover(&inner);
 
-    let client = ServerClient::new(&config.servers, creds.client.as_ref())?;
-    client.set_secret(creds.secret.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let ttl = Arc::new(Mutex::new(Duration::from_secs(10)));
@@ -373,6 +427,7 @@ pub async fn start(
         client.clone(),
         changed_rx,
     )));
+    tasks.push(tokio::spawn(fence_loop(inner.clone())));
     tasks.push(tokio::spawn(stats_loop(
         inner.clone(),
         config.stats_interval,
@@ -500,8 +555,10 @@ async fn register_and_watch(
             protocol: PROTOCOL,
             node: node.clone(),
         };
+        let sent = Instant::now();
         match client.register(&req).await {
             Ok(resp) => {
+                inner.contact(sent);
                 if let Some(secret) = &resp.node_secret {
                     if let Err(e) = inner.ctx.state_dir.save_node_secret(secret) {
                         tracing::error!(
@@ -527,16 +584,23 @@ async fn register_and_watch(
         }
         let mut index = 0;
         loop {
-            match client
-                .allocations(&inner.node_id, index, Duration::from_secs(30))
-                .await
-            {
+            let sent = Instant::now();
+            let resp = tokio::select! {
+                r = client.allocations(&inner.node_id, index, Duration::from_secs(30)) => r,
+                _ = inner.reregister.notified() => {
+                    tracing::warn!("the server no longer knows this node; registering again");
+                    continue 'register;
+                }
+            };
+            match resp {
                 Ok(resp) => {
+                    inner.contact(sent);
                     index = resp.index;
                     reconcile(&inner, resp.allocs).await;
                 }
-                Err(ClientError::Status { status: 404, .. }) => {
-                    // The server forgot us (e.g. lost state): register again.
+                Err(e) if e.is_unknown_node() => {
+                    // The server forgot us (removed, lost state): register again.
+                    tracing::warn!("{e}; registering again");
                     continue 'register;
                 }
                 Err(e) => {
@@ -600,6 +664,7 @@ async fn reconcile(inner: &Arc<AgentInner>, allocs: Vec<taba_types::Allocation>)
 }
 
 async fn heartbeat_loop(inner: Arc<AgentInner>, client: ServerClient, ttl: Arc<Mutex<Duration>>) {
+    let mut failing = false;
     loop {
         let period = *ttl.lock().unwrap() / 3;
         tokio::time::sleep(period.max(Duration::from_millis(50))).await;
@@ -614,9 +679,30 @@ async fn heartbeat_loop(inner: Arc<AgentInner>, client: ServerClient, ttl: Arc<M
                 at: taba_driver::now_ms(),
             }
         });
-        match client.heartbeat(&inner.node_id, usage).await {
-            Ok(r) => *ttl.lock().unwrap() = Duration::from_millis(r.heartbeat_ttl_ms.max(100)),
-            Err(e) => tracing::warn!("heartbeat: {e}"),
+        let sent = Instant::now();
+        let timeout = (period * 2).max(Duration::from_millis(500));
+        match client.heartbeat(&inner.node_id, usage, timeout).await {
+            Ok(r) => {
+                inner.contact(sent);
+                *ttl.lock().unwrap() = Duration::from_millis(r.heartbeat_ttl_ms.max(100));
+                if std::mem::take(&mut failing) {
+                    // Back after a broken link: the servers may have marked
+                    // our allocations lost; report every one as it is.
+                    tracing::info!("the server answers again; reporting every allocation");
+                    let ids: Vec<AllocId> = inner.runners.lock().unwrap().keys().cloned().collect();
+                    for id in ids {
+                        let _ = inner.ctx.changed.send(id);
+                    }
+                }
+            }
+            Err(e) if e.is_unknown_node() => {
+                tracing::warn!("heartbeat: {e}");
+                inner.reregister.notify_one();
+            }
+            Err(e) => {
+                failing = true;
+                tracing::warn!("heartbeat: {e}");
+            }
         }
     }
 }
@@ -663,14 +749,70 @@ async fn sync_loop(
             node_id: inner.node_id.clone(),
             updates,
         };
+        let sent = Instant::now();
         match client.update_allocs(&req).await {
-            Ok(()) => pending.clear(),
+            Ok(()) => {
+                inner.contact(sent);
+                pending.clear();
+            }
             Err(e) => {
                 tracing::warn!("reporting allocation status: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+}
+
+/// Fencing: every 250 ms, stop the allocations of groups with
+/// `stop_after_disconnect` once no server has answered for that long. The
+/// servers replace them only after that time (plus the kill timeout) has
+/// passed since the node's last heartbeat, so the two never run at once.
+async fn fence_loop(inner: Arc<AgentInner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let silent = inner.since_contact();
+        let runners: Vec<Arc<AllocRunner>> =
+            inner.runners.lock().unwrap().values().cloned().collect();
+        for r in runners {
+            let Some(limit) = r.stop_after_disconnect() else {
+                continue;
+            };
+            if silent < limit || r.is_finished() || r.is_fenced() {
+                continue;
+            }
+            let reason = format!(
+                "no server answered for {:.1}s (stop_after_disconnect = {}s)",
+                silent.as_secs_f64(),
+                limit.as_secs_f64()
+            );
+            tracing::warn!(alloc = %r.id(), %reason, "fencing: stopping the allocation");
+            r.fence(reason);
+        }
+    }
+}
+
+/// Why this node cannot run workloads, or empty: no usable cgroups, or no
+/// driver that can start anything.
+fn unusable_reason(
+    fp: &fingerprint::Fingerprint,
+    drivers: &BTreeMap<String, DriverInfo>,
+) -> String {
+    let mut why = Vec::new();
+    if let Some(e) = &fp.cgroup_error {
+        why.push(format!(
+            "no usable cgroups ({e}); an agent started with `ip netns exec` sees a /sys \
+             remounted without them: mount the cgroup hierarchies in its mount namespace, \
+             or start it with `nsenter --net` instead"
+        ));
+    }
+    if !drivers.values().any(|d| d.detected && d.healthy) {
+        let each: Vec<String> = drivers
+            .iter()
+            .map(|(k, d)| format!("{k}: {}", d.description))
+            .collect();
+        why.push(format!("no healthy driver ({})", each.join("; ")));
+    }
+    why.join("; ")
 }
 
 async fn stats_loop(inner: Arc<AgentInner>, every: Duration) {

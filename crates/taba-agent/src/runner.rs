@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, watch};
 
 /// What every runner on this node shares.
 pub struct RunnerCtx {
+    /// Fetches images the node lacks from the servers (`None`: no fetching).
+    pub images: Option<Arc<crate::images::ImageFetcher>>,
     /// The agent's data dir.
     pub state_dir: StateDir,
     /// Drivers by name.
@@ -65,6 +67,7 @@ impl AllocRunner {
         let mut state = recovered.unwrap_or_else(|| RunnerState {
             version: RUNNER_STATE_VERSION,
             tasks: BTreeMap::new(),
+            fenced: None,
         });
         state.version = RUNNER_STATE_VERSION;
         let now = now_ms();
@@ -178,6 +181,30 @@ impl AllocRunner {
                 false
             }
         });
+    }
+
+    /// Fencing: the agent lost contact with the servers for longer than
+    /// the group's `stop_after_disconnect`; stop every task and report the
+    /// allocation `lost` with `reason` (kept across agent restarts).
+    pub fn fence(&self, reason: String) {
+        self.shared.state.lock().unwrap().fenced = Some(reason.clone());
+        self.shared.persist_and_notify();
+        self.stop(reason);
+    }
+
+    /// Whether the agent fenced the allocation.
+    pub fn is_fenced(&self) -> bool {
+        self.shared.state.lock().unwrap().fenced.is_some()
+    }
+
+    /// The group's `stop_after_disconnect`, while the allocation is
+    /// desired to run.
+    pub fn stop_after_disconnect(&self) -> Option<Duration> {
+        let a = self.shared.alloc.lock().unwrap();
+        if a.desired_status != DesiredStatus::Run {
+            return None;
+        }
+        a.group_spec.stop_after_disconnect.map(|d| d.as_duration())
     }
 
     /// Wait until every task loop has ended.
@@ -294,7 +321,11 @@ impl Shared {
             .iter()
             .map(|(k, v)| (k.clone(), v.state.clone()))
             .collect();
-        let (client_status, client_description) = client_status(&task_states);
+        let (mut client_status, mut client_description) = client_status(&task_states);
+        if let (Some(why), true) = (&st.fenced, client_status.is_terminal()) {
+            client_status = ClientStatus::Lost;
+            client_description = format!("stopped by its agent: {why}");
+        }
         AllocUpdate {
             id: self.id.clone(),
             client_status,
@@ -441,37 +472,13 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                     mark_dead(&s, &name, false, "Killed", reason);
                     return;
                 }
-                let cfg = task_config(&s, &task);
-                let d = driver.clone();
-                match blocking(move || d.start(&cfg)).await {
-                    Ok(h) => {
-                        let now = now_ms();
-                        let pid = h.pid;
-                        s.update_task(&name, |r| {
-                            r.handle = Some(h.clone());
-                            r.state.state = TaskStatus::Running;
-                            r.state.pid = Some(pid);
-                            r.state.started_at = Some(h.started_at);
-                            r.state.exit_code = None;
-                            r.state.signal = None;
-                            r.state.oom_killed = false;
-                            r.state
-                                .push_event(now, "Started", format!("task started (pid {pid})"));
-                        });
-                        (Some(h), None)
+                match prepare_image(&s, &task, &driver).await {
+                    Prepared::Ready => start_workload(&s, &task, &driver).await,
+                    Prepared::Stopped(reason) => {
+                        mark_dead(&s, &name, false, "Killed", reason);
+                        return;
                     }
-                    Err(e) => {
-                        let r = ExitResult {
-                            start_error: Some(error_chain(&e)),
-                            finished_at: now_ms(),
-                            ..Default::default()
-                        };
-                        let msg = error_chain(&e);
-                        s.update_task(&name, |rec| {
-                            rec.state.push_event(now_ms(), "Driver Failure", msg);
-                        });
-                        (None, Some(r))
-                    }
+                    Prepared::Failed(r) => (None, Some(r)),
                 }
             }
         };
@@ -503,7 +510,7 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                     Ok(Err(e)) => ExitResult {
                         start_error: Some(format!(
                             "waiting for the task failed: {}",
-                            error_chain(&e)
+                            taba_types::error_chain(&e)
                         )),
                         finished_at: now_ms(),
                         ..Default::default()
@@ -582,6 +589,123 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
     }
 }
 
+/// Starts the workload through its driver: a handle, or the start error as a result.
+async fn start_workload(
+    s: &Shared,
+    task: &TaskSpec,
+    driver: &Arc<dyn Driver>,
+) -> (Option<TaskHandle>, Option<ExitResult>) {
+    let cfg = task_config(s, task);
+    let d = driver.clone();
+    match blocking(move || d.start(&cfg)).await {
+        Ok(h) => {
+            let now = now_ms();
+            let pid = h.pid;
+            s.update_task(&task.name, |r| {
+                r.handle = Some(h.clone());
+                r.state.state = TaskStatus::Running;
+                r.state.pid = Some(pid);
+                r.state.started_at = Some(h.started_at);
+                r.state.exit_code = None;
+                r.state.signal = None;
+                r.state.oom_killed = false;
+                r.state
+                    .push_event(now, "Started", format!("task started (pid {pid})"));
+            });
+            (Some(h), None)
+        }
+        Err(e) => {
+            let r = ExitResult {
+                start_error: Some(taba_types::error_chain(&e)),
+                finished_at: now_ms(),
+                ..Default::default()
+            };
+            let msg = taba_types::error_chain(&e);
+            s.update_task(&task.name, |rec| {
+                rec.state.push_event(now_ms(), "Driver Failure", msg);
+            });
+            (None, Some(r))
+        }
+    }
+}
+
+/// What getting a task's image ready came to.
+enum Prepared {
+    /// The image is on the node (or the task needs none).
+    Ready,
+    /// It could not be fetched: the start fails with this result.
+    Failed(ExitResult),
+    /// The allocation was stopped while fetching.
+    Stopped(String),
+}
+
+/// Fetches the task's image from the servers if the driver runs images and the node lacks it;
+/// every step is a task event.
+async fn prepare_image(s: &Shared, task: &TaskSpec, driver: &Arc<dyn Driver>) -> Prepared {
+    let (Some(fetcher), Some(image)) = (s.ctx.images.clone(), task.image.clone()) else {
+        return Prepared::Ready;
+    };
+    if !driver.capabilities().image_rootfs {
+        return Prepared::Ready;
+    }
+    let name = &task.name;
+    let fetched = async {
+        if fetcher.is_present(&image).await? {
+            return Ok(None);
+        }
+        s.update_task(name, |r| {
+            r.state.push_event(
+                now_ms(),
+                "Downloading Image",
+                format!("image {image} is not on this node; fetching it from the servers"),
+            )
+        });
+        fetcher.fetch(&image).await.map(Some)
+    };
+    let result = tokio::select! {
+        r = fetched => r,
+        reason = stopped(s) => return Prepared::Stopped(reason),
+    };
+    match result {
+        Ok(None) => Prepared::Ready,
+        Ok(Some(f)) => {
+            let msg = if f.blobs == 0 {
+                format!(
+                    "image {image} ({}) was fetched by another allocation on this node",
+                    f.id
+                )
+            } else {
+                format!(
+                    "fetched image {image} ({}) from the servers: {} blobs, {} bytes in {} ms",
+                    f.id,
+                    f.blobs,
+                    f.bytes,
+                    f.elapsed.as_millis()
+                )
+            };
+            tracing::info!(alloc = %s.id, task = %name, "{msg}");
+            s.update_task(name, |r| r.state.push_event(now_ms(), "Image Fetched", msg));
+            Prepared::Ready
+        }
+        Err(e) => {
+            let msg = format!(
+                "fetching image {image} from the servers: {}",
+                taba_types::error_chain(&e)
+            );
+            tracing::warn!(alloc = %s.id, task = %name, "{msg}");
+            s.update_task(name, |r| {
+                r.state
+                    .push_event(now_ms(), "Image Fetch Failed", msg.clone())
+            });
+            Prepared::Failed(ExitResult {
+                start_error: Some(msg),
+                finished_at: now_ms(),
+                ..Default::default()
+            })
+        }
+    }
+}
+
 /// What the restart policy says after a run that did not simply complete.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AfterExit {
@@ -619,17 +743,6 @@ pub fn after_exit(policy: &taba_types::RestartPolicy, restarts: &[u64], now: u64
         return AfterExit::Restart { delay, recent };
     }
     AfterExit::Fail
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

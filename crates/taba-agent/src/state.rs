@@ -64,6 +64,10 @@ pub struct RunnerState {
     pub version: u32,
     /// By task name.
     pub tasks: BTreeMap<String, TaskRecord>,
+    /// Why the agent stopped the allocation itself after losing contact
+    /// with the servers (`stop_after_disconnect`); reported as `lost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
 }
 
 /// Paths of the agent's data dir.
@@ -76,10 +80,14 @@ impl StateDir {
     /// Use (and create) `root`.
     pub fn open(root: &Path) -> Result<Self, StateError> {
         let allocs = root.join("allocs");
-        std::fs::create_dir_all(&allocs).map_err(|source| StateError::Io {
-            path: allocs.clone(),
-            source,
-        })?;
+        // 0700: allocation dirs hold environments (secrets), logs, and the
+        // image-backed root filesystems, with their setuid binaries.
+        for d in [root, &allocs] {
+            private_dir(d).map_err(|source| StateError::Io {
+                path: d.to_path_buf(),
+                source,
+            })?;
+        }
         Ok(Self {
             root: root.to_path_buf(),
         })
@@ -142,7 +150,7 @@ impl StateDir {
     /// Save the allocation record.
     pub fn save_alloc(&self, alloc: &Allocation) -> Result<(), StateError> {
         let dir = self.alloc_dir(alloc.id.as_str());
-        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+        private_dir(&dir).map_err(|source| StateError::Io {
             path: dir.clone(),
             source,
         })?;
@@ -177,15 +185,53 @@ impl StateDir {
         Ok(st)
     }
 
-    /// Remove an allocation's directory.
+    /// Remove an allocation's directory, after detaching whatever is still
+    /// mounted under it (a container rootfs left by an agent killed
+    /// mid-start): deleting through a mount would delete the mounted tree.
     pub fn remove_alloc(&self, id: &str) -> Result<(), StateError> {
         let dir = self.alloc_dir(id);
+        unmount_under(&dir).map_err(|source| StateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StateError::Io { path: dir, source }),
         }
     }
+}
+
+/// Detach (lazily) every mount at or under `dir`, deepest first.
+fn unmount_under(dir: &Path) -> std::io::Result<()> {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Ok(());
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: umount2 with a valid C string path and a flag.
+        let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            // EINVAL: no longer a mount point (detached with its parent).
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
@@ -212,6 +258,16 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> 
     }
 }
 
+/// Create `dir` if needed and make it 0700 (only the agent's user reads it).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Write `bytes` to a file only its owner can read (0600), via a
 /// temporary file and a rename.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
@@ -234,15 +290,84 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Write `bytes` to `path` via a temporary file and a rename.
+/// Write `bytes` to `path` (mode 0600) via a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
     let io = |source| StateError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// An allocation dir with a rootfs still mounted (an agent killed
+    /// mid-start) is removed without deleting through the mount.
+    #[test]
+    fn root_remove_alloc_detaches_leftover_mounts() {
+        let d = tempfile::tempdir().unwrap();
+        let st = StateDir::open(d.path()).unwrap();
+        let rootfs = st.alloc_dir("a1").join("t/bundle/rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        let lower = d.path().join("lower");
+        std::fs::create_dir(&lower).unwrap();
+        std::fs::write(lower.join("keep"), "image file").unwrap();
+        let st_out = std::process::Command::new("mount")
+            .args(["--bind"])
+            .arg(&lower)
+            .arg(&rootfs)
+            .status()
+            .unwrap();
+        assert!(st_out.success(), "this test needs root (mount --bind)");
+        st.remove_alloc("a1").unwrap();
+        assert!(!st.alloc_dir("a1").exists());
+        assert_eq!(
+            std::fs::read_to_string(lower.join("keep")).unwrap(),
+            "image file",
+            "nothing deleted through the mount"
+        );
+    }
+
+    #[test]
+    fn data_dir_is_private_and_state_files_are_0600() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("agent");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let st = StateDir::open(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("allocs")), 0o700);
+        st.node_id().unwrap();
+        assert_eq!(mode(&root.join("node-id")), 0o600);
+        let f = root.join("allocs/x.json");
+        std::fs::write(&f, "old").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&f, b"{}").unwrap();
+        assert_eq!(mode(&f), 0o600, "a rewritten file is 0600 too");
+        st.save_runner("a1", &RunnerState::default()).unwrap_err();
+        private_dir(&st.alloc_dir("a1")).unwrap();
+        st.save_runner("a1", &RunnerState::default()).unwrap();
+        assert_eq!(mode(&st.alloc_dir("a1")), 0o700);
+        assert_eq!(mode(&st.alloc_dir("a1").join("runner.json")), 0o600);
+    }
 }

@@ -100,7 +100,7 @@ pub enum CgroupError {
         path: PathBuf,
         /// Why.
         #[source]
-        source: nix::errno::Errno,
+        source: rustix::io::Errno,
     },
     /// Processes were still in the cgroup after they were all killed.
     #[error("{remaining} processes still in {path} after they were killed")]

@@ -156,9 +156,7 @@ pub(crate) fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
             match fs::remove_dir(&d) {
                 Ok(()) => break,
                 Err(e) if e.kind() == ErrorKind::NotFound => break,
-                Err(e)
-                    if e.raw_os_error() == Some(nix::libc::EBUSY) && Instant::now() < deadline =>
-                {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(10));
                 }
                 Err(source) => return Err(CgroupError::Remove { path: d, source }),

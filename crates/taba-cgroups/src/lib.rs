@@ -14,6 +14,7 @@
 //! never mounts anything and never touches cgroups outside the paths it is
 //! given.
 
+pub mod devices_bpf;
 mod error;
 mod fs;
 mod layout;
@@ -92,14 +93,17 @@ impl AnyCgroup {
     }
 
     /// Allow only the devices in `allow` (`"c 1:3 rwm"` rules, as the v1
-    /// `devices.allow` file takes them) after denying all. Returns false when
-    /// this cgroup version has no devices controller file to write (v2 filters
-    /// devices with an eBPF program, which taba does not attach yet): callers
-    /// must then withhold CAP_MKNOD instead.
+    /// `devices.allow` file takes them) after denying all: v1's devices
+    /// controller, or on v2 an eBPF device program ([`devices_bpf`]).
+    /// Returns false when a v1 layout has no devices hierarchy: callers must
+    /// then withhold CAP_MKNOD instead.
     pub fn restrict_devices(&self, allow: &[&str]) -> Result<bool, CgroupError> {
         match self {
             AnyCgroup::V1(cg) => cg.restrict_devices(allow),
-            AnyCgroup::V2(_) => Ok(false),
+            AnyCgroup::V2(cg) => {
+                devices_bpf::attach(cg.path(), allow)?;
+                Ok(true)
+            }
         }
     }
 

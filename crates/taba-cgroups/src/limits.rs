@@ -3,8 +3,7 @@
 //! from taba's units to each cgroup version's knobs.
 
 use crate::CgroupError;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::process::{kill_process, Pid, Signal};
 use std::path::Path;
 
 /// CFS period used for CPU quotas, microseconds (the kernel's default).
@@ -143,11 +142,11 @@ pub(crate) fn sigkill_all(pids: &[u32], procs_path: &Path) -> Result<(), CgroupE
         let Ok(raw) = i32::try_from(pid) else {
             continue;
         };
-        if raw <= 0 {
+        let Some(pid_t) = Pid::from_raw(raw) else {
             continue;
-        }
-        match kill(Pid::from_raw(raw), Signal::SIGKILL) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        };
+        match kill_process(pid_t, Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
             Err(source) => {
                 return Err(CgroupError::Signal {
                     pid,

@@ -10,7 +10,7 @@ use taba_cgroups::{AnyCgroup, CgroupError, Layout, Limits};
 
 fn layout() -> Layout {
     assert!(
-        nix::unistd::geteuid().is_root(),
+        rustix::process::geteuid().is_root(),
         "root_* tests need root (they create real cgroups)"
     );
     let layout = Layout::detect().expect("detect cgroups");
@@ -249,7 +249,7 @@ fn root_memory_limit_below_usage_is_a_clear_error() {
         } => {
             assert!(path.ends_with("memory.limit_in_bytes"), "{err}");
             assert_eq!(value, "4194304");
-            assert_eq!(source.raw_os_error(), Some(nix::libc::EBUSY), "{source}");
+            assert_eq!(source.raw_os_error(), Some(libc::EBUSY), "{source}");
         }
         other => panic!("unexpected {other:?}"),
     }

@@ -611,6 +611,49 @@ impl Client {
         self.get(&format!("/v1/nodes/{}", seg(id_or_name)))
     }
 
+    /// `DELETE /v1/nodes/{id-or-name}[?force=true]`.
+    pub fn remove_node(
+        &self,
+        id_or_name: &str,
+        force: bool,
+    ) -> Result<RemoveNodeResponse, ClientError> {
+        let q = if force { "?force=true" } else { "" };
+        Self::json(
+            self.finish(self.req(Method::DELETE, &format!("/v1/nodes/{}{q}", seg(id_or_name))))?,
+        )
+    }
+
+    /// `POST /v1/nodes/{id-or-name}/eligibility`.
+    pub fn node_eligibility(
+        &self,
+        id_or_name: &str,
+        eligible: bool,
+    ) -> Result<NodeDetail, ClientError> {
+        self.send(
+            Method::POST,
+            &format!("/v1/nodes/{}/eligibility", seg(id_or_name)),
+            &EligibilityRequest { eligible },
+        )
+    }
+
+    /// `POST /v1/nodes/{id-or-name}/drain`: start, change or cancel a drain.
+    pub fn drain_node(
+        &self,
+        id_or_name: &str,
+        req: &DrainRequest,
+    ) -> Result<DrainStatus, ClientError> {
+        self.send(
+            Method::POST,
+            &format!("/v1/nodes/{}/drain", seg(id_or_name)),
+            req,
+        )
+    }
+
+    /// `GET /v1/nodes/{id-or-name}/drain`: what the drain has left to do.
+    pub fn drain_status(&self, id_or_name: &str) -> Result<DrainStatus, ClientError> {
+        self.get(&format!("/v1/nodes/{}/drain", seg(id_or_name)))
+    }
+
     /// `POST /v1/nodes/tokens`: a one-time join token valid for `ttl` (`1h`).
     pub fn create_join_token(&self, ttl: &str) -> Result<JoinTokenResponse, ClientError> {
         self.send(
@@ -666,6 +709,82 @@ impl Client {
     /// `GET /v1/openapi.json`.
     pub fn openapi(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/v1/openapi.json")
+    }
+
+    // ---- ACL ----
+
+    /// `POST /v1/acl/bootstrap`: the first management token (once).
+    pub fn acl_bootstrap(&self) -> Result<AclTokenCreated, ClientError> {
+        Self::json(self.finish(self.req(Method::POST, "/v1/acl/bootstrap"))?)
+    }
+
+    /// `PUT /v1/acl/policies/{name}` with a TOML policy file.
+    pub fn apply_acl_policy_toml(
+        &self,
+        name: &str,
+        toml: &[u8],
+    ) -> Result<taba_types::acl::AclPolicy, ClientError> {
+        Self::json(
+            self.finish(
+                self.req(Method::PUT, &format!("/v1/acl/policies/{}", seg(name)))
+                    .header("Content-Type", "application/toml")
+                    .body(toml.to_vec()),
+            )?,
+        )
+    }
+
+    /// `GET /v1/acl/policies`.
+    pub fn acl_policies(&self) -> Result<Vec<taba_types::acl::AclPolicy>, ClientError> {
+        self.get("/v1/acl/policies")
+    }
+
+    /// `GET /v1/acl/policies/{name}`.
+    pub fn acl_policy(&self, name: &str) -> Result<taba_types::acl::AclPolicy, ClientError> {
+        self.get(&format!("/v1/acl/policies/{}", seg(name)))
+    }
+
+    /// `DELETE /v1/acl/policies/{name}`.
+    pub fn delete_acl_policy(&self, name: &str) -> Result<AclDeleteResponse, ClientError> {
+        Self::json(
+            self.finish(self.req(Method::DELETE, &format!("/v1/acl/policies/{}", seg(name))))?,
+        )
+    }
+
+    /// `GET /v1/acl/tokens`.
+    pub fn acl_tokens(&self) -> Result<Vec<AclTokenInfo>, ClientError> {
+        self.get("/v1/acl/tokens")
+    }
+
+    /// `POST /v1/acl/tokens`: the reply holds the secret, once.
+    pub fn create_acl_token(
+        &self,
+        req: &CreateTokenRequest,
+    ) -> Result<AclTokenCreated, ClientError> {
+        self.send(Method::POST, "/v1/acl/tokens", req)
+    }
+
+    /// `DELETE /v1/acl/tokens/{accessor}`.
+    pub fn revoke_acl_token(&self, accessor: &str) -> Result<AclDeleteResponse, ClientError> {
+        Self::json(
+            self.finish(self.req(Method::DELETE, &format!("/v1/acl/tokens/{}", seg(accessor))))?,
+        )
+    }
+
+    /// `GET /v1/acl/token/self`: the token this client sends.
+    pub fn acl_token_self(&self) -> Result<AclTokenInfo, ClientError> {
+        self.get("/v1/acl/token/self")
+    }
+
+    /// The same server with another token (or none).
+    pub fn with_token(&self, token: Option<String>) -> Client {
+        let mut c = self.clone();
+        c.token = token;
+        c
+    }
+
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     // ---- agent endpoints ----

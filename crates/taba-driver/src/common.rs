@@ -12,7 +12,7 @@ pub enum DriverError {
     #[error("start failed: {0}")]
     Start(String),
     /// The image the task names is not in the node's image store.
-    #[error("image {0:?} not found on this node; import it with `taba image import`")]
+    #[error("image {0:?} not found in this node's image store (agents fetch images from the servers; is it imported there with `taba image import`?)")]
     ImageNotFound(String),
     /// Cgroup setup or control failed.
     #[error("cgroup")]
@@ -38,6 +38,65 @@ pub enum DriverError {
     /// The operation is not supported by this driver.
     #[error("{0} is not supported by this driver")]
     Unsupported(&'static str),
+}
+
+/// What a node grants workloads, from the agent's configuration
+/// (`[isolation]` of the agent file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IsolationPolicy {
+    /// Capabilities a task may add with `cap_add` (canonical names, without
+    /// `CAP_`). Default: Docker's default set, so `cap_add` can only restore
+    /// what a `cap_drop` removed, as Nomad's `allow_caps`.
+    pub cap_add_allowed: Vec<String>,
+    /// Whether `exec` tasks may run as root (they must name `user = "root"`;
+    /// without a user they run as `nobody`).
+    pub allow_root_exec: bool,
+}
+
+impl Default for IsolationPolicy {
+    fn default() -> Self {
+        Self {
+            cap_add_allowed: taba_types::security::DEFAULT_CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            allow_root_exec: true,
+        }
+    }
+}
+
+impl IsolationPolicy {
+    /// Check the capabilities a task asks for against the allow-list;
+    /// returns the canonical names of its whole set.
+    pub fn capabilities(
+        &self,
+        add: &[String],
+        drop: &[String],
+    ) -> Result<Vec<&'static str>, DriverError> {
+        let allowed = |c: &str| {
+            self.cap_add_allowed.iter().any(|a| {
+                a.eq_ignore_ascii_case("ALL") || taba_types::security::capability(a) == Some(c)
+            })
+        };
+        for (i, a) in add.iter().enumerate() {
+            let wanted: Vec<&str> = if a.eq_ignore_ascii_case("ALL") {
+                taba_types::security::CAPABILITIES.to_vec()
+            } else {
+                taba_types::security::capability(a).into_iter().collect()
+            };
+            if wanted.is_empty() {
+                return Err(DriverError::Start(format!(
+                    "cap_add[{i}]: unknown capability {a:?}"
+                )));
+            }
+            if let Some(c) = wanted.iter().find(|c| !allowed(c)) {
+                return Err(DriverError::Start(format!(
+                    "cap_add[{i}]: capability {c} is not allowed on this node (agent option isolation.cap_add_allowed)"
+                )));
+            }
+        }
+        Ok(taba_types::security::effective_capabilities(add, drop))
+    }
 }
 
 /// What a driver can do.

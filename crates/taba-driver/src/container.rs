@@ -10,7 +10,8 @@
 
 use crate::shimmed::{resolve_user, Shimmed};
 use crate::{
-    Capabilities, Driver, DriverError, ExitResult, Recovered, TaskConfig, TaskHandle, TaskStats,
+    Capabilities, Driver, DriverError, ExitResult, IsolationPolicy, Recovered, TaskConfig,
+    TaskHandle, TaskStats,
 };
 use oci_spec::runtime::Spec;
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use taba_types::{DriverInfo, NetworkMode};
 pub struct ContainerDriver {
     shim: Shimmed,
     images: Arc<ImageStore>,
+    policy: IsolationPolicy,
 }
 
 impl ContainerDriver {
@@ -35,8 +37,63 @@ impl ContainerDriver {
         Self {
             shim: Shimmed::new(exe),
             images,
+            policy: IsolationPolicy::default(),
         }
     }
+
+    /// Grant what `policy` allows instead of the defaults.
+    pub fn with_policy(mut self, policy: IsolationPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+/// The task's `ulimits` as rlimits, plus Docker's default open files limit
+/// unless the task sets its own. A hard limit above the agent's own cannot
+/// be granted (raising one needs CAP_SYS_RESOURCE): a clear error.
+pub fn rlimits(
+    cfg: &TaskConfig,
+) -> Result<Vec<(oci_spec::runtime::PosixRlimitType, u64, u64)>, DriverError> {
+    use oci_spec::runtime::PosixRlimitType as T;
+    let mut out = Vec::new();
+    if !cfg.task.ulimits.contains_key("nofile") {
+        out.push(taba_runtime::container::default_nofile());
+    }
+    for (name, value) in &cfg.task.ulimits {
+        let (typ, res) = match name.as_str() {
+            "as" => (T::RlimitAs, libc::RLIMIT_AS),
+            "core" => (T::RlimitCore, libc::RLIMIT_CORE),
+            "cpu" => (T::RlimitCpu, libc::RLIMIT_CPU),
+            "data" => (T::RlimitData, libc::RLIMIT_DATA),
+            "fsize" => (T::RlimitFsize, libc::RLIMIT_FSIZE),
+            "locks" => (T::RlimitLocks, libc::RLIMIT_LOCKS),
+            "memlock" => (T::RlimitMemlock, libc::RLIMIT_MEMLOCK),
+            "msgqueue" => (T::RlimitMsgqueue, libc::RLIMIT_MSGQUEUE),
+            "nice" => (T::RlimitNice, libc::RLIMIT_NICE),
+            "nofile" => (T::RlimitNofile, libc::RLIMIT_NOFILE),
+            "nproc" => (T::RlimitNproc, libc::RLIMIT_NPROC),
+            "rss" => (T::RlimitRss, libc::RLIMIT_RSS),
+            "rtprio" => (T::RlimitRtprio, libc::RLIMIT_RTPRIO),
+            "rttime" => (T::RlimitRttime, libc::RLIMIT_RTTIME),
+            "sigpending" => (T::RlimitSigpending, libc::RLIMIT_SIGPENDING),
+            "stack" => (T::RlimitStack, libc::RLIMIT_STACK),
+            other => {
+                return Err(DriverError::Start(format!(
+                    "ulimits.{other}: unknown limit"
+                )))
+            }
+        };
+        let (soft, hard) = taba_types::security::parse_ulimit(value)
+            .map_err(|e| DriverError::Start(format!("ulimits.{name}: {e}")))?;
+        let max = taba_runtime::container::current_hard_limit(res);
+        if hard > max {
+            return Err(DriverError::Start(format!(
+                "ulimits.{name}: hard limit {hard} is above this node's {max} (raising it needs CAP_SYS_RESOURCE)"
+            )));
+        }
+        out.push((typ, soft, hard));
+    }
+    Ok(out)
 }
 
 /// Devices a container may use (v1 `devices.allow` rules, after "deny all"):
@@ -49,6 +106,7 @@ pub const CONTAINER_DEVICES: &[&str] = &[
     "c 1:8 rwm",   // random
     "c 1:9 rwm",   // urandom
     "c 5:0 rwm",   // tty
+    "c 5:1 rwm",   // console
     "c 5:2 rwm",   // ptmx
     "c 136:* rwm", // pts
     "c *:* m",
@@ -83,6 +141,12 @@ fn without_mknod(spec: &mut Spec) {
         process.set_capabilities(Some(caps));
     }
     spec.set_process(Some(process));
+}
+
+/// The OCI capability of a canonical name (`NET_ADMIN`).
+pub fn oci_capability(name: &str) -> Result<oci_spec::runtime::Capability, DriverError> {
+    name.parse::<oci_spec::runtime::Capability>()
+        .map_err(|e| DriverError::Start(format!("capability {name}: {e}")))
 }
 
 /// The command line: Docker's rules for entrypoint and cmd.
@@ -157,7 +221,17 @@ impl ContainerDriver {
             .clone()
             .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into());
+        let capabilities = self
+            .policy
+            .capabilities(&cfg.task.cap_add, &cfg.task.cap_drop)?
+            .into_iter()
+            .map(oci_capability)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(default_spec(&DefaultSpecOptions {
+            capabilities: Some(capabilities),
+            no_new_privileges: cfg.task.no_new_privileges,
+            rlimits: rlimits(cfg)?,
+            oom_score_adj: 0,
             rootfs: rootfs.to_path_buf(),
             readonly_rootfs: false,
             args: command_line(cfg, image)?,
@@ -230,15 +304,16 @@ impl Driver for ContainerDriver {
             let mut spec = self.build_spec(cfg, &image, &rootfs)?;
             match cg.restrict_devices(CONTAINER_DEVICES) {
                 Ok(true) => {}
-                // No devices cgroup to fence device nodes: the container may
-                // not make any.
+                // No devices hierarchy (a v1 layout without it) to fence
+                // device nodes: the container may not make any.
                 Ok(false) => without_mknod(&mut spec),
                 Err(e) => {
                     let _ = cg.destroy();
                     return Err(e.into());
                 }
             }
-            spec.save(bundle.join("config.json")).map_err(bundle_err)?;
+            taba_runtime::container::save_spec(&spec, &bundle.join("config.json"))
+                .map_err(bundle_err)?;
             self.shim
                 .spawn(
                     self.name(),
@@ -311,6 +386,18 @@ impl Driver for ContainerDriver {
 mod tests {
     use super::*;
     use oci_spec::runtime::Capability;
+
+    #[test]
+    fn every_capability_name_maps_to_its_oci_capability() {
+        for (n, name) in taba_types::security::CAPABILITIES.iter().enumerate() {
+            let c = oci_capability(name).unwrap();
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                serde_json::json!(format!("CAP_{name}")),
+                "capability {n}"
+            );
+        }
+    }
 
     #[test]
     fn mknod_is_removed_from_every_set() {

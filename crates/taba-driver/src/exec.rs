@@ -5,7 +5,8 @@
 
 use crate::shimmed::{resolve_user, Shimmed};
 use crate::{
-    Capabilities, Driver, DriverError, ExitResult, Recovered, TaskConfig, TaskHandle, TaskStats,
+    Capabilities, Driver, DriverError, ExitResult, IsolationPolicy, Recovered, TaskConfig,
+    TaskHandle, TaskStats,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use taba_types::{DriverInfo, NetworkMode};
 /// The `exec` driver.
 pub struct ExecDriver {
     shim: Shimmed,
+    policy: IsolationPolicy,
 }
 
 impl ExecDriver {
@@ -23,27 +25,53 @@ impl ExecDriver {
     pub fn new(exe: PathBuf) -> Self {
         Self {
             shim: Shimmed::new(exe),
+            policy: IsolationPolicy::default(),
         }
+    }
+
+    /// Grant what `policy` allows instead of the defaults.
+    pub fn with_policy(mut self, policy: IsolationPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
+/// The user a host process runs as when the task names none.
+pub const DEFAULT_EXEC_USER: &str = "nobody";
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn process_spec(cfg: &TaskConfig, args: Vec<String>) -> Result<ProcessWorkload, DriverError> {
-    let (uid, gid, additional_gids) = match &cfg.task.user {
-        Some(u) => resolve_user(Path::new("/"), u)?,
-        None => (0, 0, Vec::new()),
-    };
+fn process_spec(
+    cfg: &TaskConfig,
+    policy: &IsolationPolicy,
+    args: Vec<String>,
+) -> Result<ProcessWorkload, DriverError> {
+    // Host processes are not confined: never root unless asked and allowed.
+    let user = cfg.task.user.as_deref().unwrap_or(DEFAULT_EXEC_USER);
+    let (uid, gid, additional_gids) = resolve_user(Path::new("/"), user)?;
+    if uid == 0 && !policy.allow_root_exec {
+        return Err(DriverError::Start(format!(
+            "user {user:?} is root, and this node forbids root host processes (agent option isolation.allow_root_exec)"
+        )));
+    }
     let mut env = vec![format!("PATH={DEFAULT_PATH}")];
     env.push(format!("TABA_TASK_DIR={}", cfg.task_dir.display()));
     env.extend(cfg.env.iter().map(|(k, v)| format!("{k}={v}")));
     env.extend(cfg.task.env.iter().map(|(k, v)| format!("{k}={v}")));
+    // The task dir is inside the agent's private (0700) data dir: only a
+    // root task can work there; any other user starts in "/".
     let cwd = cfg
         .task
         .workdir
         .clone()
         .map(PathBuf::from)
-        .unwrap_or_else(|| cfg.task_dir.clone());
+        .unwrap_or_else(|| {
+            if uid == 0 {
+                cfg.task_dir.clone()
+            } else {
+                PathBuf::from("/")
+            }
+        });
     Ok(ProcessWorkload {
         args,
         env,
@@ -84,7 +112,7 @@ impl Driver for ExecDriver {
     }
 
     fn start(&self, cfg: &TaskConfig) -> Result<TaskHandle, DriverError> {
-        let spec = process_spec(cfg, cfg.task.command.clone())?;
+        let spec = process_spec(cfg, &self.policy, cfg.task.command.clone())?;
         std::fs::create_dir_all(&cfg.task_dir).map_err(|source| DriverError::Io {
             path: cfg.task_dir.clone(),
             source,
@@ -141,5 +169,78 @@ impl Driver for ExecDriver {
 
     fn recover(&self, h: &TaskHandle) -> Result<Recovered, DriverError> {
         self.shim.recover(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taba_types::{AllocId, TaskSpec};
+
+    fn cfg(user: Option<&str>) -> TaskConfig {
+        let mut task: TaskSpec = serde_json::from_value(serde_json::json!({
+            "name": "t", "driver": "exec", "command": ["true"]
+        }))
+        .unwrap();
+        task.user = user.map(str::to_string);
+        TaskConfig {
+            alloc_id: AllocId("a".into()),
+            job: "j".into(),
+            group: "g".into(),
+            task,
+            network_mode: NetworkMode::Host,
+            task_dir: "/tmp/t".into(),
+            log_dir: "/tmp/l".into(),
+            log_max_bytes: 1,
+            log_max_files: 1,
+            cgroup: "taba/a/t".into(),
+            env: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn host_processes_run_as_nobody_unless_a_user_is_named() {
+        let p = IsolationPolicy::default();
+        let spec = process_spec(&cfg(None), &p, vec!["true".into()]).unwrap();
+        assert_eq!((spec.uid, spec.gid), (65534, 65534));
+        assert_eq!(spec.cwd.as_deref(), Some(Path::new("/")));
+        let spec = process_spec(&cfg(Some("root")), &p, vec!["true".into()]).unwrap();
+        assert_eq!(spec.uid, 0);
+    }
+
+    #[test]
+    fn a_node_can_forbid_root_host_processes() {
+        let p = IsolationPolicy {
+            allow_root_exec: false,
+            ..IsolationPolicy::default()
+        };
+        for user in ["root", "0", "0:0"] {
+            let e = process_spec(&cfg(Some(user)), &p, vec!["true".into()]).unwrap_err();
+            assert!(e.to_string().contains("forbids root host processes"), "{e}");
+        }
+        assert!(process_spec(&cfg(None), &p, vec!["true".into()]).is_ok());
+    }
+
+    #[test]
+    fn cap_add_is_limited_by_the_node() {
+        let p = IsolationPolicy::default();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let e = p.capabilities(&s(&["SYS_ADMIN"]), &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("capability SYS_ADMIN is not allowed"),
+            "{e}"
+        );
+        let caps = p.capabilities(&s(&["NET_RAW"]), &s(&["ALL"])).unwrap();
+        assert_eq!(caps, vec!["NET_RAW"]);
+        let open = IsolationPolicy {
+            cap_add_allowed: s(&["SYS_PTRACE"]),
+            ..IsolationPolicy::default()
+        };
+        assert!(open
+            .capabilities(&s(&["sys_ptrace"]), &[])
+            .unwrap()
+            .contains(&"SYS_PTRACE"));
+        assert!(open.capabilities(&s(&["ALL"]), &[]).is_err());
     }
 }

@@ -265,12 +265,27 @@ fn wait_gone(pid: u32, timeout: Duration) -> bool {
     n > 0
 }
 
+/// Largest `/etc/passwd` or `/etc/group` read from an image.
+pub const MAX_ACCOUNT_FILE_BYTES: u64 = 4 << 20;
+
 /// Resolve `user` (`name`, `uid`, `uid:gid`, `name:group`) against the
-/// passwd and group files under `root` ("/" for host processes).
+/// passwd and group files under `root` ("/" for host processes). The files
+/// are resolved inside `root` (an image's symlink never reaches the host),
+/// must be regular files and at most [`MAX_ACCOUNT_FILE_BYTES`].
 pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), DriverError> {
-    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_default();
-    let passwd = read("etc/passwd");
-    let group = read("etc/group");
+    let read = |f: &str| -> Result<String, DriverError> {
+        let bytes =
+            taba_runtime::paths::read_file_in_root(root, Path::new(f), MAX_ACCOUNT_FILE_BYTES)
+                .map_err(|e| {
+                    DriverError::Start(format!(
+                        "resolve user {user:?}: {}",
+                        taba_types::error_chain(&e)
+                    ))
+                })?;
+        Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
+    };
+    let passwd = read("etc/passwd")?;
+    let group = read("etc/group")?;
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
@@ -327,6 +342,36 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), Dri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwd_linked_to_a_device_or_fifo_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.path().join("etc/passwd")).unwrap();
+        // Inside the root, /dev/zero does not exist: nothing to read, so a
+        // name cannot be found, and the host's /dev/zero is never opened.
+        let e = resolve_user(d.path(), "web").unwrap_err();
+        assert!(e.to_string().contains("user \"web\" not found"), "{e}");
+        std::fs::create_dir_all(d.path().join("dev")).unwrap();
+        let fifo = std::ffi::CString::new(d.path().join("dev/zero").to_str().unwrap()).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: a valid C string path.
+        let rc = unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) };
+        assert_eq!(rc, 0);
+        let e = resolve_user(d.path(), "web").unwrap_err();
+        assert!(
+            e.to_string().contains("etc/passwd in") && e.to_string().contains("is a FIFO"),
+            "{e}"
+        );
+        std::fs::remove_file(d.path().join("etc/passwd")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            vec![b'x'; MAX_ACCOUNT_FILE_BYTES as usize + 1],
+        )
+        .unwrap();
+        let e = resolve_user(d.path(), "web").unwrap_err();
+        assert!(e.to_string().contains("is larger than"), "{e}");
+    }
 
     #[test]
     fn users() {

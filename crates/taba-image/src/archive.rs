@@ -219,10 +219,9 @@ pub(crate) fn copy_split(
     }
 }
 
-/// Hex sha256 of a member's bytes.
-pub(crate) fn member_digest(archive: &OuterArchive, name: &str) -> Result<String, ImageError> {
+/// Hex sha256 of all a reader gives (`name` says what it is, for errors).
+pub(crate) fn reader_digest(mut r: impl Read, name: &str) -> Result<String, ImageError> {
     let mut hasher = Sha256::new();
-    let mut r = archive.open_member(name)?;
     let mut buf = vec![0u8; 128 * 1024];
     loop {
         match r.read(&mut buf) {
@@ -255,13 +254,15 @@ pub(crate) fn digest_hex(d: &str, what: &str) -> Result<String, ImageError> {
     }
 }
 
-/// One layer to import: which member holds it and the digests that must match.
+/// One layer to import: where its bytes are and the digests that must match.
 #[derive(Debug, Clone)]
 pub(crate) struct LayerSource {
-    /// The member name inside the outer tar.
-    pub member: String,
-    /// Hex sha256 of the member bytes as stored, when the format states it.
+    /// The member name inside the outer tar; `None`: the blob itself (a fetched image).
+    pub member: Option<String>,
+    /// Hex sha256 of the blob as stored, when the format states it.
     pub blob: Option<String>,
+    /// The OCI media type, when the format states it.
+    pub media_type: Option<String>,
     /// Hex sha256 of the uncompressed layer tar (`diff_id`).
     pub diff_id: String,
 }
@@ -277,6 +278,8 @@ pub(crate) struct ImportPlan {
     pub refs: Vec<String>,
     /// Layers, bottom to top.
     pub layers: Vec<LayerSource>,
+    /// The OCI image manifest as stored, when the archive has one.
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// The parts of an image config (docker and OCI share the shape) the store keeps.
@@ -311,7 +314,7 @@ fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, 
     serde_json::from_slice(bytes).map_err(|e| ImageError::archive(format!("{what}: {e}")))
 }
 
-fn parse_config(bytes: &[u8], layer_count: usize) -> Result<ConfigFile, ImageError> {
+pub(crate) fn parse_config(bytes: &[u8], layer_count: usize) -> Result<ConfigFile, ImageError> {
     let config: ConfigFile = parse_json(bytes, "image config")?;
     if config.rootfs.diff_ids.len() != layer_count {
         return Err(ImageError::archive(format!(
@@ -364,7 +367,7 @@ struct DockerManifest {
     layers: Vec<String>,
 }
 
-fn canonical_refs(tags: &[String]) -> Result<Vec<String>, ImageError> {
+pub(crate) fn canonical_refs(tags: &[String]) -> Result<Vec<String>, ImageError> {
     tags.iter()
         .map(|t| {
             Reference::parse(t)
@@ -401,7 +404,8 @@ fn plan_docker(archive: &OuterArchive) -> Result<ImportPlan, ImageError> {
                 blob: member
                     .strip_prefix("blobs/sha256/")
                     .and_then(|_| digest_in_name(&member)),
-                member,
+                member: Some(member),
+                media_type: None,
                 diff_id: digest_hex(diff_id, "image config rootfs.diff_ids")?,
             })
         })
@@ -411,6 +415,7 @@ fn plan_docker(archive: &OuterArchive) -> Result<ImportPlan, ImageError> {
         config_bytes,
         config,
         layers,
+        manifest: None,
     })
 }
 
@@ -484,7 +489,7 @@ fn resolve_manifest(
     archive: &OuterArchive,
     d: &Descriptor,
     depth: usize,
-) -> Result<(String, IndexOrManifest), ImageError> {
+) -> Result<(String, IndexOrManifest, Vec<u8>), ImageError> {
     if depth > 4 {
         return Err(ImageError::archive("image indexes nest too deep"));
     }
@@ -497,7 +502,7 @@ fn resolve_manifest(
             .or(d.media_type.as_deref())
             .is_some_and(|m| m.contains("index") || m.contains("manifest.list"));
     if !is_index {
-        return Ok((d.digest.clone(), doc));
+        return Ok((d.digest.clone(), doc, bytes));
     }
     let manifests = doc.manifests.unwrap_or_default();
     let pick = manifests
@@ -536,24 +541,24 @@ fn plan_oci(archive: &OuterArchive) -> Result<ImportPlan, ImageError> {
     if entries.is_empty() {
         return Err(ImageError::archive("index.json lists no manifest"));
     }
-    let mut chosen: Option<(String, IndexOrManifest)> = None;
+    let mut chosen: Option<(String, IndexOrManifest, Vec<u8>)> = None;
     let mut names = Vec::new();
     for entry in &entries {
-        let (digest, manifest) = resolve_manifest(archive, entry, 0)?;
+        let (digest, manifest, bytes) = resolve_manifest(archive, entry, 0)?;
         match &chosen {
-            Some((d, _)) if *d != digest => {
+            Some((d, _, _)) if *d != digest => {
                 return Err(ImageError::archive(
                     "index.json holds several different images; import one image per tar",
                 ))
             }
             Some(_) => {}
-            None => chosen = Some((digest, manifest)),
+            None => chosen = Some((digest, manifest, bytes)),
         }
         if let Some(name) = oci_ref(entry) {
             names.push(name.to_string());
         }
     }
-    let (_, manifest) = chosen.expect("at least one manifest");
+    let (_, manifest, manifest_bytes) = chosen.expect("at least one manifest");
     let config_desc = manifest
         .config
         .ok_or_else(|| ImageError::archive("image manifest has no config"))?;
@@ -575,8 +580,9 @@ fn plan_oci(archive: &OuterArchive) -> Result<ImportPlan, ImageError> {
             }
             let h = digest_hex(&d.digest, "layer")?;
             Ok(LayerSource {
-                member: format!("blobs/sha256/{h}"),
+                member: Some(format!("blobs/sha256/{h}")),
                 blob: Some(h),
+                media_type: Some(media.to_string()),
                 diff_id: digest_hex(diff_id, "image config rootfs.diff_ids")?,
             })
         })
@@ -588,6 +594,7 @@ fn plan_oci(archive: &OuterArchive) -> Result<ImportPlan, ImageError> {
         config_bytes,
         config,
         layers,
+        manifest: Some(manifest_bytes),
     })
 }
 

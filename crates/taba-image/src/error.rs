@@ -31,6 +31,33 @@ pub enum ImageError {
         /// The digest of the bytes read.
         actual: String,
     },
+    /// A blob has another length than its descriptor states.
+    #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// The blob's digest.
+        digest: String,
+        /// The size its descriptor states.
+        expected: u64,
+        /// The bytes received.
+        actual: u64,
+    },
+    /// A digest is not `sha256:<64 lower-case hex digits>`.
+    #[error("invalid digest {digest:?}: {reason}")]
+    InvalidDigest {
+        /// The digest as given (cut to 100 characters).
+        digest: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An image manifest (from a server) is not one this store can import.
+    #[error("invalid image manifest: {reason}")]
+    InvalidManifest {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The image was imported before the store kept layer blobs, so it cannot be handed on.
+    #[error("image {0} has no stored layer blobs (imported by an older taba); import it again")]
+    NoBlobs(String),
     /// A layer entry would be written outside the layer or through a symlink.
     #[error("unsafe path in layer: {0}")]
     UnsafePath(String),

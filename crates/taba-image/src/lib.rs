@@ -9,7 +9,8 @@
 //! ```text
 //! <root>/lock                      flock: exclusive for commits and removals, shared for mounts
 //! <root>/refs.json                 canonical reference -> image id (replaced atomically)
-//! <root>/images/<id>.json          image record: config, diff_ids, size (one per image)
+//! <root>/images/<id>.json          image record: config, diff_ids, blobs, size (one per image)
+//! <root>/blobs/sha256/<hex>         original blobs: image configs, OCI manifests, layers as stored
 //! <root>/layers/<diff_id>/fs/      an unpacked layer, keyed by the sha256 of its tar
 //! <root>/layers/<diff_id>/layer.json
 //! <root>/l/<16 hex>                short symlinks to layers, for mount(2) on old kernels
@@ -17,9 +18,11 @@
 //! <root>/tmp/<n>/ + <n>.lock       staging of an import in progress (flock'd while alive)
 //! ```
 //!
-//! An import unpacks into its own staging dir without holding the store lock, then commits
-//! under the exclusive lock with renames: layers first, then the image record, then
-//! `refs.json`. A failed or killed import leaves only a staging dir, which the next
+//! An import unpacks into its own staging dir without holding the store lock, keeping each
+//! layer's original (compressed) blob as it reads it, then commits under the exclusive lock
+//! with renames: blobs and layers first, then the image record, then `refs.json`. An image can
+//! also be assembled from its blobs fetched from elsewhere ([`Fetch`]): each blob is checked
+//! against its digest and size as it is written, then the same unpack and commit run. A failed or killed import leaves only a staging dir, which the next
 //! [`ImageStore::open`] deletes (its lock is free); a crash between renames leaves at most
 //! unreferenced layers, which the next `open` or `remove` collects. Two processes may share a
 //! store: all mutations take the lock file.
@@ -28,7 +31,10 @@
 //! has the same id whichever format it came in.
 
 mod archive;
+mod blobs;
 mod error;
+mod fetch;
+mod import;
 mod mount;
 mod reference;
 mod unpack;
@@ -43,12 +49,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
+pub use blobs::{parse_digest, BlobWriter, MAX_BLOB_BYTES};
 pub use error::ImageError;
+pub use fetch::Fetch;
 
-use archive::{sha256_digest, OuterArchive};
+use archive::{sha256_digest, OuterArchive, RunConfig};
 use error::io_ctx;
 use mount::Lease;
 use reference::Lookup;
+use taba_types::wire::{BlobDescriptor, ImageManifest, LayerDescriptor};
 
 /// A short description of a stored image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +93,20 @@ pub struct ImageConfig {
     pub labels: BTreeMap<String, String>,
 }
 
+impl ImageConfig {
+    fn from_run(run: RunConfig) -> Self {
+        ImageConfig {
+            entrypoint: run.entrypoint.unwrap_or_default(),
+            cmd: run.cmd.unwrap_or_default(),
+            env: run.env.unwrap_or_default(),
+            working_dir: run.working_dir.filter(|w| !w.is_empty()),
+            user: run.user.filter(|u| !u.is_empty()),
+            exposed_ports: run.exposed_ports.unwrap_or_default().into_keys().collect(),
+            labels: run.labels.unwrap_or_default(),
+        }
+    }
+}
+
 /// A stored image, ready to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
@@ -97,7 +120,8 @@ pub struct Image {
     pub layers: Vec<PathBuf>,
 }
 
-const RECORD_VERSION: u32 = 1;
+/// Version 2 added the blobs; version 1 records (no blobs) are still read.
+const RECORD_VERSION: u32 = 2;
 
 /// `images/<id>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +133,31 @@ struct ImageRecord {
     config: ImageConfig,
     created: Option<String>,
     size: u64,
+    /// Bytes of the config blob (its digest is the id); 0 in version 1 records.
+    #[serde(default)]
+    config_size: u64,
+    /// The layer blobs as stored, bottom to top; empty in version 1 records.
+    #[serde(default)]
+    blobs: Vec<BlobRecord>,
+    /// The OCI manifest the image came with, if any.
+    #[serde(default)]
+    manifest: Option<BlobRecord>,
+}
+
+impl ImageRecord {
+    /// Whether every blob of the image is recorded (not a version 1 record).
+    fn has_blobs(&self) -> bool {
+        self.blobs.len() == self.diff_ids.len() && self.config_size > 0
+    }
+}
+
+/// A blob an image record names (`blobs/sha256/<hex>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct BlobRecord {
+    /// `sha256:<hex>`.
+    digest: String,
+    size: u64,
+    media_type: String,
 }
 
 /// `layers/<diff_id>/layer.json`.
@@ -126,9 +175,9 @@ struct RefsFile {
     refs: BTreeMap<String, String>,
 }
 
-/// The image store under one root directory. Cheap to share between threads (`Send + Sync`);
-/// several processes may open the same root.
-#[derive(Debug)]
+/// The image store under one root directory. Cheap to share between threads (`Send + Sync`)
+/// and to clone; several processes may open the same root.
+#[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
 }
@@ -139,6 +188,7 @@ struct StoreLock {
 }
 
 /// A staging dir of an import in progress, removed on drop.
+#[derive(Debug)]
 struct Staging {
     dir: PathBuf,
     lock_path: PathBuf,
@@ -206,9 +256,16 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 impl ImageStore {
     /// Opens (creating if needed) the store at `root`, and cleans up what crashed imports left.
     pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
-        for sub in ["", "images", "layers", "l", "leases", "tmp"] {
+        for sub in ["", "images", "layers", "blobs/sha256", "l", "leases", "tmp"] {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io_ctx(|| format!("create {}", d.display())))?;
+        }
+        // 0700: no local user may reach the layers (setuid binaries, device
+        // nodes of images) through the store.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(io_ctx(|| format!("make {} private", root.display())))?;
         }
         let root =
             fs::canonicalize(root).map_err(io_ctx(|| format!("resolve {}", root.display())))?;
@@ -244,6 +301,10 @@ impl ImageStore {
         rustix::fs::flock(file.as_fd(), op)
             .map_err(io_ctx(|| format!("lock {}", path.display())))?;
         Ok(StoreLock { _file: file })
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs")
     }
 
     fn layer_dir(&self, diff_id: &str) -> PathBuf {
@@ -351,13 +412,33 @@ impl ImageStore {
         read_json(&self.image_path(id_hex))
     }
 
-    /// Moves layer dirs that no image uses into tmp/ and deletes them. Call under the lock.
-    fn collect_layers(&self) -> Result<(), ImageError> {
-        let used: BTreeSet<String> = self
-            .load_images()?
-            .into_iter()
-            .flat_map(|r| r.diff_ids)
+    /// Deletes the blobs no image names. Call under the lock.
+    fn collect_blobs(&self, images: &[ImageRecord]) -> Result<(), ImageError> {
+        let used: BTreeSet<&str> = images
+            .iter()
+            .flat_map(|r| {
+                let blobs = r.blobs.iter().chain(&r.manifest).map(|b| &b.digest[7..]);
+                std::iter::once(&r.id[7..]).chain(blobs)
+            })
             .collect();
+        let dir = self.blobs_dir().join("sha256");
+        for e in fs::read_dir(&dir).map_err(io_ctx(|| format!("list {}", dir.display())))? {
+            let e = e.map_err(io_ctx(|| format!("list {}", dir.display())))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !used.contains(name.as_str()) {
+                fs::remove_file(e.path())
+                    .map_err(io_ctx(|| format!("remove {}", e.path().display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves layer dirs that no image uses into tmp/ and deletes them, and deletes unused
+    /// blobs. Call under the lock.
+    fn collect_layers(&self) -> Result<(), ImageError> {
+        let images = self.load_images()?;
+        self.collect_blobs(&images)?;
+        let used: BTreeSet<String> = images.into_iter().flat_map(|r| r.diff_ids).collect();
         let dir = self.root.join("layers");
         for e in fs::read_dir(&dir).map_err(io_ctx(|| format!("list {}", dir.display())))? {
             let e = e.map_err(io_ctx(|| format!("list {}", dir.display())))?;
@@ -387,136 +468,60 @@ impl ImageStore {
         let staging = self.new_staging()?;
         let outer = OuterArchive::open(tar, &staging.dir)?;
         let plan = archive::plan(&outer)?;
-        let id = sha256_digest(&plan.config_bytes);
-        let run = plan.config.config.unwrap_or_default();
-        let config = ImageConfig {
-            entrypoint: run.entrypoint.unwrap_or_default(),
-            cmd: run.cmd.unwrap_or_default(),
-            env: run.env.unwrap_or_default(),
-            working_dir: run.working_dir.filter(|w| !w.is_empty()),
-            user: run.user.filter(|u| !u.is_empty()),
-            exposed_ports: run.exposed_ports.unwrap_or_default().into_keys().collect(),
-            labels: run.labels.unwrap_or_default(),
+        self.commit_import(&staging, plan, import::Source::Archive(&outer))
+    }
+
+    /// What the image a reference names is made of, for a node that lacks it: config and
+    /// layer blobs with their digests and sizes. `None`: no such image.
+    pub fn manifest(&self, reference: &str) -> Result<Option<ImageManifest>, ImageError> {
+        let refs = self.load_refs()?;
+        let Some((id, _)) = self.find(reference, &refs)? else {
+            return Ok(None);
         };
-        let staged_layers = staging.dir.join("layers");
-        fs::create_dir(&staged_layers)
-            .map_err(io_ctx(|| format!("create {}", staged_layers.display())))?;
-        let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
-        let mut staged: BTreeSet<String> = BTreeSet::new();
-        // A layer that was in the store when we looked may be collected by a concurrent
-        // remove before we commit; then unpack it and try again.
-        for _attempt in 0..3 {
-            for layer in &plan.layers {
-                if sizes.contains_key(&layer.diff_id) {
-                    continue;
-                }
-                if let Some(rec) =
-                    read_json::<LayerRecord>(&self.layer_dir(&layer.diff_id).join("layer.json"))?
-                {
-                    sizes.insert(layer.diff_id.clone(), rec.size);
-                    continue;
-                }
-                let dest = staged_layers.join(&layer.diff_id);
-                fs::create_dir(&dest).map_err(io_ctx(|| format!("create {}", dest.display())))?;
-                let src = outer.open_member(&layer.member)?;
-                let unpacked = match unpack::unpack_layer(
-                    src,
-                    &dest.join("fs"),
-                    layer.blob.as_deref(),
-                    &layer.diff_id,
-                ) {
-                    Ok(u) => u,
-                    // A tampered compressed blob usually fails to decode before its digest is
-                    // known; when the format states one, report the mismatch.
-                    Err(ImageError::InvalidArchive { reason }) if layer.blob.is_some() => {
-                        let expected = layer.blob.as_deref().expect("checked");
-                        return Err(match archive::member_digest(&outer, &layer.member) {
-                            Ok(actual) if actual != expected => ImageError::DigestMismatch {
-                                expected: format!("sha256:{expected}"),
-                                actual: format!("sha256:{actual}"),
-                            },
-                            _ => ImageError::InvalidArchive { reason },
-                        });
-                    }
-                    Err(e) => return Err(e),
-                };
-                // Synced with the whole staging dir (syncfs) before the commit.
-                write_file(
-                    &dest.join("layer.json"),
-                    &to_json(&LayerRecord {
-                        version: RECORD_VERSION,
-                        diff_id: layer.diff_id.clone(),
-                        size: unpacked.size,
-                    }),
-                    false,
-                )?;
-                sizes.insert(layer.diff_id.clone(), unpacked.size);
-                staged.insert(layer.diff_id.clone());
-            }
-            if !staged.is_empty() {
-                let d = File::open(&staged_layers)
-                    .map_err(io_ctx(|| format!("open {}", staged_layers.display())))?;
-                rustix::fs::syncfs(&d)
-                    .map_err(io_ctx(|| format!("sync {}", staged_layers.display())))?;
-            }
-            let _lock = self.lock(true)?;
-            let missing: Vec<String> = plan
-                .layers
-                .iter()
-                .map(|l| l.diff_id.clone())
-                .filter(|d| !staged.contains(d) && !self.layer_dir(d).join("layer.json").exists())
-                .collect();
-            if !missing.is_empty() {
-                for d in missing {
-                    sizes.remove(&d);
-                }
-                continue;
-            }
-            for d in &staged {
-                let to = self.layer_dir(d);
-                if to.exists() {
-                    continue; // a concurrent import committed the same layer first
-                }
-                let from = staged_layers.join(d);
-                fs::rename(&from, &to).map_err(io_ctx(|| {
-                    format!("move {} to {}", from.display(), to.display())
-                }))?;
-            }
-            for layer in &plan.layers {
-                let link = self.short_link(&layer.diff_id);
-                if fs::symlink_metadata(&link).is_err() {
-                    let target = Path::new("../layers").join(&layer.diff_id).join("fs");
-                    std::os::unix::fs::symlink(&target, &link)
-                        .map_err(io_ctx(|| format!("symlink {}", link.display())))?;
-                }
-            }
-            let diff_ids: Vec<String> = plan.layers.iter().map(|l| l.diff_id.clone()).collect();
-            let record = ImageRecord {
-                version: RECORD_VERSION,
-                id: id.clone(),
-                size: diff_ids.iter().map(|d| sizes[d]).sum(),
-                diff_ids,
-                config,
-                created: plan.config.created.clone(),
-            };
-            let image_path = self.image_path(&id[7..]);
-            if !image_path.exists() {
-                write_atomic(&image_path, &to_json(&record))?;
-            }
-            let mut refs = self.load_refs()?;
-            let mut changed = false;
-            for r in &plan.refs {
-                changed |= refs.refs.insert(r.clone(), id.clone()).as_ref() != Some(&id);
-            }
-            if changed {
-                self.save_refs(&refs)?;
-            }
-            return Ok(self.summary(&record, &refs));
+        let Some(record) = self.load_image(&id[7..])? else {
+            return Ok(None);
+        };
+        if !record.has_blobs() {
+            return Err(ImageError::NoBlobs(id));
         }
-        Err(ImageError::Io {
-            context: "import: layers kept disappearing under concurrent removals".into(),
-            source: std::io::Error::from(std::io::ErrorKind::Interrupted),
-        })
+        Ok(Some(ImageManifest {
+            protocol: taba_types::wire::PROTOCOL,
+            refs: Self::refs_of(&refs, &id),
+            config: BlobDescriptor {
+                digest: id.clone(),
+                size: record.config_size,
+            },
+            layers: record
+                .blobs
+                .iter()
+                .zip(&record.diff_ids)
+                .map(|(b, d)| LayerDescriptor {
+                    media_type: b.media_type.clone(),
+                    digest: b.digest.clone(),
+                    size: b.size,
+                    diff_id: format!("sha256:{d}"),
+                })
+                .collect(),
+            id,
+        }))
+    }
+
+    /// Opens a blob by digest (`sha256:<hex>`, checked strictly) with its size. `None`: the
+    /// store does not have it.
+    pub fn open_blob(&self, digest: &str) -> Result<Option<(File, u64)>, ImageError> {
+        let hex = parse_digest(digest)?;
+        let path = blobs::blob_path(&self.blobs_dir(), hex);
+        match File::open(&path) {
+            Ok(f) => {
+                let len = f
+                    .metadata()
+                    .map_err(io_ctx(|| format!("stat {}", path.display())))?
+                    .len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_ctx(|| format!("open {}", path.display()))(e)),
+        }
     }
 
     fn refs_of(refs: &RefsFile, id: &str) -> Vec<String> {

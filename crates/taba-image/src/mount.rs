@@ -146,7 +146,12 @@ fn mount_new_api(
     rmount::fsconfig_set_string(&fs, "upperdir", upper)?;
     rmount::fsconfig_set_string(&fs, "workdir", work)?;
     rmount::fsconfig_create(&fs)?;
-    let mnt = rmount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+    // nodev: device nodes shipped in image layers are never usable.
+    let mnt = rmount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NODEV,
+    )?;
     rmount::move_mount(
         &mnt,
         "",
@@ -207,7 +212,7 @@ pub(crate) fn mount_legacy(
         "overlay",
         target,
         "overlay",
-        rmount::MountFlags::empty(),
+        rmount::MountFlags::NODEV,
         data.as_c_str(),
     )
     .map_err(io_ctx(|| format!("mount overlay at {}", target.display())))

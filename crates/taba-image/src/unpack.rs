@@ -41,7 +41,7 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-type Raw<R> = BufReader<Hashing<R>>;
+type Raw<R> = BufReader<Hashing<Counting<R>>>;
 
 enum Decoder<R: Read> {
     Plain(Raw<R>),
@@ -309,6 +309,144 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, what: &str) -> Result<Meta,
 const OPAQUE: &[u8] = b".wh..wh..opq";
 const WHITEOUT: &[u8] = b".wh.";
 
+/// The raw and decompressed streams of a layer, each hashed as it is read.
+struct Streams<R: Read> {
+    diff: Hashing<Decoder<R>>,
+    compression: Compression,
+}
+
+/// Counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// Detects the compression from the first bytes of a blob.
+    pub(crate) fn detect(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    /// The OCI media type of a layer blob compressed this way.
+    pub(crate) fn media_type(self) -> &'static str {
+        match self {
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+}
+
+fn open_streams<R: Read>(src: R, what: &str) -> Result<Streams<R>, ImageError> {
+    let mut raw = BufReader::with_capacity(
+        256 * 1024,
+        Hashing {
+            inner: Counting { inner: src, n: 0 },
+            hasher: Sha256::new(),
+        },
+    );
+    let head = raw.fill_buf().map_err(|e| bad_layer(what, e))?;
+    let compression = Compression::detect(head);
+    let decoder = match compression {
+        Compression::Gzip => Decoder::Gzip(flate2::read::MultiGzDecoder::new(raw)),
+        Compression::Zstd => Decoder::Zstd(Box::new(
+            ruzstd::decoding::StreamingDecoder::new(raw)
+                .map_err(|e| bad_layer(what, format!("bad zstd stream: {e}")))?,
+        )),
+        Compression::None => Decoder::Plain(raw),
+    };
+    Ok(Streams {
+        diff: Hashing {
+            inner: decoder,
+            hasher: Sha256::new(),
+        },
+        compression,
+    })
+}
+
+/// What a layer blob turned out to be, once read to its end and checked.
+#[derive(Debug, Clone)]
+pub(crate) struct BlobFacts {
+    /// Hex sha256 of the blob as stored.
+    pub digest: String,
+    /// Bytes of the blob as stored.
+    pub size: u64,
+    /// How it is compressed.
+    pub compression: Compression,
+}
+
+/// Reads both streams to their ends (the digests cover every byte, padding included) and
+/// checks them against the blob digest (`blob`, hex, when known) and the `diff_id` (hex).
+fn finish_streams<R: Read>(
+    mut diff: Hashing<Decoder<R>>,
+    compression: Compression,
+    blob: Option<&str>,
+    diff_id: &str,
+    what: &str,
+) -> Result<BlobFacts, ImageError> {
+    io::copy(&mut diff, &mut io::sink()).map_err(|e| bad_layer(what, e))?;
+    let diff_actual = hex(&diff.hasher.finalize());
+    let mut raw = diff.inner.into_raw();
+    io::copy(&mut raw, &mut io::sink()).map_err(|e| bad_layer(what, e))?;
+    let raw = raw.into_inner();
+    let blob_actual = hex(&raw.hasher.finalize());
+    if let Some(blob) = blob {
+        if blob != blob_actual {
+            return Err(ImageError::DigestMismatch {
+                expected: format!("sha256:{blob}"),
+                actual: format!("sha256:{blob_actual}"),
+            });
+        }
+    }
+    if diff_id != diff_actual {
+        return Err(ImageError::DigestMismatch {
+            expected: format!("sha256:{diff_id}"),
+            actual: format!("sha256:{diff_actual}"),
+        });
+    }
+    Ok(BlobFacts {
+        digest: blob_actual,
+        size: raw.inner.n,
+        compression,
+    })
+}
+
+/// Checks a layer blob without unpacking it: decompresses and hashes it, nothing written.
+pub(crate) fn verify_layer<R: Read>(
+    src: R,
+    blob: Option<&str>,
+    diff_id: &str,
+) -> Result<BlobFacts, ImageError> {
+    let what = format!("sha256:{diff_id}");
+    let s = open_streams(src, &what)?;
+    finish_streams(s.diff, s.compression, blob, diff_id, &what)
+}
+
 /// Unpacks a (possibly compressed) layer from `src` into the new directory `dest`, checking the
 /// blob digest (`blob`, hex, of the bytes as stored) and the `diff_id` (hex, uncompressed).
 pub(crate) fn unpack_layer<R: Read>(
@@ -316,7 +454,7 @@ pub(crate) fn unpack_layer<R: Read>(
     dest: &Path,
     blob: Option<&str>,
     diff_id: &str,
-) -> Result<Unpacked, ImageError> {
+) -> Result<(Unpacked, BlobFacts), ImageError> {
     let what = format!("sha256:{diff_id}");
     std::fs::create_dir(dest).map_err(io_ctx(|| format!("create {}", dest.display())))?;
     let root_fd = rfs::open(
@@ -325,28 +463,9 @@ pub(crate) fn unpack_layer<R: Read>(
         Mode::empty(),
     )
     .map_err(io_ctx(|| format!("open {}", dest.display())))?;
-    let mut raw = BufReader::with_capacity(
-        256 * 1024,
-        Hashing {
-            inner: src,
-            hasher: Sha256::new(),
-        },
-    );
-    let head = raw.fill_buf().map_err(|e| bad_layer(&what, e))?;
-    let decoder = if head.starts_with(&[0x1f, 0x8b]) {
-        Decoder::Gzip(flate2::read::MultiGzDecoder::new(raw))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Decoder::Zstd(Box::new(
-            ruzstd::decoding::StreamingDecoder::new(raw)
-                .map_err(|e| bad_layer(&what, format!("bad zstd stream: {e}")))?,
-        ))
-    } else {
-        Decoder::Plain(raw)
-    };
-    let mut archive = tar::Archive::new(Hashing {
-        inner: decoder,
-        hasher: Sha256::new(),
-    });
+    let streams = open_streams(src, &what)?;
+    let compression = streams.compression;
+    let mut archive = tar::Archive::new(streams.diff);
     let mut layer = Layer {
         root: dest.to_path_buf(),
         root_fd,
@@ -367,28 +486,8 @@ pub(crate) fn unpack_layer<R: Read>(
         rfs::utimensat(&parent, name, &times(*mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(layer.io("set times of", comps))?;
     }
-    // Read both streams to their ends: the digests cover every byte, padding included.
-    let mut diff = archive.into_inner();
-    io::copy(&mut diff, &mut io::sink()).map_err(|e| bad_layer(&what, e))?;
-    let diff_actual = hex(&diff.hasher.finalize());
-    let mut raw = diff.inner.into_raw();
-    io::copy(&mut raw, &mut io::sink()).map_err(|e| bad_layer(&what, e))?;
-    let blob_actual = hex(&raw.into_inner().hasher.finalize());
-    if let Some(blob) = blob {
-        if blob != blob_actual {
-            return Err(ImageError::DigestMismatch {
-                expected: format!("sha256:{blob}"),
-                actual: format!("sha256:{blob_actual}"),
-            });
-        }
-    }
-    if diff_id != diff_actual {
-        return Err(ImageError::DigestMismatch {
-            expected: format!("sha256:{diff_id}"),
-            actual: format!("sha256:{diff_actual}"),
-        });
-    }
-    Ok(Unpacked { size })
+    let facts = finish_streams(archive.into_inner(), compression, blob, diff_id, &what)?;
+    Ok((Unpacked { size }, facts))
 }
 
 /// Writes one entry; returns the bytes of file content written.

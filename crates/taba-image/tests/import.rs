@@ -654,3 +654,36 @@ fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
+
+/// A local user must not reach an image's layers: a setuid-root binary or a
+/// device node shipped in an image would be root on the host. The store's
+/// root is 0700 even when its parent is open to everyone.
+#[test]
+fn root_local_users_cannot_reach_image_layers() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let s = ImageStore::open(&d.path().join("store")).unwrap();
+    let l = layer(&[
+        E::Dir("bin/", 0o755),
+        E::Owned("bin/su", b"#!/bin/sh\nid\n", 0, 0, 0o4755, vec![]),
+        E::Char("null", 1, 3),
+    ]);
+    let tar = write(d.path(), "img.tar", &docker_save(&[l], &["suid:1"], "s"));
+    s.import(&tar).unwrap();
+    let img = s.resolve("suid:1").unwrap().unwrap();
+    let root_mode = fs::metadata(s.root()).unwrap().mode() & 0o777;
+    assert_eq!(root_mode, 0o700, "{}", s.root().display());
+    for path in [img.layers[0].join("bin/su"), img.layers[0].join("null")] {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new("/bin/cat")
+            .arg(&path)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "nobody read {}", path.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+}

@@ -170,6 +170,9 @@ impl ExecPlan {
     /// that says what failed.
     pub(crate) fn exec(&self) -> Result<Infallible, String> {
         reset_signals();
+        // Nothing above stdio may reach the workload: a leaked directory fd
+        // is a way out of any root (`/proc/self/fd/N/..`).
+        sys::cloexec_from(3).map_err(|e| format!("mark file descriptors close-on-exec: {e}"))?;
         if let Some(adj) = self.oom_score_adj {
             sys::write_file(
                 "/proc/self/oom_score_adj".as_ref(),

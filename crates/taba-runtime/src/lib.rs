@@ -21,5 +21,6 @@ pub mod container;
 /// The OCI spec types the runtime reads, re-exported for bundle builders.
 pub use oci_spec;
 mod launch;
+pub mod paths;
 pub mod shim;
 mod sys;

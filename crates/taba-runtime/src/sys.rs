@@ -172,18 +172,36 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Write `bytes` to `path` atomically: a temporary file in the same directory,
-/// optionally fsync'd, then renamed over `path`.
+/// optionally fsync'd, then renamed over `path`. The file is 0600: task files
+/// hold environments, which hold secrets.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let mut f = File::create(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    // An older file of the same name keeps its mode on open: set it.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(bytes)?;
     if sync {
         f.sync_all()?;
     }
     drop(f);
     std::fs::rename(&tmp, path)
+}
+
+/// Create `dir` (and missing parents) readable only by its owner (0700).
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Write the whole buffer to a raw fd (used in children, where `File` ownership is awkward).
@@ -207,6 +225,61 @@ pub(crate) fn write_fd(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
 pub(crate) fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
     f.write_all(data)
+}
+
+/// Mark every file descriptor from `first` up close-on-exec
+/// (`close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`, Linux 5.11+), so that
+/// nothing the agent or the shim had open reaches the workload, while the
+/// error pipe of [`spawn_child`] keeps working until the exec. Falls back
+/// to setting `FD_CLOEXEC` on each fd listed in `/proc/self/fd`.
+pub(crate) fn cloexec_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range with integer arguments only changes fd flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on an integer fd; a closed one just fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+/// Close every file descriptor from 3 up except `keep` (the shim does this
+/// first thing, so it holds none of the agent's descriptors).
+pub(crate) fn close_all_but_stdio(keep: Option<RawFd>) {
+    let close = |lo: RawFd, hi: RawFd| {
+        if lo <= hi {
+            // SAFETY: close_range with integer arguments; closing fds this
+            // process does not use (nothing else in it owns them yet).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    lo as libc::c_uint,
+                    hi as libc::c_uint,
+                    0,
+                )
+            };
+        }
+    };
+    match keep {
+        Some(k) if k >= 3 => {
+            close(3, k - 1);
+            close(k + 1, RawFd::MAX);
+        }
+        _ => close(3, RawFd::MAX),
+    }
 }
 
 /// `dup2(2)`.

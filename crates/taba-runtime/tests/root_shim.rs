@@ -43,7 +43,9 @@ fn root_container_is_isolated_and_confined() {
         out.contains(&format!("CapBnd:\t{DEFAULT_CAP_EFF}")),
         "{out}"
     );
-    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    // Docker's default: setuid binaries work within the bounding set; the
+    // task option no_new_privileges turns them off (root_attacks.rs).
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
     assert!(out.contains("Seccomp:\t2"), "{out}");
     // Both are non-empty on the host: masking must hide them.
     assert!(!std::fs::read("/proc/timer_list").unwrap().is_empty());
@@ -68,6 +70,29 @@ fn root_container_is_isolated_and_confined() {
         !out.contains("unshare-rc=0"),
         "seccomp/caps must forbid unshare: {out}"
     );
+}
+
+/// Task files hold the job's environment (secrets): shim files, logs and
+/// the bundle's config.json are 0600, the log dir 0700.
+#[test]
+fn root_task_files_are_private() {
+    use std::os::unix::fs::MetadataExt;
+    require_root_and_busybox();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = bundle(dir.path(), &["sh", "-c", "echo out; echo err >&2"], "x");
+    let spec = taba_runtime::oci_spec::runtime::Spec::load(bundle.join("config.json")).unwrap();
+    taba_runtime::container::save_spec(&spec, &bundle.join("config.json")).unwrap();
+    let task = make_task(dir.path(), container(bundle.clone()), vec![], 1024, 1);
+    let s = shim::spawn(&shim_exe(), &task).unwrap();
+    shim::wait_exit(&task, s.shim_pid).unwrap();
+    let mode = |p: PathBuf| std::fs::metadata(&p).unwrap().mode() & 0o7777;
+    for f in ["shim.json", "state.json", "exit.json"] {
+        assert_eq!(mode(task.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(bundle.join("config.json")), 0o600);
+    assert_eq!(mode(dir.path().join("logs")), 0o700);
+    assert_eq!(mode(dir.path().join("logs/t.stdout.0")), 0o600);
+    assert_eq!(mode(dir.path().join("logs/t.stderr.0")), 0o600);
 }
 
 #[test]

@@ -15,8 +15,14 @@
 //! - batch: like service, but an index that completed successfully is done
 //!   and never placed again;
 //! - system: one allocation per schedulable node that passes feasibility;
-//!   allocations on nodes that no longer qualify (ineligible, draining,
-//!   filtered) are stopped, those on down nodes are left to be marked lost;
+//!   allocations on nodes whose constraints no longer match are stopped,
+//!   those on ineligible or draining nodes keep running (a drain stops them
+//!   itself, last), those on down nodes are left to be marked lost;
+//! - moves (`Allocation::migrate`, asked by the rebalancer or a node drain):
+//!   at most `migrate.max_parallel` per group in flight, a move counting
+//!   until its replacement has run `migrate.min_healthy_time`; a move with
+//!   nowhere to go is dropped, unless its node is draining: then the
+//!   evaluation is blocked until capacity frees;
 //! - updates: an allocation of an older job version whose group changed in a
 //!   placement-relevant way is replaced (stop + place in one plan), at most
 //!   `update.max_parallel` per group at a time, the next batch only once the
@@ -39,6 +45,10 @@ use taba_types::{
 
 /// Reschedule times kept per allocation lineage when attempts are unlimited.
 const MAX_RESCHEDULE_TIMES: usize = 16;
+
+/// Slack the servers give a fencing agent beyond `stop_after_disconnect`
+/// and the kill timeout before they replace its allocations.
+pub const FENCE_MARGIN_MS: u64 = 1000;
 
 /// Knobs of one scheduling pass.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -149,6 +159,14 @@ enum Reschedule {
     Exhausted,
 }
 
+/// A group's moves whose replacements have not run `migrate.min_healthy_time` yet.
+#[derive(Default, Clone, Copy)]
+struct MovesInFlight {
+    count: u32,
+    /// When the first of those already running becomes healthy.
+    healthy_at: Option<UnixMillis>,
+}
+
 struct Scheduler<'a> {
     state: &'a ClusterState,
     eval: &'a Evaluation,
@@ -192,6 +210,11 @@ impl<'a> Scheduler<'a> {
     }
 
     fn stop(&mut self, a: &Allocation, why: &str) {
+        self.stop_recorded(a, why, None);
+    }
+
+    /// [`Self::stop`], recorded in the allocation's events as `event`.
+    fn stop_recorded(&mut self, a: &Allocation, why: &str, event: Option<&str>) {
         if !self.stopped.insert(a.id.clone()) {
             return;
         }
@@ -202,7 +225,58 @@ impl<'a> Scheduler<'a> {
             desired_status: DesiredStatus::Stop,
             description: why.to_string(),
             preempted_by: None,
+            event: event.map(str::to_string),
         });
+    }
+
+    /// Per index of a group, the one live allocation to keep when several
+    /// want to run there. That happens when a node that was down comes back
+    /// and reports an allocation that was replaced meanwhile (or a fenced
+    /// group's replacement is still starting). The rule: an allocation on a
+    /// node that is up beats one on a down node; a running one beats a
+    /// pending one; then the newest (the replacement) wins. So a returning
+    /// original is stopped when its replacement already runs, and the
+    /// replacement is canceled when it has not started yet.
+    fn keepers(&self, mine: &[&'a Allocation], count: u32) -> BTreeMap<u32, &'a Allocation> {
+        let mut keep: BTreeMap<u32, &'a Allocation> = BTreeMap::new();
+        let rank = |a: &Allocation| {
+            (
+                !self.node_down(a),
+                a.client_status == ClientStatus::Running,
+                a.create_index,
+                a.create_time,
+            )
+        };
+        for a in mine.iter().copied().filter(|a| {
+            a.desired_status == DesiredStatus::Run
+                && a.index < count
+                && matches!(
+                    a.client_status,
+                    ClientStatus::Pending | ClientStatus::Running
+                )
+        }) {
+            keep.entry(a.index)
+                .and_modify(|k| {
+                    if rank(a) > rank(k) {
+                        *k = a;
+                    }
+                })
+                .or_insert(a);
+        }
+        keep
+    }
+
+    /// When the replacement of `a` (lost with its node) may be placed: the
+    /// group's agents stop its allocations themselves after
+    /// `stop_after_disconnect` without the servers; wait that long (plus the
+    /// tasks' kill timeout and a second for the agent's check) from the
+    /// node's last heartbeat, so the two never run at once. `None`: now.
+    fn fenced_until(&self, a: &Allocation, g: &TaskGroupSpec) -> Option<UnixMillis> {
+        let d = g.stop_after_disconnect?;
+        let last = self.state.node(&a.node_id).map(|n| n.last_heartbeat)?;
+        let kill = g.tasks.iter().map(|t| t.kill_timeout.0).max().unwrap_or(0);
+        let at = last.saturating_add(d.0 + kill + FENCE_MARGIN_MS);
+        (at > self.now).then_some(at)
     }
 
     fn node_down(&self, a: &Allocation) -> bool {
@@ -272,12 +346,13 @@ impl<'a> Scheduler<'a> {
             // that was already replaced never competes with its replacement.
             mine.sort_by_key(|a| a.client_status.is_terminal());
             let count = g.count;
+            let keep = self.keepers(&mine, count);
             let mut occupied = vec![false; count as usize];
             let mut reqs: Vec<Req<'a>> = Vec::new();
             let mut destructive: Vec<&'a Allocation> = Vec::new();
             let mut in_flight = 0u32;
             let mut migrating: Vec<&'a Allocation> = Vec::new();
-            let mut moves_in_flight = 0u32;
+            let mut moves = MovesInFlight::default();
             for a in &mine {
                 if a.desired_status != DesiredStatus::Run {
                     continue;
@@ -290,8 +365,16 @@ impl<'a> Scheduler<'a> {
                             self.stop(a, "scaled down");
                             continue;
                         }
-                        if occupied[idx] {
-                            self.stop(a, "duplicate allocation index");
+                        let kept = keep.get(&a.index).copied();
+                        if occupied[idx] || kept.is_some_and(|k| k.id != a.id) {
+                            let why = match kept {
+                                Some(k) => format!(
+                                    "duplicate of allocation {} at index {}, which is kept",
+                                    k.id, a.index
+                                ),
+                                None => "duplicate allocation index".to_string(),
+                            };
+                            self.stop_recorded(a, &why, Some("Duplicate"));
                             continue;
                         }
                         occupied[idx] = true;
@@ -320,8 +403,11 @@ impl<'a> Scheduler<'a> {
                                     earliest(&mut self.rolling_at, at);
                                 }
                             }
-                            if self.healthy_for(a, g.migrate.min_healthy_time.0).is_err() {
-                                moves_in_flight += 1;
+                            if let Err(at) = self.healthy_for(a, g.migrate.min_healthy_time.0) {
+                                moves.count += 1;
+                                if let Some(at) = at {
+                                    earliest(&mut moves.healthy_at, at);
+                                }
                             }
                         }
                     }
@@ -361,6 +447,10 @@ impl<'a> Scheduler<'a> {
                             continue;
                         }
                         occupied[idx] = true;
+                        if let Some(at) = self.fenced_until(a, g) {
+                            earliest(&mut self.reschedule_at, at);
+                            continue;
+                        }
                         reqs.push(Req {
                             index: a.index,
                             previous: Some(a),
@@ -403,7 +493,7 @@ impl<'a> Scheduler<'a> {
             }
             reqs.sort_by_key(|r| r.index);
             self.place_group(job, g, reqs);
-            self.migrate_group(job, g, migrating, moves_in_flight);
+            self.migrate_group(job, g, migrating, moves);
         }
     }
 
@@ -411,23 +501,36 @@ impl<'a> Scheduler<'a> {
     /// in flight: each is a replacement placed on the requested node (or the
     /// best other node) and the old allocation stopped, in this one plan. A
     /// move with nowhere to go is dropped (its request cleared): the
-    /// allocation keeps running where it is.
+    /// allocation keeps running where it is; unless its node is draining,
+    /// then the request stays and the group's placement failure blocks the
+    /// evaluation until capacity frees.
+    ///
+    /// The next batch waits for this one: a follow-up evaluation at the time
+    /// the running replacements become healthy; replacements not running yet
+    /// have no such time, and the evaluation that their agent's "running"
+    /// report creates continues (the server creates one while a job has
+    /// moves waiting).
     fn migrate_group(
         &mut self,
         job: &Job,
         g: &TaskGroupSpec,
         mut migrating: Vec<&'a Allocation>,
-        in_flight: u32,
+        in_flight: MovesInFlight,
     ) {
         if migrating.is_empty() {
             return;
         }
         migrating.sort_by_key(|a| a.index);
-        let budget = g.migrate.max_parallel.max(1).saturating_sub(in_flight) as usize;
+        let budget = g
+            .migrate
+            .max_parallel
+            .max(1)
+            .saturating_sub(in_flight.count) as usize;
         let now_batch = migrating.len().min(budget);
         if migrating.len() > now_batch {
-            let next = self.now.saturating_add(g.migrate.min_healthy_time.0);
-            earliest(&mut self.migrate_at, next);
+            if let Some(at) = in_flight.healthy_at {
+                earliest(&mut self.migrate_at, at);
+            }
         }
         let rules = GroupRules::new(job, g);
         let ctx = rules.ctx(g);
@@ -471,6 +574,7 @@ impl<'a> Scheduler<'a> {
                     n.ports = self.placer.next_ports();
                     self.plan.placements.push(n);
                 }
+                None if self.source_draining(a) => self.record_failure(&ctx, 1),
                 None => {
                     let mut u = (*a).clone();
                     u.migrate = None;
@@ -479,6 +583,11 @@ impl<'a> Scheduler<'a> {
                 }
             }
         }
+    }
+
+    /// Whether `a`'s node is being drained (its moves must happen).
+    fn source_draining(&self, a: &Allocation) -> bool {
+        self.state.node(&a.node_id).is_some_and(|n| n.draining())
     }
 
     /// Pick nodes for up to `n` allocations: the scored path for groups with
@@ -587,6 +696,7 @@ impl<'a> Scheduler<'a> {
                     job.spec.name, job.spec.priority, placed.name
                 ),
                 preempted_by: Some(placed.id.clone()),
+                event: None,
             });
             placed.preempted_allocs.push(a.id.clone());
         }
@@ -718,6 +828,7 @@ impl<'a> Scheduler<'a> {
             client_description: String::new(),
             task_states: BTreeMap::new(),
             usage: None,
+            events: Vec::new(),
             eval_id: self.eval.id.clone(),
             previous_alloc: r.previous.map(|p| p.id.clone()),
             reschedule_times,
@@ -767,15 +878,15 @@ impl<'a> Scheduler<'a> {
                 if node.status != NodeStatus::Ready {
                     continue; // initializing: wait for it
                 }
-                let reason = if !node.schedulable() {
-                    Some("node is not eligible".to_string())
-                } else {
-                    filter.reject_reason(node)
-                };
-                if let Some(reason) = reason {
+                if let Some(reason) = filter.reject_reason(node) {
                     for a in &live {
                         self.stop(a, &format!("node no longer qualifies: {reason}"));
                     }
+                    continue;
+                }
+                if !node.schedulable() {
+                    // Ineligible or draining: what runs stays (a drain stops
+                    // it last), nothing new is placed.
                     continue;
                 }
                 for extra in live.iter().skip(1) {

@@ -264,7 +264,8 @@ pub fn synthetic_node(rng_seed: u64, i: u32) -> Node {
         datacenter: format!("dc{}", 1 + i % 4),
         status: NodeStatus::Ready,
         eligibility: Eligibility::Eligible,
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes,
         meta,
@@ -280,6 +281,7 @@ pub fn synthetic_node(rng_seed: u64, i: u32) -> Node {
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
+        unusable_reason: String::new(),
         create_index: 1,
         modify_index: 1,
     }
@@ -575,6 +577,7 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
         reschedule: None,
         network: NetworkSpec::default(),
         migrate: Default::default(),
+        stop_after_disconnect: None,
         meta: BTreeMap::new(),
         tasks: vec![TaskSpec {
             name: "main".to_string(),
@@ -595,6 +598,10 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
             affinity: Vec::new(),
             kill_signal: "SIGTERM".to_string(),
             kill_timeout: DurationSpec::secs(5),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            ulimits: Default::default(),
+            no_new_privileges: false,
         }],
     }
 }

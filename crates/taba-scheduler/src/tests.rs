@@ -22,7 +22,8 @@ pub(crate) fn node(name: &str, cpu: u64, mem_mib: u64) -> Node {
         datacenter: "dc1".into(),
         status: NodeStatus::Ready,
         eligibility: Eligibility::Eligible,
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes: BTreeMap::new(),
         meta: BTreeMap::new(),
@@ -38,6 +39,7 @@ pub(crate) fn node(name: &str, cpu: u64, mem_mib: u64) -> Node {
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
+        unusable_reason: String::new(),
         create_index: 0,
         modify_index: 0,
     }
@@ -120,6 +122,7 @@ pub(crate) fn alloc_on(
         client_description: String::new(),
         task_states: BTreeMap::new(),
         usage: None,
+        events: Vec::new(),
         eval_id: EvalId("e".into()),
         previous_alloc: None,
         reschedule_times: Vec::new(),
@@ -476,22 +479,29 @@ fn system_job_runs_on_every_qualifying_node() {
     on.sort();
     assert_eq!(on, ["n1", "n2"]);
     assert!(c.run(&j, 1).plan.is_empty());
-    // n1 goes down: left alone (lost, not stopped). n2 becomes ineligible: stopped.
+    // n1 goes down: left alone (lost, not stopped). n2 becomes ineligible:
+    // its allocation keeps running (a drain stops it itself), n4 gets one.
     let mut n1 = c.s.node_by_name("n1").unwrap().clone();
     n1.status = NodeStatus::Down;
     c.s.upsert_node(n1);
     let mut n2 = c.s.node_by_name("n2").unwrap().clone();
     n2.eligibility = Eligibility::Ineligible;
-    c.s.upsert_node(n2);
+    c.s.upsert_node(n2.clone());
     c.s.upsert_node(node("n4", 8000, 8192));
     let o = c.run_commit(&j, 2);
+    assert!(o.plan.stops.is_empty(), "{:?}", o.plan.stops);
+    assert_eq!(o.plan.placements.len(), 1);
+    assert_eq!(o.plan.placements[0].node_name, "n4");
+    // A constraint n2 no longer meets stops it.
+    n2.drivers.clear();
+    c.s.upsert_node(n2);
+    let o = c.run_commit(&j, 3);
     assert_eq!(o.plan.stops.len(), 1);
     assert_eq!(
         c.s.alloc(&o.plan.stops[0].alloc_id).unwrap().node_name,
         "n2"
     );
-    assert_eq!(o.plan.placements.len(), 1);
-    assert_eq!(o.plan.placements[0].node_name, "n4");
+    assert!(o.plan.stops[0].description.contains("missing driver"));
 }
 
 #[test]
@@ -686,13 +696,17 @@ fn verify_rejects_gone_allocs_unschedulable_nodes_and_changed_jobs() {
     let plan = c.run(&j, 2).plan;
     assert_eq!(plan.placements.len(), 1);
     let mut n = c.s.node_by_name("n1").unwrap().clone();
-    n.drain = true;
+    n.drain = Some(taba_types::DrainStrategy {
+        started_at: 0,
+        deadline: u64::MAX,
+        ignore_system: false,
+    });
     c.s.upsert_node(n.clone());
     assert_eq!(
         verify_plan(&c.s, &plan),
         Err(PlanRejection::NodeNotSchedulable("n1".into()))
     );
-    n.drain = false;
+    n.drain = None;
     c.s.upsert_node(n);
     let mut j2 = j.clone();
     j2.spec.groups[0].count = 5;
@@ -770,4 +784,223 @@ fn a_failed_alloc_never_displaces_its_live_replacement() {
     c.s.upsert_alloc(repl);
     let o = c.run(&j, 100_000);
     assert!(o.plan.is_empty(), "{:?}", o.plan);
+}
+
+/// One allocation on n1, n1 down, its allocation lost and replaced on n2,
+/// n1 back: the returning original and its replacement.
+fn returning_original(replacement_runs: bool) -> (Cluster, Job, Allocation, Allocation) {
+    let mut c = Cluster::new(&[("n1", 8000, 8192), ("n2", 8000, 8192)]);
+    let j = c.register(job(
+        "web",
+        JobType::Service,
+        vec![group("web", 1, 500, 256)],
+    ));
+    let mut n1 = c.s.node_by_name("n1").unwrap().clone();
+    let mut n2 = c.s.node_by_name("n2").unwrap().clone();
+    n2.eligibility = taba_types::Eligibility::Ineligible;
+    c.s.upsert_node(n2.clone());
+    let first = c.run_commit(&j, 0).plan.placements[0].clone();
+    assert_eq!(first.node_name, "n1");
+    c.set_client(&first.id, ClientStatus::Running, 10);
+    n1.status = NodeStatus::Down;
+    c.s.upsert_node(n1.clone());
+    n2.eligibility = taba_types::Eligibility::Eligible;
+    c.s.upsert_node(n2);
+    c.set_client(&first.id, ClientStatus::Lost, 20);
+    let o = c.run_commit(&j, 30);
+    assert_eq!(o.plan.placements.len(), 1);
+    let repl = o.plan.placements[0].clone();
+    assert_eq!(repl.node_name, "n2");
+    assert!(c.s.alloc(&first.id).unwrap().replaced);
+    if replacement_runs {
+        c.set_client(&repl.id, ClientStatus::Running, 40);
+    }
+    n1.status = NodeStatus::Ready;
+    c.s.upsert_node(n1);
+    c.set_client(&first.id, ClientStatus::Running, 50);
+    (c, j, first, repl)
+}
+
+#[test]
+fn a_returning_original_is_stopped_when_its_replacement_runs() {
+    let (mut c, j, first, repl) = returning_original(true);
+    let o = c.run_commit(&j, 60);
+    assert!(o.plan.placements.is_empty(), "{:?}", o.plan);
+    assert_eq!(o.plan.stops.len(), 1);
+    let s = &o.plan.stops[0];
+    assert_eq!(s.alloc_id, first.id);
+    assert_eq!(s.event.as_deref(), Some("Duplicate"));
+    assert!(
+        s.description.contains(repl.id.as_str()),
+        "{}",
+        s.description
+    );
+    let live = c.live("web");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, repl.id);
+    // Settled: nothing more to do.
+    assert!(c.run(&j, 70).plan.is_empty());
+}
+
+#[test]
+fn a_replacement_not_running_yet_is_canceled_for_the_returning_original() {
+    let (mut c, j, first, repl) = returning_original(false);
+    let o = c.run_commit(&j, 60);
+    assert!(o.plan.placements.is_empty(), "{:?}", o.plan);
+    assert_eq!(o.plan.stops.len(), 1);
+    assert_eq!(o.plan.stops[0].alloc_id, repl.id);
+    let live = c.live("web");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, first.id);
+    assert!(c.run(&j, 70).plan.is_empty());
+}
+
+#[test]
+fn a_fenced_group_is_replaced_only_after_its_agent_has_stopped_it() {
+    let mut c = Cluster::new(&[("n1", 8000, 8192), ("n2", 8000, 8192)]);
+    let mut g = group("web", 1, 500, 256);
+    g.stop_after_disconnect = Some(taba_types::DurationSpec::secs(10));
+    let kill = g.tasks[0].kill_timeout.0;
+    let j = c.register(job("web", JobType::Service, vec![g]));
+    let first = c.run_commit(&j, 0).plan.placements[0].clone();
+    c.set_client(&first.id, ClientStatus::Running, 10);
+    let mut n = c.s.node(&first.node_id).unwrap().clone();
+    n.status = NodeStatus::Down;
+    n.last_heartbeat = 1_000;
+    c.s.upsert_node(n);
+    c.set_client(&first.id, ClientStatus::Lost, 8_000);
+    let due = 1_000 + 10_000 + kill + crate::schedule::FENCE_MARGIN_MS;
+    let o = c.run_commit(&j, 8_000);
+    assert!(o.plan.placements.is_empty(), "{:?}", o.plan);
+    assert_eq!(o.follow_ups.len(), 1);
+    assert_eq!(o.follow_ups[0].wait_until, Some(due));
+    let o = c.run_commit(&j, due);
+    assert_eq!(o.plan.placements.len(), 1);
+    assert_eq!(
+        o.plan.placements[0].previous_alloc.as_ref(),
+        Some(&first.id)
+    );
+}
+
+/// Mark `name` draining (ineligible, with a strategy) and ask every live
+/// allocation on it to move, as the server's drainer does.
+fn drain(c: &mut Cluster, name: &str) {
+    let mut n = c.s.node_by_name(name).unwrap().clone();
+    n.eligibility = Eligibility::Ineligible;
+    n.drain = Some(DrainStrategy {
+        started_at: 0,
+        deadline: u64::MAX,
+        ignore_system: false,
+    });
+    let id = n.id.clone();
+    c.s.upsert_node(n);
+    let on: Vec<Allocation> =
+        c.s.allocs_for_node(&id)
+            .filter(|a| a.is_live() && a.job_type != JobType::System)
+            .cloned()
+            .collect();
+    for mut a in on {
+        a.migrate = Some(MigrateRequest {
+            reason: "node drain".into(),
+            to: None,
+            requested_at: 0,
+        });
+        c.s.upsert_alloc(a);
+    }
+}
+
+#[test]
+fn a_drain_moves_a_group_in_batches_of_max_parallel_each_after_the_last_ran() {
+    let mut c = Cluster::new(&[("n1", 8000, 8192)]);
+    let mut g = group("web", 6, 100, 64);
+    g.migrate.max_parallel = 2;
+    g.migrate.min_healthy_time = DurationSpec(0);
+    let j = c.register(job("web", JobType::Service, vec![g]));
+    let placed = c.run_commit(&j, 0).plan.placements;
+    for a in &placed {
+        c.set_client(&a.id, ClientStatus::Running, 0);
+    }
+    c.s.upsert_node(node("n2", 8000, 8192));
+    drain(&mut c, "n1");
+    let mut now = 1000;
+    let mut batches = Vec::new();
+    for round in 0..10 {
+        let o = c.run_commit(&j, now);
+        if o.plan.placements.is_empty() {
+            // Everything moved: no further batch is due.
+            let moves = o
+                .follow_ups
+                .iter()
+                .filter(|f| f.triggered_by == EvalTrigger::Rebalance);
+            assert_eq!(moves.count(), 0, "round {round}: {:?}", o.follow_ups);
+            break;
+        }
+        assert_eq!(o.plan.stops.len(), o.plan.placements.len());
+        for p in &o.plan.placements {
+            assert_eq!(p.node_name, "n2", "never back onto the draining node");
+            assert!(p.previous_alloc.is_some());
+        }
+        batches.push(o.plan.placements.len());
+        // The batch in flight holds the next one back...
+        let o = c.run(&j, now + 1);
+        assert!(o.plan.placements.is_empty(), "round {round}: waits");
+        let timed = o
+            .follow_ups
+            .iter()
+            .filter(|f| f.triggered_by == EvalTrigger::Rebalance);
+        assert_eq!(timed.count(), 0, "not running yet: no time to wait for");
+        // ...until its replacements run.
+        now += 1000;
+        let ids: Vec<AllocId> = c
+            .live("web")
+            .into_iter()
+            .filter(|a| a.client_status == ClientStatus::Pending)
+            .map(|a| a.id)
+            .collect();
+        for id in ids {
+            c.set_client(&id, ClientStatus::Running, now);
+        }
+    }
+    assert_eq!(batches, [2, 2, 2]);
+    assert!(c.live("web").iter().all(|a| c.node_of(a) == "n2"));
+}
+
+#[test]
+fn a_drain_move_with_nowhere_to_go_waits_blocked_instead_of_being_dropped() {
+    let mut c = Cluster::new(&[("n1", 8000, 8192)]);
+    let j = c.register(job("web", JobType::Service, vec![group("web", 1, 100, 64)]));
+    let a = c.run_commit(&j, 0).plan.placements[0].clone();
+    c.set_client(&a.id, ClientStatus::Running, 0);
+    drain(&mut c, "n1");
+    let o = c.run_commit(&j, 1000);
+    assert!(o.plan.is_empty(), "{:?}", o.plan);
+    assert_eq!(o.status, EvalStatus::Blocked);
+    let after = c.s.alloc(&a.id).unwrap();
+    assert!(
+        after.is_live() && after.migrate.is_some(),
+        "the request stays"
+    );
+    // Room appears: the blocked evaluation, run again, moves it.
+    c.s.upsert_node(node("n2", 8000, 8192));
+    let o = c.run_commit(&j, 2000);
+    assert_eq!(o.plan.placements.len(), 1);
+    assert_eq!(o.plan.placements[0].node_name, "n2");
+}
+
+#[test]
+fn system_allocations_stay_on_a_draining_node_and_none_are_placed_there() {
+    let mut c = Cluster::new(&[("n1", 8000, 8192), ("n2", 8000, 8192)]);
+    let j = c.register(job("sys", JobType::System, vec![group("s", 1, 100, 64)]));
+    assert_eq!(c.run_commit(&j, 0).plan.placements.len(), 2);
+    drain(&mut c, "n1");
+    c.s.upsert_node(node("n3", 8000, 8192));
+    let o = c.run_commit(&j, 1000);
+    assert!(o.plan.stops.is_empty(), "the drainer stops them, last");
+    let on: Vec<&str> = o
+        .plan
+        .placements
+        .iter()
+        .map(|p| p.node_name.as_str())
+        .collect();
+    assert_eq!(on, ["n3"]);
 }

@@ -206,7 +206,8 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
         } else {
             Eligibility::Ineligible
         },
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes,
         meta,
@@ -224,6 +225,7 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
+        unusable_reason: String::new(),
         create_index: 0,
         modify_index: 0,
     }
@@ -276,6 +278,7 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     ports: port_specs(gg.ports),
                 },
                 migrate: Default::default(),
+                stop_after_disconnect: None,
                 meta: BTreeMap::new(),
                 tasks: vec![TaskSpec {
                     name: "t".into(),
@@ -296,6 +299,10 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     affinity: Vec::new(),
                     kill_signal: "SIGTERM".into(),
                     kill_timeout: DurationSpec::secs(1),
+                    cap_add: Vec::new(),
+                    cap_drop: Vec::new(),
+                    ulimits: Default::default(),
+                    no_new_privileges: false,
                 }],
             }
         })

@@ -16,8 +16,14 @@ pub struct ServerConfig {
     /// More addresses the same API listens on (`taba dev --agents`: the
     /// bridge the agents reach it through); port 0 takes `http_addr`'s port.
     pub extra_http: Vec<SocketAddr>,
-    /// A node that does not heartbeat within this is marked down.
+    /// A node not heard from within this is `disconnected`: nothing new
+    /// is placed on it. Its agent heartbeats every third of it.
     pub heartbeat_ttl: Duration,
+    /// ... and `down` this much later: its allocations are lost and
+    /// replaced elsewhere at once. Down after TTL + grace (7 s by default).
+    pub heartbeat_grace: Duration,
+    /// A node down for this long (since its last heartbeat) is removed.
+    pub node_gc_after: Duration,
     /// Scheduler workers.
     pub num_workers: usize,
     /// Longest wait of a blocking query.
@@ -29,6 +35,15 @@ pub struct ServerConfig {
     pub preemption: PreemptionConfig,
     /// Load-aware rebalancing.
     pub rebalance: RebalanceSettings,
+    /// Time between the drainer's rounds over draining nodes.
+    pub drain_interval: Duration,
+    /// Access control.
+    pub acl: AclSettings,
+    /// Longest wait for an agent's `alloc exec` answer (the agent's own
+    /// timeout, 5 minutes by default, plus a margin).
+    pub exec_timeout: Duration,
+    /// Largest output of one `alloc exec` stream the server relays, bytes.
+    pub exec_max_output: u64,
     /// TLS of the API (and of the server's calls to agents). Without it the
     /// server listens only on loopback.
     pub tls: Option<ServerTls>,
@@ -46,6 +61,20 @@ pub struct ServerTls {
     /// The CA's key: lets the server sign certificates for agents that join
     /// with a token. Without it join tokens are refused under TLS.
     pub ca_key: Option<PathBuf>,
+}
+
+/// `[acl]` of the server's configuration.
+#[derive(Clone, Debug)]
+pub struct AclSettings {
+    /// Enforce ACL tokens on every route (on by default). When off, every
+    /// user route is open to anyone who reaches the API.
+    pub enabled: bool,
+}
+
+impl Default for AclSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// Settings of the rebalancer (see `taba_scheduler::rebalance`).
@@ -76,12 +105,18 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             http_addr,
             extra_http: Vec::new(),
-            heartbeat_ttl: Duration::from_secs(10),
+            heartbeat_ttl: Duration::from_secs(5),
+            heartbeat_grace: Duration::from_secs(2),
+            node_gc_after: Duration::from_secs(24 * 3600),
             num_workers: 2,
             max_blocking_wait: Duration::from_secs(300),
             max_plan_attempts: 5,
             preemption: PreemptionConfig::default(),
             rebalance: RebalanceSettings::default(),
+            drain_interval: Duration::from_millis(500),
+            acl: AclSettings::default(),
+            exec_timeout: Duration::from_secs(310),
+            exec_max_output: 16 << 20,
             tls: None,
             plain_loopback: false,
         }

@@ -2,8 +2,8 @@
 //!
 //! A [`Server`] loads every record from the [`Store`] into memory, serves the
 //! HTTP/JSON API under `/v1/` ([`api`]), runs the evaluation [`broker`],
-//! scheduler workers, the one plan applier and the heartbeat monitor
-//! ([`workers`]). Every change is written through the store before it is
+//! scheduler workers, the one plan applier, the heartbeat monitor, the
+//! rebalancer and the drainer ([`workers`]). Every change is written through the store before it is
 //! applied in memory and before the reply ([`state`]). It runs no workloads.
 //!
 //! ```text
@@ -12,6 +12,7 @@
 //!         agents <- blocking query GET /v1/agent/allocations/{node} <--------+
 //! ```
 
+pub mod acl;
 pub mod api;
 pub mod broker;
 mod config;
@@ -21,7 +22,7 @@ mod locks;
 pub mod state;
 pub mod workers;
 
-pub use config::{RebalanceSettings, ServerConfig, ServerTls};
+pub use config::{AclSettings, RebalanceSettings, ServerConfig, ServerTls};
 pub use state::{ServerState, StateError};
 
 use std::net::SocketAddr;
@@ -100,10 +101,23 @@ impl Server {
             ),
             None => None,
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&config.data_dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &config.data_dir,
+                        std::fs::Permissions::from_mode(0o700),
+                    )
+                })
+                .map_err(|source| ServerError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                })?;
+        }
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -138,6 +152,7 @@ impl Server {
         }
         drop(plans);
         tasks.push(workers::spawn_heartbeat_monitor(state.clone()));
+        tasks.push(workers::spawn_drainer(state.clone()));
         if state.config.rebalance.enabled {
             tasks.push(workers::spawn_rebalancer(state.clone()));
         }

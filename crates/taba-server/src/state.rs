@@ -10,7 +10,7 @@
 
 use crate::broker::{now_ms, Broker};
 use crate::config::ServerConfig;
-use crate::locks::{job_key, node_key, KeyLocks};
+use crate::locks::{job_key, node_key, node_name_key, KeyLocks};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -28,7 +28,15 @@ use taba_types::{
 };
 use tokio::sync::watch;
 
+mod acl;
+mod drain;
 mod namespaces;
+mod nodes;
+
+pub use nodes::NodeAction;
+
+pub use acl::NewToken;
+pub use drain::DRAIN_REASON;
 
 /// Why a change or lookup failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +83,17 @@ pub enum StateError {
     /// The change conflicts with the state (e.g. removing a namespace in use).
     #[error("{0}")]
     Conflict(String),
+    /// A unique value is held by another record (a node name).
+    #[error("{field}: {message}")]
+    Taken {
+        /// Field path.
+        field: String,
+        /// Reason.
+        message: String,
+    },
+    /// ACL records could not be loaded.
+    #[error("cannot load ACL records")]
+    Acl(#[from] crate::acl::AclLoadError),
 }
 
 /// Key of a job record.
@@ -109,8 +128,12 @@ pub struct ServerState {
     /// Registrations hold it shared while they commit, so a namespace
     /// cannot be removed under a job being registered in it.
     namespaces: tokio::sync::RwLock<BTreeMap<String, Namespace>>,
+    /// ACL tokens and policies.
+    pub acl: crate::acl::AclState,
     /// Pending evaluations.
     pub broker: Broker,
+    /// Wakes the drainer early (a drain started).
+    pub drain_wake: tokio::sync::Notify,
     /// Node credentials, join tokens, revoked certificates.
     pub credentials: crate::credentials::Credentials,
     index: watch::Sender<u64>,
@@ -174,6 +197,7 @@ impl ServerState {
             e.modify_index = rec.mod_index;
             evals.insert(e.id.clone(), e);
         }
+        let acl = crate::acl::AclState::load(&*store, config.acl.enabled)?;
         let index = store.index()?;
         cluster.set_index(index);
         let broker = Broker::new();
@@ -203,7 +227,9 @@ impl ServerState {
             node_usage: Mutex::new(HashMap::new()),
             locks: KeyLocks::default(),
             namespaces: tokio::sync::RwLock::new(namespaces),
+            acl,
             broker,
+            drain_wake: tokio::sync::Notify::new(),
             index: watch::channel(index).0,
             shutdown: watch::channel(false).0,
         })
@@ -504,7 +530,12 @@ impl ServerState {
                 let allocs: Vec<&Allocation> =
                     c.allocs_for_job(&j.spec.namespace, &j.spec.name).collect();
                 let mut counts = BTreeMap::new();
-                for a in allocs.iter().filter(|a| !a.replaced) {
+                // A replaced allocation that still (or again) runs is
+                // counted: a duplicate is never hidden.
+                for a in allocs
+                    .iter()
+                    .filter(|a| !a.replaced || !a.client_status.is_terminal())
+                {
                     *counts.entry(a.client_status.to_string()).or_insert(0) += 1;
                 }
                 JobListEntry {
@@ -602,10 +633,10 @@ impl ServerState {
         }
     }
 
-    /// Every allocation, newest first.
-    pub fn list_allocs(&self) -> Vec<AllocListEntry> {
+    /// Every allocation in the namespaces `visible` accepts, newest first.
+    pub fn list_allocs(&self, visible: impl Fn(&str) -> bool) -> Vec<AllocListEntry> {
         let c = self.cluster();
-        let mut v: Vec<&Allocation> = c.allocs().collect();
+        let mut v: Vec<&Allocation> = c.allocs().filter(|a| visible(&a.namespace)).collect();
         v.sort_by_key(|a| std::cmp::Reverse(a.create_time));
         v.into_iter().map(AllocListEntry::from_alloc).collect()
     }
@@ -630,6 +661,24 @@ impl ServerState {
         Ok((eid, index))
     }
 
+    /// Record an audit event on an allocation (durable before it returns),
+    /// e.g. who ran which command with `alloc exec`.
+    pub async fn record_alloc_event(
+        &self,
+        id: &AllocId,
+        event: taba_types::AllocEvent,
+    ) -> Result<u64, StateError> {
+        let a = self.find_alloc(id.as_str())?;
+        let _held = self.locks.lock(vec![job_key(&a.namespace, &a.job)]).await;
+        let mut a = self.find_alloc(id.as_str())?;
+        a.push_event(event);
+        let index = self
+            .commit(Txn::new().put_encoded(Table::Allocs, a.id.as_str(), &a))
+            .await?;
+        self.apply(index, vec![], vec![a], vec![], vec![]);
+        Ok(index)
+    }
+
     /// Merge an agent's observations into allocations; create evaluations
     /// where the scheduler must act (failure, loss, a rolling update waiting
     /// for a new allocation to run); wake blocked evaluations when resources
@@ -639,7 +688,9 @@ impl ServerState {
         node_id: &NodeId,
         updates: Vec<AllocUpdate>,
     ) -> Result<u64, StateError> {
-        self.known_node(node_id)?;
+        // A report is as good as a heartbeat: a node that was down and
+        // reports again is up before its allocations are looked at.
+        self.node_alive(node_id).await?;
         let mut keys = vec![];
         {
             let c = self.cluster();
@@ -677,6 +728,12 @@ impl ServerState {
                     continue;
                 }
                 a.modify_time = now;
+                if Self::record_link_events(old, &mut a, now) {
+                    eval_jobs.insert(
+                        (a.namespace.clone(), a.job.clone()),
+                        EvalTrigger::AllocReconnect,
+                    );
+                }
                 let became_terminal =
                     a.client_status.is_terminal() && !old.client_status.is_terminal();
                 if became_terminal {
@@ -691,14 +748,11 @@ impl ServerState {
                 if a.client_status == ClientStatus::Running
                     && old.client_status != ClientStatus::Running
                 {
-                    let rolling = c.job(&a.namespace, &a.job).is_some_and(|j| {
-                        c.allocs_for_job(&a.namespace, &a.job)
-                            .any(|o| o.is_live() && o.job_version < j.version)
-                    });
-                    if rolling {
-                        eval_jobs
-                            .entry((a.namespace.clone(), a.job.clone()))
-                            .or_insert(EvalTrigger::RollingUpdate);
+                    let key = (a.namespace.clone(), a.job.clone());
+                    if let std::collections::btree_map::Entry::Vacant(v) = eval_jobs.entry(key) {
+                        if let Some(trigger) = Self::work_waiting(&c, &a) {
+                            v.insert(trigger);
+                        }
                     }
                 }
                 changed.push(a);
@@ -729,6 +783,33 @@ impl ServerState {
             self.unblock(None);
         }
         Ok(index)
+    }
+
+    /// When `a` starts running: the trigger of an evaluation that carries
+    /// on with work of its job that waited for it, if any: the next batch of
+    /// a rolling update (a live allocation of an older version), or of moves
+    /// (a live allocation with a move asked for; a drain's when one of them
+    /// is on a draining node). One pass over the job's allocations.
+    fn work_waiting(c: &ClusterState, a: &Allocation) -> Option<EvalTrigger> {
+        let version = c.job(&a.namespace, &a.job)?.version;
+        let mut found = None;
+        for o in c
+            .allocs_for_job(&a.namespace, &a.job)
+            .filter(|o| o.is_live())
+        {
+            if o.job_version < version {
+                return Some(EvalTrigger::RollingUpdate);
+            }
+            if o.migrate.is_some() && found != Some(EvalTrigger::NodeDrain) {
+                let draining = c.node(&o.node_id).is_some_and(|n| n.draining());
+                found = Some(if draining {
+                    EvalTrigger::NodeDrain
+                } else {
+                    EvalTrigger::Rebalance
+                });
+            }
+        }
+        found
     }
 
     // ---- nodes ----
@@ -849,17 +930,26 @@ impl ServerState {
 
     /// An agent registers (or re-registers after a restart).
     pub async fn register_node(&self, mut node: Node) -> Result<u64, StateError> {
-        let _held = self.locks.lock(vec![node_key(node.id.as_str())]).await;
+        let _held = self
+            .locks
+            .lock(vec![node_key(node.id.as_str()), node_name_key(&node.name)])
+            .await;
+        self.check_name_free(&node)?;
         let existing = self.cluster().node(&node.id).cloned();
         if let Some(old) = &existing {
             node.create_index = old.create_index;
             node.eligibility = old.eligibility;
-            node.drain = old.drain;
+            node.drain = old.drain.clone();
+            node.drained_at = old.drained_at;
         } else {
             node.create_index = 0;
         }
-        node.status = NodeStatus::Ready;
+        node.status = node.alive_status();
         node.last_heartbeat = now_ms();
+        if node.status == NodeStatus::Unusable {
+            tracing::warn!(node = %node.id, name = %node.name, reason = %node.unusable_reason,
+                "node registered as unusable; nothing will be placed on it");
+        }
         let evals = self.node_evals(&node.id);
         let mut txn = Txn::new().put_encoded(Table::Nodes, node.id.as_str(), &node);
         for e in &evals {
@@ -878,26 +968,36 @@ impl ServerState {
         Ok(index)
     }
 
-    /// A heartbeat: refresh the TTL; a node that was down is ready again.
+    /// A heartbeat: refresh the TTL; a node that was disconnected or down
+    /// is ready again.
     pub async fn heartbeat(&self, id: &NodeId, mut usage: NodeUsage) -> Result<(), StateError> {
-        let node = self.known_node(id)?;
+        self.known_node(id)?;
         // Staleness is judged by when the report arrived (agents' clocks may differ).
         usage.at = now_ms();
-        self.heartbeats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Instant::now());
         self.node_usage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), usage);
-        if node.status != NodeStatus::Ready {
+        self.node_alive(id).await
+    }
+
+    /// The node's agent spoke to us (a heartbeat or a status report):
+    /// refresh its TTL, and make it `ready` (or `unusable`) again if it was
+    /// not.
+    pub(crate) async fn node_alive(&self, id: &NodeId) -> Result<(), StateError> {
+        let node = self.known_node(id)?;
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Instant::now());
+        if node.status != node.alive_status() {
             let _held = self.locks.lock(vec![node_key(id.as_str())]).await;
             let mut node = self.known_node(id)?;
-            if node.status == NodeStatus::Ready {
+            if node.status == node.alive_status() {
                 return Ok(());
             }
-            node.status = NodeStatus::Ready;
+            tracing::info!(node = %id, name = %node.name, was = %node.status, "node is back");
+            node.status = node.alive_status();
             node.last_heartbeat = now_ms();
             let evals = self.node_evals(id);
             let mut txn = Txn::new().put_encoded(Table::Nodes, id.as_str(), &node);
@@ -910,86 +1010,6 @@ impl ServerState {
                 self.broker.enqueue(e);
             }
             self.unblock(None);
-        }
-        Ok(())
-    }
-
-    /// Nodes whose heartbeat is older than the TTL. Nodes never heard from
-    /// since this server started get a full TTL from now.
-    pub fn expired_nodes(&self) -> Vec<NodeId> {
-        let ttl = self.config.heartbeat_ttl;
-        let ids: Vec<NodeId> = self
-            .cluster()
-            .nodes()
-            .filter(|n| n.status != NodeStatus::Down)
-            .map(|n| n.id.clone())
-            .collect();
-        let mut hb = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        ids.into_iter()
-            .filter(|id| now.duration_since(*hb.entry(id.clone()).or_insert(now)) > ttl)
-            .collect()
-    }
-
-    /// Mark a node down: its allocations that still run are lost, and their
-    /// jobs get evaluations so replacements are placed elsewhere.
-    pub async fn mark_node_down(&self, id: &NodeId) -> Result<(), StateError> {
-        let jobs: Vec<String> = self
-            .node_allocs(id)
-            .iter()
-            .map(|a| job_key(&a.namespace, &a.job))
-            .collect();
-        let mut keys = jobs;
-        keys.push(node_key(id.as_str()));
-        let _held = self.locks.lock(keys).await;
-        let Ok(mut node) = self.known_node(id) else {
-            return Ok(());
-        };
-        if node.status == NodeStatus::Down {
-            return Ok(());
-        }
-        // A heartbeat may have arrived while we waited for the locks.
-        if !self.expired_nodes().contains(id) {
-            return Ok(());
-        }
-        node.status = NodeStatus::Down;
-        let now = now_ms();
-        let mut lost = Vec::new();
-        let mut jobs: BTreeMap<(String, String), ()> = BTreeMap::new();
-        for mut a in self.node_allocs(id) {
-            if a.client_status.is_terminal() {
-                continue;
-            }
-            a.client_status = ClientStatus::Lost;
-            a.client_description = "node is down".into();
-            a.modify_time = now;
-            if a.desired_status == DesiredStatus::Run {
-                jobs.insert((a.namespace.clone(), a.job.clone()), ());
-            }
-            lost.push(a);
-        }
-        let mut evals = Vec::new();
-        for (ns, job) in jobs.keys() {
-            if let Ok(j) = self.job(ns, job) {
-                evals.push(Self::new_eval(
-                    &j,
-                    EvalTrigger::NodeUpdate,
-                    Some(id.clone()),
-                ));
-            }
-        }
-        let mut txn = Txn::new().put_encoded(Table::Nodes, id.as_str(), &node);
-        for a in &lost {
-            txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
-        }
-        for e in &evals {
-            txn = txn.put_encoded(Table::Evals, e.id.as_str(), e);
-        }
-        let index = self.commit(txn).await?;
-        tracing::warn!(node = %id, lost = lost.len(), "node missed its heartbeat; marked down");
-        self.apply(index, vec![], lost, vec![node], evals.clone());
-        for e in evals {
-            self.broker.enqueue(e);
         }
         Ok(())
     }
@@ -1132,6 +1152,13 @@ impl ServerState {
                 if let Some(mut a) = cur {
                     a.desired_status = s.desired_status;
                     a.desired_description = s.description.clone();
+                    if let Some(kind) = &s.event {
+                        a.push_event(taba_types::AllocEvent::system(
+                            now,
+                            kind,
+                            s.description.clone(),
+                        ));
+                    }
                     if s.preempted_by.is_some() {
                         a.preempted_by = s.preempted_by.clone();
                     }

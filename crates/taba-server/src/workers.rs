@@ -1,5 +1,5 @@
 //! Background work: scheduler workers, the one plan applier, the heartbeat
-//! monitor and the rebalancer. Each is a loop that ends when the server
+//! monitor, the rebalancer and the drainer. Each is a loop that ends when the server
 //! shuts down.
 //!
 //! Flow of one evaluation: the broker hands it to a worker; the worker runs
@@ -111,10 +111,12 @@ pub fn spawn_worker(state: Arc<ServerState>, plans: PlanQueue) -> tokio::task::J
     })
 }
 
-/// Marks nodes down when they miss their heartbeat TTL.
+/// Watches heartbeats: a node silent past its TTL is `disconnected`, past
+/// the TTL plus the grace `down` (its allocations are lost and replaced),
+/// and a node down for `node_gc_after` is removed.
 pub fn spawn_heartbeat_monitor(state: Arc<ServerState>) -> tokio::task::JoinHandle<()> {
-    let tick =
-        (state.config.heartbeat_ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let tick = (state.config.heartbeat_ttl / 10)
+        .clamp(Duration::from_millis(20), Duration::from_millis(250));
     let mut stop = state.shutdown.subscribe();
     tokio::spawn(async move {
         loop {
@@ -125,9 +127,9 @@ pub fn spawn_heartbeat_monitor(state: Arc<ServerState>) -> tokio::task::JoinHand
             if *stop.borrow() {
                 return;
             }
-            for id in state.expired_nodes() {
-                if let Err(e) = state.mark_node_down(&id).await {
-                    tracing::error!(node = %id, error = %e, "cannot mark node down");
+            for (id, action) in state.node_actions() {
+                if let Err(e) = state.apply_node_action(&id, action).await {
+                    tracing::error!(node = %id, ?action, error = %e, "cannot change node state");
                 }
             }
         }
@@ -188,6 +190,34 @@ pub fn spawn_rebalancer(state: Arc<ServerState>) -> tokio::task::JoinHandle<()> 
                 Err(e) => tracing::error!(error = %e, "rebalancer cannot record moves"),
             }
             recent.retain(|_, t| now < t.saturating_add(settings.plan.cooldown_ms));
+        }
+    })
+}
+
+/// The drainer: every `drain_interval` (or at once when a drain starts),
+/// one step of each node's drain ([`ServerState::drain_step`]): ask for the
+/// moves still to make, stop what is left at the deadline, stop system
+/// allocations last, and complete the drain.
+pub fn spawn_drainer(state: Arc<ServerState>) -> tokio::task::JoinHandle<()> {
+    let tick = state.config.drain_interval.max(Duration::from_millis(20));
+    let mut stop = state.shutdown.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = state.drain_wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            for id in state.draining_nodes() {
+                match state.drain_step(&id).await {
+                    Ok(()) => {}
+                    Err(StateError::ShuttingDown) => return,
+                    Err(e) => tracing::error!(node = %id, error = %e, "drain step failed"),
+                }
+            }
         }
     })
 }

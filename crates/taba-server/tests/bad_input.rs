@@ -169,6 +169,8 @@ fn bad_input_corpus_is_rejected_without_writes() {
         toml_case("bridge network", good_with("count = 1", "count = 1\nnetwork = { mode = \"bridge\" }"), 422, Some("group[0].network.mode")),
         toml_case("restart delay over interval", good_with("count = 1", "count = 1\nrestart = { attempts = 2, interval = \"1s\", delay = \"5s\", mode = \"fail\" }"), 422, Some("group[0].restart.delay")),
         toml_case("bad duration", good_with("count = 1", "count = 1\nrestart = { attempts = 2, interval = \"soon\", delay = \"5s\", mode = \"fail\" }"), 400, Some("group[0].restart.interval")),
+        toml_case("migrate.drain on a system job", good_with("name = \"ok\"", "name = \"ok\"\ntype = \"system\"").replace("count = 1", "count = 1\nmigrate = { drain = \"move\" }"), 422, Some("group[0].migrate.drain")),
+        toml_case("bad migrate.drain", good_with("count = 1", "count = 1\nmigrate = { drain = \"teleport\" }"), 400, Some("group[0].migrate.drain")),
         toml_case("max_parallel zero", good_with("name = \"ok\"", "name = \"ok\"\nupdate = { max_parallel = 0 }"), 422, Some("update.max_parallel")),
         toml_case("env key with =", good_with("command = [\"/bin/true\"]", "command = [\"/bin/true\"]\n  env = { \"A=B\" = \"c\" }"), 422, Some("group[0].task[0].env")),
         toml_case("oversized", format!("{GOOD}\n# {}\n", "x".repeat(2 << 20)), 413, None),
@@ -238,7 +240,7 @@ fn bad_input_corpus_is_rejected_without_writes() {
         json_case("heartbeat without the node secret", "POST", "/v1/agent/heartbeat",
             &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\"}}"), 403, Some("node_id")),
         via(json_case("heartbeat with another node's secret", "POST", "/v1/agent/heartbeat",
-            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\"}}"), 403, Some("node_id")), &c.with_node_secret(Some("0".repeat(64)))),
+            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\"}}"), 403, Some("node_id")), &c.with_token(None).with_node_secret(Some("0".repeat(64)))),
         json_case("register over another node's id", "POST", "/v1/agent/register",
             &{ let mut n = node("thief", 1024); n.id = owner.node.id.clone(); serde_json::json!({"protocol": PROTOCOL, "node": n}).to_string() }, 403, Some("node_id")),
         json_case("register over another node's id, old protocol", "POST", "/v1/agent/register",
@@ -303,17 +305,36 @@ fn bad_input_corpus_is_rejected_without_writes() {
         json_case("unknown namespace", "GET", "/v1/namespaces/nope", "", 404, None),
         json_case("remove unknown namespace", "DELETE", "/v1/namespaces/nope", "", 404, None),
         json_case("remove default namespace", "DELETE", "/v1/namespaces/default", "", 409, None),
+        // Drains.
+        json_case("drain unknown node", "POST", "/v1/nodes/nope/drain", "{}", 404, None),
+        json_case("drain status unknown node", "GET", "/v1/nodes/nope/drain", "", 404, None),
+        json_case("drain not an object", "POST", &format!("/v1/nodes/{owner_id}/drain"), "[]", 400, None),
+        json_case("drain empty body", "POST", &format!("/v1/nodes/{owner_id}/drain"), "", 400, None),
+        json_case("drain bad deadline", "POST", &format!("/v1/nodes/{owner_id}/drain"), r#"{"deadline":"soon"}"#, 400, Some("deadline")),
+        json_case("drain negative deadline", "POST", &format!("/v1/nodes/{owner_id}/drain"), r#"{"deadline":-5}"#, 400, Some("deadline")),
+        json_case("drain absurd deadline", "POST", &format!("/v1/nodes/{owner_id}/drain"), r#"{"deadline":"100000h"}"#, 422, Some("deadline")),
+        json_case("drain ignore_system wrong type", "POST", &format!("/v1/nodes/{owner_id}/drain"), r#"{"ignore_system":"yes"}"#, 400, Some("ignore_system")),
+        json_case("drain unknown field", "POST", &format!("/v1/nodes/{owner_id}/drain"), r#"{"dedline":"1h"}"#, 400, None),
+        json_case("drain disable with deadline", "POST", &format!("/v1/nodes/{owner_id}/drain"), r#"{"disable":true,"deadline":"1h"}"#, 422, Some("deadline")),
+        json_case("drain disable with ignore_system", "POST", &format!("/v1/nodes/{owner_id}/drain"), r#"{"disable":true,"ignore_system":true}"#, 422, Some("ignore_system")),
     ];
     assert!(cases.len() >= 50, "corpus has {} cases", cases.len());
 
     let before = srv.index();
     let jobs_before = c.list_jobs().unwrap();
     let mut failures = Vec::new();
+    let agent_client = c.with_token(None);
     for case in cases.drain(..) {
+        // Agent routes refuse user tokens; agents send their node secret.
+        let user = if case.path.starts_with("/v1/agent/") {
+            &agent_client
+        } else {
+            &c
+        };
         let r = case
             .via
             .as_ref()
-            .unwrap_or(&c)
+            .unwrap_or(user)
             .raw(case.method, &case.path, case.content_type, &case.body)
             .unwrap_or_else(|e| panic!("{}: transport error {e}", case.name));
         let err = r.error();

@@ -20,11 +20,15 @@ pub enum Table {
     Meta,
     /// Namespaces (description and quota), keyed by name.
     Namespaces,
+    /// ACL policies, keyed by name.
+    AclPolicies,
+    /// ACL tokens (the secret's hash, never the secret), keyed by accessor id.
+    AclTokens,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 9] = [
         Table::Jobs,
         Table::JobVersions,
         Table::Allocs,
@@ -32,6 +36,8 @@ impl Table {
         Table::Evals,
         Table::Meta,
         Table::Namespaces,
+        Table::AclPolicies,
+        Table::AclTokens,
     ];
 
     /// The table's stable name, used on disk and in keys of remote backends.
@@ -44,6 +50,8 @@ impl Table {
             Table::Evals => "evals",
             Table::Meta => "meta",
             Table::Namespaces => "namespaces",
+            Table::AclPolicies => "acl_policies",
+            Table::AclTokens => "acl_tokens",
         }
     }
 

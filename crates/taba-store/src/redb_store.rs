@@ -145,13 +145,28 @@ impl RedbStore {
     /// After a crash, opening repairs the file to its last committed state.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
-                what: format!("create data directory {}", parent.display()),
-                source,
-            })?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|source| StoreError::Io {
+                    what: format!("create data directory {}", parent.display()),
+                    source,
+                })?;
         }
         let what = format!("open database {}", path.display());
         let db = Database::create(path).map_err(engine(what.clone()))?;
+        // Jobs hold secrets in their environments: the file is the owner's only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| StoreError::Io {
+                    what: format!("make {} private", path.display()),
+                    source,
+                },
+            )?;
+        }
         let index = initialise(&db).map_err(|err| match err {
             StoreError::Backend { source, .. } => StoreError::Backend {
                 what: what.clone(),

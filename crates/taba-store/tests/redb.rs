@@ -153,3 +153,14 @@ fn corrupt_rows_are_reported_not_misread() {
         .apply(Txn::new().put(Table::Jobs, "y", b"".to_vec()))
         .is_ok());
 }
+
+#[test]
+fn database_file_and_new_directories_are_private() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("data/state.redb");
+    let _store = RedbStore::open(&path).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+}

@@ -3,8 +3,9 @@
 //! them; all depend on this module so the two sides cannot drift apart.
 
 use crate::{
-    AllocId, AllocUsage, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, Job,
-    JobStatus, JobType, NamespaceUsage, Node, NodeId, NodeStatus, Quota, TaskState, UnixMillis,
+    AllocId, AllocUsage, Allocation, ClientStatus, DesiredStatus, DrainStrategy, DurationSpec,
+    EvalId, EvalStatus, Job, JobStatus, JobType, NamespaceUsage, Node, NodeId, NodeStatus, Quota,
+    TaskState, UnixMillis,
 };
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -71,7 +72,9 @@ pub struct JobListEntry {
     pub status: JobStatus,
     /// Stopped by `job stop`.
     pub stopped: bool,
-    /// Allocations by client status (only those not replaced or stopped).
+    /// Allocations by client status: every one not replaced, and every
+    /// replaced one that is not terminal (a duplicate still running is
+    /// counted, never hidden).
     pub allocs: BTreeMap<String, u32>,
     /// Submission time of the current version.
     pub submit_time: UnixMillis,
@@ -217,6 +220,10 @@ pub struct NodeListEntry {
     pub datacenter: String,
     /// Liveness.
     pub status: NodeStatus,
+    /// The state users see: `ready`, `draining`, `ineligible`,
+    /// `disconnected`, `down`, `unusable`, `initializing`.
+    #[serde(default)]
+    pub display_status: String,
     /// Eligible for placements.
     pub eligible: bool,
     /// Being drained.
@@ -237,8 +244,9 @@ impl NodeListEntry {
             name: n.name.clone(),
             datacenter: n.datacenter.clone(),
             status: n.status,
+            display_status: n.display_status(),
             eligible: n.schedulable() || n.status != NodeStatus::Ready,
-            drain: n.drain,
+            drain: n.draining(),
             http_addr: n.http_addr.clone(),
             drivers: n
                 .drivers
@@ -260,10 +268,104 @@ pub struct NodeDetail {
     pub name: String,
     /// Liveness.
     pub status: NodeStatus,
-    /// The full record.
+    /// The state users see (see [`NodeListEntry::display_status`]).
+    #[serde(default)]
+    pub display_status: String,
+    /// The full record (`last_heartbeat` and `usage` as of now).
     pub node: Node,
     /// Allocations on the node, newest first.
     pub allocations: Vec<AllocListEntry>,
+    /// Progress of the drain in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
+}
+
+/// Body of `POST /v1/nodes/{node}/drain`: start (or change) a drain, or
+/// cancel it with `disable`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Cancel the drain in progress (moves already made stay) and make the
+    /// node eligible for placements again.
+    #[serde(default)]
+    pub disable: bool,
+    /// How long the allocations have to move; what is still on the node
+    /// then is stopped. `"0s"` stops everything at once. Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DurationSpec>,
+    /// Leave allocations of system jobs running on the node.
+    #[serde(default)]
+    pub ignore_system: bool,
+}
+
+/// A drain's deadline when none is given.
+pub const DEFAULT_DRAIN_DEADLINE: DurationSpec = DurationSpec::secs(3600);
+/// The longest drain deadline accepted.
+pub const MAX_DRAIN_DEADLINE: DurationSpec = DurationSpec::secs(30 * 24 * 3600);
+
+/// One task group's allocations in a drain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainGroupProgress {
+    /// Namespace of the job.
+    pub namespace: String,
+    /// Job.
+    pub job: String,
+    /// Task group.
+    pub group: String,
+    /// Job type (system allocations are stopped last; batch ones are left
+    /// to finish until the deadline unless their group says `migrate.drain = "move"`).
+    pub job_type: JobType,
+    /// Allocations still live on the node that the drain moves or stops.
+    pub left: u32,
+    /// Of those, moves asked for and not carried out yet.
+    pub waiting: u32,
+    /// Replacements placed on other nodes that do not run yet.
+    pub starting: u32,
+}
+
+/// Reply to `GET` and `POST /v1/nodes/{node}/drain`, and part of
+/// `GET /v1/nodes/{node}`: what a drain has left to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Node name.
+    pub node: String,
+    /// Liveness.
+    pub status: NodeStatus,
+    /// Whether new placements may go to the node.
+    pub eligible: bool,
+    /// The drain in progress; none when it finished or was cancelled.
+    pub strategy: Option<DrainStrategy>,
+    /// When the last drain completed.
+    pub drained_at: Option<UnixMillis>,
+    /// Per task group, what is left (empty when no drain is in progress).
+    pub groups: Vec<DrainGroupProgress>,
+    /// Allocations left on the node, all groups.
+    pub left: u32,
+    /// Replacements not running yet, all groups.
+    pub starting: u32,
+    /// No drain in progress and the last one completed (not cancelled).
+    pub done: bool,
+    /// Store index the view was taken at.
+    pub index: u64,
+}
+
+/// Reply to `DELETE /v1/nodes/{node}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveNodeResponse {
+    /// The node's name.
+    pub name: String,
+    /// Its allocations marked lost (and replaced) by the removal.
+    pub lost: usize,
+}
+
+/// Body of `POST /v1/nodes/{node}/eligibility`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EligibilityRequest {
+    /// Whether new allocations may be placed on the node.
+    pub eligible: bool,
 }
 
 /// A namespace with what it holds now: a row of `GET /v1/namespaces`, the
@@ -291,6 +393,78 @@ pub struct NamespaceStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteNamespaceResponse {
     /// The namespace removed.
+    pub name: String,
+    /// Store index of the write.
+    pub index: u64,
+}
+
+/// Body of `POST /v1/acl/tokens`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// Free text shown in lists and audit events.
+    #[serde(default)]
+    pub name: String,
+    /// Policies applied by name (none for a management token).
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// A management token: every right, ACL management included.
+    #[serde(default)]
+    pub management: bool,
+    /// Lifetime (`"24h"`); unlimited when unset.
+    #[serde(default)]
+    pub ttl: Option<crate::DurationSpec>,
+}
+
+/// A token as listed: never its secret nor the secret's hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclTokenInfo {
+    /// Public id.
+    pub accessor_id: String,
+    /// Free text.
+    pub name: String,
+    /// Client or management.
+    #[serde(rename = "type")]
+    pub token_type: crate::acl::TokenType,
+    /// Policies by name.
+    pub policies: Vec<String>,
+    /// Creation time.
+    pub create_time: UnixMillis,
+    /// Expiry, if any.
+    pub expire_time: Option<UnixMillis>,
+    /// Expired at the time of the reply.
+    pub expired: bool,
+}
+
+impl AclTokenInfo {
+    /// The listed view of a stored token at time `now`.
+    pub fn from_token(t: &crate::acl::AclToken, now: UnixMillis) -> Self {
+        Self {
+            accessor_id: t.accessor_id.clone(),
+            name: t.name.clone(),
+            token_type: t.token_type,
+            policies: t.policies.clone(),
+            create_time: t.create_time,
+            expire_time: t.expire_time,
+            expired: t.expired(now),
+        }
+    }
+}
+
+/// Reply to `POST /v1/acl/bootstrap` and `POST /v1/acl/tokens`: the secret
+/// is shown this once and never again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclTokenCreated {
+    /// The token.
+    pub token: AclTokenInfo,
+    /// The secret to send as `Authorization: Bearer <secret>`.
+    pub secret: String,
+}
+
+/// Reply to `DELETE /v1/acl/policies/{name}` and `DELETE /v1/acl/tokens/{accessor}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclDeleteResponse {
+    /// The policy name or token accessor id removed.
     pub name: String,
     /// Store index of the write.
     pub index: u64,

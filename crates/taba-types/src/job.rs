@@ -135,9 +135,18 @@ pub struct TaskGroupSpec {
     /// Networking for the group's tasks.
     #[serde(default)]
     pub network: NetworkSpec,
-    /// How allocations move between nodes (rebalancing; drains later).
+    /// How allocations move between nodes (rebalancing, node drains).
     #[serde(default)]
     pub migrate: MigratePolicy,
+    /// Fencing: an agent that has not reached any server for this long
+    /// stops the group's allocations itself (they are reported `lost`), and
+    /// the servers place their replacements only after that time (plus the
+    /// tasks' kill timeout) has passed since the node's last heartbeat, so a
+    /// partitioned node and its replacement never run the same instance at
+    /// once. Unset: allocations keep running while disconnected, and a
+    /// returning duplicate is stopped by the servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_disconnect: Option<DurationSpec>,
     /// Free-form metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
@@ -170,7 +179,7 @@ impl TaskGroupSpec {
 }
 
 /// How a group's allocations are moved to other nodes by the servers (the
-/// rebalancer today; node drains and `alloc migrate` use the same policy).
+/// rebalancer and node drains; `alloc migrate` will use the same policy).
 /// A move of a container or exec allocation is a restart elsewhere: the
 /// replacement is placed and the old allocation stopped in one plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +195,35 @@ pub struct MigratePolicy {
     /// Whether the rebalancer may move the group's allocations off hot nodes.
     #[serde(default = "yes")]
     pub rebalance: bool,
+    /// What a node drain does with the group's allocations; the default
+    /// depends on the job type (see [`MigratePolicy::moves_on_drain`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainMode>,
+}
+
+/// What a node drain does with a group's allocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainMode {
+    /// Move them to other nodes, `max_parallel` at a time (services' default).
+    Move,
+    /// Let them run to completion on the draining node; the drain's
+    /// deadline stops what is left (batch jobs' default, as in Nomad).
+    Wait,
+}
+
+impl MigratePolicy {
+    /// Whether a drain moves this group's allocations (`true`) or waits for
+    /// them to finish until its deadline (`false`). System jobs are never
+    /// moved: a drain stops them last (or leaves them, `--ignore-system`).
+    pub fn moves_on_drain(&self, job_type: JobType) -> bool {
+        match (job_type, self.drain) {
+            (JobType::System, _) => false,
+            (_, Some(mode)) => mode == DrainMode::Move,
+            (JobType::Batch, None) => false,
+            (JobType::Service, None) => true,
+        }
+    }
 }
 
 fn default_migrate_healthy() -> DurationSpec {
@@ -201,6 +239,7 @@ impl Default for MigratePolicy {
             max_parallel: 1,
             min_healthy_time: default_migrate_healthy(),
             rebalance: true,
+            drain: None,
         }
     }
 }
@@ -366,6 +405,20 @@ pub struct TaskSpec {
     /// Time between the stop signal and SIGKILL.
     #[serde(default = "default_kill_timeout")]
     pub kill_timeout: DurationSpec,
+    /// Capabilities added to Docker's default set (container drivers;
+    /// `"NET_ADMIN"`, `"CAP_SYS_PTRACE"`, `"ALL"`). The node must allow
+    /// them (agent option `cap_add_allowed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the default set (`"ALL"` removes all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Resource limits by rlimit name (`nofile = "1024:4096"`, `core = "0"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ulimits: BTreeMap<String, String>,
+    /// Setuid binaries and file capabilities do not raise privileges.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
 }
 
 fn default_kill_signal() -> String {

@@ -11,6 +11,7 @@
 //! crate can use it (kube-rs's `kube-core` is the model).
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod alloc;
 pub mod api;
 pub mod eval;
@@ -22,6 +23,7 @@ pub mod parse;
 pub mod placement;
 pub mod plan;
 pub mod ports;
+pub mod security;
 pub mod units;
 pub mod validate;
 pub mod wire;
@@ -40,3 +42,16 @@ pub use validate::{FieldError, ValidationErrors};
 
 /// Milliseconds since the Unix epoch, the one time representation on the wire.
 pub type UnixMillis = u64;
+
+/// An error and its causes on one line, `outer: cause: root cause` (TLS
+/// and I/O failures hide in the sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

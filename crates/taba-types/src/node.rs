@@ -19,8 +19,15 @@ pub enum NodeStatus {
     Initializing,
     /// Heartbeating.
     Ready,
-    /// Missed its heartbeat TTL; its allocations are lost.
+    /// Missed its heartbeat TTL: no new placements; its allocations are
+    /// left alone until it is `down` (after the TTL plus the grace).
+    Disconnected,
+    /// Silent for its heartbeat TTL plus the grace; its allocations are lost
+    /// and replaced elsewhere.
     Down,
+    /// Its agent found nothing to run workloads with (no usable cgroups, no
+    /// healthy driver): never schedulable; `unusable_reason` says why.
+    Unusable,
 }
 
 impl fmt::Display for NodeStatus {
@@ -28,7 +35,9 @@ impl fmt::Display for NodeStatus {
         f.write_str(match self {
             NodeStatus::Initializing => "initializing",
             NodeStatus::Ready => "ready",
+            NodeStatus::Disconnected => "disconnected",
             NodeStatus::Down => "down",
+            NodeStatus::Unusable => "unusable",
         })
     }
 }
@@ -40,7 +49,8 @@ pub enum Eligibility {
     /// New placements allowed.
     #[default]
     Eligible,
-    /// No new placements (draining or disabled by an operator).
+    /// No new placements (draining or disabled by an operator). The
+    /// allocations already there keep running, system ones included.
     Ineligible,
 }
 
@@ -97,9 +107,18 @@ pub struct Node {
     /// Scheduling eligibility.
     #[serde(default)]
     pub eligibility: Eligibility,
-    /// Being drained.
-    #[serde(default)]
-    pub drain: bool,
+    /// The drain in progress, if any (`taba node drain`); kept until the
+    /// drain completes or is cancelled, so a restarted server carries on.
+    #[serde(
+        default,
+        deserialize_with = "drain_or_legacy_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drain: Option<DrainStrategy>,
+    /// When the last drain completed (cleared when a new one starts; a
+    /// cancelled drain leaves it unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_at: Option<UnixMillis>,
     /// Address of the agent's own HTTP API (logs, exec, stats), `host:port`.
     #[serde(default)]
     pub http_addr: String,
@@ -130,6 +149,11 @@ pub struct Node {
     /// Last reported utilization.
     #[serde(default)]
     pub usage: NodeUsage,
+    /// Why the node cannot run workloads, as its agent found at start (no
+    /// usable cgroups, no healthy driver); empty when it can. Such a node
+    /// registers as `unusable`, never `ready`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unusable_reason: String,
     /// Store index at registration.
     #[serde(default)]
     pub create_index: u64,
@@ -157,10 +181,67 @@ impl Node {
             .map(|d| d.detected && d.healthy)
             .unwrap_or(false)
     }
+    /// The status a heartbeating node has: `ready`, or `unusable` when its
+    /// agent reported a reason.
+    pub fn alive_status(&self) -> NodeStatus {
+        if self.unusable_reason.is_empty() {
+            NodeStatus::Ready
+        } else {
+            NodeStatus::Unusable
+        }
+    }
+    /// The state users see: `ready`, `draining` or `ineligible` for a ready
+    /// node, else its liveness (`initializing`, `disconnected`, `down`,
+    /// `unusable`).
+    pub fn display_status(&self) -> String {
+        match self.status {
+            NodeStatus::Ready if self.draining() => "draining".into(),
+            NodeStatus::Ready if self.eligibility == Eligibility::Ineligible => "ineligible".into(),
+            s => s.to_string(),
+        }
+    }
     /// Ready and eligible for new placements.
     pub fn schedulable(&self) -> bool {
-        self.status == NodeStatus::Ready && self.eligibility == Eligibility::Eligible && !self.drain
+        self.status == NodeStatus::Ready
+            && self.eligibility == Eligibility::Eligible
+            && self.drain.is_none()
     }
+    /// A drain is in progress.
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
+    }
+}
+
+/// How a node is drained: what `taba node drain` asked for, stored on the
+/// node record (the drainer on the servers carries it out and clears it
+/// when the drain is done or cancelled).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainStrategy {
+    /// When the drain started.
+    pub started_at: UnixMillis,
+    /// When the allocations still on the node are stopped (absolute time).
+    pub deadline: UnixMillis,
+    /// Leave allocations of system jobs running (otherwise they are stopped
+    /// last, after every other allocation has moved).
+    #[serde(default)]
+    pub ignore_system: bool,
+}
+
+/// Records written before drains had a strategy held `"drain": false`.
+fn drain_or_legacy_bool<'de, D>(d: D) -> Result<Option<DrainStrategy>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Legacy(#[allow(dead_code)] bool),
+        Strategy(Option<DrainStrategy>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Legacy(_) => None,
+        Either::Strategy(s) => s,
+    })
 }
 
 /// Measured utilization of a node.
@@ -172,4 +253,27 @@ pub struct NodeUsage {
     pub memory: ByteSize,
     /// When measured.
     pub at: UnixMillis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_reads_legacy_bool_strategy_and_absence() {
+        let legacy = r#"{"id":"n","name":"n","drain":false,"resources":{"cores":1,"cpu":1,"memory":"1MiB","disk":"1MiB"}}"#;
+        let n: Node = serde_json::from_str(legacy).unwrap();
+        assert_eq!(n.drain, None);
+        let mut n2 = n.clone();
+        n2.drain = Some(DrainStrategy {
+            started_at: 1,
+            deadline: 2,
+            ignore_system: true,
+        });
+        let back: Node = serde_json::from_str(&serde_json::to_string(&n2).unwrap()).unwrap();
+        assert_eq!(back.drain, n2.drain);
+        assert!(!back.schedulable());
+        let none: Node = serde_json::from_str(&serde_json::to_string(&n).unwrap()).unwrap();
+        assert_eq!(none.drain, None);
+    }
 }

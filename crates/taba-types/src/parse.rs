@@ -41,7 +41,7 @@ pub enum JobParseError {
     Invalid(ValidationErrors),
 }
 
-fn syntax_message(
+pub(crate) fn syntax_message(
     line: &Option<usize>,
     column: &Option<usize>,
     path: &Option<String>,
@@ -69,7 +69,7 @@ impl JobParseError {
     }
 }
 
-fn line_col(src: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src[..offset];
     let line = before.matches('\n').count() + 1;
@@ -200,6 +200,50 @@ count = 2
     }
 
     #[test]
+    fn isolation_fields_parse_and_bad_ones_name_their_field() {
+        let with = |extra: &str| {
+            HELLO.replace(
+                "driver = \"container\"",
+                &format!("driver = \"container\"\n  {extra}"),
+            )
+        };
+        let good = with(
+            "cap_add = [\"NET_ADMIN\"]\n  cap_drop = [\"ALL\"]\n  ulimits = { nofile = \"1024:4096\" }\n  no_new_privileges = true",
+        );
+        let spec = parse_job_toml(good.as_bytes()).unwrap();
+        let t = &spec.groups[0].tasks[0];
+        assert_eq!(t.cap_add, vec!["NET_ADMIN"]);
+        assert!(t.no_new_privileges);
+        assert_eq!(t.ulimits["nofile"], "1024:4096");
+        for (extra, path, reason) in [
+            (
+                "cap_add = [\"FLY\"]",
+                "group[0].task[0].cap_add[0]",
+                "unknown capability",
+            ),
+            (
+                "cap_drop = [\"x\", \"KILL\"]",
+                "group[0].task[0].cap_drop[0]",
+                "unknown capability",
+            ),
+            (
+                "ulimits = { files = \"1\" }",
+                "group[0].task[0].ulimits.files",
+                "unknown limit",
+            ),
+            (
+                "ulimits = { nofile = \"9:3\" }",
+                "group[0].task[0].ulimits.nofile",
+                "above the hard limit",
+            ),
+        ] {
+            let err = parse_job_toml(with(extra).as_bytes()).unwrap_err();
+            assert_eq!(err.path().as_deref(), Some(path), "{extra}");
+            assert!(err.to_string().contains(reason), "{err}");
+        }
+    }
+
+    #[test]
     fn validation_names_field() {
         let bad = HELLO.replace("driver = \"container\"", "driver = \"docker\"");
         let err = parse_job_toml(bad.as_bytes()).unwrap_err();
@@ -229,6 +273,34 @@ count = 2
         assert_eq!(
             err.path().as_deref(),
             Some("group[0].task[0].resources.cpu")
+        );
+    }
+
+    #[test]
+    fn stop_after_disconnect_is_read_and_checked() {
+        let ok = HELLO.replace("count = 2", "count = 2\nstop_after_disconnect = \"10s\"");
+        let spec = parse_job_toml(ok.as_bytes()).unwrap();
+        assert_eq!(
+            spec.groups[0].stop_after_disconnect,
+            Some(crate::DurationSpec::secs(10))
+        );
+        for (value, why) in [("\"200ms\"", "at least 1s"), ("\"48h\"", "at most 24h")] {
+            let bad = HELLO.replace(
+                "count = 2",
+                &format!("count = 2\nstop_after_disconnect = {value}"),
+            );
+            let err = parse_job_toml(bad.as_bytes()).unwrap_err();
+            assert_eq!(
+                err.path().as_deref(),
+                Some("group[0].stop_after_disconnect")
+            );
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let bad = HELLO.replace("count = 2", "count = 2\nstop_after_disconnect = \"soon\"");
+        let err = parse_job_toml(bad.as_bytes()).unwrap_err();
+        assert_eq!(
+            err.path().as_deref(),
+            Some("group[0].stop_after_disconnect")
         );
     }
 }

@@ -200,6 +200,13 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
             errs.push(format!("{p}.env.{k}"), "must not contain NUL");
         }
     }
+    crate::security::check_task_security(errs, p, &t.cap_add, &t.cap_drop, &t.ulimits);
+    if t.driver == "exec" && !(t.cap_add.is_empty() && t.cap_drop.is_empty()) {
+        errs.push(
+            format!("{p}.cap_add"),
+            "capabilities apply to container drivers; an exec task runs as its user",
+        );
+    }
     if let Some(u) = &t.user {
         if u.is_empty() || u.contains('\0') || u.len() > 64 {
             errs.push(format!("{p}.user"), "must be a user name, uid or uid:gid");
@@ -287,6 +294,12 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
     if g.tasks.is_empty() {
         errs.push(format!("{p}.task"), "a group needs at least one task");
     }
+    if job_type == JobType::System && g.migrate.drain.is_some() {
+        errs.push(
+            format!("{p}.migrate.drain"),
+            "system jobs are stopped by a drain, not moved; remove it",
+        );
+    }
     if g.migrate.max_parallel == 0 {
         errs.push(format!("{p}.migrate.max_parallel"), "must be at least 1");
     }
@@ -295,6 +308,16 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
             format!("{p}.migrate.min_healthy_time"),
             "must be at most 24h",
         );
+    }
+    if let Some(d) = g.stop_after_disconnect {
+        if d.0 < 1000 {
+            errs.push(
+                format!("{p}.stop_after_disconnect"),
+                "must be at least 1s (an agent checks its link about every 250ms)",
+            );
+        } else if d.0 > 24 * 3600 * 1000 {
+            errs.push(format!("{p}.stop_after_disconnect"), "must be at most 24h");
+        }
     }
     if let Some(r) = &g.restart {
         if r.attempts > 10_000 {

@@ -148,3 +148,43 @@ pub struct AllocUpdateRequest {
     /// Updates.
     pub updates: Vec<AllocUpdate>,
 }
+
+/// Server -> agent: what an image is made of, so that an agent that lacks it
+/// can fetch its blobs (`GET /v1/agent/images/manifests/{reference}`) and
+/// then each blob by digest (`GET /v1/agent/images/blobs/{digest}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageManifest {
+    /// Protocol version.
+    pub protocol: u32,
+    /// `sha256:<hex>` of the image config: the image id.
+    pub id: String,
+    /// The references the servers give the image (`busybox:latest`).
+    #[serde(default)]
+    pub refs: Vec<String>,
+    /// The image config blob (its digest is the id).
+    pub config: BlobDescriptor,
+    /// The layers, bottom to top.
+    pub layers: Vec<LayerDescriptor>,
+}
+
+/// A content-addressed blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobDescriptor {
+    /// `sha256:<hex>` of its bytes.
+    pub digest: String,
+    /// Its length in bytes.
+    pub size: u64,
+}
+
+/// One layer of an image: its blob as stored and the digest of the tar inside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerDescriptor {
+    /// OCI media type (`application/vnd.oci.image.layer.v1.tar+gzip`, ...).
+    pub media_type: String,
+    /// `sha256:<hex>` of the blob as stored (compressed or not).
+    pub digest: String,
+    /// The blob's length in bytes.
+    pub size: u64,
+    /// `sha256:<hex>` of the uncompressed layer tar (the image config's `diff_ids`).
+    pub diff_id: String,
+}

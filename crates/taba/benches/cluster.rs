@@ -206,7 +206,7 @@ fn idle_rss() {
 /// submission to the task's `started_at` (the agent's clock, this host) and
 /// to the API reporting it running (what `job run` waits for).
 fn one_container(runs: usize) {
-    let c = Cluster::start(1, &["--no-rebalance"]);
+    let c = DevCluster::start(1, &["--no-rebalance"]);
     c.import_busybox();
     let mut started = Vec::new();
     let mut observed = Vec::new();
@@ -276,7 +276,7 @@ fn one_container(runs: usize) {
 }
 
 /// Stop `job` and wait until its allocations are gone, so the agent is idle.
-fn stop_and_wait(c: &Cluster, job: &str) {
+fn stop_and_wait(c: &DevCluster, job: &str) {
     c.client.stop_job(job).unwrap();
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(30) {

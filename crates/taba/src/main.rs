@@ -39,6 +39,9 @@ enum Command {
     /// Manage namespaces and their quotas.
     #[command(subcommand)]
     Namespace(cmd::cli::NamespaceCommand),
+    /// Access control: bootstrap, policies, tokens.
+    #[command(subcommand)]
+    Acl(cmd::acl::AclCommand),
     /// The cluster CA and certificates.
     #[command(subcommand)]
     Tls(cmd::tls::TlsCommand),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Node(c) => cmd::cli::node(&cli.global, c),
         Command::Image(c) => cmd::cli::image(&cli.global, c),
         Command::Namespace(c) => cmd::cli::namespace(&cli.global, c),
+        Command::Acl(c) => cmd::acl::run(&cli.global, c),
         Command::Tls(c) => cmd::tls::run(&cli.global, c),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Bench(c) => cmd::bench::run(c),

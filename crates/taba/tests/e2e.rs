@@ -173,6 +173,19 @@ name = "g"
         "echo $GREETING",
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hi");
+    // A host process that names no user runs as nobody (it used to be root
+    // with every capability).
+    let out = dev.cli(&["alloc", "exec", &tool_id, "--", "id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
+    // No local user reaches the data dir; the allocation's files are 0600.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dev.data), 0o700);
+        let alloc_dir = dev.data.join("agent/allocs").join(&web_id);
+        assert_eq!(mode(&alloc_dir.join("alloc.json")), 0o600);
+        assert_eq!(mode(&alloc_dir.join("httpd/bundle/config.json")), 0o600);
+    }
 
     // JSON shapes promised by the CLI.
     let out = dev.cli(&["job", "status", "web", "--json"]);
@@ -346,13 +359,12 @@ name = "g"
 
     // 500 registrations from 8 threads; kill -9 the server half way.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let addr = dev.addr.clone();
     let mut threads = Vec::new();
     for t in 0..8 {
         let acked = acked.clone();
-        let addr = addr.clone();
+        let dev_client = dev.client.clone();
         threads.push(std::thread::spawn(move || {
-            let c = taba_client::Client::new(&addr, None);
+            let c = dev_client.clone();
             for i in (t..500).step_by(8) {
                 let name = format!("reg-{i:03}");
                 // Constrained to no node: registrations only, nothing runs.
@@ -513,9 +525,8 @@ restart = {{ attempts = 0, interval = "1m", delay = "1s", mode = "fail" }}
     let v1 = wait_allocs(&dev, "upd", "v1 running", |a| running(a, 2));
 
     // `alloc logs -f` streams new output while the task runs.
-    let mut follow = std::process::Command::new(taba_bin())
-        .args(["alloc", "logs", "-f", v1[0].id.as_str()])
-        .env("TABA_ADDR", &dev.addr)
+    let mut follow = dev
+        .cli_command(&["alloc", "logs", "-f", v1[0].id.as_str()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -266,9 +266,9 @@ pub fn names(root: &Path, sub: &str) -> Vec<String> {
     v
 }
 
-/// Asserts the store holds nothing: no layers, images, staging dirs, short links or refs.
+/// Asserts the store holds nothing: no layers, blobs, images, staging dirs, short links or refs.
 pub fn assert_empty(root: &Path) {
-    for sub in ["layers", "images", "tmp", "l", "leases"] {
+    for sub in ["layers", "blobs/sha256", "images", "tmp", "l", "leases"] {
         assert!(
             names(root, sub).is_empty(),
             "{sub} not empty: {:?}",

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Capability, Linux, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, Mount, Process, Root,
-    Spec, User,
+    Capability, Linux, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, Mount,
+    PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
 };
 
 use super::seccomp;
@@ -77,7 +77,22 @@ pub struct DefaultSpecOptions {
     pub hostname: Option<String>,
     /// Share the host's network namespace instead of getting an empty one.
     pub host_network: bool,
+    /// The bounding set; `None`: [`DEFAULT_CAPABILITIES`]. Root (uid 0)
+    /// also gets it as its effective and permitted sets; any other user
+    /// starts with empty ones (setuid binaries and file capabilities raise
+    /// them, within the bounding set, unless `no_new_privileges`).
+    pub capabilities: Option<Vec<Capability>>,
+    /// Setuid binaries and file capabilities do not raise privileges.
+    pub no_new_privileges: bool,
+    /// rlimits `(type, soft, hard)`, set explicitly (never inherited).
+    pub rlimits: Vec<(PosixRlimitType, u64, u64)>,
+    /// oom_score_adj of the process, set explicitly (never inherited).
+    pub oom_score_adj: i32,
 }
+
+/// Docker's default open files limit (soft, hard), as its daemon runs
+/// under systemd: the agent clamps the hard one to its own hard limit.
+pub const DEFAULT_NOFILE: (u64, u64) = (1024, 524_288);
 
 impl Default for DefaultSpecOptions {
     fn default() -> Self {
@@ -92,8 +107,36 @@ impl Default for DefaultSpecOptions {
             additional_gids: Vec::new(),
             hostname: None,
             host_network: false,
+            capabilities: None,
+            no_new_privileges: false,
+            rlimits: vec![default_nofile()],
+            oom_score_adj: 0,
         }
     }
+}
+
+/// Docker's RLIMIT_NOFILE within this process's own hard limit (raising a
+/// hard limit needs CAP_SYS_RESOURCE, which hosts may not grant).
+pub fn default_nofile() -> (PosixRlimitType, u64, u64) {
+    let hard = current_hard_limit(libc::RLIMIT_NOFILE);
+    (
+        PosixRlimitType::RlimitNofile,
+        DEFAULT_NOFILE.0.min(hard),
+        DEFAULT_NOFILE.1.min(hard),
+    )
+}
+
+/// The calling process's hard limit of `resource` (`u64::MAX`: unlimited).
+pub fn current_hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a valid rlimit struct.
+    if unsafe { libc::getrlimit(resource, &mut lim) } != 0 {
+        return u64::MAX;
+    }
+    lim.rlim_max
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
@@ -151,19 +194,42 @@ pub fn default_mounts() -> Vec<Mount> {
 }
 
 /// A complete spec with Docker's defaults: pid, ipc, uts and mount namespaces
-/// (plus network unless `host_network`), the default capability set, the
-/// default seccomp profile, no_new_privileges, masked and read-only paths, a
-/// read-only /sys, and no rlimits (the process inherits the shim's). Cgroups
-/// are not part of it: the agent creates them and hands them to the shim.
+/// (plus network unless `host_network`), the capability set (Docker's
+/// default unless asked otherwise; empty effective and permitted sets for a
+/// non-root user), the seccomp profile that goes with those capabilities,
+/// masked and read-only paths, a read-only /sys, explicit rlimits and
+/// oom_score_adj. Cgroups are not part of it: the agent creates them and
+/// hands them to the shim.
 pub fn default_spec(o: &DefaultSpecOptions) -> Spec {
-    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
+    let bounding: Vec<Capability> = o
+        .capabilities
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CAPABILITIES.to_vec());
+    let caps: oci_spec::runtime::Capabilities = bounding.iter().copied().collect();
+    let held = if o.uid == 0 {
+        caps.clone()
+    } else {
+        Default::default()
+    };
     let mut capabilities = LinuxCapabilities::default();
     capabilities
-        .set_bounding(Some(caps.clone()))
-        .set_effective(Some(caps.clone()))
-        .set_permitted(Some(caps))
+        .set_bounding(Some(caps))
+        .set_effective(Some(held.clone()))
+        .set_permitted(Some(held))
         .set_inheritable(None)
         .set_ambient(None);
+    let rlimits = o
+        .rlimits
+        .iter()
+        .map(|(typ, soft, hard)| {
+            PosixRlimitBuilder::default()
+                .typ(*typ)
+                .soft(*soft)
+                .hard(*hard)
+                .build()
+                .expect("all fields set")
+        })
+        .collect::<Vec<_>>();
 
     let mut user = User::default();
     user.set_uid(o.uid)
@@ -182,9 +248,13 @@ pub fn default_spec(o: &DefaultSpecOptions) -> Spec {
         .set_env(Some(o.env.clone()))
         .set_cwd(o.cwd.clone())
         .set_capabilities(Some(capabilities))
-        .set_rlimits(None)
-        .set_no_new_privileges(Some(true))
-        .set_oom_score_adj(None);
+        .set_rlimits(if rlimits.is_empty() {
+            None
+        } else {
+            Some(rlimits)
+        })
+        .set_no_new_privileges(Some(o.no_new_privileges))
+        .set_oom_score_adj(Some(o.oom_score_adj));
 
     let mut root = Root::default();
     root.set_path(o.rootfs.clone())
@@ -217,7 +287,7 @@ pub fn default_spec(o: &DefaultSpecOptions) -> Spec {
         .set_cgroups_path(None)
         .set_namespaces(Some(namespaces))
         .set_devices(None)
-        .set_seccomp(Some(seccomp::default_profile()))
+        .set_seccomp(Some(seccomp::profile_for(&bounding)))
         .set_rootfs_propagation(None)
         .set_masked_paths(Some(
             DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),

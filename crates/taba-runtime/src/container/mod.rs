@@ -25,7 +25,10 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-pub use defaults::{default_spec, DefaultSpecOptions, DEFAULT_CAPABILITIES};
+pub use defaults::{
+    current_hard_limit, default_nofile, default_spec, DefaultSpecOptions, DEFAULT_CAPABILITIES,
+    DEFAULT_NOFILE,
+};
 
 use crate::launch::{ExecPlan, LaunchError};
 use crate::sys::{self, ChildFailure};
@@ -331,9 +334,15 @@ impl Container {
     /// joining it to the cgroups whose `cgroup.procs` files are given. Returns
     /// its host pid once it has exec'd.
     ///
-    /// Must be called from a single-threaded process. The caller's own pid
-    /// namespace for children changes if the spec joins a pid namespace by path.
-    pub fn start(
+    /// # Safety
+    ///
+    /// The calling process must be single-threaded (a fresh process such as
+    /// `taba shim run`): the child of the `clone` runs Rust code (allocation,
+    /// formatting, file I/O) until its `execve`, which is only sound when no
+    /// other thread could hold a lock (the allocator's, stdio's) at the fork.
+    /// The caller's own pid namespace for children changes if the spec joins
+    /// a pid namespace by path, so the caller should start nothing else after.
+    pub unsafe fn start(
         &self,
         stdio: Stdio<'_>,
         cgroup_procs: &[PathBuf],
@@ -366,6 +375,13 @@ impl Container {
             ChildFailure::Child(msg) => ContainerError::Start(msg),
         })
     }
+}
+
+/// Write `spec` as `path` (a bundle's `config.json`), readable only by its
+/// owner: the process environment in it holds the job's secrets.
+pub fn save_spec(spec: &Spec, path: &Path) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
+    sys::write_atomic(path, &bytes, false)
 }
 
 /// Bring up `lo` in a network namespace the container just created: a new

@@ -7,12 +7,15 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, OFlags};
 
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount};
 
 use super::{container_path, cstring, invalid, Container, ContainerError, DevicePlan, MountPlan};
-use crate::sys;
+use crate::{paths, sys};
 
 /// Translate one OCI mount (`mounts[i]`).
 pub(crate) fn plan_mount(bundle: &Path, i: usize, m: &Mount) -> Result<MountPlan, ContainerError> {
@@ -181,11 +184,6 @@ fn mount(
         .map(|_| ())
 }
 
-/// `rootfs` + an absolute container path.
-fn under(rootfs: &Path, p: &Path) -> PathBuf {
-    rootfs.join(p.strip_prefix("/").unwrap_or(p))
-}
-
 /// Build the root filesystem and pivot into it. Runs in the child.
 pub(crate) fn setup(c: &Container) -> Result<(), String> {
     let root = &c.rootfs;
@@ -207,10 +205,17 @@ pub(crate) fn setup(c: &Container) -> Result<(), String> {
         None,
     )
     .map_err(|e| format!("bind rootfs {}: {e}", root.display()))?;
+    // Device nodes shipped in the image are never usable (the container's
+    // /dev is a tmpfs of its own).
+    add_mount_flags(root, libc::MS_NODEV).map_err(|e| format!("make rootfs nodev: {e}"))?;
+    // Every target below is resolved inside the root: a symlink in the image
+    // never makes a mount or a device land on the host's tree.
+    let root_fd = paths::open_root(root).map_err(|e| format!("open rootfs: {e}"))?;
     for m in &c.mounts {
-        do_mount(root, m)?;
+        do_mount(root_fd.as_fd(), m)?;
     }
-    make_devices(c)?;
+    make_devices(c, root_fd.as_fd())?;
+    drop(root_fd);
     pivot_root(root)?;
     if c.propagation != libc::MS_PRIVATE | libc::MS_REC {
         mount(None, Path::new("/"), None, c.propagation, None)
@@ -219,12 +224,13 @@ pub(crate) fn setup(c: &Container) -> Result<(), String> {
     for p in &c.masked {
         mask(p)?;
     }
-    for p in &c.readonly {
-        remount_readonly(p, true)?;
-    }
+    // Sysctls first: /proc/sys is among the read-only paths.
     for (path, value) in &c.sysctl {
         sys::write_file(path, value.as_bytes())
             .map_err(|e| format!("set sysctl {}: {e}", path.display()))?;
+    }
+    for p in &c.readonly {
+        remount_readonly(p, true)?;
     }
     if c.root_readonly {
         remount_readonly(Path::new("/"), false)?;
@@ -232,8 +238,42 @@ pub(crate) fn setup(c: &Container) -> Result<(), String> {
     Ok(())
 }
 
-fn do_mount(root: &Path, m: &MountPlan) -> Result<(), String> {
-    let target = under(root, &m.destination);
+/// Add `flags` (MS_NODEV, MS_NOSUID...) to the mount at `p`, keeping the
+/// flags it has.
+fn add_mount_flags(p: &Path, flags: libc::c_ulong) -> io::Result<()> {
+    let pc = sys::path_cstr(p)?;
+    let mut st: libc::statvfs = unsafe_zeroed_statvfs();
+    // SAFETY: valid path and a statvfs struct to fill.
+    sys::check(unsafe { libc::statvfs(pc.as_ptr(), &mut st) })?;
+    let keep = st.f_flag
+        & (libc::ST_RDONLY
+            | libc::ST_NOSUID
+            | libc::ST_NODEV
+            | libc::ST_NOEXEC
+            | libc::ST_NOATIME
+            | libc::ST_NODIRATIME
+            | libc::ST_RELATIME);
+    // ST_* and MS_* share their values for these flags.
+    mount(
+        None,
+        p,
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | keep as libc::c_ulong | flags,
+        None,
+    )
+}
+
+/// The mount target of `m`, created if missing, resolved inside the root.
+fn target(root: BorrowedFd<'_>, m: &MountPlan) -> io::Result<OwnedFd> {
+    let what = if m.file_bind {
+        paths::Create::File
+    } else {
+        paths::Create::Dir
+    };
+    paths::create_in_root(root, &m.destination, what)
+}
+
+fn do_mount(root: BorrowedFd<'_>, m: &MountPlan) -> Result<(), String> {
     let what = || {
         format!(
             "mount {} on {}",
@@ -243,18 +283,19 @@ fn do_mount(root: &Path, m: &MountPlan) -> Result<(), String> {
             m.destination.display()
         )
     };
-    if m.file_bind {
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("{}: create {}: {e}", what(), parent.display()))?;
-        }
-        if std::fs::symlink_metadata(&target).is_err() {
-            std::fs::File::create(&target)
-                .map_err(|e| format!("{}: create target: {e}", what()))?;
-        }
-    } else {
-        std::fs::create_dir_all(&target).map_err(|e| format!("{}: create target: {e}", what()))?;
-    }
+    let fd = target(root, m).map_err(|e| format!("{}: create target: {e}", what()))?;
+    let target = paths::fd_path(fd.as_fd());
+    // After a mount, the fd still names the directory underneath: reopen
+    // the target (now the root of the new mount) for the calls that follow.
+    let reopened = || -> Result<PathBuf, String> {
+        let fd = paths::open_in_root(root, &m.destination, OFlags::PATH)
+            .map_err(|e| format!("{}: reopen target: {e}", what()))?;
+        let p = paths::fd_path(fd.as_fd());
+        // The fd must stay open while its /proc path is used: leak it into
+        // the child's table; close-on-exec closes it at the exec.
+        std::mem::forget(fd);
+        Ok(p)
+    };
     if m.bind {
         let rec = m.flags & libc::MS_REC;
         mount(m.source.as_ref(), &target, None, libc::MS_BIND | rec, None)
@@ -263,7 +304,7 @@ fn do_mount(root: &Path, m: &MountPlan) -> Result<(), String> {
         if extra != 0 {
             mount(
                 None,
-                &target,
+                &reopened()?,
                 None,
                 libc::MS_BIND | libc::MS_REMOUNT | extra,
                 None,
@@ -284,17 +325,14 @@ fn do_mount(root: &Path, m: &MountPlan) -> Result<(), String> {
             let is_sysfs = m.fstype.as_ref().map(|t| t.as_bytes()) == Some(b"sysfs");
             if is_sysfs && e.raw_os_error() == Some(libc::EPERM) {
                 let sys_c = CString::new("/sys").expect("no NUL");
-                mount(
-                    Some(&sys_c),
-                    &target,
-                    None,
-                    libc::MS_BIND | libc::MS_REC,
-                    None,
-                )
-                .map_err(|e| format!("{} (bind of host /sys): {e}", what()))?;
+                // Not recursive: the host's cgroup, debugfs, securityfs...
+                // mounts under /sys stay out (a recursive bind would keep
+                // them writable under the read-only top).
+                mount(Some(&sys_c), &target, None, libc::MS_BIND, None)
+                    .map_err(|e| format!("{} (bind of host /sys): {e}", what()))?;
                 mount(
                     None,
-                    &target,
+                    &reopened()?,
                     None,
                     libc::MS_BIND | libc::MS_REMOUNT | m.flags,
                     None,
@@ -306,61 +344,79 @@ fn do_mount(root: &Path, m: &MountPlan) -> Result<(), String> {
         }
     }
     if m.propagation != 0 {
-        mount(None, &target, None, m.propagation, None)
+        mount(None, &reopened()?, None, m.propagation, None)
             .map_err(|e| format!("{}: set propagation: {e}", what()))?;
     }
     Ok(())
 }
 
-fn mknod(
-    path: &Path,
+/// Make a device node `name` in the directory `dir` (an fd resolved inside
+/// the root), replacing whatever the image had there.
+fn mknod_at(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
     mode: libc::mode_t,
     dev: libc::dev_t,
     uid: u32,
     gid: u32,
-) -> Result<(), String> {
-    let p = c(path)?;
-    // SAFETY: valid C string path.
-    if let Err(e) = sys::check(unsafe { libc::mknod(p.as_ptr(), mode, dev) }) {
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(format!("create device {}: {e}", path.display()));
+) -> io::Result<()> {
+    let d = paths::reopen_dir(dir)?;
+    let kind = rfs::FileType::from_raw_mode(mode);
+    let perm = rfs::Mode::from_raw_mode(mode & 0o7777);
+    match rfs::mknodat(&d, name, kind, perm, dev) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::EXIST) => {
+            // Never follow what the image put there (it may be a symlink).
+            rfs::unlinkat(&d, name, rfs::AtFlags::empty())?;
+            rfs::mknodat(&d, name, kind, perm, dev)?;
         }
+        Err(e) => return Err(e.into()),
     }
-    // mknod applies the umask: set the exact mode and owner.
-    // SAFETY: valid C string path.
-    sys::check(unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) })
-        .and_then(|_| {
-            // SAFETY: valid C string path.
-            sys::check(unsafe { libc::chown(p.as_ptr(), uid, gid) })
-        })
-        .map_err(|e| format!("set mode of device {}: {e}", path.display()))?;
+    // mknod applies the umask: set the exact mode and owner, on the node
+    // itself (a fresh node, not a symlink).
+    let node = rfs::openat(
+        &d,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rfs::Mode::empty(),
+    )?;
+    let p = paths::fd_path(node.as_fd());
+    rfs::chmod(&p, perm)?;
+    rfs::chown(
+        &p,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )?;
     Ok(())
 }
 
-fn make_devices(c: &Container) -> Result<(), String> {
-    let dev = c.rootfs.join("dev");
-    std::fs::create_dir_all(&dev).map_err(|e| format!("create /dev: {e}"))?;
+fn make_devices(c: &Container, root: BorrowedFd<'_>) -> Result<(), String> {
+    let dev = paths::create_in_root(root, Path::new("/dev"), paths::Create::Dir)
+        .map_err(|e| format!("create /dev: {e}"))?;
     for (name, major, minor) in DEFAULT_DEVICES {
-        mknod(
-            &dev.join(name),
+        mknod_at(
+            dev.as_fd(),
+            name.as_ref(),
             libc::S_IFCHR | 0o666,
             libc::makedev(*major, *minor),
             0,
             0,
-        )?;
+        )
+        .map_err(|e| format!("create device /dev/{name}: {e}"))?;
     }
     for d in &c.devices {
-        let p = under(&c.rootfs, &d.path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("create {}: {e}", parent.display()))?;
-        }
-        mknod(&p, d.mode, d.dev, d.uid, d.gid)?;
+        let (Some(parent), Some(name)) = (d.path.parent(), d.path.file_name()) else {
+            return Err(format!("device path {} has no name", d.path.display()));
+        };
+        let dir = paths::create_in_root(root, parent, paths::Create::Dir)
+            .map_err(|e| format!("create {}: {e}", parent.display()))?;
+        mknod_at(dir.as_fd(), name, d.mode, d.dev, d.uid, d.gid)
+            .map_err(|e| format!("create device {}: {e}", d.path.display()))?;
     }
+    let devd = paths::reopen_dir(dev.as_fd()).map_err(|e| format!("open /dev: {e}"))?;
     for (target, name) in DEV_SYMLINKS {
-        match std::os::unix::fs::symlink(target, dev.join(name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        match rfs::symlinkat(*target, &devd, *name) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(format!("create /dev/{name}: {e}")),
         }
     }

@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompBuilder, LinuxSeccompOperator,
-    LinuxSyscall, LinuxSyscallBuilder,
+    Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -225,7 +225,9 @@ fn build(
     BpfProgram::try_from(filter).map_err(|e| SeccompError::Build(e.to_string()))
 }
 
-/// Syscalls a container may make by default. Left out: those that administer
+/// Syscalls a container may make by default, whatever its capabilities
+/// (Docker's default profile is the reference). Left out: io_uring (as
+/// Docker since 25.0: its operations bypass this filter), and those that administer
 /// the host or escape the sandbox (mount, umount, pivot_root, reboot,
 /// kexec_*, *_module, swapon/off, acct, settimeofday/clock_settime/adjtimex,
 /// bpf, perf_event_open, userfaultfd, keyctl/add_key/request_key, ptrace,
@@ -369,9 +371,6 @@ pub const DEFAULT_ALLOWED_SYSCALLS: &[&str] = &[
     "io_pgetevents",
     "io_setup",
     "io_submit",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
     "ioctl",
     "ioprio_get",
     "ioprio_set",
@@ -445,7 +444,6 @@ pub const DEFAULT_ALLOWED_SYSCALLS: &[&str] = &[
     "nanosleep",
     "clock_nanosleep",
     "pause",
-    "pidfd_getfd",
     "pidfd_open",
     "pidfd_send_signal",
     "prctl",
@@ -583,10 +581,92 @@ const CLONE_NS_FLAGS: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWNET
     | libc::CLONE_NEWCGROUP) as u64;
 
-/// The default seccomp profile: deny with EPERM, allow
-/// [`DEFAULT_ALLOWED_SYSCALLS`]; `clone` only without namespace flags;
-/// `clone3` fails with ENOSYS (its flags live in memory, out of BPF's reach).
+/// Syscalls allowed only when the container holds a capability, as in
+/// Docker's default profile (`includes.caps`).
+pub const SYSCALLS_BY_CAPABILITY: &[(Capability, &[&str])] = &[
+    (Capability::DacReadSearch, &["open_by_handle_at"]),
+    (
+        Capability::SysAdmin,
+        &[
+            "bpf",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "name_to_handle_at",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    (Capability::SysBoot, &["reboot"]),
+    (
+        Capability::SysModule,
+        &["delete_module", "init_module", "finit_module"],
+    ),
+    (Capability::SysPacct, &["acct"]),
+    (
+        Capability::SysPtrace,
+        &[
+            "kcmp",
+            "pidfd_getfd",
+            "process_madvise",
+            "process_vm_readv",
+            "process_vm_writev",
+            "ptrace",
+        ],
+    ),
+    (Capability::SysRawio, &["iopl", "ioperm"]),
+    (
+        Capability::SysTime,
+        &[
+            "settimeofday",
+            "stime",
+            "clock_settime",
+            "clock_adjtime",
+            "adjtimex",
+        ],
+    ),
+    (Capability::SysTtyConfig, &["vhangup"]),
+    (
+        Capability::SysNice,
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ),
+    (Capability::Syslog, &["syslog"]),
+    (Capability::Bpf, &["bpf"]),
+    (Capability::Perfmon, &["perf_event_open"]),
+];
+
+/// The default seccomp profile: the profile for Docker's default
+/// capability set.
 pub fn default_profile() -> LinuxSeccomp {
+    profile_for(crate::container::DEFAULT_CAPABILITIES)
+}
+
+/// The seccomp profile for a container holding `caps` (its bounding set):
+/// deny with EPERM, allow [`DEFAULT_ALLOWED_SYSCALLS`] and the calls of
+/// [`SYSCALLS_BY_CAPABILITY`] for `caps`; `clone` only without namespace
+/// flags unless `caps` has CAP_SYS_ADMIN; `clone3` fails with ENOSYS
+/// (its flags live in memory, out of BPF's reach) unless CAP_SYS_ADMIN.
+pub fn profile_for(caps: &[Capability]) -> LinuxSeccomp {
     let allow = |names: &[&str]| -> LinuxSyscall {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut s = LinuxSyscallBuilder::default()
@@ -597,13 +677,33 @@ pub fn default_profile() -> LinuxSeccomp {
         s.set_args(None);
         s
     };
-    let mut syscalls: Vec<LinuxSyscall> = vec![allow(
-        &DEFAULT_ALLOWED_SYSCALLS
-            .iter()
-            .copied()
-            .filter(|n| *n != "clone")
-            .collect::<Vec<_>>(),
-    )];
+    let sys_admin = caps.contains(&Capability::SysAdmin);
+    let mut names: Vec<&str> = DEFAULT_ALLOWED_SYSCALLS
+        .iter()
+        .copied()
+        .filter(|n| *n != "clone")
+        .collect();
+    for (cap, calls) in SYSCALLS_BY_CAPABILITY {
+        if caps.contains(cap) {
+            for c in *calls {
+                if !names.contains(c) {
+                    names.push(c);
+                }
+            }
+        }
+    }
+    if sys_admin {
+        names.extend(["clone", "clone3"]);
+    }
+    let mut syscalls: Vec<LinuxSyscall> = vec![allow(&names)];
+    if sys_admin {
+        return LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActErrno)
+            .default_errno_ret(libc::EPERM as u32)
+            .syscalls(syscalls)
+            .build()
+            .expect("all required fields set");
+    }
     let mut clone = allow(&["clone"]);
     let arg = oci_spec::runtime::LinuxSeccompArgBuilder::default()
         .index(0usize)
@@ -639,6 +739,43 @@ mod tests {
         // filter 0: allow-list with EPERM default; filter 1: ENOSYS for clone3.
         assert_eq!(progs.len(), 2);
         assert!(progs.iter().all(|p| !p.is_empty()));
+    }
+
+    fn allowed(p: &LinuxSeccomp, name: &str) -> bool {
+        p.syscalls().iter().flatten().any(|s| {
+            s.action() == LinuxSeccompAction::ScmpActAllow && s.names().iter().any(|n| n == name)
+        })
+    }
+
+    #[test]
+    fn capabilities_open_their_syscalls_as_docker_does() {
+        let d = default_profile();
+        for denied in [
+            "io_uring_setup",
+            "io_uring_enter",
+            "keyctl",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "init_module",
+            "unshare",
+            "mount",
+            "ptrace",
+            "pidfd_getfd",
+        ] {
+            assert!(!allowed(&d, denied), "{denied} allowed by default");
+        }
+        assert_eq!(d.default_errno_ret(), Some(libc::EPERM as u32));
+        let mut caps = crate::container::DEFAULT_CAPABILITIES.to_vec();
+        caps.push(Capability::SysPtrace);
+        let p = profile_for(&caps);
+        assert!(allowed(&p, "ptrace") && allowed(&p, "process_vm_readv"));
+        assert!(!allowed(&p, "mount"));
+        caps.push(Capability::SysAdmin);
+        let p = profile_for(&caps);
+        assert!(allowed(&p, "mount") && allowed(&p, "unshare") && allowed(&p, "clone3"));
+        assert!(!allowed(&p, "keyctl") && !allowed(&p, "io_uring_setup"));
+        assert_eq!(compile(&p).unwrap().len(), 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Errors writing logs.
@@ -75,7 +76,7 @@ impl LogWriter {
             return Err(LogError::Limits);
         }
         let io_err = |path: PathBuf| move |source| LogError::Io { path, source };
-        std::fs::create_dir_all(dir).map_err(io_err(dir.to_owned()))?;
+        crate::sys::private_dir(dir).map_err(io_err(dir.to_owned()))?;
         let index = log_indices(dir, name, stream)
             .map_err(io_err(dir.to_owned()))?
             .last()
@@ -85,6 +86,7 @@ impl LogWriter {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io_err(path.clone()))?;
         let size = file.metadata().map_err(io_err(path))?.len();
@@ -114,6 +116,7 @@ impl LogWriter {
             .create(true)
             .truncate(true)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|source| LogError::Io { path, source })?;
         self.size = 0;

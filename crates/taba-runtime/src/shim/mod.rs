@@ -508,6 +508,9 @@ fn posix_spawn_launcher(
 /// process.
 pub fn main_run(task_dir: &Path) -> i32 {
     let ready = take_ready_fd();
+    // Hold none of the agent's descriptors (sockets, store files, dirs): the
+    // shim outlives the agent and is the parent of the workload.
+    sys::close_all_but_stdio(ready.as_ref().map(|f| f.as_raw_fd()));
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // Detach: the launcher exits at once, so the shim is nobody's child but init's.
@@ -636,8 +639,9 @@ impl Shim {
             }
             Workload::Container { bundle } => {
                 let c = Container::load(bundle).map_err(|e| error_chain(&e))?;
-                c.start(stdio, &config.cgroup_procs)
-                    .map_err(|e| error_chain(&e))?
+                // SAFETY: the shim is a fresh single-threaded process
+                // (`main_run`'s contract) and starts one workload.
+                unsafe { c.start(stdio, &config.cgroup_procs) }.map_err(|e| error_chain(&e))?
             }
         };
         let started_at = sys::now_ms();

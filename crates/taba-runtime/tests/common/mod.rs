@@ -122,3 +122,120 @@ impl Drop for TestCgroup {
         }
     }
 }
+
+/// The attacker binary built from this crate (`src/bin/test_attack.rs`).
+pub fn attack_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_taba-runtime-test-attack"))
+}
+
+/// Copy `exe` into `rootfs` at `dest`, with the shared libraries `ldd` lists
+/// at their own paths, so it runs inside the container.
+pub fn install_binary(rootfs: &Path, exe: &Path, dest: &str) {
+    let dest = rootfs.join(dest.trim_start_matches('/'));
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::copy(exe, &dest).unwrap();
+    let out = std::process::Command::new("ldd").arg(exe).output().unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let lib = line
+            .split("=>")
+            .last()
+            .and_then(|s| s.split_whitespace().next())
+            .filter(|s| s.starts_with('/'));
+        if let Some(lib) = lib {
+            let to = rootfs.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &to).unwrap();
+        }
+    }
+}
+
+/// A busybox rootfs with the attacker at `/bin/attack`, and `/etc/passwd`
+/// and `/etc/group` naming root and nobody.
+pub fn attack_rootfs(rootfs: &Path) {
+    busybox_rootfs(rootfs);
+    install_binary(rootfs, &attack_exe(), "/bin/attack");
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+/// Run a container from `spec` (rootfs at `dir/bundle/rootfs`, already
+/// filled) to its end; returns its exit code and its whole stdout + stderr.
+pub fn run_spec(
+    dir: &Path,
+    spec: &taba_runtime::oci_spec::runtime::Spec,
+    cgroup_procs: Vec<PathBuf>,
+) -> (Option<i32>, String) {
+    let bundle = dir.join("bundle");
+    spec.save(bundle.join("config.json")).unwrap();
+    let task = make_task(
+        dir,
+        Workload::Container { bundle },
+        cgroup_procs,
+        1 << 20,
+        2,
+    );
+    let started = match shim::spawn(&shim_exe(), &task) {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                None,
+                format!(
+                    "start failed: {e}: {:?}",
+                    std::error::Error::source(&e).map(|s| s.to_string())
+                ),
+            )
+        }
+    };
+    let exit = shim::wait_exit(&task, started.shim_pid).unwrap();
+    let out = format!("{}{}", log(dir, "stdout"), log(dir, "stderr"));
+    (exit.exit_code, out)
+}
+
+/// Default options for a container whose rootfs is `dir/bundle/rootfs`.
+pub fn spec_options(dir: &Path, args: &[&str]) -> DefaultSpecOptions {
+    DefaultSpecOptions {
+        rootfs: dir.join("bundle/rootfs"),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        hostname: Some("attack".into()),
+        ..Default::default()
+    }
+}
+
+/// A v1 devices cgroup for one test that allows only the standard devices
+/// (as the container driver does), removed on drop.
+pub fn devices_cgroup(tag: &str) -> TestCgroup {
+    let p = PathBuf::from(format!(
+        "/sys/fs/cgroup/devices/taba-test-{tag}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&p).expect("create a test cgroup under /sys/fs/cgroup/devices");
+    std::fs::write(p.join("devices.deny"), "a").unwrap();
+    for rule in [
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 1:7 rwm",
+        "c 1:8 rwm",
+        "c 1:9 rwm",
+        "c 5:0 rwm",
+        "c 5:1 rwm",
+        "c 5:2 rwm",
+        "c 136:* rwm",
+        "c *:* m",
+        "b *:* m",
+    ] {
+        std::fs::write(p.join("devices.allow"), rule).unwrap();
+    }
+    TestCgroup(p)
+}
+
+/// Major and minor of the block device holding the host's `/`.
+pub fn host_root_disk() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata("/").unwrap().dev();
+    (libc::major(dev), libc::minor(dev))
+}

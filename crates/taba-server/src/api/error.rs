@@ -33,7 +33,10 @@ pub enum ApiError {
     /// The content type is not one the route reads.
     #[error("unsupported content type {0:?}; send application/json or application/toml")]
     UnsupportedMediaType(String),
-    /// The caller is not who it claims (e.g. an unknown node id).
+    /// No token, or one that is not (or no longer) valid.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is not who it claims (e.g. an unknown node id), or lacks the right.
     #[error("{message}")]
     Forbidden {
         /// What is wrong.
@@ -47,6 +50,14 @@ pub enum ApiError {
     /// The request conflicts with the state (e.g. an ambiguous id prefix).
     #[error("{0}")]
     Conflict(String),
+    /// A unique value (a node name) is held by another record.
+    #[error("{message}")]
+    Taken {
+        /// What is wrong.
+        message: String,
+        /// Where.
+        field: Option<String>,
+    },
     /// No such route.
     #[error("no route for {method} {path}")]
     NoRoute {
@@ -61,6 +72,11 @@ pub enum ApiError {
     /// A node's agent could not be reached or failed.
     #[error("{0}")]
     Agent(String),
+    /// A cap of `alloc exec` (output size, duration) was hit, on the agent
+    /// (413, 408, relayed) or here (502 for an oversized reply, 504 when the
+    /// agent does not answer in time).
+    #[error("{1}")]
+    ExecLimit(StatusCode, String),
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -99,11 +115,13 @@ impl ApiError {
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Agent(_) => StatusCode::BAD_GATEWAY,
+            Self::ExecLimit(s, _) => *s,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -113,8 +131,18 @@ impl ApiError {
         match self {
             Self::BadRequest { field, .. }
             | Self::Invalid { field, .. }
-            | Self::Forbidden { field, .. } => field.clone(),
+            | Self::Forbidden { field, .. }
+            | Self::Taken { field, .. } => field.clone(),
             _ => None,
+        }
+    }
+}
+
+impl From<crate::acl::Denied> for ApiError {
+    fn from(e: crate::acl::Denied) -> Self {
+        Self::Forbidden {
+            message: e.0,
+            field: None,
         }
     }
 }
@@ -135,6 +163,10 @@ impl From<crate::state::StateError> for ApiError {
             },
             S::ShuttingDown => Self::ShuttingDown,
             S::Conflict(m) => Self::Conflict(m),
+            S::Taken { field, message } => Self::Taken {
+                message,
+                field: Some(field),
+            },
             other => {
                 let mut msg = other.to_string();
                 let mut src = std::error::Error::source(&other);
@@ -160,11 +192,18 @@ impl IntoResponse for ApiError {
         };
         // The request body may be unread (too large, or rejected early);
         // closing the connection keeps a pooling client from reusing it.
-        (
+        let mut resp = (
             status,
             [(axum::http::header::CONNECTION, "close")],
             axum::Json(body),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }

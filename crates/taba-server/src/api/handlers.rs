@@ -5,6 +5,7 @@ use super::error::ApiError;
 use super::extract::{parse_json, read_body, MAX_JSON_BODY, Q};
 use super::peer::{verify_agent, AgentCaller, Registration};
 use super::AppState;
+use crate::acl::Auth;
 use crate::state::ServerState;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -15,13 +16,14 @@ use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
+use taba_types::acl::Capability;
 use taba_types::api::*;
 use taba_types::parse::{parse_job_json, parse_job_toml, JobParseError, MAX_JOB_BYTES};
 use taba_types::wire::{
     check_protocol, AllocUpdateRequest, HeartbeatRequest, HeartbeatResponse, NodeAllocations,
     RegisterRequest, RegisterResponse, PROTOCOL,
 };
-use taba_types::{Allocation, DurationSpec, JobSpec, Node, NodeId};
+use taba_types::{AllocEvent, Allocation, DurationSpec, JobSpec, Node, NodeId};
 use tokio::io::AsyncWriteExt;
 
 type R<T> = Result<Json<T>, ApiError>;
@@ -56,7 +58,7 @@ pub async fn openapi(State(app): State<AppState>) -> Json<Value> {
 
 // ---- jobs ----
 
-fn content_type(headers: &HeaderMap) -> String {
+pub(super) fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -122,8 +124,29 @@ fn check_images(state: &ServerState, spec: &JobSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The caller needs `write` in the job's namespace, and `host` to name a
+/// user for a task of driver `exec` (a host process).
+fn check_job_rights(auth: &Auth, spec: &JobSpec) -> Result<(), ApiError> {
+    auth.require(&spec.namespace, Capability::Write)
+        .map_err(|e| ApiError::forbidden("namespace", e.0))?;
+    for (i, g) in spec.groups.iter().enumerate() {
+        for (j, t) in g.tasks.iter().enumerate() {
+            if t.driver == "exec" && t.user.is_some() {
+                auth.require(&spec.namespace, Capability::Host).map_err(|e| {
+                    ApiError::forbidden(
+                        format!("group[{i}].task[{j}].user"),
+                        format!("{}: naming a user for an exec task (a host process) needs the host capability", e.0),
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn register_job(
     State(app): State<AppState>,
+    auth: Auth,
     headers: HeaderMap,
     body: Body,
 ) -> R<RegisterJobResponse> {
@@ -135,12 +158,23 @@ pub async fn register_job(
         other => return Err(ApiError::UnsupportedMediaType(other.to_string())),
     }
     .map_err(job_parse_error)?;
+    check_job_rights(&auth, &spec)?;
     check_images(&app.state, &spec)?;
     Ok(Json(app.state.register_job(spec).await?))
 }
 
-pub async fn list_jobs(State(app): State<AppState>, Q(q): Q<NsQuery>) -> R<Vec<JobListEntry>> {
-    Ok(Json(app.state.list_jobs(q.namespace.as_deref())))
+pub async fn list_jobs(
+    State(app): State<AppState>,
+    auth: Auth,
+    Q(q): Q<NsQuery>,
+) -> R<Vec<JobListEntry>> {
+    if let Some(ns) = &q.namespace {
+        auth.require(ns, Capability::Read)
+            .map_err(|e| ApiError::forbidden("namespace", e.0))?;
+    }
+    let mut jobs = app.state.list_jobs(q.namespace.as_deref());
+    jobs.retain(|j| auth.rights.allows(&j.namespace, Capability::Read));
+    Ok(Json(jobs))
 }
 
 pub async fn get_job(
@@ -180,16 +214,44 @@ pub async fn job_history(
 
 // ---- allocations ----
 
-pub async fn list_allocs(State(app): State<AppState>) -> R<Vec<AllocListEntry>> {
-    Ok(Json(app.state.list_allocs()))
+pub async fn list_allocs(State(app): State<AppState>, auth: Auth) -> R<Vec<AllocListEntry>> {
+    Ok(Json(app.state.list_allocs(|ns| {
+        auth.rights.allows(ns, Capability::Read)
+    })))
 }
 
-pub async fn get_alloc(State(app): State<AppState>, Path(id): Path<String>) -> R<AllocDetail> {
-    Ok(Json(AllocDetail::from_alloc(&app.state.find_alloc(&id)?)))
+/// The allocation `id` names, if the caller holds `cap` in its namespace.
+fn alloc_for(
+    app: &AppState,
+    auth: &Auth,
+    id: &str,
+    cap: Capability,
+) -> Result<Allocation, ApiError> {
+    let a = app.state.find_alloc(id)?;
+    auth.require(&a.namespace, cap)?;
+    Ok(a)
 }
 
-pub async fn stop_alloc(State(app): State<AppState>, Path(id): Path<String>) -> R<EvalResponse> {
-    let (eval_id, index) = app.state.stop_alloc(&id).await?;
+pub async fn get_alloc(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> R<AllocDetail> {
+    Ok(Json(AllocDetail::from_alloc(&alloc_for(
+        &app,
+        &auth,
+        &id,
+        Capability::Read,
+    )?)))
+}
+
+pub async fn stop_alloc(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> R<EvalResponse> {
+    let a = alloc_for(&app, &auth, &id, Capability::Write)?;
+    let (eval_id, index) = app.state.stop_alloc(a.id.as_str()).await?;
     Ok(Json(EvalResponse { eval_id, index }))
 }
 
@@ -224,18 +286,6 @@ async fn agent_of(
     let node = app.state.find_node(a.node_id.as_str())?;
     let (client, base) = app.agents.for_node(&node).await?;
     Ok((client, base, node.http_addr))
-}
-
-/// An error and its causes on one line (TLS failures hide in the sources).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Relay an agent's error reply (status and body) as it is when it is ours.
@@ -274,10 +324,11 @@ pub struct LogsQuery {
 
 pub async fn alloc_logs(
     State(app): State<AppState>,
+    auth: Auth,
     Path(id): Path<String>,
     Q(q): Q<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let a = app.state.find_alloc(&id)?;
+    let a = alloc_for(&app, &auth, &id, Capability::Read)?;
     let task = pick_task(&a, q.task)?;
     let stream = q.stream.unwrap_or_else(|| "stdout".into());
     if stream != "stdout" && stream != "stderr" {
@@ -297,7 +348,12 @@ pub async fn alloc_logs(
         ])
         .send()
         .await
-        .map_err(|e| ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e))))?;
+        .map_err(|e| {
+            ApiError::Agent(format!(
+                "cannot reach the agent at {addr}: {}",
+                taba_types::error_chain(&e)
+            ))
+        })?;
     if !resp.status().is_success() {
         return Err(agent_failure(resp).await);
     }
@@ -318,6 +374,7 @@ pub struct ExecQuery {
 
 pub async fn alloc_exec(
     State(app): State<AppState>,
+    auth: Auth,
     Path(id): Path<String>,
     Q(q): Q<ExecQuery>,
     body: Body,
@@ -332,25 +389,100 @@ pub async fn alloc_exec(
     }
     b64::decode(&req.stdin_b64)
         .map_err(|e| ApiError::invalid("stdin_b64", format!("not base64: {e}")))?;
-    let a = app.state.find_alloc(&id)?;
+    let a = alloc_for(&app, &auth, &id, Capability::Exec)?;
     let task = pick_task(&a, q.task)?;
     let (http, base, addr) = agent_of(&app, &a).await?;
+    // Audited before it runs: who, what, when.
+    app.state
+        .record_alloc_event(&a.id, exec_event(&auth, &task, &req.command))
+        .await?;
     let url = format!("{base}/v1/client/allocations/{}/exec", a.id);
+    let (timeout, max_output) = (
+        app.state.config.exec_timeout,
+        app.state.config.exec_max_output,
+    );
+    let timed_out = || {
+        ApiError::ExecLimit(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the agent at {addr} did not answer the exec within {timeout:?} (server option exec_timeout)"),
+        )
+    };
     let resp = http
         .post(url)
         .query(&[("task", task.as_str())])
         .json(&req)
+        .timeout(timeout)
         .send()
         .await
-        .map_err(|e| ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e))))?;
-    if !resp.status().is_success() {
+        .map_err(|e| {
+            if e.is_timeout() {
+                timed_out()
+            } else {
+                ApiError::Agent(format!(
+                    "cannot reach the agent at {addr}: {}",
+                    taba_types::error_chain(&e)
+                ))
+            }
+        })?;
+    let status = resp.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_TIMEOUT {
+        let e = agent_failure(resp).await;
+        return Err(ApiError::ExecLimit(status, e.to_string()));
+    }
+    if !status.is_success() {
         return Err(agent_failure(resp).await);
     }
-    let out: ExecResponse = resp
-        .json()
-        .await
+    // Both streams base64-encoded, plus the JSON around them.
+    let cap = (max_output.saturating_mul(2) / 3 * 4 + (64 << 10)) as usize;
+    let body = read_capped(resp, cap).await.map_err(|e| match e {
+        Capped::Over => ApiError::ExecLimit(
+            StatusCode::BAD_GATEWAY,
+            format!("the exec reply is larger than {cap} bytes (server option exec_max_output)"),
+        ),
+        Capped::Err(e) if e.is_timeout() => timed_out(),
+        Capped::Err(e) => ApiError::Agent(format!("reading the exec reply from the agent: {e}")),
+    })?;
+    let out: ExecResponse = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Agent(format!("unreadable exec reply from the agent: {e}")))?;
     Ok(Json(out))
+}
+
+/// Longest command text kept in an audit event.
+const MAX_AUDIT_COMMAND: usize = 1024;
+
+fn exec_event(auth: &Auth, task: &str, command: &[String]) -> AllocEvent {
+    let mut cmd = format!("{command:?}");
+    if cmd.len() > MAX_AUDIT_COMMAND {
+        let mut cut = MAX_AUDIT_COMMAND;
+        while !cmd.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        cmd.truncate(cut);
+        cmd.push_str("...");
+    }
+    AllocEvent {
+        time: crate::broker::now_ms(),
+        kind: "Exec".into(),
+        actor: auth.actor(),
+        message: format!("task {task}: {cmd}"),
+    }
+}
+
+enum Capped {
+    Over,
+    Err(reqwest::Error),
+}
+
+/// The whole body of `resp`, unless it is larger than `cap` bytes.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, Capped> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Capped::Err)? {
+        if buf.len() + chunk.len() > cap {
+            return Err(Capped::Over);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }
 
 // ---- nodes ----
@@ -365,17 +497,107 @@ pub async fn list_nodes(State(app): State<AppState>) -> R<Vec<NodeListEntry>> {
     ))
 }
 
-pub async fn get_node(State(app): State<AppState>, Path(key): Path<String>) -> R<NodeDetail> {
-    let node = app.state.find_node(&key)?;
-    let mut allocs = app.state.node_allocs(&node.id);
+/// A node with its allocations (those `auth` may read) and drain progress.
+fn node_detail(state: &ServerState, auth: &Auth, node: Node) -> Result<NodeDetail, ApiError> {
+    let mut allocs = state.node_allocs(&node.id);
+    allocs.retain(|a| auth.rights.allows(&a.namespace, Capability::Read));
     allocs.sort_by_key(|a| std::cmp::Reverse(a.create_time));
-    Ok(Json(NodeDetail {
+    let drain = match node.draining() {
+        true => Some(state.drain_status(node.id.as_str())?),
+        false => None,
+    };
+    Ok(NodeDetail {
         id: node.id.clone(),
         name: node.name.clone(),
         status: node.status,
+        display_status: node.display_status(),
         allocations: allocs.iter().map(AllocListEntry::from_alloc).collect(),
         node,
-    }))
+        drain,
+    })
+}
+
+pub async fn get_node(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(key): Path<String>,
+) -> R<NodeDetail> {
+    let node = app.state.find_node(&key)?;
+    Ok(Json(node_detail(&app.state, &auth, node)?))
+}
+
+/// `DELETE /v1/nodes/{node}` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveNodeQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn remove_node(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+    Q(q): Q<RemoveNodeQuery>,
+) -> R<RemoveNodeResponse> {
+    let (name, lost) = app.state.remove_node(&key, q.force).await?;
+    Ok(Json(RemoveNodeResponse { name, lost }))
+}
+
+pub async fn node_eligibility(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(key): Path<String>,
+    body: Body,
+) -> R<NodeDetail> {
+    let req: EligibilityRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
+    let node = app.state.set_eligibility(&key, req.eligible).await?;
+    Ok(Json(node_detail(&app.state, &auth, node)?))
+}
+
+pub async fn drain_status(State(app): State<AppState>, Path(key): Path<String>) -> R<DrainStatus> {
+    Ok(Json(app.state.drain_status(&key)?))
+}
+
+pub async fn drain_node(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+    body: Body,
+) -> R<DrainStatus> {
+    let bytes = read_body(body, MAX_JSON_BODY).await?;
+    if !bytes.trim_ascii_start().starts_with(b"{") {
+        return Err(ApiError::BadRequest {
+            message: "the body must be a JSON object: {\"deadline\": \"1h\", \"ignore_system\": false} or {\"disable\": true}".into(),
+            field: None,
+        });
+    }
+    let req: DrainRequest = parse_json(&bytes)?;
+    if req.disable {
+        if req.deadline.is_some() {
+            return Err(ApiError::invalid(
+                "deadline",
+                "cannot be given with disable",
+            ));
+        }
+        if req.ignore_system {
+            return Err(ApiError::invalid(
+                "ignore_system",
+                "cannot be given with disable",
+            ));
+        }
+        return Ok(Json(app.state.cancel_drain(&key).await?));
+    }
+    let deadline = req.deadline.unwrap_or(DEFAULT_DRAIN_DEADLINE);
+    if deadline > MAX_DRAIN_DEADLINE {
+        return Err(ApiError::invalid(
+            "deadline",
+            format!("must be at most {MAX_DRAIN_DEADLINE}"),
+        ));
+    }
+    let status = app
+        .state
+        .start_drain(&key, deadline.as_duration(), req.ignore_system)
+        .await?;
+    Ok(Json(status))
 }
 
 // ---- images ----
@@ -451,16 +673,111 @@ pub async fn remove_image(
     Ok(Json(out))
 }
 
+/// `?node_id=` of the image routes: who is asking.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeQuery {
+    node_id: Option<String>,
+}
+
+/// The "agent" class check of the image routes: a registered node holding its credential.
+async fn verify_image_caller(
+    state: &ServerState,
+    caller: &AgentCaller,
+    q: &NodeQuery,
+) -> Result<(), ApiError> {
+    let Some(node_id) = q.node_id.as_deref().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::bad(
+            "node_id",
+            "the asking node's id is required (?node_id=)",
+        ));
+    };
+    let id = NodeId::from(node_id);
+    verify_agent(state, caller, &id, None).await?;
+    if state.cluster().node(&id).is_none() {
+        return Err(ApiError::forbidden(
+            "node_id",
+            format!("unknown node {id}; register first"),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /v1/agent/images/manifests/{*reference}`: what an image is made of.
+pub async fn agent_image_manifest(
+    State(app): State<AppState>,
+    caller: AgentCaller,
+    Path(reference): Path<String>,
+    Q(q): Q<NodeQuery>,
+) -> R<taba_types::wire::ImageManifest> {
+    verify_image_caller(&app.state, &caller, &q).await?;
+    let images = app.state.images.clone();
+    let reference = reference.trim_start_matches('/').to_string();
+    let m = tokio::task::spawn_blocking(move || crate::images::manifest(&images, &reference))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)??;
+    Ok(Json(m))
+}
+
+/// Chunks of an open file, read as the client takes them (never the whole file in memory).
+fn file_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+/// `GET /v1/agent/images/blobs/{digest}`: one blob, streamed.
+pub async fn agent_image_blob(
+    State(app): State<AppState>,
+    caller: AgentCaller,
+    Path(digest): Path<String>,
+    Q(q): Q<NodeQuery>,
+) -> Result<Response, ApiError> {
+    verify_image_caller(&app.state, &caller, &q).await?;
+    let images = app.state.images.clone();
+    let d = digest.clone();
+    let (file, len) = tokio::task::spawn_blocking(move || crate::images::open_blob(&images, &d))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)??;
+    let body = Body::from_stream(file_stream(tokio::fs::File::from_std(file)));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 // ---- evaluations ----
 
 pub async fn get_eval(
     State(app): State<AppState>,
+    auth: Auth,
     Path(id): Path<String>,
 ) -> R<taba_types::Evaluation> {
-    app.state
+    let e = app
+        .state
         .eval(&id)
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("evaluation {id:?} not found")))
+        .ok_or_else(|| ApiError::NotFound(format!("evaluation {id:?} not found")))?;
+    auth.require(&e.namespace, Capability::Read)?;
+    Ok(Json(e))
 }
 
 // ---- agent ----
@@ -503,6 +820,12 @@ fn check_node(n: &Node) -> Result<(), ApiError> {
             ));
         }
     }
+    if n.unusable_reason.len() > 4096 {
+        return Err(ApiError::invalid(
+            "node.unusable_reason",
+            "must be at most 4096 bytes",
+        ));
+    }
     if n.resources.cpu == 0 {
         return Err(ApiError::invalid("node.resources.cpu", "must be positive"));
     }
@@ -523,6 +846,8 @@ pub async fn agent_register(
     let req: RegisterRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
     protocol(req.protocol)?;
     check_node(&req.node)?;
+    // A taken name is refused before a credential is bound to the id.
+    app.state.check_name_free(&req.node)?;
     let reg = Registration {
         name: &req.node.name,
         protocol: req.protocol,

@@ -4,20 +4,42 @@
 use super::error::ApiError;
 use super::extract::{parse_json, read_body, MAX_JSON_BODY};
 use super::AppState;
+use crate::acl::Auth;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::Json;
+use taba_types::acl::Access;
 use taba_types::api::{DeleteNamespaceResponse, NamespaceStatus};
 use taba_types::namespace::validate_namespace;
 use taba_types::Namespace;
 
 type R<T> = Result<Json<T>, ApiError>;
 
-pub async fn list(State(app): State<AppState>) -> R<Vec<NamespaceStatus>> {
-    Ok(Json(app.state.list_namespaces().await))
+/// Operators see every namespace; others those they hold a capability in.
+fn visible(auth: &Auth, ns: &str) -> bool {
+    auth.rights.operator(Access::Read) || auth.rights.sees_namespace(ns)
 }
 
-pub async fn get(State(app): State<AppState>, Path(name): Path<String>) -> R<NamespaceStatus> {
+pub async fn list(State(app): State<AppState>, auth: Auth) -> R<Vec<NamespaceStatus>> {
+    let mut all = app.state.list_namespaces().await;
+    all.retain(|n| visible(&auth, &n.name));
+    Ok(Json(all))
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> R<NamespaceStatus> {
+    if !visible(&auth, &name) {
+        return Err(ApiError::Forbidden {
+            message: format!(
+                "permission denied: {} has no rights in namespace {name:?} and lacks operator read",
+                auth.actor()
+            ),
+            field: None,
+        });
+    }
     Ok(Json(app.state.get_namespace(&name).await?))
 }
 

@@ -1,5 +1,6 @@
 //! Test harness: a real server on 127.0.0.1:0 with a redb store in a temp dir,
-//! driven through the real blocking client, and a fake agent that speaks the
+//! ACLs on and bootstrapped, driven through the real blocking client with a
+//! management token (`TestServer::client`), and a fake agent that speaks the
 //! agent protocol over real HTTP (register, heartbeat, blocking query, alloc
 //! status updates) without running workloads.
 
@@ -27,6 +28,8 @@ pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub store: Arc<dyn Store>,
     pub dir: PathBuf,
+    /// A management token.
+    pub token: String,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -39,7 +42,10 @@ impl TestServer {
     }
 
     pub fn start_with(dir: &Path, ttl: Duration, store: Arc<dyn Store>) -> Self {
-        Self::start_configured(dir, store, |c| c.heartbeat_ttl = ttl)
+        Self::start_configured(dir, store, |c| {
+            c.heartbeat_ttl = ttl;
+            c.heartbeat_grace = ttl / 2;
+        })
     }
 
     /// A server whose configuration `setup` adjusts.
@@ -47,6 +53,21 @@ impl TestServer {
         dir: &Path,
         store: Arc<dyn Store>,
         setup: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        Self::start_inner(dir, store, setup, true)
+    }
+
+    /// A server as `taba server` starts: ACLs not bootstrapped unless the
+    /// store says so; `token` is empty.
+    pub fn start_unbootstrapped(dir: &Path, store: Arc<dyn Store>) -> Self {
+        Self::start_inner(dir, store, |_| {}, false)
+    }
+
+    fn start_inner(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        setup: impl FnOnce(&mut ServerConfig),
+        bootstrap: bool,
     ) -> Self {
         let images = Arc::new(ImageStore::open(&dir.join("images")).expect("open image store"));
         let mut config = ServerConfig::new(dir.join("server"), "127.0.0.1:0".parse().unwrap());
@@ -64,14 +85,25 @@ impl TestServer {
                 let handle = Server::start(config, st, images)
                     .await
                     .expect("server starts");
-                addr_tx.send(handle.addr()).unwrap();
+                let token = if bootstrap {
+                    let (_, token) = handle
+                        .state()
+                        .issue_management_token("test")
+                        .await
+                        .expect("management token");
+                    token
+                } else {
+                    String::new()
+                };
+                addr_tx.send((handle.addr(), token)).unwrap();
                 let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                 handle.shutdown().await;
             });
         });
-        let addr = addr_rx.recv().expect("server address");
+        let (addr, token) = addr_rx.recv().expect("server address");
         Self {
             addr,
+            token,
             store,
             dir: dir.to_path_buf(),
             stop: Some(stop_tx),
@@ -79,7 +111,13 @@ impl TestServer {
         }
     }
 
+    /// A client with the management token.
     pub fn client(&self) -> Client {
+        Client::new(&self.addr.to_string(), Some(self.token.clone()))
+    }
+
+    /// A client without a token (what agents send today).
+    pub fn anonymous(&self) -> Client {
         Client::new(&self.addr.to_string(), None)
     }
 
@@ -124,7 +162,8 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
         datacenter: "dc1".into(),
         status: Default::default(),
         eligibility: Default::default(),
-        drain: false,
+        drain: None,
+        drained_at: None,
         http_addr: String::new(),
         attributes: BTreeMap::new(),
         meta: BTreeMap::new(),
@@ -140,6 +179,7 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
         drivers,
         last_heartbeat: 0,
         usage: Default::default(),
+        unusable_reason: String::new(),
         create_index: 0,
         modify_index: 0,
     }
@@ -149,6 +189,8 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
 pub struct FakeAgent {
     pub client: Client,
     pub node: Node,
+    /// The node secret the server issued at first registration.
+    secret: Option<String>,
     /// What the heartbeats report as the node's use.
     usage: Arc<std::sync::Mutex<NodeUsage>>,
     beating: Arc<AtomicBool>,
@@ -156,7 +198,23 @@ pub struct FakeAgent {
 }
 
 impl FakeAgent {
+    /// Register over `client`'s server as an agent (user tokens are
+    /// refused on agent routes, so none is sent).
     pub fn register(client: Client, node: Node) -> Self {
+        Self::register_with_secret(client, node, None)
+    }
+
+    /// Register again as a node that registered before (after a server
+    /// restart), proving the id with the secret it was issued then.
+    pub fn reregister(client: Client, before: FakeAgent) -> Self {
+        let secret = before.secret.clone();
+        let node = before.node.clone();
+        drop(before);
+        Self::register_with_secret(client, node, secret)
+    }
+
+    fn register_with_secret(client: Client, node: Node, secret: Option<String>) -> Self {
+        let client = client.with_token(None).with_node_secret(secret.clone());
         let resp = client
             .agent_register(&RegisterRequest {
                 protocol: PROTOCOL,
@@ -164,14 +222,32 @@ impl FakeAgent {
             })
             .expect("register");
         // From now on the node id is bound to the secret issued to it.
-        let client = client.with_node_secret(resp.node_secret);
-        let beating = Arc::new(AtomicBool::new(true));
-        let usage = Arc::new(std::sync::Mutex::new(NodeUsage::default()));
-        let b = beating.clone();
-        let c = client.clone();
-        let id = node.id.clone();
-        let u = usage.clone();
-        let thread = std::thread::spawn(move || {
+        let secret = resp.node_secret.or(secret);
+        let client = client.with_node_secret(secret.clone());
+        let mut agent = Self {
+            client,
+            node,
+            secret,
+            usage: Arc::new(std::sync::Mutex::new(NodeUsage::default())),
+            beating: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        agent.start_heartbeats();
+        agent
+    }
+
+    /// Heartbeat every 50 ms until [`Self::stop_heartbeats`] (again, after
+    /// a stop: the agent is back).
+    pub fn start_heartbeats(&mut self) {
+        if self.thread.is_some() {
+            return;
+        }
+        self.beating.store(true, Ordering::SeqCst);
+        let b = self.beating.clone();
+        let c = self.client.clone();
+        let id = self.node.id.clone();
+        let u = self.usage.clone();
+        self.thread = Some(std::thread::spawn(move || {
             while b.load(Ordering::SeqCst) {
                 let usage = u.lock().unwrap().clone();
                 let _ = c.agent_heartbeat(&HeartbeatRequest {
@@ -181,14 +257,7 @@ impl FakeAgent {
                 });
                 std::thread::sleep(Duration::from_millis(50));
             }
-        });
-        Self {
-            client,
-            node,
-            usage,
-            beating,
-            thread: Some(thread),
-        }
+        }));
     }
 
     pub fn stop_heartbeats(&mut self) {
@@ -227,6 +296,14 @@ impl FakeAgent {
         status: ClientStatus,
         usage: Option<taba_types::AllocUsage>,
     ) {
+        self.send(vec![Self::update(alloc, status, usage)]);
+    }
+
+    fn update(
+        alloc: &Allocation,
+        status: ClientStatus,
+        usage: Option<taba_types::AllocUsage>,
+    ) -> AllocUpdate {
         let state = match status {
             ClientStatus::Running => TaskStatus::Running,
             ClientStatus::Pending => TaskStatus::Pending,
@@ -247,36 +324,45 @@ impl FakeAgent {
                 )
             })
             .collect();
+        AllocUpdate {
+            id: alloc.id.clone(),
+            client_status: status,
+            client_description: String::new(),
+            task_states,
+            usage,
+        }
+    }
+
+    fn send(&self, updates: Vec<AllocUpdate>) {
         self.client
             .agent_update_allocs(&AllocUpdateRequest {
                 protocol: PROTOCOL,
                 node_id: self.node.id.clone(),
-                updates: vec![AllocUpdate {
-                    id: alloc.id.clone(),
-                    client_status: status,
-                    client_description: String::new(),
-                    task_states,
-                    usage,
-                }],
+                updates,
             })
             .expect("alloc update");
     }
 
     /// Like an agent: report every allocation it should run as running and
-    /// every one it should stop as complete.
+    /// every one it should stop as complete, in one coalesced update (as
+    /// the real agent sends what changed together).
     pub fn converge(&self) {
         let (_, allocs) = self.allocs(0);
+        let mut updates = Vec::new();
         for a in allocs {
             if a.client_status.is_terminal() {
                 continue;
             }
             if a.desired_status == taba_types::DesiredStatus::Run {
                 if a.client_status != ClientStatus::Running {
-                    self.report(&a, ClientStatus::Running);
+                    updates.push(Self::update(&a, ClientStatus::Running, None));
                 }
             } else {
-                self.report(&a, ClientStatus::Complete);
+                updates.push(Self::update(&a, ClientStatus::Complete, None));
             }
+        }
+        if !updates.is_empty() {
+            self.send(updates);
         }
     }
 }
@@ -321,6 +407,26 @@ count = {count}
     )
 }
 
+/// Builds the busybox image as an OCI-layout tar (gzip layer) at `out` with the project's
+/// script (needs Debian's busybox-static, which `scripts/setup.sh` installs).
+pub fn busybox_oci_tar(out: &Path) {
+    let script = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../../scripts/build-busybox-image.sh");
+    let res = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(out)
+        .arg("--oci")
+        .output()
+        .expect("run build-busybox-image.sh");
+    assert!(
+        res.status.success(),
+        "build-busybox-image.sh failed (it needs Debian's busybox-static): {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
 /// A development PKI (CA, server, agents `names`, CLI) in `dir/tls`.
 pub fn test_pki(dir: &Path, names: &[&str]) -> taba_tls::dev::DevPki {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
@@ -355,4 +461,9 @@ pub fn tls_client(srv: &TestServer, ca: &Path, identity: Option<(&Path, &Path)>)
 /// A client presenting `files`' certificate.
 pub fn tls_client_as(srv: &TestServer, files: &taba_tls::TlsFiles) -> Client {
     tls_client(srv, &files.ca_cert, Some((&files.cert, &files.key)))
+}
+
+/// The CLI of a TLS server: the CLI certificate and the management token.
+pub fn tls_cli(srv: &TestServer, pki: &taba_tls::dev::DevPki) -> Client {
+    tls_client_as(srv, &pki.cli).with_token(Some(srv.token.clone()))
 }

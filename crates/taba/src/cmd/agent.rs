@@ -1,7 +1,7 @@
 //! `taba agent --config F`: one node. The configuration file is documented
 //! in docs/configuration.md.
 
-use super::daemon::{drivers, init_logging, read_config, run_async, shutdown_signal, TlsFile};
+use super::daemon::{drivers, init_logging, read_config, run_async, shutdown_signal, yes, TlsFile};
 use super::GlobalArgs;
 use anyhow::Context;
 use serde::Deserialize;
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use taba_agent::AgentConfig;
+use taba_driver::IsolationPolicy;
 use taba_image::ImageStore;
 
 /// Arguments of `taba agent`.
@@ -60,6 +61,62 @@ struct AgentFile {
     reserved: ReservedFile,
     #[serde(default)]
     ports: PortsFile,
+    #[serde(default)]
+    isolation: IsolationFile,
+    /// Longest `alloc exec` run.
+    #[serde(default)]
+    exec_timeout: Option<taba_types::DurationSpec>,
+    /// Largest `alloc exec` output kept, per stream.
+    #[serde(default)]
+    exec_max_output: Option<taba_types::ByteSize>,
+}
+
+/// `[isolation]` of the agent file: what this node grants workloads.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IsolationFile {
+    /// Capabilities tasks may add (`cap_add`); Docker's default set if unset.
+    #[serde(default)]
+    cap_add_allowed: Option<Vec<String>>,
+    /// Whether `exec` tasks may run as root.
+    #[serde(default = "yes")]
+    allow_root_exec: bool,
+}
+
+impl Default for IsolationFile {
+    fn default() -> Self {
+        Self {
+            cap_add_allowed: None,
+            allow_root_exec: true,
+        }
+    }
+}
+
+impl IsolationFile {
+    /// The policy; unknown capability names are an error naming the key.
+    fn policy(&self, file: Option<&Path>) -> anyhow::Result<IsolationPolicy> {
+        let mut p = IsolationPolicy {
+            allow_root_exec: self.allow_root_exec,
+            ..IsolationPolicy::default()
+        };
+        if let Some(list) = &self.cap_add_allowed {
+            p.cap_add_allowed = Vec::new();
+            for (i, c) in list.iter().enumerate() {
+                if c.eq_ignore_ascii_case("ALL") {
+                    p.cap_add_allowed.push("ALL".into());
+                    continue;
+                }
+                let name = taba_types::security::capability(c).with_context(|| {
+                    format!(
+                        "configuration {}: isolation.cap_add_allowed[{i}]: unknown capability {c:?}",
+                        file.map(|p| p.display().to_string()).unwrap_or_default()
+                    )
+                })?;
+                p.cap_add_allowed.push(name.to_string());
+            }
+        }
+        Ok(p)
+    }
 }
 
 /// `[resources]` of the agent file: what the node offers, when not the
@@ -179,6 +236,12 @@ impl AgentFile {
             ac.dynamic_ports =
                 taba_types::PortRange::parse(d).with_context(|| key("ports.dynamic"))?;
         }
+        if let Some(t) = self.exec_timeout {
+            ac.exec_limits.timeout = t.as_duration();
+        }
+        if let Some(m) = self.exec_max_output {
+            ac.exec_limits.max_output = m.0;
+        }
         Ok(ac)
     }
 }
@@ -226,14 +289,19 @@ fn default_server_url() -> String {
 pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let cfg: AgentFile = read_config(a.config.as_deref())?;
-    let ac = cfg.agent_config(a.config.as_deref())?;
+    let mut ac = cfg.agent_config(a.config.as_deref())?;
+    let policy = cfg.isolation.policy(a.config.as_deref())?;
     run_async(async move {
         let images_dir = cfg
             .images_dir
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("images"));
-        let images = Arc::new(ImageStore::open(&images_dir)?);
-        let agent = taba_agent::start(ac, drivers(images)?).await?;
+        let images = Arc::new(
+            ImageStore::open(&images_dir)
+                .with_context(|| format!("opening the image store {}", images_dir.display()))?,
+        );
+        ac.images = Some(images.clone());
+        let agent = taba_agent::start(ac, drivers(images, policy)?).await?;
         eprintln!(
             "taba agent: node {} (API {}, advertised as {})",
             agent.node_id, agent.http_addr, agent.advertise
@@ -251,6 +319,31 @@ mod tests {
     fn config(text: &str) -> anyhow::Result<AgentConfig> {
         let f: AgentFile = toml::from_str(text)?;
         f.agent_config(Some(Path::new("agent.toml")))
+    }
+
+    #[test]
+    fn agent_file_reads_isolation_policy_and_exec_limits() {
+        let cfg: AgentFile = toml::from_str(
+            "[isolation]\ncap_add_allowed = [\"net_admin\", \"CAP_SYS_PTRACE\"]\nallow_root_exec = false\n",
+        )
+        .unwrap();
+        let p = cfg.isolation.policy(None).unwrap();
+        assert_eq!(p.cap_add_allowed, vec!["NET_ADMIN", "SYS_PTRACE"]);
+        assert!(!p.allow_root_exec);
+        let cfg: AgentFile = toml::from_str("").unwrap();
+        assert_eq!(
+            cfg.isolation.policy(None).unwrap(),
+            IsolationPolicy::default()
+        );
+        let cfg: AgentFile = toml::from_str("[isolation]\ncap_add_allowed = [\"FLY\"]\n").unwrap();
+        let e = cfg.isolation.policy(None).unwrap_err().to_string();
+        assert!(
+            e.contains("isolation.cap_add_allowed[0]: unknown capability"),
+            "{e}"
+        );
+        let c = config("exec_timeout = \"7s\"\nexec_max_output = \"1MiB\"\n").unwrap();
+        assert_eq!(c.exec_limits.timeout, std::time::Duration::from_secs(7));
+        assert_eq!(c.exec_limits.max_output, 1 << 20);
     }
 
     #[test]

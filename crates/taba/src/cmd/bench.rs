@@ -10,11 +10,16 @@
 //!   (which returns once the process runs: the "create -> running" time), then
 //!   `wait_exit`, then remove the cgroups.
 //!
-//! Same namespaces (pid, ipc, uts, mount, network), mounts, masked paths,
-//! capabilities, no_new_privs and seccomp profile on both sides. Differences:
-//! crun also writes its state under /run/crun and applies the (empty) device
-//! cgroup rules; taba's shim also copies the (empty) output into log files and
-//! writes state.json/exit.json. crun refuses this host's hybrid cgroup layout
+//! Same profile on both sides, the full one the container driver gives:
+//! namespaces (pid, ipc, uts, mount, network), mounts, masked and read-only
+//! paths, Docker's capabilities and the seccomp profile for them,
+//! no_new_privs, rlimits and oom_score_adj, and the device rules of the
+//! container driver (deny all, allow the standard devices) in the devices
+//! cgroup: crun applies them from `linux.resources.devices`, taba's side
+//! writes them as the agent does. Differences: crun also writes its state
+//! under /run/crun; taba's shim also copies the (empty) output into log
+//! files, writes state.json/exit.json, and mounts the rootfs nodev and
+//! resolves every mount target inside it. crun refuses this host's hybrid cgroup layout
 //! unless hugetlb is mounted as a v1 hierarchy: the bench mounts it
 //! (idempotently) and says so.
 
@@ -23,7 +28,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use taba_driver::container::CONTAINER_DEVICES;
 use taba_runtime::container::{default_spec, DefaultSpecOptions};
+use taba_runtime::oci_spec;
 use taba_runtime::shim::{self, ShimConfig, Workload, SHIM_FILES_VERSION};
 
 /// Benchmarks.
@@ -38,12 +45,29 @@ pub enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// API requests per second with ACLs on vs off, same run, on loopback.
+    ApiAcl {
+        /// Requests per round.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Rounds per server (alternating).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Client threads.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+    },
 }
 
 /// Run a benchmark.
 pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
     match c {
         BenchCommand::ContainerStart { runs, keep } => container_start(runs, keep),
+        BenchCommand::ApiAcl {
+            requests,
+            rounds,
+            clients,
+        } => super::bench_acl::api_acl(requests, rounds, clients),
     }
 }
 
@@ -122,6 +146,13 @@ impl TaskCgroups {
         for h in hierarchies {
             let dir = Path::new(CGROUP_ROOT).join(h).join(name);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            if h == "devices" {
+                // As the container driver: deny all, allow the standard set.
+                std::fs::write(dir.join("devices.deny"), "a")?;
+                for rule in CONTAINER_DEVICES {
+                    std::fs::write(dir.join("devices.allow"), rule)?;
+                }
+            }
             if h == "cpuset" {
                 // A v1 cpuset starts empty: copy the parent's cpus and mems.
                 for f in ["cpuset.cpus", "cpuset.mems"] {
@@ -207,6 +238,44 @@ fn taba_once(
     Ok((total, running))
 }
 
+/// The container driver's device rules as OCI `linux.resources.devices`
+/// (for crun): deny all, then allow each.
+fn device_rules() -> anyhow::Result<Vec<oci_spec::runtime::LinuxDeviceCgroup>> {
+    use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxDeviceType};
+    let mut out = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()?];
+    for rule in CONTAINER_DEVICES {
+        let mut parts = rule.split_whitespace();
+        let (Some(kind), Some(nums), Some(access)) = (parts.next(), parts.next(), parts.next())
+        else {
+            bail!("bad device rule {rule:?}");
+        };
+        let typ = if kind == "b" {
+            LinuxDeviceType::B
+        } else {
+            LinuxDeviceType::C
+        };
+        let (major, minor) = nums.split_once(':').context("device rule without ':'")?;
+        let num = |s: &str| -> anyhow::Result<Option<i64>> {
+            Ok(if s == "*" { None } else { Some(s.parse()?) })
+        };
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(typ)
+            .access(access);
+        if let Some(m) = num(major)? {
+            b = b.major(m);
+        }
+        if let Some(m) = num(minor)? {
+            b = b.minor(m);
+        }
+        out.push(b.build()?);
+    }
+    Ok(out)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -230,14 +299,19 @@ fn container_start(runs: usize, keep: bool) -> anyhow::Result<ExitCode> {
         rootfs: "rootfs".into(),
         args: vec!["/bin/true".into()],
         hostname: Some("bench".into()),
+        no_new_privileges: true,
         ..Default::default()
     });
+    let devices = device_rules()?;
     // For crun only: taba's shim ignores cgroupsPath (the agent makes the cgroups).
     if let Some(linux) = spec.linux_mut().as_mut() {
         linux.set_cgroups_path(Some(PathBuf::from(format!(
             "/taba-bench-crun-{}",
             std::process::id()
         ))));
+        let mut res = oci_spec::runtime::LinuxResources::default();
+        res.set_devices(Some(devices));
+        linux.set_resources(Some(res));
     }
     spec.save(bundle.join("config.json"))
         .context("write config.json")?;
@@ -274,6 +348,7 @@ fn container_start(runs: usize, keep: bool) -> anyhow::Result<ExitCode> {
         percentile(&taba_running, 0.9),
     );
     println!("container start, full lifecycle of /bin/true, {runs} runs each, interleaved");
+    println!("profile (both): Docker's capabilities and seccomp, no_new_privs, rlimits, oom_score_adj, device rules");
     println!(
         "cgroup hierarchies per container: {}",
         hierarchies.join(",")

@@ -14,7 +14,8 @@ use taba_client::api::{b64, AllocListEntry, JobStatusResponse, NamespaceStatus};
 use taba_client::Client;
 use taba_types::parse::{parse_job_toml, JobParseError};
 use taba_types::{
-    ByteSize, ClientStatus, DesiredStatus, EvalStatus, JobType, Namespace, Quota, UnixMillis,
+    ByteSize, ClientStatus, DesiredStatus, DurationSpec, EvalStatus, JobType, Namespace, Quota,
+    UnixMillis,
 };
 
 /// `taba job ...`
@@ -108,6 +109,33 @@ pub enum NodeCommand {
         /// Node id, prefix or name.
         node: String,
     },
+    /// Allow (--enable) or forbid (--disable) new placements on a node;
+    /// what runs there keeps running.
+    Eligibility {
+        /// Node id, prefix or name.
+        node: String,
+        /// New allocations may be placed on the node.
+        #[arg(long, conflicts_with = "disable", required_unless_present = "disable")]
+        enable: bool,
+        /// No new allocations are placed on the node.
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Remove a node from the cluster now (down nodes are removed on their
+    /// own after the server's `node_gc_after`). Refused while the node is
+    /// not down and has allocations, unless --force: they are marked lost
+    /// and replaced elsewhere. Its credential is forgotten: a live agent
+    /// registers again (with TLS its certificate is revoked: it joins again).
+    Rm {
+        /// Node id, prefix or name.
+        node: String,
+        /// Remove even a live node with allocations.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move every allocation off a node (it becomes ineligible) and follow
+    /// the drain until it is done; `--disable` cancels it.
+    Drain(super::drain::DrainArgs),
     /// Join tokens for new agents.
     #[command(subcommand)]
     Token(NodeTokenCommand),
@@ -180,17 +208,19 @@ pub enum ImageCommand {
     },
 }
 
-fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
+/// The API client of a command, with the token it should send
+/// (`--token`, `TABA_TOKEN`, or the token file for `--addr`).
+pub(crate) fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
     g.client()
 }
 
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Print rows as columns aligned under `headers`.
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -239,7 +269,7 @@ fn age(t: UnixMillis) -> String {
     }
 }
 
-fn short(id: &str) -> String {
+pub(crate) fn short(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
@@ -696,6 +726,23 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 ],
                 &rows,
             );
+            if !a.events.is_empty() {
+                println!();
+                // What the cluster did (BY -) and what was done through the API.
+                println!("Events");
+                let rows: Vec<Vec<String>> = a
+                    .events
+                    .iter()
+                    .map(|e| {
+                        let by = match e.actor.is_empty() {
+                            true => "-".to_string(),
+                            false => e.actor.clone(),
+                        };
+                        vec![age(e.time), e.kind.clone(), by, e.message.clone()]
+                    })
+                    .collect();
+                table(&["WHEN", "KIND", "BY", "WHAT"], &rows);
+            }
             Ok(ExitCode::SUCCESS)
         }
         AllocCommand::Logs {
@@ -784,7 +831,11 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                         short(n.id.as_str()),
                         n.name.clone(),
                         n.datacenter.clone(),
-                        n.status.to_string(),
+                        if n.display_status.is_empty() {
+                            n.status.to_string()
+                        } else {
+                            n.display_status.clone()
+                        },
                         if n.eligible {
                             "eligible".into()
                         } else {
@@ -809,6 +860,7 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        NodeCommand::Drain(args) => super::drain::run(g, &api, args),
         NodeCommand::Status { node } => {
             let d = api.node(&node)?;
             if g.json {
@@ -818,7 +870,14 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
             println!("ID         = {}", n.id);
             println!("Name       = {}", n.name);
             println!("Datacenter = {}", n.datacenter);
-            println!("Status     = {}", n.status);
+            println!("Status     = {}", n.display_status());
+            if !n.unusable_reason.is_empty() {
+                println!("Unusable   = {}", n.unusable_reason);
+            }
+            println!(
+                "Eligible   = {}",
+                n.eligibility == taba_types::Eligibility::Eligible
+            );
             println!(
                 "Address    = {}",
                 if n.http_addr.is_empty() {
@@ -844,6 +903,18 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 }
             );
             println!("Dynamic    = ports {}", n.dynamic_ports);
+            if n.usage.at > 0 {
+                println!(
+                    "In use     = {} MHz of {}, {} of {} memory (measured {})",
+                    n.usage.cpu_mhz,
+                    n.resources.cpu,
+                    n.usage.memory,
+                    n.resources.memory,
+                    age(n.usage.at)
+                );
+            } else {
+                println!("In use     = not measured yet");
+            }
             let drivers: Vec<String> = n
                 .drivers
                 .iter()
@@ -859,6 +930,27 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect();
             println!("Drivers    = {}", drivers.join(", "));
+            println!(
+                "Eligible   = {}",
+                n.eligibility == taba_types::Eligibility::Eligible
+            );
+            match (&d.drain, &n.drain) {
+                (Some(st), Some(s)) => println!(
+                    "Drain      = started {}, deadline in {}{}: {}",
+                    age(s.started_at),
+                    DurationSpec(s.deadline.saturating_sub(now_ms()) / 1000 * 1000),
+                    if s.ignore_system {
+                        ", system jobs stay"
+                    } else {
+                        ""
+                    },
+                    super::drain::group_summary(st)
+                ),
+                _ => match n.drained_at {
+                    Some(t) => println!("Drain      = none; last drain completed {}", age(t)),
+                    None => println!("Drain      = none"),
+                },
+            }
             println!();
             println!("Allocations");
             if d.allocations.is_empty() {
@@ -882,6 +974,38 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                     &["ID", "JOB", "GROUP", "DESIRED", "STATUS", "MODIFIED"],
                     &rows,
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Eligibility {
+            node,
+            enable,
+            disable: _,
+        } => {
+            let d = api.node_eligibility(&node, enable)?;
+            if g.json {
+                return print_json(&d);
+            }
+            println!(
+                "Node {} is {} for new allocations ({})",
+                d.name,
+                if enable { "eligible" } else { "ineligible" },
+                d.display_status
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Rm { node, force } => {
+            let r = api.remove_node(&node, force)?;
+            if g.json {
+                return print_json(&r);
+            }
+            if r.lost > 0 {
+                println!(
+                    "Node {} removed; {} allocations marked lost and replaced",
+                    r.name, r.lost
+                );
+            } else {
+                println!("Node {} removed", r.name);
             }
             Ok(ExitCode::SUCCESS)
         }

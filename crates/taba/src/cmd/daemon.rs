@@ -6,7 +6,7 @@ use anyhow::Context;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use taba_driver::Driver;
+use taba_driver::{Driver, IsolationPolicy};
 use taba_image::ImageStore;
 
 pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
@@ -56,12 +56,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-pub(crate) fn drivers(images: Arc<ImageStore>) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
+/// The drivers of a node, granting what `policy` allows.
+pub(crate) fn drivers(
+    images: Arc<ImageStore>,
+    policy: IsolationPolicy,
+) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
     let exe = std::env::current_exe().context("locating the taba binary for task shims")?;
     Ok(vec![
-        Arc::new(taba_driver::exec::ExecDriver::new(exe.clone())),
-        Arc::new(taba_driver::container::ContainerDriver::new(exe, images)),
+        Arc::new(taba_driver::exec::ExecDriver::new(exe.clone()).with_policy(policy.clone())),
+        Arc::new(taba_driver::container::ContainerDriver::new(exe, images).with_policy(policy)),
     ])
+}
+
+/// `#[serde(default = "yes")]`: a switch that is on unless turned off.
+pub(crate) fn yes() -> bool {
+    true
 }
 
 pub(crate) async fn shutdown_signal() {

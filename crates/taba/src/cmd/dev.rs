@@ -5,7 +5,12 @@
 //! <data-dir>/server/state.redb   the store
 //! <data-dir>/images/             the image store (shared by server and agent)
 //! <data-dir>/agent/              the agent's node id, allocations and logs
+//! <data-dir>/dev-token           the management token (0600)
 //! ```
+//!
+//! `taba dev` starts with ACLs bootstrapped: it keeps its management token
+//! in `<data-dir>/dev-token` and writes it where the CLI looks for the
+//! token of its address (see [`super::acl`]), so the CLI needs no flag.
 //!
 //! Stopping it (Ctrl-C, SIGTERM, or even kill -9) leaves workloads running:
 //! the next start re-attaches to them. `taba job stop` stops workloads.
@@ -22,6 +27,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use taba_agent::AgentConfig;
+use taba_driver::IsolationPolicy;
 use taba_image::ImageStore;
 use taba_server::{Server, ServerConfig};
 use taba_store::{RedbStore, Store};
@@ -38,9 +44,12 @@ pub struct DevArgs {
     /// Node name of the built-in agent (the hostname by default).
     #[arg(long, conflicts_with = "agents")]
     pub node_name: Option<String>,
-    /// Heartbeat TTL of nodes, e.g. "10s".
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// A node silent this long is disconnected (no new placements).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_ttl: Duration,
+    /// ... and down this much later: its allocations are replaced elsewhere.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub heartbeat_grace: Duration,
     /// Turn off the rebalancer (on by default).
     #[arg(long)]
     pub no_rebalance: bool,
@@ -77,7 +86,7 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         return super::devcluster::run(&a, n);
     }
     run_async(async move {
-        std::fs::create_dir_all(&a.data_dir)
+        taba_agent::state::private_dir(&a.data_dir)
             .with_context(|| format!("creating {}", a.data_dir.display()))?;
         let store_path = a.data_dir.join("server").join("state.redb");
         std::fs::create_dir_all(store_path.parent().expect("has a parent"))?;
@@ -90,6 +99,7 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         );
         let mut sc = ServerConfig::new(a.data_dir.join("server"), a.http);
         sc.heartbeat_ttl = a.heartbeat_ttl;
+        sc.heartbeat_grace = a.heartbeat_grace;
         sc.rebalance.enabled = !a.no_rebalance;
         if let Some(i) = a.rebalance_interval {
             sc.rebalance.interval = i;
@@ -98,9 +108,15 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("starting the server")?;
         let addr = server.addr();
+        let secret =
+            super::acl::dev_management_token(server.state(), &a.data_dir.join("dev-token")).await?;
+        for f in super::acl::write_token_files(addr, &secret)? {
+            eprintln!("taba dev: management token in {}", f.display());
+        }
         let mut ac = AgentConfig::new(a.data_dir.join("agent"), format!("http://{addr}"));
         ac.name = a.node_name.clone();
-        let agent = taba_agent::start(ac, drivers(images)?)
+        ac.images = Some(images.clone());
+        let agent = taba_agent::start(ac, drivers(images, IsolationPolicy::default())?)
             .await
             .context("starting the agent")?;
         eprintln!(

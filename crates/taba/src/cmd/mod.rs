@@ -1,11 +1,14 @@
 //! Subcommands. Each module owns one group of commands.
 
+pub mod acl;
 pub mod agent;
 pub mod bench;
+pub mod bench_acl;
 pub mod cli;
 mod daemon;
 pub mod dev;
 mod devcluster;
+pub mod drain;
 pub mod server;
 pub mod shim;
 pub mod sim;
@@ -56,7 +59,7 @@ impl GlobalArgs {
         Ok(taba_client::Client::with_options(
             taba_client::ClientOptions {
                 addrs: self.addr.split(',').map(str::to_string).collect(),
-                token: self.token.clone(),
+                token: acl::resolve_token(self),
                 tls: self.tls_options()?,
             },
         )?)
@@ -85,7 +88,7 @@ pub struct GlobalArgs {
     /// The CLI's private key (default ~/.taba/tls/cli-key.pem when it exists).
     #[arg(long, global = true, env = "TABA_CLIENT_KEY")]
     pub client_key: Option<std::path::PathBuf>,
-    /// API token.
+    /// API token (by default the token file `taba dev` wrote for --addr; see `taba acl`).
     #[arg(long, global = true, env = "TABA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print JSON instead of tables.

@@ -2,7 +2,7 @@
 //! embedded store under `data_dir`. The configuration file is documented in
 //! docs/configuration.md.
 
-use super::daemon::{init_logging, read_config, run_async, shutdown_signal, TlsFile};
+use super::daemon::{init_logging, read_config, run_async, shutdown_signal, yes, TlsFile};
 use super::GlobalArgs;
 use anyhow::Context;
 use serde::Deserialize;
@@ -36,13 +36,40 @@ struct ServerFile {
     #[serde(default)]
     heartbeat_ttl: Option<taba_types::DurationSpec>,
     #[serde(default)]
+    heartbeat_grace: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    node_gc_after: Option<taba_types::DurationSpec>,
+    #[serde(default)]
     workers: Option<usize>,
     #[serde(default)]
     scheduler: SchedulerFile,
     #[serde(default)]
     rebalance: Option<RebalanceFile>,
+    /// Longest wait for an agent's `alloc exec` answer.
+    #[serde(default)]
+    exec_timeout: Option<taba_types::DurationSpec>,
+    /// Largest `alloc exec` output relayed, per stream.
+    #[serde(default)]
+    exec_max_output: Option<taba_types::ByteSize>,
+    #[serde(default)]
+    acl: AclFile,
     #[serde(default)]
     tls: Option<TlsFile>,
+}
+
+/// `[acl]` of the server's configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclFile {
+    /// Enforce tokens (on by default).
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+impl Default for AclFile {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// `[scheduler]` of the server configuration file.
@@ -132,6 +159,22 @@ impl RebalanceFile {
 }
 
 impl ServerFile {
+    /// Heartbeat TTL, grace and node garbage collection; errors name the key.
+    fn apply_liveness(&self, sc: &mut ServerConfig) -> anyhow::Result<()> {
+        if let Some(t) = self.heartbeat_ttl {
+            anyhow::ensure!(t.0 >= 100, "heartbeat_ttl: must be at least 100ms");
+            sc.heartbeat_ttl = t.as_duration();
+        }
+        if let Some(g) = self.heartbeat_grace {
+            sc.heartbeat_grace = g.as_duration();
+        }
+        if let Some(g) = self.node_gc_after {
+            anyhow::ensure!(g.0 >= 1000, "node_gc_after: must be at least 1s");
+            sc.node_gc_after = g.as_duration();
+        }
+        Ok(())
+    }
+
     /// The scheme the server serves on `a` (see `Server::start`).
     fn scheme(&self, a: SocketAddr) -> &'static str {
         match &self.tls {
@@ -153,22 +196,27 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let cfg: ServerFile = read_config(a.config.as_deref())?;
     run_async(async move {
-        std::fs::create_dir_all(&cfg.data_dir)
+        taba_agent::state::private_dir(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.data_dir.join("state.redb"))?);
         let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?);
         let mut sc = ServerConfig::new(cfg.data_dir.clone(), cfg.http);
         sc.extra_http = cfg.extra_http.clone();
-        if let Some(t) = cfg.heartbeat_ttl {
-            sc.heartbeat_ttl = t.as_duration();
-        }
+        cfg.apply_liveness(&mut sc)?;
         if let Some(w) = cfg.workers {
             sc.num_workers = w.max(1);
+        }
+        if let Some(t) = cfg.exec_timeout {
+            sc.exec_timeout = t.as_duration();
+        }
+        if let Some(m) = cfg.exec_max_output {
+            sc.exec_max_output = m.0;
         }
         sc.preemption = cfg.scheduler.preemption.config();
         if let Some(r) = &cfg.rebalance {
             r.apply(&mut sc.rebalance)?;
         }
+        sc.acl.enabled = cfg.acl.enabled;
         if let Some(t) = &cfg.tls {
             sc.tls = Some(taba_server::ServerTls {
                 files: t.files(None)?,
@@ -195,6 +243,14 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
                 urls[0],
                 urls[1..].join(", ")
             );
+        }
+        let acl = &server.state().acl;
+        if !acl.enabled() {
+            tracing::warn!(
+                "ACLs are off ([acl] enabled = false): anyone who reaches the API may do anything"
+            );
+        } else if !acl.bootstrapped() {
+            eprintln!("taba server: ACLs are not bootstrapped; only `taba acl bootstrap` is answered until then");
         }
         shutdown_signal().await;
         server.shutdown().await;
@@ -240,5 +296,24 @@ mod tests {
         let err = toml::from_str::<ServerFile>("[scheduler]\npreemption = { services = true }\n")
             .unwrap_err();
         assert!(err.message().contains("unknown field `services`"), "{err}");
+    }
+
+    #[test]
+    fn server_file_reads_liveness_settings() {
+        let mut sc = ServerConfig::new("/tmp/x", "127.0.0.1:0".parse().unwrap());
+        let cfg: ServerFile = toml::from_str(
+            "heartbeat_ttl = \"3s\"\nheartbeat_grace = \"1s\"\nnode_gc_after = \"1h\"\n",
+        )
+        .unwrap();
+        cfg.apply_liveness(&mut sc).unwrap();
+        assert_eq!(sc.heartbeat_ttl, std::time::Duration::from_secs(3));
+        assert_eq!(sc.heartbeat_grace, std::time::Duration::from_secs(1));
+        assert_eq!(sc.node_gc_after, std::time::Duration::from_secs(3600));
+        let cfg: ServerFile = toml::from_str("heartbeat_ttl = \"10ms\"\n").unwrap();
+        let err = cfg.apply_liveness(&mut sc).unwrap_err();
+        assert!(err.to_string().starts_with("heartbeat_ttl:"), "{err}");
+        let cfg: ServerFile = toml::from_str("[acl]\nenabled = false\n").unwrap();
+        assert!(!cfg.acl.enabled);
+        assert!(toml::from_str::<ServerFile>("").unwrap().acl.enabled);
     }
 }

@@ -1,6 +1,10 @@
 //! Harness of the end-to-end tests: a real `taba dev` process on a random
 //! port with a temporary data dir, driven through the real API client and the
-//! real CLI. Needs root (cgroups, namespaces, overlayfs) and the busybox image
+//! real CLI. `taba dev` starts with ACLs bootstrapped: the harness reads its
+//! management token from `<data>/dev-token` for the API client, and the CLI
+//! finds it by itself in the token file `taba dev` wrote under
+//! `TABA_CONFIG_DIR=<data>/config` (as it does under `~/.config/taba`
+//! outside tests). Needs root (cgroups, namespaces, overlayfs) and the busybox image
 //! that `scripts/setup.sh` builds; fails loudly when either is missing.
 #![allow(dead_code)]
 
@@ -54,6 +58,8 @@ pub struct Dev {
     pub addr: String,
     pub client: Client,
     pub log: PathBuf,
+    /// The management token `taba dev` wrote.
+    pub token: String,
 }
 
 impl Dev {
@@ -90,6 +96,7 @@ impl Dev {
             .arg("n1")
             .args(extra)
             .env("TABA_LOG", "info")
+            .env("TABA_CONFIG_DIR", data.join("config"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -123,7 +130,11 @@ impl Dev {
                 );
             }
         };
-        let client = Client::new(&addr, None);
+        let token = std::fs::read_to_string(data.join("dev-token"))
+            .expect("taba dev writes its management token before it prints its address")
+            .trim()
+            .to_string();
+        let client = Client::new(&addr, Some(token.clone()));
         let d = Dev {
             child: Some(child),
             data: data.to_path_buf(),
@@ -131,6 +142,7 @@ impl Dev {
             addr,
             client,
             log,
+            token,
         };
         d.wait_for("node ready", Duration::from_secs(30), || {
             d.client
@@ -163,13 +175,19 @@ impl Dev {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// The CLI against this server, finding the token on its own.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(taba_bin());
+        c.args(args)
+            .env("TABA_ADDR", &self.addr)
+            .env("TABA_CONFIG_DIR", self.data.join("config"))
+            .env_remove("TABA_TOKEN");
+        c
+    }
+
     /// Run the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(taba_bin())
-            .args(args)
-            .env("TABA_ADDR", &self.addr)
-            .output()
-            .expect("running taba")
+        self.cli_command(args).output().expect("running taba")
     }
 
     /// Import the busybox image.
@@ -352,14 +370,470 @@ fn manifest_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// A `taba server` and `taba agent`s as separate processes on loopback,
+/// each with its own data dir under one temporary dir (`<tmp>/server`,
+/// `<tmp>/<node>/agent`). Dropping it stops every job, kills the
+/// processes and cleans up what the agents left.
+pub struct Cluster {
+    tmp: tempfile::TempDir,
+    server: Proc,
+    /// `http://127.0.0.1:PORT` of the server.
+    pub url: String,
+    /// The management token `taba acl bootstrap` printed.
+    pub token: String,
+    /// API client with the management token.
+    pub client: Client,
+    agents: std::collections::BTreeMap<String, Proc>,
+}
+
+impl Cluster {
+    /// A server with `server_toml` added to its configuration file.
+    pub fn start(server_toml: &str) -> Cluster {
+        require_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("taba-cluster-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = tmp.path().join("server");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("server.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n{server_toml}\n",
+                dir.join("data")
+            ),
+        )
+        .unwrap();
+        let (server, url) = Proc::start(
+            &["server", "--config", cfg.to_str().unwrap()],
+            &dir.join("server.log"),
+            "API on ",
+        );
+        let mut taba = Command::new(taba_bin());
+        taba.env("TABA_ADDR", &url);
+        let token = acl_bootstrap(taba);
+        let client = Client::new(url.trim_start_matches("http://"), Some(token.clone()));
+        Cluster {
+            tmp,
+            server,
+            url,
+            token,
+            client,
+            agents: Default::default(),
+        }
+    }
+
+    /// A server and agents `names`, all ready.
+    pub fn with_agents(names: &[&str]) -> Cluster {
+        let mut c = Cluster::start("");
+        let url = c.url.clone();
+        for name in names {
+            c.start_agent(name, &url);
+        }
+        c
+    }
+
+    /// The cluster's temporary dir (for job files and the like).
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The agent of node `name`'s data dir parent (what [`force_cleanup`] takes).
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Start (or restart, on the same data dir) the agent of node `name`,
+    /// talking to `server_url` (the server's, unless a test puts a proxy
+    /// between them); waits until the node is ready.
+    pub fn start_agent(&mut self, name: &str, server_url: &str) {
+        self.spawn_agent(name, server_url, &[]);
+        self.wait_for(
+            &format!("node {name} ready"),
+            Duration::from_secs(30),
+            || {
+                self.client
+                    .node(name)
+                    .is_ok_and(|n| n.status == taba_types::NodeStatus::Ready)
+            },
+        );
+    }
+
+    /// Start the agent of node `name` through `wrapper` (see
+    /// [`spawn_wrapped`]) and return once it logged its start.
+    pub fn spawn_agent(&mut self, name: &str, server_url: &str, wrapper: &[&str]) {
+        let dir = self.node_dir(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nserver = {server_url:?}\nname = {name:?}\nhttp = \"127.0.0.1:0\"\n",
+                dir.join("agent")
+            ),
+        )
+        .unwrap();
+        let (agent, _) = Proc::start_wrapped(
+            wrapper,
+            &["agent", "--config", cfg.to_str().unwrap()],
+            &dir.join(format!("agent-{}.log", self.agents.len())),
+            "taba agent: node ",
+        );
+        self.agents.insert(name.to_string(), agent);
+    }
+
+    /// kill -9 the agent of `name` (its workloads keep running).
+    pub fn kill_agent(&mut self, name: &str) {
+        if let Some(mut a) = self.agents.remove(name) {
+            a.kill();
+        }
+    }
+
+    /// Run the CLI against the server with the management token.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(taba_bin())
+            .args(args)
+            .env("TABA_ADDR", &self.url)
+            .env("TABA_TOKEN", &self.token)
+            .output()
+            .expect("running taba")
+    }
+
+    /// Poll `f` until true; panic with the logs after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; logs:\n{}", self.logs());
+    }
+
+    /// The last lines of every log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for e in walk_dirs(self.tmp.path()) {
+            for f in std::fs::read_dir(&e).into_iter().flatten().flatten() {
+                let p = f.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let s = std::fs::read_to_string(&p).unwrap_or_default();
+                    let lines: Vec<&str> = s.lines().collect();
+                    out.push_str(&format!("==> {}\n", p.display()));
+                    out.push_str(&lines[lines.len().saturating_sub(30)..].join("\n"));
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// Allocation ids whose task shims run now under node `name`'s data
+    /// dir: what really runs there, whatever the servers think.
+    pub fn running_allocs(&self, name: &str) -> Vec<String> {
+        let allocs = self.node_dir(name).join("agent").join("allocs");
+        let prefix = allocs.to_string_lossy().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+                continue;
+            }
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).to_string())
+                .collect();
+            if !args.iter().any(|a| a == "shim") {
+                continue;
+            }
+            if let Some(dir) = args.iter().find(|a| a.starts_with(&prefix)) {
+                let rel = dir[prefix.len()..].trim_start_matches('/');
+                if let Some(id) = rel.split('/').next() {
+                    out.push(id.to_string());
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+impl Cluster {
+    /// The job's allocations whose task shims really run on `node`.
+    pub fn job_running_on(&self, job: &str, node: &str) -> Vec<String> {
+        let Ok(st) = self.client.job_status(job) else {
+            return vec![];
+        };
+        let mine: std::collections::BTreeSet<String> =
+            st.allocations.iter().map(|a| a.id.to_string()).collect();
+        self.running_allocs(node)
+            .into_iter()
+            .filter(|id| mine.contains(id))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Ok(jobs) = self.client.list_jobs() {
+            for j in jobs.iter().filter(|j| !j.stopped) {
+                let _ = self.client.stop_job(&j.name);
+            }
+        }
+        let names: Vec<String> = std::fs::read_dir(self.tmp.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n != "server")
+            .collect();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15)
+            && names.iter().any(|n| !self.running_allocs(n).is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for (_, mut a) in std::mem::take(&mut self.agents) {
+            a.kill();
+        }
+        self.server.kill();
+        for n in &names {
+            force_cleanup(&self.node_dir(n));
+        }
+    }
+}
+
+/// A TCP proxy on loopback between an agent and the server, so a test can
+/// cut that one agent's link (`cut`: open connections are closed, new ones
+/// are accepted and never answered, like a black-holed route) and restore it.
+pub struct LinkProxy {
+    /// `http://127.0.0.1:PORT` for the agent's `server` setting.
+    pub url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LinkProxy {
+    /// Forward to `upstream` (`http://host:port`).
+    pub fn start(upstream: &str) -> LinkProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (c, s, k) = (cut.clone(), stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((down, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = down.set_nonblocking(false);
+                if c.load(Ordering::SeqCst) {
+                    k.lock().unwrap().push(down); // black hole
+                    continue;
+                }
+                let Ok(up) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up.try_clone().unwrap(), down.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let (mut from, mut to) = (from, to);
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                let mut held = k.lock().unwrap();
+                held.push(down);
+                held.push(up);
+            }
+        });
+        LinkProxy {
+            url,
+            cut,
+            conns,
+            stop,
+        }
+    }
+
+    /// Cut the link: nothing passes until [`Self::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Restore the link (black-holed connections are closed).
+    pub fn restore(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.restore();
+    }
+}
+
+/// A `taba` process (server or agent) whose stderr goes to `log`.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Start `taba ARGS`; wait for the stderr line containing `marker` and
+    /// return the text after it (up to `;` or the end).
+    pub fn start(args: &[&str], log: &Path, marker: &str) -> (Proc, String) {
+        Self::start_wrapped(&[], args, log, marker)
+    }
+
+    /// [`Proc::start`] with `taba` run through `wrapper` (a command and its
+    /// arguments that end with the program to run, e.g. `unshare ... --`).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        log: &Path,
+        marker: &str,
+    ) -> (Proc, String) {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let bin = taba_bin();
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = cmd
+            .args(args)
+            .env("TABA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting taba");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let marker = marker.to_string();
+        std::thread::spawn(move || {
+            let mut logf = logf;
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(logf, "{line}");
+                if !sent {
+                    if let Some(rest) = line.split(marker.as_str()).nth(1) {
+                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let proc = Proc {
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(found) => (proc, found),
+            Err(_) => panic!(
+                "taba {args:?} did not start; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+    }
+
+    /// The last lines of the log.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// kill -9 and wait (an agent's workloads keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Bootstrap the ACLs of a server as an operator does (`taba acl
+/// bootstrap`, run by `taba`: the CLI with its address and TLS settings)
+/// and return the management token's secret.
+pub fn acl_bootstrap(mut taba: Command) -> String {
+    let out = taba
+        .args(["acl", "bootstrap"])
+        .env_remove("TABA_TOKEN")
+        .output()
+        .expect("running taba acl bootstrap");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "taba acl bootstrap failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret   = "))
+        .unwrap_or_else(|| panic!("no secret in `taba acl bootstrap`'s output: {stdout}"))
+        .trim()
+        .to_string()
+}
+
 /// A running `taba dev --agents N`: a server and N agent processes, agent
 /// `nK` in network namespace `<prefix>-nK`. The prefix and subnet are unique
 /// per cluster so that tests can run side by side.
-pub struct Cluster {
+pub struct DevCluster {
     pub child: Option<Child>,
     pub data: PathBuf,
     _tmp: tempfile::TempDir,
     pub addr: String,
+    /// The management token `taba dev` bootstrapped ACLs with.
+    pub token: String,
+    /// API client with that token.
     pub client: Client,
     /// Dev's own log (its stderr).
     pub log: PathBuf,
@@ -370,21 +844,21 @@ pub struct Cluster {
     pub agents: u32,
 }
 
-impl Cluster {
+impl DevCluster {
     /// Start `taba dev --agents N` with `extra` arguments on a fresh data dir.
-    pub fn start(agents: u32, extra: &[&str]) -> Cluster {
+    pub fn start(agents: u32, extra: &[&str]) -> DevCluster {
         require_root();
         let mut last = String::new();
         // A random subnet may be in use (by another test's cluster): try a few.
         for attempt in 0..4 {
             let tmp = tempfile::Builder::new()
-                .prefix("taba-cluster-")
+                .prefix("taba-devcluster-")
                 .tempdir_in("/var/tmp")
                 .unwrap();
             let seed = unique_seed(attempt);
             let prefix = format!("t{:05x}", seed & 0xfffff);
             let subnet = format!("10.{}.{}.0/24", 200 + (seed >> 20) % 50, (seed >> 8) % 256);
-            match Cluster::try_start(tmp, &prefix, &subnet, agents, extra) {
+            match DevCluster::try_start(tmp, &prefix, &subnet, agents, extra) {
                 Ok(c) => return c,
                 Err(e) if e.contains("already used") || e.contains("exists") => last = e,
                 Err(e) => panic!("taba dev --agents {agents} did not start:\n{e}"),
@@ -399,7 +873,7 @@ impl Cluster {
         subnet: &str,
         agents: u32,
         extra: &[&str],
-    ) -> Result<Cluster, String> {
+    ) -> Result<DevCluster, String> {
         let data = tmp.path().to_path_buf();
         let log = data.join("taba-dev.log");
         let logf = std::fs::File::create(&log).unwrap();
@@ -449,12 +923,17 @@ impl Cluster {
                 return Err(std::fs::read_to_string(&log).unwrap_or_default());
             }
         };
-        let client = Client::new(&addr, None);
-        Ok(Cluster {
+        let token = std::fs::read_to_string(data.join("dev-token"))
+            .expect("taba dev --agents writes its management token before it prints its address")
+            .trim()
+            .to_string();
+        let client = Client::new(&addr, Some(token.clone()));
+        Ok(DevCluster {
             child: Some(child),
             data,
             _tmp: tmp,
             addr,
+            token,
             client,
             log,
             prefix: prefix.to_string(),
@@ -495,11 +974,12 @@ impl Cluster {
         Command::new(taba_bin())
             .args(args)
             .env("TABA_ADDR", &self.addr)
+            .env("TABA_TOKEN", &self.token)
             .output()
             .expect("running taba")
     }
 
-    /// Import the busybox image (agents read the server's image store).
+    /// Import the busybox image into the server (agents fetch it from there).
     pub fn import_busybox(&self) {
         self.client
             .import_image(&busybox_tar())
@@ -528,6 +1008,7 @@ impl Cluster {
             .arg(tls.join("cli-key.pem"))
             .args(args)
             .env_remove("TABA_ADDR")
+            .env("TABA_TOKEN", &self.token)
             .output()
             .expect("running taba")
     }
@@ -621,7 +1102,7 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Drop for DevCluster {
     fn drop(&mut self) {
         self.stop();
         // Whatever a failed stop left.
@@ -709,83 +1190,4 @@ fn unique_seed(attempt: u32) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
     x ^ (x >> 31)
-}
-
-/// A `taba` process (server or agent) whose stderr goes to `log`.
-pub struct Proc {
-    pub child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    /// Start `taba ARGS`; wait for the stderr line containing `marker` and
-    /// return the text after it (up to `;` or the end).
-    pub fn start(args: &[&str], log: &Path, marker: &str) -> (Proc, String) {
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut child = Command::new(taba_bin())
-            .args(args)
-            .env("TABA_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting taba");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let marker = marker.to_string();
-        std::thread::spawn(move || {
-            let mut logf = logf;
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                use std::io::Write;
-                let _ = writeln!(logf, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split(marker.as_str()).nth(1) {
-                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let proc = Proc {
-            child: Some(child),
-            log: log.to_path_buf(),
-        };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(found) => (proc, found),
-            Err(_) => panic!(
-                "taba {args:?} did not start; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            ),
-        }
-    }
-
-    /// The last lines of the log.
-    pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// SIGTERM and wait.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

@@ -49,7 +49,7 @@ struct Cluster {
 
 /// Run `taba dev --agents N` until SIGINT or SIGTERM.
 pub fn run(a: &DevArgs, agents: u32) -> anyhow::Result<ExitCode> {
-    if !nix::unistd::geteuid().is_root() {
+    if !rustix::process::geteuid().is_root() {
         bail!("taba dev --agents needs root (network namespaces, cgroups)");
     }
     if !(1..=64).contains(&agents) {
@@ -138,13 +138,44 @@ impl Cluster {
         self.plan.make_bridge(&mut self.made)?;
         self.make_pki(agents)?;
         let api = self.start_server(a)?;
+        let token = self.management_token(api)?;
         let server_url = format!("https://{}:{}", self.plan.bridge_ip(), api.port());
         for k in 1..=agents {
             self.plan.make_agent_net(k, &mut self.made)?;
             self.start_agent(k, &server_url, cpu, memory)?;
         }
-        self.wait_ready(&format!("http://{api}"), agents)?;
+        self.wait_ready(&format!("http://{api}"), &token, agents)?;
         Ok(api)
+    }
+
+    /// The management token: bootstrap the ACLs on a fresh data dir and keep
+    /// the token in `<data-dir>/dev-token` (0600), or reuse the one kept
+    /// there; either way it is written where the CLI looks for the token of
+    /// the API's address, so the CLI needs no flag.
+    fn management_token(&self, api: std::net::SocketAddr) -> anyhow::Result<String> {
+        let path = self.data.join("dev-token");
+        let kept = std::fs::read_to_string(&path)
+            .ok()
+            .map(|s| s.trim().to_string());
+        let client = taba_client::Client::new(&format!("http://{api}"), None);
+        let secret = match client.acl_bootstrap() {
+            Ok(t) => {
+                super::acl::write_secret(&path, &t.secret)?;
+                t.secret
+            }
+            Err(e) if e.status() == Some(409) => kept.with_context(|| {
+                format!(
+                    "the server's ACLs are bootstrapped but {} is gone: remove {} to start afresh",
+                    path.display(),
+                    self.data.join("server").display()
+                )
+            })?,
+            Err(e) => return Err(e).context("bootstrapping the ACLs"),
+        };
+        for f in super::acl::write_token_files(api, &secret)? {
+            eprintln!("taba dev: management token in {}", f.display());
+        }
+        Ok(secret)
     }
 
     /// A fresh dev PKI in `<data-dir>/tls` (keys 0600): a CA, the server's
@@ -181,11 +212,13 @@ impl Cluster {
     fn start_server(&mut self, a: &DevArgs) -> anyhow::Result<std::net::SocketAddr> {
         let server_dir = self.data.join("server");
         let mut cfg = format!(
-            "data_dir = {}\nhttp = \"{}\"\nextra_http = [\"{}:0\"]\nheartbeat_ttl = \"{}ms\"\n",
+            "data_dir = {}\nhttp = \"{}\"\nextra_http = [\"{}:0\"]\nheartbeat_ttl = \"{}ms\"\n\
+             heartbeat_grace = \"{}ms\"\n",
             toml_str(&server_dir),
             a.http,
             self.plan.bridge_ip(),
-            a.heartbeat_ttl.as_millis()
+            a.heartbeat_ttl.as_millis(),
+            a.heartbeat_grace.as_millis()
         );
         cfg.push_str(&format!("[rebalance]\nenabled = {}\n", !a.no_rebalance));
         if let Some(i) = a.rebalance_interval {
@@ -249,11 +282,10 @@ impl Cluster {
             .with_context(|| format!("no dev certificate for agent {name}"))?;
         let cfg = format!(
             "data_dir = {}\nservers = [\"{server_url}\"]\nname = \"{name}\"\nhttp = \"{}:4647\"\n\
-             images_dir = {}\nusage = \"allocations\"\ncgroup_parent = \"{}\"\n\
+             usage = \"allocations\"\ncgroup_parent = \"{}\"\n\
              [resources]\ncpu = {cpu}\nmemory = \"{}B\"\n{}",
             toml_str(&dir),
             self.plan.agent_ip(k),
-            toml_str(&self.data.join("server").join("images")),
             self.plan.cgroup_parent(k),
             memory.0,
             Self::tls_table(&files, ""),
@@ -277,8 +309,11 @@ impl Cluster {
         // a descriptor opened before the fork; it allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
-                nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
+                rustix::thread::move_into_link_name_space(
+                    netns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .map_err(std::io::Error::from)
             });
         }
         let child = cmd
@@ -289,8 +324,8 @@ impl Cluster {
     }
 
     /// Wait until nodes n1..nN are ready (at most a minute).
-    fn wait_ready(&mut self, api: &str, agents: u32) -> anyhow::Result<()> {
-        let client = taba_client::Client::new(api, None);
+    fn wait_ready(&mut self, api: &str, token: &str, agents: u32) -> anyhow::Result<()> {
+        let client = taba_client::Client::new(api, Some(token.to_string()));
         let start = Instant::now();
         let want: Vec<String> = (1..=agents).map(|k| format!("n{k}")).collect();
         loop {
@@ -373,11 +408,12 @@ impl Drop for Cluster {
 
 /// SIGTERM, then SIGKILL after 10 s.
 fn terminate(c: &mut Child) {
-    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
     if matches!(c.try_wait(), Ok(Some(_))) {
         return;
     }
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         if matches!(c.try_wait(), Ok(Some(_))) {

@@ -63,10 +63,9 @@ fn kill_shims(data: &Path) {
             return;
         }
         for pid in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -84,8 +83,8 @@ fn unmount_below(dir: &Path, errors: &mut Vec<String>) {
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     mounts.dedup();
     for m in mounts {
-        if let Err(e) = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH) {
-            if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
+        if let Err(e) = rustix::mount::unmount(m.as_str(), rustix::mount::UnmountFlags::DETACH) {
+            if e != rustix::io::Errno::INVAL && e != rustix::io::Errno::NOENT {
                 errors.push(format!("unmounting {m}: {e}"));
             }
         }
