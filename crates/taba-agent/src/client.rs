@@ -61,6 +61,14 @@ pub fn normalize_base(s: &str) -> String {
     }
 }
 
+impl ClientError {
+    /// The server does not know this node (removed, garbage-collected, or
+    /// its state lost): the agent must register again.
+    pub fn is_unknown_node(&self) -> bool {
+        matches!(self, Self::Status { status: 403 | 404, message, .. } if message.contains("unknown node"))
+    }
+}
+
 impl ServerClient {
     /// Talk to the servers at `bases` (`http://host:port` or
     /// `https://host:port`), trusting `tls`'s CA and presenting its identity.
@@ -179,23 +187,29 @@ impl ServerClient {
 
     /// Register (or re-register) the node.
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        self.send("/v1/agent/register", |c, u| c.post(u).json(req))
-            .await
+        self.send("/v1/agent/register", |c, u| {
+            c.post(u).json(req).timeout(Duration::from_secs(30))
+        })
+        .await
     }
 
-    /// Heartbeat.
+    /// Heartbeat; gives up after `timeout` (a partitioned link must not
+    /// hold back the next heartbeat).
     pub async fn heartbeat(
         &self,
         node_id: &NodeId,
         usage: NodeUsage,
+        timeout: Duration,
     ) -> Result<HeartbeatResponse, ClientError> {
         let req = HeartbeatRequest {
             protocol: PROTOCOL,
             node_id: node_id.clone(),
             usage,
         };
-        self.send("/v1/agent/heartbeat", |c, u| c.post(u).json(&req))
-            .await
+        self.send("/v1/agent/heartbeat", |c, u| {
+            c.post(u).json(&req).timeout(timeout)
+        })
+        .await
     }
 
     /// The node's allocations, blocking until they change past `index`.
@@ -219,7 +233,9 @@ impl ServerClient {
     /// Report allocation state changes.
     pub async fn update_allocs(&self, req: &AllocUpdateRequest) -> Result<(), ClientError> {
         let _: serde_json::Value = self
-            .send("/v1/agent/allocations", |c, u| c.post(u).json(req))
+            .send("/v1/agent/allocations", |c, u| {
+                c.post(u).json(req).timeout(Duration::from_secs(30))
+            })
             .await?;
         Ok(())
     }

@@ -17,6 +17,8 @@ pub struct Fingerprint {
     pub attributes: BTreeMap<String, String>,
     /// Host name.
     pub hostname: String,
+    /// Why cgroups are not usable here, if they are not.
+    pub cgroup_error: Option<String>,
 }
 
 fn read(path: &str) -> String {
@@ -153,16 +155,18 @@ pub fn fingerprint(data_dir: &Path) -> Fingerprint {
         a.insert("kvm.api_version".into(), v.to_string());
     }
     a.insert("kvm.create_vm".into(), kvm_vm.to_string());
-    match taba_cgroups::Layout::detect() {
+    let cgroup_error = match taba_cgroups::Layout::detect() {
         Ok(l) => {
             a.insert("cgroup.version".into(), l.version_name().to_string());
+            None
         }
         Err(e) => {
             a.insert("cgroup.version".into(), "none".into());
-            tracing::warn!("cgroups not usable: {e}");
+            Some(taba_types::error_chain(&e))
         }
-    }
+    };
     Fingerprint {
+        cgroup_error,
         resources: NodeResources {
             cores,
             cpu: cores as u64 * mhz,

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use taba_driver::Driver;
 use taba_image::ImageStore;
 use taba_types::wire::{AllocUpdate, AllocUpdateRequest, RegisterRequest, PROTOCOL};
@@ -33,7 +33,7 @@ use taba_types::{
     AllocId, AllocUsage, ByteSize, DriverInfo, Eligibility, Node, NodeId, NodeResources,
     NodeStatus, NodeUsage, PortRange, PortRanges,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// Errors starting the agent.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,15 @@ pub enum AgentError {
     /// The data dir is unusable.
     #[error("agent state")]
     State(#[from] state::StateError),
+    /// The API listens on every address and no address to advertise could be
+    /// found from the route to the server.
+    #[error("http: {listen} listens on every address and no route to the server {server} names one; set `advertise` to the address the servers reach this node at")]
+    NoAdvertise {
+        /// The listen address.
+        listen: SocketAddr,
+        /// The server URL.
+        server: String,
+    },
     /// The agent API could not listen.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -70,6 +79,58 @@ pub enum AgentError {
     Join(#[from] join::JoinError),
 }
 
+/// What the node offers, overriding the fingerprint's whole-host figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// CPU, MHz.
+    pub cpu: Option<u64>,
+    /// Memory.
+    pub memory: Option<ByteSize>,
+}
+
+impl Capacity {
+    /// The fingerprinted resources with these overrides applied. Cores
+    /// follow the CPU share (at least one, at most the host's).
+    pub fn apply(&self, host: &NodeResources, mhz_per_core: u64) -> NodeResources {
+        let mut r = host.clone();
+        if let Some(cpu) = self.cpu {
+            r.cpu = cpu;
+            let cores = cpu
+                .div_ceil(mhz_per_core.max(1))
+                .clamp(1, u64::from(host.cores.max(1)));
+            r.cores = cores as u32;
+        }
+        if let Some(m) = self.memory {
+            r.memory = m;
+        }
+        r
+    }
+}
+
+/// Where an agent's measured use (reported in heartbeats; the rebalancer
+/// reads it) comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The whole host: `/proc/stat` and `/proc/meminfo`. Right when the
+    /// agent is alone on its host: everything that runs there loads it.
+    #[default]
+    Host,
+    /// The sum of this node's allocations, from their cgroups. Right when
+    /// several agents share a host (`taba dev --agents N`).
+    Allocations,
+}
+
+impl std::str::FromStr for UsageSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host" => Ok(Self::Host),
+            "allocations" => Ok(Self::Allocations),
+            _ => Err(format!("{s:?} is not \"host\" or \"allocations\"")),
+        }
+    }
+}
+
 /// How an agent is set up.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -91,6 +152,18 @@ pub struct AgentConfig {
     pub datacenter: String,
     /// Address for the agent's own API.
     pub http_addr: SocketAddr,
+    /// The address the servers reach the agent's API at (and tasks see as the
+    /// node's). Port 0: the port the API is bound to. None: the listen
+    /// address, or when that is unspecified (`0.0.0.0`) the local address of
+    /// the route to the server.
+    pub advertise: Option<SocketAddr>,
+    /// CPU (MHz) and memory the node offers; None: the whole host. Agents
+    /// that share a host each offer a part of it.
+    pub capacity: Capacity,
+    /// Where the node's measured use comes from.
+    pub usage_source: UsageSource,
+    /// Cgroup under which the allocations' cgroups are made (`taba`).
+    pub cgroup_parent: String,
     /// Operator metadata (`${meta.X}`).
     pub meta: BTreeMap<String, String>,
     /// Resources held back for the host.
@@ -125,6 +198,10 @@ impl AgentConfig {
             name: None,
             datacenter: "dc1".into(),
             http_addr: "127.0.0.1:0".parse().expect("static address"),
+            advertise: None,
+            capacity: Capacity::default(),
+            usage_source: UsageSource::Host,
+            cgroup_parent: "taba".into(),
             meta: BTreeMap::new(),
             reserved: NodeResources::default(),
             reserved_ports: PortRanges::default(),
@@ -150,11 +227,31 @@ pub struct AgentInner {
     total_mhz: u64,
     /// The host's last CPU times sample and its measured use.
     host: Mutex<(Option<host::CpuTimes>, Option<NodeUsage>)>,
+    /// Where the node's measured use comes from.
+    usage_source: UsageSource,
+    /// When the last request that a server answered was sent (or the
+    /// agent started): what fencing (`stop_after_disconnect`) counts from.
+    last_contact: Mutex<Instant>,
+    /// Woken when a server says it does not know this node: register again.
+    reregister: Notify,
     /// Caps of `alloc exec`.
     exec_limits: api::ExecLimits,
 }
 
 impl AgentInner {
+    /// A server answered a request sent at `sent`.
+    fn contact(&self, sent: Instant) {
+        let mut last = self.last_contact.lock().unwrap();
+        if sent > *last {
+            *last = sent;
+        }
+    }
+
+    /// How long since a server last answered.
+    pub fn since_contact(&self) -> Duration {
+        self.last_contact.lock().unwrap().elapsed()
+    }
+
     /// The runner of an allocation on this node.
     pub fn runner(&self, id: &str) -> Option<Arc<AllocRunner>> {
         let runners = self.runners.lock().unwrap();
@@ -178,6 +275,8 @@ pub struct AgentHandle {
     pub node_id: NodeId,
     /// Where the agent API listens.
     pub http_addr: SocketAddr,
+    /// The address the servers reach the agent API at.
+    pub advertise: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -219,6 +318,14 @@ pub async fn start(
         by_name.insert(d.name().to_string(), d);
     }
 
+    let unusable_reason = unusable_reason(&fp, &driver_infos);
+    if !unusable_reason.is_empty() {
+        tracing::error!(
+            reason = %unusable_reason,
+            "this node cannot run workloads; it registers as unusable and nothing is placed on it"
+        );
+    }
+
     if config.tls.is_none() && !config.http_addr.ip().is_loopback() {
         return Err(AgentError::PlainOffLoopback {
             addr: config.http_addr,
@@ -237,6 +344,8 @@ pub async fn start(
         addr: config.http_addr,
         source,
     })?;
+    let advertised = advertise_addr(&config, http_addr)?;
+    let resources = config.capacity.apply(&fp.resources, fp.mhz_per_core);
 
     let node = Node {
         id: node_id.clone(),
@@ -246,16 +355,17 @@ pub async fn start(
         eligibility: Eligibility::Eligible,
         drain: None,
         drained_at: None,
-        http_addr: http_addr.to_string(),
+        http_addr: advertised.to_string(),
         attributes,
         meta: config.meta.clone(),
-        resources: fp.resources.clone(),
+        resources: resources.clone(),
         reserved: config.reserved.clone(),
         reserved_ports: config.reserved_ports.clone(),
         dynamic_ports: config.dynamic_ports,
         drivers: driver_infos,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
+        unusable_reason,
         create_index: 0,
         modify_index: 0,
     };
@@ -278,7 +388,8 @@ pub async fn start(
         changed: changed_tx,
         log_max_bytes: config.log_max_bytes,
         log_max_files: config.log_max_files,
-        node_ip: node_ip(http_addr),
+        node_ip: advertised.ip(),
+        cgroup_parent: config.cgroup_parent.clone(),
     });
     let inner = Arc::new(AgentInner {
         node_id: node_id.clone(),
@@ -286,8 +397,11 @@ pub async fn start(
         runners: Mutex::new(HashMap::new()),
         usage: Mutex::new(HashMap::new()),
         mhz_per_core: fp.mhz_per_core.max(1),
-        total_mhz: fp.resources.cpu,
+        total_mhz: resources.cpu,
         host: Mutex::new((None, None)),
+        usage_source: config.usage_source,
+        last_contact: Mutex::new(Instant::now()),
+        reregister: Notify::new(),
         exec_limits: config.exec_limits,
     });
 
@@ -313,6 +427,7 @@ pub async fn start(
         client.clone(),
         changed_rx,
     )));
+    tasks.push(tokio::spawn(fence_loop(inner.clone())));
     tasks.push(tokio::spawn(stats_loop(
         inner.clone(),
         config.stats_interval,
@@ -337,20 +452,58 @@ pub async fn start(
     Ok(AgentHandle {
         node_id,
         http_addr,
+        advertise: advertised,
         shutdown,
         tasks,
     })
 }
 
-/// The node's address as tasks see it: the IP of the agent's API address
-/// (the address the servers reach the node at), or loopback when the API
-/// listens on every address.
-fn node_ip(http_addr: SocketAddr) -> std::net::IpAddr {
-    match http_addr.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
+/// The address the servers reach this node's API at, which tasks also see
+/// as the node's: `advertise` (its port 0 = the bound port), else the bound
+/// address, else, when that is unspecified (`0.0.0.0`), the local address of
+/// the route to the first server there is one to. Never an unspecified
+/// address.
+fn advertise_addr(config: &AgentConfig, bound: SocketAddr) -> Result<SocketAddr, AgentError> {
+    let with_port = |mut a: SocketAddr| {
+        if a.port() == 0 {
+            a.set_port(bound.port());
+        }
+        a
+    };
+    if let Some(a) = config.advertise {
+        return Ok(with_port(a));
     }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound);
+    }
+    config
+        .servers
+        .iter()
+        .filter_map(|s| route_to(s))
+        .find(|ip| ip.is_ipv4() == bound.is_ipv4())
+        .map(|ip| SocketAddr::new(ip, bound.port()))
+        .ok_or_else(|| AgentError::NoAdvertise {
+            listen: config.http_addr,
+            server: config.servers.join(", "),
+        })
+}
+
+/// The local address the kernel would use to reach the server at `url`
+/// (`http://host:port`): a UDP socket "connected" to it sends nothing.
+fn route_to(url: &str) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.split('/').next()?;
+    let target = hostport.to_socket_addrs().ok()?.next()?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let sock = std::net::UdpSocket::bind(bind).ok()?;
+    sock.connect(target).ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 fn recover(inner: &Arc<AgentInner>) {
@@ -402,8 +555,10 @@ async fn register_and_watch(
             protocol: PROTOCOL,
             node: node.clone(),
         };
+        let sent = Instant::now();
         match client.register(&req).await {
             Ok(resp) => {
+                inner.contact(sent);
                 if let Some(secret) = &resp.node_secret {
                     if let Err(e) = inner.ctx.state_dir.save_node_secret(secret) {
                         tracing::error!(
@@ -429,16 +584,23 @@ async fn register_and_watch(
         }
         let mut index = 0;
         loop {
-            match client
-                .allocations(&inner.node_id, index, Duration::from_secs(30))
-                .await
-            {
+            let sent = Instant::now();
+            let resp = tokio::select! {
+                r = client.allocations(&inner.node_id, index, Duration::from_secs(30)) => r,
+                _ = inner.reregister.notified() => {
+                    tracing::warn!("the server no longer knows this node; registering again");
+                    continue 'register;
+                }
+            };
+            match resp {
                 Ok(resp) => {
+                    inner.contact(sent);
                     index = resp.index;
                     reconcile(&inner, resp.allocs).await;
                 }
-                Err(ClientError::Status { status: 404, .. }) => {
-                    // The server forgot us (e.g. lost state): register again.
+                Err(e) if e.is_unknown_node() => {
+                    // The server forgot us (removed, lost state): register again.
+                    tracing::warn!("{e}; registering again");
                     continue 'register;
                 }
                 Err(e) => {
@@ -502,10 +664,12 @@ async fn reconcile(inner: &Arc<AgentInner>, allocs: Vec<taba_types::Allocation>)
 }
 
 async fn heartbeat_loop(inner: Arc<AgentInner>, client: ServerClient, ttl: Arc<Mutex<Duration>>) {
+    let mut failing = false;
     loop {
         let period = *ttl.lock().unwrap() / 3;
         tokio::time::sleep(period.max(Duration::from_millis(50))).await;
-        // The host's real use; the sum of the allocations' until it is sampled.
+        // The host's real use; the sum of the allocations' until it is
+        // sampled, or always when so configured.
         let host = inner.host.lock().unwrap().1.clone();
         let usage = host.unwrap_or_else(|| {
             let u = inner.usage.lock().unwrap();
@@ -515,9 +679,30 @@ async fn heartbeat_loop(inner: Arc<AgentInner>, client: ServerClient, ttl: Arc<M
                 at: taba_driver::now_ms(),
             }
         });
-        match client.heartbeat(&inner.node_id, usage).await {
-            Ok(r) => *ttl.lock().unwrap() = Duration::from_millis(r.heartbeat_ttl_ms.max(100)),
-            Err(e) => tracing::warn!("heartbeat: {e}"),
+        let sent = Instant::now();
+        let timeout = (period * 2).max(Duration::from_millis(500));
+        match client.heartbeat(&inner.node_id, usage, timeout).await {
+            Ok(r) => {
+                inner.contact(sent);
+                *ttl.lock().unwrap() = Duration::from_millis(r.heartbeat_ttl_ms.max(100));
+                if std::mem::take(&mut failing) {
+                    // Back after a broken link: the servers may have marked
+                    // our allocations lost; report every one as it is.
+                    tracing::info!("the server answers again; reporting every allocation");
+                    let ids: Vec<AllocId> = inner.runners.lock().unwrap().keys().cloned().collect();
+                    for id in ids {
+                        let _ = inner.ctx.changed.send(id);
+                    }
+                }
+            }
+            Err(e) if e.is_unknown_node() => {
+                tracing::warn!("heartbeat: {e}");
+                inner.reregister.notify_one();
+            }
+            Err(e) => {
+                failing = true;
+                tracing::warn!("heartbeat: {e}");
+            }
         }
     }
 }
@@ -564,8 +749,12 @@ async fn sync_loop(
             node_id: inner.node_id.clone(),
             updates,
         };
+        let sent = Instant::now();
         match client.update_allocs(&req).await {
-            Ok(()) => pending.clear(),
+            Ok(()) => {
+                inner.contact(sent);
+                pending.clear();
+            }
             Err(e) => {
                 tracing::warn!("reporting allocation status: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -574,10 +763,66 @@ async fn sync_loop(
     }
 }
 
+/// Fencing: every 250 ms, stop the allocations of groups with
+/// `stop_after_disconnect` once no server has answered for that long. The
+/// servers replace them only after that time (plus the kill timeout) has
+/// passed since the node's last heartbeat, so the two never run at once.
+async fn fence_loop(inner: Arc<AgentInner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let silent = inner.since_contact();
+        let runners: Vec<Arc<AllocRunner>> =
+            inner.runners.lock().unwrap().values().cloned().collect();
+        for r in runners {
+            let Some(limit) = r.stop_after_disconnect() else {
+                continue;
+            };
+            if silent < limit || r.is_finished() || r.is_fenced() {
+                continue;
+            }
+            let reason = format!(
+                "no server answered for {:.1}s (stop_after_disconnect = {}s)",
+                silent.as_secs_f64(),
+                limit.as_secs_f64()
+            );
+            tracing::warn!(alloc = %r.id(), %reason, "fencing: stopping the allocation");
+            r.fence(reason);
+        }
+    }
+}
+
+/// Why this node cannot run workloads, or empty: no usable cgroups, or no
+/// driver that can start anything.
+fn unusable_reason(
+    fp: &fingerprint::Fingerprint,
+    drivers: &BTreeMap<String, DriverInfo>,
+) -> String {
+    let mut why = Vec::new();
+    if let Some(e) = &fp.cgroup_error {
+        why.push(format!(
+            "no usable cgroups ({e}); an agent started with `ip netns exec` sees a /sys \
+             remounted without them: mount the cgroup hierarchies in its mount namespace, \
+             or start it with `nsenter --net` instead"
+        ));
+    }
+    if !drivers.values().any(|d| d.detected && d.healthy) {
+        let each: Vec<String> = drivers
+            .iter()
+            .map(|(k, d)| format!("{k}: {}", d.description))
+            .collect();
+        why.push(format!("no healthy driver ({})", each.join("; ")));
+    }
+    why.join("; ")
+}
+
 async fn stats_loop(inner: Arc<AgentInner>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        if let Some((cpu, memory)) = host::sample(std::path::Path::new("/proc")) {
+        let sample = match inner.usage_source {
+            UsageSource::Host => host::sample(std::path::Path::new("/proc")),
+            UsageSource::Allocations => None,
+        };
+        if let Some((cpu, memory)) = sample {
             let mut h = inner.host.lock().unwrap();
             if let Some(prev) = h.0 {
                 h.1 = Some(NodeUsage {
@@ -609,5 +854,70 @@ async fn stats_loop(inner: Arc<AgentInner>, every: Duration) {
             usage.insert(r.id().clone(), u);
             let _ = inner.ctx.changed.send(r.id().clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(http: &str, server: &str, advertise: Option<&str>) -> AgentConfig {
+        let mut c = AgentConfig::new("/nonexistent".into(), server.into());
+        c.http_addr = http.parse().unwrap();
+        c.advertise = advertise.map(|a| a.parse().unwrap());
+        c
+    }
+
+    #[test]
+    fn advertises_never_an_unspecified_address() {
+        let bound: SocketAddr = "0.0.0.0:4700".parse().unwrap();
+        // Derived from the route to the server.
+        let c = cfg("0.0.0.0:0", "http://127.0.0.1:4646", None);
+        assert_eq!(
+            advertise_addr(&c, bound).unwrap(),
+            "127.0.0.1:4700".parse::<SocketAddr>().unwrap()
+        );
+        // Given: its port 0 takes the bound port.
+        let c = cfg("0.0.0.0:0", "http://127.0.0.1:4646", Some("10.1.2.3:0"));
+        assert_eq!(
+            advertise_addr(&c, bound).unwrap(),
+            "10.1.2.3:4700".parse::<SocketAddr>().unwrap()
+        );
+        let c = cfg("0.0.0.0:0", "http://127.0.0.1:4646", Some("10.1.2.3:9000"));
+        assert_eq!(advertise_addr(&c, bound).unwrap().port(), 9000);
+        // A specific listen address is advertised as is.
+        let c = cfg("127.0.0.2:0", "http://127.0.0.1:4646", None);
+        let b: SocketAddr = "127.0.0.2:4701".parse().unwrap();
+        assert_eq!(advertise_addr(&c, b).unwrap(), b);
+        // No route (the port is out of range: nothing is looked up or sent)
+        // and nothing given: refused, naming the keys.
+        let c = cfg("0.0.0.0:0", "http://127.0.0.1:99999", None);
+        let e = advertise_addr(&c, bound).unwrap_err().to_string();
+        assert!(e.contains("advertise") && e.contains("http:"), "{e}");
+    }
+
+    #[test]
+    fn capacity_overrides_the_host() {
+        let host = NodeResources {
+            cores: 2,
+            cpu: 4000,
+            memory: ByteSize(8 << 30),
+            disk: ByteSize(100 << 30),
+        };
+        assert_eq!(Capacity::default().apply(&host, 2000), host);
+        let c = Capacity {
+            cpu: Some(1333),
+            memory: Some(ByteSize(2 << 30)),
+        };
+        let r = c.apply(&host, 2000);
+        assert_eq!(
+            (r.cores, r.cpu, r.memory, r.disk),
+            (1, 1333, ByteSize(2 << 30), host.disk)
+        );
+        assert_eq!("allocations".parse(), Ok(UsageSource::Allocations));
+        assert!("hosts"
+            .parse::<UsageSource>()
+            .unwrap_err()
+            .contains("\"hosts\""));
     }
 }

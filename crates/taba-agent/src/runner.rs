@@ -40,6 +40,8 @@ pub struct RunnerCtx {
     pub log_max_files: u32,
     /// This node's address, for `TABA_ADDR_<label>`.
     pub node_ip: std::net::IpAddr,
+    /// Cgroup (relative to each hierarchy) under which allocations get theirs.
+    pub cgroup_parent: String,
 }
 
 struct Shared {
@@ -65,6 +67,7 @@ impl AllocRunner {
         let mut state = recovered.unwrap_or_else(|| RunnerState {
             version: RUNNER_STATE_VERSION,
             tasks: BTreeMap::new(),
+            fenced: None,
         });
         state.version = RUNNER_STATE_VERSION;
         let now = now_ms();
@@ -116,7 +119,7 @@ impl AllocRunner {
                 };
                 if left == 0 {
                     // The tasks' cgroups are gone; remove the allocation's parent.
-                    let rel = format!("taba/{}", s.id);
+                    let rel = format!("{}/{}", s.ctx.cgroup_parent, s.id);
                     let _ = tokio::task::spawn_blocking(move || {
                         if let Ok(layout) = taba_cgroups::Layout::detect() {
                             if let Err(e) = layout.destroy(&rel) {
@@ -178,6 +181,30 @@ impl AllocRunner {
                 false
             }
         });
+    }
+
+    /// Fencing: the agent lost contact with the servers for longer than
+    /// the group's `stop_after_disconnect`; stop every task and report the
+    /// allocation `lost` with `reason` (kept across agent restarts).
+    pub fn fence(&self, reason: String) {
+        self.shared.state.lock().unwrap().fenced = Some(reason.clone());
+        self.shared.persist_and_notify();
+        self.stop(reason);
+    }
+
+    /// Whether the agent fenced the allocation.
+    pub fn is_fenced(&self) -> bool {
+        self.shared.state.lock().unwrap().fenced.is_some()
+    }
+
+    /// The group's `stop_after_disconnect`, while the allocation is
+    /// desired to run.
+    pub fn stop_after_disconnect(&self) -> Option<Duration> {
+        let a = self.shared.alloc.lock().unwrap();
+        if a.desired_status != DesiredStatus::Run {
+            return None;
+        }
+        a.group_spec.stop_after_disconnect.map(|d| d.as_duration())
     }
 
     /// Wait until every task loop has ended.
@@ -294,7 +321,11 @@ impl Shared {
             .iter()
             .map(|(k, v)| (k.clone(), v.state.clone()))
             .collect();
-        let (client_status, client_description) = client_status(&task_states);
+        let (mut client_status, mut client_description) = client_status(&task_states);
+        if let (Some(why), true) = (&st.fenced, client_status.is_terminal()) {
+            client_status = ClientStatus::Lost;
+            client_description = format!("stopped by its agent: {why}");
+        }
         AllocUpdate {
             id: self.id.clone(),
             client_status,
@@ -344,7 +375,7 @@ fn task_config(s: &Shared, task: &TaskSpec) -> TaskConfig {
         log_dir: alloc_dir.join("logs"),
         log_max_bytes: s.ctx.log_max_bytes,
         log_max_files: s.ctx.log_max_files,
-        cgroup: format!("taba/{}/{}", alloc.id, task.name),
+        cgroup: format!("{}/{}/{}", s.ctx.cgroup_parent, alloc.id, task.name),
         env,
     }
 }
@@ -479,7 +510,7 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                     Ok(Err(e)) => ExitResult {
                         start_error: Some(format!(
                             "waiting for the task failed: {}",
-                            error_chain(&e)
+                            taba_types::error_chain(&e)
                         )),
                         finished_at: now_ms(),
                         ..Default::default()
@@ -585,11 +616,11 @@ async fn start_workload(
         }
         Err(e) => {
             let r = ExitResult {
-                start_error: Some(error_chain(&e)),
+                start_error: Some(taba_types::error_chain(&e)),
                 finished_at: now_ms(),
                 ..Default::default()
             };
-            let msg = error_chain(&e);
+            let msg = taba_types::error_chain(&e);
             s.update_task(&task.name, |rec| {
                 rec.state.push_event(now_ms(), "Driver Failure", msg);
             });
@@ -659,7 +690,7 @@ async fn prepare_image(s: &Shared, task: &TaskSpec, driver: &Arc<dyn Driver>) ->
         Err(e) => {
             let msg = format!(
                 "fetching image {image} from the servers: {}",
-                error_chain(&e)
+                taba_types::error_chain(&e)
             );
             tracing::warn!(alloc = %s.id, task = %name, "{msg}");
             s.update_task(name, |r| {
@@ -712,17 +743,6 @@ pub fn after_exit(policy: &taba_types::RestartPolicy, restarts: &[u64], now: u64
         return AfterExit::Restart { delay, recent };
     }
     AfterExit::Fail
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

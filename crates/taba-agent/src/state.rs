@@ -64,6 +64,10 @@ pub struct RunnerState {
     pub version: u32,
     /// By task name.
     pub tasks: BTreeMap<String, TaskRecord>,
+    /// Why the agent stopped the allocation itself after losing contact
+    /// with the servers (`stop_after_disconnect`); reported as `lost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
 }
 
 /// Paths of the agent's data dir.

@@ -37,6 +37,7 @@ fn node(name: &str) -> Node {
         drivers: Default::default(),
         last_heartbeat: 0,
         usage: Default::default(),
+        unusable_reason: String::new(),
         create_index: 0,
         modify_index: 0,
     }
@@ -83,16 +84,6 @@ fn staging_left(store: &ImageStore) -> Vec<String> {
         .collect()
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(&format!(": {x}"));
-        src = x.source();
-    }
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_concurrent_fetches_share_one_download_and_failures_leave_nothing() {
     require_root();
@@ -112,7 +103,7 @@ async fn root_concurrent_fetches_share_one_download_and_failures_leave_nothing()
 
     // A node that never registered is refused.
     let stranger = ImageFetcher::new(node_store.clone(), client.clone(), NodeId::generate(), 4);
-    let msg = chain(&stranger.fetch("busybox").await.unwrap_err());
+    let msg = taba_types::error_chain(&stranger.fetch("busybox").await.unwrap_err());
     assert!(
         msg.contains("403") && msg.contains("register first"),
         "{msg}"
@@ -154,7 +145,7 @@ async fn root_concurrent_fetches_share_one_download_and_failures_leave_nothing()
     // An image the servers do not have: a 404 that names it, nothing written.
     let e = fetcher.fetch("nothere:1").await.unwrap_err();
     assert!(matches!(e, FetchError::Manifest { .. }));
-    let msg = chain(&e);
+    let msg = taba_types::error_chain(&e);
     assert!(msg.contains("nothere:1") && msg.contains("404"), "{msg}");
     assert!(staging_left(&node_store).is_empty());
 
@@ -167,7 +158,7 @@ async fn root_concurrent_fetches_share_one_download_and_failures_leave_nothing()
         4,
     );
     let e = gone.fetch("busybox").await.unwrap_err();
-    let msg = chain(&e);
+    let msg = taba_types::error_chain(&e);
     assert!(
         msg.contains("cannot get the manifest of busybox from the servers"),
         "{msg}"

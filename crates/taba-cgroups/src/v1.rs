@@ -243,7 +243,10 @@ impl V1Cgroup {
                 let killed =
                     fs::poll_until(FREEZE_WAIT, || Ok(fs::read(&state)?.trim() == "FROZEN"))
                         .and_then(|_| sigkill_all(&self.pids()?, &procs));
-                let thawed = fs::write(&state, "THAWED");
+                // Thaw the whole subtree: a descendant frozen on its own (by
+                // an agent that died in the middle of a kill) would keep its
+                // processes, SIGKILL pending, frozen forever.
+                let thawed = thaw_tree(fz);
                 killed?;
                 thawed?;
             }
@@ -264,4 +267,15 @@ impl V1Cgroup {
         }
         Ok(())
     }
+}
+
+/// Write THAWED to the freezer state of `dir` and of every cgroup below it.
+fn thaw_tree(dir: &std::path::Path) -> Result<(), CgroupError> {
+    fs::write(&dir.join("freezer.state"), "THAWED")?;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            thaw_tree(&e.path())?;
+        }
+    }
+    Ok(())
 }

@@ -410,3 +410,31 @@ fn root_restrict_devices_denies_all_but_the_allowlist() {
     let err = cg.restrict_devices(&["not a rule"]).unwrap_err();
     assert!(err.to_string().contains("devices.allow"), "{err}");
 }
+
+#[test]
+fn root_destroy_kills_processes_of_a_descendant_left_frozen() {
+    // An agent that died in the middle of a kill leaves a task's freezer
+    // FROZEN; removing the allocation's parent must still end its processes.
+    let scope = Scope::new("frozen");
+    let task = scope.create("alloc/task");
+    let mut child = spawn_joined(&task, "sleep 100");
+    let pid = child.id();
+    wait_for("the child in the task's cgroup", || {
+        task.pids().contains(&pid)
+    });
+    let state = dir_of(&task, "freezer").join("freezer.state");
+    fs::write(&state, "FROZEN").unwrap();
+    let start = std::time::Instant::now();
+    while read(&state) != "FROZEN" && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(read(&state), "FROZEN");
+    let alloc = scope.layout.open(&scope.rel("alloc")).unwrap();
+    alloc.kill_all().unwrap();
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9));
+    assert_eq!(read(&state), "THAWED");
+    alloc.destroy().unwrap();
+    assert!(!dir_of(&task, "freezer").exists());
+}

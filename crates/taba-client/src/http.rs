@@ -611,6 +611,31 @@ impl Client {
         self.get(&format!("/v1/nodes/{}", seg(id_or_name)))
     }
 
+    /// `DELETE /v1/nodes/{id-or-name}[?force=true]`.
+    pub fn remove_node(
+        &self,
+        id_or_name: &str,
+        force: bool,
+    ) -> Result<RemoveNodeResponse, ClientError> {
+        let q = if force { "?force=true" } else { "" };
+        Self::json(
+            self.finish(self.req(Method::DELETE, &format!("/v1/nodes/{}{q}", seg(id_or_name))))?,
+        )
+    }
+
+    /// `POST /v1/nodes/{id-or-name}/eligibility`.
+    pub fn node_eligibility(
+        &self,
+        id_or_name: &str,
+        eligible: bool,
+    ) -> Result<NodeDetail, ClientError> {
+        self.send(
+            Method::POST,
+            &format!("/v1/nodes/{}/eligibility", seg(id_or_name)),
+            &EligibilityRequest { eligible },
+        )
+    }
+
     /// `POST /v1/nodes/{id-or-name}/drain`: start, change or cancel a drain.
     pub fn drain_node(
         &self,

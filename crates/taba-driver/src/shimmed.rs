@@ -276,7 +276,12 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), Dri
     let read = |f: &str| -> Result<String, DriverError> {
         let bytes =
             taba_runtime::paths::read_file_in_root(root, Path::new(f), MAX_ACCOUNT_FILE_BYTES)
-                .map_err(|e| DriverError::Start(format!("resolve user {user:?}: {}", chain(&e))))?;
+                .map_err(|e| {
+                    DriverError::Start(format!(
+                        "resolve user {user:?}: {}",
+                        taba_types::error_chain(&e)
+                    ))
+                })?;
         Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
     };
     let passwd = read("etc/passwd")?;
@@ -332,17 +337,6 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), Dri
         }
     }
     Ok((uid, gid, extra))
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

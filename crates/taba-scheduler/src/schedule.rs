@@ -46,6 +46,10 @@ use taba_types::{
 /// Reschedule times kept per allocation lineage when attempts are unlimited.
 const MAX_RESCHEDULE_TIMES: usize = 16;
 
+/// Slack the servers give a fencing agent beyond `stop_after_disconnect`
+/// and the kill timeout before they replace its allocations.
+pub const FENCE_MARGIN_MS: u64 = 1000;
+
 /// Knobs of one scheduling pass.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScheduleOptions {
@@ -206,6 +210,11 @@ impl<'a> Scheduler<'a> {
     }
 
     fn stop(&mut self, a: &Allocation, why: &str) {
+        self.stop_recorded(a, why, None);
+    }
+
+    /// [`Self::stop`], recorded in the allocation's events as `event`.
+    fn stop_recorded(&mut self, a: &Allocation, why: &str, event: Option<&str>) {
         if !self.stopped.insert(a.id.clone()) {
             return;
         }
@@ -216,7 +225,58 @@ impl<'a> Scheduler<'a> {
             desired_status: DesiredStatus::Stop,
             description: why.to_string(),
             preempted_by: None,
+            event: event.map(str::to_string),
         });
+    }
+
+    /// Per index of a group, the one live allocation to keep when several
+    /// want to run there. That happens when a node that was down comes back
+    /// and reports an allocation that was replaced meanwhile (or a fenced
+    /// group's replacement is still starting). The rule: an allocation on a
+    /// node that is up beats one on a down node; a running one beats a
+    /// pending one; then the newest (the replacement) wins. So a returning
+    /// original is stopped when its replacement already runs, and the
+    /// replacement is canceled when it has not started yet.
+    fn keepers(&self, mine: &[&'a Allocation], count: u32) -> BTreeMap<u32, &'a Allocation> {
+        let mut keep: BTreeMap<u32, &'a Allocation> = BTreeMap::new();
+        let rank = |a: &Allocation| {
+            (
+                !self.node_down(a),
+                a.client_status == ClientStatus::Running,
+                a.create_index,
+                a.create_time,
+            )
+        };
+        for a in mine.iter().copied().filter(|a| {
+            a.desired_status == DesiredStatus::Run
+                && a.index < count
+                && matches!(
+                    a.client_status,
+                    ClientStatus::Pending | ClientStatus::Running
+                )
+        }) {
+            keep.entry(a.index)
+                .and_modify(|k| {
+                    if rank(a) > rank(k) {
+                        *k = a;
+                    }
+                })
+                .or_insert(a);
+        }
+        keep
+    }
+
+    /// When the replacement of `a` (lost with its node) may be placed: the
+    /// group's agents stop its allocations themselves after
+    /// `stop_after_disconnect` without the servers; wait that long (plus the
+    /// tasks' kill timeout and a second for the agent's check) from the
+    /// node's last heartbeat, so the two never run at once. `None`: now.
+    fn fenced_until(&self, a: &Allocation, g: &TaskGroupSpec) -> Option<UnixMillis> {
+        let d = g.stop_after_disconnect?;
+        let last = self.state.node(&a.node_id).map(|n| n.last_heartbeat)?;
+        let kill = g.tasks.iter().map(|t| t.kill_timeout.0).max().unwrap_or(0);
+        let at = last.saturating_add(d.0 + kill + FENCE_MARGIN_MS);
+        (at > self.now).then_some(at)
     }
 
     fn node_down(&self, a: &Allocation) -> bool {
@@ -286,6 +346,7 @@ impl<'a> Scheduler<'a> {
             // that was already replaced never competes with its replacement.
             mine.sort_by_key(|a| a.client_status.is_terminal());
             let count = g.count;
+            let keep = self.keepers(&mine, count);
             let mut occupied = vec![false; count as usize];
             let mut reqs: Vec<Req<'a>> = Vec::new();
             let mut destructive: Vec<&'a Allocation> = Vec::new();
@@ -304,8 +365,16 @@ impl<'a> Scheduler<'a> {
                             self.stop(a, "scaled down");
                             continue;
                         }
-                        if occupied[idx] {
-                            self.stop(a, "duplicate allocation index");
+                        let kept = keep.get(&a.index).copied();
+                        if occupied[idx] || kept.is_some_and(|k| k.id != a.id) {
+                            let why = match kept {
+                                Some(k) => format!(
+                                    "duplicate of allocation {} at index {}, which is kept",
+                                    k.id, a.index
+                                ),
+                                None => "duplicate allocation index".to_string(),
+                            };
+                            self.stop_recorded(a, &why, Some("Duplicate"));
                             continue;
                         }
                         occupied[idx] = true;
@@ -378,6 +447,10 @@ impl<'a> Scheduler<'a> {
                             continue;
                         }
                         occupied[idx] = true;
+                        if let Some(at) = self.fenced_until(a, g) {
+                            earliest(&mut self.reschedule_at, at);
+                            continue;
+                        }
                         reqs.push(Req {
                             index: a.index,
                             previous: Some(a),
@@ -623,6 +696,7 @@ impl<'a> Scheduler<'a> {
                     job.spec.name, job.spec.priority, placed.name
                 ),
                 preempted_by: Some(placed.id.clone()),
+                event: None,
             });
             placed.preempted_allocs.push(a.id.clone());
         }

@@ -281,6 +281,7 @@ pub fn synthetic_node(rng_seed: u64, i: u32) -> Node {
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
+        unusable_reason: String::new(),
         create_index: 1,
         modify_index: 1,
     }
@@ -576,6 +577,7 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
         reschedule: None,
         network: NetworkSpec::default(),
         migrate: Default::default(),
+        stop_after_disconnect: None,
         meta: BTreeMap::new(),
         tasks: vec![TaskSpec {
             name: "main".to_string(),

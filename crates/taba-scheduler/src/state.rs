@@ -376,6 +376,24 @@ impl ClusterState {
         self.reindex(slot);
     }
 
+    /// Forget a node (`taba node rm`, garbage collection). Its allocations
+    /// stay (job history) but are stored whole, as they can no longer take
+    /// the node's name from the node.
+    pub fn remove_node(&mut self, id: &NodeId) {
+        let Some(&slot) = self.node_slots.get(id) else {
+            return;
+        };
+        let slots: Vec<u32> = self.nodes[slot as usize].allocs.iter().copied().collect();
+        for a in slots {
+            self.expand(a);
+        }
+        let entry = &mut self.nodes[slot as usize];
+        if let Some(old) = entry.node.take() {
+            self.node_names.remove(&(old.name, slot));
+        }
+        self.reindex(slot);
+    }
+
     /// Split the nodes into `n` shards of alike capacity (nodes ranked by
     /// size, dealt out in turn), for workers that schedule concurrently on
     /// disjoint shards ([`crate::ScheduleOptions::node_shard`]). Without it
@@ -834,7 +852,8 @@ impl ClusterState {
             && !a.replaced
             && a.preempted_allocs.is_empty()
             && a.preempted_by.is_none()
-            && a.migrate.is_none())
+            && a.migrate.is_none()
+            && a.events.is_empty())
         {
             return None;
         }

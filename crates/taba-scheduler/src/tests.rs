@@ -39,6 +39,7 @@ pub(crate) fn node(name: &str, cpu: u64, mem_mib: u64) -> Node {
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
+        unusable_reason: String::new(),
         create_index: 0,
         modify_index: 0,
     }
@@ -783,6 +784,102 @@ fn a_failed_alloc_never_displaces_its_live_replacement() {
     c.s.upsert_alloc(repl);
     let o = c.run(&j, 100_000);
     assert!(o.plan.is_empty(), "{:?}", o.plan);
+}
+
+/// One allocation on n1, n1 down, its allocation lost and replaced on n2,
+/// n1 back: the returning original and its replacement.
+fn returning_original(replacement_runs: bool) -> (Cluster, Job, Allocation, Allocation) {
+    let mut c = Cluster::new(&[("n1", 8000, 8192), ("n2", 8000, 8192)]);
+    let j = c.register(job(
+        "web",
+        JobType::Service,
+        vec![group("web", 1, 500, 256)],
+    ));
+    let mut n1 = c.s.node_by_name("n1").unwrap().clone();
+    let mut n2 = c.s.node_by_name("n2").unwrap().clone();
+    n2.eligibility = taba_types::Eligibility::Ineligible;
+    c.s.upsert_node(n2.clone());
+    let first = c.run_commit(&j, 0).plan.placements[0].clone();
+    assert_eq!(first.node_name, "n1");
+    c.set_client(&first.id, ClientStatus::Running, 10);
+    n1.status = NodeStatus::Down;
+    c.s.upsert_node(n1.clone());
+    n2.eligibility = taba_types::Eligibility::Eligible;
+    c.s.upsert_node(n2);
+    c.set_client(&first.id, ClientStatus::Lost, 20);
+    let o = c.run_commit(&j, 30);
+    assert_eq!(o.plan.placements.len(), 1);
+    let repl = o.plan.placements[0].clone();
+    assert_eq!(repl.node_name, "n2");
+    assert!(c.s.alloc(&first.id).unwrap().replaced);
+    if replacement_runs {
+        c.set_client(&repl.id, ClientStatus::Running, 40);
+    }
+    n1.status = NodeStatus::Ready;
+    c.s.upsert_node(n1);
+    c.set_client(&first.id, ClientStatus::Running, 50);
+    (c, j, first, repl)
+}
+
+#[test]
+fn a_returning_original_is_stopped_when_its_replacement_runs() {
+    let (mut c, j, first, repl) = returning_original(true);
+    let o = c.run_commit(&j, 60);
+    assert!(o.plan.placements.is_empty(), "{:?}", o.plan);
+    assert_eq!(o.plan.stops.len(), 1);
+    let s = &o.plan.stops[0];
+    assert_eq!(s.alloc_id, first.id);
+    assert_eq!(s.event.as_deref(), Some("Duplicate"));
+    assert!(
+        s.description.contains(repl.id.as_str()),
+        "{}",
+        s.description
+    );
+    let live = c.live("web");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, repl.id);
+    // Settled: nothing more to do.
+    assert!(c.run(&j, 70).plan.is_empty());
+}
+
+#[test]
+fn a_replacement_not_running_yet_is_canceled_for_the_returning_original() {
+    let (mut c, j, first, repl) = returning_original(false);
+    let o = c.run_commit(&j, 60);
+    assert!(o.plan.placements.is_empty(), "{:?}", o.plan);
+    assert_eq!(o.plan.stops.len(), 1);
+    assert_eq!(o.plan.stops[0].alloc_id, repl.id);
+    let live = c.live("web");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, first.id);
+    assert!(c.run(&j, 70).plan.is_empty());
+}
+
+#[test]
+fn a_fenced_group_is_replaced_only_after_its_agent_has_stopped_it() {
+    let mut c = Cluster::new(&[("n1", 8000, 8192), ("n2", 8000, 8192)]);
+    let mut g = group("web", 1, 500, 256);
+    g.stop_after_disconnect = Some(taba_types::DurationSpec::secs(10));
+    let kill = g.tasks[0].kill_timeout.0;
+    let j = c.register(job("web", JobType::Service, vec![g]));
+    let first = c.run_commit(&j, 0).plan.placements[0].clone();
+    c.set_client(&first.id, ClientStatus::Running, 10);
+    let mut n = c.s.node(&first.node_id).unwrap().clone();
+    n.status = NodeStatus::Down;
+    n.last_heartbeat = 1_000;
+    c.s.upsert_node(n);
+    c.set_client(&first.id, ClientStatus::Lost, 8_000);
+    let due = 1_000 + 10_000 + kill + crate::schedule::FENCE_MARGIN_MS;
+    let o = c.run_commit(&j, 8_000);
+    assert!(o.plan.placements.is_empty(), "{:?}", o.plan);
+    assert_eq!(o.follow_ups.len(), 1);
+    assert_eq!(o.follow_ups[0].wait_until, Some(due));
+    let o = c.run_commit(&j, due);
+    assert_eq!(o.plan.placements.len(), 1);
+    assert_eq!(
+        o.plan.placements[0].previous_alloc.as_ref(),
+        Some(&first.id)
+    );
 }
 
 /// Mark `name` draining (ineligible, with a strategy) and ask every live

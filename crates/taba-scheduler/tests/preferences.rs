@@ -46,6 +46,7 @@ fn node(name: &str, dc: &str, rack: &str, cpu: u64, mem: u64) -> Node {
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
+        unusable_reason: String::new(),
         create_index: 0,
         modify_index: 0,
     }

@@ -225,6 +225,7 @@ fn make_node(i: usize, g: &NodeGen) -> Node {
         drivers,
         last_heartbeat: 0,
         usage: NodeUsage::default(),
+        unusable_reason: String::new(),
         create_index: 0,
         modify_index: 0,
     }
@@ -277,6 +278,7 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     ports: port_specs(gg.ports),
                 },
                 migrate: Default::default(),
+                stop_after_disconnect: None,
                 meta: BTreeMap::new(),
                 tasks: vec![TaskSpec {
                     name: "t".into(),

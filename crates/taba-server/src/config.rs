@@ -13,8 +13,17 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Address of the HTTP API; port 0 picks a free port.
     pub http_addr: SocketAddr,
-    /// A node that does not heartbeat within this is marked down.
+    /// More addresses the same API listens on (`taba dev --agents`: the
+    /// bridge the agents reach it through); port 0 takes `http_addr`'s port.
+    pub extra_http: Vec<SocketAddr>,
+    /// A node not heard from within this is `disconnected`: nothing new
+    /// is placed on it. Its agent heartbeats every third of it.
     pub heartbeat_ttl: Duration,
+    /// ... and `down` this much later: its allocations are lost and
+    /// replaced elsewhere at once. Down after TTL + grace (7 s by default).
+    pub heartbeat_grace: Duration,
+    /// A node down for this long (since its last heartbeat) is removed.
+    pub node_gc_after: Duration,
     /// Scheduler workers.
     pub num_workers: usize,
     /// Longest wait of a blocking query.
@@ -38,6 +47,10 @@ pub struct ServerConfig {
     /// TLS of the API (and of the server's calls to agents). Without it the
     /// server listens only on loopback.
     pub tls: Option<ServerTls>,
+    /// Under TLS, listeners on loopback addresses serve plain HTTP to local
+    /// callers (`[tls] plain_loopback`; the CLI of `taba dev --agents`);
+    /// agent routes still need a certificate, so agents use the others.
+    pub plain_loopback: bool,
 }
 
 /// TLS settings of a server (`[tls]` in its configuration file).
@@ -91,7 +104,10 @@ impl ServerConfig {
         Self {
             data_dir: data_dir.into(),
             http_addr,
-            heartbeat_ttl: Duration::from_secs(10),
+            extra_http: Vec::new(),
+            heartbeat_ttl: Duration::from_secs(5),
+            heartbeat_grace: Duration::from_secs(2),
+            node_gc_after: Duration::from_secs(24 * 3600),
             num_workers: 2,
             max_blocking_wait: Duration::from_secs(300),
             max_plan_attempts: 5,
@@ -102,6 +118,7 @@ impl ServerConfig {
             exec_timeout: Duration::from_secs(310),
             exec_max_output: 16 << 20,
             tls: None,
+            plain_loopback: false,
         }
     }
 }

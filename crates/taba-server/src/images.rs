@@ -19,16 +19,6 @@ fn info(s: ImageSummary) -> ImageInfo {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    msg
-}
-
 /// Whether `reference` resolves to an image.
 pub fn exists(images: &ImageStore, reference: &str) -> bool {
     matches!(images.resolve(reference), Ok(Some(_)))
@@ -36,10 +26,12 @@ pub fn exists(images: &ImageStore, reference: &str) -> bool {
 
 /// Import a tar.
 pub fn import(images: &ImageStore, path: &Path) -> Result<ImageInfo, ApiError> {
-    images
-        .import(path)
-        .map(info)
-        .map_err(|e| ApiError::invalid("body", format!("cannot import image: {}", chain(&e))))
+    images.import(path).map(info).map_err(|e| {
+        ApiError::invalid(
+            "body",
+            format!("cannot import image: {}", taba_types::error_chain(&e)),
+        )
+    })
 }
 
 /// Every image.
@@ -47,7 +39,12 @@ pub fn list(images: &ImageStore) -> Result<Vec<ImageInfo>, ApiError> {
     images
         .list()
         .map(|v| v.into_iter().map(info).collect())
-        .map_err(|e| ApiError::Internal(format!("cannot list images: {}", chain(&e))))
+        .map_err(|e| {
+            ApiError::Internal(format!(
+                "cannot list images: {}",
+                taba_types::error_chain(&e)
+            ))
+        })
 }
 
 /// Remove by reference or id; returns what the image was.
@@ -55,11 +52,14 @@ pub fn remove(images: &ImageStore, reference: &str) -> Result<ImageInfo, ApiErro
     let image = match images.resolve(reference) {
         Ok(Some(i)) => i,
         Ok(None) => return Err(ApiError::NotFound(format!("image {reference:?} not found"))),
-        Err(e) => return Err(ApiError::bad("reference", chain(&e))),
+        Err(e) => return Err(ApiError::bad("reference", taba_types::error_chain(&e))),
     };
     let summary = list(images)?.into_iter().find(|s| s.id == image.id);
     images.remove(reference).map_err(|e: ImageError| {
-        ApiError::Internal(format!("cannot remove image {reference:?}: {}", chain(&e)))
+        ApiError::Internal(format!(
+            "cannot remove image {reference:?}: {}",
+            taba_types::error_chain(&e)
+        ))
     })?;
     Ok(summary.unwrap_or(ImageInfo {
         id: image.id.clone(),
@@ -77,11 +77,13 @@ pub fn manifest(images: &ImageStore, reference: &str) -> Result<ImageManifest, A
         Ok(None) => Err(ApiError::NotFound(format!(
             "image {reference:?} not found on this server; import it with `taba image import`"
         ))),
-        Err(e @ ImageError::InvalidReference { .. }) => Err(ApiError::bad("reference", chain(&e))),
-        Err(e @ ImageError::NoBlobs(_)) => Err(ApiError::Conflict(chain(&e))),
+        Err(e @ ImageError::InvalidReference { .. }) => {
+            Err(ApiError::bad("reference", taba_types::error_chain(&e)))
+        }
+        Err(e @ ImageError::NoBlobs(_)) => Err(ApiError::Conflict(taba_types::error_chain(&e))),
         Err(e) => Err(ApiError::Internal(format!(
             "cannot read image {reference:?}: {}",
-            chain(&e)
+            taba_types::error_chain(&e)
         ))),
     }
 }
@@ -93,10 +95,12 @@ pub fn open_blob(images: &ImageStore, digest: &str) -> Result<(std::fs::File, u6
         Ok(None) => Err(ApiError::NotFound(format!(
             "blob {digest} not found on this server"
         ))),
-        Err(e @ ImageError::InvalidDigest { .. }) => Err(ApiError::bad("digest", chain(&e))),
+        Err(e @ ImageError::InvalidDigest { .. }) => {
+            Err(ApiError::bad("digest", taba_types::error_chain(&e)))
+        }
         Err(e) => Err(ApiError::Internal(format!(
             "cannot read blob {digest}: {}",
-            chain(&e)
+            taba_types::error_chain(&e)
         ))),
     }
 }

@@ -157,10 +157,7 @@ impl crate::Server {
         });
         let election = tokio::spawn(run_election(ha.clone()));
         let app = Router::new().fallback(dispatch).with_state(ha.clone());
-        let mut stop = ha.stop.subscribe();
-        let http = listener.serve(app, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
+        let http = listener.serve(app, ha.stop.subscribe());
         tracing::info!(%addr, advertise = %ha.me.api, "HA on etcd: campaigning");
         Ok(HaServerHandle {
             addr,

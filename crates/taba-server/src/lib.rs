@@ -103,10 +103,7 @@ impl Server {
         let state = Arc::new(st);
         let app = api::router(state.clone()).map_err(ServerError::Tls)?;
         let tasks = spawn_background(&state, workers);
-        let mut stop = state.shutdown.subscribe();
-        let http = listener.serve(app, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
+        let http = listener.serve(app, state.shutdown.subscribe());
         Ok(ServerHandle {
             addr,
             state,
@@ -116,22 +113,30 @@ impl Server {
     }
 }
 
-/// The API's bound listener and its TLS configuration (none: plain HTTP on loopback).
+/// The API's bound listeners: `http_addr` first, then `extra_http`, each
+/// with its TLS configuration (none: plain HTTP, loopback only).
 pub(crate) struct Listener {
-    listener: tokio::net::TcpListener,
-    tls: Option<Arc<taba_tls::rustls::ServerConfig>>,
-    /// The bound address.
+    bound: Vec<Bound>,
+    /// The first listener's bound address.
     pub(crate) addr: SocketAddr,
 }
 
+struct Bound {
+    listener: tokio::net::TcpListener,
+    local: SocketAddr,
+    tls: Option<Arc<taba_tls::rustls::ServerConfig>>,
+}
+
 impl Listener {
-    /// Checks the TLS settings (plain HTTP only on loopback), reads the TLS files, creates
-    /// the data dir and binds `config.http_addr`.
+    /// Checks the TLS settings (plain HTTP only on loopback), reads the TLS
+    /// files, creates the data dir and binds `http_addr` and `extra_http`
+    /// (port 0 there takes `http_addr`'s port).
     pub(crate) async fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
-        if config.tls.is_none() && !config.http_addr.ip().is_loopback() {
-            return Err(ServerError::PlainOffLoopback {
-                addr: config.http_addr,
-            });
+        if config.tls.is_none() {
+            let all = std::iter::once(&config.http_addr).chain(&config.extra_http);
+            if let Some(a) = all.into_iter().find(|a| !a.ip().is_loopback()) {
+                return Err(ServerError::PlainOffLoopback { addr: *a });
+            }
         }
         let tls = match &config.tls {
             Some(t) => Some(
@@ -140,67 +145,110 @@ impl Listener {
             ),
             None => None,
         };
-        {
-            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&config.data_dir)
-                .and_then(|()| {
-                    std::fs::set_permissions(
-                        &config.data_dir,
-                        std::fs::Permissions::from_mode(0o700),
-                    )
-                })
-                .map_err(|source| ServerError::DataDir {
-                    path: config.data_dir.clone(),
-                    source,
-                })?;
-        }
-        let listener = tokio::net::TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.http_addr,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.http_addr,
-            source,
-        })?;
-        Ok(Self {
+        private_data_dir(&config.data_dir)?;
+        let bind = |a: SocketAddr| async move {
+            let listener = tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|source| ServerError::Bind { addr: a, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| ServerError::Bind { addr: a, source })?;
+            Ok::<_, ServerError>((listener, local))
+        };
+        let tls_for = |local: SocketAddr| {
+            tls.clone()
+                .filter(|_| !(config.plain_loopback && local.ip().is_loopback()))
+        };
+        let (listener, addr) = bind(config.http_addr).await?;
+        let mut bound = vec![Bound {
             listener,
-            tls,
-            addr,
-        })
+            local: addr,
+            tls: tls_for(addr),
+        }];
+        for a in &config.extra_http {
+            let mut a = *a;
+            if a.port() == 0 {
+                a.set_port(addr.port());
+            }
+            let (listener, local) = bind(a).await?;
+            bound.push(Bound {
+                listener,
+                local,
+                tls: tls_for(local),
+            });
+        }
+        Ok(Self { bound, addr })
     }
 
-    /// The scheme clients use to reach it.
+    /// The scheme clients use to reach the first listener.
     pub(crate) fn scheme(&self) -> &'static str {
-        if self.tls.is_some() {
+        if self.bound[0].tls.is_some() {
             "https"
         } else {
             "http"
         }
     }
 
-    /// Serves `app` (over TLS when configured) until `stopped` completes.
+    /// Serves `app` on every listener until `stop` turns true; the handle
+    /// ends when all have.
     pub(crate) fn serve(
         self,
         app: axum::Router,
-        stopped: impl std::future::Future<Output = ()> + Send + 'static,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        let (addr, scheme) = (self.addr, self.scheme());
-        tracing::info!(%addr, scheme, "server listening");
-        match self.tls {
-            Some(cfg) => tokio::spawn(taba_tls::serve::serve(self.listener, cfg, app, stopped)),
-            None => tokio::spawn(async move {
-                let res = axum::serve(self.listener, app)
-                    .with_graceful_shutdown(stopped)
-                    .await;
-                if let Err(e) = res {
-                    tracing::error!(error = %e, "http server failed");
-                }
-            }),
+        let served: Vec<JoinHandle<()>> = self
+            .bound
+            .into_iter()
+            .map(|b| {
+                let scheme = if b.tls.is_some() { "https" } else { "http" };
+                tracing::info!(addr = %b.local, scheme, "server listening");
+                tokio::spawn(serve_listener(b.listener, b.tls, app.clone(), stop.clone()))
+            })
+            .collect();
+        tokio::spawn(async move {
+            for h in served {
+                let _ = h.await;
+            }
+        })
+    }
+}
+
+/// The data dir, 0700 even when it existed.
+fn private_data_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|source| ServerError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Serve `app` on one listener until shutdown: over TLS with `tls`, else
+/// plain HTTP (loopback only, checked at start), where requests carry
+/// [`api::peer::PlainLocal`].
+async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<taba_tls::rustls::ServerConfig>>,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(cfg) => taba_tls::serve::serve(listener, cfg, app, stopped).await,
+        None => {
+            let app = app.layer(axum::Extension(api::peer::PlainLocal));
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!(error = %e, "http server failed");
+            }
         }
     }
 }
@@ -232,6 +280,32 @@ pub(crate) async fn stop_background(state: &ServerState, tasks: Vec<JoinHandle<(
             .is_err()
         {
             t.abort();
+        }
+    }
+}
+
+/// Serve `app` on one listener until shutdown: over TLS with `tls`, else
+/// plain HTTP (loopback only, checked at start), where requests carry
+/// [`api::peer::PlainLocal`].
+async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<taba_tls::rustls::ServerConfig>>,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(cfg) => taba_tls::serve::serve(listener, cfg, app, stopped).await,
+        None => {
+            let app = app.layer(axum::Extension(api::peer::PlainLocal));
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!(error = %e, "http server failed");
+            }
         }
     }
 }

@@ -27,6 +27,12 @@ pub fn node_key(node: &str) -> String {
     format!("node/{node}")
 }
 
+/// Lock key of a node name (registrations under one name are serialised,
+/// so two nodes can never both take it).
+pub fn node_name_key(name: &str) -> String {
+    format!("node-name/{name}")
+}
+
 impl KeyLocks {
     /// Take the locks of `keys`, in a fixed order so two callers never deadlock.
     pub async fn lock(&self, mut keys: Vec<String>) -> Held {

@@ -10,7 +10,7 @@
 
 use crate::broker::{now_ms, Broker};
 use crate::config::ServerConfig;
-use crate::locks::{job_key, node_key, KeyLocks};
+use crate::locks::{job_key, node_key, node_name_key, KeyLocks};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -31,6 +31,9 @@ use tokio::sync::watch;
 mod acl;
 mod drain;
 mod namespaces;
+mod nodes;
+
+pub use nodes::NodeAction;
 
 pub use acl::NewToken;
 pub use drain::DRAIN_REASON;
@@ -80,6 +83,14 @@ pub enum StateError {
     /// The change conflicts with the state (e.g. removing a namespace in use).
     #[error("{0}")]
     Conflict(String),
+    /// A unique value is held by another record (a node name).
+    #[error("{field}: {message}")]
+    Taken {
+        /// Field path.
+        field: String,
+        /// Reason.
+        message: String,
+    },
     /// ACL records could not be loaded.
     #[error("cannot load ACL records")]
     Acl(#[from] crate::acl::AclLoadError),
@@ -519,7 +530,12 @@ impl ServerState {
                 let allocs: Vec<&Allocation> =
                     c.allocs_for_job(&j.spec.namespace, &j.spec.name).collect();
                 let mut counts = BTreeMap::new();
-                for a in allocs.iter().filter(|a| !a.replaced) {
+                // A replaced allocation that still (or again) runs is
+                // counted: a duplicate is never hidden.
+                for a in allocs
+                    .iter()
+                    .filter(|a| !a.replaced || !a.client_status.is_terminal())
+                {
                     *counts.entry(a.client_status.to_string()).or_insert(0) += 1;
                 }
                 JobListEntry {
@@ -672,7 +688,9 @@ impl ServerState {
         node_id: &NodeId,
         updates: Vec<AllocUpdate>,
     ) -> Result<u64, StateError> {
-        self.known_node(node_id)?;
+        // A report is as good as a heartbeat: a node that was down and
+        // reports again is up before its allocations are looked at.
+        self.node_alive(node_id).await?;
         let mut keys = vec![];
         {
             let c = self.cluster();
@@ -710,6 +728,12 @@ impl ServerState {
                     continue;
                 }
                 a.modify_time = now;
+                if Self::record_link_events(old, &mut a, now) {
+                    eval_jobs.insert(
+                        (a.namespace.clone(), a.job.clone()),
+                        EvalTrigger::AllocReconnect,
+                    );
+                }
                 let became_terminal =
                     a.client_status.is_terminal() && !old.client_status.is_terminal();
                 if became_terminal {
@@ -906,7 +930,11 @@ impl ServerState {
 
     /// An agent registers (or re-registers after a restart).
     pub async fn register_node(&self, mut node: Node) -> Result<u64, StateError> {
-        let _held = self.locks.lock(vec![node_key(node.id.as_str())]).await;
+        let _held = self
+            .locks
+            .lock(vec![node_key(node.id.as_str()), node_name_key(&node.name)])
+            .await;
+        self.check_name_free(&node)?;
         let existing = self.cluster().node(&node.id).cloned();
         if let Some(old) = &existing {
             node.create_index = old.create_index;
@@ -916,8 +944,12 @@ impl ServerState {
         } else {
             node.create_index = 0;
         }
-        node.status = NodeStatus::Ready;
+        node.status = node.alive_status();
         node.last_heartbeat = now_ms();
+        if node.status == NodeStatus::Unusable {
+            tracing::warn!(node = %node.id, name = %node.name, reason = %node.unusable_reason,
+                "node registered as unusable; nothing will be placed on it");
+        }
         let evals = self.node_evals(&node.id);
         let mut txn = Txn::new().put_encoded(Table::Nodes, node.id.as_str(), &node);
         for e in &evals {
@@ -936,26 +968,36 @@ impl ServerState {
         Ok(index)
     }
 
-    /// A heartbeat: refresh the TTL; a node that was down is ready again.
+    /// A heartbeat: refresh the TTL; a node that was disconnected or down
+    /// is ready again.
     pub async fn heartbeat(&self, id: &NodeId, mut usage: NodeUsage) -> Result<(), StateError> {
-        let node = self.known_node(id)?;
+        self.known_node(id)?;
         // Staleness is judged by when the report arrived (agents' clocks may differ).
         usage.at = now_ms();
-        self.heartbeats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Instant::now());
         self.node_usage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), usage);
-        if node.status != NodeStatus::Ready {
+        self.node_alive(id).await
+    }
+
+    /// The node's agent spoke to us (a heartbeat or a status report):
+    /// refresh its TTL, and make it `ready` (or `unusable`) again if it was
+    /// not.
+    pub(crate) async fn node_alive(&self, id: &NodeId) -> Result<(), StateError> {
+        let node = self.known_node(id)?;
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Instant::now());
+        if node.status != node.alive_status() {
             let _held = self.locks.lock(vec![node_key(id.as_str())]).await;
             let mut node = self.known_node(id)?;
-            if node.status == NodeStatus::Ready {
+            if node.status == node.alive_status() {
                 return Ok(());
             }
-            node.status = NodeStatus::Ready;
+            tracing::info!(node = %id, name = %node.name, was = %node.status, "node is back");
+            node.status = node.alive_status();
             node.last_heartbeat = now_ms();
             let evals = self.node_evals(id);
             let mut txn = Txn::new().put_encoded(Table::Nodes, id.as_str(), &node);
@@ -968,86 +1010,6 @@ impl ServerState {
                 self.broker.enqueue(e);
             }
             self.unblock(None);
-        }
-        Ok(())
-    }
-
-    /// Nodes whose heartbeat is older than the TTL. Nodes never heard from
-    /// since this server started get a full TTL from now.
-    pub fn expired_nodes(&self) -> Vec<NodeId> {
-        let ttl = self.config.heartbeat_ttl;
-        let ids: Vec<NodeId> = self
-            .cluster()
-            .nodes()
-            .filter(|n| n.status != NodeStatus::Down)
-            .map(|n| n.id.clone())
-            .collect();
-        let mut hb = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        ids.into_iter()
-            .filter(|id| now.duration_since(*hb.entry(id.clone()).or_insert(now)) > ttl)
-            .collect()
-    }
-
-    /// Mark a node down: its allocations that still run are lost, and their
-    /// jobs get evaluations so replacements are placed elsewhere.
-    pub async fn mark_node_down(&self, id: &NodeId) -> Result<(), StateError> {
-        let jobs: Vec<String> = self
-            .node_allocs(id)
-            .iter()
-            .map(|a| job_key(&a.namespace, &a.job))
-            .collect();
-        let mut keys = jobs;
-        keys.push(node_key(id.as_str()));
-        let _held = self.locks.lock(keys).await;
-        let Ok(mut node) = self.known_node(id) else {
-            return Ok(());
-        };
-        if node.status == NodeStatus::Down {
-            return Ok(());
-        }
-        // A heartbeat may have arrived while we waited for the locks.
-        if !self.expired_nodes().contains(id) {
-            return Ok(());
-        }
-        node.status = NodeStatus::Down;
-        let now = now_ms();
-        let mut lost = Vec::new();
-        let mut jobs: BTreeMap<(String, String), ()> = BTreeMap::new();
-        for mut a in self.node_allocs(id) {
-            if a.client_status.is_terminal() {
-                continue;
-            }
-            a.client_status = ClientStatus::Lost;
-            a.client_description = "node is down".into();
-            a.modify_time = now;
-            if a.desired_status == DesiredStatus::Run {
-                jobs.insert((a.namespace.clone(), a.job.clone()), ());
-            }
-            lost.push(a);
-        }
-        let mut evals = Vec::new();
-        for (ns, job) in jobs.keys() {
-            if let Ok(j) = self.job(ns, job) {
-                evals.push(Self::new_eval(
-                    &j,
-                    EvalTrigger::NodeUpdate,
-                    Some(id.clone()),
-                ));
-            }
-        }
-        let mut txn = Txn::new().put_encoded(Table::Nodes, id.as_str(), &node);
-        for a in &lost {
-            txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
-        }
-        for e in &evals {
-            txn = txn.put_encoded(Table::Evals, e.id.as_str(), e);
-        }
-        let index = self.commit(txn).await?;
-        tracing::warn!(node = %id, lost = lost.len(), "node missed its heartbeat; marked down");
-        self.apply(index, vec![], lost, vec![node], evals.clone());
-        for e in evals {
-            self.broker.enqueue(e);
         }
         Ok(())
     }
@@ -1190,6 +1152,13 @@ impl ServerState {
                 if let Some(mut a) = cur {
                     a.desired_status = s.desired_status;
                     a.desired_description = s.description.clone();
+                    if let Some(kind) = &s.event {
+                        a.push_event(taba_types::AllocEvent::system(
+                            now,
+                            kind,
+                            s.description.clone(),
+                        ));
+                    }
                     if s.preempted_by.is_some() {
                         a.preempted_by = s.preempted_by.clone();
                     }

@@ -111,10 +111,12 @@ pub fn spawn_worker(state: Arc<ServerState>, plans: PlanQueue) -> tokio::task::J
     })
 }
 
-/// Marks nodes down when they miss their heartbeat TTL.
+/// Watches heartbeats: a node silent past its TTL is `disconnected`, past
+/// the TTL plus the grace `down` (its allocations are lost and replaced),
+/// and a node down for `node_gc_after` is removed.
 pub fn spawn_heartbeat_monitor(state: Arc<ServerState>) -> tokio::task::JoinHandle<()> {
-    let tick =
-        (state.config.heartbeat_ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let tick = (state.config.heartbeat_ttl / 10)
+        .clamp(Duration::from_millis(20), Duration::from_millis(250));
     let mut stop = state.shutdown.subscribe();
     tokio::spawn(async move {
         loop {
@@ -125,9 +127,9 @@ pub fn spawn_heartbeat_monitor(state: Arc<ServerState>) -> tokio::task::JoinHand
             if *stop.borrow() {
                 return;
             }
-            for id in state.expired_nodes() {
-                if let Err(e) = state.mark_node_down(&id).await {
-                    tracing::error!(node = %id, error = %e, "cannot mark node down");
+            for (id, action) in state.node_actions() {
+                if let Err(e) = state.apply_node_action(&id, action).await {
+                    tracing::error!(node = %id, ?action, error = %e, "cannot change node state");
                 }
             }
         }

@@ -74,6 +74,7 @@ impl World {
                 ("id", p) if p.starts_with("/v1/evaluations/") => &self.eval,
                 ("node" | "node_id", _) => &self.node,
                 ("*reference", _) => "busybox:latest",
+                ("digest", _) => "sha256:0000000000000000000000000000000000000000000000000000000000000000",
                 ("accessor", _) => &self.a_accessor,
                 _ => panic!(
                     "route {} {} has a parameter {{{param}}} this test cannot fill: teach World::path about it",
@@ -187,8 +188,8 @@ fn every_route_refuses_missing_revoked_expired_and_foreign_tokens() {
             let msg = r.error().map(|e| e.message).unwrap_or_default();
             let ok = match (rt.auth, case) {
                 (AuthClass::Bootstrap, _) => r.status == 409,
-                // Agents send no credentials until node credentials land
-                // (taba_server::acl::agent::verify_agent_credentials).
+                // Without a token the handler checks the node credential
+                // (api::peer::verify_agent, tested in credentials.rs).
                 (AuthClass::Agent, "no token") => continue,
                 (AuthClass::Agent, _) => r.status == 403,
                 (_, "team-b's token") if rt.method == "GET" => {

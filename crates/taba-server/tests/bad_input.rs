@@ -240,7 +240,7 @@ fn bad_input_corpus_is_rejected_without_writes() {
         json_case("heartbeat without the node secret", "POST", "/v1/agent/heartbeat",
             &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\"}}"), 403, Some("node_id")),
         via(json_case("heartbeat with another node's secret", "POST", "/v1/agent/heartbeat",
-            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\"}}"), 403, Some("node_id")), &c.with_node_secret(Some("0".repeat(64)))),
+            &format!("{{\"protocol\":{PROTOCOL},\"node_id\":\"{owner_id}\"}}"), 403, Some("node_id")), &c.with_token(None).with_node_secret(Some("0".repeat(64)))),
         json_case("register over another node's id", "POST", "/v1/agent/register",
             &{ let mut n = node("thief", 1024); n.id = owner.node.id.clone(); serde_json::json!({"protocol": PROTOCOL, "node": n}).to_string() }, 403, Some("node_id")),
         json_case("register over another node's id, old protocol", "POST", "/v1/agent/register",

@@ -48,23 +48,24 @@ fn plain_node_secret_binds_the_node_id_at_first_registration() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path(), Duration::from_secs(30));
     let c = srv.client();
+    let a = srv.anonymous();
     let n1 = node("n1", 4096);
-    let secret = register(&c, &n1)
+    let secret = register(&a, &n1)
         .unwrap()
         .node_secret
         .expect("a secret at first registration");
     assert_eq!(secret.len(), 64);
-    let agent = c.with_node_secret(Some(secret.clone()));
+    let agent = a.with_node_secret(Some(secret.clone()));
     heartbeat(&agent, &n1).unwrap();
     // Re-registration with the secret works and issues no new one.
     assert!(register(&agent, &n1).unwrap().node_secret.is_none());
     // Forged: the same id without the secret, or with another.
     let mut thief = node("thief", 4096);
     thief.id = n1.id.clone();
-    refused(register(&c, &thief), "node secret");
-    refused(heartbeat(&c, &n1), "node secret");
+    refused(register(&a, &thief), "node secret");
+    refused(heartbeat(&a, &n1), "node secret");
     refused(
-        heartbeat(&c.with_node_secret(Some("f".repeat(64))), &n1),
+        heartbeat(&a.with_node_secret(Some("f".repeat(64))), &n1),
         "wrong node secret",
     );
     // The server stays up and the node is still n1.
@@ -83,13 +84,14 @@ fn agent_one_protocol_version_older_registers_and_heartbeats() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path(), Duration::from_secs(30));
     let c = srv.client();
+    let a = srv.anonymous();
     // A double of protocol 1's messages, written by hand: the shape an agent
     // one version older sends (no node secret header, protocol 1).
     let n = node("old1", 2048);
     let mut node_json = serde_json::to_value(&n).unwrap();
     node_json["name"] = "old1".into();
     let register = serde_json::json!({"protocol": 1, "node": node_json}).to_string();
-    let r = c
+    let r = a
         .raw(
             "POST",
             "/v1/agent/register",
@@ -105,7 +107,7 @@ fn agent_one_protocol_version_older_registers_and_heartbeats() {
         r#"{{"protocol":1,"node_id":"{}","usage":{{"cpu_mhz":10,"memory":1048576,"at":0}}}}"#,
         n.id
     );
-    let r = c
+    let r = a
         .raw(
             "POST",
             "/v1/agent/heartbeat",
@@ -114,7 +116,7 @@ fn agent_one_protocol_version_older_registers_and_heartbeats() {
         )
         .unwrap();
     assert_eq!(r.status, 200, "{:?}", r.error());
-    let r = c
+    let r = a
         .raw(
             "GET",
             &format!("/v1/agent/allocations/{}?index=0", n.id),
@@ -126,7 +128,7 @@ fn agent_one_protocol_version_older_registers_and_heartbeats() {
     // Two versions older, or newer than this build: refused, naming the field.
     for v in [PROTOCOL - 2, PROTOCOL + 1] {
         let hb = format!(r#"{{"protocol":{v},"node_id":"{}"}}"#, n.id);
-        let r = c
+        let r = a
             .raw(
                 "POST",
                 "/v1/agent/heartbeat",
@@ -145,9 +147,10 @@ fn plain_join_token_buys_a_node_secret_once() {
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path(), Duration::from_secs(30));
     let c = srv.client();
+    let a = srv.anonymous();
     let token = c.create_join_token("1h").unwrap().token;
     let join = |id: &str, token: &str| {
-        c.raw(
+        a.raw(
             "POST",
             "/v1/agent/join",
             Some("application/json"),
@@ -182,8 +185,8 @@ fn plain_join_token_buys_a_node_secret_once() {
     // The node joined registers with its secret, and only with it.
     let mut n = node("j1", 1024);
     n.id = "j1".into();
-    refused(register(&c, &n), "node secret");
-    register(&c.with_node_secret(Some(secret)), &n).unwrap();
+    refused(register(&a, &n), "node secret");
+    register(&a.with_node_secret(Some(secret)), &n).unwrap();
 }
 
 #[test]
@@ -191,7 +194,7 @@ fn tls_api_needs_a_client_certificate_of_the_cluster_ca() {
     let dir = tempfile::tempdir().unwrap();
     let pki = test_pki(dir.path(), &["n1"]);
     let srv = start_tls_server(dir.path(), &pki, false);
-    let cli = tls_client_as(&srv, &pki.cli);
+    let cli = tls_cli(&srv, &pki);
     assert!(cli.list_nodes().unwrap().is_empty());
     // No certificate: refused with the reason.
     let anon = tls_client(&srv, &pki.ca_cert, None);
@@ -265,7 +268,7 @@ fn tls_node_ids_are_bound_to_agent_certificates_and_revocation_holds() {
     let dir = tempfile::tempdir().unwrap();
     let pki = test_pki(dir.path(), &["n1", "n2"]);
     let srv = start_tls_server(dir.path(), &pki, false);
-    let cli = tls_client_as(&srv, &pki.cli);
+    let cli = tls_cli(&srv, &pki);
     let a1 = tls_client_as(&srv, &pki.agents[0].1);
     let a2 = tls_client_as(&srv, &pki.agents[1].1);
     let n1 = node("n1", 4096);
@@ -282,7 +285,7 @@ fn tls_node_ids_are_bound_to_agent_certificates_and_revocation_holds() {
     refused(heartbeat(&a2, &n1), "belongs to agent n1");
     // The CLI's certificate is no agent's.
     refused(
-        register(&cli, &node("cli", 4096)),
+        register(&cli.with_token(None), &node("cli", 4096)),
         "may not act as an agent",
     );
     // Revoke n1's certificate: n1 is refused from then on, everywhere.
@@ -308,7 +311,7 @@ fn tls_node_ids_are_bound_to_agent_certificates_and_revocation_holds() {
     };
     let a1 = tls_client_as(&srv, &pki.agents[0].1);
     refused(heartbeat(&a1, &n1), "revoked");
-    let cli = tls_client_as(&srv, &pki.cli);
+    let cli = tls_cli(&srv, &pki);
     assert_eq!(cli.list_nodes().unwrap().len(), 1);
 }
 
@@ -317,7 +320,7 @@ fn tls_join_token_is_exchanged_once_for_an_agent_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = test_pki(dir.path(), &[]);
     let srv = start_tls_server(dir.path(), &pki, true);
-    let cli = tls_client_as(&srv, &pki.cli);
+    let cli = tls_cli(&srv, &pki);
     let token = cli.create_join_token("10m").unwrap().token;
     let anon = tls_client(&srv, &pki.ca_cert, None);
     let csr = pki::signing_request(&Role::Agent("n3".into())).unwrap();

@@ -261,15 +261,11 @@ fn a_server_restart_in_the_middle_of_a_drain_carries_it_on() {
     let dir = tempfile::tempdir().unwrap();
     let srv = server(dir.path(), open_store(dir.path()));
     let c = srv.client();
-    let node1 = common::node("n1", 4096);
-    let node2 = common::node("n2", 4096);
-    let n1 = FakeAgent::register(c.clone(), node1.clone());
+    let n1 = FakeAgent::register(c.clone(), common::node("n1", 4096));
     place_all_on(&c, &n1, &service("web", 4, 1), 4);
-    let n2 = FakeAgent::register(c.clone(), node2.clone());
+    let n2 = FakeAgent::register(c.clone(), common::node("n2", 4096));
     drain(&c, "n1", "1h", false);
     eventually("the first move", || (live(&n2).len() == 1).then_some(()));
-    drop(n1);
-    drop(n2);
     let store = srv.stop();
 
     let srv = server(dir.path(), store);
@@ -277,8 +273,8 @@ fn a_server_restart_in_the_middle_of_a_drain_carries_it_on() {
     let st = c.drain_status("n1").unwrap();
     assert!(st.strategy.is_some() && !st.eligible, "{st:?}");
     assert_eq!(st.starting, 1, "{st:?}");
-    let n1 = FakeAgent::register(c.clone(), node1);
-    let n2 = FakeAgent::register(c.clone(), node2);
+    let n1 = FakeAgent::reregister(c.clone(), n1);
+    let n2 = FakeAgent::reregister(c.clone(), n2);
     let st = eventually("drain complete after the restart", || {
         n2.converge();
         n1.converge();

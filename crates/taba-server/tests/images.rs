@@ -30,12 +30,12 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
     );
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path(), Duration::from_secs(10));
-    let c = srv.client();
+    let user = srv.client();
     let tar = dir.path().join("busybox-oci.tar");
     busybox_oci_tar(&tar);
-    let info = c.import_image(&tar).unwrap();
+    let info = user.import_image(&tar).unwrap();
     // Agent routes: a registered node with its credential (the node secret).
-    let agent = FakeAgent::register(c.clone(), node("n1", 4096));
+    let agent = FakeAgent::register(user.clone(), node("n1", 4096));
     let id = agent.node.id.clone();
     let q = format!("?node_id={id}");
     let c = agent.client.clone();
@@ -182,5 +182,5 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
         );
     }
     // Still serving.
-    assert_eq!(c.list_images().unwrap().len(), 1);
+    assert_eq!(user.list_images().unwrap().len(), 1);
 }

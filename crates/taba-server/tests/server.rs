@@ -306,7 +306,7 @@ fn client_fails_over_to_the_next_address_and_keeps_it() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let c = taba_client::Client::new(&format!("{dead},{}", srv.addr), None);
+    let c = taba_client::Client::new(&format!("{dead},{}", srv.addr), Some(srv.token.clone()));
     assert_eq!(c.base_url(), format!("http://{dead}"));
     assert!(c.list_jobs().unwrap().is_empty());
     assert_eq!(c.base_url(), format!("http://{}", srv.addr));

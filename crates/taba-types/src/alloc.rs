@@ -158,22 +158,42 @@ impl TaskState {
     }
 }
 
-/// Something done to an allocation through the API, recorded by the server
-/// before it is done (the audit trail of `alloc exec`): who, what, when.
+/// Something that happened to an allocation as a whole, oldest first in
+/// [`Allocation::events`]: what the cluster did (`Lost`: its node went down;
+/// `Reconnected`: its node reported it alive after that; `Duplicate`:
+/// stopped because another instance of its index runs; `Fenced`: its agent
+/// stopped it after losing contact with the servers) and what was done to
+/// it through the API, recorded before it is done (`Exec`, the audit trail
+/// of `alloc exec`: who, what, when).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocEvent {
     /// When.
     pub time: UnixMillis,
-    /// `Exec`.
+    /// `Lost`, `Reconnected`, `Duplicate`, `Fenced`, `Exec`, ...
     pub kind: String,
-    /// Who: the token's name and accessor id (`anonymous` when ACLs are off).
+    /// Who, for what was done through the API: the token's name and
+    /// accessor id (`anonymous` when ACLs are off). Empty for what the
+    /// cluster did on its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub actor: String,
-    /// What: the task and the command.
+    /// What: the task and the command, or why.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
 
-/// Audit events kept per allocation (the oldest go first).
+impl AllocEvent {
+    /// An event of the cluster itself (no actor).
+    pub fn system(time: UnixMillis, kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            time,
+            kind: kind.to_string(),
+            actor: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Events kept per allocation (the oldest go first).
 pub const MAX_ALLOC_EVENTS: usize = 50;
 
 /// A request to move an allocation to another node: the one "move"
@@ -255,7 +275,9 @@ pub struct Allocation {
     /// Last measured usage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<AllocUsage>,
-    /// What was done to it through the API (audit), oldest first.
+    /// What happened to it as a whole (node lost and back, duplicate,
+    /// fenced) and what was done to it through the API (audit), oldest
+    /// first, the last [`MAX_ALLOC_EVENTS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<AllocEvent>,
     /// The evaluation that placed it.
@@ -322,7 +344,7 @@ impl Allocation {
                 .unwrap_or(self.modify_time)
         })
     }
-    /// Record an audit event, keeping the last [`MAX_ALLOC_EVENTS`].
+    /// Record an event, keeping the last [`MAX_ALLOC_EVENTS`].
     pub fn push_event(&mut self, event: AllocEvent) {
         self.events.push(event);
         if self.events.len() > MAX_ALLOC_EVENTS {

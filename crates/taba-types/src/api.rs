@@ -72,7 +72,9 @@ pub struct JobListEntry {
     pub status: JobStatus,
     /// Stopped by `job stop`.
     pub stopped: bool,
-    /// Allocations by client status (only those not replaced or stopped).
+    /// Allocations by client status: every one not replaced, and every
+    /// replaced one that is not terminal (a duplicate still running is
+    /// counted, never hidden).
     pub allocs: BTreeMap<String, u32>,
     /// Submission time of the current version.
     pub submit_time: UnixMillis,
@@ -218,6 +220,10 @@ pub struct NodeListEntry {
     pub datacenter: String,
     /// Liveness.
     pub status: NodeStatus,
+    /// The state users see: `ready`, `draining`, `ineligible`,
+    /// `disconnected`, `down`, `unusable`, `initializing`.
+    #[serde(default)]
+    pub display_status: String,
     /// Eligible for placements.
     pub eligible: bool,
     /// Being drained.
@@ -238,6 +244,7 @@ impl NodeListEntry {
             name: n.name.clone(),
             datacenter: n.datacenter.clone(),
             status: n.status,
+            display_status: n.display_status(),
             eligible: n.schedulable() || n.status != NodeStatus::Ready,
             drain: n.draining(),
             http_addr: n.http_addr.clone(),
@@ -261,7 +268,10 @@ pub struct NodeDetail {
     pub name: String,
     /// Liveness.
     pub status: NodeStatus,
-    /// The full record.
+    /// The state users see (see [`NodeListEntry::display_status`]).
+    #[serde(default)]
+    pub display_status: String,
+    /// The full record (`last_heartbeat` and `usage` as of now).
     pub node: Node,
     /// Allocations on the node, newest first.
     pub allocations: Vec<AllocListEntry>,
@@ -339,6 +349,23 @@ pub struct DrainStatus {
     pub done: bool,
     /// Store index the view was taken at.
     pub index: u64,
+}
+
+/// Reply to `DELETE /v1/nodes/{node}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveNodeResponse {
+    /// The node's name.
+    pub name: String,
+    /// Its allocations marked lost (and replaced) by the removal.
+    pub lost: usize,
+}
+
+/// Body of `POST /v1/nodes/{node}/eligibility`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EligibilityRequest {
+    /// Whether new allocations may be placed on the node.
+    pub eligible: bool,
 }
 
 /// A namespace with what it holds now: a row of `GET /v1/namespaces`, the

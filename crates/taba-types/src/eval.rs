@@ -30,6 +30,9 @@ pub enum EvalTrigger {
     Preemption,
     /// The rebalancer asked for allocations of the job to move.
     Rebalance,
+    /// An allocation marked lost (its node went down) was reported alive
+    /// again by its node: the reconciler keeps exactly `count` running.
+    AllocReconnect,
     /// A node drain asked for allocations of the job to move (or stopped them).
     NodeDrain,
 }

@@ -138,6 +138,15 @@ pub struct TaskGroupSpec {
     /// How allocations move between nodes (rebalancing, node drains).
     #[serde(default)]
     pub migrate: MigratePolicy,
+    /// Fencing: an agent that has not reached any server for this long
+    /// stops the group's allocations itself (they are reported `lost`), and
+    /// the servers place their replacements only after that time (plus the
+    /// tasks' kill timeout) has passed since the node's last heartbeat, so a
+    /// partitioned node and its replacement never run the same instance at
+    /// once. Unset: allocations keep running while disconnected, and a
+    /// returning duplicate is stopped by the servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_disconnect: Option<DurationSpec>,
     /// Free-form metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,

@@ -42,3 +42,16 @@ pub use validate::{FieldError, ValidationErrors};
 
 /// Milliseconds since the Unix epoch, the one time representation on the wire.
 pub type UnixMillis = u64;
+
+/// An error and its causes on one line, `outer: cause: root cause` (TLS
+/// and I/O failures hide in the sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

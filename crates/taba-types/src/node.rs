@@ -19,8 +19,15 @@ pub enum NodeStatus {
     Initializing,
     /// Heartbeating.
     Ready,
-    /// Missed its heartbeat TTL; its allocations are lost.
+    /// Missed its heartbeat TTL: no new placements; its allocations are
+    /// left alone until it is `down` (after the TTL plus the grace).
+    Disconnected,
+    /// Silent for its heartbeat TTL plus the grace; its allocations are lost
+    /// and replaced elsewhere.
     Down,
+    /// Its agent found nothing to run workloads with (no usable cgroups, no
+    /// healthy driver): never schedulable; `unusable_reason` says why.
+    Unusable,
 }
 
 impl fmt::Display for NodeStatus {
@@ -28,7 +35,9 @@ impl fmt::Display for NodeStatus {
         f.write_str(match self {
             NodeStatus::Initializing => "initializing",
             NodeStatus::Ready => "ready",
+            NodeStatus::Disconnected => "disconnected",
             NodeStatus::Down => "down",
+            NodeStatus::Unusable => "unusable",
         })
     }
 }
@@ -140,6 +149,11 @@ pub struct Node {
     /// Last reported utilization.
     #[serde(default)]
     pub usage: NodeUsage,
+    /// Why the node cannot run workloads, as its agent found at start (no
+    /// usable cgroups, no healthy driver); empty when it can. Such a node
+    /// registers as `unusable`, never `ready`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unusable_reason: String,
     /// Store index at registration.
     #[serde(default)]
     pub create_index: u64,
@@ -166,6 +180,25 @@ impl Node {
             .get(driver)
             .map(|d| d.detected && d.healthy)
             .unwrap_or(false)
+    }
+    /// The status a heartbeating node has: `ready`, or `unusable` when its
+    /// agent reported a reason.
+    pub fn alive_status(&self) -> NodeStatus {
+        if self.unusable_reason.is_empty() {
+            NodeStatus::Ready
+        } else {
+            NodeStatus::Unusable
+        }
+    }
+    /// The state users see: `ready`, `draining` or `ineligible` for a ready
+    /// node, else its liveness (`initializing`, `disconnected`, `down`,
+    /// `unusable`).
+    pub fn display_status(&self) -> String {
+        match self.status {
+            NodeStatus::Ready if self.draining() => "draining".into(),
+            NodeStatus::Ready if self.eligibility == Eligibility::Ineligible => "ineligible".into(),
+            s => s.to_string(),
+        }
     }
     /// Ready and eligible for new placements.
     pub fn schedulable(&self) -> bool {

@@ -275,4 +275,32 @@ count = 2
             Some("group[0].task[0].resources.cpu")
         );
     }
+
+    #[test]
+    fn stop_after_disconnect_is_read_and_checked() {
+        let ok = HELLO.replace("count = 2", "count = 2\nstop_after_disconnect = \"10s\"");
+        let spec = parse_job_toml(ok.as_bytes()).unwrap();
+        assert_eq!(
+            spec.groups[0].stop_after_disconnect,
+            Some(crate::DurationSpec::secs(10))
+        );
+        for (value, why) in [("\"200ms\"", "at least 1s"), ("\"48h\"", "at most 24h")] {
+            let bad = HELLO.replace(
+                "count = 2",
+                &format!("count = 2\nstop_after_disconnect = {value}"),
+            );
+            let err = parse_job_toml(bad.as_bytes()).unwrap_err();
+            assert_eq!(
+                err.path().as_deref(),
+                Some("group[0].stop_after_disconnect")
+            );
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let bad = HELLO.replace("count = 2", "count = 2\nstop_after_disconnect = \"soon\"");
+        let err = parse_job_toml(bad.as_bytes()).unwrap_err();
+        assert_eq!(
+            err.path().as_deref(),
+            Some("group[0].stop_after_disconnect")
+        );
+    }
 }

@@ -21,6 +21,10 @@ pub struct AllocStop {
     /// For an eviction: the new allocation it makes room for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preempted_by: Option<AllocId>,
+    /// Record the stop in the allocation's events under this kind
+    /// (`Duplicate`), with `description` as the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 /// What a scheduler decided for one evaluation.

@@ -309,6 +309,16 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
             "must be at most 24h",
         );
     }
+    if let Some(d) = g.stop_after_disconnect {
+        if d.0 < 1000 {
+            errs.push(
+                format!("{p}.stop_after_disconnect"),
+                "must be at least 1s (an agent checks its link about every 250ms)",
+            );
+        } else if d.0 > 24 * 3600 * 1000 {
+            errs.push(format!("{p}.stop_after_disconnect"), "must be at most 24h");
+        }
+    }
     if let Some(r) = &g.restart {
         if r.attempts > 10_000 {
             errs.push(format!("{p}.restart.attempts"), "must be at most 10000");

@@ -4,9 +4,14 @@
 //! - durable job registrations per second (embedded store), 16 clients;
 //! - one `job run` of 100 containers on one node: submission -> running,
 //!   p50/p99 per container;
-//! - idle RSS of `taba agent` and `taba server` as separate processes.
+//! - idle RSS of `taba agent` and `taba server` as separate processes;
+//! - `job run` -> one container running on an idle agent, through the real
+//!   server-agent path (`taba dev --agents 1`: server and agent processes,
+//!   the agent in its own network namespace), p50/p99 of 20.
 //!
 //! Run: `cargo bench -p taba --bench cluster` (root; needs the busybox image).
+//! `TABA_BENCH=one-container` (or `hundred`, `registrations`, `idle-rss`)
+//! runs only that one.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -197,15 +202,112 @@ fn idle_rss() {
     let _ = server.wait();
 }
 
+/// `job run` of one container -> running on an idle agent, `runs` times:
+/// submission to the task's `started_at` (the agent's clock, this host) and
+/// to the API reporting it running (what `job run` waits for).
+fn one_container(runs: usize) {
+    let c = DevCluster::start(1, &["--no-rebalance"]);
+    c.import_busybox();
+    let mut started = Vec::new();
+    let mut observed = Vec::new();
+    let mut cli = Vec::new();
+    for i in 0..runs * 2 {
+        let name = format!("one-{i}");
+        let toml = format!(
+            "name = \"{name}\"\n[[group]]\nname = \"g\"\n  [[group.task]]\n  name = \"t\"\n  driver = \"container\"\n  image = \"busybox:latest\"\n  command = [\"sleep\", \"100000\"]\n  resources = {{ cpu = 10, memory = \"8MiB\" }}\n"
+        );
+        if i % 2 == 1 {
+            // Every other run through the CLI: `taba job run` returns once
+            // the deployment runs.
+            let f = job_file(&c.data, &name, &toml);
+            let t0 = Instant::now();
+            let out = c.cli(&["job", "run", f.to_str().unwrap()]);
+            cli.push(t0.elapsed().as_millis() as u64);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stop_and_wait(&c, &name);
+            continue;
+        }
+        let submitted = now_ms();
+        let t0 = Instant::now();
+        c.client
+            .register_job_toml(toml.as_bytes())
+            .expect("register");
+        let mut start_ms = None;
+        while t0.elapsed() < Duration::from_secs(30) {
+            let s = c.client.job_status(&name).unwrap();
+            if let Some(a) = s
+                .allocations
+                .iter()
+                .find(|a| a.status.to_string() == "running")
+            {
+                start_ms = a.task_states.get("t").and_then(|t| t.started_at);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        observed.push(t0.elapsed().as_millis() as u64);
+        started.push(
+            start_ms
+                .expect("running within 30 s")
+                .saturating_sub(submitted),
+        );
+        stop_and_wait(&c, &name);
+    }
+    started.sort();
+    observed.sort();
+    cli.sort();
+    println!(
+        "one container on an idle agent ({runs} runs): submission->started p50={}ms p99={}ms max={}ms; \
+         submission->API says running p50={}ms p99={}ms max={}ms; `taba job run` until running p50={}ms p99={}ms max={}ms",
+        pct(&started, 0.5),
+        pct(&started, 0.99),
+        started.last().copied().unwrap_or(0),
+        pct(&observed, 0.5),
+        pct(&observed, 0.99),
+        observed.last().copied().unwrap_or(0),
+        pct(&cli, 0.5),
+        pct(&cli, 0.99),
+        cli.last().copied().unwrap_or(0),
+    );
+}
+
+/// Stop `job` and wait until its allocations are gone, so the agent is idle.
+fn stop_and_wait(c: &DevCluster, job: &str) {
+    c.client.stop_job(job).unwrap();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        let s = c.client.job_status(job).unwrap();
+        if s.allocations.iter().all(|a| a.status.is_terminal()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 fn main() {
-    // `cargo bench` passes --bench; nothing else is accepted.
+    // `cargo bench` passes --bench; nothing else is accepted. TABA_BENCH
+    // picks one benchmark.
+    let only = std::env::var("TABA_BENCH").ok();
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     // Each on a fresh cluster, so one's leftover evaluations do not queue
     // ahead of the other's.
-    let dev = Dev::start();
-    hundred_containers(&dev);
-    drop(dev);
-    let dev = Dev::start();
-    registrations(&dev);
-    drop(dev);
-    idle_rss();
+    if run("hundred") {
+        let dev = Dev::start();
+        hundred_containers(&dev);
+    }
+    if run("registrations") {
+        let dev = Dev::start();
+        registrations(&dev);
+    }
+    if run("idle-rss") {
+        idle_rss();
+    }
+    if run("one-container") {
+        one_container(20);
+    }
 }

@@ -21,9 +21,9 @@ enum Command {
     /// Run a whole cluster (server and agent) in one process, for development.
     Dev(cmd::dev::DevArgs),
     /// Run a server (control plane).
-    Server(cmd::dev::ServerArgs),
+    Server(cmd::server::ServerArgs),
     /// Run an agent (node).
-    Agent(cmd::dev::AgentArgs),
+    Agent(cmd::agent::AgentArgs),
     /// Submit, inspect and stop jobs.
     #[command(subcommand)]
     Job(cmd::cli::JobCommand),
@@ -61,8 +61,8 @@ fn main() -> ExitCode {
         // The shim must not start threads before it forks the workload.
         Command::Shim(args) => cmd::shim::run(args),
         Command::Dev(args) => cmd::dev::run_dev(&cli.global, args),
-        Command::Server(args) => cmd::dev::run_server(&cli.global, args),
-        Command::Agent(args) => cmd::dev::run_agent(&cli.global, args),
+        Command::Server(args) => cmd::server::run_server(&cli.global, args),
+        Command::Agent(args) => cmd::agent::run_agent(&cli.global, args),
         Command::Job(c) => cmd::cli::job(&cli.global, c),
         Command::Alloc(c) => cmd::cli::alloc(&cli.global, c),
         Command::Node(c) => cmd::cli::node(&cli.global, c),

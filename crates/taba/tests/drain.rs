@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{busybox_tar, ProcCluster};
+use common::{busybox_tar, Cluster};
 use std::time::Duration;
 use taba_types::{ClientStatus, DesiredStatus};
 
@@ -26,10 +26,10 @@ migrate = { max_parallel = 2, min_healthy_time = "1s" }
 
 #[test]
 fn root_drain_moves_every_container_to_the_other_node_and_the_cli_waits_for_it() {
-    let cluster = ProcCluster::start(&["n1", "n2"]);
+    let cluster = Cluster::with_agents(&["n1", "n2"]);
     let c = &cluster.client;
     c.import_image(&busybox_tar()).expect("importing busybox");
-    let file = cluster.dir.join("web.toml");
+    let file = cluster.dir().join("web.toml");
     std::fs::write(&file, JOB).unwrap();
     let out = cluster.cli(&["job", "run", file.to_str().unwrap()]);
     assert!(

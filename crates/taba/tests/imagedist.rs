@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use taba_client::Client;
 use taba_types::TaskEvent;
@@ -134,7 +135,9 @@ fn root_agent_fetches_images_from_the_server_once_and_refuses_corrupt_blobs() {
         &root.join("agent.log"),
         "taba agent: node",
     );
-    let c = Client::new(&addr, None);
+    let mut taba = Command::new(taba_bin());
+    taba.env("TABA_ADDR", &addr);
+    let c = Client::new(&addr, Some(acl_bootstrap(taba)));
     wait("the agent's node is ready", &[&server, &agent], || {
         c.list_nodes()
             .is_ok_and(|n| n.iter().any(|n| n.status.to_string() == "ready"))

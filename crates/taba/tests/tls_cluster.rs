@@ -138,13 +138,19 @@ fn root_server_and_agents_over_mutual_tls_run_log_exec_and_join() {
         "taba agent: node",
     );
 
-    let cli = |args: &[&str]| {
-        Command::new(taba_bin())
-            .args(args)
-            .env("TABA_ADDR", &addrs)
+    let taba_cli = || {
+        let mut c = Command::new(taba_bin());
+        c.env("TABA_ADDR", &addrs)
             .env("TABA_CA_CERT", tls.join("taba-ca.pem"))
             .env("TABA_CLIENT_CERT", tls.join("cli.pem"))
-            .env("TABA_CLIENT_KEY", tls.join("cli-key.pem"))
+            .env("TABA_CLIENT_KEY", tls.join("cli-key.pem"));
+        c
+    };
+    let mgmt = acl_bootstrap(taba_cli());
+    let cli = |args: &[&str]| {
+        taba_cli()
+            .args(args)
+            .env("TABA_TOKEN", &mgmt)
             .output()
             .expect("running taba")
     };

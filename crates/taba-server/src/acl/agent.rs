@@ -1,15 +1,12 @@
 //! The auth class `agent`: routes under `/v1/agent/` accept agents only,
 //! never user tokens.
 //!
-//! [`authenticate`] first refuses any request that carries a user token
-//! (valid, expired or unknown), then asks [`verify_agent_credentials`]
-//! whether the request carries a node's credentials.
-//!
-//! NOTE for the coordinator: node credentials (a per-node secret issued at
-//! first registration, or mTLS client certificates) come from the cluster
-//! work. Until they are wired in, [`verify_agent_credentials`] accepts what
-//! today's agents send: no credentials at all. Replace its body with the
-//! real check; the route table and the guard need no change.
+//! The guard's part is [`authenticate`]: it refuses any request that
+//! carries an `Authorization` header (a user token, valid or not, is not
+//! an agent credential). Which node is calling is only known once the body
+//! or path names a node id, so the node credential itself (the agent's
+//! certificate under TLS, or the node secret header over plain loopback
+//! HTTP) is checked by the handlers with `api::peer::verify_agent`.
 
 use crate::api::ApiError;
 use crate::state::ServerState;
@@ -30,10 +27,8 @@ pub fn authenticate(state: &ServerState, headers: &HeaderMap) -> Result<(), ApiE
     verify_agent_credentials(state, headers)
 }
 
-/// Whether the request carries a node's credentials. Today's agents send
-/// none, so only that is accepted: any bearer token is refused (it is not
-/// an agent credential).
-pub fn verify_agent_credentials(_state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Agents send no bearer token: one is refused, whatever it holds.
+fn verify_agent_credentials(_state: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
     if headers.contains_key(axum::http::header::AUTHORIZATION) {
         return Err(ApiError::Forbidden {
             message: "agent routes accept only agents; this is not an agent credential".into(),

@@ -50,6 +50,14 @@ pub enum ApiError {
     /// The request conflicts with the state (e.g. an ambiguous id prefix).
     #[error("{0}")]
     Conflict(String),
+    /// A unique value (a node name) is held by another record.
+    #[error("{message}")]
+    Taken {
+        /// What is wrong.
+        message: String,
+        /// Where.
+        field: Option<String>,
+    },
     /// No such route.
     #[error("no route for {method} {path}")]
     NoRoute {
@@ -114,7 +122,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Agent(_) => StatusCode::BAD_GATEWAY,
             Self::ExecLimit(s, _) => *s,
@@ -127,7 +135,8 @@ impl ApiError {
         match self {
             Self::BadRequest { field, .. }
             | Self::Invalid { field, .. }
-            | Self::Forbidden { field, .. } => field.clone(),
+            | Self::Forbidden { field, .. }
+            | Self::Taken { field, .. } => field.clone(),
             _ => None,
         }
     }
@@ -161,6 +170,10 @@ impl From<crate::state::StateError> for ApiError {
             S::Store(taba_store::StoreError::NotLeader) => Self::Unavailable(
                 "this server lost its leadership; nothing was changed, retry".to_owned(),
             ),
+            S::Taken { field, message } => Self::Taken {
+                message,
+                field: Some(field),
+            },
             other => {
                 let mut msg = other.to_string();
                 let mut src = std::error::Error::source(&other);

@@ -288,18 +288,6 @@ async fn agent_of(
     Ok((client, base, node.http_addr))
 }
 
-/// An error and its causes on one line (TLS failures hide in the sources).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Relay an agent's error reply (status and body) as it is when it is ours.
 async fn agent_failure(resp: reqwest::Response) -> ApiError {
     let status = resp.status();
@@ -360,7 +348,12 @@ pub async fn alloc_logs(
         ])
         .send()
         .await
-        .map_err(|e| ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e))))?;
+        .map_err(|e| {
+            ApiError::Agent(format!(
+                "cannot reach the agent at {addr}: {}",
+                taba_types::error_chain(&e)
+            ))
+        })?;
     if !resp.status().is_success() {
         return Err(agent_failure(resp).await);
     }
@@ -425,7 +418,10 @@ pub async fn alloc_exec(
             if e.is_timeout() {
                 timed_out()
             } else {
-                ApiError::Agent(format!("cannot reach the agent at {addr}: {}", chain(&e)))
+                ApiError::Agent(format!(
+                    "cannot reach the agent at {addr}: {}",
+                    taba_types::error_chain(&e)
+                ))
             }
         })?;
     let status = resp.status();
@@ -501,27 +497,61 @@ pub async fn list_nodes(State(app): State<AppState>) -> R<Vec<NodeListEntry>> {
     ))
 }
 
+/// A node with its allocations (those `auth` may read) and drain progress.
+fn node_detail(state: &ServerState, auth: &Auth, node: Node) -> Result<NodeDetail, ApiError> {
+    let mut allocs = state.node_allocs(&node.id);
+    allocs.retain(|a| auth.rights.allows(&a.namespace, Capability::Read));
+    allocs.sort_by_key(|a| std::cmp::Reverse(a.create_time));
+    let drain = match node.draining() {
+        true => Some(state.drain_status(node.id.as_str())?),
+        false => None,
+    };
+    Ok(NodeDetail {
+        id: node.id.clone(),
+        name: node.name.clone(),
+        status: node.status,
+        display_status: node.display_status(),
+        allocations: allocs.iter().map(AllocListEntry::from_alloc).collect(),
+        node,
+        drain,
+    })
+}
+
 pub async fn get_node(
     State(app): State<AppState>,
     auth: Auth,
     Path(key): Path<String>,
 ) -> R<NodeDetail> {
     let node = app.state.find_node(&key)?;
-    let mut allocs = app.state.node_allocs(&node.id);
-    allocs.retain(|a| auth.rights.allows(&a.namespace, Capability::Read));
-    allocs.sort_by_key(|a| std::cmp::Reverse(a.create_time));
-    let drain = match node.draining() {
-        true => Some(app.state.drain_status(node.id.as_str())?),
-        false => None,
-    };
-    Ok(Json(NodeDetail {
-        id: node.id.clone(),
-        name: node.name.clone(),
-        status: node.status,
-        allocations: allocs.iter().map(AllocListEntry::from_alloc).collect(),
-        node,
-        drain,
-    }))
+    Ok(Json(node_detail(&app.state, &auth, node)?))
+}
+
+/// `DELETE /v1/nodes/{node}` query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveNodeQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn remove_node(
+    State(app): State<AppState>,
+    Path(key): Path<String>,
+    Q(q): Q<RemoveNodeQuery>,
+) -> R<RemoveNodeResponse> {
+    let (name, lost) = app.state.remove_node(&key, q.force).await?;
+    Ok(Json(RemoveNodeResponse { name, lost }))
+}
+
+pub async fn node_eligibility(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(key): Path<String>,
+    body: Body,
+) -> R<NodeDetail> {
+    let req: EligibilityRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
+    let node = app.state.set_eligibility(&key, req.eligible).await?;
+    Ok(Json(node_detail(&app.state, &auth, node)?))
 }
 
 pub async fn drain_status(State(app): State<AppState>, Path(key): Path<String>) -> R<DrainStatus> {
@@ -790,6 +820,12 @@ fn check_node(n: &Node) -> Result<(), ApiError> {
             ));
         }
     }
+    if n.unusable_reason.len() > 4096 {
+        return Err(ApiError::invalid(
+            "node.unusable_reason",
+            "must be at most 4096 bytes",
+        ));
+    }
     if n.resources.cpu == 0 {
         return Err(ApiError::invalid("node.resources.cpu", "must be positive"));
     }
@@ -810,6 +846,8 @@ pub async fn agent_register(
     let req: RegisterRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
     protocol(req.protocol)?;
     check_node(&req.node)?;
+    // A taken name is refused before a credential is bound to the id.
+    app.state.check_name_free(&req.node)?;
     let reg = Registration {
         name: &req.node.name,
         protocol: req.protocol,

@@ -45,10 +45,17 @@ fn refuse_node(message: String) -> ApiError {
     ApiError::forbidden("node_id", message)
 }
 
-/// The TLS gate (a middleware over every route). Without TLS it lets
-/// everything through: the server then listens only on loopback.
+/// Marks a request that came over a plain HTTP listener, which the server
+/// opens only on loopback (without TLS, or with `[tls] plain_loopback`).
+#[derive(Clone, Copy, Debug)]
+pub struct PlainLocal;
+
+/// The TLS gate (a middleware over every route). Without TLS, and for
+/// requests over a plain loopback listener ([`PlainLocal`]), it lets
+/// everything through: a local caller, as on a loopback-only server. Agent
+/// routes still check the node's credential ([`verify_agent`]).
 pub async fn tls_gate(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    if app.state.config.tls.is_none() {
+    if app.state.config.tls.is_none() || req.extensions().get::<PlainLocal>().is_some() {
         return next.run(req).await;
     }
     let peer = req.extensions().get::<TlsPeer>().and_then(|p| p.0.clone());

@@ -68,12 +68,15 @@ impl ServerState {
             ignore_system,
         });
         node.drained_at = None;
-        node.eligibility = Eligibility::Ineligible;
+        let became_ineligible = self.change_eligibility(&mut node, false).is_some();
         let index = self
             .commit(Txn::new().put_encoded(Table::Nodes, id.as_str(), &node))
             .await?;
         tracing::info!(node = %node.name, deadline = ?deadline, ignore_system, "drain started");
-        self.apply(index, vec![], vec![], vec![node], vec![]);
+        self.apply(index, vec![], vec![], vec![node.clone()], vec![]);
+        if became_ineligible {
+            self.eligibility_changed(&node, vec![]);
+        }
         self.drain_wake.notify_one();
         self.drain_status(id.as_str())
     }
@@ -91,7 +94,8 @@ impl ServerState {
         let _held = self.locks.lock(keys).await;
         let mut node = self.known_node(&id)?;
         let was_draining = node.drain.take().is_some();
-        node.eligibility = Eligibility::Eligible;
+        let changed = self.change_eligibility(&mut node, true);
+        let evals = changed.clone().unwrap_or_default();
         let now = now_ms();
         let withdrawn: Vec<Allocation> = self
             .node_allocs(&id)
@@ -103,15 +107,19 @@ impl ServerState {
                 a
             })
             .collect();
-        let mut txn = Txn::new().put_encoded(Table::Nodes, id.as_str(), &node);
-        for a in &withdrawn {
-            txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
-        }
+        let txn = Self::put_allocs_evals(
+            Txn::new().put_encoded(Table::Nodes, id.as_str(), &node),
+            &withdrawn,
+            &evals,
+        );
         let index = self.commit(txn).await?;
         if was_draining {
             tracing::info!(node = %node.name, withdrawn = withdrawn.len(), "drain cancelled");
         }
-        self.apply(index, vec![], withdrawn, vec![node], vec![]);
+        self.apply(index, vec![], withdrawn, vec![node.clone()], evals.clone());
+        if changed.is_some() {
+            self.eligibility_changed(&node, evals);
+        }
         // Blocked evaluations may place on the node again.
         self.unblock(None);
         self.drain_status(id.as_str())

@@ -42,7 +42,10 @@ impl TestServer {
     }
 
     pub fn start_with(dir: &Path, ttl: Duration, store: Arc<dyn Store>) -> Self {
-        Self::start_configured(dir, store, |c| c.heartbeat_ttl = ttl)
+        Self::start_configured(dir, store, |c| {
+            c.heartbeat_ttl = ttl;
+            c.heartbeat_grace = ttl / 2;
+        })
     }
 
     /// A server whose configuration `setup` adjusts.
@@ -176,6 +179,7 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
         drivers,
         last_heartbeat: 0,
         usage: Default::default(),
+        unusable_reason: String::new(),
         create_index: 0,
         modify_index: 0,
     }
@@ -185,6 +189,8 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
 pub struct FakeAgent {
     pub client: Client,
     pub node: Node,
+    /// The node secret the server issued at first registration.
+    secret: Option<String>,
     /// What the heartbeats report as the node's use.
     usage: Arc<std::sync::Mutex<NodeUsage>>,
     beating: Arc<AtomicBool>,
@@ -195,7 +201,20 @@ impl FakeAgent {
     /// Register over `client`'s server as an agent (user tokens are
     /// refused on agent routes, so none is sent).
     pub fn register(client: Client, node: Node) -> Self {
-        let client = client.with_token(None);
+        Self::register_with_secret(client, node, None)
+    }
+
+    /// Register again as a node that registered before (after a server
+    /// restart), proving the id with the secret it was issued then.
+    pub fn reregister(client: Client, before: FakeAgent) -> Self {
+        let secret = before.secret.clone();
+        let node = before.node.clone();
+        drop(before);
+        Self::register_with_secret(client, node, secret)
+    }
+
+    fn register_with_secret(client: Client, node: Node, secret: Option<String>) -> Self {
+        let client = client.with_token(None).with_node_secret(secret.clone());
         let resp = client
             .agent_register(&RegisterRequest {
                 protocol: PROTOCOL,
@@ -203,14 +222,32 @@ impl FakeAgent {
             })
             .expect("register");
         // From now on the node id is bound to the secret issued to it.
-        let client = client.with_node_secret(resp.node_secret);
-        let beating = Arc::new(AtomicBool::new(true));
-        let usage = Arc::new(std::sync::Mutex::new(NodeUsage::default()));
-        let b = beating.clone();
-        let c = client.clone();
-        let id = node.id.clone();
-        let u = usage.clone();
-        let thread = std::thread::spawn(move || {
+        let secret = resp.node_secret.or(secret);
+        let client = client.with_node_secret(secret.clone());
+        let mut agent = Self {
+            client,
+            node,
+            secret,
+            usage: Arc::new(std::sync::Mutex::new(NodeUsage::default())),
+            beating: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        agent.start_heartbeats();
+        agent
+    }
+
+    /// Heartbeat every 50 ms until [`Self::stop_heartbeats`] (again, after
+    /// a stop: the agent is back).
+    pub fn start_heartbeats(&mut self) {
+        if self.thread.is_some() {
+            return;
+        }
+        self.beating.store(true, Ordering::SeqCst);
+        let b = self.beating.clone();
+        let c = self.client.clone();
+        let id = self.node.id.clone();
+        let u = self.usage.clone();
+        self.thread = Some(std::thread::spawn(move || {
             while b.load(Ordering::SeqCst) {
                 let usage = u.lock().unwrap().clone();
                 let _ = c.agent_heartbeat(&HeartbeatRequest {
@@ -220,14 +257,7 @@ impl FakeAgent {
                 });
                 std::thread::sleep(Duration::from_millis(50));
             }
-        });
-        Self {
-            client,
-            node,
-            usage,
-            beating,
-            thread: Some(thread),
-        }
+        }));
     }
 
     pub fn stop_heartbeats(&mut self) {
@@ -431,4 +461,9 @@ pub fn tls_client(srv: &TestServer, ca: &Path, identity: Option<(&Path, &Path)>)
 /// A client presenting `files`' certificate.
 pub fn tls_client_as(srv: &TestServer, files: &taba_tls::TlsFiles) -> Client {
     tls_client(srv, &files.ca_cert, Some((&files.cert, &files.key)))
+}
+
+/// The CLI of a TLS server: the CLI certificate and the management token.
+pub fn tls_cli(srv: &TestServer, pki: &taba_tls::dev::DevPki) -> Client {
+    tls_client_as(srv, &pki.cli).with_token(Some(srv.token.clone()))
 }

@@ -109,6 +109,30 @@ pub enum NodeCommand {
         /// Node id, prefix or name.
         node: String,
     },
+    /// Allow (--enable) or forbid (--disable) new placements on a node;
+    /// what runs there keeps running.
+    Eligibility {
+        /// Node id, prefix or name.
+        node: String,
+        /// New allocations may be placed on the node.
+        #[arg(long, conflicts_with = "disable", required_unless_present = "disable")]
+        enable: bool,
+        /// No new allocations are placed on the node.
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Remove a node from the cluster now (down nodes are removed on their
+    /// own after the server's `node_gc_after`). Refused while the node is
+    /// not down and has allocations, unless --force: they are marked lost
+    /// and replaced elsewhere. Its credential is forgotten: a live agent
+    /// registers again (with TLS its certificate is revoked: it joins again).
+    Rm {
+        /// Node id, prefix or name.
+        node: String,
+        /// Remove even a live node with allocations.
+        #[arg(long)]
+        force: bool,
+    },
     /// Move every allocation off a node (it becomes ineligible) and follow
     /// the drain until it is done; `--disable` cancels it.
     Drain(super::drain::DrainArgs),
@@ -467,6 +491,9 @@ fn job_run(
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
+    // Poll quickly at first (a container on an idle node runs within
+    // ~100 ms), then every 200 ms.
+    let mut pause = Duration::from_millis(10);
     loop {
         let eval = api.eval(reg.eval_id.as_str())?;
         let st = api.job_status_in(&reg.namespace, &reg.job)?;
@@ -592,7 +619,8 @@ fn job_run(
         if Instant::now() > deadline {
             return fail("deployment did not finish within 10 minutes".into());
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(pause);
+        pause = (pause * 3 / 2).min(Duration::from_millis(200));
     }
 }
 
@@ -700,17 +728,17 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
             );
             if !a.events.is_empty() {
                 println!();
-                println!("Events (audit)");
+                // What the cluster did (BY -) and what was done through the API.
+                println!("Events");
                 let rows: Vec<Vec<String>> = a
                     .events
                     .iter()
                     .map(|e| {
-                        vec![
-                            age(e.time),
-                            e.kind.clone(),
-                            e.actor.clone(),
-                            e.message.clone(),
-                        ]
+                        let by = match e.actor.is_empty() {
+                            true => "-".to_string(),
+                            false => e.actor.clone(),
+                        };
+                        vec![age(e.time), e.kind.clone(), by, e.message.clone()]
                     })
                     .collect();
                 table(&["WHEN", "KIND", "BY", "WHAT"], &rows);
@@ -803,7 +831,11 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                         short(n.id.as_str()),
                         n.name.clone(),
                         n.datacenter.clone(),
-                        n.status.to_string(),
+                        if n.display_status.is_empty() {
+                            n.status.to_string()
+                        } else {
+                            n.display_status.clone()
+                        },
                         if n.eligible {
                             "eligible".into()
                         } else {
@@ -838,7 +870,14 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
             println!("ID         = {}", n.id);
             println!("Name       = {}", n.name);
             println!("Datacenter = {}", n.datacenter);
-            println!("Status     = {}", n.status);
+            println!("Status     = {}", n.display_status());
+            if !n.unusable_reason.is_empty() {
+                println!("Unusable   = {}", n.unusable_reason);
+            }
+            println!(
+                "Eligible   = {}",
+                n.eligibility == taba_types::Eligibility::Eligible
+            );
             println!(
                 "Address    = {}",
                 if n.http_addr.is_empty() {
@@ -864,6 +903,18 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 }
             );
             println!("Dynamic    = ports {}", n.dynamic_ports);
+            if n.usage.at > 0 {
+                println!(
+                    "In use     = {} MHz of {}, {} of {} memory (measured {})",
+                    n.usage.cpu_mhz,
+                    n.resources.cpu,
+                    n.usage.memory,
+                    n.resources.memory,
+                    age(n.usage.at)
+                );
+            } else {
+                println!("In use     = not measured yet");
+            }
             let drivers: Vec<String> = n
                 .drivers
                 .iter()
@@ -923,6 +974,38 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
                     &["ID", "JOB", "GROUP", "DESIRED", "STATUS", "MODIFIED"],
                     &rows,
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Eligibility {
+            node,
+            enable,
+            disable: _,
+        } => {
+            let d = api.node_eligibility(&node, enable)?;
+            if g.json {
+                return print_json(&d);
+            }
+            println!(
+                "Node {} is {} for new allocations ({})",
+                d.name,
+                if enable { "eligible" } else { "ineligible" },
+                d.display_status
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Rm { node, force } => {
+            let r = api.remove_node(&node, force)?;
+            if g.json {
+                return print_json(&r);
+            }
+            if r.lost > 0 {
+                println!(
+                    "Node {} removed; {} allocations marked lost and replaced",
+                    r.name, r.lost
+                );
+            } else {
+                println!("Node {} removed", r.name);
             }
             Ok(ExitCode::SUCCESS)
         }

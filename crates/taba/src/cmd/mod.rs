@@ -1,11 +1,15 @@
 //! Subcommands. Each module owns one group of commands.
 
 pub mod acl;
+pub mod agent;
 pub mod bench;
 pub mod bench_acl;
 pub mod cli;
+mod daemon;
 pub mod dev;
+mod devcluster;
 pub mod drain;
+pub mod server;
 pub mod shim;
 pub mod sim;
 pub mod store_config;

@@ -44,6 +44,8 @@ pub struct ServerProc {
     pub child: Option<Child>,
     /// Under TLS: the CLI's certificate of the cluster CA.
     pub tls: Option<taba_client::TlsOptions>,
+    /// The management token (the cluster's ACLs are bootstrapped at start).
+    pub token: Option<String>,
 }
 
 impl ServerProc {
@@ -56,7 +58,7 @@ impl ServerProc {
     pub fn client_with(&self, tls: Option<taba_client::TlsOptions>) -> Client {
         Client::with_options(taba_client::ClientOptions {
             addrs: vec![self.url.clone()],
-            token: None,
+            token: self.token.clone(),
             tls,
         })
         .expect("API client")
@@ -206,11 +208,21 @@ impl HaCluster {
                 log: data.join("server.log"),
                 child: None,
                 tls: cluster.pki.as_ref().map(|p| tls_options(&p.cli)),
+                token: None,
             };
             server.start();
             cluster.servers.push(server);
         }
         cluster.wait_leader(Duration::from_secs(60));
+        // Bootstrapped through any server: followers forward to the leader.
+        let token = cluster.servers[0]
+            .client()
+            .acl_bootstrap()
+            .expect("bootstrapping the cluster's ACLs")
+            .secret;
+        for s in &mut cluster.servers {
+            s.token = Some(token.clone());
+        }
         cluster
     }
 

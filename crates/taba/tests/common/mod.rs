@@ -372,6 +372,328 @@ fn manifest_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// A `taba server` and `taba agent`s as separate processes on loopback,
+/// each with its own data dir under one temporary dir (`<tmp>/server`,
+/// `<tmp>/<node>/agent`). Dropping it stops every job, kills the
+/// processes and cleans up what the agents left.
+pub struct Cluster {
+    tmp: tempfile::TempDir,
+    server: Proc,
+    /// `http://127.0.0.1:PORT` of the server.
+    pub url: String,
+    /// The management token `taba acl bootstrap` printed.
+    pub token: String,
+    /// API client with the management token.
+    pub client: Client,
+    agents: std::collections::BTreeMap<String, Proc>,
+}
+
+impl Cluster {
+    /// A server with `server_toml` added to its configuration file.
+    pub fn start(server_toml: &str) -> Cluster {
+        require_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("taba-cluster-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = tmp.path().join("server");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("server.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n{server_toml}\n",
+                dir.join("data")
+            ),
+        )
+        .unwrap();
+        let (server, url) = Proc::start(
+            &["server", "--config", cfg.to_str().unwrap()],
+            &dir.join("server.log"),
+            "API on ",
+        );
+        let mut taba = Command::new(taba_bin());
+        taba.env("TABA_ADDR", &url);
+        let token = acl_bootstrap(taba);
+        let client = Client::new(url.trim_start_matches("http://"), Some(token.clone()));
+        Cluster {
+            tmp,
+            server,
+            url,
+            token,
+            client,
+            agents: Default::default(),
+        }
+    }
+
+    /// A server and agents `names`, all ready.
+    pub fn with_agents(names: &[&str]) -> Cluster {
+        let mut c = Cluster::start("");
+        let url = c.url.clone();
+        for name in names {
+            c.start_agent(name, &url);
+        }
+        c
+    }
+
+    /// The cluster's temporary dir (for job files and the like).
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The agent of node `name`'s data dir parent (what [`force_cleanup`] takes).
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Start (or restart, on the same data dir) the agent of node `name`,
+    /// talking to `server_url` (the server's, unless a test puts a proxy
+    /// between them); waits until the node is ready.
+    pub fn start_agent(&mut self, name: &str, server_url: &str) {
+        self.spawn_agent(name, server_url, &[]);
+        self.wait_for(
+            &format!("node {name} ready"),
+            Duration::from_secs(30),
+            || {
+                self.client
+                    .node(name)
+                    .is_ok_and(|n| n.status == taba_types::NodeStatus::Ready)
+            },
+        );
+    }
+
+    /// Start the agent of node `name` through `wrapper` (see
+    /// [`spawn_wrapped`]) and return once it logged its start.
+    pub fn spawn_agent(&mut self, name: &str, server_url: &str, wrapper: &[&str]) {
+        let dir = self.node_dir(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nserver = {server_url:?}\nname = {name:?}\nhttp = \"127.0.0.1:0\"\n",
+                dir.join("agent")
+            ),
+        )
+        .unwrap();
+        let (agent, _) = Proc::start_wrapped(
+            wrapper,
+            &["agent", "--config", cfg.to_str().unwrap()],
+            &dir.join(format!("agent-{}.log", self.agents.len())),
+            "taba agent: node ",
+        );
+        self.agents.insert(name.to_string(), agent);
+    }
+
+    /// kill -9 the agent of `name` (its workloads keep running).
+    pub fn kill_agent(&mut self, name: &str) {
+        if let Some(mut a) = self.agents.remove(name) {
+            a.kill();
+        }
+    }
+
+    /// Run the CLI against the server with the management token.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(taba_bin())
+            .args(args)
+            .env("TABA_ADDR", &self.url)
+            .env("TABA_TOKEN", &self.token)
+            .output()
+            .expect("running taba")
+    }
+
+    /// Poll `f` until true; panic with the logs after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; logs:\n{}", self.logs());
+    }
+
+    /// The last lines of every log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for e in walk_dirs(self.tmp.path()) {
+            for f in std::fs::read_dir(&e).into_iter().flatten().flatten() {
+                let p = f.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let s = std::fs::read_to_string(&p).unwrap_or_default();
+                    let lines: Vec<&str> = s.lines().collect();
+                    out.push_str(&format!("==> {}\n", p.display()));
+                    out.push_str(&lines[lines.len().saturating_sub(30)..].join("\n"));
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// Allocation ids whose task shims run now under node `name`'s data
+    /// dir: what really runs there, whatever the servers think.
+    pub fn running_allocs(&self, name: &str) -> Vec<String> {
+        let allocs = self.node_dir(name).join("agent").join("allocs");
+        let prefix = allocs.to_string_lossy().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+                continue;
+            }
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).to_string())
+                .collect();
+            if !args.iter().any(|a| a == "shim") {
+                continue;
+            }
+            if let Some(dir) = args.iter().find(|a| a.starts_with(&prefix)) {
+                let rel = dir[prefix.len()..].trim_start_matches('/');
+                if let Some(id) = rel.split('/').next() {
+                    out.push(id.to_string());
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+impl Cluster {
+    /// The job's allocations whose task shims really run on `node`.
+    pub fn job_running_on(&self, job: &str, node: &str) -> Vec<String> {
+        let Ok(st) = self.client.job_status(job) else {
+            return vec![];
+        };
+        let mine: std::collections::BTreeSet<String> =
+            st.allocations.iter().map(|a| a.id.to_string()).collect();
+        self.running_allocs(node)
+            .into_iter()
+            .filter(|id| mine.contains(id))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Ok(jobs) = self.client.list_jobs() {
+            for j in jobs.iter().filter(|j| !j.stopped) {
+                let _ = self.client.stop_job(&j.name);
+            }
+        }
+        let names: Vec<String> = std::fs::read_dir(self.tmp.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n != "server")
+            .collect();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15)
+            && names.iter().any(|n| !self.running_allocs(n).is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for (_, mut a) in std::mem::take(&mut self.agents) {
+            a.kill();
+        }
+        self.server.kill();
+        for n in &names {
+            force_cleanup(&self.node_dir(n));
+        }
+    }
+}
+
+/// A TCP proxy on loopback between an agent and the server, so a test can
+/// cut that one agent's link (`cut`: open connections are closed, new ones
+/// are accepted and never answered, like a black-holed route) and restore it.
+pub struct LinkProxy {
+    /// `http://127.0.0.1:PORT` for the agent's `server` setting.
+    pub url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LinkProxy {
+    /// Forward to `upstream` (`http://host:port`).
+    pub fn start(upstream: &str) -> LinkProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (c, s, k) = (cut.clone(), stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((down, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = down.set_nonblocking(false);
+                if c.load(Ordering::SeqCst) {
+                    k.lock().unwrap().push(down); // black hole
+                    continue;
+                }
+                let Ok(up) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up.try_clone().unwrap(), down.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let (mut from, mut to) = (from, to);
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                let mut held = k.lock().unwrap();
+                held.push(down);
+                held.push(up);
+            }
+        });
+        LinkProxy {
+            url,
+            cut,
+            conns,
+            stop,
+        }
+    }
+
+    /// Cut the link: nothing passes until [`Self::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Restore the link (black-holed connections are closed).
+    pub fn restore(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.restore();
+    }
+}
+
 /// A `taba` process (server or agent) whose stderr goes to `log`.
 pub struct Proc {
     pub child: Option<Child>,
@@ -382,12 +704,32 @@ impl Proc {
     /// Start `taba ARGS`; wait for the stderr line containing `marker` and
     /// return the text after it (up to `;` or the end).
     pub fn start(args: &[&str], log: &Path, marker: &str) -> (Proc, String) {
+        Self::start_wrapped(&[], args, log, marker)
+    }
+
+    /// [`Proc::start`] with `taba` run through `wrapper` (a command and its
+    /// arguments that end with the program to run, e.g. `unshare ... --`).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        log: &Path,
+        marker: &str,
+    ) -> (Proc, String) {
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut child = Command::new(taba_bin())
+        let bin = taba_bin();
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = cmd
             .args(args)
             .env("TABA_LOG", "info")
             .stdin(Stdio::null())
@@ -432,6 +774,14 @@ impl Proc {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// kill -9 and wait (an agent's workloads keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -451,76 +801,147 @@ impl Drop for Proc {
     }
 }
 
-/// A real `taba server` and real `taba agent` processes on loopback, each
-/// with its own data dir under one temporary dir (the agents share the
-/// server's image store until agents fetch images from the servers).
-pub struct ProcCluster {
-    pub dir: PathBuf,
-    pub addr: String,
-    pub client: Client,
-    pub agents: Vec<Proc>,
-    pub server: Proc,
-    _tmp: tempfile::TempDir,
+/// Bootstrap the ACLs of a server as an operator does (`taba acl
+/// bootstrap`, run by `taba`: the CLI with its address and TLS settings)
+/// and return the management token's secret.
+pub fn acl_bootstrap(mut taba: Command) -> String {
+    let out = taba
+        .args(["acl", "bootstrap"])
+        .env_remove("TABA_TOKEN")
+        .output()
+        .expect("running taba acl bootstrap");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "taba acl bootstrap failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret   = "))
+        .unwrap_or_else(|| panic!("no secret in `taba acl bootstrap`'s output: {stdout}"))
+        .trim()
+        .to_string()
 }
 
-impl ProcCluster {
-    /// Start the server, then agents named `names`; wait until all are ready.
-    pub fn start(names: &[&str]) -> ProcCluster {
+/// A running `taba dev --agents N`: a server and N agent processes, agent
+/// `nK` in network namespace `<prefix>-nK`. The prefix and subnet are unique
+/// per cluster so that tests can run side by side.
+pub struct DevCluster {
+    pub child: Option<Child>,
+    pub data: PathBuf,
+    _tmp: tempfile::TempDir,
+    pub addr: String,
+    /// The management token `taba dev` bootstrapped ACLs with.
+    pub token: String,
+    /// API client with that token.
+    pub client: Client,
+    /// Dev's own log (its stderr).
+    pub log: PathBuf,
+    /// Names of the namespaces, bridge and veths start with this.
+    pub prefix: String,
+    /// The bridge's subnet, `10.X.Y.0/24`.
+    pub subnet: String,
+    pub agents: u32,
+}
+
+impl DevCluster {
+    /// Start `taba dev --agents N` with `extra` arguments on a fresh data dir.
+    pub fn start(agents: u32, extra: &[&str]) -> DevCluster {
         require_root();
-        let tmp = tempfile::Builder::new()
-            .prefix("taba-e2e-cluster-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let dir = tmp.path().to_path_buf();
-        let server_dir = dir.join("server");
-        let cfg = dir.join("server.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n[rebalance]\nenabled = false\n",
-                server_dir
-            ),
-        )
-        .unwrap();
-        let (server, addr) = Proc::start(
-            &["server", "--config", cfg.to_str().unwrap()],
-            &dir.join("server.log"),
-            "API on ",
-        );
-        let mut agents = Vec::new();
-        for name in names {
-            let cfg = dir.join(format!("{name}.toml"));
-            std::fs::write(
-                &cfg,
-                format!(
-                    "data_dir = {:?}\nserver = {addr:?}\nname = {name:?}\nhttp = \"127.0.0.1:0\"\nimages_dir = {:?}\n",
-                    dir.join(name).join("agent"),
-                    server_dir.join("images"),
-                ),
-            )
-            .unwrap();
-            let (agent, _) = Proc::start(
-                &["agent", "--config", cfg.to_str().unwrap()],
-                &dir.join(format!("{name}.log")),
-                "taba agent: node ",
-            );
-            agents.push(agent);
+        let mut last = String::new();
+        // A random subnet may be in use (by another test's cluster): try a few.
+        for attempt in 0..4 {
+            let tmp = tempfile::Builder::new()
+                .prefix("taba-devcluster-")
+                .tempdir_in("/var/tmp")
+                .unwrap();
+            let seed = unique_seed(attempt);
+            let prefix = format!("t{:05x}", seed & 0xfffff);
+            let subnet = format!("10.{}.{}.0/24", 200 + (seed >> 20) % 50, (seed >> 8) % 256);
+            match DevCluster::try_start(tmp, &prefix, &subnet, agents, extra) {
+                Ok(c) => return c,
+                Err(e) if e.contains("already used") || e.contains("exists") => last = e,
+                Err(e) => panic!("taba dev --agents {agents} did not start:\n{e}"),
+            }
         }
-        let client = Client::new(&addr, None);
-        let c = ProcCluster {
-            dir,
-            addr,
-            client,
-            agents,
-            server,
-            _tmp: tmp,
-        };
-        c.wait_for("every node ready", Duration::from_secs(30), || {
-            c.client.list_nodes().ok().is_some_and(|n| {
-                n.len() == names.len() && n.iter().all(|n| n.status.to_string() == "ready")
-            })
+        panic!("taba dev --agents did not start:\n{last}");
+    }
+
+    fn try_start(
+        tmp: tempfile::TempDir,
+        prefix: &str,
+        subnet: &str,
+        agents: u32,
+        extra: &[&str],
+    ) -> Result<DevCluster, String> {
+        let data = tmp.path().to_path_buf();
+        let log = data.join("taba-dev.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(taba_bin())
+            .arg("dev")
+            .arg("--agents")
+            .arg(agents.to_string())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--http")
+            .arg("127.0.0.1:0")
+            .arg("--subnet")
+            .arg(subnet)
+            .args(extra)
+            .env("TABA_DEV_NET_PREFIX", prefix)
+            .env("TABA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting taba dev --agents");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut logf = logf;
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write;
+                let _ = writeln!(logf, "{line}");
+                if !sent {
+                    if let Some(rest) = line.split("API on ").nth(1) {
+                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
         });
-        c
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(a) => a,
+            Err(_) => {
+                // It exits on a start-up error; kill it if it hangs.
+                if !matches!(child.try_wait(), Ok(Some(_))) {
+                    signal(&child, libc::SIGTERM);
+                }
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        };
+        let token = std::fs::read_to_string(data.join("dev-token"))
+            .expect("taba dev --agents writes its management token before it prints its address")
+            .trim()
+            .to_string();
+        let client = Client::new(&addr, Some(token.clone()));
+        Ok(DevCluster {
+            child: Some(child),
+            data,
+            _tmp: tmp,
+            addr,
+            token,
+            client,
+            log,
+            prefix: prefix.to_string(),
+            subnet: subnet.to_string(),
+            agents,
+        })
     }
 
     /// Poll `f` until true; panic with the logs after `timeout`.
@@ -530,63 +951,245 @@ impl ProcCluster {
             if f() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("timed out waiting for {what}; logs:\n{}", self.logs());
+        panic!("timed out waiting for {what}; logs:\n{}", self.log_tail());
     }
 
-    /// The last lines of every process's log.
-    pub fn logs(&self) -> String {
-        let mut s = format!("--- server\n{}\n", self.server.log_tail());
-        for (i, a) in self.agents.iter().enumerate() {
-            s.push_str(&format!("--- agent {i}\n{}\n", a.log_tail()));
+    /// The last lines of dev's, the server's and each agent's log.
+    pub fn log_tail(&self) -> String {
+        let mut out = String::new();
+        let mut files = vec![self.log.clone(), self.data.join("logs/server.log")];
+        files.extend((1..=self.agents).map(|k| self.data.join(format!("logs/n{k}.log"))));
+        for f in files {
+            let s = std::fs::read_to_string(&f).unwrap_or_default();
+            let lines: Vec<&str> = s.lines().collect();
+            out.push_str(&format!("==> {} <==\n", f.display()));
+            out.push_str(&lines[lines.len().saturating_sub(30)..].join("\n"));
+            out.push('\n');
         }
-        s
+        out
     }
 
-    /// Run the CLI against the server.
+    /// Run the CLI against this cluster's server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(taba_bin())
             .args(args)
             .env("TABA_ADDR", &self.addr)
+            .env("TABA_TOKEN", &self.token)
             .output()
             .expect("running taba")
     }
 
-    /// Stop every job, wait until nothing runs, stop the processes, and
-    /// clean up whatever is left of the agents' workloads.
-    pub fn shutdown(&mut self) {
-        if let Ok(jobs) = self.client.list_jobs() {
-            for j in jobs.iter().filter(|j| !j.stopped) {
-                let _ = self.client.stop_job(&j.name);
+    /// Import the busybox image into the server (agents fetch it from there).
+    pub fn import_busybox(&self) {
+        self.client
+            .import_image(&busybox_tar())
+            .expect("importing busybox");
+    }
+
+    /// The server's API on the bridge (TLS), where the agents reach it.
+    pub fn bridge_url(&self) -> String {
+        let base = self.subnet.strip_suffix("0/24").expect("a /24 subnet");
+        let port = self.addr.rsplit(':').next().expect("a port");
+        format!("https://{base}1:{port}")
+    }
+
+    /// Run the CLI against the server's bridge listener over TLS, with the
+    /// dev PKI's CLI certificate.
+    pub fn cli_tls(&self, args: &[&str]) -> std::process::Output {
+        let tls = self.data.join("tls");
+        Command::new(taba_bin())
+            .arg("--addr")
+            .arg(self.bridge_url())
+            .arg("--ca-cert")
+            .arg(tls.join("taba-ca.pem"))
+            .arg("--client-cert")
+            .arg(tls.join("cli.pem"))
+            .arg("--client-key")
+            .arg(tls.join("cli-key.pem"))
+            .args(args)
+            .env_remove("TABA_ADDR")
+            .env("TABA_TOKEN", &self.token)
+            .output()
+            .expect("running taba")
+    }
+
+    /// Agent `k`'s address on the bridge.
+    pub fn agent_ip(&self, k: u32) -> String {
+        let base = self.subnet.strip_suffix("0/24").expect("a /24 subnet");
+        format!("{base}{}", k + 1)
+    }
+
+    /// The pid of agent `k`'s process.
+    pub fn agent_pid(&self, k: u32) -> Option<i32> {
+        let cfg = self.data.join(format!("agents/n{k}.toml"));
+        let want = format!("agent --config {}", cfg.display());
+        pids_with_cmdline(&want).into_iter().next()
+    }
+
+    /// Everything on the host that carries this cluster's names: network
+    /// namespaces, links, mounts (under the data dir or of its namespaces)
+    /// and cgroups.
+    pub fn host_footprint(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with(&format!("{}-", self.prefix)) {
+                out.push(format!("netns {n}"));
             }
         }
+        for e in std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with(&format!("{}-", self.prefix)) {
+                out.push(format!("link {n}"));
+            }
+        }
+        let data_s = self.data.to_string_lossy().to_string();
+        let netns = format!("/run/netns/{}-", self.prefix);
+        for l in std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(m) = l.split(' ').nth(4) {
+                if m.starts_with(&data_s) || m.starts_with(&netns) {
+                    out.push(format!("mount {m}"));
+                }
+            }
+        }
+        for e in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for c in std::fs::read_dir(e.path().join("taba"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let n = c.file_name().to_string_lossy().to_string();
+                if n.starts_with(&format!("{}-", self.prefix)) {
+                    out.push(format!("cgroup {}", c.path().display()));
+                }
+            }
+        }
+        for pid in pids_with_cmdline(&data_s) {
+            out.push(format!("process {pid}"));
+        }
+        out
+    }
+
+    /// SIGTERM `taba dev` and wait (at most two minutes) until it exits.
+    /// Returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        signal(&c, libc::SIGTERM);
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            let busy = self
-                .client
-                .list_allocs()
-                .map(|v| v.iter().any(|a| !a.status.is_terminal()))
-                .unwrap_or(false);
-            if !busy {
-                break;
+        while start.elapsed() < Duration::from_secs(120) {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
-        for a in &mut self.agents {
-            a.stop();
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        self.stop();
+        // Whatever a failed stop left.
+        for pid in pids_with_cmdline(&self.data.to_string_lossy()) {
+            // SAFETY: kill(2) with a pid read from /proc.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
         }
-        self.server.stop();
-        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            if e.path().join("agent").is_dir() {
-                force_cleanup(&e.path());
+        for thing in self.host_footprint() {
+            let (kind, name) = thing.split_once(' ').unwrap();
+            match kind {
+                "netns" => {
+                    let _ = Command::new("ip").args(["netns", "del", name]).status();
+                }
+                "link" => {
+                    let _ = Command::new("ip").args(["link", "del", name]).status();
+                }
+                "mount" => {
+                    let _ = Command::new("umount").arg("-l").arg(name).status();
+                }
+                "cgroup" => {
+                    let mut dirs = walk_dirs(Path::new(name));
+                    dirs.reverse();
+                    for d in dirs {
+                        for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+                            .unwrap_or_default()
+                            .lines()
+                            .filter_map(|p| p.trim().parse::<i32>().ok())
+                        {
+                            // SAFETY: kill(2) with a pid read from our cgroup.
+                            #[allow(unsafe_code)]
+                            unsafe {
+                                libc::kill(pid, libc::SIGKILL);
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                        let _ = std::fs::remove_dir(d);
+                    }
+                }
+                _ => {}
             }
         }
     }
 }
 
-impl Drop for ProcCluster {
-    fn drop(&mut self) {
-        self.shutdown();
+/// Pids of processes whose command line contains `needle`.
+pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if pid != me && cmd.contains(needle) {
+            out.push(pid);
+        }
     }
+    out
+}
+
+fn signal(c: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(c.id() as i32, sig);
+    }
+}
+
+/// A number that differs between clusters started by concurrent tests.
+fn unique_seed(attempt: u32) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let mut x = t ^ (u64::from(std::process::id()) << 32) ^ (n << 48) ^ u64::from(attempt);
+    // splitmix64
+    x = x.wrapping_add(0x9e3779b97f4a7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
 }

@@ -1,0 +1,118 @@
+//! What the long-running modes (`taba dev`, `taba server`, `taba agent`)
+//! share: logging, the async runtime, the drivers, the stop signal and
+//! reading a configuration file.
+
+use anyhow::Context;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use taba_driver::{Driver, IsolationPolicy};
+use taba_image::ImageStore;
+
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
+    path: Option<&Path>,
+) -> anyhow::Result<T> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading configuration {}", p.display()))?,
+        None => String::new(),
+    };
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "configuration {}: {}",
+            path.map(|p| p.display().to_string()).unwrap_or_default(),
+            e.message()
+        )
+    })
+}
+
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TABA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run `f` on a fresh runtime, then drop the runtime without waiting for
+/// blocking threads: those that wait on running workloads never end on their
+/// own, and the workloads keep running for the next start to re-attach.
+pub(crate) fn run_async<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let result = rt.block_on(f);
+    rt.shutdown_background();
+    result
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(256)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The drivers of a node, granting what `policy` allows.
+pub(crate) fn drivers(
+    images: Arc<ImageStore>,
+    policy: IsolationPolicy,
+) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
+    let exe = std::env::current_exe().context("locating the taba binary for task shims")?;
+    Ok(vec![
+        Arc::new(taba_driver::exec::ExecDriver::new(exe.clone()).with_policy(policy.clone())),
+        Arc::new(taba_driver::container::ContainerDriver::new(exe, images).with_policy(policy)),
+    ])
+}
+
+/// `#[serde(default = "yes")]`: a switch that is on unless turned off.
+pub(crate) fn yes() -> bool {
+    true
+}
+
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `[tls]` of the server and agent files (docs/configuration.md, "TLS").
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    pub(crate) ca_cert: std::path::PathBuf,
+    /// Optional for an agent with a join_token (default <data_dir>/tls/agent.pem).
+    #[serde(default)]
+    pub(crate) cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub(crate) key: Option<std::path::PathBuf>,
+    /// Server only: the CA key, to sign certificates for agents that join.
+    #[serde(default)]
+    pub(crate) ca_key: Option<std::path::PathBuf>,
+    /// Server only: listeners on loopback addresses serve plain HTTP to
+    /// local callers (the CLI of `taba dev --agents`); the others TLS.
+    #[serde(default)]
+    pub(crate) plain_loopback: bool,
+}
+
+impl TlsFile {
+    /// The files, with defaults under `dir` for an agent that joins.
+    pub(crate) fn files(&self, default_dir: Option<&Path>) -> anyhow::Result<taba_tls::TlsFiles> {
+        let pick = |v: &Option<std::path::PathBuf>, name: &str, key: &str| match (v, default_dir) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(d)) => Ok(d.join(name)),
+            (None, None) => Err(anyhow::anyhow!("configuration: tls.{key}: required")),
+        };
+        Ok(taba_tls::TlsFiles {
+            ca_cert: self.ca_cert.clone(),
+            cert: pick(&self.cert, "agent.pem", "cert")?,
+            key: pick(&self.key, "agent-key.pem", "key")?,
+        })
+    }
+}

@@ -1,0 +1,363 @@
+//! `taba server --config F`: the control plane on its own, with the
+//! embedded store under `data_dir`. The configuration file is documented in
+//! docs/configuration.md.
+
+use super::daemon::{init_logging, read_config, run_async, shutdown_signal, yes, TlsFile};
+use super::store_config::OpenedStore;
+use super::GlobalArgs;
+use anyhow::Context;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use taba_image::ImageStore;
+use taba_server::{Server, ServerConfig};
+
+/// Arguments of `taba server`.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Configuration file (TOML); see docs/configuration.md.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `taba server` configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    #[serde(default = "default_server_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "default_http")]
+    http: SocketAddr,
+    /// More addresses the API listens on; port 0 takes `http`'s port.
+    #[serde(default)]
+    extra_http: Vec<SocketAddr>,
+    #[serde(default)]
+    heartbeat_ttl: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    heartbeat_grace: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    node_gc_after: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    workers: Option<usize>,
+    #[serde(default)]
+    scheduler: SchedulerFile,
+    #[serde(default)]
+    rebalance: Option<RebalanceFile>,
+    /// Longest wait for an agent's `alloc exec` answer.
+    #[serde(default)]
+    exec_timeout: Option<taba_types::DurationSpec>,
+    /// Largest `alloc exec` output relayed, per stream.
+    #[serde(default)]
+    exec_max_output: Option<taba_types::ByteSize>,
+    #[serde(default)]
+    acl: AclFile,
+    /// The API address other servers forward to (HA); default: `http(s)://<http>`.
+    #[serde(default)]
+    advertise: Option<String>,
+    #[serde(default)]
+    store: super::store_config::StoreFile,
+    #[serde(default)]
+    tls: Option<TlsFile>,
+}
+
+/// `[acl]` of the server's configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclFile {
+    /// Enforce tokens (on by default).
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+impl Default for AclFile {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `[scheduler]` of the server configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulerFile {
+    /// `preemption = { service = true, batch = false, system = true }`.
+    #[serde(default)]
+    preemption: PreemptionFile,
+}
+
+/// Which job types may preempt; an omitted one keeps its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreemptionFile {
+    service: Option<bool>,
+    batch: Option<bool>,
+    system: Option<bool>,
+}
+
+impl PreemptionFile {
+    fn config(&self) -> taba_scheduler::PreemptionConfig {
+        let d = taba_scheduler::PreemptionConfig::default();
+        taba_scheduler::PreemptionConfig {
+            service: self.service.unwrap_or(d.service),
+            batch: self.batch.unwrap_or(d.batch),
+            system: self.system.unwrap_or(d.system),
+        }
+    }
+}
+
+/// `[rebalance]` of the server's configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebalanceFile {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    interval: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    high_water: Option<f64>,
+    #[serde(default)]
+    target: Option<f64>,
+    #[serde(default)]
+    max_moves: Option<usize>,
+    #[serde(default)]
+    cooldown: Option<taba_types::DurationSpec>,
+}
+
+impl RebalanceFile {
+    /// Apply to `s`, checking ranges; errors name the key.
+    fn apply(&self, s: &mut taba_server::RebalanceSettings) -> anyhow::Result<()> {
+        if let Some(e) = self.enabled {
+            s.enabled = e;
+        }
+        if let Some(i) = self.interval {
+            anyhow::ensure!(i.0 >= 1000, "rebalance.interval: must be at least 1s");
+            s.interval = i.as_duration();
+        }
+        if let Some(h) = self.high_water {
+            s.plan.high_water = h;
+        }
+        if let Some(t) = self.target {
+            s.plan.target = t;
+        }
+        anyhow::ensure!(
+            s.plan.high_water > 0.0 && s.plan.high_water <= 1.0,
+            "rebalance.high_water: must be a share in (0, 1], e.g. 0.85"
+        );
+        anyhow::ensure!(
+            s.plan.target > 0.0 && s.plan.target < s.plan.high_water,
+            "rebalance.target: must be a share above 0 and below high_water ({})",
+            s.plan.high_water
+        );
+        if let Some(m) = self.max_moves {
+            anyhow::ensure!(
+                (1..=10_000).contains(&m),
+                "rebalance.max_moves: must be between 1 and 10000"
+            );
+            s.plan.max_moves = m;
+        }
+        if let Some(c) = self.cooldown {
+            s.plan.cooldown_ms = c.0;
+        }
+        Ok(())
+    }
+}
+
+impl ServerFile {
+    /// Heartbeat TTL, grace and node garbage collection; errors name the key.
+    fn apply_liveness(&self, sc: &mut ServerConfig) -> anyhow::Result<()> {
+        if let Some(t) = self.heartbeat_ttl {
+            anyhow::ensure!(t.0 >= 100, "heartbeat_ttl: must be at least 100ms");
+            sc.heartbeat_ttl = t.as_duration();
+        }
+        if let Some(g) = self.heartbeat_grace {
+            sc.heartbeat_grace = g.as_duration();
+        }
+        if let Some(g) = self.node_gc_after {
+            anyhow::ensure!(g.0 >= 1000, "node_gc_after: must be at least 1s");
+            sc.node_gc_after = g.as_duration();
+        }
+        Ok(())
+    }
+
+    /// The scheme the server serves on `a` (see `Server::start`).
+    fn scheme(&self, a: SocketAddr) -> &'static str {
+        match &self.tls {
+            Some(t) if !(t.plain_loopback && a.ip().is_loopback()) => "https",
+            _ => "http",
+        }
+    }
+}
+
+fn default_server_dir() -> PathBuf {
+    "/var/lib/taba/server".into()
+}
+fn default_http() -> SocketAddr {
+    "127.0.0.1:4646".parse().expect("static address")
+}
+
+/// Run `taba server`.
+pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let mut cfg: ServerFile = read_config(a.config.as_deref())?;
+    cfg.store.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "configuration {}: {e}",
+            a.config
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )
+    })?;
+    run_async(async move {
+        taba_agent::state::private_dir(&cfg.data_dir)
+            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        let data_dir = cfg.data_dir.clone();
+        let store_file = std::mem::take(&mut cfg.store);
+        let opened = tokio::task::spawn_blocking(move || store_file.open(&data_dir)).await??;
+        let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?);
+        let sc = cfg.server_config()?;
+        match opened {
+            OpenedStore::Redb(store) => {
+                let server = Server::start(sc, Arc::new(store), images).await?;
+                cfg.announce(server.addr(), "");
+                let acl = &server.state().acl;
+                if !acl.enabled() {
+                    tracing::warn!(
+                        "ACLs are off ([acl] enabled = false): anyone who reaches the API may do anything"
+                    );
+                } else if !acl.bootstrapped() {
+                    eprintln!("taba server: ACLs are not bootstrapped; only `taba acl bootstrap` is answered until then");
+                }
+                shutdown_signal().await;
+                server.shutdown().await;
+            }
+            OpenedStore::Etcd(store, lease_ttl) => {
+                let ha = taba_server::HaConfig {
+                    lease_ttl,
+                    advertise: cfg.advertise.clone().unwrap_or_default(),
+                };
+                let server = Server::start_ha(sc, ha, Arc::new(*store), images).await?;
+                cfg.announce(server.addr(), " (HA on etcd)");
+                shutdown_signal().await;
+                server.shutdown().await;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+impl ServerFile {
+    /// The server's configuration from the file; errors name the key.
+    fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let mut sc = ServerConfig::new(self.data_dir.clone(), self.http);
+        sc.extra_http = self.extra_http.clone();
+        self.apply_liveness(&mut sc)?;
+        if let Some(w) = self.workers {
+            sc.num_workers = w.max(1);
+        }
+        if let Some(t) = self.exec_timeout {
+            sc.exec_timeout = t.as_duration();
+        }
+        if let Some(m) = self.exec_max_output {
+            sc.exec_max_output = m.0;
+        }
+        sc.preemption = self.scheduler.preemption.config();
+        if let Some(r) = &self.rebalance {
+            r.apply(&mut sc.rebalance)?;
+        }
+        sc.acl.enabled = self.acl.enabled;
+        if let Some(t) = &self.tls {
+            sc.tls = Some(taba_server::ServerTls {
+                files: t.files(None)?,
+                ca_key: t.ca_key.clone(),
+            });
+            sc.plain_loopback = t.plain_loopback;
+        }
+        Ok(sc)
+    }
+
+    /// `taba server: API on URL (also URL, ...)SUFFIX` on stderr: what
+    /// `taba dev --agents` and the tests wait for.
+    fn announce(&self, addr: SocketAddr, suffix: &str) {
+        let urls: Vec<String> = std::iter::once(addr)
+            .chain(self.extra_http.iter().map(|a| {
+                let mut a = *a;
+                if a.port() == 0 {
+                    a.set_port(addr.port());
+                }
+                a
+            }))
+            .map(|a| format!("{}://{a}", self.scheme(a)))
+            .collect();
+        if urls.len() == 1 {
+            eprintln!("taba server: API on {}{suffix}", urls[0]);
+        } else {
+            eprintln!(
+                "taba server: API on {} (also {}){suffix}",
+                urls[0],
+                urls[1..].join(", ")
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_file_reads_tls() {
+        // A server needs its certificate named.
+        let cfg: ServerFile = toml::from_str("[tls]\nca_cert = \"/ca.pem\"\n").unwrap();
+        let e = cfg.tls.as_ref().unwrap().files(None).unwrap_err();
+        assert!(e.to_string().contains("tls.cert: required"), "{e}");
+        let cfg: ServerFile = toml::from_str(
+            "http = \"127.0.0.1:4646\"\nextra_http = [\"10.0.0.1:0\"]\n[tls]\n\
+             ca_cert = \"/ca.pem\"\ncert = \"/s.pem\"\nkey = \"/s-key.pem\"\nplain_loopback = true\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.scheme("127.0.0.1:4646".parse().unwrap()), "http");
+        assert_eq!(cfg.scheme("10.0.0.1:4646".parse().unwrap()), "https");
+        let cfg: ServerFile = toml::from_str(
+            "[tls]\nca_cert = \"/ca.pem\"\ncert = \"/s.pem\"\nkey = \"/s-key.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.scheme("127.0.0.1:4646".parse().unwrap()), "https");
+    }
+
+    #[test]
+    fn server_file_reads_preemption_settings() {
+        let cfg: ServerFile = toml::from_str("").unwrap();
+        assert_eq!(
+            cfg.scheduler.preemption.config(),
+            taba_scheduler::PreemptionConfig::default()
+        );
+        let cfg: ServerFile =
+            toml::from_str("[scheduler]\npreemption = { batch = true, system = false }\n").unwrap();
+        let p = cfg.scheduler.preemption.config();
+        assert!(p.service && p.batch && !p.system);
+        let err = toml::from_str::<ServerFile>("[scheduler]\npreemption = { services = true }\n")
+            .unwrap_err();
+        assert!(err.message().contains("unknown field `services`"), "{err}");
+    }
+
+    #[test]
+    fn server_file_reads_liveness_settings() {
+        let mut sc = ServerConfig::new("/tmp/x", "127.0.0.1:0".parse().unwrap());
+        let cfg: ServerFile = toml::from_str(
+            "heartbeat_ttl = \"3s\"\nheartbeat_grace = \"1s\"\nnode_gc_after = \"1h\"\n",
+        )
+        .unwrap();
+        cfg.apply_liveness(&mut sc).unwrap();
+        assert_eq!(sc.heartbeat_ttl, std::time::Duration::from_secs(3));
+        assert_eq!(sc.heartbeat_grace, std::time::Duration::from_secs(1));
+        assert_eq!(sc.node_gc_after, std::time::Duration::from_secs(3600));
+        let cfg: ServerFile = toml::from_str("heartbeat_ttl = \"10ms\"\n").unwrap();
+        let err = cfg.apply_liveness(&mut sc).unwrap_err();
+        assert!(err.to_string().starts_with("heartbeat_ttl:"), "{err}");
+        let cfg: ServerFile = toml::from_str("[acl]\nenabled = false\n").unwrap();
+        assert!(!cfg.acl.enabled);
+        assert!(toml::from_str::<ServerFile>("").unwrap().acl.enabled);
+    }
+}
