@@ -846,13 +846,14 @@ pub async fn agent_register(
     let req: RegisterRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
     protocol(req.protocol)?;
     check_node(&req.node)?;
-    // A taken name is refused before a credential is bound to the id.
-    app.state.check_name_free(&req.node)?;
+    // The credential first; a first registration binds one only once the
+    // name is known to be free (checked inside).
     let reg = Registration {
-        name: &req.node.name,
+        node: &req.node,
         protocol: req.protocol,
     };
     let node_secret = verify_agent(&app.state, &caller, &req.node.id, Some(reg)).await?;
+    app.state.check_name_free(&req.node)?;
     app.state.register_node(req.node).await?;
     Ok(Json(RegisterResponse {
         protocol: PROTOCOL,

@@ -120,11 +120,11 @@ impl<S: Send + Sync> FromRequestParts<S> for AgentCaller {
     }
 }
 
-/// A registration being checked: the node's name and the sender's protocol.
+/// A registration being checked: the node and the sender's protocol.
 #[derive(Clone, Copy, Debug)]
 pub struct Registration<'a> {
-    /// The node name in the request.
-    pub name: &'a str,
+    /// The node in the request.
+    pub node: &'a taba_types::Node,
     /// The protocol version of the request.
     pub protocol: u32,
 }
@@ -162,6 +162,10 @@ pub async fn verify_agent(
         ))),
         // First registration of an agent that speaks protocol 2: bind a secret.
         (None, _) if registering.is_some_and(|r| r.protocol >= 2) => {
+            if let Some(r) = registering {
+                // A taken name is refused before a credential is bound to the id.
+                state.check_name_free(r.node)?;
+            }
             let secret = crate::credentials::new_secret();
             let cred = NodeCredential::Secret {
                 sha256: sha256_hex(&secret),
@@ -214,10 +218,10 @@ async fn verify_cert(
         )));
     };
     if let Some(r) = registering {
-        if r.name != cert_name {
+        if r.node.name != cert_name {
             return Err(refuse_node(format!(
                 "node {id}: the certificate is for agent {cert_name}, not node name {}",
-                r.name
+                r.node.name
             )));
         }
     }
@@ -229,6 +233,10 @@ async fn verify_cert(
         ))),
         // First registration, or a node that ran over plain HTTP before.
         Some(NodeCredential::Secret { .. }) | None if registering.is_some() => {
+            if let Some(r) = registering {
+                // A taken name is refused before a credential is bound to the id.
+                state.check_name_free(r.node)?;
+            }
             let cred = NodeCredential::Cert {
                 name: cert_name.to_string(),
                 fingerprint: peer.fingerprint.clone(),
