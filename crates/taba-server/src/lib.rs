@@ -284,32 +284,6 @@ pub(crate) async fn stop_background(state: &ServerState, tasks: Vec<JoinHandle<(
     }
 }
 
-/// Serve `app` on one listener until shutdown: over TLS with `tls`, else
-/// plain HTTP (loopback only, checked at start), where requests carry
-/// [`api::peer::PlainLocal`].
-async fn serve_listener(
-    listener: tokio::net::TcpListener,
-    tls: Option<Arc<taba_tls::rustls::ServerConfig>>,
-    app: axum::Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    match tls {
-        Some(cfg) => taba_tls::serve::serve(listener, cfg, app, stopped).await,
-        None => {
-            let app = app.layer(axum::Extension(api::peer::PlainLocal));
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                tracing::error!(error = %e, "http server failed");
-            }
-        }
-    }
-}
-
 impl ServerHandle {
     /// The bound address of the API.
     pub fn addr(&self) -> SocketAddr {
