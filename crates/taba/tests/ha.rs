@@ -179,9 +179,8 @@ fn root_ha_rolling_restart_during_200_submissions_keeps_each_job_once() {
     let leader = cluster.wait_leader(Duration::from_secs(30));
     let follower = a_follower(&cluster, leader);
     cluster.add_agent("n1", follower);
-    let urls: Vec<String> = cluster.servers.iter().map(|s| s.url.clone()).collect();
+    let clients = cluster.clients();
     let submitter = std::thread::spawn(move || {
-        let clients: Vec<Client> = urls.iter().map(|u| Client::new(u, None)).collect();
         for n in 0..JOBS {
             submit(
                 &clients,
