@@ -41,6 +41,34 @@ pub struct Status {
     pub status: String,
 }
 
+/// One allocation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Alloc {
+    /// Its job's namespace.
+    pub namespace: String,
+    /// Its job (`job_name`: Prometheus keeps `job` for the scrape job).
+    pub job_name: String,
+    /// Its task group.
+    pub group: String,
+    /// Its id.
+    pub alloc: String,
+    /// Its node's name.
+    pub node: String,
+}
+
+/// One task of an allocation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Task {
+    /// Its job's namespace.
+    pub namespace: String,
+    /// Its job (`job_name`: Prometheus keeps `job` for the scrape job).
+    pub job_name: String,
+    /// Its allocation's id.
+    pub alloc: String,
+    /// The task's name.
+    pub task: String,
+}
+
 /// A broker queue.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Queue {
@@ -62,6 +90,25 @@ pub struct Metrics {
     nodes: Family<Status, Gauge>,
     allocations: Family<Status, Gauge>,
     waiting: Family<Queue, Gauge>,
+    alloc_cpu: Family<Alloc, Gauge>,
+    alloc_memory: Family<Alloc, Gauge>,
+    task_restarts: Family<Task, Gauge>,
+    task_oom_kills: Family<Task, Gauge>,
+}
+
+/// What the state holds at a scrape, for the gauges.
+#[derive(Default)]
+pub struct Snapshot {
+    /// Nodes by status.
+    pub nodes: Vec<(String, i64)>,
+    /// Allocations by client status.
+    pub allocations: Vec<(String, i64)>,
+    /// Evaluations waiting, by broker queue.
+    pub waiting: Vec<(&'static str, i64)>,
+    /// Running allocations' measured use: (labels, CPU MHz, memory bytes).
+    pub usage: Vec<(Alloc, i64, i64)>,
+    /// Their tasks' restarts and OOM kills on their node.
+    pub tasks: Vec<(Task, i64, i64)>,
 }
 
 impl Default for Metrics {
@@ -88,6 +135,10 @@ impl Metrics {
             nodes: Family::default(),
             allocations: Family::default(),
             waiting: Family::default(),
+            alloc_cpu: Family::default(),
+            alloc_memory: Family::default(),
+            task_restarts: Family::default(),
+            task_oom_kills: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -138,6 +189,26 @@ impl Metrics {
             "Evaluations in the broker, by queue",
             m.waiting.clone(),
         );
+        r.register(
+            "allocation_cpu_mhz",
+            "CPU a running allocation uses, as its agent last measured",
+            m.alloc_cpu.clone(),
+        );
+        r.register(
+            "allocation_memory_bytes",
+            "Memory a running allocation uses, as its agent last measured",
+            m.alloc_memory.clone(),
+        );
+        r.register(
+            "task_restarts",
+            "Restarts of a running allocation's task on its node",
+            m.task_restarts.clone(),
+        );
+        r.register(
+            "task_oom_kills",
+            "Runs of a running allocation's task the OOM killer ended",
+            m.task_oom_kills.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -187,29 +258,31 @@ impl Metrics {
         self.rebalancer_moves.inc_by(n as u64);
     }
 
-    /// The text of a scrape: the gauges set from `nodes`, `allocations` and `waiting`
-    /// (name, count), then every series.
-    pub fn encode(
-        &self,
-        nodes: &[(String, i64)],
-        allocations: &[(String, i64)],
-        waiting: &[(&str, i64)],
-    ) -> String {
-        set(
-            &self.nodes,
-            nodes.iter().map(|(s, n)| (s.clone(), *n)),
-            |status| Status { status },
-        );
-        set(
-            &self.allocations,
-            allocations.iter().map(|(s, n)| (s.clone(), *n)),
-            |status| Status { status },
-        );
+    /// The text of a scrape: the gauges set from `snap`, then every series.
+    pub fn encode(&self, snap: Snapshot) -> String {
+        set(&self.nodes, snap.nodes.into_iter(), |status| Status {
+            status,
+        });
+        set(&self.allocations, snap.allocations.into_iter(), |status| {
+            Status { status }
+        });
         set(
             &self.waiting,
-            waiting.iter().map(|(q, n)| (q.to_string(), *n)),
+            snap.waiting.into_iter().map(|(q, n)| (q.to_string(), n)),
             |queue| Queue { queue },
         );
+        self.alloc_cpu.clear();
+        self.alloc_memory.clear();
+        for (labels, cpu, memory) in snap.usage {
+            self.alloc_cpu.get_or_create(&labels).set(cpu);
+            self.alloc_memory.get_or_create(&labels).set(memory);
+        }
+        self.task_restarts.clear();
+        self.task_oom_kills.clear();
+        for (labels, restarts, ooms) in snap.tasks {
+            self.task_restarts.get_or_create(&labels).set(restarts);
+            self.task_oom_kills.get_or_create(&labels).set(ooms);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -219,7 +292,8 @@ impl Metrics {
 
 /// The text of a scrape of `state`: its counters, and gauges read from the state now.
 pub fn scrape(state: &crate::state::ServerState) -> String {
-    let (nodes, allocs) = {
+    let mut snap = Snapshot::default();
+    {
         let c = state.cluster();
         let mut nodes = std::collections::BTreeMap::<String, i64>::new();
         for n in c.nodes() {
@@ -228,20 +302,46 @@ pub fn scrape(state: &crate::state::ServerState) -> String {
         let mut allocs = std::collections::BTreeMap::<String, i64>::new();
         c.for_each_alloc(|a| {
             *allocs.entry(a.client_status.to_string()).or_default() += 1;
+            if a.client_status == taba_types::ClientStatus::Running {
+                running(a, &mut snap);
+            }
         });
-        (nodes, allocs)
-    };
+        snap.nodes = nodes.into_iter().collect();
+        snap.allocations = allocs.into_iter().collect();
+    }
     let (ready, delayed, blocked, in_flight) = state.broker.stats();
-    state.metrics.encode(
-        &nodes.into_iter().collect::<Vec<_>>(),
-        &allocs.into_iter().collect::<Vec<_>>(),
-        &[
-            ("ready", ready as i64),
-            ("delayed", delayed as i64),
-            ("blocked", blocked as i64),
-            ("in_flight", in_flight as i64),
-        ],
-    )
+    snap.waiting = vec![
+        ("ready", ready as i64),
+        ("delayed", delayed as i64),
+        ("blocked", blocked as i64),
+        ("in_flight", in_flight as i64),
+    ];
+    state.metrics.encode(snap)
+}
+
+/// A running allocation's series.
+fn running(a: &taba_types::Allocation, snap: &mut Snapshot) {
+    if let Some(u) = &a.usage {
+        let labels = Alloc {
+            namespace: a.namespace.clone(),
+            job_name: a.job.clone(),
+            group: a.group.clone(),
+            alloc: a.id.to_string(),
+            node: a.node_name.clone(),
+        };
+        snap.usage
+            .push((labels, u.cpu_mhz as i64, u.memory.0 as i64));
+    }
+    for (task, t) in &a.task_states {
+        let labels = Task {
+            namespace: a.namespace.clone(),
+            job_name: a.job.clone(),
+            alloc: a.id.to_string(),
+            task: task.clone(),
+        };
+        snap.tasks
+            .push((labels, i64::from(t.restarts), i64::from(t.oom_kills)));
+    }
 }
 
 /// Replaces a gauge family's series with `values`.
@@ -300,11 +400,26 @@ mod tests {
         );
         m.placed(2, &failures);
         m.heartbeat();
-        let text = m.encode(
-            &[("ready".into(), 2), ("down".into(), 1)],
-            &[("running".into(), 5)],
-            &[("ready", 0)],
-        );
+        let alloc = Alloc {
+            namespace: "default".into(),
+            job_name: "web".into(),
+            group: "g".into(),
+            alloc: "a1".into(),
+            node: "n1".into(),
+        };
+        let task = Task {
+            namespace: "default".into(),
+            job_name: "web".into(),
+            alloc: "a1".into(),
+            task: "t".into(),
+        };
+        let text = m.encode(Snapshot {
+            nodes: vec![("ready".into(), 2), ("down".into(), 1)],
+            allocations: vec![("running".into(), 5)],
+            waiting: vec![("ready", 0)],
+            usage: vec![(alloc, 120, 1 << 20)],
+            tasks: vec![(task, 2, 1)],
+        });
         for want in [
             "taba_evaluations_total{outcome=\"complete\"} 1",
             "taba_plan_rejections_total 1",
@@ -315,12 +430,20 @@ mod tests {
             "taba_nodes{status=\"down\"} 1",
             "taba_allocations{status=\"running\"} 5",
             "taba_evaluation_duration_seconds_count 1",
+            "taba_allocation_cpu_mhz{namespace=\"default\",job_name=\"web\",group=\"g\",alloc=\"a1\",node=\"n1\"} 120",
+            "taba_allocation_memory_bytes{namespace=\"default\",job_name=\"web\",group=\"g\",alloc=\"a1\",node=\"n1\"} 1048576",
+            "taba_task_restarts{namespace=\"default\",job_name=\"web\",alloc=\"a1\",task=\"t\"} 2",
+            "taba_task_oom_kills{namespace=\"default\",job_name=\"web\",alloc=\"a1\",task=\"t\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
         // Gauges are replaced at each scrape: a status no longer seen is gone.
-        let text = m.encode(&[("ready".into(), 3)], &[], &[]);
+        let text = m.encode(Snapshot {
+            nodes: vec![("ready".into(), 3)],
+            ..Snapshot::default()
+        });
         assert!(!text.contains("status=\"down\""), "{text}");
+        assert!(!text.contains("alloc=\"a1\""), "{text}");
     }
 }

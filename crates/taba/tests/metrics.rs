@@ -138,5 +138,10 @@ fn root_prometheus_scrapes_the_server_and_queries_its_series() {
             && p.query("sum(taba_evaluations_total)")
                 .is_some_and(|v| v >= 1.0)
     });
+    prom.wait_for("each running allocation's use and its task's counts", |p| {
+        p.query("count(taba_allocation_memory_bytes{job_name=\"counted\"})") == Some(2.0)
+            && p.query("count(taba_task_restarts{job_name=\"counted\",task=\"t\"})") == Some(2.0)
+            && p.query("sum(taba_task_oom_kills{job_name=\"counted\"})") == Some(0.0)
+    });
     let _ = dev.cli(&["job", "stop", "counted"]);
 }
