@@ -191,13 +191,14 @@ impl RedbStore {
                 },
             )?;
         }
-        let index = unless_engine_panics(path, "open", || initialise(&db)).map_err(|err| match err {
-            StoreError::Backend { source, .. } => StoreError::Backend {
-                what: what.clone(),
-                source,
-            },
-            other => other,
-        })?;
+        let index =
+            unless_engine_panics(path, "open", || initialise(&db)).map_err(|err| match err {
+                StoreError::Backend { source, .. } => StoreError::Backend {
+                    what: what.clone(),
+                    source,
+                },
+                other => other,
+            })?;
         let db = Arc::new(db);
         let (queue, requests) = mpsc::channel();
         let committer = std::thread::Builder::new()

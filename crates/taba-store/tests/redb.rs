@@ -212,5 +212,8 @@ fn damaged_pages_give_an_error_naming_the_file_not_a_panic() {
             Ok(Ok(_)) => {}
         }
     }
-    assert!(errors > 0, "no damaged file was refused: the test proves nothing");
+    assert!(
+        errors > 0,
+        "no damaged file was refused: the test proves nothing"
+    );
 }

@@ -191,9 +191,15 @@ fn check_store(path: &Path, acked: &BTreeSet<usize>) -> usize {
         assert_eq!(job.spec, job_spec(i), "version of job {i} differs");
         assert!(versioned.insert(i), "job {i} has two versions");
     }
-    assert_eq!(present, versioned, "a job without its version, or the reverse");
+    assert_eq!(
+        present, versioned,
+        "a job without its version, or the reverse"
+    );
     let lost: Vec<&usize> = acked.difference(&present).collect();
-    assert!(lost.is_empty(), "acknowledged jobs missing from the store: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged jobs missing from the store: {lost:?}"
+    );
     present.len()
 }
 

@@ -97,7 +97,12 @@ impl LoopFs {
 
     fn mount(&mut self) {
         let dev = self.dev.clone().expect("attached");
-        run_ok(Command::new("mount").args(["-t", "ext4"]).arg(&dev).arg(&self.mnt));
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "ext4"])
+                .arg(&dev)
+                .arg(&self.mnt),
+        );
         self.mounted = true;
     }
 
