@@ -763,3 +763,67 @@ fn root_namespace_quota_cli() {
     let out = dev.cli(&["namespace", "rm", "team-a"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// `user_namespace = "auto"`: each allocation's root is its own range of
+/// unprivileged host ids (disjoint between the two), seen from the host in
+/// /proc/PID/status; the image's layers are idmapped (root inside owns
+/// them), what the container writes belongs to its range on the host, the
+/// cgroup still holds the workload, and `alloc exec` enters the namespace.
+#[test]
+fn root_user_namespace_auto_maps_root_to_a_range_per_allocation() {
+    use std::os::unix::fs::MetadataExt;
+    let dev = Dev::start();
+    dev.import_busybox();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = job_file(
+        tmp.path(),
+        "uns",
+        r#"
+name = "uns"
+[[group]]
+name = "g"
+count = 2
+  [[group.task]]
+  name = "c"
+  driver = "container"
+  image = "busybox"
+  command = ["sh", "-c", "echo made > /made; exec sleep 1000"]
+  user_namespace = "auto"
+  resources = { cpu = 50, memory = "32MiB" }
+"#,
+    );
+    let out = dev.cli(&["job", "run", "--detach", job.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let allocs = wait_allocs(&dev, "uns", "both running", |a| running(a, 2));
+    let mut bases = Vec::new();
+    for a in &allocs {
+        let id = a.id.to_string();
+        let pid = a.task_states["c"].pid.expect("running task has a pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uids: Vec<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        assert!(uids.iter().all(|u| *u == uids[0] && *u >= 1_000_000_000), "{uids:?}");
+        bases.push(uids[0]);
+        let procs = read_cg("memory", &id, "c", "cgroup.procs");
+        assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+        let out = dev.cli(&[
+            "alloc", "exec", &id, "--", "sh", "-c",
+            "id -u; stat -c %u /bin/busybox; cat /proc/self/uid_map",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+        let words: Vec<&str> = stdout.split_whitespace().collect();
+        assert_eq!(words, ["0", "0", "0", &uids[0].to_string(), "65536"], "{stdout}");
+        let made = dev.data.join(format!("agent/allocs/{id}/c/bundle/upper/made"));
+        let md = std::fs::metadata(&made).unwrap_or_else(|e| panic!("{}: {e}", made.display()));
+        assert_eq!((md.uid(), md.gid()), (uids[0], uids[0]));
+    }
+    assert!(bases[0].abs_diff(bases[1]) >= 65536, "ranges overlap: {bases:?}");
+    let out = dev.cli(&["job", "stop", "uns"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
