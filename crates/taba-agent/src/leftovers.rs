@@ -3,18 +3,18 @@
 //!
 //! Runs once at agent start, before recovery. An allocation is known when
 //! its directory holds a readable `alloc.json`; those are recovered (their
-//! mounts and cgroups are reused or released by their runners). For any
-//! other allocation id found
-//! - under `<data>/allocs/`: every mount under its directory is detached and
-//!   the directory removed (`StateDir::remove_alloc`);
-//! - as a child cgroup of the agent's `cgroup_parent` (in every hierarchy):
-//!   its processes are killed and the cgroup tree removed.
+//! mounts and cgroups are reused, or released by their runners). For any
+//! other allocation directory under `<data>/allocs/` (named by an allocation
+//! id):
+//! - the cgroup `<cgroup_parent>/<id>` (every hierarchy) has its processes
+//!   killed and its tree removed;
+//! - every mount under the directory is detached and the directory removed
+//!   (`StateDir::remove_alloc`).
 //!
-//! Only children whose names are allocation ids (UUIDs) are touched, so
-//! agents that share a host with nested parents (`taba/taba-n1`) never
-//! remove each other's trees. Each removal is logged.
-
-use std::collections::BTreeSet;
+//! Cgroups are swept only for directories of this agent's own data dir: a
+//! cgroup is made after its allocation's directory, and several agents (or
+//! tests) may share one `cgroup_parent` on a host, so a cgroup without a
+//! directory here may well be another agent's. Each removal is logged.
 
 use crate::state::StateDir;
 
@@ -34,48 +34,32 @@ fn is_alloc_id(name: &str) -> bool {
 /// Remove what unknown allocations left (see the module doc).
 pub fn sweep(state_dir: &StateDir, cgroup_parent: &str) -> Swept {
     let mut swept = Swept::default();
-    let mut known = BTreeSet::new();
+    let layout = taba_cgroups::Layout::detect().ok();
     for id in state_dir.alloc_ids() {
-        match state_dir.load_alloc(&id) {
-            Ok(Some(_)) => {
-                known.insert(id);
-            }
-            Ok(None) | Err(_) if is_alloc_id(&id) => match state_dir.remove_alloc(&id) {
-                Ok(()) => {
-                    tracing::info!(alloc = %id, "removed the leftovers (mounts, directory) of an unknown allocation");
-                    swept.alloc_dirs.push(id);
-                }
-                Err(e) => {
-                    tracing::warn!(alloc = %id, "removing the leftovers of an unknown allocation: {e}")
-                }
-            },
-            _ => {}
+        if !is_alloc_id(&id) || matches!(state_dir.load_alloc(&id), Ok(Some(_))) {
+            continue;
         }
-    }
-    let Ok(layout) = taba_cgroups::Layout::detect() else {
-        return swept;
-    };
-    let mut children = BTreeSet::new();
-    for root in layout.roots() {
-        let dir = root.join(cgroup_parent);
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                if let Some(name) = e.file_name().to_str() {
-                    if is_alloc_id(name) && !known.contains(name) {
-                        children.insert(name.to_string());
-                    }
-                }
-            }
-        }
-    }
-    for id in children {
         let rel = format!("{cgroup_parent}/{id}");
-        match layout.destroy(&rel) {
-            Ok(()) => {
-                tracing::info!(alloc = %id, cgroup = %rel, "removed the leftover cgroup of an unknown allocation");
-                swept.cgroups.push(rel);
+        let present = layout
+            .as_ref()
+            .is_some_and(|l| l.roots().iter().any(|r| r.join(&rel).is_dir()));
+        if let (Some(layout), true) = (&layout, present) {
+            match layout.destroy(&rel) {
+                Ok(()) => {
+                    tracing::info!(alloc = %id, cgroup = %rel, "removed the leftover cgroup of an unknown allocation");
+                    swept.cgroups.push(rel);
+                }
+                Err(e) => tracing::warn!(cgroup = %rel, "removing a leftover cgroup: {e}"),
             }
-            Err(e) => tracing::warn!(cgroup = %rel, "removing a leftover cgroup: {e}"),
+        }
+        match state_dir.remove_alloc(&id) {
+            Ok(()) => {
+                tracing::info!(alloc = %id, "removed the leftover mounts and directory of an unknown allocation");
+                swept.alloc_dirs.push(id);
+            }
+            Err(e) => {
+                tracing::warn!(alloc = %id, "removing the leftovers of an unknown allocation: {e}")
+            }
         }
     }
     swept
@@ -87,7 +71,8 @@ mod tests {
 
     /// A mount under an allocation directory without `alloc.json` and a
     /// cgroup (with a live process) of that allocation under the agent's
-    /// parent are removed; another agent's nested parent is not touched.
+    /// parent are removed; another agent's cgroups under the same parent
+    /// (no directory here) are not touched.
     #[test]
     fn root_sweep_removes_mounts_and_cgroups_of_unknown_allocations() {
         let d = tempfile::tempdir().unwrap();
@@ -110,7 +95,8 @@ mod tests {
         let cg = layout.create(&format!("{parent}/{id}/t")).unwrap();
         let mut sleeper = std::process::Command::new("sleep").arg("600").spawn().unwrap();
         cg.add_pid(sleeper.id()).unwrap();
-        let other = layout.create(&format!("{parent}/taba-n1")).unwrap();
+        let other_id = uuid::Uuid::new_v4().to_string();
+        let other = layout.create(&format!("{parent}/{other_id}/t")).unwrap();
 
         let swept = sweep(&st, &parent);
 
@@ -130,6 +116,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(lower.join("keep")).unwrap(), "image file");
         assert!(cg_left.is_empty(), "{cg_left:?}");
         assert!(sleeper_status.is_some(), "the leftover process still runs");
-        assert!(other_kept, "another agent's cgroup parent was removed");
+        assert!(other_kept, "another agent's cgroup was removed");
     }
 }
