@@ -259,6 +259,25 @@ impl ContainerDriver {
     }
 }
 
+/// Test hook for crash tests: with `TABA_TEST_HOLD_START=<file>` in the
+/// agent's environment, a container start that has mounted its rootfs and
+/// made its cgroup writes `<file>.reached` (the allocation id) and waits
+/// while `<file>` exists (at most 120 s), so a test can kill the agent
+/// at that moment. Unset (always, outside tests): nothing happens.
+fn hold_before_shim(cfg: &TaskConfig) {
+    let Some(hold) = std::env::var_os("TABA_TEST_HOLD_START") else {
+        return;
+    };
+    let hold = PathBuf::from(hold);
+    let mut reached = hold.clone().into_os_string();
+    reached.push(".reached");
+    let _ = std::fs::write(&reached, cfg.alloc_id.as_str());
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while hold.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A start error of a task with `user_namespace = "auto"`, naming the field.
 fn userns_err(reason: impl std::fmt::Display) -> DriverError {
     DriverError::Start(format!("user_namespace = \"auto\": {reason}"))
@@ -386,6 +405,7 @@ impl Driver for ContainerDriver {
             }
             taba_runtime::container::save_spec(&spec, &bundle.join("config.json"))
                 .map_err(bundle_err)?;
+            hold_before_shim(cfg);
             self.shim
                 .spawn(
                     self.name(),

@@ -827,3 +827,101 @@ count = 2
     let out = dev.cli(&["job", "stop", "uns"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// An agent killed (kill -9) while a container start has mounted its
+/// rootfs and made its cgroup, before the task ran: after the next start
+/// the allocation is recovered and, once stopped, leaves no mount under
+/// the data dir and no cgroup behind.
+#[test]
+fn root_kill9_mid_start_leaves_no_mount_or_cgroup() {
+    kill9_mid_start(false);
+}
+
+/// The same, when the agent's record of the allocation is lost too
+/// (`alloc.json` gone): the next start sweeps the unknown allocation's
+/// mount and cgroup before anything else, and says so in its log.
+#[test]
+fn root_kill9_mid_start_unknown_allocation_is_swept_at_start() {
+    kill9_mid_start(true);
+}
+
+fn kill9_mid_start(forget_record: bool) {
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-e2e-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let _cleanup = CleanupGuard(tmp.path().to_path_buf());
+    let hold = tmp.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let reached = tmp.path().join("hold.reached");
+    let mut dev = Dev::start_with_env(
+        tmp.path(),
+        &[],
+        &[("TABA_TEST_HOLD_START", hold.to_str().unwrap())],
+    );
+    dev.import_busybox();
+    let f = job_file(
+        tmp.path(),
+        "mid",
+        r#"
+name = "mid"
+[[group]]
+name = "g"
+  [[group.task]]
+  name = "t"
+  driver = "container"
+  image = "busybox"
+  command = ["sleep", "1000"]
+  resources = { cpu = 50, memory = "32MiB" }
+"#,
+    );
+    let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dev.wait_for("start held", Duration::from_secs(60), || reached.exists());
+    let id = std::fs::read_to_string(&reached).unwrap();
+    let alloc_dir = tmp.path().join(format!("agent/allocs/{id}"));
+    let mounts_under = |dir: &std::path::Path| -> Vec<String> {
+        let dir = dir.to_str().unwrap().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&dir))
+            .map(str::to_string)
+            .collect()
+    };
+    let cgroups = || -> Vec<String> {
+        ["memory", "pids", "cpu", "devices", "freezer"]
+            .iter()
+            .map(|c| format!("/sys/fs/cgroup/{c}/taba/{id}"))
+            .filter(|p| std::path::Path::new(p).exists())
+            .collect()
+    };
+    // The moment of the crash: mount and cgroup made, no task yet.
+    assert_eq!(mounts_under(&alloc_dir).len(), 1, "{:?}", mounts_under(&alloc_dir));
+    assert!(!cgroups().is_empty());
+    let procs = read_cg("memory", &id, "t", "cgroup.procs");
+    assert!(procs.is_empty(), "the task must not have started: {procs}");
+    dev.kill9();
+    std::fs::remove_file(&hold).unwrap();
+    if forget_record {
+        std::fs::remove_file(alloc_dir.join("alloc.json")).unwrap();
+    }
+
+    let dev2 = Dev::start_on(tmp.path(), &[]);
+    if forget_record {
+        let log = std::fs::read_to_string(&dev2.log).unwrap();
+        let swept: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(id.as_str()) && l.contains("leftover"))
+            .collect();
+        assert_eq!(swept.len(), 2, "cgroup and mounts swept, logged:\n{log}");
+    }
+    let out = dev2.cli(&["job", "stop", "mid"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dev2.wait_for("leftovers gone", Duration::from_secs(60), || {
+        mounts_under(&alloc_dir).is_empty() && cgroups().is_empty()
+    });
+    drop(dev2);
+    drop(dev);
+}
