@@ -93,7 +93,10 @@ mod tests {
         let parent = format!("taba-test-sweep-{}", std::process::id());
         let layout = taba_cgroups::Layout::detect().expect("cgroups");
         let cg = layout.create(&format!("{parent}/{id}/t")).unwrap();
-        let mut sleeper = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
         cg.add_pid(sleeper.id()).unwrap();
         let other_id = uuid::Uuid::new_v4().to_string();
         let other = layout.create(&format!("{parent}/{other_id}/t")).unwrap();
@@ -113,7 +116,10 @@ mod tests {
         assert_eq!(swept.cgroups, vec![format!("{parent}/{id}")]);
         assert!(!mounted, "the leftover mount is still there");
         assert!(!st.alloc_dir(&id).exists());
-        assert_eq!(std::fs::read_to_string(lower.join("keep")).unwrap(), "image file");
+        assert_eq!(
+            std::fs::read_to_string(lower.join("keep")).unwrap(),
+            "image file"
+        );
         assert!(cg_left.is_empty(), "{cg_left:?}");
         assert!(sleeper_status.is_some(), "the leftover process still runs");
         assert!(other_kept, "another agent's cgroup was removed");

@@ -10,7 +10,6 @@
 
 use crate::shimmed::{resolve_user, Shimmed};
 use crate::userns::IdRanges;
-use taba_runtime::container::userns::IdRange;
 use crate::{
     Capabilities, Driver, DriverError, ExitResult, IsolationPolicy, Recovered, TaskConfig,
     TaskHandle, TaskStats,
@@ -21,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use taba_image::{Image, ImageStore};
+use taba_runtime::container::userns::IdRange;
 use taba_runtime::container::{default_spec, DefaultSpecOptions};
 use taba_runtime::shim::exec::ExecSpec;
 use taba_runtime::shim::Workload;
@@ -318,14 +318,13 @@ impl ContainerDriver {
             .images
             .mount_rootfs_idmapped(image, bundle, idmap)
             .map_err(|e| {
-                let chain = std::iter::successors(
-                    std::error::Error::source(&e),
-                    |s| s.source(),
-                )
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
-                userns_err(format!("the image layers cannot be idmapped on this node: {e}: {chain}"))
+                let chain = std::iter::successors(std::error::Error::source(&e), |s| s.source())
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ");
+                userns_err(format!(
+                    "the image layers cannot be idmapped on this node: {e}: {chain}"
+                ))
             })?;
         Ok((rootfs, range))
     }

@@ -210,7 +210,11 @@ mod tests {
         assert_eq!(a.host_uid, 200_000);
         assert_eq!(b.host_uid, 200_000 + RANGE_SIZE);
         assert!(a.host_uid + a.size <= b.host_uid, "disjoint");
-        assert_eq!(ids.acquire("a", &a_dir).unwrap(), a, "same allocation, same range");
+        assert_eq!(
+            ids.acquire("a", &a_dir).unwrap(),
+            a,
+            "same allocation, same range"
+        );
         // A restarted agent reads the table: no live range is handed out again.
         let again = IdRanges::new(cfg, table.clone());
         let e = again.acquire("c", &c_dir).unwrap_err().to_string();
@@ -227,9 +231,19 @@ mod tests {
     #[test]
     fn configuration_is_checked() {
         assert!(UsernsConfig::default().check().is_ok());
-        let e = UsernsConfig { base: 4_000_000_000, ranges: 4096 }.check().unwrap_err();
+        let e = UsernsConfig {
+            base: 4_000_000_000,
+            ranges: 4096,
+        }
+        .check()
+        .unwrap_err();
         assert!(e.contains("past the last id"), "{e}");
         assert!(UsernsConfig { base: 0, ranges: 1 }.check().is_err());
-        assert!(UsernsConfig { base: 100_000, ranges: 0 }.check().is_err());
+        assert!(UsernsConfig {
+            base: 100_000,
+            ranges: 0
+        }
+        .check()
+        .is_err());
     }
 }

@@ -793,7 +793,11 @@ count = 2
 "#,
     );
     let out = dev.cli(&["job", "run", "--detach", job.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let allocs = wait_allocs(&dev, "uns", "both running", |a| running(a, 2));
     let mut bases = Vec::new();
     for a in &allocs {
@@ -807,25 +811,50 @@ count = 2
             .split_whitespace()
             .map(|u| u.parse().unwrap())
             .collect();
-        assert!(uids.iter().all(|u| *u == uids[0] && *u >= 1_000_000_000), "{uids:?}");
+        assert!(
+            uids.iter().all(|u| *u == uids[0] && *u >= 1_000_000_000),
+            "{uids:?}"
+        );
         bases.push(uids[0]);
         let procs = read_cg("memory", &id, "c", "cgroup.procs");
         assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
         let out = dev.cli(&[
-            "alloc", "exec", &id, "--", "sh", "-c",
+            "alloc",
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
             "id -u; stat -c %u /bin/busybox; cat /proc/self/uid_map",
         ]);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let words: Vec<&str> = stdout.split_whitespace().collect();
-        assert_eq!(words, ["0", "0", "0", &uids[0].to_string(), "65536"], "{stdout}");
-        let made = dev.data.join(format!("agent/allocs/{id}/c/bundle/upper/made"));
+        assert_eq!(
+            words,
+            ["0", "0", "0", &uids[0].to_string(), "65536"],
+            "{stdout}"
+        );
+        let made = dev
+            .data
+            .join(format!("agent/allocs/{id}/c/bundle/upper/made"));
         let md = std::fs::metadata(&made).unwrap_or_else(|e| panic!("{}: {e}", made.display()));
         assert_eq!((md.uid(), md.gid()), (uids[0], uids[0]));
     }
-    assert!(bases[0].abs_diff(bases[1]) >= 65536, "ranges overlap: {bases:?}");
+    assert!(
+        bases[0].abs_diff(bases[1]) >= 65536,
+        "ranges overlap: {bases:?}"
+    );
     let out = dev.cli(&["job", "stop", "uns"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// An agent killed (kill -9) while a container start has mounted its
@@ -876,7 +905,11 @@ name = "g"
 "#,
     );
     let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dev.wait_for("start held", Duration::from_secs(60), || reached.exists());
     let id = std::fs::read_to_string(&reached).unwrap();
     let alloc_dir = tmp.path().join(format!("agent/allocs/{id}"));
@@ -898,7 +931,12 @@ name = "g"
             .collect()
     };
     // The moment of the crash: mount and cgroup made, no task yet.
-    assert_eq!(mounts_under(&alloc_dir).len(), 1, "{:?}", mounts_under(&alloc_dir));
+    assert_eq!(
+        mounts_under(&alloc_dir).len(),
+        1,
+        "{:?}",
+        mounts_under(&alloc_dir)
+    );
     assert!(!cgroups().is_empty());
     let procs = read_cg("memory", &id, "t", "cgroup.procs");
     assert!(procs.is_empty(), "the task must not have started: {procs}");
@@ -918,7 +956,11 @@ name = "g"
         assert_eq!(swept.len(), 2, "cgroup and mounts swept, logged:\n{log}");
     }
     let out = dev2.cli(&["job", "stop", "mid"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dev2.wait_for("leftovers gone", Duration::from_secs(60), || {
         mounts_under(&alloc_dir).is_empty() && cgroups().is_empty()
     });

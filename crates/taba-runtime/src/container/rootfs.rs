@@ -189,9 +189,9 @@ pub(crate) fn setup(c: &Container) -> Result<(), String> {
     // In a user namespace: open what lies on host paths first, then become
     // the namespace's root (files made from here on are the range's).
     let (_held, root, sources) = if c.userns.is_some() {
-        let (held, root, sources) = open_host_paths(c)?;
+        let h = open_host_paths(c)?;
         become_ns_root()?;
-        (held, root, Some(sources))
+        (h.held, h.root, Some(h.sources))
     } else {
         (Vec::new(), c.rootfs.clone(), None)
     };
@@ -251,11 +251,21 @@ pub(crate) fn setup(c: &Container) -> Result<(), String> {
     Ok(())
 }
 
+/// The rootfs and bind sources of a user namespace container, named through
+/// fds opened while the host's paths could still be crossed.
+struct HostPaths {
+    /// The fds behind the names (kept open until the mounts are made).
+    held: Vec<OwnedFd>,
+    root: PathBuf,
+    /// Per mount of the spec: its source.
+    sources: Vec<Option<CString>>,
+}
+
 /// Open (O_PATH) the rootfs' parent and every bind source while this process
 /// may still cross the host's private directories, and name them through
 /// `/proc/self/fd`. The rootfs is named as `<parent fd>/<name>`, so that
 /// the bind mount made on it later is what the name finds.
-fn open_host_paths(c: &Container) -> Result<(Vec<OwnedFd>, PathBuf, Vec<Option<CString>>), String> {
+fn open_host_paths(c: &Container) -> Result<HostPaths, String> {
     let open = |p: &Path| {
         rfs::open(p, OFlags::PATH | OFlags::CLOEXEC, rfs::Mode::empty())
             .map_err(|e| format!("open {}: {e}", p.display()))
@@ -281,7 +291,11 @@ fn open_host_paths(c: &Container) -> Result<(Vec<OwnedFd>, PathBuf, Vec<Option<C
             (src, _) => sources.push(src.clone()),
         }
     }
-    Ok((held, root, sources))
+    Ok(HostPaths {
+        held,
+        root,
+        sources,
+    })
 }
 
 /// Become uid and gid 0 of the new user namespace (the range's first ids
