@@ -233,7 +233,7 @@ mod tests {
         assert!(UsernsConfig::default().check().is_ok());
         let e = UsernsConfig {
             base: 4_000_000_000,
-            ranges: 4096,
+            ranges: 8192,
         }
         .check()
         .unwrap_err();
