@@ -339,6 +339,20 @@ mod tests {
     }
 
     #[test]
+    fn agent_file_reads_user_namespace_ranges() {
+        let cfg: AgentFile =
+            toml::from_str("[isolation]\nuserns_base = 300000\nuserns_ranges = 8\n").unwrap();
+        let p = cfg.isolation.policy(None).unwrap();
+        assert_eq!((p.userns.base, p.userns.ranges), (300_000, 8));
+        let cfg: AgentFile =
+            toml::from_str("[isolation]\nuserns_base = 4000000000\nuserns_ranges = 8192\n")
+                .unwrap();
+        let e = cfg.isolation.policy(None).unwrap_err().to_string();
+        assert!(e.contains("isolation.userns_base/userns_ranges"), "{e}");
+        assert!(e.contains("past the last id"), "{e}");
+    }
+
+    #[test]
     fn agent_file_reads_isolation_policy_and_exec_limits() {
         let cfg: AgentFile = toml::from_str(
             "[isolation]\ncap_add_allowed = [\"net_admin\", \"CAP_SYS_PTRACE\"]\nallow_root_exec = false\n",
