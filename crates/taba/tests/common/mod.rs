@@ -81,6 +81,11 @@ impl Dev {
 
     /// Start `taba dev` on `data` with extra args.
     pub fn start_on(data: &Path, extra: &[&str]) -> Dev {
+        Dev::start_with_env(data, extra, &[])
+    }
+
+    /// [`Dev::start_on`] with extra environment variables (test hooks).
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Dev {
         require_root();
         let log = data.join("taba-dev.log");
         std::fs::create_dir_all(data).unwrap();
@@ -100,6 +105,7 @@ impl Dev {
             .args(extra)
             .env("TABA_LOG", "info")
             .env("TABA_CONFIG_DIR", data.join("config"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
