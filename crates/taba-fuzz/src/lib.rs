@@ -110,10 +110,7 @@ pub fn image_reference(data: &[u8]) {
 /// symlinks then paths through them, hard links, whiteouts, devices), nothing
 /// is created outside the layer's directory.
 pub fn layer_unpack(data: &[u8]) {
-    let tmp = tempfile::Builder::new()
-        .prefix("taba-fuzz-unpack-")
-        .tempdir()
-        .expect("a temp dir");
+    let tmp = scratch("unpack");
     // A sibling of the layer that must stay empty: "../outside" from the layer root.
     fs::create_dir(tmp.path().join("outside")).expect("mkdir outside");
     let layer = tmp.path().join("layer");
@@ -138,18 +135,36 @@ pub fn layer_unpack(data: &[u8]) {
         outside.is_empty(),
         "unpacking wrote outside the layer: {outside:?} ({result:?})"
     );
-    remove_all(tmp.path());
 }
 
-/// Removes a tree whatever the modes in it say (a layer may hold 0000 dirs).
-fn remove_all(dir: &Path) {
-    if fs::remove_dir_all(dir).is_err() {
-        let _ = std::process::Command::new("chmod")
-            .args(["-R", "u+rwx"])
-            .arg(dir)
-            .status();
-        let _ = fs::remove_dir_all(dir);
+/// An empty directory for one run, under a temp dir made once per thread
+/// (and removed when the thread ends): a fuzzer runs thousands of inputs a
+/// second, so the directory is emptied rather than made anew.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn path(&self) -> &Path {
+        &self.0
     }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Root removes whatever the modes in a layer say.
+        fs::remove_dir_all(&self.0).expect("remove the run's scratch dir");
+    }
+}
+
+fn scratch(what: &str) -> Scratch {
+    thread_local! {
+        static BASE: tempfile::TempDir = tempfile::Builder::new()
+            .prefix("taba-fuzz-")
+            .tempdir()
+            .expect("a temp dir");
+    }
+    let dir = BASE.with(|b| b.path().join(what));
+    fs::create_dir(&dir).expect("create the run's scratch dir");
+    Scratch(dir)
 }
 
 // ---- image manifests and configs ----
@@ -186,10 +201,7 @@ pub fn image_manifest(data: &[u8]) {
 /// and as the `index.json` of an OCI layout, through the import's planning.
 fn archive_roles(data: &[u8]) {
     const CONFIG: &[u8] = br#"{"rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
-    let tmp = tempfile::Builder::new()
-        .prefix("taba-fuzz-manifest-")
-        .tempdir()
-        .expect("a temp dir");
+    let tmp = scratch("manifest");
     let docker: &[(&str, &[u8])] = &[
         ("manifest.json", data),
         ("config.json", CONFIG),

@@ -57,6 +57,11 @@ fn valid_path_component(c: &str) -> bool {
         })
 }
 
+/// Whether the first component of a name is a registry rather than a user.
+fn looks_like_domain(first: &str) -> bool {
+    first.contains('.') || first.contains(':') || first == "localhost"
+}
+
 impl Reference {
     /// Parses and normalises a reference; digests (`name@sha256:...`) are not supported.
     pub(crate) fn parse(s: &str) -> Result<Reference, ImageError> {
@@ -84,9 +89,7 @@ impl Reference {
             ));
         }
         let mut parts: Vec<&str> = name.split('/').collect();
-        let domain = if parts.len() > 1
-            && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
-        {
+        let domain = if parts.len() > 1 && looks_like_domain(parts[0]) {
             let d = parts.remove(0);
             if d == "index.docker.io" || d == "registry-1.docker.io" {
                 DEFAULT_DOMAIN.to_string()
@@ -120,9 +123,11 @@ impl Reference {
         format!("{}/{}:{}", self.domain, self.path, self.tag)
     }
 
-    /// `busybox:latest`, `example.com/app:1`.
+    /// `busybox:latest`, `example.com/app:1`. Docker Hub's domain is left out only where
+    /// the rest would not read as a registry (`docker.io/libr.ry/app` stays whole).
     pub(crate) fn familiar(&self) -> String {
-        if self.domain == DEFAULT_DOMAIN {
+        let first = self.path.split('/').next().unwrap_or_default();
+        if self.domain == DEFAULT_DOMAIN && !looks_like_domain(first) {
             match self.path.strip_prefix("library/") {
                 Some(short) if !short.contains('/') => format!("{short}:{}", self.tag),
                 _ => format!("{}:{}", self.path, self.tag),
@@ -198,6 +203,12 @@ mod tests {
         assert_eq!(canon("localhost/app"), "localhost/app:latest");
         // A first component without '.', ':' or "localhost" is a user, not a registry.
         assert_eq!(canon("registry/app"), "docker.io/registry/app:latest");
+        // ... and one with them keeps Docker Hub's domain in the short form (fuzz finding).
+        assert_eq!(
+            familiar("docker.io/libr.ry/busybox:latest"),
+            "docker.io/libr.ry/busybox:latest"
+        );
+        assert_eq!(familiar("docker.io/localhost/app:1"), "docker.io/localhost/app:1");
     }
 
     #[test]
