@@ -6,6 +6,10 @@ use crate::error::ImageError;
 
 const DEFAULT_DOMAIN: &str = "docker.io";
 const DEFAULT_TAG: &str = "latest";
+/// Longest `registry/path` (Docker's `NameTotalLengthMax`).
+const MAX_NAME: usize = 255;
+/// Longest reference read at all: a name, `:` and a 128-character tag fit.
+const MAX_REFERENCE: usize = 512;
 
 /// A parsed `[domain/]path[:tag]` reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +72,8 @@ impl Reference {
         if s.is_empty() {
             return Err(invalid(s, "must not be empty"));
         }
-        if s.len() > 255 {
-            return Err(invalid(s, "longer than 255 characters"));
+        if s.len() > MAX_REFERENCE {
+            return Err(invalid(s, "longer than 512 characters"));
         }
         if s.contains('@') {
             return Err(invalid(
@@ -110,6 +114,15 @@ impl Reference {
         }
         if domain == DEFAULT_DOMAIN && parts.len() == 1 {
             parts.insert(0, "library");
+        }
+        // Docker's limit, on the full name: a short name that fits must also fit once
+        // `docker.io/library/` is added, or its canonical form would not parse again.
+        let name_len = domain.len() + 1 + parts.iter().map(|p| p.len() + 1).sum::<usize>() - 1;
+        if name_len > MAX_NAME {
+            return Err(invalid(
+                s,
+                "repository name (with its registry) longer than 255 characters",
+            ));
         }
         Ok(Reference {
             domain,
@@ -209,6 +222,11 @@ mod tests {
             "docker.io/libr.ry/busybox:latest"
         );
         assert_eq!(familiar("docker.io/localhost/app:1"), "docker.io/localhost/app:1");
+        // A name that fits only without `docker.io/library/` is refused (fuzz finding).
+        let long = "a".repeat(250);
+        assert!(Reference::parse(&long).is_err());
+        let fits = "a".repeat(255 - "docker.io/library/".len());
+        assert_eq!(canon(&canon(&fits)), canon(&fits));
     }
 
     #[test]
