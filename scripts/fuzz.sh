@@ -21,7 +21,7 @@ shift || true
 ALL=(job_spec image_reference layer_unpack image_manifest agent_message)
 TARGETS=("${@:-${ALL[@]}}")
 export RUSTC_BOOTSTRAP=1
-TARGET_DIR="${FUZZ_TARGET_DIR:-fuzz/target}"
+TARGET_DIR="$(realpath -m "${FUZZ_TARGET_DIR:-fuzz/target}")"
 # Jobs for libFuzzer's own workers; the machine's cores are shared.
 JOBS="${FUZZ_JOBS:-1}"
 PAR=()
@@ -33,9 +33,27 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 BUILD=(-O -a -s none --target-dir "$TARGET_DIR")
 (cd fuzz && cargo fuzz build "${BUILD[@]}")
 
+MOUNTED=""
+FUZZ_TMP=""
+cleanup() {
+  if [ -n "$MOUNTED" ]; then umount "$MOUNTED" || umount -l "$MOUNTED"; MOUNTED=""; fi
+  if [ -n "$FUZZ_TMP" ]; then rm -rf "$FUZZ_TMP"; FUZZ_TMP=""; fi
+}
+trap cleanup EXIT
+
 failed=()
 for t in "${TARGETS[@]}"; do
   mkdir -p "fuzz/work/$t" "fuzz/artifacts/$t"
+  # The targets' scratch dirs: as root a small tmpfs of its own (fast, and a
+  # decompression bomb meets ENOSPC instead of filling the disk), removed
+  # after the run even if it was killed.
+  FUZZ_TMP="$PWD/fuzz/work/tmp-$t"
+  rm -rf "$FUZZ_TMP" && mkdir -p "$FUZZ_TMP"
+  if [ "$(id -u)" = 0 ]; then
+    mount -t tmpfs -o size=512m,mode=0700 "taba-fuzz-$t-$$" "$FUZZ_TMP"
+    MOUNTED="$FUZZ_TMP"
+  fi
+  export TMPDIR="$FUZZ_TMP"
   echo "fuzz: $t for ${SECONDS_EACH}s"
   # timeout(1) bounds a hung run beyond libFuzzer's own -max_total_time.
   if ! (cd fuzz && timeout --kill-after=30 "$((SECONDS_EACH + 120))" \
@@ -45,6 +63,7 @@ for t in "${TARGETS[@]}"; do
         -artifact_prefix="artifacts/$t/"); then
     failed+=("$t")
   fi
+  cleanup
 done
 if ((${#failed[@]})); then
   echo "fuzz: crashes in ${failed[*]}; inputs in fuzz/artifacts/<target>/" >&2
