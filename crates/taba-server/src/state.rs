@@ -32,6 +32,7 @@ mod acl;
 mod drain;
 mod namespaces;
 mod nodes;
+mod replica;
 
 pub use nodes::NodeAction;
 

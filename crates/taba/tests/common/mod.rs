@@ -105,23 +105,7 @@ impl Dev {
             .spawn()
             .expect("starting taba dev");
         // The first stderr line naming the API tells the port.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut logf = logf;
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                use std::io::Write;
-                let _ = writeln!(logf, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split("API on ").nth(1) {
-                        let addr = rest.split(';').next().unwrap().trim().to_string();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
+        let rx = tee_stderr(&mut child, logf, "API on ");
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a,
             Err(_) => {
@@ -535,32 +519,39 @@ impl Cluster {
     /// Allocation ids whose task shims run now under node `name`'s data
     /// dir: what really runs there, whatever the servers think.
     pub fn running_allocs(&self, name: &str) -> Vec<String> {
-        let allocs = self.node_dir(name).join("agent").join("allocs");
-        let prefix = allocs.to_string_lossy().to_string();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().parse::<u32>().is_err() {
-                continue;
-            }
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let args: Vec<String> = cmd
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).to_string())
-                .collect();
-            if !args.iter().any(|a| a == "shim") {
-                continue;
-            }
-            if let Some(dir) = args.iter().find(|a| a.starts_with(&prefix)) {
-                let rel = dir[prefix.len()..].trim_start_matches('/');
-                if let Some(id) = rel.split('/').next() {
-                    out.push(id.to_string());
-                }
+        shims_under(&self.node_dir(name).join("agent"))
+    }
+}
+
+/// Allocation ids whose task shims run now under the agent data dir
+/// `agent_dir` (their bundles are in `<agent_dir>/allocs/<id>/...`): what
+/// really runs on that node, whatever the servers think.
+pub fn shims_under(agent_dir: &Path) -> Vec<String> {
+    let allocs = agent_dir.join("allocs");
+    let prefix = allocs.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if !args.iter().any(|a| a == "shim") {
+            continue;
+        }
+        if let Some(dir) = args.iter().find(|a| a.starts_with(&prefix)) {
+            let rel = dir[prefix.len()..].trim_start_matches('/');
+            if let Some(id) = rel.split('/').next() {
+                out.push(id.to_string());
             }
         }
-        out.sort();
-        out.dedup();
-        out
     }
+    out.sort();
+    out.dedup();
+    out
 }
 
 impl Cluster {
@@ -694,6 +685,33 @@ impl Drop for LinkProxy {
     }
 }
 
+/// Copies `child`'s stderr line by line into `log` (on a thread) and sends the
+/// text after `marker` (up to a `;`, trimmed) of the first line that has it.
+pub fn tee_stderr(
+    child: &mut Child,
+    log: std::fs::File,
+    marker: &str,
+) -> std::sync::mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_string();
+    std::thread::spawn(move || {
+        let mut log = log;
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            use std::io::Write;
+            let _ = writeln!(log, "{line}");
+            if !sent {
+                if let Some(rest) = line.split(marker.as_str()).nth(1) {
+                    let _ = tx.send(rest.split(';').next().unwrap_or("").trim().to_string());
+                    sent = true;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// A `taba` process (server or agent) whose stderr goes to `log`.
 pub struct Proc {
     pub child: Option<Child>,
@@ -737,23 +755,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting taba");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let marker = marker.to_string();
-        std::thread::spawn(move || {
-            let mut logf = logf;
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                use std::io::Write;
-                let _ = writeln!(logf, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split(marker.as_str()).nth(1) {
-                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
+        let rx = tee_stderr(&mut child, logf, marker);
         let proc = Proc {
             child: Some(child),
             log: log.to_path_buf(),
@@ -897,22 +899,7 @@ impl DevCluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting taba dev --agents");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut logf = logf;
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                use std::io::Write;
-                let _ = writeln!(logf, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split("API on ").nth(1) {
-                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
+        let rx = tee_stderr(&mut child, logf, "API on ");
         let addr = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(a) => a,
             Err(_) => {
@@ -1026,6 +1013,69 @@ impl DevCluster {
         let cfg = self.data.join(format!("agents/n{k}.toml"));
         let want = format!("agent --config {}", cfg.display());
         pids_with_cmdline(&want).into_iter().next()
+    }
+
+    /// Allocation ids whose task shims really run on agent `k`.
+    pub fn running_allocs(&self, k: u32) -> Vec<String> {
+        shims_under(&self.data.join(format!("agents/n{k}")))
+    }
+
+    /// With `--servers M`: server `i`'s configuration file (`server.toml`, `server1.toml` ...).
+    pub fn server_config(&self, i: u32) -> PathBuf {
+        match i {
+            0 => self.data.join("server.toml"),
+            i => self.data.join(format!("server{i}.toml")),
+        }
+    }
+
+    /// The pid of server `i`'s process.
+    pub fn server_pid(&self, i: u32) -> Option<i32> {
+        let want = format!("server --config {}", self.server_config(i).display());
+        pids_with_cmdline(&want).into_iter().next()
+    }
+
+    /// With `--servers M`: every server's bridge URL (their `advertise`).
+    pub fn server_urls(&self, servers: u32) -> Vec<String> {
+        (0..servers)
+            .map(|i| {
+                let cfg = std::fs::read_to_string(self.server_config(i)).unwrap();
+                cfg.lines()
+                    .find_map(|l| l.strip_prefix("advertise = "))
+                    .expect("an HA server advertises its bridge address")
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// A client of every server in `urls` over the bridge (TLS, the dev PKI's CLI
+    /// certificate, the management token); it fails over between them.
+    pub fn tls_client(&self, urls: Vec<String>) -> Client {
+        let tls = self.data.join("tls");
+        let t = taba_tls::ClientTls::load(
+            &tls.join("taba-ca.pem"),
+            Some((&tls.join("cli.pem"), &tls.join("cli-key.pem"))),
+        )
+        .expect("the dev PKI's CLI files");
+        Client::with_options(taba_client::ClientOptions {
+            addrs: urls,
+            token: Some(self.token.clone()),
+            tls: Some(taba_client::TlsOptions {
+                ca_pem: t.ca_pem,
+                identity_pem: t.identity_pem,
+            }),
+        })
+        .expect("client")
+    }
+
+    /// Sets agent `k`'s link (the host end of its veth) up or down.
+    pub fn link(&self, k: u32, up: bool) {
+        let dev = format!("{}-v{k}", self.prefix);
+        let st = Command::new("ip")
+            .args(["link", "set", &dev, if up { "up" } else { "down" }])
+            .status()
+            .expect("ip link set");
+        assert!(st.success(), "ip link set {dev}");
     }
 
     /// Everything on the host that carries this cluster's names: network
