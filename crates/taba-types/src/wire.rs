@@ -290,3 +290,78 @@ pub struct LayerDescriptor {
     /// `sha256:<hex>` of the uncompressed layer tar (the image config's `diff_ids`).
     pub diff_id: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Node {
+        serde_json::from_str(
+            r#"{"id":"n-1","name":"n1","http_addr":"10.0.0.2:4647",
+                "resources":{"cores":1,"cpu":1000,"memory":"1GiB","disk":"1GiB"}}"#,
+        )
+        .unwrap()
+    }
+
+    fn refused(r: Result<(), FieldError>) -> (String, String) {
+        let e = r.unwrap_err();
+        (e.path, e.reason)
+    }
+
+    #[test]
+    fn register_checks_name_the_field() {
+        let ok = RegisterRequest {
+            protocol: PROTOCOL,
+            node: node(),
+        };
+        ok.validate().unwrap();
+        let with = |f: &dyn Fn(&mut Node)| {
+            let mut r = ok.clone();
+            f(&mut r.node);
+            refused(r.validate())
+        };
+        assert_eq!(with(&|n| n.id = NodeId::from("")).0, "node.id");
+        assert!(with(&|n| n.name = "a/b".into()).1.contains("invalid character"));
+        assert_eq!(with(&|n| n.http_addr = "host".into()).0, "node.http_addr");
+        assert_eq!(with(&|n| n.http_addr = ":80".into()).0, "node.http_addr");
+        assert_eq!(with(&|n| n.http_addr = "h:0".into()).0, "node.http_addr");
+        assert_eq!(
+            with(&|n| n.unusable_reason = "x".repeat(MAX_UNUSABLE_REASON + 1)).0,
+            "node.unusable_reason"
+        );
+        assert_eq!(with(&|n| n.resources.cpu = 0).0, "node.resources.cpu");
+    }
+
+    #[test]
+    fn join_and_updates_are_bounded() {
+        let join = JoinRequest {
+            protocol: PROTOCOL,
+            token: "t".into(),
+            node_id: NodeId::from("n-1"),
+            name: "n1".into(),
+            csr_pem: None,
+        };
+        join.validate().unwrap();
+        let mut long = join.clone();
+        long.token = "t".repeat(MAX_JOIN_TOKEN + 1);
+        assert_eq!(refused(long.validate()).0, "token");
+        let mut bad = join;
+        bad.name = String::new();
+        assert_eq!(refused(bad.validate()).0, "name");
+        let many = AllocUpdateRequest {
+            protocol: PROTOCOL,
+            node_id: NodeId::from("n-1"),
+            updates: vec![
+                AllocUpdate {
+                    id: AllocId::from("a"),
+                    client_status: ClientStatus::Running,
+                    client_description: String::new(),
+                    task_states: BTreeMap::new(),
+                    usage: None,
+                };
+                MAX_UPDATES + 1
+            ],
+        };
+        assert_eq!(refused(many.validate()).0, "updates");
+    }
+}
