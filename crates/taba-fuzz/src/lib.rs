@@ -52,7 +52,10 @@ pub fn job_spec(data: &[u8]) {
                 let back = parse_job_json(&json).unwrap_or_else(|e| {
                     panic!("the JSON form of an accepted {form} job is rejected: {e}\n{spec:#?}")
                 });
-                assert_eq!(back, spec, "the JSON form of a {form} job means something else");
+                assert_eq!(
+                    back, spec,
+                    "the JSON form of a {form} job means something else"
+                );
             }
             Err(e) => check_job_error(&e),
         }
@@ -186,8 +189,8 @@ pub fn image_manifest(data: &[u8]) {
     }
     if let Ok(m) = serde_json::from_slice::<ImageManifest>(data) {
         if taba_image::fuzzing::image_manifest(&m).is_ok() {
-            for d in std::iter::once(&m.id)
-                .chain(m.layers.iter().flat_map(|l| [&l.digest, &l.diff_id]))
+            for d in
+                std::iter::once(&m.id).chain(m.layers.iter().flat_map(|l| [&l.digest, &l.diff_id]))
             {
                 taba_image::parse_digest(d).expect("an accepted manifest's digest parses");
             }

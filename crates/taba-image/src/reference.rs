@@ -221,7 +221,10 @@ mod tests {
             familiar("docker.io/libr.ry/busybox:latest"),
             "docker.io/libr.ry/busybox:latest"
         );
-        assert_eq!(familiar("docker.io/localhost/app:1"), "docker.io/localhost/app:1");
+        assert_eq!(
+            familiar("docker.io/localhost/app:1"),
+            "docker.io/localhost/app:1"
+        );
         // A name that fits only without `docker.io/library/` is refused (fuzz finding).
         let long = "a".repeat(250);
         assert!(Reference::parse(&long).is_err());

@@ -718,7 +718,10 @@ mod tests {
         let err = unpack_layer(&blob[..], &tmp, None, &"0".repeat(64)).unwrap_err();
         let holes = tmp.join("holes").exists();
         std::fs::remove_dir_all(&tmp).unwrap();
-        assert!(err.to_string().contains("sparse files are not supported"), "{err}");
+        assert!(
+            err.to_string().contains("sparse files are not supported"),
+            "{err}"
+        );
         assert!(!holes, "the sparse file was created");
     }
 

@@ -321,7 +321,9 @@ mod tests {
             refused(r.validate())
         };
         assert_eq!(with(&|n| n.id = NodeId::from("")).0, "node.id");
-        assert!(with(&|n| n.name = "a/b".into()).1.contains("invalid character"));
+        assert!(with(&|n| n.name = "a/b".into())
+            .1
+            .contains("invalid character"));
         assert_eq!(with(&|n| n.http_addr = "host".into()).0, "node.http_addr");
         assert_eq!(with(&|n| n.http_addr = ":80".into()).0, "node.http_addr");
         assert_eq!(with(&|n| n.http_addr = "h:0".into()).0, "node.http_addr");
