@@ -31,7 +31,6 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # -O with -a: optimised, with debug assertions and overflow checks (as the
 # replay tests run). No sanitizer: the code is safe Rust; a panic is the crash.
 BUILD=(-O -a -s none --target-dir "$TARGET_DIR")
-(cd fuzz && cargo fuzz build "${BUILD[@]}")
 
 MOUNTED=""
 FUZZ_TMP=""
@@ -55,18 +54,25 @@ for t in "${TARGETS[@]}"; do
   fi
   export TMPDIR="$FUZZ_TMP"
   echo "fuzz: $t for ${SECONDS_EACH}s"
+  # Built (again, if the sources changed) before the clock starts.
+  (cd fuzz && cargo fuzz build "${BUILD[@]}" "$t")
   # timeout(1) bounds a hung run beyond libFuzzer's own -max_total_time.
-  if ! (cd fuzz && timeout --kill-after=30 "$((SECONDS_EACH + 120))" \
+  rc=0
+  (cd fuzz && timeout --kill-after=30 "$((SECONDS_EACH + 120))" \
         cargo fuzz run "${BUILD[@]}" "$t" "work/$t" "corpus/$t" -- \
         -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
         -max_len=65536 "${PAR[@]}" -print_final_stats=1 \
-        -artifact_prefix="artifacts/$t/"); then
+        -artifact_prefix="artifacts/$t/") || rc=$?
+  if ((rc == 124 || rc == 137)); then
+    echo "fuzz: $t did not stop within $((SECONDS_EACH + 120))s" >&2
+    failed+=("$t")
+  elif ((rc != 0)); then
     failed+=("$t")
   fi
   cleanup
 done
 if ((${#failed[@]})); then
-  echo "fuzz: crashes in ${failed[*]}; inputs in fuzz/artifacts/<target>/" >&2
+  echo "fuzz: failures in ${failed[*]}; inputs in fuzz/artifacts/<target>/" >&2
   exit 1
 fi
 echo "fuzz: ok (${TARGETS[*]}, ${SECONDS_EACH}s each)"
