@@ -123,9 +123,16 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         let mut ac = AgentConfig::new(a.data_dir.join("agent"), format!("http://{addr}"));
         ac.name = a.node_name.clone();
         ac.images = Some(images.clone());
-        let agent = taba_agent::start(ac, drivers(images, IsolationPolicy::default())?)
-            .await
-            .context("starting the agent")?;
+        let agent = taba_agent::start(
+            ac,
+            drivers(
+                images,
+                IsolationPolicy::default(),
+                &a.data_dir.join("agent"),
+            )?,
+        )
+        .await
+        .context("starting the agent")?;
         eprintln!(
             "taba dev: API on http://{addr}; node {} ready",
             agent.node_id

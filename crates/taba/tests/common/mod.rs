@@ -8,6 +8,7 @@
 //! that `scripts/setup.sh` builds; fails loudly when either is missing.
 #![allow(dead_code)]
 
+pub mod disk;
 pub mod ha;
 
 use std::io::{BufRead, BufReader};
@@ -80,6 +81,11 @@ impl Dev {
 
     /// Start `taba dev` on `data` with extra args.
     pub fn start_on(data: &Path, extra: &[&str]) -> Dev {
+        Dev::start_with_env(data, extra, &[])
+    }
+
+    /// [`Dev::start_on`] with extra environment variables (test hooks).
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Dev {
         require_root();
         let log = data.join("taba-dev.log");
         std::fs::create_dir_all(data).unwrap();
@@ -99,6 +105,7 @@ impl Dev {
             .args(extra)
             .env("TABA_LOG", "info")
             .env("TABA_CONFIG_DIR", data.join("config"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -381,21 +388,7 @@ impl Cluster {
             .tempdir_in("/var/tmp")
             .unwrap();
         let dir = tmp.path().join("server");
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join("server.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n{server_toml}\n",
-                dir.join("data")
-            ),
-        )
-        .unwrap();
-        let (server, url) = Proc::start(
-            &["server", "--config", cfg.to_str().unwrap()],
-            &dir.join("server.log"),
-            "API on ",
-        );
+        let (server, url) = start_server(&dir, &dir.join("data"), server_toml);
         let mut taba = Command::new(taba_bin());
         taba.env("TABA_ADDR", &url);
         let token = acl_bootstrap(taba);
@@ -596,6 +589,98 @@ impl Drop for Cluster {
         for n in &names {
             force_cleanup(&self.node_dir(n));
         }
+    }
+}
+
+/// Start `taba server` with its configuration file and log in `dir`, its
+/// store in `data_dir` (which may be elsewhere, e.g. on a test filesystem),
+/// the API on a random loopback port, and `extra_toml` added to the
+/// configuration. Returns the process and `http://127.0.0.1:PORT`.
+pub fn start_server(dir: &Path, data_dir: &Path, extra_toml: &str) -> (Proc, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = dir.join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!("data_dir = {data_dir:?}\nhttp = \"127.0.0.1:0\"\n{extra_toml}\n"),
+    )
+    .unwrap();
+    Proc::start(
+        &["server", "--config", cfg.to_str().unwrap()],
+        &dir.join("server.log"),
+        "API on ",
+    )
+}
+
+/// One `taba server` (embedded store, no agents) that a test kills and
+/// restarts on the same data dir: the durability tests' server.
+pub struct Server {
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The management token (bootstrapped by the first start).
+    pub token: String,
+    pub client: Client,
+}
+
+impl Server {
+    /// Start on `data_dir` (config and log in `dir`). `token` is the
+    /// management token of an earlier start on the same data dir; `None`
+    /// bootstraps the ACLs.
+    pub fn start(dir: &Path, data_dir: &Path, token: Option<&str>) -> Server {
+        require_root();
+        let (proc, url) = start_server(dir, data_dir, "");
+        let token = match token {
+            Some(t) => t.to_string(),
+            None => {
+                let mut taba = Command::new(taba_bin());
+                taba.env("TABA_ADDR", &url);
+                acl_bootstrap(taba)
+            }
+        };
+        let client = Client::new(url.trim_start_matches("http://"), Some(token.clone()));
+        Server {
+            proc,
+            url,
+            token,
+            client,
+        }
+    }
+
+    /// kill -9 the server and wait for it.
+    pub fn kill9(&mut self) {
+        self.proc.kill();
+    }
+}
+
+/// A seeded random number generator (splitmix64) for tests that pick random
+/// moments: the seed comes from `TABA_TEST_SEED` or is fresh, and is printed
+/// so that a failure can be replayed.
+pub struct TestRng(u64);
+
+impl TestRng {
+    /// Seeded from `TABA_TEST_SEED` if set, else from the clock; prints the
+    /// seed under `what`.
+    pub fn from_env(what: &str) -> TestRng {
+        let seed = match std::env::var("TABA_TEST_SEED") {
+            Ok(s) => s.parse().expect("TABA_TEST_SEED is a u64"),
+            Err(_) => unique_seed(0),
+        };
+        eprintln!("{what}: seed {seed} (replay with TABA_TEST_SEED={seed})");
+        TestRng(seed)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+        x ^ (x >> 31)
+    }
+
+    /// A number in `range` (which must not be empty).
+    pub fn below(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next_u64() % (range.end - range.start)
     }
 }
 
