@@ -36,7 +36,7 @@ fn bad(reason: impl Into<String>) -> ImageError {
 }
 
 /// Checks everything in a manifest that can be checked before any blob is read.
-fn validate(m: &ImageManifest) -> Result<(), ImageError> {
+pub(crate) fn validate(m: &ImageManifest) -> Result<(), ImageError> {
     check_protocol(m.protocol).map_err(|e| bad(format!("protocol: {e}")))?;
     let field = |name: String| move |e: ImageError| bad(format!("{name}: {e}"));
     parse_digest(&m.id).map_err(field("id".into()))?;

@@ -34,6 +34,8 @@ mod archive;
 mod blobs;
 mod error;
 mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 mod import;
 mod mount;
 mod reference;

@@ -6,6 +6,10 @@ use crate::error::ImageError;
 
 const DEFAULT_DOMAIN: &str = "docker.io";
 const DEFAULT_TAG: &str = "latest";
+/// Longest `registry/path` (Docker's `NameTotalLengthMax`).
+const MAX_NAME: usize = 255;
+/// Longest reference read at all: a name, `:` and a 128-character tag fit.
+const MAX_REFERENCE: usize = 512;
 
 /// A parsed `[domain/]path[:tag]` reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,14 +61,19 @@ fn valid_path_component(c: &str) -> bool {
         })
 }
 
+/// Whether the first component of a name is a registry rather than a user.
+fn looks_like_domain(first: &str) -> bool {
+    first.contains('.') || first.contains(':') || first == "localhost"
+}
+
 impl Reference {
     /// Parses and normalises a reference; digests (`name@sha256:...`) are not supported.
     pub(crate) fn parse(s: &str) -> Result<Reference, ImageError> {
         if s.is_empty() {
             return Err(invalid(s, "must not be empty"));
         }
-        if s.len() > 255 {
-            return Err(invalid(s, "longer than 255 characters"));
+        if s.len() > MAX_REFERENCE {
+            return Err(invalid(s, "longer than 512 characters"));
         }
         if s.contains('@') {
             return Err(invalid(
@@ -84,9 +93,7 @@ impl Reference {
             ));
         }
         let mut parts: Vec<&str> = name.split('/').collect();
-        let domain = if parts.len() > 1
-            && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
-        {
+        let domain = if parts.len() > 1 && looks_like_domain(parts[0]) {
             let d = parts.remove(0);
             if d == "index.docker.io" || d == "registry-1.docker.io" {
                 DEFAULT_DOMAIN.to_string()
@@ -108,6 +115,15 @@ impl Reference {
         if domain == DEFAULT_DOMAIN && parts.len() == 1 {
             parts.insert(0, "library");
         }
+        // Docker's limit, on the full name: a short name that fits must also fit once
+        // `docker.io/library/` is added, or its canonical form would not parse again.
+        let name_len = domain.len() + 1 + parts.iter().map(|p| p.len() + 1).sum::<usize>() - 1;
+        if name_len > MAX_NAME {
+            return Err(invalid(
+                s,
+                "repository name (with its registry) longer than 255 characters",
+            ));
+        }
         Ok(Reference {
             domain,
             path: parts.join("/"),
@@ -120,9 +136,11 @@ impl Reference {
         format!("{}/{}:{}", self.domain, self.path, self.tag)
     }
 
-    /// `busybox:latest`, `example.com/app:1`.
+    /// `busybox:latest`, `example.com/app:1`. Docker Hub's domain is left out only where
+    /// the rest would not read as a registry (`docker.io/libr.ry/app` stays whole).
     pub(crate) fn familiar(&self) -> String {
-        if self.domain == DEFAULT_DOMAIN {
+        let first = self.path.split('/').next().unwrap_or_default();
+        if self.domain == DEFAULT_DOMAIN && !looks_like_domain(first) {
             match self.path.strip_prefix("library/") {
                 Some(short) if !short.contains('/') => format!("{short}:{}", self.tag),
                 _ => format!("{}:{}", self.path, self.tag),
@@ -198,6 +216,20 @@ mod tests {
         assert_eq!(canon("localhost/app"), "localhost/app:latest");
         // A first component without '.', ':' or "localhost" is a user, not a registry.
         assert_eq!(canon("registry/app"), "docker.io/registry/app:latest");
+        // ... and one with them keeps Docker Hub's domain in the short form (fuzz finding).
+        assert_eq!(
+            familiar("docker.io/libr.ry/busybox:latest"),
+            "docker.io/libr.ry/busybox:latest"
+        );
+        assert_eq!(
+            familiar("docker.io/localhost/app:1"),
+            "docker.io/localhost/app:1"
+        );
+        // A name that fits only without `docker.io/library/` is refused (fuzz finding).
+        let long = "a".repeat(250);
+        assert!(Reference::parse(&long).is_err());
+        let fits = "a".repeat(255 - "docker.io/library/".len());
+        assert_eq!(canon(&canon(&fits)), canon(&fits));
     }
 
     #[test]

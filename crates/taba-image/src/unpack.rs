@@ -3,7 +3,8 @@
 //! Every path is resolved one component at a time from an fd of the layer root with
 //! `O_NOFOLLOW`, so no entry can be written outside the layer or through a symlink (an earlier
 //! entry may create a symlink named `a`; a later `a/x` is rejected as [`ImageError::UnsafePath`]).
-//! Names with `..` or a leading `/` are rejected the same way. Hard links must point at an
+//! Names with `..` or a leading `/` are rejected the same way. GNU sparse entries are refused
+//! (their stated size is not bounded by the bytes in the layer). Hard links must point at an
 //! earlier entry of the same layer. Ownership, permissions (set after chown, so set-id bits
 //! stay), xattrs (PAX `SCHILY.xattr.*`) and mtimes are applied; directory mtimes last.
 //! OCI whiteouts become what overlayfs reads: `.wh.name` a 0:0 character device `name`,
@@ -564,7 +565,17 @@ fn unpack_entry<R: Read>(
             layer.dir_times.push((comps, meta.mtime));
             Ok(0)
         }
-        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+        // A GNU sparse entry states its size apart from the bytes it carries: a 1.5 KiB layer
+        // can ask for a 1 TiB file of zeros, which would be written out in full (fuzz finding).
+        // The OCI layer format says sparse files SHOULD NOT be used; they are refused.
+        tar::EntryType::GNUSparse => Err(bad_layer(
+            what,
+            format!(
+                "{} is a sparse file; sparse files are not supported in layers",
+                display(&comps)
+            ),
+        )),
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
             layer.clear(&comps, false)?;
             layer.enter_parent(&comps)?;
             let parent = layer.pfd();
@@ -698,6 +709,21 @@ fn apply_fd_meta(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_entries_are_refused_before_anything_is_written() {
+        // A GNU sparse header asking for a 1 TiB hole, in 1.5 KiB (found by the fuzzer).
+        let blob = include_bytes!("../../../fuzz/corpus/layer_unpack/crash-sparse-hole-1tib.tar");
+        let tmp = std::env::temp_dir().join(format!("taba-sparse-{}", std::process::id()));
+        let err = unpack_layer(&blob[..], &tmp, None, &"0".repeat(64)).unwrap_err();
+        let holes = tmp.join("holes").exists();
+        std::fs::remove_dir_all(&tmp).unwrap();
+        assert!(
+            err.to_string().contains("sparse files are not supported"),
+            "{err}"
+        );
+        assert!(!holes, "the sparse file was created");
+    }
 
     #[test]
     fn entry_names_split_safely() {

@@ -7,6 +7,7 @@
 use crate::alloc::{AllocUsage, Allocation, ClientStatus, TaskState};
 use crate::ids::{AllocId, NodeId};
 use crate::node::{Node, NodeUsage};
+use crate::validate::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -35,6 +36,69 @@ pub fn check_protocol(v: u32) -> Result<(), String> {
     }
 }
 
+/// Most updates in one [`AllocUpdateRequest`].
+pub const MAX_UPDATES: usize = 10_000;
+/// Longest [`Node::unusable_reason`] an agent may report.
+pub const MAX_UNUSABLE_REASON: usize = 4096;
+/// Longest join token.
+pub const MAX_JOIN_TOKEN: usize = 256;
+
+fn field_error(path: &str, reason: impl Into<String>) -> FieldError {
+    FieldError {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks an identifier an agent sends (node id, node name): 1 to 128 of
+/// letters, digits, `-`, `_` and `.`.
+pub fn check_ident(field: &str, s: &str) -> Result<(), FieldError> {
+    if s.is_empty() || s.len() > 128 {
+        return Err(field_error(field, "must be 1 to 128 characters"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(field_error(
+            field,
+            format!("invalid character {c:?}; use letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the node an agent registers (what can be checked without state).
+pub fn check_node(n: &Node) -> Result<(), FieldError> {
+    check_ident("node.id", n.id.as_str())?;
+    check_ident("node.name", &n.name)?;
+    if !n.http_addr.is_empty() {
+        let ok = n
+            .http_addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            return Err(field_error(
+                "node.http_addr",
+                format!("{:?} is not host:port", n.http_addr),
+            ));
+        }
+    }
+    if n.unusable_reason.len() > MAX_UNUSABLE_REASON {
+        return Err(field_error(
+            "node.unusable_reason",
+            format!("must be at most {MAX_UNUSABLE_REASON} bytes"),
+        ));
+    }
+    if n.resources.cpu == 0 {
+        return Err(field_error("node.resources.cpu", "must be positive"));
+    }
+    if n.resources.memory.0 == 0 {
+        return Err(field_error("node.resources.memory", "must be positive"));
+    }
+    Ok(())
+}
+
 /// Agent -> server: register (or re-register after a restart).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RegisterRequest {
@@ -42,6 +106,14 @@ pub struct RegisterRequest {
     pub protocol: u32,
     /// The fingerprinted node.
     pub node: Node,
+}
+
+impl RegisterRequest {
+    /// Checks what can be checked without the server's state (the
+    /// protocol version is checked apart, with [`check_protocol`]).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_node(&self.node)
+    }
 }
 
 /// Server -> agent: registration accepted.
@@ -73,6 +145,22 @@ pub struct JoinRequest {
     /// Under TLS: a PEM certificate signing request for the agent's key.
     #[serde(default)]
     pub csr_pem: Option<String>,
+}
+
+impl JoinRequest {
+    /// Checks what can be checked without the server's state (the
+    /// protocol version is checked apart, with [`check_protocol`]).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_ident("node_id", self.node_id.as_str())?;
+        check_ident("name", &self.name)?;
+        if self.token.is_empty() || self.token.len() > MAX_JOIN_TOKEN {
+            return Err(field_error(
+                "token",
+                format!("must be 1 to {MAX_JOIN_TOKEN} characters"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Server -> agent: the credential a join token was exchanged for.
@@ -149,6 +237,20 @@ pub struct AllocUpdateRequest {
     pub updates: Vec<AllocUpdate>,
 }
 
+impl AllocUpdateRequest {
+    /// Checks what can be checked without the server's state (the
+    /// protocol version is checked apart, with [`check_protocol`]).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.updates.len() > MAX_UPDATES {
+            return Err(field_error(
+                "updates",
+                format!("at most {MAX_UPDATES} updates per request"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Server -> agent: what an image is made of, so that an agent that lacks it
 /// can fetch its blobs (`GET /v1/agent/images/manifests/{reference}`) and
 /// then each blob by digest (`GET /v1/agent/images/blobs/{digest}`).
@@ -187,4 +289,81 @@ pub struct LayerDescriptor {
     pub size: u64,
     /// `sha256:<hex>` of the uncompressed layer tar (the image config's `diff_ids`).
     pub diff_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Node {
+        serde_json::from_str(
+            r#"{"id":"n-1","name":"n1","http_addr":"10.0.0.2:4647",
+                "resources":{"cores":1,"cpu":1000,"memory":"1GiB","disk":"1GiB"}}"#,
+        )
+        .unwrap()
+    }
+
+    fn refused(r: Result<(), FieldError>) -> (String, String) {
+        let e = r.unwrap_err();
+        (e.path, e.reason)
+    }
+
+    #[test]
+    fn register_checks_name_the_field() {
+        let ok = RegisterRequest {
+            protocol: PROTOCOL,
+            node: node(),
+        };
+        ok.validate().unwrap();
+        let with = |f: &dyn Fn(&mut Node)| {
+            let mut r = ok.clone();
+            f(&mut r.node);
+            refused(r.validate())
+        };
+        assert_eq!(with(&|n| n.id = NodeId::from("")).0, "node.id");
+        assert!(with(&|n| n.name = "a/b".into())
+            .1
+            .contains("invalid character"));
+        assert_eq!(with(&|n| n.http_addr = "host".into()).0, "node.http_addr");
+        assert_eq!(with(&|n| n.http_addr = ":80".into()).0, "node.http_addr");
+        assert_eq!(with(&|n| n.http_addr = "h:0".into()).0, "node.http_addr");
+        assert_eq!(
+            with(&|n| n.unusable_reason = "x".repeat(MAX_UNUSABLE_REASON + 1)).0,
+            "node.unusable_reason"
+        );
+        assert_eq!(with(&|n| n.resources.cpu = 0).0, "node.resources.cpu");
+    }
+
+    #[test]
+    fn join_and_updates_are_bounded() {
+        let join = JoinRequest {
+            protocol: PROTOCOL,
+            token: "t".into(),
+            node_id: NodeId::from("n-1"),
+            name: "n1".into(),
+            csr_pem: None,
+        };
+        join.validate().unwrap();
+        let mut long = join.clone();
+        long.token = "t".repeat(MAX_JOIN_TOKEN + 1);
+        assert_eq!(refused(long.validate()).0, "token");
+        let mut bad = join;
+        bad.name = String::new();
+        assert_eq!(refused(bad.validate()).0, "name");
+        let many = AllocUpdateRequest {
+            protocol: PROTOCOL,
+            node_id: NodeId::from("n-1"),
+            updates: vec![
+                AllocUpdate {
+                    id: AllocId::from("a"),
+                    client_status: ClientStatus::Running,
+                    client_description: String::new(),
+                    task_states: BTreeMap::new(),
+                    usage: None,
+                };
+                MAX_UPDATES + 1
+            ],
+        };
+        assert_eq!(refused(many.validate()).0, "updates");
+    }
 }

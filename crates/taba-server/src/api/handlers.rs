@@ -789,53 +789,9 @@ pub(super) fn protocol(v: u32) -> Result<(), ApiError> {
     })
 }
 
-pub(super) fn check_ident(field: &str, s: &str) -> Result<(), ApiError> {
-    if s.is_empty() || s.len() > 128 {
-        return Err(ApiError::invalid(field, "must be 1 to 128 characters"));
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(ApiError::invalid(
-            field,
-            format!("invalid character {c:?}; use letters, digits, '-', '_' and '.'"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_node(n: &Node) -> Result<(), ApiError> {
-    check_ident("node.id", n.id.as_str())?;
-    check_ident("node.name", &n.name)?;
-    if !n.http_addr.is_empty() {
-        let ok = n
-            .http_addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        if !ok {
-            return Err(ApiError::invalid(
-                "node.http_addr",
-                format!("{:?} is not host:port", n.http_addr),
-            ));
-        }
-    }
-    if n.unusable_reason.len() > 4096 {
-        return Err(ApiError::invalid(
-            "node.unusable_reason",
-            "must be at most 4096 bytes",
-        ));
-    }
-    if n.resources.cpu == 0 {
-        return Err(ApiError::invalid("node.resources.cpu", "must be positive"));
-    }
-    if n.resources.memory.0 == 0 {
-        return Err(ApiError::invalid(
-            "node.resources.memory",
-            "must be positive",
-        ));
-    }
-    Ok(())
+/// An agent message's field error (`taba_types::wire` checks): a 422.
+pub(super) fn wire_invalid(e: taba_types::FieldError) -> ApiError {
+    ApiError::invalid(e.path, e.reason)
 }
 
 pub async fn agent_register(
@@ -845,7 +801,7 @@ pub async fn agent_register(
 ) -> R<RegisterResponse> {
     let req: RegisterRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
     protocol(req.protocol)?;
-    check_node(&req.node)?;
+    req.validate().map_err(wire_invalid)?;
     // The credential first; a first registration binds one only once the
     // name is known to be free (checked inside).
     let reg = Registration {
@@ -933,9 +889,6 @@ pub async fn agent_allocations(
     }
 }
 
-/// Most updates in one request.
-pub const MAX_UPDATES: usize = 10_000;
-
 pub async fn agent_update_allocs(
     State(app): State<AppState>,
     caller: AgentCaller,
@@ -944,12 +897,7 @@ pub async fn agent_update_allocs(
     let req: AllocUpdateRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
     protocol(req.protocol)?;
     verify_agent(&app.state, &caller, &req.node_id, None).await?;
-    if req.updates.len() > MAX_UPDATES {
-        return Err(ApiError::invalid(
-            "updates",
-            format!("at most {MAX_UPDATES} updates per request"),
-        ));
-    }
+    req.validate().map_err(wire_invalid)?;
     let index = app.state.update_allocs(&req.node_id, req.updates).await?;
     Ok(Json(json!({ "index": index })))
 }

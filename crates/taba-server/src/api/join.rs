@@ -12,7 +12,7 @@
 
 use super::error::ApiError;
 use super::extract::{parse_json, read_body, MAX_JSON_BODY};
-use super::handlers::{check_ident, protocol};
+use super::handlers::{protocol, wire_invalid};
 use super::AppState;
 use crate::credentials::{sha256_hex, CredentialError, NodeCredential};
 use axum::body::Body;
@@ -48,11 +48,7 @@ fn token_error(e: CredentialError, who: &str) -> ApiError {
 pub async fn agent_join(State(app): State<AppState>, body: Body) -> R<JoinResponse> {
     let req: JoinRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
     protocol(req.protocol)?;
-    check_ident("node_id", req.node_id.as_str())?;
-    check_ident("name", &req.name)?;
-    if req.token.is_empty() || req.token.len() > 256 {
-        return Err(ApiError::invalid("token", "must be 1 to 256 characters"));
-    }
+    req.validate().map_err(wire_invalid)?;
     let creds = &app.state.credentials;
     let who = format!("{} ({})", req.name, req.node_id);
     let Some(tls) = &app.state.config.tls else {
