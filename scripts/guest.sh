@@ -158,8 +158,8 @@ ensure_initramfs() {
   cp "$kdir"/modules/*.ko "$tmp/modules/"
   write_init >"$tmp/init"
   chmod 0755 "$tmp/init"
-  (cd "$tmp" && find . | LC_ALL=C sort | busybox cpio -o -H newc >"$img.tmp" 2>/dev/null)
-  mv "$img.tmp" "$img"
+  (cd "$tmp" && find . | LC_ALL=C sort | busybox cpio -o -H newc >"$img.tmp.$$" 2>/dev/null)
+  mv "$img.tmp.$$" "$img"
   rm -rf "$tmp"
   echo "$img"
 }
