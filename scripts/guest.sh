@@ -104,7 +104,8 @@ ensure_kernel() {
 }
 
 # The guest's /init: modules, the host root over 9p under a tmpfs overlay,
-# fresh kernel filesystems with only cgroup2, then CMD in a chroot.
+# fresh kernel filesystems with only cgroup2 (and tmpfs on /tmp, /var/tmp,
+# /run, /dev/shm), then CMD in a chroot.
 write_init() {
   local mods=()
   for m in "${MODULES[@]}"; do mods+=("${m##*/}"); done
@@ -131,6 +132,7 @@ mkdir -p \$R/dev/pts \$R/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts \$R/dev/pts
 mount -t tmpfs -o mode=1777 shm \$R/dev/shm
 mount -t tmpfs -o mode=1777 tmp \$R/tmp
+mount -t tmpfs -o mode=1777 vartmp \$R/var/tmp
 mount -t tmpfs -o mode=0755 run \$R/run
 mkdir -p \$R/run/taba-guest
 mount --bind /io \$R/run/taba-guest

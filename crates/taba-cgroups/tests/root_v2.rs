@@ -48,7 +48,10 @@ fn root_v2_create_apply_and_read_back_every_file() {
     let cg = scope.create("alloc/task");
     let d = dir(&cg);
     assert!(d.is_dir());
-    assert_eq!(d, PathBuf::from("/sys/fs/cgroup").join(scope.rel("alloc/task")));
+    assert_eq!(
+        d,
+        PathBuf::from("/sys/fs/cgroup").join(scope.rel("alloc/task"))
+    );
     assert_eq!(cg.procs_files(), [d.join("cgroup.procs")]);
     // The controllers are enabled down to the task's level.
     for level in [
@@ -58,7 +61,10 @@ fn root_v2_create_apply_and_read_back_every_file() {
     ] {
         let enabled = controllers(level.join("cgroup.subtree_control"));
         for c in ["cpu", "memory", "pids"] {
-            assert!(enabled.iter().any(|e| e == c), "{c} in {level:?}: {enabled:?}");
+            assert!(
+                enabled.iter().any(|e| e == c),
+                "{c} in {level:?}: {enabled:?}"
+            );
         }
     }
 
@@ -236,14 +242,9 @@ fn root_v2_pids_max_refuses_forks_beyond_the_limit() {
     })
     .unwrap();
     // The shell and two sleeps fit; the kernel refuses the other forks.
-    let mut child = spawn_joined(
-        &cg,
-        "sleep 100 & sleep 100 & sleep 100 & sleep 100 & wait",
-    );
+    let mut child = spawn_joined(&cg, "sleep 100 & sleep 100 & sleep 100 & sleep 100 & wait");
     let events = dir(&cg).join("pids.events");
-    wait_for("a refused fork in pids.events", || {
-        read(&events) != "max 0"
-    });
+    wait_for("a refused fork in pids.events", || read(&events) != "max 0");
     assert!(read(&events).starts_with("max "), "{}", read(&events));
     assert!(cg.pids().len() <= 3, "{:?}", cg.pids());
     assert!(cg.stats().unwrap().pids_current <= 3);
@@ -364,9 +365,18 @@ fn root_v2_restrict_devices_runs_a_device_program() {
          head -c 1 /dev/zero >/dev/null || echo zero-denied",
         dir(&cg).join("cgroup.procs").display()
     );
-    let out = Command::new("/bin/sh").arg("-c").arg(&script).output().unwrap();
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for want in ["null-ok", "urandom-read-ok", "urandom-write-denied", "zero-denied"] {
+    for want in [
+        "null-ok",
+        "urandom-read-ok",
+        "urandom-write-denied",
+        "zero-denied",
+    ] {
         assert!(stdout.contains(want), "{want}: {stdout}");
     }
 }

@@ -1,18 +1,38 @@
 //! The cgroup v2 tests, for real: builds the test binaries that hold them
-//! (`taba-cgroups`' `root_v2`, `taba-runtime`'s `root_v2_container`), boots
-//! a QEMU guest with only cgroup2 mounted (`scripts/guest.sh`: Debian's
-//! kernel, the host's root read-only over 9p) and runs their `#[ignore]`d
-//! tests inside; passes only when every one of them reports `ok` there.
+//! (`taba-cgroups`' `root_v2`, `taba-runtime`'s `root_v2_container`, and
+//! `taba`'s `e2e` with the `taba` binary), boots a QEMU guest with only
+//! cgroup2 mounted (`scripts/guest.sh`: Debian's kernel, the host's root
+//! read-only over 9p) and runs inside the `#[ignore]`d v2 tests and two
+//! end-to-end tests of `taba dev` (a container and an exec job with limits,
+//! logs, exec and stop; an OOM kill); passes only when every one of them
+//! reports `ok` there.
 //! Needs root, QEMU and the kernel, which `scripts/guest.sh setup` (called
 //! by `scripts/setup.sh`) installs; fails loudly when they are missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The test binaries run in the guest: (package, integration test target).
-const SUITES: &[(&str, &str)] = &[
-    ("taba-cgroups", "root_v2"),
-    ("taba-runtime", "root_v2_container"),
+/// Which tests of a binary run in the guest.
+enum Tests {
+    /// Its `#[ignore]`d tests (those that need a v2-only host).
+    Ignored,
+    /// These, by exact name.
+    Named(&'static [&'static str]),
+}
+
+/// The test binaries run in the guest: package, integration test target,
+/// which of its tests.
+const SUITES: &[(&str, &str, Tests)] = &[
+    ("taba-cgroups", "root_v2", Tests::Ignored),
+    ("taba-runtime", "root_v2_container", Tests::Ignored),
+    (
+        "taba",
+        "e2e",
+        Tests::Named(&[
+            "root_container_and_exec_jobs_run_log_exec_and_stop",
+            "root_memory_hog_is_reported_oom_killed",
+        ]),
+    ),
 ];
 
 fn repo() -> PathBuf {
@@ -55,8 +75,28 @@ fn ignored_tests(bin: &Path) -> Vec<String> {
         .filter_map(|l| l.strip_suffix(": test"))
         .map(str::to_owned)
         .collect();
-    assert!(!names.is_empty(), "{} holds no ignored tests", bin.display());
+    assert!(
+        !names.is_empty(),
+        "{} holds no ignored tests",
+        bin.display()
+    );
     names
+}
+
+/// The shell line running `tests` of `bin` in the guest, and their names.
+fn command(bin: &Path, tests: &Tests) -> (String, Vec<String>) {
+    let quoted = format!("'{}'", bin.display());
+    assert!(!quoted[1..quoted.len() - 1].contains('\''), "{quoted}");
+    match tests {
+        Tests::Ignored => (
+            format!("{quoted} --ignored --test-threads=1"),
+            ignored_tests(bin),
+        ),
+        Tests::Named(names) => (
+            format!("{quoted} --exact --test-threads=1 {}", names.join(" ")),
+            names.iter().map(|n| n.to_string()).collect(),
+        ),
+    }
 }
 
 #[test]
@@ -65,21 +105,33 @@ fn root_v2_guest_runs_the_cgroup_v2_tests_on_a_v2_only_kernel() {
         rustix::process::geteuid().is_root(),
         "this test needs root (QEMU exports / to the guest)"
     );
-    let bins: Vec<PathBuf> = SUITES.iter().map(|(p, t)| build(p, t)).collect();
-    let expected: Vec<String> = bins.iter().flat_map(|b| ignored_tests(b)).collect();
+    let mut script = String::from(
+        "set -u\nrc=0\n\
+         grep -q ' /sys/fs/cgroup cgroup2 ' /proc/self/mounts && ! grep -q ' cgroup ' /proc/self/mounts \
+         || { echo 'guest: not cgroup v2-only'; exit 3; }\n",
+    );
+    let mut expected = Vec::new();
+    for (package, target, tests) in SUITES {
+        let (line, names) = command(&build(package, target), tests);
+        script.push_str(&format!("echo '== {package} {target}'\n{line} || rc=1\n"));
+        expected.extend(names);
+    }
+    script.push_str("exit $rc\n");
+    // The end-to-end tests import the busybox image from here.
+    let images = std::env::var("TABA_IMAGE_DIR").unwrap_or("/var/cache/taba/images".into());
     // One boot for all binaries; each runs its tests one at a time.
-    let script = r#"set -u
-rc=0
-grep -q ' /sys/fs/cgroup cgroup2 ' /proc/self/mounts && ! grep -q ' cgroup ' /proc/self/mounts || { echo "guest: not cgroup v2-only"; exit 3; }
-for bin; do
-  echo "== $bin"
-  "$bin" --ignored --test-threads=1 || rc=1
-done
-exit $rc"#;
     let out = Command::new(repo().join("scripts/guest.sh"))
-        .args(["run", "--timeout", "900", "--mem", "1024"])
-        .args(["--", "bash", "-c", script, "guest"])
-        .args(&bins)
+        .env("TABA_IMAGE_DIR", images)
+        .args([
+            "run",
+            "--timeout",
+            "900",
+            "--mem",
+            "1536",
+            "--env",
+            "TABA_IMAGE_DIR",
+        ])
+        .args(["--", "bash", "-c", &script])
         .output()
         .expect("run scripts/guest.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -374,7 +374,10 @@ fn memory_limit_below_usage_asks_for_reclaim_then_is_refused_before_any_write() 
         other => panic!("unexpected {other:?}"),
     }
     // It asked the kernel to reclaim the difference first (10000000 used).
-    assert_eq!(fake.leaf("memory.reclaim"), (10_000_000 - (4 << 20)).to_string());
+    assert_eq!(
+        fake.leaf("memory.reclaim"),
+        (10_000_000 - (4 << 20)).to_string()
+    );
     // Nothing else was written.
     assert_eq!(fake.leaf("memory.max"), "max\n");
     assert_eq!(fake.leaf("cpu.weight"), "100\n");

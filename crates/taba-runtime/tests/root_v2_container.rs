@@ -98,7 +98,11 @@ fn root_v2_container_runs_in_its_cgroup_with_limits_and_devices_then_is_killed()
     assert!(out.lines().any(|l| l == rel), "{rel} in {out}");
     assert!(out.contains("zero-ok"), "{out}");
     assert!(out.contains("mem-denied"), "{out}");
-    assert_eq!(v2.cg.pids(), vec![started.pid as u32], "only the workload, not the shim");
+    assert_eq!(
+        v2.cg.pids(),
+        vec![started.pid as u32],
+        "only the workload, not the shim"
+    );
     let stats = v2.cg.stats().unwrap();
     assert_eq!(stats.pids_current, 1, "{stats:?}");
     assert!(stats.memory_usage > 0, "{stats:?}");
