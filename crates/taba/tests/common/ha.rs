@@ -89,12 +89,7 @@ impl ServerProc {
 
     /// The leader this server follows (`GET /v1/status/leader`): its API address.
     pub fn leader_seen(&self) -> Option<String> {
-        let r = self
-            .client()
-            .raw("GET", "/v1/status/leader", None, b"")
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
-        v["leader"].as_str().map(str::to_owned)
+        self.leader_status()?["leader"].as_str().map(str::to_owned)
     }
 
     /// SIGTERM and wait (a graceful shutdown revokes the leader lease).

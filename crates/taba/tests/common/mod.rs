@@ -105,23 +105,7 @@ impl Dev {
             .spawn()
             .expect("starting taba dev");
         // The first stderr line naming the API tells the port.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut logf = logf;
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                use std::io::Write;
-                let _ = writeln!(logf, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split("API on ").nth(1) {
-                        let addr = rest.split(';').next().unwrap().trim().to_string();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
+        let rx = tee_stderr(&mut child, logf, "API on ");
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a,
             Err(_) => {
@@ -701,6 +685,33 @@ impl Drop for LinkProxy {
     }
 }
 
+/// Copies `child`'s stderr line by line into `log` (on a thread) and sends the
+/// text after `marker` (up to a `;`, trimmed) of the first line that has it.
+pub fn tee_stderr(
+    child: &mut Child,
+    log: std::fs::File,
+    marker: &str,
+) -> std::sync::mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_string();
+    std::thread::spawn(move || {
+        let mut log = log;
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            use std::io::Write;
+            let _ = writeln!(log, "{line}");
+            if !sent {
+                if let Some(rest) = line.split(marker.as_str()).nth(1) {
+                    let _ = tx.send(rest.split(';').next().unwrap_or("").trim().to_string());
+                    sent = true;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// A `taba` process (server or agent) whose stderr goes to `log`.
 pub struct Proc {
     pub child: Option<Child>,
@@ -744,23 +755,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting taba");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let marker = marker.to_string();
-        std::thread::spawn(move || {
-            let mut logf = logf;
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                use std::io::Write;
-                let _ = writeln!(logf, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split(marker.as_str()).nth(1) {
-                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
+        let rx = tee_stderr(&mut child, logf, marker);
         let proc = Proc {
             child: Some(child),
             log: log.to_path_buf(),
@@ -904,22 +899,7 @@ impl DevCluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting taba dev --agents");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut logf = logf;
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                use std::io::Write;
-                let _ = writeln!(logf, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split("API on ").nth(1) {
-                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
+        let rx = tee_stderr(&mut child, logf, "API on ");
         let addr = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(a) => a,
             Err(_) => {
