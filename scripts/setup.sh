@@ -24,4 +24,7 @@ IMAGES="${TABA_IMAGE_DIR:-/var/cache/taba/images}"
 mkdir -p "$IMAGES"
 [ -s "$IMAGES/busybox.tar" ] || scripts/build-busybox-image.sh "$IMAGES/busybox.tar"
 [ -s "$IMAGES/busybox-oci.tar" ] || scripts/build-busybox-image.sh "$IMAGES/busybox-oci.tar" --oci
-echo "setup: ok (images in $IMAGES)"
+# QEMU 10 (bookworm-backports) and Debian's kernel for the cgroup v2 guest
+# that runs the v2 tests (crates/taba-cgroups/tests/root_v2_guest.rs).
+scripts/guest.sh setup >/dev/null
+echo "setup: ok (images in $IMAGES, cgroup v2 guest in ${TABA_GUEST_DIR:-/var/cache/taba/guest})"

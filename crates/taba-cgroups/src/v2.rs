@@ -64,9 +64,13 @@ impl V2Cgroup {
         &self.path
     }
 
-    /// Writes the limits, then reads back what the kernel holds.
+    /// Writes the limits, then reads back what the kernel holds. A memory
+    /// limit below what the cgroup uses (after reclaiming what the kernel
+    /// can) is refused before anything is written, as v1 refuses it: v2's
+    /// `memory.max` would take it and OOM-kill the workload.
     pub fn apply(&self, limits: &Limits) -> Result<AppliedLimits, CgroupError> {
         limits.validate()?;
+        self.check_memory_fits(limits.memory_bytes)?;
         let p = &self.path;
         fs::write(&p.join("cpu.weight"), &limits.cpu_weight().to_string())?;
         let max = match limits.cpu_quota_us() {
@@ -85,6 +89,35 @@ impl V2Cgroup {
         };
         fs::write(&p.join("pids.max"), &pids_max)?;
         self.limits()
+    }
+
+    /// Errs with EBUSY on `memory.max` when the cgroup uses more than
+    /// `limit` even after asking the kernel to reclaim the difference
+    /// (`memory.reclaim`, 5.19+; without swap only caches can go). Memory
+    /// that grows between this check and the write is still the kernel's to
+    /// handle (it OOM-kills).
+    fn check_memory_fits(&self, limit: u64) -> Result<(), CgroupError> {
+        let current_path = self.path.join("memory.current");
+        let Some(current) = fs::read_optional(&current_path)? else {
+            return Ok(());
+        };
+        let current = fs::parse_u64(&current_path, &current)?;
+        if current <= limit {
+            return Ok(());
+        }
+        let reclaim = self.path.join("memory.reclaim");
+        if reclaim.exists() {
+            // EAGAIN when it could not reclaim it all: the check below decides.
+            let _ = fs::write(&reclaim, &(current - limit).to_string());
+        }
+        if fs::read_u64(&current_path)? <= limit {
+            return Ok(());
+        }
+        Err(CgroupError::Write {
+            path: self.path.join("memory.max"),
+            value: limit.to_string(),
+            source: std::io::Error::from_raw_os_error(libc::EBUSY),
+        })
     }
 
     /// Reads the limits the kernel holds now.

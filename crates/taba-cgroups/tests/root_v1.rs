@@ -2,63 +2,21 @@
 //! under its own `taba-test-<pid>-<name>` cgroup and removes it at the end,
 //! even when it fails.
 
+mod common;
+
+use common::{dead, read, spawn_joined, wait_for};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use taba_cgroups::{AnyCgroup, CgroupError, Layout, Limits};
+use std::path::PathBuf;
+use std::process::Command;
+use taba_cgroups::{AnyCgroup, CgroupError, CgroupVersion, Layout, Limits};
 
 fn layout() -> Layout {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "root_* tests need root (they create real cgroups)"
-    );
-    let layout = Layout::detect().expect("detect cgroups");
-    assert!(
-        matches!(layout.version_name(), "v1" | "hybrid"),
-        "root_v1 tests need a v1 or hybrid host, found {}",
-        layout.version_name()
-    );
-    layout
+    common::layout_of(&[CgroupVersion::V1, CgroupVersion::Hybrid])
 }
 
-/// Removes the test's top cgroup when dropped.
-struct Scope {
-    layout: Layout,
-    top: String,
-}
-
-impl Scope {
-    fn new(name: &str) -> Scope {
-        let layout = layout();
-        let top = format!("taba-test-{}-{name}", std::process::id());
-        layout.destroy(&top).unwrap();
-        Scope { layout, top }
-    }
-
-    fn rel(&self, sub: &str) -> String {
-        format!("{}/{sub}", self.top)
-    }
-
-    fn create(&self, sub: &str) -> AnyCgroup {
-        self.layout.create(&self.rel(sub)).unwrap()
-    }
-}
-
-impl Drop for Scope {
-    fn drop(&mut self) {
-        if let Err(e) = self.layout.destroy(&self.top) {
-            eprintln!("cleanup of {} failed: {e}", self.top);
-        }
-    }
-}
-
-fn read(path: impl AsRef<Path>) -> String {
-    let path = path.as_ref();
-    fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-        .trim()
-        .to_owned()
+/// The test's top cgroup on this v1 / hybrid host.
+fn scope(name: &str) -> common::Scope {
+    common::Scope::new(layout(), name)
 }
 
 fn dir_of(cg: &AnyCgroup, hierarchy: &str) -> PathBuf {
@@ -66,41 +24,6 @@ fn dir_of(cg: &AnyCgroup, hierarchy: &str) -> PathBuf {
         .into_iter()
         .find(|d| d.starts_with(format!("/sys/fs/cgroup/{hierarchy}/")))
         .unwrap_or_else(|| panic!("no {hierarchy} dir in {:?}", cg.dirs()))
-}
-
-/// Starts `script` the way the task shim does: the shell writes its own pid
-/// into every `cgroup.procs` first, then execs the workload.
-fn spawn_joined(cg: &AnyCgroup, script: &str) -> Child {
-    Command::new("sh")
-        .arg("-c")
-        .arg(r#"for f; do echo $$ > "$f" || exit 99; done; exec sh -c "$TABA_TEST_SCRIPT""#)
-        .arg("sh")
-        .args(cg.procs_files())
-        .env("TABA_TEST_SCRIPT", script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// True when the pid no longer runs (gone, or a zombie nobody reaped).
-fn dead(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
-            matches!(state, Some(Some('Z' | 'X')))
-        }
-    }
 }
 
 #[test]
@@ -119,7 +42,7 @@ fn root_detect_real_mountinfo_is_hybrid() {
 
 #[test]
 fn root_create_apply_and_read_back_every_file() {
-    let scope = Scope::new("limits");
+    let scope = scope("limits");
     let cg = scope.create("alloc/task");
     assert_eq!(cg.dirs().len(), 8);
     for d in cg.dirs() {
@@ -220,7 +143,7 @@ fn root_create_apply_and_read_back_every_file() {
 
 #[test]
 fn root_memory_limit_below_usage_is_a_clear_error() {
-    let scope = Scope::new("badlimit");
+    let scope = scope("badlimit");
     let cg = scope.create("t");
     let limits = Limits {
         cpu_mhz: 100,
@@ -269,7 +192,7 @@ fn root_memory_limit_below_usage_is_a_clear_error() {
 
 #[test]
 fn root_add_pid_shows_in_pids_and_proc() {
-    let scope = Scope::new("join");
+    let scope = scope("join");
     let cg = scope.create("alloc/task");
     let mut child = Command::new("sleep").arg("100").spawn().unwrap();
     let pid = child.id();
@@ -292,7 +215,7 @@ fn root_add_pid_shows_in_pids_and_proc() {
 
 #[test]
 fn root_stats_move_while_a_busy_loop_runs() {
-    let scope = Scope::new("stats");
+    let scope = scope("stats");
     let cg = scope.create("alloc/task");
     cg.apply(&Limits {
         cpu_mhz: 1000,
@@ -322,7 +245,7 @@ fn root_stats_move_while_a_busy_loop_runs() {
 
 #[test]
 fn root_oom_kill_is_detected_and_a_normal_run_is_not() {
-    let scope = Scope::new("oom");
+    let scope = scope("oom");
     let limits = Limits {
         cpu_mhz: 500,
         cpu_max_cores: None,
@@ -354,7 +277,7 @@ fn root_oom_kill_is_detected_and_a_normal_run_is_not() {
 
 #[test]
 fn root_kill_all_kills_a_process_tree() {
-    let scope = Scope::new("kill");
+    let scope = scope("kill");
     let cg = scope.create("alloc/task");
     let mut child = spawn_joined(
         &cg,
@@ -376,7 +299,7 @@ fn root_kill_all_kills_a_process_tree() {
 
 #[test]
 fn root_destroy_removes_nested_cgroups_and_running_processes() {
-    let scope = Scope::new("destroy");
+    let scope = scope("destroy");
     let cg = scope.create("alloc/task");
     // A workload that made its own sub-cgroup (as a nested runtime would).
     let inner = scope.create("alloc/task/inner");
@@ -398,7 +321,7 @@ fn root_destroy_removes_nested_cgroups_and_running_processes() {
 
 #[test]
 fn root_restrict_devices_denies_all_but_the_allowlist() {
-    let scope = Scope::new("devices");
+    let scope = scope("devices");
     let cg = scope.create("alloc/task");
     let devices = dir_of(&cg, "devices");
     assert_eq!(read(devices.join("devices.list")), "a *:* rwm");
@@ -415,7 +338,7 @@ fn root_restrict_devices_denies_all_but_the_allowlist() {
 fn root_destroy_kills_processes_of_a_descendant_left_frozen() {
     // An agent that died in the middle of a kill leaves a task's freezer
     // FROZEN; removing the allocation's parent must still end its processes.
-    let scope = Scope::new("frozen");
+    let scope = scope("frozen");
     let task = scope.create("alloc/task");
     let mut child = spawn_joined(&task, "sleep 100");
     let pid = child.id();

@@ -345,3 +345,48 @@ fn destroy_of_a_gone_cgroup_is_fine() {
     layout.destroy("taba/never/made").unwrap();
     assert!(!Path::new(&fake.root.join("taba/never")).exists());
 }
+
+#[test]
+fn memory_limit_below_usage_asks_for_reclaim_then_is_refused_before_any_write() {
+    // v2's memory.max takes a limit below usage and OOM-kills the workload;
+    // taba refuses it with EBUSY as v1 does (found on a real v2 kernel by
+    // root_v2::root_v2_memory_limit_below_usage_is_a_clear_error_and_kills_nothing).
+    let mut files = LEAF_FILES.to_vec();
+    files.push(("memory.reclaim", ""));
+    let fake = Fake::new("cpu memory pids\n", &files);
+    let cg = fake.layout().create(REL).unwrap();
+    let err = cg
+        .apply(&Limits {
+            memory_bytes: 4 << 20,
+            ..limits()
+        })
+        .unwrap_err();
+    match &err {
+        CgroupError::Write {
+            path,
+            value,
+            source,
+        } => {
+            assert!(path.ends_with("memory.max"), "{err}");
+            assert_eq!(value, "4194304");
+            assert_eq!(source.raw_os_error(), Some(libc::EBUSY));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // It asked the kernel to reclaim the difference first (10000000 used).
+    assert_eq!(
+        fake.leaf("memory.reclaim"),
+        (10_000_000 - (4 << 20)).to_string()
+    );
+    // Nothing else was written.
+    assert_eq!(fake.leaf("memory.max"), "max\n");
+    assert_eq!(fake.leaf("cpu.weight"), "100\n");
+    assert_eq!(fake.leaf("cpu.max"), "max 100000\n");
+    // Above usage it applies.
+    cg.apply(&Limits {
+        memory_bytes: 16 << 20,
+        ..limits()
+    })
+    .unwrap();
+    assert_eq!(fake.leaf("memory.max"), "16777216");
+}

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Runs one command of this host inside a throwaway QEMU guest (TCG) that
+# boots Debian's kernel with ONLY cgroup v2 mounted. The guest sees the
+# host's whole filesystem read-only over 9p with a tmpfs overlay on top (so
+# binaries, the cargo target dir and /var/cache/taba/images are all there,
+# and nothing it writes reaches the host), and gets fresh proc, sys, dev,
+# tmp, run and a cgroup2 at /sys/fs/cgroup.
+#
+#   scripts/guest.sh setup                     install QEMU 10 and the kernel
+#   scripts/guest.sh run [OPTIONS] -- CMD ARG...
+#
+# run options:
+#   --timeout SECS   kill the guest after SECS (default 600)
+#   --mem MIB        guest memory (default 1024)
+#   --smp N          guest CPUs (default 1; TCG runs one host thread each)
+#   --env NAME       pass the host's $NAME into the guest (repeatable)
+#   --cwd DIR        working directory in the guest (default: the current one)
+#   --console FILE   keep the guest's console log there
+#
+# CMD's stdout and stderr (merged) are printed, and the script exits with
+# CMD's exit status; 124 when the guest timed out, 125 when it failed to
+# boot or to run CMD (the console log is printed to stderr then).
+#
+# Setup is idempotent and needs only apt: `qemu-system-x86` 10.0 from
+# bookworm-backports (bookworm's 7.2 corrupts guests migrated under TCG,
+# see the brief), and `linux-image-amd64` fetched with `apt-get download`
+# and unpacked into $TABA_GUEST_DIR (default /var/cache/taba/guest); only
+# the kernel image and the few modules the initramfs loads are kept. The
+# cloud kernel is smaller but has no 9p. The initramfs is busybox-static
+# plus those modules, loaded with insmod in dependency order.
+set -euo pipefail
+
+GUEST_DIR=${TABA_GUEST_DIR:-/var/cache/taba/guest}
+KERNEL_PKG=linux-image-amd64
+# In load order (busybox insmod resolves no dependencies).
+MODULES=(
+  drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev
+  drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci
+  net/9p/9pnet net/9p/9pnet_virtio fs/netfs/netfs fs/fscache/fscache fs/9p/9p
+  fs/overlayfs/overlay
+)
+BPO_LIST=/etc/apt/sources.list.d/bookworm-backports.sources
+
+die() {
+  echo "guest: $*" >&2
+  exit 125
+}
+
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# QEMU 10.0 from bookworm-backports, and busybox-static for the initramfs.
+ensure_qemu() {
+  if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed"; then
+    apt_install busybox-static
+  fi
+  if command -v qemu-system-x86_64 >/dev/null &&
+    qemu-system-x86_64 --version | grep -q 'version 10\.'; then
+    return
+  fi
+  if [ ! -e "$BPO_LIST" ]; then
+    # The same archive the machine's sources name, backports suite.
+    local uri
+    uri=$(awk '/^URIs:/ && /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "${uri:-http://deb.debian.org/debian}" >"$BPO_LIST"
+  fi
+  apt-get update -qq
+  apt_install -t bookworm-backports qemu-system-x86
+  qemu-system-x86_64 --version | grep -q 'version 10\.' || die "qemu-system-x86_64 is not version 10"
+}
+
+# The kernel version this host's apt would install (e.g. 6.1.0-57-amd64).
+kernel_version() {
+  apt-cache depends "$KERNEL_PKG" 2>/dev/null |
+    awk '/Depends: linux-image-[0-9]/ {sub("linux-image-", "", $2); print $2; exit}'
+}
+
+# $GUEST_DIR/<version>/{vmlinuz,modules/*.ko}.
+ensure_kernel() {
+  local ver dir tmp
+  ver=$(kernel_version)
+  [ -n "$ver" ] || die "apt knows no $KERNEL_PKG (run apt-get update)"
+  dir=$GUEST_DIR/$ver
+  if [ -s "$dir/vmlinuz" ] && [ -s "$dir/modules/overlay.ko" ]; then
+    echo "$dir"
+    return
+  fi
+  mkdir -p "$GUEST_DIR"
+  tmp=$(mktemp -d "$GUEST_DIR/.dl.XXXXXX")
+  (cd "$tmp" && apt-get download -qq "linux-image-$ver" 2>&1 | grep -v 'unsandboxed' >&2 || true)
+  ls "$tmp"/linux-image-*.deb >/dev/null 2>&1 || { rm -rf "$tmp"; die "apt-get download linux-image-$ver failed"; }
+  dpkg-deb -x "$tmp"/linux-image-*.deb "$tmp/x"
+  mkdir -p "$tmp/out/modules"
+  cp "$tmp/x/boot/vmlinuz-$ver" "$tmp/out/vmlinuz"
+  for m in "${MODULES[@]}"; do
+    cp "$tmp/x/lib/modules/$ver/kernel/$m.ko" "$tmp/out/modules/" || { rm -rf "$tmp"; die "no module $m in linux-image-$ver"; }
+  done
+  rm -rf "$dir"
+  mv "$tmp/out" "$dir"
+  rm -rf "$tmp"
+  echo "$dir"
+}
+
+# The guest's /init: modules, the host root over 9p under a tmpfs overlay,
+# fresh kernel filesystems with only cgroup2 (and tmpfs on /tmp, /var/tmp,
+# /run, /dev/shm), then CMD in a chroot.
+write_init() {
+  local mods=()
+  for m in "${MODULES[@]}"; do mods+=("${m##*/}"); done
+  cat <<EOF
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in ${mods[*]}; do insmod /modules/\$m.ko || echo "guest-init: insmod \$m failed"; done
+mkdir -p /host /io /rw /root
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 hostroot /host || poweroff -f
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 io /io || poweroff -f
+mount -t tmpfs -o mode=0755 rw /rw
+mkdir -p /rw/upper /rw/work
+mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work root /root || poweroff -f
+R=/root
+mount -t proc proc \$R/proc
+mount -t sysfs sys \$R/sys
+mount -t cgroup2 -o nsdelegate cgroup2 \$R/sys/fs/cgroup
+mount -t devtmpfs dev \$R/dev
+mkdir -p \$R/dev/pts \$R/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts \$R/dev/pts
+mount -t tmpfs -o mode=1777 shm \$R/dev/shm
+mount -t tmpfs -o mode=1777 tmp \$R/tmp
+mount -t tmpfs -o mode=1777 vartmp \$R/var/tmp
+mount -t tmpfs -o mode=0755 run \$R/run
+mkdir -p \$R/run/taba-guest
+mount --bind /io \$R/run/taba-guest
+ip link set lo up
+hostname taba-guest
+echo "guest-init: running"
+chroot \$R /bin/bash /run/taba-guest/cmd >/io/out 2>&1
+echo \$? >/io/status
+sync
+echo "guest-init: done"
+poweroff -f
+EOF
+}
+
+# initramfs.cpio in $1 (rebuilt when this script changes).
+ensure_initramfs() {
+  local kdir=$1 img=$1/initramfs.cpio tmp
+  if [ -s "$img" ] && [ "$img" -nt "${BASH_SOURCE[0]}" ]; then
+    echo "$img"
+    return
+  fi
+  tmp=$(mktemp -d "$GUEST_DIR/.initramfs.XXXXXX")
+  mkdir -p "$tmp/bin" "$tmp/proc" "$tmp/sys" "$tmp/dev" "$tmp/modules"
+  cp /bin/busybox "$tmp/bin/busybox"
+  cp "$kdir"/modules/*.ko "$tmp/modules/"
+  write_init >"$tmp/init"
+  chmod 0755 "$tmp/init"
+  (cd "$tmp" && find . | LC_ALL=C sort | busybox cpio -o -H newc >"$img.tmp.$$" 2>/dev/null)
+  mv "$img.tmp.$$" "$img"
+  rm -rf "$tmp"
+  echo "$img"
+}
+
+setup() {
+  [ "$(id -u)" = 0 ] || die "needs root (apt, and QEMU exports / over 9p)"
+  ensure_qemu
+  local kdir
+  kdir=$(ensure_kernel)
+  ensure_initramfs "$kdir" >/dev/null
+  echo "$kdir"
+}
+
+host_khz() {
+  awk -F: '/^cpu MHz/ {printf "%d\n", $2 * 1000; exit}' /proc/cpuinfo
+}
+
+run() {
+  local timeout=600 mem=1024 smp=1 cwd=$PWD console="" envs=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --timeout) timeout=$2; shift 2 ;;
+      --mem) mem=$2; shift 2 ;;
+      --smp) smp=$2; shift 2 ;;
+      --env) envs+=("$2"); shift 2 ;;
+      --cwd) cwd=$2; shift 2 ;;
+      --console) console=$2; shift 2 ;;
+      --) shift; break ;;
+      *) die "unknown option $1 (see the header of $0)" ;;
+    esac
+  done
+  [ $# -gt 0 ] || die "no command given: $0 run [OPTIONS] -- CMD ARG..."
+  local kdir io status
+  kdir=$(setup | tail -1)
+  io=$(mktemp -d "${TMPDIR:-/tmp}/taba-guest.XXXXXX")
+  trap 'rm -rf "$io"' EXIT
+  {
+    echo "set -u"
+    echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root"
+    for e in "${envs[@]}"; do
+      [ -n "${!e+x}" ] && printf 'export %s=%q\n' "$e" "${!e}"
+    done
+    printf 'cd %q || exit 125\n' "$cwd"
+    printf 'exec'
+    printf ' %q' "$@"
+    echo
+  } >"$io/cmd"
+  local khz append
+  khz=$(host_khz)
+  append="console=ttyS0 edd=off loglevel=4 panic=-1 rdinit=/init cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1"
+  [ -n "$khz" ] && append+=" tsc_early_khz=$khz"
+  local rc=0
+  timeout --kill-after=10 "$timeout" qemu-system-x86_64 \
+    -accel tcg -M q35 -cpu max -smp "$smp" -m "$mem" \
+    -nodefaults -no-user-config -nographic -no-reboot \
+    -serial "file:$io/console" \
+    -kernel "$kdir/vmlinuz" -initrd "$kdir/initramfs.cpio" -append "$append" \
+    -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot" \
+    -virtfs "local,path=$io,mount_tag=io,security_model=none,id=io" \
+    </dev/null >"$io/qemu.log" 2>&1 || rc=$?
+  [ -n "$console" ] && cp "$io/console" "$console"
+  [ -f "$io/out" ] && cat "$io/out"
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    echo "guest: timed out after ${timeout}s; console:" >&2
+    tail -n 40 "$io/console" >&2 || true
+    exit 124
+  fi
+  if [ ! -s "$io/status" ]; then
+    echo "guest: no exit status (qemu exit $rc); qemu: $(cat "$io/qemu.log"); console:" >&2
+    tail -n 40 "$io/console" >&2 || true
+    exit 125
+  fi
+  status=$(cat "$io/status")
+  exit "$status"
+}
+
+case ${1:-} in
+  setup) setup ;;
+  run) shift; run "$@" ;;
+  *) echo "usage: $0 setup | run [OPTIONS] -- CMD ARG..." >&2; exit 2 ;;
+esac
