@@ -364,6 +364,5 @@ fn blocking_queries_are_woken_per_node() {
     eventually("n1's watcher ends", || {
         wa.has_changed().is_err().then_some(())
     });
-    let woken = waiter.join().unwrap().expect("the waiting query returns");
-    assert!(woken.allocs.is_empty(), "a removed node has no allocations");
+    waiter.join().unwrap().expect("the waiting query returns");
 }
