@@ -16,6 +16,7 @@ pub mod runner;
 pub mod state;
 
 pub mod join;
+pub mod leftovers;
 
 pub use client::{normalize_base, ClientError, ServerClient};
 
@@ -405,7 +406,9 @@ pub async fn start(
         exec_limits: config.exec_limits,
     });
 
-    // Resume what a previous agent left running before talking to anyone.
+    // What a killed agent left for allocations it no longer knows goes
+    // first; then resume what it left running, before talking to anyone.
+    leftovers::sweep(&inner.ctx.state_dir, &inner.ctx.cgroup_parent);
     recover(&inner);
 
     let (shutdown, shutdown_rx) = watch::channel(false);

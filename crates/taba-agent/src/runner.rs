@@ -537,6 +537,9 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
             r.state.exit_code = result.exit_code;
             r.state.signal = result.signal;
             r.state.oom_killed = result.oom_killed;
+            if result.oom_killed {
+                r.state.oom_kills += 1;
+            }
             r.state.pid = None;
             r.state.push_event(now, kind, desc.clone());
         });

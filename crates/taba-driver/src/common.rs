@@ -51,6 +51,8 @@ pub struct IsolationPolicy {
     /// Whether `exec` tasks may run as root (they must name `user = "root"`;
     /// without a user they run as `nobody`).
     pub allow_root_exec: bool,
+    /// Host id ranges for tasks with `user_namespace = "auto"`.
+    pub userns: crate::userns::UsernsConfig,
 }
 
 impl Default for IsolationPolicy {
@@ -61,6 +63,7 @@ impl Default for IsolationPolicy {
                 .map(|c| c.to_string())
                 .collect(),
             allow_root_exec: true,
+            userns: crate::userns::UsernsConfig::default(),
         }
     }
 }

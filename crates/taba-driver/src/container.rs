@@ -9,6 +9,7 @@
 //! network namespace with only loopback in mode `none`, the host's in `host`.
 
 use crate::shimmed::{resolve_user, Shimmed};
+use crate::userns::IdRanges;
 use crate::{
     Capabilities, Driver, DriverError, ExitResult, IsolationPolicy, Recovered, TaskConfig,
     TaskHandle, TaskStats,
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use taba_image::{Image, ImageStore};
+use taba_runtime::container::userns::IdRange;
 use taba_runtime::container::{default_spec, DefaultSpecOptions};
 use taba_runtime::shim::exec::ExecSpec;
 use taba_runtime::shim::Workload;
@@ -29,6 +31,7 @@ pub struct ContainerDriver {
     shim: Shimmed,
     images: Arc<ImageStore>,
     policy: IsolationPolicy,
+    userns: Option<IdRanges>,
 }
 
 impl ContainerDriver {
@@ -38,7 +41,15 @@ impl ContainerDriver {
             shim: Shimmed::new(exe),
             images,
             policy: IsolationPolicy::default(),
+            userns: None,
         }
+    }
+
+    /// Give tasks with `user_namespace = "auto"` host id ranges from
+    /// `ranges` (without it, such tasks fail to start with an error).
+    pub fn with_user_namespaces(mut self, ranges: IdRanges) -> Self {
+        self.userns = Some(ranges);
+        self
     }
 
     /// Grant what `policy` allows instead of the defaults.
@@ -209,6 +220,7 @@ impl ContainerDriver {
         cfg: &TaskConfig,
         image: &Image,
         rootfs: &std::path::Path,
+        user_namespace: Option<IdRange>,
     ) -> Result<Spec, DriverError> {
         let user = cfg.task.user.clone().or_else(|| image.config.user.clone());
         let (uid, gid, additional_gids) = match user.as_deref() {
@@ -242,7 +254,79 @@ impl ContainerDriver {
             additional_gids,
             hostname: Some(cfg.alloc_id.as_str().chars().take(12).collect()),
             host_network: cfg.network_mode == NetworkMode::Host,
+            user_namespace,
         }))
+    }
+}
+
+/// Test hook for crash tests: with `TABA_TEST_HOLD_START=<file>` in the
+/// agent's environment, a container start that has mounted its rootfs and
+/// made its cgroup writes `<file>.reached` (the allocation id) and waits
+/// while `<file>` exists (at most 120 s), so a test can kill the agent
+/// at that moment. Unset (always, outside tests): nothing happens.
+fn hold_before_shim(cfg: &TaskConfig) {
+    let Some(hold) = std::env::var_os("TABA_TEST_HOLD_START") else {
+        return;
+    };
+    let hold = PathBuf::from(hold);
+    let mut reached = hold.clone().into_os_string();
+    reached.push(".reached");
+    let _ = std::fs::write(&reached, cfg.alloc_id.as_str());
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while hold.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A start error of a task with `user_namespace = "auto"`, naming the field.
+fn userns_err(reason: impl std::fmt::Display) -> DriverError {
+    DriverError::Start(format!("user_namespace = \"auto\": {reason}"))
+}
+
+impl ContainerDriver {
+    /// The allocation's id range, and the image's rootfs with idmapped
+    /// layers owned by that range's root.
+    fn mount_userns_rootfs(
+        &self,
+        cfg: &TaskConfig,
+        image: &Image,
+        bundle: &std::path::Path,
+    ) -> Result<(PathBuf, IdRange), DriverError> {
+        let ranges = self
+            .userns
+            .as_ref()
+            .ok_or_else(|| userns_err("this node keeps no table of id ranges"))?;
+        taba_runtime::container::userns::user_namespaces_available().map_err(userns_err)?;
+        let alloc_dir = cfg.task_dir.parent().unwrap_or(&cfg.task_dir);
+        let range = ranges.acquire(cfg.alloc_id.as_str(), alloc_dir)?;
+        let fd = taba_runtime::container::userns::userns_fd(&range)
+            .map_err(|e| userns_err(format!("cannot make a user namespace: {e}")))?;
+        // The container's root crosses the bundle dir to reach its rootfs.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(0o711)).map_err(
+            |source| DriverError::Io {
+                path: bundle.to_path_buf(),
+                source,
+            },
+        )?;
+        let idmap = taba_image::IdMap {
+            userns: std::os::fd::AsFd::as_fd(&fd),
+            uid: range.host_uid,
+            gid: range.host_gid,
+        };
+        let rootfs = self
+            .images
+            .mount_rootfs_idmapped(image, bundle, idmap)
+            .map_err(|e| {
+                let chain = std::iter::successors(std::error::Error::source(&e), |s| s.source())
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ");
+                userns_err(format!(
+                    "the image layers cannot be idmapped on this node: {e}: {chain}"
+                ))
+            })?;
+        Ok((rootfs, range))
     }
 }
 
@@ -298,10 +382,16 @@ impl Driver for ContainerDriver {
             path: bundle.clone(),
             source,
         })?;
-        let rootfs = self.images.mount_rootfs(&image, &bundle)?;
+        let (rootfs, range) = match cfg.task.user_namespace {
+            None => (self.images.mount_rootfs(&image, &bundle)?, None),
+            Some(_) => {
+                let (rootfs, range) = self.mount_userns_rootfs(cfg, &image, &bundle)?;
+                (rootfs, Some(range))
+            }
+        };
         let result = (|| {
             let cg = self.shim.make_cgroup(cfg)?;
-            let mut spec = self.build_spec(cfg, &image, &rootfs)?;
+            let mut spec = self.build_spec(cfg, &image, &rootfs, range)?;
             match cg.restrict_devices(CONTAINER_DEVICES) {
                 Ok(true) => {}
                 // No devices hierarchy (a v1 layout without it) to fence
@@ -314,6 +404,7 @@ impl Driver for ContainerDriver {
             }
             taba_runtime::container::save_spec(&spec, &bundle.join("config.json"))
                 .map_err(bundle_err)?;
+            hold_before_shim(cfg);
             self.shim
                 .spawn(
                     self.name(),

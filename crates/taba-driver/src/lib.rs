@@ -17,5 +17,6 @@ mod common;
 pub mod container;
 pub mod exec;
 pub mod shimmed;
+pub mod userns;
 
 pub use common::*;

@@ -691,6 +691,30 @@ impl ImageStore {
     /// image from being removed. Already mounted with this image: returns the path as is
     /// (as after an agent restart).
     pub fn mount_rootfs(&self, image: &Image, container_dir: &Path) -> Result<PathBuf, ImageError> {
+        self.mount_rootfs_with(image, container_dir, None)
+    }
+
+    /// [`mount_rootfs`](Self::mount_rootfs) for a container in a user
+    /// namespace: each layer is an idmapped mount through `idmap.userns`
+    /// (a file of uid N on disk appears as the range's N), and the upper
+    /// and work dirs belong to the range's root (`idmap.uid`, `idmap.gid`),
+    /// so what the container writes is the range's on the host. The shared
+    /// layers on disk are not changed.
+    pub fn mount_rootfs_idmapped(
+        &self,
+        image: &Image,
+        container_dir: &Path,
+        idmap: IdMap<'_>,
+    ) -> Result<PathBuf, ImageError> {
+        self.mount_rootfs_with(image, container_dir, Some(idmap))
+    }
+
+    fn mount_rootfs_with(
+        &self,
+        image: &Image,
+        container_dir: &Path,
+        idmap: Option<IdMap<'_>>,
+    ) -> Result<PathBuf, ImageError> {
         let _lock = self.lock(false)?;
         let id_hex = image.id.strip_prefix("sha256:").unwrap_or(&image.id);
         let record = self
@@ -736,10 +760,42 @@ impl ImageStore {
                 missing.display()
             )));
         }
+        // Idmapped: detached idmapped copies of the layers, named through /proc/self/fd
+        // (held open until the overlay is made), and the writable dirs the range's.
+        let mut held = Vec::new();
+        let lowers = match &idmap {
+            None => lowers,
+            Some(m) => {
+                for sub in ["upper", "work"] {
+                    let d = container_dir.join(sub);
+                    rustix::fs::chown(
+                        &d,
+                        Some(rustix::fs::Uid::from_raw(m.uid)),
+                        Some(rustix::fs::Gid::from_raw(m.gid)),
+                    )
+                    .map_err(io_ctx(|| format!("chown {}", d.display())))?;
+                }
+                let mut out = Vec::new();
+                for l in &lowers {
+                    let fd = mount::idmapped_clone(l, m.userns)?;
+                    out.push(PathBuf::from(format!(
+                        "/proc/self/fd/{}",
+                        std::os::fd::AsRawFd::as_raw_fd(&fd)
+                    )));
+                    held.push(fd);
+                }
+                out
+            }
+        };
         // Not fsync'd: a lease only matters while its mount exists, and no mount outlives a
         // crash of the host.
         write_file(&lease_path, &to_json(&lease), false)?;
+        let idmapped = idmap.is_some();
+        let proc_lowers = lowers.clone();
         let short = || {
+            if idmapped {
+                return Ok(proc_lowers);
+            }
             Ok(record
                 .diff_ids
                 .iter()
@@ -754,6 +810,7 @@ impl ImageStore {
             &container_dir.join("work"),
             &rootfs,
         );
+        drop(held);
         if let Err(e) = mounted {
             let _ = fs::remove_file(&lease_path);
             return Err(e);
@@ -775,6 +832,17 @@ impl ImageStore {
             Err(e) => Err(io_ctx(|| format!("remove {}", lease.display()))(e)),
         }
     }
+}
+
+/// How [`ImageStore::mount_rootfs_idmapped`] maps a container's ids.
+#[derive(Debug, Clone, Copy)]
+pub struct IdMap<'a> {
+    /// A user namespace whose maps the layers take.
+    pub userns: std::os::fd::BorrowedFd<'a>,
+    /// Host uid of the container's root.
+    pub uid: u32,
+    /// Host gid of the container's root.
+    pub gid: u32,
 }
 
 #[cfg(test)]

@@ -161,6 +161,61 @@ fn mount_new_api(
     )
 }
 
+/// A detached copy of the mount tree at `dir`, idmapped through the user
+/// namespace `userns` (`open_tree(OPEN_TREE_CLONE)` + `mount_setattr(MOUNT_ATTR_IDMAP)`,
+/// Linux 5.12+; the layer's filesystem must support idmapped mounts). Files
+/// owned by id N on disk appear owned by the namespace's mapping of N.
+pub(crate) fn idmapped_clone(
+    dir: &Path,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> Result<std::os::fd::OwnedFd, ImageError> {
+    use std::os::fd::AsRawFd;
+    let tree = rmount::open_tree(
+        rustix::fs::CWD,
+        dir,
+        rmount::OpenTreeFlags::OPEN_TREE_CLONE | rmount::OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(io_ctx(|| format!("clone mount of {}", dir.display())))?;
+    /// `struct mount_attr` of <linux/mount.h>.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: MountAttrFlags::MOUNT_ATTR_IDMAP.bits() as u64,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let empty = c"";
+    #[allow(unsafe_code)]
+    // SAFETY: mount_setattr on an fd we own, with a valid empty path and a
+    // pointer to a live struct of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(ImageError::Io {
+            context: format!(
+                "idmap layer {} (needs Linux 5.12+ and a filesystem with idmapped mounts)",
+                dir.display()
+            ),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(tree)
+}
+
 /// The classic single-string mount; `lowers` should be short paths.
 pub(crate) fn mount_legacy(
     lowers: &[PathBuf],

@@ -62,7 +62,23 @@ pub(crate) fn spawn_child<F>(flags: libc::c_ulong, child: F) -> Result<libc::pid
 where
     F: FnOnce() -> Result<Infallible, String>,
 {
+    spawn_child_synced(flags, |_| Ok(()), child)
+}
+
+/// [`spawn_child`], where the child waits until `parent` has run on its
+/// pid (writing a new user namespace's id maps, joining it to cgroups it
+/// can no longer join itself). A failing `parent` kills the child.
+pub(crate) fn spawn_child_synced<P, F>(
+    flags: libc::c_ulong,
+    parent: P,
+    child: F,
+) -> Result<libc::pid_t, ChildFailure>
+where
+    P: FnOnce(libc::pid_t) -> io::Result<()>,
+    F: FnOnce() -> Result<Infallible, String>,
+{
     let (err_r, err_w) = pipe().map_err(ChildFailure::Os)?;
+    let (sync_r, sync_w) = pipe().map_err(ChildFailure::Os)?;
     // SAFETY: a raw clone without a new stack behaves like fork: the child gets a
     // copy of the address space. The process is single-threaded (documented
     // contract), so no lock is held by a thread that does not exist in the child.
@@ -81,6 +97,15 @@ where
     }
     if pid == 0 {
         drop(err_r);
+        drop(sync_w);
+        let mut go = [0u8; 1];
+        // SAFETY: reading one byte into a valid buffer.
+        if unsafe { libc::read(sync_r.as_raw_fd(), go.as_mut_ptr().cast(), 1) } != 1 {
+            // The parent gave up on us (its setup failed).
+            // SAFETY: _exit is always safe.
+            unsafe { libc::_exit(127) };
+        }
+        drop(sync_r);
         let msg = match child() {
             Ok(never) => match never {},
             Err(msg) => msg,
@@ -91,7 +116,19 @@ where
         unsafe { libc::_exit(127) };
     }
     drop(err_w);
+    drop(sync_r);
     let pid = pid as libc::pid_t;
+    let released = parent(pid).and_then(|()| write_fd(sync_w.as_raw_fd(), b"g"));
+    drop(sync_w);
+    if let Err(e) = released {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+        return Err(ChildFailure::Os(e));
+    }
     let msg = read_all(err_r).map_err(ChildFailure::Os)?;
     if msg.is_empty() {
         return Ok(pid);

@@ -16,8 +16,6 @@ fn container(bundle: PathBuf) -> Workload {
     Workload::Container { bundle }
 }
 
-const DEFAULT_CAP_EFF: &str = "00000000a80425fb";
-
 #[test]
 fn root_container_is_isolated_and_confined() {
     require_root_and_busybox();

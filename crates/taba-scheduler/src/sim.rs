@@ -602,6 +602,7 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
             cap_drop: Vec::new(),
             ulimits: Default::default(),
             no_new_privileges: false,
+            user_namespace: None,
         }],
     }
 }

@@ -303,6 +303,7 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     cap_drop: Vec::new(),
                     ulimits: Default::default(),
                     no_new_privileges: false,
+                    user_namespace: None,
                 }],
             }
         })

@@ -154,6 +154,30 @@ impl Credentials {
             .map_err(CredentialError::Store)
     }
 
+    /// A follower's copy: apply one change of `Table::Meta` the leader committed (a node
+    /// binding or a revoked certificate; join tokens are read from the store when used).
+    pub(crate) fn apply_replicated(&self, key: &str, record: Option<&taba_store::Record>) {
+        if let Some(id) = key.strip_prefix(NODE_PREFIX) {
+            let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+            match record.map(|r| r.decode::<NodeCredential>()) {
+                Some(Ok(c)) => {
+                    nodes.insert(NodeId::from(id), c);
+                }
+                Some(Err(e)) => tracing::warn!(key, error = %e, "replica: undecodable credential"),
+                None => {
+                    nodes.remove(&NodeId::from(id));
+                }
+            }
+        } else if let Some(fp) = key.strip_prefix(REVOKED_PREFIX) {
+            let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+            if record.is_some() {
+                revoked.insert(fp.to_string());
+            } else {
+                revoked.remove(fp);
+            }
+        }
+    }
+
     /// What `id` is bound to.
     pub fn binding(&self, id: &NodeId) -> Option<NodeCredential> {
         self.nodes

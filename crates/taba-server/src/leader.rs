@@ -3,9 +3,12 @@
 //! Every server of an HA cluster serves the API. One of them, the leader, holds the leader
 //! key `meta/leader` in the store, bound to an etcd lease it renews; only the leader loads the
 //! state and runs the evaluation broker, the scheduler workers, the plan applier, the
-//! heartbeat monitor, the drainer and the rebalancer. The others forward every request to the leader's
-//! advertised API address, which the leader key holds (reads too: followers keep no copy of
-//! the state yet).
+//! heartbeat monitor, the drainer and the rebalancer. The others keep a copy of the state fed
+//! by the store's watch (`state/replica.rs`) and serve reads (`GET`, except agent routes) from
+//! it; they forward every other request to the leader's advertised API address, which the
+//! leader key holds. After a forwarded write the follower waits until its copy has reached
+//! the write's index (the leader's [`INDEX_HEADER`]), so a client reads its own writes
+//! through the server it wrote through.
 //!
 //! ```text
 //!  server A (leader)                 etcd                      server B (follower)
@@ -13,7 +16,8 @@
 //!   load state (fenced on L) <--------- scan
 //!   run broker, workers, applier
 //!   every ttl/3: renew lease ---------> ok                       <-- watch meta/leader
-//!   write txn + check mod(meta/leader) == L                       request -> forward to A
+//!   write txn + check mod(meta/leader) == L --> watch prefix --> copy of the state (reads)
+//!                                                                 write -> forward to A
 //!        ... A dies: no renewals ...
 //!                                      lease expires, key deleted --> B: campaign, wins at L'
 //!                                                                     load state (fenced on L')
@@ -42,7 +46,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taba_image::ImageStore;
-use taba_store::{Created, EtcdStore, FencedStore, KeyChange, Record, Store, Table};
+use taba_store::{Created, EtcdStore, FencedStore, KeyChange, ReadOnlyStore, Record, Store, Table};
 use taba_tls::{PeerIdentity, TlsPeer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -58,6 +62,11 @@ pub const FORWARDED_HEADER: &str = "x-taba-forwarded";
 /// presents a valid, unrevoked server certificate of the cluster CA; a follower always
 /// replaces whatever the client sent in it.
 pub const FORWARDED_PEER_HEADER: &str = "x-taba-forwarded-peer";
+/// Header on every answer of the leader, and on reads a follower serves from its copy: the
+/// store index the answer reflects.
+pub const INDEX_HEADER: &str = "x-taba-index";
+/// Longest wait of a forwarded write for the follower's copy to catch up with it.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 /// Longest time a request waits for an election to finish before it gets a 503.
 const ELECTION_WAIT: Duration = Duration::from_secs(5);
 /// How long a follower waits on one watch of the leader key before it watches again.
@@ -86,13 +95,43 @@ pub struct LeaderRecord {
 enum Role {
     /// Between terms or elections: requests wait for a leader.
     Unknown,
-    /// Another server leads; requests go there.
-    Follower { leader: LeaderRecord },
+    /// Another server leads; writes go there, reads to the copy while it follows.
+    Follower {
+        leader: LeaderRecord,
+        replica: Option<Replica>,
+    },
     /// This server leads: its router serves requests.
     Leader {
         app: Router,
         state: Arc<ServerState>,
     },
+}
+
+/// A follower's copy of the state and the router that serves reads from it.
+#[derive(Clone)]
+struct Replica {
+    app: Router,
+    state: Arc<ServerState>,
+    /// False once the watch that feeds it ended (the copy is no longer current).
+    live: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Replica {
+    fn is_live(&self) -> bool {
+        self.live.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Reads of the user API; agent routes (their blocking queries drive the workloads)
+    /// always go to the leader.
+    fn serves(&self, req: &Request) -> bool {
+        let path = req.uri().path();
+        matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        ) && path.starts_with("/v1/")
+            && !path.starts_with("/v1/agent/")
+            && self.is_live()
+    }
 }
 
 /// Leadership as the API sees it (`GET /v1/status/leader`).
@@ -254,11 +293,11 @@ async fn campaign(ha: &Ha) -> Result<Campaign, taba_store::StoreError> {
     }
 }
 
-fn follower_role(ha: &Ha, holder: &Record) -> Role {
+fn follower_role(ha: &Ha, holder: &Record, replica: Option<Replica>) -> Role {
     match holder.decode::<LeaderRecord>() {
         // Our own key from an earlier term whose lease has not expired yet: wait it out.
         Ok(leader) if leader.id == ha.me.id => Role::Unknown,
-        Ok(leader) => Role::Follower { leader },
+        Ok(leader) => Role::Follower { leader, replica },
         Err(e) => {
             tracing::error!(error = %e, "leader key holds no leader record");
             Role::Unknown
@@ -268,11 +307,14 @@ fn follower_role(ha: &Ha, holder: &Record) -> Role {
 
 /// Follows the holder of the leader key until the key goes; then returns to campaign.
 /// Watches from `at`, the index the holder was read at (not the holder's own index, which
-/// etcd may have compacted away).
+/// etcd may have compacted away). Meanwhile it keeps a copy of the state to serve reads,
+/// loaded anew whenever its watch ends.
 async fn follow(ha: &Ha, holder: Record, mut at: u64) {
-    let role = follower_role(ha, &holder);
-    if let Role::Follower { leader } = &role {
-        tracing::info!(leader = %leader.api, "following");
+    let mut holder = holder;
+    let mut replica = start_replica(ha).await;
+    let role = follower_role(ha, &holder, replica.clone());
+    if let Role::Follower { leader, .. } = &role {
+        tracing::info!(leader = %leader.api, copy = replica.is_some(), "following");
     }
     ha.role.send_replace(role);
     while !stopped(ha) {
@@ -283,8 +325,8 @@ async fn follow(ha: &Ha, holder: Record, mut at: u64) {
         match change {
             Ok(KeyChange::Unchanged) => {}
             Ok(KeyChange::Put(next)) => {
-                ha.role.send_replace(follower_role(ha, &next));
                 at = next.mod_index;
+                holder = next;
             }
             Ok(KeyChange::Deleted) => {
                 tracing::info!("leader key gone; campaigning");
@@ -296,7 +338,83 @@ async fn follow(ha: &Ha, holder: Record, mut at: u64) {
                 return;
             }
         }
+        if replica.as_ref().is_none_or(|r| !r.is_live()) {
+            replica = start_replica(ha).await;
+        }
+        ha.role
+            .send_replace(follower_role(ha, &holder, replica.clone()));
     }
+}
+
+/// Loads a copy of the state through a store that refuses writes and feeds it from the
+/// store's watch, starting at the index read before loading (changes seen twice are applied
+/// twice, harmlessly). `None` when it cannot be loaded now: reads are forwarded meanwhile.
+async fn start_replica(ha: &Ha) -> Option<Replica> {
+    let store = ha.store.clone();
+    let at = match tokio::task::spawn_blocking(move || store.index()).await {
+        Ok(Ok(at)) => at,
+        other => {
+            tracing::warn!(
+                ?other,
+                "follower: cannot read the store's index; forwarding reads"
+            );
+            return None;
+        }
+    };
+    let read_only: Arc<dyn Store> = Arc::new(ReadOnlyStore(ha.store.clone()));
+    let (config, images) = (ha.config.clone(), ha.images.clone());
+    let loaded =
+        tokio::task::spawn_blocking(move || ServerState::load(config, read_only, images)).await;
+    let state = match loaded {
+        Ok(Ok(state)) => Arc::new(state),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "follower: cannot load a copy; forwarding reads");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "follower: cannot load a copy; forwarding reads");
+            return None;
+        }
+    };
+    let app = api::router(state.clone()).ok()?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let watch = match ha.store.watch_all(at, tx) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "follower: cannot watch the store; forwarding reads");
+            return None;
+        }
+    };
+    let live = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    tokio::spawn(feed_replica(state.clone(), rx, watch, live.clone()));
+    Some(Replica { app, state, live })
+}
+
+/// Applies the watched changes to the copy until the watch ends or the copy is dropped.
+async fn feed_replica(
+    state: Arc<ServerState>,
+    mut rx: tokio::sync::mpsc::Receiver<Result<taba_store::ChangeBatch, taba_store::StoreError>>,
+    watch: JoinHandle<()>,
+    live: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let weak = Arc::downgrade(&state);
+    drop(state);
+    while let Some(batch) = rx.recv().await {
+        let Some(state) = weak.upgrade() else { break };
+        let applied = match batch {
+            Ok(b) => state.apply_replicated(&b).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = applied {
+            tracing::warn!(
+                error = e,
+                "follower: the copy stopped following; loading anew"
+            );
+            break;
+        }
+    }
+    live.store(false, std::sync::atomic::Ordering::SeqCst);
+    watch.abort();
 }
 
 /// One term as leader: load the state fenced on the leader key, run the background work,
@@ -409,13 +527,19 @@ async fn dispatch(State(ha): State<Arc<Ha>>, req: Request) -> Response {
     let forwarded = req.headers().contains_key(FORWARDED_HEADER);
     match current_role(&ha).await {
         Role::Leader { app, state } => match trust_forwarded_peer(&state, req) {
-            Ok(req) => match app.oneshot(req).await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            },
+            Ok(req) => serve_with_index(app, &state, req).await,
             Err(e) => e.into_response(),
         },
-        Role::Follower { leader } if !forwarded => forward(&ha, &leader.api, req).await,
+        Role::Follower {
+            replica: Some(r), ..
+        } if !forwarded && r.serves(&req) => serve_with_index(r.app.clone(), &r.state, req).await,
+        Role::Follower { leader, replica } if !forwarded => {
+            let resp = forward(&ha, &leader.api, req).await;
+            if let (Some(r), Some(index)) = (replica, answered_index(&resp)) {
+                catch_up(&r, index).await;
+            }
+            resp
+        }
         Role::Follower { .. } => {
             ApiError::Unavailable("forwarded to a server that is not the leader; retry".into())
                 .into_response()
@@ -428,6 +552,39 @@ async fn dispatch(State(ha): State<Arc<Ha>>, req: Request) -> Response {
     }
 }
 
+/// Serves `req` with `app` and tells the index of `state` the answer reflects.
+async fn serve_with_index(app: Router, state: &ServerState, req: Request) -> Response {
+    let mut resp = match app.oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    };
+    resp.headers_mut()
+        .insert(INDEX_HEADER, axum::http::HeaderValue::from(state.index()));
+    resp
+}
+
+/// The index the leader answered at ([`INDEX_HEADER`]).
+fn answered_index(resp: &Response) -> Option<u64> {
+    resp.headers()
+        .get(INDEX_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// After a forwarded request: waits (bounded) until the copy has reached the index the
+/// leader answered at, so the next read through this server sees the write.
+async fn catch_up(replica: &Replica, index: u64) {
+    let mut watch = replica.state.watch_index();
+    let reached = tokio::time::timeout(CATCH_UP_WAIT, watch.wait_for(|i| *i >= index)).await;
+    if reached.is_err() {
+        tracing::warn!(
+            index,
+            copy = replica.state.index(),
+            "follower: copy behind the leader"
+        );
+    }
+}
+
 async fn leader_status(ha: &Ha) -> Response {
     let status = match &*ha.role.borrow() {
         Role::Leader { .. } => LeaderStatus {
@@ -435,7 +592,7 @@ async fn leader_status(ha: &Ha) -> Response {
             is_leader: true,
             this: ha.me.api.clone(),
         },
-        Role::Follower { leader } => LeaderStatus {
+        Role::Follower { leader, .. } => LeaderStatus {
             leader: Some(leader.api.clone()),
             is_leader: false,
             this: ha.me.api.clone(),

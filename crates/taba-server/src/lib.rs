@@ -20,6 +20,7 @@ pub mod credentials;
 mod images;
 pub mod leader;
 mod locks;
+pub mod metrics;
 pub mod state;
 pub mod workers;
 

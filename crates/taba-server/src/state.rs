@@ -32,6 +32,7 @@ mod acl;
 mod drain;
 mod namespaces;
 mod nodes;
+mod replica;
 
 pub use nodes::NodeAction;
 
@@ -141,6 +142,8 @@ pub struct ServerState {
     pub drain_wake: tokio::sync::Notify,
     /// Node credentials, join tokens, revoked certificates.
     pub credentials: crate::credentials::Credentials,
+    /// Prometheus metrics (`GET /v1/metrics`).
+    pub metrics: crate::metrics::Metrics,
     index: watch::Sender<u64>,
     /// Set when the server shuts down.
     pub shutdown: watch::Sender<bool>,
@@ -225,6 +228,7 @@ impl ServerState {
             store,
             images,
             credentials,
+            metrics: crate::metrics::Metrics::new(),
             cluster: RwLock::new(cluster),
             evals: RwLock::new(evals),
             heartbeats: Mutex::new(HashMap::new()),
@@ -309,10 +313,13 @@ impl ServerState {
             return Err(StateError::ShuttingDown);
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.apply(txn))
+        let started = std::time::Instant::now();
+        let index = tokio::task::spawn_blocking(move || store.apply(txn))
             .await
             .map_err(|_| StateError::ShuttingDown)?
-            .map_err(StateError::Store)
+            .map_err(StateError::Store)?;
+        self.metrics.store_commit(started.elapsed());
+        Ok(index)
     }
 
     /// Apply committed records to memory, then wake watchers.
@@ -1018,6 +1025,7 @@ impl ServerState {
     /// is ready again.
     pub async fn heartbeat(&self, id: &NodeId, mut usage: NodeUsage) -> Result<(), StateError> {
         self.known_node(id)?;
+        self.metrics.heartbeat();
         // Staleness is judged by when the report arrived (agents' clocks may differ).
         usage.at = now_ms();
         self.node_usage

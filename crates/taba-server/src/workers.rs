@@ -58,6 +58,18 @@ pub fn spawn_applier(state: Arc<ServerState>) -> (PlanQueue, tokio::task::JoinHa
 }
 
 async fn process(state: &Arc<ServerState>, plans: &PlanQueue, eval: &Evaluation) {
+    let started = std::time::Instant::now();
+    let outcome = process_attempts(state, plans, eval).await;
+    state.metrics.evaluation(outcome, started.elapsed());
+}
+
+/// Schedules `eval` and commits its plan, retrying rejected plans; returns the outcome's
+/// name for the metrics.
+async fn process_attempts(
+    state: &Arc<ServerState>,
+    plans: &PlanQueue,
+    eval: &Evaluation,
+) -> &'static str {
     let attempts = state.config.max_plan_attempts.max(1);
     for attempt in 1..=attempts {
         // Always schedule the latest stored version of the evaluation.
@@ -78,15 +90,26 @@ async fn process(state: &Arc<ServerState>, plans: &PlanQueue, eval: &Evaluation)
             Err(e) => {
                 tracing::error!(eval = %eval.id, error = %e, "scheduler panicked");
                 let _ = state.fail_eval(&current, "scheduler failed".into()).await;
-                return;
+                return "failed";
             }
         };
+        let placed = outcome.plan.placements.len();
+        let failures = outcome.failed_groups.clone();
+        let status = outcome.status;
         match plans.submit(current.clone(), outcome).await {
-            Ok(Ok(_)) => return,
-            Ok(Err(reason)) => {
-                tracing::debug!(eval = %eval.id, attempt, %reason, "plan rejected; retrying");
+            Ok(Ok(_)) => {
+                state.metrics.placed(placed, &failures);
+                return if failures.is_empty() {
+                    "complete"
+                } else {
+                    "incomplete"
+                };
             }
-            Err(StateError::ShuttingDown) => return,
+            Ok(Err(reason)) => {
+                state.metrics.plan_rejected();
+                tracing::debug!(eval = %eval.id, attempt, ?status, %reason, "plan rejected; retrying");
+            }
+            Err(StateError::ShuttingDown) => return "shutdown",
             Err(e) => {
                 tracing::error!(eval = %eval.id, error = %e, "plan commit failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -99,6 +122,7 @@ async fn process(state: &Arc<ServerState>, plans: &PlanQueue, eval: &Evaluation)
             format!("plan rejected {attempts} times; the cluster changed too fast"),
         )
         .await;
+    "failed"
 }
 
 /// A scheduler worker.
@@ -179,6 +203,7 @@ pub fn spawn_rebalancer(state: Arc<ServerState>) -> tokio::task::JoinHandle<()> 
             }
             match state.request_moves(&moves).await {
                 Ok(n) => {
+                    state.metrics.rebalancer_moved(n);
                     for m in &moves {
                         recent.insert(m.from.clone(), now);
                         recent.insert(m.to.clone(), now);

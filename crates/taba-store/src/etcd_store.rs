@@ -108,6 +108,26 @@ pub enum KeyChange {
     Unchanged,
 }
 
+/// One record change seen by [`EtcdStore::watch_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The record's table.
+    pub table: Table,
+    /// The record's key.
+    pub key: String,
+    /// The record after the change; `None` when it was deleted.
+    pub record: Option<Record>,
+}
+
+/// The changes one transaction made, at the store index it committed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeBatch {
+    /// The index the changes committed at.
+    pub index: u64,
+    /// What changed (the index marker left out).
+    pub changes: Vec<Change>,
+}
+
 /// A [`Store`] on an etcd cluster.
 pub struct EtcdStore {
     client: Client,
@@ -361,6 +381,112 @@ impl EtcdStore {
         })
         .await
     }
+}
+
+impl EtcdStore {
+    /// Streams every change of this store's records after index `after`, one batch per
+    /// committed transaction, into `tx` until `tx` is closed or the watch fails (the error is
+    /// sent last: e.g. `after` was compacted away, and the reader must load anew).
+    pub fn watch_all(
+        &self,
+        after: u64,
+        tx: tokio::sync::mpsc::Sender<Result<ChangeBatch, StoreError>>,
+    ) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+        let root = format!("{}/", self.prefix);
+        let mut watch = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        Ok(self.runtime()?.spawn(async move {
+            let what = format!("watch {root} in etcd");
+            let options = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(after as i64 + 1);
+            let (mut watcher, mut stream) = match watch.watch(root.clone(), Some(options)).await {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = tx.send(Err(etcd(what)(e))).await;
+                    return;
+                }
+            };
+            let failed = loop {
+                let resp = tokio::select! {
+                    m = stream.message() => m,
+                    _ = tx.closed() => break None,
+                };
+                let resp = match resp {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break Some(StoreError::Closed),
+                    Err(e) => break Some(etcd(what.clone())(e)),
+                };
+                if resp.canceled() {
+                    break Some(StoreError::Corrupt {
+                        what: what.clone(),
+                        reason: format!(
+                            "watch canceled (compacted at {}): {}",
+                            resp.compact_revision(),
+                            resp.cancel_reason()
+                        ),
+                    });
+                }
+                match batches(&root, resp.events()) {
+                    Ok(batches) => {
+                        for b in batches {
+                            if tx.send(Ok(b)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => break Some(e),
+                }
+            };
+            let _ = watcher.cancel().await;
+            if let Some(e) = failed {
+                let _ = tx.send(Err(e)).await;
+            }
+        }))
+    }
+}
+
+/// Groups watch events into one batch per revision, keys parsed as `<root><table>/<key>`.
+fn batches(root: &str, events: &[etcd_client::Event]) -> Result<Vec<ChangeBatch>, StoreError> {
+    let mut out: Vec<ChangeBatch> = Vec::new();
+    for event in events {
+        let Some(kv) = event.kv() else { continue };
+        let index = kv.mod_revision().max(0) as u64;
+        let full = std::str::from_utf8(kv.key()).map_err(|e| StoreError::Corrupt {
+            what: format!("etcd key {:?}", String::from_utf8_lossy(kv.key())),
+            reason: e.to_string(),
+        })?;
+        let Some((table, key)) = full
+            .strip_prefix(root)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            continue; // the index marker, or another cluster's key
+        };
+        let Some(table) = Table::from_name(table) else {
+            continue;
+        };
+        let record = match event.event_type() {
+            etcd_client::EventType::Put => {
+                Some(to_record(&format!("{root}{}/", table.name()), kv)?)
+            }
+            etcd_client::EventType::Delete => None,
+        };
+        let change = Change {
+            table,
+            key: key.to_owned(),
+            record,
+        };
+        match out.last_mut() {
+            Some(b) if b.index == index => b.changes.push(change),
+            _ => out.push(ChangeBatch {
+                index,
+                changes: vec![change],
+            }),
+        }
+    }
+    Ok(out)
 }
 
 impl Drop for EtcdStore {

@@ -64,6 +64,29 @@ impl<S: Store> Store for FencedStore<S> {
     }
 }
 
+/// A [`Store`] that only reads: every write fails with [`StoreError::NotLeader`]. A
+/// follower's copy of the state reads through it, so nothing but the leader ever writes.
+#[derive(Debug)]
+pub struct ReadOnlyStore<S>(pub S);
+
+impl<S: Store> Store for ReadOnlyStore<S> {
+    fn apply(&self, _txn: Txn) -> Result<u64, StoreError> {
+        Err(StoreError::NotLeader)
+    }
+
+    fn get(&self, table: Table, key: &str) -> Result<Option<Record>, StoreError> {
+        self.0.get(table, key)
+    }
+
+    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<Record>, StoreError> {
+        self.0.scan(table, prefix)
+    }
+
+    fn index(&self) -> Result<u64, StoreError> {
+        self.0.index()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

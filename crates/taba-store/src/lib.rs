@@ -31,8 +31,8 @@ mod txn;
 
 pub use codec::{decode, encode, try_encode, FORMAT_VERSION};
 pub use error::{ConflictReason, StoreError};
-pub use etcd_store::{Created, EtcdConfig, EtcdStore, KeyChange};
-pub use fenced::FencedStore;
+pub use etcd_store::{Change, ChangeBatch, Created, EtcdConfig, EtcdStore, KeyChange};
+pub use fenced::{FencedStore, ReadOnlyStore};
 pub use memory::MemoryStore;
 pub use record::{Record, Table};
 pub use redb_store::RedbStore;

@@ -67,6 +67,80 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 }
 
 #[test]
+fn watch_all_streams_each_transaction_once_in_order() {
+    let etcd = EtcdCluster::single();
+    let store = etcd.store("/w");
+    let other = etcd.store("/w2");
+    store
+        .apply(Txn::new().put(Table::Jobs, "default/old", b"0".to_vec()))
+        .unwrap();
+    let from = store.index().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let watch = store.watch_all(from, tx).unwrap();
+    let first = store
+        .apply(
+            Txn::new()
+                .put(Table::Jobs, "default/web", b"1".to_vec())
+                .put(Table::Allocs, "a1", b"x".to_vec()),
+        )
+        .unwrap();
+    // Another taba cluster's prefix that starts with the same letters is not ours.
+    other
+        .apply(Txn::new().put(Table::Jobs, "default/web", b"no".to_vec()))
+        .unwrap();
+    let second = store
+        .apply(Txn::new().delete(Table::Jobs, "default/old"))
+        .unwrap();
+    let got = block_on(async {
+        let mut got = vec![];
+        while got.len() < 2 {
+            let b = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a batch within 10 s")
+                .expect("the watch runs")
+                .expect("no watch error");
+            got.push(b);
+        }
+        got
+    });
+    assert_eq!(got[0].index, first);
+    let keys: Vec<(Table, &str, Option<&[u8]>)> = got[0]
+        .changes
+        .iter()
+        .map(|c| {
+            (
+                c.table,
+                c.key.as_str(),
+                c.record.as_ref().map(|r| &r.value[..]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (Table::Jobs, "default/web", Some(&b"1"[..])),
+            (Table::Allocs, "a1", Some(&b"x"[..]))
+        ]
+    );
+    assert_eq!(got[0].changes[0].record.as_ref().unwrap().mod_index, first);
+    assert_eq!(got[1].index, second);
+    assert_eq!(got[1].changes.len(), 1);
+    assert_eq!(
+        (got[1].changes[0].table, got[1].changes[0].key.as_str()),
+        (Table::Jobs, "default/old")
+    );
+    assert!(got[1].changes[0].record.is_none(), "a delete");
+    // Closing the receiver ends the watch task.
+    drop(rx);
+    block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), watch)
+            .await
+            .expect("the watch ends once nobody reads")
+            .expect("no panic")
+    });
+}
+
+#[test]
 fn lease_keys_are_exclusive_watched_and_expire() {
     let store = temp_etcd();
     block_on(async {

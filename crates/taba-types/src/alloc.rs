@@ -126,6 +126,9 @@ pub struct TaskState {
     /// The last run was killed by the kernel's OOM killer.
     #[serde(default)]
     pub oom_killed: bool,
+    /// Runs the OOM killer ended on this node so far.
+    #[serde(default)]
+    pub oom_kills: u32,
     /// Host PID of the workload's main process while running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,

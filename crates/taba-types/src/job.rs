@@ -419,6 +419,20 @@ pub struct TaskSpec {
     /// Setuid binaries and file capabilities do not raise privileges.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_new_privileges: bool,
+    /// A user namespace of its own (container driver): `"auto"` gives the
+    /// allocation a range of unprivileged host ids, its root is not the
+    /// host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_namespace: Option<UserNamespaceMode>,
+}
+
+/// `user_namespace` of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserNamespaceMode {
+    /// A host id range picked by the agent, disjoint from every other
+    /// allocation's on the node.
+    Auto,
 }
 
 fn default_kill_signal() -> String {

@@ -244,6 +244,33 @@ count = 2
     }
 
     #[test]
+    fn user_namespace_is_auto_and_for_containers_only() {
+        let with = |extra: &str| {
+            HELLO.replace(
+                "driver = \"container\"",
+                &format!("driver = \"container\"\n  {extra}"),
+            )
+        };
+        let spec = parse_job_toml(with("user_namespace = \"auto\"").as_bytes()).unwrap();
+        assert_eq!(
+            spec.groups[0].tasks[0].user_namespace,
+            Some(crate::UserNamespaceMode::Auto)
+        );
+        let err = parse_job_toml(with("user_namespace = \"host\"").as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("user_namespace"), "{err}");
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        let exec = with("user_namespace = \"auto\"")
+            .replace("driver = \"container\"", "driver = \"exec\"")
+            .replace("image = \"busybox:latest\"\n", "");
+        let err = parse_job_toml(exec.as_bytes()).unwrap_err();
+        assert_eq!(
+            err.path().as_deref(),
+            Some("group[0].task[0].user_namespace")
+        );
+        assert!(err.to_string().contains("container driver"), "{err}");
+    }
+
+    #[test]
     fn validation_names_field() {
         let bad = HELLO.replace("driver = \"container\"", "driver = \"docker\"");
         let err = parse_job_toml(bad.as_bytes()).unwrap_err();

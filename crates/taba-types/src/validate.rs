@@ -207,6 +207,15 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
             "capabilities apply to container drivers; an exec task runs as its user",
         );
     }
+    if t.user_namespace.is_some() && t.driver != "container" {
+        errs.push(
+            format!("{p}.user_namespace"),
+            format!(
+                "user namespaces apply to the container driver, not {:?}",
+                t.driver
+            ),
+        );
+    }
     if let Some(u) = &t.user {
         if u.is_empty() || u.contains('\0') || u.len() > 64 {
             errs.push(format!("{p}.user"), "must be a user name, uid or uid:gid");

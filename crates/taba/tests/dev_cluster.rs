@@ -370,3 +370,133 @@ fn agent_refuses_an_address_it_cannot_advertise_naming_the_key() {
         assert!(err.contains(want), "{cfg}: {err}");
     }
 }
+
+const FENCED_JOB: &str = r#"
+name = "web"
+type = "service"
+scoring = "spread"
+[[group]]
+name = "g"
+count = 5
+stop_after_disconnect = "2s"
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/sleep", "1000"]
+  kill_timeout = "1s"
+  resources = { cpu = 20, memory = "16MiB" }
+"#;
+
+/// The job's allocations the servers say run, by node.
+fn running_by_node(c: &taba_client::Client, job: &str) -> Vec<(String, String)> {
+    c.job_status(job)
+        .map(|s| {
+            s.allocations
+                .iter()
+                .filter(|a| {
+                    a.status.to_string() == "running" && a.desired_status.to_string() == "run"
+                })
+                .map(|a| (a.node.clone(), a.id.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The issue's cluster test: 3 servers on a 3-member etcd and 5 agents, each in its own
+/// network namespace. An agent killed: its allocation runs elsewhere. An agent cut off (its
+/// link down): it fences (stops its allocation), the replacement starts, and with the link
+/// back exactly `count` really run. The leader killed: the job is still there and a job
+/// submitted after it is scheduled.
+#[test]
+fn root_cluster_ha_three_servers_five_agents_heal_fence_and_fail_over() {
+    let etcd = taba_store::etcd_testing::EtcdCluster::start(3);
+    let endpoints = etcd.endpoints().join(",");
+    let c = DevCluster::start(5, &["--servers", "3", "--etcd", &endpoints]);
+    let api = c.tls_client(c.server_urls(3));
+    run_job(&c, "web", FENCED_JOB);
+    c.wait_for("5 running, one per agent", Duration::from_secs(90), || {
+        running_by_node(&api, "web").len() == 5
+    });
+    // What really runs: one shim per agent.
+    for k in 1..=5 {
+        assert_eq!(c.running_allocs(k).len(), 1, "agent n{k}");
+    }
+
+    // 1. kill -9 agent n1: its allocation is replaced on another agent.
+    let pid = c.agent_pid(1).expect("agent n1");
+    // SAFETY: kill(2) on the agent process this test's cluster started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    c.wait_for("n1's allocation replaced", Duration::from_secs(60), || {
+        let run = running_by_node(&api, "web");
+        run.len() == 5 && run.iter().all(|(n, _)| n != "n1")
+    });
+    let live: usize = (2..=5).map(|k| c.running_allocs(k).len()).sum();
+    assert_eq!(live, 5, "the four live agents run the five");
+
+    // 2. cut n2's link: n2 stops its allocation itself (stop_after_disconnect), the servers
+    //    replace it; with the link back exactly 5 run.
+    let cut = running_by_node(&api, "web")
+        .into_iter()
+        .filter(|(n, _)| n == "n2")
+        .map(|(_, id)| id)
+        .collect::<Vec<_>>();
+    assert!(!cut.is_empty(), "n2 runs some of the job");
+    c.link(2, false);
+    c.wait_for("n2 fenced and replaced", Duration::from_secs(60), || {
+        c.running_allocs(2).is_empty()
+            && running_by_node(&api, "web")
+                .iter()
+                .filter(|(n, _)| n != "n2")
+                .count()
+                == 5
+    });
+    c.link(2, true);
+    c.wait_for(
+        "exactly 5 after the link is back",
+        Duration::from_secs(60),
+        || {
+            let run = running_by_node(&api, "web");
+            let real: usize = (2..=5).map(|k| c.running_allocs(k).len()).sum();
+            run.len() == 5 && run.iter().all(|(n, _)| n != "n1" && n != "n2") && real == 5
+        },
+    );
+    for id in &cut {
+        let a = api.alloc(id).expect("the fenced allocation");
+        assert_ne!(a.allocation.client_status.to_string(), "running", "{id}");
+    }
+
+    // 3. kill -9 the leader: the job is still there and a new one is scheduled.
+    let leader_url: serde_json::Value = serde_json::from_slice(
+        &api.raw("GET", "/v1/status/leader", None, b"")
+            .expect("leader status")
+            .body,
+    )
+    .unwrap();
+    let leader_url = leader_url["leader"].as_str().expect("a leader").to_string();
+    let leader = c
+        .server_urls(3)
+        .iter()
+        .position(|u| *u == leader_url)
+        .expect("the leader is one of the servers") as u32;
+    let pid = c.server_pid(leader).expect("the leader's process");
+    // SAFETY: kill(2) on a server process this test's cluster started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let after = FENCED_JOB
+        .replace("name = \"web\"", "name = \"after\"")
+        .replace("count = 5", "count = 1");
+    c.wait_for(
+        "a job submitted after the leader died",
+        Duration::from_secs(60),
+        || api.register_job_toml(after.as_bytes()).is_ok(),
+    );
+    c.wait_for("the new job running", Duration::from_secs(60), || {
+        running_by_node(&api, "after").len() == 1
+    });
+    assert_eq!(running_by_node(&api, "web").len(), 5);
+}

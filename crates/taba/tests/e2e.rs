@@ -763,3 +763,207 @@ fn root_namespace_quota_cli() {
     let out = dev.cli(&["namespace", "rm", "team-a"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// `user_namespace = "auto"`: each allocation's root is its own range of
+/// unprivileged host ids (disjoint between the two), seen from the host in
+/// /proc/PID/status; the image's layers are idmapped (root inside owns
+/// them), what the container writes belongs to its range on the host, the
+/// cgroup still holds the workload, and `alloc exec` enters the namespace.
+#[test]
+fn root_user_namespace_auto_maps_root_to_a_range_per_allocation() {
+    use std::os::unix::fs::MetadataExt;
+    let dev = Dev::start();
+    dev.import_busybox();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = job_file(
+        tmp.path(),
+        "uns",
+        r#"
+name = "uns"
+[[group]]
+name = "g"
+count = 2
+  [[group.task]]
+  name = "c"
+  driver = "container"
+  image = "busybox"
+  command = ["sh", "-c", "echo made > /made; exec sleep 1000"]
+  user_namespace = "auto"
+  resources = { cpu = 50, memory = "32MiB" }
+"#,
+    );
+    let out = dev.cli(&["job", "run", "--detach", job.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let allocs = wait_allocs(&dev, "uns", "both running", |a| running(a, 2));
+    let mut bases = Vec::new();
+    for a in &allocs {
+        let id = a.id.to_string();
+        let pid = a.task_states["c"].pid.expect("running task has a pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uids: Vec<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        assert!(
+            uids.iter().all(|u| *u == uids[0] && *u >= 1_000_000_000),
+            "{uids:?}"
+        );
+        bases.push(uids[0]);
+        let procs = read_cg("memory", &id, "c", "cgroup.procs");
+        assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+        let out = dev.cli(&[
+            "alloc",
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "id -u; stat -c %u /bin/busybox; cat /proc/self/uid_map",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let words: Vec<&str> = stdout.split_whitespace().collect();
+        assert_eq!(
+            words,
+            ["0", "0", "0", &uids[0].to_string(), "65536"],
+            "{stdout}"
+        );
+        let made = dev
+            .data
+            .join(format!("agent/allocs/{id}/c/bundle/upper/made"));
+        let md = std::fs::metadata(&made).unwrap_or_else(|e| panic!("{}: {e}", made.display()));
+        assert_eq!((md.uid(), md.gid()), (uids[0], uids[0]));
+    }
+    assert!(
+        bases[0].abs_diff(bases[1]) >= 65536,
+        "ranges overlap: {bases:?}"
+    );
+    let out = dev.cli(&["job", "stop", "uns"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An agent killed (kill -9) while a container start has mounted its
+/// rootfs and made its cgroup, before the task ran: after the next start
+/// the allocation is recovered and, once stopped, leaves no mount under
+/// the data dir and no cgroup behind.
+#[test]
+fn root_kill9_mid_start_leaves_no_mount_or_cgroup() {
+    kill9_mid_start(false);
+}
+
+/// The same, when the agent's record of the allocation is lost too
+/// (`alloc.json` gone): the next start sweeps the unknown allocation's
+/// mount and cgroup before anything else, and says so in its log.
+#[test]
+fn root_kill9_mid_start_unknown_allocation_is_swept_at_start() {
+    kill9_mid_start(true);
+}
+
+fn kill9_mid_start(forget_record: bool) {
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-e2e-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let _cleanup = CleanupGuard(tmp.path().to_path_buf());
+    let hold = tmp.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let reached = tmp.path().join("hold.reached");
+    let mut dev = Dev::start_with_env(
+        tmp.path(),
+        &[],
+        &[("TABA_TEST_HOLD_START", hold.to_str().unwrap())],
+    );
+    dev.import_busybox();
+    let f = job_file(
+        tmp.path(),
+        "mid",
+        r#"
+name = "mid"
+[[group]]
+name = "g"
+  [[group.task]]
+  name = "t"
+  driver = "container"
+  image = "busybox"
+  command = ["sleep", "1000"]
+  resources = { cpu = 50, memory = "32MiB" }
+"#,
+    );
+    let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dev.wait_for("start held", Duration::from_secs(60), || reached.exists());
+    let id = std::fs::read_to_string(&reached).unwrap();
+    let alloc_dir = tmp.path().join(format!("agent/allocs/{id}"));
+    let mounts_under = |dir: &std::path::Path| -> Vec<String> {
+        let dir = dir.to_str().unwrap().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&dir))
+            .map(str::to_string)
+            .collect()
+    };
+    let cgroups = || -> Vec<String> {
+        ["memory", "pids", "cpu", "devices", "freezer"]
+            .iter()
+            .map(|c| format!("/sys/fs/cgroup/{c}/taba/{id}"))
+            .filter(|p| std::path::Path::new(p).exists())
+            .collect()
+    };
+    // The moment of the crash: mount and cgroup made, no task yet.
+    assert_eq!(
+        mounts_under(&alloc_dir).len(),
+        1,
+        "{:?}",
+        mounts_under(&alloc_dir)
+    );
+    assert!(!cgroups().is_empty());
+    let procs = read_cg("memory", &id, "t", "cgroup.procs");
+    assert!(procs.is_empty(), "the task must not have started: {procs}");
+    dev.kill9();
+    std::fs::remove_file(&hold).unwrap();
+    if forget_record {
+        std::fs::remove_file(alloc_dir.join("alloc.json")).unwrap();
+    }
+
+    let dev2 = Dev::start_on(tmp.path(), &[]);
+    if forget_record {
+        let log = std::fs::read_to_string(&dev2.log).unwrap();
+        let swept: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(id.as_str()) && l.contains("leftover"))
+            .collect();
+        assert_eq!(swept.len(), 2, "cgroup and mounts swept, logged:\n{log}");
+    }
+    let out = dev2.cli(&["job", "stop", "mid"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dev2.wait_for("leftovers gone", Duration::from_secs(60), || {
+        mounts_under(&alloc_dir).is_empty() && cgroups().is_empty()
+    });
+    drop(dev2);
+    drop(dev);
+}

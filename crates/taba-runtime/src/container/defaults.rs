@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Capability, Linux, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, Mount,
-    PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
+    Capability, Linux, LinuxCapabilities, LinuxIdMappingBuilder, LinuxNamespace,
+    LinuxNamespaceType, Mount, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
 };
 
 use super::seccomp;
@@ -88,6 +88,8 @@ pub struct DefaultSpecOptions {
     pub rlimits: Vec<(PosixRlimitType, u64, u64)>,
     /// oom_score_adj of the process, set explicitly (never inherited).
     pub oom_score_adj: i32,
+    /// A new user namespace whose ids 0.. are this host range.
+    pub user_namespace: Option<super::userns::IdRange>,
 }
 
 /// Docker's default open files limit (soft, hard), as its daemon runs
@@ -111,6 +113,7 @@ impl Default for DefaultSpecOptions {
             no_new_privileges: false,
             rlimits: vec![default_nofile()],
             oom_score_adj: 0,
+            user_namespace: None,
         }
     }
 }
@@ -269,6 +272,17 @@ pub fn default_spec(o: &DefaultSpecOptions) -> Spec {
     if !o.host_network {
         kinds.push(LinuxNamespaceType::Network);
     }
+    if o.user_namespace.is_some() {
+        kinds.push(LinuxNamespaceType::User);
+    }
+    let id_map = |host: u32, size: u32| {
+        vec![LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(host)
+            .size(size)
+            .build()
+            .expect("all fields set")]
+    };
     let namespaces = kinds
         .into_iter()
         .map(|t| {
@@ -280,8 +294,8 @@ pub fn default_spec(o: &DefaultSpecOptions) -> Spec {
 
     let mut linux = Linux::default();
     linux
-        .set_uid_mappings(None)
-        .set_gid_mappings(None)
+        .set_uid_mappings(o.user_namespace.map(|r| id_map(r.host_uid, r.size)))
+        .set_gid_mappings(o.user_namespace.map(|r| id_map(r.host_gid, r.size)))
         .set_sysctl(None)
         .set_resources(None)
         .set_cgroups_path(None)

@@ -11,13 +11,15 @@
 //! comes back to the caller as a message over a close-on-exec pipe; an empty
 //! pipe means the exec succeeded. The process is pid 1 of its pid namespace.
 //!
-//! Not supported (rejected with an error): user namespaces, the time
-//! namespace, hooks, terminal mode. Cgroups are not created here: the caller
-//! (the agent) makes them and passes their `cgroup.procs` files.
+//! A new user namespace (with its id maps) is supported, see [`userns`];
+//! joining one by path is not. Not supported (rejected with an error): the
+//! time namespace, hooks, terminal mode. Cgroups are not created here: the
+//! caller (the agent) makes them and passes their `cgroup.procs` files.
 
 mod defaults;
 mod rootfs;
 pub mod seccomp;
+pub mod userns;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -128,6 +130,8 @@ pub struct Container {
     pub(crate) readonly: Vec<PathBuf>,
     pub(crate) sysctl: Vec<(PathBuf, String)>,
     pub(crate) propagation: libc::c_ulong,
+    /// Id maps of a new user namespace.
+    pub(crate) userns: Option<userns::IdMaps>,
     exec: ExecPlan,
 }
 
@@ -217,10 +221,13 @@ impl Container {
             .enumerate()
         {
             let field = format!("linux.namespaces[{i}]");
-            if matches!(
-                ns.typ(),
-                LinuxNamespaceType::User | LinuxNamespaceType::Time
-            ) {
+            if ns.typ() == LinuxNamespaceType::User && ns.path().is_some() {
+                return Err(invalid(
+                    format!("{field}.path"),
+                    "joining a user namespace by path is not supported",
+                ));
+            }
+            if ns.typ() == LinuxNamespaceType::Time {
                 return Err(invalid(
                     field,
                     format!("{:?} namespaces are not supported", ns.typ()),
@@ -240,6 +247,22 @@ impl Container {
                 "a new mount namespace is required",
             ));
         }
+        let userns = if clone_flags & libc::CLONE_NEWUSER != 0 {
+            Some(userns::plan(
+                linux.uid_mappings().as_ref(),
+                linux.gid_mappings().as_ref(),
+            )?)
+        } else {
+            if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+                || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+            {
+                return Err(invalid(
+                    "linux.uidMappings",
+                    "id mappings need a new user namespace in linux.namespaces",
+                ));
+            }
+            None
+        };
         let hostname = match spec.hostname() {
             Some(h) if !h.is_empty() => {
                 if clone_flags & libc::CLONE_NEWUTS == 0 {
@@ -326,6 +349,7 @@ impl Container {
             readonly,
             sysctl,
             propagation,
+            userns,
             exec,
         })
     }
@@ -350,8 +374,23 @@ impl Container {
         if let Some(p) = &self.join_pid {
             join_ns(p, libc::CLONE_NEWPID).map_err(ContainerError::Start)?;
         }
-        let result = sys::spawn_child(self.clone_flags, || {
-            join_cgroups(cgroup_procs)?;
+        // In a new user namespace the child is no longer privileged on the
+        // host: the parent writes its id maps and joins it to its cgroups.
+        let parent = |pid: libc::pid_t| -> std::io::Result<()> {
+            if let Some(maps) = &self.userns {
+                for p in cgroup_procs {
+                    sys::write_file(p, pid.to_string().as_bytes()).map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("join cgroup {}: {e}", p.display()))
+                    })?;
+                }
+                userns::write_maps(pid, maps)?;
+            }
+            Ok(())
+        };
+        let result = sys::spawn_child_synced(self.clone_flags, parent, || {
+            if self.userns.is_none() {
+                join_cgroups(cgroup_procs)?;
+            }
             for (flag, path) in &self.join {
                 join_ns(path, *flag)?;
             }

@@ -186,7 +186,16 @@ fn mount(
 
 /// Build the root filesystem and pivot into it. Runs in the child.
 pub(crate) fn setup(c: &Container) -> Result<(), String> {
-    let root = &c.rootfs;
+    // In a user namespace: open what lies on host paths first, then become
+    // the namespace's root (files made from here on are the range's).
+    let (_held, root, sources) = if c.userns.is_some() {
+        let h = open_host_paths(c)?;
+        become_ns_root()?;
+        (h.held, h.root, Some(h.sources))
+    } else {
+        (Vec::new(), c.rootfs.clone(), None)
+    };
+    let root = &root;
     // Keep our mounts out of the host's namespace (and make pivot_root legal).
     mount(
         None,
@@ -211,8 +220,12 @@ pub(crate) fn setup(c: &Container) -> Result<(), String> {
     // Every target below is resolved inside the root: a symlink in the image
     // never makes a mount or a device land on the host's tree.
     let root_fd = paths::open_root(root).map_err(|e| format!("open rootfs: {e}"))?;
-    for m in &c.mounts {
-        do_mount(root_fd.as_fd(), m)?;
+    for (i, m) in c.mounts.iter().enumerate() {
+        let source = match &sources {
+            Some(s) => s[i].as_ref(),
+            None => m.source.as_ref(),
+        };
+        do_mount(root_fd.as_fd(), m, source)?;
     }
     make_devices(c, root_fd.as_fd())?;
     drop(root_fd);
@@ -235,6 +248,72 @@ pub(crate) fn setup(c: &Container) -> Result<(), String> {
     if c.root_readonly {
         remount_readonly(Path::new("/"), false)?;
     }
+    Ok(())
+}
+
+/// The rootfs and bind sources of a user namespace container, named through
+/// fds opened while the host's paths could still be crossed.
+struct HostPaths {
+    /// The fds behind the names (kept open until the mounts are made).
+    held: Vec<OwnedFd>,
+    root: PathBuf,
+    /// Per mount of the spec: its source.
+    sources: Vec<Option<CString>>,
+}
+
+/// Open (O_PATH) the rootfs' parent and every bind source while this process
+/// may still cross the host's private directories, and name them through
+/// `/proc/self/fd`. The rootfs is named as `<parent fd>/<name>`, so that
+/// the bind mount made on it later is what the name finds.
+fn open_host_paths(c: &Container) -> Result<HostPaths, String> {
+    let open = |p: &Path| {
+        rfs::open(p, OFlags::PATH | OFlags::CLOEXEC, rfs::Mode::empty())
+            .map_err(|e| format!("open {}: {e}", p.display()))
+    };
+    let mut held = Vec::new();
+    let (Some(parent), Some(name)) = (c.rootfs.parent(), c.rootfs.file_name()) else {
+        return Err(format!("rootfs {} has no parent", c.rootfs.display()));
+    };
+    let pfd = open(parent)?;
+    let root = paths::fd_path(pfd.as_fd()).join(name);
+    held.push(pfd);
+    let mut sources = Vec::new();
+    for m in &c.mounts {
+        match (&m.source, m.bind) {
+            (Some(src), true) => {
+                let p = PathBuf::from(
+                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(src.as_bytes()),
+                );
+                let fd = open(&p)?;
+                sources.push(Some(self::c(&paths::fd_path(fd.as_fd()))?));
+                held.push(fd);
+            }
+            (src, _) => sources.push(src.clone()),
+        }
+    }
+    Ok(HostPaths {
+        held,
+        root,
+        sources,
+    })
+}
+
+/// Become uid and gid 0 of the new user namespace (the range's first ids
+/// on the host), keeping the namespace's capabilities.
+fn become_ns_root() -> Result<(), String> {
+    // SAFETY: plain syscalls with integer arguments.
+    sys::check(unsafe { libc::setresgid(0, 0, 0) })
+        .map_err(|e| format!("become the user namespace's root group: {e}"))?;
+    // SAFETY: as above; the old uid is not the namespace's root, so the
+    // capabilities stay.
+    sys::check(unsafe { libc::setresuid(0, 0, 0) })
+        .map_err(|e| format!("become the user namespace's root: {e}"))?;
+    // The uid change made the process non-dumpable, which gives its /proc
+    // files to the host's root: take them back (oom_score_adj is written
+    // through /proc/self before the exec, which recomputes this anyway).
+    // SAFETY: prctl with integer arguments.
+    sys::check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })
+        .map_err(|e| format!("set dumpable: {e}"))?;
     Ok(())
 }
 
@@ -273,7 +352,7 @@ fn target(root: BorrowedFd<'_>, m: &MountPlan) -> io::Result<OwnedFd> {
     paths::create_in_root(root, &m.destination, what)
 }
 
-fn do_mount(root: BorrowedFd<'_>, m: &MountPlan) -> Result<(), String> {
+fn do_mount(root: BorrowedFd<'_>, m: &MountPlan, source: Option<&CString>) -> Result<(), String> {
     let what = || {
         format!(
             "mount {} on {}",
@@ -298,7 +377,7 @@ fn do_mount(root: BorrowedFd<'_>, m: &MountPlan) -> Result<(), String> {
     };
     if m.bind {
         let rec = m.flags & libc::MS_REC;
-        mount(m.source.as_ref(), &target, None, libc::MS_BIND | rec, None)
+        mount(source, &target, None, libc::MS_BIND | rec, None)
             .map_err(|e| format!("{}: {e}", what()))?;
         let extra = m.flags & !(libc::MS_BIND | libc::MS_REC);
         if extra != 0 {
@@ -312,13 +391,7 @@ fn do_mount(root: BorrowedFd<'_>, m: &MountPlan) -> Result<(), String> {
             .map_err(|e| format!("{}: remount with options: {e}", what()))?;
         }
     } else {
-        let r = mount(
-            m.source.as_ref(),
-            &target,
-            m.fstype.as_ref(),
-            m.flags,
-            m.data.as_ref(),
-        );
+        let r = mount(source, &target, m.fstype.as_ref(), m.flags, m.data.as_ref());
         if let Err(e) = r {
             // sysfs of a network namespace we do not own (host network): bind the
             // host's /sys instead, read-only like the spec asks.
@@ -390,10 +463,37 @@ fn mknod_at(
     Ok(())
 }
 
+/// In a user namespace no device node can be made: bind the host's node at
+/// the same path onto an empty file in `dir` (resolved inside the root).
+fn bind_host_device(dir: BorrowedFd<'_>, host: &Path) -> io::Result<()> {
+    let name = host
+        .file_name()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let d = paths::reopen_dir(dir)?;
+    match rfs::unlinkat(&d, name, rfs::AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let f = rfs::openat(
+        &d,
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rfs::Mode::from_raw_mode(0o666),
+    )?;
+    let target = paths::fd_path(f.as_fd());
+    let src = sys::path_cstr(host)?;
+    mount(Some(&src), &target, None, libc::MS_BIND, None)
+}
+
 fn make_devices(c: &Container, root: BorrowedFd<'_>) -> Result<(), String> {
     let dev = paths::create_in_root(root, Path::new("/dev"), paths::Create::Dir)
         .map_err(|e| format!("create /dev: {e}"))?;
     for (name, major, minor) in DEFAULT_DEVICES {
+        if c.userns.is_some() {
+            bind_host_device(dev.as_fd(), &Path::new("/dev").join(name))
+                .map_err(|e| format!("bind device /dev/{name}: {e}"))?;
+            continue;
+        }
         mknod_at(
             dev.as_fd(),
             name.as_ref(),
@@ -410,6 +510,11 @@ fn make_devices(c: &Container, root: BorrowedFd<'_>) -> Result<(), String> {
         };
         let dir = paths::create_in_root(root, parent, paths::Create::Dir)
             .map_err(|e| format!("create {}: {e}", parent.display()))?;
+        if c.userns.is_some() {
+            bind_host_device(dir.as_fd(), &d.path)
+                .map_err(|e| format!("bind device {}: {e}", d.path.display()))?;
+            continue;
+        }
         mknod_at(dir.as_fd(), name, d.mode, d.dev, d.uid, d.gid)
             .map_err(|e| format!("create device {}: {e}", d.path.display()))?;
     }

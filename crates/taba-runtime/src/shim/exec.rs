@@ -2,7 +2,7 @@
 //! task (for `taba alloc exec`).
 //!
 //! For a container, the exec process joins the cgroups in the spec, then the
-//! ipc, uts, net, pid and mount namespaces of the container's init (those that
+//! user (if the container has its own), ipc, uts, net, pid and mount namespaces of the container's init (those that
 //! differ from its own), forks so the child is inside the pid namespace, and
 //! the child takes the same user, capabilities, no_new_privs and seccomp
 //! filter as the container's process, changes directory and execs the command
@@ -161,8 +161,11 @@ pub fn exec_command(taba_exe: &Path, pid: i32, spec: &Path) -> Command {
     c
 }
 
-/// Namespaces joined for a container exec, mount last (it changes the root).
+/// Namespaces joined for a container exec: the user namespace first (it
+/// owns the others, and entering it gives the capabilities to join them),
+/// mount last (it changes the root).
 const NAMESPACES: &[(&str, libc::c_int)] = &[
+    ("user", libc::CLONE_NEWUSER),
     ("ipc", libc::CLONE_NEWIPC),
     ("uts", libc::CLONE_NEWUTS),
     ("net", libc::CLONE_NEWNET),

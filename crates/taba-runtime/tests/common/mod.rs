@@ -239,3 +239,39 @@ pub fn host_root_disk() -> (u32, u32) {
     let dev = std::fs::metadata("/").unwrap().dev();
     (libc::major(dev), libc::minor(dev))
 }
+
+/// A host id range for one user-namespace test: 65536 ids from a base
+/// unique to this process and `slot`, far above real users.
+pub fn test_id_range(slot: u32) -> taba_runtime::container::userns::IdRange {
+    let base = 1_500_000_000 + ((std::process::id() % 1000) * 16 + slot) * 65536;
+    taba_runtime::container::userns::IdRange {
+        host_uid: base,
+        host_gid: base,
+        size: 65536,
+    }
+}
+
+/// `chown -R` `path` to the range's root (a root filesystem its mapped
+/// root must own, as idmapped layers give the container driver).
+pub fn chown_to_range(path: &Path, r: &taba_runtime::container::userns::IdRange) {
+    let st = std::process::Command::new("chown")
+        .args(["-R", "-h", &format!("{}:{}", r.host_uid, r.host_gid)])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "chown -R {}", path.display());
+}
+
+/// The `Uid:` line of `/proc/PID/status` (real, effective, saved, fs).
+pub fn proc_uids(pid: i32) -> Vec<u32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    st.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .map(|u| u.parse().unwrap())
+        .collect()
+}
+
+/// CapEff of a root process with Docker's default capability set.
+pub const DEFAULT_CAP_EFF: &str = "00000000a80425fb";

@@ -25,7 +25,7 @@ pub use guard::{guard, Auth, AuthClass};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
-use taba_store::{Store, Table};
+use taba_store::{Record, Store, Table};
 use taba_types::acl::{Access, AclPolicy, AclToken, Capability, TokenType, ANY_NAMESPACE};
 use taba_types::UnixMillis;
 
@@ -287,6 +287,36 @@ pub struct AclState {
 }
 
 impl AclState {
+    /// A follower's copy: apply one change the leader committed (a policy, a token, or the
+    /// bootstrap marker). Undecodable records are skipped with a warning: the leader wrote
+    /// them, and a copy must not stop following over one record.
+    pub(crate) fn apply_replicated(&self, table: Table, key: &str, record: Option<&Record>) {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        match (table, record) {
+            (Table::Meta, r) if key == BOOTSTRAP_KEY => inner.bootstrapped = r.is_some(),
+            (Table::AclPolicies, None) => {
+                inner.policies.remove(key);
+            }
+            (Table::AclPolicies, Some(r)) => match r.decode::<AclPolicy>() {
+                Ok(p) => {
+                    inner.policies.insert(p.name.clone(), p);
+                }
+                Err(e) => tracing::warn!(key, error = %e, "replica: undecodable ACL policy"),
+            },
+            (Table::AclTokens, None) => {
+                inner.tokens.remove(key);
+            }
+            (Table::AclTokens, Some(r)) => match r.decode::<AclToken>() {
+                Ok(t) => {
+                    inner.tokens.insert(t.accessor_id.clone(), t);
+                }
+                Err(e) => tracing::warn!(key, error = %e, "replica: undecodable ACL token"),
+            },
+            _ => return,
+        }
+        inner.rebuild();
+    }
+
     /// Load every policy and token from the store.
     pub fn load(store: &dyn Store, enabled: bool) -> Result<Self, AclLoadError> {
         let mut inner = Inner {

@@ -957,3 +957,16 @@ pub async fn agent_update_allocs(
     let index = app.state.update_allocs(&req.node_id, req.updates).await?;
     Ok(Json(json!({ "index": index })))
 }
+
+/// `GET /v1/metrics`: this server's metrics in the OpenMetrics text format.
+pub async fn metrics(State(app): State<AppState>) -> axum::response::Response {
+    let text = crate::metrics::scrape(&app.state);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

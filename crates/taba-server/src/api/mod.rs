@@ -132,6 +132,7 @@ pub fn routes() -> Vec<Route> {
         r("DELETE", "/v1/namespaces/{name}", Op(W), "Remove a namespace (409 while it has jobs that are not stopped)", None, &[], "DeleteNamespaceResponse", delete(namespaces::delete)),
         r("GET", "/v1/evaluations/{id}", Scoped(Read), "An evaluation", None, &[], "Evaluation", get(h::get_eval)),
         r("GET", "/v1/openapi.json", AnyToken, "This document", None, &[], "OpenAPI", get(h::openapi)),
+        r("GET", "/v1/metrics", Op(R), "Prometheus metrics of this server (OpenMetrics text)", None, &[], "application/openmetrics-text", get(h::metrics)),
         r("POST", "/v1/acl/bootstrap", Bootstrap, "Issue the first management token (once; 409 afterwards)", None, &[], "AclTokenCreated", post(acl::bootstrap)),
         r("GET", "/v1/acl/policies", Management, "List ACL policies", None, &[], "AclPolicy[]", get(acl::list_policies)),
         r("GET", "/v1/acl/policies/{name}", Management, "An ACL policy", None, &[], "AclPolicy", get(acl::get_policy)),

@@ -81,6 +81,12 @@ struct IsolationFile {
     /// Whether `exec` tasks may run as root.
     #[serde(default = "yes")]
     allow_root_exec: bool,
+    /// First host id of the ranges given to `user_namespace = "auto"` tasks.
+    #[serde(default)]
+    userns_base: Option<u32>,
+    /// How many such ranges (65536 ids each) this node hands out.
+    #[serde(default)]
+    userns_ranges: Option<u32>,
 }
 
 impl Default for IsolationFile {
@@ -88,6 +94,8 @@ impl Default for IsolationFile {
         Self {
             cap_add_allowed: None,
             allow_root_exec: true,
+            userns_base: None,
+            userns_ranges: None,
         }
     }
 }
@@ -99,6 +107,14 @@ impl IsolationFile {
             allow_root_exec: self.allow_root_exec,
             ..IsolationPolicy::default()
         };
+        p.userns.base = self.userns_base.unwrap_or(p.userns.base);
+        p.userns.ranges = self.userns_ranges.unwrap_or(p.userns.ranges);
+        p.userns.check().map_err(|e| {
+            anyhow::anyhow!(
+                "configuration {}: isolation.userns_base/userns_ranges: {e}",
+                file.map(|p| p.display().to_string()).unwrap_or_default()
+            )
+        })?;
         if let Some(list) = &self.cap_add_allowed {
             p.cap_add_allowed = Vec::new();
             for (i, c) in list.iter().enumerate() {
@@ -301,7 +317,8 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("opening the image store {}", images_dir.display()))?,
         );
         ac.images = Some(images.clone());
-        let agent = taba_agent::start(ac, drivers(images, policy)?).await?;
+        let data_dir = ac.data_dir.clone();
+        let agent = taba_agent::start(ac, drivers(images, policy, &data_dir)?).await?;
         eprintln!(
             "taba agent: node {} (API {}, advertised as {})",
             agent.node_id, agent.http_addr, agent.advertise
@@ -319,6 +336,20 @@ mod tests {
     fn config(text: &str) -> anyhow::Result<AgentConfig> {
         let f: AgentFile = toml::from_str(text)?;
         f.agent_config(Some(Path::new("agent.toml")))
+    }
+
+    #[test]
+    fn agent_file_reads_user_namespace_ranges() {
+        let cfg: AgentFile =
+            toml::from_str("[isolation]\nuserns_base = 300000\nuserns_ranges = 8\n").unwrap();
+        let p = cfg.isolation.policy(None).unwrap();
+        assert_eq!((p.userns.base, p.userns.ranges), (300_000, 8));
+        let cfg: AgentFile =
+            toml::from_str("[isolation]\nuserns_base = 4000000000\nuserns_ranges = 8192\n")
+                .unwrap();
+        let e = cfg.isolation.policy(None).unwrap_err().to_string();
+        assert!(e.contains("isolation.userns_base/userns_ranges"), "{e}");
+        assert!(e.contains("past the last id"), "{e}");
     }
 
     #[test]

@@ -305,6 +305,7 @@ fn container_start(runs: usize, keep: bool) -> anyhow::Result<ExitCode> {
         args: vec!["/bin/true".into()],
         hostname: Some("bench".into()),
         no_new_privileges: true,
+        user_namespace: None,
         ..Default::default()
     });
     let devices = device_rules()?;

@@ -57,14 +57,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// The drivers of a node, granting what `policy` allows.
+/// The table of user namespace id ranges is `<agent data dir>/userns.json`.
 pub(crate) fn drivers(
     images: Arc<ImageStore>,
     policy: IsolationPolicy,
+    agent_data_dir: &std::path::Path,
 ) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
     let exe = std::env::current_exe().context("locating the taba binary for task shims")?;
+    let ranges =
+        taba_driver::userns::IdRanges::new(policy.userns, agent_data_dir.join("userns.json"));
     Ok(vec![
         Arc::new(taba_driver::exec::ExecDriver::new(exe.clone()).with_policy(policy.clone())),
-        Arc::new(taba_driver::container::ContainerDriver::new(exe, images).with_policy(policy)),
+        Arc::new(
+            taba_driver::container::ContainerDriver::new(exe, images)
+                .with_policy(policy)
+                .with_user_namespaces(ranges),
+        ),
     ])
 }
 

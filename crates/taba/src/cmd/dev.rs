@@ -66,6 +66,13 @@ pub struct DevArgs {
     /// Memory of each agent, e.g. "2GiB" (default: an equal share of the host).
     #[arg(long, value_name = "SIZE", requires = "agents")]
     pub agent_memory: Option<String>,
+    /// With --agents: run M servers on the etcd cluster of --etcd (HA, docs/ha.md),
+    /// each reachable on the bridge; the CLI talks to the first.
+    #[arg(long, value_name = "M", default_value_t = 1, requires = "agents")]
+    pub servers: u32,
+    /// etcd client URLs (comma-separated) the servers of --servers share.
+    #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "agents")]
+    pub etcd: Vec<String>,
     /// Private subnet of the bridge that joins the agents to the server.
     #[arg(long, default_value = "10.213.0.0/24", requires = "agents")]
     pub subnet: String,
@@ -116,9 +123,16 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         let mut ac = AgentConfig::new(a.data_dir.join("agent"), format!("http://{addr}"));
         ac.name = a.node_name.clone();
         ac.images = Some(images.clone());
-        let agent = taba_agent::start(ac, drivers(images, IsolationPolicy::default())?)
-            .await
-            .context("starting the agent")?;
+        let agent = taba_agent::start(
+            ac,
+            drivers(
+                images,
+                IsolationPolicy::default(),
+                &a.data_dir.join("agent"),
+            )?,
+        )
+        .await
+        .context("starting the agent")?;
         eprintln!(
             "taba dev: API on http://{addr}; node {} ready",
             agent.node_id

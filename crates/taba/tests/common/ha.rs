@@ -77,6 +77,21 @@ impl ServerProc {
         }
     }
 
+    /// Sends `sig` (e.g. SIGSTOP / SIGCONT to freeze and thaw it).
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("server running").id() as i32;
+        // SAFETY: kill(2) on our own child's pid.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// The leader this server follows (`GET /v1/status/leader`): its API address.
+    pub fn leader_seen(&self) -> Option<String> {
+        self.leader_status()?["leader"].as_str().map(str::to_owned)
+    }
+
     /// SIGTERM and wait (a graceful shutdown revokes the leader lease).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

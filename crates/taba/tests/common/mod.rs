@@ -8,6 +8,7 @@
 //! that `scripts/setup.sh` builds; fails loudly when either is missing.
 #![allow(dead_code)]
 
+pub mod disk;
 pub mod ha;
 
 use std::io::{BufRead, BufReader};
@@ -80,6 +81,11 @@ impl Dev {
 
     /// Start `taba dev` on `data` with extra args.
     pub fn start_on(data: &Path, extra: &[&str]) -> Dev {
+        Dev::start_with_env(data, extra, &[])
+    }
+
+    /// [`Dev::start_on`] with extra environment variables (test hooks).
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Dev {
         require_root();
         let log = data.join("taba-dev.log");
         std::fs::create_dir_all(data).unwrap();
@@ -99,29 +105,14 @@ impl Dev {
             .args(extra)
             .env("TABA_LOG", "info")
             .env("TABA_CONFIG_DIR", data.join("config"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting taba dev");
         // The first stderr line naming the API tells the port.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut logf = logf;
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                use std::io::Write;
-                let _ = writeln!(logf, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split("API on ").nth(1) {
-                        let addr = rest.split(';').next().unwrap().trim().to_string();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
+        let rx = tee_stderr(&mut child, logf, "API on ");
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a,
             Err(_) => {
@@ -397,21 +388,7 @@ impl Cluster {
             .tempdir_in("/var/tmp")
             .unwrap();
         let dir = tmp.path().join("server");
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join("server.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "data_dir = {:?}\nhttp = \"127.0.0.1:0\"\n{server_toml}\n",
-                dir.join("data")
-            ),
-        )
-        .unwrap();
-        let (server, url) = Proc::start(
-            &["server", "--config", cfg.to_str().unwrap()],
-            &dir.join("server.log"),
-            "API on ",
-        );
+        let (server, url) = start_server(&dir, &dir.join("data"), server_toml);
         let mut taba = Command::new(taba_bin());
         taba.env("TABA_ADDR", &url);
         let token = acl_bootstrap(taba);
@@ -535,32 +512,39 @@ impl Cluster {
     /// Allocation ids whose task shims run now under node `name`'s data
     /// dir: what really runs there, whatever the servers think.
     pub fn running_allocs(&self, name: &str) -> Vec<String> {
-        let allocs = self.node_dir(name).join("agent").join("allocs");
-        let prefix = allocs.to_string_lossy().to_string();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().parse::<u32>().is_err() {
-                continue;
-            }
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let args: Vec<String> = cmd
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).to_string())
-                .collect();
-            if !args.iter().any(|a| a == "shim") {
-                continue;
-            }
-            if let Some(dir) = args.iter().find(|a| a.starts_with(&prefix)) {
-                let rel = dir[prefix.len()..].trim_start_matches('/');
-                if let Some(id) = rel.split('/').next() {
-                    out.push(id.to_string());
-                }
+        shims_under(&self.node_dir(name).join("agent"))
+    }
+}
+
+/// Allocation ids whose task shims run now under the agent data dir
+/// `agent_dir` (their bundles are in `<agent_dir>/allocs/<id>/...`): what
+/// really runs on that node, whatever the servers think.
+pub fn shims_under(agent_dir: &Path) -> Vec<String> {
+    let allocs = agent_dir.join("allocs");
+    let prefix = allocs.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if !args.iter().any(|a| a == "shim") {
+            continue;
+        }
+        if let Some(dir) = args.iter().find(|a| a.starts_with(&prefix)) {
+            let rel = dir[prefix.len()..].trim_start_matches('/');
+            if let Some(id) = rel.split('/').next() {
+                out.push(id.to_string());
             }
         }
-        out.sort();
-        out.dedup();
-        out
     }
+    out.sort();
+    out.dedup();
+    out
 }
 
 impl Cluster {
@@ -605,6 +589,98 @@ impl Drop for Cluster {
         for n in &names {
             force_cleanup(&self.node_dir(n));
         }
+    }
+}
+
+/// Start `taba server` with its configuration file and log in `dir`, its
+/// store in `data_dir` (which may be elsewhere, e.g. on a test filesystem),
+/// the API on a random loopback port, and `extra_toml` added to the
+/// configuration. Returns the process and `http://127.0.0.1:PORT`.
+pub fn start_server(dir: &Path, data_dir: &Path, extra_toml: &str) -> (Proc, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = dir.join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!("data_dir = {data_dir:?}\nhttp = \"127.0.0.1:0\"\n{extra_toml}\n"),
+    )
+    .unwrap();
+    Proc::start(
+        &["server", "--config", cfg.to_str().unwrap()],
+        &dir.join("server.log"),
+        "API on ",
+    )
+}
+
+/// One `taba server` (embedded store, no agents) that a test kills and
+/// restarts on the same data dir: the durability tests' server.
+pub struct Server {
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The management token (bootstrapped by the first start).
+    pub token: String,
+    pub client: Client,
+}
+
+impl Server {
+    /// Start on `data_dir` (config and log in `dir`). `token` is the
+    /// management token of an earlier start on the same data dir; `None`
+    /// bootstraps the ACLs.
+    pub fn start(dir: &Path, data_dir: &Path, token: Option<&str>) -> Server {
+        require_root();
+        let (proc, url) = start_server(dir, data_dir, "");
+        let token = match token {
+            Some(t) => t.to_string(),
+            None => {
+                let mut taba = Command::new(taba_bin());
+                taba.env("TABA_ADDR", &url);
+                acl_bootstrap(taba)
+            }
+        };
+        let client = Client::new(url.trim_start_matches("http://"), Some(token.clone()));
+        Server {
+            proc,
+            url,
+            token,
+            client,
+        }
+    }
+
+    /// kill -9 the server and wait for it.
+    pub fn kill9(&mut self) {
+        self.proc.kill();
+    }
+}
+
+/// A seeded random number generator (splitmix64) for tests that pick random
+/// moments: the seed comes from `TABA_TEST_SEED` or is fresh, and is printed
+/// so that a failure can be replayed.
+pub struct TestRng(u64);
+
+impl TestRng {
+    /// Seeded from `TABA_TEST_SEED` if set, else from the clock; prints the
+    /// seed under `what`.
+    pub fn from_env(what: &str) -> TestRng {
+        let seed = match std::env::var("TABA_TEST_SEED") {
+            Ok(s) => s.parse().expect("TABA_TEST_SEED is a u64"),
+            Err(_) => unique_seed(0),
+        };
+        eprintln!("{what}: seed {seed} (replay with TABA_TEST_SEED={seed})");
+        TestRng(seed)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+        x ^ (x >> 31)
+    }
+
+    /// A number in `range` (which must not be empty).
+    pub fn below(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next_u64() % (range.end - range.start)
     }
 }
 
@@ -694,6 +770,33 @@ impl Drop for LinkProxy {
     }
 }
 
+/// Copies `child`'s stderr line by line into `log` (on a thread) and sends the
+/// text after `marker` (up to a `;`, trimmed) of the first line that has it.
+pub fn tee_stderr(
+    child: &mut Child,
+    log: std::fs::File,
+    marker: &str,
+) -> std::sync::mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_string();
+    std::thread::spawn(move || {
+        let mut log = log;
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            use std::io::Write;
+            let _ = writeln!(log, "{line}");
+            if !sent {
+                if let Some(rest) = line.split(marker.as_str()).nth(1) {
+                    let _ = tx.send(rest.split(';').next().unwrap_or("").trim().to_string());
+                    sent = true;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// A `taba` process (server or agent) whose stderr goes to `log`.
 pub struct Proc {
     pub child: Option<Child>,
@@ -737,23 +840,7 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting taba");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let marker = marker.to_string();
-        std::thread::spawn(move || {
-            let mut logf = logf;
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                use std::io::Write;
-                let _ = writeln!(logf, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split(marker.as_str()).nth(1) {
-                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
+        let rx = tee_stderr(&mut child, logf, marker);
         let proc = Proc {
             child: Some(child),
             log: log.to_path_buf(),
@@ -897,22 +984,7 @@ impl DevCluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting taba dev --agents");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut logf = logf;
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                use std::io::Write;
-                let _ = writeln!(logf, "{line}");
-                if !sent {
-                    if let Some(rest) = line.split("API on ").nth(1) {
-                        let _ = tx.send(rest.split(';').next().unwrap().trim().to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
+        let rx = tee_stderr(&mut child, logf, "API on ");
         let addr = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(a) => a,
             Err(_) => {
@@ -1026,6 +1098,69 @@ impl DevCluster {
         let cfg = self.data.join(format!("agents/n{k}.toml"));
         let want = format!("agent --config {}", cfg.display());
         pids_with_cmdline(&want).into_iter().next()
+    }
+
+    /// Allocation ids whose task shims really run on agent `k`.
+    pub fn running_allocs(&self, k: u32) -> Vec<String> {
+        shims_under(&self.data.join(format!("agents/n{k}")))
+    }
+
+    /// With `--servers M`: server `i`'s configuration file (`server.toml`, `server1.toml` ...).
+    pub fn server_config(&self, i: u32) -> PathBuf {
+        match i {
+            0 => self.data.join("server.toml"),
+            i => self.data.join(format!("server{i}.toml")),
+        }
+    }
+
+    /// The pid of server `i`'s process.
+    pub fn server_pid(&self, i: u32) -> Option<i32> {
+        let want = format!("server --config {}", self.server_config(i).display());
+        pids_with_cmdline(&want).into_iter().next()
+    }
+
+    /// With `--servers M`: every server's bridge URL (their `advertise`).
+    pub fn server_urls(&self, servers: u32) -> Vec<String> {
+        (0..servers)
+            .map(|i| {
+                let cfg = std::fs::read_to_string(self.server_config(i)).unwrap();
+                cfg.lines()
+                    .find_map(|l| l.strip_prefix("advertise = "))
+                    .expect("an HA server advertises its bridge address")
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// A client of every server in `urls` over the bridge (TLS, the dev PKI's CLI
+    /// certificate, the management token); it fails over between them.
+    pub fn tls_client(&self, urls: Vec<String>) -> Client {
+        let tls = self.data.join("tls");
+        let t = taba_tls::ClientTls::load(
+            &tls.join("taba-ca.pem"),
+            Some((&tls.join("cli.pem"), &tls.join("cli-key.pem"))),
+        )
+        .expect("the dev PKI's CLI files");
+        Client::with_options(taba_client::ClientOptions {
+            addrs: urls,
+            token: Some(self.token.clone()),
+            tls: Some(taba_client::TlsOptions {
+                ca_pem: t.ca_pem,
+                identity_pem: t.identity_pem,
+            }),
+        })
+        .expect("client")
+    }
+
+    /// Sets agent `k`'s link (the host end of its veth) up or down.
+    pub fn link(&self, k: u32, up: bool) {
+        let dev = format!("{}-v{k}", self.prefix);
+        let st = Command::new("ip")
+            .args(["link", "set", &dev, if up { "up" } else { "down" }])
+            .status()
+            .expect("ip link set");
+        assert!(st.success(), "ip link set {dev}");
     }
 
     /// Everything on the host that carries this cluster's names: network

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! <data-dir>/server.toml, server/        the server's configuration, store and images
+//! <data-dir>/serverK.toml, serverK/      with --servers M: server K (1..M-1) of an HA cluster
 //! <data-dir>/agents/nK.toml, agents/nK/  agent nK's configuration and state
 //! <data-dir>/logs/server.log, nK.log     what each process writes
 //! <data-dir>/tls/                        the dev PKI (taba_tls::dev), made anew each start
@@ -15,6 +16,10 @@
 //! certificate names the bridge address and 127.0.0.1; agent nK holds
 //! `nK.agent.taba`). The server also listens on `--http` (loopback) in
 //! plain HTTP (`[tls] plain_loopback`), so the CLI works without flags.
+//!
+//! With `--servers M --etcd URLS` it runs M servers that share the etcd cluster at URLS (one
+//! leader, the others follow; docs/ha.md); each listens on the bridge, the agents list all
+//! of them, and the CLI talks to the first through its loopback listener.
 //!
 //! Stopping it (SIGINT, SIGTERM) stops the agents, their workloads and the
 //! server, and removes every namespace, bridge, veth, cgroup and mount it
@@ -41,7 +46,8 @@ struct Cluster {
     plan: NetPlan,
     data: PathBuf,
     made: Vec<Made>,
-    server: Option<Child>,
+    /// The servers, the first one's loopback listener the CLI's.
+    servers: Vec<Child>,
     agents: Vec<(u32, Child)>,
     /// The dev PKI under `<data-dir>/tls` (made in `start`).
     pki: Option<taba_tls::dev::DevPki>,
@@ -54,6 +60,15 @@ pub fn run(a: &DevArgs, agents: u32) -> anyhow::Result<ExitCode> {
     }
     if !(1..=64).contains(&agents) {
         bail!("--agents {agents}: must be between 1 and 64");
+    }
+    if !(1..=7).contains(&a.servers) {
+        bail!("--servers {}: must be between 1 and 7", a.servers);
+    }
+    if a.servers > 1 && a.etcd.is_empty() {
+        bail!(
+            "--servers {}: several servers share a store: give --etcd URLS",
+            a.servers
+        );
     }
     let plan = NetPlan::new(&a.net_prefix, &a.subnet, agents)?;
     plan.check_free(agents)?;
@@ -72,13 +87,17 @@ pub fn run(a: &DevArgs, agents: u32) -> anyhow::Result<ExitCode> {
         plan,
         data: a.data_dir.clone(),
         made: Vec::new(),
-        server: None,
+        servers: Vec::new(),
         agents: Vec::new(),
         pki: None,
     };
     let api = cluster.start(a, agents, cpu, memory)?;
     eprintln!(
-        "taba dev: API on http://{api}; agents n1..n{agents} ready ({} MHz, {:.1}GiB each; namespaces {}..{}, bridge {} {} over TLS, certificates in {}, logs in {})",
+        "taba dev: API on http://{api}; {} ready; agents n1..n{agents} ready ({} MHz, {:.1}GiB each; namespaces {}..{}, bridge {} {} over TLS, certificates in {}, logs in {})",
+        match a.servers {
+            1 => "server".to_string(),
+            m => format!("{m} servers on etcd"),
+        },
         cpu,
         memory.0 as f64 / f64::from(1u32 << 30),
         cluster.plan.netns(1),
@@ -98,7 +117,7 @@ pub fn run(a: &DevArgs, agents: u32) -> anyhow::Result<ExitCode> {
             cluster.report_exits(&mut exited);
         }
     });
-    eprintln!("taba dev: stopping the agents, their workloads and the server");
+    eprintln!("taba dev: stopping the agents, their workloads and the servers");
     let errors = cluster.stop();
     if !errors.is_empty() {
         bail!("stopping the dev cluster left:\n{}", errors.join("\n"));
@@ -137,12 +156,19 @@ impl Cluster {
     ) -> anyhow::Result<std::net::SocketAddr> {
         self.plan.make_bridge(&mut self.made)?;
         self.make_pki(agents)?;
-        let api = self.start_server(a)?;
+        let mut apis = Vec::new();
+        for i in 0..a.servers {
+            apis.push(self.start_server(a, i)?);
+        }
+        let api = apis[0];
         let token = self.management_token(api)?;
-        let server_url = format!("https://{}:{}", self.plan.bridge_ip(), api.port());
+        let server_urls: Vec<String> = apis
+            .iter()
+            .map(|s| format!("https://{}:{}", self.plan.bridge_ip(), s.port()))
+            .collect();
         for k in 1..=agents {
             self.plan.make_agent_net(k, &mut self.made)?;
-            self.start_agent(k, &server_url, cpu, memory)?;
+            self.start_agent(k, &server_urls, cpu, memory)?;
         }
         self.wait_ready(&format!("http://{api}"), &token, agents)?;
         Ok(api)
@@ -158,7 +184,17 @@ impl Cluster {
             .ok()
             .map(|s| s.trim().to_string());
         let client = taba_client::Client::new(&format!("http://{api}"), None);
-        let secret = match client.acl_bootstrap() {
+        // Several servers: the first answers 503 until a leader is elected.
+        let start = Instant::now();
+        let answer = loop {
+            match client.acl_bootstrap() {
+                Err(e) if e.status() == Some(503) && start.elapsed() < Duration::from_secs(60) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => break other,
+            }
+        };
+        let secret = match answer {
             Ok(t) => {
                 super::acl::write_secret(&path, &t.secret)?;
                 t.secret
@@ -209,20 +245,46 @@ impl Cluster {
         )
     }
 
-    fn start_server(&mut self, a: &DevArgs) -> anyhow::Result<std::net::SocketAddr> {
-        let server_dir = self.data.join("server");
+    /// Server `i`: the first on `--http`, the others on free loopback ports; each also on
+    /// the bridge (TLS), with `--etcd` as their shared store when given.
+    fn start_server(&mut self, a: &DevArgs, i: u32) -> anyhow::Result<std::net::SocketAddr> {
+        let name = match i {
+            0 => "server".to_string(),
+            i => format!("server{i}"),
+        };
+        // Port 0 is fine for one server; several need their ports up front, as each
+        // advertises its bridge address to the others.
+        let http = if i == 0 && (a.servers == 1 || a.http.port() != 0) {
+            a.http
+        } else {
+            free_loopback()?
+        };
         let mut cfg = format!(
-            "data_dir = {}\nhttp = \"{}\"\nextra_http = [\"{}:0\"]\nheartbeat_ttl = \"{}ms\"\n\
+            "data_dir = {}\nhttp = \"{http}\"\nextra_http = [\"{}:0\"]\nheartbeat_ttl = \"{}ms\"\n\
              heartbeat_grace = \"{}ms\"\n",
-            toml_str(&server_dir),
-            a.http,
+            toml_str(&self.data.join(&name)),
             self.plan.bridge_ip(),
             a.heartbeat_ttl.as_millis(),
             a.heartbeat_grace.as_millis()
         );
+        if !a.etcd.is_empty() {
+            cfg.push_str(&format!(
+                "advertise = \"https://{}:{}\"\n",
+                self.plan.bridge_ip(),
+                http.port()
+            ));
+        }
         cfg.push_str(&format!("[rebalance]\nenabled = {}\n", !a.no_rebalance));
         if let Some(i) = a.rebalance_interval {
             cfg.push_str(&format!("interval = \"{}ms\"\n", i.as_millis()));
+        }
+        if !a.etcd.is_empty() {
+            let endpoints: Vec<String> = a.etcd.iter().map(|e| format!("{e:?}")).collect();
+            cfg.push_str(&format!(
+                "[store]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"/taba-dev/{}\"\n",
+                endpoints.join(", "),
+                a.net_prefix
+            ));
         }
         // TLS on the bridge; plain HTTP for local callers on loopback.
         let pki = self.pki.as_ref().context("the dev PKI is made first")?;
@@ -233,9 +295,9 @@ impl Cluster {
                 toml_str(&pki.ca_key)
             ),
         ));
-        let path = self.data.join("server.toml");
+        let path = self.data.join(format!("{name}.toml"));
         write_private(&path, &cfg)?;
-        let log = self.data.join("logs").join("server.log");
+        let log = self.data.join("logs").join(format!("{name}.log"));
         let mut child = Command::new(std::env::current_exe().context("locating taba")?)
             .arg("server")
             .arg("--config")
@@ -244,9 +306,9 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting taba server")?;
+            .with_context(|| format!("starting taba server ({name})"))?;
         let stderr = child.stderr.take().expect("piped");
-        self.server = Some(child);
+        self.servers.push(child);
         let logf = append(&log)?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -268,7 +330,7 @@ impl Cluster {
     fn start_agent(
         &mut self,
         k: u32,
-        server_url: &str,
+        server_urls: &[String],
         cpu: u64,
         memory: ByteSize,
     ) -> anyhow::Result<()> {
@@ -281,10 +343,15 @@ impl Cluster {
             .map(|(_, f)| f.clone())
             .with_context(|| format!("no dev certificate for agent {name}"))?;
         let cfg = format!(
-            "data_dir = {}\nservers = [\"{server_url}\"]\nname = \"{name}\"\nhttp = \"{}:4647\"\n\
+            "data_dir = {}\nservers = [{}]\nname = \"{name}\"\nhttp = \"{}:4647\"\n\
              usage = \"allocations\"\ncgroup_parent = \"{}\"\n\
              [resources]\ncpu = {cpu}\nmemory = \"{}B\"\n{}",
             toml_str(&dir),
+            server_urls
+                .iter()
+                .map(|u| format!("{u:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.plan.agent_ip(k),
             self.plan.cgroup_parent(k),
             memory.0,
@@ -369,11 +436,12 @@ impl Cluster {
                 }
             }
         }
-        if let Some(s) = &mut self.server {
-            if !seen.contains(&0) {
+        for (i, s) in self.servers.iter_mut().enumerate() {
+            let key = 1000 + i as u32;
+            if !seen.contains(&key) {
                 if let Ok(Some(st)) = s.try_wait() {
-                    eprintln!("taba dev: the server exited ({st})");
-                    seen.insert(0);
+                    eprintln!("taba dev: server {i} exited ({st})");
+                    seen.insert(key);
                 }
             }
         }
@@ -391,7 +459,7 @@ impl Cluster {
             errors.extend(teardown::agent_leftovers(&self.plan.cgroup_parent(k), &dir));
         }
         errors.extend(net::remove(&std::mem::take(&mut self.made)));
-        if let Some(mut s) = self.server.take() {
+        for mut s in std::mem::take(&mut self.servers) {
             terminate(&mut s);
         }
         errors
@@ -404,6 +472,12 @@ impl Drop for Cluster {
             eprintln!("taba dev: {e}");
         }
     }
+}
+
+/// A free port on loopback (bound and released: the server binds it a moment later).
+fn free_loopback() -> anyhow::Result<std::net::SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    l.local_addr().context("finding a free port")
 }
 
 /// SIGTERM, then SIGKILL after 10 s.

@@ -1,0 +1,385 @@
+//! Durability of the single server's embedded store, with a real `taba
+//! server` process: every job registration the API acknowledged (2xx) is
+//! still there, exactly as sent and never half-written, after
+//!
+//! - `kill -9` of the server at a random moment during 1,000 registrations
+//!   sent 32 at a time (`TABA_KILL9_TRIALS` trials, 100 by default), and
+//! - a power cut under the server: its data dir on an ext4 filesystem on a
+//!   loop device that stops writing to the device at a random moment
+//!   (`common::disk`), then a fresh device, `e2fsck` and a remount
+//!   (`TABA_POWER_CUT_TRIALS` trials, 10 by default).
+//!
+//! Each run prints its seed; `TABA_TEST_SEED=N` replays it. Needs root.
+
+mod common;
+
+use common::disk::LoopFs;
+use common::*;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use taba_client::Client;
+use taba_store::{RedbStore, Store, Table};
+use taba_types::{Job, JobSpec};
+
+/// Registrations per trial.
+const REGISTRATIONS: usize = 1000;
+/// Requests in flight at once.
+const IN_FLIGHT: usize = 32;
+
+fn trials(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{var} is a number")))
+        .unwrap_or(default)
+}
+
+fn job_name(i: usize) -> String {
+    format!("reg-{i:04}")
+}
+
+/// Registration `i`: a job with a unique name and a payload of its own,
+/// constrained to no node (stored, never placed).
+fn job_toml(i: usize) -> String {
+    let name = job_name(i);
+    let payload: String = (0..64).map(|k| format!("{:08x}", i * 7919 + k)).collect();
+    format!(
+        "name = \"{name}\"\n[[group]]\nname = \"g\"\nconstraint = [{{ attribute = \"${{node.name}}\", value = \"nowhere\" }}]\n  [[group.task]]\n  name = \"t\"\n  driver = \"exec\"\n  command = [\"/bin/echo\", \"{name}\", \"{payload}\"]\n"
+    )
+}
+
+fn job_spec(i: usize) -> JobSpec {
+    taba_types::parse::parse_job_toml(job_toml(i).as_bytes()).expect("the test's job parses")
+}
+
+/// 1,000 registrations sent by `IN_FLIGHT` threads; each thread takes the
+/// next number until none is left, and records what got a 2xx.
+struct Registrations {
+    acked: Arc<Mutex<Vec<(usize, Instant)>>>,
+    failed: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Registrations {
+    fn start(client: &Client) -> Registrations {
+        let acked = Arc::new(Mutex::new(Vec::with_capacity(REGISTRATIONS)));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let next = Arc::new(AtomicUsize::new(0));
+        let threads = (0..IN_FLIGHT)
+            .map(|_| {
+                let (client, acked, failed, next) =
+                    (client.clone(), acked.clone(), failed.clone(), next.clone());
+                std::thread::spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= REGISTRATIONS {
+                        return;
+                    }
+                    match client.register_job_toml(job_toml(i).as_bytes()) {
+                        Ok(r) => {
+                            assert!(r.changed && r.version == 0, "registration {i}: {r:?}");
+                            acked.lock().unwrap().push((i, Instant::now()));
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Registrations {
+            acked,
+            failed,
+            threads,
+        }
+    }
+
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// What was acknowledged before `t`.
+    fn acked_before(&self, t: Instant) -> BTreeSet<usize> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, at)| *at < t)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    /// Wait until at least `n` registrations were acknowledged (or all are
+    /// done), then a random few hundred microseconds more.
+    fn wait_acked(&self, n: usize, rng: &mut TestRng, log: &dyn Fn() -> String) {
+        let start = Instant::now();
+        while self.acked_count() < n && self.threads.iter().any(|t| !t.is_finished()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "no {n} registrations in 120 s; log:\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(0..1000)));
+    }
+
+    /// Wait for every thread; the acknowledged registrations and the number
+    /// that failed.
+    fn finish(self) -> (BTreeSet<usize>, usize) {
+        for t in self.threads {
+            t.join().expect("a registration thread panicked");
+        }
+        let acked: BTreeSet<usize> = self.acked.lock().unwrap().iter().map(|(i, _)| *i).collect();
+        (acked, self.failed.load(Ordering::SeqCst))
+    }
+}
+
+/// The registration number of a job named `reg-NNNN`.
+fn number(name: &str) -> usize {
+    name.strip_prefix("reg-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected job {name:?}"))
+}
+
+/// The restarted server lists every acknowledged job.
+fn check_listed(server: &Server, acked: &BTreeSet<usize>) {
+    let listed: BTreeSet<usize> = server
+        .client
+        .list_jobs()
+        .expect("listing jobs after the restart")
+        .iter()
+        .map(|j| number(&j.name))
+        .collect();
+    let lost: Vec<&usize> = acked.difference(&listed).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged registrations lost after the restart: {lost:?}",
+        lost.len()
+    );
+}
+
+/// Open the store file the server left (it must open) and check every
+/// acknowledged job is there, and every job there (acknowledged or not) is
+/// whole: its record and its version record both hold exactly the spec
+/// sent. Returns how many jobs the store holds.
+fn check_store(path: &Path, acked: &BTreeSet<usize>) -> usize {
+    let store = RedbStore::open(path)
+        .unwrap_or_else(|e| panic!("the store {} does not open: {e}", path.display()));
+    let decode_all = |table: Table| -> Vec<Job> {
+        store
+            .scan(table, "")
+            .unwrap_or_else(|e| panic!("scanning {table}: {e}"))
+            .iter()
+            .map(|r| {
+                taba_store::decode::<Job>(&r.value)
+                    .unwrap_or_else(|e| panic!("{table}/{} does not decode: {e}", r.key))
+            })
+            .collect()
+    };
+    let mut present = BTreeSet::new();
+    for job in decode_all(Table::Jobs) {
+        let i = number(&job.spec.name);
+        assert_eq!(job.spec, job_spec(i), "job {i} differs from what was sent");
+        assert_eq!(job.version, 0, "job {i} was applied twice");
+        assert!(present.insert(i), "job {i} stored twice");
+    }
+    let mut versioned = BTreeSet::new();
+    for job in decode_all(Table::JobVersions) {
+        let i = number(&job.spec.name);
+        assert_eq!(job.spec, job_spec(i), "version of job {i} differs");
+        assert!(versioned.insert(i), "job {i} has two versions");
+    }
+    assert_eq!(
+        present, versioned,
+        "a job without its version, or the reverse"
+    );
+    let lost: Vec<&usize> = acked.difference(&present).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged jobs missing from the store: {lost:?}"
+    );
+    present.len()
+}
+
+/// One kill -9 trial on a fresh data dir; returns (acknowledged, stored).
+fn kill9_trial(rng: &mut TestRng) -> (usize, usize) {
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-durability-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let data = tmp.path().join("data");
+    let mut server = Server::start(tmp.path(), &data, None);
+    let kill_after = rng.below(1..(REGISTRATIONS - 2 * IN_FLIGHT) as u64) as usize;
+    let regs = Registrations::start(&server.client);
+    regs.wait_acked(kill_after, rng, &|| server.proc.log_tail());
+    server.kill9();
+    let (acked, _) = regs.finish();
+
+    let mut again = Server::start(tmp.path(), &data, Some(&server.token));
+    check_listed(&again, &acked);
+    // kill -9 again, then read the file the way the next start would.
+    again.kill9();
+    let stored = check_store(&data.join("state.redb"), &acked);
+    (acked.len(), stored)
+}
+
+#[test]
+fn root_kill9_at_random_moments_keeps_every_acknowledged_registration() {
+    require_root();
+    let n = trials("TABA_KILL9_TRIALS", 100);
+    let mut rng = TestRng::from_env("kill -9 trials");
+    let start = Instant::now();
+    let (mut acked, mut stored) = (0, 0);
+    for trial in 0..n {
+        let (a, s) = kill9_trial(&mut rng);
+        eprintln!("trial {trial}: {a} acknowledged, {s} stored");
+        acked += a;
+        stored += s;
+    }
+    eprintln!(
+        "{n} kill -9 trials in {:.1} s: {acked} acknowledged, {stored} stored, none lost",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// One power cut trial; returns (acknowledged before the cut, acknowledged
+/// in all, stored).
+fn power_cut_trial(rng: &mut TestRng) -> (usize, usize, usize) {
+    let mut fs = LoopFs::create(256);
+    // Configuration and logs on the host; only the store is on the test disk.
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-powercut-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let data = fs.mountpoint().join("data");
+    let mut server = Server::start(tmp.path(), &data, None);
+    let cut_after = rng.below(1..(REGISTRATIONS - 2 * IN_FLIGHT) as u64) as usize;
+    let regs = Registrations::start(&server.client);
+    regs.wait_acked(cut_after, rng, &|| server.proc.log_tail());
+    let cut_at = Instant::now();
+    fs.power_cut();
+    // The server goes on taking requests for a moment on a dead disk.
+    std::thread::sleep(Duration::from_millis(rng.below(0..300)));
+    server.kill9();
+    let before_cut = regs.acked_before(cut_at);
+    let (acked, _) = regs.finish();
+    let log = std::fs::read_to_string(&server.proc.log).unwrap_or_default();
+    assert!(
+        !log.contains("panicked"),
+        "the server panicked on the dead disk:\n{log}"
+    );
+
+    fs.reboot();
+    // Every write acknowledged, before the cut or after it, must be there:
+    // an acknowledgement after the cut is only allowed if its fsync reached
+    // the device before it.
+    let mut again = Server::start(tmp.path(), &data, Some(&server.token));
+    let listed: BTreeSet<usize> = again
+        .client
+        .list_jobs()
+        .expect("listing jobs after the power cut")
+        .iter()
+        .map(|j| number(&j.name))
+        .collect();
+    let lost_before: Vec<&usize> = before_cut.difference(&listed).collect();
+    let lost_after: Vec<&usize> = acked
+        .difference(&before_cut)
+        .filter(|i| !listed.contains(i))
+        .collect();
+    assert!(
+        lost_before.is_empty() && lost_after.is_empty(),
+        "acknowledged registrations lost: {lost_before:?} acknowledged before the cut, \
+         {lost_after:?} after it; the server's log before the cut:\n{log}"
+    );
+    again.kill9();
+    let stored = check_store(&data.join("state.redb"), &acked);
+    (before_cut.len(), acked.len(), stored)
+}
+
+#[test]
+fn root_power_cut_keeps_every_acknowledged_registration() {
+    require_root();
+    let n = trials("TABA_POWER_CUT_TRIALS", 10);
+    let mut rng = TestRng::from_env("power cut trials");
+    for trial in 0..n {
+        let (before, acked, stored) = power_cut_trial(&mut rng);
+        eprintln!(
+            "trial {trial}: {before} acknowledged before the cut, {acked} in all, {stored} stored"
+        );
+    }
+}
+
+/// The same power cut under the store alone (no server, no HTTP): threads
+/// apply transactions to a `RedbStore` on the test disk; every `apply` that
+/// returned `Ok` before or after the cut must survive the remount.
+#[test]
+fn root_power_cut_under_the_store_keeps_every_applied_transaction() {
+    use taba_store::{encode, Txn};
+    require_root();
+    let n = trials("TABA_POWER_CUT_TRIALS", 10);
+    let mut rng = TestRng::from_env("store power cut trials");
+    for trial in 0..n {
+        let mut fs = LoopFs::create(256);
+        let path = fs.mountpoint().join("data").join("state.redb");
+        let store = Arc::new(RedbStore::open(&path).unwrap());
+        let applied = Arc::new(Mutex::new(Vec::<(usize, Instant)>::new()));
+        let next = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..IN_FLIGHT)
+            .map(|_| {
+                let (store, applied, next) = (store.clone(), applied.clone(), next.clone());
+                std::thread::spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= REGISTRATIONS {
+                        return;
+                    }
+                    let txn = Txn::new().put(Table::Jobs, job_name(i), encode(&job_toml(i)));
+                    match store.apply(txn) {
+                        Ok(_) => applied.lock().unwrap().push((i, Instant::now())),
+                        Err(_) => return,
+                    }
+                })
+            })
+            .collect();
+        let cut_after = rng.below(1..(REGISTRATIONS - 2 * IN_FLIGHT) as u64) as usize;
+        while applied.lock().unwrap().len() < cut_after {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(0..1000)));
+        let cut_at = Instant::now();
+        fs.power_cut();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(store);
+        let applied = applied.lock().unwrap().clone();
+        fs.reboot();
+        let store = RedbStore::open(&path).unwrap();
+        let present: BTreeSet<usize> = store
+            .scan(Table::Jobs, "")
+            .unwrap()
+            .iter()
+            .map(|r| number(&r.key))
+            .collect();
+        let lost_before: Vec<usize> = applied
+            .iter()
+            .filter(|(i, at)| *at < cut_at && !present.contains(i))
+            .map(|(i, _)| *i)
+            .collect();
+        let lost_after: Vec<usize> = applied
+            .iter()
+            .filter(|(i, at)| *at >= cut_at && !present.contains(i))
+            .map(|(i, _)| *i)
+            .collect();
+        eprintln!(
+            "trial {trial}: {} applied, {} present; lost (applied before the cut) {lost_before:?}, lost (applied after) {lost_after:?}",
+            applied.len(),
+            present.len()
+        );
+        assert!(
+            lost_before.is_empty() && lost_after.is_empty(),
+            "applied transactions lost in the power cut"
+        );
+    }
+}
