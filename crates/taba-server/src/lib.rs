@@ -244,12 +244,7 @@ async fn serve_listener(
         Some(cfg) => taba_tls::serve::serve(listener, cfg, app, stopped).await,
         None => {
             let app = app.layer(axum::Extension(api::peer::PlainLocal));
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                tracing::error!(error = %e, "http server failed");
-            }
+            taba_tls::serve::serve_plain(listener, app, stopped).await;
         }
     }
 }

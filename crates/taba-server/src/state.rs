@@ -11,7 +11,7 @@
 use crate::broker::{now_ms, Broker};
 use crate::config::ServerConfig;
 use crate::locks::{job_key, node_key, node_name_key, KeyLocks};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 use taba_image::ImageStore;
@@ -123,6 +123,11 @@ pub struct ServerState {
     /// on, so the agent's own status reports do not wake it. In memory only;
     /// after a restart it starts at each allocation's modify index.
     alloc_server_index: Mutex<HashMap<AllocId, u64>>,
+    /// Per node with a blocking query waiting (or once waited), the index
+    /// of the last server-side change to its allocations or its record:
+    /// a change wakes only the queries of the nodes it touches, not every
+    /// agent's (see [`Self::watch_node`]).
+    node_changes: Mutex<HashMap<NodeId, watch::Sender<u64>>>,
     node_usage: Mutex<HashMap<NodeId, NodeUsage>>,
     locks: KeyLocks,
     /// Namespaces other than the implicit `default` (unless it was set).
@@ -228,6 +233,7 @@ impl ServerState {
             evals: RwLock::new(evals),
             heartbeats: Mutex::new(HashMap::new()),
             alloc_server_index: Mutex::new(alloc_server_index),
+            node_changes: Mutex::new(HashMap::new()),
             node_usage: Mutex::new(HashMap::new()),
             locks: KeyLocks::default(),
             namespaces: tokio::sync::RwLock::new(namespaces),
@@ -267,6 +273,40 @@ impl ServerState {
         self.index.subscribe()
     }
 
+    /// Subscribe to server-side changes of one node's allocations or
+    /// record (its agent's blocking query). The receiver sees a change for
+    /// every commit that touches the node, and an error once the node is
+    /// removed.
+    pub fn watch_node(&self, id: &NodeId) -> watch::Receiver<u64> {
+        self.node_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Wake the blocking queries of `nodes` (changed at `index`).
+    fn wake_nodes(&self, nodes: &HashSet<NodeId>, index: u64) {
+        if nodes.is_empty() {
+            return;
+        }
+        let m = self.node_changes.lock().unwrap_or_else(|p| p.into_inner());
+        for n in nodes {
+            if let Some(tx) = m.get(n) {
+                tx.send_modify(|i| *i = (*i).max(index));
+            }
+        }
+    }
+
+    /// Forget a removed node's watchers: their queries end now.
+    fn forget_node_watch(&self, id: &NodeId) {
+        self.node_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
     /// Write `txn` through the store (on a blocking thread); returns its index.
     async fn commit(&self, txn: Txn) -> Result<u64, StateError> {
         if *self.shutdown.borrow() {
@@ -291,6 +331,7 @@ impl ServerState {
         nodes: Vec<Node>,
         evals: Vec<Evaluation>,
     ) {
+        let mut touched: HashSet<NodeId> = HashSet::new();
         {
             let mut c = self.cluster_mut();
             for mut n in nodes {
@@ -298,6 +339,7 @@ impl ServerState {
                     n.create_index = index;
                 }
                 n.modify_index = index;
+                touched.insert(n.id.clone());
                 c.upsert_node(n);
             }
             for mut j in jobs {
@@ -318,6 +360,9 @@ impl ServerState {
                 a.modify_index = index;
                 if c.alloc(&a.id).is_none_or(|old| old.server_side_differs(&a)) {
                     server_index.insert(a.id.clone(), index);
+                    if !touched.contains(&a.node_id) {
+                        touched.insert(a.node_id.clone());
+                    }
                 }
                 c.upsert_alloc(a);
             }
@@ -336,6 +381,7 @@ impl ServerState {
             }
         }
         self.index.send_modify(|i| *i = (*i).max(index));
+        self.wake_nodes(&touched, index);
     }
 
     fn new_eval(job: &Job, trigger: EvalTrigger, node: Option<NodeId>) -> Evaluation {

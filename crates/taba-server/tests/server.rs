@@ -315,3 +315,54 @@ fn client_fails_over_to_the_next_address_and_keeps_it() {
     let e = c.list_jobs().unwrap_err();
     assert!(e.to_string().contains(&dead.to_string()), "{e}");
 }
+
+/// An agent's blocking query waits on its own node only: a placement on
+/// another node does not signal it, a placement on its node does, and a
+/// removed node's watchers end (so its query returns at once).
+#[test]
+fn blocking_queries_are_woken_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(10));
+    let c = srv.client();
+    let a = FakeAgent::register(c.clone(), node("n1", 4096));
+    let b = FakeAgent::register(c.clone(), node("n2", 4096));
+    let mut wa = srv.state.watch_node(&a.node.id);
+    let mut wb = srv.state.watch_node(&b.node.id);
+    wa.borrow_and_update();
+    wb.borrow_and_update();
+
+    let on = |name: &str, node: &str| {
+        exec_job(name, 1, "100", "64MiB").replace(
+            "count = 1\n",
+            &format!("count = 1\nconstraint = [{{ attribute = \"${{node.name}}\", value = \"{node}\" }}]\n"),
+        )
+    };
+    c.register_job_toml(on("only-n2", "n2").as_bytes()).unwrap();
+    eventually("placement on n2", || {
+        (b.allocs(0).1.len() == 1).then_some(())
+    });
+    assert!(wb.has_changed().unwrap(), "n2's watcher is signalled");
+    assert!(!wa.has_changed().unwrap(), "n1's watcher is not");
+    assert!(a.allocs(0).1.is_empty());
+
+    c.register_job_toml(on("only-n1", "n1").as_bytes()).unwrap();
+    eventually("placement on n1", || {
+        (a.allocs(0).1.len() == 1).then_some(())
+    });
+    assert!(wa.has_changed().unwrap(), "n1's watcher is signalled");
+
+    // Removing n1 ends its watchers: a waiting query is not left hanging.
+    wa.borrow_and_update();
+    let (index, _) = a.allocs(0);
+    let waiter = {
+        let client = a.client.clone();
+        let id = a.node.id.clone();
+        std::thread::spawn(move || client.agent_allocations(&id, index, Duration::from_secs(60)))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    c.remove_node("n1", true).unwrap();
+    eventually("n1's watcher ends", || {
+        wa.has_changed().is_err().then_some(())
+    });
+    waiter.join().unwrap().expect("the waiting query returns");
+}

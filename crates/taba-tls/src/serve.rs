@@ -85,3 +85,47 @@ pub async fn serve(
         });
     }
 }
+
+/// Serve `app` over plain HTTP/1.1 on `listener` until `shutdown`
+/// completes (the loopback listeners). Like [`serve`] without TLS: each
+/// request is handed to a clone of `app` (a reference count), where
+/// `axum::serve` would build a copy of the router's route table for every
+/// connection (about 20 KiB each, which adds up with thousands of agents
+/// holding blocking queries). `TCP_NODELAY` is set on every connection.
+pub async fn serve_plain(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(req)
+                });
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await
+            {
+                tracing::debug!(peer = %remote, "connection ended: {e}");
+            }
+        });
+    }
+}

@@ -862,13 +862,17 @@ pub async fn agent_allocations(
     .min(state.config.max_blocking_wait);
     let after = q.index.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = state.watch_index();
+    // Woken only by commits that touch this node (not by every commit:
+    // with thousands of agents waiting, a global wake-up per commit costs
+    // more than the commits).
+    let mut changes = state.watch_node(&id);
     let mut stop = state.shutdown.subscribe();
+    let mut removed = false;
     loop {
         changes.borrow_and_update();
         // Only server-side changes wake the agent, not its own status reports.
         let index = state.node_allocs_index(&id).max(node.create_index);
-        if after == 0 || index > after || *stop.borrow() {
+        if after == 0 || index > after || *stop.borrow() || removed {
             return Ok(Json(NodeAllocations {
                 protocol: PROTOCOL,
                 index,
@@ -876,7 +880,7 @@ pub async fn agent_allocations(
             }));
         }
         tokio::select! {
-            _ = changes.changed() => {}
+            r = changes.changed() => removed = r.is_err(),
             _ = stop.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
                 return Ok(Json(NodeAllocations {

@@ -373,6 +373,7 @@ impl ServerState {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         self.apply(index, vec![], lost, vec![], evals.clone());
+        self.forget_node_watch(id);
         for e in evals {
             self.broker.enqueue(e);
         }

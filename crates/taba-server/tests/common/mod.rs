@@ -26,6 +26,8 @@ use taba_types::{
 /// A server running on its own runtime thread.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
+    /// The server's state, for looking inside (in process).
+    pub state: Arc<taba_server::state::ServerState>,
     pub store: Arc<dyn Store>,
     pub dir: PathBuf,
     /// A management token.
@@ -95,15 +97,18 @@ impl TestServer {
                 } else {
                     String::new()
                 };
-                addr_tx.send((handle.addr(), token)).unwrap();
+                addr_tx
+                    .send((handle.addr(), token, handle.state().clone()))
+                    .unwrap();
                 let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
                 handle.shutdown().await;
             });
         });
-        let (addr, token) = addr_rx.recv().expect("server address");
+        let (addr, token, state) = addr_rx.recv().expect("server address");
         Self {
             addr,
             token,
+            state,
             store,
             dir: dir.to_path_buf(),
             stop: Some(stop_tx),

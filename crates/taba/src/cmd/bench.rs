@@ -57,6 +57,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 4)]
         clients: usize,
     },
+    /// One real server process with many simulated agents (heartbeats, a
+    /// blocking query and status reports each) and many allocations:
+    /// heartbeats/s, server RSS, job-run -> placed latency.
+    Scale(super::bench_scale::ScaleArgs),
 }
 
 /// Run a benchmark.
@@ -68,6 +72,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
             rounds,
             clients,
         } => super::bench_acl::api_acl(requests, rounds, clients),
+        BenchCommand::Scale(args) => super::bench_scale::scale(args),
     }
 }
 
