@@ -403,7 +403,7 @@ async fn feed_replica(
         let Some(state) = weak.upgrade() else { break };
         let applied = match batch {
             Ok(b) => state.apply_replicated(&b).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(taba_types::error_chain(&e)),
         };
         if let Err(e) = applied {
             tracing::warn!(

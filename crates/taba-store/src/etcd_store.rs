@@ -55,6 +55,8 @@ use crate::Store;
 const INDEX_MARKER: &str = "_index";
 /// Records read per range request of a scan.
 const SCAN_PAGE: i64 = 256;
+/// How long a read keeps retrying while etcd is unavailable.
+const READ_RETRY: Duration = Duration::from_secs(5);
 /// Largest response accepted from etcd: a scan page of large records.
 const MAX_RESPONSE_BYTES: usize = 4 * MAX_TXN_BYTES;
 
@@ -209,6 +211,30 @@ impl EtcdStore {
         fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
         wait_on(self.runtime()?, fut)
+    }
+
+    /// [`Self::block`] for a read made by `make`, retried for [`READ_RETRY`] while etcd is
+    /// unavailable (a member just died and the client still routes to it, or the members are
+    /// electing): reads have no effect, so trying again is always safe.
+    fn block_read<T, F, Fut>(&self, make: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.block(async move {
+            let deadline = tokio::time::Instant::now() + READ_RETRY;
+            let mut pause = Duration::from_millis(50);
+            loop {
+                match make().await {
+                    Err(e) if unavailable(&e) && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    other => return other,
+                }
+            }
+        })
     }
 
     /// Runs `fut` on the store's runtime and awaits it from any runtime.
@@ -510,6 +536,19 @@ fn wait_on<T: Send + 'static>(
     answer.recv().map_err(|_| StoreError::Closed)?
 }
 
+/// Whether `e` says etcd could not serve the request now (gRPC `Unavailable`: a member that
+/// died, a leader election), rather than refusing it.
+fn unavailable(e: &StoreError) -> bool {
+    let StoreError::Backend { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.downcast_ref::<etcd_client::Error>(),
+        // gRPC code 14 is UNAVAILABLE.
+        Some(etcd_client::Error::GRpcStatus(status)) if status.code() as i32 == 14
+    )
+}
+
 fn revision(header: Option<&etcd_client::ResponseHeader>) -> Result<u64, StoreError> {
     let rev = header
         .map(|h| h.revision())
@@ -639,16 +678,19 @@ impl Store for EtcdStore {
     fn get(&self, table: Table, key: &str) -> Result<Option<Record>, StoreError> {
         let full = self.full_key(table, key);
         let strip = self.table_prefix(table);
-        let mut kv = self.kv();
-        self.block(async move {
-            let resp = kv
-                .get(full.clone(), None)
-                .await
-                .map_err(etcd(format!("read {full} from etcd")))?;
-            resp.kvs()
-                .first()
-                .map(|kv| to_record(&strip, kv))
-                .transpose()
+        let kv = self.kv();
+        self.block_read(move || {
+            let (mut kv, full, strip) = (kv.clone(), full.clone(), strip.clone());
+            async move {
+                let resp = kv
+                    .get(full.clone(), None)
+                    .await
+                    .map_err(etcd(format!("read {full} from etcd")))?;
+                resp.kvs()
+                    .first()
+                    .map(|kv| to_record(&strip, kv))
+                    .transpose()
+            }
         })
     }
 
@@ -656,34 +698,38 @@ impl Store for EtcdStore {
         let strip = self.table_prefix(table);
         let start = format!("{strip}{prefix}");
         let end = prefix_end(start.as_bytes());
-        let mut kv = self.kv();
-        self.block(async move {
-            let what = format!("scan {start} in etcd");
-            let mut records = Vec::new();
-            let mut from = start.clone().into_bytes();
-            let mut at_revision = 0;
-            // Pages read at the revision of the first, so the scan is one consistent view.
-            loop {
-                let options = GetOptions::new()
-                    .with_range(end.clone())
-                    .with_limit(SCAN_PAGE)
-                    .with_revision(at_revision);
-                let resp = kv
-                    .get(from.clone(), Some(options))
-                    .await
-                    .map_err(etcd(what.clone()))?;
-                if at_revision == 0 {
-                    at_revision = revision(resp.header())? as i64;
-                }
-                for kv in resp.kvs() {
-                    records.push(to_record(&strip, kv)?);
-                }
-                match resp.kvs().last() {
-                    Some(last) if resp.more() => {
-                        from = last.key().to_vec();
-                        from.push(0);
+        let kv = self.kv();
+        self.block_read(move || {
+            let (mut kv, start, end, strip) =
+                (kv.clone(), start.clone(), end.clone(), strip.clone());
+            async move {
+                let what = format!("scan {start} in etcd");
+                let mut records = Vec::new();
+                let mut from = start.clone().into_bytes();
+                let mut at_revision = 0;
+                // Pages read at the revision of the first, so the scan is one consistent view.
+                loop {
+                    let options = GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(SCAN_PAGE)
+                        .with_revision(at_revision);
+                    let resp = kv
+                        .get(from.clone(), Some(options))
+                        .await
+                        .map_err(etcd(what.clone()))?;
+                    if at_revision == 0 {
+                        at_revision = revision(resp.header())? as i64;
                     }
-                    _ => return Ok(records),
+                    for kv in resp.kvs() {
+                        records.push(to_record(&strip, kv)?);
+                    }
+                    match resp.kvs().last() {
+                        Some(last) if resp.more() => {
+                            from = last.key().to_vec();
+                            from.push(0);
+                        }
+                        _ => return Ok(records),
+                    }
                 }
             }
         })
@@ -691,13 +737,16 @@ impl Store for EtcdStore {
 
     fn index(&self) -> Result<u64, StoreError> {
         let marker = format!("{}/{INDEX_MARKER}", self.prefix);
-        let mut kv = self.kv();
-        self.block(async move {
-            let resp = kv
-                .get(marker, Some(GetOptions::new().with_count_only()))
-                .await
-                .map_err(etcd("read the etcd revision"))?;
-            revision(resp.header())
+        let kv = self.kv();
+        self.block_read(move || {
+            let (mut kv, marker) = (kv.clone(), marker.clone());
+            async move {
+                let resp = kv
+                    .get(marker, Some(GetOptions::new().with_count_only()))
+                    .await
+                    .map_err(etcd("read the etcd revision"))?;
+                revision(resp.header())
+            }
         })
     }
 }

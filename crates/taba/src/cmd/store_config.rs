@@ -11,7 +11,7 @@
 use anyhow::Context;
 use serde::Deserialize;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use taba_store::{EtcdConfig, EtcdStore, RedbStore};
 
 /// The backend named by `[store] backend`.
@@ -98,7 +98,7 @@ impl StoreFile {
                 if let Some(p) = &self.prefix {
                     config.prefix = p.clone();
                 }
-                let store = EtcdStore::connect(&config).with_context(|| {
+                let store = connect_etcd(&config).with_context(|| {
                     format!("connecting to etcd at {}", self.endpoints.join(","))
                 })?;
                 let ttl = self
@@ -107,6 +107,28 @@ impl StoreFile {
                     .unwrap_or(DEFAULT_LEASE_TTL);
                 Ok(OpenedStore::Etcd(Box::new(store), ttl))
             }
+        }
+    }
+}
+
+/// How long a starting server keeps trying to reach etcd (its members may be electing a
+/// leader, or starting with it).
+const ETCD_CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Connects to etcd, retrying for [`ETCD_CONNECT_PATIENCE`]: an etcd cluster that is
+/// electing ("leader changed") or not up yet is no reason for a server to exit.
+fn connect_etcd(config: &EtcdConfig) -> Result<EtcdStore, taba_store::StoreError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match EtcdStore::connect(config) {
+            Ok(store) => return Ok(store),
+            Err(e) if start.elapsed() < ETCD_CONNECT_PATIENCE => {
+                tracing::warn!(error = %taba_types::error_chain(&e), "cannot reach etcd yet; retrying");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
