@@ -474,8 +474,13 @@ pub(crate) fn unpack_layer<R: Read>(
         dir_times: Vec::new(),
     };
     let mut size = 0u64;
-    for entry in archive.entries().map_err(|e| bad_layer(&what, e))? {
+    for (n, entry) in archive
+        .entries()
+        .map_err(|e| bad_layer(&what, e))?
+        .enumerate()
+    {
         let mut entry = entry.map_err(|e| bad_layer(&what, e))?;
+        check_bounds(n, size, &entry, &what)?;
         size += unpack_entry(&mut layer, &mut entry, &what)?;
     }
     // Directory mtimes last, deepest first, so creating their children does not change them.
@@ -489,6 +494,38 @@ pub(crate) fn unpack_layer<R: Read>(
     }
     let facts = finish_streams(archive.into_inner(), compression, blob, diff_id, &what)?;
     Ok((Unpacked { size }, facts))
+}
+
+/// Largest total of file contents one layer may unpack to: a small compressed layer can
+/// expand a thousandfold and more (a decompression bomb), and would fill the node's disk.
+pub const MAX_LAYER_UNPACKED: u64 = 64 << 30;
+/// Most entries in one layer (each is at least an inode).
+pub const MAX_LAYER_ENTRIES: usize = 2_000_000;
+
+/// Refuses the `n`th entry (0-based) when the layer would exceed its bounds with it.
+fn check_bounds<R: Read>(
+    n: usize,
+    written: u64,
+    entry: &tar::Entry<'_, R>,
+    what: &str,
+) -> Result<(), ImageError> {
+    if n >= MAX_LAYER_ENTRIES {
+        return Err(bad_layer(
+            what,
+            format!("more than {MAX_LAYER_ENTRIES} entries"),
+        ));
+    }
+    let declared = entry.header().size().unwrap_or(0);
+    if written.saturating_add(declared) > MAX_LAYER_UNPACKED {
+        return Err(bad_layer(
+            what,
+            format!(
+                "unpacks to more than {} GiB (a decompression bomb?)",
+                MAX_LAYER_UNPACKED >> 30
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes one entry; returns the bytes of file content written.
@@ -709,6 +746,25 @@ fn apply_fd_meta(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layer_larger_than_the_bound_is_refused_before_the_entry_is_written() {
+        // A tar header declaring one file just over the bound (the data never comes).
+        let mut h = tar::Header::new_gnu();
+        h.set_path("big").unwrap();
+        h.set_size(MAX_LAYER_UNPACKED + 1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let mut blob = h.as_bytes().to_vec();
+        blob.extend_from_slice(&[0u8; 1024]);
+        let tmp = std::env::temp_dir().join(format!("taba-bomb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let err = unpack_layer(&blob[..], &tmp, None, &"0".repeat(64)).unwrap_err();
+        assert!(err.to_string().contains("decompression bomb"), "{err}");
+        assert!(!tmp.join("big").exists(), "the file was created");
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 
     #[test]
     fn sparse_entries_are_refused_before_anything_is_written() {
