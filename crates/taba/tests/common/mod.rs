@@ -53,6 +53,19 @@ pub fn busybox_tar() -> PathBuf {
     p
 }
 
+/// Polls `f` every 100 ms until it is true; after `timeout`, panics saying what was awaited,
+/// with `logs()` to show why.
+pub fn poll(what: &str, timeout: Duration, mut f: impl FnMut() -> bool, logs: impl Fn() -> String) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}; {}", logs());
+}
+
 /// A running `taba dev`.
 pub struct Dev {
     pub child: Option<Child>,
@@ -147,18 +160,10 @@ impl Dev {
     }
 
     /// Poll `f` until true; panic with the log after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if f() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "timed out waiting for {what}; taba dev log:\n{}",
-            self.log_tail()
-        );
+    pub fn wait_for(&self, what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+        poll(what, timeout, f, || {
+            format!("taba dev log:\n{}", self.log_tail())
+        });
     }
 
     /// The last lines of the log.
@@ -480,15 +485,8 @@ impl Cluster {
     }
 
     /// Poll `f` until true; panic with the logs after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if f() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("timed out waiting for {what}; logs:\n{}", self.logs());
+    pub fn wait_for(&self, what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+        poll(what, timeout, f, || format!("logs:\n{}", self.logs()));
     }
 
     /// The last lines of every log.
@@ -1017,15 +1015,8 @@ impl DevCluster {
     }
 
     /// Poll `f` until true; panic with the logs after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if f() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("timed out waiting for {what}; logs:\n{}", self.log_tail());
+    pub fn wait_for(&self, what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+        poll(what, timeout, f, || format!("logs:\n{}", self.log_tail()));
     }
 
     /// The last lines of dev's, the server's and each agent's log.
