@@ -13,21 +13,6 @@ use std::time::{Duration, Instant};
 use taba_cgroups::{AnyCgroup, CgroupVersion, Layout, Limits};
 use taba_runtime::shim::{self, Workload};
 
-/// The container driver's device allow-list.
-const DEVICES: &[&str] = &[
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-    "c *:* m",
-    "b *:* m",
-];
-
 /// A v2 cgroup `taba-test-<pid>-<tag>/task` with `limits`, removed on drop.
 struct V2Cgroup {
     layout: Layout,
@@ -42,7 +27,7 @@ impl V2Cgroup {
         let top = format!("taba-test-{}-{tag}", std::process::id());
         let cg = layout.create(&format!("{top}/task")).unwrap();
         cg.apply(limits).unwrap();
-        assert!(cg.restrict_devices(DEVICES).unwrap());
+        assert!(cg.restrict_devices(DRIVER_DEVICES).unwrap());
         V2Cgroup { layout, top, cg }
     }
 }

@@ -215,19 +215,7 @@ pub fn devices_cgroup(tag: &str) -> TestCgroup {
     ));
     std::fs::create_dir_all(&p).expect("create a test cgroup under /sys/fs/cgroup/devices");
     std::fs::write(p.join("devices.deny"), "a").unwrap();
-    for rule in [
-        "c 1:3 rwm",
-        "c 1:5 rwm",
-        "c 1:7 rwm",
-        "c 1:8 rwm",
-        "c 1:9 rwm",
-        "c 5:0 rwm",
-        "c 5:1 rwm",
-        "c 5:2 rwm",
-        "c 136:* rwm",
-        "c *:* m",
-        "b *:* m",
-    ] {
+    for rule in DRIVER_DEVICES {
         std::fs::write(p.join("devices.allow"), rule).unwrap();
     }
     TestCgroup(p)
@@ -275,3 +263,18 @@ pub fn proc_uids(pid: i32) -> Vec<u32> {
 
 /// CapEff of a root process with Docker's default capability set.
 pub const DEFAULT_CAP_EFF: &str = "00000000a80425fb";
+
+/// The container driver's device allow-list (the standard set, plus mknod of any).
+pub const DRIVER_DEVICES: &[&str] = &[
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c *:* m",
+    "b *:* m",
+];

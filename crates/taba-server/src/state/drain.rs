@@ -27,7 +27,7 @@
 
 use super::{ServerState, StateError};
 use crate::broker::now_ms;
-use crate::locks::{job_key, node_key};
+use crate::locks::node_key;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use taba_store::{Table, Txn};
@@ -85,13 +85,7 @@ impl ServerState {
     /// Moves asked for and not carried out yet are withdrawn; moves made stay.
     pub async fn cancel_drain(&self, key: &str) -> Result<DrainStatus, StateError> {
         let id = self.find_node(key)?.id;
-        let mut keys: Vec<String> = self
-            .node_allocs(&id)
-            .iter()
-            .map(|a| job_key(&a.namespace, &a.job))
-            .collect();
-        keys.push(node_key(id.as_str()));
-        let _held = self.locks.lock(keys).await;
+        let _held = self.lock_node_and_jobs(&id).await;
         let mut node = self.known_node(&id)?;
         let was_draining = node.drain.take().is_some();
         let changed = self.change_eligibility(&mut node, true);
@@ -213,13 +207,7 @@ impl ServerState {
 
     /// Advance the drain of node `id` by one step (see the module doc).
     pub async fn drain_step(&self, id: &NodeId) -> Result<(), StateError> {
-        let mut keys: Vec<String> = self
-            .node_allocs(id)
-            .iter()
-            .map(|a| job_key(&a.namespace, &a.job))
-            .collect();
-        keys.push(node_key(id.as_str()));
-        let _held = self.locks.lock(keys).await;
+        let _held = self.lock_node_and_jobs(id).await;
         let Ok(node) = self.known_node(id) else {
             return Ok(());
         };

@@ -113,16 +113,22 @@ impl ServerState {
         Ok(())
     }
 
-    /// Mark a node down: its allocations that still run are lost, and their
-    /// jobs get evaluations so replacements are placed elsewhere.
-    pub async fn mark_node_down(&self, id: &NodeId) -> Result<(), StateError> {
+    /// Holds the locks of node `id` and of every job with an allocation on it, so that
+    /// nothing changes them while the caller decides.
+    pub(crate) async fn lock_node_and_jobs(&self, id: &NodeId) -> crate::locks::Held {
         let mut keys: Vec<String> = self
             .node_allocs(id)
             .iter()
             .map(|a| job_key(&a.namespace, &a.job))
             .collect();
         keys.push(node_key(id.as_str()));
-        let _held = self.locks.lock(keys).await;
+        self.locks.lock(keys).await
+    }
+
+    /// Mark a node down: its allocations that still run are lost, and their
+    /// jobs get evaluations so replacements are placed elsewhere.
+    pub async fn mark_node_down(&self, id: &NodeId) -> Result<(), StateError> {
+        let _held = self.lock_node_and_jobs(id).await;
         let Ok(mut node) = self.known_node(id) else {
             return Ok(());
         };
@@ -345,13 +351,7 @@ impl ServerState {
         why: &str,
         only_down: bool,
     ) -> Result<usize, StateError> {
-        let mut keys: Vec<String> = self
-            .node_allocs(id)
-            .iter()
-            .map(|a| job_key(&a.namespace, &a.job))
-            .collect();
-        keys.push(node_key(id.as_str()));
-        let _held = self.locks.lock(keys).await;
+        let _held = self.lock_node_and_jobs(id).await;
         let Ok(node) = self.known_node(id) else {
             return Ok(0);
         };
