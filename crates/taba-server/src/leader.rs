@@ -311,6 +311,8 @@ fn follower_role(ha: &Ha, holder: &Record, replica: Option<Replica>) -> Role {
 /// loaded anew whenever its watch ends.
 async fn follow(ha: &Ha, holder: Record, mut at: u64) {
     let mut holder = holder;
+    // Forward everything while the copy loads, then serve reads from it.
+    ha.role.send_replace(follower_role(ha, &holder, None));
     let mut replica = start_replica(ha).await;
     let role = follower_role(ha, &holder, replica.clone());
     if let Role::Follower { leader, .. } = &role {
