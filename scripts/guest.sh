@@ -77,19 +77,33 @@ kernel_version() {
     awk '/Depends: linux-image-[0-9]/ {sub("linux-image-", "", $2); print $2; exit}'
 }
 
-# $GUEST_DIR/<version>/{vmlinuz,modules/*.ko}.
+# Every module of MODULES is in $1/modules.
+have_modules() {
+  local m
+  for m in "${MODULES[@]}"; do
+    [ -s "$1/modules/${m##*/}.ko" ] || return 1
+  done
+}
+
+# $GUEST_DIR/<version>/{vmlinuz,modules/*.ko}: the kernel of KERNEL_PKG and
+# the MODULES (scripts/vm-guest.sh sets both to its own before calling it).
 ensure_kernel() {
   local ver dir tmp
   ver=$(kernel_version)
   [ -n "$ver" ] || die "apt knows no $KERNEL_PKG (run apt-get update)"
   dir=$GUEST_DIR/$ver
-  if [ -s "$dir/vmlinuz" ] && [ -s "$dir/modules/overlay.ko" ]; then
+  if [ -s "$dir/vmlinuz" ] && have_modules "$dir"; then
     echo "$dir"
     return
   fi
   mkdir -p "$GUEST_DIR"
   tmp=$(mktemp -d "$GUEST_DIR/.dl.XXXXXX")
-  (cd "$tmp" && apt-get download -qq "linux-image-$ver" 2>&1 | grep -v 'unsandboxed' >&2 || true)
+  local try
+  for try in 1 2 3; do
+    (cd "$tmp" && apt-get download -qq "linux-image-$ver" 2>&1 | grep -v 'unsandboxed' >&2 || true)
+    ls "$tmp"/linux-image-*.deb >/dev/null 2>&1 && break
+    sleep "$try"
+  done
   ls "$tmp"/linux-image-*.deb >/dev/null 2>&1 || { rm -rf "$tmp"; die "apt-get download linux-image-$ver failed"; }
   dpkg-deb -x "$tmp"/linux-image-*.deb "$tmp/x"
   mkdir -p "$tmp/out/modules"
@@ -237,6 +251,11 @@ run() {
   status=$(cat "$io/status")
   exit "$status"
 }
+
+# Sourced (scripts/vm-guest.sh shares the functions above): stop here.
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then
+  return 0
+fi
 
 case ${1:-} in
   setup) setup ;;

@@ -27,4 +27,7 @@ mkdir -p "$IMAGES"
 # QEMU 10 (bookworm-backports) and Debian's kernel for the cgroup v2 guest
 # that runs the v2 tests (crates/taba-cgroups/tests/root_v2_guest.rs).
 scripts/guest.sh setup >/dev/null
-echo "setup: ok (images in $IMAGES, cgroup v2 guest in ${TABA_GUEST_DIR:-/var/cache/taba/guest})"
+# The vm driver's test guest: Debian's cloud kernel + a busybox initramfs
+# (crates/taba/tests/vm.rs, crates/taba-driver/tests/vm_boot.rs).
+scripts/vm-guest.sh setup >/dev/null
+echo "setup: ok (images in $IMAGES, cgroup v2 guest in ${TABA_GUEST_DIR:-/var/cache/taba/guest}, VM test guest in ${TABA_VM_GUEST_DIR:-/var/cache/taba/vm-guest})"

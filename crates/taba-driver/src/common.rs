@@ -35,6 +35,9 @@ pub enum DriverError {
         #[source]
         source: std::io::Error,
     },
+    /// The `vm` driver failed.
+    #[error("vm")]
+    Vm(#[from] crate::vm::VmError),
     /// The operation is not supported by this driver.
     #[error("{0} is not supported by this driver")]
     Unsupported(&'static str),

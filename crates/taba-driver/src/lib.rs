@@ -1,5 +1,5 @@
-//! Workload drivers: the [`Driver`] trait and the `exec` and `container`
-//! drivers.
+//! Workload drivers: the [`Driver`] trait and the `exec`, `container` and
+//! `vm` drivers.
 //!
 //! The trait follows Nomad's `DriverPlugin`: capabilities, fingerprint,
 //! start, wait, stop, destroy, inspect, stats, signal, exec and recover
@@ -16,7 +16,9 @@
 mod common;
 pub mod container;
 pub mod exec;
+pub mod migrate;
 pub mod shimmed;
 pub mod userns;
+pub mod vm;
 
 pub use common::*;

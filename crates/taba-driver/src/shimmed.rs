@@ -230,7 +230,7 @@ impl Shimmed {
 
 /// Wait up to `timeout` for process `pid` to end, without polling /proc:
 /// a pidfd becomes readable when the process exits. True when it is gone.
-fn wait_gone(pid: u32, timeout: Duration) -> bool {
+pub(crate) fn wait_gone(pid: u32, timeout: Duration) -> bool {
     #[allow(unsafe_code)]
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;

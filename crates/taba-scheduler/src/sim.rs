@@ -603,6 +603,14 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
             ulimits: Default::default(),
             no_new_privileges: false,
             user_namespace: None,
+            vcpus: None,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            machine: None,
+            accel: None,
+            disks: Vec::new(),
+            network: None,
         }],
     }
 }

@@ -304,6 +304,14 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     ulimits: Default::default(),
                     no_new_privileges: false,
                     user_namespace: None,
+                    vcpus: None,
+                    kernel: None,
+                    initrd: None,
+                    cmdline: None,
+                    machine: None,
+                    accel: None,
+                    disks: Vec::new(),
+                    network: None,
                 }],
             }
         })

@@ -424,6 +424,32 @@ pub struct TaskSpec {
     /// host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_namespace: Option<UserNamespaceMode>,
+    /// Virtual CPUs (vm driver; 1 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// Kernel to boot directly (vm driver): a file in the node's VM image
+    /// directories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Initial ramdisk of the kernel (vm driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Kernel command line (vm driver); `console=ttyS0` is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// Machine type (vm driver): `microvm` (default) or `q35`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<crate::vm::VmMachine>,
+    /// Acceleration (vm driver): `kvm` or `tcg`; unset, the node decides
+    /// (KVM where its probe boots a guest, else TCG).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<crate::vm::VmAccel>,
+    /// Disks (vm driver): qcow2 overlays on base images, or blank disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<crate::vm::VmDisk>,
+    /// Network of the VM (vm driver): `none` (default) or `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::vm::VmNetwork>,
 }
 
 /// `user_namespace` of a task.

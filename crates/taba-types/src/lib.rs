@@ -26,6 +26,7 @@ pub mod ports;
 pub mod security;
 pub mod units;
 pub mod validate;
+pub mod vm;
 pub mod wire;
 
 pub use alloc::*;

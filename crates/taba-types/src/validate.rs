@@ -272,6 +272,7 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
     }
     check_constraints(errs, &format!("{p}."), &t.constraints);
     check_affinities(errs, &format!("{p}."), &t.affinity);
+    crate::vm::check_vm_task(errs, p, t);
 }
 
 /// The number of a signal name (`SIGTERM`, `TERM`, `15`), for the signals

@@ -1,7 +1,9 @@
 //! `taba agent --config F`: one node. The configuration file is documented
 //! in docs/configuration.md.
 
-use super::daemon::{drivers, init_logging, read_config, run_async, shutdown_signal, yes, TlsFile};
+use super::daemon::{
+    drivers, init_logging, read_config, run_async, shutdown_signal, yes, TlsFile, VmFile,
+};
 use super::GlobalArgs;
 use anyhow::Context;
 use serde::Deserialize;
@@ -63,6 +65,8 @@ struct AgentFile {
     ports: PortsFile,
     #[serde(default)]
     isolation: IsolationFile,
+    #[serde(default)]
+    vm: VmFile,
     /// Longest `alloc exec` run.
     #[serde(default)]
     exec_timeout: Option<taba_types::DurationSpec>,
@@ -307,6 +311,12 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
     let cfg: AgentFile = read_config(a.config.as_deref())?;
     let mut ac = cfg.agent_config(a.config.as_deref())?;
     let policy = cfg.isolation.policy(a.config.as_deref())?;
+    let vm = cfg.vm.config(&cfg.data_dir).with_context(|| {
+        format!(
+            "configuration {}",
+            a.config.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+        )
+    })?;
     run_async(async move {
         let images_dir = cfg
             .images_dir
@@ -318,7 +328,7 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
         );
         ac.images = Some(images.clone());
         let data_dir = ac.data_dir.clone();
-        let agent = taba_agent::start(ac, drivers(images, policy, &data_dir)?).await?;
+        let agent = taba_agent::start(ac, drivers(images, policy, vm, &data_dir)?).await?;
         eprintln!(
             "taba agent: node {} (API {}, advertised as {})",
             agent.node_id, agent.http_addr, agent.advertise

@@ -56,11 +56,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// The drivers of a node, granting what `policy` allows.
+/// The drivers of a node, granting what `policy` allows, VMs as `vm` says.
 /// The table of user namespace id ranges is `<agent data dir>/userns.json`.
 pub(crate) fn drivers(
     images: Arc<ImageStore>,
     policy: IsolationPolicy,
+    vm: taba_driver::vm::VmConfig,
     agent_data_dir: &std::path::Path,
 ) -> anyhow::Result<Vec<Arc<dyn Driver>>> {
     let exe = std::env::current_exe().context("locating the taba binary for task shims")?;
@@ -69,11 +70,90 @@ pub(crate) fn drivers(
     Ok(vec![
         Arc::new(taba_driver::exec::ExecDriver::new(exe.clone()).with_policy(policy.clone())),
         Arc::new(
-            taba_driver::container::ContainerDriver::new(exe, images)
+            taba_driver::container::ContainerDriver::new(exe.clone(), images)
                 .with_policy(policy)
                 .with_user_namespaces(ranges),
         ),
+        Arc::new(taba_driver::vm::VmDriver::new(exe, vm)),
     ])
+}
+
+/// `[vm]` of the agent file (docs/vms.md): how this node runs VMs.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VmFile {
+    /// Directories kernels, initrds and base disk images are taken from
+    /// (default `<data_dir>/vm-images`).
+    #[serde(default)]
+    pub(crate) image_dirs: Option<Vec<std::path::PathBuf>>,
+    /// `auto` (KVM where the probe boots a guest, else TCG), `kvm` or `tcg`.
+    #[serde(default)]
+    pub(crate) accel: Option<String>,
+    /// The QEMU binary.
+    #[serde(default)]
+    pub(crate) qemu: Option<std::path::PathBuf>,
+    /// `qemu-img`.
+    #[serde(default)]
+    pub(crate) qemu_img: Option<std::path::PathBuf>,
+    /// Kernel the KVM probe boots.
+    #[serde(default)]
+    pub(crate) probe_kernel: Option<std::path::PathBuf>,
+    /// Its initrd.
+    #[serde(default)]
+    pub(crate) probe_initrd: Option<std::path::PathBuf>,
+    /// Memory a VM's cgroup allows above its RAM.
+    #[serde(default)]
+    pub(crate) overhead: Option<taba_types::ByteSize>,
+}
+
+/// `auto`, `kvm` or `tcg`.
+pub(crate) fn parse_accel(s: &str) -> anyhow::Result<taba_driver::vm::AccelPolicy> {
+    use taba_driver::vm::AccelPolicy;
+    use taba_types::vm::VmAccel;
+    Ok(match s {
+        "auto" => AccelPolicy::Auto,
+        "kvm" => AccelPolicy::Force(VmAccel::Kvm),
+        "tcg" => AccelPolicy::Force(VmAccel::Tcg),
+        other => anyhow::bail!("{other:?} is not an accelerator; use \"auto\", \"kvm\" or \"tcg\""),
+    })
+}
+
+impl VmFile {
+    /// The driver's configuration; `data_dir` gives the default image dir.
+    pub(crate) fn config(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<taba_driver::vm::VmConfig> {
+        let mut c = taba_driver::vm::VmConfig {
+            image_dirs: self
+                .image_dirs
+                .clone()
+                .unwrap_or_else(|| vec![data_dir.join("vm-images")]),
+            probe_kernel: self.probe_kernel.clone(),
+            probe_initrd: self.probe_initrd.clone(),
+            ..Default::default()
+        };
+        for (i, d) in c.image_dirs.iter().enumerate() {
+            anyhow::ensure!(
+                d.is_absolute(),
+                "vm.image_dirs[{i}]: {} is not an absolute path",
+                d.display()
+            );
+        }
+        if let Some(a) = &self.accel {
+            c.accel = parse_accel(a).context("vm.accel")?;
+        }
+        if let Some(q) = &self.qemu {
+            c.qemu = q.clone();
+        }
+        if let Some(q) = &self.qemu_img {
+            c.qemu_img = q.clone();
+        }
+        if let Some(o) = self.overhead {
+            c.overhead = o;
+        }
+        Ok(c)
+    }
 }
 
 /// `#[serde(default = "yes")]`: a switch that is on unless turned off.

@@ -18,7 +18,7 @@
 //! `taba dev --agents N` runs a server and N agents as separate processes
 //! instead ([`super::devcluster`]).
 
-use super::daemon::{drivers, init_logging, run_async, shutdown_signal};
+use super::daemon::{drivers, init_logging, run_async, shutdown_signal, VmFile};
 use super::GlobalArgs;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -76,6 +76,20 @@ pub struct DevArgs {
     /// Private subnet of the bridge that joins the agents to the server.
     #[arg(long, default_value = "10.213.0.0/24", requires = "agents")]
     pub subnet: String,
+    /// Directory VM kernels, initrds and base disks are taken from
+    /// (repeatable; default <data-dir>/vm-images); see docs/vms.md.
+    #[arg(long, value_name = "DIR")]
+    pub vm_image_dir: Vec<PathBuf>,
+    /// Accelerator of VMs whose job does not say: auto (KVM where a probe
+    /// boots a guest), kvm or tcg.
+    #[arg(long, value_name = "ACCEL", default_value = "auto")]
+    pub vm_accel: String,
+    /// Kernel (and initrd) the KVM probe boots (`auto`).
+    #[arg(long, value_name = "FILE")]
+    pub vm_probe_kernel: Option<PathBuf>,
+    /// Initrd of the probe kernel.
+    #[arg(long, value_name = "FILE", requires = "vm_probe_kernel")]
+    pub vm_probe_initrd: Option<PathBuf>,
     /// Prefix of the names of the namespaces, bridge and veths (tests run
     /// several clusters at once).
     #[arg(long, hide = true, env = "TABA_DEV_NET_PREFIX", default_value = "taba")]
@@ -123,11 +137,29 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         let mut ac = AgentConfig::new(a.data_dir.join("agent"), format!("http://{addr}"));
         ac.name = a.node_name.clone();
         ac.images = Some(images.clone());
+        let vm = VmFile {
+            image_dirs: (!a.vm_image_dir.is_empty())
+                .then(|| {
+                    a.vm_image_dir
+                        .iter()
+                        .map(std::path::absolute)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+                .context("--vm-image-dir")?,
+            accel: Some(a.vm_accel.clone()),
+            probe_kernel: a.vm_probe_kernel.clone(),
+            probe_initrd: a.vm_probe_initrd.clone(),
+            ..Default::default()
+        }
+        .config(&a.data_dir)
+        .context("--vm-*")?;
         let agent = taba_agent::start(
             ac,
             drivers(
                 images,
                 IsolationPolicy::default(),
+                vm,
                 &a.data_dir.join("agent"),
             )?,
         )

@@ -1319,3 +1319,31 @@ fn unique_seed(attempt: u32) -> u64 {
     x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
     x ^ (x >> 31)
 }
+
+/// The `vm` driver's test guest (`<dir>/current/{vmlinuz,initramfs.cpio}`),
+/// built by `scripts/vm-guest.sh setup` (run here when missing). Returns
+/// the directory to give `taba dev --vm-image-dir`.
+pub fn vm_guest_dir() -> PathBuf {
+    let dir =
+        std::env::var("TABA_VM_GUEST_DIR").unwrap_or_else(|_| "/var/cache/taba/vm-guest".into());
+    let dir = PathBuf::from(dir);
+    if !dir.join("current/initramfs.cpio").exists() {
+        let script = manifest_dir().join("../../scripts/vm-guest.sh");
+        let st = Command::new("bash")
+            .arg(script)
+            .arg("setup")
+            .status()
+            .expect("running scripts/vm-guest.sh");
+        assert!(
+            st.success(),
+            "building the VM test guest failed; run scripts/setup.sh"
+        );
+    }
+    dir
+}
+
+/// The whole stdout of allocation `id` (`taba alloc logs`).
+pub fn alloc_stdout(dev: &Dev, id: &str) -> String {
+    let out = dev.cli(&["alloc", "logs", id]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

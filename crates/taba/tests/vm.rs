@@ -1,0 +1,249 @@
+//! The `vm` driver end to end: `taba dev` runs the test guest of
+//! `scripts/vm-guest.sh` (Debian's cloud kernel, a busybox initramfs) under
+//! TCG with QEMU 10. Needs root and QEMU; fails loudly without them.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// `taba dev` allowing the test guest's directory for VM files.
+fn dev_for_vms(data: &Path, accel: &str) -> Dev {
+    let guest = vm_guest_dir();
+    Dev::start_on(
+        data,
+        &[
+            "--vm-image-dir",
+            guest.to_str().unwrap(),
+            "--vm-accel",
+            accel,
+        ],
+    )
+}
+
+fn vm_job(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+type = "service"
+[[group]]
+name = "g"
+restart = {{ attempts = 0, interval = "1m", delay = "1s", mode = "fail" }}
+reschedule = {{ attempts = 0 }}
+  [[group.task]]
+  name = "guest"
+  driver = "vm"
+  kernel = "current/vmlinuz"
+  initrd = "current/initramfs.cpio"
+  resources = {{ cpu = 500, memory = "256MiB" }}
+  kill_timeout = "30s"
+{extra}
+"#
+    )
+}
+
+/// The one allocation of `job` once `f` holds for it.
+fn wait_alloc(
+    dev: &Dev,
+    job: &str,
+    what: &str,
+    mut f: impl FnMut(&taba_types::Allocation) -> bool,
+) -> taba_types::Allocation {
+    let mut found = None;
+    dev.wait_for(what, Duration::from_secs(120), || {
+        let Ok(st) = dev.client.job_status(job) else {
+            return false;
+        };
+        for e in &st.allocations {
+            if let Ok(a) = dev.client.alloc(e.id.as_str()) {
+                if f(&a.allocation) {
+                    found = Some(a.allocation);
+                    return true;
+                }
+            }
+        }
+        false
+    });
+    found.unwrap()
+}
+
+fn running(a: &taba_types::Allocation) -> bool {
+    a.client_status.to_string() == "running"
+}
+
+/// `/proc/PID/stat` field 22: the process's start time (against pid reuse).
+fn start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The highest `taba-count N` in `log`.
+fn last_count(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("taba-count "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn root_vm_boots_logs_survives_agent_kill_and_powers_down() {
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-vm-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let _cleanup = CleanupGuard(tmp.path().to_path_buf());
+    let dev = dev_for_vms(tmp.path(), "tcg");
+    let f = job_file(
+        tmp.path(),
+        "vm1",
+        &vm_job("vm1", "  cmdline = \"taba.count\"\n  vcpus = 1\n"),
+    );
+    let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let a = wait_alloc(&dev, "vm1", "the VM running", running);
+    let id = a.id.to_string();
+    dev.wait_for("the guest's init marker in alloc logs", Duration::from_secs(120), || {
+        alloc_stdout(&dev, &id).contains("taba-guest: init ok")
+    });
+    let pid = a.task_states["guest"].pid.expect("a running task has a pid");
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.contains("qemu-system-x86_64"), "{cmdline}");
+    assert!(cmdline.contains("tcg"), "{cmdline}");
+    assert!(cmdline.contains("tsc_early_khz="), "TCG direct boots get the host's TSC kHz: {cmdline}");
+    let started = start_time(pid).unwrap();
+    // QEMU runs in the task's cgroup, limited to the guest's RAM + overhead.
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cgroup.contains(&format!("/{id}/guest")), "{cgroup}");
+    // Its QMP socket is in the task dir, which only root enters.
+    let task_dir = tmp.path().join("agent/allocs").join(&id).join("guest");
+    assert!(task_dir.join("qmp.sock").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&task_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "task dir mode {mode:o}");
+
+    // kill -9 the agent (and server): the VM keeps running, and the
+    // restarted agent re-adopts the same QEMU.
+    let before = last_count(&alloc_stdout(&dev, &id));
+    let mut dev = dev;
+    dev.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(start_time(pid), Some(started), "QEMU died with the agent");
+    let dev2 = dev_for_vms(tmp.path(), "tcg");
+    let a2 = wait_alloc(&dev2, "vm1", "the VM re-adopted", |a| {
+        running(a) && a.task_states["guest"].pid == Some(pid)
+    });
+    assert_eq!(a2.task_states["guest"].restarts, 0);
+    assert_eq!(start_time(pid), Some(started), "QEMU was restarted");
+    dev2.wait_for("the guest still counting", Duration::from_secs(60), || {
+        last_count(&alloc_stdout(&dev2, &id)) > before + 5
+    });
+    let log = alloc_stdout(&dev2, &id);
+    assert_eq!(
+        log.matches("taba-guest: init ok").count(),
+        1,
+        "the guest booted again"
+    );
+    assert!(
+        std::fs::read_to_string(&dev2.log)
+            .unwrap()
+            .contains("re-attached over QMP"),
+        "{}",
+        dev2.log_tail()
+    );
+    // Stats come from QEMU's cgroup (the guest's RAM it touched, and QEMU).
+    dev2.wait_for("memory usage of the VM reported", Duration::from_secs(30), || {
+        dev2.client
+            .alloc(&id)
+            .ok()
+            .and_then(|a| a.usage)
+            .is_some_and(|u| u.memory.0 > 16 << 20)
+    });
+
+    // `alloc stop` presses the power button: the guest powers itself off.
+    let out = dev2.cli(&["alloc", "stop", &id]);
+    assert!(out.status.success(), "{out:?}");
+    dev2.wait_for("QEMU gone", Duration::from_secs(60), || {
+        start_time(pid) != Some(started)
+    });
+    let log = alloc_stdout(&dev2, &id);
+    assert!(
+        log.contains("taba-guest: power button"),
+        "the guest saw no ACPI power-down: {}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+    let a = dev2.client.alloc(&id).unwrap();
+    assert_eq!(a.allocation.task_states["guest"].exit_code, Some(0));
+    drop(dev2);
+    drop(dev);
+}
+
+#[test]
+fn root_vm_bad_files_fail_the_start_with_the_field_and_leave_nothing() {
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-vm-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let _cleanup = CleanupGuard(tmp.path().to_path_buf());
+    // auto: no probe kernel is given, so KVM is not proven and VMs get TCG.
+    let dev = dev_for_vms(tmp.path(), "auto");
+    // A host file outside the VM image directories is never read.
+    let job = vm_job("bad", "").replace("current/vmlinuz", "/etc/shadow");
+    let f = job_file(tmp.path(), "bad", &job);
+    assert!(dev
+        .cli(&["job", "run", "--detach", f.to_str().unwrap()])
+        .status
+        .success());
+    let a = wait_alloc(&dev, "bad", "the start failed", |a| {
+        a.client_status.to_string() == "failed"
+    });
+    let events = format!("{:?}", a.task_states["guest"].events);
+    assert!(
+        events.contains("kernel \\\"/etc/shadow\\\"")
+            && events.contains("outside the VM image directories"),
+        "{events}"
+    );
+    // A corrupt base image: qemu-img's refusal, naming the disk.
+    // (the kernel file read as a qcow2 base)
+    let job = vm_job("baddisk", "  disks = [{ image = \"current/vmlinuz\", format = \"qcow2\" }]\n");
+    let f = job_file(tmp.path(), "baddisk", &job);
+    assert!(dev
+        .cli(&["job", "run", "--detach", f.to_str().unwrap()])
+        .status
+        .success());
+    let a = wait_alloc(&dev, "baddisk", "the start failed", |a| {
+        a.client_status.to_string() == "failed"
+    });
+    let events = format!("{:?}", a.task_states["guest"].events);
+    assert!(events.contains("disks[0].image: qemu-img info"), "{events}");
+    // Nothing left: no overlay, no socket, no cgroup, no QEMU.
+    let task_dir = tmp.path().join("agent/allocs").join(a.id.as_str()).join("guest");
+    let left: Vec<_> = std::fs::read_dir(&task_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !left.iter().any(|n| {
+            let n = n.to_string_lossy();
+            n.contains("disk") || n.contains("qmp")
+        }),
+        "{left:?}"
+    );
+    assert!(shims_under(&tmp.path().join("agent")).is_empty());
+
+    // Validation at submission names the field.
+    let job = vm_job("badspec", "  vcpus = 0\n  image = \"busybox\"\n");
+    let f = job_file(tmp.path(), "badspec", &job);
+    let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("group[0].task[0].vcpus"), "{err}");
+    assert!(err.contains("group[0].task[0].image"), "{err}");
+
+    // Node fingerprint: the vm driver is there and says why KVM is not used.
+    let node = dev.client.node("n1").unwrap();
+    let vm = &node.node.drivers["vm"];
+    assert!(vm.healthy, "{vm:?}");
+    assert!(vm.description.contains("QEMU emulator version 10"), "{vm:?}");
+}

@@ -1,0 +1,222 @@
+//! Live migration of a VM between two `vm` drivers, the two ends of a move
+//! as a source and a target agent run them (the real task shim of this
+//! `taba` binary, real cgroups, QEMU 10 under TCG, the counting test
+//! guest), over loopback. Needs root and QEMU; fails loudly without them.
+
+mod common;
+
+use common::*;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use taba_driver::migrate::{Migratable, MigrationPolicy};
+use taba_driver::vm::{AccelPolicy, VmConfig, VmDriver};
+use taba_driver::{Driver, TaskConfig, TaskHandle};
+use taba_types::vm::VmAccel;
+
+/// A cgroup subtree of this test run, removed when dropped.
+struct Cgroups(String);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        if let Ok(l) = taba_cgroups::Layout::detect() {
+            let _ = l.destroy(&self.0);
+        }
+    }
+}
+
+fn driver() -> VmDriver {
+    VmDriver::new(
+        taba_bin(),
+        VmConfig {
+            image_dirs: vec![vm_guest_dir()],
+            accel: AccelPolicy::Force(VmAccel::Tcg),
+            ..VmConfig::default()
+        },
+    )
+}
+
+/// A counting guest's task, `side` of the move, under `root`.
+fn task(root: &Path, cgroups: &Cgroups, side: &str) -> TaskConfig {
+    let task = serde_json::from_value(serde_json::json!({
+        "name": "guest",
+        "driver": "vm",
+        "kernel": "current/vmlinuz",
+        "initrd": "current/initramfs.cpio",
+        "cmdline": "taba.count",
+        "resources": { "cpu": 500, "memory": "256MiB" },
+    }))
+    .unwrap();
+    TaskConfig {
+        alloc_id: taba_types::AllocId(format!("{side}-{}", std::process::id())),
+        job: "vm".into(),
+        group: "g".into(),
+        task,
+        network_mode: taba_types::NetworkMode::None,
+        task_dir: root.join(side).join("guest"),
+        log_dir: root.join(side).join("logs"),
+        log_max_bytes: 16 << 20,
+        log_max_files: 2,
+        cgroup: format!("{}/{side}/guest", cgroups.0),
+        env: Vec::new(),
+    }
+}
+
+fn console(cfg: &TaskConfig) -> String {
+    std::fs::read_to_string(cfg.log_dir.join("guest.stdout.0")).unwrap_or_default()
+}
+
+fn counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("taba-count "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool, logs: impl Fn() -> String) {
+    poll(what, timeout, &mut f, logs);
+}
+
+struct Pair {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    cgroups: Cgroups,
+    a: VmDriver,
+    b: VmDriver,
+}
+
+fn pair() -> Pair {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-vm-mig-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    Pair {
+        root: tmp.path().to_path_buf(),
+        _tmp: tmp,
+        cgroups: Cgroups(format!("taba-test-vm-mig-{}-{}", std::process::id(), rand_suffix())),
+        a: driver(),
+        b: driver(),
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+/// Start the source VM and wait until it has counted a while.
+fn start_counting(p: &Pair) -> (TaskConfig, TaskHandle) {
+    let cfg = task(&p.root, &p.cgroups, "source");
+    let h = p.a.start(&cfg).expect("the source VM starts");
+    wait_until(
+        "the source guest counting",
+        Duration::from_secs(120),
+        || counts(&console(&cfg)).last().copied().unwrap_or(0) >= 10,
+        || console(&cfg),
+    );
+    (cfg, h)
+}
+
+fn end(d: &VmDriver, h: &TaskHandle) {
+    let _ = d.stop(h, libc::SIGKILL, Duration::from_secs(10));
+    let _ = d.wait(h);
+    let _ = d.destroy(h);
+}
+
+#[test]
+fn root_vm_live_migration_keeps_the_guest_counting() {
+    let p = pair();
+    let (src_cfg, src) = start_counting(&p);
+    let info = p.a.source_info(&src).unwrap();
+    assert_eq!(info.accel, VmAccel::Tcg);
+    let dst_cfg = task(&p.root, &p.cgroups, "target");
+    let (dst, incoming) = p
+        .b
+        .prepare_incoming(&dst_cfg, IpAddr::V4(Ipv4Addr::LOCALHOST), &info)
+        .expect("the target waits for the VM");
+    assert_ne!(incoming.addr.port(), 0);
+    let mut updates = 0;
+    let started = Instant::now();
+    let stats = p
+        .a
+        .migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {
+            updates += 1
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}; target stderr: {:?}",
+                taba_types::error_chain(&e),
+                std::fs::read_to_string(dst_cfg.log_dir.join("guest.stderr.0"))
+            )
+        });
+    let elapsed = started.elapsed();
+    eprintln!("migration: {stats:?} in {elapsed:?}, {updates} progress updates");
+    assert!(stats.transferred > 0, "{stats:?}");
+    p.b.finish_incoming(&dst, Duration::from_secs(30)).unwrap();
+
+    // The source QEMU ended cleanly; the target goes on counting where the
+    // source stopped, without booting again.
+    let exit = p.a.wait(&src).unwrap();
+    assert_eq!(exit.exit_code, Some(0), "{exit:?}");
+    assert!(!p.a.inspect(&src).unwrap());
+    let last_on_source = counts(&console(&src_cfg)).last().copied().unwrap();
+    wait_until(
+        "the target guest counting on",
+        Duration::from_secs(60),
+        || counts(&console(&dst_cfg)).last().copied().unwrap_or(0) > last_on_source + 10,
+        || console(&dst_cfg),
+    );
+    let target_log = console(&dst_cfg);
+    let target_counts = counts(&target_log);
+    assert!(
+        target_counts[0] > 1 && target_counts[0] <= last_on_source + 5,
+        "the target's first count {} does not follow the source's last {last_on_source}",
+        target_counts[0]
+    );
+    assert!(
+        target_counts.windows(2).all(|w| w[1] == w[0] + 1),
+        "the count skipped or restarted on the target: {target_counts:?}"
+    );
+    assert!(!target_log.contains("taba-guest: init ok"), "the target booted");
+    // Power down the target.
+    p.b.stop(&dst, libc::SIGTERM, Duration::from_secs(30)).unwrap();
+    let exit = p.b.wait(&dst).unwrap();
+    assert_eq!(exit.exit_code, Some(0), "{exit:?}");
+    assert!(console(&dst_cfg).contains("taba-guest: power button"));
+    p.a.destroy(&src).unwrap();
+    p.b.destroy(&dst).unwrap();
+}
+
+#[test]
+fn root_vm_migration_to_a_dead_target_leaves_the_source_running() {
+    let p = pair();
+    let (src_cfg, src) = start_counting(&p);
+    let info = p.a.source_info(&src).unwrap();
+    let dst_cfg = task(&p.root, &p.cgroups, "target");
+    let (dst, incoming) = p
+        .b
+        .prepare_incoming(&dst_cfg, IpAddr::V4(Ipv4Addr::LOCALHOST), &info)
+        .unwrap();
+    // The target dies before the source sends anything.
+    p.b.abort_incoming(&dst).unwrap();
+    assert!(!p.b.inspect(&dst).unwrap());
+    let e = p
+        .a
+        .migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {})
+        .unwrap_err();
+    let e = taba_types::error_chain(&e);
+    assert!(e.contains("migration"), "{e}");
+    // The source runs on and keeps counting.
+    assert!(p.a.inspect(&src).unwrap());
+    let before = counts(&console(&src_cfg)).last().copied().unwrap();
+    wait_until(
+        "the source still counting",
+        Duration::from_secs(60),
+        || counts(&console(&src_cfg)).last().copied().unwrap_or(0) > before + 5,
+        || console(&src_cfg),
+    );
+    end(&p.a, &src);
+}
