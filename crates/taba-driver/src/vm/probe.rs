@@ -36,7 +36,7 @@ pub fn boot_probe(
     if let Some(i) = initrd {
         cmd.arg("-initrd").arg(i);
     }
-    let mut append = String::from("console=ttyS0 loglevel=6 panic=-1");
+    let mut append = String::from("console=ttyS0 loglevel=7 panic=-1");
     if accel == VmAccel::Tcg {
         if let Some(khz) = super::qemu::host_khz() {
             append.push_str(&format!(" tsc_early_khz={khz}"));

@@ -79,7 +79,7 @@ impl VmPlan {
         // No new privileges, no spawning, no raw syscalls beyond a VM's.
         push(&[
             "-sandbox",
-            "on,obtain=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]);
         // The serial console is QEMU's stdout: the task shim's log.
         push(&["-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0"]);
