@@ -96,7 +96,9 @@ async fn qemu_qmp_quit_ends_qemu_with_a_shutdown_event() {
         }
     }
     assert_eq!(shutdown, Some((false, "host-qmp-quit".to_string())));
-    let status = q.wait(Duration::from_secs(10)).expect("QEMU exits after quit");
+    let status = q
+        .wait(Duration::from_secs(10))
+        .expect("QEMU exits after quit");
     assert!(status.success(), "{status}");
     // Nobody listens any more.
     let e = Qmp::connect(&q.socket, T).await.err().expect("no QEMU");

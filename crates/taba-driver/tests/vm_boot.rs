@@ -76,7 +76,12 @@ fn qemu_direct_kernel_tcg_boots_do_not_hang_ten_in_a_row() {
     let mut times = Vec::new();
     for i in 0..10 {
         let start = Instant::now();
-        let (ok, console) = boots_to(&plan, dir.path(), "taba-guest: init ok", Duration::from_secs(90));
+        let (ok, console) = boots_to(
+            &plan,
+            dir.path(),
+            "taba-guest: init ok",
+            Duration::from_secs(90),
+        );
         assert!(
             ok,
             "boot {i} did not reach init in 90 s; console tail: {}",
@@ -91,14 +96,19 @@ fn qemu_direct_kernel_tcg_boots_do_not_hang_ten_in_a_row() {
 fn qemu_q35_direct_kernel_boot() {
     let plan = guest_plan(VmMachine::Q35);
     let dir = tempfile::tempdir().unwrap();
-    let (ok, console) = boots_to(&plan, dir.path(), "taba-guest: init ok", Duration::from_secs(120));
+    let (ok, console) = boots_to(
+        &plan,
+        dir.path(),
+        "taba-guest: init ok",
+        Duration::from_secs(120),
+    );
     assert!(ok, "{}", &console[console.len().saturating_sub(3000)..]);
 }
 
 #[test]
 fn qemu_probe_boots_the_guest_under_tcg_and_is_bounded() {
     let g = vm_guest();
-    let q = PathBuf::from(qemu_bin());
+    let q = qemu_bin();
     // The probe's machinery works: TCG boots the guest to its init.
     let t = probe::boot_probe(
         &q,
@@ -142,7 +152,14 @@ fn qemu_img_overlays_on_base_images() {
     img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "8M"]);
     let chained = images.join("chained.qcow2");
     img(&[
-        "create", "-q", "-f", "qcow2", "-b", base.to_str().unwrap(), "-F", "qcow2",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        base.to_str().unwrap(),
+        "-F",
+        "qcow2",
         chained.to_str().unwrap(),
     ]);
     std::fs::write(images.join("corrupt.qcow2"), b"QFI\xfbnot really").unwrap();
@@ -154,7 +171,8 @@ fn qemu_img_overlays_on_base_images() {
     };
     let qi = PathBuf::from("qemu-img");
 
-    let (f0, new) = files::ensure_disk(&qi, &dirs, &task, 0, &disk(Some("base.qcow2"), None)).unwrap();
+    let (f0, new) =
+        files::ensure_disk(&qi, &dirs, &task, 0, &disk(Some("base.qcow2"), None)).unwrap();
     assert!(new && f0.ends_with("disk0.qcow2"));
     let info = Command::new("qemu-img")
         .args(["info", "--output=json", f0.to_str().unwrap()])
@@ -162,9 +180,13 @@ fn qemu_img_overlays_on_base_images() {
         .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "qcow2");
-    assert_eq!(info["backing-filename"], dirs[0].join("base.qcow2").to_str().unwrap());
+    assert_eq!(
+        info["backing-filename"],
+        dirs[0].join("base.qcow2").to_str().unwrap()
+    );
     // Kept, not remade, when the task starts again.
-    let (again, new) = files::ensure_disk(&qi, &dirs, &task, 0, &disk(Some("base.qcow2"), None)).unwrap();
+    let (again, new) =
+        files::ensure_disk(&qi, &dirs, &task, 0, &disk(Some("base.qcow2"), None)).unwrap();
     assert!(!new && again == f0);
 
     // A raw base, grown to 4 MiB by its overlay.
@@ -187,7 +209,10 @@ fn qemu_img_overlays_on_base_images() {
     let e = files::ensure_disk(&qi, &dirs, &task, 3, &disk(Some("chained.qcow2"), None))
         .unwrap_err()
         .to_string();
-    assert!(e.starts_with("disks[3].image") && e.contains("has a backing file"), "{e}");
+    assert!(
+        e.starts_with("disks[3].image") && e.contains("has a backing file"),
+        "{e}"
+    );
     let e = files::ensure_disk(&qi, &dirs, &task, 4, &disk(Some("corrupt.qcow2"), None))
         .unwrap_err()
         .to_string();

@@ -184,7 +184,10 @@ pub(crate) fn check_vm_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) 
         );
     }
     if t.entrypoint.is_some() {
-        errs.push(format!("{p}.entrypoint"), "the vm driver takes no entrypoint");
+        errs.push(
+            format!("{p}.entrypoint"),
+            "the vm driver takes no entrypoint",
+        );
     }
     if t.user.is_some() {
         errs.push(format!("{p}.user"), "the vm driver takes no user");
@@ -256,7 +259,10 @@ pub(crate) fn check_vm_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) 
             if s.0 < 1 << 20 {
                 errs.push(format!("{dp}.size"), "must be at least 1MiB");
             } else if s > MAX_DISK_SIZE {
-                errs.push(format!("{dp}.size"), format!("must be at most {MAX_DISK_SIZE}"));
+                errs.push(
+                    format!("{dp}.size"),
+                    format!("must be at most {MAX_DISK_SIZE}"),
+                );
             }
         }
     }
@@ -309,11 +315,23 @@ name = "g"
     #[test]
     fn bad_vm_fields_name_their_path() {
         let e = errors(&VM.replace("vcpus = 2", "vcpus = 0"));
-        assert!(e.iter().any(|e| e.contains("group[0].task[0].vcpus: must be between 1")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e.contains("group[0].task[0].vcpus: must be between 1")),
+            "{e:?}"
+        );
         let e = errors(&VM.replace("debian/vmlinuz", "../../etc/shadow"));
-        assert!(e.iter().any(|e| e.contains("group[0].task[0].kernel: must not contain \"..\"")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e.contains("group[0].task[0].kernel: must not contain \"..\"")),
+            "{e:?}"
+        );
         let e = errors(&VM.replace("{ size = \"1GiB\" }", "{ }"));
-        assert!(e.iter().any(|e| e.contains("group[0].task[0].disks[1]: needs an image")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e.contains("group[0].task[0].disks[1]: needs an image")),
+            "{e:?}"
+        );
         let e = errors(&VM.replace("accel = \"tcg\"", "accel = \"hvf\""));
         assert!(e.iter().any(|e| e.contains("accel")), "{e:?}");
         // No kernel: firmware boot from disks[0] needs q35.
@@ -322,15 +340,38 @@ name = "g"
             .replace("  initrd = \"debian/initrd\"\n", "")
             .replace("  cmdline = \"quiet\"\n", "");
         let e = errors(&no_kernel);
-        assert!(e.iter().any(|e| e.contains("group[0].task[0].machine: booting from a disk")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e.contains("group[0].task[0].machine: booting from a disk")),
+            "{e:?}"
+        );
         assert!(errors(&no_kernel.replace("\"microvm\"", "\"q35\"")).is_empty());
         // vm fields on another driver, and other drivers' fields on a vm.
         let exec = VM.replace("driver = \"vm\"", "driver = \"exec\"\n  command = [\"x\"]");
         let e = errors(&exec);
-        assert!(e.iter().any(|e| e.contains("group[0].task[0].kernel: applies to the vm driver")), "{e:?}");
-        assert!(e.iter().any(|e| e.contains("group[0].task[0].disks: applies to the vm driver")), "{e:?}");
-        let e = errors(&VM.replace("vcpus = 2", "vcpus = 2\n  image = \"busybox\"\n  command = [\"x\"]"));
-        assert!(e.iter().any(|e| e.contains("group[0].task[0].image: the vm driver takes")), "{e:?}");
-        assert!(e.iter().any(|e| e.contains("group[0].task[0].command: the vm driver runs no command")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e.contains("group[0].task[0].kernel: applies to the vm driver")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.contains("group[0].task[0].disks: applies to the vm driver")),
+            "{e:?}"
+        );
+        let e = errors(&VM.replace(
+            "vcpus = 2",
+            "vcpus = 2\n  image = \"busybox\"\n  command = [\"x\"]",
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("group[0].task[0].image: the vm driver takes")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.contains("group[0].task[0].command: the vm driver runs no command")),
+            "{e:?}"
+        );
     }
 }

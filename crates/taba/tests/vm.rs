@@ -105,14 +105,21 @@ fn root_vm_boots_logs_survives_agent_kill_and_powers_down() {
     assert!(out.status.success(), "{out:?}");
     let a = wait_alloc(&dev, "vm1", "the VM running", running);
     let id = a.id.to_string();
-    dev.wait_for("the guest's init marker in alloc logs", Duration::from_secs(120), || {
-        alloc_stdout(&dev, &id).contains("taba-guest: init ok")
-    });
-    let pid = a.task_states["guest"].pid.expect("a running task has a pid");
+    dev.wait_for(
+        "the guest's init marker in alloc logs",
+        Duration::from_secs(120),
+        || alloc_stdout(&dev, &id).contains("taba-guest: init ok"),
+    );
+    let pid = a.task_states["guest"]
+        .pid
+        .expect("a running task has a pid");
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(cmdline.contains("qemu-system-x86_64"), "{cmdline}");
     assert!(cmdline.contains("tcg"), "{cmdline}");
-    assert!(cmdline.contains("tsc_early_khz="), "TCG direct boots get the host's TSC kHz: {cmdline}");
+    assert!(
+        cmdline.contains("tsc_early_khz="),
+        "TCG direct boots get the host's TSC kHz: {cmdline}"
+    );
     let started = start_time(pid).unwrap();
     // QEMU runs in the task's cgroup, limited to the guest's RAM + overhead.
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -154,13 +161,17 @@ fn root_vm_boots_logs_survives_agent_kill_and_powers_down() {
         dev2.log_tail()
     );
     // Stats come from QEMU's cgroup (the guest's RAM it touched, and QEMU).
-    dev2.wait_for("memory usage of the VM reported", Duration::from_secs(30), || {
-        dev2.client
-            .alloc(&id)
-            .ok()
-            .and_then(|a| a.usage)
-            .is_some_and(|u| u.memory.0 > 16 << 20)
-    });
+    dev2.wait_for(
+        "memory usage of the VM reported",
+        Duration::from_secs(30),
+        || {
+            dev2.client
+                .alloc(&id)
+                .ok()
+                .and_then(|a| a.usage)
+                .is_some_and(|u| u.memory.0 > 16 << 20)
+        },
+    );
 
     // `alloc stop` presses the power button: the guest powers itself off.
     let out = dev2.cli(&["alloc", "stop", &id]);
@@ -207,7 +218,10 @@ fn root_vm_bad_files_fail_the_start_with_the_field_and_leave_nothing() {
     );
     // A corrupt base image: qemu-img's refusal, naming the disk.
     // (the kernel file read as a qcow2 base)
-    let job = vm_job("baddisk", "  disks = [{ image = \"current/vmlinuz\", format = \"qcow2\" }]\n");
+    let job = vm_job(
+        "baddisk",
+        "  disks = [{ image = \"current/vmlinuz\", format = \"qcow2\" }]\n",
+    );
     let f = job_file(tmp.path(), "baddisk", &job);
     assert!(dev
         .cli(&["job", "run", "--detach", f.to_str().unwrap()])
@@ -219,7 +233,11 @@ fn root_vm_bad_files_fail_the_start_with_the_field_and_leave_nothing() {
     let events = format!("{:?}", a.task_states["guest"].events);
     assert!(events.contains("disks[0].image: qemu-img info"), "{events}");
     // Nothing left: no overlay, no socket, no cgroup, no QEMU.
-    let task_dir = tmp.path().join("agent/allocs").join(a.id.as_str()).join("guest");
+    let task_dir = tmp
+        .path()
+        .join("agent/allocs")
+        .join(a.id.as_str())
+        .join("guest");
     let left: Vec<_> = std::fs::read_dir(&task_dir)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
@@ -245,5 +263,8 @@ fn root_vm_bad_files_fail_the_start_with_the_field_and_leave_nothing() {
     let node = dev.client.node("n1").unwrap();
     let vm = &node.node.drivers["vm"];
     assert!(vm.healthy, "{vm:?}");
-    assert!(vm.description.contains("QEMU emulator version 10"), "{vm:?}");
+    assert!(
+        vm.description.contains("QEMU emulator version 10"),
+        "{vm:?}"
+    );
 }

@@ -73,7 +73,12 @@ fn counts(log: &str) -> Vec<u64> {
         .collect()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool, logs: impl Fn() -> String) {
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+    logs: impl Fn() -> String,
+) {
     poll(what, timeout, &mut f, logs);
 }
 
@@ -94,7 +99,11 @@ fn pair() -> Pair {
     Pair {
         root: tmp.path().to_path_buf(),
         _tmp: tmp,
-        cgroups: Cgroups(format!("taba-test-vm-mig-{}-{}", std::process::id(), rand_suffix())),
+        cgroups: Cgroups(format!(
+            "taba-test-vm-mig-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        )),
         a: driver(),
         b: driver(),
     }
@@ -133,16 +142,14 @@ fn root_vm_live_migration_keeps_the_guest_counting() {
     let info = p.a.source_info(&src).unwrap();
     assert_eq!(info.accel, VmAccel::Tcg);
     let dst_cfg = task(&p.root, &p.cgroups, "target");
-    let (dst, incoming) = p
-        .b
-        .prepare_incoming(&dst_cfg, IpAddr::V4(Ipv4Addr::LOCALHOST), &info)
-        .expect("the target waits for the VM");
+    let (dst, incoming) =
+        p.b.prepare_incoming(&dst_cfg, IpAddr::V4(Ipv4Addr::LOCALHOST), &info)
+            .expect("the target waits for the VM");
     assert_ne!(incoming.addr.port(), 0);
     let mut updates = 0;
     let started = Instant::now();
-    let stats = p
-        .a
-        .migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {
+    let stats =
+        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {
             updates += 1
         })
         .unwrap_or_else(|e| {
@@ -180,9 +187,13 @@ fn root_vm_live_migration_keeps_the_guest_counting() {
         target_counts.windows(2).all(|w| w[1] == w[0] + 1),
         "the count skipped or restarted on the target: {target_counts:?}"
     );
-    assert!(!target_log.contains("taba-guest: init ok"), "the target booted");
+    assert!(
+        !target_log.contains("taba-guest: init ok"),
+        "the target booted"
+    );
     // Power down the target.
-    p.b.stop(&dst, libc::SIGTERM, Duration::from_secs(30)).unwrap();
+    p.b.stop(&dst, libc::SIGTERM, Duration::from_secs(30))
+        .unwrap();
     let exit = p.b.wait(&dst).unwrap();
     assert_eq!(exit.exit_code, Some(0), "{exit:?}");
     assert!(console(&dst_cfg).contains("taba-guest: power button"));
@@ -196,17 +207,15 @@ fn root_vm_migration_to_a_dead_target_leaves_the_source_running() {
     let (src_cfg, src) = start_counting(&p);
     let info = p.a.source_info(&src).unwrap();
     let dst_cfg = task(&p.root, &p.cgroups, "target");
-    let (dst, incoming) = p
-        .b
-        .prepare_incoming(&dst_cfg, IpAddr::V4(Ipv4Addr::LOCALHOST), &info)
-        .unwrap();
+    let (dst, incoming) =
+        p.b.prepare_incoming(&dst_cfg, IpAddr::V4(Ipv4Addr::LOCALHOST), &info)
+            .unwrap();
     // The target dies before the source sends anything.
     p.b.abort_incoming(&dst).unwrap();
     assert!(!p.b.inspect(&dst).unwrap());
-    let e = p
-        .a
-        .migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {})
-        .unwrap_err();
+    let e =
+        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {})
+            .unwrap_err();
     let e = taba_types::error_chain(&e);
     assert!(e.contains("migration"), "{e}");
     // The source runs on and keeps counting.

@@ -243,7 +243,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("initrd") && e.contains("outside"), "{e}");
-        let e = resolve(&dirs, "kernel", "../secret").unwrap_err().to_string();
+        let e = resolve(&dirs, "kernel", "../secret")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(".."), "{e}");
         let e = resolve(&dirs, "kernel", "nope").unwrap_err().to_string();
         assert!(e.contains("not found in the VM image directories"), "{e}");

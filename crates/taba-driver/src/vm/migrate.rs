@@ -88,7 +88,9 @@ impl Migratable for VmDriver {
                 .socket_address
                 .iter()
                 .find_map(|a| a.port.as_deref()?.parse::<u16>().ok())
-                .ok_or_else(|| failed(format!("target: QEMU names no listening port ({info:?})")))?;
+                .ok_or_else(|| {
+                    failed(format!("target: QEMU names no listening port ({info:?})"))
+                })?;
             Ok(Incoming {
                 addr: SocketAddr::new(listen, port),
             })
@@ -194,7 +196,8 @@ async fn watch(
             Some("failed") => {
                 return Ok(Err(failed(format!(
                     "failed: {}",
-                    info.error_desc.unwrap_or_else(|| "QEMU gives no reason".into())
+                    info.error_desc
+                        .unwrap_or_else(|| "QEMU gives no reason".into())
                 ))))
             }
             Some("cancelled") => return Ok(Err(failed("cancelled"))),

@@ -332,8 +332,13 @@ impl VmDriver {
         let sock = Self::qmp_socket(&cfg.task_dir);
         let _ = std::fs::remove_file(&sock);
         let mut limited = cfg.clone();
-        limited.task.resources.memory =
-            ByteSize(cfg.task.resources.memory.0.saturating_add(self.cfg.overhead.0));
+        limited.task.resources.memory = ByteSize(
+            cfg.task
+                .resources
+                .memory
+                .0
+                .saturating_add(self.cfg.overhead.0),
+        );
         let cg = self.shim.make_cgroup(&limited)?;
         let mut args = vec![self.cfg.qemu.to_string_lossy().into_owned()];
         args.extend(plan.args());
@@ -360,7 +365,10 @@ impl VmDriver {
             return Err(match e {
                 VmError::Exited(_) => VmError::Exited(tail),
                 other if tail.is_empty() => other,
-                other => VmError::Exited(format!("{}; stderr: {tail}", taba_types::error_chain(&other))),
+                other => VmError::Exited(format!(
+                    "{}; stderr: {tail}",
+                    taba_types::error_chain(&other)
+                )),
             }
             .into());
         }
@@ -528,7 +536,10 @@ impl Driver for VmDriver {
                 if wait_gone(h.pid, timeout) {
                     return Ok(());
                 }
-                tracing::info!(pid = h.pid, "vm: not powered off after {timeout:?}; quitting QEMU");
+                tracing::info!(
+                    pid = h.pid,
+                    "vm: not powered off after {timeout:?}; quitting QEMU"
+                );
                 if self.qmp(h, qmp::Quit).is_ok() && wait_gone(h.pid, QUIT_TIMEOUT) {
                     return Ok(());
                 }
@@ -574,8 +585,12 @@ impl Driver for VmDriver {
         let r = self.shim.recover(h)?;
         if r == Recovered::Running {
             match self.qmp(h, qmp::QueryStatus) {
-                Ok(st) => tracing::info!(pid = h.pid, status = %st.status, "vm: re-attached over QMP"),
-                Err(e) => tracing::warn!(pid = h.pid, error = %taba_types::error_chain(&e), "vm: re-attached, but QMP does not answer"),
+                Ok(st) => {
+                    tracing::info!(pid = h.pid, status = %st.status, "vm: re-attached over QMP")
+                }
+                Err(e) => {
+                    tracing::warn!(pid = h.pid, error = %taba_types::error_chain(&e), "vm: re-attached, but QMP does not answer")
+                }
             }
         }
         Ok(r)

@@ -49,7 +49,11 @@ pub fn kernel_cmdline(task: Option<&str>, accel: VmAccel, host_khz: Option<u64>)
         c.push(' ');
         c.push_str(t);
     }
-    if accel == VmAccel::Tcg && !c.split_whitespace().any(|w| w.starts_with("tsc_early_khz=")) {
+    if accel == VmAccel::Tcg
+        && !c
+            .split_whitespace()
+            .any(|w| w.starts_with("tsc_early_khz="))
+    {
         if let Some(khz) = host_khz {
             c.push_str(&format!(" tsc_early_khz={khz}"));
         }
@@ -82,11 +86,13 @@ impl VmPlan {
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]);
         // The serial console is QEMU's stdout: the task shim's log.
-        push(&["-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0"]);
         push(&[
-            "-qmp",
-            &format!("unix:{QMP_SOCKET},server=on,wait=off"),
+            "-chardev",
+            "stdio,id=con0,signal=off",
+            "-serial",
+            "chardev:con0",
         ]);
+        push(&["-qmp", &format!("unix:{QMP_SOCKET},server=on,wait=off")]);
         if let Some(k) = &self.kernel {
             push(&["-kernel", &k.to_string_lossy()]);
             if let Some(i) = &self.initrd {
@@ -151,7 +157,7 @@ pub fn host_khz() -> Option<u64> {
 pub fn cpuinfo_khz(info: &str) -> Option<u64> {
     let line = info.lines().find(|l| l.starts_with("cpu MHz"))?;
     let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    (mhz > 0.0).then(|| (mhz * 1000.0) as u64)
+    (mhz > 0.0).then_some((mhz * 1000.0) as u64)
 }
 
 #[cfg(test)]
@@ -184,10 +190,7 @@ mod tests {
             kernel_cmdline(Some("tsc_early_khz=1000"), VmAccel::Tcg, Some(5)),
             "console=ttyS0 tsc_early_khz=1000"
         );
-        assert_eq!(
-            kernel_cmdline(None, VmAccel::Kvm, Some(5)),
-            "console=ttyS0"
-        );
+        assert_eq!(kernel_cmdline(None, VmAccel::Kvm, Some(5)), "console=ttyS0");
         assert_eq!(
             cpuinfo_khz("processor\t: 0\ncpu MHz\t\t: 2596.144\n"),
             Some(2_596_144)
@@ -226,7 +229,10 @@ mod tests {
         p.incoming = Some("tcp:10.0.0.2:4444".into());
         let a = p.args().join(" ");
         assert!(a.contains("-accel kvm -cpu host"), "{a}");
-        assert!(a.contains("virtio-blk-pci,drive=disk0,id=vd0,bootindex=0"), "{a}");
+        assert!(
+            a.contains("virtio-blk-pci,drive=disk0,id=vd0,bootindex=0"),
+            "{a}"
+        );
         assert!(a.contains("virtio-blk-pci,drive=disk1,id=vd1 "), "{a}");
         assert!(a.contains("filename=/a/b,,c.qcow2"), "{a}");
         assert!(!a.contains("-kernel") && !a.contains("-netdev"), "{a}");

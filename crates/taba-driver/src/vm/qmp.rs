@@ -399,7 +399,9 @@ struct Request<'a, C: Serialize> {
 
 fn is_unit<C: Serialize>(c: &C) -> bool {
     // A unit struct serialises to null: no arguments to send.
-    serde_json::to_value(c).map(|v| v.is_null()).unwrap_or(false)
+    serde_json::to_value(c)
+        .map(|v| v.is_null())
+        .unwrap_or(false)
 }
 
 /// Longest line read from QEMU (a `query-*` reply of a big VM is a few KiB).
@@ -481,7 +483,9 @@ impl Qmp {
                         desc: err.desc,
                     });
                 }
-                let ret = m.ret.unwrap_or(serde_json::Value::Object(Default::default()));
+                let ret = m
+                    .ret
+                    .unwrap_or(serde_json::Value::Object(Default::default()));
                 return serde_json::from_value(ret.clone()).map_err(|source| QmpError::Reply {
                     command: C::NAME,
                     reply: ret.to_string().chars().take(200).collect(),
@@ -541,7 +545,7 @@ impl Qmp {
             if !line.ends_with(b"\n") && n >= MAX_LINE {
                 // Skip the rest of an overlong line.
                 let mut rest = Vec::new();
-                (&mut self.reader).read_until(b'\n', &mut rest).await?;
+                self.reader.read_until(b'\n', &mut rest).await?;
                 tracing::warn!("QMP: a line over {MAX_LINE} bytes, skipped");
                 continue;
             }
@@ -596,7 +600,9 @@ mod tests {
         }
         let v = serde_json::to_value(Request {
             execute: "migrate",
-            arguments: &WithArgs { uri: "tcp:x".into() },
+            arguments: &WithArgs {
+                uri: "tcp:x".into(),
+            },
             id: 8,
         })
         .unwrap();

@@ -83,7 +83,8 @@ impl Drop for Qemu {
 /// The test guest's directory (`vmlinuz`, `initramfs.cpio`), built by
 /// `scripts/vm-guest.sh setup` (run here when missing).
 pub fn vm_guest() -> PathBuf {
-    let dir = std::env::var("TABA_VM_GUEST_DIR").unwrap_or_else(|_| "/var/cache/taba/vm-guest".into());
+    let dir =
+        std::env::var("TABA_VM_GUEST_DIR").unwrap_or_else(|_| "/var/cache/taba/vm-guest".into());
     let cur = Path::new(&dir).join("current");
     if !cur.join("initramfs.cpio").exists() {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/vm-guest.sh");
@@ -92,7 +93,10 @@ pub fn vm_guest() -> PathBuf {
             .arg("setup")
             .status()
             .expect("running scripts/vm-guest.sh");
-        assert!(st.success(), "building the test guest failed; run scripts/setup.sh");
+        assert!(
+            st.success(),
+            "building the test guest failed; run scripts/setup.sh"
+        );
     }
     cur.canonicalize().unwrap()
 }

@@ -314,7 +314,10 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
     let vm = cfg.vm.config(&cfg.data_dir).with_context(|| {
         format!(
             "configuration {}",
-            a.config.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+            a.config
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         )
     })?;
     run_async(async move {
