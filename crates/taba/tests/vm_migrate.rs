@@ -5,120 +5,18 @@
 
 mod common;
 
+use common::vm::*;
 use common::*;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use taba_driver::migrate::{Migratable, MigrationPolicy};
-use taba_driver::vm::{AccelPolicy, VmConfig, VmDriver};
+use taba_driver::vm::VmDriver;
 use taba_driver::{Driver, TaskConfig, TaskHandle};
 use taba_types::vm::VmAccel;
 
-/// A cgroup subtree of this test run, removed when dropped.
-struct Cgroups(String);
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        if let Ok(l) = taba_cgroups::Layout::detect() {
-            let _ = l.destroy(&self.0);
-        }
-    }
-}
-
-fn driver() -> VmDriver {
-    VmDriver::new(
-        taba_bin(),
-        VmConfig {
-            image_dirs: vec![vm_guest_dir()],
-            accel: AccelPolicy::Force(VmAccel::Tcg),
-            ..VmConfig::default()
-        },
-    )
-}
-
-/// A counting guest's task, `side` of the move, under `root`.
-fn task(root: &Path, cgroups: &Cgroups, side: &str) -> TaskConfig {
-    let task = serde_json::from_value(serde_json::json!({
-        "name": "guest",
-        "driver": "vm",
-        "kernel": "current/vmlinuz",
-        "initrd": "current/initramfs.cpio",
-        "cmdline": "taba.count",
-        "resources": { "cpu": 500, "memory": "256MiB" },
-    }))
-    .unwrap();
-    TaskConfig {
-        alloc_id: taba_types::AllocId(format!("{side}-{}", std::process::id())),
-        job: "vm".into(),
-        group: "g".into(),
-        task,
-        network_mode: taba_types::NetworkMode::None,
-        task_dir: root.join(side).join("guest"),
-        log_dir: root.join(side).join("logs"),
-        log_max_bytes: 16 << 20,
-        log_max_files: 2,
-        cgroup: format!("{}/{side}/guest", cgroups.0),
-        env: Vec::new(),
-    }
-}
-
-fn console(cfg: &TaskConfig) -> String {
-    std::fs::read_to_string(cfg.log_dir.join("guest.stdout.0")).unwrap_or_default()
-}
-
-fn counts(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.trim().strip_prefix("taba-count "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
-
-fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> bool,
-    logs: impl Fn() -> String,
-) {
-    poll(what, timeout, &mut f, logs);
-}
-
-struct Pair {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    cgroups: Cgroups,
-    a: VmDriver,
-    b: VmDriver,
-}
-
-fn pair() -> Pair {
-    require_root();
-    let tmp = tempfile::Builder::new()
-        .prefix("taba-vm-mig-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    Pair {
-        root: tmp.path().to_path_buf(),
-        _tmp: tmp,
-        cgroups: Cgroups(format!(
-            "taba-test-vm-mig-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        )),
-        a: driver(),
-        b: driver(),
-    }
-}
-
-fn rand_suffix() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-}
-
 /// Start the source VM and wait until it has counted a while.
 fn start_counting(p: &Pair) -> (TaskConfig, TaskHandle) {
-    let cfg = task(&p.root, &p.cgroups, "source");
+    let cfg = task(&p.root, &p.cgroups, "source", "taba.count", 256);
     let h = p.a.start(&cfg).expect("the source VM starts");
     wait_until(
         "the source guest counting",
@@ -141,7 +39,7 @@ fn root_vm_live_migration_keeps_the_guest_counting() {
     let (src_cfg, src) = start_counting(&p);
     let info = p.a.source_info(&src).unwrap();
     assert_eq!(info.accel, VmAccel::Tcg);
-    let dst_cfg = task(&p.root, &p.cgroups, "target");
+    let dst_cfg = task(&p.root, &p.cgroups, "target", "taba.count", 256);
     let (dst, incoming) =
         p.b.prepare_incoming(&dst_cfg, IpAddr::V4(Ipv4Addr::LOCALHOST), &info)
             .expect("the target waits for the VM");
@@ -206,7 +104,7 @@ fn root_vm_migration_to_a_dead_target_leaves_the_source_running() {
     let p = pair();
     let (src_cfg, src) = start_counting(&p);
     let info = p.a.source_info(&src).unwrap();
-    let dst_cfg = task(&p.root, &p.cgroups, "target");
+    let dst_cfg = task(&p.root, &p.cgroups, "target", "taba.count", 256);
     let (dst, incoming) =
         p.b.prepare_incoming(&dst_cfg, IpAddr::V4(Ipv4Addr::LOCALHOST), &info)
             .unwrap();

@@ -10,6 +10,7 @@
 
 pub mod disk;
 pub mod ha;
+pub mod vm;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
