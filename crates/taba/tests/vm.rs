@@ -268,3 +268,54 @@ fn root_vm_bad_files_fail_the_start_with_the_field_and_leave_nothing() {
         "{vm:?}"
     );
 }
+
+#[test]
+fn root_vm_disk_is_kept_across_restarts_of_the_task() {
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-vm-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let _cleanup = CleanupGuard(tmp.path().to_path_buf());
+    let dev = dev_for_vms(tmp.path(), "tcg");
+    let job = vm_job(
+        "disk",
+        "  cmdline = \"taba.disk\"\n  disks = [{ size = \"16MiB\" }]\n",
+    )
+    .replace(
+        "restart = { attempts = 0, interval = \"1m\", delay = \"1s\", mode = \"fail\" }",
+        "restart = { attempts = 1, interval = \"10m\", delay = \"1s\", mode = \"fail\" }",
+    );
+    let f = job_file(tmp.path(), "disk", &job);
+    assert!(dev
+        .cli(&["job", "run", "--detach", f.to_str().unwrap()])
+        .status
+        .success());
+    let a = wait_alloc(&dev, "disk", "the VM running", running);
+    let id = a.id.to_string();
+    // The guest made a file system on its blank disk and wrote to it.
+    dev.wait_for(
+        "the guest's first boot on its disk",
+        Duration::from_secs(120),
+        || alloc_stdout(&dev, &id).contains("taba-disk: 1 boots"),
+    );
+    let disk = tmp
+        .path()
+        .join("agent/allocs")
+        .join(&id)
+        .join("guest/disk0.qcow2");
+    assert!(disk.exists());
+    // QEMU dies; the task restarts on the same disk.
+    let pid = a.task_states["guest"].pid.unwrap();
+    // SAFETY: kill(2) of the QEMU this test's job started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    dev.wait_for(
+        "the guest's second boot on the same disk",
+        Duration::from_secs(120),
+        || alloc_stdout(&dev, &id).contains("taba-disk: 2 boots"),
+    );
+    let a = dev.client.alloc(&id).unwrap();
+    assert_eq!(a.allocation.task_states["guest"].restarts, 1);
+}
