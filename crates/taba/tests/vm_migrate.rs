@@ -6,7 +6,6 @@
 mod common;
 
 use common::vm::*;
-use common::*;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 use taba_driver::migrate::{Migratable, MigrationPolicy};
