@@ -366,6 +366,32 @@ mod tests {
     }
 
     #[test]
+    fn agent_file_reads_the_vm_section() {
+        let f: AgentFile = toml::from_str(
+            "data_dir = \"/d\"\n[vm]\nimage_dirs = [\"/srv/vm\"]\naccel = \"tcg\"\noverhead = \"128MiB\"\n",
+        )
+        .unwrap();
+        let c = f.vm.config(&f.data_dir).unwrap();
+        assert_eq!(c.image_dirs, vec![PathBuf::from("/srv/vm")]);
+        assert_eq!(
+            c.accel,
+            taba_driver::vm::AccelPolicy::Force(taba_types::vm::VmAccel::Tcg)
+        );
+        assert_eq!(c.overhead, taba_types::ByteSize::mib(128));
+        let f: AgentFile = toml::from_str("data_dir = \"/d\"\n").unwrap();
+        let c = f.vm.config(&f.data_dir).unwrap();
+        assert_eq!(c.image_dirs, vec![PathBuf::from("/d/vm-images")]);
+        assert_eq!(c.accel, taba_driver::vm::AccelPolicy::Auto);
+        let f: AgentFile = toml::from_str("[vm]\naccel = \"warp\"\n").unwrap();
+        let e = format!("{:#}", f.vm.config(&f.data_dir).unwrap_err());
+        assert!(e.contains("vm.accel") && e.contains("\"warp\""), "{e}");
+        let f: AgentFile = toml::from_str("[vm]\nimage_dirs = [\"rel\"]\n").unwrap();
+        let e = format!("{:#}", f.vm.config(&f.data_dir).unwrap_err());
+        assert!(e.contains("vm.image_dirs[0]"), "{e}");
+        assert!(toml::from_str::<AgentFile>("[vm]\nimage_dir = \"/x\"\n").is_err());
+    }
+
+    #[test]
     fn agent_file_reads_isolation_policy_and_exec_limits() {
         let cfg: AgentFile = toml::from_str(
             "[isolation]\ncap_add_allowed = [\"net_admin\", \"CAP_SYS_PTRACE\"]\nallow_root_exec = false\n",
