@@ -25,6 +25,12 @@ use std::time::Duration;
 pub struct Incoming {
     /// The migration stream's address.
     pub addr: SocketAddr,
+    /// Where the target takes the workload's disks (NBD), when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<SocketAddr>,
+    /// How many disks (exports `disk0` ... `diskN-1`).
+    #[serde(default)]
+    pub disk_count: usize,
 }
 
 /// How a migration may go (from the group's `migrate` policy).

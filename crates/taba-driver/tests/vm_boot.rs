@@ -27,6 +27,7 @@ fn guest_plan(machine: VmMachine) -> qemu::VmPlan {
         disks: Vec::new(),
         network: VmNetwork::None,
         incoming: None,
+        paused: false,
     }
 }
 

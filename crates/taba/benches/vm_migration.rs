@@ -140,6 +140,7 @@ fn plan(mib: u64, cmdline: &str, incoming: bool) -> qemu::VmPlan {
         disks: Vec::new(),
         network: VmNetwork::None,
         incoming: incoming.then(|| "defer".into()),
+        paused: false,
     }
 }
 

@@ -126,3 +126,68 @@ fn root_vm_migration_to_a_dead_target_leaves_the_source_running() {
     );
     end(&p.a, &src);
 }
+
+#[test]
+fn root_vm_live_migration_moves_the_local_disk() {
+    let p = pair();
+    let with_disk = |side: &str| {
+        let mut cfg = task(&p.root, &p.cgroups, side, "taba.disk taba.count", 256);
+        cfg.task.disks = vec![taba_types::vm::VmDisk {
+            image: None,
+            format: None,
+            size: Some(taba_types::ByteSize(16 << 20)),
+        }];
+        cfg
+    };
+    let src_cfg = with_disk("source");
+    let src = p.a.start(&src_cfg).expect("the source VM starts");
+    wait_until(
+        "the source guest wrote to its disk and counts",
+        Duration::from_secs(120),
+        || {
+            let c = console(&src_cfg);
+            c.contains("taba-disk: 1 boots") && counts(&c).last().copied().unwrap_or(0) >= 10
+        },
+        || console(&src_cfg),
+    );
+    let info = p.a.source_info(&src).unwrap();
+    let dst_cfg = with_disk("target");
+    let (dst, incoming) =
+        p.b.prepare_incoming(&dst_cfg, IpAddr::V4(Ipv4Addr::LOCALHOST), &info)
+            .expect("the target waits for the VM and its disk");
+    assert!(incoming.disks.is_some() && incoming.disk_count == 1);
+    let stats =
+        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {})
+            .unwrap_or_else(|e| panic!("{}", taba_types::error_chain(&e)));
+    eprintln!("migration with a disk: {stats:?}");
+    p.b.finish_incoming(&dst, Duration::from_secs(30)).unwrap();
+    assert_eq!(p.a.wait(&src).unwrap().exit_code, Some(0));
+    let last_on_source = counts(&console(&src_cfg)).last().copied().unwrap();
+    wait_until(
+        "the target guest counting on",
+        Duration::from_secs(60),
+        || counts(&console(&dst_cfg)).last().copied().unwrap_or(0) > last_on_source + 5,
+        || console(&dst_cfg),
+    );
+    assert!(!console(&dst_cfg).contains("taba-guest: init ok"));
+    let stderr =
+        std::fs::read_to_string(dst_cfg.log_dir.join("guest.stderr.0")).unwrap_or_default();
+    assert!(!stderr.contains("conflict"), "target QEMU: {stderr}");
+    // Power the target down and boot it again from its disk: the boot the
+    // source recorded there came along.
+    p.b.stop(&dst, libc::SIGTERM, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(p.b.wait(&dst).unwrap().exit_code, Some(0));
+    p.b.destroy(&dst).unwrap();
+    let again =
+        p.b.start(&dst_cfg)
+            .expect("the target boots from the moved disk");
+    wait_until(
+        "the second boot recorded on the moved disk",
+        Duration::from_secs(120),
+        || console(&dst_cfg).contains("taba-disk: 2 boots"),
+        || console(&dst_cfg),
+    );
+    end(&p.b, &again);
+    p.a.destroy(&src).unwrap();
+}

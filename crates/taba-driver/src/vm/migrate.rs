@@ -17,8 +17,19 @@
 //!                                               abort_incoming: killed, cgroup removed
 //! ```
 //!
-//! Disks are not moved yet: a VM with disks is refused (its overlays are
-//! local files; mirroring them over NBD is the next step).
+//! Disks (local qcow2 files) move with the VM, as Proxmox and Incus do it:
+//!
+//! ```text
+//! target: fresh overlays on the same bases; QEMU -incoming defer -S;
+//!         capability late-block-activate; nbd-server-start IP:Q;
+//!         nbd-server-add diskN writable                 -> Incoming {IP:P, disks: IP:Q}
+//! source: blockdev-add nbd tgtN (IP:Q, export diskN); blockdev-mirror
+//!         mirrorN diskN -> tgtN sync=top; wait until every mirror is ready;
+//!         migrate (as above); completed -> block-job-cancel mirrorN (a ready
+//!         mirror ends with a consistent copy) and wait until no job is left
+//!         failed -> block-job-cancel, blockdev-del tgtN: the source runs on
+//! target: finish_incoming: nbd-server-stop; cont (activates the disks)
+//! ```
 
 use super::{block_on, qmp, VmDriver, VmError, QMP_TIMEOUT};
 use crate::migrate::{
@@ -68,19 +79,29 @@ impl Migratable for VmDriver {
         listen: IpAddr,
         source: &SourceInfo,
     ) -> Result<(TaskHandle, Incoming), DriverError> {
-        if !cfg.task.disks.is_empty() {
-            return Err(failed(
-                "of a VM with disks is not supported yet (its disks are local files)",
-            ));
-        }
         self.prepare_task_dir(cfg)?;
         let (mut plan, made) = self.plan(cfg, Some(source.accel))?;
         plan.incoming = Some("defer".into());
+        let disk_count = plan.disks.len();
+        // With disks, the target waits paused until their copy is complete.
+        plan.paused = disk_count > 0;
         let h = self
             .launch(cfg, &plan)
             .inspect_err(|_| super::remove_files(&made))?;
         let listening = (|| -> Result<Incoming, DriverError> {
-            self.qmp(&h, events_on(false))?;
+            let mut caps = events_on(false);
+            if disk_count > 0 {
+                caps.capabilities.push(qmp::MigrationCapability {
+                    capability: "late-block-activate".into(),
+                    state: true,
+                });
+            }
+            self.qmp(&h, caps)?;
+            let disks = if disk_count > 0 {
+                Some(self.export_disks(&h, listen, disk_count)?)
+            } else {
+                None
+            };
             let uri = format!("tcp:{}", SocketAddr::new(listen, 0));
             self.qmp(&h, qmp::MigrateIncoming { uri })?;
             let info = self.qmp(&h, qmp::QueryMigrate)?;
@@ -93,6 +114,8 @@ impl Migratable for VmDriver {
                 })?;
             Ok(Incoming {
                 addr: SocketAddr::new(listen, port),
+                disks,
+                disk_count,
             })
         })();
         match listening {
@@ -125,11 +148,38 @@ impl Migratable for VmDriver {
                 }),
             })
             .await?;
+            if let Some(nbd) = to.disks {
+                if let Err(e) = mirror_disks(&mut q, nbd, to.disk_count, policy).await {
+                    stop_mirrors(&mut q, to.disk_count).await;
+                    return Ok(Err(e));
+                }
+            }
             q.execute(&qmp::Migrate {
                 uri: format!("tcp:{}", to.addr),
             })
             .await?;
-            watch(&mut q, policy, progress).await
+            let r = watch(&mut q, policy, progress).await?;
+            if to.disks.is_some() {
+                if r.is_ok() {
+                    // A ready mirror ends with a consistent copy on the target.
+                    for i in 0..to.disk_count {
+                        q.execute(&qmp::BlockJobCancel {
+                            device: format!("mirror{i}"),
+                        })
+                        .await?;
+                    }
+                    let deadline = Instant::now() + policy.timeout;
+                    while !q.execute(&qmp::QueryBlockJobs).await?.is_empty() {
+                        if Instant::now() > deadline {
+                            return Ok(Err(failed("disk mirrors did not end")));
+                        }
+                        tokio::time::sleep(POLL).await;
+                    }
+                } else {
+                    stop_mirrors(&mut q, to.disk_count).await;
+                }
+            }
+            Ok::<_, VmError>(r)
         })???;
         // The source is paused for good: end it (exit 0).
         let _ = self.qmp(h, qmp::Quit);
@@ -141,8 +191,17 @@ impl Migratable for VmDriver {
 
     fn finish_incoming(&self, h: &TaskHandle, timeout: Duration) -> Result<(), DriverError> {
         let deadline = Instant::now() + timeout;
+        let mut resumed = false;
         loop {
             let st = self.qmp(h, qmp::QueryStatus)?;
+            if !st.running && !resumed && st.status != "inmigrate" {
+                // Started paused (disks): the copies are complete; stop
+                // exporting them, then run (which activates them).
+                let _ = self.qmp(h, qmp::NbdServerStop);
+                self.qmp(h, qmp::Cont)?;
+                resumed = true;
+                continue;
+            }
             if st.running {
                 return Ok(());
             }
@@ -162,6 +221,114 @@ impl Migratable for VmDriver {
         let _ = self.shim.wait(h);
         let _ = std::fs::remove_file(Self::qmp_socket(&h.task_dir));
         self.shim.destroy_cgroup(h)
+    }
+}
+
+impl VmDriver {
+    /// Start the target's NBD server on `listen` and export its disks.
+    fn export_disks(
+        &self,
+        h: &TaskHandle,
+        listen: IpAddr,
+        count: usize,
+    ) -> Result<SocketAddr, DriverError> {
+        // A free port now; QEMU's nbd-server-start does not report one it picked.
+        let port = std::net::TcpListener::bind(SocketAddr::new(listen, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| failed(format!("target: no free port for disks: {e}")))?
+            .port();
+        self.qmp(
+            h,
+            qmp::NbdServerStart {
+                addr: qmp::TaggedInet {
+                    kind: "inet",
+                    data: qmp::InetAddress {
+                        host: listen.to_string(),
+                        port: port.to_string(),
+                    },
+                },
+            },
+        )?;
+        for i in 0..count {
+            self.qmp(
+                h,
+                qmp::NbdServerAdd {
+                    device: format!("disk{i}"),
+                    writable: true,
+                },
+            )?;
+        }
+        Ok(SocketAddr::new(listen, port))
+    }
+}
+
+/// Mirror every disk to the target's NBD exports; returns once all are in sync.
+async fn mirror_disks(
+    q: &mut qmp::Qmp,
+    nbd: SocketAddr,
+    count: usize,
+    policy: &MigrationPolicy,
+) -> Result<(), DriverError> {
+    let qe = |e: qmp::QmpError| DriverError::from(VmError::from(e));
+    for i in 0..count {
+        q.execute(&qmp::BlockdevAddNbd {
+            driver: "nbd",
+            node_name: format!("tgt{i}"),
+            server: qmp::ServerInet {
+                kind: "inet",
+                host: nbd.ip().to_string(),
+                port: nbd.port().to_string(),
+            },
+            export: format!("disk{i}"),
+        })
+        .await
+        .map_err(qe)?;
+        q.execute(&qmp::BlockdevMirror {
+            job_id: format!("mirror{i}"),
+            device: format!("disk{i}"),
+            target: format!("tgt{i}"),
+            sync: "top",
+        })
+        .await
+        .map_err(qe)?;
+    }
+    let deadline = Instant::now() + policy.timeout;
+    loop {
+        let jobs = q.execute(&qmp::QueryBlockJobs).await.map_err(qe)?;
+        if jobs.len() == count && jobs.iter().all(|j| j.ready) {
+            return Ok(());
+        }
+        if jobs.len() < count {
+            return Err(failed("a disk mirror ended before it was in sync"));
+        }
+        if Instant::now() > deadline {
+            return Err(failed("disk mirrors not in sync in time"));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Undo [`mirror_disks`] after a failure: the source keeps its disks as they are.
+async fn stop_mirrors(q: &mut qmp::Qmp, count: usize) {
+    for i in 0..count {
+        let _ = q
+            .execute(&qmp::BlockJobCancel {
+                device: format!("mirror{i}"),
+            })
+            .await;
+    }
+    for _ in 0..100 {
+        match q.execute(&qmp::QueryBlockJobs).await {
+            Ok(j) if !j.is_empty() => tokio::time::sleep(POLL).await,
+            _ => break,
+        }
+    }
+    for i in 0..count {
+        let _ = q
+            .execute(&qmp::BlockdevDel {
+                node_name: format!("tgt{i}"),
+            })
+            .await;
     }
 }
 

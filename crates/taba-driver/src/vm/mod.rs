@@ -322,6 +322,7 @@ impl VmDriver {
                 disks,
                 network: t.network.unwrap_or(VmNetwork::None),
                 incoming: None,
+                paused: false,
             },
             made,
         ))

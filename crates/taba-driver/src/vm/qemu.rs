@@ -38,6 +38,8 @@ pub struct VmPlan {
     pub network: VmNetwork,
     /// `-incoming URI`: wait for a migration instead of booting.
     pub incoming: Option<String>,
+    /// `-S`: do not run the vCPUs until QMP `cont`.
+    pub paused: bool,
 }
 
 /// The kernel command line: `console=ttyS0`, the task's, and for a TCG
@@ -137,6 +139,9 @@ impl VmPlan {
         if let Some(uri) = &self.incoming {
             push(&["-incoming", uri]);
         }
+        if self.paused {
+            push(&["-S"]);
+        }
         a
     }
 }
@@ -177,6 +182,7 @@ mod tests {
             disks: vec!["/a/disk0.qcow2".into()],
             network: VmNetwork::User,
             incoming: None,
+            paused: false,
         }
     }
 

@@ -217,6 +217,150 @@ impl Command for MigrateSetParameters {
     type Reply = Empty;
 }
 
+/// An inet address in QMP's flat form.
+#[derive(Debug, Clone, Serialize)]
+pub struct InetAddress {
+    /// Host.
+    pub host: String,
+    /// Port (a string, as QMP has it).
+    pub port: String,
+}
+
+/// `{"type": "inet", "data": {...}}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaggedInet {
+    /// Always `inet`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The address.
+    pub data: InetAddress,
+}
+
+/// Start QEMU's NBD server (the target of a migration exports its disks).
+#[derive(Debug, Clone, Serialize)]
+pub struct NbdServerStart {
+    /// Where it listens.
+    pub addr: TaggedInet,
+}
+impl Command for NbdServerStart {
+    const NAME: &'static str = "nbd-server-start";
+    type Reply = Empty;
+}
+
+/// Export a block node over the NBD server (export name = node name).
+#[derive(Debug, Clone, Serialize)]
+pub struct NbdServerAdd {
+    /// The node.
+    pub device: String,
+    /// Clients may write.
+    pub writable: bool,
+}
+impl Command for NbdServerAdd {
+    const NAME: &'static str = "nbd-server-add";
+    type Reply = Empty;
+}
+
+command!(
+    /// Stop the NBD server and drop its exports.
+    NbdServerStop,
+    "nbd-server-stop",
+    Empty
+);
+
+/// Add a block node that is an NBD client of `server`'s `export`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockdevAddNbd {
+    /// Always `nbd`.
+    pub driver: &'static str,
+    /// The new node's name.
+    #[serde(rename = "node-name")]
+    pub node_name: String,
+    /// The NBD server.
+    pub server: ServerInet,
+    /// The export.
+    pub export: String,
+}
+impl Command for BlockdevAddNbd {
+    const NAME: &'static str = "blockdev-add";
+    type Reply = Empty;
+}
+
+/// `{"type": "inet", "host": ..., "port": ...}` (blockdev's flat form).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInet {
+    /// Always `inet`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: String,
+}
+
+/// Remove a block node.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockdevDel {
+    /// The node.
+    #[serde(rename = "node-name")]
+    pub node_name: String,
+}
+impl Command for BlockdevDel {
+    const NAME: &'static str = "blockdev-del";
+    type Reply = Empty;
+}
+
+/// Mirror block node `device` to node `target`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockdevMirror {
+    /// The job's id.
+    #[serde(rename = "job-id")]
+    pub job_id: String,
+    /// Source node.
+    pub device: String,
+    /// Target node.
+    pub target: String,
+    /// `top`: the top image only (the target has the same backing base).
+    pub sync: &'static str,
+}
+impl Command for BlockdevMirror {
+    const NAME: &'static str = "blockdev-mirror";
+    type Reply = Empty;
+}
+
+/// End a block job; a ready mirror ends with a consistent copy, no pivot.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockJobCancel {
+    /// The job's id.
+    pub device: String,
+}
+impl Command for BlockJobCancel {
+    const NAME: &'static str = "block-job-cancel";
+    type Reply = Empty;
+}
+
+command!(
+    /// The running block jobs.
+    QueryBlockJobs,
+    "query-block-jobs",
+    Vec<BlockJobInfo>
+);
+
+/// One block job.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BlockJobInfo {
+    /// Its id.
+    pub device: String,
+    /// A mirror has caught up and stays in sync.
+    #[serde(default)]
+    pub ready: bool,
+    /// Bytes done.
+    #[serde(default)]
+    pub offset: u64,
+    /// Bytes in all.
+    #[serde(default)]
+    pub len: u64,
+}
+
 /// `query-status` reply.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct StatusInfo {
