@@ -566,7 +566,9 @@ impl Qmp {
     /// Connect to the socket at `path`, read the greeting and negotiate;
     /// every command is then answered within `timeout` or fails.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
-        let stream = tokio::time::timeout(timeout, UnixStream::connect(short_path(path)))
+        // Held open until connected: the short path goes through it.
+        let (short, _dir) = short_path(path);
+        let stream = tokio::time::timeout(timeout, UnixStream::connect(short))
             .await
             .map_err(|_| QmpError::Timeout("connect"))?
             .map_err(|source| QmpError::Connect {
@@ -704,24 +706,23 @@ impl Qmp {
 }
 
 /// Unix socket paths are limited to 107 bytes: a longer one is reached
-/// through `/proc/self/fd/N/` of its directory, which is held open for the
-/// life of the process (once per directory is enough; the fd leaks on
-/// purpose and is close-on-exec).
-pub fn short_path(path: &Path) -> PathBuf {
+/// through `/proc/self/fd/N/` of its directory, whose fd is returned to be
+/// held until the socket is connected.
+pub fn short_path(path: &Path) -> (PathBuf, Option<std::fs::File>) {
     const MAX: usize = 100;
     if path.as_os_str().len() <= MAX {
-        return path.to_path_buf();
+        return (path.to_path_buf(), None);
     }
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return path.to_path_buf();
+        return (path.to_path_buf(), None);
     };
     match std::fs::File::open(dir) {
         Ok(f) => {
-            use std::os::fd::IntoRawFd;
-            let fd = f.into_raw_fd();
-            PathBuf::from(format!("/proc/self/fd/{fd}")).join(name)
+            use std::os::fd::AsRawFd;
+            let short = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())).join(name);
+            (short, Some(f))
         }
-        Err(_) => path.to_path_buf(),
+        Err(_) => (path.to_path_buf(), None),
     }
 }
 
