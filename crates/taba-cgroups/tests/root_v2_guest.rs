@@ -1,11 +1,13 @@
 //! The cgroup v2 tests, for real: builds the test binaries that hold them
-//! (`taba-cgroups`' `root_v2`, `taba-runtime`'s `root_v2_container`, and
-//! `taba`'s `e2e` with the `taba` binary), boots a QEMU guest with only
-//! cgroup2 mounted (`scripts/guest.sh`: Debian's kernel, the host's root
-//! read-only over 9p) and runs inside the `#[ignore]`d v2 tests and two
-//! end-to-end tests of `taba dev` (a container and an exec job with limits,
-//! logs, exec and stop; an OOM kill); passes only when every one of them
-//! reports `ok` there.
+//! (`taba-cgroups`' `root_v2`, `taba-runtime`'s `root_v2_container`,
+//! `root_attacks` and `root_shim`, and `taba`'s `e2e` with the `taba`
+//! binary), boots a QEMU guest with only cgroup2 mounted
+//! (`scripts/guest.sh`: Debian's kernel, the host's root read-only over 9p)
+//! and runs inside the `#[ignore]`d v2 tests, the whole attack suite and
+//! the shim's tests (device nodes refused by the eBPF device program
+//! instead of v1's devices controller), and end-to-end tests of `taba dev`
+//! (a container and an exec job with limits, logs, exec and stop; an OOM
+//! kill); passes only when every one of them reports `ok` there.
 //! Needs root, QEMU and the kernel, which `scripts/guest.sh setup` (called
 //! by `scripts/setup.sh`) installs; fails loudly when they are missing.
 
@@ -16,6 +18,9 @@ use std::process::Command;
 enum Tests {
     /// Its `#[ignore]`d tests (those that need a v2-only host).
     Ignored,
+    /// All its tests that are not `#[ignore]`d (those that run on v1 here
+    /// and on v2 there).
+    All,
     /// These, by exact name.
     Named(&'static [&'static str]),
 }
@@ -25,6 +30,10 @@ enum Tests {
 const SUITES: &[(&str, &str, Tests)] = &[
     ("taba-cgroups", "root_v2", Tests::Ignored),
     ("taba-runtime", "root_v2_container", Tests::Ignored),
+    // The attack suite and the shim's tests, with the eBPF device program
+    // in place of v1's devices controller.
+    ("taba-runtime", "root_attacks", Tests::All),
+    ("taba-runtime", "root_shim", Tests::All),
     (
         "taba",
         "e2e",
@@ -62,12 +71,14 @@ fn build(package: &str, target: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no executable for {package} --test {target}"))
 }
 
-/// The `#[ignore]`d tests a binary holds.
-fn ignored_tests(bin: &Path) -> Vec<String> {
-    let out = Command::new(bin)
-        .args(["--list", "--ignored", "--format=terse"])
-        .output()
-        .unwrap();
+/// The `#[ignore]`d tests a binary holds (`ignored`), or the others.
+fn listed_tests(bin: &Path, ignored: bool) -> Vec<String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--list", "--format=terse"]);
+    if ignored {
+        cmd.arg("--ignored");
+    }
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "{} --list", bin.display());
     let names: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
@@ -77,7 +88,7 @@ fn ignored_tests(bin: &Path) -> Vec<String> {
         .collect();
     assert!(
         !names.is_empty(),
-        "{} holds no ignored tests",
+        "{} holds no such tests (ignored: {ignored})",
         bin.display()
     );
     names
@@ -90,7 +101,11 @@ fn command(bin: &Path, tests: &Tests) -> (String, Vec<String>) {
     match tests {
         Tests::Ignored => (
             format!("{quoted} --ignored --test-threads=1"),
-            ignored_tests(bin),
+            listed_tests(bin, true),
+        ),
+        Tests::All => (
+            format!("{quoted} --test-threads=1"),
+            listed_tests(bin, false),
         ),
         Tests::Named(names) => (
             format!("{quoted} --exact --test-threads=1 {}", names.join(" ")),
