@@ -135,6 +135,7 @@ fn root_v2_guest_runs_the_cgroup_v2_tests_on_a_v2_only_kernel() {
     // The end-to-end tests import the busybox image from here.
     let images = std::env::var("TABA_IMAGE_DIR").unwrap_or("/var/cache/taba/images".into());
     // One boot for all binaries; each runs its tests one at a time.
+    let start = std::time::Instant::now();
     let out = Command::new(repo().join("scripts/guest.sh"))
         .env("TABA_IMAGE_DIR", images)
         .args([
@@ -152,6 +153,11 @@ fn root_v2_guest_runs_the_cgroup_v2_tests_on_a_v2_only_kernel() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
+    eprintln!(
+        "the guest run took {:.1} s ({})",
+        start.elapsed().as_secs_f64(),
+        out.status
+    );
     assert!(
         out.status.success(),
         "the guest run failed ({}):\n{stdout}\n{stderr}",

@@ -247,7 +247,8 @@ pub fn spec_options(dir: &Path, args: &[&str]) -> DefaultSpecOptions {
 pub fn devices_cgroup(tag: &str) -> TestCgroup {
     if cgroup_v2() {
         let cg = TestCgroup::new(tag);
-        taba_cgroups::devices_bpf::attach(&cg.0, DRIVER_DEVICES).expect("attach the device program");
+        taba_cgroups::devices_bpf::attach(&cg.0, DRIVER_DEVICES)
+            .expect("attach the device program");
         return cg;
     }
     let p = PathBuf::from("/sys/fs/cgroup/devices").join(cgroup_name(tag));

@@ -1,7 +1,9 @@
 //! `taba agent --config F`: one node. The configuration file is documented
 //! in docs/configuration.md.
 
-use super::daemon::{drivers, init_logging, read_config, run_async, shutdown_signal, yes, TlsFile};
+use super::daemon::{
+    drivers, init_logging, read_config, run_async, shutdown_signal, yes, ImageLimitsFile, TlsFile,
+};
 use super::GlobalArgs;
 use anyhow::Context;
 use serde::Deserialize;
@@ -69,6 +71,9 @@ struct AgentFile {
     /// Largest `alloc exec` output kept, per stream.
     #[serde(default)]
     exec_max_output: Option<taba_types::ByteSize>,
+    /// Caps on the images this node fetches and unpacks.
+    #[serde(default)]
+    limits: ImageLimitsFile,
 }
 
 /// `[isolation]` of the agent file: what this node grants workloads.
@@ -307,6 +312,15 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
     let cfg: AgentFile = read_config(a.config.as_deref())?;
     let mut ac = cfg.agent_config(a.config.as_deref())?;
     let policy = cfg.isolation.policy(a.config.as_deref())?;
+    let image_limits = cfg.limits.image_limits(None).map_err(|e| {
+        anyhow::anyhow!(
+            "configuration {}: {e}",
+            a.config
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )
+    })?;
     run_async(async move {
         let images_dir = cfg
             .images_dir
@@ -314,7 +328,8 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| cfg.data_dir.join("images"));
         let images = Arc::new(
             ImageStore::open(&images_dir)
-                .with_context(|| format!("opening the image store {}", images_dir.display()))?,
+                .with_context(|| format!("opening the image store {}", images_dir.display()))?
+                .with_limits(image_limits),
         );
         ac.images = Some(images.clone());
         let data_dir = ac.data_dir.clone();

@@ -130,7 +130,11 @@ impl LoopFs {
         fs.attach();
         // Made through the stack, so the test also proves the device passes
         // writes before the cut.
-        run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(fs.blockdev()));
+        run_ok(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(fs.blockdev()),
+        );
         fs.mount();
         fs
     }
