@@ -787,7 +787,7 @@ fn root_entry_and_manifest_caps_are_configurable() {
     let err = import_fails(
         &s,
         d.path(),
-        &docker_save(&[many.clone()], &["many:1"], "m"),
+        &docker_save(std::slice::from_ref(&many), &["many:1"], "m"),
     );
     assert_eq!(limit_of(&err), "max_layer_entries", "{err}");
     assert_empty(s.root());
