@@ -7,7 +7,11 @@
 //! the shim's tests (device nodes refused by the eBPF device program
 //! instead of v1's devices controller), and end-to-end tests of `taba dev`
 //! (a container and an exec job with limits, logs, exec and stop; an OOM
-//! kill); passes only when every one of them reports `ok` there.
+//! kill; exit codes and restarts; an agent killed mid-start leaving no mount
+//! or cgroup); passes only when every one of them reports `ok` there.
+//! The guest has one CPU under TCG: the run takes about 6 minutes (the
+//! attack suite ~35 s of it, the end-to-end tests the most), more when the
+//! machine is busy; the guest is killed after 25 minutes.
 //! Needs root, QEMU and the kernel, which `scripts/guest.sh setup` (called
 //! by `scripts/setup.sh`) installs; fails loudly when they are missing.
 
@@ -40,6 +44,9 @@ const SUITES: &[(&str, &str, Tests)] = &[
         Tests::Named(&[
             "root_container_and_exec_jobs_run_log_exec_and_stop",
             "root_memory_hog_is_reported_oom_killed",
+            "root_batch_exit_codes_and_restart_policy",
+            "root_kill9_mid_start_leaves_no_mount_or_cgroup",
+            "root_kill9_mid_start_unknown_allocation_is_swept_at_start",
         ]),
     ),
 ];
@@ -141,7 +148,7 @@ fn root_v2_guest_runs_the_cgroup_v2_tests_on_a_v2_only_kernel() {
         .args([
             "run",
             "--timeout",
-            "900",
+            "1500",
             "--mem",
             "1536",
             "--env",
