@@ -9,9 +9,10 @@
 //! (a container and an exec job with limits, logs, exec and stop; an OOM
 //! kill; exit codes and restarts; an agent killed mid-start leaving no mount
 //! or cgroup); passes only when every one of them reports `ok` there.
-//! The guest has one CPU under TCG: the run takes about 6 minutes (the
-//! attack suite ~35 s of it, the end-to-end tests the most), more when the
-//! machine is busy; the guest is killed after 25 minutes.
+//! The guest has one CPU under TCG: the guest run took 141 s on a quiet
+//! machine (the attack suite 41 s of it, the end-to-end tests 56 s) and
+//! about 6 minutes while other builds ran; the guest is killed after 25
+//! minutes.
 //! Needs root, QEMU and the kernel, which `scripts/guest.sh setup` (called
 //! by `scripts/setup.sh`) installs; fails loudly when they are missing.
 
