@@ -6,7 +6,7 @@
 # and nothing it writes reaches the host), and gets fresh proc, sys, dev,
 # tmp, run and a cgroup2 at /sys/fs/cgroup.
 #
-#   scripts/guest.sh setup                     install QEMU 10 and the kernel
+#   scripts/guest.sh setup                     install QEMU 10 and the kernel (prints the initramfs)
 #   scripts/guest.sh run [OPTIONS] -- CMD ARG...
 #
 # run options:
@@ -25,9 +25,12 @@
 # bookworm-backports (bookworm's 7.2 corrupts guests migrated under TCG,
 # see the brief), and `linux-image-amd64` fetched with `apt-get download`
 # and unpacked into $TABA_GUEST_DIR (default /var/cache/taba/guest); only
-# the kernel image and the few modules the initramfs loads are kept. The
+# the kernel image and the few modules the initramfs loads are kept (a
+# module added to MODULES later is fetched into the same directory). The
 # cloud kernel is smaller but has no 9p. The initramfs is busybox-static
-# plus those modules, loaded with insmod in dependency order.
+# plus those modules, loaded with insmod in dependency order; its file name
+# carries a hash of its contents, so worktrees with different module lists
+# share the kernel directory without overwriting each other's initramfs.
 set -euo pipefail
 
 GUEST_DIR=${TABA_GUEST_DIR:-/var/cache/taba/guest}
@@ -38,6 +41,11 @@ MODULES=(
   drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci
   net/9p/9pnet net/9p/9pnet_virtio fs/netfs/netfs fs/fscache/fscache fs/9p/9p
   fs/overlayfs/overlay
+  # ext4 on a loop device under dm-flakey, for the power-cut test
+  # (crates/taba/tests/durability.rs); dependencies from `modinfo -F depends`
+  # (ext4: jbd2, mbcache, crc16; its checksums need the crc32c shash).
+  lib/crc16 fs/mbcache fs/jbd2/jbd2 crypto/crc32c_generic fs/ext4/ext4
+  drivers/block/loop drivers/md/dm-mod drivers/md/dm-flakey
 )
 BPO_LIST=/etc/apt/sources.list.d/bookworm-backports.sources
 
@@ -77,8 +85,9 @@ kernel_version() {
     awk '/Depends: linux-image-[0-9]/ {sub("linux-image-", "", $2); print $2; exit}'
 }
 
-# Every module of MODULES is in $1/modules.
-have_modules() {
+# Whether $1 (a kernel directory) holds vmlinuz and every module of MODULES.
+kernel_complete() {
+  [ -s "$1/vmlinuz" ] || return 1
   local m
   for m in "${MODULES[@]}"; do
     [ -s "$1/modules/${m##*/}.ko" ] || return 1
@@ -87,16 +96,18 @@ have_modules() {
 
 # $GUEST_DIR/<version>/{vmlinuz,modules/*.ko}: the kernel of KERNEL_PKG and
 # the MODULES (scripts/vm-guest.sh sets both to its own before calling it).
+# Files are only ever added (each renamed into place), so a guest booting
+# from the directory while another run adds a module is not disturbed.
 ensure_kernel() {
-  local ver dir tmp
+  local ver dir tmp m
   ver=$(kernel_version)
   [ -n "$ver" ] || die "apt knows no $KERNEL_PKG (run apt-get update)"
   dir=$GUEST_DIR/$ver
-  if [ -s "$dir/vmlinuz" ] && have_modules "$dir"; then
+  if kernel_complete "$dir"; then
     echo "$dir"
     return
   fi
-  mkdir -p "$GUEST_DIR"
+  mkdir -p "$dir/modules"
   tmp=$(mktemp -d "$GUEST_DIR/.dl.XXXXXX")
   local try
   for try in 1 2 3; do
@@ -106,13 +117,15 @@ ensure_kernel() {
   done
   ls "$tmp"/linux-image-*.deb >/dev/null 2>&1 || { rm -rf "$tmp"; die "apt-get download linux-image-$ver failed"; }
   dpkg-deb -x "$tmp"/linux-image-*.deb "$tmp/x"
-  mkdir -p "$tmp/out/modules"
-  cp "$tmp/x/boot/vmlinuz-$ver" "$tmp/out/vmlinuz"
   for m in "${MODULES[@]}"; do
-    cp "$tmp/x/lib/modules/$ver/kernel/$m.ko" "$tmp/out/modules/" || { rm -rf "$tmp"; die "no module $m in linux-image-$ver"; }
+    [ -s "$dir/modules/${m##*/}.ko" ] && continue
+    cp "$tmp/x/lib/modules/$ver/kernel/$m.ko" "$dir/modules/.${m##*/}.ko.$$" || { rm -rf "$tmp"; die "no module $m in linux-image-$ver"; }
+    mv "$dir/modules/.${m##*/}.ko.$$" "$dir/modules/${m##*/}.ko"
   done
-  rm -rf "$dir"
-  mv "$tmp/out" "$dir"
+  if [ ! -s "$dir/vmlinuz" ]; then
+    cp "$tmp/x/boot/vmlinuz-$ver" "$dir/.vmlinuz.$$"
+    mv "$dir/.vmlinuz.$$" "$dir/vmlinuz"
+  fi
   rm -rf "$tmp"
   echo "$dir"
 }
@@ -161,17 +174,24 @@ poweroff -f
 EOF
 }
 
-# initramfs.cpio in $1 (rebuilt when this script changes).
+# initramfs-<hash>.cpio in $1: busybox, this script's /init and modules;
+# the hash covers all three, so a changed /init or module list is a new file.
 ensure_initramfs() {
-  local kdir=$1 img=$1/initramfs.cpio tmp
-  if [ -s "$img" ] && [ "$img" -nt "${BASH_SOURCE[0]}" ]; then
+  local kdir=$1 img tmp m hash
+  hash=$({
+    write_init
+    for m in "${MODULES[@]}"; do echo "$m"; done
+    sha256sum /bin/busybox
+  } | sha256sum | cut -c1-16)
+  img=$kdir/initramfs-$hash.cpio
+  if [ -s "$img" ]; then
     echo "$img"
     return
   fi
   tmp=$(mktemp -d "$GUEST_DIR/.initramfs.XXXXXX")
   mkdir -p "$tmp/bin" "$tmp/proc" "$tmp/sys" "$tmp/dev" "$tmp/modules"
   cp /bin/busybox "$tmp/bin/busybox"
-  cp "$kdir"/modules/*.ko "$tmp/modules/"
+  for m in "${MODULES[@]}"; do cp "$kdir/modules/${m##*/}.ko" "$tmp/modules/"; done
   write_init >"$tmp/init"
   chmod 0755 "$tmp/init"
   (cd "$tmp" && find . | LC_ALL=C sort | busybox cpio -o -H newc >"$img.tmp.$$" 2>/dev/null)
@@ -185,8 +205,7 @@ setup() {
   ensure_qemu
   local kdir
   kdir=$(ensure_kernel)
-  ensure_initramfs "$kdir" >/dev/null
-  echo "$kdir"
+  ensure_initramfs "$kdir"
 }
 
 host_khz() {
@@ -208,8 +227,9 @@ run() {
     esac
   done
   [ $# -gt 0 ] || die "no command given: $0 run [OPTIONS] -- CMD ARG..."
-  local kdir io status
-  kdir=$(setup | tail -1)
+  local kdir initrd io status
+  initrd=$(setup | tail -1)
+  kdir=$(dirname "$initrd")
   io=$(mktemp -d "${TMPDIR:-/tmp}/taba-guest.XXXXXX")
   trap 'rm -rf "$io"' EXIT
   {
@@ -232,7 +252,7 @@ run() {
     -accel tcg -M q35 -cpu max -smp "$smp" -m "$mem" \
     -nodefaults -no-user-config -nographic -no-reboot \
     -serial "file:$io/console" \
-    -kernel "$kdir/vmlinuz" -initrd "$kdir/initramfs.cpio" -append "$append" \
+    -kernel "$kdir/vmlinuz" -initrd "$initrd" -append "$append" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot" \
     -virtfs "local,path=$io,mount_tag=io,security_model=none,id=io" \
     </dev/null >"$io/qemu.log" 2>&1 || rc=$?

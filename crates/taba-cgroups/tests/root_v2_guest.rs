@@ -1,11 +1,18 @@
 //! The cgroup v2 tests, for real: builds the test binaries that hold them
-//! (`taba-cgroups`' `root_v2`, `taba-runtime`'s `root_v2_container`, and
-//! `taba`'s `e2e` with the `taba` binary), boots a QEMU guest with only
-//! cgroup2 mounted (`scripts/guest.sh`: Debian's kernel, the host's root
-//! read-only over 9p) and runs inside the `#[ignore]`d v2 tests and two
-//! end-to-end tests of `taba dev` (a container and an exec job with limits,
-//! logs, exec and stop; an OOM kill); passes only when every one of them
-//! reports `ok` there.
+//! (`taba-cgroups`' `root_v2`, `taba-runtime`'s `root_v2_container`,
+//! `root_attacks` and `root_shim`, and `taba`'s `e2e` with the `taba`
+//! binary), boots a QEMU guest with only cgroup2 mounted
+//! (`scripts/guest.sh`: Debian's kernel, the host's root read-only over 9p)
+//! and runs inside the `#[ignore]`d v2 tests, the whole attack suite and
+//! the shim's tests (device nodes refused by the eBPF device program
+//! instead of v1's devices controller), and end-to-end tests of `taba dev`
+//! (a container and an exec job with limits, logs, exec and stop; an OOM
+//! kill; exit codes and restarts; an agent killed mid-start leaving no mount
+//! or cgroup); passes only when every one of them reports `ok` there.
+//! The guest has one CPU under TCG: the guest run took 141 s on a quiet
+//! machine (the attack suite 41 s of it, the end-to-end tests 56 s) and
+//! about 6 minutes while other builds ran; the guest is killed after 25
+//! minutes.
 //! Needs root, QEMU and the kernel, which `scripts/guest.sh setup` (called
 //! by `scripts/setup.sh`) installs; fails loudly when they are missing.
 
@@ -16,6 +23,9 @@ use std::process::Command;
 enum Tests {
     /// Its `#[ignore]`d tests (those that need a v2-only host).
     Ignored,
+    /// All its tests that are not `#[ignore]`d (those that run on v1 here
+    /// and on v2 there).
+    All,
     /// These, by exact name.
     Named(&'static [&'static str]),
 }
@@ -25,12 +35,19 @@ enum Tests {
 const SUITES: &[(&str, &str, Tests)] = &[
     ("taba-cgroups", "root_v2", Tests::Ignored),
     ("taba-runtime", "root_v2_container", Tests::Ignored),
+    // The attack suite and the shim's tests, with the eBPF device program
+    // in place of v1's devices controller.
+    ("taba-runtime", "root_attacks", Tests::All),
+    ("taba-runtime", "root_shim", Tests::All),
     (
         "taba",
         "e2e",
         Tests::Named(&[
             "root_container_and_exec_jobs_run_log_exec_and_stop",
             "root_memory_hog_is_reported_oom_killed",
+            "root_batch_exit_codes_and_restart_policy",
+            "root_kill9_mid_start_leaves_no_mount_or_cgroup",
+            "root_kill9_mid_start_unknown_allocation_is_swept_at_start",
         ]),
     ),
 ];
@@ -62,12 +79,14 @@ fn build(package: &str, target: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no executable for {package} --test {target}"))
 }
 
-/// The `#[ignore]`d tests a binary holds.
-fn ignored_tests(bin: &Path) -> Vec<String> {
-    let out = Command::new(bin)
-        .args(["--list", "--ignored", "--format=terse"])
-        .output()
-        .unwrap();
+/// The `#[ignore]`d tests a binary holds (`ignored`), or the others.
+fn listed_tests(bin: &Path, ignored: bool) -> Vec<String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--list", "--format=terse"]);
+    if ignored {
+        cmd.arg("--ignored");
+    }
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "{} --list", bin.display());
     let names: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
@@ -77,7 +96,7 @@ fn ignored_tests(bin: &Path) -> Vec<String> {
         .collect();
     assert!(
         !names.is_empty(),
-        "{} holds no ignored tests",
+        "{} holds no such tests (ignored: {ignored})",
         bin.display()
     );
     names
@@ -90,7 +109,11 @@ fn command(bin: &Path, tests: &Tests) -> (String, Vec<String>) {
     match tests {
         Tests::Ignored => (
             format!("{quoted} --ignored --test-threads=1"),
-            ignored_tests(bin),
+            listed_tests(bin, true),
+        ),
+        Tests::All => (
+            format!("{quoted} --test-threads=1"),
+            listed_tests(bin, false),
         ),
         Tests::Named(names) => (
             format!("{quoted} --exact --test-threads=1 {}", names.join(" ")),
@@ -120,12 +143,13 @@ fn root_v2_guest_runs_the_cgroup_v2_tests_on_a_v2_only_kernel() {
     // The end-to-end tests import the busybox image from here.
     let images = std::env::var("TABA_IMAGE_DIR").unwrap_or("/var/cache/taba/images".into());
     // One boot for all binaries; each runs its tests one at a time.
+    let start = std::time::Instant::now();
     let out = Command::new(repo().join("scripts/guest.sh"))
         .env("TABA_IMAGE_DIR", images)
         .args([
             "run",
             "--timeout",
-            "900",
+            "1500",
             "--mem",
             "1536",
             "--env",
@@ -137,6 +161,11 @@ fn root_v2_guest_runs_the_cgroup_v2_tests_on_a_v2_only_kernel() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
+    eprintln!(
+        "the guest run took {:.1} s ({})",
+        start.elapsed().as_secs_f64(),
+        out.status
+    );
     assert!(
         out.status.success(),
         "the guest run failed ({}):\n{stdout}\n{stderr}",

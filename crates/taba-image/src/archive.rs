@@ -14,10 +14,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{io_ctx, ImageError};
+use crate::limits::{exceeded, Bounded, Counting, ImageLimits};
 use crate::reference::{is_hex, Reference};
-
-/// The largest JSON document (manifest, index, config) read into memory.
-const MAX_JSON: u64 = 16 << 20;
 
 /// Where a member's bytes are in the outer tar.
 #[derive(Debug, Clone)]
@@ -31,6 +29,8 @@ enum Member {
 pub(crate) struct OuterArchive {
     file: Arc<File>,
     members: HashMap<String, Member>,
+    /// The largest JSON document (manifest, index, config) read into memory.
+    max_json: u64,
 }
 
 /// A reader over one member, by offset (several can be open at once).
@@ -80,8 +80,13 @@ fn member_name(raw: &[u8]) -> Result<String, ImageError> {
 }
 
 impl OuterArchive {
-    /// Indexes the tar at `path`. A gzip-compressed tar is first decompressed into `scratch`.
-    pub(crate) fn open(path: &Path, scratch: &Path) -> Result<OuterArchive, ImageError> {
+    /// Indexes the tar at `path`. A gzip-compressed tar is first decompressed into `scratch`,
+    /// bounded by `max_archive` and `max_layer_ratio` as it is decompressed.
+    pub(crate) fn open(
+        path: &Path,
+        scratch: &Path,
+        limits: &ImageLimits,
+    ) -> Result<OuterArchive, ImageError> {
         let mut file = File::open(path).map_err(io_ctx(|| format!("open {}", path.display())))?;
         let mut magic = [0u8; 2];
         let n = file
@@ -92,14 +97,21 @@ impl OuterArchive {
             let mut out =
                 File::create(&plain).map_err(io_ctx(|| format!("create {}", plain.display())))?;
             let src = File::open(path).map_err(io_ctx(|| format!("open {}", path.display())))?;
-            copy_split(
-                &mut flate2::read::MultiGzDecoder::new(src),
-                &mut out,
-                || plain.display().to_string(),
-            )
-            .map_err(|e| match e {
-                CopyError::Read(e) => ImageError::archive(format!("bad gzip: {e}")),
-                CopyError::Write(e) => e,
+            let src = Counting::new(src);
+            let compressed = src.n.clone();
+            let mut gz = Bounded::new(
+                flate2::read::MultiGzDecoder::new(src),
+                limits.max_archive,
+                "max_image_upload",
+                limits.max_layer_ratio,
+                Some(compressed),
+            );
+            let tripped = gz.tripped();
+            copy_split(&mut gz, &mut out, || plain.display().to_string()).map_err(|e| {
+                exceeded("the image archive", &tripped).unwrap_or(match e {
+                    CopyError::Read(e) => ImageError::archive(format!("bad gzip: {e}")),
+                    CopyError::Write(e) => e,
+                })
             })?;
             File::open(&plain).map_err(io_ctx(|| format!("open {}", plain.display())))?
         } else {
@@ -148,6 +160,7 @@ impl OuterArchive {
         Ok(OuterArchive {
             file: Arc::new(file),
             members,
+            max_json: limits.max_manifest,
         })
     }
 
@@ -183,11 +196,15 @@ impl OuterArchive {
     fn read_small(&self, name: &str) -> Result<Vec<u8>, ImageError> {
         let mut buf = Vec::new();
         self.open_member(name)?
-            .take(MAX_JSON + 1)
+            .take(self.max_json + 1)
             .read_to_end(&mut buf)
             .map_err(|e| ImageError::archive(format!("read {name}: {e}")))?;
-        if buf.len() as u64 > MAX_JSON {
-            return Err(ImageError::archive(format!("{name} is larger than 16 MiB")));
+        if buf.len() as u64 > self.max_json {
+            return Err(ImageError::LimitExceeded {
+                what: name.to_string(),
+                limit: "max_manifest",
+                reason: format!("larger than {} bytes", self.max_json),
+            });
         }
         Ok(buf)
     }

@@ -79,6 +79,17 @@ pub enum ImageError {
         /// The image that was asked for.
         requested: String,
     },
+    /// An image goes past one of the store's caps (`[limits]` of the
+    /// configuration, [`crate::ImageLimits`]); nothing of it is kept.
+    #[error("{what}: {reason} (limits.{limit})")]
+    LimitExceeded {
+        /// What went past the cap (`layer sha256:...`, `manifest.json`).
+        what: String,
+        /// The configuration key of the cap.
+        limit: &'static str,
+        /// By how much.
+        reason: String,
+    },
     /// An operating system call failed.
     #[error("{context}")]
     Io {

@@ -31,7 +31,8 @@ pub fn lookup(s: &str) -> Result<Option<String>, ImageError> {
 /// `dest`, as an import does; `diff_id` is the hex sha256 the tar must have.
 /// Returns the bytes of file content written.
 pub fn unpack_layer(blob: &[u8], dest: &Path, diff_id: &str) -> Result<u64, ImageError> {
-    crate::unpack::unpack_layer(blob, dest, None, diff_id).map(|(u, _)| u.size)
+    crate::unpack::unpack_layer(blob, dest, None, diff_id, &crate::ImageLimits::default())
+        .map(|(u, _)| u.size)
 }
 
 /// Parses an image config as an import does (`layers`: the count the manifest
@@ -54,7 +55,7 @@ pub fn image_manifest(m: &ImageManifest) -> Result<(), ImageError> {
 /// any layer is unpacked; `scratch` is an empty directory. Returns the
 /// canonical references and the number of layers.
 pub fn archive_plan(tar: &Path, scratch: &Path) -> Result<(Vec<String>, usize), ImageError> {
-    let outer = OuterArchive::open(tar, scratch)?;
+    let outer = OuterArchive::open(tar, scratch, &crate::ImageLimits::default())?;
     let plan = archive::plan(&outer)?;
     Ok((plan.refs, plan.layers.len()))
 }

@@ -175,11 +175,18 @@ impl ImageStore {
         let mut tee = Tee::new(self.open_layer(staging, source, layer)?, copy_to)?;
         let dest = staging.dir.join("layers").join(diff);
         let result = if layer_known {
-            unpack::verify_layer(&mut tee, expected.as_deref(), diff).map(|f| (None, f))
+            unpack::verify_layer(&mut tee, expected.as_deref(), diff, &self.limits)
+                .map(|f| (None, f))
         } else {
             fs::create_dir(&dest).map_err(io_ctx(|| format!("create {}", dest.display())))?;
-            unpack::unpack_layer(&mut tee, &dest.join("fs"), expected.as_deref(), diff)
-                .map(|(u, f)| (Some(u), f))
+            unpack::unpack_layer(
+                &mut tee,
+                &dest.join("fs"),
+                expected.as_deref(),
+                diff,
+                &self.limits,
+            )
+            .map(|(u, f)| (Some(u), f))
         };
         if let Some(e) = tee.write_error() {
             tee.discard();

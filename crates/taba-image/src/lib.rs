@@ -37,6 +37,7 @@ mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
 mod import;
+mod limits;
 mod mount;
 mod reference;
 mod unpack;
@@ -54,6 +55,7 @@ use serde::{Deserialize, Serialize};
 pub use blobs::{parse_digest, BlobWriter, MAX_BLOB_BYTES};
 pub use error::ImageError;
 pub use fetch::Fetch;
+pub use limits::ImageLimits;
 
 use archive::{sha256_digest, OuterArchive, RunConfig};
 use error::io_ctx;
@@ -182,6 +184,7 @@ struct RefsFile {
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    limits: ImageLimits,
 }
 
 /// A held flock on `<root>/lock` (released on drop).
@@ -271,7 +274,10 @@ impl ImageStore {
         }
         let root =
             fs::canonicalize(root).map_err(io_ctx(|| format!("resolve {}", root.display())))?;
-        let store = ImageStore { root };
+        let store = ImageStore {
+            root,
+            limits: ImageLimits::default(),
+        };
         {
             let _lock = store.lock(true)?;
             store.clean_staging()?;
@@ -283,6 +289,18 @@ impl ImageStore {
     /// The root directory of the store.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The store with these caps on what it imports, fetches and unpacks
+    /// (the defaults until then).
+    pub fn with_limits(mut self, limits: ImageLimits) -> ImageStore {
+        self.limits = limits;
+        self
+    }
+
+    /// The caps in force.
+    pub fn limits(&self) -> &ImageLimits {
+        &self.limits
     }
 
     fn lock(&self, exclusive: bool) -> Result<StoreLock, ImageError> {
@@ -468,7 +486,7 @@ impl ImageStore {
     /// pointed at the image (moved from another image if they named one).
     pub fn import(&self, tar: &Path) -> Result<ImageSummary, ImageError> {
         let staging = self.new_staging()?;
-        let outer = OuterArchive::open(tar, &staging.dir)?;
+        let outer = OuterArchive::open(tar, &staging.dir, &self.limits)?;
         let plan = archive::plan(&outer)?;
         self.commit_import(&staging, plan, import::Source::Archive(&outer))
     }

@@ -13,6 +13,9 @@
 //!
 //! The whole compressed stream is hashed as it is read (blob digest) and so is the
 //! decompressed stream (`diff_id`); both are compared after the tar is read to the end.
+//! The decompressed stream is bounded as it comes out of the decompressor
+//! ([`crate::limits::Bounded`]: `max_layer_unpacked`, `max_layer_ratio`), and the entries by
+//! `max_layer_entries`, so a decompression bomb stops at a cap instead of filling the disk.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -27,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::{copy_split, hex, CopyError};
 use crate::error::{io_ctx, ImageError};
+use crate::limits::{exceeded, Bounded, Counting, ImageLimits, Tripped};
 
 /// Hashes what passes through it.
 struct Hashing<R> {
@@ -310,24 +314,13 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, what: &str) -> Result<Meta,
 const OPAQUE: &[u8] = b".wh..wh..opq";
 const WHITEOUT: &[u8] = b".wh.";
 
-/// The raw and decompressed streams of a layer, each hashed as it is read.
+/// The raw and decompressed streams of a layer, each hashed as it is read,
+/// the decompressed one bounded.
 struct Streams<R: Read> {
-    diff: Hashing<Decoder<R>>,
+    diff: Hashing<Bounded<Decoder<R>>>,
     compression: Compression,
-}
-
-/// Counts the bytes read through it.
-struct Counting<R> {
-    inner: R,
-    n: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
+    /// Which cap the decompressed stream hit, if any.
+    tripped: Tripped,
 }
 
 /// How a layer blob is compressed.
@@ -363,11 +356,17 @@ impl Compression {
     }
 }
 
-fn open_streams<R: Read>(src: R, what: &str) -> Result<Streams<R>, ImageError> {
+fn open_streams<R: Read>(
+    src: R,
+    what: &str,
+    limits: &ImageLimits,
+) -> Result<Streams<R>, ImageError> {
+    let counting = Counting::new(src);
+    let compressed = counting.n.clone();
     let mut raw = BufReader::with_capacity(
         256 * 1024,
         Hashing {
-            inner: Counting { inner: src, n: 0 },
+            inner: counting,
             hasher: Sha256::new(),
         },
     );
@@ -381,12 +380,22 @@ fn open_streams<R: Read>(src: R, what: &str) -> Result<Streams<R>, ImageError> {
         )),
         Compression::None => Decoder::Plain(raw),
     };
+    let ratio_of = (compression != Compression::None).then_some(compressed);
+    let bounded = Bounded::new(
+        decoder,
+        limits.max_layer_unpacked,
+        "max_layer_unpacked",
+        limits.max_layer_ratio,
+        ratio_of,
+    );
+    let tripped = bounded.tripped();
     Ok(Streams {
         diff: Hashing {
-            inner: decoder,
+            inner: bounded,
             hasher: Sha256::new(),
         },
         compression,
+        tripped,
     })
 }
 
@@ -404,7 +413,7 @@ pub(crate) struct BlobFacts {
 /// Reads both streams to their ends (the digests cover every byte, padding included) and
 /// checks them against the blob digest (`blob`, hex, when known) and the `diff_id` (hex).
 fn finish_streams<R: Read>(
-    mut diff: Hashing<Decoder<R>>,
+    mut diff: Hashing<Bounded<Decoder<R>>>,
     compression: Compression,
     blob: Option<&str>,
     diff_id: &str,
@@ -412,7 +421,7 @@ fn finish_streams<R: Read>(
 ) -> Result<BlobFacts, ImageError> {
     io::copy(&mut diff, &mut io::sink()).map_err(|e| bad_layer(what, e))?;
     let diff_actual = hex(&diff.hasher.finalize());
-    let mut raw = diff.inner.into_raw();
+    let mut raw = diff.inner.inner.into_raw();
     io::copy(&mut raw, &mut io::sink()).map_err(|e| bad_layer(what, e))?;
     let raw = raw.into_inner();
     let blob_actual = hex(&raw.hasher.finalize());
@@ -432,7 +441,7 @@ fn finish_streams<R: Read>(
     }
     Ok(BlobFacts {
         digest: blob_actual,
-        size: raw.inner.n,
+        size: raw.inner.n.get(),
         compression,
     })
 }
@@ -442,10 +451,13 @@ pub(crate) fn verify_layer<R: Read>(
     src: R,
     blob: Option<&str>,
     diff_id: &str,
+    limits: &ImageLimits,
 ) -> Result<BlobFacts, ImageError> {
     let what = format!("sha256:{diff_id}");
-    let s = open_streams(src, &what)?;
+    let s = open_streams(src, &what, limits)?;
+    let tripped = s.tripped.clone();
     finish_streams(s.diff, s.compression, blob, diff_id, &what)
+        .map_err(|e| exceeded(&format!("layer {what}"), &tripped).unwrap_or(e))
 }
 
 /// Unpacks a (possibly compressed) layer from `src` into the new directory `dest`, checking the
@@ -455,6 +467,25 @@ pub(crate) fn unpack_layer<R: Read>(
     dest: &Path,
     blob: Option<&str>,
     diff_id: &str,
+    limits: &ImageLimits,
+) -> Result<(Unpacked, BlobFacts), ImageError> {
+    let what = format!("sha256:{diff_id}");
+    let mut tripped = None;
+    unpack_bounded(src, dest, blob, diff_id, limits, &mut tripped).map_err(|e| {
+        tripped
+            .and_then(|t| exceeded(&format!("layer {what}"), &t))
+            .unwrap_or(e)
+    })
+}
+
+/// [`unpack_layer`], leaving the decompressed stream's cap report in `tripped`.
+fn unpack_bounded<R: Read>(
+    src: R,
+    dest: &Path,
+    blob: Option<&str>,
+    diff_id: &str,
+    limits: &ImageLimits,
+    tripped: &mut Option<Tripped>,
 ) -> Result<(Unpacked, BlobFacts), ImageError> {
     let what = format!("sha256:{diff_id}");
     std::fs::create_dir(dest).map_err(io_ctx(|| format!("create {}", dest.display())))?;
@@ -464,7 +495,8 @@ pub(crate) fn unpack_layer<R: Read>(
         Mode::empty(),
     )
     .map_err(io_ctx(|| format!("open {}", dest.display())))?;
-    let streams = open_streams(src, &what)?;
+    let streams = open_streams(src, &what, limits)?;
+    *tripped = Some(streams.tripped.clone());
     let compression = streams.compression;
     let mut archive = tar::Archive::new(streams.diff);
     let mut layer = Layer {
@@ -480,7 +512,7 @@ pub(crate) fn unpack_layer<R: Read>(
         .enumerate()
     {
         let mut entry = entry.map_err(|e| bad_layer(&what, e))?;
-        check_bounds(n, size, &entry, &what)?;
+        check_bounds(n, size, &entry, &what, limits)?;
         size += unpack_entry(&mut layer, &mut entry, &what)?;
     }
     // Directory mtimes last, deepest first, so creating their children does not change them.
@@ -496,32 +528,35 @@ pub(crate) fn unpack_layer<R: Read>(
     Ok((Unpacked { size }, facts))
 }
 
-/// Largest total of file contents one layer may unpack to: a small compressed layer can
-/// expand a thousandfold and more (a decompression bomb), and would fill the node's disk.
-pub const MAX_LAYER_UNPACKED: u64 = 64 << 30;
-/// Most entries in one layer (each is at least an inode).
-pub const MAX_LAYER_ENTRIES: usize = 2_000_000;
-
-/// Refuses the `n`th entry (0-based) when the layer would exceed its bounds with it.
+/// Refuses the `n`th entry (0-based) when the layer would exceed its bounds with it: more
+/// entries than `max_layer_entries` (each is at least an inode), or file contents declared
+/// past `max_layer_unpacked` (refused before the entry is written; the decompressed stream
+/// is bounded as well, whatever the headers say).
 fn check_bounds<R: Read>(
     n: usize,
     written: u64,
     entry: &tar::Entry<'_, R>,
     what: &str,
+    limits: &ImageLimits,
 ) -> Result<(), ImageError> {
-    if n >= MAX_LAYER_ENTRIES {
-        return Err(bad_layer(
-            what,
-            format!("more than {MAX_LAYER_ENTRIES} entries"),
+    let too_large = |limit, reason| ImageError::LimitExceeded {
+        what: format!("layer {what}"),
+        limit,
+        reason,
+    };
+    if n as u64 >= limits.max_layer_entries {
+        return Err(too_large(
+            "max_layer_entries",
+            format!("more than {} entries", limits.max_layer_entries),
         ));
     }
     let declared = entry.header().size().unwrap_or(0);
-    if written.saturating_add(declared) > MAX_LAYER_UNPACKED {
-        return Err(bad_layer(
-            what,
+    if written.saturating_add(declared) > limits.max_layer_unpacked {
+        return Err(too_large(
+            "max_layer_unpacked",
             format!(
-                "unpacks to more than {} GiB (a decompression bomb?)",
-                MAX_LAYER_UNPACKED >> 30
+                "unpacks to more than {} bytes (a decompression bomb?)",
+                limits.max_layer_unpacked
             ),
         ));
     }
@@ -752,7 +787,7 @@ mod tests {
         // A tar header declaring one file just over the bound (the data never comes).
         let mut h = tar::Header::new_gnu();
         h.set_path("big").unwrap();
-        h.set_size(MAX_LAYER_UNPACKED + 1);
+        h.set_size(ImageLimits::default().max_layer_unpacked + 1);
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
@@ -760,7 +795,14 @@ mod tests {
         blob.extend_from_slice(&[0u8; 1024]);
         let tmp = std::env::temp_dir().join(format!("taba-bomb-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        let err = unpack_layer(&blob[..], &tmp, None, &"0".repeat(64)).unwrap_err();
+        let err = unpack_layer(
+            &blob[..],
+            &tmp,
+            None,
+            &"0".repeat(64),
+            &ImageLimits::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("decompression bomb"), "{err}");
         assert!(!tmp.join("big").exists(), "the file was created");
         let _ = std::fs::remove_dir_all(&tmp);
@@ -771,7 +813,14 @@ mod tests {
         // A GNU sparse header asking for a 1 TiB hole, in 1.5 KiB (found by the fuzzer).
         let blob = include_bytes!("../../../fuzz/corpus/layer_unpack/crash-sparse-hole-1tib.tar");
         let tmp = std::env::temp_dir().join(format!("taba-sparse-{}", std::process::id()));
-        let err = unpack_layer(&blob[..], &tmp, None, &"0".repeat(64)).unwrap_err();
+        let err = unpack_layer(
+            &blob[..],
+            &tmp,
+            None,
+            &"0".repeat(64),
+            &ImageLimits::default(),
+        )
+        .unwrap_err();
         let holes = tmp.join("holes").exists();
         std::fs::remove_dir_all(&tmp).unwrap();
         assert!(

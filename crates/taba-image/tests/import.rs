@@ -687,3 +687,129 @@ fn root_local_users_cannot_reach_image_layers() {
         assert!(err.contains("Permission denied"), "{err}");
     }
 }
+
+/// A store with these caps (the defaults for the others).
+fn store_with(limits: taba_image::ImageLimits) -> (tempfile::TempDir, ImageStore) {
+    let (d, s) = store();
+    (d, s.with_limits(limits))
+}
+
+/// The cap an import went past.
+fn limit_of(err: &ImageError) -> &'static str {
+    match err {
+        ImageError::LimitExceeded { limit, .. } => limit,
+        other => panic!("expected a limit error, got {other}"),
+    }
+}
+
+/// A layer that decompresses a thousandfold (64 MiB of zeros in ~64 KiB of
+/// gzip) is refused by the ratio cap while it is decompressed (after about
+/// 16 MiB), not once written whole; the store is left as it was.
+#[test]
+fn root_a_layer_decompression_bomb_is_refused_by_its_ratio() {
+    let (d, s) = store();
+    let bomb = gzip_tar_of_zeros("zeros", 64 << 20, 0);
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    let tar = oci_with_gzip_blob(&bomb, &"0".repeat(64), "bomb:1");
+    let err = import_fails(&s, d.path(), &tar);
+    assert_eq!(limit_of(&err), "max_layer_ratio", "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("times its compressed size") && msg.contains("(limits.max_layer_ratio)"),
+        "{msg}"
+    );
+    // Stopped early: the error states how much came out.
+    let out: u64 = msg
+        .split(" bytes from ")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {msg}"));
+    assert!(
+        out < 32 << 20,
+        "{out} bytes decompressed before the refusal"
+    );
+    assert_empty(s.root());
+}
+
+/// With a higher ratio allowed, the byte cap stops the same layer, also
+/// while decompressing: zeros hidden after the tar's end are never written
+/// but would still be decompressed to the end.
+#[test]
+fn root_a_layer_past_its_unpacked_cap_is_refused_while_decompressing() {
+    let (d, s) = store_with(taba_image::ImageLimits {
+        max_layer_unpacked: 8 << 20,
+        max_layer_ratio: 1_000_000,
+        ..Default::default()
+    });
+    // A 4 KiB file, then 64 MiB of zeros after the end-of-archive blocks.
+    let bomb = gzip_tar_of_zeros("small", 4096, 64 << 20);
+    let tar = oci_with_gzip_blob(&bomb, &"0".repeat(64), "bomb:2");
+    let err = import_fails(&s, d.path(), &tar);
+    assert_eq!(limit_of(&err), "max_layer_unpacked", "{err}");
+    assert!(
+        err.to_string().contains("(limits.max_layer_unpacked)"),
+        "{err}"
+    );
+    assert_empty(s.root());
+}
+
+/// A gzip-compressed image archive is bounded as it is decompressed too
+/// (by the upload cap and the ratio).
+#[test]
+fn root_a_compressed_archive_bomb_is_refused_while_decompressing() {
+    let (d, s) = store_with(taba_image::ImageLimits {
+        max_archive: 8 << 20,
+        max_layer_ratio: 1_000_000,
+        ..Default::default()
+    });
+    let err = import_fails(&s, d.path(), &gzip_tar_of_zeros("pad", 64 << 20, 0));
+    assert_eq!(limit_of(&err), "max_image_upload", "{err}");
+    let (d, s) = store();
+    let err = import_fails(&s, d.path(), &gzip_tar_of_zeros("pad", 64 << 20, 0));
+    assert_eq!(limit_of(&err), "max_layer_ratio", "{err}");
+    drop(d);
+}
+
+/// The entry and manifest caps are the configured ones.
+#[test]
+fn root_entry_and_manifest_caps_are_configurable() {
+    let (d, s) = store_with(taba_image::ImageLimits {
+        max_layer_entries: 3,
+        ..Default::default()
+    });
+    let many = layer(&[
+        E::Dir("a/", 0o755),
+        E::File("a/1", b"1", 0o644),
+        E::File("a/2", b"2", 0o644),
+        E::File("a/3", b"3", 0o644),
+    ]);
+    let err = import_fails(
+        &s,
+        d.path(),
+        &docker_save(std::slice::from_ref(&many), &["many:1"], "m"),
+    );
+    assert_eq!(limit_of(&err), "max_layer_entries", "{err}");
+    assert_empty(s.root());
+    // The same image within the defaults imports.
+    let (d2, s2) = store();
+    s2.import(&write(
+        d2.path(),
+        "ok.tar",
+        &docker_save(&[many], &["many:1"], "m"),
+    ))
+    .unwrap();
+
+    let (d, s) = store_with(taba_image::ImageLimits {
+        max_manifest: 4096,
+        ..Default::default()
+    });
+    let long = "x".repeat(5000);
+    let err = import_fails(
+        &s,
+        d.path(),
+        &docker_save(&[base_layer()], &["big:1"], &long),
+    );
+    assert_eq!(limit_of(&err), "max_manifest", "{err}");
+    assert_empty(s.root());
+}

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// TLS of the API (and of the server's calls to agents). Without it the
     /// server listens only on loopback.
     pub tls: Option<ServerTls>,
+    /// Caps on what clients send (`[limits]`; the image store's own caps
+    /// are set on the store).
+    pub limits: InputLimits,
     /// Under TLS, listeners on loopback addresses serve plain HTTP to local
     /// callers (`[tls] plain_loopback`; the CLI of `taba dev --agents`);
     /// agent routes still need a certificate, so agents use the others.
@@ -61,6 +64,25 @@ pub struct ServerTls {
     /// The CA's key: lets the server sign certificates for agents that join
     /// with a token. Without it join tokens are refused under TLS.
     pub ca_key: Option<PathBuf>,
+}
+
+/// `[limits]` of the server's configuration: caps on request bodies.
+#[derive(Clone, Debug)]
+pub struct InputLimits {
+    /// Largest JSON body of ordinary routes, bytes (job files and ACL
+    /// policies have caps of their own).
+    pub max_request_body: usize,
+    /// Largest image archive `taba image import` may upload, bytes.
+    pub max_image_upload: u64,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        Self {
+            max_request_body: crate::api::extract::MAX_JSON_BODY,
+            max_image_upload: taba_image::ImageLimits::default().max_archive,
+        }
+    }
 }
 
 /// `[acl]` of the server's configuration.
@@ -117,6 +139,7 @@ impl ServerConfig {
             acl: AclSettings::default(),
             exec_timeout: Duration::from_secs(310),
             exec_max_output: 16 << 20,
+            limits: InputLimits::default(),
             tls: None,
             plain_loopback: false,
         }

@@ -173,6 +173,7 @@ impl crate::Server {
         store: Arc<EtcdStore>,
         images: Arc<ImageStore>,
     ) -> Result<HaServerHandle, ServerError> {
+        crate::sweep_stale_uploads(&config);
         let listener = Listener::bind(&config).await?;
         let addr = listener.addr;
         let mut ha_config = ha;

@@ -24,7 +24,7 @@ pub mod metrics;
 pub mod state;
 pub mod workers;
 
-pub use config::{AclSettings, RebalanceSettings, ServerConfig, ServerTls};
+pub use config::{AclSettings, InputLimits, RebalanceSettings, ServerConfig, ServerTls};
 pub use leader::{HaConfig, HaServerHandle};
 pub use state::{ServerState, StateError};
 
@@ -94,6 +94,7 @@ impl Server {
         store: Arc<dyn Store>,
         images: Arc<ImageStore>,
     ) -> Result<ServerHandle, ServerError> {
+        sweep_stale_uploads(&config);
         let listener = Listener::bind(&config).await?;
         let addr = listener.addr;
         let workers = config.num_workers.max(1);
@@ -111,6 +112,19 @@ impl Server {
             http,
             tasks,
         })
+    }
+}
+
+/// Removes the image uploads a previous run left in `<data_dir>/uploads`
+/// (killed mid-import); failures are logged, not fatal.
+pub(crate) fn sweep_stale_uploads(config: &ServerConfig) {
+    match api::handlers::sweep_uploads(&config.data_dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} unfinished image uploads of an earlier run"),
+        Err(e) => tracing::warn!(
+            "cannot clean {}: {e}",
+            api::handlers::uploads_dir(&config.data_dir).display()
+        ),
     }
 }
 

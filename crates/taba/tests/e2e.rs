@@ -949,10 +949,11 @@ name = "g"
             .map(str::to_string)
             .collect()
     };
+    // v1's hierarchies, or the v2 root (`root_v2_guest` runs this there).
     let cgroups = || -> Vec<String> {
-        ["memory", "pids", "cpu", "devices", "freezer"]
+        ["memory/", "pids/", "cpu/", "devices/", "freezer/", ""]
             .iter()
-            .map(|c| format!("/sys/fs/cgroup/{c}/taba/{id}"))
+            .map(|c| format!("/sys/fs/cgroup/{c}taba/{id}"))
             .filter(|p| std::path::Path::new(p).exists())
             .collect()
     };

@@ -280,3 +280,67 @@ pub fn assert_empty(root: &Path) {
         assert!(v["refs"].as_object().unwrap().is_empty(), "refs left: {v}");
     }
 }
+
+/// A gzip stream of `head` then `zeros` zero bytes, compressed a MiB at a
+/// time: a decompression bomb (a thousandfold) built without holding it.
+pub fn gzip_zeros(head: &[u8], zeros: u64) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(head).unwrap();
+    let mib = vec![0u8; 1 << 20];
+    let mut left = zeros;
+    while left > 0 {
+        let n = left.min(mib.len() as u64) as usize;
+        e.write_all(&mib[..n]).unwrap();
+        left -= n as u64;
+    }
+    e.finish().unwrap()
+}
+
+/// A tar (layer or outer archive) of one regular file `name` of `size` zero
+/// bytes, gzip-compressed: its header, then zeros to the end (the content,
+/// its padding and the end-of-archive blocks are all zeros), and
+/// `trailing` more zero bytes after the end of the archive.
+pub fn gzip_tar_of_zeros(name: &str, size: u64, trailing: u64) -> Vec<u8> {
+    let mut h = header(name, tar::EntryType::Regular, size, 0o644);
+    h.set_cksum();
+    let padded = size.div_ceil(512) * 512;
+    gzip_zeros(h.as_bytes(), padded + 1024 + trailing)
+}
+
+/// An OCI layout whose one layer is `blob` (gzip, as stored), stating
+/// `diff_id` (hex) for it: for layers too large to hash in a test.
+pub fn oci_with_gzip_blob(blob: &[u8], diff_id: &str, name: &str) -> Vec<u8> {
+    let cfg = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", sha(&cfg)), "size": cfg.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{}", sha(blob)), "size": blob.len()}],
+    }))
+    .unwrap();
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", sha(&manifest)),
+            "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": name},
+        }],
+    });
+    outer(&[
+        (
+            "oci-layout".to_string(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        ),
+        (format!("blobs/sha256/{}", sha(blob)), blob.to_vec()),
+        (format!("blobs/sha256/{}", sha(&cfg)), cfg),
+        (format!("blobs/sha256/{}", sha(&manifest)), manifest),
+        ("index.json".into(), serde_json::to_vec(&index).unwrap()),
+    ])
+}

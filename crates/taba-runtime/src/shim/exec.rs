@@ -185,6 +185,18 @@ fn same_ns(pid: i32, name: &str) -> bool {
     }
 }
 
+/// Make the directory `root` (the task's root, opened before joining its
+/// namespaces) our root and working directory.
+fn enter_root(root: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fchdir on an open directory fd we own.
+    sys::check(unsafe { libc::fchdir(root.as_raw_fd()) })?;
+    let dot = std::ffi::CString::new(".").expect("no NUL");
+    // SAFETY: a valid C string.
+    sys::check(unsafe { libc::chroot(dot.as_ptr()) })?;
+    std::env::set_current_dir("/")
+}
+
 /// Run the exec described by `spec_path` against the task whose (container
 /// init or process) pid is `pid`; returns the command's exit code. Call it in
 /// a fresh, single-threaded process.
@@ -219,6 +231,14 @@ pub fn main_exec(pid: i32, spec_path: &Path) -> Result<i32, ExecError> {
     container::join_cgroups(&spec.cgroup_procs).map_err(ExecError::Join)?;
     if join_ns {
         // Open every namespace first: /proc changes meaning once we join.
+        // The task's root too: joining a mount namespace puts us at the
+        // namespace's root, which is the container's only when the runtime
+        // ran unconfined; an agent in a chroot (an initramfs, as in the QEMU
+        // guest of the v2 tests) pivots inside its chroot, and the
+        // namespace's root stays the host's.
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let root_fd = std::fs::File::open(&root)
+            .map_err(|e| ExecError::Join(format!("open {}: {e}", root.display())))?;
         let mut files = Vec::new();
         for (name, flag) in NAMESPACES {
             if !same_ns(pid, name) {
@@ -234,6 +254,8 @@ pub fn main_exec(pid: i32, spec_path: &Path) -> Result<i32, ExecError> {
             sys::check(unsafe { libc::setns(f.as_raw_fd(), flag) })
                 .map_err(|e| ExecError::Join(format!("join namespace {}: {e}", p.display())))?;
         }
+        enter_root(&root_fd)
+            .map_err(|e| ExecError::Join(format!("enter {}: {e}", root.display())))?;
     }
     let child = sys::spawn_child(0, || {
         // SAFETY: prctl with integer arguments.

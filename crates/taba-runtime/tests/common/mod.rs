@@ -94,21 +94,56 @@ pub fn log(dir: &Path, stream: &str) -> String {
     out
 }
 
-/// A v1 pids cgroup for one test, removed on drop.
+/// Whether this host runs cgroup v2 only (the QEMU guest of
+/// `scripts/guest.sh`); else the v1 hierarchies (this machine) are used.
+pub fn cgroup_v2() -> bool {
+    let layout = taba_cgroups::Layout::detect().expect("reading the cgroup layout");
+    layout.version() == taba_cgroups::CgroupVersion::V2
+}
+
+/// The root of the hierarchy the tests' cgroups go in: v1's pids
+/// hierarchy, or the v2 root.
+pub fn cgroup_root() -> PathBuf {
+    if cgroup_v2() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/pids")
+    }
+}
+
+/// `taba-test-<tag>-<pid>-<n>`: unique per test even when tests running at
+/// once share a tag.
+fn cgroup_name(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("taba-test-{tag}-{}-{n}", std::process::id())
+}
+
+/// A cgroup for one test (v1: in the pids hierarchy; v2: at the root),
+/// removed on drop.
 pub struct TestCgroup(pub PathBuf);
 
 impl TestCgroup {
     pub fn new(tag: &str) -> TestCgroup {
-        let p = PathBuf::from(format!(
-            "/sys/fs/cgroup/pids/taba-test-{tag}-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&p).expect("create a test cgroup under /sys/fs/cgroup/pids");
+        let p = cgroup_root().join(cgroup_name(tag));
+        std::fs::create_dir_all(&p)
+            .unwrap_or_else(|e| panic!("create a test cgroup {}: {e}", p.display()));
         TestCgroup(p)
     }
 
     pub fn procs(&self) -> PathBuf {
         self.0.join("cgroup.procs")
+    }
+
+    /// The line of `/proc/PID/cgroup` of a process in this cgroup (v1: the
+    /// pids hierarchy's, v2: the only one).
+    pub fn proc_cgroup_line(&self) -> String {
+        let name = self.0.file_name().unwrap().to_str().unwrap();
+        if cgroup_v2() {
+            format!("0::/{name}")
+        } else {
+            format!("pids:/{name}")
+        }
     }
 }
 
@@ -206,13 +241,17 @@ pub fn spec_options(dir: &Path, args: &[&str]) -> DefaultSpecOptions {
     }
 }
 
-/// A v1 devices cgroup for one test that allows only the standard devices
-/// (as the container driver does), removed on drop.
+/// A cgroup for one test that allows only the standard devices (as the
+/// container driver does: v1's devices controller, or on v2 the eBPF
+/// device program of `taba-cgroups`), removed on drop.
 pub fn devices_cgroup(tag: &str) -> TestCgroup {
-    let p = PathBuf::from(format!(
-        "/sys/fs/cgroup/devices/taba-test-{tag}-{}",
-        std::process::id()
-    ));
+    if cgroup_v2() {
+        let cg = TestCgroup::new(tag);
+        taba_cgroups::devices_bpf::attach(&cg.0, DRIVER_DEVICES)
+            .expect("attach the device program");
+        return cg;
+    }
+    let p = PathBuf::from("/sys/fs/cgroup/devices").join(cgroup_name(tag));
     std::fs::create_dir_all(&p).expect("create a test cgroup under /sys/fs/cgroup/devices");
     std::fs::write(p.join("devices.deny"), "a").unwrap();
     for rule in DRIVER_DEVICES {

@@ -2,7 +2,7 @@
 //! already checked the caller (management, or open for bootstrap).
 
 use super::error::ApiError;
-use super::extract::{parse_json, read_body, MAX_JSON_BODY};
+use super::extract::{parse_json, read_body};
 use super::AppState;
 use crate::acl::Auth;
 use crate::broker::now_ms;
@@ -116,7 +116,8 @@ pub async fn list_tokens(State(app): State<AppState>) -> R<Vec<AclTokenInfo>> {
 }
 
 pub async fn create_token(State(app): State<AppState>, body: Body) -> R<AclTokenCreated> {
-    let req: CreateTokenRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
+    let req: CreateTokenRequest =
+        parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
     validate_token_request(&req.name, &req.policies, req.management, req.ttl).map_err(invalid)?;
     let (t, secret) = app
         .state

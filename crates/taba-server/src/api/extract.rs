@@ -8,7 +8,8 @@ use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-/// Largest JSON body of ordinary routes.
+/// Largest JSON body of ordinary routes, by default (`[limits]
+/// max_request_body` of the configuration).
 pub const MAX_JSON_BODY: usize = 1 << 20;
 
 /// How much of an oversized body is read and thrown away before the 413 is

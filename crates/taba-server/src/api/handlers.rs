@@ -2,7 +2,7 @@
 //! reply. No state logic lives here.
 
 use super::error::ApiError;
-use super::extract::{parse_json, read_body, MAX_JSON_BODY, Q};
+use super::extract::{parse_json, read_body, Q};
 use super::peer::{verify_agent, AgentCaller, Registration};
 use super::AppState;
 use crate::acl::Auth;
@@ -549,7 +549,8 @@ pub async fn node_eligibility(
     Path(key): Path<String>,
     body: Body,
 ) -> R<NodeDetail> {
-    let req: EligibilityRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
+    let req: EligibilityRequest =
+        parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
     let node = app.state.set_eligibility(&key, req.eligible).await?;
     Ok(Json(node_detail(&app.state, &auth, node)?))
 }
@@ -563,7 +564,7 @@ pub async fn drain_node(
     Path(key): Path<String>,
     body: Body,
 ) -> R<DrainStatus> {
-    let bytes = read_body(body, MAX_JSON_BODY).await?;
+    let bytes = read_body(body, app.state.config.limits.max_request_body).await?;
     if !bytes.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::BadRequest {
             message: "the body must be a JSON object: {\"deadline\": \"1h\", \"ignore_system\": false} or {\"disable\": true}".into(),
@@ -602,51 +603,85 @@ pub async fn drain_node(
 
 // ---- images ----
 
-/// Largest image tar accepted.
-pub const MAX_IMAGE_BYTES: u64 = 16 << 30;
+/// An image upload's file under `<data_dir>/uploads`, removed when dropped:
+/// when the import ends, fails, or the client goes away mid-upload (the
+/// handler's future is then dropped). The import itself owns it once it
+/// runs, so a client gone during the import leaves nothing either.
+/// [`sweep_uploads`] removes what a crashed server left.
+struct Upload(std::path::PathBuf);
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The directory of image uploads in flight.
+pub fn uploads_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("uploads")
+}
+
+/// Removes every upload a previous run of the server left (killed mid-import).
+pub fn sweep_uploads(data_dir: &std::path::Path) -> std::io::Result<usize> {
+    let dir = uploads_dir(data_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut n = 0;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|x| x == "tar") {
+            std::fs::remove_file(&path)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
 
 pub async fn import_image(State(app): State<AppState>, body: Body) -> R<ImageInfo> {
-    let dir = app.state.config.data_dir.join("uploads");
+    let dir = uploads_dir(&app.state.config.data_dir);
+    let max = app.state.config.limits.max_image_upload;
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", dir.display())))?;
-    let path = dir.join(format!("{}.tar", uuid_like()));
-    let res = async {
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| ApiError::Internal(format!("cannot create upload file: {e}")))?;
-        let mut stream = body.into_data_stream();
-        let mut size: u64 = 0;
-        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
-            let chunk = chunk.map_err(|e| ApiError::BadRequest {
-                message: format!("cannot read request body: {e}"),
-                field: None,
-            })?;
-            size += chunk.len() as u64;
-            if size > MAX_IMAGE_BYTES {
-                return Err(ApiError::TooLarge {
-                    limit: MAX_IMAGE_BYTES as usize,
-                });
-            }
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| ApiError::Internal(format!("cannot write upload file: {e}")))?;
+    let upload = Upload(dir.join(format!("{}.tar", uuid_like())));
+    let mut file = tokio::fs::File::create(&upload.0)
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot create upload file: {e}")))?;
+    let mut stream = body.into_data_stream();
+    let mut size: u64 = 0;
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest {
+            message: format!("cannot read request body: {e}"),
+            field: None,
+        })?;
+        size += chunk.len() as u64;
+        if size > max {
+            return Err(ApiError::TooLarge {
+                limit: usize::try_from(max).unwrap_or(usize::MAX),
+            });
         }
-        file.flush()
+        file.write_all(&chunk)
             .await
             .map_err(|e| ApiError::Internal(format!("cannot write upload file: {e}")))?;
-        if size == 0 {
-            return Err(ApiError::bad("body", "empty body; send the image tar"));
-        }
-        let images = app.state.images.clone();
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || crate::images::import(&images, &p))
-            .await
-            .map_err(|_| ApiError::ShuttingDown)?
     }
-    .await;
-    let _ = tokio::fs::remove_file(&path).await;
-    Ok(Json(res?))
+    file.flush()
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot write upload file: {e}")))?;
+    drop(file);
+    if size == 0 {
+        return Err(ApiError::bad("body", "empty body; send the image tar"));
+    }
+    let images = app.state.images.clone();
+    let info = tokio::task::spawn_blocking(move || {
+        let upload = upload;
+        crate::images::import(&images, &upload.0)
+    })
+    .await
+    .map_err(|_| ApiError::ShuttingDown)??;
+    Ok(Json(info))
 }
 
 fn uuid_like() -> String {
@@ -799,7 +834,8 @@ pub async fn agent_register(
     caller: AgentCaller,
     body: Body,
 ) -> R<RegisterResponse> {
-    let req: RegisterRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
+    let req: RegisterRequest =
+        parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
     protocol(req.protocol)?;
     req.validate().map_err(wire_invalid)?;
     // The credential first; a first registration binds one only once the
@@ -823,7 +859,8 @@ pub async fn agent_heartbeat(
     caller: AgentCaller,
     body: Body,
 ) -> R<HeartbeatResponse> {
-    let req: HeartbeatRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
+    let req: HeartbeatRequest =
+        parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
     protocol(req.protocol)?;
     verify_agent(&app.state, &caller, &req.node_id, None).await?;
     app.state.heartbeat(&req.node_id, req.usage).await?;
@@ -898,7 +935,8 @@ pub async fn agent_update_allocs(
     caller: AgentCaller,
     body: Body,
 ) -> R<Value> {
-    let req: AllocUpdateRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
+    let req: AllocUpdateRequest =
+        parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
     protocol(req.protocol)?;
     verify_agent(&app.state, &caller, &req.node_id, None).await?;
     req.validate().map_err(wire_invalid)?;

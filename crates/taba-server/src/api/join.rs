@@ -11,7 +11,7 @@
 //! ```
 
 use super::error::ApiError;
-use super::extract::{parse_json, read_body, MAX_JSON_BODY};
+use super::extract::{parse_json, read_body};
 use super::handlers::{protocol, wire_invalid};
 use super::AppState;
 use crate::credentials::{sha256_hex, CredentialError, NodeCredential};
@@ -46,7 +46,8 @@ fn token_error(e: CredentialError, who: &str) -> ApiError {
 
 /// `POST /v1/agent/join`.
 pub async fn agent_join(State(app): State<AppState>, body: Body) -> R<JoinResponse> {
-    let req: JoinRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
+    let req: JoinRequest =
+        parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
     protocol(req.protocol)?;
     req.validate().map_err(wire_invalid)?;
     let creds = &app.state.credentials;
@@ -136,7 +137,7 @@ pub async fn agent_join(State(app): State<AppState>, body: Body) -> R<JoinRespon
 
 /// `POST /v1/nodes/tokens`.
 pub async fn create_token(State(app): State<AppState>, body: Body) -> R<JoinTokenResponse> {
-    let bytes = read_body(body, MAX_JSON_BODY).await?;
+    let bytes = read_body(body, app.state.config.limits.max_request_body).await?;
     let req: JoinTokenRequest = if bytes.trim_ascii().is_empty() {
         JoinTokenRequest::default()
     } else {
@@ -165,7 +166,8 @@ pub async fn create_token(State(app): State<AppState>, body: Body) -> R<JoinToke
 
 /// `POST /v1/tls/revoke`.
 pub async fn revoke_cert(State(app): State<AppState>, body: Body) -> R<RevokeCertResponse> {
-    let req: RevokeCertRequest = parse_json(&read_body(body, MAX_JSON_BODY).await?)?;
+    let req: RevokeCertRequest =
+        parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
     let creds = &app.state.credentials;
     let mut fps = Vec::new();
     match (&req.fingerprint, &req.node) {

@@ -5,7 +5,7 @@ mod acl;
 mod agent_client;
 pub mod error;
 pub mod extract;
-mod handlers;
+pub(crate) mod handlers;
 mod join;
 mod namespaces;
 pub mod peer;

@@ -2,7 +2,7 @@
 //! [`Namespace`] body, its name taken from the path), remove.
 
 use super::error::ApiError;
-use super::extract::{parse_json, read_body, MAX_JSON_BODY};
+use super::extract::{parse_json, read_body};
 use super::AppState;
 use crate::acl::Auth;
 use axum::body::Body;
@@ -48,7 +48,7 @@ pub async fn put(
     Path(name): Path<String>,
     body: Body,
 ) -> R<NamespaceStatus> {
-    let bytes = read_body(body, MAX_JSON_BODY).await?;
+    let bytes = read_body(body, app.state.config.limits.max_request_body).await?;
     // serde would take `[]` for a namespace with every field defaulted.
     if !bytes.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::BadRequest {

@@ -2,7 +2,8 @@
 //! in docs/configuration.md.
 
 use super::daemon::{
-    drivers, init_logging, read_config, run_async, shutdown_signal, yes, TlsFile, VmFile,
+    drivers, init_logging, read_config, run_async, shutdown_signal, yes, ImageLimitsFile, TlsFile,
+    VmFile,
 };
 use super::GlobalArgs;
 use anyhow::Context;
@@ -73,6 +74,9 @@ struct AgentFile {
     /// Largest `alloc exec` output kept, per stream.
     #[serde(default)]
     exec_max_output: Option<taba_types::ByteSize>,
+    /// Caps on the images this node fetches and unpacks.
+    #[serde(default)]
+    limits: ImageLimitsFile,
 }
 
 /// `[isolation]` of the agent file: what this node grants workloads.
@@ -311,15 +315,20 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
     let cfg: AgentFile = read_config(a.config.as_deref())?;
     let mut ac = cfg.agent_config(a.config.as_deref())?;
     let policy = cfg.isolation.policy(a.config.as_deref())?;
-    let vm = cfg.vm.config(&cfg.data_dir).with_context(|| {
-        format!(
-            "configuration {}",
-            a.config
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        )
-    })?;
+    let config_name = || {
+        a.config
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let vm = cfg
+        .vm
+        .config(&cfg.data_dir)
+        .with_context(|| format!("configuration {}", config_name()))?;
+    let image_limits = cfg
+        .limits
+        .image_limits(None)
+        .map_err(|e| anyhow::anyhow!("configuration {}: {e}", config_name()))?;
     run_async(async move {
         let images_dir = cfg
             .images_dir
@@ -327,7 +336,8 @@ pub fn run_agent(_g: &GlobalArgs, a: AgentArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| cfg.data_dir.join("images"));
         let images = Arc::new(
             ImageStore::open(&images_dir)
-                .with_context(|| format!("opening the image store {}", images_dir.display()))?,
+                .with_context(|| format!("opening the image store {}", images_dir.display()))?
+                .with_limits(image_limits),
         );
         ac.images = Some(images.clone());
         let data_dir = ac.data_dir.clone();

@@ -204,3 +204,46 @@ impl TlsFile {
         })
     }
 }
+
+/// The image caps of `[limits]` (server and agent): the store refuses an
+/// image past them, naming the key. An omitted key keeps its default.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImageLimitsFile {
+    /// Largest manifest, index or config document.
+    #[serde(default)]
+    pub max_manifest: Option<taba_types::ByteSize>,
+    /// Largest total one layer may decompress to.
+    #[serde(default)]
+    pub max_layer_unpacked: Option<taba_types::ByteSize>,
+    /// Largest decompressed / compressed ratio of a layer.
+    #[serde(default)]
+    pub max_layer_ratio: Option<u64>,
+    /// Most entries in one layer.
+    #[serde(default)]
+    pub max_layer_entries: Option<u64>,
+}
+
+impl ImageLimitsFile {
+    /// The image store's caps, `max_archive` (the server's upload cap)
+    /// included; errors name the key (`limits.max_layer_ratio: ...`).
+    pub(crate) fn image_limits(
+        &self,
+        max_archive: Option<taba_types::ByteSize>,
+    ) -> anyhow::Result<taba_image::ImageLimits> {
+        let d = taba_image::ImageLimits::default();
+        let limits = taba_image::ImageLimits {
+            max_archive: max_archive.map_or(d.max_archive, |b| b.0),
+            max_manifest: self.max_manifest.map_or(d.max_manifest, |b| b.0),
+            max_layer_unpacked: self
+                .max_layer_unpacked
+                .map_or(d.max_layer_unpacked, |b| b.0),
+            max_layer_ratio: self.max_layer_ratio.unwrap_or(d.max_layer_ratio),
+            max_layer_entries: self.max_layer_entries.unwrap_or(d.max_layer_entries),
+        };
+        limits
+            .validate()
+            .map_err(|e| anyhow::anyhow!("limits.{e}"))?;
+        Ok(limits)
+    }
+}

@@ -2,7 +2,9 @@
 //! embedded store under `data_dir`. The configuration file is documented in
 //! docs/configuration.md.
 
-use super::daemon::{init_logging, read_config, run_async, shutdown_signal, yes, TlsFile};
+use super::daemon::{
+    init_logging, read_config, run_async, shutdown_signal, yes, ImageLimitsFile, TlsFile,
+};
 use super::store_config::OpenedStore;
 use super::GlobalArgs;
 use anyhow::Context;
@@ -53,6 +55,8 @@ struct ServerFile {
     exec_max_output: Option<taba_types::ByteSize>,
     #[serde(default)]
     acl: AclFile,
+    #[serde(default)]
+    limits: LimitsFile,
     /// The API address other servers forward to (HA); default: `http(s)://<http>`.
     #[serde(default)]
     advertise: Option<String>,
@@ -60,6 +64,54 @@ struct ServerFile {
     store: super::store_config::StoreFile,
     #[serde(default)]
     tls: Option<TlsFile>,
+}
+
+/// `[limits]` of the server's configuration file: caps on request bodies
+/// and on images (docs/configuration.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    /// Largest JSON body of ordinary routes.
+    #[serde(default)]
+    max_request_body: Option<taba_types::ByteSize>,
+    /// Largest image upload (and a `.tar.gz` upload once decompressed).
+    #[serde(default)]
+    max_image_upload: Option<taba_types::ByteSize>,
+    // The agent's keys too (`ImageLimitsFile`): serde's flatten does not
+    // combine with deny_unknown_fields.
+    #[serde(default)]
+    max_manifest: Option<taba_types::ByteSize>,
+    #[serde(default)]
+    max_layer_unpacked: Option<taba_types::ByteSize>,
+    #[serde(default)]
+    max_layer_ratio: Option<u64>,
+    #[serde(default)]
+    max_layer_entries: Option<u64>,
+}
+
+impl LimitsFile {
+    /// The request caps and the image store's; errors name the key.
+    fn limits(&self) -> anyhow::Result<(taba_server::InputLimits, taba_image::ImageLimits)> {
+        let images = ImageLimitsFile {
+            max_manifest: self.max_manifest,
+            max_layer_unpacked: self.max_layer_unpacked,
+            max_layer_ratio: self.max_layer_ratio,
+            max_layer_entries: self.max_layer_entries,
+        }
+        .image_limits(self.max_image_upload)?;
+        let mut input = taba_server::InputLimits {
+            max_image_upload: images.max_archive,
+            ..Default::default()
+        };
+        if let Some(b) = self.max_request_body {
+            anyhow::ensure!(
+                (4096..=1 << 30).contains(&b.0),
+                "limits.max_request_body: must be between 4KiB and 1GiB"
+            );
+            input.max_request_body = b.0 as usize;
+        }
+        Ok((input, images))
+    }
 }
 
 /// `[acl]` of the server's configuration file.
@@ -200,7 +252,7 @@ fn default_http() -> SocketAddr {
 pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let mut cfg: ServerFile = read_config(a.config.as_deref())?;
-    cfg.store.validate().map_err(|e| {
+    let in_file = |e: String| {
         anyhow::anyhow!(
             "configuration {}: {e}",
             a.config
@@ -208,14 +260,17 @@ pub fn run_server(_g: &GlobalArgs, a: ServerArgs) -> anyhow::Result<ExitCode> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default()
         )
-    })?;
+    };
+    cfg.store.validate().map_err(|e| in_file(e.to_string()))?;
+    let (_, image_limits) = cfg.limits.limits().map_err(|e| in_file(e.to_string()))?;
     run_async(async move {
         taba_agent::state::private_dir(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         let data_dir = cfg.data_dir.clone();
         let store_file = std::mem::take(&mut cfg.store);
         let opened = tokio::task::spawn_blocking(move || store_file.open(&data_dir)).await??;
-        let images = Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?);
+        let images =
+            Arc::new(ImageStore::open(&cfg.data_dir.join("images"))?.with_limits(image_limits));
         let sc = cfg.server_config()?;
         match opened {
             OpenedStore::Redb(store) => {
@@ -267,6 +322,7 @@ impl ServerFile {
             r.apply(&mut sc.rebalance)?;
         }
         sc.acl.enabled = self.acl.enabled;
+        sc.limits = self.limits.limits()?.0;
         if let Some(t) = &self.tls {
             sc.tls = Some(taba_server::ServerTls {
                 files: t.files(None)?,
@@ -359,5 +415,49 @@ mod tests {
         let cfg: ServerFile = toml::from_str("[acl]\nenabled = false\n").unwrap();
         assert!(!cfg.acl.enabled);
         assert!(toml::from_str::<ServerFile>("").unwrap().acl.enabled);
+    }
+
+    #[test]
+    fn server_file_reads_and_checks_limits() {
+        let cfg: ServerFile = toml::from_str(
+            "[limits]\nmax_request_body = \"64KiB\"\nmax_image_upload = \"2GiB\"\n\
+             max_manifest = \"1MiB\"\nmax_layer_unpacked = \"10GiB\"\n\
+             max_layer_ratio = 50\nmax_layer_entries = 1000\n",
+        )
+        .unwrap();
+        let (input, images) = cfg.limits.limits().unwrap();
+        assert_eq!(input.max_request_body, 64 << 10);
+        assert_eq!(input.max_image_upload, 2 << 30);
+        assert_eq!(
+            images,
+            taba_image::ImageLimits {
+                max_archive: 2 << 30,
+                max_manifest: 1 << 20,
+                max_layer_unpacked: 10 << 30,
+                max_layer_ratio: 50,
+                max_layer_entries: 1000,
+            }
+        );
+        let defaults = toml::from_str::<ServerFile>("")
+            .unwrap()
+            .limits
+            .limits()
+            .unwrap();
+        assert_eq!(defaults.1, taba_image::ImageLimits::default());
+        for (toml, key) in [
+            ("max_request_body = \"1KiB\"", "limits.max_request_body:"),
+            ("max_layer_ratio = 0", "limits.max_layer_ratio:"),
+            ("max_image_upload = \"1KiB\"", "limits.max_image_upload:"),
+            ("max_layer_entries = 0", "limits.max_layer_entries:"),
+        ] {
+            let cfg: ServerFile = toml::from_str(&format!("[limits]\n{toml}\n")).unwrap();
+            let err = cfg.limits.limits().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{toml}: {err}");
+        }
+        let err = toml::from_str::<ServerFile>("[limits]\nmax_layers = 3\n").unwrap_err();
+        assert!(
+            err.message().contains("unknown field `max_layers`"),
+            "{err}"
+        );
     }
 }

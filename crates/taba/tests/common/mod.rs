@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod guest;
 pub mod ha;
 pub mod vm;
 
