@@ -180,15 +180,21 @@ fn root_attack_write_proc() {
     }
 }
 
-/// The host's cgroups are out of reach: no cgroup filesystem in the
-/// container, and with the host's network (its /sys bound in) the cgroup
-/// mounts under /sys are not carried along.
+/// The host's cgroups are out of reach: the container's own cgroups are
+/// mounted read-only at /sys/fs/cgroup from inside its cgroup namespace (it
+/// sees itself alone, at the root), and with the host's network (its /sys
+/// bound in) the host's cgroup mounts under /sys are not carried along.
 #[test]
 fn root_attack_host_cgroups() {
     let target = "/sys/fs/cgroup/pids/cgroup.procs";
     assert_eq!(
         attack(&["open", target, "w"]),
-        (Some(1), "err ENOENT".into())
+        (Some(1), "err EROFS".into())
+    );
+    assert_eq!(
+        attack(&["read", "/sys/fs/cgroup/devices/cgroup.procs"]),
+        (Some(0), "ok 1".into()),
+        "only the container's own process in its devices cgroup"
     );
     let host_net = attack_with(
         &["open", target, "w"],
@@ -206,7 +212,7 @@ fn root_attack_host_cgroups() {
             spec.set_linux(Some(linux));
         },
     );
-    assert_eq!(host_net, (Some(1), "err ENOENT".into()));
+    assert_eq!(host_net, (Some(1), "err EROFS".into()));
 }
 
 /// A host process cannot be traced (seccomp refuses ptrace; the pid is not

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod images;
 pub mod ha;
 
 use std::io::{BufRead, BufReader};
