@@ -10,7 +10,10 @@
 //! - `:group` by name or number overrides the primary group, and then no
 //!   supplementary groups are added; without it, every group of the group
 //!   file that lists the user's name is a supplementary group;
-//! - missing files are empty files.
+//! - missing files are empty files;
+//! - the primary group is also the first supplementary group, as Docker
+//!   (since the fix of CVE-2022-36109) and containerd set it: dropping a
+//!   supplementary group never bypasses a restriction on the primary one.
 //!
 //! The files are read inside the root (an image's symlink never reaches the
 //! host), must be regular files and at most [`MAX_ACCOUNT_FILE_BYTES`].
@@ -42,7 +45,7 @@ pub struct ExecUser {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
-    /// Supplementary groups.
+    /// Supplementary groups (the primary group first).
     pub additional_gids: Vec<u32>,
     /// Home directory (`/` when the passwd file does not say).
     pub home: String,
@@ -148,6 +151,13 @@ pub fn resolve_in(
             }
         }
     }
+    let mut gids = vec![out.gid];
+    for g in out.additional_gids {
+        if !gids.contains(&g) {
+            gids.push(g);
+        }
+    }
+    out.additional_gids = gids;
     Ok(out)
 }
 
@@ -193,8 +203,8 @@ mod tests {
 
     #[test]
     fn no_user_is_root_with_its_groups_and_home() {
-        assert_eq!(ids(None), (0, 0, vec![10], "/root".into()));
-        assert_eq!(ids(Some("")), (0, 0, vec![10], "/root".into()));
+        assert_eq!(ids(None), (0, 0, vec![0, 10], "/root".into()));
+        assert_eq!(ids(Some("")), (0, 0, vec![0, 10], "/root".into()));
         // No files at all: uid 0, gid 0, HOME /.
         let u = resolve_in("", "", None, UnknownUid::GidZero).unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/"));
@@ -202,8 +212,8 @@ mod tests {
 
     #[test]
     fn names_and_numbers_resolve_with_supplementary_groups() {
-        assert_eq!(ids(Some("web")), (1000, 1000, vec![10, 4], "/home/web".into()));
-        assert_eq!(ids(Some("1000")), (1000, 1000, vec![10, 4], "/home/web".into()));
+        assert_eq!(ids(Some("web")), (1000, 1000, vec![1000, 10, 4], "/home/web".into()));
+        assert_eq!(ids(Some("1000")), (1000, 1000, vec![1000, 10, 4], "/home/web".into()));
         // A number matches a user named so (first match in file order).
         assert_eq!(ids(Some("2000")).0, 3000);
         // An empty home field is /.
@@ -212,20 +222,20 @@ mod tests {
 
     #[test]
     fn a_numeric_uid_missing_from_passwd_runs_with_gid_0_and_home_slash() {
-        assert_eq!(ids(Some("4242")), (4242, 0, vec![], "/".into()));
+        assert_eq!(ids(Some("4242")), (4242, 0, vec![0], "/".into()));
         let host = resolve_in(PASSWD, GROUP, Some("4242"), UnknownUid::GidOfSameNumber).unwrap();
         assert_eq!((host.uid, host.gid), (4242, 4242));
     }
 
     #[test]
-    fn an_explicit_group_replaces_the_primary_and_drops_supplementary_ones() {
-        assert_eq!(ids(Some("web:adm")), (1000, 4, vec![], "/home/web".into()));
-        assert_eq!(ids(Some("web:10")), (1000, 10, vec![], "/home/web".into()));
+    fn an_explicit_group_replaces_the_primary_and_is_the_only_group() {
+        assert_eq!(ids(Some("web:adm")), (1000, 4, vec![4], "/home/web".into()));
+        assert_eq!(ids(Some("web:10")), (1000, 10, vec![10], "/home/web".into()));
         // A number absent from the group file is taken as is.
         assert_eq!(ids(Some("web:777")).1, 777);
         // A number matches a group named so first.
         assert_eq!(ids(Some("4242:500")).1, 501);
-        assert_eq!(ids(Some("4242:nogroup")), (4242, 65534, vec![], "/".into()));
+        assert_eq!(ids(Some("4242:nogroup")), (4242, 65534, vec![65534], "/".into()));
     }
 
     #[test]
@@ -279,6 +289,6 @@ mod tests {
         std::fs::write(d.path().join("etc/passwd"), PASSWD).unwrap();
         std::fs::write(d.path().join("etc/group"), GROUP).unwrap();
         let u = resolve(d.path(), Some("web"), UnknownUid::GidZero).unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1000, vec![10, 4]));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1000, vec![1000, 10, 4]));
     }
 }
