@@ -482,4 +482,72 @@ fn root_compat_taba_only_files_and_default_hostname() {
     assert_eq!(host, &alloc[..12]);
     assert!(parts[1].starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost"), "{}", parts[1]);
     assert!(parts[1].contains(&format!("127.0.0.1\t{host}\n")), "{}", parts[1]);
+
+    // With the host's network: the node's hostname and hosts file (plus
+    // the hostname if the file lacks it), the host's resolv.conf as is.
+    let f = job_file(
+        jobs.path(),
+        "hostnet",
+        &job_toml("hostnet", "batch", &TabaRun {
+            image: "compat-root",
+            user: None,
+            hostname: None,
+            script: "hostname; echo ---; cat /etc/hosts; echo ---; cat /etc/resolv.conf",
+        })
+        .replace("name = \"g\"\n", "name = \"g\"\nnetwork = { mode = \"host\" }\n"),
+    );
+    let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = logs(&dev, &alloc_of(&dev, "hostnet", "complete"));
+    let parts: Vec<&str> = out.split("---\n").collect();
+    assert_eq!(parts.len(), 3, "{out}");
+    let node = node_hostname();
+    assert_eq!(parts[0].trim(), node);
+    let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    assert!(parts[1].starts_with(host_hosts.trim_end()), "{}", parts[1]);
+    assert_eq!(parts[2], host_resolv);
+
+    // A non-root user's bounding set is Docker's default one.
+    let out = taba_run(
+        &dev,
+        jobs.path(),
+        "bounding",
+        &TabaRun {
+            image: "compat-root",
+            user: Some("web"),
+            hostname: None,
+            script: "grep ^CapBnd /proc/self/status",
+        },
+    );
+    assert_eq!(out.trim(), "CapBnd:\t00000000a80425fb");
+}
+
+fn node_hostname() -> String {
+    let out = Command::new("uname").arg("-n").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `taba image inspect` shows what the image config says about running it,
+/// HEALTHCHECK included (taba keeps it; it does not run it).
+#[test]
+fn root_compat_image_inspect_shows_the_run_config() {
+    let images = build_images();
+    let dev = Dev::start();
+    dev.client.import_image(&images.user).unwrap();
+    let out = dev.cli(&["image", "inspect", "compat-user"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["refs"][0], "compat-user:latest");
+    let c = &v["config"];
+    assert_eq!(c["user"], "web");
+    assert_eq!(c["working_dir"], "/srv/app");
+    assert_eq!(c["stop_signal"], "SIGUSR1");
+    assert_eq!(c["volumes"], serde_json::json!(["/data"]));
+    assert_eq!(
+        c["healthcheck"],
+        serde_json::json!({"test": ["CMD-SHELL", "test -e /data/seed"], "interval_ns": 30_000_000_000u64, "retries": 3})
+    );
+    let out = dev.cli(&["image", "inspect", "no-such-image"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
 }
