@@ -386,7 +386,7 @@ fn root_compat_what_programs_see_matches_podman() {
 }
 
 #[test]
-fn root_compat_stop_signal_of_the_image_is_sent() {
+fn root_compat_stop_signal_of_the_image_is_sent_and_exec_runs_as_its_user() {
     let podman = Podman::new();
     let images = build_images();
     podman.load(&images.user);
@@ -434,6 +434,19 @@ fn root_compat_stop_signal_of_the_image_is_sent() {
     dev.wait_for("taba task ready", Duration::from_secs(30), || {
         logs(&dev, &id).contains("ready")
     });
+    // `alloc exec` runs as the image's user, who may write its stdio too.
+    let out = dev.cli(&[
+        "alloc",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "id -u; pwd; echo to-stdout >/dev/stdout; echo to-stderr >/dev/stderr",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\n/srv/app\nto-stdout\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
     let out = dev.cli(&["job", "stop", "stopsig"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     alloc_of(&dev, "stopsig", "complete");

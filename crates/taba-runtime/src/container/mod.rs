@@ -522,7 +522,7 @@ pub(crate) fn join_ns(path: &Path, flag: libc::c_int) -> Result<(), String> {
 /// user could not reopen it through `/dev/stdout` (nginx logs there).
 /// `/dev/null` and what already belongs to `uid` are left alone; so is an
 /// fd whose owner cannot be changed (EPERM, EINVAL, EROFS).
-fn give_stdio(stdio: Stdio<'_>, uid: u32) -> Result<(), String> {
+pub(crate) fn give_stdio(stdio: Stdio<'_>, uid: u32) -> Result<(), String> {
     let null = rustix::fs::stat("/dev/null").ok().map(|s| s.st_rdev);
     for (fd, name) in [
         (stdio.stdin, "stdin"),

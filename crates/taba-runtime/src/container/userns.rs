@@ -53,6 +53,14 @@ pub(crate) struct IdMaps {
 }
 
 impl IdMaps {
+    /// The maps of the running process `pid` (its user namespace's).
+    pub(crate) fn of_process(pid: i32) -> io::Result<IdMaps> {
+        Ok(IdMaps {
+            uid_map: std::fs::read_to_string(format!("/proc/{pid}/uid_map"))?,
+            gid_map: std::fs::read_to_string(format!("/proc/{pid}/gid_map"))?,
+        })
+    }
+
     /// The host uid of the namespace's `uid`, if mapped.
     pub(crate) fn host_uid(&self, uid: u32) -> Option<u32> {
         self.uid_map.lines().find_map(|l| {
