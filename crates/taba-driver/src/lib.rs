@@ -17,7 +17,7 @@ mod common;
 pub mod container;
 pub mod exec;
 pub mod shimmed;
-pub mod users;
 pub mod userns;
+pub mod users;
 
 pub use common::*;

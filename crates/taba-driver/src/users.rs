@@ -134,7 +134,10 @@ pub fn resolve_in(
             let found = entries(group).find(|f| {
                 f[0] == g || (gid_arg.is_some() && f.get(2).and_then(|s| number(s)) == gid_arg)
             });
-            out.gid = match (found.and_then(|f| f.get(2).and_then(|s| number(s))), gid_arg) {
+            out.gid = match (
+                found.and_then(|f| f.get(2).and_then(|s| number(s))),
+                gid_arg,
+            ) {
                 (Some(n), _) => n,
                 (None, Some(n)) => n,
                 (None, None) => {
@@ -163,18 +166,23 @@ pub fn resolve_in(
 
 /// Read `etc/passwd` or `etc/group` inside `root` ("" when missing).
 fn read_account_file(root: &Path, file: &str, user: &str) -> Result<String, DriverError> {
-    let bytes = taba_runtime::paths::read_file_in_root(root, Path::new(file), MAX_ACCOUNT_FILE_BYTES)
-        .map_err(|e| {
-            DriverError::Start(format!(
-                "resolve user {user:?}: {}",
-                taba_types::error_chain(&e)
-            ))
-        })?;
+    let bytes =
+        taba_runtime::paths::read_file_in_root(root, Path::new(file), MAX_ACCOUNT_FILE_BYTES)
+            .map_err(|e| {
+                DriverError::Start(format!(
+                    "resolve user {user:?}: {}",
+                    taba_types::error_chain(&e)
+                ))
+            })?;
     Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
 }
 
 /// Resolve `user` against the passwd and group files under `root`.
-pub fn resolve(root: &Path, user: Option<&str>, unknown: UnknownUid) -> Result<ExecUser, DriverError> {
+pub fn resolve(
+    root: &Path,
+    user: Option<&str>,
+    unknown: UnknownUid,
+) -> Result<ExecUser, DriverError> {
     let shown = user.unwrap_or("");
     let passwd = read_account_file(root, "etc/passwd", shown)?;
     let group = read_account_file(root, "etc/group", shown)?;
@@ -191,7 +199,8 @@ mod tests {
         web:x:1000:1000::/home/web:/bin/sh\n\
         2000:x:3000:3000::/home/odd:/bin/sh\n\
         nohome:x:1001:1001:::/bin/sh\n";
-    const GROUP: &str = "root:x:0:\nwheel:x:10:root,web\nnogroup:x:65534:\nweb:x:1000:\nadm:x:4:web\n500:x:501:\n";
+    const GROUP: &str =
+        "root:x:0:\nwheel:x:10:root,web\nnogroup:x:65534:\nweb:x:1000:\nadm:x:4:web\n500:x:501:\n";
 
     fn r(user: Option<&str>) -> Result<ExecUser, DriverError> {
         resolve_in(PASSWD, GROUP, user, UnknownUid::GidZero)
@@ -212,8 +221,14 @@ mod tests {
 
     #[test]
     fn names_and_numbers_resolve_with_supplementary_groups() {
-        assert_eq!(ids(Some("web")), (1000, 1000, vec![1000, 10, 4], "/home/web".into()));
-        assert_eq!(ids(Some("1000")), (1000, 1000, vec![1000, 10, 4], "/home/web".into()));
+        assert_eq!(
+            ids(Some("web")),
+            (1000, 1000, vec![1000, 10, 4], "/home/web".into())
+        );
+        assert_eq!(
+            ids(Some("1000")),
+            (1000, 1000, vec![1000, 10, 4], "/home/web".into())
+        );
         // A number matches a user named so (first match in file order).
         assert_eq!(ids(Some("2000")).0, 3000);
         // An empty home field is /.
@@ -230,12 +245,18 @@ mod tests {
     #[test]
     fn an_explicit_group_replaces_the_primary_and_is_the_only_group() {
         assert_eq!(ids(Some("web:adm")), (1000, 4, vec![4], "/home/web".into()));
-        assert_eq!(ids(Some("web:10")), (1000, 10, vec![10], "/home/web".into()));
+        assert_eq!(
+            ids(Some("web:10")),
+            (1000, 10, vec![10], "/home/web".into())
+        );
         // A number absent from the group file is taken as is.
         assert_eq!(ids(Some("web:777")).1, 777);
         // A number matches a group named so first.
         assert_eq!(ids(Some("4242:500")).1, 501);
-        assert_eq!(ids(Some("4242:nogroup")), (4242, 65534, vec![65534], "/".into()));
+        assert_eq!(
+            ids(Some("4242:nogroup")),
+            (4242, 65534, vec![65534], "/".into())
+        );
     }
 
     #[test]
@@ -289,6 +310,9 @@ mod tests {
         std::fs::write(d.path().join("etc/passwd"), PASSWD).unwrap();
         std::fs::write(d.path().join("etc/group"), GROUP).unwrap();
         let u = resolve(d.path(), Some("web"), UnknownUid::GidZero).unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1000, vec![1000, 10, 4]));
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids),
+            (1000, 1000, vec![1000, 10, 4])
+        );
     }
 }

@@ -269,26 +269,46 @@ count = 2
             None
         );
         for (extra, path, reason) in [
-            ("hostname = \"\"", "group[0].task[0].hostname", "must not be empty"),
-            ("hostname = \"a_b\"", "group[0].task[0].hostname", "only letters"),
-            ("hostname = \"-a\"", "group[0].task[0].hostname", "start or end"),
+            (
+                "hostname = \"\"",
+                "group[0].task[0].hostname",
+                "must not be empty",
+            ),
+            (
+                "hostname = \"a_b\"",
+                "group[0].task[0].hostname",
+                "only letters",
+            ),
+            (
+                "hostname = \"-a\"",
+                "group[0].task[0].hostname",
+                "start or end",
+            ),
             ("hostname = \"a..b\"", "group[0].task[0].hostname", "label"),
             (
                 &format!("hostname = \"{}\"", "a".repeat(65)),
                 "group[0].task[0].hostname",
                 "at most 64",
             ),
-            ("kill_signal = \"SIGFOO\"", "group[0].task[0].kill_signal", "unknown signal"),
+            (
+                "kill_signal = \"SIGFOO\"",
+                "group[0].task[0].kill_signal",
+                "unknown signal",
+            ),
         ] {
             let err = parse_job_toml(with(extra).as_bytes()).unwrap_err();
             assert_eq!(err.path().as_deref(), Some(path), "{extra}");
             assert!(err.to_string().contains(reason), "{err}");
         }
-        let no_cmd = with("entrypoint = []").replace("command = [\"httpd\", \"-f\", \"-p\", \"8080\"]\n", "");
+        let no_cmd = with("entrypoint = []")
+            .replace("command = [\"httpd\", \"-f\", \"-p\", \"8080\"]\n", "");
         let err = parse_job_toml(no_cmd.as_bytes()).unwrap_err();
         assert_eq!(err.path().as_deref(), Some("group[0].task[0].command"));
         let exec = HELLO
-            .replace("driver = \"container\"", "driver = \"exec\"\n  hostname = \"x\"")
+            .replace(
+                "driver = \"container\"",
+                "driver = \"exec\"\n  hostname = \"x\"",
+            )
             .replace("image = \"busybox:latest\"\n", "");
         let err = parse_job_toml(exec.as_bytes()).unwrap_err();
         assert_eq!(err.path().as_deref(), Some("group[0].task[0].hostname"));

@@ -195,7 +195,10 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
         if t.driver != "container" && t.driver != "system" {
             errs.push(
                 format!("{p}.hostname"),
-                format!("a hostname applies to container drivers, not {:?}", t.driver),
+                format!(
+                    "a hostname applies to container drivers, not {:?}",
+                    t.driver
+                ),
             );
         } else if let Err(why) = check_hostname(h) {
             errs.push(format!("{p}.hostname"), why);
@@ -280,7 +283,10 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
     }
     if let Some(sig) = &t.kill_signal {
         if crate_signal_number(sig).is_none() {
-            errs.push(format!("{p}.kill_signal"), format!("unknown signal {sig:?}"));
+            errs.push(
+                format!("{p}.kill_signal"),
+                format!("unknown signal {sig:?}"),
+            );
         }
     }
     if t.kill_timeout.0 > 3_600_000 {

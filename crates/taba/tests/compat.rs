@@ -63,7 +63,11 @@ impl Podman {
 
     fn load(&self, tar: &Path) {
         let out = self.cmd().arg("load").arg("-i").arg(tar).output().unwrap();
-        assert!(out.status.success(), "podman load: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "podman load: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `podman run` options every probe gets: no network, taba's default
@@ -181,9 +185,15 @@ fn job_toml(name: &str, job_type: &str, r: &TabaRun<'_>) -> String {
 
 fn alloc_of(dev: &Dev, job: &str, status: &str) -> String {
     let mut id = String::new();
-    dev.wait_for(&format!("{job} {status}"), Duration::from_secs(60), || {
-        match dev.client.job_status(job) {
-            Ok(s) => match s.allocations.iter().find(|a| a.status.to_string() == status) {
+    dev.wait_for(
+        &format!("{job} {status}"),
+        Duration::from_secs(60),
+        || match dev.client.job_status(job) {
+            Ok(s) => match s
+                .allocations
+                .iter()
+                .find(|a| a.status.to_string() == status)
+            {
                 Some(a) => {
                     id = a.id.to_string();
                     true
@@ -191,14 +201,18 @@ fn alloc_of(dev: &Dev, job: &str, status: &str) -> String {
                 None => false,
             },
             Err(_) => false,
-        }
-    });
+        },
+    );
     id
 }
 
 fn logs(dev: &Dev, alloc: &str) -> String {
     let out = dev.cli(&["alloc", "logs", alloc]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -206,7 +220,11 @@ fn logs(dev: &Dev, alloc: &str) -> String {
 fn taba_run(dev: &Dev, dir: &Path, name: &str, r: &TabaRun<'_>) -> String {
     let f = job_file(dir, name, &job_toml(name, "batch", r));
     let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
-    assert!(out.status.success(), "job run {name}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "job run {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = alloc_of(dev, name, "complete");
     logs(dev, &id)
 }
@@ -295,7 +313,11 @@ struct Images {
 /// HEALTHCHECK).
 fn build_images() -> Images {
     let dir = tempfile::tempdir().unwrap();
-    let root = compat_image(dir.path(), "compat-root", serde_json::json!({"Cmd": ["sh"]}));
+    let root = compat_image(
+        dir.path(),
+        "compat-root",
+        serde_json::json!({"Cmd": ["sh"]}),
+    );
     let user = compat_image(
         dir.path(),
         "compat-user",
@@ -404,7 +426,11 @@ fn root_compat_stop_signal_of_the_image_is_sent_and_exec_runs_as_its_user() {
         .arg("localhost/compat-user:latest")
         .args(["sh", "-c", script]);
     let out = run.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     poll(
         "podman container ready",
         Duration::from_secs(30),
@@ -414,8 +440,16 @@ fn root_compat_stop_signal_of_the_image_is_sent_and_exec_runs_as_its_user() {
         },
         String::new,
     );
-    let out = podman.cmd().args(["stop", "-t", "10", &name]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = podman
+        .cmd()
+        .args(["stop", "-t", "10", &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p = podman.cmd().args(["logs", &name]).output().unwrap();
     let p = String::from_utf8_lossy(&p.stdout).into_owned();
     let _ = podman.cmd().args(["rm", "-f", &name]).output();
@@ -429,7 +463,11 @@ fn root_compat_stop_signal_of_the_image_is_sent_and_exec_runs_as_its_user() {
     };
     let f = job_file(jobs.path(), "stopsig", &job_toml("stopsig", "service", &r));
     let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = alloc_of(&dev, "stopsig", "running");
     dev.wait_for("taba task ready", Duration::from_secs(30), || {
         logs(&dev, &id).contains("ready")
@@ -444,11 +482,22 @@ fn root_compat_stop_signal_of_the_image_is_sent_and_exec_runs_as_its_user() {
         "-c",
         "id -u; pwd; echo to-stdout >/dev/stdout; echo to-stderr >/dev/stderr",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\n/srv/app\nto-stdout\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1000\n/srv/app\nto-stdout\n"
+    );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
     let out = dev.cli(&["job", "stop", "stopsig"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     alloc_of(&dev, "stopsig", "complete");
     let t = logs(&dev, &id);
     assert_eq!(p.trim(), "ready\ngot USR1", "podman");
@@ -484,7 +533,9 @@ fn root_compat_taba_only_files_and_default_hostname() {
         .lines()
         .filter(|l| {
             let mut w = l.split_whitespace();
-            !(w.next() == Some("nameserver") && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
+            !(w.next() == Some("nameserver")
+                && w.next()
+                    .is_some_and(|a| a.starts_with("127.") || a == "::1"))
         })
         .map(|l| format!("{l}\n"))
         .collect();
@@ -493,24 +544,43 @@ fn root_compat_taba_only_files_and_default_hostname() {
     let (host, env_host, alloc) = (tail[0], tail[1], tail[2]);
     assert_eq!(host, env_host);
     assert_eq!(host, &alloc[..12]);
-    assert!(parts[1].starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost"), "{}", parts[1]);
-    assert!(parts[1].contains(&format!("127.0.0.1\t{host}\n")), "{}", parts[1]);
+    assert!(
+        parts[1].starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost"),
+        "{}",
+        parts[1]
+    );
+    assert!(
+        parts[1].contains(&format!("127.0.0.1\t{host}\n")),
+        "{}",
+        parts[1]
+    );
 
     // With the host's network: the node's hostname and hosts file (plus
     // the hostname if the file lacks it), the host's resolv.conf as is.
     let f = job_file(
         jobs.path(),
         "hostnet",
-        &job_toml("hostnet", "batch", &TabaRun {
-            image: "compat-root",
-            user: None,
-            hostname: None,
-            script: "hostname; echo ---; cat /etc/hosts; echo ---; cat /etc/resolv.conf",
-        })
-        .replace("name = \"g\"\n", "name = \"g\"\nnetwork = { mode = \"host\" }\n"),
+        &job_toml(
+            "hostnet",
+            "batch",
+            &TabaRun {
+                image: "compat-root",
+                user: None,
+                hostname: None,
+                script: "hostname; echo ---; cat /etc/hosts; echo ---; cat /etc/resolv.conf",
+            },
+        )
+        .replace(
+            "name = \"g\"\n",
+            "name = \"g\"\nnetwork = { mode = \"host\" }\n",
+        ),
     );
     let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = logs(&dev, &alloc_of(&dev, "hostnet", "complete"));
     let parts: Vec<&str> = out.split("---\n").collect();
     assert_eq!(parts.len(), 3, "{out}");
@@ -548,7 +618,11 @@ fn root_compat_image_inspect_shows_the_run_config() {
     let dev = Dev::start();
     dev.client.import_image(&images.user).unwrap();
     let out = dev.cli(&["image", "inspect", "compat-user"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["refs"][0], "compat-user:latest");
     let c = &v["config"];
@@ -562,5 +636,9 @@ fn root_compat_image_inspect_shows_the_run_config() {
     );
     let out = dev.cli(&["image", "inspect", "no-such-image"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

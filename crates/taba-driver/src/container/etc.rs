@@ -205,13 +205,19 @@ mod tests {
             dests,
             ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"].map(PathBuf::from)
         );
-        assert_eq!(std::fs::read_to_string(etc.join("hostname")).unwrap(), "box\n");
+        assert_eq!(
+            std::fs::read_to_string(etc.join("hostname")).unwrap(),
+            "box\n"
+        );
         assert_eq!(
             std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
             "nameserver 10.9.9.9\n"
         );
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(std::fs::metadata(etc.join("hosts")).unwrap().mode() & 0o777, 0o644);
+        assert_eq!(
+            std::fs::metadata(etc.join("hosts")).unwrap().mode() & 0o777,
+            0o644
+        );
         // A host without the files: empty ones, no error.
         let none = HostFiles {
             hosts: d.path().join("missing"),

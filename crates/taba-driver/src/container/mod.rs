@@ -22,8 +22,8 @@ pub mod etc;
 pub mod volumes;
 
 use crate::shimmed::Shimmed;
-use crate::users::{self, ExecUser, UnknownUid};
 use crate::userns::IdRanges;
+use crate::users::{self, ExecUser, UnknownUid};
 use crate::{
     Capabilities, Driver, DriverError, ExitResult, IsolationPolicy, Recovered, TaskConfig,
     TaskHandle, TaskStats,

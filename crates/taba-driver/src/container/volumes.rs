@@ -99,14 +99,18 @@ pub fn prepare(
 /// Create `dest` as a copy of the directory at `path` inside `root`, or an
 /// empty root-owned 0755 directory when the image has none there.
 fn populate(root: BorrowedFd<'_>, path: &Path, dest: &Path, off: (u32, u32)) -> io::Result<()> {
-    let src = match taba_runtime::paths::open_in_root(root, path, OFlags::RDONLY | OFlags::DIRECTORY)
-    {
-        Ok(fd) => Some(fd),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => None,
-        Err(e) => return Err(e),
-    };
+    let src =
+        match taba_runtime::paths::open_in_root(root, path, OFlags::RDONLY | OFlags::DIRECTORY) {
+            Ok(fd) => Some(fd),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => None,
+            Err(e) => return Err(e),
+        };
     rfs::mkdir(dest, Mode::from_raw_mode(0o755))?;
-    let dst = rfs::open(dest, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let dst = rfs::open(
+        dest,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     match src {
         None => {
             rfs::fchown(&dst, Some(uid(off.0)), Some(gid(off.1)))?;
@@ -115,7 +119,11 @@ fn populate(root: BorrowedFd<'_>, path: &Path, dest: &Path, off: (u32, u32)) -> 
         Some(src) => {
             let st = rfs::fstat(&src)?;
             copy_dir(src.as_fd(), dst.as_fd(), off, 0)?;
-            rfs::fchown(&dst, Some(uid(off.0 + st.st_uid)), Some(gid(off.1 + st.st_gid)))?;
+            rfs::fchown(
+                &dst,
+                Some(uid(off.0 + st.st_uid)),
+                Some(gid(off.1 + st.st_gid)),
+            )?;
             rfs::fchmod(&dst, Mode::from_raw_mode(st.st_mode & 0o7777))?;
         }
     }
@@ -131,9 +139,16 @@ fn gid(n: u32) -> rfs::Gid {
 
 /// Copy the entries of the directory `src` into `dst`, never following a
 /// symlink.
-fn copy_dir(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, off: (u32, u32), depth: usize) -> io::Result<()> {
+fn copy_dir(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    off: (u32, u32),
+    depth: usize,
+) -> io::Result<()> {
     if depth > MAX_DEPTH {
-        return Err(io::Error::other(format!("nested deeper than {MAX_DEPTH} directories")));
+        return Err(io::Error::other(format!(
+            "nested deeper than {MAX_DEPTH} directories"
+        )));
     }
     let mut dir = rfs::Dir::read_from(src)?;
     while let Some(entry) = dir.next() {
@@ -147,17 +162,36 @@ fn copy_dir(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, off: (u32, u32), depth: us
         match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory => {
                 rfs::mkdirat(dst, name, Mode::from_raw_mode(0o700))?;
-                let s = rfs::openat(src, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
-                let d = rfs::openat(dst, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+                let s = rfs::openat(
+                    src,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let d = rfs::openat(
+                    dst,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
                 copy_dir(s.as_fd(), d.as_fd(), off, depth + 1)?;
                 set_owner_mode(&d, &st, off, mode)?;
             }
             FileType::RegularFile => {
-                let s: OwnedFd = rfs::openat(src, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+                let s: OwnedFd = rfs::openat(
+                    src,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
                 let d: OwnedFd = rfs::openat(
                     dst,
                     name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
                 let mut s = std::fs::File::from(s);
@@ -184,7 +218,11 @@ fn copy_dir(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, off: (u32, u32), depth: us
 
 fn set_owner_mode(fd: impl AsFd, st: &rfs::Stat, off: (u32, u32), mode: Mode) -> io::Result<()> {
     // Owner first: a chown clears setuid and setgid bits.
-    rfs::fchown(&fd, Some(uid(off.0 + st.st_uid)), Some(gid(off.1 + st.st_gid)))?;
+    rfs::fchown(
+        &fd,
+        Some(uid(off.0 + st.st_uid)),
+        Some(gid(off.1 + st.st_gid)),
+    )?;
     rfs::fchmod(&fd, mode)?;
     Ok(())
 }
@@ -201,7 +239,10 @@ mod tests {
             volume_name(Path::new("/a-b")),
             volume_name(Path::new("/a/b"))
         );
-        assert_ne!(volume_name(Path::new("/a%2Fb")), volume_name(Path::new("/a/b")));
+        assert_ne!(
+            volume_name(Path::new("/a%2Fb")),
+            volume_name(Path::new("/a/b"))
+        );
         assert!(volume_path("data").is_err());
         assert!(volume_path("/data/../..").is_err());
         assert!(volume_path("/").is_err());
@@ -236,11 +277,20 @@ mod tests {
         .unwrap();
         assert_eq!(mounts.len(), 3);
         let vol = task.join("volumes/data");
-        assert_eq!(std::fs::read_to_string(vol.join("sub/file")).unwrap(), "image content");
+        assert_eq!(
+            std::fs::read_to_string(vol.join("sub/file")).unwrap(),
+            "image content"
+        );
         let md = std::fs::metadata(vol.join("sub/file")).unwrap();
         assert_eq!((md.uid(), md.gid()), (1000, 1001));
-        assert_eq!(std::fs::metadata(vol.join("sub")).unwrap().mode() & 0o777, 0o750);
-        assert_eq!(std::fs::read_link(vol.join("link")).unwrap(), PathBuf::from("/etc"));
+        assert_eq!(
+            std::fs::metadata(vol.join("sub")).unwrap().mode() & 0o777,
+            0o750
+        );
+        assert_eq!(
+            std::fs::read_link(vol.join("link")).unwrap(),
+            PathBuf::from("/etc")
+        );
         // Nothing of the host's directory was copied.
         let escaped = task.join("volumes/escape");
         assert!(std::fs::read_dir(&escaped).unwrap().next().is_none());

@@ -121,7 +121,9 @@ fn mount(
         CString::new(src).expect("no NUL"),
         CString::new(fstype).expect("no NUL"),
     );
-    let data = data.map(|d| CString::new(d).map_err(std::io::Error::other)).transpose()?;
+    let data = data
+        .map(|d| CString::new(d).map_err(std::io::Error::other))
+        .transpose()?;
     let dp = data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr());
     // SAFETY: valid NUL-terminated strings that outlive the call.
     sys::check(unsafe { libc::mount(src.as_ptr(), t.as_ptr(), fstype.as_ptr(), flags, dp.cast()) })
@@ -146,12 +148,19 @@ pub(crate) fn mount_at(
             .map_err(|e| format!("{}: {e}", what("cgroup2"))),
         CgroupPlan::V1 { hierarchies, links } => {
             let tmpfs_flags = flags & !libc::MS_RDONLY;
-            mount("tmpfs", &target_path, "tmpfs", tmpfs_flags, Some("mode=755,size=64k"))
-                .map_err(|e| format!("{}: {e}", what("tmpfs")))?;
+            mount(
+                "tmpfs",
+                &target_path,
+                "tmpfs",
+                tmpfs_flags,
+                Some("mode=755,size=64k"),
+            )
+            .map_err(|e| format!("{}: {e}", what("tmpfs")))?;
             // The fd names the directory under the tmpfs: look again.
             let top = paths::open_in_root(root, dest, rustix::fs::OFlags::PATH)
                 .map_err(|e| format!("{}: {e}", what("reopen")))?;
-            let dir = paths::reopen_dir(top.as_fd()).map_err(|e| format!("{}: {e}", what("open tmpfs")))?;
+            let dir = paths::reopen_dir(top.as_fd())
+                .map_err(|e| format!("{}: {e}", what("open tmpfs")))?;
             for (name, data) in hierarchies {
                 rfs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755))
                     .map_err(|e| format!("{}: {e}", what(&format!("mkdir {name}"))))?;

@@ -23,13 +23,18 @@ pub fn busybox_layer() -> Vec<u8> {
     let mut a = tar::Archive::new(std::fs::File::open(&tar_path).unwrap());
     for e in a.entries().unwrap() {
         let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().trim_start_matches("./").to_string();
+        let name = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         let mut bytes = Vec::new();
         e.read_to_end(&mut bytes).unwrap();
         members.insert(name, bytes);
     }
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&members["manifest.json"]).expect("busybox.tar is a docker save tar");
+    let manifest: serde_json::Value = serde_json::from_slice(&members["manifest.json"])
+        .expect("busybox.tar is a docker save tar");
     let layer = manifest[0]["Layers"][0].as_str().unwrap();
     members.remove(layer).expect("busybox layer")
 }
@@ -90,7 +95,10 @@ pub fn layer(entries: &[Entry<'_>]) -> Vec<u8> {
 /// Write `<dir>/<name>.tar`: a `docker save` tar of `layers` tagged
 /// `<name>:latest`, with `run` as the config's `config` section.
 pub fn docker_save(dir: &Path, name: &str, layers: &[Vec<u8>], run: serde_json::Value) -> PathBuf {
-    let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha(l))).collect();
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| format!("sha256:{}", sha(l)))
+        .collect();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -100,17 +108,18 @@ pub fn docker_save(dir: &Path, name: &str, layers: &[Vec<u8>], run: serde_json::
     }))
     .unwrap();
     let config_name = format!("{}.json", sha(&config));
-    let layer_names: Vec<String> = layers.iter().map(|l| format!("{}/layer.tar", sha(l))).collect();
+    let layer_names: Vec<String> = layers
+        .iter()
+        .map(|l| format!("{}/layer.tar", sha(l)))
+        .collect();
     let manifest = serde_json::to_vec(&serde_json::json!([{
         "Config": config_name,
         "RepoTags": [format!("{name}:latest")],
         "Layers": layer_names,
     }]))
     .unwrap();
-    let mut members: Vec<(String, Vec<u8>)> = vec![
-        ("manifest.json".into(), manifest),
-        (config_name, config),
-    ];
+    let mut members: Vec<(String, Vec<u8>)> =
+        vec![("manifest.json".into(), manifest), (config_name, config)];
     for (n, l) in layer_names.iter().zip(layers) {
         members.push((n.clone(), l.clone()));
     }

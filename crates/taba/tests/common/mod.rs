@@ -9,8 +9,8 @@
 #![allow(dead_code)]
 
 pub mod disk;
-pub mod images;
 pub mod ha;
+pub mod images;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
