@@ -150,8 +150,7 @@ fn copy_dir(
             "nested deeper than {MAX_DEPTH} directories"
         )));
     }
-    let mut dir = rfs::Dir::read_from(src)?;
-    while let Some(entry) = dir.next() {
+    for entry in rfs::Dir::read_from(src)? {
         let entry = entry?;
         let name = entry.file_name();
         if name.to_bytes() == b"." || name.to_bytes() == b".." {
