@@ -292,6 +292,9 @@ fn differences(what: &str, podman: &str, taba: &str, known: &[Known]) -> Option<
     ))
 }
 
+/// One comparison: name, image, user, script, known differences.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, &'a [Known]);
+
 /// Docker's default capabilities that podman 4 drops from its own default.
 const DOCKER_CAPS: &[&str] = &[
     "--cap-add",
@@ -348,7 +351,7 @@ fn root_compat_what_programs_see_matches_podman() {
     let volume_probes = format!("{PROBES}{VOLUME_PROBES}");
     // Podman makes a missing WORKDIR the user's; Docker and taba root's.
     const WORKDIR: Known = ("cwd owner: 1000:1000 755", "cwd owner: 0:0 755");
-    let cases: Vec<(&str, &str, Option<&str>, &str, &[Known])> = vec![
+    let cases: Vec<Case<'_>> = vec![
         // (name, image, user, script, known differences)
         // Podman leaves root's primary group out of its groups, Docker not.
         (
