@@ -433,7 +433,9 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
         s.stop.send_replace(Some(format!("task {name} failed")));
         return;
     };
-    let signal = crate_signal_number(&task.kill_signal).unwrap_or(libc::SIGTERM);
+    // The job's kill_signal, else what the driver learnt at start (an
+    // image's STOPSIGNAL), else SIGTERM.
+    let kill_signal = task.kill_signal.as_deref().and_then(crate_signal_number);
     let kill_timeout = task.kill_timeout.as_duration();
 
     // Resume what a previous agent left.
@@ -499,6 +501,7 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                         s.update_task(&name, |r| r.state.push_event(now, "Killing", reason));
                         let d = driver.clone();
                         let h3 = h.clone();
+                        let signal = kill_signal.or(h.stop_signal).unwrap_or(libc::SIGTERM);
                         if let Err(e) = blocking(move || d.stop(&h3, signal, kill_timeout)).await {
                             tracing::warn!(alloc = %s.id, task = %name, "stopping task: {e}");
                         }

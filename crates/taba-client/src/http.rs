@@ -692,6 +692,11 @@ impl Client {
         self.get("/v1/images")
     }
 
+    /// `GET /v1/images/{ref}`.
+    pub fn inspect_image(&self, reference: &str) -> Result<ImageDetail, ClientError> {
+        self.get(&format!("/v1/images/{}", seg(reference)))
+    }
+
     /// `DELETE /v1/images/{ref}`.
     pub fn remove_image(&self, reference: &str) -> Result<ImageInfo, ClientError> {
         Self::json(

@@ -167,6 +167,10 @@ pub struct TaskHandle {
     /// Root filesystem mounted for it, to release on destroy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs_dir: Option<PathBuf>,
+    /// The signal that stops it when the job names none (an image's
+    /// `STOPSIGNAL`); `None`: SIGTERM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<i32>,
 }
 
 /// How a task ended.

@@ -3,7 +3,8 @@
 //! No filesystem or network isolation: for big-data and batch tasks that need
 //! the host.
 
-use crate::shimmed::{resolve_user, Shimmed};
+use crate::shimmed::Shimmed;
+use crate::users::{self, UnknownUid};
 use crate::{
     Capabilities, Driver, DriverError, ExitResult, IsolationPolicy, Recovered, TaskConfig,
     TaskHandle, TaskStats,
@@ -48,7 +49,12 @@ fn process_spec(
 ) -> Result<ProcessWorkload, DriverError> {
     // Host processes are not confined: never root unless asked and allowed.
     let user = cfg.task.user.as_deref().unwrap_or(DEFAULT_EXEC_USER);
-    let (uid, gid, additional_gids) = resolve_user(Path::new("/"), user)?;
+    let users::ExecUser {
+        uid,
+        gid,
+        additional_gids,
+        ..
+    } = users::resolve(Path::new("/"), Some(user), UnknownUid::GidOfSameNumber)?;
     if uid == 0 && !policy.allow_root_exec {
         return Err(DriverError::Start(format!(
             "user {user:?} is root, and this node forbids root host processes (agent option isolation.allow_root_exec)"

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod migrate;
 pub mod shimmed;
 pub mod userns;
+pub mod users;
 pub mod vm;
 
 pub use common::*;

@@ -325,6 +325,21 @@ pub(crate) struct RunConfig {
     pub user: Option<String>,
     pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
     pub labels: Option<BTreeMap<String, String>>,
+    pub stop_signal: Option<String>,
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    pub healthcheck: Option<RunHealthcheck>,
+}
+
+/// `Healthcheck` of an image config (durations in nanoseconds).
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct RunHealthcheck {
+    pub test: Option<Vec<String>>,
+    pub interval: Option<u64>,
+    pub timeout: Option<u64>,
+    pub start_period: Option<u64>,
+    pub start_interval: Option<u64>,
+    pub retries: Option<u64>,
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, ImageError> {

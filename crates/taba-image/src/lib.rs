@@ -95,11 +95,55 @@ pub struct ImageConfig {
     pub exposed_ports: Vec<String>,
     /// `Labels`.
     pub labels: BTreeMap<String, String>,
+    /// `StopSignal` (`SIGQUIT`, `15`...), as the image names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// `Volumes` keys: paths that get a writable volume per allocation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// `Healthcheck`, kept as the image states it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// An image's `HEALTHCHECK` (Docker's `Healthcheck` of the image config).
+/// Durations are nanoseconds, as in the config; `None`: not set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
+    #[serde(default)]
+    pub test: Vec<String>,
+    /// Time between checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ns: Option<u64>,
+    /// Time a check may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ns: Option<u64>,
+    /// Time before failures count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period_ns: Option<u64>,
+    /// Time between checks during the start period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_interval_ns: Option<u64>,
+    /// Consecutive failures before unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u64>,
 }
 
 impl ImageConfig {
     fn from_run(run: RunConfig) -> Self {
+        let healthcheck = run.healthcheck.map(|h| Healthcheck {
+            test: h.test.unwrap_or_default(),
+            interval_ns: h.interval,
+            timeout_ns: h.timeout,
+            start_period_ns: h.start_period,
+            start_interval_ns: h.start_interval,
+            retries: h.retries,
+        });
         ImageConfig {
+            stop_signal: run.stop_signal.filter(|s| !s.is_empty()),
+            volumes: run.volumes.unwrap_or_default().into_keys().collect(),
+            healthcheck,
             entrypoint: run.entrypoint.unwrap_or_default(),
             cmd: run.cmd.unwrap_or_default(),
             env: run.env.unwrap_or_default(),

@@ -182,9 +182,10 @@ fn root_attack_write_proc() {
     }
 }
 
-/// The host's cgroups are out of reach: no cgroup filesystem in the
-/// container, and with the host's network (its /sys bound in) the cgroup
-/// mounts under /sys are not carried along.
+/// The host's cgroups are out of reach: the container's own cgroups are
+/// mounted read-only at /sys/fs/cgroup from inside its cgroup namespace (it
+/// sees itself alone, at the root), and with the host's network (its /sys
+/// bound in) the host's cgroup mounts under /sys are not carried along.
 #[test]
 fn root_attack_host_cgroups() {
     let root_procs = cgroup_root().join("cgroup.procs");
@@ -192,7 +193,12 @@ fn root_attack_host_cgroups() {
     let target = root_procs.to_str().unwrap();
     assert_eq!(
         attack(&["open", target, "w"]),
-        (Some(1), "err ENOENT".into())
+        (Some(1), "err EROFS".into())
+    );
+    assert_eq!(
+        attack(&["read", "/sys/fs/cgroup/devices/cgroup.procs"]),
+        (Some(0), "ok 1".into()),
+        "only the container's own process in its devices cgroup"
     );
     let host_net = attack_with(
         &["open", target, "w"],
@@ -210,7 +216,7 @@ fn root_attack_host_cgroups() {
             spec.set_linux(Some(linux));
         },
     );
-    assert_eq!(host_net, (Some(1), "err ENOENT".into()));
+    assert_eq!(host_net, (Some(1), "err EROFS".into()));
 }
 
 /// A host process cannot be traced (seccomp refuses ptrace; the pid is not

@@ -1,6 +1,7 @@
 //! Containers on a pure cgroup v2 host, for real (needs root and busybox):
 //! the container joins a v2 cgroup made by `taba-cgroups` with limits and
-//! the eBPF device program, as the container driver does, then is stopped
+//! the eBPF device program, as the container driver does, sees it as the
+//! root of its cgroup namespace, read-only at /sys/fs/cgroup, then is stopped
 //! by `cgroup.kill` and its cgroup destroyed. This machine is hybrid, so
 //! the tests are `#[ignore]`d in a plain `cargo test` and run for real by
 //! `taba-cgroups`' `root_v2_guest.rs` in a QEMU guest with only cgroup2
@@ -63,6 +64,8 @@ fn root_v2_container_runs_in_its_cgroup_with_limits_and_devices_then_is_killed()
     );
     let dir = tempfile::tempdir().unwrap();
     let script = "cat /proc/self/cgroup; \
+        grep ' /sys/fs/cgroup ' /proc/self/mountinfo; \
+        echo memory.max=$(cat /sys/fs/cgroup/memory.max); \
         head -c 1 /dev/zero >/dev/null && echo zero-ok; \
         mknod /tmp/mem c 1 1 && { head -c 1 /tmp/mem >/dev/null 2>&1 || echo mem-denied; }; \
         echo ready; exec sleep 1000";
@@ -79,8 +82,19 @@ fn root_v2_container_runs_in_its_cgroup_with_limits_and_devices_then_is_killed()
         log(dir.path(), "stdout").contains("ready")
     });
     let out = log(dir.path(), "stdout");
-    let rel = format!("0::/{}/task", v2.top);
-    assert!(out.lines().any(|l| l == rel), "{rel} in {out}");
+    // Its own cgroup namespace: its cgroup is its root, mounted read-only
+    // at /sys/fs/cgroup with its own limits in it.
+    assert!(out.lines().any(|l| l == "0::/"), "0::/ in {out}");
+    let mount = out
+        .lines()
+        .find(|l| l.contains(" /sys/fs/cgroup "))
+        .unwrap_or_else(|| panic!("no /sys/fs/cgroup mount in {out}"));
+    assert!(mount.contains(" - cgroup2 "), "{mount}");
+    assert!(
+        mount.split(' ').nth(5).unwrap().starts_with("ro"),
+        "{mount}"
+    );
+    assert!(out.contains("memory.max=67108864"), "{out}");
     assert!(out.contains("zero-ok"), "{out}");
     assert!(out.contains("mem-denied"), "{out}");
     assert_eq!(

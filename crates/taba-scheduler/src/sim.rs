@@ -588,6 +588,7 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
             env: BTreeMap::new(),
             user: None,
             workdir: None,
+            hostname: None,
             resources: Resources {
                 cpu,
                 memory: ByteSize::mib(mem_mib),
@@ -596,7 +597,7 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
             },
             constraints: Vec::new(),
             affinity: Vec::new(),
-            kill_signal: "SIGTERM".to_string(),
+            kill_signal: None,
             kill_timeout: DurationSpec::secs(5),
             cap_add: Vec::new(),
             cap_drop: Vec::new(),

@@ -289,6 +289,7 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     env: BTreeMap::new(),
                     user: None,
                     workdir: None,
+                    hostname: None,
                     resources: Resources {
                         cpu: gg.cpu,
                         memory: ByteSize::mib(gg.mem_mib),
@@ -297,7 +298,7 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     },
                     constraints: Vec::new(),
                     affinity: Vec::new(),
-                    kill_signal: "SIGTERM".into(),
+                    kill_signal: None,
                     kill_timeout: DurationSpec::secs(1),
                     cap_add: Vec::new(),
                     cap_drop: Vec::new(),

@@ -6,7 +6,7 @@
 use crate::api::ApiError;
 use std::path::Path;
 use taba_image::{ImageError, ImageStore, ImageSummary};
-use taba_types::api::ImageInfo;
+use taba_types::api::{ImageDetail, ImageInfo};
 use taba_types::wire::ImageManifest;
 
 fn info(s: ImageSummary) -> ImageInfo {
@@ -45,6 +45,22 @@ pub fn list(images: &ImageStore) -> Result<Vec<ImageInfo>, ApiError> {
                 taba_types::error_chain(&e)
             ))
         })
+}
+
+/// An image by reference or id, with its run config.
+pub fn inspect(images: &ImageStore, reference: &str) -> Result<ImageDetail, ApiError> {
+    let image = match images.resolve(reference) {
+        Ok(Some(i)) => i,
+        Ok(None) => return Err(ApiError::NotFound(format!("image {reference:?} not found"))),
+        Err(e) => return Err(ApiError::bad("reference", taba_types::error_chain(&e))),
+    };
+    let info = list(images)?
+        .into_iter()
+        .find(|s| s.id == image.id)
+        .ok_or_else(|| ApiError::NotFound(format!("image {reference:?} not found")))?;
+    let config = serde_json::to_value(&image.config)
+        .map_err(|e| ApiError::Internal(format!("image config of {reference:?}: {e}")))?;
+    Ok(ImageDetail { info, config })
 }
 
 /// Remove by reference or id; returns what the image was.

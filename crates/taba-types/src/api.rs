@@ -493,6 +493,18 @@ pub struct ImageInfo {
     pub created: Option<String>,
 }
 
+/// `GET /v1/images/{ref}`: an image and how it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageDetail {
+    /// What `GET /v1/images` says of it.
+    #[serde(flatten)]
+    pub info: ImageInfo,
+    /// How to run it, as the image store keeps it from the image config:
+    /// `entrypoint`, `cmd`, `env`, `working_dir`, `user`, `exposed_ports`,
+    /// `labels`, `stop_signal`, `volumes`, `healthcheck`.
+    pub config: serde_json::Value,
+}
+
 /// Body of `POST /v1/allocations/{id}/exec?task=T` (and of the agent's
 /// `POST /v1/client/allocations/{id}/exec?task=T`): run a command in the task,
 /// feed it `stdin`, wait for it to end.

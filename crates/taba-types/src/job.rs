@@ -390,6 +390,11 @@ pub struct TaskSpec {
     /// Working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Hostname inside the container (container drivers). Default: the
+    /// first 12 characters of the allocation id, or the node's hostname
+    /// with the host's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
     /// Resources reserved for the task and enforced as limits.
     #[serde(default)]
     pub resources: Resources,
@@ -399,9 +404,10 @@ pub struct TaskSpec {
     /// Affinities of this task, added to its group's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub affinity: Vec<Affinity>,
-    /// Signal sent to stop the task.
-    #[serde(default = "default_kill_signal")]
-    pub kill_signal: String,
+    /// Signal sent to stop the task. Unset: the image's `STOPSIGNAL`
+    /// (container drivers), else SIGTERM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_signal: Option<String>,
     /// Time between the stop signal and SIGKILL.
     #[serde(default = "default_kill_timeout")]
     pub kill_timeout: DurationSpec,
@@ -461,9 +467,6 @@ pub enum UserNamespaceMode {
     Auto,
 }
 
-fn default_kill_signal() -> String {
-    "SIGTERM".into()
-}
 fn default_kill_timeout() -> DurationSpec {
     DurationSpec::secs(5)
 }

@@ -244,6 +244,77 @@ count = 2
     }
 
     #[test]
+    fn hostname_kill_signal_and_empty_entrypoint_are_checked_with_their_field() {
+        let with = |extra: &str| {
+            HELLO.replace(
+                "driver = \"container\"",
+                &format!("driver = \"container\"\n  {extra}"),
+            )
+        };
+        let spec = parse_job_toml(
+            with("hostname = \"web-1.example\"\n  kill_signal = \"SIGRTMIN+3\"\n  entrypoint = []")
+                .as_bytes(),
+        )
+        .unwrap();
+        let t = &spec.groups[0].tasks[0];
+        assert_eq!(t.hostname.as_deref(), Some("web-1.example"));
+        assert_eq!(t.entrypoint, Some(vec![]));
+        assert_eq!(
+            crate::validate::crate_signal_number(t.kill_signal.as_deref().unwrap()),
+            Some(37)
+        );
+        // No kill_signal: none is recorded (the image's STOPSIGNAL applies).
+        assert_eq!(
+            parse_job_toml(HELLO.as_bytes()).unwrap().groups[0].tasks[0].kill_signal,
+            None
+        );
+        for (extra, path, reason) in [
+            (
+                "hostname = \"\"",
+                "group[0].task[0].hostname",
+                "must not be empty",
+            ),
+            (
+                "hostname = \"a_b\"",
+                "group[0].task[0].hostname",
+                "only letters",
+            ),
+            (
+                "hostname = \"-a\"",
+                "group[0].task[0].hostname",
+                "start or end",
+            ),
+            ("hostname = \"a..b\"", "group[0].task[0].hostname", "label"),
+            (
+                &format!("hostname = \"{}\"", "a".repeat(65)),
+                "group[0].task[0].hostname",
+                "at most 64",
+            ),
+            (
+                "kill_signal = \"SIGFOO\"",
+                "group[0].task[0].kill_signal",
+                "unknown signal",
+            ),
+        ] {
+            let err = parse_job_toml(with(extra).as_bytes()).unwrap_err();
+            assert_eq!(err.path().as_deref(), Some(path), "{extra}");
+            assert!(err.to_string().contains(reason), "{err}");
+        }
+        let no_cmd = with("entrypoint = []")
+            .replace("command = [\"httpd\", \"-f\", \"-p\", \"8080\"]\n", "");
+        let err = parse_job_toml(no_cmd.as_bytes()).unwrap_err();
+        assert_eq!(err.path().as_deref(), Some("group[0].task[0].command"));
+        let exec = HELLO
+            .replace(
+                "driver = \"container\"",
+                "driver = \"exec\"\n  hostname = \"x\"",
+            )
+            .replace("image = \"busybox:latest\"\n", "");
+        let err = parse_job_toml(exec.as_bytes()).unwrap_err();
+        assert_eq!(err.path().as_deref(), Some("group[0].task[0].hostname"));
+    }
+
+    #[test]
     fn user_namespace_is_auto_and_for_containers_only() {
         let with = |extra: &str| {
             HELLO.replace(

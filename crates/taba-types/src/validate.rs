@@ -179,9 +179,29 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
         },
         _ => {}
     }
-    if let Some(e) = &t.entrypoint {
-        if e.is_empty() {
-            errs.push(format!("{p}.entrypoint"), "must not be an empty list");
+    if t.entrypoint.as_ref().is_some_and(|e| e.is_empty()) && t.command.is_empty() {
+        // As Docker's `--entrypoint ""`: the image's cmd is cleared too.
+        errs.push(
+            format!("{p}.command"),
+            "entrypoint = [] clears the image's entrypoint and cmd: name a command",
+        );
+    }
+    for (i, arg) in t.entrypoint.iter().flatten().enumerate() {
+        if arg.contains('\0') {
+            errs.push(format!("{p}.entrypoint[{i}]"), "must not contain NUL");
+        }
+    }
+    if let Some(h) = &t.hostname {
+        if t.driver != "container" && t.driver != "system" {
+            errs.push(
+                format!("{p}.hostname"),
+                format!(
+                    "a hostname applies to container drivers, not {:?}",
+                    t.driver
+                ),
+            );
+        } else if let Err(why) = check_hostname(h) {
+            errs.push(format!("{p}.hostname"), why);
         }
     }
     for (i, arg) in t.command.iter().enumerate() {
@@ -261,11 +281,13 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
             "must be at most 4194304 (the kernel's pid_max)",
         );
     }
-    if crate_signal_number(&t.kill_signal).is_none() {
-        errs.push(
-            format!("{p}.kill_signal"),
-            format!("unknown signal {:?}", t.kill_signal),
-        );
+    if let Some(sig) = &t.kill_signal {
+        if crate_signal_number(sig).is_none() {
+            errs.push(
+                format!("{p}.kill_signal"),
+                format!("unknown signal {sig:?}"),
+            );
+        }
     }
     if t.kill_timeout.0 > 3_600_000 {
         errs.push(format!("{p}.kill_timeout"), "must be at most 1h");
@@ -275,25 +297,92 @@ fn check_task(errs: &mut ValidationErrors, p: &str, t: &TaskSpec) {
     crate::vm::check_vm_task(errs, p, t);
 }
 
-/// The number of a signal name (`SIGTERM`, `TERM`, `15`), for the signals
-/// that make sense to stop a workload.
+/// Longest hostname the kernel takes (`sethostname`, HOST_NAME_MAX).
+pub const MAX_HOSTNAME: usize = 64;
+
+/// A hostname as RFC 1123 allows it: dot-separated labels of letters,
+/// digits and hyphens, each 1-63 characters, not starting or ending with a
+/// hyphen; at most [`MAX_HOSTNAME`] bytes in all.
+pub fn check_hostname(h: &str) -> Result<(), String> {
+    if h.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if h.len() > MAX_HOSTNAME {
+        return Err(format!("must be at most {MAX_HOSTNAME} characters"));
+    }
+    for label in h.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!(
+                "{h:?}: each dot-separated label must be 1 to 63 characters"
+            ));
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(format!(
+                "{h:?}: only letters, digits, '-' and '.' are allowed"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("{h:?}: a label must not start or end with '-'"));
+        }
+    }
+    Ok(())
+}
+
+/// The number of a signal name (`SIGTERM`, `TERM`, `15`, `SIGRTMIN+3`), as
+/// images name them in `STOPSIGNAL` and jobs in `kill_signal`.
 pub fn crate_signal_number(name: &str) -> Option<i32> {
-    let n = name.trim().trim_start_matches("SIG");
-    let num = match n {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        "TERM" => 15,
-        "CONT" => 18,
-        "STOP" => 19,
-        "WINCH" => 28,
-        "PWR" => 30,
-        _ => return n.parse().ok().filter(|v| (1..=64).contains(v)),
+    let n = name.trim();
+    let n = n.strip_prefix("SIG").unwrap_or(n);
+    const NAMES: &[(&str, i32)] = &[
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("ILL", 4),
+        ("TRAP", 5),
+        ("ABRT", 6),
+        ("IOT", 6),
+        ("BUS", 7),
+        ("FPE", 8),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("SEGV", 11),
+        ("USR2", 12),
+        ("PIPE", 13),
+        ("ALRM", 14),
+        ("TERM", 15),
+        ("STKFLT", 16),
+        ("CHLD", 17),
+        ("CONT", 18),
+        ("STOP", 19),
+        ("TSTP", 20),
+        ("TTIN", 21),
+        ("TTOU", 22),
+        ("URG", 23),
+        ("XCPU", 24),
+        ("XFSZ", 25),
+        ("VTALRM", 26),
+        ("PROF", 27),
+        ("WINCH", 28),
+        ("IO", 29),
+        ("POLL", 29),
+        ("PWR", 30),
+        ("SYS", 31),
+    ];
+    if let Some((_, num)) = NAMES.iter().find(|(k, _)| *k == n) {
+        return Some(*num);
+    }
+    // Real-time signals as glibc numbers them for programs (RTMIN = 34).
+    let rt = |base: i32, off: &str, sign: i32| {
+        let off: i32 = if off.is_empty() { 0 } else { off.parse().ok()? };
+        Some(base + sign * off).filter(|v| (34..=64).contains(v))
     };
-    Some(num)
+    if let Some(off) = n.strip_prefix("RTMIN") {
+        return rt(34, off.strip_prefix('+').unwrap_or(off), 1);
+    }
+    if let Some(off) = n.strip_prefix("RTMAX") {
+        return rt(64, off.strip_prefix('-').unwrap_or(off), -1);
+    }
+    n.parse().ok().filter(|v| (1..=64).contains(v))
 }
 
 fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type: JobType) {

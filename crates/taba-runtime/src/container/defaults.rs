@@ -152,7 +152,9 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
 }
 
 /// The default mounts: /proc, /dev (tmpfs), /dev/pts, /dev/shm, /dev/mqueue,
-/// and /sys read-only.
+/// /sys read-only, and the container's own cgroups read-only at
+/// /sys/fs/cgroup (type `cgroup`: the runtime mounts the one cgroup2
+/// hierarchy, or each v1 hierarchy on a tmpfs, as runc does).
 pub fn default_mounts() -> Vec<Mount> {
     vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
@@ -193,11 +195,17 @@ pub fn default_mounts() -> Vec<Mount> {
             "sysfs",
             &["nosuid", "noexec", "nodev", "ro"],
         ),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
     ]
 }
 
-/// A complete spec with Docker's defaults: pid, ipc, uts and mount namespaces
-/// (plus network unless `host_network`), the capability set (Docker's
+/// A complete spec with Docker's defaults: pid, ipc, uts, mount and cgroup
+/// namespaces (plus network unless `host_network`), the capability set (Docker's
 /// default unless asked otherwise; empty effective and permitted sets for a
 /// non-root user), the seccomp profile that goes with those capabilities,
 /// masked and read-only paths, a read-only /sys, explicit rlimits and
@@ -268,6 +276,7 @@ pub fn default_spec(o: &DefaultSpecOptions) -> Spec {
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
     ];
     if !o.host_network {
         kinds.push(LinuxNamespaceType::Network);

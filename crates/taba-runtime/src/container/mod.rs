@@ -11,11 +11,19 @@
 //! comes back to the caller as a message over a close-on-exec pipe; an empty
 //! pipe means the exec succeeded. The process is pid 1 of its pid namespace.
 //!
+//! A new cgroup namespace is made after the process has joined its cgroups
+//! (so that they are its root), and a mount of type `cgroup` mounts the
+//! container's own cgroups read-only ([`cgroupfs`]). The standard streams
+//! the process gets are given to its user first (as runc does), so that a
+//! non-root user can reopen `/dev/stdout`; a missing working directory is
+//! created (0755, owned by the container's root) after `pivot_root`.
+//!
 //! A new user namespace (with its id maps) is supported, see [`userns`];
 //! joining one by path is not. Not supported (rejected with an error): the
 //! time namespace, hooks, terminal mode. Cgroups are not created here: the
 //! caller (the agent) makes them and passes their `cgroup.procs` files.
 
+pub mod cgroupfs;
 mod defaults;
 mod rootfs;
 pub mod seccomp;
@@ -101,6 +109,8 @@ pub(crate) struct MountPlan {
     pub bind: bool,
     /// A bind mount of a non-directory: the target is created as a file.
     pub file_bind: bool,
+    /// Type `cgroup`: the container's cgroups, as found on the host.
+    pub cgroup: Option<cgroupfs::CgroupPlan>,
 }
 
 /// A device node to create in the container's /dev.
@@ -119,6 +129,12 @@ pub struct Container {
     pub(crate) rootfs: PathBuf,
     pub(crate) root_readonly: bool,
     clone_flags: libc::c_ulong,
+    /// A new cgroup namespace, made once the process is in its cgroups.
+    new_cgroup_ns: bool,
+    /// The working directory, created after `pivot_root` if missing.
+    pub(crate) cwd: PathBuf,
+    /// Host uid of the process's user (its stdio is given to it).
+    stdio_owner: u32,
     /// Namespaces joined by path in the child (all but pid).
     join: Vec<(libc::c_int, PathBuf)>,
     /// A pid namespace to join (setns in the parent affects only its children).
@@ -240,6 +256,10 @@ impl Container {
                 Some(p) => join.push((flag, p.clone())),
             }
         }
+        // Unshared by the child once it is in its cgroups: at clone time it
+        // would be the shim's cgroups that become the namespace's root.
+        let new_cgroup_ns = clone_flags & libc::CLONE_NEWCGROUP != 0;
+        clone_flags &= !libc::CLONE_NEWCGROUP;
         let new_mount_ns = clone_flags & libc::CLONE_NEWNS != 0;
         if !new_mount_ns {
             return Err(invalid(
@@ -336,10 +356,24 @@ impl Container {
             }
         };
         let exec = ExecPlan::from_oci(process, linux.seccomp().as_ref())?;
+        let cwd = container_path("process.cwd", process.cwd())?;
+        let uid = process.user().uid();
+        let stdio_owner = match &userns {
+            Some(maps) => maps.host_uid(uid).ok_or_else(|| {
+                invalid(
+                    "process.user.uid",
+                    format!("{uid} is not mapped in linux.uidMappings"),
+                )
+            })?,
+            None => uid,
+        };
         Ok(Container {
             rootfs,
             root_readonly: root.readonly().unwrap_or(false),
             clone_flags: clone_flags as libc::c_ulong,
+            new_cgroup_ns,
+            cwd,
+            stdio_owner,
             join,
             join_pid,
             hostname,
@@ -374,6 +408,7 @@ impl Container {
         if let Some(p) = &self.join_pid {
             join_ns(p, libc::CLONE_NEWPID).map_err(ContainerError::Start)?;
         }
+        give_stdio(stdio, self.stdio_owner).map_err(ContainerError::Start)?;
         // In a new user namespace the child is no longer privileged on the
         // host: the parent writes its id maps and joins it to its cgroups.
         let parent = |pid: libc::pid_t| -> std::io::Result<()> {
@@ -390,6 +425,11 @@ impl Container {
         let result = sys::spawn_child_synced(self.clone_flags, parent, || {
             if self.userns.is_none() {
                 join_cgroups(cgroup_procs)?;
+            }
+            if self.new_cgroup_ns {
+                // SAFETY: unshare with a namespace flag.
+                sys::check(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })
+                    .map_err(|e| format!("make cgroup namespace: {e}"))?;
             }
             for (flag, path) in &self.join {
                 join_ns(path, *flag)?;
@@ -474,6 +514,34 @@ pub(crate) fn join_ns(path: &Path, flag: libc::c_int) -> Result<(), String> {
     // SAFETY: a valid open fd and a namespace type flag.
     sys::check(unsafe { libc::setns(f.as_raw_fd(), flag) })
         .map_err(|e| format!("join namespace {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Give the process's standard streams to its user (host uid `uid`), as
+/// runc does: a pipe belongs to whoever made it, mode 0600, and a non-root
+/// user could not reopen it through `/dev/stdout` (nginx logs there).
+/// `/dev/null` and what already belongs to `uid` are left alone; so is an
+/// fd whose owner cannot be changed (EPERM, EINVAL, EROFS).
+pub(crate) fn give_stdio(stdio: Stdio<'_>, uid: u32) -> Result<(), String> {
+    let null = rustix::fs::stat("/dev/null").ok().map(|s| s.st_rdev);
+    for (fd, name) in [
+        (stdio.stdin, "stdin"),
+        (stdio.stdout, "stdout"),
+        (stdio.stderr, "stderr"),
+    ] {
+        let st = rustix::fs::fstat(fd).map_err(|e| format!("fstat {name}: {e}"))?;
+        let is_null = rustix::fs::FileType::from_raw_mode(st.st_mode)
+            == rustix::fs::FileType::CharacterDevice
+            && Some(st.st_rdev) == null;
+        if st.st_uid == uid || is_null {
+            continue;
+        }
+        match rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(uid)), None) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::PERM | rustix::io::Errno::INVAL | rustix::io::Errno::ROFS) => {}
+            Err(e) => return Err(format!("give {name} to uid {uid}: {e}")),
+        }
+    }
     Ok(())
 }
 

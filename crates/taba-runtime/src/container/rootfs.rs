@@ -105,12 +105,23 @@ pub(crate) fn plan_mount(bundle: &Path, i: usize, m: &Mount) -> Result<MountPlan
         }
         Some(t) => Some(cstring(&format!("{field}.type"), t)?),
     };
+    let cgroup = if m.typ().as_deref() == Some("cgroup") && !bind {
+        Some(super::cgroupfs::plan().map_err(|e| {
+            invalid(
+                format!("{field}.type"),
+                format!("cgroup: cannot read this host's cgroup mounts: {e}"),
+            )
+        })?)
+    } else {
+        None
+    };
     let data = if data.is_empty() {
         None
     } else {
         Some(cstring(&format!("{field}.options"), &data.join(","))?)
     };
     Ok(MountPlan {
+        cgroup,
         destination,
         source,
         fstype,
@@ -230,6 +241,7 @@ pub(crate) fn setup(c: &Container) -> Result<(), String> {
     make_devices(c, root_fd.as_fd())?;
     drop(root_fd);
     pivot_root(root)?;
+    make_cwd(&c.cwd)?;
     if c.propagation != libc::MS_PRIVATE | libc::MS_REC {
         mount(None, Path::new("/"), None, c.propagation, None)
             .map_err(|e| format!("set rootfs propagation: {e}"))?;
@@ -353,6 +365,9 @@ fn target(root: BorrowedFd<'_>, m: &MountPlan) -> io::Result<OwnedFd> {
 }
 
 fn do_mount(root: BorrowedFd<'_>, m: &MountPlan, source: Option<&CString>) -> Result<(), String> {
+    if let Some(plan) = &m.cgroup {
+        return super::cgroupfs::mount_at(root, &m.destination, plan, m.flags);
+    }
     let what = || {
         format!(
             "mount {} on {}",
@@ -542,6 +557,21 @@ fn pivot_root(root: &Path) -> Result<(), String> {
         .map_err(|e| format!("detach old root: {e}"))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir to /: {e}"))?;
     Ok(())
+}
+
+/// Create the working directory if the image lacks it (as runc and Docker
+/// do: 0755, owned by the container's root), inside the new root.
+fn make_cwd(cwd: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(cwd) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let root = paths::open_root(Path::new("/")).map_err(|e| format!("open /: {e}"))?;
+            paths::create_in_root(root.as_fd(), cwd, paths::Create::Dir)
+                .map(drop)
+                .map_err(|e| format!("create working directory {}: {e}", cwd.display()))
+        }
+        Err(e) => Err(format!("working directory {}: {e}", cwd.display())),
+    }
 }
 
 /// Hide a path: a read-only empty tmpfs over a directory, /dev/null over a file.

@@ -52,6 +52,28 @@ pub(crate) struct IdMaps {
     pub gid_map: String,
 }
 
+impl IdMaps {
+    /// The maps of the running process `pid` (its user namespace's).
+    pub(crate) fn of_process(pid: i32) -> io::Result<IdMaps> {
+        Ok(IdMaps {
+            uid_map: std::fs::read_to_string(format!("/proc/{pid}/uid_map"))?,
+            gid_map: std::fs::read_to_string(format!("/proc/{pid}/gid_map"))?,
+        })
+    }
+
+    /// The host uid of the namespace's `uid`, if mapped.
+    pub(crate) fn host_uid(&self, uid: u32) -> Option<u32> {
+        self.uid_map.lines().find_map(|l| {
+            let mut f = l.split_whitespace().map(|n| n.parse::<u64>().ok());
+            let (inside, outside, size) = (f.next()??, f.next()??, f.next()??);
+            let uid = u64::from(uid);
+            (uid >= inside && uid < inside + size)
+                .then(|| u32::try_from(outside + uid - inside).ok())
+                .flatten()
+        })
+    }
+}
+
 fn map_text(field: &str, maps: &[LinuxIdMapping]) -> Result<String, ContainerError> {
     if maps.is_empty() {
         return Err(invalid(

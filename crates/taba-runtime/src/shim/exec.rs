@@ -228,6 +228,31 @@ pub fn main_exec(pid: i32, spec_path: &Path) -> Result<i32, ExecError> {
             false,
         ),
     };
+    // The command's user may reopen its stdio (`/dev/stdout`), as the
+    // container's own process may: give the streams to its host uid.
+    let uid = match &spec.target {
+        ExecTarget::Container { process, .. } => process.user().uid(),
+        ExecTarget::Process(p) => p.uid,
+    };
+    let host_uid = if join_ns {
+        container::userns::IdMaps::of_process(pid)
+            .map_err(|e| ExecError::Join(format!("read id maps of {pid}: {e}")))?
+            .host_uid(uid)
+    } else {
+        Some(uid)
+    };
+    if let Some(uid) = host_uid {
+        // SAFETY: fds 0-2 are this process's standard streams, open for
+        // its whole life.
+        let stdio = unsafe {
+            container::Stdio {
+                stdin: std::os::fd::BorrowedFd::borrow_raw(0),
+                stdout: std::os::fd::BorrowedFd::borrow_raw(1),
+                stderr: std::os::fd::BorrowedFd::borrow_raw(2),
+            }
+        };
+        container::give_stdio(stdio, uid).map_err(ExecError::Join)?;
+    }
     container::join_cgroups(&spec.cgroup_procs).map_err(ExecError::Join)?;
     if join_ns {
         // Open every namespace first: /proc changes meaning once we join.

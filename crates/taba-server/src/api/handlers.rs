@@ -696,6 +696,18 @@ pub async fn list_images(State(app): State<AppState>) -> R<Vec<ImageInfo>> {
     Ok(Json(list))
 }
 
+pub async fn inspect_image(
+    State(app): State<AppState>,
+    Path(reference): Path<String>,
+) -> R<ImageDetail> {
+    let images = app.state.images.clone();
+    let reference = reference.trim_start_matches('/').to_string();
+    let out = tokio::task::spawn_blocking(move || crate::images::inspect(&images, &reference))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)??;
+    Ok(Json(out))
+}
+
 pub async fn remove_image(
     State(app): State<AppState>,
     Path(reference): Path<String>,

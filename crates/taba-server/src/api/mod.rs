@@ -125,6 +125,7 @@ pub fn routes() -> Vec<Route> {
         r("POST", "/v1/nodes/{node}/drain", N(W), "Drain a node (JSON DrainRequest: deadline, ignore_system), or cancel its drain (disable)", Json("DrainRequest"), &[], "DrainStatus", post(h::drain_node)),
         r("GET", "/v1/images", AnyToken, "List images", None, &[], "ImageInfo[]", get(h::list_images)),
         r("POST", "/v1/images", Op(W), "Import a docker-save or OCI-layout tar (the request body)", Tar, &[], "ImageInfo", post(h::import_image)),
+        r("GET", "/v1/images/{*reference}", AnyToken, "An image by reference or id, with its run config (user, workdir, volumes, stop signal, healthcheck...)", None, &[], "ImageDetail", get(h::inspect_image)),
         r("DELETE", "/v1/images/{*reference}", Op(W), "Remove an image by reference or id", None, &[], "ImageInfo", delete(h::remove_image)),
         r("GET", "/v1/namespaces", Scoped(Read), "List namespaces with their quota and usage (those the token has rights in, or all with operator read)", None, &[], "NamespaceStatus[]", get(namespaces::list)),
         r("GET", "/v1/namespaces/{name}", Scoped(Read), "A namespace: quota and usage (cpu, memory, live allocations)", None, &[], "NamespaceStatus", get(namespaces::get)),

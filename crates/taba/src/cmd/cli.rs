@@ -201,6 +201,12 @@ pub enum ImageCommand {
     },
     /// List images.
     List,
+    /// Show an image and how it runs (user, workdir, volumes, stop signal,
+    /// healthcheck...), as JSON.
+    Inspect {
+        /// Reference (`busybox:latest`) or id.
+        reference: String,
+    },
     /// Remove an image.
     Rm {
         /// Reference (`busybox:latest`) or id.
@@ -1049,6 +1055,7 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
             table(&["ID", "REFERENCES", "SIZE", "LAYERS"], &rows);
             Ok(ExitCode::SUCCESS)
         }
+        ImageCommand::Inspect { reference } => print_json(&api.inspect_image(&reference)?),
         ImageCommand::Rm { reference } => {
             let i = api.remove_image(&reference)?;
             if g.json {

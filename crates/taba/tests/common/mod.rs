@@ -11,6 +11,7 @@
 pub mod disk;
 pub mod guest;
 pub mod ha;
+pub mod images;
 pub mod vm;
 
 use std::io::{BufRead, BufReader};

@@ -5,11 +5,25 @@
 //! (`config.json` built with `oci-spec` from the runtime's Docker-like
 //! defaults: default capability set, seccomp allowlist, no_new_privs, masked
 //! /proc paths, read-only /sys) and the task shim runs it with the embedded
-//! runtime (`taba-runtime`). Mount, pid, uts and ipc namespaces always; a
-//! network namespace with only loopback in mode `none`, the host's in `host`.
+//! runtime (`taba-runtime`). Mount, pid, uts, ipc and cgroup namespaces
+//! always; a network namespace with only loopback in mode `none`, the host's
+//! in `host`.
+//!
+//! What the container finds, as Docker gives it (docs/compatibility.md):
+//! the user resolved from the image's passwd and group files (`users`),
+//! `HOME`, `HOSTNAME` and a default `PATH` in its environment, its own
+//! `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (`etc`), a writable
+//! volume per image `VOLUME` (`volumes`), the image's `STOPSIGNAL` when the
+//! job names no `kill_signal`, and (from the runtime) its own cgroup
+//! read-only at `/sys/fs/cgroup`, writable stdio for any user and its
+//! working directory created if missing.
 
-use crate::shimmed::{resolve_user, Shimmed};
+pub mod etc;
+pub mod volumes;
+
+use crate::shimmed::Shimmed;
 use crate::userns::IdRanges;
+use crate::users::{self, ExecUser, UnknownUid};
 use crate::{
     Capabilities, Driver, DriverError, ExitResult, IsolationPolicy, Recovered, TaskConfig,
     TaskHandle, TaskStats,
@@ -183,31 +197,61 @@ pub fn command_line(cfg: &TaskConfig, image: &Image) -> Result<Vec<String>, Driv
     Ok(args)
 }
 
-/// Environment: the image's, then taba's, then the task's (later wins).
-pub fn environment(cfg: &TaskConfig, image: &Image) -> Vec<String> {
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
-    let mut set = |k: &str, v: &str| {
-        if env.insert(k.to_string(), v.to_string()).is_none() {
-            order.push(k.to_string());
-        }
-    };
-    set(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+/// Docker's default `PATH`, when the image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Environment as Docker builds it: a default `PATH` and `HOSTNAME`, then
+/// the image's, taba's and the task's variables (later wins), and `HOME`
+/// (the user's home from the image's passwd) unless one of them set it.
+pub fn environment(cfg: &TaskConfig, image: &Image, hostname: &str, home: &str) -> Vec<String> {
+    let mut pairs: Vec<(&str, &str)> = vec![("PATH", DEFAULT_PATH), ("HOSTNAME", hostname)];
+    pairs.extend(
+        image
+            .config
+            .env
+            .iter()
+            .map(|kv| kv.split_once('=').unwrap_or((kv.as_str(), ""))),
     );
-    for kv in &image.config.env {
-        if let Some((k, v)) = kv.split_once('=') {
-            set(k, v);
+    pairs.extend(cfg.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    pairs.extend(cfg.task.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if !pairs.iter().any(|(k, _)| *k == "HOME") {
+        pairs.push(("HOME", home));
+    }
+    let mut env: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for (k, v) in pairs {
+        if env.insert(k, v).is_none() {
+            order.push(k);
         }
-    }
-    for (k, v) in &cfg.env {
-        set(k, v);
-    }
-    for (k, v) in &cfg.task.env {
-        set(k, v);
     }
     order.iter().map(|k| format!("{k}={}", env[k])).collect()
+}
+
+/// The container's hostname: the task's, else the node's with the host's
+/// network, else the first 12 characters of the allocation id (as Docker
+/// uses the container id's).
+pub fn hostname(cfg: &TaskConfig) -> String {
+    if let Some(h) = &cfg.task.hostname {
+        return h.clone();
+    }
+    if cfg.network_mode == NetworkMode::Host {
+        if let Ok(h) = rustix::system::uname().nodename().to_str() {
+            if !h.is_empty() {
+                return h.to_string();
+            }
+        }
+    }
+    cfg.alloc_id.as_str().chars().take(12).collect()
+}
+
+/// The image's `STOPSIGNAL` as a number (`None`: not set).
+pub fn stop_signal(image: &Image) -> Result<Option<i32>, DriverError> {
+    match &image.config.stop_signal {
+        None => Ok(None),
+        Some(s) => taba_types::validate::crate_signal_number(s)
+            .map(Some)
+            .ok_or_else(|| DriverError::Start(format!("image STOPSIGNAL {s:?}: unknown signal"))),
+    }
 }
 
 fn bundle_err(e: impl std::fmt::Display) -> DriverError {
@@ -223,10 +267,30 @@ impl ContainerDriver {
         user_namespace: Option<IdRange>,
     ) -> Result<Spec, DriverError> {
         let user = cfg.task.user.clone().or_else(|| image.config.user.clone());
-        let (uid, gid, additional_gids) = match user.as_deref() {
-            Some(u) if !u.is_empty() => resolve_user(rootfs, u)?,
-            _ => (0, 0, Vec::new()),
-        };
+        let ExecUser {
+            uid,
+            gid,
+            additional_gids,
+            home,
+        } = users::resolve(rootfs, user.as_deref(), UnknownUid::GidZero)?;
+        let hostname = hostname(cfg);
+        let host_network = cfg.network_mode == NetworkMode::Host;
+        // Files and volumes belong to the container's root: the range's
+        // first ids in a user namespace.
+        let root_ids = user_namespace.map_or((0, 0), |r| (r.host_uid, r.host_gid));
+        let mut mounts = etc::write(
+            &cfg.task_dir.join("etc"),
+            &hostname,
+            host_network,
+            &etc::HostFiles::default(),
+            user_namespace.map(|_| root_ids),
+        )?;
+        mounts.extend(volumes::prepare(
+            &cfg.task_dir,
+            rootfs,
+            &image.config.volumes,
+            root_ids,
+        )?);
         let cwd = cfg
             .task
             .workdir
@@ -239,7 +303,7 @@ impl ContainerDriver {
             .into_iter()
             .map(oci_capability)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(default_spec(&DefaultSpecOptions {
+        let mut spec = default_spec(&DefaultSpecOptions {
             capabilities: Some(capabilities),
             no_new_privileges: cfg.task.no_new_privileges,
             rlimits: rlimits(cfg)?,
@@ -247,15 +311,19 @@ impl ContainerDriver {
             rootfs: rootfs.to_path_buf(),
             readonly_rootfs: false,
             args: command_line(cfg, image)?,
-            env: environment(cfg, image),
+            env: environment(cfg, image, &hostname, &home),
             cwd: PathBuf::from(cwd),
             uid,
             gid,
             additional_gids,
-            hostname: Some(cfg.alloc_id.as_str().chars().take(12).collect()),
-            host_network: cfg.network_mode == NetworkMode::Host,
+            hostname: Some(hostname),
+            host_network,
             user_namespace,
-        }))
+        });
+        let mut all = spec.mounts().clone().unwrap_or_default();
+        all.extend(mounts);
+        spec.set_mounts(Some(all));
+        Ok(spec)
     }
 }
 
@@ -405,6 +473,7 @@ impl Driver for ContainerDriver {
             taba_runtime::container::save_spec(&spec, &bundle.join("config.json"))
                 .map_err(bundle_err)?;
             hold_before_shim(cfg);
+            let stop_signal = stop_signal(&image)?;
             self.shim
                 .spawn(
                     self.name(),
@@ -415,6 +484,7 @@ impl Driver for ContainerDriver {
                     },
                     Some(bundle.clone()),
                 )
+                .map(|h| TaskHandle { stop_signal, ..h })
                 .inspect_err(|_| {
                     let _ = cg.destroy();
                 })
