@@ -60,6 +60,9 @@ struct ServerFile {
     store: super::store_config::StoreFile,
     #[serde(default)]
     tls: Option<TlsFile>,
+    /// How images are pulled from registries (docs/images.md).
+    #[serde(default)]
+    registry: taba_registry::RegistryConfig,
 }
 
 /// `[acl]` of the server's configuration file.
@@ -267,6 +270,7 @@ impl ServerFile {
             r.apply(&mut sc.rebalance)?;
         }
         sc.acl.enabled = self.acl.enabled;
+        sc.registry = self.registry.clone();
         if let Some(t) = &self.tls {
             sc.tls = Some(taba_server::ServerTls {
                 files: t.files(None)?,
