@@ -300,7 +300,7 @@ fn root_a_registry_killed_mid_pull_leaves_nothing_and_a_retry_succeeds() {
         *proxy_slot.borrow_mut() = Some(p);
         Some(h)
     });
-    let _proxy = proxy_slot.into_inner();
+    let proxy = proxy_slot.into_inner().unwrap();
     let host = host.unwrap();
     let layout = OciLayout::new(&w.reg.dir.join("layout-big"));
     let img = layout.image(
@@ -338,11 +338,13 @@ fn root_a_registry_killed_mid_pull_leaves_nothing_and_a_retry_succeeds() {
     assert!(seen.iter().any(|l| l.contains("downloading")), "{seen:?}");
     std::thread::sleep(Duration::from_millis(500));
     w.reg.kill();
+    proxy.sever();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{seen:?} {rest:?} {err}");
     assert!(err.contains("failed"), "{err}");
+    eprintln!("the cut pull: {}", err.trim());
     assert!(image_with_ref(&w, &r).is_none());
     assert_eq!(store_contents(&w), before, "the cut pull left something");
 

@@ -348,8 +348,11 @@ impl OciLayout {
 pub fn tar_with_file(name: &str, data: &[u8]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
     h.set_size(data.len() as u64);
     h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_mtime(0);
     h.set_cksum();
     b.append_data(&mut h, name, data).unwrap();
@@ -379,7 +382,7 @@ pub fn busybox_layer_tar() -> Vec<u8> {
     let mut blobs = std::collections::HashMap::new();
     for e in archive.entries().unwrap() {
         let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let name = e.path().unwrap().to_string_lossy().trim_start_matches("./").to_string();
         let mut buf = Vec::new();
         e.read_to_end(&mut buf).unwrap();
         blobs.insert(name, buf);
@@ -401,11 +404,14 @@ pub fn busybox_layer_tar() -> Vec<u8> {
 }
 
 /// A TCP proxy on loopback that passes at most `rate` bytes per second per connection from
-/// upstream to the client, so a pull lasts long enough to act in its middle.
+/// upstream to the client, so a pull lasts long enough to act in its middle. [`Self::sever`]
+/// closes every open connection, as a dead registry's peer sees it (what the registry had
+/// already written into the socket buffers never arrives).
 pub struct SlowProxy {
     /// `localhost:PORT`.
     pub host: String,
     stop: Arc<AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SlowProxy {
@@ -414,7 +420,9 @@ impl SlowProxy {
         listener.set_nonblocking(true).unwrap();
         let host = format!("localhost:{}", listener.local_addr().unwrap().port());
         let stop = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let s = stop.clone();
+        let g = generation.clone();
         std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let Ok((down, _)) = listener.accept() else {
@@ -425,16 +433,18 @@ impl SlowProxy {
                 let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", upstream_port)) else {
                     continue;
                 };
+                let born = g.load(Ordering::SeqCst);
                 let pipe = |mut from: std::net::TcpStream,
                             mut to: std::net::TcpStream,
                             rate: Option<usize>,
                             stop: Arc<AtomicBool>| {
+                    let g = g.clone();
                     std::thread::spawn(move || {
                         let mut buf = vec![0u8; 16 * 1024];
                         let _ = from.set_read_timeout(Some(Duration::from_millis(500)));
                         let start = Instant::now();
                         let mut sent = 0usize;
-                        while !stop.load(Ordering::SeqCst) {
+                        while !stop.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
                             let n = match from.read(&mut buf) {
                                 Ok(0) => break,
                                 Ok(n) => n,
@@ -461,7 +471,16 @@ impl SlowProxy {
                 pipe(up, down, Some(rate), s.clone());
             }
         });
-        SlowProxy { host, stop }
+        SlowProxy {
+            host,
+            stop,
+            generation,
+        }
+    }
+
+    /// Closes every connection open now; new ones pass again.
+    pub fn sever(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
 
