@@ -353,3 +353,67 @@ fn root_a_registry_killed_mid_pull_leaves_nothing_and_a_retry_succeeds() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(image_with_ref(&w, &r).unwrap().id, img.config_digest);
 }
+
+#[test]
+fn root_tag_and_prune_keep_what_job_versions_name() {
+    let w = world();
+    let tar = busybox_tar();
+    let digest = w.reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "test/kept:1",
+    );
+    // A second image, used by no job: a one-file layer of its own.
+    let layout = OciLayout::new(&w.reg.dir.join("layout-unused"));
+    let unused = layout.image(
+        "amd64",
+        &[tar_with_file("only.txt", b"nobody runs me\n")],
+        &[],
+    );
+    layout.tag("u", &unused);
+    w.reg.push(&format!("oci:{}:u", layout.dir.display()), "test/unused:1");
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let kept = format!("{}/test/kept:1", w.reg.host);
+    let gone = format!("{}/test/unused:1", w.reg.host);
+    for r in [&kept, &gone] {
+        assert!(pull(&w, r).status.success());
+    }
+
+    // A tag is one more name for the same image; a digest is not a tag.
+    let out = w.dev.cli(&["image", "tag", &gone, "mine/unused:v2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        image_with_ref(&w, "mine/unused:v2").unwrap().id,
+        unused.config_digest
+    );
+    let out = w.dev.cli(&["image", "tag", &gone, &format!("x@{digest}")]);
+    assert!(!out.status.success() && text(&out).contains("digests are given by pulls"));
+    let out = w.dev.cli(&["image", "tag", "no/such:image", "y:1"]);
+    assert!(!out.status.success() && text(&out).contains("not found"), "{}", text(&out));
+
+    // A job names the kept image by tag: its version records the digest.
+    let out = run_in(&w, "keeper", &kept, "echo kept");
+    assert!(out.contains("kept"));
+    let job = w.dev.client.job("keeper").unwrap();
+    assert_eq!(
+        job.spec.groups[0].tasks[0].image.as_deref(),
+        Some(format!("{kept}@{digest}").as_str())
+    );
+
+    let out = w.dev.cli(&["image", "prune"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("1 images removed"), "{t}");
+    assert!(image_with_ref(&w, &gone).is_none());
+    assert!(image_with_ref(&w, "mine/unused:v2").is_none());
+    assert!(image_with_ref(&w, &kept).is_some());
+    let blobs = tree(&w.dev.data.join("images/blobs/sha256"));
+    for l in &unused.layers {
+        assert!(
+            !blobs.contains(&l.trim_start_matches("sha256:").to_string()),
+            "the pruned image's layer blob stayed"
+        );
+    }
+    // The kept image still runs.
+    let out = run_in(&w, "keeper2", &kept, "echo still-here");
+    assert!(out.contains("still-here"));
+}
