@@ -71,6 +71,9 @@ pub struct Registries {
     system_roots: Vec<Certificate>,
     host_roots: BTreeMap<String, Vec<Certificate>>,
     platform: Platform,
+    /// One lock per image id being pulled: a second pull of the same image waits, then
+    /// finds its blobs in the store and downloads nothing.
+    inflight: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// One registry conversation: its client (fresh, so a changed login takes effect), the
@@ -158,6 +161,7 @@ impl Registries {
             system_roots,
             host_roots,
             platform: Platform::current(),
+            inflight: std::sync::Mutex::default(),
         })
     }
 
@@ -395,6 +399,37 @@ impl Registries {
             .config_bytes(&s, &store, &resolved.manifest.config)
             .await?;
         let wire = wire_manifest(&s, &resolved, &config)?;
+        let lock = self
+            .inflight
+            .lock()
+            .expect("not poisoned")
+            .entry(wire.id.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _one_at_a_time = lock.lock().await;
+            self.pull_locked(&s, store, resolved, wire, &config, progress)
+                .await
+        };
+        drop(lock);
+        self.inflight
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        result
+    }
+
+    /// The part of a pull that holds the image's lock: what the store lacks, downloaded and
+    /// committed.
+    async fn pull_locked(
+        &self,
+        s: &Session,
+        store: Arc<ImageStore>,
+        resolved: Resolved,
+        wire: ImageManifest,
+        config: &[u8],
+        progress: Progress<'_>,
+    ) -> Result<Pulled, RegistryError> {
         let st = store.clone();
         let w = wire.clone();
         let fetch = blocking(move || st.fetch(&w)).await?;
@@ -415,7 +450,7 @@ impl Registries {
                 });
             }
         }
-        let (blobs, bytes) = self.download(&s, &wire, &fetch, &config, progress).await?;
+        let (blobs, bytes) = self.download(s, &wire, &fetch, config, progress).await?;
         let image = blocking(move || fetch.commit()).await?;
         Ok(Pulled {
             image,

@@ -417,3 +417,38 @@ fn root_tag_and_prune_keep_what_job_versions_name() {
     let out = run_in(&w, "keeper2", &kept, "echo still-here");
     assert!(out.contains("still-here"));
 }
+
+#[test]
+fn root_a_registry_that_never_answers_times_out() {
+    require_root();
+    // Accepts connections and never says anything (TLS handshake included).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("localhost:{}", listener.local_addr().unwrap().port());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    listener.set_nonblocking(true).unwrap();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let start = Instant::now();
+        while !s.load(std::sync::atomic::Ordering::SeqCst) && start.elapsed() < Duration::from_secs(120) {
+            if let Ok((c, _)) = listener.accept() {
+                held.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-registry-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let cfg = tmp.path().join("registry.toml");
+    std::fs::write(&cfg, "[registry]\ntimeout = \"2s\"\n").unwrap();
+    let dev = Dev::start_with(&["--registry-config", cfg.to_str().unwrap()]);
+    let out = dev.cli(&["image", "pull", &format!("{host}/app:1")]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    holder.join().unwrap();
+    let t = text(&out).to_lowercase();
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("timed out") || t.contains("timeout"), "{t}");
+    assert!(t.contains(&host), "the error names the registry: {t}");
+}
