@@ -452,3 +452,46 @@ fn root_a_registry_that_never_answers_times_out() {
     assert!(t.contains("timed out") || t.contains("timeout"), "{t}");
     assert!(t.contains(&host), "the error names the registry: {t}");
 }
+
+#[test]
+fn root_two_pulls_of_one_image_at_once_download_it_once() {
+    // Behind a slow proxy (4 MB/s) the 8 MB layer takes about two seconds: the two pulls
+    // overlap.
+    let proxy_slot = std::cell::RefCell::new(None);
+    let (w, host) = world_with(|reg| {
+        let port: u16 = reg.host.rsplit(':').next().unwrap().parse().unwrap();
+        let p = SlowProxy::start(port, 4 << 20);
+        let h = p.host.clone();
+        *proxy_slot.borrow_mut() = Some(p);
+        Some(h)
+    });
+    let _proxy = proxy_slot.into_inner().unwrap();
+    let host = host.unwrap();
+    let layout = OciLayout::new(&w.reg.dir.join("layout-twice"));
+    let img = layout.image(
+        "amd64",
+        &[tar_with_file("x.bin", &random_bytes(8 << 20, 3))],
+        &[],
+    );
+    layout.tag("t", &img);
+    w.reg.push(&format!("oci:{}:t", layout.dir.display()), "test/twice:1");
+    assert!(login(&w, &host, w.reg.password).status.success());
+    let r = format!("{host}/test/twice:1");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            w.dev
+                .cli_command(&["image", "pull", &r])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let layer_gets = w.reg.requests(&format!("/blobs/{}", img.layers[0]), "taba/");
+    assert_eq!(layer_gets.len(), 1, "{layer_gets:#?}");
+    assert_eq!(image_with_ref(&w, &r).unwrap().id, img.config_digest);
+}
