@@ -81,7 +81,10 @@ impl Reference {
         let (named, digest) = match s.split_once('@') {
             Some((n, d)) => {
                 crate::blobs::parse_digest(d).map_err(|_| {
-                    invalid(s, "a digest reference is name@sha256:<64 lower-case hex digits>")
+                    invalid(
+                        s,
+                        "a digest reference is name@sha256:<64 lower-case hex digits>",
+                    )
                 })?;
                 (n, Some(d))
             }

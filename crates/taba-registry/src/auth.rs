@@ -48,7 +48,10 @@ fn keys(registry: &str) -> Vec<String> {
         format!("https://{registry}"),
         format!("http://{registry}"),
     ];
-    if matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io") {
+    if matches!(
+        registry,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    ) {
         k.push("https://index.docker.io/v1/".into());
         k.push("index.docker.io".into());
         k.push("docker.io".into());
@@ -130,7 +133,10 @@ pub(crate) fn save(
             ..AuthEntry::default()
         },
     );
-    write_private(login_file, &serde_json::to_vec_pretty(&file).expect("serialises"))
+    write_private(
+        login_file,
+        &serde_json::to_vec_pretty(&file).expect("serialises"),
+    )
 }
 
 /// Forgets `registry`'s login; `false` if there was none.
@@ -141,7 +147,10 @@ pub(crate) fn remove(login_file: &Path, registry: &str) -> Result<bool, Registry
     if file.auths.remove(registry).is_none() {
         return Ok(false);
     }
-    write_private(login_file, &serde_json::to_vec_pretty(&file).expect("serialises"))?;
+    write_private(
+        login_file,
+        &serde_json::to_vec_pretty(&file).expect("serialises"),
+    )?;
     Ok(true)
 }
 

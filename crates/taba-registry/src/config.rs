@@ -96,10 +96,7 @@ mod tests {
         );
         assert_eq!(c.timeout, Duration::from_secs(5));
         assert!(c.host("localhost:5000").insecure);
-        assert_eq!(
-            c.host("r.example").ca_cert,
-            Some(PathBuf::from("/ca.pem"))
-        );
+        assert_eq!(c.host("r.example").ca_cert, Some(PathBuf::from("/ca.pem")));
         assert_eq!(c.host("other"), RegistryHost::default());
         assert_eq!(c.parallel, 4);
         let bad = serde_json::from_str::<RegistryConfig>(r#"{"hosts": {"h": {"insecur": true}}}"#);

@@ -14,7 +14,9 @@ pub enum RegistryError {
         reason: String,
     },
     /// The registry refused the credentials (or asked for some and none are known).
-    #[error("registry {registry} refused access: {reason}; log in with `taba image login {registry}`")]
+    #[error(
+        "registry {registry} refused access: {reason}; log in with `taba image login {registry}`"
+    )]
     Unauthorized {
         /// The registry host.
         registry: String,
@@ -116,12 +118,14 @@ impl RegistryError {
                     },
                 }
             }
-            OciDistributionError::ServerError { code: 401 | 403, message, .. } => {
-                unauthorized(message.trim().chars().take(300).collect())
-            }
-            OciDistributionError::ServerError { code: 404, message, .. } => {
-                not_found(message.trim().chars().take(300).collect())
-            }
+            OciDistributionError::ServerError {
+                code: 401 | 403,
+                message,
+                ..
+            } => unauthorized(message.trim().chars().take(300).collect()),
+            OciDistributionError::ServerError {
+                code: 404, message, ..
+            } => not_found(message.trim().chars().take(300).collect()),
             OciDistributionError::ImageManifestNotFoundError(m) => not_found(m),
             e => RegistryError::Registry {
                 registry: registry.to_string(),

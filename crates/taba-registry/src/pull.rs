@@ -634,11 +634,7 @@ fn plain(desc: &OciDescriptor) -> OciDescriptor {
 
 /// taba's description of the image: config and layers with their diff_ids (from the config),
 /// and the references to record (as asked, and by the manifest's digest).
-fn wire_manifest(
-    s: &Session,
-    r: &Resolved,
-    config: &[u8],
-) -> Result<ImageManifest, RegistryError> {
+fn wire_manifest(s: &Session, r: &Resolved, config: &[u8]) -> Result<ImageManifest, RegistryError> {
     let unsupported = |reason: String| RegistryError::Unsupported {
         reference: s.reference.whole(),
         reason,
@@ -651,8 +647,8 @@ fn wire_manifest(
     struct Config {
         rootfs: Rootfs,
     }
-    let c: Config = serde_json::from_slice(config)
-        .map_err(|e| unsupported(format!("image config: {e}")))?;
+    let c: Config =
+        serde_json::from_slice(config).map_err(|e| unsupported(format!("image config: {e}")))?;
     let m = &r.manifest;
     if c.rootfs.diff_ids.len() != m.layers.len() {
         return Err(unsupported(format!(

@@ -153,7 +153,11 @@ pub fn tag(images: &ImageStore, source: &str, target: &str) -> Result<ImageInfo,
     images.tag(source, target).map(info).map_err(|e| match e {
         ImageError::NotFound(_) => ApiError::NotFound(format!("image {source:?} not found")),
         ImageError::InvalidReference { ref reference, .. } => {
-            let field = if reference == target { "reference" } else { "source" };
+            let field = if reference == target {
+                "reference"
+            } else {
+                "source"
+            };
             ApiError::bad(field, taba_types::error_chain(&e))
         }
         e => ApiError::Internal(format!("cannot tag: {}", taba_types::error_chain(&e))),

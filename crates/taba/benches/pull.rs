@@ -74,7 +74,15 @@ fn main() {
     let cfg = reg.taba_config(None);
     let dev = Dev::start_with(&["--registry-config", cfg.to_str().unwrap()]);
     let mut login = dev
-        .cli_command(&["image", "login", &reg.host, "-u", reg.user, "-p", reg.password])
+        .cli_command(&[
+            "image",
+            "login",
+            &reg.host,
+            "-u",
+            reg.user,
+            "-p",
+            reg.password,
+        ])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -86,7 +94,10 @@ fn main() {
     for i in 0..runs {
         // taba: the image (and so its layers and blobs) removed before each run.
         let _ = dev.cli(&["image", "prune"]);
-        taba.push(timed(&mut dev.cli_command(&["image", "pull", &r]).stdout(Stdio::null())));
+        taba.push(timed(
+            dev.cli_command(&["image", "pull", &r])
+                .stdout(Stdio::null()),
+        ));
 
         let dest = tmp.path().join(format!("skopeo-{i}"));
         skopeo.push(timed(
@@ -124,7 +135,8 @@ fn main() {
             let before = (
                 reg.requests("/manifests/", "podman").len()
                     + reg.requests("/manifests/", "containers").len(),
-                reg.requests("/blobs/", "podman").len() + reg.requests("/blobs/", "containers").len(),
+                reg.requests("/blobs/", "podman").len()
+                    + reg.requests("/blobs/", "containers").len(),
             );
             let t = timed(
                 podman_cmd(&["pull", "--quiet", "--cert-dir"])
@@ -135,7 +147,8 @@ fn main() {
             let after = (
                 reg.requests("/manifests/", "podman").len()
                     + reg.requests("/manifests/", "containers").len(),
-                reg.requests("/blobs/", "podman").len() + reg.requests("/blobs/", "containers").len(),
+                reg.requests("/blobs/", "podman").len()
+                    + reg.requests("/blobs/", "containers").len(),
             );
             println!(
                 "podman pull, all layers present: {:.0} ms, {} manifest requests, {} blob requests",
@@ -150,7 +163,10 @@ fn main() {
         reg.requests("/manifests/", "taba/").len(),
         reg.requests("/blobs/", "taba/").len(),
     );
-    let t = timed(&mut dev.cli_command(&["image", "pull", &r]).stdout(Stdio::null()));
+    let t = timed(
+        dev.cli_command(&["image", "pull", &r])
+            .stdout(Stdio::null()),
+    );
     println!(
         "taba image pull, all layers present: {:.0} ms, {} manifest requests, {} blob requests",
         t.as_secs_f64() * 1e3,

@@ -101,7 +101,11 @@ fn store_contents(w: &World) -> Vec<String> {
     let images = w.dev.data.join("images");
     ["blobs", "layers", "images", "tmp"]
         .iter()
-        .flat_map(|d| tree(&images.join(d)).into_iter().map(move |n| format!("{d}/{n}")))
+        .flat_map(|d| {
+            tree(&images.join(d))
+                .into_iter()
+                .map(move |n| format!("{d}/{n}"))
+        })
         .collect()
 }
 
@@ -153,7 +157,10 @@ fn root_pull_by_tag_and_digest_then_run_both() {
     let out = pull(&w, &by_tag);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("downloaded, verified") && t.contains("Pulled"), "{t}");
+    assert!(
+        t.contains("downloaded, verified") && t.contains("Pulled"),
+        "{t}"
+    );
     let image = image_with_ref(&w, &by_tag).expect("pulled image listed");
     assert!(image.refs.contains(&by_digest), "{image:?}");
     assert!(
@@ -169,9 +176,17 @@ fn root_pull_by_tag_and_digest_then_run_both() {
         let out = pull(&w, r);
         let t = text(&out);
         assert!(out.status.success(), "{t}");
-        assert!(t.contains("0 blobs to download") && t.contains("already present"), "{t}");
+        assert!(
+            t.contains("0 blobs to download") && t.contains("already present"),
+            "{t}"
+        );
     }
-    assert_eq!(w.reg.requests("/blobs/", "taba/").len(), blobs, "{}", w.reg.log());
+    assert_eq!(
+        w.reg.requests("/blobs/", "taba/").len(),
+        blobs,
+        "{}",
+        w.reg.log()
+    );
     assert_eq!(w.reg.requests("/manifests/", "taba/").len(), manifests + 2);
     assert_eq!(image_with_ref(&w, &by_digest).unwrap().id, image.id);
 
@@ -206,7 +221,10 @@ fn root_pull_picks_the_nodes_platform_from_an_index() {
         (&amd, &arm)
     };
     assert_eq!(image_with_ref(&w, &r).unwrap().id, mine.config_digest);
-    assert!(t.contains("linux/amd64") || cfg!(target_arch = "aarch64"), "{t}");
+    assert!(
+        t.contains("linux/amd64") || cfg!(target_arch = "aarch64"),
+        "{t}"
+    );
     assert!(
         w.reg.requests(&other.config_digest, "taba/").is_empty(),
         "the other platform's config was fetched"
@@ -221,8 +239,10 @@ fn root_pull_picks_the_nodes_platform_from_an_index() {
 fn root_missing_and_wrong_credentials_are_refused_clearly() {
     let w = world();
     let tar = busybox_tar();
-    w.reg
-        .push(&format!("docker-archive:{}", tar.display()), "test/busybox:1");
+    w.reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "test/busybox:1",
+    );
     let r = format!("{}/test/busybox:1", w.reg.host);
     let before = store_contents(&w);
 
@@ -254,7 +274,11 @@ fn root_missing_and_wrong_credentials_are_refused_clearly() {
 
     // A bad reference and an unknown tag: clear errors, no pull.
     let out = pull(&w, "Not A Reference");
-    assert!(text(&out).contains("invalid image reference"), "{}", text(&out));
+    assert!(
+        text(&out).contains("invalid image reference"),
+        "{}",
+        text(&out)
+    );
     let out = pull(&w, &format!("{}/test/busybox:nope", w.reg.host));
     assert!(text(&out).contains("not found"), "{}", text(&out));
 }
@@ -269,7 +293,8 @@ fn root_a_tampered_blob_is_refused_and_nothing_is_kept() {
         &[],
     );
     layout.tag("t", &img);
-    w.reg.push(&format!("oci:{}:t", layout.dir.display()), "test/tamper:1");
+    w.reg
+        .push(&format!("oci:{}:t", layout.dir.display()), "test/tamper:1");
     // Same length, one byte changed: only the digest can tell.
     let f = w.reg.blob_file(&img.layers[0]);
     let mut bytes = std::fs::read(&f).unwrap();
@@ -312,7 +337,8 @@ fn root_a_registry_killed_mid_pull_leaves_nothing_and_a_retry_succeeds() {
         &[],
     );
     layout.tag("big", &img);
-    w.reg.push(&format!("oci:{}:big", layout.dir.display()), "test/big:1");
+    w.reg
+        .push(&format!("oci:{}:big", layout.dir.display()), "test/big:1");
     assert!(login(&w, &host, w.reg.password).status.success());
     let before = store_contents(&w);
     let r = format!("{host}/test/big:1");
@@ -358,10 +384,9 @@ fn root_a_registry_killed_mid_pull_leaves_nothing_and_a_retry_succeeds() {
 fn root_tag_and_prune_keep_what_job_versions_name() {
     let w = world();
     let tar = busybox_tar();
-    let digest = w.reg.push(
-        &format!("docker-archive:{}", tar.display()),
-        "test/kept:1",
-    );
+    let digest = w
+        .reg
+        .push(&format!("docker-archive:{}", tar.display()), "test/kept:1");
     // A second image, used by no job: a one-file layer of its own.
     let layout = OciLayout::new(&w.reg.dir.join("layout-unused"));
     let unused = layout.image(
@@ -370,7 +395,8 @@ fn root_tag_and_prune_keep_what_job_versions_name() {
         &[],
     );
     layout.tag("u", &unused);
-    w.reg.push(&format!("oci:{}:u", layout.dir.display()), "test/unused:1");
+    w.reg
+        .push(&format!("oci:{}:u", layout.dir.display()), "test/unused:1");
     assert!(login(&w, &w.reg.host, w.reg.password).status.success());
     let kept = format!("{}/test/kept:1", w.reg.host);
     let gone = format!("{}/test/unused:1", w.reg.host);
@@ -388,7 +414,11 @@ fn root_tag_and_prune_keep_what_job_versions_name() {
     let out = w.dev.cli(&["image", "tag", &gone, &format!("x@{digest}")]);
     assert!(!out.status.success() && text(&out).contains("digests are given by pulls"));
     let out = w.dev.cli(&["image", "tag", "no/such:image", "y:1"]);
-    assert!(!out.status.success() && text(&out).contains("not found"), "{}", text(&out));
+    assert!(
+        !out.status.success() && text(&out).contains("not found"),
+        "{}",
+        text(&out)
+    );
 
     // A job names the kept image by tag: its version records the digest.
     let out = run_in(&w, "keeper", &kept, "echo kept");
@@ -430,7 +460,9 @@ fn root_a_registry_that_never_answers_times_out() {
     let holder = std::thread::spawn(move || {
         let mut held = Vec::new();
         let start = Instant::now();
-        while !s.load(std::sync::atomic::Ordering::SeqCst) && start.elapsed() < Duration::from_secs(120) {
+        while !s.load(std::sync::atomic::Ordering::SeqCst)
+            && start.elapsed() < Duration::from_secs(120)
+        {
             if let Ok((c, _)) = listener.accept() {
                 held.push(c);
             }
@@ -474,7 +506,8 @@ fn root_two_pulls_of_one_image_at_once_download_it_once() {
         &[],
     );
     layout.tag("t", &img);
-    w.reg.push(&format!("oci:{}:t", layout.dir.display()), "test/twice:1");
+    w.reg
+        .push(&format!("oci:{}:t", layout.dir.display()), "test/twice:1");
     assert!(login(&w, &host, w.reg.password).status.success());
     let r = format!("{host}/test/twice:1");
     let children: Vec<_> = (0..2)
@@ -491,7 +524,9 @@ fn root_two_pulls_of_one_image_at_once_download_it_once() {
         let out = c.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", text(&out));
     }
-    let layer_gets = w.reg.requests(&format!("/blobs/{}", img.layers[0]), "taba/");
+    let layer_gets = w
+        .reg
+        .requests(&format!("/blobs/{}", img.layers[0]), "taba/");
     assert_eq!(layer_gets.len(), 1, "{layer_gets:#?}");
     assert_eq!(image_with_ref(&w, &r).unwrap().id, img.config_digest);
 }

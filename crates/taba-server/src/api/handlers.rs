@@ -139,7 +139,10 @@ async fn resolve_images(state: &Arc<ServerState>, spec: &mut JobSpec) -> Result<
                     crate::images::pinned(&state.images, &image, &field)
                         .await?
                         .ok_or_else(|| {
-                            ApiError::invalid(field.clone(), format!("image {image:?} vanished after its pull"))
+                            ApiError::invalid(
+                                field.clone(),
+                                format!("image {image:?} vanished after its pull"),
+                            )
                         })?
                 }
             };

@@ -41,10 +41,7 @@ fn end_event(r: Result<Pulled, RegistryError>) -> PullEvent {
 /// manifest is known (bad reference, credentials refused, unknown tag) are HTTP errors;
 /// afterwards the reply is 200 and its last line says `done` or `error`. The pull goes on
 /// if the caller goes away.
-pub async fn pull(
-    State(app): State<AppState>,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn pull(State(app): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let req: PullRequest = json_body(body).await?;
     Registries::parse(&req.reference).map_err(|e| registry_error(&e))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();

@@ -94,8 +94,8 @@ fn read_registry_config(path: &std::path::Path) -> anyhow::Result<taba_registry:
         #[serde(default)]
         registry: taba_registry::RegistryConfig,
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let f: File = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     Ok(f.registry)
 }

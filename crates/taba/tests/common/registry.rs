@@ -23,7 +23,9 @@ fn need(bin: &str) {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",
@@ -171,7 +173,11 @@ auth:
     /// Starts it again on the same port with the same data.
     pub fn restart(&mut self) {
         self.kill();
-        assert!(self.spawn(), "the registry did not restart; log:\n{}", self.log());
+        assert!(
+            self.spawn(),
+            "the registry did not restart; log:\n{}",
+            self.log()
+        );
     }
 
     /// Its log (errors and the access log).
@@ -222,7 +228,9 @@ auth:
     /// registry at `host`, default this one's).
     pub fn taba_config(&self, host: Option<&str>) -> PathBuf {
         let host = host.unwrap_or(&self.host);
-        let p = self.dir.join(format!("taba-registry-{}.toml", host.replace(':', "_")));
+        let p = self
+            .dir
+            .join(format!("taba-registry-{}.toml", host.replace(':', "_")));
         std::fs::write(
             &p,
             format!(
@@ -270,7 +278,9 @@ impl OciLayout {
     pub fn blob(&self, bytes: &[u8]) -> (String, usize) {
         let d = digest(bytes);
         std::fs::write(
-            self.dir.join("blobs/sha256").join(d.trim_start_matches("sha256:")),
+            self.dir
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
             bytes,
         )
         .unwrap();
@@ -340,7 +350,11 @@ impl OciLayout {
 
     fn write_index(&self, manifests: Vec<serde_json::Value>) {
         let index = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
-        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
     }
 }
 
@@ -377,17 +391,27 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 pub fn busybox_layer_tar() -> Vec<u8> {
     let dir = std::env::var("TABA_IMAGE_DIR").unwrap_or_else(|_| "/var/cache/taba/images".into());
     let oci = Path::new(&dir).join("busybox-oci.tar");
-    assert!(oci.exists(), "{} is missing; run scripts/setup.sh", oci.display());
+    assert!(
+        oci.exists(),
+        "{} is missing; run scripts/setup.sh",
+        oci.display()
+    );
     let mut archive = tar::Archive::new(std::fs::File::open(&oci).unwrap());
     let mut blobs = std::collections::HashMap::new();
     for e in archive.entries().unwrap() {
         let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().trim_start_matches("./").to_string();
+        let name = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         let mut buf = Vec::new();
         e.read_to_end(&mut buf).unwrap();
         blobs.insert(name, buf);
     }
-    let blob = |d: &str| blobs[&format!("blobs/sha256/{}", d.trim_start_matches("sha256:"))].clone();
+    let blob =
+        |d: &str| blobs[&format!("blobs/sha256/{}", d.trim_start_matches("sha256:"))].clone();
     let index: serde_json::Value = serde_json::from_slice(&blobs["index.json"]).unwrap();
     let manifest: serde_json::Value =
         serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
@@ -448,8 +472,12 @@ impl SlowProxy {
                             let n = match from.read(&mut buf) {
                                 Ok(0) => break,
                                 Ok(n) => n,
-                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                                    || e.kind() == std::io::ErrorKind::TimedOut => continue,
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                                {
+                                    continue
+                                }
                                 Err(_) => break,
                             };
                             if to.write_all(&buf[..n]).is_err() {
@@ -467,7 +495,12 @@ impl SlowProxy {
                         let _ = from.shutdown(std::net::Shutdown::Both);
                     });
                 };
-                pipe(down.try_clone().unwrap(), up.try_clone().unwrap(), None, s.clone());
+                pipe(
+                    down.try_clone().unwrap(),
+                    up.try_clone().unwrap(),
+                    None,
+                    s.clone(),
+                );
                 pipe(up, down, Some(rate), s.clone());
             }
         });
