@@ -530,3 +530,48 @@ fn root_two_pulls_of_one_image_at_once_download_it_once() {
     assert_eq!(layer_gets.len(), 1, "{layer_gets:#?}");
     assert_eq!(image_with_ref(&w, &r).unwrap().id, img.config_digest);
 }
+
+#[test]
+fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
+    let w = world();
+    let tar = busybox_tar();
+    let d1 = w.reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "test/app:1",
+    );
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let r = format!("{}/test/app:1", w.reg.host);
+    // `job run` pulls the absent image and pins it.
+    let out = run_in(&w, "mover", &r, "echo one");
+    assert!(out.contains("one"), "{out}");
+    let v0 = w.dev.client.job("mover").unwrap();
+    assert_eq!(
+        v0.spec.groups[0].tasks[0].image.as_deref(),
+        Some(format!("{r}@{d1}").as_str())
+    );
+
+    // The registry's tag moves to another image.
+    let layout = OciLayout::new(&w.reg.dir.join("layout-moved"));
+    let v2 = layout.image("amd64", &[busybox_layer_tar()], &["V=2"]);
+    layout.tag("v2", &v2);
+    let d2 = w.reg.push(&format!("oci:{}:v2", layout.dir.display()), "test/app:1");
+    assert_ne!(d1, d2);
+    let file = w.dev.data.join("jobs/mover.toml");
+    let rerun = || {
+        let out = w
+            .dev
+            .cli(&["job", "run", "--detach", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        w.dev.client.job("mover").unwrap()
+    };
+    // Until the server's store moves the tag, the same file is the same version...
+    assert_eq!(rerun().version, v0.version);
+    // ... and after a pull it is a new version, pinned to the new digest.
+    assert!(pull(&w, &r).status.success());
+    let v1 = rerun();
+    assert_eq!(v1.version, v0.version + 1);
+    assert_eq!(
+        v1.spec.groups[0].tasks[0].image.as_deref(),
+        Some(format!("{r}@{d2}").as_str())
+    );
+}
