@@ -535,10 +535,9 @@ fn root_two_pulls_of_one_image_at_once_download_it_once() {
 fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
     let w = world();
     let tar = busybox_tar();
-    let d1 = w.reg.push(
-        &format!("docker-archive:{}", tar.display()),
-        "test/app:1",
-    );
+    let d1 = w
+        .reg
+        .push(&format!("docker-archive:{}", tar.display()), "test/app:1");
     assert!(login(&w, &w.reg.host, w.reg.password).status.success());
     let r = format!("{}/test/app:1", w.reg.host);
     // `job run` pulls the absent image and pins it.
@@ -554,7 +553,9 @@ fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
     let layout = OciLayout::new(&w.reg.dir.join("layout-moved"));
     let v2 = layout.image("amd64", &[busybox_layer_tar()], &["V=2"]);
     layout.tag("v2", &v2);
-    let d2 = w.reg.push(&format!("oci:{}:v2", layout.dir.display()), "test/app:1");
+    let d2 = w
+        .reg
+        .push(&format!("oci:{}:v2", layout.dir.display()), "test/app:1");
     assert_ne!(d1, d2);
     let file = w.dev.data.join("jobs/mover.toml");
     let rerun = || {
@@ -573,5 +574,39 @@ fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
     assert_eq!(
         v1.spec.groups[0].tasks[0].image.as_deref(),
         Some(format!("{r}@{d2}").as_str())
+    );
+}
+
+#[test]
+fn root_plain_http_only_for_a_registry_marked_insecure() {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-registry-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let reg = Registry::start_with(&tmp.path().join("registry"), false);
+    let cfg = reg.taba_config(None);
+    let dev = Dev::start_with(&["--registry-config", cfg.to_str().unwrap()]);
+    let w = World {
+        reg,
+        dev,
+        _tmp: tmp,
+    };
+    let tar = busybox_tar();
+    w.reg
+        .push(&format!("docker-archive:{}", tar.display()), "test/plain:1");
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let out = pull(&w, &format!("{}/test/plain:1", w.reg.host));
+    assert!(out.status.success(), "{}", text(&out));
+    // The same registry under a name not marked insecure is reached over HTTPS: refused.
+    let port = w.reg.host.rsplit(':').next().unwrap();
+    let other = format!("127.0.0.1:{port}");
+    let out = pull(&w, &format!("{other}/test/plain:1"));
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains(&format!("registry {other}")), "{t}");
+    assert!(
+        !t.contains("refused access"),
+        "a TLS failure, not a refusal: {t}"
     );
 }

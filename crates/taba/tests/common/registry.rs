@@ -60,12 +60,19 @@ pub struct Registry {
     /// The user and password htpasswd accepts.
     pub user: &'static str,
     pub password: &'static str,
+    /// Serves HTTPS (else plain HTTP: `insecure` for taba).
+    pub tls: bool,
     child: Option<Child>,
 }
 
 impl Registry {
-    /// Starts a registry under `dir` (created) on a free port.
+    /// Starts a registry under `dir` (created) on a free port, over TLS.
     pub fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, true)
+    }
+
+    /// [`Registry::start`], over TLS or plain HTTP.
+    pub fn start_with(dir: &Path, tls_on: bool) -> Registry {
         need("docker-registry");
         need("skopeo");
         need("htpasswd");
@@ -90,6 +97,7 @@ impl Registry {
             ca: tls.join("taba-ca.pem"),
             user,
             password,
+            tls: tls_on,
             child: None,
         };
         for _attempt in 0..5 {
@@ -104,6 +112,16 @@ impl Registry {
     fn write_config(&self) {
         let d = self.dir.display();
         let port = self.host.rsplit(':').next().unwrap();
+        let tls = if self.tls {
+            format!(
+                "  tls:
+    certificate: {d}/tls/server-registry.pem
+    key: {d}/tls/server-registry-key.pem
+"
+            )
+        } else {
+            String::new()
+        };
         let config = format!(
             "version: 0.1
 log:
@@ -117,10 +135,7 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:{port}
-  tls:
-    certificate: {d}/tls/server-registry.pem
-    key: {d}/tls/server-registry-key.pem
-auth:
+{tls}auth:
   htpasswd:
     realm: taba-test
     path: {d}/htpasswd
@@ -201,7 +216,9 @@ auth:
     pub fn push(&self, src: &str, repo_tag: &str) -> String {
         let digestfile = self.dir.join(format!("digest-{}", free_port()));
         run(Command::new("skopeo")
-            .args(["copy", "--all", "--quiet", "--dest-cert-dir"])
+            .args(["copy", "--all", "--quiet"])
+            .arg(format!("--dest-tls-verify={}", self.tls))
+            .arg("--dest-cert-dir")
             .arg(self.dir.join("skopeo-certs"))
             .arg("--dest-creds")
             .arg(format!("{}:{}", self.user, self.password))
@@ -231,12 +248,14 @@ auth:
         let p = self
             .dir
             .join(format!("taba-registry-{}.toml", host.replace(':', "_")));
+        let setting = if self.tls {
+            format!("ca_cert = \"{}\"", self.ca.display())
+        } else {
+            "insecure = true".to_string()
+        };
         std::fs::write(
             &p,
-            format!(
-                "[registry]\ntimeout = \"10s\"\n[registry.hosts.\"{host}\"]\nca_cert = \"{}\"\n",
-                self.ca.display()
-            ),
+            format!("[registry]\ntimeout = \"10s\"\n[registry.hosts.\"{host}\"]\n{setting}\n"),
         )
         .unwrap();
         p
