@@ -37,6 +37,7 @@ use crate::preempt::{self, Choice, PreemptionConfig, Preemptor, Search};
 use crate::scoring::Preferences;
 use crate::state::{ClusterState, Res};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use taba_types::{
     AllocId, AllocStop, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger,
     Evaluation, Job, JobType, NodeStatus, PlacementFailure, Plan, SchedulerOutcome, TaskGroupSpec,
@@ -323,7 +324,7 @@ impl<'a> Scheduler<'a> {
         let mut u = a.clone();
         u.job_version = job.version;
         u.priority = job.spec.priority;
-        u.group_spec = g.clone();
+        u.group_spec = Arc::new(g.clone());
         u.resources = g.total_resources();
         u.modify_time = self.now;
         self.plan.updates.push(u);
@@ -817,7 +818,7 @@ impl<'a> Scheduler<'a> {
             group: g.name.clone(),
             name: format!("{}.{}[{}]", job.spec.name, g.name, r.index),
             index: r.index,
-            group_spec: g.clone(),
+            group_spec: Arc::new(g.clone()),
             node_id: node.id.clone(),
             node_name: node.name.clone(),
             resources: g.total_resources(),

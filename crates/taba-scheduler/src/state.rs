@@ -29,7 +29,7 @@ use crate::ports::HeldPorts;
 use crate::preempt::LiveByPriority;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, Weak};
 use taba_types::{
     AllocId, AllocatedPort, Allocation, ClientStatus, DesiredStatus, EvalId, Job, JobType, Node,
     NodeId, Resources, TaskGroupSpec,
@@ -212,7 +212,7 @@ struct SpecEntry {
     job: String,
     version: u64,
     job_type: JobType,
-    group_spec: TaskGroupSpec,
+    group_spec: Arc<TaskGroupSpec>,
     resources: Resources,
     res: Res,
     refs: u32,
@@ -244,6 +244,43 @@ enum Stored {
     Vacant,
     Full(Box<Allocation>),
     Compact(CompactAlloc),
+}
+
+/// One copy of each group spec for the full records of its allocations
+/// (a running allocation's record is full: it has task states and events).
+/// Records decoded from the store or the wire each bring their own copy;
+/// without sharing, 100,000 allocations held 100,000 copies (~1 KiB each).
+/// Weak references: a spec no record holds any more is freed.
+#[derive(Clone, Debug, Default)]
+struct SharedSpecs {
+    specs: HashMap<(String, String, u64, String), Weak<TaskGroupSpec>>,
+    /// Size after the last sweep of dead entries.
+    swept_at: usize,
+}
+
+impl SharedSpecs {
+    /// Points `a` at the shared copy of its group spec, or makes its own copy
+    /// the shared one. A spec that differs from the shared one (it should
+    /// not: a job version is immutable) is kept as it is.
+    fn share(&mut self, a: &mut Allocation) {
+        let key = (
+            a.namespace.clone(),
+            a.job.clone(),
+            a.job_version,
+            a.group.clone(),
+        );
+        if let Some(shared) = self.specs.get(&key).and_then(Weak::upgrade) {
+            if Arc::ptr_eq(&shared, &a.group_spec) || *shared == *a.group_spec {
+                a.group_spec = shared;
+            }
+            return;
+        }
+        self.specs.insert(key, Arc::downgrade(&a.group_spec));
+        if self.specs.len() > 2 * self.swept_at.max(512) {
+            self.specs.retain(|_, w| w.strong_count() > 0);
+            self.swept_at = self.specs.len();
+        }
+    }
 }
 
 /// Hashes UUID keys cheaply: they are random already, so a multiply that
@@ -304,6 +341,8 @@ pub struct ClusterState {
     free_specs: Vec<u32>,
     spec_index: HashMap<(String, String, u64, String), u32>,
     last_spec: Option<u32>,
+    /// The group specs full records share, per (namespace, job, version, group).
+    shared_specs: SharedSpecs,
     used_index: BTreeSet<(u64, u32)>,
     empty_index: BTreeSet<(Reverse<u64>, u32)>,
     /// Per namespace: what its allocations hold (see [`crate::quota`]).
@@ -796,8 +835,12 @@ impl ClusterState {
             };
             if gone {
                 let sp = self.specs[id as usize].take().expect("referenced spec");
-                self.spec_index
-                    .remove(&(sp.namespace, sp.job, sp.version, sp.group_spec.name));
+                self.spec_index.remove(&(
+                    sp.namespace,
+                    sp.job,
+                    sp.version,
+                    sp.group_spec.name.clone(),
+                ));
                 self.free_specs.push(id);
                 if self.last_spec == Some(id) {
                     self.last_spec = None;
@@ -823,11 +866,14 @@ impl ClusterState {
     }
 
     /// Store the record in `slot`, compactly when possible.
-    fn store(&mut self, slot: u32, a: Allocation) {
+    fn store(&mut self, slot: u32, mut a: Allocation) {
         let node_slot = self.alloc_node[slot as usize];
         self.allocs[slot as usize] = match self.compact(&a, node_slot) {
             Some(c) => Stored::Compact(c),
-            None => Stored::Full(Box::new(a)),
+            None => {
+                self.shared_specs.share(&mut a);
+                Stored::Full(Box::new(a))
+            }
         };
     }
 
@@ -1221,6 +1267,47 @@ mod tests {
         a.eval_id = EvalId(crate::ids::IdStream::new("e", 0).next_uuid());
         a.client_status = ClientStatus::Pending;
         a
+    }
+
+    #[test]
+    fn full_records_of_one_job_version_share_one_group_spec() {
+        let mut s = ClusterState::new();
+        s.upsert_node(node("n1", 4000, 4096));
+        let full = |s: &ClusterState, i: u32| {
+            // As decoded from the store or an agent's report: a copy of its own.
+            let mut a = compactable(s, i);
+            a.client_status = ClientStatus::Running;
+            a.client_description = "started".into();
+            a.group_spec = Arc::new((*a.group_spec).clone());
+            a
+        };
+        let (a, b) = (full(&s, 0), full(&s, 1));
+        assert!(!Arc::ptr_eq(&a.group_spec, &b.group_spec));
+        s.upsert_alloc(a.clone());
+        s.upsert_alloc(b.clone());
+        assert!(matches!(s.allocs[0], Stored::Full(_)));
+        let (ga, gb) = (
+            &s.alloc(&a.id).unwrap().group_spec,
+            &s.alloc(&b.id).unwrap().group_spec,
+        );
+        assert!(Arc::ptr_eq(ga, gb), "one copy for both");
+        assert_eq!(s.alloc(&b.id), Some(&b), "the record reads back exactly");
+        // Another version's spec, or a spec that differs, is not shared.
+        let mut c = full(&s, 2);
+        c.job_version = 1;
+        Arc::make_mut(&mut c.group_spec).tasks[0].name = "other".into();
+        s.upsert_alloc(c.clone());
+        let gc = &s.alloc(&c.id).unwrap().group_spec;
+        assert!(!Arc::ptr_eq(gc, &s.alloc(&a.id).unwrap().group_spec));
+        assert_eq!(s.alloc(&c.id), Some(&c));
+        let mut d = full(&s, 3);
+        Arc::make_mut(&mut d.group_spec).tasks[0].name = "changed".into();
+        s.upsert_alloc(d.clone());
+        assert_eq!(
+            s.alloc(&d.id),
+            Some(&d),
+            "a differing spec is kept as it is"
+        );
     }
 
     #[test]

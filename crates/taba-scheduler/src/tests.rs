@@ -113,7 +113,7 @@ pub(crate) fn alloc_on(
         index,
         resources: g.total_resources(),
         ports: Vec::new(),
-        group_spec: g,
+        group_spec: g.into(),
         node_id: n.id.clone(),
         node_name: n.name.clone(),
         desired_status: DesiredStatus::Run,

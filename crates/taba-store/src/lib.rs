@@ -35,7 +35,7 @@ pub use etcd_store::{Change, ChangeBatch, Created, EtcdConfig, EtcdStore, KeyCha
 pub use fenced::{FencedStore, ReadOnlyStore};
 pub use memory::MemoryStore;
 pub use record::{Record, Table};
-pub use redb_store::RedbStore;
+pub use redb_store::{RedbStore, DEFAULT_CACHE_BYTES};
 pub use txn::{Check, Op, Txn, MAX_KEY_BYTES, MAX_TXN_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
 
 /// A transactional store of tables of keyed records with a global index.

@@ -143,6 +143,10 @@ struct Request {
     reply: mpsc::SyncSender<Result<u64, StoreError>>,
 }
 
+/// redb's page cache of [`RedbStore::open`]: 64 MiB, against redb's own default of 1 GiB,
+/// which a server fills with pages as its state grows.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 /// The embedded [`Store`]: a redb file with group commit.
 ///
 /// Only one `RedbStore` (in any process) may have a file open at a time; a second open fails.
@@ -163,9 +167,17 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl RedbStore {
-    /// Opens the database file at `path`, creating it (and its parent directories) if needed.
-    /// After a crash, opening repairs the file to its last committed state.
+    /// Opens the database file at `path` with [`DEFAULT_CACHE_BYTES`] of page cache,
+    /// creating it (and its parent directories) if needed. After a crash, opening repairs
+    /// the file to its last committed state.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`RedbStore::open`] with `cache_bytes` of redb's page cache. The cache is held in
+    /// the server's memory and fills up to this size as the state grows; pages beyond it
+    /// are read from the file (usually the kernel's page cache).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -179,7 +191,10 @@ impl RedbStore {
         }
         let what = format!("open database {}", path.display());
         let db = unless_engine_panics(path, "open", || {
-            Database::create(path).map_err(engine(what.clone()))
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(path)
+                .map_err(engine(what.clone()))
         })?;
         // Jobs hold secrets in their environments: the file is the owner's only.
         {

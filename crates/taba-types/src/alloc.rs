@@ -10,6 +10,7 @@ use crate::UnixMillis;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// What the servers want of an allocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -252,7 +253,9 @@ pub struct Allocation {
     /// Index within the group (0..count).
     pub index: u32,
     /// The group spec this allocation runs (copied so the agent needs nothing else).
-    pub group_spec: TaskGroupSpec,
+    /// Shared: a server holds one copy per job version and group, not one per
+    /// allocation (on the wire it is the spec itself).
+    pub group_spec: Arc<TaskGroupSpec>,
     /// Node it is placed on.
     pub node_id: NodeId,
     /// That node's name.

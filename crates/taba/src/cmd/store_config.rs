@@ -6,13 +6,14 @@
 //! endpoints = ["http://10.0.0.1:2379"]  # etcd client URLs
 //! prefix = "/taba"                      # keys of this taba cluster in etcd
 //! lease_ttl = "2s"                      # a dead leader is replaced after about this long
+//! cache = "64MiB"                       # redb only: its page cache in the server's memory
 //! ```
 
 use anyhow::Context;
 use serde::Deserialize;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use taba_store::{EtcdConfig, EtcdStore, RedbStore};
+use taba_store::{EtcdConfig, EtcdStore, RedbStore, DEFAULT_CACHE_BYTES};
 
 /// The backend named by `[store] backend`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -37,7 +38,12 @@ pub struct StoreFile {
     prefix: Option<String>,
     #[serde(default)]
     lease_ttl: Option<taba_types::DurationSpec>,
+    #[serde(default)]
+    cache: Option<taba_types::ByteSize>,
 }
+
+/// The smallest `[store] cache`: redb needs room for a few pages per table.
+const MIN_CACHE_BYTES: u64 = 1 << 20;
 
 /// The opened store.
 pub enum OpenedStore {
@@ -60,8 +66,16 @@ impl StoreFile {
                         "store: endpoints, prefix and lease_ttl apply to backend = \"etcd\" only"
                     );
                 }
+                if let Some(c) = self.cache {
+                    if c.0 < MIN_CACHE_BYTES || usize::try_from(c.0).is_err() {
+                        anyhow::bail!("store.cache: must be at least 1MiB, got {} bytes", c.0);
+                    }
+                }
             }
             Backend::Etcd => {
+                if self.cache.is_some() {
+                    anyhow::bail!("store.cache: applies to backend = \"redb\" only");
+                }
                 if self.endpoints.is_empty() {
                     anyhow::bail!("store.endpoints: backend \"etcd\" needs at least one endpoint");
                 }
@@ -89,7 +103,11 @@ impl StoreFile {
         match self.backend {
             Backend::Redb => {
                 let path = data_dir.join("state.redb");
-                let store = RedbStore::open(&path)
+                let cache = self
+                    .cache
+                    .and_then(|c| usize::try_from(c.0).ok())
+                    .unwrap_or(DEFAULT_CACHE_BYTES);
+                let store = RedbStore::open_with_cache(&path, cache)
                     .with_context(|| format!("opening the store {}", path.display()))?;
                 Ok(OpenedStore::Redb(store))
             }
@@ -175,5 +193,32 @@ mod tests {
         assert!(parse("backend = \"etcd\"\nendpoint = []")
             .unwrap_err()
             .contains("unknown field"));
+    }
+
+    #[test]
+    fn redb_cache_is_checked_with_its_key() {
+        parse("cache = \"256MiB\"").unwrap().validate().unwrap();
+        let err = parse("cache = \"4KiB\"").unwrap().validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("store.cache: must be at least 1MiB"),
+            "{err}"
+        );
+        let err = parse("backend = \"etcd\"\nendpoints = [\"http://a:1\"]\ncache = \"64MiB\"")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("store.cache: applies to backend"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn redb_opens_with_the_configured_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = parse("cache = \"8MiB\"").unwrap();
+        assert!(matches!(f.open(dir.path()).unwrap(), OpenedStore::Redb(_)));
+        assert!(dir.path().join("state.redb").exists());
     }
 }
