@@ -687,6 +687,77 @@ impl Client {
         )
     }
 
+    /// `POST /v1/registry/pull`: pulls `reference` into the server's image store, calling
+    /// `on_event` for each progress line. Returns the last event: `Done`, or `Error` when the
+    /// pull failed after it began (failures before are [`ClientError::Api`]).
+    pub fn pull_image(
+        &self,
+        reference: &str,
+        mut on_event: impl FnMut(&PullEvent),
+    ) -> Result<PullEvent, ClientError> {
+        use std::io::BufRead;
+        let body = serde_json::to_vec(&PullRequest {
+            reference: reference.to_string(),
+        })
+        .expect("serialises");
+        let resp = self.finish(
+            self.req_with(&self.streaming, Method::POST, "/v1/registry/pull")
+                .header("Content-Type", "application/json")
+                .body(body),
+        )?;
+        let mut last = None;
+        for line in std::io::BufReader::new(resp).lines() {
+            let line = line.map_err(ClientError::Decode)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let e: PullEvent =
+                serde_json::from_str(&line).map_err(|e| ClientError::Decode(e.into()))?;
+            on_event(&e);
+            last = Some(e);
+        }
+        match last {
+            Some(e @ (PullEvent::Done { .. } | PullEvent::Error { .. })) => Ok(e),
+            _ => Err(ClientError::Decode(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the pull's reply ended before it said done or error",
+            ))),
+        }
+    }
+
+    /// `PUT /v1/images/{target}`: name the image of `source` `target` too.
+    pub fn tag_image(&self, source: &str, target: &str) -> Result<ImageInfo, ClientError> {
+        self.send(
+            Method::PUT,
+            &format!("/v1/images/{}", seg(target)),
+            &TagRequest {
+                source: source.to_string(),
+            },
+        )
+    }
+
+    /// `DELETE /v1/images`: prune images no job version names.
+    pub fn prune_images(&self) -> Result<PruneResponse, ClientError> {
+        Self::json(self.finish(self.req(Method::DELETE, "/v1/images"))?)
+    }
+
+    /// `POST /v1/registry/login`.
+    pub fn registry_login(
+        &self,
+        req: &RegistryLoginRequest,
+    ) -> Result<RegistryLoginResponse, ClientError> {
+        self.send(Method::POST, "/v1/registry/login", req)
+    }
+
+    /// `POST /v1/registry/logout`.
+    pub fn registry_logout(&self, registry: &str) -> Result<RegistryLoginResponse, ClientError> {
+        self.send(
+            Method::POST,
+            "/v1/registry/logout",
+            &serde_json::json!({ "registry": registry }),
+        )
+    }
+
     /// `GET /v1/images`.
     pub fn list_images(&self) -> Result<Vec<ImageInfo>, ClientError> {
         self.get("/v1/images")

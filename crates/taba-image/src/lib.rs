@@ -63,6 +63,12 @@ use mount::Lease;
 use reference::Lookup;
 use taba_types::wire::{BlobDescriptor, ImageManifest, LayerDescriptor};
 
+/// The canonical form the store keys a reference by (`docker.io/library/busybox:latest`,
+/// `localhost:5000/app@sha256:<hex>`), or why the store would refuse it.
+pub fn canonical_reference(reference: &str) -> Result<String, ImageError> {
+    reference::Reference::parse(reference).map(|r| r.canonical())
+}
+
 /// A short description of a stored image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageSummary {
@@ -684,6 +690,93 @@ impl ImageStore {
             id,
             config: record.config,
         }))
+    }
+
+    /// The reference a job version should record for `reference`: pinned to the registry
+    /// digest the store has for the image when it was pulled (`repo:tag@sha256:<manifest>`),
+    /// so a later pull that moves the tag does not change what the version runs; as given
+    /// for an id, a digest reference or an imported image. `None`: no such image here.
+    pub fn pinned(&self, reference: &str) -> Result<Option<String>, ImageError> {
+        let refs = self.load_refs()?;
+        let Some((id, canonical)) = self.find(reference, &refs)? else {
+            return Ok(None);
+        };
+        let Some(canonical) = canonical.filter(|c| !c.contains('@')) else {
+            return Ok(Some(reference.to_string()));
+        };
+        let repo = canonical
+            .rsplit_once(':')
+            .map_or(canonical.as_str(), |(r, _)| r);
+        let prefix = format!("{repo}@");
+        let digest = refs
+            .refs
+            .iter()
+            .find(|(k, v)| **v == id && k.starts_with(&prefix))
+            .map(|(k, _)| k[prefix.len()..].to_string());
+        Ok(Some(match digest {
+            Some(d) => format!("{reference}@{d}"),
+            None => reference.to_string(),
+        }))
+    }
+
+    /// Names the image `source` resolves to `target` too (a `name[:tag]`; a digest reference
+    /// is what a pull records, not a name to give). An existing `target` is moved.
+    pub fn tag(&self, source: &str, target: &str) -> Result<ImageSummary, ImageError> {
+        let canonical = reference::Reference::parse(target)?.canonical();
+        if canonical.contains('@') {
+            return Err(ImageError::InvalidReference {
+                reference: target.to_string(),
+                reason: "a tag is name[:tag]; digests are given by pulls".into(),
+            });
+        }
+        let _lock = self.lock(true)?;
+        let mut refs = self.load_refs()?;
+        let Some((id, _)) = self.find(source, &refs)? else {
+            return Err(ImageError::NotFound(source.to_string()));
+        };
+        let record = self
+            .load_image(&id[7..])?
+            .ok_or_else(|| ImageError::NotFound(source.to_string()))?;
+        refs.refs.insert(canonical, id);
+        self.save_refs(&refs)?;
+        Ok(self.summary(&record, &refs))
+    }
+
+    /// Removes every image whose id is not in `keep` (the images jobs and allocations use)
+    /// and that no mounted container uses, with all its references; then the layers and
+    /// blobs no remaining image uses. Returns what was removed.
+    pub fn prune(&self, keep: &BTreeSet<String>) -> Result<Vec<ImageSummary>, ImageError> {
+        let _lock = self.lock(true)?;
+        let mut refs = self.load_refs()?;
+        let leased: BTreeSet<String> = self.live_leases()?.into_iter().map(|l| l.image).collect();
+        let mut removed = Vec::new();
+        for record in self.load_images()? {
+            if keep.contains(&record.id) || leased.contains(&record.id) {
+                continue;
+            }
+            removed.push(self.summary(&record, &refs));
+            refs.refs.retain(|_, v| *v != record.id);
+        }
+        if removed.is_empty() {
+            return Ok(removed);
+        }
+        self.save_refs(&refs)?;
+        for s in &removed {
+            let path = self.image_path(&s.id[7..]);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_ctx(|| format!("remove {}", path.display()))(e)),
+            }
+        }
+        self.collect_layers()?;
+        Ok(removed)
+    }
+
+    /// The id of the image `reference` names, if the store has it.
+    pub fn id_of(&self, reference: &str) -> Result<Option<String>, ImageError> {
+        let refs = self.load_refs()?;
+        Ok(self.find(reference, &refs)?.map(|(id, _)| id))
     }
 
     /// Removes a reference; an image left without references is deleted, and so are the

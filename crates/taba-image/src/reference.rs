@@ -1,6 +1,8 @@
 //! Image reference normalisation: `busybox`, `busybox:latest`, `library/busybox:latest` and
 //! `docker.io/library/busybox:latest` all name the same image. The store keys references by
-//! their canonical form and shows them in the short ("familiar") form Docker prints.
+//! their canonical form and shows them in the short ("familiar") form Docker prints. A
+//! reference may name a digest instead of a tag (`busybox@sha256:<hex>`, what a pull by digest
+//! records); `name:tag@sha256:<hex>` is kept as `name@sha256:<hex>`, as Docker does.
 
 use crate::error::ImageError;
 
@@ -11,12 +13,13 @@ const MAX_NAME: usize = 255;
 /// Longest reference read at all: a name, `:` and a 128-character tag fit.
 const MAX_REFERENCE: usize = 512;
 
-/// A parsed `[domain/]path[:tag]` reference.
+/// A parsed `[domain/]path[:tag]` or `[domain/]path@sha256:<hex>` reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reference {
     domain: String,
     path: String,
-    tag: String,
+    /// `:tag`, or `@sha256:<hex>` for a digest reference.
+    suffix: String,
 }
 
 /// What a user's string asks for.
@@ -67,7 +70,7 @@ fn looks_like_domain(first: &str) -> bool {
 }
 
 impl Reference {
-    /// Parses and normalises a reference; digests (`name@sha256:...`) are not supported.
+    /// Parses and normalises a reference.
     pub(crate) fn parse(s: &str) -> Result<Reference, ImageError> {
         if s.is_empty() {
             return Err(invalid(s, "must not be empty"));
@@ -75,16 +78,22 @@ impl Reference {
         if s.len() > MAX_REFERENCE {
             return Err(invalid(s, "longer than 512 characters"));
         }
-        if s.contains('@') {
-            return Err(invalid(
-                s,
-                "digest references are not supported; use name:tag or the image id",
-            ));
-        }
-        let last_slash = s.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match s[last_slash..].rfind(':') {
-            Some(i) => (&s[..last_slash + i], &s[last_slash + i + 1..]),
-            None => (s, DEFAULT_TAG),
+        let (named, digest) = match s.split_once('@') {
+            Some((n, d)) => {
+                crate::blobs::parse_digest(d).map_err(|_| {
+                    invalid(
+                        s,
+                        "a digest reference is name@sha256:<64 lower-case hex digits>",
+                    )
+                })?;
+                (n, Some(d))
+            }
+            None => (s, None),
+        };
+        let last_slash = named.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match named[last_slash..].rfind(':') {
+            Some(i) => (&named[..last_slash + i], &named[last_slash + i + 1..]),
+            None => (named, DEFAULT_TAG),
         };
         if !valid_tag(tag) {
             return Err(invalid(
@@ -127,13 +136,16 @@ impl Reference {
         Ok(Reference {
             domain,
             path: parts.join("/"),
-            tag: tag.to_string(),
+            suffix: match digest {
+                Some(d) => format!("@{d}"),
+                None => format!(":{tag}"),
+            },
         })
     }
 
     /// `docker.io/library/busybox:latest`.
     pub(crate) fn canonical(&self) -> String {
-        format!("{}/{}:{}", self.domain, self.path, self.tag)
+        format!("{}/{}{}", self.domain, self.path, self.suffix)
     }
 
     /// `busybox:latest`, `example.com/app:1`. Docker Hub's domain is left out only where
@@ -142,8 +154,8 @@ impl Reference {
         let first = self.path.split('/').next().unwrap_or_default();
         if self.domain == DEFAULT_DOMAIN && !looks_like_domain(first) {
             match self.path.strip_prefix("library/") {
-                Some(short) if !short.contains('/') => format!("{short}:{}", self.tag),
-                _ => format!("{}:{}", self.path, self.tag),
+                Some(short) if !short.contains('/') => format!("{short}{}", self.suffix),
+                _ => format!("{}{}", self.path, self.suffix),
             }
         } else {
             self.canonical()
@@ -241,6 +253,8 @@ mod tests {
             "busybox:",
             "busybox:-x",
             "busybox@sha256:abcd",
+            "busybox@sha512:abcd",
+            "busybox@",
             "/busybox",
             "busybox/",
             "a//b",
@@ -258,6 +272,23 @@ mod tests {
             Reference::parse("Busybox"),
             Err(ImageError::InvalidReference { reason, .. }) if reason.contains("lower-case")
         ));
+    }
+
+    #[test]
+    fn digest_references_keep_the_digest_and_drop_a_tag() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            canon(&format!("busybox@{d}")),
+            format!("docker.io/library/busybox@{d}")
+        );
+        assert_eq!(
+            canon(&format!("localhost:5000/app:v1@{d}")),
+            format!("localhost:5000/app@{d}")
+        );
+        assert_eq!(
+            familiar(&format!("docker.io/library/busybox@{d}")),
+            format!("busybox@{d}")
+        );
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct ServerConfig {
     /// callers (`[tls] plain_loopback`; the CLI of `taba dev --agents`);
     /// agent routes still need a certificate, so agents use the others.
     pub plain_loopback: bool,
+    /// How images are pulled from registries (`[registry]`): per-registry plain HTTP and
+    /// CA certificates, timeouts, a Docker config for credentials.
+    pub registry: taba_registry::RegistryConfig,
 }
 
 /// TLS settings of a server (`[tls]` in its configuration file).
@@ -142,6 +145,7 @@ impl ServerConfig {
             limits: InputLimits::default(),
             tls: None,
             plain_loopback: false,
+            registry: taba_registry::RegistryConfig::default(),
         }
     }
 }

@@ -19,9 +19,28 @@ fn info(s: ImageSummary) -> ImageInfo {
     }
 }
 
-/// Whether `reference` resolves to an image.
-pub fn exists(images: &ImageStore, reference: &str) -> bool {
-    matches!(images.resolve(reference), Ok(Some(_)))
+/// What a job version records for `reference` (see `ImageStore::pinned`); `None`: not in
+/// the store. A reference the store refuses is a 422 on `field`.
+pub async fn pinned(
+    images: &std::sync::Arc<ImageStore>,
+    reference: &str,
+    field: &str,
+) -> Result<Option<String>, ApiError> {
+    let images = images.clone();
+    let r = reference.to_string();
+    match tokio::task::spawn_blocking(move || images.pinned(&r))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)?
+    {
+        Ok(p) => Ok(p),
+        Err(e @ ImageError::InvalidReference { .. }) => {
+            Err(ApiError::invalid(field, taba_types::error_chain(&e)))
+        }
+        Err(e) => Err(ApiError::Internal(format!(
+            "cannot read the image store: {}",
+            taba_types::error_chain(&e)
+        ))),
+    }
 }
 
 /// Import a tar.
@@ -119,4 +138,56 @@ pub fn open_blob(images: &ImageStore, digest: &str) -> Result<(std::fs::File, u6
             taba_types::error_chain(&e)
         ))),
     }
+}
+
+/// How a registry failure reaches the caller: a bad reference is a 400, a refusal by the
+/// registry (credentials, platform, media types) a 422, an unknown name a 404, a registry
+/// that fails or sends bytes its digests deny a 502.
+pub fn registry_error(e: &taba_registry::RegistryError) -> ApiError {
+    use taba_registry::RegistryError as E;
+    let msg = taba_types::error_chain(e);
+    match e {
+        E::InvalidReference { .. } => ApiError::bad("reference", msg),
+        E::Unauthorized { .. } | E::NoPlatform { .. } | E::Unsupported { .. } => {
+            ApiError::invalid("reference", msg)
+        }
+        E::NotFound { .. } => ApiError::NotFound(msg),
+        E::Registry { .. } | E::Download { .. } => ApiError::Registry(msg),
+        E::Image(ImageError::Io { .. }) | E::Settings(_) => ApiError::Internal(msg),
+        E::Image(_) => ApiError::Registry(msg),
+        E::Task => ApiError::ShuttingDown,
+    }
+}
+
+/// The summary of a stored image as the API shows it.
+pub fn image_info(s: ImageSummary) -> ImageInfo {
+    info(s)
+}
+
+/// Names the image `source` names `target` too.
+pub fn tag(images: &ImageStore, source: &str, target: &str) -> Result<ImageInfo, ApiError> {
+    images.tag(source, target).map(info).map_err(|e| match e {
+        ImageError::NotFound(_) => ApiError::NotFound(format!("image {source:?} not found")),
+        ImageError::InvalidReference { ref reference, .. } => {
+            let field = if reference == target {
+                "reference"
+            } else {
+                "source"
+            };
+            ApiError::bad(field, taba_types::error_chain(&e))
+        }
+        e => ApiError::Internal(format!("cannot tag: {}", taba_types::error_chain(&e))),
+    })
+}
+
+/// Removes the images none of `referenced` (references from job versions) names.
+pub fn prune(images: &ImageStore, referenced: &[String]) -> Result<Vec<ImageInfo>, ApiError> {
+    let keep: std::collections::BTreeSet<String> = referenced
+        .iter()
+        .filter_map(|r| images.id_of(r).ok().flatten())
+        .collect();
+    images
+        .prune(&keep)
+        .map(|v| v.into_iter().map(info).collect())
+        .map_err(|e| ApiError::Internal(format!("cannot prune: {}", taba_types::error_chain(&e))))
 }

@@ -115,6 +115,8 @@ pub struct ServerState {
     pub store: Arc<dyn Store>,
     /// Container images.
     pub images: Arc<ImageStore>,
+    /// Registries images are pulled from (settings, logins in `<data_dir>/registry-auth.json`).
+    pub registries: Arc<taba_registry::Registries>,
     cluster: RwLock<ClusterState>,
     evals: RwLock<HashMap<EvalId, Evaluation>>,
     heartbeats: Mutex<HashMap<NodeId, Instant>>,
@@ -223,10 +225,19 @@ impl ServerState {
                 crate::credentials::CredentialError::Store(s) => StateError::Store(s),
                 other => StateError::Conflict(other.to_string()),
             })?;
+        let registries = taba_registry::Registries::new(
+            config.registry.clone(),
+            config.data_dir.join("registry-auth.json"),
+        )
+        .map_err(|e| StateError::Invalid {
+            field: "registry".into(),
+            message: taba_types::error_chain(&e),
+        })?;
         Ok(Self {
             config,
             store,
             images,
+            registries: Arc::new(registries),
             credentials,
             metrics: crate::metrics::Metrics::new(),
             cluster: RwLock::new(cluster),

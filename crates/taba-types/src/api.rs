@@ -505,6 +505,105 @@ pub struct ImageDetail {
     pub config: serde_json::Value,
 }
 
+/// Body of `POST /v1/registry/pull`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// What to pull: `busybox`, `host:port/repo:tag`, `repo@sha256:<hex>`.
+    pub reference: String,
+}
+
+/// One line of the reply of `POST /v1/registry/pull` (newline-delimited JSON): what the pull
+/// is doing, then `done` or `error`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// The manifest is known: the image, its layers and how many the server lacks.
+    Resolved {
+        /// The reference, normalised (`docker.io/library/busybox:latest`).
+        reference: String,
+        /// Digest of the manifest (or index) the reference names.
+        digest: String,
+        /// The platform picked from an index (`linux/amd64`), if it was one.
+        platform: Option<String>,
+        /// The image id (config digest).
+        id: String,
+        /// Layers of the image.
+        layers: usize,
+        /// Blobs to download (the others are in the store already).
+        needed: usize,
+    },
+    /// One layer's state.
+    Layer {
+        /// The layer blob.
+        digest: String,
+        /// Its size in bytes.
+        size: u64,
+        /// What happened to it.
+        status: LayerStatus,
+    },
+    /// The image is in the store.
+    Done {
+        /// It.
+        image: ImageInfo,
+        /// Bytes downloaded.
+        bytes: u64,
+    },
+    /// The pull failed (after the reply began; earlier failures are HTTP errors).
+    Error {
+        /// Why, with the registry's reason.
+        message: String,
+    },
+}
+
+/// What happened to a layer during a pull.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerStatus {
+    /// The store has it; not downloaded.
+    Present,
+    /// Download started.
+    Downloading,
+    /// Downloaded and verified (digest and size).
+    Downloaded,
+}
+
+/// Body of `PUT /v1/images/{reference}`: name the image `source` names `reference` too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagRequest {
+    /// An existing reference or image id.
+    pub source: String,
+}
+
+/// Reply of `DELETE /v1/images` (prune).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneResponse {
+    /// The images removed (no job version names them, no container uses them).
+    pub removed: Vec<ImageInfo>,
+}
+
+/// Body of `POST /v1/registry/login`: credentials the server uses for a registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryLoginRequest {
+    /// `host` or `host:port`, as in image references (`docker.io` for Docker Hub).
+    pub registry: String,
+    /// User name.
+    pub username: String,
+    /// Password or access token.
+    pub password: String,
+}
+
+/// Reply of `POST /v1/registry/login` and `POST /v1/registry/logout`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLoginResponse {
+    /// The registry.
+    pub registry: String,
+    /// What was done (`logged in`, `logged out`, `not logged in`).
+    pub status: String,
+}
+
 /// Body of `POST /v1/allocations/{id}/exec?task=T` (and of the agent's
 /// `POST /v1/client/allocations/{id}/exec?task=T`): run a command in the task,
 /// feed it `stdin`, wait for it to end.

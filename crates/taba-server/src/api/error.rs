@@ -72,6 +72,9 @@ pub enum ApiError {
     /// A node's agent could not be reached or failed.
     #[error("{0}")]
     Agent(String),
+    /// An image registry could not be reached, failed, or sent what its digests deny.
+    #[error("{0}")]
+    Registry(String),
     /// A cap of `alloc exec` (output size, duration) was hit, on the agent
     /// (413, 408, relayed) or here (502 for an oversized reply, 504 when the
     /// agent does not answer in time).
@@ -124,7 +127,7 @@ impl ApiError {
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Agent(_) => StatusCode::BAD_GATEWAY,
+            Self::Agent(_) | Self::Registry(_) => StatusCode::BAD_GATEWAY,
             Self::ExecLimit(s, _) => *s,
             Self::ShuttingDown | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -15,6 +15,7 @@ use axum::Json;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 use taba_types::acl::Capability;
 use taba_types::api::*;
@@ -103,22 +104,49 @@ fn job_parse_error(e: JobParseError) -> ApiError {
     }
 }
 
-/// Every container image a job names must be in the image store.
-fn check_images(state: &ServerState, spec: &JobSpec) -> Result<(), ApiError> {
-    for (i, g) in spec.groups.iter().enumerate() {
-        for (j, t) in g.tasks.iter().enumerate() {
-            if let Some(image) = &t.image {
-                if matches!(t.driver.as_str(), "container" | "system")
-                    && !crate::images::exists(&state.images, image)
-                {
-                    return Err(ApiError::invalid(
-                        format!("group[{i}].task[{j}].image"),
-                        format!(
-                            "image {image:?} is not in the image store; import it with `taba image import`"
-                        ),
-                    ));
-                }
+/// Every container image a job names must be in the image store; one that is not is pulled
+/// from its registry first. A reference to a pulled image is pinned to the digest the store
+/// has for it (`repo:tag@sha256:...`, see `ImageStore::pinned`), so every allocation of the
+/// version runs the same bits and a tag moved by a later pull makes a new version.
+async fn resolve_images(state: &Arc<ServerState>, spec: &mut JobSpec) -> Result<(), ApiError> {
+    for (i, g) in spec.groups.iter_mut().enumerate() {
+        for (j, t) in g.tasks.iter_mut().enumerate() {
+            let Some(image) = t.image.clone() else {
+                continue;
+            };
+            if !matches!(t.driver.as_str(), "container" | "system") {
+                continue;
             }
+            let field = format!("group[{i}].task[{j}].image");
+            let pinned = crate::images::pinned(&state.images, &image, &field).await?;
+            let pinned = match pinned {
+                Some(p) => p,
+                None => {
+                    state
+                        .registries
+                        .pull(state.images.clone(), &image, &|_| {})
+                        .await
+                        .map_err(|e| {
+                            ApiError::invalid(
+                                field.clone(),
+                                format!(
+                                    "image {image:?} is not in the image store and cannot be pulled \
+                                     (or import it with `taba image import`): {}",
+                                    taba_types::error_chain(&e)
+                                ),
+                            )
+                        })?;
+                    crate::images::pinned(&state.images, &image, &field)
+                        .await?
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                field.clone(),
+                                format!("image {image:?} vanished after its pull"),
+                            )
+                        })?
+                }
+            };
+            t.image = Some(pinned);
         }
     }
     Ok(())
@@ -159,7 +187,8 @@ pub async fn register_job(
     }
     .map_err(job_parse_error)?;
     check_job_rights(&auth, &spec)?;
-    check_images(&app.state, &spec)?;
+    let mut spec = spec;
+    resolve_images(&app.state, &mut spec).await?;
     Ok(Json(app.state.register_job(spec).await?))
 }
 
@@ -718,6 +747,53 @@ pub async fn remove_image(
         .await
         .map_err(|_| ApiError::ShuttingDown)??;
     Ok(Json(out))
+}
+
+/// `PUT /v1/images/{*reference}`: name an image `reference` too.
+pub async fn tag_image(
+    State(app): State<AppState>,
+    Path(reference): Path<String>,
+    body: Body,
+) -> R<ImageInfo> {
+    let req: TagRequest =
+        parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
+    let images = app.state.images.clone();
+    let target = reference.trim_start_matches('/').to_string();
+    let out =
+        tokio::task::spawn_blocking(move || crate::images::tag(&images, &req.source, &target))
+            .await
+            .map_err(|_| ApiError::ShuttingDown)??;
+    Ok(Json(out))
+}
+
+/// `DELETE /v1/images`: remove the images no job version names and no container uses.
+pub async fn prune_images(State(app): State<AppState>) -> R<PruneResponse> {
+    let store = app.state.store.clone();
+    let images = app.state.images.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        let mut referenced = Vec::new();
+        for table in [taba_store::Table::Jobs, taba_store::Table::JobVersions] {
+            let recs = store
+                .scan(table, "")
+                .map_err(|e| ApiError::Internal(format!("cannot read jobs: {e}")))?;
+            for rec in recs {
+                let job: taba_types::Job = rec
+                    .decode()
+                    .map_err(|e| ApiError::Internal(format!("cannot decode a job: {e}")))?;
+                referenced.extend(
+                    job.spec
+                        .groups
+                        .iter()
+                        .flat_map(|g| g.tasks.iter())
+                        .filter_map(|t| t.image.clone()),
+                );
+            }
+        }
+        crate::images::prune(&images, &referenced)
+    })
+    .await
+    .map_err(|_| ApiError::ShuttingDown)??;
+    Ok(Json(PruneResponse { removed }))
 }
 
 /// `?node_id=` of the image routes: who is asking.

@@ -9,6 +9,7 @@ pub(crate) mod handlers;
 mod join;
 mod namespaces;
 pub mod peer;
+mod registry;
 
 use crate::acl::AuthClass;
 use crate::state::ServerState;
@@ -126,7 +127,12 @@ pub fn routes() -> Vec<Route> {
         r("GET", "/v1/images", AnyToken, "List images", None, &[], "ImageInfo[]", get(h::list_images)),
         r("POST", "/v1/images", Op(W), "Import a docker-save or OCI-layout tar (the request body)", Tar, &[], "ImageInfo", post(h::import_image)),
         r("GET", "/v1/images/{*reference}", AnyToken, "An image by reference or id, with its run config (user, workdir, volumes, stop signal, healthcheck...)", None, &[], "ImageDetail", get(h::inspect_image)),
+        r("DELETE", "/v1/images", Op(W), "Prune: remove every image no job version names and no container uses", None, &[], "PruneResponse", delete(h::prune_images)),
         r("DELETE", "/v1/images/{*reference}", Op(W), "Remove an image by reference or id", None, &[], "ImageInfo", delete(h::remove_image)),
+        r("PUT", "/v1/images/{*reference}", Op(W), "Tag: name the image of `source` (JSON TagRequest) `reference` too", Json("TagRequest"), &[], "ImageInfo", put(h::tag_image)),
+        r("POST", "/v1/registry/pull", Op(W), "Pull an image from its registry into the server's image store; replies with progress as newline-delimited JSON PullEvents, the last `done` or `error`", Json("PullRequest"), &[], "application/x-ndjson", post(registry::pull)),
+        r("POST", "/v1/registry/login", Op(W), "Check credentials with a registry and keep them (0600) for the server's pulls", Json("RegistryLoginRequest"), &[], "RegistryLoginResponse", post(registry::login)),
+        r("POST", "/v1/registry/logout", Op(W), "Forget the server's credentials for a registry (JSON {registry})", Json("LogoutRequest"), &[], "RegistryLoginResponse", post(registry::logout)),
         r("GET", "/v1/namespaces", Scoped(Read), "List namespaces with their quota and usage (those the token has rights in, or all with operator read)", None, &[], "NamespaceStatus[]", get(namespaces::list)),
         r("GET", "/v1/namespaces/{name}", Scoped(Read), "A namespace: quota and usage (cpu, memory, live allocations)", None, &[], "NamespaceStatus", get(namespaces::get)),
         r("PUT", "/v1/namespaces/{name}", Op(W), "Create or update a namespace (JSON Namespace: description, quota)", Json("Namespace"), &[], "NamespaceStatus", put(namespaces::put)),

@@ -199,6 +199,41 @@ pub enum ImageCommand {
         /// The tar file.
         file: PathBuf,
     },
+    /// Pull an image from its registry into the server's image store
+    /// (`busybox`, `host:port/repo:tag`, `repo@sha256:<hex>`).
+    Pull {
+        /// The reference.
+        reference: String,
+    },
+    /// Give the server credentials for a registry (checked with the registry first).
+    Login {
+        /// The registry: `host` or `host:port` (`docker.io` for Docker Hub).
+        registry: String,
+        /// User name.
+        #[arg(short, long)]
+        username: String,
+        /// Password (visible to other local users in the process list; prefer
+        /// --password-stdin).
+        #[arg(short, long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Name an image by another reference too.
+    Tag {
+        /// An existing reference or image id.
+        source: String,
+        /// The new name (`name[:tag]`).
+        target: String,
+    },
+    /// Remove every image no job version names and no container uses.
+    Prune,
+    /// Make the server forget its credentials for a registry.
+    Logout {
+        /// The registry.
+        registry: String,
+    },
     /// List images.
     List,
     /// Show an image and how it runs (user, workdir, volumes, stop signal,
@@ -1032,6 +1067,65 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
             println!("Imported {} as {}", short_image(&i.id), i.refs.join(", "));
             Ok(ExitCode::SUCCESS)
         }
+        ImageCommand::Pull { reference } => image_pull(g, &api, &reference),
+        ImageCommand::Login {
+            registry,
+            username,
+            password,
+            password_stdin,
+        } => {
+            let password = match (password, password_stdin) {
+                (Some(p), _) => p,
+                (None, true) => {
+                    let mut p = String::new();
+                    std::io::stdin().read_to_string(&mut p)?;
+                    p.trim_end_matches(['\n', '\r']).to_string()
+                }
+                (None, false) => anyhow::bail!("give the password with --password-stdin (or -p)"),
+            };
+            let r = api.registry_login(&taba_client::api::RegistryLoginRequest {
+                registry,
+                username,
+                password,
+            })?;
+            if g.json {
+                return print_json(&r);
+            }
+            println!("Logged in to {}", r.registry);
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Tag { source, target } => {
+            let i = api.tag_image(&source, &target)?;
+            if g.json {
+                return print_json(&i);
+            }
+            println!("Tagged {} as {target}", short_image(&i.id));
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Prune => {
+            let r = api.prune_images()?;
+            if g.json {
+                return print_json(&r);
+            }
+            for i in &r.removed {
+                println!("Removed {} ({})", short_image(&i.id), i.refs.join(", "));
+            }
+            let bytes: u64 = r.removed.iter().map(|i| i.size).sum();
+            println!(
+                "{} images removed ({})",
+                r.removed.len(),
+                taba_types::ByteSize(bytes)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Logout { registry } => {
+            let r = api.registry_logout(&registry)?;
+            if g.json {
+                return print_json(&r);
+            }
+            println!("{}: {}", r.registry, r.status);
+            Ok(ExitCode::SUCCESS)
+        }
         ImageCommand::List => {
             let list = api.list_images()?;
             if g.json {
@@ -1064,6 +1158,68 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
             println!("Removed {} ({})", reference, short_image(&i.id));
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `taba image pull`: one line per layer as the server reports it.
+fn image_pull(g: &GlobalArgs, api: &Client, reference: &str) -> anyhow::Result<ExitCode> {
+    use taba_client::api::{LayerStatus, PullEvent};
+    let quiet = g.json;
+    let last = api.pull_image(reference, |e| {
+        if quiet {
+            return;
+        }
+        match e {
+            PullEvent::Resolved {
+                reference,
+                digest,
+                platform,
+                layers,
+                needed,
+                ..
+            } => {
+                let platform = platform
+                    .as_deref()
+                    .map(|p| format!(", {p}"))
+                    .unwrap_or_default();
+                println!("Pulling {reference} ({digest}{platform}): {layers} layers, {needed} blobs to download");
+            }
+            PullEvent::Layer {
+                digest,
+                size,
+                status,
+            } => {
+                let what = match status {
+                    LayerStatus::Present => "already present",
+                    LayerStatus::Downloading => "downloading",
+                    LayerStatus::Downloaded => "downloaded, verified",
+                };
+                println!(
+                    "  {} {:>10} {what}",
+                    short_image(digest),
+                    taba_types::ByteSize(*size).to_string()
+                );
+            }
+            PullEvent::Done { .. } | PullEvent::Error { .. } => {}
+        }
+    })?;
+    if g.json {
+        print_json(&last)?;
+    }
+    match last {
+        PullEvent::Done { image, bytes } => {
+            if !g.json {
+                println!(
+                    "Pulled {} as {} ({} downloaded)",
+                    image.refs.join(", "),
+                    short_image(&image.id),
+                    taba_types::ByteSize(bytes)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PullEvent::Error { message } => anyhow::bail!("pull of {reference} failed: {message}"),
+        other => anyhow::bail!("unexpected end of the pull: {other:?}"),
     }
 }
 

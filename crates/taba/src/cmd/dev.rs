@@ -90,10 +90,28 @@ pub struct DevArgs {
     /// Initrd of the probe kernel.
     #[arg(long, value_name = "FILE", requires = "vm_probe_kernel")]
     pub vm_probe_initrd: Option<PathBuf>,
+    /// A TOML file with the server's `[registry]` table (per-registry `insecure`,
+    /// `ca_cert`, `timeout`; see docs/images.md).
+    #[arg(long, value_name = "FILE", conflicts_with = "agents")]
+    pub registry_config: Option<PathBuf>,
     /// Prefix of the names of the namespaces, bridge and veths (tests run
     /// several clusters at once).
     #[arg(long, hide = true, env = "TABA_DEV_NET_PREFIX", default_value = "taba")]
     pub net_prefix: String,
+}
+
+/// `--registry-config FILE`: a file whose `[registry]` table is read as a server's.
+fn read_registry_config(path: &std::path::Path) -> anyhow::Result<taba_registry::RegistryConfig> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        registry: taba_registry::RegistryConfig,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let f: File = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(f.registry)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -122,6 +140,9 @@ pub fn run_dev(_g: &GlobalArgs, a: DevArgs) -> anyhow::Result<ExitCode> {
         sc.heartbeat_ttl = a.heartbeat_ttl;
         sc.heartbeat_grace = a.heartbeat_grace;
         sc.rebalance.enabled = !a.no_rebalance;
+        if let Some(f) = &a.registry_config {
+            sc.registry = read_registry_config(f)?;
+        }
         if let Some(i) = a.rebalance_interval {
             sc.rebalance.interval = i;
         }

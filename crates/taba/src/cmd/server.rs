@@ -64,6 +64,9 @@ struct ServerFile {
     store: super::store_config::StoreFile,
     #[serde(default)]
     tls: Option<TlsFile>,
+    /// How images are pulled from registries (docs/images.md).
+    #[serde(default)]
+    registry: taba_registry::RegistryConfig,
 }
 
 /// `[limits]` of the server's configuration file: caps on request bodies
@@ -323,6 +326,7 @@ impl ServerFile {
         }
         sc.acl.enabled = self.acl.enabled;
         sc.limits = self.limits.limits()?.0;
+        sc.registry = self.registry.clone();
         if let Some(t) = &self.tls {
             sc.tls = Some(taba_server::ServerTls {
                 files: t.files(None)?,

@@ -12,6 +12,7 @@ pub mod disk;
 pub mod guest;
 pub mod ha;
 pub mod images;
+pub mod registry;
 pub mod vm;
 
 use std::io::{BufRead, BufReader};
@@ -84,13 +85,18 @@ pub struct Dev {
 impl Dev {
     /// Start `taba dev` on a fresh temporary data dir.
     pub fn start() -> Dev {
+        Dev::start_with(&[])
+    }
+
+    /// [`Dev::start`] with extra arguments.
+    pub fn start_with(extra: &[&str]) -> Dev {
         require_root();
         let tmp = tempfile::Builder::new()
             .prefix("taba-e2e-")
             .tempdir_in("/var/tmp")
             .unwrap();
         let data = tmp.path().to_path_buf();
-        let mut d = Dev::start_on(&data, &[]);
+        let mut d = Dev::start_on(&data, extra);
         d._tmp = Some(tmp);
         d
     }

@@ -1,0 +1,612 @@
+//! Pulling images from a real registry (Debian's `docker-registry`, TLS with a CA from
+//! `taba tls`, htpasswd auth) into `taba dev` through the CLI, then running them: by tag and
+//! by digest, the node's platform out of a two-platform index, credentials refused, a
+//! tampered blob refused with nothing kept, a registry killed in the middle of a pull and a
+//! clean retry, and a second pull that requests no blob. Needs root (`taba dev`).
+
+mod common;
+
+use common::registry::*;
+use common::*;
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+struct World {
+    reg: Registry,
+    dev: Dev,
+    _tmp: tempfile::TempDir,
+}
+
+/// A registry and a `taba dev` that trusts its CA (for `host`, default the registry's own).
+fn world_with(host: impl FnOnce(&Registry) -> Option<String>) -> (World, Option<String>) {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-registry-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let reg = Registry::start(&tmp.path().join("registry"));
+    let h = host(&reg);
+    let cfg = reg.taba_config(h.as_deref());
+    let dev = Dev::start_with(&["--registry-config", cfg.to_str().unwrap()]);
+    (
+        World {
+            reg,
+            dev,
+            _tmp: tmp,
+        },
+        h,
+    )
+}
+
+fn world() -> World {
+    world_with(|_| None).0
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn login(w: &World, host: &str, password: &str) -> std::process::Output {
+    let mut c = w
+        .dev
+        .cli_command(&["image", "login", host, "-u", w.reg.user, "--password-stdin"]);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn pull(w: &World, reference: &str) -> std::process::Output {
+    w.dev.cli(&["image", "pull", reference])
+}
+
+fn image_with_ref(w: &World, reference: &str) -> Option<taba_client::api::ImageInfo> {
+    w.dev
+        .client
+        .list_images()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.refs.iter().any(|r| r == reference))
+}
+
+/// Names under `dir` (recursively, relative).
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) && !p.ends_with("fs") {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What the image store holds: blobs, layers, image records (not the lock or leases).
+fn store_contents(w: &World) -> Vec<String> {
+    let images = w.dev.data.join("images");
+    ["blobs", "layers", "images", "tmp"]
+        .iter()
+        .flat_map(|d| {
+            tree(&images.join(d))
+                .into_iter()
+                .map(move |n| format!("{d}/{n}"))
+        })
+        .collect()
+}
+
+/// A batch job running `script` in `image`; returns its stdout once it completed.
+fn run_in(w: &World, name: &str, image: &str, script: &str) -> String {
+    let dir = w.dev.data.join("jobs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = job_file(
+        &dir,
+        name,
+        &format!(
+            r#"
+name = "{name}"
+type = "batch"
+[[group]]
+name = "g"
+restart = {{ attempts = 0, interval = "1m", delay = "1s", mode = "fail" }}
+reschedule = {{ attempts = 0 }}
+  [[group.task]]
+  name = "t"
+  driver = "container"
+  image = "{image}"
+  command = ["sh", "-c", "{script}"]
+  resources = {{ cpu = 50, memory = "32MiB" }}
+"#
+        ),
+    );
+    let out = w.dev.cli(&["job", "run", f.to_str().unwrap()]);
+    assert!(out.status.success(), "job {name}: {}", text(&out));
+    let status = w.dev.client.job_status(name).unwrap();
+    let a = &status.allocations[0];
+    assert_eq!(a.status.to_string(), "complete", "{a:?}");
+    let logs = w.dev.cli(&["alloc", "logs", a.id.as_str()]);
+    String::from_utf8_lossy(&logs.stdout).into_owned()
+}
+
+#[test]
+fn root_pull_by_tag_and_digest_then_run_both() {
+    let w = world();
+    let tar = busybox_tar();
+    let digest = w.reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "test/busybox:1.0",
+    );
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let by_tag = format!("{}/test/busybox:1.0", w.reg.host);
+    let by_digest = format!("{}/test/busybox@{digest}", w.reg.host);
+
+    let out = pull(&w, &by_tag);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("downloaded, verified") && t.contains("Pulled"),
+        "{t}"
+    );
+    let image = image_with_ref(&w, &by_tag).expect("pulled image listed");
+    assert!(image.refs.contains(&by_digest), "{image:?}");
+    assert!(
+        !w.reg.requests("/blobs/", "taba/").is_empty(),
+        "the first pull downloads blobs"
+    );
+
+    // All layers present: a pull by tag, then by digest, asks for no blob, and for the
+    // manifest once each.
+    let blobs = w.reg.requests("/blobs/", "taba/").len();
+    let manifests = w.reg.requests("/manifests/", "taba/").len();
+    for r in [&by_tag, &by_digest] {
+        let out = pull(&w, r);
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        assert!(
+            t.contains("0 blobs to download") && t.contains("already present"),
+            "{t}"
+        );
+    }
+    assert_eq!(
+        w.reg.requests("/blobs/", "taba/").len(),
+        blobs,
+        "{}",
+        w.reg.log()
+    );
+    assert_eq!(w.reg.requests("/manifests/", "taba/").len(), manifests + 2);
+    assert_eq!(image_with_ref(&w, &by_digest).unwrap().id, image.id);
+
+    // Both references run.
+    let out = run_in(&w, "bytag", &by_tag, "echo ran-by-tag");
+    assert!(out.contains("ran-by-tag"), "{out}");
+    let out = run_in(&w, "bydigest", &by_digest, "echo ran-by-digest");
+    assert!(out.contains("ran-by-digest"), "{out}");
+}
+
+#[test]
+fn root_pull_picks_the_nodes_platform_from_an_index() {
+    let w = world();
+    let layout = OciLayout::new(&w.reg.dir.join("layout-multi"));
+    let layer = busybox_layer_tar();
+    let amd = layout.image("amd64", std::slice::from_ref(&layer), &["PLATFORM=amd64"]);
+    let arm = layout.image("arm64", std::slice::from_ref(&layer), &["PLATFORM=arm64"]);
+    // The node's platform listed second: the pick is by platform, not position.
+    layout.tag_index("multi", &[arm.clone(), amd.clone()]);
+    w.reg.push(
+        &format!("oci:{}:multi", layout.dir.display()),
+        "test/multi:1",
+    );
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let r = format!("{}/test/multi:1", w.reg.host);
+    let out = pull(&w, &r);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let (mine, other) = if cfg!(target_arch = "aarch64") {
+        (&arm, &amd)
+    } else {
+        (&amd, &arm)
+    };
+    assert_eq!(image_with_ref(&w, &r).unwrap().id, mine.config_digest);
+    assert!(
+        t.contains("linux/amd64") || cfg!(target_arch = "aarch64"),
+        "{t}"
+    );
+    assert!(
+        w.reg.requests(&other.config_digest, "taba/").is_empty(),
+        "the other platform's config was fetched"
+    );
+    if cfg!(target_arch = "x86_64") {
+        let out = run_in(&w, "platform", &r, "echo platform=$PLATFORM");
+        assert!(out.contains("platform=amd64"), "{out}");
+    }
+}
+
+#[test]
+fn root_missing_and_wrong_credentials_are_refused_clearly() {
+    let w = world();
+    let tar = busybox_tar();
+    w.reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "test/busybox:1",
+    );
+    let r = format!("{}/test/busybox:1", w.reg.host);
+    let before = store_contents(&w);
+
+    let out = pull(&w, &r);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("refused access") && t.contains(&format!("taba image login {}", w.reg.host)),
+        "{t}"
+    );
+
+    let out = login(&w, &w.reg.host, "not-the-password");
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("password") && t.contains("refused"), "{t}");
+    assert!(!w.dev.data.join("server/registry-auth.json").exists());
+    assert_eq!(store_contents(&w), before);
+
+    let out = login(&w, &w.reg.host, w.reg.password);
+    assert!(out.status.success(), "{}", text(&out));
+    let auth = w.dev.data.join("server/registry-auth.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&auth).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = pull(&w, &r);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A bad reference and an unknown tag: clear errors, no pull.
+    let out = pull(&w, "Not A Reference");
+    assert!(
+        text(&out).contains("invalid image reference"),
+        "{}",
+        text(&out)
+    );
+    let out = pull(&w, &format!("{}/test/busybox:nope", w.reg.host));
+    assert!(text(&out).contains("not found"), "{}", text(&out));
+}
+
+#[test]
+fn root_a_tampered_blob_is_refused_and_nothing_is_kept() {
+    let w = world();
+    let layout = OciLayout::new(&w.reg.dir.join("layout-tamper"));
+    let img = layout.image(
+        "amd64",
+        &[tar_with_file("data.bin", &random_bytes(1 << 20, 7))],
+        &[],
+    );
+    layout.tag("t", &img);
+    w.reg
+        .push(&format!("oci:{}:t", layout.dir.display()), "test/tamper:1");
+    // Same length, one byte changed: only the digest can tell.
+    let f = w.reg.blob_file(&img.layers[0]);
+    let mut bytes = std::fs::read(&f).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&f, &bytes).unwrap();
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let before = store_contents(&w);
+    let r = format!("{}/test/tamper:1", w.reg.host);
+    let out = pull(&w, &r);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.to_lowercase().contains("digest"), "{t}");
+    assert!(t.contains(&img.layers[0]), "the error names the blob: {t}");
+    assert!(image_with_ref(&w, &r).is_none());
+    assert_eq!(store_contents(&w), before, "the failed pull left something");
+}
+
+#[test]
+fn root_a_registry_killed_mid_pull_leaves_nothing_and_a_retry_succeeds() {
+    // The registry behind a slow proxy (2 MB/s per connection): two 6 MB layers take
+    // seconds, so the kill lands while they download.
+    let proxy_slot = std::cell::RefCell::new(None);
+    let (mut w, host) = world_with(|reg| {
+        let port: u16 = reg.host.rsplit(':').next().unwrap().parse().unwrap();
+        let p = SlowProxy::start(port, 2 << 20);
+        let h = p.host.clone();
+        *proxy_slot.borrow_mut() = Some(p);
+        Some(h)
+    });
+    let proxy = proxy_slot.into_inner().unwrap();
+    let host = host.unwrap();
+    let layout = OciLayout::new(&w.reg.dir.join("layout-big"));
+    let img = layout.image(
+        "amd64",
+        &[
+            tar_with_file("a.bin", &random_bytes(6 << 20, 1)),
+            tar_with_file("b.bin", &random_bytes(6 << 20, 2)),
+        ],
+        &[],
+    );
+    layout.tag("big", &img);
+    w.reg
+        .push(&format!("oci:{}:big", layout.dir.display()), "test/big:1");
+    assert!(login(&w, &host, w.reg.password).status.success());
+    let before = store_contents(&w);
+    let r = format!("{host}/test/big:1");
+
+    let mut child = w
+        .dev
+        .cli_command(&["image", "pull", &r])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        let Some(Ok(l)) = lines.next() else { break };
+        let downloading = l.contains("downloading");
+        seen.push(l);
+        if downloading {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("downloading")), "{seen:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    w.reg.kill();
+    proxy.sever();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{seen:?} {rest:?} {err}");
+    assert!(err.contains("failed"), "{err}");
+    eprintln!("the cut pull: {}", err.trim());
+    assert!(image_with_ref(&w, &r).is_none());
+    assert_eq!(store_contents(&w), before, "the cut pull left something");
+
+    w.reg.restart();
+    let out = pull(&w, &r);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(image_with_ref(&w, &r).unwrap().id, img.config_digest);
+}
+
+#[test]
+fn root_tag_and_prune_keep_what_job_versions_name() {
+    let w = world();
+    let tar = busybox_tar();
+    let digest = w
+        .reg
+        .push(&format!("docker-archive:{}", tar.display()), "test/kept:1");
+    // A second image, used by no job: a one-file layer of its own.
+    let layout = OciLayout::new(&w.reg.dir.join("layout-unused"));
+    let unused = layout.image(
+        "amd64",
+        &[tar_with_file("only.txt", b"nobody runs me\n")],
+        &[],
+    );
+    layout.tag("u", &unused);
+    w.reg
+        .push(&format!("oci:{}:u", layout.dir.display()), "test/unused:1");
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let kept = format!("{}/test/kept:1", w.reg.host);
+    let gone = format!("{}/test/unused:1", w.reg.host);
+    for r in [&kept, &gone] {
+        assert!(pull(&w, r).status.success());
+    }
+
+    // A tag is one more name for the same image; a digest is not a tag.
+    let out = w.dev.cli(&["image", "tag", &gone, "mine/unused:v2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        image_with_ref(&w, "mine/unused:v2").unwrap().id,
+        unused.config_digest
+    );
+    let out = w.dev.cli(&["image", "tag", &gone, &format!("x@{digest}")]);
+    assert!(!out.status.success() && text(&out).contains("digests are given by pulls"));
+    let out = w.dev.cli(&["image", "tag", "no/such:image", "y:1"]);
+    assert!(
+        !out.status.success() && text(&out).contains("not found"),
+        "{}",
+        text(&out)
+    );
+
+    // A job names the kept image by tag: its version records the digest.
+    let out = run_in(&w, "keeper", &kept, "echo kept");
+    assert!(out.contains("kept"));
+    let job = w.dev.client.job("keeper").unwrap();
+    assert_eq!(
+        job.spec.groups[0].tasks[0].image.as_deref(),
+        Some(format!("{kept}@{digest}").as_str())
+    );
+
+    let out = w.dev.cli(&["image", "prune"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("1 images removed"), "{t}");
+    assert!(image_with_ref(&w, &gone).is_none());
+    assert!(image_with_ref(&w, "mine/unused:v2").is_none());
+    assert!(image_with_ref(&w, &kept).is_some());
+    let blobs = tree(&w.dev.data.join("images/blobs/sha256"));
+    for l in &unused.layers {
+        assert!(
+            !blobs.contains(&l.trim_start_matches("sha256:").to_string()),
+            "the pruned image's layer blob stayed"
+        );
+    }
+    // The kept image still runs.
+    let out = run_in(&w, "keeper2", &kept, "echo still-here");
+    assert!(out.contains("still-here"));
+}
+
+#[test]
+fn root_a_registry_that_never_answers_times_out() {
+    require_root();
+    // Accepts connections and never says anything (TLS handshake included).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("localhost:{}", listener.local_addr().unwrap().port());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    listener.set_nonblocking(true).unwrap();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let start = Instant::now();
+        while !s.load(std::sync::atomic::Ordering::SeqCst)
+            && start.elapsed() < Duration::from_secs(120)
+        {
+            if let Ok((c, _)) = listener.accept() {
+                held.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-registry-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let cfg = tmp.path().join("registry.toml");
+    std::fs::write(&cfg, "[registry]\ntimeout = \"2s\"\n").unwrap();
+    let dev = Dev::start_with(&["--registry-config", cfg.to_str().unwrap()]);
+    let out = dev.cli(&["image", "pull", &format!("{host}/app:1")]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    holder.join().unwrap();
+    let t = text(&out).to_lowercase();
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("timed out") || t.contains("timeout"), "{t}");
+    assert!(t.contains(&host), "the error names the registry: {t}");
+}
+
+#[test]
+fn root_two_pulls_of_one_image_at_once_download_it_once() {
+    // Behind a slow proxy (4 MB/s) the 8 MB layer takes about two seconds: the two pulls
+    // overlap.
+    let proxy_slot = std::cell::RefCell::new(None);
+    let (w, host) = world_with(|reg| {
+        let port: u16 = reg.host.rsplit(':').next().unwrap().parse().unwrap();
+        let p = SlowProxy::start(port, 4 << 20);
+        let h = p.host.clone();
+        *proxy_slot.borrow_mut() = Some(p);
+        Some(h)
+    });
+    let _proxy = proxy_slot.into_inner().unwrap();
+    let host = host.unwrap();
+    let layout = OciLayout::new(&w.reg.dir.join("layout-twice"));
+    let img = layout.image(
+        "amd64",
+        &[tar_with_file("x.bin", &random_bytes(8 << 20, 3))],
+        &[],
+    );
+    layout.tag("t", &img);
+    w.reg
+        .push(&format!("oci:{}:t", layout.dir.display()), "test/twice:1");
+    assert!(login(&w, &host, w.reg.password).status.success());
+    let r = format!("{host}/test/twice:1");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            w.dev
+                .cli_command(&["image", "pull", &r])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let layer_gets = w
+        .reg
+        .requests(&format!("/blobs/{}", img.layers[0]), "taba/");
+    assert_eq!(layer_gets.len(), 1, "{layer_gets:#?}");
+    assert_eq!(image_with_ref(&w, &r).unwrap().id, img.config_digest);
+}
+
+#[test]
+fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
+    let w = world();
+    let tar = busybox_tar();
+    let d1 = w
+        .reg
+        .push(&format!("docker-archive:{}", tar.display()), "test/app:1");
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let r = format!("{}/test/app:1", w.reg.host);
+    // `job run` pulls the absent image and pins it.
+    let out = run_in(&w, "mover", &r, "echo one");
+    assert!(out.contains("one"), "{out}");
+    let v0 = w.dev.client.job("mover").unwrap();
+    assert_eq!(
+        v0.spec.groups[0].tasks[0].image.as_deref(),
+        Some(format!("{r}@{d1}").as_str())
+    );
+
+    // The registry's tag moves to another image.
+    let layout = OciLayout::new(&w.reg.dir.join("layout-moved"));
+    let v2 = layout.image("amd64", &[busybox_layer_tar()], &["V=2"]);
+    layout.tag("v2", &v2);
+    let d2 = w
+        .reg
+        .push(&format!("oci:{}:v2", layout.dir.display()), "test/app:1");
+    assert_ne!(d1, d2);
+    let file = w.dev.data.join("jobs/mover.toml");
+    let rerun = || {
+        let out = w
+            .dev
+            .cli(&["job", "run", "--detach", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        w.dev.client.job("mover").unwrap()
+    };
+    // Until the server's store moves the tag, the same file is the same version...
+    assert_eq!(rerun().version, v0.version);
+    // ... and after a pull it is a new version, pinned to the new digest.
+    assert!(pull(&w, &r).status.success());
+    let v1 = rerun();
+    assert_eq!(v1.version, v0.version + 1);
+    assert_eq!(
+        v1.spec.groups[0].tasks[0].image.as_deref(),
+        Some(format!("{r}@{d2}").as_str())
+    );
+}
+
+#[test]
+fn root_plain_http_only_for_a_registry_marked_insecure() {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-registry-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let reg = Registry::start_with(&tmp.path().join("registry"), false);
+    let cfg = reg.taba_config(None);
+    let dev = Dev::start_with(&["--registry-config", cfg.to_str().unwrap()]);
+    let w = World {
+        reg,
+        dev,
+        _tmp: tmp,
+    };
+    let tar = busybox_tar();
+    w.reg
+        .push(&format!("docker-archive:{}", tar.display()), "test/plain:1");
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let out = pull(&w, &format!("{}/test/plain:1", w.reg.host));
+    assert!(out.status.success(), "{}", text(&out));
+    // The same registry under a name not marked insecure is reached over HTTPS: refused.
+    let port = w.reg.host.rsplit(':').next().unwrap();
+    let other = format!("127.0.0.1:{port}");
+    let out = pull(&w, &format!("{other}/test/plain:1"));
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains(&format!("registry {other}")), "{t}");
+    assert!(
+        !t.contains("refused access"),
+        "a TLS failure, not a refusal: {t}"
+    );
+}
