@@ -195,10 +195,16 @@ fn root_attack_host_cgroups() {
         attack(&["open", target, "w"]),
         (Some(1), "err EROFS".into())
     );
+    // v1: one of its hierarchies; v2: the one cgroup2 mount.
+    let own_procs = if cgroup_v2() {
+        "/sys/fs/cgroup/cgroup.procs"
+    } else {
+        "/sys/fs/cgroup/devices/cgroup.procs"
+    };
     assert_eq!(
-        attack(&["read", "/sys/fs/cgroup/devices/cgroup.procs"]),
+        attack(&["read", own_procs]),
         (Some(0), "ok 1".into()),
-        "only the container's own process in its devices cgroup"
+        "only the container's own process in its own cgroup ({own_procs})"
     );
     let host_net = attack_with(
         &["open", target, "w"],

@@ -128,9 +128,14 @@ fn body(kind: BodyKind) -> (Option<&'static str>, Vec<u8>) {
 
 #[test]
 fn every_route_refuses_missing_revoked_expired_and_foreign_tokens() {
+    // The image routes' sample reference, busybox:latest, is imported for real.
+    require_root("image import chowns");
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path(), Duration::from_secs(30));
     let c = srv.client();
+    let tar = dir.path().join("busybox-oci.tar");
+    busybox_oci_tar(&tar);
+    c.import_image(&tar).unwrap();
     for ns in ["team-a", "team-b"] {
         c.apply_namespace(&Namespace {
             name: ns.into(),

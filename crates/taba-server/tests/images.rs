@@ -19,15 +19,7 @@ fn sha256(bytes: &[u8]) -> String {
 
 #[test]
 fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
-    assert_eq!(
-        std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap(),
-        "0",
-        "this test needs root (image import chowns); run it as root"
-    );
+    require_root("image import chowns");
     let dir = tempfile::tempdir().unwrap();
     let srv = TestServer::start(dir.path(), Duration::from_secs(10));
     let user = srv.client();

@@ -412,6 +412,16 @@ count = {count}
     )
 }
 
+/// Fails the test unless it runs as root (`why` says what needs it).
+pub fn require_root(why: &str) {
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .expect("run id -u");
+    assert_eq!(uid, "0", "this test needs root ({why}); run it as root");
+}
+
 /// Builds the busybox image as an OCI-layout tar (gzip layer) at `out` with the project's
 /// script (needs Debian's busybox-static, which `scripts/setup.sh` installs).
 pub fn busybox_oci_tar(out: &Path) {
