@@ -130,11 +130,10 @@ ensure_kernel() {
   echo "$dir"
 }
 
-# The guest's /init: modules, the host root over 9p under a tmpfs overlay,
-# fresh kernel filesystems with only cgroup2 (and tmpfs on /tmp, /var/tmp,
-# /run, /dev/shm), then CMD in a chroot.
-write_init() {
-  local mods=()
+# The start of a guest's /init, shared with scripts/vm-guest.sh: busybox,
+# the kernel filesystems, then MODULES loaded in order ($1 tags messages).
+init_preamble() {
+  local mods=() m
   for m in "${MODULES[@]}"; do mods+=("${m##*/}"); done
   cat <<EOF
 #!/bin/busybox sh
@@ -143,7 +142,16 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in ${mods[*]}; do insmod /modules/\$m.ko || echo "guest-init: insmod \$m failed"; done
+for m in ${mods[*]}; do insmod /modules/\$m.ko || echo "$1: insmod \$m failed"; done
+EOF
+}
+
+# The guest's /init: modules, the host root over 9p under a tmpfs overlay,
+# fresh kernel filesystems with only cgroup2 (and tmpfs on /tmp, /var/tmp,
+# /run, /dev/shm), then CMD in a chroot.
+write_init() {
+  init_preamble guest-init
+  cat <<EOF
 mkdir -p /host /io /rw /root
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288 hostroot /host || poweroff -f
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 io /io || poweroff -f

@@ -51,16 +51,8 @@ MODULES=(
 )
 
 write_vm_init() {
-  local mods=()
-  for m in "${MODULES[@]}"; do mods+=("${m##*/}"); done
+  init_preamble taba-guest
   cat <<EOF
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-for m in ${mods[*]}; do insmod /modules/\$m.ko || echo "taba-guest: insmod \$m failed"; done
 hostname taba-guest
 echo "taba-guest: init ok"
 echo "taba-guest: boot \$(cat /proc/sys/kernel/random/boot_id)"
