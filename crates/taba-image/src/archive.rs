@@ -250,7 +250,7 @@ pub(crate) fn reader_digest(mut r: impl Read, name: &str) -> Result<String, Imag
 }
 
 /// `sha256:<hex>` of some bytes.
-pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
+pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
 }
 

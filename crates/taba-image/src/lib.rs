@@ -52,12 +52,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
+pub use archive::sha256_digest;
 pub use blobs::{parse_digest, BlobWriter, MAX_BLOB_BYTES};
 pub use error::ImageError;
 pub use fetch::Fetch;
 pub use limits::ImageLimits;
 
-use archive::{sha256_digest, OuterArchive, RunConfig};
+use archive::{OuterArchive, RunConfig};
 use error::io_ctx;
 use mount::Lease;
 use reference::Lookup;

@@ -27,7 +27,6 @@ use oci_client::manifest::{
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
-use sha2::{Digest, Sha256};
 use taba_image::{BlobWriter, Fetch, ImageError, ImageStore, ImageSummary};
 use taba_types::api::{LayerStatus, PullEvent};
 use taba_types::wire::{BlobDescriptor, ImageManifest, LayerDescriptor, PROTOCOL};
@@ -111,16 +110,6 @@ fn pem_certs(path: &std::path::Path) -> Result<Vec<Certificate>, std::io::Error>
         rest = &rest[start + end + END.len()..];
     }
     Ok(out)
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    let mut s = String::with_capacity(71);
-    s.push_str("sha256:");
-    for b in d {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
 }
 
 async fn blocking<T: Send + 'static>(
@@ -351,7 +340,7 @@ impl Registries {
             }
             .into());
         }
-        let actual = sha256(&bytes);
+        let actual = taba_image::sha256_digest(&bytes);
         if actual != desc.digest {
             return Err(ImageError::DigestMismatch {
                 expected: desc.digest.clone(),
