@@ -9,7 +9,8 @@
 //! <= 100 ms idle.
 //!
 //! Run: `cargo bench -p taba --bench vm_migration` (root; scripts/setup.sh
-//! first). BENCHMARKS.md has the results.
+//! first); `TABA_BENCH_RUNS=N` for N runs per row (default 3).
+//! BENCHMARKS.md has the results.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -25,7 +26,7 @@ use taba_driver::vm::{qemu, qmp};
 use taba_driver::Driver;
 use taba_types::vm::{VmAccel, VmMachine, VmNetwork};
 
-const RUNS: usize = 3;
+const DEFAULT_RUNS: usize = 3;
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -36,6 +37,11 @@ struct Sample {
 
 fn main() {
     require_root();
+    let runs = std::env::var("TABA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_RUNS);
     let mut rows = Vec::new();
     for (mib, cmdline, what) in [
         (256, "", "256 MiB idle"),
@@ -45,7 +51,7 @@ fn main() {
     ] {
         let mut direct = Vec::new();
         let mut driver = Vec::new();
-        for run in 0..RUNS {
+        for run in 0..runs {
             direct.push(direct_run(mib, cmdline));
             driver.push(driver_run(mib, cmdline));
             eprintln!(
