@@ -33,6 +33,7 @@
 mod archive;
 mod blobs;
 mod error;
+mod export;
 mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -55,6 +56,7 @@ use serde::{Deserialize, Serialize};
 pub use archive::sha256_digest;
 pub use blobs::{parse_digest, BlobWriter, MAX_BLOB_BYTES};
 pub use error::ImageError;
+pub use export::{ImageExport, SaveFormat, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST};
 pub use fetch::Fetch;
 pub use limits::ImageLimits;
 

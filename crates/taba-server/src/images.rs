@@ -148,10 +148,11 @@ pub fn registry_error(e: &taba_registry::RegistryError) -> ApiError {
     let msg = taba_types::error_chain(e);
     match e {
         E::InvalidReference { .. } => ApiError::bad("reference", msg),
-        E::Unauthorized { .. } | E::NoPlatform { .. } | E::Unsupported { .. } => {
-            ApiError::invalid("reference", msg)
-        }
-        E::NotFound { .. } => ApiError::NotFound(msg),
+        E::Unauthorized { .. }
+        | E::PushDenied { .. }
+        | E::NoPlatform { .. }
+        | E::Unsupported { .. } => ApiError::invalid("reference", msg),
+        E::NotFound { .. } | E::Image(ImageError::NotFound(_)) => ApiError::NotFound(msg),
         E::Registry { .. } | E::Download { .. } => ApiError::Registry(msg),
         E::Image(ImageError::Io { .. }) | E::Settings(_) => ApiError::Internal(msg),
         E::Image(_) => ApiError::Registry(msg),

@@ -513,6 +513,28 @@ pub struct PullRequest {
     pub reference: String,
 }
 
+/// Body of `POST /v1/registry/push`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// Where to push: `host[:port]/repo[:tag]`.
+    pub reference: String,
+    /// The stored image to push (reference or id); default: `reference` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Body of `POST /v1/images/save`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveRequest {
+    /// The stored image (reference or id).
+    pub reference: String,
+    /// `oci-archive` (default) or `docker-archive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
 /// One line of the reply of `POST /v1/registry/pull` (newline-delimited JSON): what the pull
 /// is doing, then `done` or `error`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -549,7 +571,20 @@ pub enum PullEvent {
         /// Bytes downloaded.
         bytes: u64,
     },
-    /// The pull failed (after the reply began; earlier failures are HTTP errors).
+    /// A push is complete: the manifest is in the registry.
+    Pushed {
+        /// The target, normalised.
+        reference: String,
+        /// Digest of the manifest pushed.
+        digest: String,
+        /// Blobs uploaded.
+        uploaded: usize,
+        /// Blobs the registry had already (or mounted).
+        skipped: usize,
+        /// Bytes uploaded.
+        bytes: u64,
+    },
+    /// The pull (or push) failed (after the reply began; earlier failures are HTTP errors).
     Error {
         /// Why, with the registry's reason.
         message: String,
@@ -566,6 +601,14 @@ pub enum LayerStatus {
     Downloading,
     /// Downloaded and verified (digest and size).
     Downloaded,
+    /// Push: the registry's repository has it; not sent.
+    Exists,
+    /// Push: mounted from another repository of the registry; not sent.
+    Mounted,
+    /// Push: upload started.
+    Uploading,
+    /// Push: uploaded.
+    Uploaded,
 }
 
 /// Body of `PUT /v1/images/{reference}`: name the image `source` names `reference` too.

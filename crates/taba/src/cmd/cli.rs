@@ -10,7 +10,9 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use taba_client::api::{b64, AllocListEntry, JobStatusResponse, NamespaceStatus};
+use taba_client::api::{
+    b64, AllocListEntry, JobStatusResponse, LayerStatus, NamespaceStatus, PullEvent,
+};
 use taba_client::Client;
 use taba_types::parse::{parse_job_toml, JobParseError};
 use taba_types::{
@@ -204,6 +206,30 @@ pub enum ImageCommand {
     Pull {
         /// The reference.
         reference: String,
+    },
+    /// Push an image of the server's store to a registry, with the digests it was
+    /// imported or pulled with (blobs the registry has are not sent again).
+    Push {
+        /// Where to push: `host[:port]/repo[:tag]`.
+        reference: String,
+        /// The stored image to push (reference or id); default: REFERENCE itself.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Write an image of the server's store to a tar file: an OCI image layout
+    /// (`oci-archive`) or what `docker save` writes (`docker-archive`).
+    Save {
+        /// Reference or id.
+        reference: String,
+        /// The file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// `oci-archive` or `docker-archive`.
+        #[arg(long, default_value = "oci-archive")]
+        format: String,
+        /// Replace OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Give the server credentials for a registry (checked with the registry first).
     Login {
@@ -1068,6 +1094,13 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ImageCommand::Pull { reference } => image_pull(g, &api, &reference),
+        ImageCommand::Push { reference, from } => image_push(g, &api, &reference, from.as_deref()),
+        ImageCommand::Save {
+            reference,
+            output,
+            format,
+            force,
+        } => image_save(g, &api, &reference, &output, &format, force),
         ImageCommand::Login {
             registry,
             username,
@@ -1163,44 +1196,10 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
 
 /// `taba image pull`: one line per layer as the server reports it.
 fn image_pull(g: &GlobalArgs, api: &Client, reference: &str) -> anyhow::Result<ExitCode> {
-    use taba_client::api::{LayerStatus, PullEvent};
     let quiet = g.json;
     let last = api.pull_image(reference, |e| {
-        if quiet {
-            return;
-        }
-        match e {
-            PullEvent::Resolved {
-                reference,
-                digest,
-                platform,
-                layers,
-                needed,
-                ..
-            } => {
-                let platform = platform
-                    .as_deref()
-                    .map(|p| format!(", {p}"))
-                    .unwrap_or_default();
-                println!("Pulling {reference} ({digest}{platform}): {layers} layers, {needed} blobs to download");
-            }
-            PullEvent::Layer {
-                digest,
-                size,
-                status,
-            } => {
-                let what = match status {
-                    LayerStatus::Present => "already present",
-                    LayerStatus::Downloading => "downloading",
-                    LayerStatus::Downloaded => "downloaded, verified",
-                };
-                println!(
-                    "  {} {:>10} {what}",
-                    short_image(digest),
-                    taba_types::ByteSize(*size).to_string()
-                );
-            }
-            PullEvent::Done { .. } | PullEvent::Error { .. } => {}
+        if !quiet {
+            print_progress(e, "Pulling");
         }
     })?;
     if g.json {
@@ -1221,6 +1220,136 @@ fn image_pull(g: &GlobalArgs, api: &Client, reference: &str) -> anyhow::Result<E
         PullEvent::Error { message } => anyhow::bail!("pull of {reference} failed: {message}"),
         other => anyhow::bail!("unexpected end of the pull: {other:?}"),
     }
+}
+
+/// One line per progress event of a pull or push.
+fn print_progress(e: &PullEvent, verb: &str) {
+    match e {
+        PullEvent::Resolved {
+            reference,
+            digest,
+            platform,
+            layers,
+            needed,
+            ..
+        } => {
+            let platform = platform
+                .as_deref()
+                .map(|p| format!(", {p}"))
+                .unwrap_or_default();
+            if verb == "Pulling" {
+                println!("{verb} {reference} ({digest}{platform}): {layers} layers, {needed} blobs to download");
+            } else {
+                println!("{verb} {reference} ({digest}): {layers} layers");
+            }
+        }
+        PullEvent::Layer {
+            digest,
+            size,
+            status,
+        } => {
+            let what = match status {
+                LayerStatus::Present => "already present",
+                LayerStatus::Downloading => "downloading",
+                LayerStatus::Downloaded => "downloaded, verified",
+                LayerStatus::Exists => "already in the registry",
+                LayerStatus::Mounted => "mounted from another repository",
+                LayerStatus::Uploading => "uploading",
+                LayerStatus::Uploaded => "uploaded",
+            };
+            println!(
+                "  {} {:>10} {what}",
+                short_image(digest),
+                taba_types::ByteSize(*size).to_string()
+            );
+        }
+        PullEvent::Done { .. } | PullEvent::Pushed { .. } | PullEvent::Error { .. } => {}
+    }
+}
+
+/// `taba image push`: one line per blob as the server reports it.
+fn image_push(
+    g: &GlobalArgs,
+    api: &Client,
+    reference: &str,
+    from: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let quiet = g.json;
+    let last = api.push_image(reference, from, |e| {
+        if !quiet {
+            print_progress(e, "Pushing");
+        }
+    })?;
+    if g.json {
+        print_json(&last)?;
+    }
+    match last {
+        PullEvent::Pushed {
+            reference,
+            digest,
+            uploaded,
+            skipped,
+            bytes,
+        } => {
+            if !g.json {
+                println!(
+                    "Pushed {reference}@{digest} ({uploaded} blobs uploaded, {}; {skipped} already there)",
+                    taba_types::ByteSize(bytes)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PullEvent::Error { message } => anyhow::bail!("push to {reference} failed: {message}"),
+        other => anyhow::bail!("unexpected end of the push: {other:?}"),
+    }
+}
+
+/// `taba image save`: the tar goes to a temporary file next to OUTPUT, renamed when
+/// complete; an existing OUTPUT is kept unless `--force`.
+fn image_save(
+    g: &GlobalArgs,
+    api: &Client,
+    reference: &str,
+    output: &std::path::Path,
+    format: &str,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    if let Err(e) = format.parse::<taba_image::SaveFormat>() {
+        anyhow::bail!("--format: {e}");
+    }
+    if output.exists() && !force {
+        anyhow::bail!("{} exists; give --force to replace it", output.display());
+    }
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".taba-save-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let n = {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        let n = api.save_image(reference, format, &mut w)?;
+        std::io::Write::flush(&mut w).context("write the archive")?;
+        n
+    };
+    tmp.as_file().sync_all().context("sync the archive")?;
+    let persist = if force {
+        tmp.persist(output).map(|_| ())
+    } else {
+        tmp.persist_noclobber(output).map(|_| ())
+    };
+    persist.map_err(|e| anyhow::anyhow!("cannot write {}: {}", output.display(), e.error))?;
+    if g.json {
+        return print_json(&serde_json::json!({"file": output, "bytes": n, "format": format}));
+    }
+    println!(
+        "Saved {reference} to {} ({format}, {})",
+        output.display(),
+        taba_types::ByteSize(n)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn short_image(id: &str) -> String {
