@@ -672,8 +672,13 @@ impl Client {
 
     // ---- images ----
 
-    /// `POST /v1/images`: import a `docker save` or OCI-layout tar.
+    /// `POST /v1/images`: import a `docker save` or OCI-layout tar; the first image it held.
     pub fn import_image(&self, tar: &std::path::Path) -> Result<ImageInfo, ClientError> {
+        self.import_images(tar).map(|r| r.image)
+    }
+
+    /// `POST /v1/images`: import every image of a `docker save` or OCI-layout tar.
+    pub fn import_images(&self, tar: &std::path::Path) -> Result<ImportResponse, ClientError> {
         let file = std::fs::File::open(tar).map_err(|e| ClientError::Input {
             what: tar.display().to_string(),
             source: e,

@@ -493,6 +493,17 @@ pub struct ImageInfo {
     pub created: Option<String>,
 }
 
+/// Reply of `POST /v1/images`: the archive's first image (the fields of [`ImageInfo`], as
+/// before archives could hold several) and every image it held, in its order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResponse {
+    /// The first image.
+    #[serde(flatten)]
+    pub image: ImageInfo,
+    /// Every image imported.
+    pub images: Vec<ImageInfo>,
+}
+
 /// `GET /v1/images/{ref}`: an image and how it runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImageDetail {

@@ -901,3 +901,63 @@ fn root_a_push_without_the_right_names_registry_and_repository() {
         text(&out)
     );
 }
+
+/// Bearer-token auth: the registry (`auth: token`) sends taba to a token service that signs
+/// JWTs the registry verifies (tests/common/token.rs). taba logs in, pulls, pushes where the
+/// token grants push, and is refused, naming registry and repository, where it does not.
+#[test]
+fn root_bearer_token_auth_pull_and_push_through_the_challenge() {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-registry-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let token = common::token::TokenServer::start(&tmp.path().join("token"), "alice", "s3cret-pw");
+    let reg = Registry::start_token(&tmp.path().join("registry"), &token);
+    let cfg = reg.taba_config(None);
+    let dev = Dev::start_with(&["--registry-config", cfg.to_str().unwrap()]);
+    let w = World {
+        reg,
+        dev,
+        _tmp: tmp,
+    };
+    let tar = busybox_tar();
+    let digest = w.reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "alice/busybox:1",
+    );
+
+    // Anonymous: the token grants nothing, the registry refuses.
+    let src = format!("{}/alice/busybox:1", w.reg.host);
+    let out = pull(&w, &src);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("refused access"), "{}", text(&out));
+    // A wrong password: the token service refuses it at login.
+    let out = login(&w, &w.reg.host, "not-the-password");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!token.requests_from("taba/").is_empty(), "taba asked the token service");
+
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let out = pull(&w, &src);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = push(&w, &format!("{}/alice/copy:1", w.reg.host), &src);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(w.reg.inspect("alice/copy:1").0, digest);
+    let granted = token.requests_from("taba/");
+    assert!(
+        granted
+            .iter()
+            .any(|l| l.contains("repository:alice/copy:pull,push") && l.contains("\"push\"")),
+        "{granted:?}"
+    );
+
+    // No push right on team/app: the token says so, the registry refuses, the error names
+    // registry and repository.
+    let out = push(&w, &format!("{}/team/app:1", w.reg.host), &src);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("registry {}", w.reg.host)) && t.contains("repository team/app"),
+        "{t}"
+    );
+}

@@ -669,7 +669,7 @@ pub fn sweep_uploads(data_dir: &std::path::Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
-pub async fn import_image(State(app): State<AppState>, body: Body) -> R<ImageInfo> {
+pub async fn import_image(State(app): State<AppState>, body: Body) -> R<ImportResponse> {
     let dir = uploads_dir(&app.state.config.data_dir);
     let max = app.state.config.limits.max_image_upload;
     tokio::fs::create_dir_all(&dir)

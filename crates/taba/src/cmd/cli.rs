@@ -1086,11 +1086,13 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
     let api = client(g)?;
     match c {
         ImageCommand::Import { file } => {
-            let i = api.import_image(&file)?;
+            let r = api.import_images(&file)?;
             if g.json {
-                return print_json(&i);
+                return print_json(&r);
             }
-            println!("Imported {} as {}", short_image(&i.id), i.refs.join(", "));
+            for i in &r.images {
+                println!("Imported {} as {}", short_image(&i.id), i.refs.join(", "));
+            }
             Ok(ExitCode::SUCCESS)
         }
         ImageCommand::Pull { reference } => image_pull(g, &api, &reference),

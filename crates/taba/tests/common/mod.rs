@@ -13,6 +13,7 @@ pub mod guest;
 pub mod ha;
 pub mod images;
 pub mod registry;
+pub mod token;
 pub mod vm;
 
 use std::io::{BufRead, BufReader};

@@ -62,6 +62,8 @@ pub struct Registry {
     pub password: &'static str,
     /// Serves HTTPS (else plain HTTP: `insecure` for taba).
     pub tls: bool,
+    /// `auth: token` with this service (else htpasswd).
+    pub token: Option<(String, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -73,6 +75,20 @@ impl Registry {
 
     /// [`Registry::start`], over TLS or plain HTTP.
     pub fn start_with(dir: &Path, tls_on: bool) -> Registry {
+        Registry::start_auth(dir, tls_on, None)
+    }
+
+    /// A registry over TLS whose auth is bearer tokens from `token` (realm URL, root
+    /// certificate of the token signer): see [`super::token::TokenServer`].
+    pub fn start_token(dir: &Path, token: &super::token::TokenServer) -> Registry {
+        Registry::start_auth(
+            dir,
+            true,
+            Some((token.realm.clone(), token.root_cert.clone())),
+        )
+    }
+
+    fn start_auth(dir: &Path, tls_on: bool, token: Option<(String, PathBuf)>) -> Registry {
         need("docker-registry");
         need("skopeo");
         need("htpasswd");
@@ -98,6 +114,7 @@ impl Registry {
             user,
             password,
             tls: tls_on,
+            token,
             child: None,
         };
         for _attempt in 0..5 {
@@ -122,6 +139,27 @@ impl Registry {
         } else {
             String::new()
         };
+        let auth = match &self.token {
+            Some((realm, root)) => format!(
+                "auth:
+  token:
+    realm: {realm}
+    service: {}
+    issuer: {}
+    rootcertbundle: {}
+",
+                super::token::SERVICE,
+                super::token::ISSUER,
+                root.display()
+            ),
+            None => format!(
+                "auth:
+  htpasswd:
+    realm: taba-test
+    path: {d}/htpasswd
+"
+            ),
+        };
         let config = format!(
             "version: 0.1
 log:
@@ -135,11 +173,7 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:{port}
-{tls}auth:
-  htpasswd:
-    realm: taba-test
-    path: {d}/htpasswd
-"
+{tls}{auth}"
         );
         std::fs::write(self.dir.join("config.yml"), config).unwrap();
     }
