@@ -961,3 +961,58 @@ fn root_bearer_token_auth_pull_and_push_through_the_challenge() {
         "{t}"
     );
 }
+
+/// `podman save -m` of two images (a docker archive listing both) imports both, each under
+/// its names, with the ids podman gives them.
+#[test]
+fn root_a_podman_multi_image_archive_imports_every_image() {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-multi-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let tag = format!("taba-multi-{}", std::process::id());
+    let a = common::images::compat_image(tmp.path(), &format!("{tag}-a"), serde_json::json!({"Cmd": ["sh"]}));
+    let b = common::images::docker_save(
+        tmp.path(),
+        &format!("{tag}-b"),
+        &[common::images::busybox_layer()],
+        serde_json::json!({"Env": ["B=1"]}),
+    );
+    let podman = |args: &[&str]| {
+        let out = std::process::Command::new("podman").args(args).output().unwrap();
+        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let names = [format!("localhost/{tag}-a:latest"), format!("localhost/{tag}-b:latest")];
+    for f in [&a, &b] {
+        podman(&["load", "-q", "-i", f.to_str().unwrap()]);
+    }
+    let multi = tmp.path().join("multi.tar");
+    let saved = std::process::Command::new("podman")
+        .args(["save", "-m", "--format", "docker-archive", "-o", multi.to_str().unwrap()])
+        .args(&names)
+        .output()
+        .unwrap();
+    let ids: Vec<String> = names
+        .iter()
+        .map(|n| format!("sha256:{}", podman(&["image", "inspect", "--format", "{{.Id}}", n])))
+        .collect();
+    for n in &names {
+        let _ = std::process::Command::new("podman").args(["rmi", "-f", n]).output();
+    }
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+
+    let dev = Dev::start();
+    let out = dev.cli(&["image", "import", multi.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list = dev.client.list_images().unwrap();
+    for (n, id) in names.iter().zip(&ids) {
+        let short = n.trim_start_matches("localhost/");
+        let found = list
+            .iter()
+            .find(|i| i.refs.iter().any(|r| r == n || r == short))
+            .unwrap_or_else(|| panic!("{n} not imported: {list:?}"));
+        assert_eq!(&found.id, id, "{n}");
+    }
+}
