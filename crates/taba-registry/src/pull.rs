@@ -38,6 +38,8 @@ use crate::{auth, RegistryConfig, RegistryError};
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// The largest image config read.
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Bytes between two progress events of one layer.
+const PROGRESS_STEP: u64 = 1 << 20;
 /// Where Debian keeps the system's CA certificates.
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 const ACCEPT: &[&str] = &[
@@ -537,9 +539,18 @@ impl Registries {
             Ok(n)
         });
         let mut net = Ok(());
+        let (mut done, mut told) = (0u64, 0u64);
         loop {
             match self.next_chunk(s, &blob.digest, &mut stream).await {
                 Ok(Some(chunk)) => {
+                    done += chunk.len() as u64;
+                    if done - told >= PROGRESS_STEP {
+                        told = done;
+                        progress(PullEvent::Progress {
+                            digest: blob.digest.clone(),
+                            done,
+                        });
+                    }
                     if tx.send(chunk).await.is_err() {
                         break; // the writer refused (too long): its error says why
                     }

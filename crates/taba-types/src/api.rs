@@ -582,6 +582,13 @@ pub enum PullEvent {
         /// Bytes downloaded.
         bytes: u64,
     },
+    /// Bytes of a layer downloaded so far (at most one event per MiB per layer).
+    Progress {
+        /// The layer blob.
+        digest: String,
+        /// Bytes so far.
+        done: u64,
+    },
     /// A push is complete: the manifest is in the registry.
     Pushed {
         /// The target, normalised.

@@ -625,7 +625,14 @@ fn root_push_gives_the_registry_the_pulled_digests_and_sends_nothing_twice() {
     let (_, original) = w.reg.inspect("test/busybox:1.0");
     assert!(login(&w, &w.reg.host, w.reg.password).status.success());
     let src = format!("{}/test/busybox:1.0", w.reg.host);
-    assert!(pull(&w, &src).status.success());
+    // On a terminal: a progress bar per layer (indicatif), not lines.
+    let out = w.dev.cli_on_terminal(&["image", "pull", &src]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("[==============================]") && t.contains("downloaded, verified"),
+        "{t}"
+    );
 
     // To another repository of the same registry: every blob mounted, none uploaded; the
     // manifest is the one pulled, byte for byte.

@@ -1198,10 +1198,10 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
 
 /// `taba image pull`: one line per layer as the server reports it.
 fn image_pull(g: &GlobalArgs, api: &Client, reference: &str) -> anyhow::Result<ExitCode> {
-    let quiet = g.json;
+    let mut view = (!g.json).then(|| ProgressView::new("Pulling"));
     let last = api.pull_image(reference, |e| {
-        if !quiet {
-            print_progress(e, "Pulling");
+        if let Some(v) = view.as_mut() {
+            v.show(e);
         }
     })?;
     if g.json {
@@ -1224,48 +1224,116 @@ fn image_pull(g: &GlobalArgs, api: &Client, reference: &str) -> anyhow::Result<E
     }
 }
 
-/// One line per progress event of a pull or push.
-fn print_progress(e: &PullEvent, verb: &str) {
-    match e {
-        PullEvent::Resolved {
-            reference,
-            digest,
-            platform,
-            layers,
-            needed,
-            ..
-        } => {
-            let platform = platform
-                .as_deref()
-                .map(|p| format!(", {p}"))
-                .unwrap_or_default();
-            if verb == "Pulling" {
-                println!("{verb} {reference} ({digest}{platform}): {layers} layers, {needed} blobs to download");
-            } else {
-                println!("{verb} {reference} ({digest}): {layers} layers");
+/// How a pull or push shows its progress: a bar per layer on a terminal (`indicatif`),
+/// one line per layer event otherwise.
+struct ProgressView {
+    verb: &'static str,
+    bars: Option<(indicatif::MultiProgress, std::collections::HashMap<String, indicatif::ProgressBar>)>,
+}
+
+impl ProgressView {
+    fn new(verb: &'static str) -> ProgressView {
+        let bars = std::io::stdout()
+            .is_terminal()
+            .then(|| (indicatif::MultiProgress::new(), std::collections::HashMap::new()));
+        ProgressView { verb, bars }
+    }
+
+    fn status_text(status: LayerStatus) -> &'static str {
+        match status {
+            LayerStatus::Present => "already present",
+            LayerStatus::Downloading => "downloading",
+            LayerStatus::Downloaded => "downloaded, verified",
+            LayerStatus::Exists => "already in the registry",
+            LayerStatus::Mounted => "mounted from another repository",
+            LayerStatus::Uploading => "uploading",
+            LayerStatus::Uploaded => "uploaded",
+        }
+    }
+
+    fn bar(&mut self, digest: &str, size: u64) -> Option<indicatif::ProgressBar> {
+        let (multi, bars) = self.bars.as_mut()?;
+        Some(
+            bars.entry(digest.to_string())
+                .or_insert_with(|| {
+                    let b = multi.add(indicatif::ProgressBar::new(size));
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "  {prefix} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
+                        )
+                        .expect("a valid template")
+                        .progress_chars("=> "),
+                    );
+                    b.set_prefix(short_image(digest));
+                    b
+                })
+                .clone(),
+        )
+    }
+
+    fn show(&mut self, e: &PullEvent) {
+        match e {
+            PullEvent::Resolved {
+                reference,
+                digest,
+                platform,
+                layers,
+                needed,
+                ..
+            } => {
+                let platform = platform
+                    .as_deref()
+                    .map(|p| format!(", {p}"))
+                    .unwrap_or_default();
+                let verb = self.verb;
+                let line = if verb == "Pulling" {
+                    format!("{verb} {reference} ({digest}{platform}): {layers} layers, {needed} blobs to download")
+                } else {
+                    format!("{verb} {reference} ({digest}): {layers} layers")
+                };
+                match &self.bars {
+                    Some((multi, _)) => {
+                        let _ = multi.println(line);
+                    }
+                    None => println!("{line}"),
+                }
+            }
+            PullEvent::Layer {
+                digest,
+                size,
+                status,
+            } => {
+                let what = Self::status_text(*status);
+                match self.bar(digest, *size) {
+                    Some(b) => match status {
+                        LayerStatus::Downloading | LayerStatus::Uploading => b.set_message(what),
+                        _ => {
+                            b.set_position(*size);
+                            b.finish_with_message(what);
+                        }
+                    },
+                    None => println!(
+                        "  {} {:>10} {what}",
+                        short_image(digest),
+                        taba_types::ByteSize(*size).to_string()
+                    ),
+                }
+            }
+            PullEvent::Progress { digest, done } => {
+                if let Some(b) = self.bars.as_ref().and_then(|(_, bars)| bars.get(digest)) {
+                    b.set_position(*done);
+                }
+            }
+            PullEvent::Done { .. } | PullEvent::Pushed { .. } | PullEvent::Error { .. } => {
+                if let Some((_, bars)) = &self.bars {
+                    for b in bars.values() {
+                        if !b.is_finished() {
+                            b.abandon();
+                        }
+                    }
+                }
             }
         }
-        PullEvent::Layer {
-            digest,
-            size,
-            status,
-        } => {
-            let what = match status {
-                LayerStatus::Present => "already present",
-                LayerStatus::Downloading => "downloading",
-                LayerStatus::Downloaded => "downloaded, verified",
-                LayerStatus::Exists => "already in the registry",
-                LayerStatus::Mounted => "mounted from another repository",
-                LayerStatus::Uploading => "uploading",
-                LayerStatus::Uploaded => "uploaded",
-            };
-            println!(
-                "  {} {:>10} {what}",
-                short_image(digest),
-                taba_types::ByteSize(*size).to_string()
-            );
-        }
-        PullEvent::Done { .. } | PullEvent::Pushed { .. } | PullEvent::Error { .. } => {}
     }
 }
 
@@ -1276,10 +1344,10 @@ fn image_push(
     reference: &str,
     from: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let quiet = g.json;
+    let mut view = (!g.json).then(|| ProgressView::new("Pushing"));
     let last = api.push_image(reference, from, |e| {
-        if !quiet {
-            print_progress(e, "Pushing");
+        if let Some(v) = view.as_mut() {
+            v.show(e);
         }
     })?;
     if g.json {
