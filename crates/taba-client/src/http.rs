@@ -447,6 +447,17 @@ impl Client {
         )
     }
 
+    /// `POST /v1/job-plan` with a TOML job file: what `job run` would do to its versions.
+    pub fn plan_job_toml(&self, toml: &[u8]) -> Result<JobPlanResponse, ClientError> {
+        Self::json(
+            self.finish(
+                self.req(Method::POST, "/v1/job-plan")
+                    .header("Content-Type", "application/toml")
+                    .body(toml.to_vec()),
+            )?,
+        )
+    }
+
     /// `POST /v1/jobs` with a JSON spec.
     pub fn register_job(&self, spec: &JobSpec) -> Result<RegisterJobResponse, ClientError> {
         self.send(Method::POST, "/v1/jobs", spec)

@@ -493,6 +493,47 @@ pub struct ImageInfo {
     pub created: Option<String>,
 }
 
+/// Reply of `POST /v1/job-plan`: what `job run` of the same job file would do to the job's
+/// versions, without doing it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPlanResponse {
+    /// Namespace.
+    pub namespace: String,
+    /// Job name.
+    pub job: String,
+    /// The version now current (`None`: no such job yet).
+    pub current_version: Option<u64>,
+    /// Whether `job run` would make a new version.
+    pub new_version: bool,
+    /// Why (or why not), one line each, with the field paths.
+    pub reasons: Vec<String>,
+    /// Each container image: what the version runs and what its tag resolves to now.
+    pub images: Vec<ImagePlan>,
+}
+
+/// One task image in a [`JobPlanResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePlan {
+    /// `group[i].task[j].image`.
+    pub field: String,
+    /// As the job file names it.
+    pub image: String,
+    /// What the current version records (pinned to a digest for registry images).
+    pub current: Option<String>,
+    /// What `job run` would record now (the store's pinned digest; for an image the store
+    /// lacks, the registry's, as `job run` pulls it).
+    pub planned: String,
+    /// The digest the tag resolves to in its registry now, when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// The registry's tag resolves to another digest than the current version's: a pull of
+    /// the image, then `job run`, makes a new version.
+    pub moved: bool,
+    /// Why the registry could not be asked, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
 /// Reply of `POST /v1/images`: the archive's first image (the fields of [`ImageInfo`], as
 /// before archives could hold several) and every image it held, in its order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -541,6 +541,11 @@ fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
     let r = format!("{}/test/app:1", w.reg.host);
     // `job run` pulls the absent image and pins it.
     let out = run_in(&w, "mover", &r, "echo one");
+    let file = w.dev.data.join("jobs/mover.toml");
+    // Nothing moved: `job plan` says so, exit code 0.
+    let plan = w.dev.cli(&["job", "plan", file.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    assert!(text(&plan).contains("no new version"), "{}", text(&plan));
     assert!(out.contains("one"), "{out}");
     let v0 = w.dev.client.job("mover").unwrap();
     assert_eq!(
@@ -556,7 +561,6 @@ fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
         .reg
         .push(&format!("oci:{}:v2", layout.dir.display()), "test/app:1");
     assert_ne!(d1, d2);
-    let file = w.dev.data.join("jobs/mover.toml");
     let rerun = || {
         let out = w
             .dev
@@ -564,7 +568,17 @@ fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
         assert!(out.status.success(), "{}", text(&out));
         w.dev.client.job("mover").unwrap()
     };
-    // Until the server's store moves the tag, the same file is the same version...
+    // `job plan` says the tag moved and what to do; until the server's store moves the tag,
+    // the same file is the same version...
+    let plan = w.dev.cli(&["job", "plan", file.to_str().unwrap()]);
+    let t = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains(&format!("now resolves to {d2}"))
+            && t.contains(&format!("runs {r}@{d1}"))
+            && t.contains("no new version"),
+        "{t}"
+    );
     assert_eq!(rerun().version, v0.version);
     // ... and after a pull it is a new version, pinned to the new digest.
     assert!(pull(&w, &r).status.success());
@@ -574,6 +588,8 @@ fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
         v1.spec.groups[0].tasks[0].image.as_deref(),
         Some(format!("{r}@{d2}").as_str())
     );
+    let plan = w.dev.cli(&["job", "plan", file.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", text(&plan));
 }
 
 #[test]

@@ -105,6 +105,7 @@ pub fn routes() -> Vec<Route> {
     vec![
         r("GET", "/v1/jobs", Scoped(Read), "List jobs (those in namespaces the token may read)", None, NS, "JobListEntry[]", get(h::list_jobs)),
         r("POST", "/v1/jobs", Scoped(Write), "Register a job (JSON JobSpec, or TOML with Content-Type application/toml); `host` is needed to name a user for an exec task", Job, &[], "RegisterJobResponse", post(h::register_job)),
+        r("POST", "/v1/job-plan", Scoped(Write), "What `job run` of a job (TOML or JSON, as for POST /v1/jobs) would do to its versions, without doing it: a changed spec, or an image tag that now resolves to another digest in its registry", Job, &[], "JobPlanResponse", post(h::plan_job)),
         r("GET", "/v1/jobs/{name}", InNs(Read), "The job's current version", None, NS, "Job", get(h::get_job)),
         r("DELETE", "/v1/jobs/{name}", InNs(Write), "Stop a job", None, NS, "EvalResponse", delete(h::stop_job)),
         r("GET", "/v1/jobs/{name}/status", InNs(Read), "Job status with allocations and placement failures", None, NS, "JobStatusResponse", get(h::job_status)),

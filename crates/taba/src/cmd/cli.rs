@@ -31,6 +31,12 @@ pub enum JobCommand {
         #[arg(long)]
         detach: bool,
     },
+    /// Say what `job run FILE` would do to the job's versions, without doing it: a changed
+    /// spec, or an image tag that now resolves to another digest than the running version's.
+    Plan {
+        /// The job file (TOML).
+        file: PathBuf,
+    },
     /// Status of one job, or of every job.
     Status {
         /// Job name.
@@ -368,6 +374,7 @@ pub fn job(g: &GlobalArgs, c: JobCommand) -> anyhow::Result<ExitCode> {
     let api = client(g)?;
     match c {
         JobCommand::Run { file, detach } => job_run(g, &api, &file, detach),
+        JobCommand::Plan { file } => job_plan(g, &api, &file),
         JobCommand::Status { job: None, .. } | JobCommand::List => {
             let jobs = api.list_jobs()?;
             if g.json {
@@ -517,6 +524,44 @@ fn local_parse_error(file: &std::path::Path, e: &JobParseError) -> String {
             .join("\n"),
         other => format!("{f}: {other}"),
     }
+}
+
+/// `taba job plan`: exit code 0 when `job run` would change nothing and no image tag moved,
+/// 1 on errors, 2 when it would make a new version or a tag moved in its registry (as
+/// `terraform plan -detailed-exitcode`).
+fn job_plan(g: &GlobalArgs, api: &Client, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if let Err(e) = parse_job_toml(&bytes) {
+        eprintln!("error: {}", local_parse_error(file, &e));
+        return Ok(ExitCode::from(1));
+    }
+    let plan = api.plan_job_toml(&bytes)?;
+    if g.json {
+        print_json(&plan)?;
+    } else {
+        let what = if plan.new_version {
+            match plan.current_version {
+                Some(v) => format!("a new version ({} -> {})", v, v + 1),
+                None => "version 1".to_string(),
+            }
+        } else {
+            "no new version".to_string()
+        };
+        println!("==> Job {:?}: job run would make {what}", plan.job);
+        for r in &plan.reasons {
+            println!("    {r}");
+        }
+        for im in &plan.images {
+            if let Some(n) = &im.note {
+                println!("    {}: {}: {n}", im.field, im.image);
+            }
+        }
+    }
+    Ok(if plan.new_version || plan.images.iter().any(|i| i.moved) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn job_run(
