@@ -823,7 +823,11 @@ fn merged(archives: Vec<Vec<(String, Vec<u8>)>>, list: &str) -> Vec<(String, Vec
         for (name, data) in members {
             if name == list {
                 let v: serde_json::Value = serde_json::from_slice(&data).unwrap();
-                let items = if list == "index.json" { v["manifests"].clone() } else { v };
+                let items = if list == "index.json" {
+                    v["manifests"].clone()
+                } else {
+                    v
+                };
                 entries.extend(items.as_array().unwrap().iter().cloned());
             } else if !out.iter().any(|(n, _)| *n == name) {
                 out.push((name, data));
@@ -863,10 +867,19 @@ fn root_archives_with_several_images_import_every_image() {
     for r in ["a:1", "b:1", "b:2"] {
         assert!(s.resolve(r).unwrap().is_some(), "{r}");
     }
-    assert_eq!(names(s.root(), "layers").len(), 2, "the shared layer is stored once");
+    assert_eq!(
+        names(s.root(), "layers").len(),
+        2,
+        "the shared layer is stored once"
+    );
 
     // An OCI layout with two manifests, one of them named twice.
-    let x = oci_members(&[base_layer()], Comp::Gzip, json!({"org.opencontainers.image.ref.name": "example.com/x:1"}), "X");
+    let x = oci_members(
+        &[base_layer()],
+        Comp::Gzip,
+        json!({"org.opencontainers.image.ref.name": "example.com/x:1"}),
+        "X",
+    );
     let mut x_again = x.clone();
     for (name, data) in x_again.iter_mut() {
         if name == "index.json" {
@@ -876,7 +889,12 @@ fn root_archives_with_several_images_import_every_image() {
             *data = serde_json::to_vec(&v).unwrap();
         }
     }
-    let y = oci_members(&[extra.clone()], Comp::Zstd, json!({"org.opencontainers.image.ref.name": "example.com/y:1"}), "Y");
+    let y = oci_members(
+        std::slice::from_ref(&extra),
+        Comp::Zstd,
+        json!({"org.opencontainers.image.ref.name": "example.com/y:1"}),
+        "Y",
+    );
     let tar = write(
         d.path(),
         "two-oci.tar",
@@ -886,18 +904,23 @@ fn root_archives_with_several_images_import_every_image() {
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].refs, vec!["example.com/x:1", "example.com/x:latest"]);
     assert_eq!(all[1].refs, vec!["example.com/y:1"]);
-    assert_eq!(s.import(&tar).unwrap().id, all[0].id, "import returns the first");
+    assert_eq!(
+        s.import(&tar).unwrap().id,
+        all[0].id,
+        "import returns the first"
+    );
 
     // The same caps as one image: more images than an archive may hold is refused before
     // anything is unpacked.
     let (d2, s2) = store();
     let one = docker_members(&[base_layer()], &["c:1"], "C");
     let manifest: serde_json::Value =
-        serde_json::from_slice(&one.iter().find(|(n, _)| n == "manifest.json").unwrap().1)
-            .unwrap();
+        serde_json::from_slice(&one.iter().find(|(n, _)| n == "manifest.json").unwrap().1).unwrap();
     let many: Vec<serde_json::Value> = (0..257).map(|_| manifest[0].clone()).collect();
-    let mut members: Vec<(String, Vec<u8>)> =
-        one.into_iter().filter(|(n, _)| n != "manifest.json").collect();
+    let mut members: Vec<(String, Vec<u8>)> = one
+        .into_iter()
+        .filter(|(n, _)| n != "manifest.json")
+        .collect();
     members.push(("manifest.json".into(), serde_json::to_vec(&many).unwrap()));
     let tar = write(d2.path(), "many.tar", &outer(&members));
     let e = s2.import_all(&tar).unwrap_err().to_string();

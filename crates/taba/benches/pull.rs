@@ -227,8 +227,7 @@ fn push_runs(
     for _ in 0..runs {
         empty(reg);
         taba.push(timed(
-            dev.cli_command(&["image", "push", r])
-                .stdout(Stdio::null()),
+            dev.cli_command(&["image", "push", r]).stdout(Stdio::null()),
         ));
         empty(reg);
         skopeo.push(timed(

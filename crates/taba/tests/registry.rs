@@ -958,7 +958,10 @@ fn root_bearer_token_auth_pull_and_push_through_the_challenge() {
     // A wrong password: the token service refuses it at login.
     let out = login(&w, &w.reg.host, "not-the-password");
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(!token.requests_from("taba/").is_empty(), "taba asked the token service");
+    assert!(
+        !token.requests_from("taba/").is_empty(),
+        "taba asked the token service"
+    );
 
     assert!(login(&w, &w.reg.host, w.reg.password).status.success());
     let out = pull(&w, &src);
@@ -995,7 +998,11 @@ fn root_a_podman_multi_image_archive_imports_every_image() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let tag = format!("taba-multi-{}", std::process::id());
-    let a = common::images::compat_image(tmp.path(), &format!("{tag}-a"), serde_json::json!({"Cmd": ["sh"]}));
+    let a = common::images::compat_image(
+        tmp.path(),
+        &format!("{tag}-a"),
+        serde_json::json!({"Cmd": ["sh"]}),
+    );
     let b = common::images::docker_save(
         tmp.path(),
         &format!("{tag}-b"),
@@ -1003,28 +1010,56 @@ fn root_a_podman_multi_image_archive_imports_every_image() {
         serde_json::json!({"Env": ["B=1"]}),
     );
     let podman = |args: &[&str]| {
-        let out = std::process::Command::new("podman").args(args).output().unwrap();
-        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("podman")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let names = [format!("localhost/{tag}-a:latest"), format!("localhost/{tag}-b:latest")];
+    let names = [
+        format!("localhost/{tag}-a:latest"),
+        format!("localhost/{tag}-b:latest"),
+    ];
     for f in [&a, &b] {
         podman(&["load", "-q", "-i", f.to_str().unwrap()]);
     }
     let multi = tmp.path().join("multi.tar");
     let saved = std::process::Command::new("podman")
-        .args(["save", "-m", "--format", "docker-archive", "-o", multi.to_str().unwrap()])
+        .args([
+            "save",
+            "-m",
+            "--format",
+            "docker-archive",
+            "-o",
+            multi.to_str().unwrap(),
+        ])
         .args(&names)
         .output()
         .unwrap();
     let ids: Vec<String> = names
         .iter()
-        .map(|n| format!("sha256:{}", podman(&["image", "inspect", "--format", "{{.Id}}", n])))
+        .map(|n| {
+            format!(
+                "sha256:{}",
+                podman(&["image", "inspect", "--format", "{{.Id}}", n])
+            )
+        })
         .collect();
     for n in &names {
-        let _ = std::process::Command::new("podman").args(["rmi", "-f", n]).output();
+        let _ = std::process::Command::new("podman")
+            .args(["rmi", "-f", n])
+            .output();
     }
-    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
 
     let dev = Dev::start();
     let out = dev.cli(&["image", "import", multi.to_str().unwrap()]);

@@ -238,7 +238,10 @@ pub async fn plan_job(
     let mut reasons = Vec::new();
     let new_version = match &current {
         None => {
-            reasons.push(format!("job {:?} does not run: version 1 would be made", spec.name));
+            reasons.push(format!(
+                "job {:?} does not run: version 1 would be made",
+                spec.name
+            ));
             true
         }
         Some(c) => {

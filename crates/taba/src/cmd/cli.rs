@@ -1268,14 +1268,20 @@ fn image_pull(g: &GlobalArgs, api: &Client, reference: &str) -> anyhow::Result<E
 /// one line per layer event otherwise.
 struct ProgressView {
     verb: &'static str,
-    bars: Option<(indicatif::MultiProgress, std::collections::HashMap<String, indicatif::ProgressBar>)>,
+    bars: Option<(
+        indicatif::MultiProgress,
+        std::collections::HashMap<String, indicatif::ProgressBar>,
+    )>,
 }
 
 impl ProgressView {
     fn new(verb: &'static str) -> ProgressView {
-        let bars = std::io::stdout()
-            .is_terminal()
-            .then(|| (indicatif::MultiProgress::new(), std::collections::HashMap::new()));
+        let bars = std::io::stdout().is_terminal().then(|| {
+            (
+                indicatif::MultiProgress::new(),
+                std::collections::HashMap::new(),
+            )
+        });
         ProgressView { verb, bars }
     }
 

@@ -197,7 +197,10 @@ impl Dev {
     /// what a user at a terminal sees, escape sequences included.
     pub fn cli_on_terminal(&self, args: &[&str]) -> std::process::Output {
         let line = std::iter::once(taba_bin().display().to_string())
-            .chain(args.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))))
+            .chain(
+                args.iter()
+                    .map(|a| format!("'{}'", a.replace('\'', "'\\''"))),
+            )
             .collect::<Vec<_>>()
             .join(" ");
         Command::new("script")

@@ -53,9 +53,8 @@ impl TokenServer {
         std::fs::create_dir_all(dir).unwrap();
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let key =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-                .unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
         let rc_key = rcgen::KeyPair::try_from(pkcs8.as_ref()).unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["taba-test-token".into()]).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -188,7 +187,11 @@ fn serve(c: TcpStream, signer: &Signer, log: &Mutex<Vec<String>>) {
                 Some((u, p)) if u == signer.user && p == signer.password => Some(u.to_string()),
                 _ => {
                     log.lock().unwrap().push(format!("{agent} refused"));
-                    respond(&c, "401 Unauthorized", r#"{"errors":[{"code":"UNAUTHORIZED","message":"wrong user name or password"}]}"#);
+                    respond(
+                        &c,
+                        "401 Unauthorized",
+                        r#"{"errors":[{"code":"UNAUTHORIZED","message":"wrong user name or password"}]}"#,
+                    );
                     return;
                 }
             }
@@ -218,7 +221,10 @@ fn serve(c: TcpStream, signer: &Signer, log: &Mutex<Vec<String>>) {
         scopes.join(" "),
         serde_json::to_string(&access).unwrap()
     ));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let header = serde_json::json!({
         "typ": "JWT", "alg": "ES256",
         "x5c": [base64::engine::general_purpose::STANDARD.encode(&signer.cert_der)],
