@@ -4,6 +4,7 @@ pub mod acl;
 pub mod agent;
 pub mod bench;
 pub mod bench_acl;
+pub mod bench_events;
 pub mod bench_scale;
 pub mod cli;
 mod daemon;
