@@ -120,10 +120,7 @@ impl NodeView {
         Self {
             status: n.status,
             eligibility: n.eligibility,
-            drain: n
-                .drain
-                .as_ref()
-                .and_then(|d| serde_json::to_value(d).ok()),
+            drain: n.drain.as_ref().and_then(|d| serde_json::to_value(d).ok()),
         }
     }
 }
@@ -448,7 +445,11 @@ impl EventBroker {
 
     /// Subscribes with `filter`, replaying the kept events after `index`
     /// (none: only what comes from now on).
-    pub fn subscribe(&self, filter: Filter, index: Option<u64>) -> Result<Subscription, EventError> {
+    pub fn subscribe(
+        &self,
+        filter: Filter,
+        index: Option<u64>,
+    ) -> Result<Subscription, EventError> {
         let mut inner = self.lock();
         if let Some(end) = &inner.closed {
             return Err(EventError::Closed(end.message.clone()));
@@ -532,7 +533,9 @@ mod tests {
     }
 
     fn eval_change(id: &str, ns: &str) -> Change {
-        let v = taba_store::encode(&serde_json::json!({"id": id, "namespace": ns, "status": "pending"}));
+        let v = taba_store::encode(
+            &serde_json::json!({"id": id, "namespace": ns, "status": "pending"}),
+        );
         Change::new(Table::Evals, id, Some(&v)).unwrap()
     }
 
@@ -584,7 +587,10 @@ mod tests {
         assert_eq!(got, vec![14, 15]);
         assert!(matches!(
             b.subscribe(all(None), Some(11)),
-            Err(EventError::TooOld { asked: 11, floor: 12 })
+            Err(EventError::TooOld {
+                asked: 11,
+                floor: 12
+            })
         ));
         // The load index itself is a valid start; commits at or below it are not news.
         let b = EventBroker::new(settings(3, 100), 10);
@@ -614,11 +620,9 @@ mod tests {
     #[test]
     fn filters_by_namespace_rights_and_topic() {
         let b = EventBroker::new(settings(100, 100), 0);
-        let policy = taba_types::acl::parse_policy_toml(
-            "a",
-            b"[namespace.a]\ncapabilities = [\"read\"]\n",
-        )
-        .unwrap();
+        let policy =
+            taba_types::acl::parse_policy_toml("a", b"[namespace.a]\ncapabilities = [\"read\"]\n")
+                .unwrap();
         let only_a = Filter {
             topics: [EventTopic::Evaluation].into_iter().collect(),
             namespace: None,
@@ -629,7 +633,11 @@ mod tests {
         b.publish(
             t,
             1,
-            vec![eval_change("x", "a"), eval_change("y", "b"), eval_change("z", "a")],
+            vec![
+                eval_change("x", "a"),
+                eval_change("y", "b"),
+                eval_change("z", "a"),
+            ],
         );
         let got: Vec<String> = std::iter::from_fn(|| sub.rx.try_recv().ok())
             .map(|e| e.namespace.clone().unwrap())

@@ -25,7 +25,9 @@ pub mod metrics;
 pub mod state;
 pub mod workers;
 
-pub use config::{AclSettings, EventSettings, InputLimits, RebalanceSettings, ServerConfig, ServerTls};
+pub use config::{
+    AclSettings, EventSettings, InputLimits, RebalanceSettings, ServerConfig, ServerTls,
+};
 pub use leader::{HaConfig, HaServerHandle};
 pub use state::{ServerState, StateError};
 

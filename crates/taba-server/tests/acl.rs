@@ -271,8 +271,10 @@ fn stream_prefix(client: &Client) -> taba_client::RawResponse {
         }) => taba_client::RawResponse {
             status,
             content_type: "application/json".into(),
-            body: serde_json::to_vec(&serde_json::json!({"error": {"message": message, "field": field}}))
-                .unwrap(),
+            body: serde_json::to_vec(
+                &serde_json::json!({"error": {"message": message, "field": field}}),
+            )
+            .unwrap(),
         },
         Err(e) => panic!("GET /v1/event/stream: {e}"),
     }

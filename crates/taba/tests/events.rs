@@ -175,8 +175,15 @@ fn events_filtered_by_acl_and_bad_queries_refused() {
     );
     let mine = follow_events(&reader, &[], None, None);
     let all = follow_events(admin, &[], None, None);
-    for (ns, name) in [("a", "first"), ("b", "secret"), ("b", "secret2"), ("a", "last")] {
-        admin.register_job_toml(job_in(ns, name).as_bytes()).unwrap();
+    for (ns, name) in [
+        ("a", "first"),
+        ("b", "secret"),
+        ("b", "secret2"),
+        ("a", "last"),
+    ] {
+        admin
+            .register_job_toml(job_in(ns, name).as_bytes())
+            .unwrap();
     }
     let is_last = |e: &StreamEvent| e.kind == "JobRegistered" && e.key == "a/last";
     // The management token sees b's jobs (so they did produce events) ...
@@ -209,7 +216,12 @@ fn events_filtered_by_acl_and_bad_queries_refused() {
         let r = admin
             .raw("GET", &format!("/v1/event/stream?{query}"), None, b"")
             .unwrap();
-        assert_eq!(r.status, 400, "{query}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            400,
+            "{query}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["error"]["field"], field, "{query}");
     }

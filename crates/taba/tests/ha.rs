@@ -347,7 +347,8 @@ fn root_ha_follower_streams_events_from_its_copy() {
         );
     }
     let last = |s: &[taba_client::api::StreamEvent]| {
-        s.iter().any(|e| e.kind == "JobRegistered" && e.key == "default/ev4")
+        s.iter()
+            .any(|e| e.kind == "JobRegistered" && e.key == "default/ev4")
     };
     let from_leader = common::events_until(&on_leader, Duration::from_secs(30), last);
     let from_follower = common::events_until(&on_follower, Duration::from_secs(30), last);

@@ -60,7 +60,10 @@ fn parse_query(uri: &Uri) -> Result<StreamQuery, ApiError> {
             }
             "index" => {
                 q.index = Some(v.parse::<u64>().map_err(|_| {
-                    ApiError::bad("index", format!("{v:?} is not an index (a whole number >= 0)"))
+                    ApiError::bad(
+                        "index",
+                        format!("{v:?} is not an index (a whole number >= 0)"),
+                    )
                 })?)
             }
             other => {
@@ -278,11 +281,17 @@ mod tests {
         assert_eq!(ok.topics.len(), 2);
         assert_eq!(ok.namespace.as_deref(), Some("a"));
         assert_eq!(ok.index, Some(7));
-        assert_eq!(field(q("topic=Deployment").unwrap_err()).as_deref(), Some("topic"));
+        assert_eq!(
+            field(q("topic=Deployment").unwrap_err()).as_deref(),
+            Some("topic")
+        );
         assert_eq!(field(q("topic=job").unwrap_err()).as_deref(), Some("topic"));
         assert_eq!(field(q("index=-1").unwrap_err()).as_deref(), Some("index"));
         assert_eq!(field(q("index=x").unwrap_err()).as_deref(), Some("index"));
-        assert_eq!(field(q("index=1&index=2").unwrap_err()).as_deref(), Some("index"));
+        assert_eq!(
+            field(q("index=1&index=2").unwrap_err()).as_deref(),
+            Some("index")
+        );
         assert_eq!(field(q("wait=5s").unwrap_err()).as_deref(), Some("wait"));
     }
 }

@@ -4,8 +4,8 @@
 mod acl;
 mod agent_client;
 pub mod error;
-pub mod extract;
 mod events;
+pub mod extract;
 pub(crate) mod handlers;
 mod join;
 mod namespaces;

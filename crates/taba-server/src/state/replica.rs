@@ -15,7 +15,11 @@ impl ServerState {
     /// idempotent): the watch starts at the index read before the state was loaded.
     pub(crate) async fn apply_replicated(&self, batch: &ChangeBatch) -> Result<(), StateError> {
         let events = self.event_changes(batch.changes.iter().map(|c| {
-            (c.table, c.key.as_str(), c.record.as_ref().map(|r| &r.value[..]))
+            (
+                c.table,
+                c.key.as_str(),
+                c.record.as_ref().map(|r| &r.value[..]),
+            )
         }));
         let ticket = self.events.begin();
         for c in &batch.changes {

@@ -67,8 +67,7 @@ impl Subscribers {
                     match line {
                         Ok(StreamLine::Event(e)) => {
                             events.fetch_add(1, Ordering::Relaxed);
-                            if e.payload["job"] == last.as_str()
-                                && e.payload["status"] == "blocked"
+                            if e.payload["job"] == last.as_str() && e.payload["status"] == "blocked"
                             {
                                 return Some(Instant::now());
                             }
@@ -111,7 +110,10 @@ fn round(client: &Client, prefix: &str, jobs: usize, subscribers: usize) -> anyh
     if let Some(s) = subs {
         let mut end = started;
         for t in s.threads {
-            if let Some(at) = t.join().map_err(|_| anyhow::anyhow!("a subscriber panicked"))? {
+            if let Some(at) = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("a subscriber panicked"))?
+            {
                 end = end.max(at);
             }
         }
@@ -125,6 +127,15 @@ fn round(client: &Client, prefix: &str, jobs: usize, subscribers: usize) -> anyh
         delivery_s,
         cut,
     })
+}
+
+/// Every round's latencies without and with subscribers, and the deliveries.
+struct Totals {
+    without: Vec<f64>,
+    with: Vec<f64>,
+    events: u64,
+    secs: f64,
+    cut: u64,
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -142,7 +153,7 @@ pub fn events(jobs: usize, rounds: usize, subscribers: usize) -> anyhow::Result<
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = (|| -> anyhow::Result<(Vec<f64>, Vec<f64>, u64, f64, u64)> {
+    let result = (|| -> anyhow::Result<Totals> {
         let server = rt.block_on(start(&dir))?;
         let client = Client::new(&server.addr().to_string(), None);
         round(&client, "warm", jobs / 10 + 1, 0)?;
@@ -158,15 +169,30 @@ pub fn events(jobs: usize, rounds: usize, subscribers: usize) -> anyhow::Result<
             cut += b.cut;
         }
         rt.block_on(server.shutdown());
-        Ok((without, with, events, secs, cut))
+        Ok(Totals {
+            without,
+            with,
+            events,
+            secs,
+            cut,
+        })
     })();
     rt.shutdown_timeout(Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
-    let (mut without, mut with, events, secs, cut) = result?;
+    let Totals {
+        mut without,
+        mut with,
+        events,
+        secs,
+        cut,
+    } = result?;
     println!(
         "event stream: {jobs} job registrations per round, {rounds} rounds each, alternating 0 and {subscribers} subscribers"
     );
-    println!("{:<32} {:>10} {:>10}", "POST /v1/jobs latency", "p50 ms", "p99 ms");
+    println!(
+        "{:<32} {:>10} {:>10}",
+        "POST /v1/jobs latency", "p50 ms", "p99 ms"
+    );
     println!(
         "{:<32} {:>10.2} {:>10.2}",
         "no subscriber",

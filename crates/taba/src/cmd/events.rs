@@ -54,9 +54,7 @@ pub fn run(g: &GlobalArgs, args: EventsArgs) -> anyhow::Result<ExitCode> {
         for line in stream {
             let line = match line {
                 Ok(l) => l,
-                Err(ClientError::Decode(e)) if e.kind() != std::io::ErrorKind::InvalidData => {
-                    break
-                }
+                Err(ClientError::Decode(e)) if e.kind() != std::io::ErrorKind::InvalidData => break,
                 Err(e) => return Err(e.into()),
             };
             match line {
@@ -74,7 +72,10 @@ pub fn run(g: &GlobalArgs, args: EventsArgs) -> anyhow::Result<ExitCode> {
                 }
                 StreamLine::End { end } => {
                     if g.json {
-                        println!("{}", serde_json::to_string(&StreamLine::End { end: end.clone() })?);
+                        println!(
+                            "{}",
+                            serde_json::to_string(&StreamLine::End { end: end.clone() })?
+                        );
                     }
                     eprintln!("stream ended ({}): {}", end.code, end.message);
                     if !matches!(end.code.as_str(), "server_stopping" | "state_replaced") {
@@ -88,7 +89,10 @@ pub fn run(g: &GlobalArgs, args: EventsArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if !broke || reconnects >= RECONNECTS {
-            anyhow::bail!("the event stream ended; resume with --index {}", index.unwrap_or(0));
+            anyhow::bail!(
+                "the event stream ended; resume with --index {}",
+                index.unwrap_or(0)
+            );
         }
         reconnects += 1;
         std::thread::sleep(Duration::from_secs(1));
@@ -131,12 +135,7 @@ pub fn describe(e: &StreamEvent) -> String {
                 d => format!(": {d}"),
             }
         ),
-        EventTopic::Node => format!(
-            "node {} {} {}",
-            s("name"),
-            s("status"),
-            s("eligibility")
-        ),
+        EventTopic::Node => format!("node {} {} {}", s("name"), s("status"), s("eligibility")),
     };
     let key: String = if matches!(e.topic, EventTopic::Allocation | EventTopic::Evaluation) {
         e.key.chars().take(8).collect()
@@ -166,7 +165,11 @@ impl JobEvents {
     /// registration's, so its own events come too). `None` when the stream
     /// cannot be opened (the caller polls instead).
     pub fn follow(api: &Client, namespace: &str, job: &str, index: u64) -> Option<JobEvents> {
-        let topics = [EventTopic::Job, EventTopic::Allocation, EventTopic::Evaluation];
+        let topics = [
+            EventTopic::Job,
+            EventTopic::Allocation,
+            EventTopic::Evaluation,
+        ];
         match api.events(&topics, Some(namespace), Some(index.saturating_sub(1))) {
             Ok(stream) => Some(JobEvents {
                 stream: Some(stream),

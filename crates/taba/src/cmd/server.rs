@@ -90,18 +90,32 @@ impl EventsFile {
     fn apply(&self, e: &mut taba_server::EventSettings) -> anyhow::Result<()> {
         let range = |key: &str, v: Option<usize>, max: usize, into: &mut usize| {
             if let Some(v) = v {
-                anyhow::ensure!((1..=max).contains(&v), "events.{key}: must be between 1 and {max}");
+                anyhow::ensure!(
+                    (1..=max).contains(&v),
+                    "events.{key}: must be between 1 and {max}"
+                );
                 *into = v;
             }
             Ok(())
         };
         range("buffer", self.buffer, 1 << 20, &mut e.buffer)?;
-        range("subscriber_queue", self.subscriber_queue, 1 << 16, &mut e.subscriber_queue)?;
-        range("max_subscribers", self.max_subscribers, 1 << 16, &mut e.max_subscribers)?;
+        range(
+            "subscriber_queue",
+            self.subscriber_queue,
+            1 << 16,
+            &mut e.subscriber_queue,
+        )?;
+        range(
+            "max_subscribers",
+            self.max_subscribers,
+            1 << 16,
+            &mut e.max_subscribers,
+        )?;
         if let Some(h) = self.heartbeat {
             let d = h.as_duration();
             anyhow::ensure!(
-                d >= std::time::Duration::from_millis(100) && d <= std::time::Duration::from_secs(300),
+                d >= std::time::Duration::from_millis(100)
+                    && d <= std::time::Duration::from_secs(300),
                 "events.heartbeat: must be between 100ms and 5m"
             );
             e.heartbeat = d;
