@@ -262,10 +262,4 @@ pub trait Driver: Send + Sync {
     fn recover(&self, handle: &TaskHandle) -> Result<Recovered, DriverError>;
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> UnixMillis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use taba_types::now_ms;
