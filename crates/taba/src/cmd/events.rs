@@ -50,7 +50,6 @@ pub fn run(g: &GlobalArgs, args: EventsArgs) -> anyhow::Result<ExitCode> {
         let stream = api
             .events(&args.topics, args.namespace.as_deref(), index)
             .context("cannot follow the event stream")?;
-        let mut broke = true;
         for line in stream {
             let line = match line {
                 Ok(l) => l,
@@ -83,12 +82,12 @@ pub fn run(g: &GlobalArgs, args: EventsArgs) -> anyhow::Result<ExitCode> {
                         return Ok(ExitCode::from(1));
                     }
                     index = Some(end.resume_index);
-                    broke = true;
                     break;
                 }
             }
         }
-        if !broke || reconnects >= RECONNECTS {
+        // The stream broke off or the server ended it for a reason worth a retry.
+        if reconnects >= RECONNECTS {
             anyhow::bail!(
                 "the event stream ended; resume with --index {}",
                 index.unwrap_or(0)
