@@ -105,6 +105,33 @@ impl Read for LogStream {
     }
 }
 
+/// The lines of `GET /v1/event/stream`, one at a time ([`Client::events`]).
+/// Blocks until the next line; `None` once the stream ended (after its
+/// `end` line, or when the connection closed).
+pub struct EventStream(std::io::BufReader<Response>);
+
+impl Iterator for EventStream {
+    type Item = Result<StreamLine, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match self.0.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) if line.trim().is_empty() => continue,
+                Ok(_) => {
+                    return Some(
+                        serde_json::from_str(&line).map_err(|e| ClientError::Decode(e.into())),
+                    )
+                }
+                Err(e) => return Some(Err(ClientError::Decode(e))),
+            }
+        }
+    }
+}
+
 /// TLS for a client: the cluster CA to trust and, optionally, the client's
 /// certificate and key (one PEM text, certificate first).
 #[derive(Clone, Default)]
@@ -580,6 +607,28 @@ impl Client {
         }
         let resp = self.finish(r)?;
         Ok(LogStream(Box::new(resp)))
+    }
+
+    /// `GET /v1/event/stream`: follow committed changes of `topics` (empty:
+    /// every topic the token may read) in `namespace` (none: every namespace
+    /// the token may read), after `index` (none: only new ones).
+    pub fn events(
+        &self,
+        topics: &[EventTopic],
+        namespace: Option<&str>,
+        index: Option<u64>,
+    ) -> Result<EventStream, ClientError> {
+        let mut r = self.req_with(&self.streaming, Method::GET, "/v1/event/stream");
+        for t in topics {
+            r = r.query(&[("topic", t.name())]);
+        }
+        if let Some(ns) = namespace {
+            r = r.query(&[("namespace", ns)]);
+        }
+        if let Some(i) = index {
+            r = r.query(&[("index", i)]);
+        }
+        Ok(EventStream(std::io::BufReader::new(self.finish(r)?)))
     }
 
     /// `POST /v1/allocations/{id}/exec`: run `command` in the task with `stdin`,

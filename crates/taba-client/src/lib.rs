@@ -10,4 +10,6 @@ pub use taba_types::api;
 
 mod http;
 
-pub use http::{Client, ClientError, ClientOptions, LogStream, RawResponse, TlsOptions};
+pub use http::{
+    Client, ClientError, ClientOptions, EventStream, LogStream, RawResponse, TlsOptions,
+};

@@ -57,6 +57,35 @@ pub struct ServerConfig {
     /// How images are pulled from registries (`[registry]`): per-registry plain HTTP and
     /// CA certificates, timeouts, a Docker config for credentials.
     pub registry: taba_registry::RegistryConfig,
+    /// The event stream (`[events]`): how many recent events are kept for
+    /// resuming, how far a subscriber may fall behind, how often a quiet
+    /// stream gets a keep-alive line.
+    pub events: EventSettings,
+}
+
+/// `[events]`: the event broker's bounds (docs/events.md).
+#[derive(Clone, Debug)]
+pub struct EventSettings {
+    /// Events kept in memory for subscribers that resume from an index.
+    pub buffer: usize,
+    /// Events queued for one subscriber; one that falls further behind is
+    /// cut (with a last line saying so) instead of slowing commits.
+    pub subscriber_queue: usize,
+    /// Most subscribers at once (more are refused with 503).
+    pub max_subscribers: usize,
+    /// A keep-alive line after this long without an event.
+    pub heartbeat: Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            buffer: 4096,
+            subscriber_queue: 1024,
+            max_subscribers: 1024,
+            heartbeat: Duration::from_secs(10),
+        }
+    }
 }
 
 /// TLS settings of a server (`[tls]` in its configuration file).
@@ -146,6 +175,7 @@ impl ServerConfig {
             tls: None,
             plain_loopback: false,
             registry: taba_registry::RegistryConfig::default(),
+            events: EventSettings::default(),
         }
     }
 }

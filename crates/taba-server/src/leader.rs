@@ -417,6 +417,12 @@ async fn feed_replica(
         }
     }
     live.store(false, std::sync::atomic::Ordering::SeqCst);
+    if let Some(state) = weak.upgrade() {
+        state.events.close(
+            "state_replaced",
+            "this server's copy of the state stopped following the store; reconnect",
+        );
+    }
     watch.abort();
 }
 

@@ -17,6 +17,7 @@ pub mod api;
 pub mod broker;
 mod config;
 pub mod credentials;
+pub mod events;
 mod images;
 pub mod leader;
 mod locks;
@@ -24,7 +25,9 @@ pub mod metrics;
 pub mod state;
 pub mod workers;
 
-pub use config::{AclSettings, InputLimits, RebalanceSettings, ServerConfig, ServerTls};
+pub use config::{
+    AclSettings, EventSettings, InputLimits, RebalanceSettings, ServerConfig, ServerTls,
+};
 pub use leader::{HaConfig, HaServerHandle};
 pub use state::{ServerState, StateError};
 
@@ -284,6 +287,10 @@ pub(crate) fn spawn_background(state: &Arc<ServerState>, workers: usize) -> Vec<
 pub(crate) async fn stop_background(state: &ServerState, tasks: Vec<JoinHandle<()>>) {
     state.shutdown.send_replace(true);
     state.broker.close();
+    state.events.close(
+        "server_stopping",
+        "this server stopped serving events (shutting down or no longer the leader); reconnect",
+    );
     for mut t in tasks {
         if tokio::time::timeout(Duration::from_secs(5), &mut t)
             .await
@@ -310,6 +317,9 @@ impl ServerHandle {
     pub async fn shutdown(self) {
         self.state.shutdown.send_replace(true);
         self.state.broker.close();
+        self.state
+            .events
+            .close("server_stopping", "the server is shutting down; reconnect");
         let mut http = self.http;
         if tokio::time::timeout(Duration::from_secs(5), &mut http)
             .await

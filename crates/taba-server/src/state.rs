@@ -146,9 +146,22 @@ pub struct ServerState {
     pub credentials: crate::credentials::Credentials,
     /// Prometheus metrics (`GET /v1/metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Events of committed changes (`GET /v1/event/stream`).
+    pub events: Arc<crate::events::EventBroker>,
     index: watch::Sender<u64>,
     /// Set when the server shuts down.
     pub shutdown: watch::Sender<bool>,
+}
+
+impl Drop for ServerState {
+    /// A replaced state (a follower's copy loaded anew, a leader's term over)
+    /// ends the event streams that read it.
+    fn drop(&mut self) {
+        self.events.close(
+            "state_replaced",
+            "this server's state was replaced (leadership changed); reconnect",
+        );
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -233,6 +246,10 @@ impl ServerState {
             field: "registry".into(),
             message: taba_types::error_chain(&e),
         })?;
+        let events = Arc::new(crate::events::EventBroker::new(
+            config.events.clone(),
+            index,
+        ));
         Ok(Self {
             config,
             store,
@@ -251,6 +268,7 @@ impl ServerState {
             acl,
             broker,
             drain_wake: tokio::sync::Notify::new(),
+            events,
             index: watch::channel(index).0,
             shutdown: watch::channel(false).0,
         })
@@ -324,13 +342,42 @@ impl ServerState {
             return Err(StateError::ShuttingDown);
         }
         let store = self.store.clone();
+        let changes = self.event_changes(txn.ops.iter().map(|op| match op {
+            taba_store::Op::Put { table, key, value } => (*table, key.as_str(), Some(&value[..])),
+            taba_store::Op::Delete { table, key } => (*table, key.as_str(), None),
+        }));
+        let ticket = self.events.begin();
         let started = std::time::Instant::now();
         let index = tokio::task::spawn_blocking(move || store.apply(txn))
             .await
             .map_err(|_| StateError::ShuttingDown)?
             .map_err(StateError::Store)?;
         self.metrics.store_commit(started.elapsed());
+        self.events.publish(ticket, index, changes);
         Ok(index)
+    }
+
+    /// The changes of a commit that have an event topic, each node change with
+    /// the node as memory holds it before the commit is applied.
+    fn event_changes<'a>(
+        &self,
+        ops: impl Iterator<Item = (Table, &'a str, Option<&'a [u8]>)>,
+    ) -> Vec<crate::events::Change> {
+        let mut out = Vec::new();
+        for (table, key, value) in ops {
+            let Some(mut c) = crate::events::Change::new(table, key, value) else {
+                continue;
+            };
+            if let Some(id) = c.node_key() {
+                let before = self
+                    .cluster()
+                    .node(&NodeId::from(id))
+                    .map(crate::events::NodeView::of);
+                c = c.with_before(before);
+            }
+            out.push(c);
+        }
+        out
     }
 
     /// Apply committed records to memory, then wake watchers.

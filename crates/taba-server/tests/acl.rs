@@ -178,7 +178,11 @@ fn every_route_refuses_missing_revoked_expired_and_foreign_tokens() {
         let path = world.path(rt);
         let (ct, bytes) = body(rt.body);
         let send = |secret: Option<&str>| {
-            c.with_token(secret.map(str::to_string))
+            let client = c.with_token(secret.map(str::to_string));
+            if rt.response == "application/x-ndjson" && rt.method == "GET" {
+                return stream_prefix(&client);
+            }
+            client
                 .raw(rt.method, &path, ct, &bytes)
                 .unwrap_or_else(|e| panic!("{} {path}: {e}", rt.method))
         };
@@ -238,6 +242,42 @@ fn every_route_refuses_missing_revoked_expired_and_foreign_tokens() {
     // Nothing of team-a changed.
     assert!(!c.job_status_in("team-a", "secret-a").unwrap().stopped);
     assert_eq!(c.acl_policies().unwrap().len(), 2);
+}
+
+/// The event stream (which never ends by itself) as a [`RawResponse`]: every
+/// kept event (from index 0) up to the first keep-alive line (the test
+/// servers send one after 200 ms of quiet), or the error reply.
+fn stream_prefix(client: &Client) -> taba_client::RawResponse {
+    use taba_client::api::StreamLine;
+    match client.events(&[], None, Some(0)) {
+        Ok(stream) => {
+            let mut body = Vec::new();
+            for line in stream {
+                match line.expect("a stream line") {
+                    StreamLine::Heartbeat { .. } => break,
+                    l => body.extend(serde_json::to_vec(&l).unwrap()),
+                }
+            }
+            taba_client::RawResponse {
+                status: 200,
+                content_type: "application/x-ndjson".into(),
+                body,
+            }
+        }
+        Err(taba_client::ClientError::Api {
+            status,
+            message,
+            field,
+        }) => taba_client::RawResponse {
+            status,
+            content_type: "application/json".into(),
+            body: serde_json::to_vec(
+                &serde_json::json!({"error": {"message": message, "field": field}}),
+            )
+            .unwrap(),
+        },
+        Err(e) => panic!("GET /v1/event/stream: {e}"),
+    }
 }
 
 #[test]

@@ -789,3 +789,106 @@ pub struct RevokeCertResponse {
     /// The fingerprints now revoked.
     pub revoked: Vec<String>,
 }
+
+/// A topic of the event stream (`GET /v1/event/stream?topic=...`): which
+/// kind of record an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EventTopic {
+    /// Jobs (the current version; key `namespace/name`).
+    Job,
+    /// Allocations (key: the allocation id).
+    Allocation,
+    /// Nodes (key: the node id); needs node read.
+    Node,
+    /// Evaluations (key: the evaluation id).
+    Evaluation,
+}
+
+impl EventTopic {
+    /// Every topic.
+    pub const ALL: [EventTopic; 4] = [Self::Job, Self::Allocation, Self::Node, Self::Evaluation];
+
+    /// The topic's name, as in the query and the events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Job => "Job",
+            Self::Allocation => "Allocation",
+            Self::Node => "Node",
+            Self::Evaluation => "Evaluation",
+        }
+    }
+
+    /// The topic named `s` (exact spelling, as [`EventTopic::name`]).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == s)
+    }
+}
+
+impl std::fmt::Display for EventTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One event of `GET /v1/event/stream`: a record that a committed change
+/// wrote (or deleted), at the store index of that commit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamEvent {
+    /// What kind of record.
+    pub topic: EventTopic,
+    /// What happened: `JobRegistered`, `JobDeregistered`, `JobDeleted`,
+    /// `AllocationUpdated`, `AllocationDeleted`, `EvaluationUpdated`,
+    /// `EvaluationDeleted`, `NodeRegistered`, `NodeStatusChanged`,
+    /// `NodeEligibilityChanged`, `NodeDrainChanged`, `NodeUpdated`,
+    /// `NodeDeregistered`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The record's key.
+    pub key: String,
+    /// The record's namespace (none for nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The index of the commit; events come in index order.
+    pub index: u64,
+    /// The record as written (null when deleted).
+    pub payload: serde_json::Value,
+}
+
+/// A keep-alive line of the event stream: `{"heartbeat": {"index": N}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeartbeat {
+    /// The last index whose events were sent to this subscriber (or the
+    /// index it started after); resume with `index=` this.
+    pub index: u64,
+}
+
+/// The last line of an event stream the server ends: `{"end": {...}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEnd {
+    /// Why: `slow_subscriber`, `server_stopping`, `token_invalid`,
+    /// `state_replaced`.
+    pub code: String,
+    /// For people.
+    pub message: String,
+    /// Resume from here (`index=`) to miss nothing, while the server still
+    /// keeps the events after it.
+    pub resume_index: u64,
+}
+
+/// One line of `GET /v1/event/stream`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StreamLine {
+    /// An event.
+    Event(StreamEvent),
+    /// A keep-alive line.
+    Heartbeat {
+        /// Where the stream is.
+        heartbeat: StreamHeartbeat,
+    },
+    /// The server ended the stream.
+    End {
+        /// Why.
+        end: StreamEnd,
+    },
+}

@@ -39,6 +39,8 @@ enum Command {
     /// Manage namespaces and their quotas.
     #[command(subcommand)]
     Namespace(cmd::cli::NamespaceCommand),
+    /// Follow what changes in the cluster (jobs, allocations, nodes, evaluations).
+    Events(cmd::events::EventsArgs),
     /// Access control: bootstrap, policies, tokens.
     #[command(subcommand)]
     Acl(cmd::acl::AclCommand),
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Node(c) => cmd::cli::node(&cli.global, c),
         Command::Image(c) => cmd::cli::image(&cli.global, c),
         Command::Namespace(c) => cmd::cli::namespace(&cli.global, c),
+        Command::Events(args) => cmd::events::run(&cli.global, args),
         Command::Acl(c) => cmd::acl::run(&cli.global, c),
         Command::Tls(c) => cmd::tls::run(&cli.global, c),
         Command::Sim(args) => cmd::sim::run(args),

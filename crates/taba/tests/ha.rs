@@ -323,3 +323,56 @@ fn root_ha_tls_agent_and_cli_through_a_follower_keep_their_certificates() {
         .expect("curl (scripts/setup.sh)");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{out:?}");
 }
+
+/// A follower streams events from its watch-fed copy: the same events, at the same
+/// indexes, as the leader's stream; when the leader dies and the follower's copy is
+/// replaced (it leads now), its stream ends with a last line saying so.
+#[test]
+fn root_ha_follower_streams_events_from_its_copy() {
+    use taba_client::api::{EventTopic, StreamLine};
+    let mut cluster = HaCluster::start(2);
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let follower = a_follower(&cluster, leader);
+    let via_follower = cluster.servers[follower].client();
+    let via_leader = cluster.servers[leader].client();
+    // The follower serves the stream itself (its copy must be loaded: retry until then).
+    let topics = [EventTopic::Job, EventTopic::Evaluation];
+    let on_follower = common::follow_events(&via_follower, &topics, None, None);
+    let on_leader = common::follow_events(&via_leader, &topics, None, None);
+    for n in 0..5 {
+        submit(
+            std::slice::from_ref(&via_leader),
+            &batch_job(&format!("ev{n}")),
+            Duration::from_secs(30),
+        );
+    }
+    let last = |s: &[taba_client::api::StreamEvent]| {
+        s.iter()
+            .any(|e| e.kind == "JobRegistered" && e.key == "default/ev4")
+    };
+    let from_leader = common::events_until(&on_leader, Duration::from_secs(30), last);
+    let from_follower = common::events_until(&on_follower, Duration::from_secs(30), last);
+    let jobs = |s: &[taba_client::api::StreamEvent]| {
+        s.iter()
+            .filter(|e| e.topic == EventTopic::Job)
+            .map(|e| (e.index, e.key.clone(), e.kind.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(jobs(&from_follower), jobs(&from_leader));
+    assert_eq!(jobs(&from_follower).len(), 5);
+
+    cluster.servers[leader].kill9();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let end = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match on_follower.recv_timeout(left) {
+            Ok(StreamLine::End { end }) => break end,
+            Ok(_) => {}
+            Err(e) => panic!("the follower's stream did not end: {e}; {}", cluster.logs()),
+        }
+    };
+    assert!(
+        matches!(end.code.as_str(), "state_replaced" | "server_stopping"),
+        "{end:?}"
+    );
+}

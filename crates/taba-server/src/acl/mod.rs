@@ -20,7 +20,7 @@
 pub mod agent;
 mod guard;
 
-pub use guard::{guard, Auth, AuthClass};
+pub use guard::{bearer, guard, Auth, AuthClass};
 
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

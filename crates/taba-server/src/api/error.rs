@@ -58,6 +58,15 @@ pub enum ApiError {
         /// Where.
         field: Option<String>,
     },
+    /// What was asked for is no longer kept (an event stream's index older
+    /// than the events the server keeps).
+    #[error("{message}")]
+    Gone {
+        /// What is wrong.
+        message: String,
+        /// Where.
+        field: Option<String>,
+    },
     /// No such route.
     #[error("no route for {method} {path}")]
     NoRoute {
@@ -126,6 +135,7 @@ impl ApiError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
+            Self::Gone { .. } => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Agent(_) | Self::Registry(_) => StatusCode::BAD_GATEWAY,
             Self::ExecLimit(s, _) => *s,
@@ -139,6 +149,7 @@ impl ApiError {
             Self::BadRequest { field, .. }
             | Self::Invalid { field, .. }
             | Self::Forbidden { field, .. }
+            | Self::Gone { field, .. }
             | Self::Taken { field, .. } => field.clone(),
             _ => None,
         }

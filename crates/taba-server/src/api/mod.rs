@@ -4,6 +4,7 @@
 mod acl;
 mod agent_client;
 pub mod error;
+mod events;
 pub mod extract;
 pub(crate) mod handlers;
 mod join;
@@ -141,6 +142,9 @@ pub fn routes() -> Vec<Route> {
         r("PUT", "/v1/namespaces/{name}", Op(W), "Create or update a namespace (JSON Namespace: description, quota)", Json("Namespace"), &[], "NamespaceStatus", put(namespaces::put)),
         r("DELETE", "/v1/namespaces/{name}", Op(W), "Remove a namespace (409 while it has jobs that are not stopped)", None, &[], "DeleteNamespaceResponse", delete(namespaces::delete)),
         r("GET", "/v1/evaluations/{id}", Scoped(Read), "An evaluation", None, &[], "Evaluation", get(h::get_eval)),
+        r("GET", "/v1/event/stream", Scoped(Read), "Follow committed changes as newline-delimited JSON StreamLines (events, keep-alives, a last `end`); only namespaces the token may read, topic Node needs node read; 410 when `index` is older than the events kept", None,
+          &[("topic", "Job, Allocation, Node or Evaluation; repeat for several (default: every topic the token may read)"), ("namespace", "one namespace, or * (default) for every one the token may read"), ("index", "replay the kept events after this index first (default: only new events)")],
+          "application/x-ndjson", get(events::stream)),
         r("GET", "/v1/openapi.json", AnyToken, "This document", None, &[], "OpenAPI", get(h::openapi)),
         r("GET", "/v1/metrics", Op(R), "Prometheus metrics of this server (OpenMetrics text)", None, &[], "application/openmetrics-text", get(h::metrics)),
         r("POST", "/v1/acl/bootstrap", Bootstrap, "Issue the first management token (once; 409 afterwards)", None, &[], "AclTokenCreated", post(acl::bootstrap)),

@@ -14,6 +14,14 @@ impl ServerState {
     /// for its index. Changes at or below the current index are applied again (they are
     /// idempotent): the watch starts at the index read before the state was loaded.
     pub(crate) async fn apply_replicated(&self, batch: &ChangeBatch) -> Result<(), StateError> {
+        let events = self.event_changes(batch.changes.iter().map(|c| {
+            (
+                c.table,
+                c.key.as_str(),
+                c.record.as_ref().map(|r| &r.value[..]),
+            )
+        }));
+        let ticket = self.events.begin();
         for c in &batch.changes {
             let record = c.record.as_ref();
             match c.table {
@@ -40,6 +48,7 @@ impl ServerState {
             }
         }
         self.index.send_modify(|i| *i = (*i).max(batch.index));
+        self.events.publish(ticket, batch.index, events);
         Ok(())
     }
 

@@ -73,6 +73,8 @@ impl TestServer {
     ) -> Self {
         let images = Arc::new(ImageStore::open(&dir.join("images")).expect("open image store"));
         let mut config = ServerConfig::new(dir.join("server"), "127.0.0.1:0".parse().unwrap());
+        // Event streams read to their first keep-alive line do not wait long.
+        config.events.heartbeat = Duration::from_millis(200);
         setup(&mut config);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();

@@ -57,6 +57,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 4)]
         clients: usize,
     },
+    /// Event stream: events/s delivered to N subscribers while jobs are
+    /// registered, and the registration latency with and without them.
+    Events {
+        /// Job registrations per round.
+        #[arg(long, default_value_t = 500)]
+        jobs: usize,
+        /// Rounds of each kind (alternating).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Subscribers in the rounds with subscribers.
+        #[arg(long, default_value_t = 10)]
+        subscribers: usize,
+    },
     /// One real server process with many simulated agents (heartbeats, a
     /// blocking query and status reports each) and many allocations:
     /// heartbeats/s, server RSS, job-run -> placed latency.
@@ -72,6 +85,11 @@ pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
             rounds,
             clients,
         } => super::bench_acl::api_acl(requests, rounds, clients),
+        BenchCommand::Events {
+            jobs,
+            rounds,
+            subscribers,
+        } => super::bench_events::events(jobs, rounds, subscribers),
         BenchCommand::Scale(args) => super::bench_scale::scale(args),
     }
 }

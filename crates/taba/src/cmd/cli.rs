@@ -598,8 +598,11 @@ fn job_run(
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
-    // Poll quickly at first (a container on an idle node runs within
-    // ~100 ms), then every 200 ms.
+    // The job's status is read again when the event stream says something
+    // about it changed (or keeps the stream alive). Without a stream (a token
+    // without read in the namespace): poll, quickly at first (a container on
+    // an idle node runs within ~100 ms), then every 200 ms.
+    let mut events = super::events::JobEvents::follow(api, &reg.namespace, &reg.job, reg.index);
     let mut pause = Duration::from_millis(10);
     loop {
         let eval = api.eval(reg.eval_id.as_str())?;
@@ -726,8 +729,11 @@ fn job_run(
         if Instant::now() > deadline {
             return fail("deployment did not finish within 10 minutes".into());
         }
-        std::thread::sleep(pause);
-        pause = (pause * 3 / 2).min(Duration::from_millis(200));
+        if !events.as_mut().is_some_and(|e| e.wait()) {
+            events = None;
+            std::thread::sleep(pause);
+            pause = (pause * 3 / 2).min(Duration::from_millis(200));
+        }
     }
 }
 

@@ -67,6 +67,61 @@ struct ServerFile {
     /// How images are pulled from registries (docs/images.md).
     #[serde(default)]
     registry: taba_registry::RegistryConfig,
+    /// The event stream's bounds (docs/events.md).
+    #[serde(default)]
+    events: EventsFile,
+}
+
+/// `[events]` of the server configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsFile {
+    /// Events kept for subscribers that resume from an index.
+    buffer: Option<usize>,
+    /// Events queued per subscriber before a slow one is cut.
+    subscriber_queue: Option<usize>,
+    /// Most subscribers at once.
+    max_subscribers: Option<usize>,
+    /// A keep-alive line after this long without an event.
+    heartbeat: Option<taba_types::DurationSpec>,
+}
+
+impl EventsFile {
+    fn apply(&self, e: &mut taba_server::EventSettings) -> anyhow::Result<()> {
+        let range = |key: &str, v: Option<usize>, max: usize, into: &mut usize| {
+            if let Some(v) = v {
+                anyhow::ensure!(
+                    (1..=max).contains(&v),
+                    "events.{key}: must be between 1 and {max}"
+                );
+                *into = v;
+            }
+            Ok(())
+        };
+        range("buffer", self.buffer, 1 << 20, &mut e.buffer)?;
+        range(
+            "subscriber_queue",
+            self.subscriber_queue,
+            1 << 16,
+            &mut e.subscriber_queue,
+        )?;
+        range(
+            "max_subscribers",
+            self.max_subscribers,
+            1 << 16,
+            &mut e.max_subscribers,
+        )?;
+        if let Some(h) = self.heartbeat {
+            let d = h.as_duration();
+            anyhow::ensure!(
+                d >= std::time::Duration::from_millis(100)
+                    && d <= std::time::Duration::from_secs(300),
+                "events.heartbeat: must be between 100ms and 5m"
+            );
+            e.heartbeat = d;
+        }
+        Ok(())
+    }
 }
 
 /// `[limits]` of the server's configuration file: caps on request bodies
@@ -327,6 +382,7 @@ impl ServerFile {
         sc.acl.enabled = self.acl.enabled;
         sc.limits = self.limits.limits()?.0;
         sc.registry = self.registry.clone();
+        self.events.apply(&mut sc.events)?;
         if let Some(t) = &self.tls {
             sc.tls = Some(taba_server::ServerTls {
                 files: t.files(None)?,

@@ -1377,3 +1377,48 @@ pub fn alloc_stdout(dev: &Dev, id: &str) -> String {
     let out = dev.cli(&["alloc", "logs", id]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Follows `GET /v1/event/stream` (`Client::events`) on a thread of its
+/// own; the lines come through the receiver until the stream ends.
+pub fn follow_events(
+    client: &Client,
+    topics: &[taba_client::api::EventTopic],
+    namespace: Option<&str>,
+    index: Option<u64>,
+) -> std::sync::mpsc::Receiver<taba_client::api::StreamLine> {
+    let stream = client
+        .events(topics, namespace, index)
+        .expect("opening the event stream");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stream {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The events from `rx` until `done` holds for those seen so far; panics
+/// after `timeout` (or when the stream ends first) with what was seen.
+pub fn events_until(
+    rx: &std::sync::mpsc::Receiver<taba_client::api::StreamLine>,
+    timeout: Duration,
+    mut done: impl FnMut(&[taba_client::api::StreamEvent]) -> bool,
+) -> Vec<taba_client::api::StreamEvent> {
+    use taba_client::api::StreamLine;
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while !done(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(StreamLine::Event(e)) => seen.push(e),
+            Ok(StreamLine::Heartbeat { .. }) => {}
+            Ok(StreamLine::End { end }) => panic!("the stream ended: {end:?}; seen {seen:#?}"),
+            Err(e) => panic!("no more events ({e}); seen {seen:#?}"),
+        }
+    }
+    seen
+}
