@@ -9,5 +9,7 @@
 pub use taba_types::api;
 
 mod http;
+mod session;
 
 pub use http::{Client, ClientError, ClientOptions, LogStream, RawResponse, TlsOptions};
+pub use session::{ExecSession, ExecSessionOptions, SessionEvent, SessionInput};

@@ -23,3 +23,6 @@ pub mod users;
 pub mod vm;
 
 pub use common::*;
+/// The framing of an exec's terminal input (`ExecOptions::tty`): what the
+/// caller writes to the exec command's stdin.
+pub use taba_runtime::shim::tty as exec_tty;

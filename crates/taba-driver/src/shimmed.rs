@@ -218,9 +218,15 @@ impl Shimmed {
         if !self.alive(h) {
             return Err(DriverError::Start("the task is not running".into()));
         }
-        let path = h
-            .task_dir
-            .join(format!("exec-{}-{}.json", now_ms(), std::process::id()));
+        let path = h.task_dir.join(format!(
+            "exec-{}-{}-{}.json",
+            now_ms(),
+            std::process::id(),
+            {
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            }
+        ));
         spec.write(&path).map_err(|source| DriverError::Io {
             path: path.clone(),
             source,

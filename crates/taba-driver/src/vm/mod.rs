@@ -573,7 +573,7 @@ impl Driver for VmDriver {
     fn exec_command(
         &self,
         _h: &TaskHandle,
-        _cmd: &[String],
+        _exec: &crate::ExecOptions,
     ) -> Result<std::process::Command, DriverError> {
         Err(DriverError::Unsupported(
             "running a command inside a VM (there is no guest agent)",

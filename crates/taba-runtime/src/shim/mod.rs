@@ -39,6 +39,7 @@
 
 pub mod exec;
 pub mod logs;
+pub mod tty;
 
 use std::ffi::OsString;
 use std::io;

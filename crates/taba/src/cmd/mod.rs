@@ -11,6 +11,7 @@ pub mod dev;
 mod devcluster;
 pub mod drain;
 pub mod server;
+mod session;
 pub mod shim;
 pub mod sim;
 pub mod store_config;
