@@ -162,6 +162,10 @@ pub fn router(inner: Arc<AgentInner>) -> Router {
             "/v1/client/allocations/{id}/exec",
             post(exec_handler).get(crate::exec_session::handler),
         )
+        .route(
+            "/v1/client/allocations/{id}/console",
+            get(crate::exec_session::console_handler),
+        )
         .route("/v1/client/allocations/{id}/stats", get(stats_handler))
         .layer(DefaultBodyLimit::max(MAX_EXEC_BODY))
         .with_state(inner)

@@ -358,3 +358,155 @@ async fn pump_in(
         }
     }
 }
+
+/// Query of the console route.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsoleQuery {
+    task: Option<String>,
+}
+
+/// `GET /v1/client/allocations/{id}/console` (WebSocket): the task's
+/// console socket (kept by its shim, so it outlives agent restarts),
+/// relayed both ways; stdout frames out, stdin frames in. The session ends
+/// when the client leaves or the console closes (the VM stopped).
+pub(crate) async fn console_handler(
+    State(inner): State<Arc<AgentInner>>,
+    Path(id): Path<String>,
+    Query(q): Query<ConsoleQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let prepared = async {
+        let runner = inner.runner(&id).ok_or_else(|| {
+            not_found(format!("allocation {id} is not on this node")).into_response()
+        })?;
+        let task = pick_task(&runner.task_names(), q.task.as_deref())
+            .map_err(IntoResponse::into_response)?;
+        let handle = runner.handle(&task).ok_or_else(|| {
+            ApiError(StatusCode::CONFLICT, format!("task {task} is not running")).into_response()
+        })?;
+        let driver = runner.driver_of(&task).ok_or_else(|| {
+            bad(format!("task {task} has no driver on this node")).into_response()
+        })?;
+        let path = driver.console_socket(&handle).map_err(|e| match e {
+            taba_driver::DriverError::Unsupported(what) => bad(format!(
+                "task {task}: {what} is not supported by its driver (only VMs have a console)"
+            ))
+            .into_response(),
+            other => ApiError(
+                StatusCode::CONFLICT,
+                format!("task {task}: {}", taba_types::error_chain(&other)),
+            )
+            .into_response(),
+        })?;
+        let slot = inner
+            .exec_sessions
+            .acquire(&id, inner.exec_limits.max_sessions)
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("allocation {id} already has {} sessions open (agent option exec_max_sessions)", inner.exec_limits.max_sessions),
+                )
+                .into_response()
+            })?;
+        // A socket path can be longer than an address holds: go through
+        // the directory's descriptor.
+        let dir = path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let dir = std::fs::File::open(&dir).map_err(|e| {
+            ApiError(StatusCode::CONFLICT, format!("task {task}: console: {e}")).into_response()
+        })?;
+        let short = format!(
+            "/proc/self/fd/{}/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            taba_driver::console_socket_name()
+        );
+        let stream = tokio::net::UnixStream::connect(&short).await.map_err(|e| {
+            ApiError(
+                StatusCode::CONFLICT,
+                format!("task {task}: connect to its console: {e}"),
+            )
+            .into_response()
+        })?;
+        Ok::<_, Response>((stream, slot))
+    };
+    match prepared.await {
+        Ok((stream, slot)) => ws
+            .max_message_size(2 * MAX_CHUNK + 1024)
+            .on_upgrade(move |socket| {
+                relay_console(socket, stream, slot, inner.exec_limits.idle_timeout)
+            }),
+        Err(r) => r,
+    }
+}
+
+async fn relay_console(
+    socket: WebSocket,
+    stream: tokio::net::UnixStream,
+    _slot: Slot,
+    idle: Duration,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (mut sink, mut source) = socket.split();
+    let (mut rd, mut wr) = stream.into_split();
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let down = async {
+        let mut buf = vec![0u8; MAX_CHUNK];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return "the console closed (the VM stopped)".to_string(),
+                Ok(n) => {
+                    last.store(since(start), Ordering::Relaxed);
+                    if sink
+                        .send(Message::Binary(frame(STDOUT, &buf[..n]).into()))
+                        .await
+                        .is_err()
+                    {
+                        return String::new();
+                    }
+                }
+            }
+        }
+    };
+    let up = async {
+        while let Some(Ok(m)) = source.next().await {
+            last.store(since(start), Ordering::Relaxed);
+            match m {
+                Message::Binary(b) if b.first() == Some(&STDIN) && b.len() > 1 => {
+                    if wr.write_all(&b[1..]).await.is_err() {
+                        return;
+                    }
+                }
+                Message::Close(_) => return,
+                _ => {}
+            }
+        }
+    };
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500).min(idle)).await;
+            if since(start).saturating_sub(last.load(Ordering::Relaxed)) >= idle.as_millis() as u64
+            {
+                return;
+            }
+        }
+    };
+    let ended = tokio::select! {
+        why = down => Some(why),
+        _ = up => None,
+        _ = watchdog => Some(format!("the session was idle for {idle:?} (agent option exec_idle_timeout)")),
+    };
+    // The last frame says why the session ended (none when the client left).
+    let last = match ended {
+        Some(why) if why.starts_with("the console closed") => Some(Control::Exit { code: 0 }),
+        Some(why) if !why.is_empty() => Some(Control::Error { message: why }),
+        _ => None,
+    };
+    if let Some(c) = last {
+        let _ = sink.send(control(&c)).await;
+    }
+    let _ = sink.close().await;
+}

@@ -125,10 +125,38 @@ impl Client {
             tty: o.tty.is_some(),
             user: o.user.clone(),
         };
-        let url = format!("{}/v1/allocations/{}/exec", self.base_url(), seg(id));
+        self.open_session(&format!("/v1/allocations/{}/exec", seg(id)), query, o.tty)
+    }
+
+    /// Attach to the serial console of a VM task in allocation `id`
+    /// (`GET /v1/allocations/{id}/console`, upgraded). Its output arrives
+    /// as [`SessionEvent::Stdout`]; the session ends with
+    /// [`SessionEvent::Exit`] when the VM stops.
+    pub fn console_session(
+        &self,
+        id: &str,
+        task: Option<&str>,
+    ) -> Result<ExecSession, ClientError> {
+        #[derive(serde::Serialize)]
+        struct Q {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            task: Option<String>,
+        }
+        let q = Q {
+            task: task.map(str::to_string),
+        };
+        self.open_session(&format!("/v1/allocations/{}/console", seg(id)), q, None)
+    }
+
+    fn open_session<Q: serde::Serialize + Send + 'static>(
+        &self,
+        path: &str,
+        query: Q,
+        first_size: Option<(u16, u16)>,
+    ) -> Result<ExecSession, ClientError> {
+        let url = format!("{}{path}", self.base_url());
         let http = self.async_http()?;
         let token = self.token().map(str::to_string);
-        let first_size = o.tty;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (out_tx, out_rx) = mpsc::channel::<Outgoing>(8);
         let (ev_tx, ev_rx) = mpsc::channel::<SessionEvent>(8);
@@ -199,7 +227,7 @@ fn resize(cols: u16, rows: u16) -> Message {
 async fn connect(
     http: &reqwest::Client,
     url: &str,
-    query: &ExecSessionQuery,
+    query: &impl serde::Serialize,
     token: Option<&str>,
     base: &str,
 ) -> Result<Socket, ClientError> {

@@ -292,6 +292,12 @@ pub trait Driver: Send + Sync {
     ) -> Result<std::process::Command, DriverError>;
     /// Re-attach after an agent restart.
     fn recover(&self, handle: &TaskHandle) -> Result<Recovered, DriverError>;
+    /// The unix socket of the task's console (`taba alloc console`): what
+    /// is written to it goes to the workload's stdin, the workload's output
+    /// comes back (`taba_runtime::shim::console`). Only VMs have one.
+    fn console_socket(&self, _handle: &TaskHandle) -> Result<PathBuf, DriverError> {
+        Err(DriverError::Unsupported("a console"))
+    }
 }
 
 /// Milliseconds since the epoch.

@@ -68,6 +68,53 @@ pub async fn alloc_exec_session(
         .into_response())
 }
 
+/// `console` query.
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    task: Option<String>,
+}
+
+/// `GET /v1/allocations/{id}/console` (WebSocket): the serial console of a
+/// VM task, attached interactively. Needs the Exec capability (a console is
+/// a shell on the machine); recorded in the allocation's events.
+pub async fn alloc_console_session(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Q(q): Q<ConsoleQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let a = alloc_for(&app, &auth, &id, Capability::Exec)?;
+    let task = pick_task(&a, q.task)?;
+    let (http, base, addr) = agent_of(&app, &a).await?;
+    app.state
+        .record_alloc_event(
+            &a.id,
+            taba_types::AllocEvent {
+                time: crate::broker::now_ms(),
+                kind: "Console".into(),
+                actor: auth.actor(),
+                message: format!("task {task}: console attached"),
+            },
+        )
+        .await?;
+    let url = format!("{base}/v1/client/allocations/{}/console", a.id);
+    let agent = connect(&http, &url, &ConsoleQuery { task: Some(task) })
+        .await
+        .map_err(|e| match e {
+            Connect::Refused(e) => e,
+            Connect::Transport(e) => {
+                ApiError::Agent(format!("cannot reach the agent at {addr}: {e}"))
+            }
+        })?;
+    Ok(ws
+        .max_message_size(2 * MAX_CHUNK + 1024)
+        .on_upgrade(move |client| relay(client, agent))
+        .into_response())
+}
+
 enum Connect {
     /// The agent answered, without upgrading: its error.
     Refused(ApiError),
@@ -80,7 +127,7 @@ enum Connect {
 async fn connect(
     http: &reqwest::Client,
     url: &str,
-    query: &ExecSessionQuery,
+    query: &impl serde::Serialize,
 ) -> Result<AgentSocket, Connect> {
     let key: [u8; 16] = rand::random();
     let resp = http

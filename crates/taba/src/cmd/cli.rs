@@ -109,6 +109,15 @@ pub enum AllocCommand {
         /// Allocation id or prefix.
         id: String,
     },
+    /// Attach to a VM's serial console (it stays in `alloc logs` too);
+    /// Ctrl-] leaves.
+    Console {
+        /// Allocation id or prefix.
+        id: String,
+        /// Task (needed when the group has several).
+        #[arg(long)]
+        task: Option<String>,
+    },
 }
 
 /// `taba node ...`
@@ -835,6 +844,7 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 command,
             },
         ),
+        AllocCommand::Console { id, task } => super::session::console(&api, &id, task.as_deref()),
         AllocCommand::Stop { id } => {
             let r = api.stop_alloc(&id)?;
             if g.json {

@@ -79,7 +79,13 @@ fn follow_resizes(input: SessionInput) {
 }
 
 /// Relay stdin to the session until EOF (then close the command's stdin).
-fn relay_stdin(input: SessionInput, tty: bool) {
+/// With `escape`, that byte is not sent: it (or EOF) sends on `leave`.
+fn relay_stdin(
+    input: SessionInput,
+    tty: bool,
+    escape: Option<u8>,
+    leave: Option<std::sync::mpsc::Sender<()>>,
+) {
     let _ = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
@@ -89,16 +95,74 @@ fn relay_stdin(input: SessionInput, tty: bool) {
                 match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if !input.send_stdin(&buf[..n]) {
+                        let data = &buf[..n];
+                        let cut = escape.and_then(|e| data.iter().position(|&b| b == e));
+                        if !input.send_stdin(&data[..cut.unwrap_or(n)]) {
                             return;
+                        }
+                        if cut.is_some() {
+                            break;
                         }
                     }
                 }
             }
-            if !tty {
-                input.close_stdin();
+            match leave {
+                Some(l) => {
+                    let _ = l.send(());
+                }
+                None if !tty => input.close_stdin(),
+                None => {}
             }
         });
+}
+
+/// Ctrl-]: leaves a console.
+const CONSOLE_ESCAPE: u8 = 0x1d;
+
+/// Run `taba alloc console`: the VM's serial console on this terminal
+/// until Ctrl-] (or the end of stdin), or until the VM stops.
+pub fn console(api: &Client, id: &str, task: Option<&str>) -> anyhow::Result<ExitCode> {
+    let session = api.console_session(id, task)?;
+    eprint!("Attached to the console of {id}; Ctrl-] leaves.\r\n");
+    let raw = RawMode::enter(true);
+    let (leave_tx, leave_rx) = std::sync::mpsc::channel();
+    relay_stdin(session.input(), true, Some(CONSOLE_ESCAPE), Some(leave_tx));
+    // Output on a thread of its own, so that leaving does not wait for it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mut session = session;
+    std::thread::spawn(move || {
+        let mut out = std::io::stdout();
+        let end = loop {
+            match session.recv() {
+                Some(SessionEvent::Stdout(d)) | Some(SessionEvent::Stderr(d)) => {
+                    let _ = out.write_all(&d);
+                    let _ = out.flush();
+                }
+                Some(SessionEvent::Exit(_)) => break Ok("the VM stopped".to_string()),
+                Some(SessionEvent::Error(e)) => break Err(e),
+                None => break Ok("the session ended".to_string()),
+            }
+        };
+        let _ = done_tx.send(end);
+    });
+    let end = loop {
+        if leave_rx.try_recv().is_ok() {
+            break Ok("left".to_string());
+        }
+        match done_rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(end) => break end,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break Ok("the session ended".to_string()),
+        }
+    };
+    drop(raw);
+    match end {
+        Ok(why) => {
+            eprintln!("\nDetached from the console of {id} ({why}).");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => anyhow::bail!("console session: {e}"),
+    }
 }
 
 /// What `taba alloc exec` was asked.
@@ -136,7 +200,7 @@ pub fn exec(api: &Client, a: ExecArgs) -> anyhow::Result<ExitCode> {
         follow_resizes(session.input());
     }
     if a.interactive {
-        relay_stdin(session.input(), a.tty);
+        relay_stdin(session.input(), a.tty, None, None);
     }
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     loop {
