@@ -392,6 +392,7 @@ mod tests {
         let limits = ExecLimits {
             max_output: 1 << 20,
             timeout: Duration::from_secs(60),
+            ..Default::default()
         };
         let e = run_capped(sh("head -c 2G /dev/zero"), Vec::new(), limits).unwrap_err();
         assert!(
@@ -406,6 +407,7 @@ mod tests {
         let limits = ExecLimits {
             max_output: 1 << 20,
             timeout: Duration::from_millis(300),
+            ..Default::default()
         };
         let e = run_capped(sh("exec sleep 30"), Vec::new(), limits).unwrap_err();
         assert!(

@@ -474,14 +474,13 @@ async fn relay_console(
     let up = async {
         while let Some(Ok(m)) = source.next().await {
             last.store(since(start), Ordering::Relaxed);
-            match m {
-                Message::Binary(b) if b.first() == Some(&STDIN) && b.len() > 1 => {
-                    if wr.write_all(&b[1..]).await.is_err() {
-                        return;
-                    }
-                }
+            let typed = match m {
+                Message::Binary(b) if b.first() == Some(&STDIN) && b.len() > 1 => b,
                 Message::Close(_) => return,
-                _ => {}
+                _ => continue,
+            };
+            if wr.write_all(&typed[1..]).await.is_err() {
+                return;
             }
         }
     };
@@ -509,4 +508,20 @@ async fn relay_console(
         let _ = sink.send(control(&c)).await;
     }
     let _ = sink.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_counted_per_allocation_and_freed_when_closed() {
+        let s = Sessions::default();
+        let a1 = s.acquire("a", 2).unwrap();
+        let _a2 = s.acquire("a", 2).unwrap();
+        assert!(s.acquire("a", 2).is_none(), "a third session over the cap");
+        let _b = s.acquire("b", 2).expect("another allocation has its own count");
+        drop(a1);
+        assert!(s.acquire("a", 2).is_some(), "a closed session frees its slot");
+    }
 }

@@ -91,7 +91,7 @@ impl Console {
     }
 
     /// The client sent something (or left).
-    pub(crate) fn from_client(&mut self, buf: &mut [u8]) {
+    pub(crate) fn read_client(&mut self, buf: &mut [u8]) {
         let Some(c) = self.client.as_mut() else {
             return;
         };
@@ -108,7 +108,7 @@ impl Console {
     }
 
     /// The workload printed `data`: a copy for the client.
-    pub(crate) fn to_client(&mut self, data: &[u8]) {
+    pub(crate) fn copy_to_client(&mut self, data: &[u8]) {
         let Some(c) = self.client.as_mut() else {
             return;
         };

@@ -747,7 +747,7 @@ impl Shim {
             if fds[0].revents != 0 {
                 let n = pump_n(&mut self.stdout, &mut self.out_log, &mut buf);
                 if let (Some(c), true) = (self.console.as_mut(), n > 0) {
-                    c.to_client(&buf[..n]);
+                    c.copy_to_client(&buf[..n]);
                 }
             }
             if let Some(c) = self.console.as_mut() {
@@ -755,7 +755,7 @@ impl Shim {
                     c.accept();
                 }
                 if fds[4].revents != 0 {
-                    c.from_client(&mut buf);
+                    c.read_client(&mut buf);
                 }
             }
             if fds[1].revents != 0 {
