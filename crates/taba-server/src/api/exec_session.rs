@@ -11,12 +11,13 @@
 //! frame per direction.
 
 use super::error::ApiError;
-use super::extract::Q;
 use super::handlers::{agent_failure, agent_of, alloc_for, exec_event, pick_task};
 use super::AppState;
 use crate::acl::Auth;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use taba_types::acl::Capability;
@@ -28,18 +29,41 @@ use tokio_tungstenite::WebSocketStream;
 /// The agent's end of a session.
 type AgentSocket = WebSocketStream<reqwest::Upgraded>;
 
+/// The caller's handshake, required once the caller is known to be allowed.
+fn upgrade(ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Result<WebSocketUpgrade, ApiError> {
+    ws.map_err(|e| {
+        ApiError::UpgradeRequired(format!(
+            "this route is a WebSocket (send the handshake: Upgrade: websocket): {}",
+            e.body_text()
+        ))
+    })
+}
+
+/// The query, decoded as the `Q` extractor does (after the ACL check,
+/// which must come first: a caller without rights learns nothing).
+fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    Query::<T>::try_from_uri(uri)
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::BadRequest {
+            message: format!("bad query string: {}", e.body_text()),
+            field: Some("query".into()),
+        })
+}
+
 /// `GET /v1/allocations/{id}/exec` (WebSocket).
 pub async fn alloc_exec_session(
     State(app): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-    Q(q): Q<ExecSessionQuery>,
-    ws: WebSocketUpgrade,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let a = alloc_for(&app, &auth, &id, Capability::Exec)?;
+    let ws = upgrade(ws)?;
+    let q: ExecSessionQuery = query(&uri)?;
     let command = q
         .command_args()
         .map_err(|(field, msg)| ApiError::invalid(field, msg))?;
-    let a = alloc_for(&app, &auth, &id, Capability::Exec)?;
     let task = pick_task(&a, q.task.clone())?;
     let (http, base, addr) = agent_of(&app, &a).await?;
     let mut event = exec_event(&auth, &task, &command);
@@ -83,10 +107,12 @@ pub async fn alloc_console_session(
     State(app): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-    Q(q): Q<ConsoleQuery>,
-    ws: WebSocketUpgrade,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let a = alloc_for(&app, &auth, &id, Capability::Exec)?;
+    let ws = upgrade(ws)?;
+    let q: ConsoleQuery = query(&uri)?;
     let task = pick_task(&a, q.task)?;
     let (http, base, addr) = agent_of(&app, &a).await?;
     app.state
