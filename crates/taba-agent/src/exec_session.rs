@@ -520,8 +520,13 @@ mod tests {
         let a1 = s.acquire("a", 2).unwrap();
         let _a2 = s.acquire("a", 2).unwrap();
         assert!(s.acquire("a", 2).is_none(), "a third session over the cap");
-        let _b = s.acquire("b", 2).expect("another allocation has its own count");
+        let _b = s
+            .acquire("b", 2)
+            .expect("another allocation has its own count");
         drop(a1);
-        assert!(s.acquire("a", 2).is_some(), "a closed session frees its slot");
+        assert!(
+            s.acquire("a", 2).is_some(),
+            "a closed session frees its slot"
+        );
     }
 }

@@ -30,7 +30,9 @@ use tokio_tungstenite::WebSocketStream;
 type AgentSocket = WebSocketStream<reqwest::Upgraded>;
 
 /// The caller's handshake, required once the caller is known to be allowed.
-fn upgrade(ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Result<WebSocketUpgrade, ApiError> {
+fn upgrade(
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<WebSocketUpgrade, ApiError> {
     ws.map_err(|e| {
         ApiError::UpgradeRequired(format!(
             "this route is a WebSocket (send the handshake: Upgrade: websocket): {}",
