@@ -133,7 +133,10 @@ async fn prepare(
     let opts = taba_driver::ExecOptions {
         command,
         user: q.user.clone(),
-        tty: q.tty.then_some(DEFAULT_TTY),
+        tty: q.tty.then_some((
+            q.cols.filter(|c| *c > 0).unwrap_or(DEFAULT_TTY.0),
+            q.rows.filter(|r| *r > 0).unwrap_or(DEFAULT_TTY.1),
+        )),
     };
     let cmd = tokio::task::spawn_blocking(move || driver.exec_command(&handle, &opts))
         .await

@@ -123,6 +123,8 @@ impl Client {
             command: serde_json::to_string(&o.command).expect("strings serialize"),
             stdin: o.stdin,
             tty: o.tty.is_some(),
+            cols: o.tty.map(|t| t.0),
+            rows: o.tty.map(|t| t.1),
             user: o.user.clone(),
         };
         self.open_session(&format!("/v1/allocations/{}/exec", seg(id)), query, o.tty)

@@ -764,6 +764,13 @@ pub struct ExecSessionQuery {
     /// Run in a pseudo-terminal (`-t`); stdout and stderr are merged.
     #[serde(default)]
     pub tty: bool,
+    /// The terminal's columns at the start (with `tty`; later sizes come
+    /// as `resize` frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    /// The terminal's rows at the start (with `tty`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
     /// Run as this user (`name`, `uid`, `name:group`, `uid:gid`), resolved
     /// in the container's passwd and group files; containers only.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -227,11 +227,16 @@ async fn relay(client: WebSocket, agent: AgentSocket) {
         }
         let _ = c_tx.close().await;
     };
-    // The agent's end decides; a caller that leaves closes the agent's
-    // side, which kills the command and ends `down` too.
+    // The agent's end decides: its last frame (the exit code) is always
+    // relayed. A caller that leaves closes the agent's side, which kills
+    // the command and ends `down` too.
     tokio::pin!(up);
-    tokio::select! {
-        _ = down => {}
-        _ = &mut up => {}
+    tokio::pin!(down);
+    let mut up_done = false;
+    loop {
+        tokio::select! {
+            _ = &mut down => break,
+            _ = &mut up, if !up_done => up_done = true,
+        }
     }
 }
