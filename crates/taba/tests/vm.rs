@@ -328,7 +328,18 @@ fn console(
     taba_client::SessionInput,
     std::sync::mpsc::Receiver<taba_client::SessionEvent>,
 ) {
-    let mut s = dev.client.console_session(id, None).unwrap();
+    // Right after an agent restart the server may say "running" before the
+    // new agent has re-adopted the task: attach once it has.
+    let mut session = None;
+    let mut last = String::new();
+    dev.wait_for("a console session", Duration::from_secs(60), || {
+        match dev.client.console_session(id, None) {
+            Ok(s) => session = Some(s),
+            Err(e) => last = e.to_string(),
+        }
+        session.is_some()
+    });
+    let mut s = session.unwrap_or_else(|| panic!("no console: {last}"));
     let input = s.input();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
