@@ -25,7 +25,10 @@
 #     and prints `taba-count N` every 100 ms (live migration tests: the
 #     count goes on across a migration, a reboot would restart it at 1),
 #   - with `taba.disk` mounts /dev/vda (ext2/ext4 or made one), appends the
-#     boot id to `boots` there and prints `taba-disk: N boots`.
+#     boot id to `boots` there and prints `taba-disk: N boots`,
+#   - with `taba.console` prints `taba-console: ready` and answers every line
+#     typed on the serial console with `taba-echo: <line>` (what the tests
+#     of `taba alloc console` type into).
 #
 # Boot it directly (what the driver starts, without taba):
 #
@@ -72,6 +75,13 @@ case \$cmdline in *" taba.disk "*)
   else
     echo "taba-disk: no /dev/vda"
   fi
+  ;;
+esac
+case \$cmdline in *" taba.console "*)
+  echo "taba-console: ready"
+  while read -r line; do
+    echo "taba-echo: \$line"
+  done
   ;;
 esac
 case \$cmdline in *" taba.count "*)

@@ -34,6 +34,11 @@ pub struct ExecLimits {
     pub max_output: u64,
     /// Longest run.
     pub timeout: std::time::Duration,
+    /// Interactive sessions open at once per allocation.
+    pub max_sessions: usize,
+    /// An interactive session with no traffic either way for this long is
+    /// ended (its command killed).
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for ExecLimits {
@@ -41,6 +46,8 @@ impl Default for ExecLimits {
         Self {
             max_output: 16 << 20,
             timeout: std::time::Duration::from_secs(300),
+            max_sessions: 8,
+            idle_timeout: std::time::Duration::from_secs(30 * 60),
         }
     }
 }
@@ -151,7 +158,14 @@ pub fn run_capped(
 pub fn router(inner: Arc<AgentInner>) -> Router {
     Router::new()
         .route("/v1/client/allocations/{id}/logs", get(logs_handler))
-        .route("/v1/client/allocations/{id}/exec", post(exec_handler))
+        .route(
+            "/v1/client/allocations/{id}/exec",
+            post(exec_handler).get(crate::exec_session::handler),
+        )
+        .route(
+            "/v1/client/allocations/{id}/console",
+            get(crate::exec_session::console_handler),
+        )
         .route("/v1/client/allocations/{id}/stats", get(stats_handler))
         .layer(DefaultBodyLimit::max(MAX_EXEC_BODY))
         .with_state(inner)
@@ -180,7 +194,7 @@ pub async fn require_server(req: axum::extract::Request, next: axum::middleware:
     }
 }
 
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -189,11 +203,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
+/// A 400 blaming `field` of the request.
+pub(crate) fn bad_field(field: &str, message: impl std::fmt::Display) -> Response {
+    let body =
+        serde_json::json!({"error": {"message": format!("{field}: {message}"), "field": field}});
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-fn not_found(msg: impl Into<String>) -> ApiError {
+pub(crate) fn not_found(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, msg.into())
 }
 
@@ -208,7 +229,7 @@ struct LogsQuery {
     offset: Option<u64>,
 }
 
-fn pick_task(names: &[String], task: Option<&str>) -> Result<String, ApiError> {
+pub(crate) fn pick_task(names: &[String], task: Option<&str>) -> Result<String, ApiError> {
     match task {
         Some(t) if names.iter().any(|n| n == t) => Ok(t.to_string()),
         Some(t) => Err(bad(format!(
@@ -299,7 +320,7 @@ async fn exec_handler(
     let limits = inner.exec_limits;
     let out = tokio::task::spawn_blocking(move || -> Result<std::process::Output, ApiError> {
         let cmd = driver
-            .exec_command(&handle, &req.command)
+            .exec_command(&handle, &taba_driver::ExecOptions::command(&req.command))
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("exec: {e}")))?;
         run_capped(cmd, stdin, limits).map_err(|e| {
             let status = match e {
@@ -371,6 +392,7 @@ mod tests {
         let limits = ExecLimits {
             max_output: 1 << 20,
             timeout: Duration::from_secs(60),
+            ..Default::default()
         };
         let e = run_capped(sh("head -c 2G /dev/zero"), Vec::new(), limits).unwrap_err();
         assert!(
@@ -385,6 +407,7 @@ mod tests {
         let limits = ExecLimits {
             max_output: 1 << 20,
             timeout: Duration::from_millis(300),
+            ..Default::default()
         };
         let e = run_capped(sh("exec sleep 30"), Vec::new(), limits).unwrap_err();
         assert!(

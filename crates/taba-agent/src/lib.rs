@@ -8,6 +8,7 @@
 
 pub mod api;
 mod client;
+mod exec_session;
 pub mod fingerprint;
 pub mod host;
 pub mod images;
@@ -237,6 +238,8 @@ pub struct AgentInner {
     reregister: Notify,
     /// Caps of `alloc exec`.
     exec_limits: api::ExecLimits,
+    /// Interactive exec sessions open, per allocation.
+    exec_sessions: exec_session::Sessions,
 }
 
 impl AgentInner {
@@ -404,6 +407,7 @@ pub async fn start(
         last_contact: Mutex::new(Instant::now()),
         reregister: Notify::new(),
         exec_limits: config.exec_limits,
+        exec_sessions: exec_session::Sessions::default(),
     });
 
     // What a killed agent left for allocations it no longer knows goes

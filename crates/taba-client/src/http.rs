@@ -52,6 +52,25 @@ pub enum ClientError {
     },
 }
 
+/// The error a server's non-success reply carries.
+pub(crate) fn api_error(status: u16, body: &[u8]) -> ClientError {
+    let (message, field) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => (b.error.message, b.error.field),
+        Err(_) => (
+            format!(
+                "server answered {status}: {}",
+                String::from_utf8_lossy(body).trim()
+            ),
+            None,
+        ),
+    };
+    ClientError::Api {
+        status,
+        message,
+        field,
+    }
+}
+
 fn api_message(message: &str, field: &Option<String>) -> String {
     match field {
         Some(f) if !message.contains(f.as_str()) => format!("{f}: {message}"),
@@ -167,6 +186,8 @@ pub struct Client {
     http: reqwest::blocking::Client,
     /// Streams (logs, exec, uploads, blocking queries): no overall timeout.
     streaming: reqwest::blocking::Client,
+    /// TLS material, for the async client of interactive sessions.
+    pub(crate) tls: Option<TlsOptions>,
 }
 
 impl std::fmt::Debug for Client {
@@ -178,7 +199,7 @@ impl std::fmt::Debug for Client {
 }
 
 /// Escape a path segment (ids, names and image references).
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
@@ -258,6 +279,7 @@ impl Client {
             node_secret: None,
             http,
             streaming,
+            tls: o.tls,
         })
     }
 
@@ -382,21 +404,7 @@ impl Client {
         }
         let mut body = Vec::new();
         let _ = resp.take(1 << 20).read_to_end(&mut body);
-        let (message, field) = match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(b) => (b.error.message, b.error.field),
-            Err(_) => (
-                format!(
-                    "server answered {status}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                ),
-                None,
-            ),
-        };
-        Err(ClientError::Api {
-            status,
-            message,
-            field,
-        })
+        Err(api_error(status, &body))
     }
 
     fn json<T: DeserializeOwned>(mut resp: Response) -> Result<T, ClientError> {
@@ -764,7 +772,7 @@ impl Client {
             reference: reference.to_string(),
         })
         .expect("serialises");
-        self.events("/v1/registry/pull", body, "pull", on_event)
+        self.progress_events("/v1/registry/pull", body, "pull", on_event)
     }
 
     /// `POST /v1/registry/push`: pushes the stored image `source` (default: `reference`) to
@@ -781,11 +789,11 @@ impl Client {
             source: source.map(str::to_string),
         })
         .expect("serialises");
-        self.events("/v1/registry/push", body, "push", on_event)
+        self.progress_events("/v1/registry/push", body, "push", on_event)
     }
 
     /// A POST whose reply is newline-delimited progress events, ending in a final one.
-    fn events(
+    fn progress_events(
         &self,
         path: &str,
         body: Vec<u8>,

@@ -9,7 +9,9 @@
 pub use taba_types::api;
 
 mod http;
+mod session;
 
 pub use http::{
     Client, ClientError, ClientOptions, EventStream, LogStream, RawResponse, TlsOptions,
 };
+pub use session::{ExecSession, ExecSessionOptions, SessionEvent, SessionInput};

@@ -41,6 +41,38 @@ pub enum DriverError {
     /// The operation is not supported by this driver.
     #[error("{0} is not supported by this driver")]
     Unsupported(&'static str),
+    /// An exec request names something the task cannot give (a user its
+    /// image does not know, a tty where none can be made).
+    #[error("{field}: {message}")]
+    InvalidExec {
+        /// The request field at fault (`user`, `tty`).
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What `taba alloc exec` runs inside a task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Run as this user (resolved in the task's own passwd and group
+    /// files, as the task's user is); `None`: the task's own user.
+    pub user: Option<String>,
+    /// Run in a pseudo-terminal made in the task's namespaces; the exec
+    /// process then relays it (see `taba_runtime::shim::exec`).
+    pub tty: Option<(u16, u16)>,
+}
+
+impl ExecOptions {
+    /// Run `command` as the task's user, without a terminal.
+    pub fn command(command: &[String]) -> Self {
+        Self {
+            command: command.to_vec(),
+            ..Default::default()
+        }
+    }
 }
 
 /// What a node grants workloads, from the agent's configuration
@@ -256,10 +288,16 @@ pub trait Driver: Send + Sync {
     fn exec_command(
         &self,
         handle: &TaskHandle,
-        cmd: &[String],
+        exec: &ExecOptions,
     ) -> Result<std::process::Command, DriverError>;
     /// Re-attach after an agent restart.
     fn recover(&self, handle: &TaskHandle) -> Result<Recovered, DriverError>;
+    /// The unix socket of the task's console (`taba alloc console`): what
+    /// is written to it goes to the workload's stdin, the workload's output
+    /// comes back (`taba_runtime::shim::console`). Only VMs have one.
+    fn console_socket(&self, _handle: &TaskHandle) -> Result<PathBuf, DriverError> {
+        Err(DriverError::Unsupported("a console"))
+    }
 }
 
 pub use taba_types::now_ms;

@@ -163,13 +163,22 @@ impl Driver for ExecDriver {
     fn exec_command(
         &self,
         h: &TaskHandle,
-        cmd: &[String],
+        exec: &crate::ExecOptions,
     ) -> Result<std::process::Command, DriverError> {
+        if exec.user.is_some() {
+            // A host process's user is a host account: choosing it is the
+            // job's business (and needs the `host` capability there).
+            return Err(DriverError::InvalidExec {
+                field: "user",
+                message: "only container tasks take a user for exec; an exec task's commands run as the task's own user".into(),
+            });
+        }
         let sc = taba_runtime::shim::read_config(&h.task_dir)?;
         let Workload::Process(p) = &sc.workload else {
             return Err(DriverError::Start("not an exec task".into()));
         };
-        let spec = ExecSpec::for_process(p, cmd.to_vec(), sc.cgroup_procs.clone());
+        let mut spec = ExecSpec::for_process(p, exec.command.clone(), sc.cgroup_procs.clone());
+        spec.tty = exec.tty;
         self.shim.exec_command(h, &spec)
     }
 

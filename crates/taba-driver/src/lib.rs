@@ -23,3 +23,11 @@ pub mod users;
 pub mod vm;
 
 pub use common::*;
+/// The framing of an exec's terminal input (`ExecOptions::tty`): what the
+/// caller writes to the exec command's stdin.
+pub use taba_runtime::shim::tty as exec_tty;
+
+/// The file name of a task's console socket ([`Driver::console_socket`]).
+pub fn console_socket_name() -> &'static str {
+    taba_runtime::shim::console::CONSOLE_SOCKET
+}

@@ -17,6 +17,8 @@ pub struct Shimmed {
     pub exe: PathBuf,
     /// The host's cgroup layout, if usable.
     pub layout: Result<Layout, String>,
+    /// Shims keep a console (`taba_runtime::shim::console`).
+    pub console: bool,
 }
 
 impl Shimmed {
@@ -25,7 +27,32 @@ impl Shimmed {
         Self {
             exe,
             layout: Layout::detect().map_err(|e| e.to_string()),
+            console: false,
         }
+    }
+
+    /// Shims of this driver keep a console: the workload's stdin and a
+    /// copy of its output on `console.sock` in the task directory.
+    pub fn with_console(mut self) -> Self {
+        self.console = true;
+        self
+    }
+
+    /// The console socket of a running task, if its shim keeps one.
+    pub fn console_socket(&self, h: &TaskHandle) -> Result<PathBuf, DriverError> {
+        if !self.console {
+            return Err(DriverError::Unsupported("a console"));
+        }
+        if !self.alive(h) {
+            return Err(DriverError::Start("the task is not running".into()));
+        }
+        let p = h.task_dir.join(shim::console::CONSOLE_SOCKET);
+        if !p.exists() {
+            return Err(DriverError::Unsupported(
+                "a console (the task was started before consoles existed)",
+            ));
+        }
+        Ok(p)
     }
 
     fn layout(&self) -> Result<&Layout, DriverError> {
@@ -82,6 +109,7 @@ impl Shimmed {
             log_name: cfg.task.name.clone(),
             log_max_bytes: cfg.log_max_bytes,
             log_max_files: cfg.log_max_files,
+            console: self.console,
         };
         shim::write_config(&cfg.task_dir, &sc)?;
         let started = shim::spawn(&self.exe, &cfg.task_dir)?;
@@ -218,9 +246,15 @@ impl Shimmed {
         if !self.alive(h) {
             return Err(DriverError::Start("the task is not running".into()));
         }
-        let path = h
-            .task_dir
-            .join(format!("exec-{}-{}.json", now_ms(), std::process::id()));
+        let path = h.task_dir.join(format!(
+            "exec-{}-{}-{}.json",
+            now_ms(),
+            std::process::id(),
+            {
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            }
+        ));
         spec.write(&path).map_err(|source| DriverError::Io {
             path: path.clone(),
             source,

@@ -892,3 +892,115 @@ pub enum StreamLine {
         end: StreamEnd,
     },
 }
+
+/// The interactive `alloc exec` session (`GET /v1/allocations/{id}/exec`
+/// upgraded to a WebSocket, proxied frame by frame to the agent's
+/// `GET /v1/client/allocations/{id}/exec`).
+///
+/// The query says what to run ([`ExecSessionQuery`]). Then:
+///
+/// - binary frames carry bytes: the first byte is the stream
+///   ([`exec_session::STDIN`], [`exec_session::STDOUT`],
+///   [`exec_session::STDERR`]), the rest its data; a stdin frame with no
+///   data closes the command's stdin;
+/// - text frames carry one JSON [`exec_session::Control`]: `resize` from
+///   the client (a terminal's size), `exit` (the command's exit code, the
+///   last frame of a session) or `error` (the session failed; last frame)
+///   from the agent.
+///
+/// Input that is not valid before the command starts (an unknown task or
+/// user, an empty command) is refused with a 4xx before the upgrade.
+pub mod exec_session {
+    use serde::{Deserialize, Serialize};
+
+    /// Stream byte of standard input (client to agent).
+    pub const STDIN: u8 = 0;
+    /// Stream byte of standard output (agent to client; with a tty, all output).
+    pub const STDOUT: u8 = 1;
+    /// Stream byte of standard error (agent to client).
+    pub const STDERR: u8 = 2;
+    /// Largest data in one binary frame (bytes after the stream byte).
+    pub const MAX_CHUNK: usize = 32 << 10;
+
+    /// A control message (a text frame).
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case", deny_unknown_fields)]
+    pub enum Control {
+        /// The client's terminal size (with a tty; at start and on change).
+        Resize {
+            /// Columns.
+            cols: u16,
+            /// Rows.
+            rows: u16,
+        },
+        /// The command ended with this code (128 + signal when killed).
+        Exit {
+            /// Exit code.
+            code: i32,
+        },
+        /// The session failed.
+        Error {
+            /// What went wrong.
+            message: String,
+        },
+    }
+
+    /// A binary frame: `stream` then `data`.
+    pub fn frame(stream: u8, data: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(data.len() + 1);
+        v.push(stream);
+        v.extend_from_slice(data);
+        v
+    }
+}
+
+/// Query of `GET /v1/allocations/{id}/exec` (an interactive session).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSessionQuery {
+    /// The task (optional when the group has one task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The command: a JSON array of strings (program and arguments).
+    pub command: String,
+    /// Pass standard input through (`-i`).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run in a pseudo-terminal (`-t`); stdout and stderr are merged.
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's columns at the start (with `tty`; later sizes come
+    /// as `resize` frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    /// The terminal's rows at the start (with `tty`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    /// Run as this user (`name`, `uid`, `name:group`, `uid:gid`), resolved
+    /// in the container's passwd and group files; containers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl ExecSessionQuery {
+    /// The command as a list; an error names the field and the reason.
+    pub fn command_args(&self) -> Result<Vec<String>, (&'static str, String)> {
+        let args: Vec<String> = serde_json::from_str(&self.command)
+            .map_err(|e| ("command", format!("must be a JSON array of strings: {e}")))?;
+        if args.is_empty() || args[0].is_empty() {
+            return Err(("command", "must name a program".into()));
+        }
+        if args.iter().any(|a| a.contains('\0')) {
+            return Err(("command", "must not contain NUL".into()));
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty() || u.contains('\0') || u.len() > 256 {
+                return Err((
+                    "user",
+                    "must be a user name or id, optionally :group".into(),
+                ));
+            }
+        }
+        Ok(args)
+    }
+}

@@ -319,3 +319,149 @@ fn root_vm_disk_is_kept_across_restarts_of_the_task() {
     let a = dev.client.alloc(&id).unwrap();
     assert_eq!(a.allocation.task_states["guest"].restarts, 1);
 }
+
+/// A console session's events on a channel (waits on it are bounded).
+fn console(
+    dev: &Dev,
+    id: &str,
+) -> (
+    taba_client::SessionInput,
+    std::sync::mpsc::Receiver<taba_client::SessionEvent>,
+) {
+    // Right after an agent restart the server may say "running" before the
+    // new agent has re-adopted the task: attach once it has.
+    let mut session = None;
+    let mut last = String::new();
+    dev.wait_for("a console session", Duration::from_secs(60), || {
+        match dev.client.console_session(id, None) {
+            Ok(s) => session = Some(s),
+            Err(e) => last = e.to_string(),
+        }
+        session.is_some()
+    });
+    let mut s = session.unwrap_or_else(|| panic!("no console: {last}"));
+    let input = s.input();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Some(e) = s.recv() {
+            if tx.send(e).is_err() {
+                return;
+            }
+        }
+    });
+    (input, rx)
+}
+
+/// Type `line` (and Enter) into the console and wait until the guest's
+/// echo of it arrives.
+fn type_and_read_echo(
+    c: &(
+        taba_client::SessionInput,
+        std::sync::mpsc::Receiver<taba_client::SessionEvent>,
+    ),
+    line: &str,
+) {
+    use taba_client::SessionEvent;
+    assert!(c.0.send_stdin(format!("{line}\r").as_bytes()));
+    let want = format!("taba-echo: {line}");
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(&want) {
+        match c.1.recv_timeout(Duration::from_secs(120)) {
+            Ok(SessionEvent::Stdout(d)) => seen.extend(d),
+            other => panic!(
+                "console ended ({other:?}) before the echo of {line:?}; got {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+}
+
+#[test]
+fn root_vm_console_is_attachable_logged_and_survives_an_agent_restart() {
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-vm-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let _cleanup = CleanupGuard(tmp.path().to_path_buf());
+    let dev = dev_for_vms(tmp.path(), "tcg");
+    let f = job_file(
+        tmp.path(),
+        "con",
+        &vm_job("con", "  cmdline = \"taba.console\"\n  vcpus = 1\n"),
+    );
+    let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let a = wait_alloc(&dev, "con", "the VM running", running);
+    let id = a.id.to_string();
+    dev.wait_for("the guest's console loop", Duration::from_secs(120), || {
+        alloc_stdout(&dev, &id).contains("taba-console: ready")
+    });
+    // The console socket is the shim's, in the root-only task dir, 0600.
+    let sock = tmp
+        .path()
+        .join("agent/allocs")
+        .join(&id)
+        .join("guest/console.sock");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "console socket mode {mode:o}");
+
+    // Typed into the guest's serial console, answered by the guest.
+    let c = console(&dev, &id);
+    type_and_read_echo(&c, "hello-console");
+    drop(c);
+    // ...and logged as well.
+    dev.wait_for("the echo in alloc logs", Duration::from_secs(30), || {
+        alloc_stdout(&dev, &id).contains("taba-echo: hello-console")
+    });
+    // The attach is in the allocation's events.
+    let out = dev.cli(&["alloc", "status", &id]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("console attached"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A task without a console is refused with a 4xx.
+    let e = dev
+        .client
+        .exec_session(
+            &id,
+            &taba_client::ExecSessionOptions {
+                command: vec!["true".into()],
+                ..Default::default()
+            },
+        )
+        .err()
+        .expect("no exec into a VM");
+    assert_eq!(e.status(), Some(400), "{e}");
+
+    // kill -9 the agent: the shim keeps the console; the restarted agent
+    // attaches to the same one (the VM did not reboot).
+    let mut dev = dev;
+    dev.kill9();
+    let dev2 = dev_for_vms(tmp.path(), "tcg");
+    wait_alloc(&dev2, "con", "the VM re-adopted", running);
+    let c = console(&dev2, &id);
+    type_and_read_echo(&c, "after-restart");
+    drop(c);
+    let log = alloc_stdout(&dev2, &id);
+    assert_eq!(
+        log.matches("taba-guest: init ok").count(),
+        1,
+        "the guest rebooted"
+    );
+
+    // The session ends when the VM stops.
+    let c = console(&dev2, &id);
+    let out = dev2.cli(&["alloc", "stop", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let end = loop {
+        match c.1.recv_timeout(Duration::from_secs(120)) {
+            Ok(taba_client::SessionEvent::Stdout(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(end, Ok(taba_client::SessionEvent::Exit(0)));
+    drop(dev2);
+    drop(dev);
+}

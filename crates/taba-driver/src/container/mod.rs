@@ -254,6 +254,17 @@ pub fn stop_signal(image: &Image) -> Result<Option<i32>, DriverError> {
     }
 }
 
+/// The root filesystem of the container whose bundle is `bundle`.
+fn exec_rootfs(bundle: &std::path::Path) -> Result<std::path::PathBuf, DriverError> {
+    let spec = Spec::load(bundle.join("config.json")).map_err(bundle_err)?;
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .ok_or_else(|| DriverError::Bundle("config.json has no root".into()))?;
+    Ok(bundle.join(root))
+}
+
 fn bundle_err(e: impl std::fmt::Display) -> DriverError {
     DriverError::Bundle(e.to_string())
 }
@@ -526,15 +537,30 @@ impl Driver for ContainerDriver {
     fn exec_command(
         &self,
         h: &TaskHandle,
-        cmd: &[String],
+        opts: &crate::ExecOptions,
     ) -> Result<std::process::Command, DriverError> {
         let bundle = h
             .rootfs_dir
             .clone()
             .ok_or_else(|| DriverError::Start("the task has no bundle".into()))?;
         let sc = taba_runtime::shim::read_config(&h.task_dir)?;
-        let exec =
-            ExecSpec::for_container(&bundle, cmd.to_vec(), sc.cgroup_procs).map_err(bundle_err)?;
+        let mut exec = ExecSpec::for_container(&bundle, opts.command.clone(), sc.cgroup_procs)
+            .map_err(bundle_err)?;
+        if let Some(user) = &opts.user {
+            // The task's own rules (users.rs), in the container's own files.
+            let rootfs = exec_rootfs(&bundle)?;
+            let u = users::resolve(&rootfs, Some(user), UnknownUid::GidZero).map_err(|e| {
+                DriverError::InvalidExec {
+                    field: "user",
+                    message: match e {
+                        DriverError::Start(m) => m,
+                        other => other.to_string(),
+                    },
+                }
+            })?;
+            exec.set_user(u.uid, u.gid, u.additional_gids, &u.home);
+        }
+        exec.tty = opts.tty;
         self.shim.exec_command(h, &exec)
     }
 

@@ -183,7 +183,7 @@ impl VmDriver {
             cfg.qemu_img = q;
         }
         Self {
-            shim: Shimmed::new(exe),
+            shim: Shimmed::new(exe).with_console(),
             cfg,
             qemu_version,
             kvm: Mutex::new(None),
@@ -573,11 +573,17 @@ impl Driver for VmDriver {
     fn exec_command(
         &self,
         _h: &TaskHandle,
-        _cmd: &[String],
+        _exec: &crate::ExecOptions,
     ) -> Result<std::process::Command, DriverError> {
         Err(DriverError::Unsupported(
             "running a command inside a VM (there is no guest agent)",
         ))
+    }
+
+    /// The serial console: QEMU's stdio, kept by the shim (logged, and
+    /// attachable on `console.sock`, across agent restarts).
+    fn console_socket(&self, h: &TaskHandle) -> Result<std::path::PathBuf, DriverError> {
+        self.shim.console_socket(h)
     }
 
     /// The shim still runs QEMU: re-attach, and ask QEMU over QMP how the

@@ -24,8 +24,31 @@ use crate::sys::{self, ChildFailure};
 
 /// Exit code of `shim exec` when it failed before running the command.
 pub const EXEC_SETUP_FAILED: i32 = 125;
-/// Exit code of `shim exec` when the command could not be started.
+/// Exit code of `shim exec` when the command was not found (as a shell
+/// and `docker exec` say it).
 pub const EXEC_START_FAILED: i32 = 127;
+/// Exit code of `shim exec` when the command was found but cannot be
+/// executed (permission denied, not an executable).
+pub const EXEC_NOT_EXECUTABLE: i32 = 126;
+
+impl ExecError {
+    /// The exit code `shim exec` ends with when this error stops it: 126 or
+    /// 127 when the command could not be started (as shells and `docker
+    /// exec`), 125 when the exec itself failed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExecError::Start(m)
+                if m.contains("Permission denied")
+                    || m.contains("Exec format error")
+                    || m.contains("Is a directory") =>
+            {
+                EXEC_NOT_EXECUTABLE
+            }
+            ExecError::Start(_) => EXEC_START_FAILED,
+            _ => EXEC_SETUP_FAILED,
+        }
+    }
+}
 
 /// Errors of `shim exec`.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +111,10 @@ pub struct ExecSpec {
     /// `cgroup.procs` files to join (the task's cgroups).
     #[serde(default)]
     pub cgroup_procs: Vec<PathBuf>,
+    /// Run the command in a new pseudo-terminal of this size (columns,
+    /// rows), made inside the task; stdin is then framed (`shim::tty`).
+    #[serde(default)]
+    pub tty: Option<(u16, u16)>,
 }
 
 /// How to run the command.
@@ -126,7 +153,38 @@ impl ExecSpec {
                 seccomp,
             },
             cgroup_procs,
+            tty: None,
         })
+    }
+
+    /// Run the command as `uid`:`gid` with these supplementary groups and
+    /// `HOME` (an exec's `--user`, resolved by the caller in the task's
+    /// own passwd and group files).
+    pub fn set_user(&mut self, uid: u32, gid: u32, additional_gids: Vec<u32>, home: &str) {
+        match &mut self.target {
+            ExecTarget::Container { process, .. } => {
+                let mut user = process.user().clone();
+                user.set_uid(uid);
+                user.set_gid(gid);
+                user.set_additional_gids(Some(additional_gids));
+                user.set_umask(None);
+                process.set_user(user);
+                let mut env: Vec<String> = process
+                    .env()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|e| !e.starts_with("HOME="))
+                    .collect();
+                env.push(format!("HOME={home}"));
+                process.set_env(Some(env));
+            }
+            ExecTarget::Process(p) => {
+                p.uid = uid;
+                p.gid = gid;
+                p.additional_gids = additional_gids;
+            }
+        }
     }
 
     /// Run `args` next to a plain process workload, as its user and in its directory.
@@ -141,6 +199,7 @@ impl ExecSpec {
             version: SHIM_FILES_VERSION,
             target: ExecTarget::Process(w),
             cgroup_procs,
+            tty: None,
         }
     }
 
@@ -282,17 +341,32 @@ pub fn main_exec(pid: i32, spec_path: &Path) -> Result<i32, ExecError> {
         enter_root(&root_fd)
             .map_err(|e| ExecError::Join(format!("enter {}: {e}", root.display())))?;
     }
+    // The terminal is made here, inside the task's root: its devpts.
+    let pty = spec
+        .tty
+        .map(|(cols, rows)| super::tty::open(cols, rows))
+        .transpose()
+        .map_err(|e| ExecError::Join(format!("open a terminal: {e}")))?;
     let child = sys::spawn_child(0, || {
         // SAFETY: prctl with integer arguments.
         sys::check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })
             .map_err(|e| format!("set parent-death signal: {e}"))?;
+        if let Some(p) = &pty {
+            super::tty::become_controlling(&p.slave)?;
+        }
         plan.exec()
     });
     let child = child.map_err(|e| match e {
         ChildFailure::Os(e) => ExecError::Fork(e),
         ChildFailure::Child(msg) => ExecError::Start(msg),
     })?;
-    let status = sys::wait_pid(child).map_err(ExecError::Fork)?;
+    let status = match pty {
+        Some(p) => {
+            drop(p.slave);
+            super::tty::relay(p.master, child).map_err(ExecError::Fork)?
+        }
+        None => sys::wait_pid(child).map_err(ExecError::Fork)?,
+    };
     Ok(match sys::decode_wait_status(status) {
         (Some(code), _) => code,
         (_, Some(sig)) => 128 + sig,

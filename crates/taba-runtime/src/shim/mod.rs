@@ -37,8 +37,10 @@
 //!
 //! The shim uses no threads and no async runtime: one `poll(2)` loop.
 
+pub mod console;
 pub mod exec;
 pub mod logs;
+pub mod tty;
 
 use std::ffi::OsString;
 use std::io;
@@ -82,6 +84,10 @@ pub struct ShimConfig {
     pub log_max_bytes: u64,
     /// How many files of each stream are kept.
     pub log_max_files: u32,
+    /// Keep a console: the workload's stdin and a copy of its stdout on
+    /// `console.sock` in the task directory (`shim::console`).
+    #[serde(default)]
+    pub console: bool,
 }
 
 /// The workload of a task run.
@@ -590,6 +596,7 @@ struct Shim {
     stderr: Option<OwnedFd>,
     out_log: LogWriter,
     err_log: LogWriter,
+    console: Option<console::Console>,
 }
 
 impl Shim {
@@ -611,8 +618,14 @@ impl Shim {
         let (out_r, out_w) = sys::pipe().map_err(|e| format!("create stdout pipe: {e}"))?;
         let (err_r, err_w) = sys::pipe().map_err(|e| format!("create stderr pipe: {e}"))?;
         let null = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+        let (console, console_in) = if config.console {
+            let (c, r) = console::Console::bind(task_dir)?;
+            (Some(c), Some(r))
+        } else {
+            (None, None)
+        };
         let stdio = container::Stdio {
-            stdin: null.as_fd(),
+            stdin: console_in.as_ref().map_or(null.as_fd(), |r| r.as_fd()),
             stdout: out_w.as_fd(),
             stderr: err_w.as_fd(),
         };
@@ -645,7 +658,7 @@ impl Shim {
             }
         };
         let started_at = sys::now_ms();
-        drop((out_w, err_w, null));
+        drop((out_w, err_w, null, console_in));
         // SAFETY: getpid cannot fail.
         let shim_pid = unsafe { libc::getpid() };
         let (_, pid_start_time) =
@@ -676,6 +689,7 @@ impl Shim {
             stderr: Some(err_r),
             out_log,
             err_log,
+            console,
         })
     }
 
@@ -701,6 +715,23 @@ impl Shim {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                libc::pollfd {
+                    fd: self
+                        .console
+                        .as_ref()
+                        .map_or(-1, |c| c.listener_fd().as_raw_fd()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self
+                        .console
+                        .as_ref()
+                        .and_then(|c| c.client_fd())
+                        .map_or(-1, |f| f.as_raw_fd()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             if pidfd.is_none() && self.stdout.is_none() && self.stderr.is_none() {
                 break;
@@ -714,7 +745,18 @@ impl Shim {
                 break;
             }
             if fds[0].revents != 0 {
-                pump(&mut self.stdout, &mut self.out_log, &mut buf);
+                let n = pump_n(&mut self.stdout, &mut self.out_log, &mut buf);
+                if let (Some(c), true) = (self.console.as_mut(), n > 0) {
+                    c.copy_to_client(&buf[..n]);
+                }
+            }
+            if let Some(c) = self.console.as_mut() {
+                if fds[3].revents != 0 {
+                    c.accept();
+                }
+                if fds[4].revents != 0 {
+                    c.read_client(&mut buf);
+                }
             }
             if fds[1].revents != 0 {
                 pump(&mut self.stderr, &mut self.err_log, &mut buf);
@@ -758,21 +800,32 @@ impl Shim {
 /// Read once from `fd` into `log`. Returns false when nothing more is to be
 /// read now (EOF closes the fd; EAGAIN leaves it).
 fn pump(fd: &mut Option<OwnedFd>, log: &mut LogWriter, buf: &mut [u8]) -> bool {
-    let Some(f) = fd else { return false };
+    match fd {
+        Some(_) => pump_n(fd, log, buf) > 0 || fd.is_some() && interrupted(),
+        None => false,
+    }
+}
+
+fn interrupted() -> bool {
+    io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+}
+
+/// Read once from `fd` into `log` (and `buf`); the bytes read (0 at EOF,
+/// which closes the fd, on EAGAIN and EINTR).
+fn pump_n(fd: &mut Option<OwnedFd>, log: &mut LogWriter, buf: &mut [u8]) -> usize {
+    let Some(f) = fd else { return 0 };
     // SAFETY: reading into a valid buffer of its length.
     let n = unsafe { libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     if n > 0 {
         // A full disk must not stop the workload: drop the bytes.
         let _ = log.write(&buf[..n as usize]);
-        return true;
+        return n as usize;
     }
-    if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-        return true;
-    }
-    if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+    let kind = io::Error::last_os_error().kind();
+    if n == 0 || (kind != io::ErrorKind::WouldBlock && kind != io::ErrorKind::Interrupted) {
         *fd = None;
     }
-    false
+    0
 }
 
 /// An error and its sources on one line.

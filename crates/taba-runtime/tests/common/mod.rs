@@ -77,6 +77,7 @@ pub fn make_task(
         log_name: "t".into(),
         log_max_bytes: max_bytes,
         log_max_files: max_files,
+        console: false,
     };
     shim::write_config(&task, &config).unwrap();
     task

@@ -47,6 +47,9 @@ pub enum ApiError {
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
+    /// A WebSocket route called without the WebSocket handshake.
+    #[error("{0}")]
+    UpgradeRequired(String),
     /// The request conflicts with the state (e.g. an ambiguous id prefix).
     #[error("{0}")]
     Conflict(String),
@@ -134,6 +137,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
             Self::Gone { .. } => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -388,7 +388,7 @@ pub async fn list_allocs(State(app): State<AppState>, auth: Auth) -> R<Vec<Alloc
 }
 
 /// The allocation `id` names, if the caller holds `cap` in its namespace.
-fn alloc_for(
+pub(super) fn alloc_for(
     app: &AppState,
     auth: &Auth,
     id: &str,
@@ -423,7 +423,7 @@ pub async fn stop_alloc(
 }
 
 /// The task a logs/exec request means: the named one, or the group's only task.
-fn pick_task(a: &Allocation, task: Option<String>) -> Result<String, ApiError> {
+pub(super) fn pick_task(a: &Allocation, task: Option<String>) -> Result<String, ApiError> {
     let names: Vec<&str> = a.group_spec.tasks.iter().map(|t| t.name.as_str()).collect();
     match task {
         Some(t) if names.contains(&t.as_str()) => Ok(t),
@@ -446,7 +446,7 @@ fn pick_task(a: &Allocation, task: Option<String>) -> Result<String, ApiError> {
 }
 
 /// A client for the agent of `a`'s node, its base URL and its address.
-async fn agent_of(
+pub(super) async fn agent_of(
     app: &AppState,
     a: &Allocation,
 ) -> Result<(reqwest::Client, String, String), ApiError> {
@@ -456,7 +456,7 @@ async fn agent_of(
 }
 
 /// Relay an agent's error reply (status and body) as it is when it is ours.
-async fn agent_failure(resp: reqwest::Response) -> ApiError {
+pub(super) async fn agent_failure(resp: reqwest::Response) -> ApiError {
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ErrorBody>(&body) {
@@ -617,7 +617,7 @@ pub async fn alloc_exec(
 /// Longest command text kept in an audit event.
 const MAX_AUDIT_COMMAND: usize = 1024;
 
-fn exec_event(auth: &Auth, task: &str, command: &[String]) -> AllocEvent {
+pub(super) fn exec_event(auth: &Auth, task: &str, command: &[String]) -> AllocEvent {
     let mut cmd = format!("{command:?}");
     if cmd.len() > MAX_AUDIT_COMMAND {
         let mut cut = MAX_AUDIT_COMMAND;

@@ -5,6 +5,7 @@ mod acl;
 mod agent_client;
 pub mod error;
 mod events;
+mod exec_session;
 pub mod extract;
 pub(crate) mod handlers;
 mod join;
@@ -119,6 +120,11 @@ pub fn routes() -> Vec<Route> {
           "application/octet-stream", get(h::alloc_logs)),
         r("POST", "/v1/allocations/{id}/exec", Scoped(Exec), "Run a command in a task and return its exit code and output (proxied to the node's agent; recorded in the allocation's events)", Json("ExecRequest"),
           &[("task", "task name (optional when the group has one task)")], "ExecResponse", post(h::alloc_exec)),
+        r("GET", "/v1/allocations/{id}/exec", Scoped(Exec), "Run a command in a task interactively over a WebSocket: stdin, stdout and stderr streamed, a tty on request, the exit code last (proxied to the node's agent; recorded in the allocation's events)", None,
+          &[("command", "JSON array: program and arguments"), ("task", "task name (optional when the group has one task)"), ("stdin", "pass stdin through"), ("tty", "run in a pseudo-terminal"), ("user", "run as this user of the container")],
+          "websocket", get(exec_session::alloc_exec_session)),
+        r("GET", "/v1/allocations/{id}/console", Scoped(Exec), "Attach to a VM task's serial console over a WebSocket (the console stays in the logs too; recorded in the allocation's events)", None,
+          &[("task", "task name (optional when the group has one task)")], "websocket", get(exec_session::alloc_console_session)),
         r("GET", "/v1/nodes", N(R), "List nodes", None, &[], "NodeListEntry[]", get(h::list_nodes)),
         r("GET", "/v1/nodes/{node}", N(R), "A node by id, id prefix or name, with its allocations (those the token may read)", None, &[], "NodeDetail", get(h::get_node)),
         r("DELETE", "/v1/nodes/{node}", N(W), "Remove a node (409 while it is not down and has allocations, unless force=true: they are lost and replaced)", None,

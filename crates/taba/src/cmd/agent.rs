@@ -74,6 +74,12 @@ struct AgentFile {
     /// Largest `alloc exec` output kept, per stream.
     #[serde(default)]
     exec_max_output: Option<taba_types::ByteSize>,
+    /// Interactive `alloc exec` sessions open at once per allocation.
+    #[serde(default)]
+    exec_max_sessions: Option<usize>,
+    /// An interactive `alloc exec` session quiet this long is ended.
+    #[serde(default)]
+    exec_idle_timeout: Option<taba_types::DurationSpec>,
     /// Caps on the images this node fetches and unpacks.
     #[serde(default)]
     limits: ImageLimitsFile,
@@ -262,6 +268,13 @@ impl AgentFile {
         }
         if let Some(t) = self.exec_timeout {
             ac.exec_limits.timeout = t.as_duration();
+        }
+        if let Some(n) = self.exec_max_sessions {
+            anyhow::ensure!(n > 0, "{}: must be at least 1", key("exec_max_sessions"));
+            ac.exec_limits.max_sessions = n;
+        }
+        if let Some(t) = self.exec_idle_timeout {
+            ac.exec_limits.idle_timeout = t.as_duration();
         }
         if let Some(m) = self.exec_max_output {
             ac.exec_limits.max_output = m.0;

@@ -248,6 +248,7 @@ fn taba_once(
         log_name: "true".into(),
         log_max_bytes: 1 << 20,
         log_max_files: 2,
+        console: false,
     };
     shim::write_config(&task_dir, &config)?;
     let started = shim::spawn(exe, &task_dir)?;

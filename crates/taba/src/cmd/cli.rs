@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use taba_client::api::{
-    b64, AllocListEntry, JobStatusResponse, LayerStatus, NamespaceStatus, PullEvent,
+    AllocListEntry, JobStatusResponse, LayerStatus, NamespaceStatus, PullEvent,
 };
 use taba_client::Client;
 use taba_types::parse::{parse_job_toml, JobParseError};
@@ -89,13 +89,25 @@ pub enum AllocCommand {
         #[arg(long)]
         task: Option<String>,
     },
-    /// Run a command in a task; stdin is forwarded, its exit code returned.
+    /// Run a command in a task: its output streamed as it is written, its
+    /// exit code returned (126: not executable, 127: not found).
     Exec {
         /// Allocation id or prefix.
         id: String,
         /// Task (needed when the group has several).
         #[arg(long)]
         task: Option<String>,
+        /// Pass stdin to the command.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Run the command in a pseudo-terminal made in the task (raw mode
+        /// on this terminal, window size followed, Ctrl-C goes to the command).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Run as this user of the container (`name`, `uid`, `name:group`,
+        /// `uid:gid`), resolved in the container's own passwd and group.
+        #[arg(short = 'u', long)]
+        user: Option<String>,
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -104,6 +116,15 @@ pub enum AllocCommand {
     Stop {
         /// Allocation id or prefix.
         id: String,
+    },
+    /// Attach to a VM's serial console (it stays in `alloc logs` too);
+    /// Ctrl-] leaves.
+    Console {
+        /// Allocation id or prefix.
+        id: String,
+        /// Task (needed when the group has several).
+        #[arg(long)]
+        task: Option<String>,
     },
 }
 
@@ -877,21 +898,25 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AllocCommand::Exec { id, task, command } => {
-            let mut stdin = Vec::new();
-            if !std::io::stdin().is_terminal() {
-                std::io::stdin()
-                    .read_to_end(&mut stdin)
-                    .context("cannot read stdin")?;
-            }
-            let r = api.alloc_exec(&id, task.as_deref(), &command, &stdin)?;
-            let out = b64::decode(&r.stdout_b64).map_err(anyhow::Error::msg)?;
-            let err = b64::decode(&r.stderr_b64).map_err(anyhow::Error::msg)?;
-            std::io::stdout().write_all(&out)?;
-            std::io::stdout().flush()?;
-            std::io::stderr().write_all(&err)?;
-            Ok(ExitCode::from(r.exit_code.clamp(0, 255) as u8))
-        }
+        AllocCommand::Exec {
+            id,
+            task,
+            interactive,
+            tty,
+            user,
+            command,
+        } => super::session::exec(
+            &api,
+            super::session::ExecArgs {
+                id,
+                task,
+                interactive,
+                tty,
+                user,
+                command,
+            },
+        ),
+        AllocCommand::Console { id, task } => super::session::console(&api, &id, task.as_deref()),
         AllocCommand::Stop { id } => {
             let r = api.stop_alloc(&id)?;
             if g.json {

@@ -13,6 +13,7 @@ mod devcluster;
 pub mod drain;
 pub mod events;
 pub mod server;
+mod session;
 pub mod shim;
 pub mod sim;
 pub mod store_config;

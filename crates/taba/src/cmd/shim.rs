@@ -40,13 +40,9 @@ pub fn run(args: ShimArgs) -> anyhow::Result<ExitCode> {
         ShimCommand::Exec { pid, spec } => match shim::exec::main_exec(pid, &spec) {
             Ok(code) => code,
             Err(e) => {
-                let start = matches!(e, shim::exec::ExecError::Start(_));
+                let code = e.exit_code();
                 eprintln!("error: {:#}", anyhow::Error::from(e));
-                if start {
-                    shim::exec::EXEC_START_FAILED
-                } else {
-                    shim::exec::EXEC_SETUP_FAILED
-                }
+                code
             }
         },
     };

@@ -1351,13 +1351,18 @@ fn unique_seed(attempt: u32) -> u64 {
 }
 
 /// The `vm` driver's test guest (`<dir>/current/{vmlinuz,initramfs.cpio}`),
-/// built by `scripts/vm-guest.sh setup` (run here when missing). Returns
-/// the directory to give `taba dev --vm-image-dir`.
+/// built by `scripts/vm-guest.sh setup` (run here when missing, or older
+/// than the scripts that write its init). Returns the directory to give
+/// `taba dev --vm-image-dir`.
 pub fn vm_guest_dir() -> PathBuf {
     let dir =
         std::env::var("TABA_VM_GUEST_DIR").unwrap_or_else(|_| "/var/cache/taba/vm-guest".into());
     let dir = PathBuf::from(dir);
-    if !dir.join("current/initramfs.cpio").exists() {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let built = mtime(&dir.join("current/initramfs.cpio"));
+    let scripts =
+        ["vm-guest.sh", "guest.sh"].map(|f| mtime(&manifest_dir().join("../../scripts").join(f)));
+    if built.is_none() || scripts.iter().any(|s| *s > built) {
         let script = manifest_dir().join("../../scripts/vm-guest.sh");
         let st = Command::new("bash")
             .arg(script)
