@@ -260,6 +260,11 @@ pub trait Driver: Send + Sync {
     ) -> Result<std::process::Command, DriverError>;
     /// Re-attach after an agent restart.
     fn recover(&self, handle: &TaskHandle) -> Result<Recovered, DriverError>;
+    /// The driver's live migration, if it can move a running task
+    /// ([`crate::migrate::Migratable`]); `None` by default.
+    fn migratable(&self) -> Option<&dyn crate::migrate::Migratable> {
+        None
+    }
 }
 
 /// Milliseconds since the epoch.

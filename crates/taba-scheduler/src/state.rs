@@ -1034,6 +1034,8 @@ impl ClusterState {
             preempted_allocs: Vec::new(),
             preempted_by: None,
             migrate: None,
+            live_migration: None,
+            migration_status: None,
             create_time: c.create_time,
             modify_time: c.modify_time,
             create_index: c.create_index,

@@ -130,6 +130,8 @@ pub(crate) fn alloc_on(
         preempted_allocs: Vec::new(),
         preempted_by: None,
         migrate: None,
+        live_migration: None,
+        migration_status: None,
         create_time: 0,
         modify_time: 0,
         create_index: 0,
@@ -904,6 +906,7 @@ fn drain(c: &mut Cluster, name: &str) {
             reason: "node drain".into(),
             to: None,
             requested_at: 0,
+            live: false,
         });
         c.s.upsert_alloc(a);
     }

@@ -596,6 +596,10 @@ impl Driver for VmDriver {
         }
         Ok(r)
     }
+
+    fn migratable(&self) -> Option<&dyn crate::migrate::Migratable> {
+        Some(self)
+    }
 }
 
 #[cfg(test)]

@@ -335,6 +335,7 @@ impl FakeAgent {
             client_description: String::new(),
             task_states,
             usage,
+            migration: None,
         }
     }
 

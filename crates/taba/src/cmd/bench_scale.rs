@@ -416,6 +416,7 @@ async fn alloc_loop(ctx: Arc<Ctx>, id: NodeId, secret: String) {
                 client_description: String::new(),
                 task_states: Default::default(),
                 usage: None,
+                migration: None,
             })
             .collect();
         if updates.is_empty() {

@@ -97,6 +97,9 @@ pub enum AllocCommand {
         /// Allocation id or prefix.
         id: String,
     },
+    /// Move an allocation to another node: VMs live (the guest keeps
+    /// running), other drivers by a restart on the target.
+    Migrate(super::migrate::MigrateArgs),
 }
 
 /// `taba node ...`
@@ -831,6 +834,7 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        AllocCommand::Migrate(args) => super::migrate::run(g, &api, args),
     }
 }
 

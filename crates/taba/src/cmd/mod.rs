@@ -10,6 +10,7 @@ mod daemon;
 pub mod dev;
 mod devcluster;
 pub mod drain;
+pub mod migrate;
 pub mod server;
 pub mod shim;
 pub mod sim;

@@ -1,0 +1,167 @@
+//! `taba alloc migrate ID [--to NODE] [--detach]`: ask for the move, then
+//! follow it until the allocation runs on its new node (or the migration
+//! failed and it runs on where it was). A live migration's progress
+//! (transferred, remaining, dirty rate, expected downtime) is shown as the
+//! source agent reports it: one line redrawn in place on a terminal, a line
+//! per second otherwise.
+
+use super::cli::{print_json, short};
+use super::GlobalArgs;
+use anyhow::bail;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use taba_client::Client;
+use taba_types::{Allocation, DesiredStatus, MigrationProgress};
+
+/// Arguments of `taba alloc migrate`.
+#[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// Allocation id or prefix.
+    pub id: String,
+    /// The node to move to (id, prefix or name); the best other node if not given.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Return once the move is asked for instead of following it.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+/// Polling interval while following a move.
+const POLL: Duration = Duration::from_millis(250);
+/// How long past the group's `migrate.timeout` the CLI still waits.
+const SLACK: Duration = Duration::from_secs(120);
+
+/// Run `taba alloc migrate`.
+pub fn run(g: &GlobalArgs, api: &Client, a: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let before = api.alloc(&a.id)?.allocation;
+    let failures_before = failures(&before);
+    let r = api.migrate_alloc(before.id.as_str(), a.to.as_deref())?;
+    if g.json && a.detach {
+        return print_json(&r);
+    }
+    if !g.json {
+        println!("==> {}", r.message);
+    }
+    if a.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let limit = before.group_spec.migrate.timeout.as_duration() + SLACK;
+    let start = Instant::now();
+    let tty = std::io::stdout().is_terminal() && !g.json;
+    let mut target = None;
+    let mut last_line = Instant::now() - Duration::from_secs(10);
+    loop {
+        if start.elapsed() > limit {
+            bail!("the move of allocation {} did not finish within {}s; see `taba alloc status {}`",
+                before.id, limit.as_secs(), short(before.id.as_str()));
+        }
+        let cur = api.alloc(before.id.as_str())?.allocation;
+        if let Some(lm) = &cur.live_migration {
+            target = Some((lm.target_alloc.clone(), lm.target_node_name.clone()));
+        }
+        if cur.desired_status != DesiredStatus::Run {
+            if tty {
+                println!();
+            }
+            return done(g, &cur, target);
+        }
+        if failures(&cur) > failures_before {
+            if tty {
+                println!();
+            }
+            let why = cur
+                .events
+                .iter()
+                .rev()
+                .find(|e| e.kind == "Migration Failed")
+                .map(|e| e.message.clone())
+                .unwrap_or_default();
+            bail!("{why}; allocation {} runs on on node {}", short(cur.id.as_str()), cur.node_name);
+        }
+        if cur.migrate.is_none() && cur.live_migration.is_none() && target.is_none() {
+            bail!(
+                "the move of allocation {} was dropped: no other node can take it now",
+                short(cur.id.as_str())
+            );
+        }
+        let progress = cur
+            .migration_status
+            .as_ref()
+            .and_then(|s| s.progress.as_ref());
+        if let (Some(p), false) = (progress, g.json) {
+            if tty {
+                print!("\r\x1b[K    {}", progress_line(p));
+                let _ = std::io::stdout().flush();
+            } else if last_line.elapsed() >= Duration::from_secs(1) {
+                println!("    {}", progress_line(p));
+                last_line = Instant::now();
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// How many migrations of `a` failed so far.
+fn failures(a: &Allocation) -> usize {
+    a.events
+        .iter()
+        .filter(|e| e.kind == "Migration Failed")
+        .count()
+}
+
+/// The allocation was stopped: moved (success) or stopped for another reason.
+fn done(
+    g: &GlobalArgs,
+    cur: &Allocation,
+    target: Option<(taba_types::AllocId, String)>,
+) -> anyhow::Result<ExitCode> {
+    let moved = cur.desired_description.starts_with("migrated to")
+        || cur.desired_description.starts_with("moved to another node");
+    if !moved {
+        bail!(
+            "allocation {} was stopped instead: {}",
+            short(cur.id.as_str()),
+            cur.desired_description
+        );
+    }
+    if g.json {
+        return print_json(cur);
+    }
+    let stats = cur
+        .migration_status
+        .as_ref()
+        .and_then(|s| s.completed.as_ref());
+    match (target, stats) {
+        (Some((id, node)), Some(s)) => println!(
+            "==> Allocation {} migrated live to node {node} as allocation {}: {} MiB in {} ms, paused {} ms",
+            short(cur.id.as_str()),
+            short(id.as_str()),
+            s.transferred >> 20,
+            s.elapsed_ms,
+            s.downtime_ms.unwrap_or(0)
+        ),
+        _ => println!(
+            "==> Allocation {} {}",
+            short(cur.id.as_str()),
+            cur.desired_description
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_line(p: &MigrationProgress) -> String {
+    let pct = if p.total > 0 {
+        100 * p.total.saturating_sub(p.remaining) / p.total
+    } else {
+        0
+    };
+    format!(
+        "{pct:>3}%  sent {} MiB, {} MiB left, {} dirty pages/s, expected downtime {} ms, {:.1}s",
+        p.transferred >> 20,
+        p.remaining >> 20,
+        p.dirty_pages_rate,
+        p.downtime_ms.map_or("?".into(), |d| d.to_string()),
+        p.elapsed_ms as f64 / 1000.0
+    )
+}
