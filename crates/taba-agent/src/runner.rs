@@ -574,7 +574,13 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
 
         // 3. Decide what comes next.
         if let Some(to) = migration::sent_away(&s).await {
-            mark_dead(&s, &name, false, "Migrated", format!("migrated live to node {to}"));
+            mark_dead(
+                &s,
+                &name,
+                false,
+                "Migrated",
+                format!("migrated live to node {to}"),
+            );
             return;
         }
         if let Some(reason) = stop_reason.or_else(|| s.stop_reason()) {

@@ -554,7 +554,10 @@ impl Client {
         };
         let bytes = serde_json::to_vec(&body).map_err(|e| ClientError::Decode(e.into()))?;
         let r = self
-            .req(Method::POST, &format!("/v1/allocations/{}/migrate", seg(id)))
+            .req(
+                Method::POST,
+                &format!("/v1/allocations/{}/migrate", seg(id)),
+            )
             .header("Content-Type", "application/json")
             .body(bytes);
         Self::json(self.finish(r)?)

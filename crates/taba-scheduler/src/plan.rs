@@ -242,7 +242,7 @@ fn apply_changes(state: &mut ClusterState, plan: &Plan, index: u64) {
 /// start them; the servers advance and end them as the agents report (so an
 /// update computed from an older snapshot never brings an ended one back).
 pub fn starts_live_migration(a: &Allocation, u: &Allocation) -> bool {
-    u.live_migration
-        .as_ref()
-        .is_some_and(|m| a.live_migration.as_ref().map(|x| &x.target_alloc) != Some(&m.target_alloc))
+    u.live_migration.as_ref().is_some_and(|m| {
+        a.live_migration.as_ref().map(|x| &x.target_alloc) != Some(&m.target_alloc)
+    })
 }

@@ -40,8 +40,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use taba_types::{
     AllocId, AllocStop, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger,
-    Evaluation, Job, JobType, LiveMigration, NodeStatus, PlacementFailure, Plan, SchedulerOutcome, TaskGroupSpec,
-    UnixMillis,
+    Evaluation, Job, JobType, LiveMigration, NodeStatus, PlacementFailure, Plan, SchedulerOutcome,
+    TaskGroupSpec, UnixMillis,
 };
 
 /// Reschedule times kept per allocation lineage when attempts are unlimited.
@@ -348,7 +348,10 @@ impl<'a> Scheduler<'a> {
             // source is gone is stopped (its agent aborts the incoming VM).
             let targets: Vec<&'a Allocation>;
             (targets, mine) = mine.into_iter().partition(|a| a.is_migration_target());
-            for t in targets.iter().filter(|t| t.desired_status == DesiredStatus::Run) {
+            for t in targets
+                .iter()
+                .filter(|t| t.desired_status == DesiredStatus::Run)
+            {
                 let source_on = mine.iter().any(|a| {
                     a.desired_status == DesiredStatus::Run
                         && a.is_migration_source()
@@ -356,7 +359,10 @@ impl<'a> Scheduler<'a> {
                         && (!a.client_status.is_terminal() || state_sent(a))
                 });
                 if !source_on {
-                    self.stop(t, "live migration abandoned: its source is no longer running");
+                    self.stop(
+                        t,
+                        "live migration abandoned: its source is no longer running",
+                    );
                 }
             }
             // Live allocations claim their index first, so a terminal one
@@ -1171,7 +1177,12 @@ fn restarts_on_node_loss(g: &TaskGroupSpec) -> bool {
 /// cpu, memory or disk left), if it cannot: the check `alloc migrate --to`
 /// answers with before it asks for the move. Host ports and spread rules
 /// are left to the scheduler, which then picks another node.
-pub fn move_rejection(state: &ClusterState, job: &Job, a: &Allocation, node: &taba_types::Node) -> Option<String> {
+pub fn move_rejection(
+    state: &ClusterState,
+    job: &Job,
+    a: &Allocation,
+    node: &taba_types::Node,
+) -> Option<String> {
     if node.id == a.node_id {
         return Some("the allocation already runs there".into());
     }

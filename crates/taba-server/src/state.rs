@@ -798,7 +798,8 @@ impl ServerState {
                         lm.source_alloc.clone()
                     };
                     let peer = peers.get(&peer_id).or_else(|| c.alloc(&peer_id));
-                    if let Some(p) = migration::migration_step(old, &mut a, peer, u.migration, now) {
+                    if let Some(p) = migration::migration_step(old, &mut a, peer, u.migration, now)
+                    {
                         peers.insert(p.id.clone(), p);
                     }
                 }

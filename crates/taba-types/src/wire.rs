@@ -257,7 +257,10 @@ impl AllocUpdateRequest {
         }
         for (i, u) in self.updates.iter().enumerate() {
             let Some(m) = &u.migration else { continue };
-            if m.failed.as_ref().is_some_and(|f| f.len() > MAX_UNUSABLE_REASON) {
+            if m.failed
+                .as_ref()
+                .is_some_and(|f| f.len() > MAX_UNUSABLE_REASON)
+            {
                 return Err(field_error(
                     &format!("updates[{i}].migration.failed"),
                     format!("must be at most {MAX_UNUSABLE_REASON} bytes"),

@@ -58,7 +58,12 @@ fn alloc(c: &DevCluster, id: &str) -> Allocation {
 fn allocs(c: &DevCluster, job: &str) -> Vec<Allocation> {
     c.client
         .job_status(job)
-        .map(|st| st.allocations.iter().map(|e| alloc(c, e.id.as_str())).collect())
+        .map(|st| {
+            st.allocations
+                .iter()
+                .map(|e| alloc(c, e.id.as_str()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -146,9 +151,11 @@ fn assert_moved_live(c: &DevCluster, job: &str, src: &Allocation) -> Allocation 
         !pid_alive(src_pid)
     });
     let last_on_source = last_count(&console(c, &src_now));
-    c.wait_for("the target guest counting on", Duration::from_secs(60), || {
-        last_count(&console(c, &target)) > last_on_source + 10
-    });
+    c.wait_for(
+        "the target guest counting on",
+        Duration::from_secs(60),
+        || last_count(&console(c, &target)) > last_on_source + 10,
+    );
     let log = console(c, &target);
     let on_target = counts(&log);
     assert!(
@@ -160,7 +167,10 @@ fn assert_moved_live(c: &DevCluster, job: &str, src: &Allocation) -> Allocation 
         on_target.windows(2).all(|w| w[1] == w[0] + 1),
         "the count restarted or skipped on the target: {on_target:?}"
     );
-    assert!(!log.contains("taba-guest: init ok"), "the target booted:\n{log}");
+    assert!(
+        !log.contains("taba-guest: init ok"),
+        "the target booted:\n{log}"
+    );
     target
 }
 
@@ -179,7 +189,11 @@ fn root_vm_alloc_migrate_and_drain_move_the_guest_live_between_agents() {
     // unknown node, an ineligible node.
     let out = c.cli(&["alloc", "migrate", &id, "--to", &src.node_name]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("already runs there"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already runs there"),
+        "{}",
+        stderr(&out)
+    );
     let out = c.cli(&["alloc", "migrate", &id, "--to", "n9"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
@@ -188,7 +202,10 @@ fn root_vm_alloc_migrate_and_drain_move_the_guest_live_between_agents() {
     let out = c.cli(&["alloc", "migrate", &id, "--to", to]);
     assert!(!out.status.success());
     let e = stderr(&out);
-    assert!(e.contains(&format!("node {to} cannot take")) && e.contains("not eligible"), "{e}");
+    assert!(
+        e.contains(&format!("node {to} cannot take")) && e.contains("not eligible"),
+        "{e}"
+    );
     let out = c.cli(&["node", "eligibility", to, "--enable"]);
     assert!(out.status.success(), "{out:?}");
     let same = alloc(&c, &id);
@@ -199,7 +216,10 @@ fn root_vm_alloc_migrate_and_drain_move_the_guest_live_between_agents() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
     assert!(text.contains("migrates live"), "{text}");
-    assert!(text.contains(&format!("migrated live to node {to}")), "{text}");
+    assert!(
+        text.contains(&format!("migrated live to node {to}")),
+        "{text}"
+    );
     let moved = assert_moved_live(&c, "mig", &src);
     assert_eq!(moved.node_name, to);
     assert!(c.running_allocs(if to == "n1" { 2 } else { 1 }).is_empty());
@@ -221,13 +241,20 @@ fn root_vm_failed_migration_leaves_the_guest_running_on_its_source() {
     let out = c.cli(&["alloc", "migrate", &id]);
     assert!(!out.status.success(), "{out:?}");
     let e = stderr(&out);
-    assert!(e.contains("live migration to node") && e.contains("failed"), "{e}");
+    assert!(
+        e.contains("live migration to node") && e.contains("failed"),
+        "{e}"
+    );
     // The source runs on (the same QEMU, still counting); the target was
     // stopped and its QEMU is gone; the events say why.
     let a = alloc(&c, &id);
     assert!(running(&a) && a.live_migration.is_none(), "{a:?}");
     assert!(pid_alive(src_pid));
-    assert!(a.events.iter().any(|e| e.kind == "Migration Failed"), "{:?}", a.events);
+    assert!(
+        a.events.iter().any(|e| e.kind == "Migration Failed"),
+        "{:?}",
+        a.events
+    );
     let before = last_count(&console(&c, &a));
     c.wait_for("the source still counting", Duration::from_secs(60), || {
         last_count(&console(&c, &a)) > before + 5

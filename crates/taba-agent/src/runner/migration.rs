@@ -194,7 +194,10 @@ async fn outgoing(s: Arc<Shared>, lm: LiveMigration, to: MigrationIncoming) {
         r.state.push_event(
             now,
             "Migrating",
-            format!("sending the running task to node {} ({})", lm.target_node_name, to.addr),
+            format!(
+                "sending the running task to node {} ({})",
+                lm.target_node_name, to.addr
+            ),
         )
     });
     let s2 = s.clone();
@@ -240,8 +243,11 @@ async fn outgoing(s: Arc<Shared>, lm: LiveMigration, to: MigrationIncoming) {
         Err(why) => {
             tracing::warn!(alloc = %s.id, to = %lm.target_node_name, "live migration failed: {why}");
             s.update_task(&name, |r| {
-                r.state
-                    .push_event(now, "Migration Failed", format!("the task runs on here: {why}"))
+                r.state.push_event(
+                    now,
+                    "Migration Failed",
+                    format!("the task runs on here: {why}"),
+                )
             });
             s.report_migration(&target, |r| r.failed = Some(why));
             s.outgoing.send_replace(Outgoing::Idle);
@@ -270,7 +276,11 @@ pub(super) async fn sent_away(s: &Shared) -> Option<String> {
 type Started = Option<(Option<TaskHandle>, Option<ExitResult>)>;
 
 /// Target: take the workload over from the source instead of starting it.
-pub(super) async fn incoming(s: &Arc<Shared>, task: &TaskSpec, driver: &Arc<dyn Driver>) -> Started {
+pub(super) async fn incoming(
+    s: &Arc<Shared>,
+    task: &TaskSpec,
+    driver: &Arc<dyn Driver>,
+) -> Started {
     let name = &task.name;
     let me = s.id.clone();
     let accel = match source_ready(s).await {
@@ -333,8 +343,11 @@ pub(super) async fn incoming(s: &Arc<Shared>, task: &TaskSpec, driver: &Arc<dyn 
             s.update_task(name, |r| {
                 r.state.state = TaskStatus::Running;
                 r.state.started_at = Some(now);
-                r.state
-                    .push_event(now, "Started", format!("migrated in: running here (pid {})", h.pid));
+                r.state.push_event(
+                    now,
+                    "Started",
+                    format!("migrated in: running here (pid {})", h.pid),
+                );
             });
             Some((Some(h), None))
         }
@@ -367,7 +380,10 @@ async fn abort(driver: &Arc<dyn Driver>, h: &TaskHandle) {
     let (d, h) = (driver.clone(), h.clone());
     let r = blocking(move || migratable(&d).map(|m| m.abort_incoming(&h))).await;
     if let Ok(Err(e)) = r {
-        tracing::warn!("aborting an incoming migration: {}", taba_types::error_chain(&e));
+        tracing::warn!(
+            "aborting an incoming migration: {}",
+            taba_types::error_chain(&e)
+        );
     }
 }
 

@@ -66,7 +66,10 @@ impl ServerState {
                 if let Some(why) = why {
                     return Err(StateError::Invalid {
                         field: "to".into(),
-                        message: format!("node {} cannot take allocation {}: {why}", node.name, a.id),
+                        message: format!(
+                            "node {} cannot take allocation {}: {why}",
+                            node.name, a.id
+                        ),
                     });
                 }
                 Some(node)
@@ -155,7 +158,12 @@ pub(super) fn migration_step(
             next.incoming = r.incoming.clone();
         }
         if is_source && (r.progress.is_some() || r.completed.is_some()) {
-            if let (Some(done), true) = (&r.completed, a.migration_status.as_ref().is_none_or(|s| s.completed.is_none())) {
+            if let (Some(done), true) = (
+                &r.completed,
+                a.migration_status
+                    .as_ref()
+                    .is_none_or(|s| s.completed.is_none()),
+            ) {
                 a.push_event(AllocEvent::system(
                     now,
                     "Migration Completed",
@@ -211,7 +219,10 @@ fn failure(
     if is_source && sent {
         return None;
     }
-    Some(format!("{side} allocation ended ({})", a.client_description))
+    Some(format!(
+        "{side} allocation ended ({})",
+        a.client_description
+    ))
 }
 
 /// The target runs: the move is done.
@@ -222,7 +233,10 @@ fn finish(source: &mut Allocation, target: &mut Allocation, now: u64) {
     target.push_event(AllocEvent::system(
         now,
         "Migrated",
-        format!("migrated in from allocation {} ({})", lm.source_alloc, lm.reason),
+        format!(
+            "migrated in from allocation {} ({})",
+            lm.source_alloc, lm.reason
+        ),
     ));
     if source.live_migration.as_ref().map(|m| &m.target_alloc) == Some(&lm.target_alloc) {
         source.live_migration = None;
@@ -262,7 +276,10 @@ fn abort(source: &mut Allocation, target: &mut Allocation, why: &str, now: u64) 
 
 /// [`abort`] when only `a` is left.
 fn abort_own(a: &mut Allocation, lm: &LiveMigration, why: &str, now: u64) {
-    let msg = format!("live migration to node {} failed: {why}", lm.target_node_name);
+    let msg = format!(
+        "live migration to node {} failed: {why}",
+        lm.target_node_name
+    );
     let target = a.is_migration_target();
     a.live_migration = None;
     if target && a.desired_status == DesiredStatus::Run {

@@ -53,8 +53,12 @@ pub fn run(g: &GlobalArgs, api: &Client, a: MigrateArgs) -> anyhow::Result<ExitC
     let mut last_line = Instant::now() - Duration::from_secs(10);
     loop {
         if start.elapsed() > limit {
-            bail!("the move of allocation {} did not finish within {}s; see `taba alloc status {}`",
-                before.id, limit.as_secs(), short(before.id.as_str()));
+            bail!(
+                "the move of allocation {} did not finish within {}s; see `taba alloc status {}`",
+                before.id,
+                limit.as_secs(),
+                short(before.id.as_str())
+            );
         }
         let cur = api.alloc(before.id.as_str())?.allocation;
         if let Some(lm) = &cur.live_migration {
@@ -77,7 +81,11 @@ pub fn run(g: &GlobalArgs, api: &Client, a: MigrateArgs) -> anyhow::Result<ExitC
                 .find(|e| e.kind == "Migration Failed")
                 .map(|e| e.message.clone())
                 .unwrap_or_default();
-            bail!("{why}; allocation {} runs on on node {}", short(cur.id.as_str()), cur.node_name);
+            bail!(
+                "{why}; allocation {} runs on on node {}",
+                short(cur.id.as_str()),
+                cur.node_name
+            );
         }
         if cur.migrate.is_none() && cur.live_migration.is_none() && target.is_none() {
             bail!(
@@ -128,6 +136,12 @@ fn done(
     if g.json {
         return print_json(cur);
     }
+    // A quick migration may start and end between two looks.
+    let target = target.or_else(|| {
+        let s = cur.migration_status.as_ref()?;
+        let node = cur.desired_description.strip_prefix("migrated to ")?;
+        Some((s.target_alloc.clone(), node.to_string()))
+    });
     let stats = cur
         .migration_status
         .as_ref()
