@@ -288,3 +288,157 @@ fn abort_own(a: &mut Allocation, lm: &LiveMigration, why: &str, now: u64) {
     }
     a.push_event(AllocEvent::system(now, "Migration Failed", msg));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taba_types::{AllocId, MigrationIncoming, MigrationProgress};
+
+    fn alloc(id: &str, node: &str) -> Allocation {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "namespace": "default", "job": "vm", "job_version": 0,
+            "job_type": "service", "priority": 50, "group": "g", "name": "vm.g[0]",
+            "index": 0, "group_spec": {"name": "g"}, "node_id": node, "node_name": node,
+            "resources": {"cpu": 1, "memory": "1MiB"}, "desired_status": "run",
+            "client_status": "running", "eval_id": "e", "create_time": 0, "modify_time": 0
+        }))
+        .unwrap()
+    }
+
+    /// A source running on n1 and its target prepared on n2.
+    fn pair() -> (Allocation, Allocation) {
+        let lm = LiveMigration {
+            source_alloc: AllocId::from("s"),
+            source_node: "n1".into(),
+            target_alloc: AllocId::from("t"),
+            target_node: "n2".into(),
+            target_node_name: "n2".into(),
+            reason: "alloc migrate".into(),
+            started_at: 0,
+            source_accel: None,
+            incoming: None,
+        };
+        let mut s = alloc("s", "n1");
+        let mut t = alloc("t", "n2");
+        t.client_status = ClientStatus::Pending;
+        s.live_migration = Some(lm.clone());
+        t.live_migration = Some(lm);
+        (s, t)
+    }
+
+    fn report(f: impl FnOnce(&mut MigrationReport)) -> Option<MigrationReport> {
+        let mut r = MigrationReport {
+            target_alloc: AllocId::from("t"),
+            source_accel: None,
+            incoming: None,
+            progress: None,
+            completed: None,
+            failed: None,
+        };
+        f(&mut r);
+        Some(r)
+    }
+
+    #[test]
+    fn reports_are_passed_on_and_the_move_ends_when_the_target_runs() {
+        let (s, t) = pair();
+        // Source: how it runs -> both.
+        let mut s2 = s.clone();
+        let peer = migration_step(
+            &s,
+            &mut s2,
+            Some(&t),
+            report(|r| r.source_accel = Some(taba_types::vm::VmAccel::Tcg)),
+            1,
+        );
+        let t2 = peer.expect("the target learns the accelerator");
+        assert_eq!(
+            t2.live_migration.as_ref().unwrap().source_accel,
+            Some(taba_types::vm::VmAccel::Tcg)
+        );
+        assert_eq!(s2.live_migration, t2.live_migration);
+        // Target: where it listens -> both.
+        let mut t3 = t2.clone();
+        let addr: std::net::SocketAddr = "10.0.0.3:4444".parse().unwrap();
+        let inc = MigrationIncoming {
+            addr,
+            disks: None,
+            disk_count: 0,
+        };
+        let s3 = migration_step(
+            &t2,
+            &mut t3,
+            Some(&s2),
+            report(|r| r.incoming = Some(inc.clone())),
+            2,
+        )
+        .unwrap();
+        assert_eq!(s3.live_migration.as_ref().unwrap().incoming, Some(inc));
+        // A report of another (older) migration is ignored.
+        let mut s4 = s3.clone();
+        let stale = report(|r| {
+            r.target_alloc = AllocId::from("old");
+            r.failed = Some("x".into());
+        });
+        assert!(migration_step(&s3, &mut s4, Some(&t3), stale, 3).is_none());
+        assert_eq!(s4, s3);
+        // Source: completed, then ends: not a failure.
+        let done = MigrationProgress {
+            transferred: 5,
+            ..Default::default()
+        };
+        let mut s5 = s4.clone();
+        s5.client_status = ClientStatus::Complete;
+        assert!(migration_step(
+            &s4,
+            &mut s5,
+            Some(&t3),
+            report(|r| r.completed = Some(done.clone())),
+            4
+        )
+        .is_none());
+        assert!(s5.is_migration_source() && s5.desired_status == DesiredStatus::Run);
+        assert!(s5.events.iter().any(|e| e.kind == "Migration Completed"));
+        // Target runs: the source is stopped "migrated to n2", both cleared.
+        let mut t4 = t3.clone();
+        t4.client_status = ClientStatus::Running;
+        let s6 = migration_step(&t3, &mut t4, Some(&s5), None, 5).unwrap();
+        assert!(t4.live_migration.is_none() && s6.live_migration.is_none());
+        assert_eq!(s6.desired_status, DesiredStatus::Stop);
+        assert_eq!(s6.desired_description, "migrated to n2");
+    }
+
+    #[test]
+    fn a_failure_stops_the_target_and_leaves_the_source_running() {
+        // Reported by the source.
+        let (s, t) = pair();
+        let mut s2 = s.clone();
+        let t2 = migration_step(
+            &s,
+            &mut s2,
+            Some(&t),
+            report(|r| r.failed = Some("timed out".into())),
+            1,
+        )
+        .unwrap();
+        assert!(s2.live_migration.is_none() && s2.desired_status == DesiredStatus::Run);
+        let ev = s2.events.last().unwrap();
+        assert_eq!(ev.kind, "Migration Failed");
+        assert!(ev.message.contains("source: timed out"), "{}", ev.message);
+        assert_eq!(t2.desired_status, DesiredStatus::Stop);
+        assert!(t2.live_migration.is_none());
+        // The target ended (its QEMU died) without a report.
+        let (s, t) = pair();
+        let mut t3 = t.clone();
+        t3.client_status = ClientStatus::Failed;
+        let s3 = migration_step(&t, &mut t3, Some(&s), None, 1).unwrap();
+        assert!(s3.live_migration.is_none() && s3.desired_status == DesiredStatus::Run);
+        assert_eq!(t3.desired_status, DesiredStatus::Stop);
+        // The source ended without having sent its state.
+        let (s, t) = pair();
+        let mut s4 = s.clone();
+        s4.client_status = ClientStatus::Failed;
+        let t4 = migration_step(&s, &mut s4, Some(&t), None, 1).unwrap();
+        assert_eq!(t4.desired_status, DesiredStatus::Stop);
+    }
+}
