@@ -802,6 +802,8 @@ impl ServerState {
                     {
                         peers.insert(p.id.clone(), p);
                     }
+                } else {
+                    migration::late_report(&mut a, u.migration, now);
                 }
                 if a == *old {
                     continue;

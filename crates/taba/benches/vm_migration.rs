@@ -405,9 +405,17 @@ fn taba_migrate(c: &DevCluster, id: &str, to: &str) -> (Sample, String) {
     let out = c.cli(&["alloc", "migrate", id, "--to", to]);
     let wall_ms = start.elapsed().as_millis() as u64;
     assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
-    let a = c.client.alloc(id).unwrap().allocation;
-    let st = a.migration_status.expect("the source's migration report");
-    let done = st.completed.expect("a completed migration");
+    let mut st = None;
+    c.wait_for(
+        "the source's final figures",
+        Duration::from_secs(30),
+        || {
+            st = c.client.alloc(id).unwrap().allocation.migration_status;
+            st.as_ref().is_some_and(|s| s.completed.is_some())
+        },
+    );
+    let st = st.unwrap();
+    let done = st.completed.clone().unwrap();
     let next = st.target_alloc.to_string();
     c.wait_for("the target running", Duration::from_secs(60), || {
         c.client

@@ -158,25 +158,7 @@ pub(super) fn migration_step(
             next.incoming = r.incoming.clone();
         }
         if is_source && (r.progress.is_some() || r.completed.is_some()) {
-            if let (Some(done), true) = (
-                &r.completed,
-                a.migration_status
-                    .as_ref()
-                    .is_none_or(|s| s.completed.is_none()),
-            ) {
-                a.push_event(AllocEvent::system(
-                    now,
-                    "Migration Completed",
-                    format!(
-                        "state sent to node {}: {} bytes in {} ms, paused {} ms",
-                        lm.target_node_name,
-                        done.transferred,
-                        done.elapsed_ms,
-                        done.downtime_ms.unwrap_or(0)
-                    ),
-                ));
-            }
-            a.migration_status = Some(r.clone());
+            record_progress(a, r, now);
         }
     }
     if !is_source && a.client_status == ClientStatus::Running {
@@ -192,6 +174,40 @@ pub(super) fn migration_step(
         }
     }
     None
+}
+
+/// The source's figures (progress, then the final ones, with an event).
+fn record_progress(a: &mut Allocation, r: &MigrationReport, now: u64) {
+    let first_done = a
+        .migration_status
+        .as_ref()
+        .is_none_or(|s| s.completed.is_none());
+    if let (Some(done), true) = (&r.completed, first_done) {
+        a.push_event(AllocEvent::system(
+            now,
+            "Migration Completed",
+            format!(
+                "state sent: {} bytes in {} ms, paused {} ms",
+                done.transferred,
+                done.elapsed_ms,
+                done.downtime_ms.unwrap_or(0)
+            ),
+        ));
+    }
+    a.migration_status = Some(r.clone());
+}
+
+/// A source's report that comes after its migration ended (the target ran
+/// before the source's "completed" arrived): keep its figures.
+pub(super) fn late_report(a: &mut Allocation, report: Option<MigrationReport>, now: u64) {
+    let Some(r) = report else { return };
+    let ours = a
+        .migration_status
+        .as_ref()
+        .is_some_and(|s| s.target_alloc == r.target_alloc);
+    if ours && a.migration_status.as_ref() != Some(&r) && r.completed.is_some() {
+        record_progress(a, &r, now);
+    }
 }
 
 /// Why the migration failed, if it did: a side reports it, the target
@@ -240,6 +256,21 @@ fn finish(source: &mut Allocation, target: &mut Allocation, now: u64) {
     ));
     if source.live_migration.as_ref().map(|m| &m.target_alloc) == Some(&lm.target_alloc) {
         source.live_migration = None;
+        // Where a late report of the source's figures goes (`late_report`).
+        if source
+            .migration_status
+            .as_ref()
+            .is_none_or(|s| s.target_alloc != lm.target_alloc)
+        {
+            source.migration_status = Some(MigrationReport {
+                target_alloc: lm.target_alloc.clone(),
+                source_accel: None,
+                incoming: None,
+                progress: None,
+                completed: None,
+                failed: None,
+            });
+        }
         source.desired_status = DesiredStatus::Stop;
         source.desired_description = format!("migrated to {}", lm.target_node_name);
         source.push_event(AllocEvent::system(
@@ -406,6 +437,13 @@ mod tests {
         assert!(t4.live_migration.is_none() && s6.live_migration.is_none());
         assert_eq!(s6.desired_status, DesiredStatus::Stop);
         assert_eq!(s6.desired_description, "migrated to n2");
+        // The target ran before the source's figures arrived: kept anyway.
+        let (s, t) = pair();
+        let mut t5 = t.clone();
+        t5.client_status = ClientStatus::Running;
+        let mut s7 = migration_step(&t, &mut t5, Some(&s), None, 6).unwrap();
+        late_report(&mut s7, report(|r| r.completed = Some(done.clone())), 7);
+        assert_eq!(s7.migration_status.unwrap().completed, Some(done));
     }
 
     #[test]

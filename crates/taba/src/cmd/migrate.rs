@@ -29,6 +29,8 @@ pub struct MigrateArgs {
 
 /// Polling interval while following a move.
 const POLL: Duration = Duration::from_millis(250);
+/// How long the CLI waits for a finished live migration's figures.
+const FIGURES_WAIT: Duration = Duration::from_secs(5);
 /// How long past the group's `migrate.timeout` the CLI still waits.
 const SLACK: Duration = Duration::from_secs(120);
 
@@ -68,7 +70,7 @@ pub fn run(g: &GlobalArgs, api: &Client, a: MigrateArgs) -> anyhow::Result<ExitC
             if tty {
                 println!();
             }
-            return done(g, &cur, target);
+            return done(g, api, cur, target);
         }
         if failures(&cur) > failures_before {
             if tty {
@@ -121,11 +123,12 @@ fn failures(a: &Allocation) -> usize {
 /// The allocation was stopped: moved (success) or stopped for another reason.
 fn done(
     g: &GlobalArgs,
-    cur: &Allocation,
+    api: &Client,
+    cur: Allocation,
     target: Option<(taba_types::AllocId, String)>,
 ) -> anyhow::Result<ExitCode> {
-    let moved = cur.desired_description.starts_with("migrated to")
-        || cur.desired_description.starts_with("moved to another node");
+    let live = cur.desired_description.starts_with("migrated to ");
+    let moved = live || cur.desired_description.starts_with("moved to another node");
     if !moved {
         bail!(
             "allocation {} was stopped instead: {}",
@@ -133,34 +136,54 @@ fn done(
             cur.desired_description
         );
     }
-    if g.json {
-        return print_json(cur);
+    // The source's final figures may arrive just after the switch-over.
+    let mut cur = cur;
+    let figures = |a: &Allocation| {
+        a.migration_status
+            .as_ref()
+            .and_then(|s| s.completed.clone())
+    };
+    let start = Instant::now();
+    while live && figures(&cur).is_none() && start.elapsed() < FIGURES_WAIT {
+        std::thread::sleep(POLL);
+        cur = api.alloc(cur.id.as_str())?.allocation;
     }
-    // A quick migration may start and end between two looks.
-    let target = target.or_else(|| {
-        let s = cur.migration_status.as_ref()?;
-        let node = cur.desired_description.strip_prefix("migrated to ")?;
-        Some((s.target_alloc.clone(), node.to_string()))
-    });
-    let stats = cur
-        .migration_status
-        .as_ref()
-        .and_then(|s| s.completed.as_ref());
-    match (target, stats) {
-        (Some((id, node)), Some(s)) => println!(
-            "==> Allocation {} migrated live to node {node} as allocation {}: {} MiB in {} ms, paused {} ms",
-            short(cur.id.as_str()),
-            short(id.as_str()),
-            s.transferred >> 20,
-            s.elapsed_ms,
-            s.downtime_ms.unwrap_or(0)
-        ),
-        _ => println!(
+    if g.json {
+        return print_json(&cur);
+    }
+    if !live {
+        println!(
             "==> Allocation {} {}",
             short(cur.id.as_str()),
             cur.desired_description
-        ),
+        );
+        return Ok(ExitCode::SUCCESS);
     }
+    // A quick migration may start and end between two looks.
+    let node = cur.desired_description["migrated to ".len()..].to_string();
+    let id = target
+        .map(|t| t.0)
+        .or_else(|| {
+            cur.migration_status
+                .as_ref()
+                .map(|s| s.target_alloc.clone())
+        })
+        .map(|id| format!(" as allocation {}", short(id.as_str())))
+        .unwrap_or_default();
+    let stats = figures(&cur)
+        .map(|s| {
+            format!(
+                ": {} MiB in {} ms, paused {} ms",
+                s.transferred >> 20,
+                s.elapsed_ms,
+                s.downtime_ms.unwrap_or(0)
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "==> Allocation {} migrated live to node {node}{id}{stats}",
+        short(cur.id.as_str())
+    );
     Ok(ExitCode::SUCCESS)
 }
 
