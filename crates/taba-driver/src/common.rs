@@ -267,10 +267,4 @@ pub trait Driver: Send + Sync {
     }
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> UnixMillis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use taba_types::now_ms;

@@ -27,12 +27,13 @@
 use crate::ids::{format_uuid, parse_uuid};
 use crate::ports::HeldPorts;
 use crate::preempt::LiveByPriority;
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock, Weak};
 use taba_types::{
     AllocId, AllocatedPort, Allocation, ClientStatus, DesiredStatus, EvalId, Job, JobType, Node,
-    NodeId, Resources, TaskGroupSpec,
+    NodeId, Resources, TaskGroupSpec, TaskState,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -234,8 +235,40 @@ struct CompactAlloc {
     modify_index: u64,
     /// Host ports given to it (none for most: no allocation then).
     ports: Box<[AllocatedPort]>,
+    /// Per-task state as the agent reported it, in name order (a running
+    /// allocation has it; as a `BTreeMap` one entry took a whole 11-entry
+    /// node, ~1.3 KiB).
+    tasks: Box<[(String, TaskState)]>,
     /// The full record, built on first read.
     cache: OnceLock<Box<Allocation>>,
+}
+
+/// The fields of an allocation that hot paths read (see
+/// [`ClusterState::alloc_briefs_for_job`]).
+#[derive(Clone, Copy, Debug)]
+pub struct AllocBrief<'a> {
+    /// Job version it runs.
+    pub job_version: u64,
+    /// What the servers want.
+    pub desired_status: DesiredStatus,
+    /// What the agent observes.
+    pub client_status: ClientStatus,
+    /// A move has been asked for.
+    pub migrating: bool,
+    /// Node it is placed on.
+    pub node_id: &'a NodeId,
+}
+
+impl AllocBrief<'_> {
+    /// As [`Allocation::is_live`].
+    pub fn is_live(&self) -> bool {
+        self.desired_status == DesiredStatus::Run && !self.client_status.is_terminal()
+    }
+
+    /// As [`Allocation::holds_resources`].
+    pub fn holds_resources(&self) -> bool {
+        !self.client_status.is_terminal()
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -890,7 +923,6 @@ impl ClusterState {
     fn compact(&mut self, a: &Allocation, node_slot: u32) -> Option<CompactAlloc> {
         if !(a.desired_description.is_empty()
             && a.client_description.is_empty()
-            && a.task_states.is_empty()
             && a.usage.is_none()
             && a.events.is_empty()
             && a.previous_alloc.is_none()
@@ -899,6 +931,8 @@ impl ClusterState {
             && a.preempted_allocs.is_empty()
             && a.preempted_by.is_none()
             && a.migrate.is_none()
+            && a.live_migration.is_none()
+            && a.migration_status.is_none()
             && a.events.is_empty())
         {
             return None;
@@ -923,6 +957,11 @@ impl ClusterState {
             create_index: a.create_index,
             modify_index: a.modify_index,
             ports: a.ports.clone().into_boxed_slice(),
+            tasks: a
+                .task_states
+                .iter()
+                .map(|(name, t)| (name.clone(), t.clone()))
+                .collect(),
             cache: OnceLock::new(),
         })
     }
@@ -1024,7 +1063,7 @@ impl ClusterState {
             desired_description: String::new(),
             client_status: c.client,
             client_description: String::new(),
-            task_states: BTreeMap::new(),
+            task_states: c.tasks.iter().cloned().collect(),
             usage: None,
             events: Vec::new(),
             eval_id: EvalId(format_uuid(c.eval)),
@@ -1120,6 +1159,81 @@ impl ClusterState {
             .filter_map(|s| self.get(*s))
     }
 
+    /// The record in `slot` without keeping the full form of a compact
+    /// record that was not read before (built for the caller and dropped).
+    fn get_transient(&self, slot: u32) -> Option<Cow<'_, Allocation>> {
+        match &self.allocs[slot as usize] {
+            Stored::Vacant => None,
+            Stored::Full(a) => Some(Cow::Borrowed(a)),
+            Stored::Compact(c) => Some(match c.cache.get() {
+                Some(a) => Cow::Borrowed(a),
+                None => Cow::Owned(self.materialize(c, self.alloc_node[slot as usize])),
+            }),
+        }
+    }
+
+    /// The few fields of the record in `slot` that hot paths read, without
+    /// building a compact record's full form.
+    fn brief(&self, slot: u32) -> Option<AllocBrief<'_>> {
+        match &self.allocs[slot as usize] {
+            Stored::Vacant => None,
+            Stored::Full(a) => Some(AllocBrief {
+                job_version: a.job_version,
+                desired_status: a.desired_status,
+                client_status: a.client_status,
+                migrating: a.migrate.is_some(),
+                node_id: &a.node_id,
+            }),
+            Stored::Compact(c) => Some(AllocBrief {
+                job_version: self.spec(c.spec).version,
+                desired_status: c.desired,
+                client_status: c.client,
+                migrating: false,
+                node_id: &self.nodes[self.alloc_node[slot as usize] as usize].id,
+            }),
+        }
+    }
+
+    /// [`AllocBrief`]s of one job's allocations (every version, every
+    /// status): for hot paths such as each status report, which used to
+    /// build (and keep) the full form of every allocation of the job.
+    pub fn alloc_briefs_for_job(
+        &self,
+        namespace: &str,
+        job: &str,
+    ) -> impl Iterator<Item = AllocBrief<'_>> {
+        self.jobs
+            .get(namespace)
+            .and_then(|m| m.get(job))
+            .into_iter()
+            .flat_map(|e| e.allocs.iter())
+            .filter_map(|s| self.brief(*s))
+    }
+
+    /// [`AllocBrief`]s of the allocations placed on one node.
+    pub fn alloc_briefs_for_node(&self, node: &NodeId) -> impl Iterator<Item = AllocBrief<'_>> {
+        self.node_slots
+            .get(node)
+            .into_iter()
+            .flat_map(|s| self.nodes[*s as usize].allocs.iter())
+            .filter_map(|s| self.brief(*s))
+    }
+
+    /// [`Self::allocs_for_node`] for hot paths (each blocking query of an
+    /// agent): compact records are built for the caller, not kept. With
+    /// 100,000 running allocations, kept full forms were most of a server's
+    /// memory.
+    pub fn allocs_for_node_transient(
+        &self,
+        node: &NodeId,
+    ) -> impl Iterator<Item = Cow<'_, Allocation>> {
+        self.node_slots
+            .get(node)
+            .into_iter()
+            .flat_map(|s| self.nodes[*s as usize].allocs.iter())
+            .filter_map(|s| self.get_transient(*s))
+    }
+
     /// Every allocation.
     pub fn allocs(&self) -> impl Iterator<Item = &Allocation> {
         (0..self.allocs.len() as u32).filter_map(|s| self.get(s))
@@ -1129,14 +1243,9 @@ impl ClusterState {
     /// records (which [`Self::allocs`] builds once and keeps): for one pass
     /// over millions of records.
     pub fn for_each_alloc(&self, mut f: impl FnMut(&Allocation)) {
-        for (slot, stored) in self.allocs.iter().enumerate() {
-            match stored {
-                Stored::Vacant => {}
-                Stored::Full(a) => f(a),
-                Stored::Compact(c) => match c.cache.get() {
-                    Some(a) => f(a),
-                    None => f(&self.materialize(c, self.alloc_node[slot])),
-                },
+        for slot in 0..self.allocs.len() as u32 {
+            if let Some(a) = self.get_transient(slot) {
+                f(&a);
             }
         }
     }
@@ -1332,6 +1441,28 @@ mod tests {
         s.upsert_alloc(a2.clone());
         assert!(matches!(s.allocs[0], Stored::Full(_)));
         assert_eq!(s.alloc(&a.id), Some(&a2));
+        // Running with task states, as agents report it: still compact.
+        let mut a3 = a.clone();
+        a3.client_status = ClientStatus::Running;
+        let mut t = taba_types::TaskState {
+            state: taba_types::TaskStatus::Running,
+            pid: Some(42),
+            started_at: Some(7),
+            ..Default::default()
+        };
+        t.push_event(7, "Started", "task started (pid 42)");
+        a3.task_states.insert("web".into(), t);
+        a3.task_states.insert("log".into(), Default::default());
+        s.upsert_alloc(a3.clone());
+        assert!(matches!(s.allocs[0], Stored::Compact(_)));
+        assert_eq!(s.alloc(&a.id), Some(&a3));
+        assert_eq!(
+            s.allocs_for_node_transient(&a.node_id)
+                .find(|x| x.id == a.id)
+                .as_deref(),
+            Some(&a3)
+        );
+        s.upsert_alloc(a2.clone());
         // Stop through the applier's path keeps the rest.
         let slot = s.alloc_slot(&b.id).unwrap();
         s.modify_alloc(slot, |x| x.desired_status = DesiredStatus::Stop);

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
-use taba_types::{EvalId, Evaluation, UnixMillis};
+use taba_types::{EvalId, Evaluation};
 use tokio::sync::watch;
 
 type JobKey = (String, String);
@@ -45,13 +45,7 @@ impl Default for Broker {
     }
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> UnixMillis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use taba_types::now_ms;
 
 impl Broker {
     /// An empty broker.

@@ -105,12 +105,7 @@ pub fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn now_ms() -> UnixMillis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use taba_types::now_ms;
 
 /// Credentials in memory, written through the store.
 pub struct Credentials {

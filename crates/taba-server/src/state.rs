@@ -883,14 +883,14 @@ impl ServerState {
         let version = c.job(&a.namespace, &a.job)?.version;
         let mut found = None;
         for o in c
-            .allocs_for_job(&a.namespace, &a.job)
+            .alloc_briefs_for_job(&a.namespace, &a.job)
             .filter(|o| o.is_live())
         {
             if o.job_version < version {
                 return Some(EvalTrigger::RollingUpdate);
             }
-            if o.migrate.is_some() && found != Some(EvalTrigger::NodeDrain) {
-                let draining = c.node(&o.node_id).is_some_and(|n| n.draining());
+            if o.migrating && found != Some(EvalTrigger::NodeDrain) {
+                let draining = c.node(o.node_id).is_some_and(|n| n.draining());
                 found = Some(if draining {
                     EvalTrigger::NodeDrain
                 } else {
@@ -965,7 +965,7 @@ impl ServerState {
             c.nodes()
                 .map(|n| {
                     let live = c
-                        .allocs_for_node(&n.id)
+                        .alloc_briefs_for_node(&n.id)
                         .filter(|a| a.holds_resources())
                         .count() as u32;
                     (n.clone(), live)
@@ -982,7 +982,10 @@ impl ServerState {
 
     /// The allocations on a node.
     pub fn node_allocs(&self, id: &NodeId) -> Vec<Allocation> {
-        self.cluster().allocs_for_node(id).cloned().collect()
+        self.cluster()
+            .allocs_for_node_transient(id)
+            .map(std::borrow::Cow::into_owned)
+            .collect()
     }
 
     /// The highest server-side change index of a node's allocations (what
@@ -995,7 +998,7 @@ impl ServerState {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         cluster
-            .allocs_for_node(id)
+            .allocs_for_node_transient(id)
             .map(|a| {
                 server_index
                     .get(&a.id)

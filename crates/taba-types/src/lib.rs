@@ -44,6 +44,14 @@ pub use validate::{FieldError, ValidationErrors};
 /// Milliseconds since the Unix epoch, the one time representation on the wire.
 pub type UnixMillis = u64;
 
+/// The time now, ms since the Unix epoch (0 for a clock before it).
+pub fn now_ms() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// An error and its causes on one line, `outer: cause: root cause` (TLS
 /// and I/O failures hide in the sources).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

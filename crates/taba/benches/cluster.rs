@@ -20,14 +20,8 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use std::time::{Duration, Instant};
+use taba_types::now_ms;
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {

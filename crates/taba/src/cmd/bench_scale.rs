@@ -34,7 +34,7 @@
 
 use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -46,8 +46,8 @@ use taba_types::wire::{
     RegisterResponse, NODE_SECRET_HEADER, PROTOCOL,
 };
 use taba_types::{
-    ByteSize, ClientStatus, DesiredStatus, DriverInfo, Eligibility, EvalStatus, Evaluation, Node,
-    NodeId, NodeResources, NodeStatus, NodeUsage,
+    Allocation, ByteSize, ClientStatus, DesiredStatus, DriverInfo, Eligibility, EvalStatus,
+    Evaluation, Node, NodeId, NodeResources, NodeStatus, NodeUsage, TaskState, TaskStatus,
 };
 use tokio::sync::watch;
 
@@ -414,7 +414,7 @@ async fn alloc_loop(ctx: Arc<Ctx>, id: NodeId, secret: String) {
                 id: a.id.clone(),
                 client_status: ClientStatus::Running,
                 client_description: String::new(),
-                task_states: Default::default(),
+                task_states: running_task_states(a),
                 usage: None,
                 migration: None,
             })
@@ -474,6 +474,30 @@ async fn submit(ctx: &Ctx, token: &str, name: &str, count: u32) -> anyhow::Resul
         .await;
     let reply: taba_types::api::RegisterJobResponse = check(&format!("job run {name}"), r).await?;
     Ok(reply.eval_id.to_string())
+}
+
+/// What a real agent reports for a running allocation: each task running,
+/// with its pid, start time and the two events it has by then ("Received",
+/// "Started"), so that the server holds what it holds in production.
+fn running_task_states(a: &Allocation) -> BTreeMap<String, TaskState> {
+    let now = taba_types::now_ms();
+    a.group_spec
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let pid = 10_000 + a.index * 8 + i as u32;
+            let mut s = TaskState {
+                state: TaskStatus::Running,
+                pid: Some(pid),
+                started_at: Some(now),
+                ..TaskState::default()
+            };
+            s.push_event(now, "Received", "task received by agent");
+            s.push_event(now, "Started", format!("task started (pid {pid})"));
+            (t.name.clone(), s)
+        })
+        .collect()
 }
 
 /// Submit a probe job, wait until its evaluation is done: how long it took.
