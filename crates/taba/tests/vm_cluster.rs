@@ -275,3 +275,49 @@ fn root_vm_failed_migration_leaves_the_guest_running_on_its_source() {
         targets[0].desired_description
     );
 }
+
+#[test]
+fn root_alloc_migrate_of_a_driver_without_live_migration_is_a_restart_on_the_target() {
+    let c = cluster();
+    let f = job_file(
+        &c.data,
+        "sleeper",
+        r#"
+name = "sleeper"
+[[group]]
+name = "g"
+migrate = { min_healthy_time = "1s", rebalance = false }
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/sleep", "600"]
+  resources = { cpu = 50, memory = "32MiB" }
+"#,
+    );
+    let out = c.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let mut src = None;
+    c.wait_for("the task running", Duration::from_secs(60), || {
+        src = allocs(&c, "sleeper").into_iter().find(running);
+        src.is_some()
+    });
+    let src = src.unwrap();
+    let out = c.cli(&["alloc", "migrate", src.id.as_str()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("driver exec cannot migrate a running task") && text.contains("restarted on"),
+        "{text}"
+    );
+    let mut moved = None;
+    c.wait_for("the replacement running", Duration::from_secs(60), || {
+        moved = allocs(&c, "sleeper")
+            .into_iter()
+            .find(|a| running(a) && a.previous_alloc.as_ref() == Some(&src.id));
+        moved.is_some()
+    });
+    assert_ne!(moved.unwrap().node_name, src.node_name);
+    assert!(alloc(&c, src.id.as_str())
+        .desired_description
+        .starts_with("moved to another node"));
+}
