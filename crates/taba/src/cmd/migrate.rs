@@ -188,11 +188,9 @@ fn done(
 }
 
 fn progress_line(p: &MigrationProgress) -> String {
-    let pct = if p.total > 0 {
-        100 * p.total.saturating_sub(p.remaining) / p.total
-    } else {
-        0
-    };
+    let pct = (100 * p.total.saturating_sub(p.remaining))
+        .checked_div(p.total)
+        .unwrap_or(0);
     format!(
         "{pct:>3}%  sent {} MiB, {} MiB left, {} dirty pages/s, expected downtime {} ms, {:.1}s",
         p.transferred >> 20,
