@@ -23,7 +23,8 @@ use std::collections::BTreeMap;
 ///   An agent of protocol 2 ignores the first and never sends the second:
 ///   the servers move its allocations by restarting them instead.
 pub const PROTOCOL: u32 = 3;
-/// The oldest protocol version this build accepts.
+/// The oldest protocol version this build accepts (protocols 2 and 3 only
+/// added optional fields, so agents of protocol 1 still talk).
 pub const MIN_PROTOCOL: u32 = 1;
 
 /// The header that carries a node's secret on agent requests over plain
