@@ -75,7 +75,7 @@ pub async fn serve(
                 },
             );
             let io = hyper_util::rt::TokioIo::new(tls);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
+            if let Err(e) = http1_builder()
                 .serve_connection(io, svc)
                 .with_upgrades()
                 .await
@@ -119,7 +119,7 @@ pub async fn serve_plain(
                     app.clone().oneshot(req)
                 });
             let io = hyper_util::rt::TokioIo::new(tcp);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
+            if let Err(e) = http1_builder()
                 .serve_connection(io, svc)
                 .with_upgrades()
                 .await
@@ -128,4 +128,17 @@ pub async fn serve_plain(
             }
         });
     }
+}
+
+/// HTTP/1.1 settings of both listeners. Half-closed connections are
+/// allowed: hyper then does not keep a second read buffer (8 KiB) per
+/// request in flight to notice a client that went away mid-request, which
+/// with thousands of agents each holding a blocking query was a third of
+/// the server's memory. A gone client's request ends at its own deadline
+/// instead (an agent's blocking query waits at most 30 s; any at most the
+/// server's `max_blocking_wait`), when writing its reply fails.
+fn http1_builder() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.half_close(true);
+    b
 }

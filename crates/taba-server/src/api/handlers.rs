@@ -997,9 +997,15 @@ pub async fn agent_allocations(
     let state = &app.state;
     let id = NodeId::from(node_id.as_str());
     verify_agent(state, &caller, &id, None).await?;
-    let node = state.cluster().node(&id).cloned().ok_or_else(|| {
-        ApiError::forbidden("node_id", format!("unknown node {id}; register first"))
-    })?;
+    // Only its creation index is kept across the wait (a whole node record
+    // per waiting agent was ~2.4 KiB with 10,000 agents waiting).
+    let created = state
+        .cluster()
+        .node(&id)
+        .map(|n| n.create_index)
+        .ok_or_else(|| {
+            ApiError::forbidden("node_id", format!("unknown node {id}; register first"))
+        })?;
     let wait = match &q.wait {
         Some(w) => DurationSpec::parse(w)
             .map_err(|e| ApiError::bad("wait", e))?
@@ -1018,7 +1024,7 @@ pub async fn agent_allocations(
     loop {
         changes.borrow_and_update();
         // Only server-side changes wake the agent, not its own status reports.
-        let index = state.node_allocs_index(&id).max(node.create_index);
+        let index = state.node_allocs_index(&id).max(created);
         if after == 0 || index > after || *stop.borrow() || removed {
             return Ok(Json(NodeAllocations {
                 protocol: PROTOCOL,
