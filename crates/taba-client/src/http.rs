@@ -447,6 +447,17 @@ impl Client {
         )
     }
 
+    /// `POST /v1/job-plan` with a TOML job file: what `job run` would do to its versions.
+    pub fn plan_job_toml(&self, toml: &[u8]) -> Result<JobPlanResponse, ClientError> {
+        Self::json(
+            self.finish(
+                self.req(Method::POST, "/v1/job-plan")
+                    .header("Content-Type", "application/toml")
+                    .body(toml.to_vec()),
+            )?,
+        )
+    }
+
     /// `POST /v1/jobs` with a JSON spec.
     pub fn register_job(&self, spec: &JobSpec) -> Result<RegisterJobResponse, ClientError> {
         self.send(Method::POST, "/v1/jobs", spec)
@@ -692,8 +703,13 @@ impl Client {
 
     // ---- images ----
 
-    /// `POST /v1/images`: import a `docker save` or OCI-layout tar.
+    /// `POST /v1/images`: import a `docker save` or OCI-layout tar; the first image it held.
     pub fn import_image(&self, tar: &std::path::Path) -> Result<ImageInfo, ClientError> {
+        self.import_images(tar).map(|r| r.image)
+    }
+
+    /// `POST /v1/images`: import every image of a `docker save` or OCI-layout tar.
+    pub fn import_images(&self, tar: &std::path::Path) -> Result<ImportResponse, ClientError> {
         let file = std::fs::File::open(tar).map_err(|e| ClientError::Input {
             what: tar.display().to_string(),
             source: e,
@@ -713,15 +729,43 @@ impl Client {
     pub fn pull_image(
         &self,
         reference: &str,
-        mut on_event: impl FnMut(&PullEvent),
+        on_event: impl FnMut(&PullEvent),
     ) -> Result<PullEvent, ClientError> {
-        use std::io::BufRead;
         let body = serde_json::to_vec(&PullRequest {
             reference: reference.to_string(),
         })
         .expect("serialises");
+        self.events("/v1/registry/pull", body, "pull", on_event)
+    }
+
+    /// `POST /v1/registry/push`: pushes the stored image `source` (default: `reference`) to
+    /// `reference`, calling `on_event` per progress line. Returns the last event: `Pushed`,
+    /// or `Error` when the push failed after it began.
+    pub fn push_image(
+        &self,
+        reference: &str,
+        source: Option<&str>,
+        on_event: impl FnMut(&PullEvent),
+    ) -> Result<PullEvent, ClientError> {
+        let body = serde_json::to_vec(&PushRequest {
+            reference: reference.to_string(),
+            source: source.map(str::to_string),
+        })
+        .expect("serialises");
+        self.events("/v1/registry/push", body, "push", on_event)
+    }
+
+    /// A POST whose reply is newline-delimited progress events, ending in a final one.
+    fn events(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        what: &str,
+        mut on_event: impl FnMut(&PullEvent),
+    ) -> Result<PullEvent, ClientError> {
+        use std::io::BufRead;
         let resp = self.finish(
-            self.req_with(&self.streaming, Method::POST, "/v1/registry/pull")
+            self.req_with(&self.streaming, Method::POST, path)
                 .header("Content-Type", "application/json")
                 .body(body),
         )?;
@@ -737,12 +781,35 @@ impl Client {
             last = Some(e);
         }
         match last {
-            Some(e @ (PullEvent::Done { .. } | PullEvent::Error { .. })) => Ok(e),
+            Some(
+                e @ (PullEvent::Done { .. } | PullEvent::Pushed { .. } | PullEvent::Error { .. }),
+            ) => Ok(e),
             _ => Err(ClientError::Decode(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                "the pull's reply ended before it said done or error",
+                format!("the {what}'s reply ended before it said how it ended"),
             ))),
         }
+    }
+
+    /// `POST /v1/image-save`: the stored image `reference` as a tar in `format`
+    /// (`oci-archive`, `docker-archive`), copied into `out`. Returns the bytes written.
+    pub fn save_image(
+        &self,
+        reference: &str,
+        format: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, ClientError> {
+        let body = serde_json::to_vec(&SaveRequest {
+            reference: reference.to_string(),
+            format: Some(format.to_string()),
+        })
+        .expect("serialises");
+        let mut resp = self.finish(
+            self.req_with(&self.streaming, Method::POST, "/v1/image-save")
+                .header("Content-Type", "application/json")
+                .body(body),
+        )?;
+        std::io::copy(&mut resp, out).map_err(ClientError::Decode)
     }
 
     /// `PUT /v1/images/{target}`: name the image of `source` `target` too.

@@ -377,8 +377,11 @@ fn digest_in_name(name: &str) -> Option<String> {
     (h.len() == 64 && is_hex(h)).then(|| h.to_string())
 }
 
-/// Reads the archive at hand into an import plan, detecting its format.
-pub(crate) fn plan(archive: &OuterArchive) -> Result<ImportPlan, ImageError> {
+/// The most images one archive may hold.
+pub(crate) const MAX_IMAGES: usize = 256;
+
+/// Reads the archive at hand into one import plan per image, detecting its format.
+pub(crate) fn plans(archive: &OuterArchive) -> Result<Vec<ImportPlan>, ImageError> {
     if archive.has("manifest.json") {
         plan_docker(archive)
     } else if archive.has("index.json") {
@@ -388,6 +391,15 @@ pub(crate) fn plan(archive: &OuterArchive) -> Result<ImportPlan, ImageError> {
             "no manifest.json (docker save) or index.json (OCI image layout) in the tar",
         ))
     }
+}
+
+fn too_many(what: &str, n: usize) -> Result<(), ImageError> {
+    if n > MAX_IMAGES {
+        return Err(ImageError::archive(format!(
+            "{what} lists {n} images; at most {MAX_IMAGES} per archive"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -409,18 +421,23 @@ pub(crate) fn canonical_refs(tags: &[String]) -> Result<Vec<String>, ImageError>
         .collect()
 }
 
-fn plan_docker(archive: &OuterArchive) -> Result<ImportPlan, ImageError> {
+fn plan_docker(archive: &OuterArchive) -> Result<Vec<ImportPlan>, ImageError> {
     let manifests: Vec<DockerManifest> =
         parse_json(&archive.read_small("manifest.json")?, "manifest.json")?;
-    let manifest = match manifests.len() {
-        1 => manifests.into_iter().next().expect("one manifest"),
-        0 => return Err(ImageError::archive("manifest.json lists no image")),
-        n => {
-            return Err(ImageError::archive(format!(
-                "manifest.json lists {n} images; import one image per tar"
-            )))
-        }
-    };
+    if manifests.is_empty() {
+        return Err(ImageError::archive("manifest.json lists no image"));
+    }
+    too_many("manifest.json", manifests.len())?;
+    manifests
+        .into_iter()
+        .map(|m| plan_docker_image(archive, m))
+        .collect()
+}
+
+fn plan_docker_image(
+    archive: &OuterArchive,
+    manifest: DockerManifest,
+) -> Result<ImportPlan, ImageError> {
     let config_bytes = archive.read_small(&manifest.config)?;
     if let Some(h) = digest_in_name(&member_name(manifest.config.as_bytes())?) {
         check_digest(&config_bytes, &h)?;
@@ -554,7 +571,7 @@ fn resolve_manifest(
     resolve_manifest(archive, pick, depth + 1)
 }
 
-fn plan_oci(archive: &OuterArchive) -> Result<ImportPlan, ImageError> {
+fn plan_oci(archive: &OuterArchive) -> Result<Vec<ImportPlan>, ImageError> {
     if archive.has("oci-layout") {
         let layout: serde_json::Value =
             parse_json(&archive.read_small("oci-layout")?, "oci-layout")?;
@@ -573,24 +590,34 @@ fn plan_oci(archive: &OuterArchive) -> Result<ImportPlan, ImageError> {
     if entries.is_empty() {
         return Err(ImageError::archive("index.json lists no manifest"));
     }
-    let mut chosen: Option<(String, IndexOrManifest, Vec<u8>)> = None;
-    let mut names = Vec::new();
+    too_many("index.json", entries.len())?;
+    // One image per manifest digest, in the index's order, with every name that points to it.
+    let mut images: Vec<(String, IndexOrManifest, Vec<u8>, Vec<String>)> = Vec::new();
     for entry in &entries {
         let (digest, manifest, bytes) = resolve_manifest(archive, entry, 0)?;
-        match &chosen {
-            Some((d, _, _)) if *d != digest => {
-                return Err(ImageError::archive(
-                    "index.json holds several different images; import one image per tar",
-                ))
+        let at = match images.iter().position(|(d, ..)| *d == digest) {
+            Some(i) => i,
+            None => {
+                images.push((digest, manifest, bytes, Vec::new()));
+                images.len() - 1
             }
-            Some(_) => {}
-            None => chosen = Some((digest, manifest, bytes)),
-        }
+        };
         if let Some(name) = oci_ref(entry) {
-            names.push(name.to_string());
+            images[at].3.push(name.to_string());
         }
     }
-    let (_, manifest, manifest_bytes) = chosen.expect("at least one manifest");
+    images
+        .into_iter()
+        .map(|(_, manifest, bytes, names)| plan_oci_image(archive, manifest, bytes, names))
+        .collect()
+}
+
+fn plan_oci_image(
+    archive: &OuterArchive,
+    manifest: IndexOrManifest,
+    manifest_bytes: Vec<u8>,
+    mut names: Vec<String>,
+) -> Result<ImportPlan, ImageError> {
     let config_desc = manifest
         .config
         .ok_or_else(|| ImageError::archive("image manifest has no config"))?;

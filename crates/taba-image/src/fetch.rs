@@ -27,6 +27,8 @@ pub struct Fetch {
     staging: Staging,
     manifest: ImageManifest,
     needed: Vec<BlobDescriptor>,
+    /// The registry's manifest, kept as a blob so that a push or save gives it back.
+    original: Option<Vec<u8>>,
 }
 
 fn bad(reason: impl Into<String>) -> ImageError {
@@ -105,6 +107,7 @@ impl ImageStore {
             staging,
             manifest: manifest.clone(),
             needed,
+            original: None,
         })
     }
 }
@@ -130,6 +133,41 @@ impl Fetch {
         }
         let hex = parse_digest(&blob.digest)?;
         BlobWriter::create(&ImageStore::staged_blobs(&self.staging), hex, blob.size)
+    }
+
+    /// Keeps `bytes`, the manifest the image was fetched by (a registry's), with the image:
+    /// a later push or save gives it back byte for byte. It must name this image's config and
+    /// layer blobs, in order.
+    pub fn keep_manifest(&mut self, bytes: Vec<u8>) -> Result<(), ImageError> {
+        #[derive(serde::Deserialize)]
+        struct Desc {
+            digest: String,
+            size: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            config: Desc,
+            layers: Vec<Desc>,
+        }
+        if bytes.len() as u64 > self.store.limits().max_manifest {
+            return Err(bad(format!("manifest of {} bytes", bytes.len())));
+        }
+        let doc: Doc = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("not an image manifest: {e}")))?;
+        let m = &self.manifest;
+        let same = doc.config.digest == m.config.digest
+            && doc.config.size == m.config.size
+            && doc.layers.len() == m.layers.len()
+            && doc
+                .layers
+                .iter()
+                .zip(&m.layers)
+                .all(|(a, b)| a.digest == b.digest && a.size == b.size);
+        if !same {
+            return Err(bad("the manifest kept names other blobs than the image's"));
+        }
+        self.original = Some(bytes);
+        Ok(())
     }
 
     /// Unpacks and commits the image: every needed blob must have been written. Each layer is
@@ -175,7 +213,7 @@ impl Fetch {
             config,
             refs,
             layers,
-            manifest: None,
+            manifest: self.original.clone(),
         };
         self.store
             .commit_import(&self.staging, plan, import::Source::Blobs)

@@ -53,9 +53,12 @@ pub fn image_manifest(m: &ImageManifest) -> Result<(), ImageError> {
 /// Indexes an image archive (`docker save` or OCI layout, plain or gzip) and
 /// reads its manifests and config into an import plan, as `import` does before
 /// any layer is unpacked; `scratch` is an empty directory. Returns the
-/// canonical references and the number of layers.
+/// canonical references and the number of layers, of every image.
 pub fn archive_plan(tar: &Path, scratch: &Path) -> Result<(Vec<String>, usize), ImageError> {
     let outer = OuterArchive::open(tar, scratch, &crate::ImageLimits::default())?;
-    let plan = archive::plan(&outer)?;
-    Ok((plan.refs, plan.layers.len()))
+    let plans = archive::plans(&outer)?;
+    Ok((
+        plans.iter().flat_map(|p| p.refs.clone()).collect(),
+        plans.iter().map(|p| p.layers.len()).sum(),
+    ))
 }

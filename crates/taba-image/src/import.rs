@@ -30,9 +30,6 @@ pub(crate) enum Source<'a> {
     Blobs,
 }
 
-/// The media type of an OCI image manifest.
-const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-
 /// What an import has staged or found so far.
 struct Progress {
     /// diff_id -> unpacked size, of layers in the store or staged.
@@ -327,7 +324,7 @@ impl ImageStore {
         let manifest = plan.manifest.as_ref().map(|m| BlobRecord {
             digest: sha256_digest(m),
             size: m.len() as u64,
-            media_type: MANIFEST_MEDIA_TYPE.into(),
+            media_type: crate::export::manifest_media_type(m),
         });
         let mut p = Progress {
             sizes: BTreeMap::new(),

@@ -33,6 +33,7 @@
 mod archive;
 mod blobs;
 mod error;
+mod export;
 mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -55,6 +56,7 @@ use serde::{Deserialize, Serialize};
 pub use archive::sha256_digest;
 pub use blobs::{parse_digest, BlobWriter, MAX_BLOB_BYTES};
 pub use error::ImageError;
+pub use export::{ImageExport, SaveFormat, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST};
 pub use fetch::Fetch;
 pub use limits::ImageLimits;
 
@@ -534,12 +536,30 @@ impl ImageStore {
 
     /// Imports an image from a `docker save` tar or an OCI image-layout tar (plain or gzip).
     /// Layers already in the store are not read again; the references in the archive are
-    /// pointed at the image (moved from another image if they named one).
+    /// pointed at the image (moved from another image if they named one). An archive with
+    /// several images imports them all ([`ImageStore::import_all`]); this returns the first.
     pub fn import(&self, tar: &Path) -> Result<ImageSummary, ImageError> {
+        Ok(self
+            .import_all(tar)?
+            .into_iter()
+            .next()
+            .expect("an archive has at least one image"))
+    }
+
+    /// Imports every image of an archive (`docker save` of several, `podman save -m`, an OCI
+    /// layout with several manifests), each tagged with its names, in the archive's order.
+    /// Every manifest and config is read and checked before the first image is committed;
+    /// each image is then committed whole, so a later image whose layer is refused leaves
+    /// the earlier ones imported and nothing of itself.
+    pub fn import_all(&self, tar: &Path) -> Result<Vec<ImageSummary>, ImageError> {
         let staging = self.new_staging()?;
         let outer = OuterArchive::open(tar, &staging.dir, &self.limits)?;
-        let plan = archive::plan(&outer)?;
-        self.commit_import(&staging, plan, import::Source::Archive(&outer))
+        let plans = archive::plans(&outer)?;
+        let mut out = Vec::with_capacity(plans.len());
+        for plan in plans {
+            out.push(self.commit_import(&staging, plan, import::Source::Archive(&outer))?);
+        }
+        Ok(out)
     }
 
     /// What the image a reference names is made of, for a node that lacks it: config and

@@ -813,3 +813,118 @@ fn root_entry_and_manifest_caps_are_configurable() {
     assert_eq!(limit_of(&err), "max_manifest", "{err}");
     assert_empty(s.root());
 }
+
+/// Merges the members of several single-image archives into one: the blobs of all, and
+/// `manifest.json` (docker) or `index.json` (OCI) listing every image.
+fn merged(archives: Vec<Vec<(String, Vec<u8>)>>, list: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut entries = Vec::new();
+    for members in archives {
+        for (name, data) in members {
+            if name == list {
+                let v: serde_json::Value = serde_json::from_slice(&data).unwrap();
+                let items = if list == "index.json" {
+                    v["manifests"].clone()
+                } else {
+                    v
+                };
+                entries.extend(items.as_array().unwrap().iter().cloned());
+            } else if !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, data));
+            }
+        }
+    }
+    let doc = if list == "index.json" {
+        json!({"schemaVersion": 2, "manifests": entries})
+    } else {
+        json!(entries)
+    };
+    out.push((list.to_string(), serde_json::to_vec(&doc).unwrap()));
+    out
+}
+
+#[test]
+fn root_archives_with_several_images_import_every_image() {
+    let (d, s) = store();
+    let extra = layer(&[E::File("extra.txt", b"only in a\n", 0o644)]);
+
+    // docker save of two images (as `docker save a b` and `podman save -m` write it).
+    let tar = write(
+        d.path(),
+        "two-docker.tar",
+        &outer(&merged(
+            vec![
+                docker_members(&[base_layer(), extra.clone()], &["a:1"], "A"),
+                docker_members(&[base_layer()], &["b:1", "b:2"], "B"),
+            ],
+            "manifest.json",
+        )),
+    );
+    let all = s.import_all(&tar).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].refs, vec!["a:1"]);
+    assert_eq!(all[1].refs, vec!["b:1", "b:2"]);
+    for r in ["a:1", "b:1", "b:2"] {
+        assert!(s.resolve(r).unwrap().is_some(), "{r}");
+    }
+    assert_eq!(
+        names(s.root(), "layers").len(),
+        2,
+        "the shared layer is stored once"
+    );
+
+    // An OCI layout with two manifests, one of them named twice.
+    let x = oci_members(
+        &[base_layer()],
+        Comp::Gzip,
+        json!({"org.opencontainers.image.ref.name": "example.com/x:1"}),
+        "X",
+    );
+    let mut x_again = x.clone();
+    for (name, data) in x_again.iter_mut() {
+        if name == "index.json" {
+            let mut v: serde_json::Value = serde_json::from_slice(data).unwrap();
+            v["manifests"][0]["annotations"] =
+                json!({"org.opencontainers.image.ref.name": "example.com/x:latest"});
+            *data = serde_json::to_vec(&v).unwrap();
+        }
+    }
+    let y = oci_members(
+        std::slice::from_ref(&extra),
+        Comp::Zstd,
+        json!({"org.opencontainers.image.ref.name": "example.com/y:1"}),
+        "Y",
+    );
+    let tar = write(
+        d.path(),
+        "two-oci.tar",
+        &outer(&merged(vec![x, x_again, y], "index.json")),
+    );
+    let all = s.import_all(&tar).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].refs, vec!["example.com/x:1", "example.com/x:latest"]);
+    assert_eq!(all[1].refs, vec!["example.com/y:1"]);
+    assert_eq!(
+        s.import(&tar).unwrap().id,
+        all[0].id,
+        "import returns the first"
+    );
+
+    // The same caps as one image: more images than an archive may hold is refused before
+    // anything is unpacked.
+    let (d2, s2) = store();
+    let one = docker_members(&[base_layer()], &["c:1"], "C");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&one.iter().find(|(n, _)| n == "manifest.json").unwrap().1).unwrap();
+    let many: Vec<serde_json::Value> = (0..257).map(|_| manifest[0].clone()).collect();
+    let mut members: Vec<(String, Vec<u8>)> = one
+        .into_iter()
+        .filter(|(n, _)| n != "manifest.json")
+        .collect();
+    members.push(("manifest.json".into(), serde_json::to_vec(&many).unwrap()));
+    let tar = write(d2.path(), "many.tar", &outer(&members));
+    let e = s2.import_all(&tar).unwrap_err().to_string();
+    assert!(e.contains("257 images") && e.contains("at most 256"), "{e}");
+    assert!(s2.list().unwrap().is_empty());
+    assert_empty_tmp(s2.root());
+}

@@ -23,6 +23,19 @@ pub enum RegistryError {
         /// What it said.
         reason: String,
     },
+    /// The registry refused a push to the repository (no right to push there, or no login).
+    #[error(
+        "registry {registry} refused a push to repository {repository}: {reason}; check the \
+         login (`taba image login {registry}`) and its rights on {repository}"
+    )]
+    PushDenied {
+        /// The registry host.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// What it said.
+        reason: String,
+    },
     /// The registry does not have the repository, tag or digest.
     #[error("{reference} not found in registry {registry}: {reason}")]
     NotFound {

@@ -1,4 +1,4 @@
-//! Images from OCI distribution registries: pulling into taba's image store with the
+//! Images from OCI distribution registries: pulling into taba's image store and pushing out of it with the
 //! `oci-client` crate (references, the distribution protocol, basic and bearer auth), this
 //! node's platform out of image indexes, credentials (`taba image login`, Docker's
 //! `config.json`) and per-registry settings (plain HTTP, extra CA).
@@ -12,8 +12,10 @@ mod config;
 mod error;
 mod platform;
 mod pull;
+mod push;
 
 pub use config::{RegistryConfig, RegistryHost};
 pub use error::RegistryError;
 pub use platform::Platform;
 pub use pull::{Progress, Pulled, Registries};
+pub use push::Pushed;

@@ -38,6 +38,8 @@ use crate::{auth, RegistryConfig, RegistryError};
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// The largest image config read.
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Bytes between two progress events of one layer.
+const PROGRESS_STEP: u64 = 1 << 20;
 /// Where Debian keeps the system's CA certificates.
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 const ACCEPT: &[&str] = &[
@@ -65,7 +67,7 @@ pub struct Pulled {
 
 /// Access to registries with the server's settings and credentials.
 pub struct Registries {
-    config: RegistryConfig,
+    pub(crate) config: RegistryConfig,
     login_file: PathBuf,
     system_roots: Vec<Certificate>,
     host_roots: BTreeMap<String, Vec<Certificate>>,
@@ -77,11 +79,11 @@ pub struct Registries {
 
 /// One registry conversation: its client (fresh, so a changed login takes effect), the
 /// parsed reference and its credentials.
-struct Session {
-    client: Client,
-    reference: Reference,
-    registry: String,
-    auth: RegistryAuth,
+pub(crate) struct Session {
+    pub(crate) client: Client,
+    pub(crate) reference: Reference,
+    pub(crate) registry: String,
+    pub(crate) auth: RegistryAuth,
 }
 
 /// The image manifest a reference leads to.
@@ -89,6 +91,8 @@ struct Resolved {
     /// Digest of what the reference names (an index or a manifest).
     digest: String,
     manifest: OciImageManifest,
+    /// The image manifest's bytes as the registry sent them (kept with the image).
+    bytes: Vec<u8>,
     platform: Option<String>,
 }
 
@@ -112,7 +116,7 @@ fn pem_certs(path: &std::path::Path) -> Result<Vec<Certificate>, std::io::Error>
     Ok(out)
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
 ) -> Result<T, RegistryError> {
     tokio::task::spawn_blocking(f)
@@ -159,7 +163,7 @@ impl Registries {
         &self.platform
     }
 
-    fn client(&self, registry: &str) -> Result<Client, RegistryError> {
+    pub(crate) fn client(&self, registry: &str) -> Result<Client, RegistryError> {
         let host = self.config.host(registry);
         let mut roots = self.system_roots.clone();
         roots.extend(self.host_roots.get(registry).cloned().unwrap_or_default());
@@ -174,6 +178,8 @@ impl Registries {
             read_timeout: Some(self.config.timeout),
             connect_timeout: Some(self.config.timeout),
             max_concurrent_download: self.config.parallel.max(1),
+            // A push sends each blob in one PUT (no 4 MiB PATCH round trips).
+            use_monolithic_push: true,
             user_agent: concat!("taba/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
         };
@@ -193,7 +199,7 @@ impl Registries {
         Ok(r)
     }
 
-    fn session(&self, reference: &str) -> Result<Session, RegistryError> {
+    pub(crate) fn session(&self, reference: &str) -> Result<Session, RegistryError> {
         let reference = Self::parse(reference)?;
         let registry = reference.registry().to_string();
         let auth = auth::lookup(
@@ -209,7 +215,7 @@ impl Registries {
         })
     }
 
-    fn oci(s: &Session, e: oci_client::errors::OciDistributionError) -> RegistryError {
+    pub(crate) fn oci(s: &Session, e: oci_client::errors::OciDistributionError) -> RegistryError {
         RegistryError::from_oci(&s.registry, &s.reference.whole(), e)
     }
 
@@ -217,7 +223,7 @@ impl Registries {
         &self,
         s: &Session,
         r: &Reference,
-    ) -> Result<(OciManifest, String), RegistryError> {
+    ) -> Result<(OciManifest, String, Vec<u8>), RegistryError> {
         let (bytes, digest) = s
             .client
             .pull_manifest_raw(r, &s.auth, ACCEPT)
@@ -235,17 +241,18 @@ impl Registries {
         }
         let m = serde_json::from_slice(&bytes)
             .map_err(|e| unsupported(format!("not an image manifest or index: {e}")))?;
-        Ok((m, digest))
+        Ok((m, digest, bytes.to_vec()))
     }
 
     /// The image manifest `s.reference` leads to, through an index to this node's platform.
     async fn resolve_manifest(&self, s: &Session) -> Result<Resolved, RegistryError> {
-        let (m, digest) = self.raw_manifest(s, &s.reference).await?;
+        let (m, digest, bytes) = self.raw_manifest(s, &s.reference).await?;
         let index = match m {
             OciManifest::Image(manifest) => {
                 return Ok(Resolved {
                     digest,
                     manifest,
+                    bytes,
                     platform: None,
                 })
             }
@@ -260,15 +267,16 @@ impl Registries {
         };
         let by_digest = s.reference.clone_with_digest(entry.digest.clone());
         match self.raw_manifest(s, &by_digest).await? {
-            (OciManifest::Image(manifest), _) => Ok(Resolved {
+            (OciManifest::Image(manifest), _, bytes) => Ok(Resolved {
                 digest,
                 manifest,
+                bytes,
                 platform: entry.platform.as_ref().map(|p| match &p.variant {
                     Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
                     None => format!("{}/{}", p.os, p.architecture),
                 }),
             }),
-            (OciManifest::ImageIndex(_), _) => Err(RegistryError::Unsupported {
+            (OciManifest::ImageIndex(_), _, _) => Err(RegistryError::Unsupported {
                 reference: by_digest.whole(),
                 reason: "an index whose platform entry is another index".into(),
             }),
@@ -421,7 +429,8 @@ impl Registries {
     ) -> Result<Pulled, RegistryError> {
         let st = store.clone();
         let w = wire.clone();
-        let fetch = blocking(move || st.fetch(&w)).await?;
+        let mut fetch = blocking(move || st.fetch(&w)).await?;
+        fetch.keep_manifest(resolved.bytes.clone())?;
         progress(PullEvent::Resolved {
             reference: s.reference.whole(),
             digest: resolved.digest.clone(),
@@ -530,9 +539,18 @@ impl Registries {
             Ok(n)
         });
         let mut net = Ok(());
+        let (mut done, mut told) = (0u64, 0u64);
         loop {
             match self.next_chunk(s, &blob.digest, &mut stream).await {
                 Ok(Some(chunk)) => {
+                    done += chunk.len() as u64;
+                    if done - told >= PROGRESS_STEP {
+                        told = done;
+                        progress(PullEvent::Progress {
+                            digest: blob.digest.clone(),
+                            done,
+                        });
+                    }
                     if tx.send(chunk).await.is_err() {
                         break; // the writer refused (too long): its error says why
                     }

@@ -6,7 +6,7 @@
 use crate::api::ApiError;
 use std::path::Path;
 use taba_image::{ImageError, ImageStore, ImageSummary};
-use taba_types::api::{ImageDetail, ImageInfo};
+use taba_types::api::{ImageDetail, ImageInfo, ImportResponse};
 use taba_types::wire::ImageManifest;
 
 fn info(s: ImageSummary) -> ImageInfo {
@@ -43,13 +43,22 @@ pub async fn pinned(
     }
 }
 
-/// Import a tar.
-pub fn import(images: &ImageStore, path: &Path) -> Result<ImageInfo, ApiError> {
-    images.import(path).map(info).map_err(|e| {
-        ApiError::invalid(
-            "body",
-            format!("cannot import image: {}", taba_types::error_chain(&e)),
-        )
+/// Import a tar (every image it holds).
+pub fn import(images: &ImageStore, path: &Path) -> Result<ImportResponse, ApiError> {
+    let all: Vec<ImageInfo> = images
+        .import_all(path)
+        .map_err(|e| {
+            ApiError::invalid(
+                "body",
+                format!("cannot import image: {}", taba_types::error_chain(&e)),
+            )
+        })?
+        .into_iter()
+        .map(info)
+        .collect();
+    Ok(ImportResponse {
+        image: all[0].clone(),
+        images: all,
     })
 }
 
@@ -148,10 +157,11 @@ pub fn registry_error(e: &taba_registry::RegistryError) -> ApiError {
     let msg = taba_types::error_chain(e);
     match e {
         E::InvalidReference { .. } => ApiError::bad("reference", msg),
-        E::Unauthorized { .. } | E::NoPlatform { .. } | E::Unsupported { .. } => {
-            ApiError::invalid("reference", msg)
-        }
-        E::NotFound { .. } => ApiError::NotFound(msg),
+        E::Unauthorized { .. }
+        | E::PushDenied { .. }
+        | E::NoPlatform { .. }
+        | E::Unsupported { .. } => ApiError::invalid("reference", msg),
+        E::NotFound { .. } | E::Image(ImageError::NotFound(_)) => ApiError::NotFound(msg),
         E::Registry { .. } | E::Download { .. } => ApiError::Registry(msg),
         E::Image(ImageError::Io { .. }) | E::Settings(_) => ApiError::Internal(msg),
         E::Image(_) => ApiError::Registry(msg),

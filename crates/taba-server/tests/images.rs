@@ -176,3 +176,91 @@ fn root_agent_image_routes_serve_manifests_and_blobs_and_refuse_bad_digests() {
     // Still serving.
     assert_eq!(user.list_images().unwrap().len(), 1);
 }
+
+/// Bad bodies of the push, save and plan routes: 4xx naming the field, nothing started.
+#[test]
+fn root_push_save_and_plan_routes_refuse_bad_input() {
+    require_root("image import chowns");
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(10));
+    let user = srv.client();
+    let tar = dir.path().join("busybox-oci.tar");
+    busybox_oci_tar(&tar);
+    let info = user.import_image(&tar).unwrap();
+    let json = Some("application/json");
+    let cases: &[(&str, &[u8], u16, Option<&str>)] = &[
+        (
+            "/v1/registry/push",
+            br#"{"reference":"Not A Ref"}"#,
+            400,
+            Some("reference"),
+        ),
+        (
+            "/v1/registry/push",
+            br#"{"reference":"localhost:1/a:1","sourc":"x"}"#,
+            400,
+            None,
+        ),
+        ("/v1/registry/push", b"{", 400, None),
+        (
+            "/v1/image-save",
+            br#"{"reference":"busybox","format":"zip"}"#,
+            400,
+            Some("format"),
+        ),
+        (
+            "/v1/image-save",
+            br#"{"reference":"no/such:image"}"#,
+            404,
+            None,
+        ),
+        (
+            "/v1/image-save",
+            br#"{"reference":"Bad Ref"}"#,
+            400,
+            Some("reference"),
+        ),
+        ("/v1/job-plan", br#"{"name":""}"#, 422, None),
+    ];
+    for (path, body, status, field) in cases {
+        let resp = user.raw("POST", path, json, body).unwrap();
+        let e = resp.error();
+        assert_eq!(
+            resp.status,
+            *status,
+            "{path} {:?}: {e:?}",
+            String::from_utf8_lossy(body)
+        );
+        if let Some(f) = field {
+            assert_eq!(e.unwrap().field.as_deref(), Some(*f), "{path}");
+        }
+    }
+    // A push of an image the store lacks, to a registry nobody runs: 404 before any
+    // connection (the store is read first).
+    let resp = user
+        .raw(
+            "POST",
+            "/v1/registry/push",
+            json,
+            br#"{"reference":"127.0.0.1:1/a:1","source":"no/such:image"}"#,
+        )
+        .unwrap();
+    assert_eq!(resp.status, 404, "{:?}", resp.error());
+    // A save of the imported image: a tar that starts with the OCI layout marker.
+    let resp = user
+        .raw(
+            "POST",
+            "/v1/image-save",
+            json,
+            format!(r#"{{"reference":"{}"}}"#, info.id).as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    // ustar: a 512-byte header naming the member, its content padded to 512 bytes.
+    assert!(
+        resp.body.starts_with(b"oci-layout\0"),
+        "not an OCI layout tar"
+    );
+    assert!(resp.body[1024..].starts_with(b"index.json\0"));
+    assert_eq!(resp.body.len() % 512, 0);
+}

@@ -517,6 +517,58 @@ pub struct ImageInfo {
     pub created: Option<String>,
 }
 
+/// Reply of `POST /v1/job-plan`: what `job run` of the same job file would do to the job's
+/// versions, without doing it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPlanResponse {
+    /// Namespace.
+    pub namespace: String,
+    /// Job name.
+    pub job: String,
+    /// The version now current (`None`: no such job yet).
+    pub current_version: Option<u64>,
+    /// Whether `job run` would make a new version.
+    pub new_version: bool,
+    /// Why (or why not), one line each, with the field paths.
+    pub reasons: Vec<String>,
+    /// Each container image: what the version runs and what its tag resolves to now.
+    pub images: Vec<ImagePlan>,
+}
+
+/// One task image in a [`JobPlanResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePlan {
+    /// `group[i].task[j].image`.
+    pub field: String,
+    /// As the job file names it.
+    pub image: String,
+    /// What the current version records (pinned to a digest for registry images).
+    pub current: Option<String>,
+    /// What `job run` would record now (the store's pinned digest; for an image the store
+    /// lacks, the registry's, as `job run` pulls it).
+    pub planned: String,
+    /// The digest the tag resolves to in its registry now, when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// The registry's tag resolves to another digest than the current version's: a pull of
+    /// the image, then `job run`, makes a new version.
+    pub moved: bool,
+    /// Why the registry could not be asked, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Reply of `POST /v1/images`: the archive's first image (the fields of [`ImageInfo`], as
+/// before archives could hold several) and every image it held, in its order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResponse {
+    /// The first image.
+    #[serde(flatten)]
+    pub image: ImageInfo,
+    /// Every image imported.
+    pub images: Vec<ImageInfo>,
+}
+
 /// `GET /v1/images/{ref}`: an image and how it runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImageDetail {
@@ -535,6 +587,28 @@ pub struct ImageDetail {
 pub struct PullRequest {
     /// What to pull: `busybox`, `host:port/repo:tag`, `repo@sha256:<hex>`.
     pub reference: String,
+}
+
+/// Body of `POST /v1/registry/push`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// Where to push: `host[:port]/repo[:tag]`.
+    pub reference: String,
+    /// The stored image to push (reference or id); default: `reference` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Body of `POST /v1/images/save`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveRequest {
+    /// The stored image (reference or id).
+    pub reference: String,
+    /// `oci-archive` (default) or `docker-archive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
 }
 
 /// One line of the reply of `POST /v1/registry/pull` (newline-delimited JSON): what the pull
@@ -573,7 +647,27 @@ pub enum PullEvent {
         /// Bytes downloaded.
         bytes: u64,
     },
-    /// The pull failed (after the reply began; earlier failures are HTTP errors).
+    /// Bytes of a layer downloaded so far (at most one event per MiB per layer).
+    Progress {
+        /// The layer blob.
+        digest: String,
+        /// Bytes so far.
+        done: u64,
+    },
+    /// A push is complete: the manifest is in the registry.
+    Pushed {
+        /// The target, normalised.
+        reference: String,
+        /// Digest of the manifest pushed.
+        digest: String,
+        /// Blobs uploaded.
+        uploaded: usize,
+        /// Blobs the registry had already (or mounted).
+        skipped: usize,
+        /// Bytes uploaded.
+        bytes: u64,
+    },
+    /// The pull (or push) failed (after the reply began; earlier failures are HTTP errors).
     Error {
         /// Why, with the registry's reason.
         message: String,
@@ -590,6 +684,14 @@ pub enum LayerStatus {
     Downloading,
     /// Downloaded and verified (digest and size).
     Downloaded,
+    /// Push: the registry's repository has it; not sent.
+    Exists,
+    /// Push: mounted from another repository of the registry; not sent.
+    Mounted,
+    /// Push: upload started.
+    Uploading,
+    /// Push: uploaded.
+    Uploaded,
 }
 
 /// Body of `PUT /v1/images/{reference}`: name the image `source` names `reference` too.

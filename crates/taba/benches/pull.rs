@@ -9,6 +9,10 @@
 //! Then a pull with every layer present, counting the registry's requests by user agent
 //! from its access log: taba and podman.
 //!
+//! Then pushes of the same image into the registry emptied before each run (its data removed,
+//! the registry restarted: every blob is uploaded), side by side: `taba image push` from
+//! taba's store and `skopeo copy oci:DIR docker://...` from the OCI layout skopeo pulled.
+//!
 //! Run: `cargo bench -p taba --bench pull` (root; scripts/setup.sh: docker-registry,
 //! skopeo, apache2-utils, podman). `TABA_BENCH_RUNS` (default 5) runs per tool; the median
 //! is printed. BENCHMARKS.md has the results.
@@ -52,7 +56,7 @@ fn main() {
         .prefix("taba-bench-pull-")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let reg = Registry::start(&tmp.path().join("registry"));
+    let mut reg = Registry::start(&tmp.path().join("registry"));
     let layout = OciLayout::new(&tmp.path().join("layout"));
     let layers: Vec<Vec<u8>> = (0..4)
         .map(|i| tar_with_file(&format!("layer{i}.bin"), &random_bytes(25 << 20, i + 11)))
@@ -108,7 +112,9 @@ fn main() {
                 .arg(format!("docker://{r}"))
                 .arg(format!("oci:{}:big", dest.display())),
         ));
-        let _ = std::fs::remove_dir_all(&dest);
+        if i + 1 < runs {
+            let _ = std::fs::remove_dir_all(&dest);
+        }
 
         let root = tmp.path().join(format!("podman-{i}"));
         let podman_cmd = |args: &[&str]| {
@@ -173,6 +179,13 @@ fn main() {
         reg.requests("/manifests/", "taba/").len() - before.0,
         reg.requests("/blobs/", "taba/").len() - before.1
     );
+    let (pushes_taba, pushes_skopeo) = push_runs(
+        &mut reg,
+        &dev,
+        &r,
+        &tmp.path().join(format!("skopeo-{}", runs - 1)),
+        runs,
+    );
     let ms = |v: &[Duration]| -> String {
         v.iter()
             .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
@@ -183,6 +196,8 @@ fn main() {
         ("taba image pull", &taba),
         ("skopeo copy (no unpack)", &skopeo),
         ("podman pull", &podman),
+        ("taba image push", &pushes_taba),
+        ("skopeo copy (push)", &pushes_skopeo),
     ] {
         println!(
             "{name:<26} median {:>6.0} ms   runs: {} ms",
@@ -190,4 +205,39 @@ fn main() {
             ms(v)
         );
     }
+}
+
+/// Pushes of the pulled image into the emptied registry: taba from its store, skopeo from the
+/// OCI layout it pulled into. Returns the times of each.
+fn push_runs(
+    reg: &mut Registry,
+    dev: &Dev,
+    r: &str,
+    skopeo_layout: &std::path::Path,
+    runs: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let certs = reg.dir.join("skopeo-certs");
+    let creds = format!("{}:{}", reg.user, reg.password);
+    let empty = |reg: &mut Registry| {
+        reg.kill();
+        let _ = std::fs::remove_dir_all(reg.dir.join("data"));
+        reg.restart();
+    };
+    let (mut taba, mut skopeo) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        empty(reg);
+        taba.push(timed(
+            dev.cli_command(&["image", "push", r]).stdout(Stdio::null()),
+        ));
+        empty(reg);
+        skopeo.push(timed(
+            Command::new("skopeo")
+                .args(["copy", "--quiet", "--dest-cert-dir"])
+                .arg(&certs)
+                .args(["--dest-creds", &creds])
+                .arg(format!("oci:{}:big", skopeo_layout.display()))
+                .arg(format!("docker://{r}")),
+        ));
+    }
+    (taba, skopeo)
 }

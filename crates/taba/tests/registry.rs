@@ -2,7 +2,9 @@
 //! `taba tls`, htpasswd auth) into `taba dev` through the CLI, then running them: by tag and
 //! by digest, the node's platform out of a two-platform index, credentials refused, a
 //! tampered blob refused with nothing kept, a registry killed in the middle of a pull and a
-//! clean retry, and a second pull that requests no blob. Needs root (`taba dev`).
+//! clean retry, and a second pull that requests no blob; pushes back into the registry and
+//! saves to archives, read back by skopeo and podman with the same digests. Needs root
+//! (`taba dev`).
 
 mod common;
 
@@ -451,24 +453,8 @@ fn root_tag_and_prune_keep_what_job_versions_name() {
 #[test]
 fn root_a_registry_that_never_answers_times_out() {
     require_root();
-    // Accepts connections and never says anything (TLS handshake included).
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let host = format!("localhost:{}", listener.local_addr().unwrap().port());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s = stop.clone();
-    listener.set_nonblocking(true).unwrap();
-    let holder = std::thread::spawn(move || {
-        let mut held = Vec::new();
-        let start = Instant::now();
-        while !s.load(std::sync::atomic::Ordering::SeqCst)
-            && start.elapsed() < Duration::from_secs(120)
-        {
-            if let Ok((c, _)) = listener.accept() {
-                held.push(c);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
+    let silent = SilentServer::start();
+    let host = silent.host.clone();
     let tmp = tempfile::Builder::new()
         .prefix("taba-registry-")
         .tempdir_in("/var/tmp")
@@ -477,12 +463,25 @@ fn root_a_registry_that_never_answers_times_out() {
     std::fs::write(&cfg, "[registry]\ntimeout = \"2s\"\n").unwrap();
     let dev = Dev::start_with(&["--registry-config", cfg.to_str().unwrap()]);
     let out = dev.cli(&["image", "pull", &format!("{host}/app:1")]);
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    holder.join().unwrap();
     let t = text(&out).to_lowercase();
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("timed out") || t.contains("timeout"), "{t}");
     assert!(t.contains(&host), "the error names the registry: {t}");
+    // A push to it fails the same way, within the timeout.
+    dev.import_busybox();
+    let start = Instant::now();
+    let out = dev.cli(&[
+        "image",
+        "push",
+        &format!("{host}/app:1"),
+        "--from",
+        "busybox",
+    ]);
+    let t = text(&out).to_lowercase();
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("timed out") || t.contains("timeout"), "{t}");
+    assert!(t.contains(&host), "the error names the registry: {t}");
+    assert!(start.elapsed() < Duration::from_secs(60), "the push hung");
 }
 
 #[test]
@@ -542,6 +541,11 @@ fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
     let r = format!("{}/test/app:1", w.reg.host);
     // `job run` pulls the absent image and pins it.
     let out = run_in(&w, "mover", &r, "echo one");
+    let file = w.dev.data.join("jobs/mover.toml");
+    // Nothing moved: `job plan` says so, exit code 0.
+    let plan = w.dev.cli(&["job", "plan", file.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    assert!(text(&plan).contains("no new version"), "{}", text(&plan));
     assert!(out.contains("one"), "{out}");
     let v0 = w.dev.client.job("mover").unwrap();
     assert_eq!(
@@ -557,7 +561,6 @@ fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
         .reg
         .push(&format!("oci:{}:v2", layout.dir.display()), "test/app:1");
     assert_ne!(d1, d2);
-    let file = w.dev.data.join("jobs/mover.toml");
     let rerun = || {
         let out = w
             .dev
@@ -565,7 +568,17 @@ fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
         assert!(out.status.success(), "{}", text(&out));
         w.dev.client.job("mover").unwrap()
     };
-    // Until the server's store moves the tag, the same file is the same version...
+    // `job plan` says the tag moved and what to do; until the server's store moves the tag,
+    // the same file is the same version...
+    let plan = w.dev.cli(&["job", "plan", file.to_str().unwrap()]);
+    let t = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains(&format!("now resolves to {d2}"))
+            && t.contains(&format!("runs {r}@{d1}"))
+            && t.contains("no new version"),
+        "{t}"
+    );
     assert_eq!(rerun().version, v0.version);
     // ... and after a pull it is a new version, pinned to the new digest.
     assert!(pull(&w, &r).status.success());
@@ -575,6 +588,8 @@ fn root_a_tag_moved_by_a_pull_makes_a_new_job_version() {
         v1.spec.groups[0].tasks[0].image.as_deref(),
         Some(format!("{r}@{d2}").as_str())
     );
+    let plan = w.dev.cli(&["job", "plan", file.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", text(&plan));
 }
 
 #[test]
@@ -609,4 +624,453 @@ fn root_plain_http_only_for_a_registry_marked_insecure() {
         !t.contains("refused access"),
         "a TLS failure, not a refusal: {t}"
     );
+}
+
+fn push(w: &World, target: &str, from: &str) -> std::process::Output {
+    w.dev.cli(&["image", "push", target, "--from", from])
+}
+
+#[test]
+fn root_push_gives_the_registry_the_pulled_digests_and_sends_nothing_twice() {
+    let w = world();
+    let tar = busybox_tar();
+    let digest = w.reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "test/busybox:1.0",
+    );
+    let (_, original) = w.reg.inspect("test/busybox:1.0");
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let src = format!("{}/test/busybox:1.0", w.reg.host);
+    // On a terminal: a progress bar per layer (indicatif), not lines.
+    let out = w.dev.cli_on_terminal(&["image", "pull", &src]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("[==============================]") && t.contains("downloaded, verified"),
+        "{t}"
+    );
+
+    // To another repository of the same registry: every blob mounted, none uploaded; the
+    // manifest is the one pulled, byte for byte.
+    let uploads = w.reg.requests("/blobs/uploads/", "taba/").len();
+    let out = push(&w, &format!("{}/copy/busybox:2", w.reg.host), &src);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("mounted from another repository"), "{t}");
+    assert!(t.contains("0 blobs uploaded"), "{t}");
+    let (d, m) = w.reg.inspect("copy/busybox:2");
+    assert_eq!(d, digest);
+    assert_eq!(manifest_blobs(&m), manifest_blobs(&original));
+    let puts: Vec<String> = w
+        .reg
+        .requests("/blobs/uploads/", "taba/")
+        .into_iter()
+        .skip(uploads)
+        .filter(|l| l.contains("\"PUT "))
+        .collect();
+    assert!(puts.is_empty(), "blobs were uploaded: {puts:?}");
+
+    // Again: the repository has them all now.
+    let out = push(&w, &format!("{}/copy/busybox:3", w.reg.host), &src);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("already in the registry"), "{t}");
+    assert_eq!(w.reg.inspect("copy/busybox:3").0, digest);
+
+    // skopeo copies it out (dir: keeps the manifest as the registry has it) with the same
+    // digests.
+    let layout = w.reg.dir.join("copied-out");
+    let status = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-cert-dir"])
+        .arg(w.reg.dir.join("skopeo-certs"))
+        .arg("--src-creds")
+        .arg(format!("{}:{}", w.reg.user, w.reg.password))
+        .arg(format!("docker://{}/copy/busybox:2", w.reg.host))
+        .arg(format!("dir:{}", layout.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (d, m) = skopeo_inspect(&format!("dir:{}", layout.display()));
+    assert_eq!(d, digest);
+    assert_eq!(manifest_blobs(&m), manifest_blobs(&original));
+}
+
+#[test]
+fn root_an_imported_image_pushes_and_saves_with_its_digests() {
+    let w = world();
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let images =
+        std::env::var("TABA_IMAGE_DIR").unwrap_or_else(|_| "/var/cache/taba/images".into());
+    let oci = Path::new(&images).join("busybox-oci.tar");
+    let (oci_digest, oci_manifest) = skopeo_inspect(&format!("oci-archive:{}", oci.display()));
+    let out = w.dev.cli(&["image", "import", oci.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let name = format!("taba-push-test-{}:1", std::process::id());
+    assert!(w
+        .dev
+        .cli(&["image", "tag", &oci_manifest_ref(&w, &oci_manifest), &name])
+        .status
+        .success());
+
+    // Push of an OCI-layout import: the layout's manifest, byte for byte, and every blob
+    // uploaded once.
+    let out = push(&w, &format!("{}/imp/busybox:1", w.reg.host), &name);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("uploaded") && !t.contains("0 blobs uploaded"),
+        "{t}"
+    );
+    let (d, m) = w.reg.inspect("imp/busybox:1");
+    assert_eq!(d, oci_digest);
+    assert_eq!(manifest_blobs(&m), manifest_blobs(&oci_manifest));
+
+    // Save as an OCI archive: skopeo reads the same manifest; taba imports it back as the
+    // same image.
+    let dir = w.reg.dir.join("saved");
+    std::fs::create_dir_all(&dir).unwrap();
+    let oci_out = dir.join("b-oci.tar");
+    let out = w
+        .dev
+        .cli(&["image", "save", &name, "-o", oci_out.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (d, m) = skopeo_inspect(&format!("oci-archive:{}", oci_out.display()));
+    assert_eq!(d, oci_digest);
+    assert_eq!(manifest_blobs(&m), manifest_blobs(&oci_manifest));
+
+    // Save as a docker archive: the same config (image id) and diff_ids; podman loads it
+    // under its name with that id.
+    let docker_out = dir.join("b-docker.tar");
+    let out = w.dev.cli(&[
+        "image",
+        "save",
+        &name,
+        "-o",
+        docker_out.to_str().unwrap(),
+        "--format",
+        "docker-archive",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, dm) = skopeo_inspect(&format!("docker-archive:{}", docker_out.display()));
+    let (config, layers) = manifest_blobs(&dm);
+    assert_eq!(config, manifest_blobs(&oci_manifest).0);
+    let diff_ids: Vec<String> = {
+        let id = w.dev.client.inspect_image(&name).unwrap().info.id;
+        assert_eq!(id, config);
+        busybox_diff_ids(&oci)
+    };
+    assert_eq!(layers, diff_ids);
+    let loaded = std::process::Command::new("podman")
+        .args(["load", "-q", "-i"])
+        .arg(&docker_out)
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let podman_id = std::process::Command::new("podman")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}}",
+            &format!("localhost/{name}"),
+        ])
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("podman")
+        .args(["rmi", "-f", &format!("localhost/{name}")])
+        .output();
+    assert!(
+        podman_id.status.success(),
+        "{}",
+        String::from_utf8_lossy(&podman_id.stderr)
+    );
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            String::from_utf8_lossy(&podman_id.stdout).trim()
+        ),
+        config
+    );
+
+    // An existing file is kept unless --force; an unknown image writes nothing.
+    let before = std::fs::read(&oci_out).unwrap();
+    let out = w.dev.cli(&[
+        "image",
+        "save",
+        &name,
+        "-o",
+        oci_out.to_str().unwrap(),
+        "--format",
+        "docker-archive",
+    ]);
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("exists") && t.contains("--force"),
+        "{t}"
+    );
+    assert_eq!(std::fs::read(&oci_out).unwrap(), before);
+    let out = w.dev.cli(&[
+        "image",
+        "save",
+        &name,
+        "-o",
+        oci_out.to_str().unwrap(),
+        "--format",
+        "docker-archive",
+        "--force",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(std::fs::read(&oci_out).unwrap(), before);
+    let missing = dir.join("missing.tar");
+    let out = w.dev.cli(&[
+        "image",
+        "save",
+        "no/such:image",
+        "-o",
+        missing.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("not found"), "{t}");
+    assert!(!missing.exists());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "no temporary file is left: {left:?}");
+    let out = w.dev.cli(&[
+        "image",
+        "save",
+        &name,
+        "-o",
+        missing.to_str().unwrap(),
+        "--format",
+        "zip",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("--format"),
+        "{}",
+        text(&out)
+    );
+    let out = push(
+        &w,
+        &format!("{}/imp/busybox:2", w.reg.host),
+        "no/such:image",
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("not found"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The reference the OCI archive's image gets in taba (its index annotation).
+fn oci_manifest_ref(w: &World, m: &serde_json::Value) -> String {
+    let config = m["config"]["digest"].as_str().unwrap();
+    let image = w
+        .dev
+        .client
+        .list_images()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == config)
+        .expect("the imported image is listed");
+    image.id
+}
+
+/// The diff_ids of the busybox OCI archive's image (from its config).
+fn busybox_diff_ids(oci: &Path) -> Vec<String> {
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci-archive:{}", oci.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    c["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn root_a_push_without_the_right_names_registry_and_repository() {
+    let w = world();
+    w.dev.import_busybox();
+    // No login: the registry refuses; the error names registry and repository.
+    let target = format!("{}/team/app:1", w.reg.host);
+    let out = push(&w, &target, "busybox");
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("registry {}", w.reg.host)) && t.contains("repository team/app"),
+        "{t}"
+    );
+    // A digest is no target.
+    let out = push(
+        &w,
+        &format!("{}/team/app@sha256:{}", w.reg.host, "a".repeat(64)),
+        "busybox",
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("not a digest"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Bearer-token auth: the registry (`auth: token`) sends taba to a token service that signs
+/// JWTs the registry verifies (tests/common/token.rs). taba logs in, pulls, pushes where the
+/// token grants push, and is refused, naming registry and repository, where it does not.
+#[test]
+fn root_bearer_token_auth_pull_and_push_through_the_challenge() {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-registry-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let token = common::token::TokenServer::start(&tmp.path().join("token"), "alice", "s3cret-pw");
+    let reg = Registry::start_token(&tmp.path().join("registry"), &token);
+    let cfg = reg.taba_config(None);
+    let dev = Dev::start_with(&["--registry-config", cfg.to_str().unwrap()]);
+    let w = World {
+        reg,
+        dev,
+        _tmp: tmp,
+    };
+    let tar = busybox_tar();
+    let digest = w.reg.push(
+        &format!("docker-archive:{}", tar.display()),
+        "alice/busybox:1",
+    );
+
+    // Anonymous: the token grants nothing, the registry refuses.
+    let src = format!("{}/alice/busybox:1", w.reg.host);
+    let out = pull(&w, &src);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("refused access"), "{}", text(&out));
+    // A wrong password: the token service refuses it at login.
+    let out = login(&w, &w.reg.host, "not-the-password");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        !token.requests_from("taba/").is_empty(),
+        "taba asked the token service"
+    );
+
+    assert!(login(&w, &w.reg.host, w.reg.password).status.success());
+    let out = pull(&w, &src);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = push(&w, &format!("{}/alice/copy:1", w.reg.host), &src);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(w.reg.inspect("alice/copy:1").0, digest);
+    let granted = token.requests_from("taba/");
+    assert!(
+        granted
+            .iter()
+            .any(|l| l.contains("repository:alice/copy:pull,push") && l.contains("\"push\"")),
+        "{granted:?}"
+    );
+
+    // No push right on team/app: the token says so, the registry refuses, the error names
+    // registry and repository.
+    let out = push(&w, &format!("{}/team/app:1", w.reg.host), &src);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("registry {}", w.reg.host)) && t.contains("repository team/app"),
+        "{t}"
+    );
+}
+
+/// `podman save -m` of two images (a docker archive listing both) imports both, each under
+/// its names, with the ids podman gives them.
+#[test]
+fn root_a_podman_multi_image_archive_imports_every_image() {
+    require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-multi-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let tag = format!("taba-multi-{}", std::process::id());
+    let a = common::images::compat_image(
+        tmp.path(),
+        &format!("{tag}-a"),
+        serde_json::json!({"Cmd": ["sh"]}),
+    );
+    let b = common::images::docker_save(
+        tmp.path(),
+        &format!("{tag}-b"),
+        &[common::images::busybox_layer()],
+        serde_json::json!({"Env": ["B=1"]}),
+    );
+    let podman = |args: &[&str]| {
+        let out = std::process::Command::new("podman")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let names = [
+        format!("localhost/{tag}-a:latest"),
+        format!("localhost/{tag}-b:latest"),
+    ];
+    for f in [&a, &b] {
+        podman(&["load", "-q", "-i", f.to_str().unwrap()]);
+    }
+    let multi = tmp.path().join("multi.tar");
+    let saved = std::process::Command::new("podman")
+        .args([
+            "save",
+            "-m",
+            "--format",
+            "docker-archive",
+            "-o",
+            multi.to_str().unwrap(),
+        ])
+        .args(&names)
+        .output()
+        .unwrap();
+    let ids: Vec<String> = names
+        .iter()
+        .map(|n| {
+            format!(
+                "sha256:{}",
+                podman(&["image", "inspect", "--format", "{{.Id}}", n])
+            )
+        })
+        .collect();
+    for n in &names {
+        let _ = std::process::Command::new("podman")
+            .args(["rmi", "-f", n])
+            .output();
+    }
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+
+    let dev = Dev::start();
+    let out = dev.cli(&["image", "import", multi.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list = dev.client.list_images().unwrap();
+    for (n, id) in names.iter().zip(&ids) {
+        let short = n.trim_start_matches("localhost/");
+        let found = list
+            .iter()
+            .find(|i| i.refs.iter().any(|r| r == n || r == short))
+            .unwrap_or_else(|| panic!("{n} not imported: {list:?}"));
+        assert_eq!(&found.id, id, "{n}");
+    }
 }

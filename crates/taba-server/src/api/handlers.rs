@@ -192,6 +192,144 @@ pub async fn register_job(
     Ok(Json(app.state.register_job(spec).await?))
 }
 
+/// `POST /v1/job-plan`: parses the job as `job run` does and says whether it would make a
+/// new version, and why: a changed spec, or an image tag that now resolves to another
+/// digest in its registry than the running version's (asked now, nothing pulled).
+pub async fn plan_job(
+    State(app): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    body: Body,
+) -> R<JobPlanResponse> {
+    let ct = content_type(&headers);
+    let bytes = read_body(body, MAX_JOB_BYTES).await?;
+    let spec = match ct.as_str() {
+        "application/toml" | "text/toml" | "text/x-toml" => parse_job_toml(&bytes),
+        "application/json" | "" => parse_job_json(&bytes),
+        other => return Err(ApiError::UnsupportedMediaType(other.to_string())),
+    }
+    .map_err(job_parse_error)?;
+    check_job_rights(&auth, &spec)?;
+    let current = app
+        .state
+        .job(&spec.namespace, &spec.name)
+        .ok()
+        .filter(|j| !j.stopped);
+    let mut candidate = spec.clone();
+    let mut images = Vec::new();
+    for (i, g) in candidate.groups.iter_mut().enumerate() {
+        for (j, t) in g.tasks.iter_mut().enumerate() {
+            let Some(image) = t.image.clone() else {
+                continue;
+            };
+            if !matches!(t.driver.as_str(), "container" | "system") {
+                continue;
+            }
+            let field = format!("group[{i}].task[{j}].image");
+            let running = current.as_ref().and_then(|c| {
+                let cg = c.spec.groups.iter().find(|cg| cg.name == g.name)?;
+                cg.tasks.iter().find(|ct| ct.name == t.name)?.image.clone()
+            });
+            let plan = plan_image(&app.state, field, image, running).await?;
+            t.image = Some(plan.planned.clone());
+            images.push(plan);
+        }
+    }
+    let mut reasons = Vec::new();
+    let new_version = match &current {
+        None => {
+            reasons.push(format!(
+                "job {:?} does not run: version 1 would be made",
+                spec.name
+            ));
+            true
+        }
+        Some(c) => {
+            for im in images.iter().filter(|im| im.moved) {
+                reasons.push(format!(
+                    "{}: {} now resolves to {} in its registry; version {} runs {}: \
+                     `taba image pull {}` then `job run` makes a new version",
+                    im.field,
+                    im.image,
+                    im.registry.as_deref().unwrap_or("?"),
+                    c.version,
+                    im.current.as_deref().unwrap_or("-"),
+                    im.image
+                ));
+            }
+            let mut same_images = candidate.clone();
+            for (g, cg) in same_images.groups.iter_mut().zip(&c.spec.groups) {
+                for (t, ct) in g.tasks.iter_mut().zip(&cg.tasks) {
+                    if t.image.is_some() && ct.image.is_some() {
+                        t.image = ct.image.clone();
+                    }
+                }
+            }
+            if same_images != c.spec {
+                reasons.push("the job spec differs from the current version's".into());
+            }
+            let changed = candidate != c.spec;
+            if !changed {
+                reasons.push(format!("same as version {}: no new version", c.version));
+            }
+            changed
+        }
+    };
+    Ok(Json(JobPlanResponse {
+        namespace: spec.namespace.clone(),
+        job: spec.name.clone(),
+        current_version: current.map(|c| c.version),
+        new_version,
+        reasons,
+        images,
+    }))
+}
+
+/// What `job run` would record for one image now: a registry image (one the store holds
+/// pinned to a registry digest, or one it lacks) is asked of its registry; an imported one
+/// is recorded as the store pins it.
+async fn plan_image(
+    state: &Arc<ServerState>,
+    field: String,
+    image: String,
+    running: Option<String>,
+) -> Result<ImagePlan, ApiError> {
+    let stored = crate::images::pinned(&state.images, &image, &field).await?;
+    let from_registry = !image.contains('@') && stored.as_deref().is_none_or(|p| p.contains('@'));
+    let mut note = None;
+    let mut registry = None;
+    if from_registry {
+        match state.registries.resolve_digest(&image).await {
+            Ok(d) => registry = Some(d),
+            Err(e) => {
+                note = Some(format!(
+                    "cannot ask the registry: {}",
+                    taba_types::error_chain(&e)
+                ))
+            }
+        }
+    }
+    let planned = match (&stored, &registry) {
+        (Some(p), _) => p.clone(),
+        (None, Some(d)) => format!("{image}@{d}"),
+        (None, None) => image.clone(),
+    };
+    let digest = |r: &str| r.rsplit_once('@').map(|(_, d)| d.to_string());
+    let moved = matches!(
+        (running.as_deref().and_then(digest), &registry),
+        (Some(a), Some(b)) if a != *b
+    );
+    Ok(ImagePlan {
+        field,
+        image,
+        current: running,
+        planned,
+        registry,
+        moved,
+        note,
+    })
+}
+
 pub async fn list_jobs(
     State(app): State<AppState>,
     auth: Auth,
@@ -691,7 +829,7 @@ pub fn sweep_uploads(data_dir: &std::path::Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
-pub async fn import_image(State(app): State<AppState>, body: Body) -> R<ImageInfo> {
+pub async fn import_image(State(app): State<AppState>, body: Body) -> R<ImportResponse> {
     let dir = uploads_dir(&app.state.config.data_dir);
     let max = app.state.config.limits.max_image_upload;
     tokio::fs::create_dir_all(&dir)

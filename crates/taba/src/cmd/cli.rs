@@ -10,7 +10,9 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use taba_client::api::{b64, AllocListEntry, JobStatusResponse, NamespaceStatus};
+use taba_client::api::{
+    b64, AllocListEntry, JobStatusResponse, LayerStatus, NamespaceStatus, PullEvent,
+};
 use taba_client::Client;
 use taba_types::parse::{parse_job_toml, JobParseError};
 use taba_types::{
@@ -28,6 +30,12 @@ pub enum JobCommand {
         /// Return once the job is registered instead of following it.
         #[arg(long)]
         detach: bool,
+    },
+    /// Say what `job run FILE` would do to the job's versions, without doing it: a changed
+    /// spec, or an image tag that now resolves to another digest than the running version's.
+    Plan {
+        /// The job file (TOML).
+        file: PathBuf,
     },
     /// Status of one job, or of every job.
     Status {
@@ -208,6 +216,30 @@ pub enum ImageCommand {
         /// The reference.
         reference: String,
     },
+    /// Push an image of the server's store to a registry, with the digests it was
+    /// imported or pulled with (blobs the registry has are not sent again).
+    Push {
+        /// Where to push: `host[:port]/repo[:tag]`.
+        reference: String,
+        /// The stored image to push (reference or id); default: REFERENCE itself.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Write an image of the server's store to a tar file: an OCI image layout
+    /// (`oci-archive`) or what `docker save` writes (`docker-archive`).
+    Save {
+        /// Reference or id.
+        reference: String,
+        /// The file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// `oci-archive` or `docker-archive`.
+        #[arg(long, default_value = "oci-archive")]
+        format: String,
+        /// Replace OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Give the server credentials for a registry (checked with the registry first).
     Login {
         /// The registry: `host` or `host:port` (`docker.io` for Docker Hub).
@@ -340,6 +372,7 @@ pub fn job(g: &GlobalArgs, c: JobCommand) -> anyhow::Result<ExitCode> {
     let api = client(g)?;
     match c {
         JobCommand::Run { file, detach } => job_run(g, &api, &file, detach),
+        JobCommand::Plan { file } => job_plan(g, &api, &file),
         JobCommand::Status { job: None, .. } | JobCommand::List => {
             let jobs = api.list_jobs()?;
             if g.json {
@@ -489,6 +522,44 @@ fn local_parse_error(file: &std::path::Path, e: &JobParseError) -> String {
             .join("\n"),
         other => format!("{f}: {other}"),
     }
+}
+
+/// `taba job plan`: exit code 0 when `job run` would change nothing and no image tag moved,
+/// 1 on errors, 2 when it would make a new version or a tag moved in its registry (as
+/// `terraform plan -detailed-exitcode`).
+fn job_plan(g: &GlobalArgs, api: &Client, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if let Err(e) = parse_job_toml(&bytes) {
+        eprintln!("error: {}", local_parse_error(file, &e));
+        return Ok(ExitCode::from(1));
+    }
+    let plan = api.plan_job_toml(&bytes)?;
+    if g.json {
+        print_json(&plan)?;
+    } else {
+        let what = if plan.new_version {
+            match plan.current_version {
+                Some(v) => format!("a new version ({} -> {})", v, v + 1),
+                None => "version 1".to_string(),
+            }
+        } else {
+            "no new version".to_string()
+        };
+        println!("==> Job {:?}: job run would make {what}", plan.job);
+        for r in &plan.reasons {
+            println!("    {r}");
+        }
+        for im in &plan.images {
+            if let Some(n) = &im.note {
+                println!("    {}: {}: {n}", im.field, im.image);
+            }
+        }
+    }
+    Ok(if plan.new_version || plan.images.iter().any(|i| i.moved) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn job_run(
@@ -1059,14 +1130,23 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
     let api = client(g)?;
     match c {
         ImageCommand::Import { file } => {
-            let i = api.import_image(&file)?;
+            let r = api.import_images(&file)?;
             if g.json {
-                return print_json(&i);
+                return print_json(&r);
             }
-            println!("Imported {} as {}", short_image(&i.id), i.refs.join(", "));
+            for i in &r.images {
+                println!("Imported {} as {}", short_image(&i.id), i.refs.join(", "));
+            }
             Ok(ExitCode::SUCCESS)
         }
         ImageCommand::Pull { reference } => image_pull(g, &api, &reference),
+        ImageCommand::Push { reference, from } => image_push(g, &api, &reference, from.as_deref()),
+        ImageCommand::Save {
+            reference,
+            output,
+            format,
+            force,
+        } => image_save(g, &api, &reference, &output, &format, force),
         ImageCommand::Login {
             registry,
             username,
@@ -1162,44 +1242,10 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
 
 /// `taba image pull`: one line per layer as the server reports it.
 fn image_pull(g: &GlobalArgs, api: &Client, reference: &str) -> anyhow::Result<ExitCode> {
-    use taba_client::api::{LayerStatus, PullEvent};
-    let quiet = g.json;
+    let mut view = (!g.json).then(|| ProgressView::new("Pulling"));
     let last = api.pull_image(reference, |e| {
-        if quiet {
-            return;
-        }
-        match e {
-            PullEvent::Resolved {
-                reference,
-                digest,
-                platform,
-                layers,
-                needed,
-                ..
-            } => {
-                let platform = platform
-                    .as_deref()
-                    .map(|p| format!(", {p}"))
-                    .unwrap_or_default();
-                println!("Pulling {reference} ({digest}{platform}): {layers} layers, {needed} blobs to download");
-            }
-            PullEvent::Layer {
-                digest,
-                size,
-                status,
-            } => {
-                let what = match status {
-                    LayerStatus::Present => "already present",
-                    LayerStatus::Downloading => "downloading",
-                    LayerStatus::Downloaded => "downloaded, verified",
-                };
-                println!(
-                    "  {} {:>10} {what}",
-                    short_image(digest),
-                    taba_types::ByteSize(*size).to_string()
-                );
-            }
-            PullEvent::Done { .. } | PullEvent::Error { .. } => {}
+        if let Some(v) = view.as_mut() {
+            v.show(e);
         }
     })?;
     if g.json {
@@ -1220,6 +1266,210 @@ fn image_pull(g: &GlobalArgs, api: &Client, reference: &str) -> anyhow::Result<E
         PullEvent::Error { message } => anyhow::bail!("pull of {reference} failed: {message}"),
         other => anyhow::bail!("unexpected end of the pull: {other:?}"),
     }
+}
+
+/// How a pull or push shows its progress: a bar per layer on a terminal (`indicatif`),
+/// one line per layer event otherwise.
+struct ProgressView {
+    verb: &'static str,
+    bars: Option<(
+        indicatif::MultiProgress,
+        std::collections::HashMap<String, indicatif::ProgressBar>,
+    )>,
+}
+
+impl ProgressView {
+    fn new(verb: &'static str) -> ProgressView {
+        let bars = std::io::stdout().is_terminal().then(|| {
+            (
+                indicatif::MultiProgress::new(),
+                std::collections::HashMap::new(),
+            )
+        });
+        ProgressView { verb, bars }
+    }
+
+    fn status_text(status: LayerStatus) -> &'static str {
+        match status {
+            LayerStatus::Present => "already present",
+            LayerStatus::Downloading => "downloading",
+            LayerStatus::Downloaded => "downloaded, verified",
+            LayerStatus::Exists => "already in the registry",
+            LayerStatus::Mounted => "mounted from another repository",
+            LayerStatus::Uploading => "uploading",
+            LayerStatus::Uploaded => "uploaded",
+        }
+    }
+
+    fn bar(&mut self, digest: &str, size: u64) -> Option<indicatif::ProgressBar> {
+        let (multi, bars) = self.bars.as_mut()?;
+        Some(
+            bars.entry(digest.to_string())
+                .or_insert_with(|| {
+                    let b = multi.add(indicatif::ProgressBar::new(size));
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "  {prefix} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
+                        )
+                        .expect("a valid template")
+                        .progress_chars("=> "),
+                    );
+                    b.set_prefix(short_image(digest));
+                    b
+                })
+                .clone(),
+        )
+    }
+
+    fn show(&mut self, e: &PullEvent) {
+        match e {
+            PullEvent::Resolved {
+                reference,
+                digest,
+                platform,
+                layers,
+                needed,
+                ..
+            } => {
+                let platform = platform
+                    .as_deref()
+                    .map(|p| format!(", {p}"))
+                    .unwrap_or_default();
+                let verb = self.verb;
+                let line = if verb == "Pulling" {
+                    format!("{verb} {reference} ({digest}{platform}): {layers} layers, {needed} blobs to download")
+                } else {
+                    format!("{verb} {reference} ({digest}): {layers} layers")
+                };
+                match &self.bars {
+                    Some((multi, _)) => {
+                        let _ = multi.println(line);
+                    }
+                    None => println!("{line}"),
+                }
+            }
+            PullEvent::Layer {
+                digest,
+                size,
+                status,
+            } => {
+                let what = Self::status_text(*status);
+                match self.bar(digest, *size) {
+                    Some(b) => match status {
+                        LayerStatus::Downloading | LayerStatus::Uploading => b.set_message(what),
+                        _ => {
+                            b.set_position(*size);
+                            b.finish_with_message(what);
+                        }
+                    },
+                    None => println!(
+                        "  {} {:>10} {what}",
+                        short_image(digest),
+                        taba_types::ByteSize(*size).to_string()
+                    ),
+                }
+            }
+            PullEvent::Progress { digest, done } => {
+                if let Some(b) = self.bars.as_ref().and_then(|(_, bars)| bars.get(digest)) {
+                    b.set_position(*done);
+                }
+            }
+            PullEvent::Done { .. } | PullEvent::Pushed { .. } | PullEvent::Error { .. } => {
+                if let Some((_, bars)) = &self.bars {
+                    for b in bars.values() {
+                        if !b.is_finished() {
+                            b.abandon();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `taba image push`: one line per blob as the server reports it.
+fn image_push(
+    g: &GlobalArgs,
+    api: &Client,
+    reference: &str,
+    from: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let mut view = (!g.json).then(|| ProgressView::new("Pushing"));
+    let last = api.push_image(reference, from, |e| {
+        if let Some(v) = view.as_mut() {
+            v.show(e);
+        }
+    })?;
+    if g.json {
+        print_json(&last)?;
+    }
+    match last {
+        PullEvent::Pushed {
+            reference,
+            digest,
+            uploaded,
+            skipped,
+            bytes,
+        } => {
+            if !g.json {
+                println!(
+                    "Pushed {reference}@{digest} ({uploaded} blobs uploaded, {}; {skipped} already there)",
+                    taba_types::ByteSize(bytes)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PullEvent::Error { message } => anyhow::bail!("push to {reference} failed: {message}"),
+        other => anyhow::bail!("unexpected end of the push: {other:?}"),
+    }
+}
+
+/// `taba image save`: the tar goes to a temporary file next to OUTPUT, renamed when
+/// complete; an existing OUTPUT is kept unless `--force`.
+fn image_save(
+    g: &GlobalArgs,
+    api: &Client,
+    reference: &str,
+    output: &std::path::Path,
+    format: &str,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    if let Err(e) = format.parse::<taba_image::SaveFormat>() {
+        anyhow::bail!("--format: {e}");
+    }
+    if output.exists() && !force {
+        anyhow::bail!("{} exists; give --force to replace it", output.display());
+    }
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".taba-save-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let n = {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        let n = api.save_image(reference, format, &mut w)?;
+        std::io::Write::flush(&mut w).context("write the archive")?;
+        n
+    };
+    tmp.as_file().sync_all().context("sync the archive")?;
+    let persist = if force {
+        tmp.persist(output).map(|_| ())
+    } else {
+        tmp.persist_noclobber(output).map(|_| ())
+    };
+    persist.map_err(|e| anyhow::anyhow!("cannot write {}: {}", output.display(), e.error))?;
+    if g.json {
+        return print_json(&serde_json::json!({"file": output, "bytes": n, "format": format}));
+    }
+    println!(
+        "Saved {reference} to {} ({format}, {})",
+        output.display(),
+        taba_types::ByteSize(n)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn short_image(id: &str) -> String {

@@ -13,6 +13,7 @@ pub mod guest;
 pub mod ha;
 pub mod images;
 pub mod registry;
+pub mod token;
 pub mod vm;
 
 use std::io::{BufRead, BufReader};
@@ -190,6 +191,26 @@ impl Dev {
             .env("TABA_CONFIG_DIR", self.data.join("config"))
             .env_remove("TABA_TOKEN");
         c
+    }
+
+    /// Run the CLI against this server on a terminal (a pty from util-linux `script`):
+    /// what a user at a terminal sees, escape sequences included.
+    pub fn cli_on_terminal(&self, args: &[&str]) -> std::process::Output {
+        let line = std::iter::once(taba_bin().display().to_string())
+            .chain(
+                args.iter()
+                    .map(|a| format!("'{}'", a.replace('\'', "'\\''"))),
+            )
+            .collect::<Vec<_>>()
+            .join(" ");
+        Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("TABA_ADDR", &self.addr)
+            .env("TABA_CONFIG_DIR", self.data.join("config"))
+            .env_remove("TABA_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running taba under script")
     }
 
     /// Run the CLI against this server.

@@ -62,6 +62,8 @@ pub struct Registry {
     pub password: &'static str,
     /// Serves HTTPS (else plain HTTP: `insecure` for taba).
     pub tls: bool,
+    /// `auth: token` with this service (else htpasswd).
+    pub token: Option<(String, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -73,6 +75,20 @@ impl Registry {
 
     /// [`Registry::start`], over TLS or plain HTTP.
     pub fn start_with(dir: &Path, tls_on: bool) -> Registry {
+        Registry::start_auth(dir, tls_on, None)
+    }
+
+    /// A registry over TLS whose auth is bearer tokens from `token` (realm URL, root
+    /// certificate of the token signer): see [`super::token::TokenServer`].
+    pub fn start_token(dir: &Path, token: &super::token::TokenServer) -> Registry {
+        Registry::start_auth(
+            dir,
+            true,
+            Some((token.realm.clone(), token.root_cert.clone())),
+        )
+    }
+
+    fn start_auth(dir: &Path, tls_on: bool, token: Option<(String, PathBuf)>) -> Registry {
         need("docker-registry");
         need("skopeo");
         need("htpasswd");
@@ -98,6 +114,7 @@ impl Registry {
             user,
             password,
             tls: tls_on,
+            token,
             child: None,
         };
         for _attempt in 0..5 {
@@ -122,6 +139,27 @@ impl Registry {
         } else {
             String::new()
         };
+        let auth = match &self.token {
+            Some((realm, root)) => format!(
+                "auth:
+  token:
+    realm: {realm}
+    service: {}
+    issuer: {}
+    rootcertbundle: {}
+",
+                super::token::SERVICE,
+                super::token::ISSUER,
+                root.display()
+            ),
+            None => format!(
+                "auth:
+  htpasswd:
+    realm: taba-test
+    path: {d}/htpasswd
+"
+            ),
+        };
         let config = format!(
             "version: 0.1
 log:
@@ -135,11 +173,7 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:{port}
-{tls}auth:
-  htpasswd:
-    realm: taba-test
-    path: {d}/htpasswd
-"
+{tls}{auth}"
         );
         std::fs::write(self.dir.join("config.yml"), config).unwrap();
     }
@@ -231,6 +265,30 @@ http:
         d.trim().to_string()
     }
 
+    /// `skopeo inspect` of `docker://HOST/repo_tag` (with this registry's CA and login):
+    /// the manifest digest, and the raw manifest (config and layer digests).
+    pub fn inspect(&self, repo_tag: &str) -> (String, serde_json::Value) {
+        let base = |raw: bool| {
+            let mut c = Command::new("skopeo");
+            c.arg("inspect");
+            if raw {
+                c.arg("--raw");
+            } else {
+                c.args(["--format", "{{.Digest}}"]);
+            }
+            c.arg(format!("--tls-verify={}", self.tls))
+                .arg("--cert-dir")
+                .arg(self.dir.join("skopeo-certs"))
+                .arg("--creds")
+                .arg(format!("{}:{}", self.user, self.password))
+                .arg(format!("docker://{}/{repo_tag}", self.host));
+            c
+        };
+        let digest = run(&mut base(false)).trim().to_string();
+        let raw = run(&mut base(true));
+        (digest, serde_json::from_str(&raw).unwrap())
+    }
+
     /// The file the registry keeps blob `digest` in.
     pub fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");
@@ -265,6 +323,75 @@ http:
 impl Drop for Registry {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `skopeo inspect` of a local transport (`oci-archive:F`, `docker-archive:F`): the manifest
+/// digest and the raw manifest.
+pub fn skopeo_inspect(transport: &str) -> (String, serde_json::Value) {
+    need("skopeo");
+    let digest =
+        run(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}", transport]));
+    let raw = run(Command::new("skopeo").args(["inspect", "--raw", transport]));
+    (
+        digest.trim().to_string(),
+        serde_json::from_str(&raw).unwrap(),
+    )
+}
+
+/// Config digest and layer digests a manifest names.
+pub fn manifest_blobs(m: &serde_json::Value) -> (String, Vec<String>) {
+    (
+        m["config"]["digest"].as_str().unwrap().to_string(),
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect(),
+    )
+}
+
+/// A server on loopback that accepts connections and never says anything (a registry that
+/// hangs, TLS handshake included). Stops holding them when dropped (or after two minutes).
+pub struct SilentServer {
+    /// `localhost:PORT`.
+    pub host: String,
+    stop: Arc<AtomicBool>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentServer {
+    pub fn start() -> SilentServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = format!("localhost:{}", listener.local_addr().unwrap().port());
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        listener.set_nonblocking(true).unwrap();
+        let holder = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let start = Instant::now();
+            while !s.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(120) {
+                if let Ok((c, _)) = listener.accept() {
+                    held.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        SilentServer {
+            host,
+            stop,
+            holder: Some(holder),
+        }
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.holder.take() {
+            let _ = h.join();
+        }
     }
 }
 
