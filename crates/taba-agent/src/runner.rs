@@ -24,6 +24,9 @@ use taba_types::{
 };
 use tokio::sync::{mpsc, watch};
 
+mod migration;
+use migration::MigrationSide;
+
 /// What every runner on this node shares.
 pub struct RunnerCtx {
     /// Fetches images the node lacks from the servers (`None`: no fetching).
@@ -53,6 +56,12 @@ struct Shared {
     stop: watch::Sender<Option<String>>,
     running_tasks: Mutex<usize>,
     finished: watch::Sender<bool>,
+    /// Bumped when the servers send a changed allocation.
+    alloc_changed: watch::Sender<u64>,
+    /// Its part in a live migration (`migration.rs`).
+    migration: Mutex<MigrationSide>,
+    /// Source: whether the outgoing stream runs or has sent the state.
+    outgoing: watch::Sender<migration::Outgoing>,
 }
 
 /// Runs one allocation.
@@ -94,6 +103,9 @@ impl AllocRunner {
             stop,
             running_tasks: Mutex::new(tasks.len()),
             finished,
+            alloc_changed: watch::channel(0).0,
+            migration: Mutex::new(MigrationSide::default()),
+            outgoing: watch::channel(migration::Outgoing::Idle).0,
         });
         if let Err(e) = shared
             .ctx
@@ -108,6 +120,7 @@ impl AllocRunner {
                 .send_replace(Some("allocation is not desired to run".into()));
         }
         shared.persist_and_notify();
+        migration::on_update(&shared);
         for task in tasks {
             let s = shared.clone();
             tokio::spawn(async move {
@@ -166,9 +179,11 @@ impl AllocRunner {
             tracing::error!(alloc = %self.shared.id, "saving allocation: {e}");
         }
         *self.shared.alloc.lock().unwrap() = alloc;
+        self.shared.alloc_changed.send_modify(|n| *n += 1);
         if stop {
             self.stop(reason);
         }
+        migration::on_update(&self.shared);
     }
 
     /// Stop every task.
@@ -332,6 +347,7 @@ impl Shared {
             client_description,
             task_states,
             usage: None,
+            migration: self.migration.lock().unwrap().report.clone(),
         }
     }
 }
@@ -465,6 +481,8 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
         }
     }
 
+    // A live migration's target takes its first workload from the source.
+    let mut may_migrate_in = resumed.is_none();
     loop {
         // 1. Have a running workload (or a result).
         let (handle, early_exit) = match resumed.take() {
@@ -474,13 +492,20 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                     mark_dead(&s, &name, false, "Killed", reason);
                     return;
                 }
-                match prepare_image(&s, &task, &driver).await {
-                    Prepared::Ready => start_workload(&s, &task, &driver).await,
-                    Prepared::Stopped(reason) => {
-                        mark_dead(&s, &name, false, "Killed", reason);
-                        return;
+                if std::mem::take(&mut may_migrate_in) && s.is_migration_target() {
+                    match migration::incoming(&s, &task, &driver).await {
+                        Some(started) => started,
+                        None => return,
                     }
-                    Prepared::Failed(r) => (None, Some(r)),
+                } else {
+                    match prepare_image(&s, &task, &driver).await {
+                        Prepared::Ready => start_workload(&s, &task, &driver).await,
+                        Prepared::Stopped(reason) => {
+                            mark_dead(&s, &name, false, "Killed", reason);
+                            return;
+                        }
+                        Prepared::Failed(r) => (None, Some(r)),
+                    }
                 }
             }
         };
@@ -548,6 +573,16 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
         });
 
         // 3. Decide what comes next.
+        if let Some(to) = migration::sent_away(&s).await {
+            mark_dead(
+                &s,
+                &name,
+                false,
+                "Migrated",
+                format!("migrated live to node {to}"),
+            );
+            return;
+        }
         if let Some(reason) = stop_reason.or_else(|| s.stop_reason()) {
             mark_dead(&s, &name, false, "Killed", reason);
             return;

@@ -589,6 +589,26 @@ impl Client {
         )
     }
 
+    /// `POST /v1/allocations/{id}/migrate`: move it (live where its driver can).
+    pub fn migrate_alloc(
+        &self,
+        id: &str,
+        to: Option<&str>,
+    ) -> Result<MigrateAllocResponse, ClientError> {
+        let body = MigrateAllocRequest {
+            to: to.map(str::to_string),
+        };
+        let bytes = serde_json::to_vec(&body).map_err(|e| ClientError::Decode(e.into()))?;
+        let r = self
+            .req(
+                Method::POST,
+                &format!("/v1/allocations/{}/migrate", seg(id)),
+            )
+            .header("Content-Type", "application/json")
+            .body(bytes);
+        Self::json(self.finish(r)?)
+    }
+
     /// `GET /v1/allocations/{id}/logs`: a stream of the task's stdout or stderr.
     /// With `follow`, the stream stays open and yields new output.
     pub fn alloc_logs(

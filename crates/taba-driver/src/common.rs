@@ -298,6 +298,12 @@ pub trait Driver: Send + Sync {
     fn console_socket(&self, _handle: &TaskHandle) -> Result<PathBuf, DriverError> {
         Err(DriverError::Unsupported("a console"))
     }
+
+    /// The driver's live migration, if it can move a running task
+    /// ([`crate::migrate::Migratable`]); `None` by default.
+    fn migratable(&self) -> Option<&dyn crate::migrate::Migratable> {
+        None
+    }
 }
 
 pub use taba_types::now_ms;

@@ -46,8 +46,8 @@ mod state;
 mod tests;
 
 pub use feasibility::{constraint_holds, resolve_interpolation};
-pub use plan::{apply_plan, apply_plan_owned, verify_plan, PlanRejection};
+pub use plan::{apply_plan, apply_plan_owned, starts_live_migration, verify_plan, PlanRejection};
 pub use preempt::{PreemptionConfig, PREEMPTION_PRIORITY_DELTA};
-pub use schedule::{schedule, schedule_with, ScheduleOptions};
+pub use schedule::{move_rejection, schedule, schedule_with, ScheduleOptions};
 pub use state::{AllocBrief, ClusterState};
 pub use taba_types::{Plan, SchedulerOutcome};

@@ -5,7 +5,7 @@
 
 use crate::state::{ClusterState, Res};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use taba_types::{AllocId, DesiredStatus, NodeId, Plan};
+use taba_types::{AllocId, Allocation, DesiredStatus, NodeId, Plan};
 
 /// Why a plan was rejected. The evaluation should be retried on a fresh
 /// snapshot.
@@ -219,6 +219,10 @@ fn apply_changes(state: &mut ClusterState, plan: &Plan, index: u64) {
                 a.priority = u.priority;
                 a.resources = u.resources.clone();
                 a.migrate = u.migrate.clone();
+                if starts_live_migration(a, u) {
+                    a.live_migration = u.live_migration.clone();
+                    a.migration_status = None;
+                }
                 a.modify_time = u.modify_time;
                 a.modify_index = index;
             });
@@ -232,4 +236,13 @@ fn apply_changes(state: &mut ClusterState, plan: &Plan, index: u64) {
             });
         }
     }
+}
+
+/// Whether a plan's update `u` of `a` starts a live migration. Plans only
+/// start them; the servers advance and end them as the agents report (so an
+/// update computed from an older snapshot never brings an ended one back).
+pub fn starts_live_migration(a: &Allocation, u: &Allocation) -> bool {
+    u.live_migration.as_ref().is_some_and(|m| {
+        a.live_migration.as_ref().map(|x| &x.target_alloc) != Some(&m.target_alloc)
+    })
 }

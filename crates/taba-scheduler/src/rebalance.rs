@@ -499,6 +499,7 @@ mod tests {
             reason: "test".into(),
             to: to.map(|n| s.node_by_name(n).unwrap().id.clone()),
             requested_at: 0,
+            live: false,
         });
         s.upsert_alloc(a);
     }

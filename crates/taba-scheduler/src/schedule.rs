@@ -40,8 +40,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use taba_types::{
     AllocId, AllocStop, Allocation, ClientStatus, DesiredStatus, EvalId, EvalStatus, EvalTrigger,
-    Evaluation, Job, JobType, NodeStatus, PlacementFailure, Plan, SchedulerOutcome, TaskGroupSpec,
-    UnixMillis,
+    Evaluation, Job, JobType, LiveMigration, NodeStatus, PlacementFailure, Plan, SchedulerOutcome,
+    TaskGroupSpec, UnixMillis,
 };
 
 /// Reschedule times kept per allocation lineage when attempts are unlimited.
@@ -343,6 +343,28 @@ impl<'a> Scheduler<'a> {
                 .copied()
                 .filter(|a| a.group == g.name)
                 .collect();
+            // A live migration's target is not an instance of its own until
+            // the migration is done (the servers then clear it); one whose
+            // source is gone is stopped (its agent aborts the incoming VM).
+            let targets: Vec<&'a Allocation>;
+            (targets, mine) = mine.into_iter().partition(|a| a.is_migration_target());
+            for t in targets
+                .iter()
+                .filter(|t| t.desired_status == DesiredStatus::Run)
+            {
+                let source_on = mine.iter().any(|a| {
+                    a.desired_status == DesiredStatus::Run
+                        && a.is_migration_source()
+                        && a.live_migration == t.live_migration
+                        && (!a.client_status.is_terminal() || state_sent(a))
+                });
+                if !source_on {
+                    self.stop(
+                        t,
+                        "live migration abandoned: its source is no longer running",
+                    );
+                }
+            }
             // Live allocations claim their index first, so a terminal one
             // that was already replaced never competes with its replacement.
             mine.sort_by_key(|a| a.client_status.is_terminal());
@@ -379,6 +401,9 @@ impl<'a> Scheduler<'a> {
                             continue;
                         }
                         occupied[idx] = true;
+                        if self.node_down(a) && !restarts_on_node_loss(g) {
+                            continue;
+                        }
                         if self.node_down(a) {
                             self.stop(a, "node down: allocation lost");
                             reqs.push(Req {
@@ -395,6 +420,8 @@ impl<'a> Scheduler<'a> {
                             } else {
                                 self.update_in_place(a, job, g);
                             }
+                        } else if a.live_migration.is_some() {
+                            moves.count += 1;
                         } else if a.migrate.is_some() {
                             migrating.push(a);
                         } else if a.previous_alloc.is_some() {
@@ -417,6 +444,10 @@ impl<'a> Scheduler<'a> {
                             continue;
                         }
                         occupied[idx] = true;
+                        if a.is_migration_source() && state_sent(a) {
+                            // Its target takes over (the servers then stop this one).
+                            continue;
+                        }
                         if !batch {
                             // A service is meant to keep running: replace it.
                             reqs.push(Req {
@@ -448,6 +479,9 @@ impl<'a> Scheduler<'a> {
                             continue;
                         }
                         occupied[idx] = true;
+                        if !restarts_on_node_loss(g) {
+                            continue;
+                        }
                         if let Some(at) = self.fenced_until(a, g) {
                             earliest(&mut self.reschedule_at, at);
                             continue;
@@ -563,6 +597,9 @@ impl<'a> Scheduler<'a> {
                 }
             };
             match slot {
+                Some(slot) if req.live && g.migrates_live() => {
+                    self.start_live_migration(job, g, a, req, slot);
+                }
                 Some(slot) => {
                     self.stop(a, &format!("moved to another node: {}", req.reason));
                     let r = Req {
@@ -584,6 +621,46 @@ impl<'a> Scheduler<'a> {
                 }
             }
         }
+    }
+
+    /// A live move: the replacement is placed on `slot` as the target of a
+    /// [`LiveMigration`] and the source keeps running (it is stopped by the
+    /// servers once the target runs, or the target is, if it fails).
+    fn start_live_migration(
+        &mut self,
+        job: &Job,
+        g: &TaskGroupSpec,
+        a: &'a Allocation,
+        req: &taba_types::MigrateRequest,
+        slot: u32,
+    ) {
+        let r = Req {
+            index: a.index,
+            previous: Some(a),
+            reschedule: false,
+            replaces: false,
+        };
+        let mut n = self.new_alloc(job, g, &r, slot);
+        n.ports = self.placer.next_ports();
+        let lm = LiveMigration {
+            source_alloc: a.id.clone(),
+            source_node: a.node_id.clone(),
+            target_alloc: n.id.clone(),
+            target_node: n.node_id.clone(),
+            target_node_name: n.node_name.clone(),
+            reason: req.reason.clone(),
+            started_at: self.now,
+            source_accel: None,
+            incoming: None,
+        };
+        n.live_migration = Some(lm.clone());
+        self.plan.placements.push(n);
+        let mut u = a.clone();
+        u.migrate = None;
+        u.live_migration = Some(lm);
+        u.migration_status = None;
+        u.modify_time = self.now;
+        self.plan.updates.push(u);
     }
 
     /// Whether `a`'s node is being drained (its moves must happen).
@@ -837,6 +914,8 @@ impl<'a> Scheduler<'a> {
             preempted_allocs: Vec::new(),
             preempted_by: None,
             migrate: None,
+            live_migration: None,
+            migration_status: None,
             create_time: self.now,
             modify_time: self.now,
             create_index: 0,
@@ -1084,4 +1163,64 @@ fn placement_changed(old: &TaskGroupSpec, new: &TaskGroupSpec) -> bool {
     let mut o = old.clone();
     o.count = new.count;
     o != *new
+}
+
+/// Whether a group's allocations are restarted elsewhere when their node is
+/// lost: VMs with local disks only when the group says so
+/// (`migrate.restart_on_node_loss`), since their disks stay on the node.
+fn restarts_on_node_loss(g: &TaskGroupSpec) -> bool {
+    !g.has_local_disks() || g.migrate.restart_on_node_loss
+}
+
+/// Why `node` cannot take allocation `a` of `job` moved there now (not
+/// ready, ineligible or draining, a missing driver, a constraint, too little
+/// cpu, memory or disk left), if it cannot: the check `alloc migrate --to`
+/// answers with before it asks for the move. Host ports and spread rules
+/// are left to the scheduler, which then picks another node.
+pub fn move_rejection(
+    state: &ClusterState,
+    job: &Job,
+    a: &Allocation,
+    node: &taba_types::Node,
+) -> Option<String> {
+    if node.id == a.node_id {
+        return Some("the allocation already runs there".into());
+    }
+    if node.status != NodeStatus::Ready {
+        return Some(format!("the node is {}", node.status));
+    }
+    if node.eligibility != taba_types::Eligibility::Eligible {
+        return Some("the node is not eligible for placements".into());
+    }
+    if node.draining() {
+        return Some("the node is draining".into());
+    }
+    let Some(g) = job.group(&a.group) else {
+        return Some(format!("the job has no group {:?}", a.group));
+    };
+    if let Some(why) = GroupFilter::new(job, g).reject_reason(node) {
+        return Some(why);
+    }
+    let slot = state.node_slot(&node.id)?;
+    let free = state.entry(slot).free();
+    let need = crate::state::Res::of(&g.total_resources());
+    need.exceeds(&free).map(|dim| {
+        format!(
+            "not enough {dim} left (the group needs {} MHz cpu, {} memory, {} disk; the node has {} MHz, {}, {} free)",
+            need.cpu,
+            taba_types::ByteSize(need.mem),
+            taba_types::ByteSize(need.disk),
+            free.cpu,
+            taba_types::ByteSize(free.mem),
+            taba_types::ByteSize(free.disk)
+        )
+    })
+}
+
+/// Whether a live migration's source sent its state (the target takes over).
+fn state_sent(a: &Allocation) -> bool {
+    let target = a.live_migration.as_ref().map(|m| &m.target_alloc);
+    a.migration_status
+        .as_ref()
+        .is_some_and(|s| Some(&s.target_alloc) == target && s.completed.is_some())
 }

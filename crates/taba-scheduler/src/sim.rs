@@ -964,6 +964,7 @@ pub fn run_rebalance(
                 reason: m.reason.clone(),
                 to: Some(m.to.clone()),
                 requested_at: now,
+                live: false,
             });
             state.upsert_alloc(a);
             jobs.insert((m.namespace.clone(), m.job.clone()), ());

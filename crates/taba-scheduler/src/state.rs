@@ -931,6 +931,8 @@ impl ClusterState {
             && a.preempted_allocs.is_empty()
             && a.preempted_by.is_none()
             && a.migrate.is_none()
+            && a.live_migration.is_none()
+            && a.migration_status.is_none()
             && a.events.is_empty())
         {
             return None;
@@ -1071,6 +1073,8 @@ impl ClusterState {
             preempted_allocs: Vec::new(),
             preempted_by: None,
             migrate: None,
+            live_migration: None,
+            migration_status: None,
             create_time: c.create_time,
             modify_time: c.modify_time,
             create_index: c.create_index,

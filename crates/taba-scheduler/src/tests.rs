@@ -130,6 +130,8 @@ pub(crate) fn alloc_on(
         preempted_allocs: Vec::new(),
         preempted_by: None,
         migrate: None,
+        live_migration: None,
+        migration_status: None,
         create_time: 0,
         modify_time: 0,
         create_index: 0,
@@ -904,6 +906,7 @@ fn drain(c: &mut Cluster, name: &str) {
             reason: "node drain".into(),
             to: None,
             requested_at: 0,
+            live: false,
         });
         c.s.upsert_alloc(a);
     }
@@ -1003,4 +1006,112 @@ fn system_allocations_stay_on_a_draining_node_and_none_are_placed_there() {
         .map(|p| p.node_name.as_str())
         .collect();
     assert_eq!(on, ["n3"]);
+}
+
+/// A cluster whose nodes have the `vm` driver, and a one-VM group
+/// (`disks`: with a local disk).
+fn vm_cluster(disks: bool) -> (Cluster, TaskGroupSpec) {
+    let mut c = Cluster::new(&[]);
+    for n in ["n1", "n2"] {
+        let mut n = node(n, 8000, 8192);
+        n.drivers.insert(
+            "vm".into(),
+            DriverInfo {
+                detected: true,
+                healthy: true,
+                description: String::new(),
+            },
+        );
+        c.s.upsert_node(n);
+    }
+    let mut task = serde_json::json!({"name": "t", "driver": "vm", "kernel": "k",
+        "resources": {"cpu": 500, "memory": "256MiB"}});
+    if disks {
+        task["disks"] = serde_json::json!([{"size": "1GiB"}]);
+    }
+    let g: TaskGroupSpec =
+        serde_json::from_value(serde_json::json!({"name": "vm", "count": 1, "task": [task]}))
+            .unwrap();
+    (c, g)
+}
+
+#[test]
+fn a_live_move_places_its_target_and_keeps_the_source_running_until_the_servers_end_it() {
+    let (mut c, g) = vm_cluster(false);
+    assert!(g.migrates_live());
+    let j = c.register(job("vm", JobType::Service, vec![g]));
+    let src = c.run_commit(&j, 0).plan.placements[0].clone();
+    c.set_client(&src.id, ClientStatus::Running, 0);
+    let to = if c.node_of(&src) == "n1" { "n2" } else { "n1" };
+    let mut a = c.s.alloc(&src.id).unwrap().clone();
+    a.migrate = Some(MigrateRequest {
+        reason: "alloc migrate".into(),
+        to: Some(c.s.node_by_name(to).unwrap().id.clone()),
+        requested_at: 0,
+        live: true,
+    });
+    c.s.upsert_alloc(a);
+    let o = c.run_commit(&j, 1000);
+    assert!(
+        o.plan.stops.is_empty(),
+        "the source runs on: {:?}",
+        o.plan.stops
+    );
+    assert_eq!(o.plan.placements.len(), 1);
+    let target = o.plan.placements[0].clone();
+    assert_eq!(target.node_name, to);
+    assert!(target.is_migration_target());
+    let source = c.s.alloc(&src.id).unwrap().clone();
+    assert!(source.is_migration_source() && source.migrate.is_none());
+    assert_eq!(source.live_migration, target.live_migration);
+    // While it runs the target is no second instance, and nothing else moves.
+    let o = c.run(&j, 2000);
+    assert!(o.plan.is_empty(), "{:?}", o.plan);
+    // An update computed from an older snapshot never brings back an
+    // ended migration.
+    let mut ended = source.clone();
+    ended.live_migration = None;
+    assert!(!crate::starts_live_migration(&ended, &ended.clone()));
+    assert!(crate::starts_live_migration(&ended, &source));
+    // The source goes away before the target ran: the target is stopped.
+    let mut s = source.clone();
+    s.desired_status = DesiredStatus::Stop;
+    c.s.upsert_alloc(s);
+    let o = c.run(&j, 3000);
+    assert_eq!(o.plan.stops.len(), 1, "{:?}", o.plan);
+    assert_eq!(o.plan.stops[0].alloc_id, target.id);
+    assert!(o.plan.stops[0]
+        .description
+        .contains("live migration abandoned"));
+}
+
+#[test]
+fn vms_with_local_disks_wait_for_a_lost_node_unless_their_group_restarts_them() {
+    for restart in [false, true] {
+        let (mut c, mut g) = vm_cluster(true);
+        assert!(g.has_local_disks());
+        g.migrate.restart_on_node_loss = restart;
+        let j = c.register(job("vm", JobType::Service, vec![g]));
+        let a = c.run_commit(&j, 0).plan.placements[0].clone();
+        c.set_client(&a.id, ClientStatus::Running, 0);
+        let mut n = c.s.node(&a.node_id).unwrap().clone();
+        n.status = NodeStatus::Down;
+        c.s.upsert_node(n);
+        let o = c.run(&j, 100);
+        assert_eq!(
+            o.plan.placements.len(),
+            usize::from(restart),
+            "{:?}",
+            o.plan
+        );
+        // Marked lost by the servers: the same.
+        c.set_client(&a.id, ClientStatus::Lost, 200);
+        let o = c.run(&j, 200);
+        assert_eq!(
+            o.plan.placements.len(),
+            usize::from(restart),
+            "{:?}",
+            o.plan
+        );
+    }
 }

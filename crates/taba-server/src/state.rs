@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 mod acl;
 mod drain;
+mod migration;
 mod namespaces;
 mod nodes;
 mod replica;
@@ -824,6 +825,8 @@ impl ServerState {
         let mut changed = Vec::new();
         let mut eval_jobs: BTreeMap<(String, String), EvalTrigger> = BTreeMap::new();
         let mut freed = false;
+        // Allocations of other nodes a live migration's step changed.
+        let mut peers: BTreeMap<AllocId, Allocation> = BTreeMap::new();
         {
             let c = self.cluster();
             for u in updates {
@@ -834,6 +837,20 @@ impl ServerState {
                 a.task_states = u.task_states;
                 if u.usage.is_some() {
                     a.usage = u.usage;
+                }
+                if let Some(lm) = &old.live_migration {
+                    let peer_id = if lm.source_alloc == a.id {
+                        lm.target_alloc.clone()
+                    } else {
+                        lm.source_alloc.clone()
+                    };
+                    let peer = peers.get(&peer_id).or_else(|| c.alloc(&peer_id));
+                    if let Some(p) = migration::migration_step(old, &mut a, peer, u.migration, now)
+                    {
+                        peers.insert(p.id.clone(), p);
+                    }
+                } else {
+                    migration::late_report(&mut a, u.migration, now);
                 }
                 if a == *old {
                     continue;
@@ -849,7 +866,9 @@ impl ServerState {
                     a.client_status.is_terminal() && !old.client_status.is_terminal();
                 if became_terminal {
                     freed = true;
-                    if a.desired_status == DesiredStatus::Run {
+                    // A migration's source ends when its state was sent:
+                    // its target takes over, nothing to replace.
+                    if a.desired_status == DesiredStatus::Run && !a.is_migration_source() {
                         eval_jobs.insert(
                             (a.namespace.clone(), a.job.clone()),
                             EvalTrigger::AllocFailure,
@@ -867,6 +886,12 @@ impl ServerState {
                     }
                 }
                 changed.push(a);
+            }
+        }
+        for (_, p) in peers {
+            match changed.iter_mut().find(|a| a.id == p.id) {
+                Some(a) => *a = p,
+                None => changed.push(p),
             }
         }
         if changed.is_empty() {
@@ -1179,6 +1204,7 @@ impl ServerState {
                     reason: m.reason.clone(),
                     to: Some(m.to.clone()),
                     requested_at: now,
+                    live: false,
                 });
                 a.modify_time = now;
                 allocs.push(a);
@@ -1255,6 +1281,10 @@ impl ServerState {
                     a.priority = u.priority;
                     a.resources = u.resources.clone();
                     a.migrate = u.migrate.clone();
+                    if taba_scheduler::starts_live_migration(&a, u) {
+                        a.live_migration = u.live_migration.clone();
+                        a.migration_status = None;
+                    }
                     a.modify_time = u.modify_time;
                     touched.insert(a.id.clone(), a);
                 }

@@ -10,7 +10,7 @@ use common::*;
 use std::time::Duration;
 use taba_client::api::RevokeCertRequest;
 use taba_tls::pki::{self, CertAuthority, Extra, Role, Validity};
-use taba_types::wire::{HeartbeatRequest, JoinRequest, RegisterRequest, PROTOCOL};
+use taba_types::wire::{HeartbeatRequest, JoinRequest, RegisterRequest, MIN_PROTOCOL, PROTOCOL};
 
 fn register(
     c: &taba_client::Client,
@@ -125,8 +125,9 @@ fn agent_one_protocol_version_older_registers_and_heartbeats() {
         )
         .unwrap();
     assert_eq!(r.status, 200, "{:?}", r.error());
-    // Two versions older, or newer than this build: refused, naming the field.
-    for v in [PROTOCOL - 2, PROTOCOL + 1] {
+    // Older than the oldest accepted, or newer than this build: refused,
+    // naming the field.
+    for v in [MIN_PROTOCOL - 1, PROTOCOL + 1] {
         let hb = format!(r#"{{"protocol":{v},"node_id":"{}"}}"#, n.id);
         let r = a
             .raw(

@@ -214,6 +214,108 @@ pub struct MigrateRequest {
     pub to: Option<NodeId>,
     /// When it was asked for.
     pub requested_at: UnixMillis,
+    /// Move it live (groups whose driver can: [`TaskGroupSpec::migrates_live`]):
+    /// the replacement takes over the running workload, and this allocation
+    /// stops only once the replacement runs (see [`LiveMigration`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
+}
+
+/// A live migration between two allocations of one instance, set by the
+/// servers on both (the source keeps running until the target runs). The
+/// agents learn their part from it through their blocking query of
+/// allocations and report theirs in [`crate::wire::AllocUpdate::migration`]:
+///
+/// ```text
+/// server: source.live_migration = target.live_migration = {source, target}
+/// source agent: reports source_accel        -> server copies it to both
+/// target agent: prepare_incoming (source_accel), reports incoming -> copied to both
+/// source agent: migrate_out(incoming, group.migrate), reports progress,
+///               then completed (or failed)
+/// target agent: finish_incoming -> task running
+/// server: target running -> source stopped "migrated to NODE", both cleared
+///         any failure   -> target stopped (aborts), source cleared (runs on)
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveMigration {
+    /// The running allocation that moves.
+    pub source_alloc: AllocId,
+    /// Its node.
+    pub source_node: NodeId,
+    /// The replacement that takes the workload over.
+    pub target_alloc: AllocId,
+    /// Its node.
+    pub target_node: NodeId,
+    /// Its node's name.
+    pub target_node_name: String,
+    /// Why (the move request's reason).
+    pub reason: String,
+    /// When the servers started it.
+    pub started_at: UnixMillis,
+    /// How the source runs (the target must match), from the source agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_accel: Option<crate::vm::VmAccel>,
+    /// Where the prepared target takes the state, from the target agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<MigrationIncoming>,
+}
+
+/// Where a prepared migration target takes a workload's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationIncoming {
+    /// The migration stream's address.
+    pub addr: std::net::SocketAddr,
+    /// Where the target takes the disks (NBD), if there are any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<std::net::SocketAddr>,
+    /// How many disks.
+    #[serde(default)]
+    pub disk_count: u32,
+}
+
+/// What an agent reports of its part in a live migration (protocol 3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// The migration's target allocation (which migration this is about).
+    pub target_alloc: AllocId,
+    /// Source: how its workload runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_accel: Option<crate::vm::VmAccel>,
+    /// Target: where it takes the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<MigrationIncoming>,
+    /// Source: the stream so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<MigrationProgress>,
+    /// Source: the stream completed (the source workload has ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<MigrationProgress>,
+    /// Either side: why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// Progress (or the final figures) of a live migration's stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    /// Bytes sent.
+    pub transferred: u64,
+    /// Bytes left.
+    #[serde(default)]
+    pub remaining: u64,
+    /// Bytes of the workload's memory.
+    #[serde(default)]
+    pub total: u64,
+    /// Pages dirtied per second.
+    #[serde(default)]
+    pub dirty_pages_rate: u64,
+    /// The pause if the switch-over came now (progress) or the pause it
+    /// was (completed), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Since the stream started, ms.
+    #[serde(default)]
+    pub elapsed_ms: u64,
 }
 
 /// Measured usage of an allocation.
@@ -306,6 +408,13 @@ pub struct Allocation {
     /// A move the servers asked for; the job's next evaluation carries it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrate: Option<MigrateRequest>,
+    /// A live migration this allocation takes part in (as its source or
+    /// its target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_migration: Option<LiveMigration>,
+    /// The source agent's last report of the live migration (progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_status: Option<MigrationReport>,
     /// Creation time.
     pub create_time: UnixMillis,
     /// Last change time.
@@ -329,6 +438,21 @@ impl Allocation {
             || self.node_id != other.node_id
             || self.group_spec != other.group_spec
             || self.migrate != other.migrate
+            || self.live_migration != other.live_migration
+    }
+
+    /// Whether this is the target of a live migration in progress (it does
+    /// not count as an instance of its group until the migration is done).
+    pub fn is_migration_target(&self) -> bool {
+        self.live_migration
+            .as_ref()
+            .is_some_and(|m| m.target_alloc == self.id)
+    }
+    /// Whether this is the source of a live migration in progress.
+    pub fn is_migration_source(&self) -> bool {
+        self.live_migration
+            .as_ref()
+            .is_some_and(|m| m.source_alloc == self.id)
     }
 
     /// Desired to run and not terminal on the client: it holds resources.

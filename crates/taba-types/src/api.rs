@@ -54,6 +54,30 @@ pub struct EvalResponse {
     pub index: u64,
 }
 
+/// Body of `POST /v1/allocations/{id}/migrate`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateAllocRequest {
+    /// The node to move to (id, unique id prefix or name); the scheduler
+    /// picks the best other node when it is not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// Reply to `POST /v1/allocations/{id}/migrate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateAllocResponse {
+    /// The evaluation that places the replacement.
+    pub eval_id: EvalId,
+    /// Store index of the write.
+    pub index: u64,
+    /// Whether the allocation moves live (its driver migrates running
+    /// workloads); otherwise it is restarted on the target.
+    pub live: bool,
+    /// What happens, in a sentence for the CLI.
+    pub message: String,
+}
+
 /// One row of `GET /v1/jobs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobListEntry {

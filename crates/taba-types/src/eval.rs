@@ -35,6 +35,8 @@ pub enum EvalTrigger {
     AllocReconnect,
     /// A node drain asked for allocations of the job to move (or stopped them).
     NodeDrain,
+    /// `taba alloc migrate` asked for an allocation of the job to move.
+    AllocMigrate,
 }
 
 /// State of an evaluation.

@@ -156,6 +156,18 @@ pub struct TaskGroupSpec {
 }
 
 impl TaskGroupSpec {
+    /// Whether the group's allocations move live (one task, on the `vm`
+    /// driver, the one driver with live migration); others move by a
+    /// restart elsewhere.
+    pub fn migrates_live(&self) -> bool {
+        self.tasks.len() == 1 && self.tasks[0].driver == "vm"
+    }
+    /// Whether the group runs VMs with local disks (lost with their node).
+    pub fn has_local_disks(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| t.driver == "vm" && !t.disks.is_empty())
+    }
     /// The restart policy in force: the group's, or the default for `job_type`.
     pub fn restart_policy(&self, job_type: JobType) -> RestartPolicy {
         self.restart
@@ -199,6 +211,25 @@ pub struct MigratePolicy {
     /// depends on the job type (see [`MigratePolicy::moves_on_drain`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainMode>,
+    /// Live migration (VMs): the longest pause of the guest at the
+    /// switch-over the migration aims for.
+    #[serde(default = "default_max_downtime")]
+    pub max_downtime: DurationSpec,
+    /// Live migration: cancelled after this (the source keeps running).
+    #[serde(default = "default_migrate_timeout")]
+    pub timeout: DurationSpec,
+    /// Live migration: slow the guest down when it dirties memory faster
+    /// than the stream moves it.
+    #[serde(default = "yes")]
+    pub auto_converge: bool,
+    /// Live migration: bytes per second the stream may use (0: no cap).
+    #[serde(default)]
+    pub max_bandwidth: ByteSize,
+    /// VMs with local disks: whether the servers restart them elsewhere
+    /// (from their base images, the disks' changes lost) when their node is
+    /// lost. Off by default: such a VM waits for its node to come back.
+    #[serde(default)]
+    pub restart_on_node_loss: bool,
 }
 
 /// What a node drain does with a group's allocations.
@@ -229,6 +260,12 @@ impl MigratePolicy {
 fn default_migrate_healthy() -> DurationSpec {
     DurationSpec::secs(10)
 }
+fn default_max_downtime() -> DurationSpec {
+    DurationSpec(100)
+}
+fn default_migrate_timeout() -> DurationSpec {
+    DurationSpec::secs(600)
+}
 fn yes() -> bool {
     true
 }
@@ -240,6 +277,11 @@ impl Default for MigratePolicy {
             min_healthy_time: default_migrate_healthy(),
             rebalance: true,
             drain: None,
+            max_downtime: default_max_downtime(),
+            timeout: default_migrate_timeout(),
+            auto_converge: true,
+            max_bandwidth: ByteSize(0),
+            restart_on_node_loss: false,
         }
     }
 }

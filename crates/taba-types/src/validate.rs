@@ -385,6 +385,25 @@ pub fn crate_signal_number(name: &str) -> Option<i32> {
     n.parse().ok().filter(|v| (1..=64).contains(v))
 }
 
+/// The live-migration bits of a group's `migrate` policy.
+fn check_live_migration(errs: &mut ValidationErrors, p: &str, m: &crate::job::MigratePolicy) {
+    if m.max_downtime.0 == 0 || m.max_downtime.0 > 60_000 {
+        errs.push(
+            format!("{p}.migrate.max_downtime"),
+            "must be between 1ms and 60s",
+        );
+    }
+    if m.timeout.0 < 1000 || m.timeout.0 > 24 * 3600 * 1000 {
+        errs.push(format!("{p}.migrate.timeout"), "must be between 1s and 24h");
+    }
+    if m.max_bandwidth.0 != 0 && m.max_bandwidth.0 < (1 << 20) {
+        errs.push(
+            format!("{p}.migrate.max_bandwidth"),
+            "must be 0 (no cap) or at least 1MiB (per second)",
+        );
+    }
+}
+
 fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type: JobType) {
     check_name(errs, &format!("{p}.name"), &g.name);
     if g.count > MAX_COUNT {
@@ -408,6 +427,7 @@ fn check_group(errs: &mut ValidationErrors, p: &str, g: &TaskGroupSpec, job_type
             "must be at most 24h",
         );
     }
+    check_live_migration(errs, p, &g.migrate);
     if let Some(d) = g.stop_after_disconnect {
         if d.0 < 1000 {
             errs.push(

@@ -4,7 +4,7 @@
 //! (no `deny_unknown_fields` here, unlike user input), and rejects the rest
 //! with a clear error.
 
-use crate::alloc::{AllocUsage, Allocation, ClientStatus, TaskState};
+use crate::alloc::{AllocUsage, Allocation, ClientStatus, MigrationReport, TaskState};
 use crate::ids::{AllocId, NodeId};
 use crate::node::{Node, NodeUsage};
 use crate::validate::FieldError;
@@ -17,8 +17,14 @@ use std::collections::BTreeMap;
 /// - 2: `RegisterResponse.node_secret`, `POST /v1/agent/join`
 ///   ([`JoinRequest`]), the node credential on every agent request (header
 ///   [`NODE_SECRET_HEADER`] over plain HTTP, the agent certificate under TLS).
-pub const PROTOCOL: u32 = 2;
-/// The oldest protocol version this build accepts.
+/// - 3: live migration: `Allocation.live_migration` (server -> agent, the
+///   part each agent plays) and [`AllocUpdate::migration`] (agent -> server:
+///   source accelerator, the target's incoming address, progress, outcome).
+///   An agent of protocol 2 ignores the first and never sends the second:
+///   the servers move its allocations by restarting them instead.
+pub const PROTOCOL: u32 = 3;
+/// The oldest protocol version this build accepts (protocols 2 and 3 only
+/// added optional fields, so agents of protocol 1 still talk).
 pub const MIN_PROTOCOL: u32 = 1;
 
 /// The header that carries a node's secret on agent requests over plain
@@ -224,6 +230,9 @@ pub struct AllocUpdate {
     /// Usage.
     #[serde(default)]
     pub usage: Option<AllocUsage>,
+    /// Its part in a live migration (protocol 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationReport>,
 }
 
 /// Agent -> server: allocation state changes.
@@ -246,6 +255,24 @@ impl AllocUpdateRequest {
                 "updates",
                 format!("at most {MAX_UPDATES} updates per request"),
             ));
+        }
+        for (i, u) in self.updates.iter().enumerate() {
+            let Some(m) = &u.migration else { continue };
+            if m.failed
+                .as_ref()
+                .is_some_and(|f| f.len() > MAX_UNUSABLE_REASON)
+            {
+                return Err(field_error(
+                    &format!("updates[{i}].migration.failed"),
+                    format!("must be at most {MAX_UNUSABLE_REASON} bytes"),
+                ));
+            }
+            if m.target_alloc.as_str().is_empty() {
+                return Err(field_error(
+                    &format!("updates[{i}].migration.target_alloc"),
+                    "must not be empty",
+                ));
+            }
         }
         Ok(())
     }
@@ -360,6 +387,7 @@ mod tests {
                     client_description: String::new(),
                     task_states: BTreeMap::new(),
                     usage: None,
+                    migration: None,
                 };
                 MAX_UPDATES + 1
             ],

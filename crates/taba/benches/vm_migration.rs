@@ -8,9 +8,20 @@
 //! whole migrate call. Targets: driver total <= 1.1 x direct; downtime
 //! <= 100 ms idle.
 //!
+//! Between agents: `taba dev --agents 2` (agents in network namespaces on
+//! a bridge) runs the guest as a job and `taba alloc migrate` moves it
+//! from one agent to the other and back; beside it the same QEMU command
+//! lines run directly inside the same two namespaces and migrate over the
+//! bridge with the same QMP steps. Reported: QEMU's total time and
+//! downtime, and the wall time: for taba the whole `taba alloc migrate`
+//! command (the move asked for, the target placed and prepared, the
+//! stream, the switch-over, the CLI's 250 ms polling); for direct from the
+//! target's QEMU start (its `-incoming`) to `completed`.
+//!
 //! Run: `cargo bench -p taba --bench vm_migration` (root; scripts/setup.sh
-//! first); `TABA_BENCH_RUNS=N` for N runs per row (default 3).
-//! BENCHMARKS.md has the results.
+//! first); `TABA_BENCH_RUNS=N` for N runs per row (default 3);
+//! `TABA_BENCH_ONLY=loopback|cluster` for one half. BENCHMARKS.md has the
+//! results.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -42,6 +53,13 @@ fn main() {
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or(DEFAULT_RUNS);
+    let only = std::env::var("TABA_BENCH_ONLY").unwrap_or_default();
+    if only != "loopback" {
+        cluster_rows(runs);
+    }
+    if only == "cluster" {
+        return;
+    }
     let mut rows = Vec::new();
     for (mib, cmdline, what) in [
         (256, "", "256 MiB idle"),
@@ -61,6 +79,11 @@ fn main() {
         }
         rows.push((what, median(&direct), median(&driver)));
     }
+    print_rows("loopback, the vm driver", &rows);
+}
+
+fn print_rows(title: &str, rows: &[(&str, Sample, Sample)]) {
+    println!("\n{title}\n");
     println!("| guest | direct total ms | taba total ms | ratio | direct downtime ms | taba downtime ms | direct wall ms | taba wall ms |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (what, d, t) in rows {
@@ -150,10 +173,30 @@ fn plan(mib: u64, cmdline: &str, incoming: bool) -> qemu::VmPlan {
     }
 }
 
-fn spawn(plan: &qemu::VmPlan, dir: &Path) -> Child {
+/// Where a direct migration runs: loopback, or two network namespaces.
+struct Net {
+    src_ns: Option<String>,
+    dst_ns: Option<String>,
+    listen: IpAddr,
+}
+
+const LOOPBACK: Net = Net {
+    src_ns: None,
+    dst_ns: None,
+    listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+};
+
+fn spawn(plan: &qemu::VmPlan, dir: &Path, ns: Option<&str>) -> Child {
     std::fs::create_dir_all(dir).unwrap();
-    Command::new("qemu-system-x86_64")
-        .args(plan.args())
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+            c
+        }
+        None => Command::new("qemu-system-x86_64"),
+    };
+    cmd.args(plan.args())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("console")).unwrap())
@@ -164,16 +207,28 @@ fn spawn(plan: &qemu::VmPlan, dir: &Path) -> Child {
 
 /// The same guest, the same QEMU arguments and QMP steps, without taba.
 fn direct_run(mib: u64, cmdline: &str) -> Sample {
+    direct_run_on(mib, cmdline, &LOOPBACK)
+}
+
+fn direct_run_on(mib: u64, cmdline: &str, net: &Net) -> Sample {
     let tmp = tempfile::tempdir().unwrap();
     let (sd, dd) = (tmp.path().join("s"), tmp.path().join("d"));
-    let mut src = spawn(&plan(mib, cmdline, false), &sd);
-    let mut dst = spawn(&plan(mib, cmdline, true), &dd);
+    let mut src = spawn(&plan(mib, cmdline, false), &sd, net.src_ns.as_deref());
     let read = |d: &Path| std::fs::read_to_string(d.join("console")).unwrap_or_default();
     wait_until(
         "the direct source guest",
         Duration::from_secs(180),
         || guest_ready(&read(&sd), cmdline),
         || read(&sd),
+    );
+    let dst_started = Instant::now();
+    let mut dst = spawn(&plan(mib, cmdline, true), &dd, net.dst_ns.as_deref());
+    let sock = dd.join("qmp.sock");
+    wait_until(
+        "the direct target's QMP socket",
+        Duration::from_secs(30),
+        || sock.exists(),
+        String::new,
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -196,7 +251,7 @@ fn direct_run(mib: u64, cmdline: &str) -> Sample {
         };
         d.execute(&caps(false)).await.unwrap();
         d.execute(&qmp::MigrateIncoming {
-            uri: "tcp:127.0.0.1:0".into(),
+            uri: format!("tcp:{}", SocketAddr::new(net.listen, 0)),
         })
         .await
         .unwrap();
@@ -216,7 +271,7 @@ fn direct_run(mib: u64, cmdline: &str) -> Sample {
         .unwrap();
         let start = Instant::now();
         s.execute(&qmp::Migrate {
-            uri: format!("tcp:{}", SocketAddr::from(([127, 0, 0, 1], port))),
+            uri: format!("tcp:{}", SocketAddr::new(net.listen, port)),
         })
         .await
         .unwrap();
@@ -224,7 +279,11 @@ fn direct_run(mib: u64, cmdline: &str) -> Sample {
             let m = s.execute(&qmp::QueryMigrate).await.unwrap();
             match m.status.as_deref() {
                 Some("completed") => {
-                    let wall_ms = start.elapsed().as_millis() as u64;
+                    let wall_ms = if net.dst_ns.is_some() {
+                        dst_started.elapsed().as_millis() as u64
+                    } else {
+                        start.elapsed().as_millis() as u64
+                    };
                     let _ = s.execute(&qmp::Quit).await;
                     break Sample {
                         total_ms: m.total_time.unwrap_or(0),
@@ -241,4 +300,134 @@ fn direct_run(mib: u64, cmdline: &str) -> Sample {
     let _ = dst.kill();
     let _ = dst.wait();
     sample
+}
+
+/// `taba alloc migrate` between two agents in network namespaces beside
+/// direct QEMU migrations inside the same namespaces.
+fn cluster_rows(runs: usize) {
+    let guest = vm_guest_dir();
+    let c = DevCluster::start(
+        2,
+        &[
+            "--vm-image-dir",
+            guest.to_str().unwrap(),
+            "--vm-accel",
+            "tcg",
+            "--no-rebalance",
+        ],
+    );
+    let mut rows = Vec::new();
+    for (cmdline, what) in [("", "256 MiB idle"), ("taba.count", "256 MiB counting")] {
+        let job = if cmdline.is_empty() {
+            "idle"
+        } else {
+            "counting"
+        };
+        let id = run_vm_job(&c, job, cmdline);
+        let mut direct = Vec::new();
+        let mut taba = Vec::new();
+        let mut id = id;
+        for run in 0..runs {
+            let a = c.client.alloc(&id).unwrap().allocation;
+            let (from, to) = if a.node_name == "n1" { (1, 2) } else { (2, 1) };
+            let net = Net {
+                src_ns: Some(format!("{}-n{from}", c.prefix)),
+                dst_ns: Some(format!("{}-n{to}", c.prefix)),
+                listen: c.agent_ip(to).parse().unwrap(),
+            };
+            direct.push(direct_run_on(256, cmdline, &net));
+            let (sample, next) = taba_migrate(&c, &id, &format!("n{to}"));
+            taba.push(sample);
+            id = next;
+            eprintln!(
+                "cluster {what} run {run}: direct {:?} taba {:?}",
+                direct[run], taba[run]
+            );
+        }
+        let out = c.cli(&["job", "stop", job]);
+        assert!(out.status.success(), "{out:?}");
+        rows.push((what, median(&direct), median(&taba)));
+    }
+    print_rows(
+        "between agents in network namespaces: `taba alloc migrate` vs direct QMP",
+        &rows,
+    );
+}
+
+/// Run a one-VM job; its allocation once the guest is ready.
+fn run_vm_job(c: &DevCluster, job: &str, cmdline: &str) -> String {
+    let toml = format!(
+        r#"
+name = "{job}"
+type = "service"
+[[group]]
+name = "g"
+migrate = {{ min_healthy_time = "1s", rebalance = false }}
+  [[group.task]]
+  name = "guest"
+  driver = "vm"
+  kernel = "current/vmlinuz"
+  initrd = "current/initramfs.cpio"
+  cmdline = "{cmdline}"
+  resources = {{ cpu = 500, memory = "256MiB" }}
+"#
+    );
+    let f = job_file(&c.data, job, &toml);
+    let out = c.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let mut found = None;
+    c.wait_for("the VM ready", Duration::from_secs(180), || {
+        let Ok(st) = c.client.job_status(job) else {
+            return false;
+        };
+        found = st.allocations.iter().find_map(|e| {
+            let a = c.client.alloc(e.id.as_str()).ok()?.allocation;
+            let log = std::fs::read_to_string(
+                c.data
+                    .join("agents")
+                    .join(&a.node_name)
+                    .join("allocs")
+                    .join(a.id.as_str())
+                    .join("logs/guest.stdout.0"),
+            )
+            .unwrap_or_default();
+            (a.client_status.to_string() == "running" && guest_ready(&log, cmdline))
+                .then(|| a.id.to_string())
+        });
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// One `taba alloc migrate ID --to NODE`: its figures and the new allocation.
+fn taba_migrate(c: &DevCluster, id: &str, to: &str) -> (Sample, String) {
+    let start = Instant::now();
+    let out = c.cli(&["alloc", "migrate", id, "--to", to]);
+    let wall_ms = start.elapsed().as_millis() as u64;
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
+    let mut st = None;
+    c.wait_for(
+        "the source's final figures",
+        Duration::from_secs(30),
+        || {
+            st = c.client.alloc(id).unwrap().allocation.migration_status;
+            st.as_ref().is_some_and(|s| s.completed.is_some())
+        },
+    );
+    let st = st.unwrap();
+    let done = st.completed.clone().unwrap();
+    let next = st.target_alloc.to_string();
+    c.wait_for("the target running", Duration::from_secs(60), || {
+        c.client
+            .alloc(&next)
+            .is_ok_and(|n| n.allocation.client_status.to_string() == "running")
+    });
+    (
+        Sample {
+            total_ms: done.elapsed_ms,
+            downtime_ms: done.downtime_ms.unwrap_or(0),
+            wall_ms,
+        },
+        next,
+    )
 }

@@ -602,6 +602,10 @@ impl Driver for VmDriver {
         }
         Ok(r)
     }
+
+    fn migratable(&self) -> Option<&dyn crate::migrate::Migratable> {
+        Some(self)
+    }
 }
 
 #[cfg(test)]

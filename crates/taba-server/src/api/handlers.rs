@@ -422,6 +422,28 @@ pub async fn stop_alloc(
     Ok(Json(EvalResponse { eval_id, index }))
 }
 
+/// `POST /v1/allocations/{id}/migrate`: move an allocation to another node
+/// (live where its driver can; a restart on the target otherwise).
+pub async fn migrate_alloc(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Body,
+) -> R<MigrateAllocResponse> {
+    let bytes = read_body(body, 64 << 10).await?;
+    let req: MigrateAllocRequest = if bytes.is_empty() {
+        MigrateAllocRequest::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    let a = alloc_for(&app, &auth, &id, Capability::Write)?;
+    let resp = app
+        .state
+        .migrate_alloc(a.id.as_str(), req.to.as_deref(), &auth.actor())
+        .await?;
+    Ok(Json(resp))
+}
+
 /// The task a logs/exec request means: the named one, or the group's only task.
 pub(super) fn pick_task(a: &Allocation, task: Option<String>) -> Result<String, ApiError> {
     let names: Vec<&str> = a.group_spec.tasks.iter().map(|t| t.name.as_str()).collect();

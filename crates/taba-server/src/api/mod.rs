@@ -115,6 +115,7 @@ pub fn routes() -> Vec<Route> {
         r("GET", "/v1/allocations", Scoped(Read), "List allocations (those in namespaces the token may read)", None, &[], "AllocListEntry[]", get(h::list_allocs)),
         r("GET", "/v1/allocations/{id}", Scoped(Read), "An allocation by id or unique id prefix", None, &[], "AllocDetail", get(h::get_alloc)),
         r("POST", "/v1/allocations/{id}/stop", Scoped(Write), "Stop an allocation (a replacement is placed)", None, &[], "EvalResponse", post(h::stop_alloc)),
+        r("POST", "/v1/allocations/{id}/migrate", Scoped(Write), "Move an allocation to another node: live where its driver migrates running workloads (VMs), else a restart on the target", Json("MigrateAllocRequest"), &[], "MigrateAllocResponse", post(h::migrate_alloc)),
         r("GET", "/v1/allocations/{id}/logs", Scoped(Read), "Stream a task's stdout or stderr (proxied to the node's agent)", None,
           &[("task", "task name (optional when the group has one task)"), ("type", "stdout or stderr"), ("follow", "keep streaming new output"), ("offset", "start at this byte")],
           "application/octet-stream", get(h::alloc_logs)),

@@ -23,7 +23,9 @@
 //! Batch allocations are not moved unless their group says
 //! `migrate.drain = "move"`: they run to completion, or until the deadline.
 //! How a move is made is the reconciler's and the driver's business, not
-//! the drain's: it only asks.
+//! the drain's: it only asks (live for groups whose driver migrates running
+//! workloads, VMs: see `migration.rs`; the allocation stays on the node,
+//! and the drain waits, until its target runs).
 
 use super::{ServerState, StateError};
 use crate::broker::now_ms;
@@ -259,12 +261,14 @@ impl ServerState {
         }
         for a in &others {
             let moves = a.group_spec.migrate.moves_on_drain(a.job_type);
-            if moves && a.migrate.is_none() {
+            if moves && a.migrate.is_none() && a.live_migration.is_none() {
                 let mut a = a.clone();
                 a.migrate = Some(MigrateRequest {
                     reason: DRAIN_REASON.into(),
                     to: None,
                     requested_at: now,
+                    // VMs move live; the rest restart on the target.
+                    live: a.group_spec.migrates_live(),
                 });
                 a.modify_time = now;
                 out.jobs.insert((a.namespace.clone(), a.job.clone()));

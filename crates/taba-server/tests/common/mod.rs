@@ -337,6 +337,7 @@ impl FakeAgent {
             client_description: String::new(),
             task_states,
             usage,
+            migration: None,
         }
     }
 

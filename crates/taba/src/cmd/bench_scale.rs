@@ -416,6 +416,7 @@ async fn alloc_loop(ctx: Arc<Ctx>, id: NodeId, secret: String) {
                 client_description: String::new(),
                 task_states: running_task_states(a),
                 usage: None,
+                migration: None,
             })
             .collect();
         if updates.is_empty() {

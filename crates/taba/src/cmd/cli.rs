@@ -126,6 +126,9 @@ pub enum AllocCommand {
         #[arg(long)]
         task: Option<String>,
     },
+    /// Move an allocation to another node: VMs live (the guest keeps
+    /// running), other drivers by a restart on the target.
+    Migrate(super::migrate::MigrateArgs),
 }
 
 /// `taba node ...`
@@ -928,6 +931,7 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        AllocCommand::Migrate(args) => super::migrate::run(g, &api, args),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod dev;
 mod devcluster;
 pub mod drain;
 pub mod events;
+pub mod migrate;
 pub mod server;
 mod session;
 pub mod shim;

@@ -126,6 +126,22 @@ pub fn run(a: &DevArgs, agents: u32) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The agents' `[vm]` table from `--vm-image-dir` and `--vm-accel` (the
+/// same for every agent, so a VM can move live between them).
+fn vm_table(a: &DevArgs) -> anyhow::Result<String> {
+    let mut t = format!("[vm]\naccel = {:?}\n", a.vm_accel);
+    if !a.vm_image_dir.is_empty() {
+        let dirs = a
+            .vm_image_dir
+            .iter()
+            .map(|d| std::path::absolute(d).map(|d| toml_str(&d)))
+            .collect::<Result<Vec<_>, _>>()
+            .context("--vm-image-dir")?;
+        t.push_str(&format!("image_dirs = [{}]\n", dirs.join(", ")));
+    }
+    Ok(t)
+}
+
 /// Each agent's CPU (MHz) and memory: the flags, else an equal share of
 /// the host.
 fn agent_share(a: &DevArgs, agents: u32) -> anyhow::Result<(u64, ByteSize)> {
@@ -166,9 +182,10 @@ impl Cluster {
             .iter()
             .map(|s| format!("https://{}:{}", self.plan.bridge_ip(), s.port()))
             .collect();
+        let vm = vm_table(a)?;
         for k in 1..=agents {
             self.plan.make_agent_net(k, &mut self.made)?;
-            self.start_agent(k, &server_urls, cpu, memory)?;
+            self.start_agent(k, &server_urls, cpu, memory, &vm)?;
         }
         self.wait_ready(&format!("http://{api}"), &token, agents)?;
         Ok(api)
@@ -333,6 +350,7 @@ impl Cluster {
         server_urls: &[String],
         cpu: u64,
         memory: ByteSize,
+        vm: &str,
     ) -> anyhow::Result<()> {
         let dir = self.data.join("agents").join(format!("n{k}"));
         let name = format!("n{k}");
@@ -345,7 +363,7 @@ impl Cluster {
         let cfg = format!(
             "data_dir = {}\nservers = [{}]\nname = \"{name}\"\nhttp = \"{}:4647\"\n\
              usage = \"allocations\"\ncgroup_parent = \"{}\"\n\
-             [resources]\ncpu = {cpu}\nmemory = \"{}B\"\n{}",
+             [resources]\ncpu = {cpu}\nmemory = \"{}B\"\n{vm}{}",
             toml_str(&dir),
             server_urls
                 .iter()

@@ -1,0 +1,323 @@
+//! Live migration across agents: `taba dev --agents 2` (two agent processes
+//! in their own network namespaces on a bridge), the counting test guest
+//! of `scripts/vm-guest.sh` under TCG with QEMU 10, moved with
+//! `taba alloc migrate` and `taba node drain`. Needs root and QEMU; fails
+//! loudly without them.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::time::Duration;
+use taba_types::Allocation;
+
+const BOOT: Duration = Duration::from_secs(180);
+
+fn cluster() -> DevCluster {
+    let guest = vm_guest_dir();
+    DevCluster::start(
+        2,
+        &[
+            "--vm-image-dir",
+            guest.to_str().unwrap(),
+            "--vm-accel",
+            "tcg",
+            "--no-rebalance",
+        ],
+    )
+}
+
+/// A one-VM service whose guest counts in RAM (`taba.count`).
+fn vm_job(name: &str, migrate: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+type = "service"
+[[group]]
+name = "g"
+restart = {{ attempts = 0, interval = "1m", delay = "1s", mode = "fail" }}
+reschedule = {{ attempts = 0 }}
+migrate = {{ min_healthy_time = "1s", rebalance = false{migrate} }}
+  [[group.task]]
+  name = "guest"
+  driver = "vm"
+  kernel = "current/vmlinuz"
+  initrd = "current/initramfs.cpio"
+  cmdline = "taba.count"
+  resources = {{ cpu = 500, memory = "256MiB" }}
+  kill_timeout = "30s"
+"#
+    )
+}
+
+fn alloc(c: &DevCluster, id: &str) -> Allocation {
+    c.client.alloc(id).expect("the allocation").allocation
+}
+
+/// The allocations of `job`, in full.
+fn allocs(c: &DevCluster, job: &str) -> Vec<Allocation> {
+    c.client
+        .job_status(job)
+        .map(|st| {
+            st.allocations
+                .iter()
+                .map(|e| alloc(c, e.id.as_str()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn running(a: &Allocation) -> bool {
+    a.client_status.to_string() == "running" && a.desired_status.to_string() == "run"
+}
+
+/// Where agent `node`'s allocation keeps the guest's serial console.
+fn console_file(c: &DevCluster, a: &Allocation) -> PathBuf {
+    c.data
+        .join("agents")
+        .join(&a.node_name)
+        .join("allocs")
+        .join(a.id.as_str())
+        .join("logs/guest.stdout.0")
+}
+
+fn console(c: &DevCluster, a: &Allocation) -> String {
+    std::fs::read_to_string(console_file(c, a)).unwrap_or_default()
+}
+
+fn counts(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("taba-count "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn last_count(log: &str) -> u64 {
+    counts(log).last().copied().unwrap_or(0)
+}
+
+/// Submit `job` and wait until its guest counts past 10; its allocation.
+fn start_counting(c: &DevCluster, job: &str, migrate: &str) -> Allocation {
+    let f = job_file(&c.data, job, &vm_job(job, migrate));
+    let out = c.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let mut found = None;
+    c.wait_for("the VM running and counting", BOOT, || {
+        found = allocs(c, job)
+            .into_iter()
+            .find(|a| running(a) && last_count(&console(c, a)) >= 10);
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn other_node(a: &Allocation) -> &'static str {
+    if a.node_name == "n1" {
+        "n2"
+    } else {
+        "n1"
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// After a live move of `src`: its replacement runs on the other node,
+/// took the guest over counting on from where the source stopped (no
+/// reboot, no reset), and the source's QEMU is gone. The replacement.
+fn assert_moved_live(c: &DevCluster, job: &str, src: &Allocation) -> Allocation {
+    let src_pid = src.task_states["guest"].pid.expect("a running task's pid");
+    let mut target = None;
+    c.wait_for("the replacement running", Duration::from_secs(120), || {
+        target = allocs(c, job)
+            .into_iter()
+            .find(|a| running(a) && a.previous_alloc.as_ref() == Some(&src.id));
+        target.is_some()
+    });
+    let target = target.unwrap();
+    assert_ne!(target.node_name, src.node_name);
+    let src_now = alloc(c, src.id.as_str());
+    assert_eq!(src_now.desired_status.to_string(), "stop", "{src_now:?}");
+    assert_eq!(
+        src_now.desired_description,
+        format!("migrated to {}", target.node_name)
+    );
+    assert!(target.live_migration.is_none() && src_now.live_migration.is_none());
+    c.wait_for("the source QEMU gone", Duration::from_secs(30), || {
+        !pid_alive(src_pid)
+    });
+    let last_on_source = last_count(&console(c, &src_now));
+    c.wait_for(
+        "the target guest counting on",
+        Duration::from_secs(60),
+        || last_count(&console(c, &target)) > last_on_source + 10,
+    );
+    let log = console(c, &target);
+    let on_target = counts(&log);
+    assert!(
+        on_target[0] > 1 && on_target[0] <= last_on_source + 5,
+        "the target's first count {} does not follow the source's last {last_on_source}",
+        on_target[0]
+    );
+    assert!(
+        on_target.windows(2).all(|w| w[1] == w[0] + 1),
+        "the count restarted or skipped on the target: {on_target:?}"
+    );
+    assert!(
+        !log.contains("taba-guest: init ok"),
+        "the target booted:\n{log}"
+    );
+    target
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn root_vm_alloc_migrate_and_drain_move_the_guest_live_between_agents() {
+    let c = cluster();
+    let src = start_counting(&c, "mig", "");
+    let id = src.id.to_string();
+    let to = other_node(&src);
+
+    // Refused with a clear error, nothing changed: the node it runs on, an
+    // unknown node, an ineligible node.
+    let out = c.cli(&["alloc", "migrate", &id, "--to", &src.node_name]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already runs there"),
+        "{}",
+        stderr(&out)
+    );
+    let out = c.cli(&["alloc", "migrate", &id, "--to", "n9"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    let out = c.cli(&["node", "eligibility", to, "--disable"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = c.cli(&["alloc", "migrate", &id, "--to", to]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains(&format!("node {to} cannot take")) && e.contains("not eligible"),
+        "{e}"
+    );
+    let out = c.cli(&["node", "eligibility", to, "--enable"]);
+    assert!(out.status.success(), "{out:?}");
+    let same = alloc(&c, &id);
+    assert!(running(&same) && same.migrate.is_none() && same.live_migration.is_none());
+
+    // The move, followed by the CLI to its end.
+    let out = c.cli(&["alloc", "migrate", &id, "--to", to]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
+    assert!(text.contains("migrates live"), "{text}");
+    assert!(
+        text.contains(&format!("migrated live to node {to}")),
+        "{text}"
+    );
+    let moved = assert_moved_live(&c, "mig", &src);
+    assert_eq!(moved.node_name, to);
+    assert!(c.running_allocs(if to == "n1" { 2 } else { 1 }).is_empty());
+
+    // A drain of its new node moves it back, live.
+    let out = c.cli(&["node", "drain", to, "--deadline", "5m"]);
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
+    let back = assert_moved_live(&c, "mig", &moved);
+    assert_eq!(back.node_name, src.node_name);
+}
+
+#[test]
+fn root_vm_failed_migration_leaves_the_guest_running_on_its_source() {
+    let c = cluster();
+    // 256 MiB at 1 MiB/s cannot move within the 1 s timeout.
+    let src = start_counting(&c, "slow", ", timeout = \"1s\", max_bandwidth = \"1MiB\"");
+    let id = src.id.to_string();
+    let src_pid = src.task_states["guest"].pid.unwrap();
+    let out = c.cli(&["alloc", "migrate", &id]);
+    assert!(!out.status.success(), "{out:?}");
+    let e = stderr(&out);
+    assert!(
+        e.contains("live migration to node") && e.contains("failed"),
+        "{e}"
+    );
+    // The source runs on (the same QEMU, still counting); the target was
+    // stopped and its QEMU is gone; the events say why.
+    let a = alloc(&c, &id);
+    assert!(running(&a) && a.live_migration.is_none(), "{a:?}");
+    assert!(pid_alive(src_pid));
+    assert!(
+        a.events.iter().any(|e| e.kind == "Migration Failed"),
+        "{:?}",
+        a.events
+    );
+    let before = last_count(&console(&c, &a));
+    c.wait_for("the source still counting", Duration::from_secs(60), || {
+        last_count(&console(&c, &a)) > before + 5
+    });
+    let other = if src.node_name == "n1" { 2 } else { 1 };
+    c.wait_for("the target's QEMU gone", Duration::from_secs(60), || {
+        c.running_allocs(other).is_empty()
+    });
+    let targets: Vec<Allocation> = allocs(&c, "slow")
+        .into_iter()
+        .filter(|t| t.id != src.id)
+        .collect();
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    assert_eq!(targets[0].desired_status.to_string(), "stop");
+    assert!(
+        targets[0].desired_description.contains("live migration"),
+        "{}",
+        targets[0].desired_description
+    );
+}
+
+#[test]
+fn root_alloc_migrate_of_a_driver_without_live_migration_is_a_restart_on_the_target() {
+    let c = cluster();
+    let f = job_file(
+        &c.data,
+        "sleeper",
+        r#"
+name = "sleeper"
+[[group]]
+name = "g"
+migrate = { min_healthy_time = "1s", rebalance = false }
+  [[group.task]]
+  name = "t"
+  driver = "exec"
+  command = ["/bin/sleep", "600"]
+  resources = { cpu = 50, memory = "32MiB" }
+"#,
+    );
+    let out = c.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let mut src = None;
+    c.wait_for("the task running", Duration::from_secs(60), || {
+        src = allocs(&c, "sleeper").into_iter().find(running);
+        src.is_some()
+    });
+    let src = src.unwrap();
+    let out = c.cli(&["alloc", "migrate", src.id.as_str()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("driver exec cannot migrate a running task") && text.contains("restarted on"),
+        "{text}"
+    );
+    let mut moved = None;
+    c.wait_for("the replacement running", Duration::from_secs(60), || {
+        moved = allocs(&c, "sleeper")
+            .into_iter()
+            .find(|a| running(a) && a.previous_alloc.as_ref() == Some(&src.id));
+        moved.is_some()
+    });
+    assert_ne!(moved.unwrap().node_name, src.node_name);
+    assert!(alloc(&c, src.id.as_str())
+        .desired_description
+        .starts_with("moved to another node"));
+}
