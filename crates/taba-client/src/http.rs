@@ -376,6 +376,18 @@ impl Client {
         }
     }
 
+    /// The base URL of the first server, from the one in use on, that
+    /// accepts a connection (for a connection made outside [`Self::execute`],
+    /// such as an interactive session's); it is used from then on.
+    pub(crate) fn reachable_base_url(&self) -> &str {
+        let n = self.bases.len();
+        if n > 1 {
+            let live = self.first_reachable(self.current.load(Ordering::Relaxed) % n);
+            self.current.store(live, Ordering::Relaxed);
+        }
+        self.base_url()
+    }
+
     /// The first server from `start` on that accepts a TCP connection
     /// (`start` when none does).
     fn first_reachable(&self, start: usize) -> usize {

@@ -156,13 +156,14 @@ impl Client {
         query: Q,
         first_size: Option<(u16, u16)>,
     ) -> Result<ExecSession, ClientError> {
-        let url = format!("{}{path}", self.base_url());
+        // Several servers: the session goes to one that accepts connections.
+        let base = self.reachable_base_url().to_string();
+        let url = format!("{base}{path}");
         let http = self.async_http()?;
         let token = self.token().map(str::to_string);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (out_tx, out_rx) = mpsc::channel::<Outgoing>(8);
         let (ev_tx, ev_rx) = mpsc::channel::<SessionEvent>(8);
-        let base = self.base_url().to_string();
         std::thread::Builder::new()
             .name("exec-session".into())
             .spawn(move || {

@@ -124,31 +124,14 @@ pub(crate) fn manifest_media_type(bytes: &[u8]) -> String {
 impl ImageStore {
     /// The image `reference` names as a registry would hold it. `None`: no such image.
     pub fn export(&self, reference: &str) -> Result<Option<ImageExport>, ImageError> {
-        let refs = self.load_refs()?;
-        let Some((id, _)) = self.find(reference, &refs)? else {
+        let Some((id, record, refs)) = self.find_with_blobs(reference)? else {
             return Ok(None);
         };
-        let Some(record) = self.load_image(&id[7..])? else {
-            return Ok(None);
-        };
-        if !record.has_blobs() {
-            return Err(ImageError::NoBlobs(id));
-        }
         let config = BlobDescriptor {
             digest: id.clone(),
             size: record.config_size,
         };
-        let layers: Vec<LayerDescriptor> = record
-            .blobs
-            .iter()
-            .zip(&record.diff_ids)
-            .map(|(b, d)| LayerDescriptor {
-                media_type: b.media_type.clone(),
-                digest: b.digest.clone(),
-                size: b.size,
-                diff_id: format!("sha256:{d}"),
-            })
-            .collect();
+        let layers = crate::layer_descriptors(&record);
         let (manifest, media_type) = match &record.manifest {
             Some(m) => {
                 let bytes = self.read_small_blob(m)?;

@@ -565,16 +565,9 @@ impl ImageStore {
     /// What the image a reference names is made of, for a node that lacks it: config and
     /// layer blobs with their digests and sizes. `None`: no such image.
     pub fn manifest(&self, reference: &str) -> Result<Option<ImageManifest>, ImageError> {
-        let refs = self.load_refs()?;
-        let Some((id, _)) = self.find(reference, &refs)? else {
+        let Some((id, record, refs)) = self.find_with_blobs(reference)? else {
             return Ok(None);
         };
-        let Some(record) = self.load_image(&id[7..])? else {
-            return Ok(None);
-        };
-        if !record.has_blobs() {
-            return Err(ImageError::NoBlobs(id));
-        }
         Ok(Some(ImageManifest {
             protocol: taba_types::wire::PROTOCOL,
             refs: Self::refs_of(&refs, &id),
@@ -582,17 +575,7 @@ impl ImageStore {
                 digest: id.clone(),
                 size: record.config_size,
             },
-            layers: record
-                .blobs
-                .iter()
-                .zip(&record.diff_ids)
-                .map(|(b, d)| LayerDescriptor {
-                    media_type: b.media_type.clone(),
-                    digest: b.digest.clone(),
-                    size: b.size,
-                    diff_id: format!("sha256:{d}"),
-                })
-                .collect(),
+            layers: layer_descriptors(&record),
             id,
         }))
     }
@@ -613,6 +596,25 @@ impl ImageStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_ctx(|| format!("open {}", path.display()))(e)),
         }
+    }
+
+    /// The image `reference` names: its id, its record and the refs file it was found in.
+    /// `None`: no such image; an error when the blobs it came with were not kept.
+    fn find_with_blobs(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(String, ImageRecord, RefsFile)>, ImageError> {
+        let refs = self.load_refs()?;
+        let Some((id, _)) = self.find(reference, &refs)? else {
+            return Ok(None);
+        };
+        let Some(record) = self.load_image(&id[7..])? else {
+            return Ok(None);
+        };
+        if !record.has_blobs() {
+            return Err(ImageError::NoBlobs(id));
+        }
+        Ok(Some((id, record, refs)))
     }
 
     fn refs_of(refs: &RefsFile, id: &str) -> Vec<String> {
@@ -1021,6 +1023,21 @@ pub struct IdMap<'a> {
     pub uid: u32,
     /// Host gid of the container's root.
     pub gid: u32,
+}
+
+/// An image's layers as a manifest describes them, with their diff ids.
+fn layer_descriptors(record: &ImageRecord) -> Vec<LayerDescriptor> {
+    record
+        .blobs
+        .iter()
+        .zip(&record.diff_ids)
+        .map(|(b, d)| LayerDescriptor {
+            media_type: b.media_type.clone(),
+            digest: b.digest.clone(),
+            size: b.size,
+            diff_id: format!("sha256:{d}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]

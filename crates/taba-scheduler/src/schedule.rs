@@ -602,14 +602,7 @@ impl<'a> Scheduler<'a> {
                 }
                 Some(slot) => {
                     self.stop(a, &format!("moved to another node: {}", req.reason));
-                    let r = Req {
-                        index: a.index,
-                        previous: Some(a),
-                        reschedule: false,
-                        replaces: false,
-                    };
-                    let mut n = self.new_alloc(job, g, &r, slot);
-                    n.ports = self.placer.next_ports();
+                    let n = self.move_target(job, g, a, slot);
                     self.plan.placements.push(n);
                 }
                 None if self.source_draining(a) => self.record_failure(&ctx, 1),
@@ -623,6 +616,26 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// The allocation that takes `a`'s place on node `slot` in a move (same
+    /// index, `a` as its previous allocation, its host ports picked).
+    fn move_target(
+        &mut self,
+        job: &Job,
+        g: &TaskGroupSpec,
+        a: &'a Allocation,
+        slot: u32,
+    ) -> Allocation {
+        let r = Req {
+            index: a.index,
+            previous: Some(a),
+            reschedule: false,
+            replaces: false,
+        };
+        let mut n = self.new_alloc(job, g, &r, slot);
+        n.ports = self.placer.next_ports();
+        n
+    }
+
     /// A live move: the replacement is placed on `slot` as the target of a
     /// [`LiveMigration`] and the source keeps running (it is stopped by the
     /// servers once the target runs, or the target is, if it fails).
@@ -634,14 +647,7 @@ impl<'a> Scheduler<'a> {
         req: &taba_types::MigrateRequest,
         slot: u32,
     ) {
-        let r = Req {
-            index: a.index,
-            previous: Some(a),
-            reschedule: false,
-            replaces: false,
-        };
-        let mut n = self.new_alloc(job, g, &r, slot);
-        n.ports = self.placer.next_ports();
+        let mut n = self.move_target(job, g, a, slot);
         let lm = LiveMigration {
             source_alloc: a.id.clone(),
             source_node: a.node_id.clone(),

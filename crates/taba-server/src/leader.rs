@@ -65,8 +65,10 @@ pub const FORWARDED_PEER_HEADER: &str = "x-taba-forwarded-peer";
 /// Header on every answer of the leader, and on reads a follower serves from its copy: the
 /// store index the answer reflects.
 pub const INDEX_HEADER: &str = "x-taba-index";
-/// Longest wait of a forwarded write for the follower's copy to catch up with it.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait of a forwarded write for the follower's copy to catch up with it (ms
+/// normally; 2 s was too short for two HA clusters sharing 2 busy cores, and a read
+/// through the follower then missed the write it had just forwarded).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 /// Longest time a request waits for an election to finish before it gets a 503.
 const ELECTION_WAIT: Duration = Duration::from_secs(5);
 /// How long a follower waits on one watch of the leader key before it watches again.

@@ -185,8 +185,17 @@ fn root_vm_boots_logs_survives_agent_kill_and_powers_down() {
         "the guest saw no ACPI power-down: {}",
         &log[log.len().saturating_sub(2000)..]
     );
-    let a = dev2.client.alloc(&id).unwrap();
-    assert_eq!(a.allocation.task_states["guest"].exit_code, Some(0));
+    // The agent reports the exit after QEMU has gone.
+    let mut exit = None;
+    dev2.wait_for("the exit reported", Duration::from_secs(30), || {
+        exit = dev2
+            .client
+            .alloc(&id)
+            .ok()
+            .and_then(|a| a.allocation.task_states.get("guest")?.exit_code);
+        exit.is_some()
+    });
+    assert_eq!(exit, Some(0));
     drop(dev2);
     drop(dev);
 }

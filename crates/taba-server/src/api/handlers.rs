@@ -172,21 +172,27 @@ fn check_job_rights(auth: &Auth, spec: &JobSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The job of a `job run` or `job plan` body (TOML or JSON by its content
+/// type), parsed and checked against the caller's rights.
+async fn read_job_spec(auth: &Auth, headers: &HeaderMap, body: Body) -> Result<JobSpec, ApiError> {
+    let bytes = read_body(body, MAX_JOB_BYTES).await?;
+    let spec = match content_type(headers).as_str() {
+        "application/toml" | "text/toml" | "text/x-toml" => parse_job_toml(&bytes),
+        "application/json" | "" => parse_job_json(&bytes),
+        other => return Err(ApiError::UnsupportedMediaType(other.to_string())),
+    }
+    .map_err(job_parse_error)?;
+    check_job_rights(auth, &spec)?;
+    Ok(spec)
+}
+
 pub async fn register_job(
     State(app): State<AppState>,
     auth: Auth,
     headers: HeaderMap,
     body: Body,
 ) -> R<RegisterJobResponse> {
-    let ct = content_type(&headers);
-    let bytes = read_body(body, MAX_JOB_BYTES).await?;
-    let spec = match ct.as_str() {
-        "application/toml" | "text/toml" | "text/x-toml" => parse_job_toml(&bytes),
-        "application/json" | "" => parse_job_json(&bytes),
-        other => return Err(ApiError::UnsupportedMediaType(other.to_string())),
-    }
-    .map_err(job_parse_error)?;
-    check_job_rights(&auth, &spec)?;
+    let spec = read_job_spec(&auth, &headers, body).await?;
     let mut spec = spec;
     resolve_images(&app.state, &mut spec).await?;
     Ok(Json(app.state.register_job(spec).await?))
@@ -201,15 +207,7 @@ pub async fn plan_job(
     headers: HeaderMap,
     body: Body,
 ) -> R<JobPlanResponse> {
-    let ct = content_type(&headers);
-    let bytes = read_body(body, MAX_JOB_BYTES).await?;
-    let spec = match ct.as_str() {
-        "application/toml" | "text/toml" | "text/x-toml" => parse_job_toml(&bytes),
-        "application/json" | "" => parse_job_json(&bytes),
-        other => return Err(ApiError::UnsupportedMediaType(other.to_string())),
-    }
-    .map_err(job_parse_error)?;
-    check_job_rights(&auth, &spec)?;
+    let spec = read_job_spec(&auth, &headers, body).await?;
     let current = app
         .state
         .job(&spec.namespace, &spec.name)
