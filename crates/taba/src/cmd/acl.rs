@@ -307,7 +307,13 @@ pub fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = path.with_extension("tmp");
+    // A name of its own per process: token files are named for addresses
+    // (`127.0.0.1_4646`), and `with_extension` made every one of them
+    // `127.0.0.tmp`, so two `taba dev`s starting at once renamed each
+    // other's file away.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -387,6 +393,27 @@ mod tests {
         assert_eq!(addr_key("127.0.0.1:4646"), "127.0.0.1_4646");
         assert_eq!(addr_key("https://Node-1.example:443"), "node-1.example_443");
         assert_eq!(addr_key("http://[::1]:4646"), "___1__4646");
+    }
+
+    #[test]
+    fn token_files_of_two_addresses_do_not_share_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("127.0.0.1_4646");
+        let b = dir.path().join("127.0.0.1_4747");
+        // What two `taba dev`s starting at once do: each opens its
+        // temporary file before the other renames its own.
+        std::thread::scope(|s| {
+            for (p, t) in [(&a, "taba_a"), (&b, "taba_b")] {
+                s.spawn(move || {
+                    for _ in 0..200 {
+                        write_secret(p, t).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "taba_a\n");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "taba_b\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]
