@@ -9,7 +9,8 @@ use taba_image::{ImageError, ImageStore, ImageSummary};
 use taba_types::api::{ImageDetail, ImageInfo, ImportResponse};
 use taba_types::wire::ImageManifest;
 
-fn info(s: ImageSummary) -> ImageInfo {
+/// The summary of a stored image as the API shows it.
+pub fn image_info(s: ImageSummary) -> ImageInfo {
     ImageInfo {
         id: s.id.to_string(),
         refs: s.refs.iter().map(|r| r.to_string()).collect(),
@@ -19,6 +20,18 @@ fn info(s: ImageSummary) -> ImageInfo {
     }
 }
 
+/// Runs `f` on the image store on a blocking thread (its calls read and write
+/// files), as every image route does.
+pub async fn on_store<T: Send + 'static>(
+    images: &std::sync::Arc<ImageStore>,
+    f: impl FnOnce(&ImageStore) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let images = images.clone();
+    tokio::task::spawn_blocking(move || f(&images))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)?
+}
+
 /// What a job version records for `reference` (see `ImageStore::pinned`); `None`: not in
 /// the store. A reference the store refuses is a 422 on `field`.
 pub async fn pinned(
@@ -26,12 +39,8 @@ pub async fn pinned(
     reference: &str,
     field: &str,
 ) -> Result<Option<String>, ApiError> {
-    let images = images.clone();
     let r = reference.to_string();
-    match tokio::task::spawn_blocking(move || images.pinned(&r))
-        .await
-        .map_err(|_| ApiError::ShuttingDown)?
-    {
+    match on_store(images, move |i| Ok(i.pinned(&r))).await? {
         Ok(p) => Ok(p),
         Err(e @ ImageError::InvalidReference { .. }) => {
             Err(ApiError::invalid(field, taba_types::error_chain(&e)))
@@ -54,7 +63,7 @@ pub fn import(images: &ImageStore, path: &Path) -> Result<ImportResponse, ApiErr
             )
         })?
         .into_iter()
-        .map(info)
+        .map(image_info)
         .collect();
     Ok(ImportResponse {
         image: all[0].clone(),
@@ -66,7 +75,7 @@ pub fn import(images: &ImageStore, path: &Path) -> Result<ImportResponse, ApiErr
 pub fn list(images: &ImageStore) -> Result<Vec<ImageInfo>, ApiError> {
     images
         .list()
-        .map(|v| v.into_iter().map(info).collect())
+        .map(|v| v.into_iter().map(image_info).collect())
         .map_err(|e| {
             ApiError::Internal(format!(
                 "cannot list images: {}",
@@ -169,25 +178,23 @@ pub fn registry_error(e: &taba_registry::RegistryError) -> ApiError {
     }
 }
 
-/// The summary of a stored image as the API shows it.
-pub fn image_info(s: ImageSummary) -> ImageInfo {
-    info(s)
-}
-
 /// Names the image `source` names `target` too.
 pub fn tag(images: &ImageStore, source: &str, target: &str) -> Result<ImageInfo, ApiError> {
-    images.tag(source, target).map(info).map_err(|e| match e {
-        ImageError::NotFound(_) => ApiError::NotFound(format!("image {source:?} not found")),
-        ImageError::InvalidReference { ref reference, .. } => {
-            let field = if reference == target {
-                "reference"
-            } else {
-                "source"
-            };
-            ApiError::bad(field, taba_types::error_chain(&e))
-        }
-        e => ApiError::Internal(format!("cannot tag: {}", taba_types::error_chain(&e))),
-    })
+    images
+        .tag(source, target)
+        .map(image_info)
+        .map_err(|e| match e {
+            ImageError::NotFound(_) => ApiError::NotFound(format!("image {source:?} not found")),
+            ImageError::InvalidReference { ref reference, .. } => {
+                let field = if reference == target {
+                    "reference"
+                } else {
+                    "source"
+                };
+                ApiError::bad(field, taba_types::error_chain(&e))
+            }
+            e => ApiError::Internal(format!("cannot tag: {}", taba_types::error_chain(&e))),
+        })
 }
 
 /// Removes the images none of `referenced` (references from job versions) names.
@@ -198,6 +205,6 @@ pub fn prune(images: &ImageStore, referenced: &[String]) -> Result<Vec<ImageInfo
         .collect();
     images
         .prune(&keep)
-        .map(|v| v.into_iter().map(info).collect())
+        .map(|v| v.into_iter().map(image_info).collect())
         .map_err(|e| ApiError::Internal(format!("cannot prune: {}", taba_types::error_chain(&e))))
 }

@@ -6,6 +6,7 @@ use super::extract::{parse_json, read_body, Q};
 use super::peer::{verify_agent, AgentCaller, Registration};
 use super::AppState;
 use crate::acl::Auth;
+use crate::images::on_store;
 use crate::state::ServerState;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -861,13 +862,11 @@ pub async fn import_image(State(app): State<AppState>, body: Body) -> R<ImportRe
     if size == 0 {
         return Err(ApiError::bad("body", "empty body; send the image tar"));
     }
-    let images = app.state.images.clone();
-    let info = tokio::task::spawn_blocking(move || {
+    let info = on_store(&app.state.images, move |images| {
         let upload = upload;
-        crate::images::import(&images, &upload.0)
+        crate::images::import(images, &upload.0)
     })
-    .await
-    .map_err(|_| ApiError::ShuttingDown)??;
+    .await?;
     Ok(Json(info))
 }
 
@@ -876,22 +875,20 @@ fn uuid_like() -> String {
 }
 
 pub async fn list_images(State(app): State<AppState>) -> R<Vec<ImageInfo>> {
-    let images = app.state.images.clone();
-    let list = tokio::task::spawn_blocking(move || crate::images::list(&images))
-        .await
-        .map_err(|_| ApiError::ShuttingDown)??;
-    Ok(Json(list))
+    Ok(Json(
+        on_store(&app.state.images, crate::images::list).await?,
+    ))
 }
 
 pub async fn inspect_image(
     State(app): State<AppState>,
     Path(reference): Path<String>,
 ) -> R<ImageDetail> {
-    let images = app.state.images.clone();
     let reference = reference.trim_start_matches('/').to_string();
-    let out = tokio::task::spawn_blocking(move || crate::images::inspect(&images, &reference))
-        .await
-        .map_err(|_| ApiError::ShuttingDown)??;
+    let out = on_store(&app.state.images, move |i| {
+        crate::images::inspect(i, &reference)
+    })
+    .await?;
     Ok(Json(out))
 }
 
@@ -899,11 +896,11 @@ pub async fn remove_image(
     State(app): State<AppState>,
     Path(reference): Path<String>,
 ) -> R<ImageInfo> {
-    let images = app.state.images.clone();
     let reference = reference.trim_start_matches('/').to_string();
-    let out = tokio::task::spawn_blocking(move || crate::images::remove(&images, &reference))
-        .await
-        .map_err(|_| ApiError::ShuttingDown)??;
+    let out = on_store(&app.state.images, move |i| {
+        crate::images::remove(i, &reference)
+    })
+    .await?;
     Ok(Json(out))
 }
 
@@ -915,20 +912,18 @@ pub async fn tag_image(
 ) -> R<ImageInfo> {
     let req: TagRequest =
         parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
-    let images = app.state.images.clone();
     let target = reference.trim_start_matches('/').to_string();
-    let out =
-        tokio::task::spawn_blocking(move || crate::images::tag(&images, &req.source, &target))
-            .await
-            .map_err(|_| ApiError::ShuttingDown)??;
+    let out = on_store(&app.state.images, move |i| {
+        crate::images::tag(i, &req.source, &target)
+    })
+    .await?;
     Ok(Json(out))
 }
 
 /// `DELETE /v1/images`: remove the images no job version names and no container uses.
 pub async fn prune_images(State(app): State<AppState>) -> R<PruneResponse> {
     let store = app.state.store.clone();
-    let images = app.state.images.clone();
-    let removed = tokio::task::spawn_blocking(move || {
+    let removed = on_store(&app.state.images, move |images| {
         let mut referenced = Vec::new();
         for table in [taba_store::Table::Jobs, taba_store::Table::JobVersions] {
             let recs = store
@@ -947,10 +942,9 @@ pub async fn prune_images(State(app): State<AppState>) -> R<PruneResponse> {
                 );
             }
         }
-        crate::images::prune(&images, &referenced)
+        crate::images::prune(images, &referenced)
     })
-    .await
-    .map_err(|_| ApiError::ShuttingDown)??;
+    .await?;
     Ok(Json(PruneResponse { removed }))
 }
 
@@ -992,11 +986,11 @@ pub async fn agent_image_manifest(
     Q(q): Q<NodeQuery>,
 ) -> R<taba_types::wire::ImageManifest> {
     verify_image_caller(&app.state, &caller, &q).await?;
-    let images = app.state.images.clone();
     let reference = reference.trim_start_matches('/').to_string();
-    let m = tokio::task::spawn_blocking(move || crate::images::manifest(&images, &reference))
-        .await
-        .map_err(|_| ApiError::ShuttingDown)??;
+    let m = on_store(&app.state.images, move |i| {
+        crate::images::manifest(i, &reference)
+    })
+    .await?;
     Ok(Json(m))
 }
 
@@ -1027,11 +1021,8 @@ pub async fn agent_image_blob(
     Q(q): Q<NodeQuery>,
 ) -> Result<Response, ApiError> {
     verify_image_caller(&app.state, &caller, &q).await?;
-    let images = app.state.images.clone();
     let d = digest.clone();
-    let (file, len) = tokio::task::spawn_blocking(move || crate::images::open_blob(&images, &d))
-        .await
-        .map_err(|_| ApiError::ShuttingDown)??;
+    let (file, len) = on_store(&app.state.images, move |i| crate::images::open_blob(i, &d)).await?;
     let body = Body::from_stream(file_stream(tokio::fs::File::from_std(file)));
     Ok((
         [

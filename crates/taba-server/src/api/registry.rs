@@ -5,7 +5,7 @@
 
 use super::extract::{parse_json, read_body};
 use super::{ApiError, AppState};
-use crate::images::{image_info, registry_error};
+use crate::images::{image_info, on_store, registry_error};
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -113,11 +113,8 @@ pub async fn save(State(app): State<AppState>, body: Body) -> Result<Response, A
         .unwrap_or("oci-archive")
         .parse()
         .map_err(|e: String| ApiError::bad("format", e))?;
-    let images = app.state.images.clone();
     let reference = req.reference.clone();
-    let found = tokio::task::spawn_blocking(move || images.export(&reference))
-        .await
-        .map_err(|_| ApiError::ShuttingDown)?;
+    let found = on_store(&app.state.images, move |i| Ok(i.export(&reference))).await?;
     match found {
         Ok(Some(_)) => {}
         Ok(None) => {
