@@ -1483,6 +1483,31 @@ mod tests {
     }
 
     #[test]
+    fn hot_path_reads_do_not_keep_full_forms_of_compact_records() {
+        let mut s = ClusterState::new();
+        s.upsert_node(node("n1", 4000, 4096));
+        let a = compactable(&s, 0);
+        s.upsert_alloc(a.clone());
+        let slot = s.alloc_slot(&a.id).unwrap() as usize;
+        let cached = |s: &ClusterState| match &s.allocs[slot] {
+            Stored::Compact(c) => c.cache.get().is_some(),
+            _ => panic!("stored compactly"),
+        };
+        let read: Vec<Allocation> = s
+            .allocs_for_node_transient(&a.node_id)
+            .map(std::borrow::Cow::into_owned)
+            .collect();
+        assert_eq!(read, vec![a.clone()]);
+        let briefs: Vec<_> = s.alloc_briefs_for_job("default", "web").collect();
+        assert_eq!(briefs.len(), 1);
+        assert!(briefs[0].is_live() && briefs[0].job_version == a.job_version);
+        assert!(!cached(&s), "transient reads and briefs keep nothing");
+        // An ordinary read keeps the full form (API reads, the scheduler).
+        assert_eq!(s.alloc(&a.id), Some(&a));
+        assert!(cached(&s));
+    }
+
+    #[test]
     fn compact_records_hold_host_ports() {
         let mut s = ClusterState::new();
         s.upsert_node(node("n1", 4000, 4096));
