@@ -1186,7 +1186,7 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
     let api = client(g)?;
     match c {
         ImageCommand::Import { file } => {
-            let r = api.import_images(&file)?;
+            let r = import_with_bar(g, &api, &file)?;
             if g.json {
                 return print_json(&r);
             }
@@ -1322,6 +1322,39 @@ fn image_pull(g: &GlobalArgs, api: &Client, reference: &str) -> anyhow::Result<E
         PullEvent::Error { message } => anyhow::bail!("pull of {reference} failed: {message}"),
         other => anyhow::bail!("unexpected end of the pull: {other:?}"),
     }
+}
+
+/// `image import`: a bar of the upload on a terminal, then a spinner while
+/// the server verifies and unpacks.
+fn import_with_bar(
+    g: &GlobalArgs,
+    api: &Client,
+    file: &std::path::Path,
+) -> anyhow::Result<taba_client::api::ImportResponse> {
+    if g.json || !std::io::stdout().is_terminal() {
+        return Ok(api.import_images(file)?);
+    }
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "  {msg:<10} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message("uploading");
+    let shown = bar.clone();
+    let r = api.import_images_reporting(file, move |sent| {
+        shown.set_position(sent);
+        if sent >= size {
+            shown.set_message("unpacking");
+        }
+    });
+    bar.finish_and_clear();
+    Ok(r?)
 }
 
 /// How a pull or push shows its progress: a bar per layer on a terminal (`indicatif`),
