@@ -1057,18 +1057,40 @@ impl Client {
         index: u64,
         wait: Duration,
     ) -> Result<NodeAllocations, ClientError> {
-        Self::json(
-            self.finish(
-                self.req_with(
-                    &self.streaming,
-                    Method::GET,
-                    &format!("/v1/agent/allocations/{}", seg(node.as_str())),
-                )
-                .query(&[("index", index.to_string())])
-                .query(&[("wait", format!("{}ms", wait.as_millis()))])
-                .timeout(wait + Duration::from_secs(30)),
-            )?,
-        )
+        self.agent_allocations_query(node, index, wait, false)
+    }
+
+    /// [`Self::agent_allocations`] asking for a delta (`delta=true`,
+    /// protocol 4): only the allocations changed past `index`, the others by id.
+    pub fn agent_allocations_delta(
+        &self,
+        node: &NodeId,
+        index: u64,
+        wait: Duration,
+    ) -> Result<NodeAllocations, ClientError> {
+        self.agent_allocations_query(node, index, wait, true)
+    }
+
+    fn agent_allocations_query(
+        &self,
+        node: &NodeId,
+        index: u64,
+        wait: Duration,
+        delta: bool,
+    ) -> Result<NodeAllocations, ClientError> {
+        let mut req = self
+            .req_with(
+                &self.streaming,
+                Method::GET,
+                &format!("/v1/agent/allocations/{}", seg(node.as_str())),
+            )
+            .query(&[("index", index.to_string())])
+            .query(&[("wait", format!("{}ms", wait.as_millis()))])
+            .timeout(wait + Duration::from_secs(30));
+        if delta {
+            req = req.query(&[("delta", "true")]);
+        }
+        Self::json(self.finish(req)?)
     }
 
     /// `POST /v1/agent/allocations`.
