@@ -217,7 +217,7 @@ fn stop_ended_stream(s: &Shared, lm: Option<&LiveMigration>) {
         return;
     };
     if lm.is_none_or(|m| m.target_alloc != started) && side.cancel.is_none() && !side.cancelled {
-        side.cancel = Some("the servers ended the migration".into());
+        side.cancel = Some("cancelled: the servers ended it".into());
     }
 }
 
