@@ -546,3 +546,36 @@ fn root_vm_source_agent_killed_mid_migration_the_servers_fail_it_and_the_agent_r
     let log = std::fs::read_to_string(c.data.join(format!("logs/n{k}.log"))).unwrap();
     assert!(log.contains("re-attached over QMP"), "{log}");
 }
+
+#[test]
+fn root_vm_migration_that_cannot_converge_switches_to_post_copy_when_allowed() {
+    let c = cluster();
+    // A 1 ms budget at 4 MiB/s: pre-copy never gets the guest's last dirty
+    // pages across within the pause it may take.
+    let src = start_counting(
+        &c,
+        "post",
+        ", timeout = \"60s\", max_downtime = \"1ms\", max_bandwidth = \"4MiB\", post_copy = true",
+    );
+    let id = src.id.to_string();
+    let out = c.cli(&["alloc", "migrate", &id]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
+    assert!(text.contains("(post-copy)"), "{text}");
+    let moved = assert_moved_live(&c, "post", &src);
+    let a = alloc(&c, &id);
+    let done = a
+        .migration_status
+        .and_then(|s| s.completed)
+        .expect("the source's final figures");
+    assert!(done.post_copy, "{done:?}");
+    eprintln!("post-copy migration: {done:?}; CLI: {text}");
+    assert!(
+        a.events
+            .iter()
+            .any(|e| e.kind == "Migration Completed" && e.message.contains("post-copy")),
+        "{:?}",
+        a.events
+    );
+    assert_ne!(moved.node_name, src.node_name);
+}

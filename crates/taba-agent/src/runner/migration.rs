@@ -297,12 +297,13 @@ async fn outgoing(s: Arc<Shared>, lm: LiveMigration, to: MigrationIncoming) {
                     transferred: stats.transferred,
                     elapsed_ms: stats.total_ms,
                     downtime_ms: Some(stats.downtime_ms),
+                    post_copy: stats.post_copy,
                     ..Default::default()
                 })
             });
             s.outgoing.send_replace(Outgoing::Sent);
             tracing::info!(alloc = %s.id, to = %lm.target_node_name, total_ms = stats.total_ms,
-                downtime_ms = stats.downtime_ms, "live migration completed");
+                downtime_ms = stats.downtime_ms, post_copy = stats.post_copy, "live migration completed");
         }
         Err(why) => {
             tracing::warn!(alloc = %s.id, to = %lm.target_node_name, "live migration failed: {why}");

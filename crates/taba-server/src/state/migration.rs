@@ -336,10 +336,11 @@ fn record_progress(a: &mut Allocation, r: &MigrationReport, now: u64) {
             now,
             "Migration Completed",
             format!(
-                "state sent: {} bytes in {} ms, paused {} ms",
+                "state sent: {} bytes in {} ms, paused {} ms{}",
                 done.transferred,
                 done.elapsed_ms,
-                done.downtime_ms.unwrap_or(0)
+                done.downtime_ms.unwrap_or(0),
+                if done.post_copy { ", ended in post-copy" } else { "" }
             ),
         ));
     }

@@ -277,10 +277,11 @@ fn done(
     let stats = figures(&cur)
         .map(|s| {
             format!(
-                ": {} MiB in {} ms, paused {} ms",
+                ": {} MiB in {} ms, paused {} ms{}",
                 s.transferred >> 20,
                 s.elapsed_ms,
-                s.downtime_ms.unwrap_or(0)
+                s.downtime_ms.unwrap_or(0),
+                if s.post_copy { " (post-copy)" } else { "" }
             )
         })
         .unwrap_or_default();
