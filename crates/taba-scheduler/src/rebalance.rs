@@ -174,6 +174,10 @@ fn movable(a: &Allocation) -> bool {
             ClientStatus::Running | ClientStatus::Pending
         )
         && a.migrate.is_none()
+        // Not while it takes part in a live migration; a VM moves live, so
+        // only once it runs.
+        && a.live_migration.is_none()
+        && (!a.group_spec.migrates_live() || a.client_status == ClientStatus::Running)
 }
 
 /// Moves in flight per group of `a`'s job: requested moves not yet carried
