@@ -619,6 +619,37 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_migration_ends_with_who_cancelled_it_on_both_sides() {
+        let (mut s, mut t) = pair();
+        for a in [&mut s, &mut t] {
+            let lm = a.live_migration.as_mut().unwrap();
+            lm.cancel = Some("cancelled by token \"ops\"".into());
+        }
+        let mut s2 = s.clone();
+        let t2 = migration_step(
+            &s,
+            &mut s2,
+            Some(&t),
+            report(|r| r.failed = Some("migration cancelled by token \"ops\"".into())),
+            1,
+        )
+        .unwrap();
+        assert!(s2.live_migration.is_none() && s2.desired_status == DesiredStatus::Run);
+        assert_eq!(t2.desired_status, DesiredStatus::Stop);
+        for a in [&s2, &t2] {
+            let ev = a.events.last().unwrap();
+            assert_eq!(ev.kind, "Migration Cancelled");
+            assert_eq!(ev.message, "live migration to node n2 cancelled by token \"ops\"");
+        }
+        // The source had sent its state: the target takes over, no cancel.
+        let (s, _) = pair();
+        let mut done = s.clone();
+        done.migration_status = report(|r| r.completed = Some(MigrationProgress::default()));
+        assert!(state_sent(&done, done.live_migration.as_ref().unwrap()));
+        assert!(!state_sent(&s, s.live_migration.as_ref().unwrap()));
+    }
+
+    #[test]
     fn a_failure_stops_the_target_and_leaves_the_source_running() {
         // Reported by the source.
         let (s, t) = pair();
