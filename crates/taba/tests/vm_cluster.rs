@@ -332,7 +332,10 @@ fn wait_streaming(c: &DevCluster, src: &Allocation) -> Allocation {
     let mut target = None;
     c.wait_for("the migration streaming", Duration::from_secs(120), || {
         let a = alloc(c, src.id.as_str());
-        let streaming = a.live_migration.as_ref().is_some_and(|m| m.incoming.is_some())
+        let streaming = a
+            .live_migration
+            .as_ref()
+            .is_some_and(|m| m.incoming.is_some())
             && a.migration_status
                 .as_ref()
                 .is_some_and(|s| s.progress.as_ref().is_some_and(|p| p.transferred > 0));
@@ -348,7 +351,12 @@ fn wait_streaming(c: &DevCluster, src: &Allocation) -> Allocation {
 /// with the same QEMU, its count never skipped nor restarted, the target
 /// is stopped with `kind` saying why; `kind`'s event on the source. The
 /// source's last event of that kind.
-fn assert_runs_on_source(c: &DevCluster, src: &Allocation, target: &Allocation, kind: &str) -> String {
+fn assert_runs_on_source(
+    c: &DevCluster,
+    src: &Allocation,
+    target: &Allocation,
+    kind: &str,
+) -> String {
     let src_pid = src.task_states["guest"].pid.unwrap();
     c.wait_for("the migration ended", Duration::from_secs(120), || {
         alloc(c, src.id.as_str()).live_migration.is_none()
@@ -410,7 +418,11 @@ fn root_vm_migration_cancelled_by_flag_or_ctrl_c_leaves_the_guest_on_its_source(
     // Nothing to cancel: a clear refusal.
     let out = c.cli(&["alloc", "migrate", &id, "--cancel"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("is not migrating"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not migrating"),
+        "{}",
+        stderr(&out)
+    );
 
     // 1. `--cancel` from another terminal: the follower ends with the reason.
     let follower = follow_migration(&c, &id);
@@ -438,12 +450,18 @@ fn root_vm_migration_cancelled_by_flag_or_ctrl_c_leaves_the_guest_on_its_source(
     let f = follower.wait_with_output().unwrap();
     assert!(!f.status.success(), "{f:?}");
     let e = stderr(&f);
-    assert!(e.contains("Ctrl-C: cancelling") && e.contains("cancelled by"), "{e}");
+    assert!(
+        e.contains("Ctrl-C: cancelling") && e.contains("cancelled by"),
+        "{e}"
+    );
     assert_runs_on_source(&c, &src, &target, "Migration Cancelled");
     assert_target_gone(&c, &target);
     let a = alloc(&c, &id);
     assert_eq!(
-        a.events.iter().filter(|e| e.kind == "Migration Cancelled").count(),
+        a.events
+            .iter()
+            .filter(|e| e.kind == "Migration Cancelled")
+            .count(),
         2,
         "{:?}",
         a.events
@@ -463,7 +481,9 @@ fn root_vm_target_failures_mid_migration_leave_the_guest_on_its_source() {
 
     // 1. The target's QEMU killed mid-migration.
     let target = run(&c);
-    let qemu = target.task_states["guest"].pid.expect("the target QEMU's pid");
+    let qemu = target.task_states["guest"]
+        .pid
+        .expect("the target QEMU's pid");
     // SAFETY: kill(2) on the target QEMU of this test's cluster.
     #[allow(unsafe_code)]
     unsafe {
@@ -529,9 +549,11 @@ fn root_vm_source_agent_killed_mid_migration_the_servers_fail_it_and_the_agent_r
     let k: u32 = src.node_name[1..].parse().unwrap();
     c.kill_agent(k);
     let a = alloc(&c, &id);
-    c.wait_for("the servers failing the migration", Duration::from_secs(120), || {
-        alloc(&c, &id).live_migration.is_none()
-    });
+    c.wait_for(
+        "the servers failing the migration",
+        Duration::from_secs(120),
+        || alloc(&c, &id).live_migration.is_none(),
+    );
     let a2 = alloc(&c, &id);
     let why = &a2.events.last().unwrap().message;
     assert!(why.contains("migrate.timeout"), "{why}");

@@ -113,8 +113,10 @@ fn root_vm_migration_to_a_dead_target_leaves_the_source_running() {
     p.b.abort_incoming(&dst).unwrap();
     assert!(!p.b.inspect(&dst).unwrap());
     let e =
-        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| ControlFlow::Continue(()))
-            .unwrap_err();
+        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
     let e = taba_types::error_chain(&e);
     assert!(e.contains("migration"), "{e}");
     // The source runs on and keeps counting.
@@ -159,8 +161,10 @@ fn root_vm_live_migration_moves_the_local_disk() {
             .expect("the target waits for the VM and its disk");
     assert!(incoming.disks.is_some() && incoming.disk_count == 1);
     let stats =
-        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| ControlFlow::Continue(()))
-            .unwrap_or_else(|e| panic!("{}", taba_types::error_chain(&e)));
+        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_or_else(|e| panic!("{}", taba_types::error_chain(&e)));
     eprintln!("migration with a disk: {stats:?}");
     p.b.finish_incoming(&dst, Duration::from_secs(30)).unwrap();
     assert_eq!(p.a.wait(&src).unwrap().exit_code, Some(0));

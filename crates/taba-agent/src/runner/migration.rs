@@ -14,6 +14,12 @@
 //!   this node's advertised address, report `incoming`, then
 //!   `finish_incoming`; the task is `Running` only once the VM runs here.
 //!   A stop from the servers (the migration failed) aborts it.
+//! - Cancel: the servers set `cancel` ("cancelled by WHO") on the
+//!   migration; the source stops its stream through the driver's progress
+//!   callback (QMP `migrate_cancel`, [`cancel`]), or reports the migration
+//!   failed if none runs. A stream whose migration the servers ended or
+//!   replaced (failed on their side) is stopped the same way
+//!   ([`stop_ended_stream`]).
 //!
 //! What is reported rides on the allocation's normal status update
 //! ([`taba_types::wire::AllocUpdate::migration`]), so it is retried with it.

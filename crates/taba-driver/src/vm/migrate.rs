@@ -7,13 +7,17 @@
 //!                                               QMP migrate-incoming tcp:IP:0
 //!                                               QMP query-migrate -> socket-address: port P
 //!              <---------- Incoming {IP:P} ----
-//! QMP migrate-set-capabilities events, auto-converge
+//! QMP migrate-set-capabilities events, auto-converge (+ postcopy-ram on both sides)
 //! QMP migrate-set-parameters downtime-limit, max-bandwidth
 //! QMP migrate tcp:IP:P  ==== RAM pages, device state ====>
 //! QMP query-migrate every 50 ms -> progress      (loads state; autostarts when complete)
+//!   not converged (pass 1 done, timeout/4 gone), post-copy allowed:
+//!     QMP migrate-start-postcopy                (runs; faults pages in from the source)
 //!   completed: QMP quit (the source ends, exit 0)
-//!   failed / cancelled / timeout (migrate_cancel): the source runs on
-//!                                               finish_incoming: query-status running
+//!   cancel (progress says Break) / timeout, before post-copy: QMP migrate_cancel,
+//!     then QEMU's verdict: completed -> as above; cancelled/failed -> the source runs on
+//!                                               finish_incoming: query-status running and
+//!                                                 the incoming migration no longer post-copy
 //!                                               abort_incoming: killed, cgroup removed
 //! ```
 //!
@@ -422,11 +426,7 @@ async fn watch(
                     None => format!("failed: {why}"),
                 })));
             }
-            "cancelled" => {
-                return Ok(Err(failed(
-                    cancelled.unwrap_or_else(|| "cancelled".into()),
-                )))
-            }
+            "cancelled" => return Ok(Err(failed(cancelled.unwrap_or_else(|| "cancelled".into())))),
             _ => {}
         }
         post_copy |= status.starts_with("postcopy");

@@ -24,7 +24,14 @@
 //!                        both cleared: the move is done
 //! failed (either side, or the target ends) -> target stopped (it aborts),
 //!                        source cleared (it runs on), events say why
+//! cancel asked           cancel on both ---------> source: migrate_cancel,
+//!                                                  reports failed -> as above,
+//!                                                  events "Migration Cancelled"
 //! ```
+//!
+//! A migration also fails when a side's node goes down (`nodes.rs`) or its
+//! source stays silent past `migrate.timeout` + [`MIGRATION_GRACE`]
+//! ([`ServerState::expire_migrations`], run every second by the leader).
 
 use super::{job_key, ServerState, StateError};
 use crate::broker::now_ms;
@@ -166,7 +173,13 @@ impl ServerState {
             )
         };
         let (Some(mut source), Some(mut target)) = (source, target) else {
-            let end = Ending::of(&LiveMigration { cancel: Some(who), ..lm }, "");
+            let end = Ending::of(
+                &LiveMigration {
+                    cancel: Some(who),
+                    ..lm
+                },
+                "",
+            );
             abort_own(&mut a, &end, now);
             let index = self.commit_allocs(vec![a]).await?;
             return Ok(CancelMigrationResponse {
@@ -340,7 +353,11 @@ fn record_progress(a: &mut Allocation, r: &MigrationReport, now: u64) {
                 done.transferred,
                 done.elapsed_ms,
                 done.downtime_ms.unwrap_or(0),
-                if done.post_copy { ", ended in post-copy" } else { "" }
+                if done.post_copy {
+                    ", ended in post-copy"
+                } else {
+                    ""
+                }
             ),
         ));
     }
@@ -639,7 +656,10 @@ mod tests {
         for a in [&s2, &t2] {
             let ev = a.events.last().unwrap();
             assert_eq!(ev.kind, "Migration Cancelled");
-            assert_eq!(ev.message, "live migration to node n2 cancelled by token \"ops\"");
+            assert_eq!(
+                ev.message,
+                "live migration to node n2 cancelled by token \"ops\""
+            );
         }
         // The source had sent its state: the target takes over, no cancel.
         let (s, _) = pair();

@@ -181,7 +181,8 @@ impl ServerState {
                     .get(peer_id)
                     .cloned()
                     .or_else(|| self.find_alloc(peer_id.as_str()).ok());
-                if let Some(p) = super::migration::migration_step(&old, &mut a, peer.as_ref(), None, now)
+                if let Some(p) =
+                    super::migration::migration_step(&old, &mut a, peer.as_ref(), None, now)
                 {
                     peers.insert(p.id.clone(), p);
                 }
