@@ -29,6 +29,11 @@ fn cluster() -> DevCluster {
 
 /// A one-VM service whose guest counts in RAM (`taba.count`).
 fn vm_job(name: &str, migrate: &str) -> String {
+    vm_job_with(name, migrate, "taba.count")
+}
+
+/// [`vm_job`] with the guest's kernel command line.
+fn vm_job_with(name: &str, migrate: &str, cmdline: &str) -> String {
     format!(
         r#"
 name = "{name}"
@@ -43,7 +48,7 @@ migrate = {{ min_healthy_time = "1s", rebalance = false{migrate} }}
   driver = "vm"
   kernel = "current/vmlinuz"
   initrd = "current/initramfs.cpio"
-  cmdline = "taba.count"
+  cmdline = "{cmdline}"
   resources = {{ cpu = 500, memory = "256MiB" }}
   kill_timeout = "30s"
 "#
@@ -98,7 +103,12 @@ fn last_count(log: &str) -> u64 {
 
 /// Submit `job` and wait until its guest counts past 10; its allocation.
 fn start_counting(c: &DevCluster, job: &str, migrate: &str) -> Allocation {
-    let f = job_file(&c.data, job, &vm_job(job, migrate));
+    start_guest(c, job, migrate, "taba.count")
+}
+
+/// [`start_counting`] with the guest's kernel command line.
+fn start_guest(c: &DevCluster, job: &str, migrate: &str, cmdline: &str) -> Allocation {
+    let f = job_file(&c.data, job, &vm_job_with(job, migrate, cmdline));
     let out = c.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     let mut found = None;
@@ -572,13 +582,15 @@ fn root_vm_source_agent_killed_mid_migration_the_servers_fail_it_and_the_agent_r
 #[test]
 fn root_vm_migration_that_cannot_converge_switches_to_post_copy_when_allowed() {
     let c = cluster();
-    // A 1 ms budget at 4 MiB/s: pre-copy never gets the guest's last dirty
-    // pages across within the pause it may take.
-    let src = start_counting(
+    // A guest rewriting 16 MiB of its RAM, a 1 ms budget at 4 MiB/s:
+    // pre-copy never gets the dirty pages across within the pause it may take.
+    let src = start_guest(
         &c,
         "post",
         ", timeout = \"60s\", max_downtime = \"1ms\", max_bandwidth = \"4MiB\", post_copy = true",
+        "taba.count taba.dirty",
     );
+    assert!(console(&c, &src).contains("taba-dirty: rewriting"));
     let id = src.id.to_string();
     let out = c.cli(&["alloc", "migrate", &id]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
