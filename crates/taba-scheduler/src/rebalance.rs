@@ -694,6 +694,39 @@ mod tests {
     }
 
     #[test]
+    fn allocations_in_a_live_migration_are_not_moved() {
+        let mut s = laid_out(&[("n1", 6), ("n2", 0)]);
+        let per_alloc = |_: &Allocation| {
+            Some(Load {
+                cpu_mhz: 600,
+                memory: 100 * MIB,
+            })
+        };
+        let cfg = RebalanceConfig::default();
+        let l = loads(&s, &[("n1", 3600, 600), ("n2", 100, 100)]);
+        assert_eq!(
+            plan_moves(&s, &l, per_alloc, &BTreeMap::new(), &cfg, 0).len(),
+            1
+        );
+        for mut a in s.allocs().cloned().collect::<Vec<_>>() {
+            a.live_migration = Some(LiveMigration {
+                source_alloc: a.id.clone(),
+                source_node: a.node_id.clone(),
+                target_alloc: AllocId::from("t"),
+                target_node: s.node_by_name("n2").unwrap().id.clone(),
+                target_node_name: "n2".into(),
+                reason: "test".into(),
+                started_at: 0,
+                source_accel: None,
+                incoming: None,
+                cancel: None,
+            });
+            s.upsert_alloc(a);
+        }
+        assert!(plan_moves(&s, &l, per_alloc, &BTreeMap::new(), &cfg, 0).is_empty());
+    }
+
+    #[test]
     fn opted_out_groups_and_system_jobs_are_not_moved() {
         let mut s = ClusterState::new();
         for n in ["n1", "n2"] {

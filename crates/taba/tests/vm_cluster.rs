@@ -597,11 +597,13 @@ fn root_vm_migration_that_cannot_converge_switches_to_post_copy_when_allowed() {
     assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
     assert!(text.contains("(post-copy)"), "{text}");
     let moved = assert_moved_live(&c, "post", &src);
+    c.wait_for("the source's final figures", Duration::from_secs(30), || {
+        alloc(&c, &id)
+            .migration_status
+            .is_some_and(|s| s.completed.is_some())
+    });
     let a = alloc(&c, &id);
-    let done = a
-        .migration_status
-        .and_then(|s| s.completed)
-        .expect("the source's final figures");
+    let done = a.migration_status.clone().unwrap().completed.unwrap();
     assert!(done.post_copy, "{done:?}");
     eprintln!("post-copy migration: {done:?}; CLI: {text}");
     assert!(

@@ -196,6 +196,11 @@ impl ServerState {
                 "{whose} cannot be cancelled: the source has sent its state, the target takes over"
             )));
         }
+        if in_post_copy(&source, &lm) {
+            return Err(StateError::Conflict(format!(
+                "{whose} cannot be cancelled: it switched to post-copy, the VM runs on the target"
+            )));
+        }
         if lm.cancel.is_some() {
             return Ok(CancelMigrationResponse {
                 index: self.index(),
@@ -225,7 +230,9 @@ impl ServerState {
     /// Fail the live migrations whose source has been silent past the
     /// group's `migrate.timeout` plus [`MIGRATION_GRACE`] (its agent died or
     /// is cut off): the target is stopped, the source (whose workload runs
-    /// on where it was; its agent re-adopts it) is cleared.
+    /// on where it was; its agent re-adopts it) is cleared. Not once the
+    /// source sent its state or switched to post-copy: the target has the
+    /// workload then.
     pub async fn expire_migrations(&self, now: u64) -> Result<usize, StateError> {
         let overdue: Vec<(Allocation, LiveMigration)> = {
             let c = self.cluster();
@@ -234,7 +241,8 @@ impl ServerState {
                     let lm = a.live_migration.clone()?;
                     let limit = a.group_spec.migrate.timeout.as_duration() + MIGRATION_GRACE;
                     let late = now > lm.started_at + limit.as_millis() as u64;
-                    (late && !state_sent(a, &lm)).then(|| (a.clone(), lm))
+                    let ending = state_sent(a, &lm) || in_post_copy(a, &lm);
+                    (late && !ending).then(|| (a.clone(), lm))
                 })
                 .collect()
         };
@@ -245,7 +253,10 @@ impl ServerState {
                 continue;
             };
             // It may have moved on while we waited for the lock.
-            if source.live_migration.as_ref() != Some(&lm) || state_sent(&source, &lm) {
+            if source.live_migration.as_ref() != Some(&lm)
+                || state_sent(&source, &lm)
+                || in_post_copy(&source, &lm)
+            {
                 continue;
             }
             let why = format!(
@@ -497,6 +508,14 @@ fn abort_own(a: &mut Allocation, end: &Ending, now: u64) {
     }
     a.push_event(AllocEvent::system(now, end.kind, end.message.clone()));
     a.modify_time = now;
+}
+
+/// Whether the source of `lm` reported the switch to post-copy (the target
+/// runs the workload already: it can no longer be cancelled or timed out).
+fn in_post_copy(source: &Allocation, lm: &LiveMigration) -> bool {
+    source.migration_status.as_ref().is_some_and(|s| {
+        s.target_alloc == lm.target_alloc && s.progress.as_ref().is_some_and(|p| p.post_copy)
+    })
 }
 
 /// Whether the source of `lm` has sent its state (the target holds the

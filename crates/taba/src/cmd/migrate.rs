@@ -37,8 +37,9 @@ pub struct MigrateArgs {
 
 /// Polling interval while following a move.
 const POLL: Duration = Duration::from_millis(250);
-/// How long the CLI waits for a finished live migration's figures.
-const FIGURES_WAIT: Duration = Duration::from_secs(5);
+/// How long the CLI waits for a finished live migration's figures (the
+/// source reports them once its QEMU has ended, which may take up to 10 s).
+const FIGURES_WAIT: Duration = Duration::from_secs(15);
 /// How long past the group's `migrate.timeout` the CLI still waits.
 const SLACK: Duration = Duration::from_secs(120);
 
