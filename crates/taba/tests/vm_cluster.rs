@@ -27,13 +27,9 @@ fn cluster() -> DevCluster {
     )
 }
 
-/// A one-VM service whose guest counts in RAM (`taba.count`).
-fn vm_job(name: &str, migrate: &str) -> String {
-    vm_job_with(name, migrate, "taba.count")
-}
-
-/// [`vm_job`] with the guest's kernel command line.
-fn vm_job_with(name: &str, migrate: &str, cmdline: &str) -> String {
+/// A one-VM service whose guest runs with `cmdline` (`taba.count`: it
+/// counts in RAM).
+fn vm_job(name: &str, migrate: &str, cmdline: &str) -> String {
     format!(
         r#"
 name = "{name}"
@@ -108,7 +104,7 @@ fn start_counting(c: &DevCluster, job: &str, migrate: &str) -> Allocation {
 
 /// [`start_counting`] with the guest's kernel command line.
 fn start_guest(c: &DevCluster, job: &str, migrate: &str, cmdline: &str) -> Allocation {
-    let f = job_file(&c.data, job, &vm_job_with(job, migrate, cmdline));
+    let f = job_file(&c.data, job, &vm_job(job, migrate, cmdline));
     let out = c.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     let mut found = None;
@@ -569,14 +565,22 @@ fn root_vm_source_agent_killed_mid_migration_the_servers_fail_it_and_the_agent_r
     assert!(why.contains("migrate.timeout"), "{why}");
     assert_target_gone(&c, &target);
     c.restart_agent(k);
+    let log = c.data.join(format!("logs/n{k}.log"));
+    c.wait_for(
+        "the agent re-attached to the source's QEMU",
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("re-attached over QMP")),
+    );
     let src_pid = a.task_states["guest"].pid.unwrap();
-    c.wait_for("the source re-adopted", Duration::from_secs(60), || {
-        let x = alloc(&c, &id);
-        running(&x) && x.task_states["guest"].pid == Some(src_pid)
-    });
+    c.wait_for(
+        "the source reported running",
+        Duration::from_secs(60),
+        || {
+            let x = alloc(&c, &id);
+            running(&x) && x.task_states["guest"].pid == Some(src_pid)
+        },
+    );
     assert_runs_on_source(&c, &src, &target, "Migration Failed");
-    let log = std::fs::read_to_string(c.data.join(format!("logs/n{k}.log"))).unwrap();
-    assert!(log.contains("re-attached over QMP"), "{log}");
 }
 
 #[test]
@@ -597,11 +601,15 @@ fn root_vm_migration_that_cannot_converge_switches_to_post_copy_when_allowed() {
     assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
     assert!(text.contains("(post-copy)"), "{text}");
     let moved = assert_moved_live(&c, "post", &src);
-    c.wait_for("the source's final figures", Duration::from_secs(30), || {
-        alloc(&c, &id)
-            .migration_status
-            .is_some_and(|s| s.completed.is_some())
-    });
+    c.wait_for(
+        "the source's final figures",
+        Duration::from_secs(30),
+        || {
+            alloc(&c, &id)
+                .migration_status
+                .is_some_and(|s| s.completed.is_some())
+        },
+    );
     let a = alloc(&c, &id);
     let done = a.migration_status.clone().unwrap().completed.unwrap();
     assert!(done.post_copy, "{done:?}");
