@@ -1189,7 +1189,7 @@ impl DevCluster {
             "the killed agent gone",
             Duration::from_secs(10),
             || self.agent_pid(k).is_none(),
-            || String::new(),
+            String::new,
         );
     }
 
