@@ -24,6 +24,9 @@
 #   - with `taba.count` on the kernel command line, keeps a counter in RAM
 #     and prints `taba-count N` every 100 ms (live migration tests: the
 #     count goes on across a migration, a reboot would restart it at 1),
+#   - with `taba.dirty` rewrites 16 MiB of its RAM with random bytes up to
+#     five times a second (a guest that dirties memory faster than a slow
+#     migration moves it),
 #   - with `taba.disk` mounts /dev/vda (ext2/ext4 or made one), appends the
 #     boot id to `boots` there and prints `taba-disk: N boots`,
 #   - with `taba.console` prints `taba-console: ready` and answers every line
@@ -82,6 +85,13 @@ case \$cmdline in *" taba.console "*)
   while read -r line; do
     echo "taba-echo: \$line"
   done
+  ;;
+esac
+case \$cmdline in *" taba.dirty "*)
+  # 16 MiB of RAM rewritten with random bytes, five times a second at most
+  # (the rest of the vCPU stays for the counter).
+  (while :; do dd if=/dev/urandom of=/dirty bs=1M count=16 conv=notrunc 2>/dev/null; usleep 200000; done) &
+  echo "taba-dirty: rewriting 16 MiB"
   ;;
 esac
 case \$cmdline in *" taba.count "*)

@@ -621,6 +621,14 @@ impl Client {
         Self::json(self.finish(r)?)
     }
 
+    /// `POST /v1/allocations/{id}/migrate/cancel`: cancel its live migration.
+    pub fn cancel_migration(&self, id: &str) -> Result<CancelMigrationResponse, ClientError> {
+        Self::json(self.finish(self.req(
+            Method::POST,
+            &format!("/v1/allocations/{}/migrate/cancel", seg(id)),
+        ))?)
+    }
+
     /// `GET /v1/allocations/{id}/logs`: a stream of the task's stdout or stderr.
     /// With `follow`, the stream stays open and yields new output.
     pub fn alloc_logs(

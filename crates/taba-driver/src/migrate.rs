@@ -18,6 +18,7 @@
 
 use crate::{Driver, DriverError, TaskConfig, TaskHandle};
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 /// Where a prepared target takes the workload's state.
@@ -44,6 +45,11 @@ pub struct MigrationPolicy {
     pub auto_converge: bool,
     /// Bytes per second the stream may use (0: as fast as it goes).
     pub max_bandwidth: u64,
+    /// Switch to post-copy when pre-copy does not converge: the target
+    /// runs before all memory moved and fetches the rest from the source.
+    /// Off by default: once switched, a failure of the target or the
+    /// network loses the workload (its state is split between the two).
+    pub post_copy: bool,
 }
 
 impl Default for MigrationPolicy {
@@ -53,6 +59,7 @@ impl Default for MigrationPolicy {
             timeout: Duration::from_secs(600),
             auto_converge: true,
             max_bandwidth: 0,
+            post_copy: false,
         }
     }
 }
@@ -70,6 +77,10 @@ pub struct MigrationProgress {
     pub dirty_pages_rate: u64,
     /// What the pause would be if the switch-over came now, ms.
     pub expected_downtime_ms: Option<u64>,
+    /// How much auto-converge slows the workload now, percent.
+    pub throttle_pct: u64,
+    /// The migration runs in post-copy (the target runs already).
+    pub post_copy: bool,
 }
 
 /// A completed migration.
@@ -81,6 +92,8 @@ pub struct MigrationStats {
     pub downtime_ms: u64,
     /// Bytes sent.
     pub transferred: u64,
+    /// It ended in post-copy.
+    pub post_copy: bool,
 }
 
 /// A driver that can move a running task between nodes.
@@ -99,13 +112,15 @@ pub trait Migratable: Driver {
     fn source_info(&self, h: &TaskHandle) -> Result<SourceInfo, DriverError>;
 
     /// On the source: send the running task to `to`; blocks until it is
-    /// done. On any error the task keeps running here, as before.
+    /// done. `progress` is called while it runs; its `Break(why)` cancels
+    /// the migration (unless it has completed or switched to post-copy
+    /// meanwhile). On any error the task keeps running here, as before.
     fn migrate_out(
         &self,
         h: &TaskHandle,
         to: &Incoming,
         policy: &MigrationPolicy,
-        progress: &mut dyn FnMut(&MigrationProgress),
+        progress: &mut dyn FnMut(&MigrationProgress) -> ControlFlow<String>,
     ) -> Result<MigrationStats, DriverError>;
 
     /// On the target, after the source completed: wait until the task runs.
@@ -121,6 +136,10 @@ pub trait Migratable: Driver {
 pub struct SourceInfo {
     /// `kvm` or `tcg`.
     pub accel: taba_types::vm::VmAccel,
+    /// The source may switch to post-copy (the group's policy allows it):
+    /// the target must be ready for it too.
+    #[serde(default)]
+    pub post_copy: bool,
 }
 
 /// How long a finished migration's source QEMU has to end.

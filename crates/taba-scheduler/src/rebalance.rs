@@ -174,6 +174,10 @@ fn movable(a: &Allocation) -> bool {
             ClientStatus::Running | ClientStatus::Pending
         )
         && a.migrate.is_none()
+        // Not while it takes part in a live migration; a VM moves live, so
+        // only once it runs.
+        && a.live_migration.is_none()
+        && (!a.group_spec.migrates_live() || a.client_status == ClientStatus::Running)
 }
 
 /// Moves in flight per group of `a`'s job: requested moves not yet carried
@@ -687,6 +691,39 @@ mod tests {
             plan_moves(&s, &l, per_alloc, &BTreeMap::new(), &cfg, 0).len(),
             1
         );
+    }
+
+    #[test]
+    fn allocations_in_a_live_migration_are_not_moved() {
+        let mut s = laid_out(&[("n1", 6), ("n2", 0)]);
+        let per_alloc = |_: &Allocation| {
+            Some(Load {
+                cpu_mhz: 600,
+                memory: 100 * MIB,
+            })
+        };
+        let cfg = RebalanceConfig::default();
+        let l = loads(&s, &[("n1", 3600, 600), ("n2", 100, 100)]);
+        assert_eq!(
+            plan_moves(&s, &l, per_alloc, &BTreeMap::new(), &cfg, 0).len(),
+            1
+        );
+        for mut a in s.allocs().cloned().collect::<Vec<_>>() {
+            a.live_migration = Some(LiveMigration {
+                source_alloc: a.id.clone(),
+                source_node: a.node_id.clone(),
+                target_alloc: AllocId::from("t"),
+                target_node: s.node_by_name("n2").unwrap().id.clone(),
+                target_node_name: "n2".into(),
+                reason: "test".into(),
+                started_at: 0,
+                source_accel: None,
+                incoming: None,
+                cancel: None,
+            });
+            s.upsert_alloc(a);
+        }
+        assert!(plan_moves(&s, &l, per_alloc, &BTreeMap::new(), &cfg, 0).is_empty());
     }
 
     #[test]

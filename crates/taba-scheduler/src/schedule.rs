@@ -658,6 +658,7 @@ impl<'a> Scheduler<'a> {
             started_at: self.now,
             source_accel: None,
             incoming: None,
+            cancel: None,
         };
         n.live_migration = Some(lm.clone());
         self.plan.placements.push(n);

@@ -1234,6 +1234,16 @@ impl ClusterState {
             .filter_map(|s| self.get_transient(*s))
     }
 
+    /// The sources of live migrations in progress. Compact records never
+    /// carry a migration, so only full ones are looked at: cheap enough for
+    /// a check every second on a large cluster.
+    pub fn live_migration_sources(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocs.iter().filter_map(|s| match s {
+            Stored::Full(a) if a.is_migration_source() => Some(&**a),
+            _ => None,
+        })
+    }
+
     /// Every allocation.
     pub fn allocs(&self) -> impl Iterator<Item = &Allocation> {
         (0..self.allocs.len() as u32).filter_map(|s| self.get(s))

@@ -267,7 +267,7 @@ async fn serve_listener(
 }
 
 /// Starts the leader's background work on `state`: the plan applier, `workers` scheduler
-/// workers, the heartbeat monitor, the drainer and the rebalancer.
+/// workers, the heartbeat monitor, the drainer, the migration watch and the rebalancer.
 pub(crate) fn spawn_background(state: &Arc<ServerState>, workers: usize) -> Vec<JoinHandle<()>> {
     let (plans, applier) = workers::spawn_applier(state.clone());
     let mut tasks = vec![applier];
@@ -277,6 +277,7 @@ pub(crate) fn spawn_background(state: &Arc<ServerState>, workers: usize) -> Vec<
     drop(plans);
     tasks.push(workers::spawn_heartbeat_monitor(state.clone()));
     tasks.push(workers::spawn_drainer(state.clone()));
+    tasks.push(workers::spawn_migration_watch(state.clone()));
     if state.config.rebalance.enabled {
         tasks.push(workers::spawn_rebalancer(state.clone()));
     }

@@ -1221,7 +1221,11 @@ impl ServerState {
             let mut jobs: BTreeMap<(String, String), ()> = BTreeMap::new();
             for m in moves {
                 let Some(a) = c.alloc(&m.alloc) else { continue };
-                if !a.is_live() || a.migrate.is_some() || a.node_id != m.from {
+                if !a.is_live()
+                    || a.migrate.is_some()
+                    || a.live_migration.is_some()
+                    || a.node_id != m.from
+                {
                     continue;
                 }
                 let mut a = a.clone();
@@ -1229,7 +1233,8 @@ impl ServerState {
                     reason: m.reason.clone(),
                     to: Some(m.to.clone()),
                     requested_at: now,
-                    live: false,
+                    // VMs move live, as on a drain; the rest restart on the target.
+                    live: a.group_spec.migrates_live(),
                 });
                 a.modify_time = now;
                 allocs.push(a);

@@ -160,6 +160,31 @@ pub fn spawn_heartbeat_monitor(state: Arc<ServerState>) -> tokio::task::JoinHand
     })
 }
 
+/// Watches live migrations: one whose source has not reported its end by
+/// the group's `migrate.timeout` plus a grace is failed
+/// ([`ServerState::expire_migrations`]), so a dead or cut-off source agent
+/// never holds a target for ever.
+pub fn spawn_migration_watch(state: Arc<ServerState>) -> tokio::task::JoinHandle<()> {
+    let tick = Duration::from_secs(1);
+    let mut stop = state.shutdown.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            match state.expire_migrations(now_ms()).await {
+                Ok(_) => {}
+                Err(StateError::ShuttingDown) => return,
+                Err(e) => tracing::error!(error = %e, "cannot fail overdue migrations"),
+            }
+        }
+    })
+}
+
 /// The rebalancer: every `rebalance.interval`, plan moves off hot nodes from
 /// the measured use agents report ([`taba_scheduler::rebalance`]) and ask
 /// for them; the jobs' evaluations carry them out. Each node that gave or

@@ -232,6 +232,8 @@ pub struct MigrateRequest {
 /// target agent: prepare_incoming (source_accel), reports incoming -> copied to both
 /// source agent: migrate_out(incoming, group.migrate), reports progress,
 ///               then completed (or failed)
+/// server: cancel asked -> cancel set on both -> source agent cancels its
+///         stream and reports failed ("cancelled by WHO")
 /// target agent: finish_incoming -> task running
 /// server: target running -> source stopped "migrated to NODE", both cleared
 ///         any failure   -> target stopped (aborts), source cleared (runs on)
@@ -258,6 +260,11 @@ pub struct LiveMigration {
     /// Where the prepared target takes the state, from the target agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incoming: Option<MigrationIncoming>,
+    /// A cancel asked for (`alloc migrate --cancel`), with who asked: the
+    /// source agent cancels its stream (unless it completed meanwhile) and
+    /// reports the migration failed with this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<String>,
 }
 
 /// Where a prepared migration target takes a workload's state.
@@ -316,6 +323,16 @@ pub struct MigrationProgress {
     /// Since the stream started, ms.
     #[serde(default)]
     pub elapsed_ms: u64,
+    /// How much auto-converge slows the guest now, percent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub throttle_pct: u64,
+    /// The migration switched to post-copy (the target runs already).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_copy: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Measured usage of an allocation.

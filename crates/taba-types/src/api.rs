@@ -64,6 +64,15 @@ pub struct MigrateAllocRequest {
     pub to: Option<String>,
 }
 
+/// Reply to `POST /v1/allocations/{id}/migrate/cancel`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelMigrationResponse {
+    /// Store index of the write.
+    pub index: u64,
+    /// What happens, in a sentence for the CLI.
+    pub message: String,
+}
+
 /// Reply to `POST /v1/allocations/{id}/migrate`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrateAllocResponse {

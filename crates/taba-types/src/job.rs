@@ -225,6 +225,13 @@ pub struct MigratePolicy {
     /// Live migration: bytes per second the stream may use (0: no cap).
     #[serde(default)]
     pub max_bandwidth: ByteSize,
+    /// Live migration: when pre-copy does not converge (after its first
+    /// pass and a quarter of `timeout`), switch to post-copy: the guest runs
+    /// on the target at once and fetches the memory still missing from
+    /// the source. Off by default: after the switch a failure of the
+    /// target or the network loses the VM, and cancel is no longer possible.
+    #[serde(default)]
+    pub post_copy: bool,
     /// VMs with local disks: whether the servers restart them elsewhere
     /// (from their base images, the disks' changes lost) when their node is
     /// lost. Off by default: such a VM waits for its node to come back.
@@ -281,6 +288,7 @@ impl Default for MigratePolicy {
             timeout: default_migrate_timeout(),
             auto_converge: true,
             max_bandwidth: ByteSize(0),
+            post_copy: false,
             restart_on_node_loss: false,
         }
     }

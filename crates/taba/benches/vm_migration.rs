@@ -139,8 +139,10 @@ fn driver_run(mib: u64, cmdline: &str) -> Sample {
             .unwrap();
     let start = Instant::now();
     let stats =
-        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {})
-            .unwrap();
+        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
     let wall_ms = start.elapsed().as_millis() as u64;
     p.b.finish_incoming(&dst, Duration::from_secs(30)).unwrap();
     let _ = p.a.wait(&src);

@@ -27,8 +27,9 @@ fn cluster() -> DevCluster {
     )
 }
 
-/// A one-VM service whose guest counts in RAM (`taba.count`).
-fn vm_job(name: &str, migrate: &str) -> String {
+/// A one-VM service whose guest runs with `cmdline` (`taba.count`: it
+/// counts in RAM).
+fn vm_job(name: &str, migrate: &str, cmdline: &str) -> String {
     format!(
         r#"
 name = "{name}"
@@ -43,7 +44,7 @@ migrate = {{ min_healthy_time = "1s", rebalance = false{migrate} }}
   driver = "vm"
   kernel = "current/vmlinuz"
   initrd = "current/initramfs.cpio"
-  cmdline = "taba.count"
+  cmdline = "{cmdline}"
   resources = {{ cpu = 500, memory = "256MiB" }}
   kill_timeout = "30s"
 "#
@@ -98,7 +99,12 @@ fn last_count(log: &str) -> u64 {
 
 /// Submit `job` and wait until its guest counts past 10; its allocation.
 fn start_counting(c: &DevCluster, job: &str, migrate: &str) -> Allocation {
-    let f = job_file(&c.data, job, &vm_job(job, migrate));
+    start_guest(c, job, migrate, "taba.count")
+}
+
+/// [`start_counting`] with the guest's kernel command line.
+fn start_guest(c: &DevCluster, job: &str, migrate: &str, cmdline: &str) -> Allocation {
+    let f = job_file(&c.data, job, &vm_job(job, migrate, cmdline));
     let out = c.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     let mut found = None;
@@ -320,4 +326,300 @@ migrate = { min_healthy_time = "1s", rebalance = false }
     assert!(alloc(&c, src.id.as_str())
         .desired_description
         .starts_with("moved to another node"));
+}
+
+/// A migration of `job` slowed to 1 MiB/s (about a minute for the test
+/// guest) that stays in pre-copy: what the cancel and failure tests break.
+const SLOW: &str = ", timeout = \"5m\", max_bandwidth = \"1MiB\"";
+
+/// Wait until the live migration of `src` streams (the target listens and
+/// the source reports progress); the migration's target allocation.
+fn wait_streaming(c: &DevCluster, src: &Allocation) -> Allocation {
+    let mut target = None;
+    c.wait_for("the migration streaming", Duration::from_secs(120), || {
+        let a = alloc(c, src.id.as_str());
+        let streaming = a
+            .live_migration
+            .as_ref()
+            .is_some_and(|m| m.incoming.is_some())
+            && a.migration_status
+                .as_ref()
+                .is_some_and(|s| s.progress.as_ref().is_some_and(|p| p.transferred > 0));
+        if streaming {
+            target = a.live_migration.map(|m| m.target_alloc);
+        }
+        streaming
+    });
+    alloc(c, target.unwrap().as_str())
+}
+
+/// After a migration of `src` ended without moving it: the source runs on
+/// with the same QEMU, its count never skipped nor restarted, the target
+/// is stopped with `kind` saying why; `kind`'s event on the source. The
+/// source's last event of that kind.
+fn assert_runs_on_source(
+    c: &DevCluster,
+    src: &Allocation,
+    target: &Allocation,
+    kind: &str,
+) -> String {
+    let src_pid = src.task_states["guest"].pid.unwrap();
+    c.wait_for("the migration ended", Duration::from_secs(120), || {
+        alloc(c, src.id.as_str()).live_migration.is_none()
+            && alloc(c, target.id.as_str())
+                .events
+                .iter()
+                .any(|e| e.kind == kind)
+    });
+    let a = alloc(c, src.id.as_str());
+    assert!(running(&a), "{a:?}");
+    assert!(pid_alive(src_pid), "the source QEMU is gone");
+    assert_eq!(a.task_states["guest"].pid, Some(src_pid));
+    let before = last_count(&console(c, &a));
+    c.wait_for("the source still counting", Duration::from_secs(60), || {
+        last_count(&console(c, &a)) > before + 10
+    });
+    let n = counts(&console(c, &a));
+    assert!(
+        n[0] == 1 && n.windows(2).all(|w| w[1] == w[0] + 1),
+        "the count on the source skipped or restarted: {n:?}"
+    );
+    let t = alloc(c, target.id.as_str());
+    assert_eq!(t.desired_status.to_string(), "stop", "{t:?}");
+    a.events
+        .iter()
+        .rev()
+        .find(|e| e.kind == kind)
+        .unwrap()
+        .message
+        .clone()
+}
+
+/// The QEMU of the migration target `target` is gone from its node.
+fn assert_target_gone(c: &DevCluster, target: &Allocation) {
+    let k: u32 = target.node_name[1..].parse().unwrap();
+    c.wait_for("the target's QEMU gone", Duration::from_secs(60), || {
+        !c.running_allocs(k).contains(&target.id.to_string())
+    });
+}
+
+/// `taba alloc migrate ID` following the migration, as a child process.
+fn follow_migration(c: &DevCluster, id: &str) -> std::process::Child {
+    std::process::Command::new(taba_bin())
+        .args(["alloc", "migrate", id])
+        .env("TABA_ADDR", &c.addr)
+        .env("TABA_TOKEN", &c.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("taba alloc migrate")
+}
+
+#[test]
+fn root_vm_migration_cancelled_by_flag_or_ctrl_c_leaves_the_guest_on_its_source() {
+    let c = cluster();
+    let src = start_counting(&c, "cancel", SLOW);
+    let id = src.id.to_string();
+
+    // Nothing to cancel: a clear refusal.
+    let out = c.cli(&["alloc", "migrate", &id, "--cancel"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not migrating"),
+        "{}",
+        stderr(&out)
+    );
+
+    // 1. `--cancel` from another terminal: the follower ends with the reason.
+    let follower = follow_migration(&c, &id);
+    let target = wait_streaming(&c, &src);
+    let out = c.cli(&["alloc", "migrate", &target.id.to_string(), "--cancel"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
+    assert!(text.contains("is being cancelled"), "{text}");
+    assert!(text.contains("cancelled by"), "{text}");
+    let f = follower.wait_with_output().unwrap();
+    assert!(!f.status.success(), "{f:?}");
+    assert!(stderr(&f).contains("cancelled by"), "{}", stderr(&f));
+    let why = assert_runs_on_source(&c, &src, &target, "Migration Cancelled");
+    assert!(why.contains("cancelled by"), "{why}");
+    assert_target_gone(&c, &target);
+
+    // 2. Ctrl-C on a following `taba alloc migrate`.
+    let follower = follow_migration(&c, &id);
+    let target = wait_streaming(&c, &src);
+    // SAFETY: kill(2) on the CLI process this test started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(follower.id() as i32, libc::SIGINT);
+    }
+    let f = follower.wait_with_output().unwrap();
+    assert!(!f.status.success(), "{f:?}");
+    let e = stderr(&f);
+    assert!(
+        e.contains("Ctrl-C: cancelling") && e.contains("cancelled by"),
+        "{e}"
+    );
+    assert_runs_on_source(&c, &src, &target, "Migration Cancelled");
+    assert_target_gone(&c, &target);
+    let a = alloc(&c, &id);
+    assert_eq!(
+        a.events
+            .iter()
+            .filter(|e| e.kind == "Migration Cancelled")
+            .count(),
+        2,
+        "{:?}",
+        a.events
+    );
+}
+
+#[test]
+fn root_vm_target_failures_mid_migration_leave_the_guest_on_its_source() {
+    let mut c = cluster();
+    let src = start_counting(&c, "tfail", SLOW);
+    let id = src.id.to_string();
+    let run = |c: &DevCluster| {
+        let out = c.cli(&["alloc", "migrate", &id, "--detach"]);
+        assert!(out.status.success(), "{out:?}");
+        wait_streaming(c, &src)
+    };
+
+    // 1. The target's QEMU killed mid-migration.
+    let target = run(&c);
+    let qemu = target.task_states["guest"]
+        .pid
+        .expect("the target QEMU's pid");
+    // SAFETY: kill(2) on the target QEMU of this test's cluster.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(qemu as i32, libc::SIGKILL);
+    }
+    let why = assert_runs_on_source(&c, &src, &target, "Migration Failed");
+    assert!(why.contains("failed"), "{why}");
+    assert_target_gone(&c, &target);
+
+    // 2. The target's agent killed mid-migration: its node goes down, the
+    //    migration fails; the agent back, the target QEMU it left is gone.
+    let target = run(&c);
+    let k: u32 = target.node_name[1..].parse().unwrap();
+    c.kill_agent(k);
+    let why = assert_runs_on_source(&c, &src, &target, "Migration Failed");
+    assert!(why.contains("node is down"), "{why}");
+    c.restart_agent(k);
+    c.wait_for("the target node back", Duration::from_secs(60), || {
+        c.client
+            .node(&target.node_name)
+            .is_ok_and(|n| n.status.to_string() == "ready")
+    });
+    assert_target_gone(&c, &target);
+
+    // 3. The target's link cut mid-migration.
+    let target = run(&c);
+    c.link(k, false);
+    let why = assert_runs_on_source(&c, &src, &target, "Migration Failed");
+    assert!(why.contains("node is down"), "{why}");
+    let out = c.cli(&["alloc", "status", &id]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Migration Failed"),
+        "{out:?}"
+    );
+    // The link back, the agent hears of the failure and ends its QEMU.
+    c.link(k, true);
+    assert_target_gone(&c, &target);
+}
+
+#[test]
+fn root_vm_source_agent_killed_mid_migration_the_servers_fail_it_and_the_agent_readopts_the_guest()
+{
+    // The nodes stay up while the source's agent is away (a long heartbeat
+    // TTL): the migration's own deadline (migrate.timeout + 30 s) fails it.
+    let guest = vm_guest_dir();
+    let mut c = DevCluster::start(
+        2,
+        &[
+            "--vm-image-dir",
+            guest.to_str().unwrap(),
+            "--vm-accel",
+            "tcg",
+            "--no-rebalance",
+            "--heartbeat-ttl",
+            "5m",
+        ],
+    );
+    let src = start_counting(&c, "sfail", ", timeout = \"10s\", max_bandwidth = \"1MiB\"");
+    let id = src.id.to_string();
+    let out = c.cli(&["alloc", "migrate", &id, "--detach"]);
+    assert!(out.status.success(), "{out:?}");
+    let target = wait_streaming(&c, &src);
+    let k: u32 = src.node_name[1..].parse().unwrap();
+    c.kill_agent(k);
+    let a = alloc(&c, &id);
+    c.wait_for(
+        "the servers failing the migration",
+        Duration::from_secs(120),
+        || alloc(&c, &id).live_migration.is_none(),
+    );
+    let a2 = alloc(&c, &id);
+    let why = &a2.events.last().unwrap().message;
+    assert!(why.contains("migrate.timeout"), "{why}");
+    assert_target_gone(&c, &target);
+    c.restart_agent(k);
+    let log = c.data.join(format!("logs/n{k}.log"));
+    c.wait_for(
+        "the agent re-attached to the source's QEMU",
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("re-attached over QMP")),
+    );
+    let src_pid = a.task_states["guest"].pid.unwrap();
+    c.wait_for(
+        "the source reported running",
+        Duration::from_secs(60),
+        || {
+            let x = alloc(&c, &id);
+            running(&x) && x.task_states["guest"].pid == Some(src_pid)
+        },
+    );
+    assert_runs_on_source(&c, &src, &target, "Migration Failed");
+}
+
+#[test]
+fn root_vm_migration_that_cannot_converge_switches_to_post_copy_when_allowed() {
+    let c = cluster();
+    // A guest rewriting 16 MiB of its RAM, a 1 ms budget at 4 MiB/s:
+    // pre-copy never gets the dirty pages across within the pause it may take.
+    let src = start_guest(
+        &c,
+        "post",
+        ", timeout = \"60s\", max_downtime = \"1ms\", max_bandwidth = \"4MiB\", post_copy = true",
+        "taba.count taba.dirty",
+    );
+    assert!(console(&c, &src).contains("taba-dirty: rewriting"));
+    let id = src.id.to_string();
+    let out = c.cli(&["alloc", "migrate", &id]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}\n{}", c.log_tail());
+    assert!(text.contains("(post-copy)"), "{text}");
+    let moved = assert_moved_live(&c, "post", &src);
+    c.wait_for(
+        "the source's final figures",
+        Duration::from_secs(30),
+        || {
+            alloc(&c, &id)
+                .migration_status
+                .is_some_and(|s| s.completed.is_some())
+        },
+    );
+    let a = alloc(&c, &id);
+    let done = a.migration_status.clone().unwrap().completed.unwrap();
+    assert!(done.post_copy, "{done:?}");
+    eprintln!("post-copy migration: {done:?}; CLI: {text}");
+    assert!(
+        a.events
+            .iter()
+            .any(|e| e.kind == "Migration Completed" && e.message.contains("post-copy")),
+        "{:?}",
+        a.events
+    );
+    assert_ne!(moved.node_name, src.node_name);
 }

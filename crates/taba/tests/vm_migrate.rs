@@ -7,6 +7,7 @@ mod common;
 
 use common::vm::*;
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 use taba_driver::migrate::{Migratable, MigrationPolicy};
 use taba_driver::vm::VmDriver;
@@ -47,7 +48,8 @@ fn root_vm_live_migration_keeps_the_guest_counting() {
     let started = Instant::now();
     let stats =
         p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {
-            updates += 1
+            updates += 1;
+            ControlFlow::Continue(())
         })
         .unwrap_or_else(|e| {
             panic!(
@@ -111,8 +113,10 @@ fn root_vm_migration_to_a_dead_target_leaves_the_source_running() {
     p.b.abort_incoming(&dst).unwrap();
     assert!(!p.b.inspect(&dst).unwrap());
     let e =
-        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {})
-            .unwrap_err();
+        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
     let e = taba_types::error_chain(&e);
     assert!(e.contains("migration"), "{e}");
     // The source runs on and keeps counting.
@@ -157,8 +161,10 @@ fn root_vm_live_migration_moves_the_local_disk() {
             .expect("the target waits for the VM and its disk");
     assert!(incoming.disks.is_some() && incoming.disk_count == 1);
     let stats =
-        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {})
-            .unwrap_or_else(|e| panic!("{}", taba_types::error_chain(&e)));
+        p.a.migrate_out(&src, &incoming, &MigrationPolicy::default(), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap_or_else(|e| panic!("{}", taba_types::error_chain(&e)));
     eprintln!("migration with a disk: {stats:?}");
     p.b.finish_incoming(&dst, Duration::from_secs(30)).unwrap();
     assert_eq!(p.a.wait(&src).unwrap().exit_code, Some(0));

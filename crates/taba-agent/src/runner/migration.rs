@@ -14,11 +14,18 @@
 //!   this node's advertised address, report `incoming`, then
 //!   `finish_incoming`; the task is `Running` only once the VM runs here.
 //!   A stop from the servers (the migration failed) aborts it.
+//! - Cancel: the servers set `cancel` ("cancelled by WHO") on the
+//!   migration; the source stops its stream through the driver's progress
+//!   callback (QMP `migrate_cancel`, [`cancel`]), or reports the migration
+//!   failed if none runs. A stream whose migration the servers ended or
+//!   replaced (failed on their side) is stopped the same way
+//!   ([`stop_ended_stream`]).
 //!
 //! What is reported rides on the allocation's normal status update
 //! ([`taba_types::wire::AllocUpdate::migration`]), so it is retried with it.
 
 use super::{blocking, mark_dead, now_ms, stopped, task_config, Shared};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taba_driver::migrate::{Incoming, Migratable, MigrationPolicy, SourceInfo};
@@ -53,6 +60,11 @@ pub(super) struct MigrationSide {
     started: Option<AllocId>,
     /// Source: the node the state went to.
     sent_to: Option<String>,
+    /// Source: why the running stream must stop (a cancel, or the servers
+    /// ended the migration); the driver's progress callback passes it on.
+    cancel: Option<String>,
+    /// Source: the stream was stopped for `cancel`.
+    cancelled: bool,
 }
 
 impl Shared {
@@ -99,6 +111,7 @@ fn policy(s: &Shared) -> MigrationPolicy {
         timeout: m.timeout.as_duration(),
         auto_converge: m.auto_converge,
         max_bandwidth: m.max_bandwidth.0,
+        post_copy: m.post_copy,
     }
 }
 
@@ -133,13 +146,19 @@ fn the_task(s: &Shared) -> Result<(String, Arc<dyn Driver>, TaskHandle), String>
 /// what comes next (report how it runs; start the stream once the target
 /// is ready).
 pub(super) fn on_update(s: &Arc<Shared>) {
-    let Some(lm) = s.live_migration().filter(|m| m.source_alloc == s.id) else {
+    let lm = s.live_migration();
+    stop_ended_stream(s, lm.as_ref());
+    let Some(lm) = lm.filter(|m| m.source_alloc == s.id) else {
         return;
     };
     if s.alloc.lock().unwrap().desired_status != DesiredStatus::Run {
         return;
     }
     let target = lm.target_alloc.clone();
+    if let Some(who) = &lm.cancel {
+        cancel(s, &target, who);
+        return;
+    }
     let fresh = s
         .migration
         .lock()
@@ -172,6 +191,42 @@ pub(super) fn on_update(s: &Arc<Shared>) {
     tokio::spawn(outgoing(s.clone(), lm, to));
 }
 
+/// Source: a cancel of the migration to `target` was asked for: stop its
+/// stream, or report it ended if none runs.
+fn cancel(s: &Shared, target: &AllocId, who: &str) {
+    let mut side = s.migration.lock().unwrap();
+    if side.started.as_ref() == Some(target) {
+        if *s.outgoing.borrow() == Outgoing::Running && !side.cancelled {
+            side.cancel = Some(who.to_string());
+        }
+        return;
+    }
+    let reported = side
+        .report
+        .as_ref()
+        .is_some_and(|r| &r.target_alloc == target && r.failed.is_some());
+    drop(side);
+    if !reported {
+        s.report_migration(target, |r| r.failed = Some(who.to_string()));
+    }
+}
+
+/// Source: the servers ended or replaced the migration whose stream runs
+/// here (it failed on their side, or timed out there): stop the stream;
+/// the workload runs on here.
+fn stop_ended_stream(s: &Shared, lm: Option<&LiveMigration>) {
+    if *s.outgoing.borrow() != Outgoing::Running {
+        return;
+    }
+    let mut side = s.migration.lock().unwrap();
+    let Some(started) = side.started.clone() else {
+        return;
+    };
+    if lm.is_none_or(|m| m.target_alloc != started) && side.cancel.is_none() && !side.cancelled {
+        side.cancel = Some("cancelled: the servers ended it".into());
+    }
+}
+
 /// Source: stream the running workload to the prepared target.
 async fn outgoing(s: Arc<Shared>, lm: LiveMigration, to: MigrationIncoming) {
     let target = lm.target_alloc.clone();
@@ -188,6 +243,11 @@ async fn outgoing(s: Arc<Shared>, lm: LiveMigration, to: MigrationIncoming) {
         disks: to.disks,
         disk_count: to.disk_count as usize,
     };
+    {
+        let mut side = s.migration.lock().unwrap();
+        side.cancel = None;
+        side.cancelled = false;
+    }
     s.outgoing.send_replace(Outgoing::Running);
     let now = now_ms();
     s.update_task(&name, |r| {
@@ -207,8 +267,15 @@ async fn outgoing(s: Arc<Shared>, lm: LiveMigration, to: MigrationIncoming) {
         let started = Instant::now();
         let mut last: Option<Instant> = None;
         m.migrate_out(&h, &incoming, &policy, &mut |p| {
+            {
+                let mut side = s2.migration.lock().unwrap();
+                if let Some(why) = side.cancel.take() {
+                    side.cancelled = true;
+                    return ControlFlow::Break(why);
+                }
+            }
             if last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
-                return;
+                return ControlFlow::Continue(());
             }
             last = Some(Instant::now());
             let p = MigrationProgress {
@@ -218,8 +285,11 @@ async fn outgoing(s: Arc<Shared>, lm: LiveMigration, to: MigrationIncoming) {
                 dirty_pages_rate: p.dirty_pages_rate,
                 downtime_ms: p.expected_downtime_ms,
                 elapsed_ms: started.elapsed().as_millis() as u64,
+                throttle_pct: p.throttle_pct,
+                post_copy: p.post_copy,
             };
             s2.report_migration(&t2, |r| r.progress = Some(p));
+            ControlFlow::Continue(())
         })
         .map_err(|e| taba_types::error_chain(&e))
     })
@@ -233,21 +303,24 @@ async fn outgoing(s: Arc<Shared>, lm: LiveMigration, to: MigrationIncoming) {
                     transferred: stats.transferred,
                     elapsed_ms: stats.total_ms,
                     downtime_ms: Some(stats.downtime_ms),
+                    post_copy: stats.post_copy,
                     ..Default::default()
                 })
             });
             s.outgoing.send_replace(Outgoing::Sent);
             tracing::info!(alloc = %s.id, to = %lm.target_node_name, total_ms = stats.total_ms,
-                downtime_ms = stats.downtime_ms, "live migration completed");
+                downtime_ms = stats.downtime_ms, post_copy = stats.post_copy, "live migration completed");
         }
         Err(why) => {
             tracing::warn!(alloc = %s.id, to = %lm.target_node_name, "live migration failed: {why}");
+            let kind = if s.migration.lock().unwrap().cancelled {
+                "Migration Cancelled"
+            } else {
+                "Migration Failed"
+            };
             s.update_task(&name, |r| {
-                r.state.push_event(
-                    now,
-                    "Migration Failed",
-                    format!("the task runs on here: {why}"),
-                )
+                r.state
+                    .push_event(now, kind, format!("the task runs on here: {why}"))
             });
             s.report_migration(&target, |r| r.failed = Some(why));
             s.outgoing.send_replace(Outgoing::Idle);
@@ -293,9 +366,13 @@ pub(super) async fn incoming(
     let cfg = task_config(s, task);
     let ip = s.ctx.node_ip;
     let d = driver.clone();
+    let source = SourceInfo {
+        accel,
+        post_copy: policy(s).post_copy,
+    };
     let prepared = blocking(move || {
         migratable(&d)?
-            .prepare_incoming(&cfg, ip, &SourceInfo { accel })
+            .prepare_incoming(&cfg, ip, &source)
             .map_err(|e| taba_types::error_chain(&e))
     })
     .await;

@@ -7,13 +7,17 @@
 //!                                               QMP migrate-incoming tcp:IP:0
 //!                                               QMP query-migrate -> socket-address: port P
 //!              <---------- Incoming {IP:P} ----
-//! QMP migrate-set-capabilities events, auto-converge
+//! QMP migrate-set-capabilities events, auto-converge (+ postcopy-ram on both sides)
 //! QMP migrate-set-parameters downtime-limit, max-bandwidth
 //! QMP migrate tcp:IP:P  ==== RAM pages, device state ====>
 //! QMP query-migrate every 50 ms -> progress      (loads state; autostarts when complete)
+//!   not converged (pass 1 done, timeout/4 gone), post-copy allowed:
+//!     QMP migrate-start-postcopy                (runs; faults pages in from the source)
 //!   completed: QMP quit (the source ends, exit 0)
-//!   failed / cancelled / timeout (migrate_cancel): the source runs on
-//!                                               finish_incoming: query-status running
+//!   cancel (progress says Break) / timeout, before post-copy: QMP migrate_cancel,
+//!     then QEMU's verdict: completed -> as above; cancelled/failed -> the source runs on
+//!                                               finish_incoming: query-status running and
+//!                                                 the incoming migration no longer post-copy
 //!                                               abort_incoming: killed, cgroup removed
 //! ```
 //!
@@ -39,6 +43,7 @@ use crate::migrate::{
 use crate::shimmed::wait_gone;
 use crate::{DriverError, TaskConfig, TaskHandle};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 use taba_runtime::shim::Workload;
 use taba_types::vm::VmAccel;
@@ -70,6 +75,7 @@ impl Migratable for VmDriver {
             } else {
                 VmAccel::Tcg
             },
+            post_copy: false,
         })
     }
 
@@ -89,7 +95,7 @@ impl Migratable for VmDriver {
             .launch(cfg, &plan)
             .inspect_err(|_| super::remove_files(&made))?;
         let listening = (|| -> Result<Incoming, DriverError> {
-            let mut caps = events_on(false);
+            let mut caps = capabilities(false, source.post_copy);
             if disk_count > 0 {
                 caps.capabilities.push(qmp::MigrationCapability {
                     capability: "late-block-activate".into(),
@@ -133,12 +139,14 @@ impl Migratable for VmDriver {
         h: &TaskHandle,
         to: &Incoming,
         policy: &MigrationPolicy,
-        progress: &mut dyn FnMut(&MigrationProgress),
+        progress: &mut dyn FnMut(&MigrationProgress) -> ControlFlow<String>,
     ) -> Result<MigrationStats, DriverError> {
         let sock = Self::qmp_socket(&h.task_dir);
+        let deadline = Instant::now() + policy.timeout;
         let stats = block_on(async {
             let mut q = qmp::Qmp::connect(&sock, QMP_TIMEOUT).await?;
-            q.execute(&events_on(policy.auto_converge)).await?;
+            q.execute(&capabilities(policy.auto_converge, policy.post_copy))
+                .await?;
             q.execute(&qmp::MigrateSetParameters {
                 downtime_limit: Some(policy.max_downtime.as_millis().max(1) as u64),
                 max_bandwidth: Some(if policy.max_bandwidth == 0 {
@@ -149,7 +157,8 @@ impl Migratable for VmDriver {
             })
             .await?;
             if let Some(nbd) = to.disks {
-                if let Err(e) = mirror_disks(&mut q, nbd, to.disk_count, policy).await {
+                let mirrored = mirror_disks(&mut q, nbd, to.disk_count, deadline, progress).await;
+                if let Err(e) = mirrored {
                     stop_mirrors(&mut q, to.disk_count).await;
                     return Ok(Err(e));
                 }
@@ -158,7 +167,7 @@ impl Migratable for VmDriver {
                 uri: format!("tcp:{}", to.addr),
             })
             .await?;
-            let r = watch(&mut q, policy, progress).await?;
+            let r = watch(&mut q, policy, deadline, progress).await?;
             if to.disks.is_some() {
                 if r.is_ok() {
                     // A ready mirror ends with a consistent copy on the target.
@@ -168,9 +177,9 @@ impl Migratable for VmDriver {
                         })
                         .await?;
                     }
-                    let deadline = Instant::now() + policy.timeout;
+                    let until = Instant::now() + policy.timeout;
                     while !q.execute(&qmp::QueryBlockJobs).await?.is_empty() {
-                        if Instant::now() > deadline {
+                        if Instant::now() > until {
                             return Ok(Err(failed("disk mirrors did not end")));
                         }
                         tokio::time::sleep(POLL).await;
@@ -202,7 +211,9 @@ impl Migratable for VmDriver {
                 resumed = true;
                 continue;
             }
-            if st.running {
+            // In post-copy the VM runs here while pages still come from the
+            // source: it is ours only once the migration completed.
+            if st.running && !self.incoming_in_postcopy(h)? {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -225,6 +236,15 @@ impl Migratable for VmDriver {
 }
 
 impl VmDriver {
+    /// Whether the incoming migration of `h` still runs in post-copy.
+    fn incoming_in_postcopy(&self, h: &TaskHandle) -> Result<bool, DriverError> {
+        let info = self.qmp(h, qmp::QueryMigrate)?;
+        Ok(info
+            .status
+            .as_deref()
+            .is_some_and(|s| s.starts_with("postcopy")))
+    }
+
     /// Start the target's NBD server on `listen` and export its disks.
     fn export_disks(
         &self,
@@ -262,12 +282,14 @@ impl VmDriver {
     }
 }
 
-/// Mirror every disk to the target's NBD exports; returns once all are in sync.
+/// Mirror every disk to the target's NBD exports; returns once all are in
+/// sync (progress: the disks' bytes copied and left).
 async fn mirror_disks(
     q: &mut qmp::Qmp,
     nbd: SocketAddr,
     count: usize,
-    policy: &MigrationPolicy,
+    deadline: Instant,
+    progress: &mut dyn FnMut(&MigrationProgress) -> ControlFlow<String>,
 ) -> Result<(), DriverError> {
     let qe = |e: qmp::QmpError| DriverError::from(VmError::from(e));
     for i in 0..count {
@@ -292,7 +314,6 @@ async fn mirror_disks(
         .await
         .map_err(qe)?;
     }
-    let deadline = Instant::now() + policy.timeout;
     loop {
         let jobs = q.execute(&qmp::QueryBlockJobs).await.map_err(qe)?;
         if jobs.len() == count && jobs.iter().all(|j| j.ready) {
@@ -303,6 +324,17 @@ async fn mirror_disks(
         }
         if Instant::now() > deadline {
             return Err(failed("disk mirrors not in sync in time"));
+        }
+        let (done, len) = jobs
+            .iter()
+            .fold((0, 0), |(d, l), j| (d + j.offset, l + j.len));
+        if let ControlFlow::Break(why) = progress(&MigrationProgress {
+            transferred: done,
+            remaining: len.saturating_sub(done),
+            total: len,
+            ..Default::default()
+        }) {
+            return Err(failed(why));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -332,57 +364,130 @@ async fn stop_mirrors(q: &mut qmp::Qmp, count: usize) {
     }
 }
 
-fn events_on(auto_converge: bool) -> qmp::MigrateSetCapabilities {
+/// The capabilities of both sides: events, auto-converge (the source's
+/// policy), post-copy (both, when the policy allows it).
+fn capabilities(auto_converge: bool, post_copy: bool) -> qmp::MigrateSetCapabilities {
     let cap = |name: &str, state| qmp::MigrationCapability {
         capability: name.into(),
         state,
     };
     qmp::MigrateSetCapabilities {
-        capabilities: vec![cap("events", true), cap("auto-converge", auto_converge)],
+        capabilities: vec![
+            cap("events", true),
+            cap("auto-converge", auto_converge),
+            cap("postcopy-ram", post_copy),
+        ],
     }
 }
 
-/// Follow the migration until it ends; cancel it after the policy's timeout.
+/// When a pre-copy that does not converge switches to post-copy (if the
+/// policy allows it): after its first full pass over RAM, once this share
+/// of `migrate.timeout` has passed.
+const POSTCOPY_AFTER: f64 = 0.25;
+/// How long QEMU has to end a migration it was asked to cancel.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+/// Follow the migration until it ends. Escalates by the policy: pre-copy
+/// within `max_downtime` (auto-converge, when on, slows the guest only
+/// when it dirties memory faster than it moves), then post-copy when
+/// allowed; cancels at the deadline or when `progress` says so. A cancel
+/// waits for QEMU's verdict: a migration that completed meanwhile is a
+/// completed one.
 async fn watch(
     q: &mut qmp::Qmp,
     policy: &MigrationPolicy,
-    progress: &mut dyn FnMut(&MigrationProgress),
+    deadline: Instant,
+    progress: &mut dyn FnMut(&MigrationProgress) -> ControlFlow<String>,
 ) -> Result<Result<MigrationStats, DriverError>, VmError> {
     let start = Instant::now();
+    let switch_at = start + policy.timeout.mul_f64(POSTCOPY_AFTER);
+    let mut post_copy = false;
+    let mut cancelled: Option<String> = None;
+    let mut cancel_wait = Instant::now();
     loop {
         let info = q.execute(&qmp::QueryMigrate).await?;
         let ram = info.ram.clone().unwrap_or_default();
-        match info.status.as_deref() {
-            Some("completed") => {
+        let status = info.status.as_deref().unwrap_or("");
+        match status {
+            "completed" => {
                 return Ok(Ok(MigrationStats {
                     total_ms: info.total_time.unwrap_or(0),
                     downtime_ms: info.downtime.unwrap_or(0),
                     transferred: ram.transferred,
+                    post_copy,
                 }))
             }
-            Some("failed") => {
-                return Ok(Err(failed(format!(
-                    "failed: {}",
-                    info.error_desc
-                        .unwrap_or_else(|| "QEMU gives no reason".into())
-                ))))
+            "failed" => {
+                let why = info
+                    .error_desc
+                    .unwrap_or_else(|| "QEMU gives no reason".into());
+                return Ok(Err(failed(match cancelled {
+                    Some(c) => c,
+                    None => format!("failed: {why}"),
+                })));
             }
-            Some("cancelled") => return Ok(Err(failed("cancelled"))),
+            "cancelled" => return Ok(Err(failed(cancelled.unwrap_or_else(|| "cancelled".into())))),
             _ => {}
         }
-        progress(&MigrationProgress {
+        post_copy |= status.starts_with("postcopy");
+        if status == "postcopy-paused" {
+            // The target or the link went away after the switch: the
+            // guest's memory is split between the two sides.
+            return Ok(Err(failed(
+                "post-copy broke off (the target or the network failed after the switch); the VM cannot run on",
+            )));
+        }
+        if cancelled.is_some() {
+            // migrate_cancel sent: wait for QEMU's verdict (bounded).
+            if Instant::now() > cancel_wait {
+                return Err(VmError::Migration(format!(
+                    "the migration neither ended nor was cancelled (status {status:?})"
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+            continue;
+        }
+        let flow = progress(&MigrationProgress {
             transferred: ram.transferred,
             remaining: ram.remaining,
             total: ram.total,
             dirty_pages_rate: ram.dirty_pages_rate,
             expected_downtime_ms: info.expected_downtime,
+            throttle_pct: info.cpu_throttle_percentage.unwrap_or(0),
+            post_copy,
         });
-        if start.elapsed() > policy.timeout {
-            q.execute(&qmp::MigrateCancel).await?;
-            return Ok(Err(failed(format!(
+        if post_copy {
+            // The target runs: the source must serve it to the end; nothing
+            // can be cancelled any more.
+            tokio::time::sleep(POLL).await;
+            continue;
+        }
+        let why = match flow {
+            ControlFlow::Break(why) => Some(why),
+            ControlFlow::Continue(()) if Instant::now() > deadline => Some(format!(
                 "timed out after {}s and was cancelled",
                 policy.timeout.as_secs()
-            ))));
+            )),
+            ControlFlow::Continue(()) => None,
+        };
+        if let Some(why) = why {
+            q.execute(&qmp::MigrateCancel).await?;
+            cancelled = Some(why);
+            cancel_wait = Instant::now() + CANCEL_WAIT;
+            continue;
+        }
+        if policy.post_copy
+            && status == "active"
+            && ram.dirty_sync_count >= 2
+            && Instant::now() >= switch_at
+        {
+            tracing::info!(
+                transferred = ram.transferred,
+                remaining = ram.remaining,
+                "pre-copy does not converge: switching to post-copy"
+            );
+            q.execute(&qmp::MigrateStartPostcopy).await?;
+            post_copy = true;
         }
         tokio::time::sleep(POLL).await;
     }

@@ -157,6 +157,14 @@ command!(
     "migrate_cancel",
     Empty
 );
+command!(
+    /// Switch a running pre-copy migration (capability `postcopy-ram` set
+    /// on both sides) to post-copy: the target runs, pages it lacks are
+    /// fetched from the source on demand.
+    MigrateStartPostcopy,
+    "migrate-start-postcopy",
+    Empty
+);
 
 /// Start an outgoing migration to `uri` (`tcp:HOST:PORT`).
 #[derive(Debug, Clone, Serialize)]
@@ -416,6 +424,9 @@ pub struct MigrationInfo {
     /// Where an incoming migration listens (port 0 resolved).
     #[serde(rename = "socket-address", default)]
     pub socket_address: Vec<SocketAddress>,
+    /// How much auto-converge slows the guest's vCPUs now, percent.
+    #[serde(rename = "cpu-throttle-percentage", default)]
+    pub cpu_throttle_percentage: Option<u64>,
 }
 
 /// A listening address QEMU reports.
@@ -447,6 +458,13 @@ pub struct MigrationRam {
     /// Pages dirtied per second.
     #[serde(rename = "dirty-pages-rate", default)]
     pub dirty_pages_rate: u64,
+    /// Passes over the guest's dirty bitmap so far (1 during the first
+    /// pass over all of RAM).
+    #[serde(rename = "dirty-sync-count", default)]
+    pub dirty_sync_count: u64,
+    /// Pages the target asked for in post-copy.
+    #[serde(rename = "postcopy-requests", default)]
+    pub postcopy_requests: u64,
 }
 
 /// An event QEMU sent.

@@ -443,6 +443,22 @@ pub async fn migrate_alloc(
     Ok(Json(resp))
 }
 
+/// `POST /v1/allocations/{id}/migrate/cancel`: cancel the live migration
+/// the allocation (its source or its target) takes part in; the same
+/// access as asking for it.
+pub async fn cancel_migration(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> R<CancelMigrationResponse> {
+    let a = alloc_for(&app, &auth, &id, Capability::Write)?;
+    let resp = app
+        .state
+        .cancel_migration(a.id.as_str(), &auth.actor())
+        .await?;
+    Ok(Json(resp))
+}
+
 /// The task a logs/exec request means: the named one, or the group's only task.
 pub(super) fn pick_task(a: &Allocation, task: Option<String>) -> Result<String, ApiError> {
     let names: Vec<&str> = a.group_spec.tasks.iter().map(|t| t.name.as_str()).collect();

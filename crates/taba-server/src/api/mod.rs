@@ -116,6 +116,7 @@ pub fn routes() -> Vec<Route> {
         r("GET", "/v1/allocations/{id}", Scoped(Read), "An allocation by id or unique id prefix", None, &[], "AllocDetail", get(h::get_alloc)),
         r("POST", "/v1/allocations/{id}/stop", Scoped(Write), "Stop an allocation (a replacement is placed)", None, &[], "EvalResponse", post(h::stop_alloc)),
         r("POST", "/v1/allocations/{id}/migrate", Scoped(Write), "Move an allocation to another node: live where its driver migrates running workloads (VMs), else a restart on the target", Json("MigrateAllocRequest"), &[], "MigrateAllocResponse", post(h::migrate_alloc)),
+        r("POST", "/v1/allocations/{id}/migrate/cancel", Scoped(Write), "Cancel the live migration of an allocation (its source or target id): the source runs on where it was, the target is stopped; a move not started yet is withdrawn", None, &[], "CancelMigrationResponse", post(h::cancel_migration)),
         r("GET", "/v1/allocations/{id}/logs", Scoped(Read), "Stream a task's stdout or stderr (proxied to the node's agent)", None,
           &[("task", "task name (optional when the group has one task)"), ("type", "stdout or stderr"), ("follow", "keep streaming new output"), ("offset", "start at this byte")],
           "application/octet-stream", get(h::alloc_logs)),

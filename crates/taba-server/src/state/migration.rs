@@ -24,12 +24,19 @@
 //!                        both cleared: the move is done
 //! failed (either side, or the target ends) -> target stopped (it aborts),
 //!                        source cleared (it runs on), events say why
+//! cancel asked           cancel on both ---------> source: migrate_cancel,
+//!                                                  reports failed -> as above,
+//!                                                  events "Migration Cancelled"
 //! ```
+//!
+//! A migration also fails when a side's node goes down (`nodes.rs`) or its
+//! source stays silent past `migrate.timeout` + [`MIGRATION_GRACE`]
+//! ([`ServerState::expire_migrations`], run every second by the leader).
 
 use super::{job_key, ServerState, StateError};
 use crate::broker::now_ms;
 use taba_store::{Table, Txn};
-use taba_types::api::MigrateAllocResponse;
+use taba_types::api::{CancelMigrationResponse, MigrateAllocResponse};
 use taba_types::{
     AllocEvent, Allocation, ClientStatus, DesiredStatus, EvalTrigger, LiveMigration,
     MigrateRequest, MigrationReport,
@@ -120,6 +127,172 @@ impl ServerState {
     }
 }
 
+/// How long past its group's `migrate.timeout` the servers wait for a
+/// live migration's source before they fail it themselves (its agent is
+/// gone or cut off: it would have cancelled at the timeout).
+pub const MIGRATION_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl ServerState {
+    /// `taba alloc migrate ID --cancel` (ID the source or the target): a
+    /// live migration whose source has not started streaming ends at once;
+    /// one that streams is cancelled by its source agent (QMP
+    /// `migrate_cancel`), which reports it failed, "cancelled by WHO". A
+    /// move asked for but not started is withdrawn.
+    pub async fn cancel_migration(
+        &self,
+        id: &str,
+        actor: &str,
+    ) -> Result<CancelMigrationResponse, StateError> {
+        let a = self.find_alloc(id)?;
+        let _held = self.locks.lock(vec![job_key(&a.namespace, &a.job)]).await;
+        let mut a = self.find_alloc(a.id.as_str())?;
+        let now = now_ms();
+        let who = format!("cancelled by {actor}");
+        let Some(lm) = a.live_migration.clone() else {
+            if a.migrate.take().is_none() {
+                return Err(StateError::Conflict(format!(
+                    "allocation {} is not migrating",
+                    a.id
+                )));
+            }
+            a.push_event(AllocEvent::system(
+                now,
+                "Migration Cancelled",
+                format!("the move asked for was withdrawn: {who}"),
+            ));
+            a.modify_time = now;
+            let message = format!("the move of allocation {} was withdrawn", a.id);
+            let index = self.commit_allocs(vec![a]).await?;
+            return Ok(CancelMigrationResponse { index, message });
+        };
+        let (source, target) = {
+            let c = self.cluster();
+            (
+                c.alloc(&lm.source_alloc).cloned(),
+                c.alloc(&lm.target_alloc).cloned(),
+            )
+        };
+        let (Some(mut source), Some(mut target)) = (source, target) else {
+            let end = Ending::of(
+                &LiveMigration {
+                    cancel: Some(who),
+                    ..lm
+                },
+                "",
+            );
+            abort_own(&mut a, &end, now);
+            let index = self.commit_allocs(vec![a]).await?;
+            return Ok(CancelMigrationResponse {
+                index,
+                message: end.message,
+            });
+        };
+        let whose = format!(
+            "the live migration of allocation {} to node {}",
+            lm.source_alloc, lm.target_node_name
+        );
+        if state_sent(&source, &lm) {
+            return Err(StateError::Conflict(format!(
+                "{whose} cannot be cancelled: the source has sent its state, the target takes over"
+            )));
+        }
+        if in_post_copy(&source, &lm) {
+            return Err(StateError::Conflict(format!(
+                "{whose} cannot be cancelled: it switched to post-copy, the VM runs on the target"
+            )));
+        }
+        if lm.cancel.is_some() {
+            return Ok(CancelMigrationResponse {
+                index: self.index(),
+                message: format!("{whose} is being cancelled"),
+            });
+        }
+        let cancelled = LiveMigration {
+            cancel: Some(who),
+            ..lm.clone()
+        };
+        let message = if lm.incoming.is_none() {
+            // The source has not started to stream: end it here.
+            abort(&mut source, &mut target, &Ending::of(&cancelled, ""), now);
+            format!("{whose} was cancelled; it runs on where it was")
+        } else {
+            // The source streams: its agent cancels (or it completes first).
+            for x in [&mut source, &mut target] {
+                x.live_migration = Some(cancelled.clone());
+                x.modify_time = now;
+            }
+            format!("{whose} is being cancelled")
+        };
+        let index = self.commit_allocs(vec![source, target]).await?;
+        Ok(CancelMigrationResponse { index, message })
+    }
+
+    /// Fail the live migrations whose source has been silent past the
+    /// group's `migrate.timeout` plus [`MIGRATION_GRACE`] (its agent died or
+    /// is cut off): the target is stopped, the source (whose workload runs
+    /// on where it was; its agent re-adopts it) is cleared. Not once the
+    /// source sent its state or switched to post-copy: the target has the
+    /// workload then.
+    pub async fn expire_migrations(&self, now: u64) -> Result<usize, StateError> {
+        let overdue: Vec<(Allocation, LiveMigration)> = {
+            let c = self.cluster();
+            c.live_migration_sources()
+                .filter_map(|a| {
+                    let lm = a.live_migration.clone()?;
+                    let limit = a.group_spec.migrate.timeout.as_duration() + MIGRATION_GRACE;
+                    let late = now > lm.started_at + limit.as_millis() as u64;
+                    let ending = state_sent(a, &lm) || in_post_copy(a, &lm);
+                    (late && !ending).then(|| (a.clone(), lm))
+                })
+                .collect()
+        };
+        let mut n = 0;
+        for (a, lm) in overdue {
+            let _held = self.locks.lock(vec![job_key(&a.namespace, &a.job)]).await;
+            let Ok(mut source) = self.find_alloc(a.id.as_str()) else {
+                continue;
+            };
+            // It may have moved on while we waited for the lock.
+            if source.live_migration.as_ref() != Some(&lm)
+                || state_sent(&source, &lm)
+                || in_post_copy(&source, &lm)
+            {
+                continue;
+            }
+            let why = format!(
+                "no end reported within migrate.timeout ({}s) and {}s: the source's agent is gone or cut off",
+                a.group_spec.migrate.timeout.as_duration().as_secs(),
+                MIGRATION_GRACE.as_secs()
+            );
+            let end = Ending::of(&lm, &why);
+            let mut changed = Vec::new();
+            match self.find_alloc(lm.target_alloc.as_str()) {
+                Ok(mut target) => {
+                    abort(&mut source, &mut target, &end, now);
+                    changed.push(target);
+                }
+                Err(_) => abort_own(&mut source, &end, now),
+            }
+            changed.push(source);
+            tracing::warn!(alloc = %a.id, to = %lm.target_node_name, "{}", end.message);
+            self.commit_allocs(changed).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Write `allocs` in one transaction and apply them.
+    async fn commit_allocs(&self, allocs: Vec<Allocation>) -> Result<u64, StateError> {
+        let mut txn = Txn::new();
+        for a in &allocs {
+            txn = txn.put_encoded(Table::Allocs, a.id.as_str(), a);
+        }
+        let index = self.commit(txn).await?;
+        self.apply(index, vec![], allocs, vec![], vec![]);
+        Ok(index)
+    }
+}
+
 /// Move the live migration `a` takes part in on, after `a`'s agent reported
 /// `report` (and `a`'s client state, already merged). Returns the peer
 /// allocation when it changed. A report about another migration than the
@@ -134,7 +307,7 @@ pub(super) fn migration_step(
     let lm = a.live_migration.clone()?;
     let Some(peer) = peer else {
         // The other side is gone (garbage-collected): nothing to wait for.
-        abort_own(a, &lm, "the other allocation is gone", now);
+        abort_own(a, &Ending::of(&lm, "the other allocation is gone"), now);
         return None;
     };
     let mut peer = peer.clone();
@@ -146,7 +319,7 @@ pub(super) fn migration_step(
         } else {
             (&mut peer, a)
         };
-        abort(source, target, &why, now);
+        abort(source, target, &Ending::of(&lm, &why), now);
         return Some(peer);
     }
     let mut next = lm.clone();
@@ -187,10 +360,15 @@ fn record_progress(a: &mut Allocation, r: &MigrationReport, now: u64) {
             now,
             "Migration Completed",
             format!(
-                "state sent: {} bytes in {} ms, paused {} ms",
+                "state sent: {} bytes in {} ms, paused {} ms{}",
                 done.transferred,
                 done.elapsed_ms,
-                done.downtime_ms.unwrap_or(0)
+                done.downtime_ms.unwrap_or(0),
+                if done.post_copy {
+                    ", ended in post-copy"
+                } else {
+                    ""
+                }
             ),
         ));
     }
@@ -227,11 +405,7 @@ fn failure(
     if !ended {
         return None;
     }
-    let sent = a
-        .migration_status
-        .as_ref()
-        .is_some_and(|s| s.target_alloc == lm.target_alloc && s.completed.is_some())
-        || report.is_some_and(|r| r.completed.is_some());
+    let sent = state_sent(a, lm) || report.is_some_and(|r| r.completed.is_some());
     if is_source && sent {
         return None;
     }
@@ -285,39 +459,72 @@ fn finish(source: &mut Allocation, target: &mut Allocation, now: u64) {
     }
 }
 
-/// The migration failed: the target stops (its agent aborts the incoming
-/// workload), the source runs on.
-fn abort(source: &mut Allocation, target: &mut Allocation, why: &str, now: u64) {
-    let msg = format!("live migration to node {} failed: {why}", target.node_name);
-    if source.is_migration_source() {
-        source.live_migration = None;
-        source.push_event(AllocEvent::system(now, "Migration Failed", msg.clone()));
-        source.modify_time = now;
-    }
-    if target.is_migration_target() {
-        target.live_migration = None;
-        if target.desired_status == DesiredStatus::Run {
-            target.desired_status = DesiredStatus::Stop;
-            target.desired_description = msg.clone();
+/// How a migration that did not move the workload ended: the event both
+/// allocations get.
+struct Ending {
+    kind: &'static str,
+    message: String,
+}
+
+impl Ending {
+    /// `why` it failed, or the cancel asked for (which is why it ended).
+    fn of(lm: &LiveMigration, why: &str) -> Ending {
+        match &lm.cancel {
+            Some(who) => Ending {
+                kind: "Migration Cancelled",
+                message: format!("live migration to node {} {who}", lm.target_node_name),
+            },
+            None => Ending {
+                kind: "Migration Failed",
+                message: format!(
+                    "live migration to node {} failed: {why}",
+                    lm.target_node_name
+                ),
+            },
         }
-        target.push_event(AllocEvent::system(now, "Migration Failed", msg));
-        target.modify_time = now;
     }
 }
 
-/// [`abort`] when only `a` is left.
-fn abort_own(a: &mut Allocation, lm: &LiveMigration, why: &str, now: u64) {
-    let msg = format!(
-        "live migration to node {} failed: {why}",
-        lm.target_node_name
-    );
+/// The migration failed: the target stops (its agent aborts the incoming
+/// workload), the source runs on.
+fn abort(source: &mut Allocation, target: &mut Allocation, end: &Ending, now: u64) {
+    if source.is_migration_source() {
+        source.live_migration = None;
+        source.push_event(AllocEvent::system(now, end.kind, end.message.clone()));
+        source.modify_time = now;
+    }
+    if target.is_migration_target() {
+        abort_own(target, end, now);
+    }
+}
+
+/// [`abort`] of one side (the other is gone, or not changed here).
+fn abort_own(a: &mut Allocation, end: &Ending, now: u64) {
     let target = a.is_migration_target();
     a.live_migration = None;
     if target && a.desired_status == DesiredStatus::Run {
         a.desired_status = DesiredStatus::Stop;
-        a.desired_description = msg.clone();
+        a.desired_description = end.message.clone();
     }
-    a.push_event(AllocEvent::system(now, "Migration Failed", msg));
+    a.push_event(AllocEvent::system(now, end.kind, end.message.clone()));
+    a.modify_time = now;
+}
+
+/// Whether the source of `lm` reported the switch to post-copy (the target
+/// runs the workload already: it can no longer be cancelled or timed out).
+fn in_post_copy(source: &Allocation, lm: &LiveMigration) -> bool {
+    source.migration_status.as_ref().is_some_and(|s| {
+        s.target_alloc == lm.target_alloc && s.progress.as_ref().is_some_and(|p| p.post_copy)
+    })
+}
+
+/// Whether the source of `lm` has sent its state (the target holds the
+/// workload now: the migration must not be aborted any more).
+fn state_sent(source: &Allocation, lm: &LiveMigration) -> bool {
+    source
+        .migration_status
+        .as_ref()
+        .is_some_and(|s| s.target_alloc == lm.target_alloc && s.completed.is_some())
 }
 
 #[cfg(test)]
@@ -348,6 +555,7 @@ mod tests {
             started_at: 0,
             source_accel: None,
             incoming: None,
+            cancel: None,
         };
         let mut s = alloc("s", "n1");
         let mut t = alloc("t", "n2");
@@ -444,6 +652,40 @@ mod tests {
         let mut s7 = migration_step(&t, &mut t5, Some(&s), None, 6).unwrap();
         late_report(&mut s7, report(|r| r.completed = Some(done.clone())), 7);
         assert_eq!(s7.migration_status.unwrap().completed, Some(done));
+    }
+
+    #[test]
+    fn a_cancelled_migration_ends_with_who_cancelled_it_on_both_sides() {
+        let (mut s, mut t) = pair();
+        for a in [&mut s, &mut t] {
+            let lm = a.live_migration.as_mut().unwrap();
+            lm.cancel = Some("cancelled by token \"ops\"".into());
+        }
+        let mut s2 = s.clone();
+        let t2 = migration_step(
+            &s,
+            &mut s2,
+            Some(&t),
+            report(|r| r.failed = Some("migration cancelled by token \"ops\"".into())),
+            1,
+        )
+        .unwrap();
+        assert!(s2.live_migration.is_none() && s2.desired_status == DesiredStatus::Run);
+        assert_eq!(t2.desired_status, DesiredStatus::Stop);
+        for a in [&s2, &t2] {
+            let ev = a.events.last().unwrap();
+            assert_eq!(ev.kind, "Migration Cancelled");
+            assert_eq!(
+                ev.message,
+                "live migration to node n2 cancelled by token \"ops\""
+            );
+        }
+        // The source had sent its state: the target takes over, no cancel.
+        let (s, _) = pair();
+        let mut done = s.clone();
+        done.migration_status = report(|r| r.completed = Some(MigrationProgress::default()));
+        assert!(state_sent(&done, done.live_migration.as_ref().unwrap()));
+        assert!(!state_sent(&s, s.live_migration.as_ref().unwrap()));
     }
 
     #[test]

@@ -155,22 +155,48 @@ impl ServerState {
 
     /// The node's allocations that are not terminal, marked lost (with an
     /// event saying `why`), and one evaluation per job with one to replace.
+    /// A live migration one of them takes part in fails (unless its source
+    /// has sent its state): the peer on the other node is in the result too.
     fn lose_allocs(&self, id: &NodeId, why: &str) -> (Vec<Allocation>, Vec<Evaluation>) {
         let now = now_ms();
         let mut lost = Vec::new();
+        let mut peers: BTreeMap<taba_types::AllocId, Allocation> = BTreeMap::new();
         let mut jobs: BTreeMap<(String, String), ()> = BTreeMap::new();
-        for mut a in self.node_allocs(id) {
-            if a.client_status.is_terminal() {
+        for old in self.node_allocs(id) {
+            if old.client_status.is_terminal() {
                 continue;
             }
+            let mut a = old.clone();
             a.client_status = ClientStatus::Lost;
             a.client_description = why.to_string();
             a.push_event(AllocEvent::system(now, "Lost", why));
             a.modify_time = now;
+            if let Some(lm) = &old.live_migration {
+                let peer_id = if lm.source_alloc == a.id {
+                    &lm.target_alloc
+                } else {
+                    &lm.source_alloc
+                };
+                let peer = peers
+                    .get(peer_id)
+                    .cloned()
+                    .or_else(|| self.find_alloc(peer_id.as_str()).ok());
+                if let Some(p) =
+                    super::migration::migration_step(&old, &mut a, peer.as_ref(), None, now)
+                {
+                    peers.insert(p.id.clone(), p);
+                }
+            }
             if a.desired_status == DesiredStatus::Run {
                 jobs.insert((a.namespace.clone(), a.job.clone()), ());
             }
             lost.push(a);
+        }
+        for (_, p) in peers {
+            match lost.iter_mut().find(|a| a.id == p.id) {
+                Some(a) => *a = p,
+                None => lost.push(p),
+            }
         }
         let evals = jobs
             .keys()

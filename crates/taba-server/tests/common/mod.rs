@@ -192,6 +192,20 @@ pub fn node(name: &str, memory_mib: u64) -> Node {
     }
 }
 
+/// [`node`] that also runs the `vm` driver.
+pub fn vm_node(name: &str, memory_mib: u64) -> Node {
+    let mut n = node(name, memory_mib);
+    n.drivers.insert(
+        "vm".into(),
+        DriverInfo {
+            detected: true,
+            healthy: true,
+            description: String::new(),
+        },
+    );
+    n
+}
+
 /// An agent over real HTTP that reports what the test tells it to.
 pub struct FakeAgent {
     pub client: Client,

@@ -3,13 +3,17 @@
 //! failed and it runs on where it was). A live migration's progress
 //! (transferred, remaining, dirty rate, expected downtime) is shown as the
 //! source agent reports it: one line redrawn in place on a terminal, a line
-//! per second otherwise.
+//! per second otherwise. Ctrl-C while following cancels the migration (a
+//! second Ctrl-C stops following); `taba alloc migrate ID --cancel` cancels
+//! one from anywhere.
 
 use super::cli::{print_json, short};
 use super::GlobalArgs;
 use anyhow::bail;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taba_client::Client;
 use taba_types::{Allocation, DesiredStatus, MigrationProgress};
@@ -25,18 +29,26 @@ pub struct MigrateArgs {
     /// Return once the move is asked for instead of following it.
     #[arg(long)]
     pub detach: bool,
+    /// Cancel the live migration the allocation (source or target) takes
+    /// part in: the VM runs on where it was.
+    #[arg(long, conflicts_with = "to")]
+    pub cancel: bool,
 }
 
 /// Polling interval while following a move.
 const POLL: Duration = Duration::from_millis(250);
-/// How long the CLI waits for a finished live migration's figures.
-const FIGURES_WAIT: Duration = Duration::from_secs(5);
+/// How long the CLI waits for a finished live migration's figures (the
+/// source reports them once its QEMU has ended, which may take up to 10 s).
+const FIGURES_WAIT: Duration = Duration::from_secs(15);
 /// How long past the group's `migrate.timeout` the CLI still waits.
 const SLACK: Duration = Duration::from_secs(120);
 
 /// Run `taba alloc migrate`.
 pub fn run(g: &GlobalArgs, api: &Client, a: MigrateArgs) -> anyhow::Result<ExitCode> {
     let before = api.alloc(&a.id)?.allocation;
+    if a.cancel {
+        return cancel(g, api, &before, a.detach);
+    }
     let failures_before = failures(&before);
     let r = api.migrate_alloc(before.id.as_str(), a.to.as_deref())?;
     if g.json && a.detach {
@@ -53,7 +65,17 @@ pub fn run(g: &GlobalArgs, api: &Client, a: MigrateArgs) -> anyhow::Result<ExitC
     let tty = std::io::stdout().is_terminal() && !g.json;
     let mut target = None;
     let mut last_line = Instant::now() - Duration::from_secs(10);
+    let interrupted = catch_ctrl_c();
+    let mut cancel_asked = false;
     loop {
+        if interrupted.load(Ordering::SeqCst) && !cancel_asked {
+            cancel_asked = true;
+            eprintln!("\n==> Ctrl-C: cancelling the migration (Ctrl-C again stops following)");
+            match api.cancel_migration(before.id.as_str()) {
+                Ok(r) => eprintln!("==> {}", r.message),
+                Err(e) => eprintln!("==> the cancel failed: {e}"),
+            }
+        }
         if start.elapsed() > limit {
             bail!(
                 "the move of allocation {} did not finish within {}s; see `taba alloc status {}`",
@@ -76,13 +98,7 @@ pub fn run(g: &GlobalArgs, api: &Client, a: MigrateArgs) -> anyhow::Result<ExitC
             if tty {
                 println!();
             }
-            let why = cur
-                .events
-                .iter()
-                .rev()
-                .find(|e| e.kind == "Migration Failed")
-                .map(|e| e.message.clone())
-                .unwrap_or_default();
+            let why = last_ending(&cur).unwrap_or_default();
             bail!(
                 "{why}; allocation {} runs on on node {}",
                 short(cur.id.as_str()),
@@ -112,12 +128,101 @@ pub fn run(g: &GlobalArgs, api: &Client, a: MigrateArgs) -> anyhow::Result<ExitC
     }
 }
 
-/// How many migrations of `a` failed so far.
+/// Events of a migration that ended without moving the allocation.
+fn is_ending(kind: &str) -> bool {
+    kind == "Migration Failed" || kind == "Migration Cancelled"
+}
+
+/// How many migrations of `a` failed or were cancelled so far.
 fn failures(a: &Allocation) -> usize {
+    a.events.iter().filter(|e| is_ending(&e.kind)).count()
+}
+
+/// Why the last migration of `a` ended without moving it.
+fn last_ending(a: &Allocation) -> Option<String> {
     a.events
         .iter()
-        .filter(|e| e.kind == "Migration Failed")
-        .count()
+        .rev()
+        .find(|e| is_ending(&e.kind))
+        .map(|e| e.message.clone())
+}
+
+/// Ctrl-C sets the flag; a second one ends the CLI (exit 130).
+fn catch_ctrl_c() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    if let Ok(rt) = rt {
+        std::thread::spawn(move || {
+            rt.block_on(async {
+                while tokio::signal::ctrl_c().await.is_ok() {
+                    if f.swap(true, Ordering::SeqCst) {
+                        std::process::exit(130);
+                    }
+                }
+            })
+        });
+    }
+    flag
+}
+
+/// `taba alloc migrate ID --cancel`: ask for the cancel, then follow it
+/// until the migration has ended.
+fn cancel(
+    g: &GlobalArgs,
+    api: &Client,
+    before: &Allocation,
+    detach: bool,
+) -> anyhow::Result<ExitCode> {
+    let r = api.cancel_migration(before.id.as_str())?;
+    if g.json && detach {
+        return print_json(&r);
+    }
+    if !g.json {
+        println!("==> {}", r.message);
+    }
+    if detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let source = before
+        .live_migration
+        .as_ref()
+        .map_or(before.id.clone(), |m| m.source_alloc.clone());
+    let limit = before.group_spec.migrate.timeout.as_duration() + SLACK;
+    let start = Instant::now();
+    loop {
+        let cur = api.alloc(source.as_str())?.allocation;
+        if cur.live_migration.is_none() && cur.migrate.is_none() {
+            if cur.desired_description.starts_with("migrated to ") {
+                bail!(
+                    "the migration completed before it could be cancelled: allocation {} {}",
+                    short(cur.id.as_str()),
+                    cur.desired_description
+                );
+            }
+            if g.json {
+                return print_json(&cur);
+            }
+            println!(
+                "==> {}; allocation {} runs on node {}",
+                last_ending(&cur).unwrap_or_else(|| "the migration ended".into()),
+                short(cur.id.as_str()),
+                cur.node_name
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "the migration of allocation {} did not end within {}s; see `taba alloc status {}`",
+                short(source.as_str()),
+                limit.as_secs(),
+                short(source.as_str())
+            );
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// The allocation was stopped: moved (success) or stopped for another reason.
@@ -173,10 +278,11 @@ fn done(
     let stats = figures(&cur)
         .map(|s| {
             format!(
-                ": {} MiB in {} ms, paused {} ms",
+                ": {} MiB in {} ms, paused {} ms{}",
                 s.transferred >> 20,
                 s.elapsed_ms,
-                s.downtime_ms.unwrap_or(0)
+                s.downtime_ms.unwrap_or(0),
+                if s.post_copy { " (post-copy)" } else { "" }
             )
         })
         .unwrap_or_default();
@@ -191,8 +297,15 @@ fn progress_line(p: &MigrationProgress) -> String {
     let pct = (100 * p.total.saturating_sub(p.remaining))
         .checked_div(p.total)
         .unwrap_or(0);
+    let phase = if p.post_copy {
+        ", post-copy".to_string()
+    } else if p.throttle_pct > 0 {
+        format!(", guest slowed {}%", p.throttle_pct)
+    } else {
+        String::new()
+    };
     format!(
-        "{pct:>3}%  sent {} MiB, {} MiB left, {} dirty pages/s, expected downtime {} ms, {:.1}s",
+        "{pct:>3}%  sent {} MiB, {} MiB left, {} dirty pages/s, expected downtime {} ms{phase}, {:.1}s",
         p.transferred >> 20,
         p.remaining >> 20,
         p.dirty_pages_rate,

@@ -959,6 +959,8 @@ pub struct DevCluster {
     /// The bridge's subnet, `10.X.Y.0/24`.
     pub subnet: String,
     pub agents: u32,
+    /// Agents started again by [`DevCluster::restart_agent`] (killed first on drop).
+    pub restarted: Vec<Child>,
 }
 
 impl DevCluster {
@@ -1041,6 +1043,7 @@ impl DevCluster {
             prefix: prefix.to_string(),
             subnet: subnet.to_string(),
             agents,
+            restarted: Vec::new(),
         })
     }
 
@@ -1174,6 +1177,47 @@ impl DevCluster {
         .expect("client")
     }
 
+    /// kill -9 agent `k`'s process (its workloads run on under their shims).
+    pub fn kill_agent(&self, k: u32) {
+        let pid = self.agent_pid(k).expect("the agent's process");
+        // SAFETY: kill(2) on an agent process this test's cluster started.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        poll(
+            "the killed agent gone",
+            Duration::from_secs(10),
+            || self.agent_pid(k).is_none(),
+            String::new,
+        );
+    }
+
+    /// Start agent `k` again (after [`Self::kill_agent`]) with its
+    /// configuration, in its network namespace (only that one: the agent
+    /// must see the host's /sys), its log appended to `logs/nK.log`.
+    pub fn restart_agent(&mut self, k: u32) {
+        assert!(self.agent_pid(k).is_none(), "agent n{k} still runs");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join(format!("logs/n{k}.log")))
+            .expect("the agent's log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}-n{k}", self.prefix))
+            .arg("--")
+            .arg(taba_bin())
+            .arg("agent")
+            .arg("--config")
+            .arg(self.data.join(format!("agents/n{k}.toml")))
+            .env("TABA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting the agent again");
+        self.restarted.push(child);
+    }
+
     /// Sets agent `k`'s link (the host end of its veth) up or down.
     pub fn link(&self, k: u32, up: bool) {
         let dev = format!("{}-v{k}", self.prefix);
@@ -1264,6 +1308,10 @@ impl Drop for DevCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.print_log_tails();
+        }
+        for c in &mut self.restarted {
+            let _ = c.kill();
+            let _ = c.wait();
         }
         self.stop();
         // Whatever a failed stop left.
