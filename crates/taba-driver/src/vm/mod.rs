@@ -16,8 +16,8 @@
 //!
 //! This module owns QEMU's command line ([`qemu`]), the QMP client
 //! ([`qmp`]), the VM's files ([`files`]), firmware boots from a boot disk
-//! ([`boot`]) and the accelerator probe ([`probe`]); it must not touch the
-//! allocation's other tasks.
+//! ([`boot`]), the cloud-init seed disk ([`seed`]) and the accelerator
+//! probe ([`probe`]); it must not touch the allocation's other tasks.
 
 pub mod boot;
 pub mod files;
@@ -25,6 +25,7 @@ mod migrate;
 pub mod probe;
 pub mod qemu;
 pub mod qmp;
+pub mod seed;
 
 use crate::shimmed::{wait_gone, Shimmed};
 use crate::{
@@ -46,6 +47,9 @@ pub enum VmError {
     /// The VM cannot boot from its boot disk.
     #[error("boot disk")]
     Boot(#[from] boot::BootError),
+    /// The cloud-init seed disk could not be made.
+    #[error("cloud-init seed disk (user_data)")]
+    Seed(#[from] seed::SeedError),
     /// Talking to QEMU failed.
     #[error("QMP")]
     Qmp(#[from] qmp::QmpError),
@@ -292,7 +296,15 @@ impl VmDriver {
             .map(|i| files::resolve(dirs, "initrd", i))
             .transpose()
             .map_err(VmError::from)?;
-        let (disks, made, uefi) = self.disks(cfg)?;
+        let (disks, mut made, uefi) = self.disks(cfg)?;
+        let seed = match seed::make(&cfg.task_dir, t, cfg.alloc_id.as_str()) {
+            Ok(s) => s,
+            Err(e) => {
+                remove_files(&made);
+                return Err(VmError::from(e).into());
+            }
+        };
+        made.extend(seed.clone());
         let machine = boot::machine(t);
         let cmdline = match t.kernel {
             Some(_) => qemu::kernel_cmdline(t.cmdline.as_deref(), accel, qemu::host_khz()),
@@ -317,7 +329,7 @@ impl VmDriver {
                 incoming: None,
                 paused: false,
                 uefi: uefi.map(|(u, _)| u),
-                seed: None,
+                seed,
             },
             made,
         ))
