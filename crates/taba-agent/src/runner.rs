@@ -680,16 +680,29 @@ enum Prepared {
     Stopped(String),
 }
 
-/// Fetches the task's image from the servers if the driver runs images and the node lacks it;
-/// every step is a task event.
+/// Fetches the images of the node's store the task needs (its container image, a VM's disk
+/// images: [`Driver::store_images`]) from the servers when the node lacks them; every step
+/// is a task event.
 async fn prepare_image(s: &Shared, task: &TaskSpec, driver: &Arc<dyn Driver>) -> Prepared {
-    let (Some(fetcher), Some(image)) = (s.ctx.images.clone(), task.image.clone()) else {
+    let Some(fetcher) = s.ctx.images.clone() else {
         return Prepared::Ready;
     };
-    if !driver.capabilities().image_rootfs {
-        return Prepared::Ready;
+    for image in driver.store_images(task) {
+        match prepare_one(s, &task.name, &fetcher, image).await {
+            Prepared::Ready => {}
+            other => return other,
+        }
     }
-    let name = &task.name;
+    Prepared::Ready
+}
+
+/// [`prepare_image`] of one image.
+async fn prepare_one(
+    s: &Shared,
+    name: &str,
+    fetcher: &Arc<crate::images::ImageFetcher>,
+    image: String,
+) -> Prepared {
     let fetched = async {
         if fetcher.is_present(&image).await? {
             return Ok(None);

@@ -115,6 +115,22 @@ pub struct VmDisk {
     pub size: Option<ByteSize>,
 }
 
+/// The base images a `vm` task names (`boot_disk.image`, then each
+/// `disks[i].image`), with their fields: files in the node's VM image
+/// directories, or disk images of the image store.
+pub fn disk_images(t: &TaskSpec) -> Vec<(String, &str)> {
+    let boot = t
+        .boot_disk
+        .iter()
+        .filter_map(|d| Some(("boot_disk.image".to_string(), d.image.as_deref()?)));
+    let disks = t
+        .disks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| Some((format!("disks[{i}].image"), d.image.as_deref()?)));
+    boot.chain(disks).collect()
+}
+
 /// `boot_disk = "name"` or `boot_disk = { image = "name", ... }`.
 pub(crate) fn deserialize_boot_disk<'de, D: serde::Deserializer<'de>>(
     d: D,

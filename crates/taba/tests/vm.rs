@@ -751,3 +751,122 @@ fn root_vm_bad_input_is_refused_and_leaves_nothing_behind() {
     );
     assert!(dev.client.job_status("both").is_err());
 }
+
+#[test]
+fn root_vm_disk_images_are_imported_refused_when_bad_and_booted_by_name() {
+    let tmp = tempfile::Builder::new()
+        .prefix("taba-vm-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let _cleanup = CleanupGuard(tmp.path().to_path_buf());
+    let dev = dev_for_vms(tmp.path(), "tcg");
+    let guest = vm_guest_dir().join("current");
+    // The test guest's bootable raw disk, by its .raw name.
+    let out = dev.cli(&[
+        "image",
+        "import",
+        guest.join("boot.raw").to_str().unwrap(),
+        "--name",
+        "guest-boot",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // A qcow2 of it too (format from its header).
+    let q = tmp.path().join("guest-boot.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(guest.join("boot.raw"))
+        .arg(&q)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = dev.cli(&["image", "import", q.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let out = dev.cli(&["image", "ls"]);
+    let ls = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        ls.contains("guest-boot:latest") && ls.contains("disk (raw)"),
+        "{ls}"
+    );
+    assert!(ls.contains("disk (qcow2)"), "{ls}");
+    let before = dev.client.list_images().unwrap();
+
+    // Bad ones: refused with the reason, the store unchanged.
+    let corrupt = tmp.path().join("corrupt.qcow2");
+    let mut bytes = std::fs::read(&q).unwrap();
+    for b in bytes.iter_mut().skip(8).take(400) {
+        *b = 0xff;
+    }
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let chained = tmp.path().join("chained.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "/etc/shadow",
+            "-F",
+            "raw",
+        ])
+        .arg(&chained)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let plain = tmp.path().join("plain.bin");
+    std::fs::write(&plain, vec![0u8; 1 << 20]).unwrap();
+    for (file, want) in [
+        (&corrupt, "qemu-img"),
+        (&chained, "backing file (/etc/shadow)"),
+        (&plain, "--format raw"),
+    ] {
+        let mut args = vec!["image", "import", file.to_str().unwrap()];
+        if file == &plain {
+            args.extend(["--name", "plain"]);
+        }
+        let out = dev.cli(&args);
+        assert!(!out.status.success(), "{file:?} was imported");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{file:?}: {err}");
+    }
+    assert_eq!(dev.client.list_images().unwrap(), before);
+    // Nothing staged is left in the store.
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("images/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // Booted by name: the overlay's base is the store's blob.
+    let f = job_file(
+        tmp.path(),
+        "byname",
+        &boot_disk_job("byname", "\"guest-boot\"", ""),
+    );
+    let out = dev.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let a = wait_alloc(&dev, "byname", "the VM running", running);
+    let id = a.id.to_string();
+    dev.wait_for(
+        "the guest booted from the imported disk",
+        Duration::from_secs(180),
+        || alloc_stdout(&dev, &id).contains("taba-guest: booted from its disk"),
+    );
+    // Pruning keeps an image a job names.
+    let out = dev.cli(&["image", "prune"]);
+    assert!(out.status.success(), "{out:?}");
+    let after: Vec<String> = dev
+        .client
+        .list_images()
+        .unwrap()
+        .into_iter()
+        .flat_map(|i| i.refs)
+        .collect();
+    assert!(
+        after.contains(&"guest-boot:latest".to_string()),
+        "{after:?}"
+    );
+    let out = dev.cli(&["job", "stop", "byname"]);
+    assert!(out.status.success(), "{out:?}");
+}

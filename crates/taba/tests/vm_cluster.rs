@@ -321,3 +321,57 @@ migrate = { min_healthy_time = "1s", rebalance = false }
         .desired_description
         .starts_with("moved to another node"));
 }
+
+#[test]
+fn root_vm_disk_image_imported_on_the_server_is_fetched_by_the_agent() {
+    let c = cluster();
+    let boot = vm_guest_dir().join("current/boot.raw");
+    let out = c.cli(&[
+        "image",
+        "import",
+        boot.to_str().unwrap(),
+        "--name",
+        "cluster-boot",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let job = r#"
+name = "fetched"
+type = "service"
+[[group]]
+name = "g"
+restart = { attempts = 0, interval = "1m", delay = "1s", mode = "fail" }
+reschedule = { attempts = 0 }
+  [[group.task]]
+  name = "guest"
+  driver = "vm"
+  boot_disk = "cluster-boot"
+  resources = { cpu = 500, memory = "256MiB" }
+  kill_timeout = "30s"
+"#;
+    let f = job_file(&c.data, "fetched", job);
+    let out = c.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let mut found = None;
+    c.wait_for("the VM booted from the fetched disk", BOOT, || {
+        found = allocs(&c, "fetched")
+            .into_iter()
+            .find(|a| console(&c, a).contains("taba-guest: booted from its disk"));
+        found.is_some()
+    });
+    let a = found.unwrap();
+    let events = format!("{:?}", a.task_states["guest"].events);
+    assert!(
+        events.contains("Image Fetched") && events.contains("cluster-boot"),
+        "{events}"
+    );
+    // The agent's own store holds it now.
+    let store = c.data.join("agents").join(&a.node_name).join("images");
+    let agent_images = taba_image::ImageStore::open(&store).unwrap();
+    let d = agent_images.resolve_disk("cluster-boot").unwrap().unwrap();
+    assert_eq!(
+        std::fs::metadata(&d.path).unwrap().len(),
+        std::fs::metadata(&boot).unwrap().len()
+    );
+    let out = c.cli(&["job", "stop", "fetched"]);
+    assert!(out.status.success(), "{out:?}");
+}

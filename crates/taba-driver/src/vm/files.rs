@@ -122,17 +122,47 @@ fn qemu_img(
 }
 
 /// Where a job's base disk images are looked up: the node's VM image
-/// directories.
+/// directories, then the disk images of the node's image store
+/// (`taba image import`, fetched from the servers by the agent).
 #[derive(Clone, Copy, Debug)]
 pub struct Resolver<'a> {
     /// Canonical VM image directories (agent option `vm.image_dirs`).
     pub dirs: &'a [PathBuf],
+    /// The node's image store.
+    pub store: Option<&'a taba_image::ImageStore>,
 }
 
 impl Resolver<'_> {
-    /// The base image file `name` of task field `field`.
-    pub fn base(&self, field: &str, name: &str) -> Result<PathBuf, FilesError> {
-        resolve(self.dirs, field, name)
+    /// The base image `name` of task field `field`: a file, and its format
+    /// when the store knows it.
+    pub fn base(
+        &self,
+        field: &str,
+        name: &str,
+    ) -> Result<(PathBuf, Option<DiskFormat>), FilesError> {
+        let not_found = match resolve(self.dirs, field, name) {
+            Ok(p) => return Ok((p, None)),
+            Err(e @ FilesError::Path { .. }) if self.store.is_some() => e,
+            Err(e) => return Err(e),
+        };
+        let Some(store) = self.store else {
+            return Err(not_found);
+        };
+        match store.resolve_disk(name) {
+            Ok(Some(d)) => Ok((d.path, Some(d.format))),
+            // Not an image name either: the file's error says what is wrong.
+            Ok(None) | Err(taba_image::ImageError::InvalidReference { .. }) => Err(not_found),
+            Err(e) => Err(FilesError::Path {
+                field: field.to_string(),
+                path: name.to_string(),
+                reason: format!("image store: {}", taba_types::error_chain(&e)),
+            }),
+        }
+    }
+
+    /// Whether `name` is a file of the VM image directories.
+    pub fn is_file(&self, field: &str, name: &str) -> bool {
+        resolve(self.dirs, field, name).is_ok()
     }
 }
 
@@ -147,7 +177,7 @@ pub fn ensure_disk(
 ) -> Result<(PathBuf, bool), FilesError> {
     ensure_disk_file(
         qemu_img_exe,
-        &Resolver { dirs },
+        &Resolver { dirs, store: None },
         &task_dir.join(format!("disk{index}.qcow2")),
         &format!("disks[{index}]"),
         disk,
@@ -179,12 +209,13 @@ pub fn ensure_disk_file(
     match &disk.image {
         Some(image) => {
             let ifield = format!("{field}.image");
-            let base = resolver.base(&ifield, image)?;
+            let (base, stored_format) = resolver.base(&ifield, image)?;
             let base_s = base.to_string_lossy().into_owned();
-            // The format is never guessed for a file the job says is raw: a
-            // raw disk may hold a qcow2 header naming any backing file.
+            // The format is never guessed for a file the job (or the image
+            // store) says is raw: a raw disk may hold a qcow2 header naming
+            // any backing file.
             let mut info_args = vec!["info", "--output=json"];
-            if let Some(f) = disk.format {
+            if let Some(f) = disk.format.or(stored_format) {
                 info_args.extend(["-f", f.qemu_name()]);
             }
             info_args.push(&base_s);

@@ -139,6 +139,8 @@ pub struct VmDriver {
     qemu_version: Result<String, String>,
     /// The KVM probe's result, once run.
     kvm: Mutex<Option<Result<(), String>>>,
+    /// The node's image store: disk images by name (`taba image import`).
+    images: Option<std::sync::Arc<taba_image::ImageStore>>,
 }
 
 /// `name` as found in PATH (or itself when it has a '/').
@@ -196,6 +198,21 @@ impl VmDriver {
             cfg,
             qemu_version,
             kvm: Mutex::new(None),
+            images: None,
+        }
+    }
+
+    /// Base disk images may also be disk images of `images` (by name).
+    pub fn with_images(mut self, images: std::sync::Arc<taba_image::ImageStore>) -> Self {
+        self.images = Some(images);
+        self
+    }
+
+    /// Where base disk images are looked up.
+    fn resolver(&self) -> files::Resolver<'_> {
+        files::Resolver {
+            dirs: &self.cfg.image_dirs,
+            store: self.images.as_deref(),
         }
     }
 
@@ -345,9 +362,7 @@ impl VmDriver {
         cfg: &TaskConfig,
     ) -> Result<(Vec<PathBuf>, Vec<PathBuf>, Option<(boot::Uefi, bool)>), DriverError> {
         let t = &cfg.task;
-        let resolver = files::Resolver {
-            dirs: &self.cfg.image_dirs,
-        };
+        let resolver = self.resolver();
         let mut disks = Vec::new();
         let mut made = Vec::new();
         let fail = |made: &[PathBuf], e: VmError| {
@@ -665,6 +680,18 @@ impl Driver for VmDriver {
             }
         }
         Ok(r)
+    }
+
+    /// The base disk images that are not files of the VM image
+    /// directories: disk images of the image store, which the agent
+    /// fetches from the servers when the node lacks them.
+    fn store_images(&self, task: &taba_types::TaskSpec) -> Vec<String> {
+        let r = self.resolver();
+        taba_types::vm::disk_images(task)
+            .into_iter()
+            .filter(|(field, name)| !r.is_file(field, name))
+            .map(|(_, name)| name.to_string())
+            .collect()
     }
 
     fn migratable(&self) -> Option<&dyn crate::migrate::Migratable> {
