@@ -493,9 +493,18 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                     return;
                 }
                 if std::mem::take(&mut may_migrate_in) && s.is_migration_target() {
-                    match migration::incoming(&s, &task, &driver).await {
-                        Some(started) => started,
-                        None => return,
+                    // The images the target's QEMU needs (the bases of its disks)
+                    // first; without them the target ends and the VM stays at the source.
+                    match prepare_image(&s, &task, &driver).await {
+                        Prepared::Ready => match migration::incoming(&s, &task, &driver).await {
+                            Some(started) => started,
+                            None => return,
+                        },
+                        Prepared::Stopped(reason) => {
+                            mark_dead(&s, &name, false, "Killed", reason);
+                            return;
+                        }
+                        Prepared::Failed(r) => (None, Some(r)),
                     }
                 } else {
                     match prepare_image(&s, &task, &driver).await {

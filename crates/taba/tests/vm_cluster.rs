@@ -372,6 +372,27 @@ reschedule = { attempts = 0 }
         std::fs::metadata(&d.path).unwrap().len(),
         std::fs::metadata(&boot).unwrap().len()
     );
+    // Live-migrated: the target fetches the base too, the boot disk (disk0)
+    // is mirrored, the guest runs on without a reboot.
+    let to = other_node(&a);
+    let out = c.cli(&["alloc", "migrate", a.id.as_str(), "--to", to]);
+    assert!(out.status.success(), "{out:?}");
+    let mut moved = None;
+    c.wait_for("the VM on the other node", Duration::from_secs(120), || {
+        moved = allocs(&c, "fetched")
+            .into_iter()
+            .find(|t| running(t) && t.previous_alloc.as_ref() == Some(&a.id));
+        moved.is_some()
+    });
+    let t = moved.unwrap();
+    assert_eq!(t.node_name, to);
+    let events = format!("{:?}", t.task_states["guest"].events);
+    assert!(events.contains("Image Fetched"), "{events}");
+    assert!(
+        !console(&c, &t).contains("taba-guest: init ok"),
+        "the guest booted again on the target: {}",
+        console(&c, &t)
+    );
     let out = c.cli(&["job", "stop", "fetched"]);
     assert!(out.status.success(), "{out:?}");
 }
