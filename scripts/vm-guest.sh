@@ -14,6 +14,9 @@
 #   current -> <kernel version>/   (a symlink, so tests need no version)
 #     vmlinuz          the kernel
 #     initramfs.cpio   busybox + modules + /init
+#     boot.raw         a BIOS-bootable raw disk (MBR: syslinux's mbr.bin; one
+#                      FAT partition: syslinux, this vmlinuz and initramfs,
+#                      `taba.bootdisk` on the command line), for `boot_disk`
 #
 # The guest's /init
 #   - loads the modules, mounts proc, sys and dev,
@@ -31,7 +34,12 @@
 #     boot id to `boots` there and prints `taba-disk: N boots`,
 #   - with `taba.console` prints `taba-console: ready` and answers every line
 #     typed on the serial console with `taba-echo: <line>` (what the tests
-#     of `taba alloc console` type into).
+#     of `taba alloc console` type into),
+#   - booted from boot.raw (`taba.bootdisk`) prints `taba-guest: booted from
+#     its disk`,
+#   - with a disk labelled `cidata` (a cloud-init NoCloud seed) mounts it
+#     read-only and prints `taba-seed: instance-id: <id>` (from meta-data)
+#     and `taba-seed: <line>` for each user-data line starting `taba-`.
 #
 # Boot it directly (what the driver starts, without taba):
 #
@@ -54,6 +62,7 @@ MODULES=(
   drivers/virtio/virtio_pci drivers/block/virtio_blk net/core/failover
   drivers/net/net_failover drivers/net/virtio_net
   drivers/input/evdev drivers/acpi/button
+  fs/fat/fat fs/fat/vfat fs/nls/nls_cp437 fs/nls/nls_ascii fs/nls/nls_utf8
 )
 
 write_vm_init() {
@@ -68,6 +77,17 @@ for e in /sys/class/input/event*; do
   fi
 done
 cmdline=" \$(cat /proc/cmdline) "
+case \$cmdline in *" taba.bootdisk "*) echo "taba-guest: booted from its disk" ;; esac
+seed=\$(findfs LABEL=cidata 2>/dev/null)
+if [ -n "\$seed" ]; then
+  mkdir -p /seed
+  if mount -t vfat -o ro "\$seed" /seed; then
+    echo "taba-seed: \$(grep '^instance-id:' /seed/meta-data)"
+    grep '^taba-' /seed/user-data | while read -r l; do echo "taba-seed: \$l"; done
+  else
+    echo "taba-seed: cannot mount \$seed"
+  fi
+fi
 case \$cmdline in *" taba.disk "*)
   mkdir -p /disk
   if [ -b /dev/vda ]; then
@@ -132,6 +152,52 @@ ensure_qemu_img() {
   apt_install -t bookworm-backports qemu-utils
 }
 
+# boot.raw in $1 (rebuilt when the initramfs is newer): a 64 MiB raw disk
+# SeaBIOS boots: syslinux's MBR, one bootable FAT partition at 1 MiB made
+# with mkfs.vfat --offset, filled with mtools and `syslinux --install`
+# (neither needs a loop device or a mount).
+ensure_boot_disk() {
+  local kdir=$1 img=$1/boot.raw tmp cfg
+  if [ -s "$img" ] && [ "$img" -nt "$kdir/initramfs.cpio" ]; then
+    return
+  fi
+  tmp=$(mktemp "$GUEST_DIR/.boot.XXXXXX")
+  cfg=$(mktemp "$GUEST_DIR/.syslinux.XXXXXX")
+  truncate -s 64M "$tmp"
+  printf 'label: dos\nstart=2048, type=c, bootable\n' | sfdisk -q "$tmp"
+  mkfs.vfat --offset 2048 -n TABABOOT "$tmp" $((63 * 1024)) >/dev/null
+  cat >"$cfg" <<EOF
+SERIAL 0 115200
+PROMPT 0
+TIMEOUT 0
+DEFAULT taba
+LABEL taba
+  LINUX /VMLINUZ
+  INITRD /INITRD.IMG
+  APPEND console=ttyS0 taba.bootdisk tsc_early_khz=$(host_khz)
+EOF
+  mcopy -i "$tmp@@1M" "$kdir/vmlinuz" ::VMLINUZ
+  mcopy -i "$tmp@@1M" "$kdir/initramfs.cpio" ::INITRD.IMG
+  mcopy -i "$tmp@@1M" "$cfg" ::SYSLINUX.CFG
+  syslinux --offset $((1 << 20)) --install "$tmp"
+  dd if=/usr/lib/syslinux/mbr/mbr.bin of="$tmp" bs=440 count=1 conv=notrunc status=none
+  rm -f "$cfg"
+  chmod 0644 "$tmp"
+  mv "$tmp" "$img"
+}
+
+# syslinux, mtools, dosfstools and fdisk (sfdisk): the boot disk, and the cloud-init seed
+# disks the vm driver makes.
+ensure_disk_tools() {
+  local p missing=()
+  for p in syslinux syslinux-common mtools dosfstools fdisk; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    apt_install "${missing[@]}"
+  fi
+}
+
 vm_setup() {
   [ "$(id -u)" = 0 ] || die "needs root (apt)"
   ensure_qemu
@@ -139,6 +205,8 @@ vm_setup() {
   local kdir
   kdir=$(ensure_kernel)
   ensure_vm_initramfs "$kdir"
+  ensure_disk_tools
+  ensure_boot_disk "$kdir"
   ln -sfn "$(basename "$kdir")" "$GUEST_DIR/current.tmp.$$"
   mv -T "$GUEST_DIR/current.tmp.$$" "$GUEST_DIR/current"
   echo "$GUEST_DIR/current"

@@ -1,4 +1,5 @@
-//! Images this node lacks, fetched from the servers into the node's own image store.
+//! Images this node lacks, fetched from the servers into the node's own image store
+//! (container images, and VM disk images: a manifest whose one blob is the disk).
 //!
 //! ```text
 //! runner: task needs image R          servers (image store with blobs)
@@ -114,11 +115,12 @@ impl ImageFetcher {
         }
     }
 
-    /// Whether the node's store has the image `reference` names.
+    /// Whether the node's store has the image (container or VM disk) `reference` names.
     pub async fn is_present(&self, reference: &str) -> Result<bool, FetchError> {
         let store = self.store.clone();
         let r = reference.to_string();
-        blocking(move || store.resolve(&r).map(|i| i.is_some())).await
+        blocking(move || Ok(store.resolve(&r)?.is_some() || store.resolve_disk(&r)?.is_some()))
+            .await
     }
 
     /// Fetches the image `reference` names from the servers; layers the store has are not

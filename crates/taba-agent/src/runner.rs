@@ -493,9 +493,18 @@ async fn run_task(s: Arc<Shared>, task: TaskSpec) {
                     return;
                 }
                 if std::mem::take(&mut may_migrate_in) && s.is_migration_target() {
-                    match migration::incoming(&s, &task, &driver).await {
-                        Some(started) => started,
-                        None => return,
+                    // The images the target's QEMU needs (the bases of its disks)
+                    // first; without them the target ends and the VM stays at the source.
+                    match prepare_image(&s, &task, &driver).await {
+                        Prepared::Ready => match migration::incoming(&s, &task, &driver).await {
+                            Some(started) => started,
+                            None => return,
+                        },
+                        Prepared::Stopped(reason) => {
+                            mark_dead(&s, &name, false, "Killed", reason);
+                            return;
+                        }
+                        Prepared::Failed(r) => (None, Some(r)),
                     }
                 } else {
                     match prepare_image(&s, &task, &driver).await {
@@ -680,16 +689,29 @@ enum Prepared {
     Stopped(String),
 }
 
-/// Fetches the task's image from the servers if the driver runs images and the node lacks it;
-/// every step is a task event.
+/// Fetches the images of the node's store the task needs (its container image, a VM's disk
+/// images: [`Driver::store_images`]) from the servers when the node lacks them; every step
+/// is a task event.
 async fn prepare_image(s: &Shared, task: &TaskSpec, driver: &Arc<dyn Driver>) -> Prepared {
-    let (Some(fetcher), Some(image)) = (s.ctx.images.clone(), task.image.clone()) else {
+    let Some(fetcher) = s.ctx.images.clone() else {
         return Prepared::Ready;
     };
-    if !driver.capabilities().image_rootfs {
-        return Prepared::Ready;
+    for image in driver.store_images(task) {
+        match prepare_one(s, &task.name, &fetcher, image).await {
+            Prepared::Ready => {}
+            other => return other,
+        }
     }
-    let name = &task.name;
+    Prepared::Ready
+}
+
+/// [`prepare_image`] of one image.
+async fn prepare_one(
+    s: &Shared,
+    name: &str,
+    fetcher: &Arc<crate::images::ImageFetcher>,
+    image: String,
+) -> Prepared {
     let fetched = async {
         if fetcher.is_present(&image).await? {
             return Ok(None);

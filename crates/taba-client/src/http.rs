@@ -815,6 +815,32 @@ impl Client {
         )
     }
 
+    /// `POST /v1/images?disk=NAME`: import a VM disk image (qcow2, or raw
+    /// with `format`) as `name`.
+    pub fn import_disk(
+        &self,
+        file: &std::path::Path,
+        name: &str,
+        format: Option<taba_types::vm::DiskFormat>,
+    ) -> Result<ImportResponse, ClientError> {
+        let f = std::fs::File::open(file).map_err(|e| ClientError::Input {
+            what: file.display().to_string(),
+            source: e,
+        })?;
+        let q = ImportQuery {
+            disk: Some(name.to_string()),
+            format,
+        };
+        Self::json(
+            self.finish(
+                self.req_with(&self.streaming, Method::POST, "/v1/images")
+                    .query(&q)
+                    .header("Content-Type", "application/octet-stream")
+                    .body(Body::new(f)),
+            )?,
+        )
+    }
+
     /// `POST /v1/registry/pull`: pulls `reference` into the server's image store, calling
     /// `on_event` for each progress line. Returns the last event: `Done`, or `Error` when the
     /// pull failed after it began (failures before are [`ClientError::Api`]).

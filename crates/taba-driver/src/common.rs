@@ -292,6 +292,15 @@ pub trait Driver: Send + Sync {
     ) -> Result<std::process::Command, DriverError>;
     /// Re-attach after an agent restart.
     fn recover(&self, handle: &TaskHandle) -> Result<Recovered, DriverError>;
+    /// The images of the node's image store `task` needs, which the agent
+    /// fetches from the servers when the node lacks them: the container
+    /// image of drivers that run images; the disk images of a VM.
+    fn store_images(&self, task: &taba_types::TaskSpec) -> Vec<String> {
+        match &task.image {
+            Some(i) if self.capabilities().image_rootfs => vec![i.clone()],
+            _ => Vec::new(),
+        }
+    }
     /// The unix socket of the task's console (`taba alloc console`): what
     /// is written to it goes to the workload's stdin, the workload's output
     /// comes back (`taba_runtime::shim::console`). Only VMs have one.

@@ -28,6 +28,8 @@ fn guest_plan(machine: VmMachine) -> qemu::VmPlan {
         network: VmNetwork::None,
         incoming: None,
         paused: false,
+        uefi: None,
+        seed: None,
     }
 }
 

@@ -58,6 +58,12 @@ pub enum ImageError {
     /// The image was imported before the store kept layer blobs, so it cannot be handed on.
     #[error("image {0} has no stored layer blobs (imported by an older taba); import it again")]
     NoBlobs(String),
+    /// A disk image (qcow2, raw) the store does not take.
+    #[error("invalid disk image: {reason}")]
+    InvalidDisk {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A layer entry would be written outside the layer or through a symlink.
     #[error("unsafe path in layer: {0}")]
     UnsafePath(String),

@@ -48,7 +48,14 @@ pub(crate) fn validate(m: &ImageManifest) -> Result<(), ImageError> {
             m.config.digest, m.id
         )));
     }
-    if m.config.size == 0 || m.config.size > MAX_CONFIG_BYTES {
+    if m.disk.is_some() {
+        if !m.layers.is_empty() {
+            return Err(bad("a disk image has no layers"));
+        }
+        if m.config.size == 0 {
+            return Err(bad("config.size of a disk image is 0"));
+        }
+    } else if m.config.size == 0 || m.config.size > MAX_CONFIG_BYTES {
         return Err(bad(format!(
             "config.size {} is not between 1 and {MAX_CONFIG_BYTES}",
             m.config.size
@@ -87,6 +94,14 @@ impl ImageStore {
     /// the store lacks ([`Fetch::needed`]). Layers the store has are not fetched again.
     pub fn fetch(&self, manifest: &ImageManifest) -> Result<Fetch, ImageError> {
         validate(manifest)?;
+        let cap = self.limits().max_archive;
+        if manifest.disk.is_some() && manifest.config.size > cap {
+            return Err(ImageError::LimitExceeded {
+                what: format!("disk image {}", manifest.id),
+                limit: "max_image_upload",
+                reason: format!("{} bytes, more than {cap}", manifest.config.size),
+            });
+        }
         let staging = self.new_staging()?;
         let blobs = self.blobs_dir();
         let mut seen = BTreeSet::new();
@@ -113,6 +128,34 @@ impl ImageStore {
 }
 
 impl Fetch {
+    /// A disk image: its one blob (written and checked against its digest
+    /// by its [`BlobWriter`]) is checked as a disk image again here, as a
+    /// local import is (a qcow2 with a backing file is refused on every
+    /// node, whatever the server said), then committed.
+    fn commit_disk(
+        &self,
+        d: &taba_types::wire::DiskDescriptor,
+    ) -> Result<ImageSummary, ImageError> {
+        let m = &self.manifest;
+        let hex = parse_digest(&m.id)?;
+        let staged = crate::blobs::blob_path(&ImageStore::staged_blobs(&self.staging), hex);
+        let file = if staged.exists() {
+            staged
+        } else {
+            crate::blobs::blob_path(&self.store.blobs_dir(), hex)
+        };
+        let virtual_size = crate::disk::check(&self.store, &file, d.format)?;
+        let refs = archive::canonical_refs(&m.refs)?;
+        self.store.commit_disk(
+            &self.staging,
+            hex,
+            m.config.size,
+            d.format,
+            virtual_size,
+            &refs,
+        )
+    }
+
     /// The image's id.
     pub fn id(&self) -> &str {
         &self.manifest.id
@@ -174,6 +217,9 @@ impl Fetch {
     /// checked again against its digest and diff_id as it is unpacked.
     pub fn commit(self) -> Result<ImageSummary, ImageError> {
         let m = &self.manifest;
+        if let Some(d) = &m.disk {
+            return self.commit_disk(d);
+        }
         let config_hex = parse_digest(&m.id)?;
         let mut config_bytes = Vec::new();
         self.store

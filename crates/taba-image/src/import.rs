@@ -371,6 +371,7 @@ impl ImageStore {
                 config_size: plan.config_bytes.len() as u64,
                 blobs: p.blobs.into_iter().map(|b| b.expect("staged")).collect(),
                 manifest,
+                disk: None,
             };
             let image_path = self.image_path(&id[7..]);
             // A record from before blobs were kept is replaced by one that names them.

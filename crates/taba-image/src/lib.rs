@@ -1,4 +1,5 @@
-//! The node's image store for container workloads.
+//! The node's image store for container workloads, and for the disk images
+//! of VMs (qcow2, raw: [`ImageStore::import_disk`], module `disk`).
 //!
 //! It imports `docker save` tars and OCI image-layout tars, unpacks every layer once into a
 //! content-addressed directory shared by all images that use it, resolves references, and
@@ -32,6 +33,7 @@
 
 mod archive;
 mod blobs;
+mod disk;
 mod error;
 mod export;
 mod fetch;
@@ -55,6 +57,7 @@ use serde::{Deserialize, Serialize};
 
 pub use archive::sha256_digest;
 pub use blobs::{parse_digest, BlobWriter, MAX_BLOB_BYTES};
+pub use disk::{detect_format, DiskImage};
 pub use error::ImageError;
 pub use export::{ImageExport, SaveFormat, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST};
 pub use fetch::Fetch;
@@ -73,7 +76,7 @@ pub fn canonical_reference(reference: &str) -> Result<String, ImageError> {
 }
 
 /// A short description of a stored image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageSummary {
     /// `sha256:<hex>` of the image config.
     pub id: String,
@@ -85,6 +88,10 @@ pub struct ImageSummary {
     pub layers: usize,
     /// When the image was built, as its config says (RFC 3339).
     pub created: Option<String>,
+    /// `container`, or `disk` for a VM disk image.
+    pub kind: &'static str,
+    /// A disk image's format (`qcow2`, `raw`).
+    pub format: Option<&'static str>,
 }
 
 /// How to run the image, from its config. Empty lists mean "not set".
@@ -199,11 +206,17 @@ struct ImageRecord {
     /// The OCI manifest the image came with, if any.
     #[serde(default)]
     manifest: Option<BlobRecord>,
+    /// Set for a VM disk image (one blob: the disk file, whose digest is the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disk: Option<disk::DiskRecord>,
 }
 
 impl ImageRecord {
     /// Whether every blob of the image is recorded (not a version 1 record).
     fn has_blobs(&self) -> bool {
+        if self.disk.is_some() {
+            return self.blobs.len() == 1;
+        }
         self.blobs.len() == self.diff_ids.len() && self.config_size > 0
     }
 }
@@ -568,15 +581,26 @@ impl ImageStore {
         let Some((id, record, refs)) = self.find_with_blobs(reference)? else {
             return Ok(None);
         };
+        let (config_size, disk) = match &record.disk {
+            Some(d) => (
+                record.size,
+                Some(taba_types::wire::DiskDescriptor {
+                    format: d.format,
+                    virtual_size: d.virtual_size,
+                }),
+            ),
+            None => (record.config_size, None),
+        };
         Ok(Some(ImageManifest {
             protocol: taba_types::wire::PROTOCOL,
             refs: Self::refs_of(&refs, &id),
             config: BlobDescriptor {
                 digest: id.clone(),
-                size: record.config_size,
+                size: config_size,
             },
             layers: layer_descriptors(&record),
             id,
+            disk,
         }))
     }
 
@@ -632,6 +656,12 @@ impl ImageStore {
             size: r.size,
             layers: r.diff_ids.len(),
             created: r.created.clone(),
+            kind: if r.disk.is_some() {
+                "disk"
+            } else {
+                "container"
+            },
+            format: r.disk.as_ref().map(|d| d.format.qemu_name()),
         }
     }
 
@@ -693,8 +723,9 @@ impl ImageStore {
         }
     }
 
-    /// Looks an image up by reference (`busybox`, `busybox:latest`,
+    /// Looks a container image up by reference (`busybox`, `busybox:latest`,
     /// `docker.io/library/busybox:latest`), `sha256:<id>` or an id prefix.
+    /// `None` for a disk image ([`ImageStore::resolve_disk`]).
     pub fn resolve(&self, reference: &str) -> Result<Option<Image>, ImageError> {
         let refs = self.load_refs()?;
         let Some((id, _)) = self.find(reference, &refs)? else {
@@ -703,6 +734,9 @@ impl ImageStore {
         let Some(record) = self.load_image(&id[7..])? else {
             return Ok(None);
         };
+        if record.disk.is_some() {
+            return Ok(None);
+        }
         Ok(Some(Image {
             refs: Self::refs_of(&refs, &id),
             layers: record

@@ -697,5 +697,6 @@ fn wire_manifest(s: &Session, r: &Resolved, config: &[u8]) -> Result<ImageManife
             size: size(&m.config)?,
         },
         layers,
+        disk: None,
     })
 }

@@ -612,6 +612,11 @@ fn task_group(name: &str, count: u32, cpu: u64, mem_mib: u64) -> TaskGroupSpec {
             accel: None,
             disks: Vec::new(),
             network: None,
+            boot_disk: None,
+            firmware: None,
+            user_data: None,
+            meta_data: None,
+            network_config: None,
         }],
     }
 }

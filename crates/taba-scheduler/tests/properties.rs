@@ -313,6 +313,11 @@ fn make_job(i: usize, g: &JobGen) -> Job {
                     accel: None,
                     disks: Vec::new(),
                     network: None,
+                    boot_disk: None,
+                    firmware: None,
+                    user_data: None,
+                    meta_data: None,
+                    network_config: None,
                 }],
             }
         })

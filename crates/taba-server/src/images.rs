@@ -17,6 +17,8 @@ pub fn image_info(s: ImageSummary) -> ImageInfo {
         size: s.size,
         layers: s.layers,
         created: s.created.map(|c| c.to_string()),
+        kind: s.kind.to_string(),
+        format: s.format.map(str::to_string),
     }
 }
 
@@ -71,6 +73,40 @@ pub fn import(images: &ImageStore, path: &Path) -> Result<ImportResponse, ApiErr
     })
 }
 
+/// Import a VM disk image (qcow2, raw) as `name`.
+pub fn import_disk(
+    images: &ImageStore,
+    path: &Path,
+    name: &str,
+    format: Option<taba_types::vm::DiskFormat>,
+) -> Result<ImportResponse, ApiError> {
+    let info = images
+        .import_disk(path, name, format)
+        .map(image_info)
+        .map_err(|e| match e {
+            e @ ImageError::InvalidReference { .. } => {
+                ApiError::invalid("disk", taba_types::error_chain(&e))
+            }
+            e => ApiError::invalid(
+                "body",
+                format!("cannot import disk image: {}", taba_types::error_chain(&e)),
+            ),
+        })?;
+    Ok(ImportResponse {
+        image: info.clone(),
+        images: vec![info],
+    })
+}
+
+/// The id of the image (container or disk) `reference` names.
+fn id_of(images: &ImageStore, reference: &str) -> Result<String, ApiError> {
+    match images.id_of(reference) {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err(ApiError::NotFound(format!("image {reference:?} not found"))),
+        Err(e) => Err(ApiError::bad("reference", taba_types::error_chain(&e))),
+    }
+}
+
 /// Every image.
 pub fn list(images: &ImageStore) -> Result<Vec<ImageInfo>, ApiError> {
     images
@@ -86,28 +122,24 @@ pub fn list(images: &ImageStore) -> Result<Vec<ImageInfo>, ApiError> {
 
 /// An image by reference or id, with its run config.
 pub fn inspect(images: &ImageStore, reference: &str) -> Result<ImageDetail, ApiError> {
-    let image = match images.resolve(reference) {
-        Ok(Some(i)) => i,
-        Ok(None) => return Err(ApiError::NotFound(format!("image {reference:?} not found"))),
-        Err(e) => return Err(ApiError::bad("reference", taba_types::error_chain(&e))),
-    };
+    let id = id_of(images, reference)?;
     let info = list(images)?
         .into_iter()
-        .find(|s| s.id == image.id)
+        .find(|s| s.id == id)
         .ok_or_else(|| ApiError::NotFound(format!("image {reference:?} not found")))?;
-    let config = serde_json::to_value(&image.config)
-        .map_err(|e| ApiError::Internal(format!("image config of {reference:?}: {e}")))?;
+    // A disk image has no run config.
+    let config = match images.resolve(&id) {
+        Ok(Some(image)) => serde_json::to_value(&image.config)
+            .map_err(|e| ApiError::Internal(format!("image config of {reference:?}: {e}")))?,
+        _ => serde_json::Value::Null,
+    };
     Ok(ImageDetail { info, config })
 }
 
 /// Remove by reference or id; returns what the image was.
 pub fn remove(images: &ImageStore, reference: &str) -> Result<ImageInfo, ApiError> {
-    let image = match images.resolve(reference) {
-        Ok(Some(i)) => i,
-        Ok(None) => return Err(ApiError::NotFound(format!("image {reference:?} not found"))),
-        Err(e) => return Err(ApiError::bad("reference", taba_types::error_chain(&e))),
-    };
-    let summary = list(images)?.into_iter().find(|s| s.id == image.id);
+    let id = id_of(images, reference)?;
+    let summary = list(images)?.into_iter().find(|s| s.id == id);
     images.remove(reference).map_err(|e: ImageError| {
         ApiError::Internal(format!(
             "cannot remove image {reference:?}: {}",
@@ -115,11 +147,13 @@ pub fn remove(images: &ImageStore, reference: &str) -> Result<ImageInfo, ApiErro
         ))
     })?;
     Ok(summary.unwrap_or(ImageInfo {
-        id: image.id.clone(),
+        id,
         refs: vec![reference.to_string()],
         size: 0,
         layers: 0,
         created: None,
+        kind: "container".into(),
+        format: None,
     }))
 }
 

@@ -524,6 +524,28 @@ pub struct ImageInfo {
     /// Creation time as the image says, if it says.
     #[serde(default)]
     pub created: Option<String>,
+    /// `container`, or `disk` for a VM disk image.
+    #[serde(default = "container_kind")]
+    pub kind: String,
+    /// A disk image's format (`qcow2`, `raw`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+fn container_kind() -> String {
+    "container".into()
+}
+
+/// Query of `POST /v1/images` importing a VM disk image (qcow2 or raw, the
+/// request body) instead of an image tar.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportQuery {
+    /// Import the body as a disk image named this (`debian-12`, `debian:12`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// Its format; unset: qcow2 by its header (a raw image must say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::vm::DiskFormat>,
 }
 
 /// Reply of `POST /v1/job-plan`: what `job run` of the same job file would do to the job's

@@ -166,7 +166,7 @@ impl TaskGroupSpec {
     pub fn has_local_disks(&self) -> bool {
         self.tasks
             .iter()
-            .any(|t| t.driver == "vm" && !t.disks.is_empty())
+            .any(|t| t.driver == "vm" && (!t.disks.is_empty() || t.boot_disk.is_some()))
     }
     /// The restart policy in force: the group's, or the default for `job_type`.
     pub fn restart_policy(&self, job_type: JobType) -> RestartPolicy {
@@ -506,6 +506,30 @@ pub struct TaskSpec {
     /// Network of the VM (vm driver): `none` (default) or `user`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::vm::VmNetwork>,
+    /// The disk the firmware boots (vm driver), instead of `kernel`: a
+    /// qcow2 overlay of the allocation on a base image (`"debian.qcow2"`
+    /// or `{ image = "...", size = "8GiB" }`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::vm::deserialize_boot_disk"
+    )]
+    pub boot_disk: Option<crate::vm::VmDisk>,
+    /// Firmware of a `boot_disk` boot (vm driver): `bios` (SeaBIOS, the
+    /// default) or `uefi` (OVMF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<crate::vm::VmFirmware>,
+    /// cloud-init `user-data` (vm driver): given to the guest on a NoCloud
+    /// seed disk labelled `cidata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// Extra cloud-init `meta-data` lines (vm driver); `instance-id` and
+    /// `local-hostname` are set unless given here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_data: Option<String>,
+    /// cloud-init `network-config` (vm driver), on the seed disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_config: Option<String>,
 }
 
 /// `user_namespace` of a task.

@@ -309,6 +309,19 @@ pub struct ImageManifest {
     pub config: BlobDescriptor,
     /// The layers, bottom to top.
     pub layers: Vec<LayerDescriptor>,
+    /// Set for a VM disk image: then `config` is the disk file itself (its
+    /// digest is the id) and there are no layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskDescriptor>,
+}
+
+/// What an [`ImageManifest`] of a disk image says of the disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskDescriptor {
+    /// `qcow2` or `raw`.
+    pub format: crate::vm::DiskFormat,
+    /// Size of the disk the guest sees, bytes.
+    pub virtual_size: u64,
 }
 
 /// A content-addressed blob.

@@ -172,6 +172,8 @@ fn plan(mib: u64, cmdline: &str, incoming: bool) -> qemu::VmPlan {
         network: VmNetwork::None,
         incoming: incoming.then(|| "defer".into()),
         paused: false,
+        uefi: None,
+        seed: None,
     }
 }
 

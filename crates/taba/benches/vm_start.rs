@@ -105,6 +105,8 @@ fn direct_plan() -> qemu::VmPlan {
         network: VmNetwork::None,
         incoming: None,
         paused: false,
+        uefi: None,
+        seed: None,
     }
 }
 

@@ -623,3 +623,78 @@ fn root_vm_migration_that_cannot_converge_switches_to_post_copy_when_allowed() {
     );
     assert_ne!(moved.node_name, src.node_name);
 }
+
+#[test]
+fn root_vm_disk_image_imported_on_the_server_is_fetched_by_the_agent() {
+    let c = cluster();
+    let boot = vm_guest_dir().join("current/boot.raw");
+    let out = c.cli(&[
+        "image",
+        "import",
+        boot.to_str().unwrap(),
+        "--name",
+        "cluster-boot",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let job = r#"
+name = "fetched"
+type = "service"
+[[group]]
+name = "g"
+restart = { attempts = 0, interval = "1m", delay = "1s", mode = "fail" }
+reschedule = { attempts = 0 }
+  [[group.task]]
+  name = "guest"
+  driver = "vm"
+  boot_disk = "cluster-boot"
+  resources = { cpu = 500, memory = "256MiB" }
+  kill_timeout = "30s"
+"#;
+    let f = job_file(&c.data, "fetched", job);
+    let out = c.cli(&["job", "run", "--detach", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let mut found = None;
+    c.wait_for("the VM booted from the fetched disk", BOOT, || {
+        found = allocs(&c, "fetched")
+            .into_iter()
+            .find(|a| console(&c, a).contains("taba-guest: booted from its disk"));
+        found.is_some()
+    });
+    let a = found.unwrap();
+    let events = format!("{:?}", a.task_states["guest"].events);
+    assert!(
+        events.contains("Image Fetched") && events.contains("cluster-boot"),
+        "{events}"
+    );
+    // The agent's own store holds it now.
+    let store = c.data.join("agents").join(&a.node_name).join("images");
+    let agent_images = taba_image::ImageStore::open(&store).unwrap();
+    let d = agent_images.resolve_disk("cluster-boot").unwrap().unwrap();
+    assert_eq!(
+        std::fs::metadata(&d.path).unwrap().len(),
+        std::fs::metadata(&boot).unwrap().len()
+    );
+    // Live-migrated: the target fetches the base too, the boot disk (disk0)
+    // is mirrored, the guest runs on without a reboot.
+    let to = other_node(&a);
+    let out = c.cli(&["alloc", "migrate", a.id.as_str(), "--to", to]);
+    assert!(out.status.success(), "{out:?}");
+    let mut moved = None;
+    c.wait_for("the VM on the other node", Duration::from_secs(120), || {
+        moved = allocs(&c, "fetched")
+            .into_iter()
+            .find(|t| running(t) && t.previous_alloc.as_ref() == Some(&a.id));
+        moved.is_some()
+    });
+    let t = moved.unwrap();
+    assert_eq!(t.node_name, to);
+    let events = format!("{:?}", t.task_states["guest"].events);
+    assert!(events.contains("Image Fetched"), "{events}");
+    assert!(
+        !console(&c, &t).contains("taba-guest: init ok"),
+        "the guest booted again on the target: {}",
+        console(&c, &t)
+    );
+    let out = c.cli(&["job", "stop", "fetched"]);
+    assert!(out.status.success(), "{out:?}");
+}

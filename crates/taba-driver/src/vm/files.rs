@@ -121,10 +121,53 @@ fn qemu_img(
     Ok(out.stdout)
 }
 
-/// The VM's disk `index` in `task_dir`: kept as it is when it exists (the
-/// disk outlives restarts of the task on this node), else made now. Returns
-/// the file and whether it was made by this call (to remove if the start
-/// fails).
+/// Where a job's base disk images are looked up: the node's VM image
+/// directories, then the disk images of the node's image store
+/// (`taba image import`, fetched from the servers by the agent).
+#[derive(Clone, Copy, Debug)]
+pub struct Resolver<'a> {
+    /// Canonical VM image directories (agent option `vm.image_dirs`).
+    pub dirs: &'a [PathBuf],
+    /// The node's image store.
+    pub store: Option<&'a taba_image::ImageStore>,
+}
+
+impl Resolver<'_> {
+    /// The base image `name` of task field `field`: a file, and its format
+    /// when the store knows it.
+    pub fn base(
+        &self,
+        field: &str,
+        name: &str,
+    ) -> Result<(PathBuf, Option<DiskFormat>), FilesError> {
+        let not_found = match resolve(self.dirs, field, name) {
+            Ok(p) => return Ok((p, None)),
+            Err(e @ FilesError::Path { .. }) if self.store.is_some() => e,
+            Err(e) => return Err(e),
+        };
+        let Some(store) = self.store else {
+            return Err(not_found);
+        };
+        match store.resolve_disk(name) {
+            Ok(Some(d)) => Ok((d.path, Some(d.format))),
+            // Not an image name either: the file's error says what is wrong.
+            Ok(None) | Err(taba_image::ImageError::InvalidReference { .. }) => Err(not_found),
+            Err(e) => Err(FilesError::Path {
+                field: field.to_string(),
+                path: name.to_string(),
+                reason: format!("image store: {}", taba_types::error_chain(&e)),
+            }),
+        }
+    }
+
+    /// Whether `name` is a file of the VM image directories.
+    pub fn is_file(&self, field: &str, name: &str) -> bool {
+        resolve(self.dirs, field, name).is_ok()
+    }
+}
+
+/// The VM's disk `index` in `task_dir` (`disk<index>.qcow2`), bases looked
+/// up in `dirs`: see [`ensure_disk_file`].
 pub fn ensure_disk(
     qemu_img_exe: &Path,
     dirs: &[PathBuf],
@@ -132,23 +175,47 @@ pub fn ensure_disk(
     index: usize,
     disk: &VmDisk,
 ) -> Result<(PathBuf, bool), FilesError> {
-    let file = task_dir.join(format!("disk{index}.qcow2"));
+    ensure_disk_file(
+        qemu_img_exe,
+        &Resolver { dirs, store: None },
+        &task_dir.join(format!("disk{index}.qcow2")),
+        &format!("disks[{index}]"),
+        disk,
+    )
+}
+
+/// The VM's disk `file` (of task field `field`): kept as it is when it
+/// exists (the disk outlives restarts of the task on this node), else made
+/// now. Returns the file and whether it was made by this call (to remove
+/// if the start fails).
+pub fn ensure_disk_file(
+    qemu_img_exe: &Path,
+    resolver: &Resolver<'_>,
+    file: &Path,
+    field: &str,
+    disk: &VmDisk,
+) -> Result<(PathBuf, bool), FilesError> {
     if file.exists() {
-        return Ok((file, false));
+        return Ok((file.to_path_buf(), false));
     }
-    let field = format!("disks[{index}]");
-    let tmp = task_dir.join(format!(".disk{index}.qcow2.tmp"));
+    let field = field.to_string();
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = file.with_file_name(format!(".{name}.tmp"));
     let tmp_s = tmp.to_string_lossy().into_owned();
     let size = disk.size.map(|s| s.0.to_string());
     match &disk.image {
         Some(image) => {
             let ifield = format!("{field}.image");
-            let base = resolve(dirs, &ifield, image)?;
+            let (base, stored_format) = resolver.base(&ifield, image)?;
             let base_s = base.to_string_lossy().into_owned();
-            // The format is never guessed for a file the job says is raw: a
-            // raw disk may hold a qcow2 header naming any backing file.
+            // The format is never guessed for a file the job (or the image
+            // store) says is raw: a raw disk may hold a qcow2 header naming
+            // any backing file.
             let mut info_args = vec!["info", "--output=json"];
-            if let Some(f) = disk.format {
+            if let Some(f) = disk.format.or(stored_format) {
                 info_args.extend(["-f", f.qemu_name()]);
             }
             info_args.push(&base_s);
@@ -208,12 +275,12 @@ pub fn ensure_disk(
             )?;
         }
     }
-    std::fs::rename(&tmp, &file).map_err(|e| FilesError::Path {
+    std::fs::rename(&tmp, file).map_err(|e| FilesError::Path {
         field,
         path: file.display().to_string(),
         reason: e.to_string(),
     })?;
-    Ok((file, true))
+    Ok((file.to_path_buf(), true))
 }
 
 #[cfg(test)]

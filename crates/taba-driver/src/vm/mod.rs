@@ -15,14 +15,17 @@
 //! ```
 //!
 //! This module owns QEMU's command line ([`qemu`]), the QMP client
-//! ([`qmp`]), the VM's files ([`files`]) and the accelerator probe
-//! ([`probe`]); it must not touch the allocation's other tasks.
+//! ([`qmp`]), the VM's files ([`files`]), firmware boots from a boot disk
+//! ([`boot`]), the cloud-init seed disk ([`seed`]) and the accelerator
+//! probe ([`probe`]); it must not touch the allocation's other tasks.
 
+pub mod boot;
 pub mod files;
 mod migrate;
 pub mod probe;
 pub mod qemu;
 pub mod qmp;
+pub mod seed;
 
 use crate::shimmed::{wait_gone, Shimmed};
 use crate::{
@@ -32,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use taba_runtime::shim::{ProcessWorkload, Workload};
-use taba_types::vm::{VmAccel, VmMachine, VmNetwork};
+use taba_types::vm::{VmAccel, VmNetwork};
 use taba_types::{ByteSize, DriverInfo, NetworkMode};
 
 /// Errors of the `vm` driver.
@@ -41,6 +44,12 @@ pub enum VmError {
     /// A file of the VM is not usable.
     #[error("VM files")]
     Files(#[from] files::FilesError),
+    /// The VM cannot boot from its boot disk.
+    #[error("boot disk")]
+    Boot(#[from] boot::BootError),
+    /// The cloud-init seed disk could not be made.
+    #[error("cloud-init seed disk (user_data)")]
+    Seed(#[from] seed::SeedError),
     /// Talking to QEMU failed.
     #[error("QMP")]
     Qmp(#[from] qmp::QmpError),
@@ -130,6 +139,8 @@ pub struct VmDriver {
     qemu_version: Result<String, String>,
     /// The KVM probe's result, once run.
     kvm: Mutex<Option<Result<(), String>>>,
+    /// The node's image store: disk images by name (`taba image import`).
+    images: Option<std::sync::Arc<taba_image::ImageStore>>,
 }
 
 /// `name` as found in PATH (or itself when it has a '/').
@@ -187,6 +198,21 @@ impl VmDriver {
             cfg,
             qemu_version,
             kvm: Mutex::new(None),
+            images: None,
+        }
+    }
+
+    /// Base disk images may also be disk images of `images` (by name).
+    pub fn with_images(mut self, images: std::sync::Arc<taba_image::ImageStore>) -> Self {
+        self.images = Some(images);
+        self
+    }
+
+    /// Where base disk images are looked up.
+    fn resolver(&self) -> files::Resolver<'_> {
+        files::Resolver {
+            dirs: &self.cfg.image_dirs,
+            store: self.images.as_deref(),
         }
     }
 
@@ -287,24 +313,20 @@ impl VmDriver {
             .map(|i| files::resolve(dirs, "initrd", i))
             .transpose()
             .map_err(VmError::from)?;
-        let mut disks = Vec::new();
-        let mut made = Vec::new();
-        for (i, d) in t.disks.iter().enumerate() {
-            match files::ensure_disk(&self.cfg.qemu_img, dirs, &cfg.task_dir, i, d) {
-                Ok((f, new)) => {
-                    if new {
-                        made.push(f.clone());
-                    }
-                    disks.push(f);
-                }
-                Err(e) => {
-                    remove_files(&made);
-                    return Err(VmError::from(e).into());
-                }
+        let (disks, mut made, uefi) = self.disks(cfg)?;
+        let seed = match seed::make(&cfg.task_dir, t, cfg.alloc_id.as_str()) {
+            Ok(s) => s,
+            Err(e) => {
+                remove_files(&made);
+                return Err(VmError::from(e).into());
             }
-        }
-        let machine = t.machine.unwrap_or(VmMachine::Microvm);
-        let cmdline = qemu::kernel_cmdline(t.cmdline.as_deref(), accel, qemu::host_khz());
+        };
+        made.extend(seed.clone());
+        let machine = boot::machine(t);
+        let cmdline = match t.kernel {
+            Some(_) => qemu::kernel_cmdline(t.cmdline.as_deref(), accel, qemu::host_khz()),
+            None => String::new(),
+        };
         let name: String = format!("taba-{}-{}", short_id(cfg.alloc_id.as_str()), t.name)
             .chars()
             .map(|c| if c == ',' || c == '=' { '_' } else { c })
@@ -323,9 +345,66 @@ impl VmDriver {
                 network: t.network.unwrap_or(VmNetwork::None),
                 incoming: None,
                 paused: false,
+                uefi: uefi.map(|(u, _)| u),
+                seed,
             },
             made,
         ))
+    }
+
+    /// The VM's disk files: the boot disk first (it is `disk0` to QEMU and
+    /// the firmware), then `disks`, each made now if new; and the UEFI
+    /// variable store. On an error the files this call made are removed;
+    /// otherwise they are returned, to remove if the start fails.
+    #[allow(clippy::type_complexity)]
+    fn disks(
+        &self,
+        cfg: &TaskConfig,
+    ) -> Result<(Vec<PathBuf>, Vec<PathBuf>, Option<(boot::Uefi, bool)>), DriverError> {
+        let t = &cfg.task;
+        let resolver = self.resolver();
+        let mut disks = Vec::new();
+        let mut made = Vec::new();
+        let fail = |made: &[PathBuf], e: VmError| {
+            remove_files(made);
+            Err(DriverError::from(e))
+        };
+        let uefi = match boot::uefi(t, &cfg.task_dir) {
+            Ok(u) => u,
+            Err(e) => return fail(&made, e.into()),
+        };
+        if let Some((u, true)) = &uefi {
+            made.push(u.vars.clone());
+        }
+        match boot::ensure_boot_disk(
+            &self.cfg.qemu_img,
+            &resolver,
+            &cfg.task_dir,
+            t.boot_disk.as_ref(),
+        ) {
+            Ok(Some((f, new))) => {
+                if new {
+                    made.push(f.clone());
+                }
+                disks.push(f);
+            }
+            Ok(None) => {}
+            Err(e) => return fail(&made, e.into()),
+        }
+        for (i, d) in t.disks.iter().enumerate() {
+            let file = cfg.task_dir.join(format!("disk{i}.qcow2"));
+            let field = format!("disks[{i}]");
+            match files::ensure_disk_file(&self.cfg.qemu_img, &resolver, &file, &field, d) {
+                Ok((f, new)) => {
+                    if new {
+                        made.push(f.clone());
+                    }
+                    disks.push(f);
+                }
+                Err(e) => return fail(&made, e.into()),
+            }
+        }
+        Ok((disks, made, uefi))
     }
 
     /// Start QEMU for `plan` under the shim and wait until QMP answers.
@@ -601,6 +680,18 @@ impl Driver for VmDriver {
             }
         }
         Ok(r)
+    }
+
+    /// The base disk images that are not files of the VM image
+    /// directories: disk images of the image store, which the agent
+    /// fetches from the servers when the node lacks them.
+    fn store_images(&self, task: &taba_types::TaskSpec) -> Vec<String> {
+        let r = self.resolver();
+        taba_types::vm::disk_images(task)
+            .into_iter()
+            .filter(|(field, name)| !r.is_file(field, name))
+            .map(|(_, name)| name.to_string())
+            .collect()
     }
 
     fn migratable(&self) -> Option<&dyn crate::migrate::Migratable> {

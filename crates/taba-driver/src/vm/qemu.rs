@@ -40,6 +40,10 @@ pub struct VmPlan {
     pub incoming: Option<String>,
     /// `-S`: do not run the vCPUs until QMP `cont`.
     pub paused: bool,
+    /// UEFI firmware (OVMF) of a boot-disk VM; `None`: SeaBIOS or a kernel.
+    pub uefi: Option<super::boot::Uefi>,
+    /// The cloud-init seed disk (raw, attached read-only after the disks).
+    pub seed: Option<PathBuf>,
 }
 
 /// The kernel command line: `console=ttyS0`, the task's, and for a TCG
@@ -102,6 +106,20 @@ impl VmPlan {
             }
             push(&["-append", &self.cmdline]);
         }
+        if let Some(u) = &self.uefi {
+            push(&[
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    u.code.to_string_lossy().replace(',', ",,")
+                ),
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    u.vars.to_string_lossy().replace(',', ",,")
+                ),
+            ]);
+        }
         let bus = match self.machine {
             VmMachine::Microvm => "device",
             VmMachine::Q35 => "pci",
@@ -126,6 +144,19 @@ impl VmPlan {
             push(&[
                 "-device",
                 &format!("virtio-blk-{bus},drive=disk{i},id=vd{i}{boot}"),
+            ]);
+        }
+        if let Some(seed) = &self.seed {
+            push(&[
+                "-blockdev",
+                &format!(
+                    "driver=file,filename={},node-name=seedfile,read-only=on",
+                    seed.to_string_lossy().replace(',', ",,")
+                ),
+                "-blockdev",
+                "driver=raw,file=seedfile,node-name=seed,read-only=on",
+                "-device",
+                &format!("virtio-blk-{bus},drive=seed,id=seed0"),
             ]);
         }
         if self.network == VmNetwork::User {
@@ -183,6 +214,8 @@ mod tests {
             network: VmNetwork::User,
             incoming: None,
             paused: false,
+            uefi: None,
+            seed: None,
         }
     }
 
@@ -243,5 +276,29 @@ mod tests {
         assert!(a.contains("filename=/a/b,,c.qcow2"), "{a}");
         assert!(!a.contains("-kernel") && !a.contains("-netdev"), "{a}");
         assert!(a.ends_with("-incoming tcp:10.0.0.2:4444"), "{a}");
+        assert!(!a.contains("pflash") && !a.contains("seed"), "{a}");
+    }
+
+    #[test]
+    fn uefi_firmware_and_a_read_only_seed_disk() {
+        let mut p = plan();
+        p.machine = VmMachine::Q35;
+        p.kernel = None;
+        p.uefi = Some(super::super::boot::Uefi {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars: "/t/efivars.fd".into(),
+        });
+        p.seed = Some("/t/seed.img".into());
+        let a = p.args().join(" ");
+        assert!(
+            a.contains("-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd -drive if=pflash,format=raw,unit=1,file=/t/efivars.fd"),
+            "{a}"
+        );
+        assert!(
+            a.contains("driver=file,filename=/t/seed.img,node-name=seedfile,read-only=on -blockdev driver=raw,file=seedfile,node-name=seed,read-only=on -device virtio-blk-pci,drive=seed,id=seed0"),
+            "{a}"
+        );
+        // The seed comes after the disks: disk0 stays the first (boot) disk.
+        assert!(a.find("drive=disk0").unwrap() < a.find("drive=seed").unwrap());
     }
 }

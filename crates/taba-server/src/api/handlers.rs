@@ -844,7 +844,11 @@ pub fn sweep_uploads(data_dir: &std::path::Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
-pub async fn import_image(State(app): State<AppState>, body: Body) -> R<ImportResponse> {
+pub async fn import_image(
+    State(app): State<AppState>,
+    Q(q): Q<ImportQuery>,
+    body: Body,
+) -> R<ImportResponse> {
     let dir = uploads_dir(&app.state.config.data_dir);
     let max = app.state.config.limits.max_image_upload;
     tokio::fs::create_dir_all(&dir)
@@ -876,11 +880,17 @@ pub async fn import_image(State(app): State<AppState>, body: Body) -> R<ImportRe
         .map_err(|e| ApiError::Internal(format!("cannot write upload file: {e}")))?;
     drop(file);
     if size == 0 {
-        return Err(ApiError::bad("body", "empty body; send the image tar"));
+        return Err(ApiError::bad(
+            "body",
+            "empty body; send the image tar (or the disk image)",
+        ));
     }
     let info = on_store(&app.state.images, move |images| {
         let upload = upload;
-        crate::images::import(images, &upload.0)
+        match &q.disk {
+            Some(name) => crate::images::import_disk(images, &upload.0, name, q.format),
+            None => crate::images::import(images, &upload.0),
+        }
     })
     .await?;
     Ok(Json(info))
@@ -954,7 +964,12 @@ pub async fn prune_images(State(app): State<AppState>) -> R<PruneResponse> {
                         .groups
                         .iter()
                         .flat_map(|g| g.tasks.iter())
-                        .filter_map(|t| t.image.clone()),
+                        .flat_map(|t| {
+                            let disks = taba_types::vm::disk_images(t)
+                                .into_iter()
+                                .map(|(_, name)| name.to_string());
+                            t.image.clone().into_iter().chain(disks)
+                        }),
                 );
             }
         }

@@ -135,7 +135,7 @@ pub fn routes() -> Vec<Route> {
         r("GET", "/v1/nodes/{node}/drain", N(R), "What the node's drain has left to do, per task group", None, &[], "DrainStatus", get(h::drain_status)),
         r("POST", "/v1/nodes/{node}/drain", N(W), "Drain a node (JSON DrainRequest: deadline, ignore_system), or cancel its drain (disable)", Json("DrainRequest"), &[], "DrainStatus", post(h::drain_node)),
         r("GET", "/v1/images", AnyToken, "List images", None, &[], "ImageInfo[]", get(h::list_images)),
-        r("POST", "/v1/images", Op(W), "Import a docker-save or OCI-layout tar (the request body), every image it holds", Tar, &[], "ImportResponse", post(h::import_image)),
+        r("POST", "/v1/images", Op(W), "Import a docker-save or OCI-layout tar (the request body), every image it holds; with ?disk=NAME[&format=qcow2|raw] a VM disk image", Tar, &[("disk", "import the body as a VM disk image of this name"), ("format", "the disk image's format: qcow2 (default, by its header) or raw")], "ImportResponse", post(h::import_image)),
         r("GET", "/v1/images/{*reference}", AnyToken, "An image by reference or id, with its run config (user, workdir, volumes, stop signal, healthcheck...)", None, &[], "ImageDetail", get(h::inspect_image)),
         r("DELETE", "/v1/images", Op(W), "Prune: remove every image no job version names and no container uses", None, &[], "PruneResponse", delete(h::prune_images)),
         r("DELETE", "/v1/images/{*reference}", Op(W), "Remove an image by reference or id", None, &[], "ImageInfo", delete(h::remove_image)),

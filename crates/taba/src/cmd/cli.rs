@@ -226,10 +226,18 @@ fn parse_size(s: &str) -> Result<ByteSize, String> {
 /// `taba image ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Import a `docker save` or OCI-layout tar.
+    /// Import a `docker save` or OCI-layout tar, or a VM disk image (qcow2,
+    /// or raw with `--format raw` or a `.raw`/`.img` name).
     Import {
-        /// The tar file.
+        /// The tar file, or the disk image.
         file: PathBuf,
+        /// Name of a disk image (default: the file's name without its
+        /// extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// Import FILE as a disk image of this format: qcow2 or raw.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Pull an image from its registry into the server's image store
     /// (`busybox`, `host:port/repo:tag`, `repo@sha256:<hex>`).
@@ -290,7 +298,8 @@ pub enum ImageCommand {
         /// The registry.
         registry: String,
     },
-    /// List images.
+    /// List images (container images and VM disk images).
+    #[command(visible_alias = "ls")]
     List,
     /// Show an image and how it runs (user, workdir, volumes, stop signal,
     /// healthcheck...), as JSON.
@@ -1185,8 +1194,11 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
 pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
     let api = client(g)?;
     match c {
-        ImageCommand::Import { file } => {
-            let r = import_with_bar(g, &api, &file)?;
+        ImageCommand::Import { file, name, format } => {
+            let r = match disk_import(&file, name, format.as_deref())? {
+                Some((name, format)) => api.import_disk(&file, &name, format)?,
+                None => import_with_bar(g, &api, &file)?,
+            };
             if g.json {
                 return print_json(&r);
             }
@@ -1278,10 +1290,14 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
                         },
                         taba_types::ByteSize(i.size).to_string(),
                         i.layers.to_string(),
+                        match &i.format {
+                            Some(f) => format!("{} ({f})", i.kind),
+                            None => i.kind.clone(),
+                        },
                     ]
                 })
                 .collect();
-            table(&["ID", "REFERENCES", "SIZE", "LAYERS"], &rows);
+            table(&["ID", "REFERENCES", "SIZE", "LAYERS", "KIND"], &rows);
             Ok(ExitCode::SUCCESS)
         }
         ImageCommand::Inspect { reference } => print_json(&api.inspect_image(&reference)?),
@@ -1559,6 +1575,51 @@ fn image_save(
         taba_types::ByteSize(n)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `image import FILE` imports a disk image, and as what: with
+/// `--format`, a `--name`, a qcow2 header or a `.qcow2`/`.raw`/`.img` name.
+/// `None`: an image tar.
+fn disk_import(
+    file: &std::path::Path,
+    name: Option<String>,
+    format: Option<&str>,
+) -> anyhow::Result<Option<(String, Option<taba_types::vm::DiskFormat>)>> {
+    use taba_types::vm::DiskFormat;
+    let format = match format {
+        None => None,
+        Some("qcow2") => Some(DiskFormat::Qcow2),
+        Some("raw") => Some(DiskFormat::Raw),
+        Some(other) => anyhow::bail!("--format {other:?}: a disk image is qcow2 or raw"),
+    };
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let mut magic = [0u8; 4];
+    let qcow2 = std::fs::File::open(file)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"QFI\xfb";
+    if format.is_none() && name.is_none() && !qcow2 && !["qcow2", "raw", "img"].contains(&ext) {
+        return Ok(None);
+    }
+    let name = match name {
+        Some(n) => n,
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_lowercase())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect(),
+    };
+    // The server guesses raw from no header: say it for a raw-named file.
+    let format = format.or((!qcow2 && (ext == "raw" || ext == "img")).then_some(DiskFormat::Raw));
+    Ok(Some((name, format)))
 }
 
 fn short_image(id: &str) -> String {

@@ -74,11 +74,11 @@ pub(crate) fn drivers(
     Ok(vec![
         Arc::new(taba_driver::exec::ExecDriver::new(exe.clone()).with_policy(policy.clone())),
         Arc::new(
-            taba_driver::container::ContainerDriver::new(exe.clone(), images)
+            taba_driver::container::ContainerDriver::new(exe.clone(), images.clone())
                 .with_policy(policy)
                 .with_user_namespaces(ranges),
         ),
-        Arc::new(taba_driver::vm::VmDriver::new(exe, vm)),
+        Arc::new(taba_driver::vm::VmDriver::new(exe, vm).with_images(images)),
     ])
 }
 

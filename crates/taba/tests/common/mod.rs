@@ -1444,7 +1444,9 @@ pub fn vm_guest_dir() -> PathBuf {
     let built = mtime(&dir.join("current/initramfs.cpio"));
     let scripts =
         ["vm-guest.sh", "guest.sh"].map(|f| mtime(&manifest_dir().join("../../scripts").join(f)));
-    if built.is_none() || scripts.iter().any(|s| *s > built) {
+    // boot.raw: a guest built before the boot disk was added.
+    let boot_disk = dir.join("current/boot.raw").is_file();
+    if built.is_none() || !boot_disk || scripts.iter().any(|s| *s > built) {
         let script = manifest_dir().join("../../scripts/vm-guest.sh");
         let st = Command::new("bash")
             .arg(script)
