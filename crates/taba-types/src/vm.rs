@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// Machine type of a VM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum VmMachine {
     /// QEMU's minimal machine for direct kernel boot (virtio-mmio, no PCI,
@@ -35,6 +36,7 @@ impl VmMachine {
 
 /// CPU virtualization of a VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum VmAccel {
     /// Hardware virtualization (`/dev/kvm`).
@@ -55,6 +57,7 @@ impl VmAccel {
 
 /// Network of a VM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum VmNetwork {
     /// No network device.
@@ -66,6 +69,7 @@ pub enum VmNetwork {
 
 /// Format of a disk image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DiskFormat {
     /// QEMU copy-on-write image.
@@ -88,6 +92,7 @@ impl DiskFormat {
 /// overlay on top of `image` (which is never written), or a blank disk of
 /// `size`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmDisk {
     /// Base image in the node's VM image directories (read only).

@@ -95,9 +95,10 @@ pub async fn alloc_exec_session(
 }
 
 /// `console` query.
-#[derive(serde::Deserialize, serde::Serialize)]
+#[derive(serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleQuery {
+    /// The task (optional when the group has one task).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     task: Option<String>,
 }
