@@ -360,7 +360,10 @@ fn bootstrap_once_policies_tokens_host_and_restart() {
     // Restart on the same store: tokens and policies are durable,
     // bootstrap stays done, a revoke sticks.
     let (gone_accessor, gone_secret) = token(&m, "dev", None);
-    m.revoke_acl_token(&gone_accessor[..8]).unwrap();
+    // Revoking takes a full accessor id: a prefix names nothing.
+    let e = m.revoke_acl_token(&gone_accessor[..8]).unwrap_err();
+    assert_eq!(e.code(), Some(taba_client::api::ErrorCode::NotFound), "{e}");
+    m.revoke_acl_token(&gone_accessor).unwrap();
     let store = srv.stop();
     let srv = TestServer::start_unbootstrapped(dir.path(), store);
     let anon = srv.anonymous();

@@ -11,7 +11,7 @@
 //! frame per direction.
 
 use super::error::ApiError;
-use super::handlers::{agent_failure, agent_of, alloc_for, exec_event, pick_task};
+use super::handlers::{agent_failure, agent_of, alloc_exact, exec_event, pick_task};
 use super::AppState;
 use crate::acl::Auth;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -60,7 +60,7 @@ pub async fn alloc_exec_session(
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let a = alloc_for(&app, &auth, &id, Capability::Exec)?;
+    let a = alloc_exact(&app, &auth, &id, Capability::Exec)?;
     let ws = upgrade(ws)?;
     let q: ExecSessionQuery = query(&uri)?;
     let command = q
@@ -113,7 +113,7 @@ pub async fn alloc_console_session(
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let a = alloc_for(&app, &auth, &id, Capability::Exec)?;
+    let a = alloc_exact(&app, &auth, &id, Capability::Exec)?;
     let ws = upgrade(ws)?;
     let q: ConsoleQuery = query(&uri)?;
     let task = pick_task(&a, q.task)?;

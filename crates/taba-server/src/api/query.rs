@@ -247,8 +247,9 @@ pub struct Paged<T> {
 }
 
 /// The page `q` asks for of `items`, ordered by `key` (the token is the
-/// key of the first entry of the next page, so a page stays right when
-/// entries come and go between requests).
+/// key of the first entry of the next page, hex-encoded so any key fits a
+/// header, so a page stays right when entries come and go between
+/// requests).
 pub fn page<T>(
     mut items: Vec<T>,
     q: &PageQuery,
@@ -265,15 +266,32 @@ pub fn page<T>(
     let mut keyed: Vec<(String, T)> = items.drain(..).map(|t| (key(&t), t)).collect();
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(token) = &q.next_token {
-        keyed.retain(|(k, _)| k >= token);
+        let from = from_hex(token).ok_or_else(|| {
+            ApiError::bad("next_token", "not a token of this list (an X-Taba-NextToken)")
+        })?;
+        keyed.retain(|(k, _)| k.as_bytes() >= from.as_slice());
     }
     let per_page = q.per_page.map_or(usize::MAX, |n| n as usize);
-    let next_token = keyed.get(per_page).map(|(k, _)| k.clone());
+    let next_token = keyed.get(per_page).map(|(k, _)| to_hex(k.as_bytes()));
     keyed.truncate(per_page);
     Ok(Paged {
         items: keyed.into_iter().map(|(_, t)| t).collect(),
         next_token,
     })
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 4096 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// A sort key that puts newer (larger `time`) first, then by `id`.
@@ -320,6 +338,8 @@ mod tests {
         assert_eq!(seen, (0..25).collect::<Vec<_>>());
         let all = page(items.clone(), &pq(None, None), key).unwrap();
         assert_eq!((all.items.len(), all.next_token), (25, None));
+        let e = page(items.clone(), &pq(Some(2), Some("zz")), key).err().unwrap();
+        assert_eq!(e.code(), taba_types::api::ErrorCode::BadRequest);
         for bad in [0, MAX_PER_PAGE + 1] {
             let e = page(items.clone(), &pq(Some(bad), None), key).err().unwrap();
             assert_eq!(e.code(), taba_types::api::ErrorCode::BadRequest);
