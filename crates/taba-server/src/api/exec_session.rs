@@ -16,7 +16,7 @@ use super::AppState;
 use crate::acl::Auth;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -44,12 +44,7 @@ fn upgrade(
 /// The query, decoded as the `Q` extractor does (after the ACL check,
 /// which must come first: a caller without rights learns nothing).
 fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
-    Query::<T>::try_from_uri(uri)
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::BadRequest {
-            message: format!("bad query string: {}", e.body_text()),
-            field: Some("query".into()),
-        })
+    super::extract::parse_query(uri.query().unwrap_or(""))
 }
 
 /// `GET /v1/allocations/{id}/exec` (WebSocket).

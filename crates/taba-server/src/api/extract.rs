@@ -4,7 +4,7 @@
 
 use super::error::ApiError;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, Query};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -82,6 +82,22 @@ fn strip_position(s: &str) -> String {
 /// A query string decoded into `T`; a bad one is a 400 naming the parameter.
 pub struct Q<T>(pub T);
 
+/// Decode a query string into `T`, a failure naming the parameter.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match path.as_str() {
+            "" | "." => "query".to_owned(),
+            _ => path,
+        };
+        ApiError::BadRequest {
+            message: format!("bad query parameter: {}", e.into_inner()),
+            field: Some(field),
+        }
+    })
+}
+
 impl<T, S> FromRequestParts<S> for Q<T>
 where
     T: DeserializeOwned + Send,
@@ -89,13 +105,7 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(v)) => Ok(Q(v)),
-            Err(e) => Err(ApiError::BadRequest {
-                message: format!("bad query string: {}", e.body_text()),
-                field: Some("query".into()),
-            }),
-        }
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parse_query(parts.uri.query().unwrap_or("")).map(Q)
     }
 }
