@@ -122,7 +122,7 @@ fn body(rt: &Route) -> (Option<&'static str>, Vec<u8>) {
             Some("application/json"),
             br#"{"policies":["a-all"]}"#.to_vec(),
         ),
-        BodyKind::Json(_) => (Some("application/json"), b"{}".to_vec()),
+        BodyKind::Json(_) | BodyKind::OptionalJson(_) => (Some("application/json"), b"{}".to_vec()),
     }
 }
 

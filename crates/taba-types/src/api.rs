@@ -810,8 +810,10 @@ pub struct RegistryLoginRequest {
     /// `host` or `host:port`, as in image references (`docker.io` for Docker Hub).
     pub registry: String,
     /// User name.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub username: String,
     /// Password or access token.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub password: String,
 }
 

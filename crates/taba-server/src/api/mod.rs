@@ -57,6 +57,8 @@ pub enum BodyKind {
     None,
     /// JSON of this schema.
     Json(SchemaFn),
+    /// JSON of this schema, or no body at all (the defaults).
+    OptionalJson(SchemaFn),
     /// A job: JSON (`JobSpec`) or TOML.
     Job,
     /// A tar archive.
@@ -172,7 +174,7 @@ pub fn routes() -> Vec<Route> {
         r("GET", "/v1/allocations", Scoped(Read), "List allocations (those in namespaces the token may read), newest first", NoBody, list, Js(s::<Vec<AllocListEntry>>), get(h::list_allocs)).paged(),
         r("GET", "/v1/allocations/{id}", Scoped(Read), "An allocation by id or unique id prefix", NoBody, None, Js(s::<AllocDetail>), get(h::get_alloc)).blocking(),
         r("POST", "/v1/allocations/{id}/stop", Scoped(Write), "Stop an allocation (its full id; a replacement is placed)", NoBody, None, Js(s::<EvalResponse>), post(h::stop_alloc)),
-        r("POST", "/v1/allocations/{id}/migrate", Scoped(Write), "Move an allocation (its full id) to another node: live where its driver migrates running workloads (VMs), else a restart on the target", J(s::<MigrateAllocRequest>), None, Js(s::<MigrateAllocResponse>), post(h::migrate_alloc)),
+        r("POST", "/v1/allocations/{id}/migrate", Scoped(Write), "Move an allocation (its full id) to another node: live where its driver migrates running workloads (VMs), else a restart on the target", BodyKind::OptionalJson(s::<MigrateAllocRequest>), None, Js(s::<MigrateAllocResponse>), post(h::migrate_alloc)),
         r("GET", "/v1/allocations/{id}/logs", Scoped(Read), "Stream a task's stdout or stderr (proxied to the node's agent)", NoBody, Some(s::<h::LogsQuery>), Raw("application/octet-stream"), get(h::alloc_logs)),
         r("POST", "/v1/allocations/{id}/exec", Scoped(Exec), "Run a command in a task (allocation by full id) and return its exit code and output (proxied to the node's agent; recorded in the allocation's events)", J(s::<ExecRequest>), Some(s::<h::ExecQuery>), Js(s::<ExecResponse>), post(h::alloc_exec)),
         r("GET", "/v1/allocations/{id}/exec", Scoped(Exec), "Run a command in a task (allocation by full id) interactively over a WebSocket: stdin, stdout and stderr streamed, a tty on request, the exit code last (proxied to the node's agent; recorded in the allocation's events)", NoBody, Some(s::<ExecSessionQuery>), WebSocket, get(crate::api::exec_session::alloc_exec_session)),
@@ -219,7 +221,7 @@ pub fn routes() -> Vec<Route> {
         r("GET", "/v1/agent/images/manifests/{*reference}", Agent, "Agent: what an image is made of (config and layer blobs with digests and sizes)", NoBody, Some(s::<h::NodeQuery>), Js(s::<ImageManifest>), get(h::agent_image_manifest)),
         r("GET", "/v1/agent/images/blobs/{digest}", Agent, "Agent: one image blob by digest (sha256:<hex>), streamed", NoBody, Some(s::<h::NodeQuery>), Raw("application/octet-stream"), get(h::agent_image_blob)),
         r("POST", "/v1/agent/join", Agent, "Agent: exchange a join token for an agent certificate (TLS) or a node secret", J(s::<JoinRequest>), None, Js(s::<JoinResponse>), post(join::agent_join)),
-        r("POST", "/v1/nodes/tokens", N(W), "Create a join token for new agents (shown once)", J(s::<JoinTokenRequest>), None, Js(s::<JoinTokenResponse>), post(join::create_token)),
+        r("POST", "/v1/nodes/tokens", N(W), "Create a join token for new agents (shown once)", BodyKind::OptionalJson(s::<JoinTokenRequest>), None, Js(s::<JoinTokenResponse>), post(join::create_token)),
         r("POST", "/v1/tls/revoke", Op(W), "Revoke a certificate by fingerprint or the one a node registered with", J(s::<RevokeCertRequest>), None, Js(s::<RevokeCertResponse>), post(join::revoke_cert)),
     ]
 }
@@ -317,7 +319,7 @@ mod tests {
                 let schema = &ok["content"]["application/json"]["schema"];
                 assert!(schema.get("$ref").or(schema.get("type")).is_some(), "{what}: {schema}");
             }
-            if let BodyKind::Json(_) = rt.body {
+            if let BodyKind::Json(_) | BodyKind::OptionalJson(_) = rt.body {
                 let schema = &op["requestBody"]["content"]["application/json"]["schema"];
                 assert!(schema.get("$ref").or(schema.get("type")).is_some(), "{what}: {schema}");
             }

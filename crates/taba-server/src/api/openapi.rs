@@ -88,7 +88,7 @@ fn request_body(body: BodyKind, gen: &mut SchemaGenerator) -> Option<Value> {
     let text = json!({"type": "string"});
     let content = match body {
         BodyKind::None => return None,
-        BodyKind::Json(f) => json_content(to_json(&f(gen))),
+        BodyKind::Json(f) | BodyKind::OptionalJson(f) => json_content(to_json(&f(gen))),
         BodyKind::Job => {
             let spec = to_json(&super::s::<taba_types::JobSpec>(gen));
             json!({"application/json": {"schema": spec}, "application/toml": {"schema": text}})
@@ -101,7 +101,8 @@ fn request_body(body: BodyKind, gen: &mut SchemaGenerator) -> Option<Value> {
             json!({"application/x-tar": {"schema": {"type": "string", "format": "binary"}}})
         }
     };
-    Some(json!({"required": true, "content": content}))
+    let required = !matches!(body, BodyKind::OptionalJson(_));
+    Some(json!({"required": required, "content": content}))
 }
 
 fn success(rt: &Route, gen: &mut SchemaGenerator) -> (String, Value) {
@@ -178,6 +179,30 @@ fn operation(rt: &Route, gen: &mut SchemaGenerator) -> Value {
     op
 }
 
+/// What the derived schemas say less exactly than the server reads: an
+/// integer's bounds by its format (`uint64` up to 2^64-1), and sets
+/// (`uniqueItems`), whose repeated items the server folds into one.
+fn refine(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.remove("uniqueItems");
+            let max = match o.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some(u64::from(u8::MAX)),
+                Some("uint16") => Some(u64::from(u16::MAX)),
+                Some("uint32") => Some(u64::from(u32::MAX)),
+                Some("uint64" | "uint") => Some(u64::MAX),
+                _ => None,
+            };
+            if let Some(max) = max {
+                o.entry("maximum").or_insert(Value::from(max));
+            }
+            o.values_mut().for_each(refine);
+        }
+        Value::Array(a) => a.iter_mut().for_each(refine),
+        _ => {}
+    }
+}
+
 /// The OpenAPI 3.0 document of `routes`.
 pub fn openapi_document(routes: &[Route]) -> Value {
     let mut gen = generator();
@@ -195,7 +220,7 @@ pub fn openapi_document(routes: &[Route]) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), to_json(v)))
         .collect();
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "taba",
@@ -213,5 +238,7 @@ pub fn openapi_document(routes: &[Route]) -> Value {
             "securitySchemes": {"token": {"type": "http", "scheme": "bearer",
                 "description": "an ACL token's secret (ACLs on), or none (ACLs off)"}},
         },
-    })
+    });
+    refine(&mut doc);
+    doc
 }

@@ -60,6 +60,7 @@ pub struct ListQuery {
     #[schemars(range(min = 1, max = 10000))]
     pub per_page: Option<u32>,
     /// Start at this entry: the `X-Taba-NextToken` of the previous page.
+    #[schemars(regex(pattern = r"^([0-9a-f]{2}){0,2048}$"))]
     pub next_token: Option<String>,
 }
 
@@ -85,6 +86,7 @@ pub struct PageQuery {
     #[schemars(range(min = 1, max = 10000))]
     pub per_page: Option<u32>,
     /// Start at this entry: the `X-Taba-NextToken` of the previous page.
+    #[schemars(regex(pattern = r"^([0-9a-f]{2}){0,2048}$"))]
     pub next_token: Option<String>,
 }
 
