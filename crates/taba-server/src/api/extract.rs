@@ -49,7 +49,8 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(buf))
 }
 
-/// Decode a JSON body: UTF-8 first, then types with the failing field's path.
+/// Decode a JSON body: UTF-8 first, then syntax, then types with the failing
+/// field's path (structs from objects only: [`super::strict`]).
 /// Syntax, type and unknown-field errors are all 400 (as for job files);
 /// 422 is for well-formed input that fails validation.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -57,19 +58,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         message: format!("body is not valid UTF-8 at byte {}", e.valid_up_to()),
         field: None,
     })?;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ApiError::BadRequest {
+        message: strip_position(&e.to_string()),
+        field: None,
+    })?;
+    serde_path_to_error::deserialize(super::strict::Strict(value)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = strip_position(&inner.to_string());
         let field = (path != "." && !path.is_empty()).then_some(path);
         ApiError::BadRequest { message, field }
-    })?;
-    de.end().map_err(|e| ApiError::BadRequest {
-        message: strip_position(&e.to_string()),
-        field: None,
-    })?;
-    Ok(value)
+    })
 }
 
 fn strip_position(s: &str) -> String {

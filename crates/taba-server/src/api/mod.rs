@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod peer;
 pub mod query;
 mod registry;
+mod strict;
 
 use crate::acl::AuthClass;
 use crate::state::ServerState;
