@@ -12,7 +12,9 @@ fn main() {
     let mut settings = progenitor::GenerationSettings::default();
     settings.with_interface(progenitor::InterfaceStyle::Positional);
     let mut generator = progenitor::Generator::new(&settings);
-    let tokens = generator.generate_tokens(&spec).expect("a client from the document");
+    let tokens = generator
+        .generate_tokens(&spec)
+        .expect("a client from the document");
     let ast: syn::File = syn::parse2(tokens).expect("generated code parses");
     let code = prettyplease::unparse(&ast);
     let out = std::path::Path::new(&std::env::var("OUT_DIR").unwrap()).join("client.rs");
@@ -32,7 +34,13 @@ fn symbols_as_strings(v: &mut serde_json::Value) {
     };
     let values: Option<Vec<String>> = o.get("oneOf").and_then(Value::as_array).and_then(|alts| {
         alts.iter()
-            .map(|a| a.get("enum")?.as_array()?.first()?.as_str().map(str::to_owned))
+            .map(|a| {
+                a.get("enum")?
+                    .as_array()?
+                    .first()?
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect()
     });
     let unnameable = |s: &String| !s.chars().any(|c| c.is_ascii_alphanumeric());
@@ -53,7 +61,9 @@ fn json_only(doc: &mut serde_json::Value) {
         return;
     };
     for ops in paths.values_mut() {
-        let Some(ops) = ops.as_object_mut() else { continue };
+        let Some(ops) = ops.as_object_mut() else {
+            continue;
+        };
         ops.retain(|_, op| op["responses"].get("101").is_none());
         for op in ops.values_mut() {
             if let Some(content) = op

@@ -73,18 +73,32 @@ fn unknown_query_parameters_are_refused_on_every_route() {
             .raw(rt.method, &format!("{path}?bogus=1"), None, b"")
             .unwrap();
         let what = format!("{} {}", rt.method, rt.path);
-        assert_eq!(r.status, 400, "{what}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            400,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         let e = r.error().unwrap();
         assert_eq!(e.code, ErrorCode::UnknownParameter, "{what}");
         assert_eq!(e.field.as_deref(), Some("bogus"), "{what}");
     }
     // Blocking parameters are typed.
     let r = c.raw("GET", "/v1/jobs?index=x", None, b"").unwrap();
-    assert_eq!((r.status, r.error().unwrap().field), (400, Some("index".into())));
+    assert_eq!(
+        (r.status, r.error().unwrap().field),
+        (400, Some("index".into()))
+    );
     let r = c.raw("GET", "/v1/jobs?wait=forever", None, b"").unwrap();
-    assert_eq!((r.status, r.error().unwrap().field), (400, Some("wait".into())));
+    assert_eq!(
+        (r.status, r.error().unwrap().field),
+        (400, Some("wait".into()))
+    );
     let r = c.raw("GET", "/v1/jobs?per_page=0", None, b"").unwrap();
-    assert_eq!((r.status, r.error().unwrap().field), (400, Some("per_page".into())));
+    assert_eq!(
+        (r.status, r.error().unwrap().field),
+        (400, Some("per_page".into()))
+    );
 }
 
 #[test]
@@ -102,7 +116,8 @@ fn lists_page_and_span_namespaces() {
         c.register_job_toml(exec_job(name, 1, "100", "32MiB").as_bytes())
             .unwrap();
     }
-    let other = exec_job("z", 1, "100", "32MiB").replace("name = \"z\"", "name = \"z\"\nnamespace = \"other\"");
+    let other = exec_job("z", 1, "100", "32MiB")
+        .replace("name = \"z\"", "name = \"z\"\nnamespace = \"other\"");
     c.register_job_toml(other.as_bytes()).unwrap();
 
     // Pages of two walk every job once, in order, the last without a token.
@@ -128,7 +143,9 @@ fn lists_page_and_span_namespaces() {
     assert_eq!(only.next_token, None);
 
     // Allocations and evaluations page the same way, newest first.
-    eventually("six allocations", || (c.list_allocs().unwrap().len() == 6).then_some(()));
+    eventually("six allocations", || {
+        (c.list_allocs().unwrap().len() == 6).then_some(())
+    });
     let all = c.list_allocs().unwrap();
     let p1 = c
         .page::<taba_client::api::AllocListEntry>("/v1/allocations", &[], 4, None)
@@ -141,12 +158,19 @@ fn lists_page_and_span_namespaces() {
             p1.next_token.as_deref(),
         )
         .unwrap();
-    let paged: Vec<_> = p1.items.iter().chain(&p2.items).map(|a| a.id.clone()).collect();
+    let paged: Vec<_> = p1
+        .items
+        .iter()
+        .chain(&p2.items)
+        .map(|a| a.id.clone())
+        .collect();
     assert_eq!(paged, all.iter().map(|a| a.id.clone()).collect::<Vec<_>>());
     assert_eq!(p2.next_token, None);
     let evals = c.list_evals().unwrap();
     assert!(evals.len() >= 6, "{}", evals.len());
-    assert!(evals.windows(2).all(|w| w[0].create_time >= w[1].create_time));
+    assert!(evals
+        .windows(2)
+        .all(|w| w[0].create_time >= w[1].create_time));
     let in_other = c
         .page::<Evaluation>("/v1/evaluations", &[("namespace", "other")], 100, None)
         .unwrap();
@@ -196,7 +220,12 @@ fn reads_block_until_the_state_moves() {
     assert!(c.list_jobs().unwrap().iter().any(|j| j.name == "b"));
     // Reads take it too, with the index in the reply.
     let r = c
-        .raw("GET", &format!("/v1/jobs/a?index={after}&wait=1ms"), None, b"")
+        .raw(
+            "GET",
+            &format!("/v1/jobs/a?index={after}&wait=1ms"),
+            None,
+            b"",
+        )
         .unwrap();
     assert_eq!(r.status, 200);
     assert!(r.index.unwrap() >= after);
@@ -212,7 +241,11 @@ fn job_run_check_and_set() {
     let e = c.register_job_toml_if(v1.as_bytes(), Some(0)).unwrap_err();
     assert_eq!(
         (e.status(), e.code(), e.field()),
-        (Some(409), Some(ErrorCode::IndexMismatch), Some("check_index"))
+        (
+            Some(409),
+            Some(ErrorCode::IndexMismatch),
+            Some("check_index")
+        )
     );
     let job = c.job("cas").unwrap();
     let v2 = exec_job("cas", 1, "200", "32MiB");
@@ -220,7 +253,11 @@ fn job_run_check_and_set() {
         .register_job_toml_if(v2.as_bytes(), Some(job.modify_index + 1))
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::IndexMismatch));
-    assert_eq!(c.job("cas").unwrap().version, job.version, "nothing changed");
+    assert_eq!(
+        c.job("cas").unwrap().version,
+        job.version,
+        "nothing changed"
+    );
     let r = c
         .register_job_toml_if(v2.as_bytes(), Some(job.modify_index))
         .unwrap();
@@ -242,7 +279,11 @@ fn state_changing_routes_take_full_ids() {
         for (method, path, body) in [
             ("POST", format!("/v1/allocations/{prefix}/stop"), ""),
             ("POST", format!("/v1/allocations/{prefix}/migrate"), "{}"),
-            ("POST", format!("/v1/allocations/{prefix}/exec"), r#"{"command":["true"]}"#),
+            (
+                "POST",
+                format!("/v1/allocations/{prefix}/exec"),
+                r#"{"command":["true"]}"#,
+            ),
         ] {
             let r = c
                 .raw(method, &path, Some("application/json"), body.as_bytes())
@@ -255,9 +296,15 @@ fn state_changing_routes_take_full_ids() {
         .raw("DELETE", &format!("/v1/nodes/{}", &node_id[..6]), None, b"")
         .unwrap();
     assert_eq!(r.status, 404);
-    assert_eq!(c.alloc(&id).unwrap().allocation.desired_status, DesiredStatus::Run);
+    assert_eq!(
+        c.alloc(&id).unwrap().allocation.desired_status,
+        DesiredStatus::Run
+    );
     // Reads still resolve a prefix; the full id stops it.
     assert_eq!(c.alloc(&id[..8]).unwrap().id.as_str(), id);
     c.stop_alloc(&id).unwrap();
-    assert_eq!(c.alloc(&id).unwrap().allocation.desired_status, DesiredStatus::Stop);
+    assert_eq!(
+        c.alloc(&id).unwrap().allocation.desired_status,
+        DesiredStatus::Stop
+    );
 }

@@ -19,7 +19,9 @@ fn string(pattern: &str, description: &str, example: &str) -> SchemaObject {
             ..Default::default()
         })),
         // OpenAPI 3.0 names one `example` (JSON Schema's `examples` is 3.1).
-        extensions: [("example".to_owned(), example.into())].into_iter().collect(),
+        extensions: [("example".to_owned(), example.into())]
+            .into_iter()
+            .collect(),
         ..Default::default()
     }
 }

@@ -122,7 +122,10 @@ fn root_generated_client_runs_a_job() {
         match api.post_jobs(Some(0), &spec).await {
             Err(taba_openapi_client::Error::ErrorResponse(e)) => {
                 assert_eq!(e.status().as_u16(), 409);
-                assert_eq!(e.into_inner().error.code, Some(types::ErrorCode::IndexMismatch));
+                assert_eq!(
+                    e.into_inner().error.code,
+                    Some(types::ErrorCode::IndexMismatch)
+                );
             }
             other => panic!("expected a 409 index_mismatch, got {other:?}"),
         }

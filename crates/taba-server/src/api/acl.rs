@@ -3,8 +3,8 @@
 
 use super::error::ApiError;
 use super::extract::Q;
-use super::query::{page, PageQuery, Paged};
 use super::extract::{parse_json, read_body};
+use super::query::{page, PageQuery, Paged};
 use super::AppState;
 use crate::acl::Auth;
 use crate::broker::now_ms;
@@ -119,7 +119,9 @@ pub async fn list_tokens(
         .iter()
         .map(|t| AclTokenInfo::from_token(t, now))
         .collect();
-    page(v, &q, |t| format!("{:020}.{}", t.create_time, t.accessor_id))
+    page(v, &q, |t| {
+        format!("{:020}.{}", t.create_time, t.accessor_id)
+    })
 }
 
 pub async fn create_token(State(app): State<AppState>, body: Body) -> R<AclTokenCreated> {

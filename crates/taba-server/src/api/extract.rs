@@ -58,10 +58,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         message: format!("body is not valid UTF-8 at byte {}", e.valid_up_to()),
         field: None,
     })?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ApiError::BadRequest {
-        message: strip_position(&e.to_string()),
-        field: None,
-    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| ApiError::BadRequest {
+            message: strip_position(&e.to_string()),
+            field: None,
+        })?;
     serde_path_to_error::deserialize(super::strict::Strict(value)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

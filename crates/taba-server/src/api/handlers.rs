@@ -3,8 +3,8 @@
 
 use super::error::ApiError;
 use super::extract::{parse_json, read_body, Q};
-use super::query::{newest_first, page, ListQuery, NsQuery, PageQuery, Paged, RegisterQuery};
 use super::peer::{verify_agent, AgentCaller, Registration};
+use super::query::{newest_first, page, ListQuery, NsQuery, PageQuery, Paged, RegisterQuery};
 use super::AppState;
 use crate::acl::Auth;
 use crate::images::on_store;
@@ -24,8 +24,8 @@ use taba_types::acl::Capability;
 use taba_types::api::*;
 use taba_types::parse::{parse_job_json, parse_job_toml, JobParseError, MAX_JOB_BYTES};
 use taba_types::wire::{
-    check_protocol, AllocUpdateRequest, AllocUpdateResponse, HeartbeatRequest, HeartbeatResponse, NodeAllocations,
-    RegisterRequest, RegisterResponse, PROTOCOL,
+    check_protocol, AllocUpdateRequest, AllocUpdateResponse, HeartbeatRequest, HeartbeatResponse,
+    NodeAllocations, RegisterRequest, RegisterResponse, PROTOCOL,
 };
 use taba_types::{AllocEvent, Allocation, DurationSpec, JobSpec, Node, NodeId};
 use tokio::io::AsyncWriteExt;
@@ -1122,9 +1122,9 @@ pub async fn list_evals(
     Q(q): Q<ListQuery>,
 ) -> Result<Paged<taba_types::Evaluation>, ApiError> {
     let ns = list_namespace(&auth, &q)?;
-    let evals = app.state.list_evals(|n| {
-        ns.is_none_or(|want| want == n) && auth.rights.allows(n, Capability::Read)
-    });
+    let evals = app
+        .state
+        .list_evals(|n| ns.is_none_or(|want| want == n) && auth.rights.allows(n, Capability::Read));
     page(evals, &q.page(), |e| {
         newest_first(e.create_time, e.id.as_str())
     })
@@ -1206,6 +1206,8 @@ pub struct BlockingQuery {
     index: Option<u64>,
     /// Longest wait (default 30s).
     wait: Option<DurationSpec>,
+    /// Answer with what changed past `index` (protocol 4).
+    delta: Option<bool>,
 }
 
 pub async fn agent_allocations(
@@ -1231,6 +1233,7 @@ pub async fn agent_allocations(
         .map_or(Duration::from_secs(30), |w| w.as_duration())
         .min(state.config.max_blocking_wait);
     let after = q.index.unwrap_or(0);
+    let delta = q.delta.unwrap_or(false);
     let deadline = tokio::time::Instant::now() + wait;
     // Woken only by commits that touch this node (not by every commit:
     // with thousands of agents waiting, a global wake-up per commit costs
@@ -1243,23 +1246,41 @@ pub async fn agent_allocations(
         // Only server-side changes wake the agent, not its own status reports.
         let index = state.node_allocs_index(&id).max(created);
         if after == 0 || index > after || *stop.borrow() || removed {
-            return Ok(Json(NodeAllocations {
-                protocol: PROTOCOL,
-                index,
-                allocs: state.node_allocs(&id),
-            }));
+            return Ok(Json(node_allocations(state, &id, index, after, delta)));
         }
         tokio::select! {
             r = changes.changed() => removed = r.is_err(),
             _ = stop.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(Json(NodeAllocations {
-                    protocol: PROTOCOL,
-                    index: index.max(after),
-                    allocs: state.node_allocs(&id),
-                }));
+                return Ok(Json(node_allocations(state, &id, index.max(after), after, delta)));
             }
         }
+    }
+}
+
+/// The answer of the agent's blocking query at `index`: every allocation of
+/// the node, or with `delta` (and an index to compare with) only those
+/// changed past `after` and the ids of the others. Built after `index` was
+/// read, so a change the index missed is in `allocs` anyway.
+fn node_allocations(
+    state: &ServerState,
+    id: &NodeId,
+    index: u64,
+    after: u64,
+    delta: bool,
+) -> NodeAllocations {
+    let (allocs, unchanged, delta) = if delta && after > 0 {
+        let (changed, unchanged) = state.node_allocs_since(id, after);
+        (changed, unchanged, true)
+    } else {
+        (state.node_allocs(id), Vec::new(), false)
+    };
+    NodeAllocations {
+        protocol: PROTOCOL,
+        index,
+        allocs,
+        delta,
+        unchanged,
     }
 }
 

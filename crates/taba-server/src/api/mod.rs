@@ -154,8 +154,8 @@ pub fn routes() -> Vec<Route> {
     use handlers as h;
     use query as q;
     use taba_types::acl::Access::{Read as R, Write as W};
-    use taba_types::acl::Capability::{Exec, Read, Write};
     use taba_types::acl::AclPolicy;
+    use taba_types::acl::Capability::{Exec, Read, Write};
     use taba_types::api::*;
     use taba_types::wire::*;
     use taba_types::{Evaluation, Job, Namespace};
@@ -306,10 +306,16 @@ mod tests {
         for rt in &table {
             let op = &doc["paths"][openapi_path(rt.path)][rt.method.to_lowercase()];
             let what = format!("{} {}", rt.method, rt.path);
-            assert!(ids.insert(op["operationId"].as_str().unwrap().to_owned()), "{what}");
+            assert!(
+                ids.insert(op["operationId"].as_str().unwrap().to_owned()),
+                "{what}"
+            );
             let responses = op["responses"].as_object().unwrap();
             for err in ["4XX", "5XX"] {
-                assert_eq!(responses[err]["$ref"], "#/components/responses/Error", "{what}");
+                assert_eq!(
+                    responses[err]["$ref"], "#/components/responses/Error",
+                    "{what}"
+                );
             }
             let ok = responses
                 .iter()
@@ -318,11 +324,17 @@ mod tests {
                 .1;
             if let Reply::Json(_) = rt.reply {
                 let schema = &ok["content"]["application/json"]["schema"];
-                assert!(schema.get("$ref").or(schema.get("type")).is_some(), "{what}: {schema}");
+                assert!(
+                    schema.get("$ref").or(schema.get("type")).is_some(),
+                    "{what}: {schema}"
+                );
             }
             if let BodyKind::Json(_) | BodyKind::OptionalJson(_) = rt.body {
                 let schema = &op["requestBody"]["content"]["application/json"]["schema"];
-                assert!(schema.get("$ref").or(schema.get("type")).is_some(), "{what}: {schema}");
+                assert!(
+                    schema.get("$ref").or(schema.get("type")).is_some(),
+                    "{what}: {schema}"
+                );
             }
             for p in op["parameters"].as_array().unwrap() {
                 assert!(p["schema"].is_object(), "{what}: {p}");
@@ -335,7 +347,12 @@ mod tests {
             assert!(schemas.contains_key(name), "dangling reference to {name}");
         }
         let codes = schemas["ErrorCode"].to_string();
-        for code in ["invalid_field", "not_found", "index_mismatch", "leader_unavailable"] {
+        for code in [
+            "invalid_field",
+            "not_found",
+            "index_mismatch",
+            "leader_unavailable",
+        ] {
             assert!(codes.contains(&format!("\"{code}\"")), "{code}");
         }
     }
@@ -353,15 +370,33 @@ mod tests {
                 .unwrap_or_else(|| panic!("{method} {path} has no {name}"))
                 .clone()
         };
-        assert_eq!(param("/v1/jobs", "get", "index")["schema"]["type"], "integer");
-        assert_eq!(param("/v1/jobs", "get", "per_page")["schema"]["type"], "integer");
-        assert_eq!(param("/v1/jobs/{name}", "get", "wait")["schema"]["anyOf"][1]["type"], "integer");
+        assert_eq!(
+            param("/v1/jobs", "get", "index")["schema"]["type"],
+            "integer"
+        );
+        assert_eq!(
+            param("/v1/jobs", "get", "per_page")["schema"]["type"],
+            "integer"
+        );
+        assert_eq!(
+            param("/v1/jobs/{name}", "get", "wait")["schema"]["anyOf"][1]["type"],
+            "integer"
+        );
         let logs = "/v1/allocations/{id}/logs";
         assert_eq!(param(logs, "get", "follow")["schema"]["type"], "boolean");
         assert_eq!(param(logs, "get", "offset")["schema"]["type"], "integer");
-        assert_eq!(param(logs, "get", "type")["schema"]["oneOf"][1]["enum"][0], "stderr");
-        assert_eq!(param("/v1/jobs", "post", "check_index")["schema"]["type"], "integer");
-        assert_eq!(param("/v1/nodes/{node}", "delete", "force")["schema"]["type"], "boolean");
+        assert_eq!(
+            param(logs, "get", "type")["schema"]["oneOf"][1]["enum"][0],
+            "stderr"
+        );
+        assert_eq!(
+            param("/v1/jobs", "post", "check_index")["schema"]["type"],
+            "integer"
+        );
+        assert_eq!(
+            param("/v1/nodes/{node}", "delete", "force")["schema"]["type"],
+            "boolean"
+        );
     }
 
     /// `docs/openapi.json` is this document (clients are generated from it).

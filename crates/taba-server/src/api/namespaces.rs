@@ -3,8 +3,8 @@
 
 use super::error::ApiError;
 use super::extract::Q;
-use super::query::{page, PageQuery, Paged};
 use super::extract::{parse_json, read_body};
+use super::query::{page, PageQuery, Paged};
 use super::AppState;
 use crate::acl::Auth;
 use axum::body::Body;

@@ -152,7 +152,9 @@ fn operation(rt: &Route, gen: &mut SchemaGenerator) -> Value {
     let mut params: Vec<Value> = Vec::new();
     for seg in p.split('/') {
         if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            params.push(json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}));
+            params.push(
+                json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}),
+            );
         }
     }
     if let Some(q) = rt.query {

@@ -172,7 +172,10 @@ fn check(g: &Gate, uri: &Uri) -> Result<BlockingParams, ApiError> {
         match k.as_ref() {
             "index" if g.blocking => {
                 let i = v.parse::<u64>().map_err(|_| {
-                    ApiError::bad("index", format!("{v:?} is not an index (a whole number >= 0)"))
+                    ApiError::bad(
+                        "index",
+                        format!("{v:?} is not an index (a whole number >= 0)"),
+                    )
                 })?;
                 out.index = Some(i);
             }
@@ -269,7 +272,10 @@ pub fn page<T>(
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(token) = &q.next_token {
         let from = from_hex(token).ok_or_else(|| {
-            ApiError::bad("next_token", "not a token of this list (an X-Taba-NextToken)")
+            ApiError::bad(
+                "next_token",
+                "not a token of this list (an X-Taba-NextToken)",
+            )
         })?;
         keyed.retain(|(k, _)| k.as_bytes() >= from.as_slice());
     }
@@ -287,7 +293,7 @@ fn to_hex(b: &[u8]) -> String {
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 4096 {
+    if !s.len().is_multiple_of(2) || s.len() > 4096 {
         return None;
     }
     (0..s.len())
@@ -340,17 +346,25 @@ mod tests {
         assert_eq!(seen, (0..25).collect::<Vec<_>>());
         let all = page(items.clone(), &pq(None, None), key).unwrap();
         assert_eq!((all.items.len(), all.next_token), (25, None));
-        let e = page(items.clone(), &pq(Some(2), Some("zz")), key).err().unwrap();
+        let e = page(items.clone(), &pq(Some(2), Some("zz")), key)
+            .err()
+            .unwrap();
         assert_eq!(e.code(), taba_types::api::ErrorCode::BadRequest);
         for bad in [0, MAX_PER_PAGE + 1] {
-            let e = page(items.clone(), &pq(Some(bad), None), key).err().unwrap();
+            let e = page(items.clone(), &pq(Some(bad), None), key)
+                .err()
+                .unwrap();
             assert_eq!(e.code(), taba_types::api::ErrorCode::BadRequest);
         }
     }
 
     #[test]
     fn newest_first_orders_by_time_descending() {
-        let mut v = [newest_first(5, "a"), newest_first(9, "b"), newest_first(5, "0")];
+        let mut v = [
+            newest_first(5, "a"),
+            newest_first(9, "b"),
+            newest_first(5, "0"),
+        ];
         v.sort();
         assert!(v[0].ends_with(".b") && v[1].ends_with(".0") && v[2].ends_with(".a"));
     }
@@ -361,6 +375,9 @@ mod tests {
         let u = without_blocking_params(&uri).unwrap();
         assert_eq!(u.to_string(), "/v1/jobs?namespace=a");
         let uri: Uri = "/v1/jobs?index=5".parse().unwrap();
-        assert_eq!(without_blocking_params(&uri).unwrap().to_string(), "/v1/jobs");
+        assert_eq!(
+            without_blocking_params(&uri).unwrap().to_string(),
+            "/v1/jobs"
+        );
     }
 }

@@ -30,7 +30,10 @@ impl<'de> de::Deserializer<'de> for Strict {
     ) -> Result<V::Value, Error> {
         match self.0 {
             Value::Object(o) => v.visit_map(Obj::new(o)),
-            other => Err(de::Error::invalid_type(unexpected(&other), &object_of(name))),
+            other => Err(de::Error::invalid_type(
+                unexpected(&other),
+                &object_of(name),
+            )),
         }
     }
 
@@ -63,7 +66,9 @@ impl<'de> de::Deserializer<'de> for Strict {
                     value: Some(value),
                 })
             }
-            Value::Object(o) => de::Deserializer::deserialize_enum(Value::Object(o), name, variants, v),
+            Value::Object(o) => {
+                de::Deserializer::deserialize_enum(Value::Object(o), name, variants, v)
+            }
             Value::String(variant) => v.visit_enum(Enum {
                 variant,
                 value: None,
@@ -109,7 +114,10 @@ impl<'de> de::SeqAccess<'de> for Seq {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
-        self.0.next().map(|v| seed.deserialize(Strict(v))).transpose()
+        self.0
+            .next()
+            .map(|v| seed.deserialize(Strict(v)))
+            .transpose()
     }
     fn size_hint(&self) -> Option<usize> {
         Some(self.0.len())
@@ -132,7 +140,10 @@ impl Obj {
 
 impl<'de> de::MapAccess<'de> for Obj {
     type Error = Error;
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         match self.entries.next() {
             Some((k, v)) => {
                 self.value = Some(v);
@@ -174,19 +185,28 @@ impl<'de> de::VariantAccess<'de> for Variant {
     fn unit_variant(self) -> Result<(), Error> {
         match self.0 {
             None | Some(Value::Null) => Ok(()),
-            Some(other) => Err(de::Error::invalid_type(unexpected(&other), &"a unit variant")),
+            Some(other) => Err(de::Error::invalid_type(
+                unexpected(&other),
+                &"a unit variant",
+            )),
         }
     }
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Error> {
         match self.0 {
             Some(v) => seed.deserialize(Strict(v)),
-            None => Err(de::Error::invalid_type(de::Unexpected::UnitVariant, &"a newtype variant")),
+            None => Err(de::Error::invalid_type(
+                de::Unexpected::UnitVariant,
+                &"a newtype variant",
+            )),
         }
     }
     fn tuple_variant<V: Visitor<'de>>(self, _len: usize, v: V) -> Result<V::Value, Error> {
         match self.0 {
             Some(Value::Array(a)) => v.visit_seq(Seq(a.into_iter())),
-            _ => Err(de::Error::invalid_type(de::Unexpected::UnitVariant, &"a tuple variant")),
+            _ => Err(de::Error::invalid_type(
+                de::Unexpected::UnitVariant,
+                &"a tuple variant",
+            )),
         }
     }
     fn struct_variant<V: Visitor<'de>>(
@@ -196,7 +216,10 @@ impl<'de> de::VariantAccess<'de> for Variant {
     ) -> Result<V::Value, Error> {
         match self.0 {
             Some(Value::Object(o)) => v.visit_map(Obj::new(o)),
-            _ => Err(de::Error::invalid_type(de::Unexpected::UnitVariant, &"a struct variant")),
+            _ => Err(de::Error::invalid_type(
+                de::Unexpected::UnitVariant,
+                &"a struct variant",
+            )),
         }
     }
 }
@@ -235,7 +258,10 @@ mod tests {
         let ok = read(r#"{"inner": {"a": 1}, "list": [{}], "e": {"new": 3}}"#).unwrap();
         assert_eq!(ok.inner, Some(Inner { a: Some(1) }));
         assert_eq!(ok.e, Some(E::New(3)));
-        assert_eq!(read(r#"{"list": [], "e": "unit"}"#).unwrap().e, Some(E::Unit));
+        assert_eq!(
+            read(r#"{"list": [], "e": "unit"}"#).unwrap().e,
+            Some(E::Unit)
+        );
         let e = read(r#"{"inner": [null], "list": []}"#).unwrap_err();
         assert!(e.to_string().contains("expected an object (Inner)"), "{e}");
         assert!(read(r#"[null, [], null]"#).is_err());
