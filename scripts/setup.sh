@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(busybox-static crun podman iproute2 procps ca-certificates python3 util-linux e2fsprogs dmsetup etcd-server protobuf-compiler curl prometheus docker-registry skopeo apache2-utils man-db syslinux syslinux-common mtools dosfstools fdisk)
+PKGS=(busybox-static crun podman iproute2 procps ca-certificates python3 python3-venv util-linux e2fsprogs dmsetup etcd-server protobuf-compiler curl prometheus docker-registry skopeo apache2-utils man-db syslinux syslinux-common mtools dosfstools fdisk)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +18,14 @@ fi
 
 command -v cargo >/dev/null || { echo "setup: cargo is not installed (install Rust first)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "setup: taba's workloads need root (cgroups, namespaces, mounts)" >&2; exit 1; }
+
+# schemathesis (PyPI), for the API test crates/taba/tests/openapi.rs
+# (scripts/schemathesis.sh), in a venv of its own.
+ST_VENV="${TABA_SCHEMATHESIS_VENV:-/var/cache/taba/schemathesis}"
+if ! [ -x "$ST_VENV/bin/st" ]; then
+  python3 -m venv "$ST_VENV"
+  "$ST_VENV/bin/pip" install -q "schemathesis>=4.32,<5"
+fi
 
 # The local busybox image, in both archive formats taba imports.
 IMAGES="${TABA_IMAGE_DIR:-/var/cache/taba/images}"

@@ -28,6 +28,8 @@ pub enum ClientError {
         message: String,
         /// The field the server blames.
         field: Option<String>,
+        /// The error's kind (`None`: the reply was not an error body).
+        code: Option<ErrorCode>,
     },
     /// The server could not be reached.
     #[error("cannot reach the taba server at {addr}")]
@@ -54,13 +56,14 @@ pub enum ClientError {
 
 /// The error a server's non-success reply carries.
 pub(crate) fn api_error(status: u16, body: &[u8]) -> ClientError {
-    let (message, field) = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) => (b.error.message, b.error.field),
+    let (message, field, code) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => (b.error.message, b.error.field, Some(b.error.code)),
         Err(_) => (
             format!(
                 "server answered {status}: {}",
                 String::from_utf8_lossy(body).trim()
             ),
+            None,
             None,
         ),
     };
@@ -68,6 +71,7 @@ pub(crate) fn api_error(status: u16, body: &[u8]) -> ClientError {
         status,
         message,
         field,
+        code,
     }
 }
 
@@ -83,6 +87,13 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+    /// The error's kind, for API errors with an error body.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Api { code, .. } => *code,
             _ => None,
         }
     }
@@ -104,7 +115,35 @@ pub struct RawResponse {
     pub content_type: String,
     /// Body.
     pub body: Vec<u8>,
+    /// The reply's `X-Taba-Index` (blocking queries).
+    pub index: Option<u64>,
+    /// The reply's `X-Taba-NextToken` (a list with a next page).
+    pub next_token: Option<String>,
 }
+
+/// One page of a list ([`Client::page`]).
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    /// The entries.
+    pub items: Vec<T>,
+    /// The `next_token` of the next page; `None` on the last page.
+    pub next_token: Option<String>,
+    /// The state's index the page was read at.
+    pub index: u64,
+}
+
+fn header_index(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    h.get(INDEX_HEADER)?.to_str().ok()?.parse().ok()
+}
+
+fn header_next_token(h: &reqwest::header::HeaderMap) -> Option<String> {
+    Some(h.get(NEXT_TOKEN_HEADER)?.to_str().ok()?.to_owned())
+}
+
+/// The response header with the state's index of a blocking query.
+pub const INDEX_HEADER: &str = "x-taba-index";
+/// The response header with a list's next page token.
+pub const NEXT_TOKEN_HEADER: &str = "x-taba-nexttoken";
 
 impl RawResponse {
     /// The body as an error reply, if it is one.
@@ -429,6 +468,52 @@ impl Client {
         Self::json(self.finish(self.req(Method::GET, path))?)
     }
 
+    /// One page of the list at `path` (`/v1/jobs`, `/v1/allocations`...):
+    /// at most `per_page` entries from `next_token` on (the previous page's
+    /// [`Page::next_token`]); `query` adds other parameters (`namespace`).
+    pub fn page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        per_page: u32,
+        next_token: Option<&str>,
+    ) -> Result<Page<T>, ClientError> {
+        let mut r = self
+            .req(Method::GET, path)
+            .query(query)
+            .query(&[("per_page", per_page)]);
+        if let Some(t) = next_token {
+            r = r.query(&[("next_token", t)]);
+        }
+        let resp = self.finish(r)?;
+        let index = header_index(resp.headers()).unwrap_or(0);
+        let next_token = header_next_token(resp.headers());
+        Ok(Page {
+            items: Self::json(resp)?,
+            next_token,
+            index,
+        })
+    }
+
+    /// A blocking query of the read at `path`: the reply once the state's
+    /// index is past `index` (or `wait` is over), with the index it was read
+    /// at (pass it as the next `index`).
+    pub fn blocking_get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(T, u64), ClientError> {
+        let r = self
+            .req_with(&self.streaming, Method::GET, path)
+            .query(&[("index", index.to_string())])
+            .query(&[("wait", format!("{}ms", wait.as_millis()))])
+            .timeout(wait + Duration::from_secs(30));
+        let resp = self.finish(r)?;
+        let index = header_index(resp.headers()).unwrap_or(0);
+        Ok((Self::json(resp)?, index))
+    }
+
     fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -472,12 +557,16 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
             .unwrap_or_default();
+        let index = header_index(resp.headers());
+        let next_token = header_next_token(resp.headers());
         let mut body = Vec::new();
         resp.read_to_end(&mut body).map_err(ClientError::Decode)?;
         Ok(RawResponse {
             status,
             content_type,
             body,
+            index,
+            next_token,
         })
     }
 
@@ -485,13 +574,24 @@ impl Client {
 
     /// `POST /v1/jobs` with a TOML job file (errors carry line and column).
     pub fn register_job_toml(&self, toml: &[u8]) -> Result<RegisterJobResponse, ClientError> {
-        Self::json(
-            self.finish(
-                self.req(Method::POST, "/v1/jobs")
-                    .header("Content-Type", "application/toml")
-                    .body(toml.to_vec()),
-            )?,
-        )
+        self.register_job_toml_if(toml, None)
+    }
+
+    /// `POST /v1/jobs?check_index=N` with a TOML job file: check-and-set,
+    /// refused (409, [`ErrorCode::IndexMismatch`]) unless the job's modify
+    /// index is `check_index` (0: unless the job is new).
+    pub fn register_job_toml_if(
+        &self,
+        toml: &[u8],
+        check_index: Option<u64>,
+    ) -> Result<RegisterJobResponse, ClientError> {
+        let mut r = self
+            .req(Method::POST, "/v1/jobs")
+            .header("Content-Type", "application/toml");
+        if let Some(i) = check_index {
+            r = r.query(&[("check_index", i)]);
+        }
+        Self::json(self.finish(r.body(toml.to_vec()))?)
     }
 
     /// `POST /v1/job-plan` with a TOML job file: what `job run` would do to its versions.
@@ -985,6 +1085,11 @@ impl Client {
     /// `GET /v1/evaluations/{id}`.
     pub fn eval(&self, id: &str) -> Result<Evaluation, ClientError> {
         self.get(&format!("/v1/evaluations/{}", seg(id)))
+    }
+
+    /// `GET /v1/evaluations`: every evaluation the token may read, newest first.
+    pub fn list_evals(&self) -> Result<Vec<Evaluation>, ClientError> {
+        self.get("/v1/evaluations")
     }
 
     /// `GET /v1/openapi.json`.

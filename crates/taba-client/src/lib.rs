@@ -12,6 +12,7 @@ mod http;
 mod session;
 
 pub use http::{
-    Client, ClientError, ClientOptions, EventStream, LogStream, RawResponse, TlsOptions,
+    Client, ClientError, ClientOptions, EventStream, LogStream, Page, RawResponse, TlsOptions,
+    INDEX_HEADER, NEXT_TOKEN_HEADER,
 };
 pub use session::{ExecSession, ExecSessionOptions, SessionEvent, SessionInput};

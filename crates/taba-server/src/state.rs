@@ -85,6 +85,14 @@ pub enum StateError {
     /// The change conflicts with the state (e.g. removing a namespace in use).
     #[error("{0}")]
     Conflict(String),
+    /// A check-and-set failed: the record's modify index is not the one given.
+    #[error("{field}: {message}")]
+    IndexMismatch {
+        /// Field path.
+        field: String,
+        /// Reason.
+        message: String,
+    },
     /// A unique value is held by another record (a node name).
     #[error("{field}: {message}")]
     Taken {
@@ -284,6 +292,17 @@ impl ServerState {
         self.cluster.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every evaluation kept, in the namespaces `visible` accepts.
+    pub fn list_evals(&self, visible: impl Fn(&str) -> bool) -> Vec<Evaluation> {
+        self.evals
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| visible(&e.namespace))
+            .cloned()
+            .collect()
+    }
+
     /// An evaluation by id.
     pub fn eval(&self, id: &str) -> Option<Evaluation> {
         self.evals
@@ -475,14 +494,33 @@ impl ServerState {
     // ---- jobs ----
 
     /// Register a validated spec: a new version when it changed (or the job
-    /// was stopped), and an evaluation in any case.
-    pub async fn register_job(&self, spec: JobSpec) -> Result<RegisterJobResponse, StateError> {
+    /// was stopped), and an evaluation in any case. With `check_index`
+    /// (check-and-set), only if the job's modify index is that one (0: only
+    /// a job that does not exist).
+    pub async fn register_job(
+        &self,
+        spec: JobSpec,
+        check_index: Option<u64>,
+    ) -> Result<RegisterJobResponse, StateError> {
         let ns = spec.namespace.clone();
         let name = spec.name.clone();
         let namespaces = self.namespaces.read().await;
         Self::check_namespace(&namespaces, &ns)?;
         let _held = self.locks.lock(vec![job_key(&ns, &name)]).await;
         let existing = self.cluster().job(&ns, &name).cloned();
+        if let Some(want) = check_index {
+            let have = existing.as_ref().map_or(0, |j| j.modify_index);
+            if have != want {
+                let now = match &existing {
+                    Some(_) => format!("the job's modify index is {have}"),
+                    None => "the job does not exist".to_owned(),
+                };
+                return Err(StateError::IndexMismatch {
+                    field: "check_index".into(),
+                    message: format!("{want} is not current: {now}; nothing was changed"),
+                });
+            }
+        }
         let now = now_ms();
         let (job, changed) = match existing {
             Some(j) if j.spec == spec && !j.stopped => (j, false),

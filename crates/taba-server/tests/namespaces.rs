@@ -46,6 +46,7 @@ fn api_status(e: ClientError) -> (u16, Option<String>, String) {
             status,
             field,
             message,
+            ..
         } => (status, field, message),
         other => panic!("expected an API error, got {other}"),
     }

@@ -29,6 +29,7 @@ use std::fmt;
 
 /// A right within a namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Capability {
     /// See jobs, allocations, evaluations, logs.
@@ -54,6 +55,7 @@ impl fmt::Display for Capability {
 
 /// Access to a cluster-wide resource (`node`, `operator`); `write` includes `read`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     /// Look.
@@ -80,6 +82,7 @@ impl fmt::Display for Access {
 
 /// The rights a policy grants in one namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceRule {
     /// Capabilities granted.
@@ -92,6 +95,7 @@ pub const ANY_NAMESPACE: &str = "*";
 /// A policy as an operator writes it (TOML file, or JSON over the API) and
 /// as the control plane stores it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AclPolicy {
     /// Name; in a request body it may be left out (the path names it).
@@ -247,6 +251,7 @@ pub fn parse_policy_toml(name: &str, bytes: &[u8]) -> Result<AclPolicy, PolicyPa
 
 /// What a token is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TokenType {
     /// Rights from its policies.
@@ -268,6 +273,7 @@ impl fmt::Display for TokenType {
 /// A token as the control plane stores it: the secret itself is never
 /// stored, only its SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AclToken {
     /// Public id (shown in lists, audit events; used to revoke).
     pub accessor_id: String,

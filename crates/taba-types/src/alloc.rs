@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 /// What the servers want of an allocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredStatus {
     /// Keep it running.
@@ -27,6 +28,7 @@ pub enum DesiredStatus {
 
 /// What the agent observes of an allocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ClientStatus {
     /// Placed, not running yet.
@@ -73,6 +75,7 @@ impl fmt::Display for DesiredStatus {
 
 /// Lifecycle of one task.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     /// Not started yet, or waiting to restart.
@@ -96,6 +99,7 @@ impl fmt::Display for TaskStatus {
 
 /// One event in a task's life (kept to the last few).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskEvent {
     /// When.
     pub time: UnixMillis,
@@ -109,6 +113,7 @@ pub struct TaskEvent {
 
 /// Observed state of one task.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskState {
     /// Lifecycle.
     pub state: TaskStatus,
@@ -170,6 +175,7 @@ impl TaskState {
 /// it through the API, recorded before it is done (`Exec`, the audit trail
 /// of `alloc exec`: who, what, when).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AllocEvent {
     /// When.
     pub time: UnixMillis,
@@ -206,6 +212,7 @@ pub const MAX_ALLOC_EVENTS: usize = 50;
 /// on the best other node) and stops this allocation in the same plan,
 /// within the group's `migrate.max_parallel`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MigrateRequest {
     /// Why, shown as the stopped allocation's desired description.
     pub reason: String,
@@ -239,6 +246,7 @@ pub struct MigrateRequest {
 ///         any failure   -> target stopped (aborts), source cleared (runs on)
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LiveMigration {
     /// The running allocation that moves.
     pub source_alloc: AllocId,
@@ -269,6 +277,7 @@ pub struct LiveMigration {
 
 /// Where a prepared migration target takes a workload's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MigrationIncoming {
     /// The migration stream's address.
     pub addr: std::net::SocketAddr,
@@ -282,6 +291,7 @@ pub struct MigrationIncoming {
 
 /// What an agent reports of its part in a live migration (protocol 3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MigrationReport {
     /// The migration's target allocation (which migration this is about).
     pub target_alloc: AllocId,
@@ -304,6 +314,7 @@ pub struct MigrationReport {
 
 /// Progress (or the final figures) of a live migration's stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MigrationProgress {
     /// Bytes sent.
     pub transferred: u64,
@@ -337,6 +348,7 @@ fn is_zero(n: &u64) -> bool {
 
 /// Measured usage of an allocation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AllocUsage {
     /// CPU in use, MHz (averaged over the last sampling interval).
     pub cpu_mhz: u64,
@@ -352,6 +364,7 @@ pub struct AllocUsage {
 
 /// An allocation record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Allocation {
     /// Id.
     pub id: AllocId,

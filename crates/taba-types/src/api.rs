@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 /// Every error reply: `{"error": {"message": ..., "field": ...}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
@@ -20,16 +21,74 @@ pub struct ErrorBody {
 
 /// What went wrong, and where in the input.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ErrorDetail {
     /// Human message.
     pub message: String,
     /// Field path in the request (`group[0].task[1].image`), if one is to blame.
     #[serde(default)]
     pub field: Option<String>,
+    /// What kind of error, for programs (the message is for people).
+    #[serde(default)]
+    pub code: ErrorCode,
+}
+
+/// The machine-readable kind of an error reply (`error.code`). Each has one
+/// HTTP status; docs/api.md lists them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: malformed input: syntax, a wrong type, an unknown field.
+    BadRequest,
+    /// 400: a query parameter the route does not take.
+    UnknownParameter,
+    /// 422: well-formed input that fails validation (`field` says where).
+    InvalidField,
+    /// 413: the body is larger than the route accepts.
+    TooLarge,
+    /// 415: a content type the route does not read.
+    UnsupportedMediaType,
+    /// 401: no token, or an unknown, revoked or expired one.
+    Unauthorized,
+    /// 403: the token (or node) lacks the right.
+    Forbidden,
+    /// 404: no such object.
+    NotFound,
+    /// 404: no such route.
+    NoRoute,
+    /// 405: the route does not take this method.
+    MethodNotAllowed,
+    /// 426: a WebSocket route called without the handshake.
+    UpgradeRequired,
+    /// 409: the request conflicts with the state (an ambiguous id prefix, a
+    /// namespace that still has jobs, a second bootstrap).
+    Conflict,
+    /// 409: a check-and-set failed: the object's modify index is not the one given.
+    IndexMismatch,
+    /// 409: a unique value (a node name) is held by another object.
+    Taken,
+    /// 410: what was asked for is no longer kept (an old event index).
+    Gone,
+    /// 502: a node's agent could not be reached or failed.
+    AgentFailed,
+    /// 502: an image registry could not be reached or failed.
+    RegistryFailed,
+    /// 408, 413, 502 or 504: a cap of `alloc exec` (output size, duration) was hit.
+    ExecLimit,
+    /// 503: the server is shutting down.
+    ShuttingDown,
+    /// 503: no leader can take the request now; retry.
+    LeaderUnavailable,
+    /// 500: a failure of the server itself (also: a reply without a code,
+    /// from an older agent).
+    #[default]
+    Internal,
 }
 
 /// Reply to `POST /v1/jobs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RegisterJobResponse {
     /// Namespace.
     pub namespace: String,
@@ -47,6 +106,7 @@ pub struct RegisterJobResponse {
 
 /// Reply to `DELETE /v1/jobs/{name}` and `POST /v1/allocations/{id}/stop`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EvalResponse {
     /// The evaluation created.
     pub eval_id: EvalId,
@@ -56,6 +116,7 @@ pub struct EvalResponse {
 
 /// Body of `POST /v1/allocations/{id}/migrate`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MigrateAllocRequest {
     /// The node to move to (id, unique id prefix or name); the scheduler
@@ -65,6 +126,7 @@ pub struct MigrateAllocRequest {
 }
 
 /// Reply to `POST /v1/allocations/{id}/migrate/cancel`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelMigrationResponse {
     /// Store index of the write.
@@ -75,6 +137,7 @@ pub struct CancelMigrationResponse {
 
 /// Reply to `POST /v1/allocations/{id}/migrate`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MigrateAllocResponse {
     /// The evaluation that places the replacement.
     pub eval_id: EvalId,
@@ -89,6 +152,7 @@ pub struct MigrateAllocResponse {
 
 /// One row of `GET /v1/jobs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobListEntry {
     /// Namespace.
     pub namespace: String,
@@ -115,6 +179,7 @@ pub struct JobListEntry {
 
 /// One allocation as listed in job and node status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AllocListEntry {
     /// Id.
     pub id: AllocId,
@@ -168,6 +233,7 @@ impl AllocListEntry {
 
 /// A short view of an evaluation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EvalSummary {
     /// Id.
     pub id: EvalId,
@@ -186,6 +252,7 @@ pub struct EvalSummary {
 
 /// Reply to `GET /v1/jobs/{name}/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobStatusResponse {
     /// Namespace.
     pub namespace: String,
@@ -210,6 +277,7 @@ pub struct JobStatusResponse {
 
 /// Reply to `GET /v1/allocations/{id}`: the record plus the names the CLI shows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AllocDetail {
     /// Id.
     pub id: AllocId,
@@ -244,6 +312,7 @@ impl AllocDetail {
 
 /// One row of `GET /v1/nodes`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeListEntry {
     /// Id.
     pub id: NodeId,
@@ -294,6 +363,7 @@ impl NodeListEntry {
 
 /// Reply to `GET /v1/nodes/{id-or-name}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeDetail {
     /// Id.
     pub id: NodeId,
@@ -316,6 +386,7 @@ pub struct NodeDetail {
 /// Body of `POST /v1/nodes/{node}/drain`: start (or change) a drain, or
 /// cancel it with `disable`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     /// Cancel the drain in progress (moves already made stay) and make the
@@ -338,6 +409,7 @@ pub const MAX_DRAIN_DEADLINE: DurationSpec = DurationSpec::secs(30 * 24 * 3600);
 
 /// One task group's allocations in a drain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DrainGroupProgress {
     /// Namespace of the job.
     pub namespace: String,
@@ -359,6 +431,7 @@ pub struct DrainGroupProgress {
 /// Reply to `GET` and `POST /v1/nodes/{node}/drain`, and part of
 /// `GET /v1/nodes/{node}`: what a drain has left to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DrainStatus {
     /// Node id.
     pub node_id: NodeId,
@@ -386,6 +459,7 @@ pub struct DrainStatus {
 
 /// Reply to `DELETE /v1/nodes/{node}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RemoveNodeResponse {
     /// The node's name.
     pub name: String,
@@ -395,6 +469,7 @@ pub struct RemoveNodeResponse {
 
 /// Body of `POST /v1/nodes/{node}/eligibility`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EligibilityRequest {
     /// Whether new allocations may be placed on the node.
@@ -404,6 +479,7 @@ pub struct EligibilityRequest {
 /// A namespace with what it holds now: a row of `GET /v1/namespaces`, the
 /// reply to `GET /v1/namespaces/{name}` and to `PUT`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NamespaceStatus {
     /// Name.
     pub name: String,
@@ -424,6 +500,7 @@ pub struct NamespaceStatus {
 
 /// Reply to `DELETE /v1/namespaces/{name}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DeleteNamespaceResponse {
     /// The namespace removed.
     pub name: String,
@@ -433,6 +510,7 @@ pub struct DeleteNamespaceResponse {
 
 /// Body of `POST /v1/acl/tokens`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     /// Free text shown in lists and audit events.
@@ -451,6 +529,7 @@ pub struct CreateTokenRequest {
 
 /// A token as listed: never its secret nor the secret's hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AclTokenInfo {
     /// Public id.
     pub accessor_id: String,
@@ -487,6 +566,7 @@ impl AclTokenInfo {
 /// Reply to `POST /v1/acl/bootstrap` and `POST /v1/acl/tokens`: the secret
 /// is shown this once and never again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AclTokenCreated {
     /// The token.
     pub token: AclTokenInfo,
@@ -496,6 +576,7 @@ pub struct AclTokenCreated {
 
 /// Reply to `DELETE /v1/acl/policies/{name}` and `DELETE /v1/acl/tokens/{accessor}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AclDeleteResponse {
     /// The policy name or token accessor id removed.
     pub name: String,
@@ -505,6 +586,7 @@ pub struct AclDeleteResponse {
 
 /// Reply to `GET /v1/jobs/{name}/versions`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobHistory {
     /// Versions, newest first.
     pub versions: Vec<Job>,
@@ -512,6 +594,7 @@ pub struct JobHistory {
 
 /// An image in the server's image store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ImageInfo {
     /// Content id (config digest).
     pub id: String,
@@ -538,6 +621,7 @@ fn container_kind() -> String {
 
 /// Query of `POST /v1/images` importing a VM disk image (qcow2 or raw, the
 /// request body) instead of an image tar.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportQuery {
     /// Import the body as a disk image named this (`debian-12`, `debian:12`).
@@ -551,6 +635,7 @@ pub struct ImportQuery {
 /// Reply of `POST /v1/job-plan`: what `job run` of the same job file would do to the job's
 /// versions, without doing it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobPlanResponse {
     /// Namespace.
     pub namespace: String,
@@ -568,6 +653,7 @@ pub struct JobPlanResponse {
 
 /// One task image in a [`JobPlanResponse`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ImagePlan {
     /// `group[i].task[j].image`.
     pub field: String,
@@ -592,6 +678,7 @@ pub struct ImagePlan {
 /// Reply of `POST /v1/images`: the archive's first image (the fields of [`ImageInfo`], as
 /// before archives could hold several) and every image it held, in its order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ImportResponse {
     /// The first image.
     #[serde(flatten)]
@@ -602,6 +689,7 @@ pub struct ImportResponse {
 
 /// `GET /v1/images/{ref}`: an image and how it runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ImageDetail {
     /// What `GET /v1/images` says of it.
     #[serde(flatten)]
@@ -614,6 +702,7 @@ pub struct ImageDetail {
 
 /// Body of `POST /v1/registry/pull`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PullRequest {
     /// What to pull: `busybox`, `host:port/repo:tag`, `repo@sha256:<hex>`.
@@ -622,6 +711,7 @@ pub struct PullRequest {
 
 /// Body of `POST /v1/registry/push`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
     /// Where to push: `host[:port]/repo[:tag]`.
@@ -633,6 +723,7 @@ pub struct PushRequest {
 
 /// Body of `POST /v1/images/save`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SaveRequest {
     /// The stored image (reference or id).
@@ -645,6 +736,7 @@ pub struct SaveRequest {
 /// One line of the reply of `POST /v1/registry/pull` (newline-delimited JSON): what the pull
 /// is doing, then `done` or `error`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum PullEvent {
     /// The manifest is known: the image, its layers and how many the server lacks.
@@ -707,6 +799,7 @@ pub enum PullEvent {
 
 /// What happened to a layer during a pull.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LayerStatus {
     /// The store has it; not downloaded.
@@ -727,6 +820,7 @@ pub enum LayerStatus {
 
 /// Body of `PUT /v1/images/{reference}`: name the image `source` names `reference` too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TagRequest {
     /// An existing reference or image id.
@@ -735,6 +829,7 @@ pub struct TagRequest {
 
 /// Reply of `DELETE /v1/images` (prune).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PruneResponse {
     /// The images removed (no job version names them, no container uses them).
     pub removed: Vec<ImageInfo>,
@@ -742,18 +837,22 @@ pub struct PruneResponse {
 
 /// Body of `POST /v1/registry/login`: credentials the server uses for a registry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegistryLoginRequest {
     /// `host` or `host:port`, as in image references (`docker.io` for Docker Hub).
     pub registry: String,
     /// User name.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub username: String,
     /// Password or access token.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub password: String,
 }
 
 /// Reply of `POST /v1/registry/login` and `POST /v1/registry/logout`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RegistryLoginResponse {
     /// The registry.
     pub registry: String,
@@ -765,6 +864,7 @@ pub struct RegistryLoginResponse {
 /// `POST /v1/client/allocations/{id}/exec?task=T`): run a command in the task,
 /// feed it `stdin`, wait for it to end.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// Program and arguments.
@@ -776,6 +876,7 @@ pub struct ExecRequest {
 
 /// Reply to an exec: the command's exit code and its output.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ExecResponse {
     /// Exit code (128 + signal when killed by a signal).
     pub exit_code: i32,
@@ -808,6 +909,7 @@ pub const MAX_EXEC_STDIN: usize = 8 << 20;
 
 /// Body of `POST /v1/nodes/tokens`: a join token for new agents.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JoinTokenRequest {
     /// How long the token can be used, e.g. `1h` (default 1h, at most 30 days).
@@ -818,6 +920,7 @@ pub struct JoinTokenRequest {
 /// Reply to `POST /v1/nodes/tokens`. The token is shown only here: the
 /// server keeps its hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JoinTokenResponse {
     /// The token, for an agent's `join_token`.
     pub token: String,
@@ -828,6 +931,7 @@ pub struct JoinTokenResponse {
 /// Body of `POST /v1/tls/revoke`: revoke a certificate by fingerprint, or
 /// the certificate bound to a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RevokeCertRequest {
     /// SHA-256 of the DER certificate, hex.
@@ -840,6 +944,7 @@ pub struct RevokeCertRequest {
 
 /// Reply to `POST /v1/tls/revoke`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RevokeCertResponse {
     /// The fingerprints now revoked.
     pub revoked: Vec<String>,
@@ -848,6 +953,7 @@ pub struct RevokeCertResponse {
 /// A topic of the event stream (`GET /v1/event/stream?topic=...`): which
 /// kind of record an event is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum EventTopic {
     /// Jobs (the current version; key `namespace/name`).
     Job,
@@ -888,6 +994,7 @@ impl std::fmt::Display for EventTopic {
 /// One event of `GET /v1/event/stream`: a record that a committed change
 /// wrote (or deleted), at the store index of that commit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StreamEvent {
     /// What kind of record.
     pub topic: EventTopic,
@@ -911,6 +1018,7 @@ pub struct StreamEvent {
 
 /// A keep-alive line of the event stream: `{"heartbeat": {"index": N}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StreamHeartbeat {
     /// The last index whose events were sent to this subscriber (or the
     /// index it started after); resume with `index=` this.
@@ -919,6 +1027,7 @@ pub struct StreamHeartbeat {
 
 /// The last line of an event stream the server ends: `{"end": {...}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StreamEnd {
     /// Why: `slow_subscriber`, `server_stopping`, `token_invalid`,
     /// `state_replaced`.
@@ -932,6 +1041,7 @@ pub struct StreamEnd {
 
 /// One line of `GET /v1/event/stream`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum StreamLine {
     /// An event.
@@ -979,6 +1089,7 @@ pub mod exec_session {
 
     /// A control message (a text frame).
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
     #[serde(rename_all = "snake_case", deny_unknown_fields)]
     pub enum Control {
         /// The client's terminal size (with a tty; at start and on change).
@@ -1011,6 +1122,7 @@ pub mod exec_session {
 
 /// Query of `GET /v1/allocations/{id}/exec` (an interactive session).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecSessionQuery {
     /// The task (optional when the group has one task).

@@ -11,6 +11,7 @@ use std::fmt;
 
 /// Why an evaluation exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum EvalTrigger {
     /// A job was registered or updated.
@@ -41,6 +42,7 @@ pub enum EvalTrigger {
 
 /// State of an evaluation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EvalStatus {
     /// Waiting for a worker.
@@ -70,6 +72,7 @@ impl fmt::Display for EvalStatus {
 
 /// Why placements of one group failed: which filters removed how many nodes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PlacementFailure {
     /// Nodes considered.
     pub nodes_evaluated: u32,
@@ -127,6 +130,7 @@ impl PlacementFailure {
 
 /// An evaluation record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Evaluation {
     /// Id.
     pub id: EvalId,

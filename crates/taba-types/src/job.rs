@@ -14,6 +14,7 @@ use std::fmt;
 
 /// What kind of job: keep `count` running, run to completion, or one per node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobType {
     /// Long-running; keep `count` instances running.
@@ -37,6 +38,7 @@ impl fmt::Display for JobType {
 
 /// A job as submitted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Unique name within its namespace.
@@ -82,6 +84,7 @@ fn default_priority() -> u32 {
 
 /// Rolling update settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePolicy {
     /// How many allocations of a group are replaced at once.
@@ -110,6 +113,7 @@ impl Default for UpdatePolicy {
 
 /// A set of tasks placed together on one node, `count` times.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TaskGroupSpec {
     /// Unique name within the job.
@@ -195,6 +199,7 @@ impl TaskGroupSpec {
 /// A move of a container or exec allocation is a restart elsewhere: the
 /// replacement is placed and the old allocation stopped in one plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MigratePolicy {
     /// Disruption budget: allocations of the group moving at once (a moved
@@ -241,6 +246,7 @@ pub struct MigratePolicy {
 
 /// What a node drain does with a group's allocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DrainMode {
     /// Move them to other nodes, `max_parallel` at a time (services' default).
@@ -296,6 +302,7 @@ impl Default for MigratePolicy {
 
 /// What happens when the restart budget is spent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RestartMode {
     /// Mark the task failed (the allocation may be rescheduled elsewhere).
@@ -306,6 +313,7 @@ pub enum RestartMode {
 
 /// Restarts of a task on the same node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
     /// Restarts allowed within `interval`.
@@ -340,6 +348,7 @@ impl RestartPolicy {
 
 /// Replacement of failed allocations on other nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReschedulePolicy {
     /// Reschedules allowed within `interval` (ignored when `unlimited`).
@@ -391,6 +400,7 @@ impl ReschedulePolicy {
 
 /// Network mode of a group.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// A private network namespace with only loopback.
@@ -404,6 +414,7 @@ pub enum NetworkMode {
 
 /// Networking of a group.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     /// Network mode; `none` unless set. Exec tasks always use the host's.
@@ -416,6 +427,7 @@ pub struct NetworkSpec {
 
 /// One process (or container, or VM) of a group.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// Unique name within the group.
@@ -534,6 +546,7 @@ pub struct TaskSpec {
 
 /// `user_namespace` of a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum UserNamespaceMode {
     /// A host id range picked by the agent, disjoint from every other
@@ -547,6 +560,7 @@ fn default_kill_timeout() -> DurationSpec {
 
 /// Compute resources. `cpu` is in MHz (as Nomad); memory and disk in bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// CPU share in MHz.
@@ -624,6 +638,7 @@ impl Resources {
 
 /// A constraint on node attributes: `attribute operator value`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Constraint {
     /// Left-hand side, usually an interpolation: `${node.name}`,
@@ -640,6 +655,7 @@ pub struct Constraint {
 
 /// Constraint operators.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ConstraintOperator {
     /// Equal (string).
     #[default]
@@ -711,6 +727,7 @@ impl fmt::Display for Constraint {
 
 /// The lifecycle of a registered job.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Registered, nothing running yet.
@@ -734,6 +751,7 @@ impl fmt::Display for JobStatus {
 
 /// A registered job version as the control plane stores it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Job {
     /// The spec as submitted (after defaults).
     pub spec: JobSpec,

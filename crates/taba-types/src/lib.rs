@@ -23,6 +23,8 @@ pub mod parse;
 pub mod placement;
 pub mod plan;
 pub mod ports;
+#[cfg(feature = "schema")]
+mod schema;
 pub mod security;
 pub mod units;
 pub mod validate;

@@ -28,6 +28,7 @@ pub const MAX_QUOTA_ALLOCATIONS: u32 = 100_000_000;
 /// A namespace as an operator writes it (`PUT /v1/namespaces/{name}`) and
 /// as the control plane stores it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Namespace {
     /// Name; in a request body it may be left out (the path names it).
@@ -54,6 +55,7 @@ impl Namespace {
 
 /// Limits of a namespace. An unset dimension is unlimited; 0 allows nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     /// CPU in MHz held by the namespace's allocations together.
@@ -97,6 +99,7 @@ impl fmt::Display for Quota {
 /// What a namespace's allocations hold now: those whose client status is
 /// not terminal.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NamespaceUsage {
     /// CPU in MHz.
     pub cpu: u64,

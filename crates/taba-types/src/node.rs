@@ -12,6 +12,7 @@ use std::fmt;
 
 /// Liveness of a node as the servers see it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     /// Registered, first heartbeat pending.
@@ -44,6 +45,7 @@ impl fmt::Display for NodeStatus {
 
 /// Whether the scheduler may place new work on the node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Eligibility {
     /// New placements allowed.
@@ -56,6 +58,7 @@ pub enum Eligibility {
 
 /// What a driver reports about itself on a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DriverInfo {
     /// The driver's prerequisites exist on the host.
     pub detected: bool,
@@ -68,6 +71,7 @@ pub struct DriverInfo {
 
 /// Total capacity of a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeResources {
     /// Logical CPU cores.
     pub cores: u32,
@@ -93,6 +97,7 @@ impl NodeResources {
 
 /// A node record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Node {
     /// Persistent id (kept in the agent's data dir).
     pub id: NodeId,
@@ -216,6 +221,7 @@ impl Node {
 /// node record (the drainer on the servers carries it out and clears it
 /// when the drain is done or cancelled).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DrainStrategy {
     /// When the drain started.
     pub started_at: UnixMillis,
@@ -233,6 +239,7 @@ where
     D: serde::Deserializer<'de>,
 {
     #[derive(Deserialize)]
+    #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
     #[serde(untagged)]
     enum Either {
         Legacy(#[allow(dead_code)] bool),
@@ -246,6 +253,7 @@ where
 
 /// Measured utilization of a node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeUsage {
     /// CPU in use, MHz.
     pub cpu_mhz: u64,

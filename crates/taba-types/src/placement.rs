@@ -14,6 +14,7 @@ use std::fmt;
 
 /// How the scheduler ranks the nodes that can take an allocation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Scoring {
     /// Prefer the fullest node that fits (few nodes used).
@@ -42,6 +43,7 @@ impl fmt::Display for Scoring {
 /// Spread a group's allocations over the values of a node attribute,
 /// evenly or by target percentages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Spread {
     /// The attribute whose values the allocations are spread over, e.g.
@@ -63,6 +65,7 @@ pub fn default_spread_weight() -> u32 {
 
 /// The share of a group's allocations wanted on nodes with one value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SpreadTarget {
     /// The attribute's value, e.g. `r1`.
@@ -80,6 +83,7 @@ pub struct SpreadTarget {
 ///   topology value hosts live allocations of that job (and group) in the
 ///   same namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Affinity {
     /// Node form: the left-hand side (`${meta.rack}`); allocation form: the

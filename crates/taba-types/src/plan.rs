@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 /// Stop (or evict) an existing allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AllocStop {
     /// The allocation.
     pub alloc_id: AllocId,
@@ -29,6 +30,7 @@ pub struct AllocStop {
 
 /// What a scheduler decided for one evaluation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Plan {
     /// The evaluation.
     pub eval_id: Option<EvalId>,
@@ -58,6 +60,7 @@ impl Plan {
 
 /// The scheduler's full answer: a plan plus what becomes of the evaluation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SchedulerOutcome {
     /// Changes to commit.
     pub plan: Plan,
@@ -75,6 +78,7 @@ pub struct SchedulerOutcome {
 
 /// Result of submitting a plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum PlanResult {
     /// Committed at this store index.
     Committed {

@@ -19,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 /// One port a group asks for: `{ label = "http", static = 8080 }`, or
 /// `{ label = "metrics" }` for a dynamic one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// Name of the port, unique in the group: `[a-z0-9_]+`. It names the
@@ -32,6 +33,7 @@ pub struct PortSpec {
 
 /// A port given to an allocation on its node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AllocatedPort {
     /// The group's label for it.
     pub label: String,

@@ -13,6 +13,7 @@ use std::fmt;
 
 /// One invalid field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FieldError {
     /// Path from the job's root, e.g. `group[0].task[1].resources.memory`.
     pub path: String,
@@ -28,6 +29,7 @@ impl fmt::Display for FieldError {
 
 /// All the invalid fields of one spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ValidationErrors(pub Vec<FieldError>);
 
 impl fmt::Display for ValidationErrors {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// Machine type of a VM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum VmMachine {
     /// QEMU's minimal machine for direct kernel boot (virtio-mmio, no PCI,
@@ -37,6 +38,7 @@ impl VmMachine {
 
 /// CPU virtualization of a VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum VmAccel {
     /// Hardware virtualization (`/dev/kvm`).
@@ -57,6 +59,7 @@ impl VmAccel {
 
 /// Network of a VM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum VmNetwork {
     /// No network device.
@@ -67,6 +70,7 @@ pub enum VmNetwork {
 }
 
 /// Firmware of a VM that boots from its `boot_disk`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmFirmware {
@@ -80,6 +84,7 @@ pub enum VmFirmware {
 
 /// Format of a disk image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DiskFormat {
     /// QEMU copy-on-write image.
@@ -102,6 +107,7 @@ impl DiskFormat {
 /// overlay on top of `image` (which is never written), or a blank disk of
 /// `size`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmDisk {
     /// Base image in the node's VM image directories (read only).

@@ -112,6 +112,7 @@ pub fn check_node(n: &Node) -> Result<(), FieldError> {
 
 /// Agent -> server: register (or re-register after a restart).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RegisterRequest {
     /// Protocol version.
     pub protocol: u32,
@@ -129,6 +130,7 @@ impl RegisterRequest {
 
 /// Server -> agent: registration accepted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RegisterResponse {
     /// Protocol version.
     pub protocol: u32,
@@ -144,6 +146,7 @@ pub struct RegisterResponse {
 /// Agent -> server, on first contact with a join token (`taba node token
 /// create`): exchange it for a credential.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JoinRequest {
     /// Protocol version (2 or later).
     pub protocol: u32,
@@ -176,6 +179,7 @@ impl JoinRequest {
 
 /// Server -> agent: the credential a join token was exchanged for.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JoinResponse {
     /// Protocol version.
     pub protocol: u32,
@@ -189,6 +193,7 @@ pub struct JoinResponse {
 
 /// Agent -> server: still alive.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HeartbeatRequest {
     /// Protocol version.
     pub protocol: u32,
@@ -201,6 +206,7 @@ pub struct HeartbeatRequest {
 
 /// Server -> agent: heartbeat accepted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HeartbeatResponse {
     /// Protocol version.
     pub protocol: u32,
@@ -210,6 +216,7 @@ pub struct HeartbeatResponse {
 
 /// Server -> agent: the allocations assigned to a node (blocking query).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeAllocations {
     /// Protocol version.
     pub protocol: u32,
@@ -231,6 +238,7 @@ pub struct NodeAllocations {
 
 /// One allocation's observed state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AllocUpdate {
     /// Which.
     pub id: AllocId,
@@ -250,8 +258,17 @@ pub struct AllocUpdate {
     pub migration: Option<MigrationReport>,
 }
 
+/// Server -> agent: the reply to [`AllocUpdateRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AllocUpdateResponse {
+    /// The index the updates were committed at.
+    pub index: u64,
+}
+
 /// Agent -> server: allocation state changes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AllocUpdateRequest {
     /// Protocol version.
     pub protocol: u32,
@@ -297,6 +314,7 @@ impl AllocUpdateRequest {
 /// can fetch its blobs (`GET /v1/agent/images/manifests/{reference}`) and
 /// then each blob by digest (`GET /v1/agent/images/blobs/{digest}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ImageManifest {
     /// Protocol version.
     pub protocol: u32,
@@ -316,6 +334,7 @@ pub struct ImageManifest {
 }
 
 /// What an [`ImageManifest`] of a disk image says of the disk.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskDescriptor {
     /// `qcow2` or `raw`.
@@ -326,6 +345,7 @@ pub struct DiskDescriptor {
 
 /// A content-addressed blob.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct BlobDescriptor {
     /// `sha256:<hex>` of its bytes.
     pub digest: String,
@@ -335,6 +355,7 @@ pub struct BlobDescriptor {
 
 /// One layer of an image: its blob as stored and the digest of the tar inside.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LayerDescriptor {
     /// OCI media type (`application/vnd.oci.image.layer.v1.tar+gzip`, ...).
     pub media_type: String,

@@ -2,7 +2,9 @@
 //! already checked the caller (management, or open for bootstrap).
 
 use super::error::ApiError;
+use super::extract::Q;
 use super::extract::{parse_json, read_body};
+use super::query::{page, PageQuery, Paged};
 use super::AppState;
 use crate::acl::Auth;
 use crate::broker::now_ms;
@@ -39,8 +41,11 @@ pub async fn bootstrap(State(app): State<AppState>) -> R<AclTokenCreated> {
     Ok(Json(created(&t, secret)))
 }
 
-pub async fn list_policies(State(app): State<AppState>) -> R<Vec<AclPolicy>> {
-    Ok(Json(app.state.acl.policies()))
+pub async fn list_policies(
+    State(app): State<AppState>,
+    Q(q): Q<PageQuery>,
+) -> Result<Paged<AclPolicy>, ApiError> {
+    page(app.state.acl.policies(), &q, |p| p.name.clone())
 }
 
 pub async fn get_policy(State(app): State<AppState>, Path(name): Path<String>) -> R<AclPolicy> {
@@ -102,17 +107,21 @@ pub async fn delete_policy(
     Ok(Json(AclDeleteResponse { name, index }))
 }
 
-pub async fn list_tokens(State(app): State<AppState>) -> R<Vec<AclTokenInfo>> {
+pub async fn list_tokens(
+    State(app): State<AppState>,
+    Q(q): Q<PageQuery>,
+) -> Result<Paged<AclTokenInfo>, ApiError> {
     let now = now_ms();
-    let mut v: Vec<AclTokenInfo> = app
+    let v: Vec<AclTokenInfo> = app
         .state
         .acl
         .tokens()
         .iter()
         .map(|t| AclTokenInfo::from_token(t, now))
         .collect();
-    v.sort_by_key(|t| t.create_time);
-    Ok(Json(v))
+    page(v, &q, |t| {
+        format!("{:020}.{}", t.create_time, t.accessor_id)
+    })
 }
 
 pub async fn create_token(State(app): State<AppState>, body: Body) -> R<AclTokenCreated> {
@@ -139,6 +148,11 @@ pub async fn revoke_token(
     State(app): State<AppState>,
     Path(accessor): Path<String>,
 ) -> R<AclDeleteResponse> {
+    if app.state.acl.token(&accessor).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "token {accessor:?} not found (this route takes a full accessor id; `taba acl token list` shows them)"
+        )));
+    }
     let (name, index) = app.state.revoke_acl_token(&accessor).await?;
     Ok(Json(AclDeleteResponse { name, index }))
 }

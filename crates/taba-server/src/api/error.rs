@@ -1,9 +1,10 @@
 //! The one place where errors become HTTP status codes. Every error reply has
-//! the body `{"error": {"message": ..., "field": <path or null>}}`.
+//! the body `{"error": {"message": ..., "field": <path or null>, "code": ...}}`
+//! ([`ErrorCode`]: one per variant here).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use taba_types::api::{ErrorBody, ErrorDetail};
+use taba_types::api::{ErrorBody, ErrorCode, ErrorDetail};
 
 /// An error an API handler returns.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,17 @@ pub enum ApiError {
     /// The request conflicts with the state (e.g. an ambiguous id prefix).
     #[error("{0}")]
     Conflict(String),
+    /// A check-and-set failed: the object's modify index is not the one given.
+    #[error("{message}")]
+    IndexMismatch {
+        /// What is wrong.
+        message: String,
+        /// Where.
+        field: Option<String>,
+    },
+    /// A query parameter the route does not take.
+    #[error("unknown query parameter; this route takes: {0}")]
+    UnknownParameter(String, String),
     /// A unique value (a node name) is held by another record.
     #[error("{message}")]
     Taken {
@@ -138,7 +150,10 @@ impl ApiError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) | Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
-            Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::Taken { .. } | Self::IndexMismatch { .. } => {
+                StatusCode::CONFLICT
+            }
+            Self::UnknownParameter(..) => StatusCode::BAD_REQUEST,
             Self::Gone { .. } => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Agent(_) | Self::Registry(_) => StatusCode::BAD_GATEWAY,
@@ -154,8 +169,38 @@ impl ApiError {
             | Self::Invalid { field, .. }
             | Self::Forbidden { field, .. }
             | Self::Gone { field, .. }
+            | Self::IndexMismatch { field, .. }
             | Self::Taken { field, .. } => field.clone(),
+            Self::UnknownParameter(_, name) => Some(name.clone()),
             _ => None,
+        }
+    }
+
+    /// The machine-readable kind of this error.
+    pub fn code(&self) -> ErrorCode {
+        use ErrorCode as C;
+        match self {
+            Self::BadRequest { .. } => C::BadRequest,
+            Self::UnknownParameter(..) => C::UnknownParameter,
+            Self::Invalid { .. } => C::InvalidField,
+            Self::TooLarge { .. } => C::TooLarge,
+            Self::UnsupportedMediaType(_) => C::UnsupportedMediaType,
+            Self::Unauthorized(_) => C::Unauthorized,
+            Self::Forbidden { .. } => C::Forbidden,
+            Self::NotFound(_) => C::NotFound,
+            Self::NoRoute { .. } => C::NoRoute,
+            Self::UpgradeRequired(_) => C::UpgradeRequired,
+            Self::Conflict(_) => C::Conflict,
+            Self::IndexMismatch { .. } => C::IndexMismatch,
+            Self::Taken { .. } => C::Taken,
+            Self::Gone { .. } => C::Gone,
+            Self::MethodNotAllowed => C::MethodNotAllowed,
+            Self::Agent(_) => C::AgentFailed,
+            Self::Registry(_) => C::RegistryFailed,
+            Self::ExecLimit(..) => C::ExecLimit,
+            Self::ShuttingDown => C::ShuttingDown,
+            Self::Unavailable(_) => C::LeaderUnavailable,
+            Self::Internal(_) => C::Internal,
         }
     }
 }
@@ -188,6 +233,10 @@ impl From<crate::state::StateError> for ApiError {
             S::Store(taba_store::StoreError::NotLeader) => Self::Unavailable(
                 "this server lost its leadership; nothing was changed, retry".to_owned(),
             ),
+            S::IndexMismatch { field, message } => Self::IndexMismatch {
+                message,
+                field: Some(field),
+            },
             S::Taken { field, message } => Self::Taken {
                 message,
                 field: Some(field),
@@ -213,6 +262,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 message: self.to_string(),
                 field: self.field(),
+                code: self.code(),
             },
         };
         // The request body may be unread (too large, or rejected early);

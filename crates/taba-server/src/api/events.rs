@@ -20,6 +20,20 @@ use taba_types::api::{EventTopic, StreamEnd, StreamHeartbeat, StreamLine};
 /// Most events written in one chunk.
 const CHUNK: usize = 256;
 
+/// The query parameters of `GET /v1/event/stream`, as the OpenAPI document
+/// declares them ([`parse_query`] reads them: `topic` repeats).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+pub struct StreamParams {
+    /// Job, Allocation, Node or Evaluation; repeat for several (default:
+    /// every topic the token may read).
+    topic: Option<Vec<EventTopic>>,
+    /// One namespace, or * (default) for every one the token may read.
+    namespace: Option<String>,
+    /// Replay the kept events after this index first (default: only new events).
+    index: Option<u64>,
+}
+
 /// What the query asks for.
 #[derive(Debug, PartialEq)]
 struct StreamQuery {

@@ -11,12 +11,12 @@
 //! frame per direction.
 
 use super::error::ApiError;
-use super::handlers::{agent_failure, agent_of, alloc_for, exec_event, pick_task};
+use super::handlers::{agent_failure, agent_of, alloc_exact, exec_event, pick_task};
 use super::AppState;
 use crate::acl::Auth;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -44,12 +44,7 @@ fn upgrade(
 /// The query, decoded as the `Q` extractor does (after the ACL check,
 /// which must come first: a caller without rights learns nothing).
 fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
-    Query::<T>::try_from_uri(uri)
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::BadRequest {
-            message: format!("bad query string: {}", e.body_text()),
-            field: Some("query".into()),
-        })
+    super::extract::parse_query(uri.query().unwrap_or(""))
 }
 
 /// `GET /v1/allocations/{id}/exec` (WebSocket).
@@ -60,7 +55,7 @@ pub async fn alloc_exec_session(
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let a = alloc_for(&app, &auth, &id, Capability::Exec)?;
+    let a = alloc_exact(&app, &auth, &id, Capability::Exec)?;
     let ws = upgrade(ws)?;
     let q: ExecSessionQuery = query(&uri)?;
     let command = q
@@ -95,9 +90,10 @@ pub async fn alloc_exec_session(
 }
 
 /// `console` query.
-#[derive(serde::Deserialize, serde::Serialize)]
+#[derive(serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleQuery {
+    /// The task (optional when the group has one task).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     task: Option<String>,
 }
@@ -112,7 +108,7 @@ pub async fn alloc_console_session(
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let a = alloc_for(&app, &auth, &id, Capability::Exec)?;
+    let a = alloc_exact(&app, &auth, &id, Capability::Exec)?;
     let ws = upgrade(ws)?;
     let q: ConsoleQuery = query(&uri)?;
     let task = pick_task(&a, q.task)?;

@@ -4,7 +4,7 @@
 
 use super::error::ApiError;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, Query};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -49,7 +49,8 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(buf))
 }
 
-/// Decode a JSON body: UTF-8 first, then types with the failing field's path.
+/// Decode a JSON body: UTF-8 first, then syntax, then types with the failing
+/// field's path (structs from objects only: [`super::strict`]).
 /// Syntax, type and unknown-field errors are all 400 (as for job files);
 /// 422 is for well-formed input that fails validation.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -57,19 +58,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         message: format!("body is not valid UTF-8 at byte {}", e.valid_up_to()),
         field: None,
     })?;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| ApiError::BadRequest {
+            message: strip_position(&e.to_string()),
+            field: None,
+        })?;
+    serde_path_to_error::deserialize(super::strict::Strict(value)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = strip_position(&inner.to_string());
         let field = (path != "." && !path.is_empty()).then_some(path);
         ApiError::BadRequest { message, field }
-    })?;
-    de.end().map_err(|e| ApiError::BadRequest {
-        message: strip_position(&e.to_string()),
-        field: None,
-    })?;
-    Ok(value)
+    })
 }
 
 fn strip_position(s: &str) -> String {
@@ -82,6 +82,22 @@ fn strip_position(s: &str) -> String {
 /// A query string decoded into `T`; a bad one is a 400 naming the parameter.
 pub struct Q<T>(pub T);
 
+/// Decode a query string into `T`, a failure naming the parameter.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match path.as_str() {
+            "" | "." => "query".to_owned(),
+            _ => path,
+        };
+        ApiError::BadRequest {
+            message: format!("bad query parameter: {}", e.into_inner()),
+            field: Some(field),
+        }
+    })
+}
+
 impl<T, S> FromRequestParts<S> for Q<T>
 where
     T: DeserializeOwned + Send,
@@ -89,13 +105,7 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(v)) => Ok(Q(v)),
-            Err(e) => Err(ApiError::BadRequest {
-                message: format!("bad query string: {}", e.body_text()),
-                field: Some("query".into()),
-            }),
-        }
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parse_query(parts.uri.query().unwrap_or("")).map(Q)
     }
 }

@@ -4,6 +4,7 @@
 use super::error::ApiError;
 use super::extract::{parse_json, read_body, Q};
 use super::peer::{verify_agent, AgentCaller, Registration};
+use super::query::{newest_first, page, ListQuery, NsQuery, PageQuery, Paged, RegisterQuery};
 use super::AppState;
 use crate::acl::Auth;
 use crate::images::on_store;
@@ -14,34 +15,22 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::TryStreamExt;
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use taba_types::acl::Capability;
 use taba_types::api::*;
 use taba_types::parse::{parse_job_json, parse_job_toml, JobParseError, MAX_JOB_BYTES};
 use taba_types::wire::{
-    check_protocol, AllocUpdateRequest, HeartbeatRequest, HeartbeatResponse, NodeAllocations,
-    RegisterRequest, RegisterResponse, PROTOCOL,
+    check_protocol, AllocUpdateRequest, AllocUpdateResponse, HeartbeatRequest, HeartbeatResponse,
+    NodeAllocations, RegisterRequest, RegisterResponse, PROTOCOL,
 };
 use taba_types::{AllocEvent, Allocation, DurationSpec, JobSpec, Node, NodeId};
 use tokio::io::AsyncWriteExt;
 
 type R<T> = Result<Json<T>, ApiError>;
-
-/// `?namespace=`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NsQuery {
-    namespace: Option<String>,
-}
-
-impl NsQuery {
-    fn ns(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("default")
-    }
-}
 
 pub async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NoRoute {
@@ -190,13 +179,14 @@ async fn read_job_spec(auth: &Auth, headers: &HeaderMap, body: Body) -> Result<J
 pub async fn register_job(
     State(app): State<AppState>,
     auth: Auth,
+    Q(q): Q<RegisterQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> R<RegisterJobResponse> {
     let spec = read_job_spec(&auth, &headers, body).await?;
     let mut spec = spec;
     resolve_images(&app.state, &mut spec).await?;
-    Ok(Json(app.state.register_job(spec).await?))
+    Ok(Json(app.state.register_job(spec, q.check_index).await?))
 }
 
 /// `POST /v1/job-plan`: parses the job as `job run` does and says whether it would make a
@@ -329,18 +319,25 @@ async fn plan_image(
     })
 }
 
-pub async fn list_jobs(
-    State(app): State<AppState>,
-    auth: Auth,
-    Q(q): Q<NsQuery>,
-) -> R<Vec<JobListEntry>> {
-    if let Some(ns) = &q.namespace {
+/// The namespace a list asks for (`None`: every one), checked against the
+/// caller's rights.
+fn list_namespace<'q>(auth: &Auth, q: &'q ListQuery) -> Result<Option<&'q str>, ApiError> {
+    if let Some(ns) = q.namespace() {
         auth.require(ns, Capability::Read)
             .map_err(|e| ApiError::forbidden("namespace", e.0))?;
     }
-    let mut jobs = app.state.list_jobs(q.namespace.as_deref());
+    Ok(q.namespace())
+}
+
+pub async fn list_jobs(
+    State(app): State<AppState>,
+    auth: Auth,
+    Q(q): Q<ListQuery>,
+) -> Result<Paged<JobListEntry>, ApiError> {
+    let ns = list_namespace(&auth, &q)?;
+    let mut jobs = app.state.list_jobs(ns);
     jobs.retain(|j| auth.rights.allows(&j.namespace, Capability::Read));
-    Ok(Json(jobs))
+    page(jobs, &q.page(), |j| format!("{}\0{}", j.namespace, j.name))
 }
 
 pub async fn get_job(
@@ -380,13 +377,45 @@ pub async fn job_history(
 
 // ---- allocations ----
 
-pub async fn list_allocs(State(app): State<AppState>, auth: Auth) -> R<Vec<AllocListEntry>> {
-    Ok(Json(app.state.list_allocs(|ns| {
-        auth.rights.allows(ns, Capability::Read)
-    })))
+pub async fn list_allocs(
+    State(app): State<AppState>,
+    auth: Auth,
+    Q(q): Q<ListQuery>,
+) -> Result<Paged<AllocListEntry>, ApiError> {
+    let ns = list_namespace(&auth, &q)?;
+    let allocs = app.state.list_allocs(|n| {
+        ns.is_none_or(|want| want == n) && auth.rights.allows(n, Capability::Read)
+    });
+    page(allocs, &q.page(), |a| {
+        newest_first(a.create_time, a.id.as_str())
+    })
 }
 
-/// The allocation `id` names, if the caller holds `cap` in its namespace.
+/// The allocation of the full id `id` (no prefix: a route that changes
+/// state acts on exactly the allocation named), if the caller holds `cap`
+/// in its namespace.
+pub(super) fn alloc_exact(
+    app: &AppState,
+    auth: &Auth,
+    id: &str,
+    cap: Capability,
+) -> Result<Allocation, ApiError> {
+    let a = app
+        .state
+        .cluster()
+        .alloc(&taba_types::AllocId::from(id))
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "allocation {id:?} not found (this route takes a full id; `taba alloc status` resolves a prefix)"
+            ))
+        })?;
+    auth.require(&a.namespace, cap)?;
+    Ok(a)
+}
+
+/// The allocation `id` (or a unique prefix of it) names, if the caller
+/// holds `cap` in its namespace. For reads only.
 pub(super) fn alloc_for(
     app: &AppState,
     auth: &Auth,
@@ -416,7 +445,7 @@ pub async fn stop_alloc(
     auth: Auth,
     Path(id): Path<String>,
 ) -> R<EvalResponse> {
-    let a = alloc_for(&app, &auth, &id, Capability::Write)?;
+    let a = alloc_exact(&app, &auth, &id, Capability::Write)?;
     let (eval_id, index) = app.state.stop_alloc(a.id.as_str()).await?;
     Ok(Json(EvalResponse { eval_id, index }))
 }
@@ -435,7 +464,7 @@ pub async fn migrate_alloc(
     } else {
         parse_json(&bytes)?
     };
-    let a = alloc_for(&app, &auth, &id, Capability::Write)?;
+    let a = alloc_exact(&app, &auth, &id, Capability::Write)?;
     let resp = app
         .state
         .migrate_alloc(a.id.as_str(), req.to.as_deref(), &auth.actor())
@@ -451,7 +480,7 @@ pub async fn cancel_migration(
     auth: Auth,
     Path(id): Path<String>,
 ) -> R<CancelMigrationResponse> {
-    let a = alloc_for(&app, &auth, &id, Capability::Write)?;
+    let a = alloc_exact(&app, &auth, &id, Capability::Write)?;
     let resp = app
         .state
         .cancel_migration(a.id.as_str(), &auth.actor())
@@ -516,14 +545,38 @@ pub(super) async fn agent_failure(resp: reqwest::Response) -> ApiError {
 }
 
 /// `logs` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
+    /// The task (optional when the group has one task).
     task: Option<String>,
+    /// Which stream (default stdout).
     #[serde(rename = "type")]
-    stream: Option<String>,
+    stream: Option<LogStream>,
+    /// Keep streaming new output.
     follow: Option<bool>,
+    /// Start at this byte.
     offset: Option<u64>,
+}
+
+/// A task's output stream.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output.
+    #[default]
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl LogStream {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
 }
 
 pub async fn alloc_logs(
@@ -534,10 +587,7 @@ pub async fn alloc_logs(
 ) -> Result<Response, ApiError> {
     let a = alloc_for(&app, &auth, &id, Capability::Read)?;
     let task = pick_task(&a, q.task)?;
-    let stream = q.stream.unwrap_or_else(|| "stdout".into());
-    if stream != "stdout" && stream != "stderr" {
-        return Err(ApiError::bad("type", "must be stdout or stderr"));
-    }
+    let stream = q.stream.unwrap_or_default().name();
     let (http, base, addr) = agent_of(&app, &a).await?;
     let url = format!("{base}/v1/client/allocations/{}/logs", a.id);
     let follow = q.follow.unwrap_or(false);
@@ -546,7 +596,7 @@ pub async fn alloc_logs(
         .get(url)
         .query(&[
             ("task", task.as_str()),
-            ("type", stream.as_str()),
+            ("type", stream),
             ("follow", if follow { "true" } else { "false" }),
             ("offset", offset.as_str()),
         ])
@@ -570,9 +620,10 @@ pub async fn alloc_logs(
 }
 
 /// `exec` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecQuery {
+    /// The task (optional when the group has one task).
     task: Option<String>,
 }
 
@@ -593,7 +644,7 @@ pub async fn alloc_exec(
     }
     b64::decode(&req.stdin_b64)
         .map_err(|e| ApiError::invalid("stdin_b64", format!("not base64: {e}")))?;
-    let a = alloc_for(&app, &auth, &id, Capability::Exec)?;
+    let a = alloc_exact(&app, &auth, &id, Capability::Exec)?;
     let task = pick_task(&a, q.task)?;
     let (http, base, addr) = agent_of(&app, &a).await?;
     // Audited before it runs: who, what, when.
@@ -691,14 +742,17 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>,
 
 // ---- nodes ----
 
-pub async fn list_nodes(State(app): State<AppState>) -> R<Vec<NodeListEntry>> {
-    Ok(Json(
-        app.state
-            .list_nodes()
-            .iter()
-            .map(|(n, c)| NodeListEntry::from_node(n, *c))
-            .collect(),
-    ))
+pub async fn list_nodes(
+    State(app): State<AppState>,
+    Q(q): Q<PageQuery>,
+) -> Result<Paged<NodeListEntry>, ApiError> {
+    let nodes = app
+        .state
+        .list_nodes()
+        .iter()
+        .map(|(n, c)| NodeListEntry::from_node(n, *c))
+        .collect();
+    page(nodes, &q, |n| format!("{}\0{}", n.name, n.id))
 }
 
 /// A node with its allocations (those `auth` may read) and drain progress.
@@ -731,11 +785,24 @@ pub async fn get_node(
 }
 
 /// `DELETE /v1/nodes/{node}` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveNodeQuery {
+    /// Remove even a live node with allocations (they are lost and replaced).
     #[serde(default)]
     force: bool,
+}
+
+/// The node of a route that changes state: its full id or its exact name,
+/// never an id prefix (which could name another node than meant).
+fn exact_node(app: &AppState, key: &str) -> Result<String, ApiError> {
+    let c = app.state.cluster();
+    if c.node(&NodeId::from(key)).is_some() || c.node_by_name(key).is_some() {
+        return Ok(key.to_owned());
+    }
+    Err(ApiError::NotFound(format!(
+        "node {key:?} not found (this route takes a full id or a name; `taba node status` resolves a prefix)"
+    )))
 }
 
 pub async fn remove_node(
@@ -743,6 +810,7 @@ pub async fn remove_node(
     Path(key): Path<String>,
     Q(q): Q<RemoveNodeQuery>,
 ) -> R<RemoveNodeResponse> {
+    let key = exact_node(&app, &key)?;
     let (name, lost) = app.state.remove_node(&key, q.force).await?;
     Ok(Json(RemoveNodeResponse { name, lost }))
 }
@@ -755,6 +823,7 @@ pub async fn node_eligibility(
 ) -> R<NodeDetail> {
     let req: EligibilityRequest =
         parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
+    let key = exact_node(&app, &key)?;
     let node = app.state.set_eligibility(&key, req.eligible).await?;
     Ok(Json(node_detail(&app.state, &auth, node)?))
 }
@@ -776,6 +845,7 @@ pub async fn drain_node(
         });
     }
     let req: DrainRequest = parse_json(&bytes)?;
+    let key = exact_node(&app, &key)?;
     if req.disable {
         if req.deadline.is_some() {
             return Err(ApiError::invalid(
@@ -900,10 +970,16 @@ fn uuid_like() -> String {
     taba_types::EvalId::generate().0
 }
 
-pub async fn list_images(State(app): State<AppState>) -> R<Vec<ImageInfo>> {
-    Ok(Json(
-        on_store(&app.state.images, crate::images::list).await?,
-    ))
+pub async fn list_images(
+    State(app): State<AppState>,
+    Q(q): Q<PageQuery>,
+) -> Result<Paged<ImageInfo>, ApiError> {
+    let images = on_store(&app.state.images, crate::images::list).await?;
+    // Named images first, by first name, then the unnamed, by id.
+    page(images, &q, |i| match i.refs.first() {
+        Some(r) => format!("0{r}\0{}", i.id),
+        None => format!("1{}", i.id),
+    })
 }
 
 pub async fn inspect_image(
@@ -980,9 +1056,10 @@ pub async fn prune_images(State(app): State<AppState>) -> R<PruneResponse> {
 }
 
 /// `?node_id=` of the image routes: who is asking.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeQuery {
+    /// The asking node (its credential is checked).
     node_id: Option<String>,
 }
 
@@ -1070,6 +1147,20 @@ pub async fn agent_image_blob(
 
 // ---- evaluations ----
 
+pub async fn list_evals(
+    State(app): State<AppState>,
+    auth: Auth,
+    Q(q): Q<ListQuery>,
+) -> Result<Paged<taba_types::Evaluation>, ApiError> {
+    let ns = list_namespace(&auth, &q)?;
+    let evals = app
+        .state
+        .list_evals(|n| ns.is_none_or(|want| want == n) && auth.rights.allows(n, Capability::Read));
+    page(evals, &q.page(), |e| {
+        newest_first(e.create_time, e.id.as_str())
+    })
+}
+
 pub async fn get_eval(
     State(app): State<AppState>,
     auth: Auth,
@@ -1139,11 +1230,13 @@ pub async fn agent_heartbeat(
 }
 
 /// Blocking query parameters.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlockingQuery {
+    /// Return when the node's allocations change past this index.
     index: Option<u64>,
-    wait: Option<String>,
+    /// Longest wait (default 30s).
+    wait: Option<DurationSpec>,
     /// Answer with what changed past `index` (protocol 4).
     delta: Option<bool>,
 }
@@ -1166,13 +1259,10 @@ pub async fn agent_allocations(
         .ok_or_else(|| {
             ApiError::forbidden("node_id", format!("unknown node {id}; register first"))
         })?;
-    let wait = match &q.wait {
-        Some(w) => DurationSpec::parse(w)
-            .map_err(|e| ApiError::bad("wait", e))?
-            .as_duration(),
-        None => Duration::from_secs(30),
-    }
-    .min(state.config.max_blocking_wait);
+    let wait = q
+        .wait
+        .map_or(Duration::from_secs(30), |w| w.as_duration())
+        .min(state.config.max_blocking_wait);
     let after = q.index.unwrap_or(0);
     let delta = q.delta.unwrap_or(false);
     let deadline = tokio::time::Instant::now() + wait;
@@ -1229,14 +1319,14 @@ pub async fn agent_update_allocs(
     State(app): State<AppState>,
     caller: AgentCaller,
     body: Body,
-) -> R<Value> {
+) -> R<AllocUpdateResponse> {
     let req: AllocUpdateRequest =
         parse_json(&read_body(body, app.state.config.limits.max_request_body).await?)?;
     protocol(req.protocol)?;
     verify_agent(&app.state, &caller, &req.node_id, None).await?;
     req.validate().map_err(wire_invalid)?;
     let index = app.state.update_allocs(&req.node_id, req.updates).await?;
-    Ok(Json(json!({ "index": index })))
+    Ok(Json(AllocUpdateResponse { index }))
 }
 
 /// `GET /v1/metrics`: this server's metrics in the OpenMetrics text format.

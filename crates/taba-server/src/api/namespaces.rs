@@ -2,7 +2,9 @@
 //! [`Namespace`] body, its name taken from the path), remove.
 
 use super::error::ApiError;
+use super::extract::Q;
 use super::extract::{parse_json, read_body};
+use super::query::{page, PageQuery, Paged};
 use super::AppState;
 use crate::acl::Auth;
 use axum::body::Body;
@@ -20,10 +22,14 @@ fn visible(auth: &Auth, ns: &str) -> bool {
     auth.rights.operator(Access::Read) || auth.rights.sees_namespace(ns)
 }
 
-pub async fn list(State(app): State<AppState>, auth: Auth) -> R<Vec<NamespaceStatus>> {
+pub async fn list(
+    State(app): State<AppState>,
+    auth: Auth,
+    Q(q): Q<PageQuery>,
+) -> Result<Paged<NamespaceStatus>, ApiError> {
     let mut all = app.state.list_namespaces().await;
     all.retain(|n| visible(&auth, &n.name));
-    Ok(Json(all))
+    page(all, &q, |n| n.name.clone())
 }
 
 pub async fn get(

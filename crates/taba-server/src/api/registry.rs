@@ -244,9 +244,10 @@ async fn json_body<T: DeserializeOwned>(app: &AppState, body: Body) -> Result<T,
 }
 
 /// Body of `POST /v1/registry/logout`.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogoutRequest {
+    /// The registry host (`registry.example:5000`).
     registry: String,
 }
 

@@ -15,6 +15,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use taba_client::api::{AclTokenCreated, AclTokenInfo, CreateTokenRequest};
+use taba_client::Client;
 use taba_types::DurationSpec;
 
 /// `taba acl ...`
@@ -167,7 +168,7 @@ fn token(g: &GlobalArgs, api: &taba_client::Client, c: TokenCommand) -> anyhow::
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Revoke { id } => {
-            let r = api.revoke_acl_token(&id)?;
+            let r = api.revoke_acl_token(&token_accessor(api, &id)?)?;
             if g.json {
                 return print_json(&r);
             }
@@ -373,6 +374,28 @@ pub async fn dev_management_token(
         .context("issuing the management token of taba dev")?;
     write_secret(path, &secret)?;
     Ok(secret)
+}
+
+/// The full accessor id of a token named by its accessor id or a unique
+/// prefix of it (revoking takes full ids only).
+fn token_accessor(api: &Client, id: &str) -> anyhow::Result<String> {
+    let m: Vec<String> = api
+        .acl_tokens()?
+        .into_iter()
+        .map(|t| t.accessor_id)
+        .filter(|a| !id.is_empty() && a.starts_with(id))
+        .collect();
+    if m.iter().any(|a| a == id) {
+        return Ok(id.to_owned());
+    }
+    match m.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!("token {id:?} not found"),
+        _ => anyhow::bail!(
+            "token prefix {id:?} matches {} tokens; give more characters",
+            m.len()
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,10 @@ pub enum JobCommand {
         /// Return once the job is registered instead of following it.
         #[arg(long)]
         detach: bool,
+        /// Check-and-set: register only if the job's modify index is N (its
+        /// `modify_index` in `job inspect`; 0: only if the job is new).
+        #[arg(long, value_name = "N")]
+        check_index: Option<u64>,
     },
     /// Say what `job run FILE` would do to the job's versions, without doing it: a changed
     /// spec, or an image tag that now resolves to another digest than the running version's.
@@ -320,6 +324,18 @@ pub(crate) fn client(g: &GlobalArgs) -> anyhow::Result<Client> {
     g.client()
 }
 
+/// The full id of the allocation `id` (a full id or a unique prefix): the
+/// routes that change an allocation take full ids only.
+pub(crate) fn alloc_id(api: &Client, id: &str) -> anyhow::Result<String> {
+    Ok(api.alloc(id)?.id.0)
+}
+
+/// The full id of the node `key` (an id, a unique id prefix or a name):
+/// the routes that change a node take a full id or a name only.
+pub(crate) fn node_id(api: &Client, key: &str) -> anyhow::Result<String> {
+    Ok(api.node(key)?.id.0)
+}
+
 pub(crate) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
@@ -401,7 +417,11 @@ const ALLOC_HEADERS: &[&str] = &[
 pub fn job(g: &GlobalArgs, c: JobCommand) -> anyhow::Result<ExitCode> {
     let api = client(g)?;
     match c {
-        JobCommand::Run { file, detach } => job_run(g, &api, &file, detach),
+        JobCommand::Run {
+            file,
+            detach,
+            check_index,
+        } => job_run(g, &api, &file, detach, check_index),
         JobCommand::Plan { file } => job_plan(g, &api, &file),
         JobCommand::Status { job: None, .. } | JobCommand::List => {
             let jobs = api.list_jobs()?;
@@ -621,6 +641,7 @@ fn job_run(
     api: &Client,
     file: &std::path::Path,
     detach: bool,
+    check_index: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let spec = match parse_job_toml(&bytes) {
@@ -630,7 +651,7 @@ fn job_run(
             return Ok(ExitCode::from(1));
         }
     };
-    let reg = api.register_job_toml(&bytes)?;
+    let reg = api.register_job_toml_if(&bytes, check_index)?;
     if g.json && detach {
         return print_json(&reg);
     }
@@ -953,9 +974,12 @@ pub fn alloc(g: &GlobalArgs, c: AllocCommand) -> anyhow::Result<ExitCode> {
                 command,
             },
         ),
-        AllocCommand::Console { id, task } => super::session::console(&api, &id, task.as_deref()),
+        AllocCommand::Console { id, task } => {
+            let id = alloc_id(&api, &id)?;
+            super::session::console(&api, &id, task.as_deref())
+        }
         AllocCommand::Stop { id } => {
-            let r = api.stop_alloc(&id)?;
+            let r = api.stop_alloc(&alloc_id(&api, &id)?)?;
             if g.json {
                 return print_json(&r);
             }
@@ -1158,7 +1182,7 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
             enable,
             disable: _,
         } => {
-            let d = api.node_eligibility(&node, enable)?;
+            let d = api.node_eligibility(&node_id(&api, &node)?, enable)?;
             if g.json {
                 return print_json(&d);
             }
@@ -1171,7 +1195,7 @@ pub fn node(g: &GlobalArgs, c: NodeCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         NodeCommand::Rm { node, force } => {
-            let r = api.remove_node(&node, force)?;
+            let r = api.remove_node(&node_id(&api, &node)?, force)?;
             if g.json {
                 return print_json(&r);
             }

@@ -39,7 +39,8 @@ const POLL: Duration = Duration::from_millis(500);
 const PAST_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Run `taba node drain`.
-pub fn run(g: &GlobalArgs, api: &Client, a: DrainArgs) -> anyhow::Result<ExitCode> {
+pub fn run(g: &GlobalArgs, api: &Client, mut a: DrainArgs) -> anyhow::Result<ExitCode> {
+    a.node = super::cli::node_id(api, &a.node)?;
     if a.disable {
         let req = DrainRequest {
             disable: true,

@@ -47,6 +47,9 @@ struct ServerFile {
     scheduler: SchedulerFile,
     #[serde(default)]
     rebalance: Option<RebalanceFile>,
+    /// Longest wait of a blocking query (`wait`), default 5m.
+    #[serde(default)]
+    max_blocking_wait: Option<taba_types::DurationSpec>,
     /// Longest wait for an agent's `alloc exec` answer.
     #[serde(default)]
     exec_timeout: Option<taba_types::DurationSpec>,
@@ -276,6 +279,9 @@ impl RebalanceFile {
 impl ServerFile {
     /// Heartbeat TTL, grace and node garbage collection; errors name the key.
     fn apply_liveness(&self, sc: &mut ServerConfig) -> anyhow::Result<()> {
+        if let Some(w) = self.max_blocking_wait {
+            sc.max_blocking_wait = w.as_duration();
+        }
         if let Some(t) = self.heartbeat_ttl {
             anyhow::ensure!(t.0 >= 100, "heartbeat_ttl: must be at least 100ms");
             sc.heartbeat_ttl = t.as_duration();

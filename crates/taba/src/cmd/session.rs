@@ -185,8 +185,9 @@ pub struct ExecArgs {
 /// the CLI's.
 pub fn exec(api: &Client, a: ExecArgs) -> anyhow::Result<ExitCode> {
     let size = a.tty.then(|| window_size().unwrap_or((80, 24)));
+    let id = super::cli::alloc_id(api, &a.id)?;
     let mut session = api.exec_session(
-        &a.id,
+        &id,
         &ExecSessionOptions {
             task: a.task,
             command: a.command,
