@@ -34,7 +34,9 @@ fn headers(resp: &mut Response) {
     for (k, v) in [
         ("content-security-policy", CSP),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        // Not `no-referrer`: with it, browsers send `Origin: null` on forms,
+        // and the origin check of every POST refuses them.
+        ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
         ("x-frame-options", "DENY"),
     ] {
@@ -44,7 +46,6 @@ fn headers(resp: &mut Response) {
 
 fn head(title: &str) -> Markup {
     html! {
-        (DOCTYPE)
         meta charset="utf-8";
         meta name="viewport" content="width=device-width, initial-scale=1";
         title { (title) " · taba" }
@@ -72,6 +73,7 @@ impl Page {
             return resp;
         }
         let doc = html! {
+            (DOCTYPE)
             html lang="en" {
                 head { (head(&self.title)) }
                 body {
@@ -107,6 +109,7 @@ impl Page {
 /// A page without navigation (sign-in, errors).
 pub fn bare_page(title: &str, body: Markup) -> Response {
     let doc = html! {
+        (DOCTYPE)
         html lang="en" {
             head { (head(title)) }
             body.bare { main { (body) } }
