@@ -30,7 +30,8 @@ struct Browser {
 }
 
 impl Browser {
-    fn sign_in(srv: &TestServer, token: &str) -> Result<Browser, Response> {
+    /// Sign in with `token`; a refusal is its status and page.
+    fn sign_in(srv: &TestServer, token: &str) -> Result<Browser, (u16, String)> {
         let http = Http::builder().redirect(Policy::none()).build().unwrap();
         let base = format!("http://{}", srv.addr);
         let r = http
@@ -39,7 +40,7 @@ impl Browser {
             .send()
             .unwrap();
         if r.status() != 303 {
-            return Err(r);
+            return Err((r.status().as_u16(), r.text().unwrap_or_default()));
         }
         let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
         for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
@@ -106,12 +107,18 @@ fn ui_sessions_csrf_and_rights() {
 
     // Nothing without a session; a wrong token does not start one.
     let anon = Http::builder().redirect(Policy::none()).build().unwrap();
-    let r = anon.get(format!("http://{}/ui/jobs", srv.addr)).send().unwrap();
+    let r = anon
+        .get(format!("http://{}/ui/jobs", srv.addr))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 303);
-    assert!(r.headers()["location"].to_str().unwrap().starts_with("/ui/login"));
-    let r = Browser::sign_in(&srv, "taba_wrong").err().expect("refused");
-    assert_eq!(r.status(), 401);
-    assert!(r.text().unwrap().contains("token not found"));
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/ui/login"));
+    let (status, page) = Browser::sign_in(&srv, "taba_wrong").err().expect("refused");
+    assert_eq!(status, 401);
+    assert!(page.contains("token not found"), "{page}");
 
     let admin = Browser::sign_in(&srv, &srv.token).unwrap();
     let origin = format!("http://{}", srv.addr);
@@ -139,15 +146,26 @@ fn ui_sessions_csrf_and_rights() {
 
     // A syntax error at its line (CRLF from a textarea), nothing registered.
     let bad = "name = \"bad\"\r\ntype = \"service\"\r\n[[group]\r\nname = \"g\"\r\n";
-    let r = admin.post("/ui/jobs/run", &[("csrf", &admin.csrf), ("toml", bad)], None);
+    let r = admin.post(
+        "/ui/jobs/run",
+        &[("csrf", &admin.csrf), ("toml", bad)],
+        None,
+    );
     assert_eq!(r.status(), 400);
     let page = r.text().unwrap();
     assert!(page.contains("line 3"), "{page}");
-    assert!(page.contains("<span class=\"bad\">   3 | [[group]</span>"), "{page}");
+    assert!(
+        page.contains("<span class=\"bad\">   3 | [[group]</span>"),
+        "{page}"
+    );
     assert!(c.job_status("bad").is_err());
     // A validation error names its field.
     let invalid = job_in("default", "x").replace("cpu = 100", "cpu = 0");
-    let r = admin.post("/ui/jobs/run", &[("csrf", &admin.csrf), ("toml", &invalid)], None);
+    let r = admin.post(
+        "/ui/jobs/run",
+        &[("csrf", &admin.csrf), ("toml", &invalid)],
+        None,
+    );
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("resources.cpu"));
 
@@ -188,25 +206,21 @@ fn ui_sessions_csrf_and_rights() {
     );
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().contains("node write"));
-    let r = b.post(
-        "/ui/jobs/team-a/secret-a/stop",
-        &[("csrf", &b.csrf)],
-        None,
-    );
+    let r = b.post("/ui/jobs/team-a/secret-a/stop", &[("csrf", &b.csrf)], None);
     assert_eq!(r.status(), 403);
     assert!(!c.job_status_in("team-a", "secret-a").unwrap().stopped);
     // Bob's CSRF token is not the admin's.
-    let r = admin.post(
-        "/ui/jobs/default/from-ui/stop",
-        &[("csrf", &b.csrf)],
-        None,
-    );
+    let r = admin.post("/ui/jobs/default/from-ui/stop", &[("csrf", &b.csrf)], None);
     assert_eq!(r.status(), 403);
 
     // The admin drains; revoking Bob's token ends his session.
     let r = admin.post(
         &format!("/ui/nodes/{node}/drain"),
-        &[("csrf", &admin.csrf), ("action", "start"), ("deadline", "1h")],
+        &[
+            ("csrf", &admin.csrf),
+            ("action", "start"),
+            ("deadline", "1h"),
+        ],
         None,
     );
     assert_eq!(r.status(), 303);
@@ -214,5 +228,8 @@ fn ui_sessions_csrf_and_rights() {
     c.revoke_acl_token(&bob.token.accessor_id).unwrap();
     let r = b.get("/ui/jobs");
     assert_eq!(r.status(), 303);
-    assert!(r.headers()["location"].to_str().unwrap().contains("revoked"));
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .contains("revoked"));
 }

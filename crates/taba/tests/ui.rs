@@ -82,7 +82,11 @@ fn another_namespace(dev: &Dev) -> String {
     let tmp = tempfile::tempdir().unwrap();
     for ns in ["team-a", "team-b"] {
         let out = dev.cli(&["namespace", "apply", ns]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let policy = job_file(
         tmp.path(),
@@ -90,11 +94,19 @@ fn another_namespace(dev: &Dev) -> String {
         "[namespace.team-b]\ncapabilities = [\"read\", \"write\"]\n",
     );
     let out = dev.cli(&["acl", "policy", "apply", "team-b", policy.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = dev.cli(&[
         "--json", "acl", "token", "create", "--policy", "team-b", "--name", "bob",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let job = job_file(
         tmp.path(),
@@ -102,7 +114,11 @@ fn another_namespace(dev: &Dev) -> String {
         "name = \"secret-job\"\nnamespace = \"team-a\"\n[[group]]\nname = \"g\"\n  [[group.task]]\n  name = \"t\"\n  driver = \"exec\"\n  command = [\"/bin/sleep\", \"300\"]\n  resources = { cpu = 100, memory = \"32MiB\" }\n",
     );
     let out = dev.cli(&["job", "run", "--detach", job.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     created["secret"].as_str().unwrap().to_string()
 }
 
@@ -143,7 +159,10 @@ async fn browse(dev: &Dev, bob: &str) {
     let first = b.text_of("#logs").await.matches("hello-from-ui").count();
     let start = std::time::Instant::now();
     while b.text_of("#logs").await.matches("hello-from-ui").count() <= first {
-        assert!(start.elapsed() < LONG, "the log did not grow while followed");
+        assert!(
+            start.elapsed() < LONG,
+            "the log did not grow while followed"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     shot(&b, "allocation").await;
@@ -186,21 +205,32 @@ async fn browse(dev: &Dev, bob: &str) {
         .await
         .unwrap();
     let out = dev.cli(&["job", "stop", "web-ui"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     b.wait_in("h1", "dead", LONG).await;
     let marker = b
         .client
         .execute("return window.tabaMarker", vec![])
         .await
         .unwrap();
-    assert_eq!(marker, serde_json::json!(42), "the page was reloaded, not updated");
+    assert_eq!(
+        marker,
+        serde_json::json!(42),
+        "the page was reloaded, not updated"
+    );
 
     // Another namespace's token sees nothing of team-a's job.
     sign_in(&b, dev, bob).await;
     b.goto(&format!("{ui}/jobs")).await;
     b.wait_in("h1", "Jobs", SHORT).await;
     let jobs = b.text_of("table.jobs").await;
-    assert!(!jobs.contains("secret-job"), "bob sees team-a's job: {jobs}");
+    assert!(
+        !jobs.contains("secret-job"),
+        "bob sees team-a's job: {jobs}"
+    );
     b.goto(&format!("{ui}/jobs/team-a/secret-job")).await;
     b.wait_text("permission denied", SHORT).await;
     b.goto(&format!("{ui}/nodes")).await;
@@ -218,7 +248,10 @@ async fn browse(dev: &Dev, bob: &str) {
     b.click("#drain").await;
     b.wait_in("h1", "draining", SHORT).await;
     let nodes = off_runtime(|| dev.client.list_nodes()).unwrap();
-    assert!(nodes.iter().all(|n| n.drain), "the API does not show the drain");
+    assert!(
+        nodes.iter().all(|n| n.drain),
+        "the API does not show the drain"
+    );
     shot(&b, "node").await;
 
     // A phone's width: the page fits, nothing scrolls sideways.
@@ -233,7 +266,11 @@ async fn browse(dev: &Dev, bob: &str) {
         )
         .await
         .unwrap();
-    assert_eq!(wide, serde_json::json!(true), "the overview scrolls sideways on a phone");
+    assert_eq!(
+        wide,
+        serde_json::json!(true),
+        "the overview scrolls sideways on a phone"
+    );
     shot(&b, "overview-phone").await;
     b.close().await;
 }

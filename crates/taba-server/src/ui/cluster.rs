@@ -7,7 +7,7 @@
 //! eligibility change goes to the API's route (node write).
 
 use super::api::call_json;
-use super::layout::{ago, bad_query, bar, badge, bytes, csrf, percent, query_escape, short, Page};
+use super::layout::{ago, bad_query, badge, bar, bytes, csrf, percent, query_escape, short, Page};
 use super::session::Viewer;
 use super::{UiError, UiState};
 use axum::body::Body;
@@ -78,17 +78,21 @@ fn needs_node_read(viewer: &Viewer) -> Result<(), UiError> {
     )))
 }
 
-/// Allocations by client status, in the namespaces the viewer may read.
+/// Allocations by client status, in the namespaces the viewer may read:
+/// job by job, from the few fields the scheduler's state keeps at hand
+/// (no allocation's full record is built).
 fn alloc_counts(ui: &UiState, viewer: &Viewer) -> BTreeMap<String, u64> {
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by: std::collections::HashMap<taba_types::ClientStatus, u64> = Default::default();
     let rights = &viewer.caller.rights;
     let c = ui.app.state.cluster();
-    c.for_each_alloc(|a| {
-        if rights.allows(&a.namespace, Capability::Read) {
-            *counts.entry(a.client_status.to_string()).or_default() += 1;
+    for j in c.jobs() {
+        if rights.allows(&j.spec.namespace, Capability::Read) {
+            for a in c.alloc_briefs_for_job(&j.spec.namespace, &j.spec.name) {
+                *by.entry(a.client_status).or_default() += 1;
+            }
         }
-    });
-    counts
+    }
+    by.into_iter().map(|(s, n)| (s.to_string(), n)).collect()
 }
 
 /// The heat map: one cell per node, coloured by its utilization in steps of
@@ -415,8 +419,14 @@ pub async fn drain(
     let body = match f.action.as_str() {
         "cancel" => serde_json::json!({"disable": true}),
         "start" => {
-            let mut b = serde_json::json!({"ignore_system": f.ignore_system.as_deref() == Some("true")});
-            if let Some(d) = f.deadline.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+            let mut b =
+                serde_json::json!({"ignore_system": f.ignore_system.as_deref() == Some("true")});
+            if let Some(d) = f
+                .deadline
+                .as_deref()
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+            {
                 b["deadline"] = d.into();
             }
             b

@@ -114,7 +114,11 @@ fn failures(ui: &UiState, viewer: &Viewer, job: &Job, status: &JobStatusResponse
     let largest = viewer.caller.rights.node(Access::Read).then(|| {
         let c = ui.app.state.cluster();
         let cpu = c.nodes().map(|n| n.allocatable().cpu).max().unwrap_or(0);
-        let mem = c.nodes().map(|n| n.allocatable().memory.0).max().unwrap_or(0);
+        let mem = c
+            .nodes()
+            .map(|n| n.allocatable().memory.0)
+            .max()
+            .unwrap_or(0);
         (cpu, mem)
     });
     html! {
@@ -233,12 +237,21 @@ pub async fn stop(
         &ui,
         &viewer,
         Method::DELETE,
-        &format!("/v1/jobs/{}?namespace={}", query_escape(&name), query_escape(&ns)),
+        &format!(
+            "/v1/jobs/{}?namespace={}",
+            query_escape(&name),
+            query_escape(&ns)
+        ),
         None,
         Body::empty(),
     )
     .await?;
-    Ok(Redirect::to(&format!("/ui/jobs/{}/{}", query_escape(&ns), query_escape(&name))).into_response())
+    Ok(Redirect::to(&format!(
+        "/ui/jobs/{}/{}",
+        query_escape(&ns),
+        query_escape(&name)
+    ))
+    .into_response())
 }
 
 const EXAMPLE: &str = r#"name = "hello"
@@ -350,7 +363,12 @@ pub async fn run(
         Ok(v) => {
             let ns = v["namespace"].as_str().unwrap_or("default");
             let job = v["job"].as_str().unwrap_or("");
-            Ok(Redirect::to(&format!("/ui/jobs/{}/{}", query_escape(ns), query_escape(job))).into_response())
+            Ok(Redirect::to(&format!(
+                "/ui/jobs/{}/{}",
+                query_escape(ns),
+                query_escape(job)
+            ))
+            .into_response())
         }
         Err(UiError::Api {
             status,

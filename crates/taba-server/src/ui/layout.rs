@@ -142,11 +142,9 @@ pub fn bar(used: u64, total: u64, text: &str) -> Markup {
 
 /// Per cent of `used` in `total` (0 when there is no total).
 pub fn percent(used: u64, total: u64) -> u64 {
-    if total == 0 {
-        0
-    } else {
-        (used.saturating_mul(100) / total).min(999)
-    }
+    used.saturating_mul(100)
+        .checked_div(total)
+        .map_or(0, |p| p.min(999))
 }
 
 /// Bytes as people read them (`512 MiB`, `3.5 GiB`).

@@ -68,10 +68,7 @@ pub fn router(app: AppState, api: Router) -> Router {
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(cluster::overview))
-        .route(
-            "/ui/login",
-            get(session::login_form).post(session::login),
-        )
+        .route("/ui/login", get(session::login_form).post(session::login))
         .route("/ui/logout", post(session::logout))
         .route("/ui/assets/taba.css", get(assets::css))
         .route("/ui/assets/taba.js", get(assets::js))

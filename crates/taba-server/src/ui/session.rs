@@ -152,8 +152,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// Constant-time comparison of two tokens.
 fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -257,10 +256,18 @@ pub async fn login(
 ) -> Response {
     use axum::http::StatusCode;
     if !same_origin(&headers) {
-        return login_page(&ui, Some("the form came from another site"), StatusCode::FORBIDDEN);
+        return login_page(
+            &ui,
+            Some("the form came from another site"),
+            StatusCode::FORBIDDEN,
+        );
     }
     let Ok(Form(form)) = form else {
-        return login_page(&ui, Some("the form has no token field"), StatusCode::BAD_REQUEST);
+        return login_page(
+            &ui,
+            Some("the form has no token field"),
+            StatusCode::BAD_REQUEST,
+        );
     };
     let token = form.token.trim();
     let secret = (!token.is_empty()).then(|| token.to_string());
@@ -303,11 +310,8 @@ pub async fn logout(
     if let Some(id) = cookie(&headers, COOKIE) {
         ui.sessions.remove(id);
     }
-    let mut resp = Redirect::to(&format!(
-        "/ui/login?why={}",
-        query_escape("signed out")
-    ))
-    .into_response();
+    let mut resp =
+        Redirect::to(&format!("/ui/login?why={}", query_escape("signed out"))).into_response();
     let clear = format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
     if let Ok(v) = HeaderValue::from_str(&clear) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -322,7 +326,10 @@ mod tests {
     #[test]
     fn cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; taba_ui=xyz ; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; taba_ui=xyz ; b=2"),
+        );
         assert_eq!(cookie(&h, COOKIE), Some("xyz"));
         assert_eq!(cookie(&h, "c"), None);
     }
@@ -332,9 +339,15 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:4646"));
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:4646"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:4646"),
+        );
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
         assert!(!same_origin(&h));
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
         assert!(!same_origin(&h));
