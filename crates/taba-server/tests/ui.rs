@@ -213,6 +213,16 @@ fn ui_sessions_csrf_and_rights() {
     let r = admin.post("/ui/jobs/default/from-ui/stop", &[("csrf", &b.csrf)], None);
     assert_eq!(r.status(), 403);
 
+    // The admin marks the node ineligible, then eligible again.
+    for (eligible, want) in [("false", false), ("true", true)] {
+        let r = admin.post(
+            &format!("/ui/nodes/{node}/eligibility"),
+            &[("csrf", &admin.csrf), ("eligible", eligible)],
+            None,
+        );
+        assert_eq!(r.status(), 303);
+        assert!(c.list_nodes().unwrap().iter().all(|n| n.eligible == want));
+    }
     // The admin drains; revoking Bob's token ends his session.
     let r = admin.post(
         &format!("/ui/nodes/{node}/drain"),
