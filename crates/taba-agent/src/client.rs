@@ -212,17 +212,20 @@ impl ServerClient {
         .await
     }
 
-    /// The node's allocations, blocking until they change past `index`.
+    /// The node's allocations, blocking until they change past `index`;
+    /// with `delta`, only those that changed (and the others' ids).
     pub async fn allocations(
         &self,
         node_id: &NodeId,
         index: u64,
         wait: Duration,
+        delta: bool,
     ) -> Result<NodeAllocations, ClientError> {
         let path = format!(
-            "/v1/agent/allocations/{}?index={index}&wait={}ms",
+            "/v1/agent/allocations/{}?index={index}&wait={}ms{}",
             node_id,
-            wait.as_millis()
+            wait.as_millis(),
+            if delta { "&delta=true" } else { "" }
         );
         self.send(&path, |c, u| {
             c.get(u).timeout(wait + Duration::from_secs(10))

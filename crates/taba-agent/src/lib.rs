@@ -563,9 +563,12 @@ async fn register_and_watch(
             node: node.clone(),
         };
         let sent = Instant::now();
+        // Only a server of protocol 4 or later answers with deltas.
+        let delta;
         match client.register(&req).await {
             Ok(resp) => {
                 inner.contact(sent);
+                delta = resp.protocol >= 4;
                 if let Some(secret) = &resp.node_secret {
                     if let Err(e) = inner.ctx.state_dir.save_node_secret(secret) {
                         tracing::error!(
@@ -593,7 +596,7 @@ async fn register_and_watch(
         loop {
             let sent = Instant::now();
             let resp = tokio::select! {
-                r = client.allocations(&inner.node_id, index, Duration::from_secs(30)) => r,
+                r = client.allocations(&inner.node_id, index, Duration::from_secs(30), delta) => r,
                 _ = inner.reregister.notified() => {
                     tracing::warn!("the server no longer knows this node; registering again");
                     continue 'register;
@@ -603,7 +606,8 @@ async fn register_and_watch(
                 Ok(resp) => {
                     inner.contact(sent);
                     index = resp.index;
-                    reconcile(&inner, resp.allocs).await;
+                    let unchanged = resp.delta.then_some(resp.unchanged);
+                    reconcile(&inner, resp.allocs, unchanged).await;
                 }
                 Err(e) if e.is_unknown_node() => {
                     // The server forgot us (removed, lost state): register again.
@@ -621,9 +625,14 @@ async fn register_and_watch(
     }
 }
 
-/// Make the runners match the servers' view of this node.
-async fn reconcile(inner: &Arc<AgentInner>, allocs: Vec<taba_types::Allocation>) {
-    let mut seen = std::collections::HashSet::new();
+/// Make the runners match the servers' view of this node: `allocs`, and
+/// with a delta answer the `unchanged` ones the runners already have.
+async fn reconcile(
+    inner: &Arc<AgentInner>,
+    allocs: Vec<taba_types::Allocation>,
+    unchanged: Option<Vec<AllocId>>,
+) {
+    let mut seen: std::collections::HashSet<AllocId> = unchanged.into_iter().flatten().collect();
     for alloc in allocs {
         if alloc.node_id != inner.node_id {
             tracing::warn!(alloc = %alloc.id, "server sent an allocation of another node; ignored");

@@ -779,15 +779,30 @@ impl Client {
 
     /// `POST /v1/images`: import every image of a `docker save` or OCI-layout tar.
     pub fn import_images(&self, tar: &std::path::Path) -> Result<ImportResponse, ClientError> {
+        self.import_images_reporting(tar, |_| {})
+    }
+
+    /// [`Self::import_images`], calling `on_sent` with the bytes of the
+    /// archive sent so far as the upload goes on.
+    pub fn import_images_reporting(
+        &self,
+        tar: &std::path::Path,
+        on_sent: impl FnMut(u64) + Send + 'static,
+    ) -> Result<ImportResponse, ClientError> {
         let file = std::fs::File::open(tar).map_err(|e| ClientError::Input {
             what: tar.display().to_string(),
             source: e,
         })?;
+        let body = CountingReader {
+            inner: file,
+            sent: 0,
+            on_sent,
+        };
         Self::json(
             self.finish(
                 self.req_with(&self.streaming, Method::POST, "/v1/images")
                     .header("Content-Type", "application/x-tar")
-                    .body(Body::new(file)),
+                    .body(Body::new(body)),
             )?,
         )
     }
@@ -1042,23 +1057,61 @@ impl Client {
         index: u64,
         wait: Duration,
     ) -> Result<NodeAllocations, ClientError> {
-        Self::json(
-            self.finish(
-                self.req_with(
-                    &self.streaming,
-                    Method::GET,
-                    &format!("/v1/agent/allocations/{}", seg(node.as_str())),
-                )
-                .query(&[("index", index.to_string())])
-                .query(&[("wait", format!("{}ms", wait.as_millis()))])
-                .timeout(wait + Duration::from_secs(30)),
-            )?,
-        )
+        self.agent_allocations_query(node, index, wait, false)
+    }
+
+    /// [`Self::agent_allocations`] asking for a delta (`delta=true`,
+    /// protocol 4): only the allocations changed past `index`, the others by id.
+    pub fn agent_allocations_delta(
+        &self,
+        node: &NodeId,
+        index: u64,
+        wait: Duration,
+    ) -> Result<NodeAllocations, ClientError> {
+        self.agent_allocations_query(node, index, wait, true)
+    }
+
+    fn agent_allocations_query(
+        &self,
+        node: &NodeId,
+        index: u64,
+        wait: Duration,
+        delta: bool,
+    ) -> Result<NodeAllocations, ClientError> {
+        let mut req = self
+            .req_with(
+                &self.streaming,
+                Method::GET,
+                &format!("/v1/agent/allocations/{}", seg(node.as_str())),
+            )
+            .query(&[("index", index.to_string())])
+            .query(&[("wait", format!("{}ms", wait.as_millis()))])
+            .timeout(wait + Duration::from_secs(30));
+        if delta {
+            req = req.query(&[("delta", "true")]);
+        }
+        Self::json(self.finish(req)?)
     }
 
     /// `POST /v1/agent/allocations`.
     pub fn agent_update_allocs(&self, req: &AllocUpdateRequest) -> Result<(), ClientError> {
         let _: serde_json::Value = self.send(Method::POST, "/v1/agent/allocations", req)?;
         Ok(())
+    }
+}
+
+/// A reader that reports how many bytes were read through it.
+struct CountingReader<R, F> {
+    inner: R,
+    sent: u64,
+    on_sent: F,
+}
+
+impl<R: Read, F: FnMut(u64)> Read for CountingReader<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sent += n as u64;
+        (self.on_sent)(self.sent);
+        Ok(n)
     }
 }

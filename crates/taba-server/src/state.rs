@@ -1044,6 +1044,31 @@ impl ServerState {
             .collect()
     }
 
+    /// A node's allocations split at `after`: those whose server-side
+    /// change index is past it, in full, and the ids of the others (the
+    /// agent's blocking query with `delta=true`).
+    pub fn node_allocs_since(&self, id: &NodeId, after: u64) -> (Vec<Allocation>, Vec<AllocId>) {
+        let cluster = self.cluster();
+        let server_index = self
+            .alloc_server_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (mut changed, mut unchanged) = (Vec::new(), Vec::new());
+        for a in cluster.allocs_for_node_transient(id) {
+            let at = server_index
+                .get(&a.id)
+                .copied()
+                .unwrap_or(a.modify_index)
+                .max(a.create_index);
+            if at > after {
+                changed.push(a.into_owned());
+            } else {
+                unchanged.push(a.id.clone());
+            }
+        }
+        (changed, unchanged)
+    }
+
     /// The highest server-side change index of a node's allocations (what
     /// the agent's blocking query waits on), without copying them.
     pub fn node_allocs_index(&self, id: &NodeId) -> u64 {

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use taba_types::{ClientStatus, DesiredStatus, JobStatus, NodeStatus};
+use taba_types::{AllocId, Allocation, ClientStatus, DesiredStatus, JobStatus, NodeStatus};
 
 #[test]
 fn register_place_run_update_stop() {
@@ -369,4 +369,79 @@ fn blocking_queries_are_woken_per_node() {
         wa.has_changed().is_err().then_some(())
     });
     waiter.join().unwrap().expect("the waiting query returns");
+}
+
+/// Protocol 4: a blocking query with `delta=true` answers with only the
+/// allocations changed server-side past the agent's index, the others by
+/// id; without it (older agents), or from index 0, with all of them.
+#[test]
+fn blocking_query_deltas_carry_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Duration::from_secs(10));
+    let c = srv.client();
+    let a = FakeAgent::register(c.clone(), node("n1", 4096));
+    c.register_job_toml(exec_job("two", 2, "100", "64MiB").as_bytes())
+        .unwrap();
+    let (index, all) = eventually("both placed", || {
+        let (index, all) = a.allocs(0);
+        (all.len() == 2).then_some((index, all))
+    });
+    // The agent's own reports are no server-side change.
+    for alloc in &all {
+        a.report(alloc, ClientStatus::Running);
+    }
+    let ids = |v: &[Allocation]| -> Vec<String> {
+        let mut ids: Vec<String> = v.iter().map(|a| a.id.to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |v: &[AllocId]| -> Vec<String> {
+        let mut ids: Vec<String> = v.iter().map(|a| a.to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let quiet = a
+        .client
+        .agent_allocations_delta(&a.node.id, index, Duration::from_millis(300))
+        .unwrap();
+    assert!(quiet.delta);
+    assert!(quiet.allocs.is_empty(), "{:?}", ids(&quiet.allocs));
+    assert_eq!(sorted(&quiet.unchanged), ids(&all));
+
+    let stopped = all[0].id.to_string();
+    c.stop_alloc(&stopped).unwrap();
+    let changed = a
+        .client
+        .agent_allocations_delta(&a.node.id, index, Duration::from_secs(10))
+        .unwrap();
+    assert!(changed.delta && changed.index > index);
+    // The stopped one, and the replacement once it is placed; never the other.
+    let stop = changed
+        .allocs
+        .iter()
+        .find(|x| x.id.to_string() == stopped)
+        .expect("the stopped allocation is in the delta");
+    assert_eq!(stop.desired_status, DesiredStatus::Stop);
+    assert!(
+        changed.allocs.iter().all(|x| x.id != all[1].id),
+        "{:?}",
+        ids(&changed.allocs)
+    );
+    assert_eq!(sorted(&changed.unchanged), [all[1].id.to_string()]);
+
+    // Older agents (no delta) and a first query get everything.
+    let full = a
+        .client
+        .agent_allocations(&a.node.id, index, Duration::from_secs(10))
+        .unwrap();
+    assert!(!full.delta && full.unchanged.is_empty());
+    let first = a
+        .client
+        .agent_allocations_delta(&a.node.id, 0, Duration::from_secs(10))
+        .unwrap();
+    assert!(!first.delta && first.unchanged.is_empty());
+    for got in [&full.allocs, &first.allocs] {
+        let got = ids(got);
+        assert!(ids(&all).iter().all(|id| got.contains(id)), "{got:?}");
+    }
 }

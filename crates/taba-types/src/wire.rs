@@ -22,9 +22,14 @@ use std::collections::BTreeMap;
 ///   source accelerator, the target's incoming address, progress, outcome).
 ///   An agent of protocol 2 ignores the first and never sends the second:
 ///   the servers move its allocations by restarting them instead.
-pub const PROTOCOL: u32 = 3;
-/// The oldest protocol version this build accepts (protocols 2 and 3 only
-/// added optional fields, so agents of protocol 1 still talk).
+/// - 4: the allocations blocking query answers with what changed
+///   (`delta=true`, [`NodeAllocations::delta`]): only the allocations
+///   changed past the agent's index in full, the others by id. An agent asks
+///   for it only of a server that registered it with protocol 4 or later;
+///   older agents keep getting the whole list.
+pub const PROTOCOL: u32 = 4;
+/// The oldest protocol version this build accepts (protocols 2 to 4 only
+/// added optional fields and parameters, so agents of protocol 1 still talk).
 pub const MIN_PROTOCOL: u32 = 1;
 
 /// The header that carries a node's secret on agent requests over plain
@@ -210,8 +215,18 @@ pub struct NodeAllocations {
     pub protocol: u32,
     /// Store index the list reflects; pass it back to wait for changes.
     pub index: u64,
-    /// Allocations on the node that are not garbage-collected.
+    /// Allocations on the node that are not garbage-collected: all of them,
+    /// or with [`Self::delta`] only those changed past the asked index.
     pub allocs: Vec<Allocation>,
+    /// This answer is a delta (protocol 4, asked with `delta=true`): the
+    /// node's allocations are `allocs` plus `unchanged`; one in neither was
+    /// garbage-collected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
+    /// With [`Self::delta`]: the ids of the node's allocations that did not
+    /// change past the asked index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchanged: Vec<AllocId>,
 }
 
 /// One allocation's observed state.

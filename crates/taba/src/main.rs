@@ -52,6 +52,10 @@ enum Command {
     /// Benchmarks that need the real binary.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Print the shell completion script (e.g. `source <(taba completion bash)`).
+    Completion(cmd::shell::CompletionArgs),
+    /// Write the man pages of every command.
+    Man(cmd::shell::ManArgs),
     /// Task supervisor started by the agent (internal).
     #[command(hide = true)]
     Shim(cmd::shim::ShimArgs),
@@ -75,6 +79,8 @@ fn main() -> ExitCode {
         Command::Tls(c) => cmd::tls::run(&cli.global, c),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Completion(args) => cmd::shell::completion(args),
+        Command::Man(args) => cmd::shell::man(args),
     };
     match result {
         Ok(code) => code,

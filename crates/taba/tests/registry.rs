@@ -724,6 +724,45 @@ fn root_an_imported_image_pushes_and_saves_with_its_digests() {
     let (d, m) = w.reg.inspect("imp/busybox:1");
     assert_eq!(d, oci_digest);
     assert_eq!(manifest_blobs(&m), manifest_blobs(&oci_manifest));
+    // podman pulls what taba pushed (into a store of its own: nothing of the host's
+    // podman is touched) and finds the same manifest digest and config.
+    // (podman wants a runroot of at most 50 characters)
+    let store = tempfile::Builder::new()
+        .prefix("pd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let store = store.path();
+    let podman = |args: &[&str]| {
+        let out = std::process::Command::new("podman")
+            .arg("--root")
+            .arg(store.join("root"))
+            .arg("--runroot")
+            .arg(store.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let pushed = format!("{}/imp/busybox:1", w.reg.host);
+    let creds = format!("{}:{}", w.reg.user, w.reg.password);
+    podman(&[
+        "pull",
+        "-q",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        &pushed,
+    ]);
+    let digest = podman(&["image", "inspect", "--format", "{{.Digest}}", &pushed]);
+    assert_eq!(digest, oci_digest);
+    let id = podman(&["image", "inspect", "--format", "{{.Id}}", &pushed]);
+    assert_eq!(format!("sha256:{id}"), manifest_blobs(&oci_manifest).0);
 
     // Save as an OCI archive: skopeo reads the same manifest; taba imports it back as the
     // same image.

@@ -1113,6 +1113,8 @@ pub async fn agent_heartbeat(
 pub struct BlockingQuery {
     index: Option<u64>,
     wait: Option<String>,
+    /// Answer with what changed past `index` (protocol 4).
+    delta: Option<bool>,
 }
 
 pub async fn agent_allocations(
@@ -1141,6 +1143,7 @@ pub async fn agent_allocations(
     }
     .min(state.config.max_blocking_wait);
     let after = q.index.unwrap_or(0);
+    let delta = q.delta.unwrap_or(false);
     let deadline = tokio::time::Instant::now() + wait;
     // Woken only by commits that touch this node (not by every commit:
     // with thousands of agents waiting, a global wake-up per commit costs
@@ -1153,23 +1156,41 @@ pub async fn agent_allocations(
         // Only server-side changes wake the agent, not its own status reports.
         let index = state.node_allocs_index(&id).max(created);
         if after == 0 || index > after || *stop.borrow() || removed {
-            return Ok(Json(NodeAllocations {
-                protocol: PROTOCOL,
-                index,
-                allocs: state.node_allocs(&id),
-            }));
+            return Ok(Json(node_allocations(state, &id, index, after, delta)));
         }
         tokio::select! {
             r = changes.changed() => removed = r.is_err(),
             _ = stop.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(Json(NodeAllocations {
-                    protocol: PROTOCOL,
-                    index: index.max(after),
-                    allocs: state.node_allocs(&id),
-                }));
+                return Ok(Json(node_allocations(state, &id, index.max(after), after, delta)));
             }
         }
+    }
+}
+
+/// The answer of the agent's blocking query at `index`: every allocation of
+/// the node, or with `delta` (and an index to compare with) only those
+/// changed past `after` and the ids of the others. Built after `index` was
+/// read, so a change the index missed is in `allocs` anyway.
+fn node_allocations(
+    state: &ServerState,
+    id: &NodeId,
+    index: u64,
+    after: u64,
+    delta: bool,
+) -> NodeAllocations {
+    let (allocs, unchanged, delta) = if delta && after > 0 {
+        let (changed, unchanged) = state.node_allocs_since(id, after);
+        (changed, unchanged, true)
+    } else {
+        (state.node_allocs(id), Vec::new(), false)
+    };
+    NodeAllocations {
+        protocol: PROTOCOL,
+        index,
+        allocs,
+        delta,
+        unchanged,
     }
 }
 

@@ -128,6 +128,9 @@ struct Ctx {
     stats: Stats,
     stop: watch::Receiver<bool>,
     inflight: tokio::sync::Semaphore,
+    /// The server answers blocking queries with deltas (protocol 4 and
+    /// later), as a real agent then asks.
+    delta: std::sync::atomic::AtomicBool,
 }
 
 /// The server process and where it keeps its things.
@@ -311,6 +314,7 @@ async fn register_all(ctx: &Arc<Ctx>, n: usize) -> anyhow::Result<Vec<(NodeId, S
                 .send()
                 .await;
             let reply: RegisterResponse = check(&format!("register {id}"), r).await?;
+            ctx.delta.store(reply.protocol >= 4, Relaxed);
             let secret = reply.node_secret.context("no node secret in the reply")?;
             anyhow::Ok((id, secret, reply.heartbeat_ttl_ms))
         });
@@ -389,12 +393,14 @@ async fn alloc_loop(ctx: Arc<Ctx>, id: NodeId, secret: String) {
     let url = format!("{}/v1/agent/allocations/{id}", ctx.base);
     let report_url = format!("{}/v1/agent/allocations", ctx.base);
     loop {
-        let q = ctx
+        let mut q = ctx
             .http
             .get(&url)
-            .query(&[("index", index.to_string().as_str()), ("wait", "30s")])
-            .header(NODE_SECRET_HEADER, &secret)
-            .send();
+            .query(&[("index", index.to_string().as_str()), ("wait", "30s")]);
+        if ctx.delta.load(Relaxed) {
+            q = q.query(&[("delta", "true")]);
+        }
+        let q = q.header(NODE_SECRET_HEADER, &secret).send();
         let r = tokio::select! {
             r = q => r,
             _ = stop.changed() => return,
@@ -933,6 +939,7 @@ pub fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
             stats: Stats::default(),
             stop: stop_rx.clone(),
             inflight: tokio::sync::Semaphore::new(args.max_inflight),
+            delta: std::sync::atomic::AtomicBool::new(false),
         });
         let max_rss = Arc::new(AtomicU64::new(0));
         tokio::spawn(rss_sampler(pid, stop_rx.clone(), max_rss.clone()));

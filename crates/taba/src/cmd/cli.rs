@@ -583,6 +583,30 @@ fn job_plan(g: &GlobalArgs, api: &Client, file: &std::path::Path) -> anyhow::Res
     })
 }
 
+/// `job run` off a terminal: one line per allocation placed and per status
+/// it reaches.
+fn print_alloc_changes(
+    current: &[&AllocListEntry],
+    seen: &mut BTreeSet<String>,
+    reported: &mut BTreeSet<(String, String)>,
+) {
+    for a in current {
+        if seen.insert(a.id.to_string()) {
+            println!(
+                "    placed {} ({}) on node {}",
+                short(a.id.as_str()),
+                a.name,
+                a.node
+            );
+        }
+        if a.status != ClientStatus::Pending
+            && reported.insert((a.id.to_string(), a.status.to_string()))
+        {
+            println!("    {} {}", short(a.id.as_str()), a.status);
+        }
+    }
+}
+
 fn job_run(
     g: &GlobalArgs,
     api: &Client,
@@ -628,6 +652,12 @@ fn job_run(
     // an idle node runs within ~100 ms), then every 200 ms.
     let mut events = super::events::JobEvents::follow(api, &reg.namespace, &reg.job, reg.index);
     let mut pause = Duration::from_millis(10);
+    let groups: Vec<(String, u32)> = spec
+        .groups
+        .iter()
+        .map(|g| (g.name.clone(), g.count))
+        .collect();
+    let bars = super::progress::GroupBars::new(&groups, batch, g.json);
     loop {
         let eval = api.eval(reg.eval_id.as_str())?;
         let st = api.job_status_in(&reg.namespace, &reg.job)?;
@@ -636,23 +666,15 @@ fn job_run(
             .iter()
             .filter(|a| a.job_version == reg.version && a.desired_status == DesiredStatus::Run)
             .collect();
-        for a in &current {
-            if seen.insert(a.id.to_string()) && !g.json {
-                println!(
-                    "    placed {} ({}) on node {}",
-                    short(a.id.as_str()),
-                    a.name,
-                    a.node
-                );
-            }
-            if !g.json
-                && a.status != ClientStatus::Pending
-                && reported.insert((a.id.to_string(), a.status.to_string()))
-            {
-                println!("    {} {}", short(a.id.as_str()), a.status);
-            }
+        match &bars {
+            Some(bars) => bars.update(&st.allocations, reg.version),
+            None if !g.json => print_alloc_changes(&current, &mut seen, &mut reported),
+            None => {}
         }
         let fail = |msg: String| -> anyhow::Result<ExitCode> {
+            if let Some(bars) = &bars {
+                bars.finish();
+            }
             if g.json {
                 print_json(&st)?;
             }
@@ -734,6 +756,9 @@ fn job_run(
         {
             if g.json {
                 return print_json(&st);
+            }
+            if let Some(bars) = &bars {
+                bars.finish();
             }
             println!(
                 "==> Deployment of {:?} version {} complete: {done} allocation(s) {}",
@@ -1161,7 +1186,7 @@ pub fn image(g: &GlobalArgs, c: ImageCommand) -> anyhow::Result<ExitCode> {
     let api = client(g)?;
     match c {
         ImageCommand::Import { file } => {
-            let r = api.import_images(&file)?;
+            let r = import_with_bar(g, &api, &file)?;
             if g.json {
                 return print_json(&r);
             }
@@ -1297,6 +1322,39 @@ fn image_pull(g: &GlobalArgs, api: &Client, reference: &str) -> anyhow::Result<E
         PullEvent::Error { message } => anyhow::bail!("pull of {reference} failed: {message}"),
         other => anyhow::bail!("unexpected end of the pull: {other:?}"),
     }
+}
+
+/// `image import`: a bar of the upload on a terminal, then a spinner while
+/// the server verifies and unpacks.
+fn import_with_bar(
+    g: &GlobalArgs,
+    api: &Client,
+    file: &std::path::Path,
+) -> anyhow::Result<taba_client::api::ImportResponse> {
+    if g.json || !std::io::stdout().is_terminal() {
+        return Ok(api.import_images(file)?);
+    }
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "  {msg:<10} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message("uploading");
+    let shown = bar.clone();
+    let r = api.import_images_reporting(file, move |sent| {
+        shown.set_position(sent);
+        if sent >= size {
+            shown.set_message("unpacking");
+        }
+    });
+    bar.finish_and_clear();
+    Ok(r?)
 }
 
 /// How a pull or push shows its progress: a bar per layer on a terminal (`indicatif`),

@@ -29,9 +29,13 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
 pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TABA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colors only on a terminal (log files stay plain text), and never with NO_COLOR.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 

@@ -1263,6 +1263,9 @@ impl DevCluster {
 
 impl Drop for DevCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
         self.stop();
         // Whatever a failed stop left.
         for pid in pids_with_cmdline(&self.data.to_string_lossy()) {
@@ -1304,6 +1307,37 @@ impl Drop for DevCluster {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+}
+
+impl DevCluster {
+    /// The warnings and errors of every process of the cluster (its logs are
+    /// deleted with it), so a failed test says what the cluster saw.
+    fn print_log_tails(&self) {
+        let mut logs = vec![self.log.clone()];
+        let mut dir: Vec<PathBuf> = std::fs::read_dir(self.data.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        dir.sort();
+        logs.extend(dir);
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            eprintln!(
+                "---- {} ({} warnings and errors, last 40) ----",
+                log.display(),
+                lines.len()
+            );
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
             }
         }
     }
