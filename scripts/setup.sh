@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(busybox-static crun podman iproute2 procps ca-certificates python3 python3-venv util-linux e2fsprogs dmsetup etcd-server protobuf-compiler curl prometheus docker-registry skopeo apache2-utils man-db syslinux syslinux-common mtools dosfstools fdisk)
+PKGS=(busybox-static crun podman iproute2 procps ca-certificates python3 python3-venv util-linux e2fsprogs dmsetup etcd-server protobuf-compiler curl prometheus docker-registry skopeo apache2-utils man-db syslinux syslinux-common mtools dosfstools fdisk chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

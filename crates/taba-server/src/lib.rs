@@ -23,6 +23,7 @@ pub mod leader;
 mod locks;
 pub mod metrics;
 pub mod state;
+pub mod ui;
 pub mod workers;
 
 pub use config::{

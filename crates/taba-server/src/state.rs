@@ -312,6 +312,15 @@ impl ServerState {
             .cloned()
     }
 
+    /// The newest `limit` evaluations whose namespace `visible` accepts,
+    /// newest first (the web UI's list).
+    pub fn recent_evals(&self, visible: impl Fn(&str) -> bool, limit: usize) -> Vec<Evaluation> {
+        let evals = self.evals.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<&Evaluation> = evals.values().filter(|e| visible(&e.namespace)).collect();
+        v.sort_by_key(|e| std::cmp::Reverse((e.create_index, e.create_time)));
+        v.into_iter().take(limit).cloned().collect()
+    }
+
     /// The last index applied to memory.
     pub fn index(&self) -> u64 {
         *self.index.borrow()

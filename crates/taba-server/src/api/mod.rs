@@ -264,14 +264,15 @@ pub fn router(state: Arc<ServerState>) -> Result<Router, taba_tls::ConfigError> 
         // The guard runs first: a caller without rights learns nothing.
         router = router.route(rt.path, rt.handler.route_layer(gate).route_layer(guard));
     }
-    Ok(router
+    let api = router
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            peer::tls_gate,
-        ))
-        .with_state(app))
+        .with_state(app.clone());
+    // The web UI calls `api` in process (after its request passed the gate).
+    let ui = crate::ui::router(app.clone(), api.clone());
+    Ok(api
+        .merge(ui)
+        .layer(axum::middleware::from_fn_with_state(app, peer::tls_gate)))
 }
 
 #[cfg(test)]

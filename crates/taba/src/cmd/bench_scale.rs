@@ -95,6 +95,12 @@ pub struct ScaleArgs {
     /// small CI variant; never about timings).
     #[arg(long)]
     pub strict: bool,
+    /// After the steady phase, sign in to the web UI with the bootstrap
+    /// token and load each of its heavy pages (overview, jobs, nodes) this
+    /// many times, one at a time, while the agents keep heartbeating:
+    /// time to the whole page, p50 and max (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub ui_loads: usize,
 }
 
 /// Counters shared by every simulated agent.
@@ -732,6 +738,9 @@ async fn run_phases(
     let m = mark(&ctx.stats, pid);
     tokio::time::sleep(Duration::from_secs(args.steady)).await;
     phases.push(finish("steady", &m, &ctx.stats, pid));
+    if args.ui_loads > 0 {
+        ui_page_loads(&ctx, &token, args.ui_loads).await?;
+    }
     let statuses = node_statuses(&ctx, &token).await?;
     stop_tx.send_replace(true);
     let _ = probe_task.await;
@@ -742,6 +751,54 @@ async fn run_phases(
         .collect::<Vec<_>>()
         .join(" ");
     Ok((phases, probes, statuses))
+}
+
+/// Sign in to the web UI and time whole page loads (request sent -> last
+/// byte), one at a time: the server's render of the state plus the transfer
+/// on loopback.
+async fn ui_page_loads(ctx: &Ctx, token: &str, n: usize) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let login = http
+        .post(format!("{}/ui/login", ctx.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await?;
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+        .context("the UI's login set no cookie")?;
+    for page in ["/ui/", "/ui/jobs", "/ui/nodes"] {
+        let mut times = Vec::with_capacity(n);
+        let mut size = 0;
+        for _ in 0..n {
+            let t = Instant::now();
+            let resp = http
+                .get(format!("{}{page}", ctx.base))
+                .header("cookie", &cookie)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("GET {page}: {}", resp.status());
+            }
+            size = resp.bytes().await?.len();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "ui {page:<10} {n} loads: p50 {:.0} ms, max {:.0} ms, {} KiB",
+            times[times.len() / 2],
+            times[times.len() - 1],
+            size / 1024
+        );
+    }
+    Ok(())
 }
 
 fn report(

@@ -8,6 +8,7 @@
 //! that `scripts/setup.sh` builds; fails loudly when either is missing.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod disk;
 pub mod guest;
 pub mod ha;
