@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 use taba_driver::migrate::{Migratable, MigrationPolicy};
 use taba_driver::vm::{qemu, qmp};
 use taba_driver::Driver;
-use taba_types::vm::{VmAccel, VmMachine, VmNetwork};
 
 const DEFAULT_RUNS: usize = 3;
 
@@ -158,23 +157,7 @@ fn driver_run(mib: u64, cmdline: &str) -> Sample {
 }
 
 fn plan(mib: u64, cmdline: &str, incoming: bool) -> qemu::VmPlan {
-    let g = vm_guest_dir().join("current");
-    qemu::VmPlan {
-        name: "direct".into(),
-        accel: VmAccel::Tcg,
-        machine: VmMachine::Microvm,
-        vcpus: 1,
-        memory_mib: mib,
-        kernel: Some(g.join("vmlinuz")),
-        initrd: Some(g.join("initramfs.cpio")),
-        cmdline: qemu::kernel_cmdline(Some(cmdline), VmAccel::Tcg, qemu::host_khz()),
-        disks: Vec::new(),
-        network: VmNetwork::None,
-        incoming: incoming.then(|| "defer".into()),
-        paused: false,
-        uefi: None,
-        seed: None,
-    }
+    direct_plan(mib, Some(cmdline), incoming)
 }
 
 /// Where a direct migration runs: loopback, or two network namespaces.

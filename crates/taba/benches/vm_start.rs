@@ -22,8 +22,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use taba_driver::vm::qemu;
-use taba_types::vm::{VmAccel, VmMachine, VmNetwork};
 
 const DEFAULT_RUNS: usize = 7;
 const MARKER: &str = "taba-guest: init ok";
@@ -89,34 +87,13 @@ fn list(v: &[u64]) -> String {
     v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
 }
 
-/// The QEMU command line the driver builds for the job below.
-fn direct_plan() -> qemu::VmPlan {
-    let g = vm_guest_dir().join("current");
-    qemu::VmPlan {
-        name: "direct".into(),
-        accel: VmAccel::Tcg,
-        machine: VmMachine::Microvm,
-        vcpus: 1,
-        memory_mib: MEMORY_MIB,
-        kernel: Some(g.join("vmlinuz")),
-        initrd: Some(g.join("initramfs.cpio")),
-        cmdline: qemu::kernel_cmdline(None, VmAccel::Tcg, qemu::host_khz()),
-        disks: Vec::new(),
-        network: VmNetwork::None,
-        incoming: None,
-        paused: false,
-        uefi: None,
-        seed: None,
-    }
-}
-
 /// Spawn QEMU; milliseconds until its console shows the marker.
 fn direct_start(dir: &Path) -> u64 {
     std::fs::create_dir_all(dir).unwrap();
     let console = dir.join("console");
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(direct_plan().args())
+        .args(common::vm::direct_plan(MEMORY_MIB, None, false).args())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&console).unwrap())

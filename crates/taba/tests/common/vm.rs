@@ -4,9 +4,9 @@
 use super::{poll, require_root, taba_bin, vm_guest_dir};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use taba_driver::vm::{AccelPolicy, VmConfig, VmDriver};
+use taba_driver::vm::{qemu, AccelPolicy, VmConfig, VmDriver};
 use taba_driver::TaskConfig;
-use taba_types::vm::VmAccel;
+use taba_types::vm::{VmAccel, VmMachine, VmNetwork};
 
 /// A cgroup subtree of this test run, removed when dropped.
 pub struct Cgroups(pub String);
@@ -121,4 +121,27 @@ pub fn rand_suffix() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos()
+}
+
+/// The test guest's QEMU command line as the driver builds it (microvm,
+/// TCG, one vCPU, direct kernel boot), for running QEMU directly beside
+/// taba in the benches; `incoming`: waiting for a migration (`defer`).
+pub fn direct_plan(mib: u64, cmdline: Option<&str>, incoming: bool) -> qemu::VmPlan {
+    let g = vm_guest_dir().join("current");
+    qemu::VmPlan {
+        name: "direct".into(),
+        accel: VmAccel::Tcg,
+        machine: VmMachine::Microvm,
+        vcpus: 1,
+        memory_mib: mib,
+        kernel: Some(g.join("vmlinuz")),
+        initrd: Some(g.join("initramfs.cpio")),
+        cmdline: qemu::kernel_cmdline(cmdline, VmAccel::Tcg, qemu::host_khz()),
+        disks: Vec::new(),
+        network: VmNetwork::None,
+        incoming: incoming.then(|| "defer".into()),
+        paused: false,
+        uefi: None,
+        seed: None,
+    }
 }
